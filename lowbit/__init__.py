@@ -1,0 +1,1 @@
+"""lowbit: a compiler-style framework for low-bit LLM inference."""
