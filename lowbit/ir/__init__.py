@@ -1,0 +1,1 @@
+"""lowbit's tile IR: programs, statements, instructions, values and layouts."""

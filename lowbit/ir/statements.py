@@ -1,0 +1,97 @@
+"""Statements: the control structure of a kernel body.
+
+`loc` (the user's source line, "file:line") is carried for diagnostics and excluded from equality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from lowbit.ir.instructions import Inst
+from lowbit.ir.types import Expr
+from lowbit.ir.values import TensorParam, Tile
+
+
+@dataclass(frozen=True)
+class Stmt:
+    pass
+
+
+@dataclass(frozen=True)
+class Let(Stmt):
+    """`tile = inst`: defines a new tile."""
+
+    tile: Tile
+    inst: Inst
+    loc: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Assign(Stmt):
+    """`dst <- src`: overwrites an existing tile (how a loop carries an accumulator)."""
+
+    dst: Tile
+    src: Tile
+    loc: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Store(Stmt):
+    """tensor[offsets + i...] = tile[i...] where inside the tensor (and the mask, if any)."""
+
+    tensor: TensorParam
+    offsets: tuple[Expr, ...]
+    tile: Tile
+    mask: Tile | None = None
+    loc: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class For(Stmt):
+    """for var in range(start, stop, step): body."""
+
+    var: sympy.Symbol
+    start: Expr
+    stop: Expr
+    step: Expr
+    body: tuple[Stmt, ...]
+    loc: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class If(Stmt):
+    """A uniform (per-block) branch on a scalar condition."""
+
+    cond: sympy.Basic
+    then_body: tuple[Stmt, ...]
+    else_body: tuple[Stmt, ...] = ()
+    loc: str = field(default="", compare=False)
+
+
+def child_bodies(stmt: Stmt) -> tuple[tuple[Stmt, ...], ...]:
+    if isinstance(stmt, For):
+        return (stmt.body,)
+    if isinstance(stmt, If):
+        return (stmt.then_body, stmt.else_body)
+    return ()
+
+
+def walk(body: tuple[Stmt, ...]):
+    """Every statement in program order, depth first."""
+    for stmt in body:
+        yield stmt
+        for child in child_bodies(stmt):
+            yield from walk(child)
+
+
+def tiles_read(stmt: Stmt) -> tuple[Tile, ...]:
+    """Tiles a single statement reads (not counting nested bodies)."""
+    if isinstance(stmt, Let):
+        return stmt.inst.operands
+    if isinstance(stmt, Assign):
+        return (stmt.src,)
+    if isinstance(stmt, Store):
+        return (stmt.tile,) if stmt.mask is None else (stmt.tile, stmt.mask)
+    return ()

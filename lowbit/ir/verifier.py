@@ -1,0 +1,181 @@
+"""The verifier: checks a program's typing, scoping and index expressions, and points at the statement.
+
+Rules (each failure becomes a `Diagnostic` naming the statement, its source line and the fix):
+- every `Let`'s instruction types (its `result_type()` rule) and the result matches the declared tile type;
+- a tile is defined once and used only after its definition, in the same or an enclosing block;
+- `Assign` writes a visible tile of the same dtype and shape;
+- `Store` writes a tile of the tensor's dtype and rank, with one offset per dimension;
+- scalar expressions mention only scalar parameters, block indices and enclosing loop variables;
+- sub-byte tensors carry a packed layout of their bit width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from lowbit.ir.instructions import IRTypeError, Load
+from lowbit.ir.program import Program
+from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, tiles_read
+from lowbit.ir.values import TensorParam, Tile
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    message: str
+    statement: str = ""
+    loc: str = ""
+
+    def __str__(self) -> str:
+        where = f" (at {self.loc})" if self.loc else ""
+        stmt = f"\n    in: {self.statement}" if self.statement else ""
+        return f"{self.message}{where}{stmt}"
+
+
+class VerificationError(ValueError):
+    def __init__(self, program_name: str, diagnostics: list[Diagnostic]):
+        self.diagnostics = diagnostics
+        lines = "\n".join(f"  - {d}" for d in diagnostics)
+        super().__init__(f"kernel {program_name} failed verification:\n{lines}")
+
+
+def verify(program: Program) -> Program:
+    """Return `program` unchanged if it is well formed; raise VerificationError listing every problem."""
+    diagnostics = _Checker(program).run()
+    if diagnostics:
+        raise VerificationError(program.name, diagnostics)
+    return program
+
+
+class _Checker:
+    def __init__(self, program: Program):
+        self.program = program
+        self.diagnostics: list[Diagnostic] = []
+        self.defined: set[int] = set()  # every tile defined so far (to tell "out of scope" from "undefined")
+        self.where_defined: dict[int, Stmt] = {}
+
+    def run(self) -> list[Diagnostic]:
+        p = self.program
+        names = [q.name for q in p.params]
+        for n in {n for n in names if names.count(n) > 1}:
+            self.error(f"parameter name {n!r} is used twice; rename one")
+        scalars = {q.symbol for q in p.scalar_params}
+        for t in p.tensor_params:
+            self.check_tensor(t, scalars)
+        for i, g in enumerate(p.grid):
+            self.check_expr(g, scalars, f"grid dimension {i}")
+        self.block(p.body, scalars | set(p.program_ids), frozenset())
+        return self.diagnostics
+
+    def error(self, message: str, stmt: Stmt | None = None) -> None:
+        from lowbit.ir.printer import print_stmt
+
+        text = print_stmt(stmt) if stmt is not None else ""
+        self.diagnostics.append(Diagnostic(message, text, getattr(stmt, "loc", "") if stmt else ""))
+
+    def check_tensor(self, t: TensorParam, scalars: set) -> None:
+        for i, s in enumerate(t.shape):
+            self.check_expr(s, scalars, f"dimension {i} of tensor {t.name}")
+        if t.dtype.is_subbyte:
+            bits = getattr(t.layout, "bits", None)
+            if not t.is_packed or bits != t.dtype.bits:
+                self.error(
+                    f"tensor {t.name} holds {t.dtype.name} ({t.dtype.bits} bits) but its layout is {t.layout!r}; "
+                    f"sub-byte tensors need a PackedLayout with bits={t.dtype.bits} (e.g. packed_along(shape, "
+                    f"{t.dtype.bits}, axis))"
+                )
+
+    def check_expr(self, e: object, allowed: set, what: str, stmt: Stmt | None = None) -> None:
+        if not isinstance(e, sympy.Basic):
+            if not isinstance(e, (int, float)):
+                self.error(f"{what} is {e!r} of type {type(e).__name__}, expected an integer expression", stmt)
+            return
+        unknown = {s for s in e.free_symbols if s not in allowed}
+        if unknown:
+            names = ", ".join(sorted(map(str, unknown)))
+            self.error(
+                f"{what} mentions {names}, which is not a scalar parameter, block index or enclosing loop "
+                f"variable here",
+                stmt,
+            )
+
+    def use(self, tile: Tile, visible: frozenset[int], stmt: Stmt) -> None:
+        if id(tile) in visible:
+            return
+        if id(tile) in self.defined:
+            src = self.where_defined[id(tile)]
+            where = f" at {src.loc}" if getattr(src, "loc", "") else ""
+            self.error(
+                f"tile {tile.name or tile.uid} is used outside the block that defines it{where}; to carry a value "
+                f"out of a loop or branch, create it before and update it in place (`acc += ...` or "
+                f"`T.assign(acc, value)`)",
+                stmt,
+            )
+        else:
+            self.error(f"tile {tile.name or tile.uid} is used before it is defined", stmt)
+
+    def block(self, body: tuple[Stmt, ...], scalars: set, visible: frozenset[int]) -> None:
+        for stmt in body:
+            for t in tiles_read(stmt):
+                self.use(t, visible, stmt)
+            if isinstance(stmt, Let):
+                self.let(stmt, scalars)
+                visible = visible | {id(stmt.tile)}
+            elif isinstance(stmt, Assign):
+                self.use(stmt.dst, visible, stmt)
+                if (stmt.dst.dtype, stmt.dst.shape) != (stmt.src.dtype, stmt.src.shape):
+                    self.error(
+                        f"assign {stmt.src.type} to {stmt.dst.type}: dtype and shape must match; cast or reshape first",
+                        stmt,
+                    )
+            elif isinstance(stmt, Store):
+                self.store(stmt, scalars)
+            elif isinstance(stmt, For):
+                for what, e in (("loop start", stmt.start), ("loop stop", stmt.stop), ("loop step", stmt.step)):
+                    self.check_expr(e, scalars, what, stmt)
+                if stmt.var in scalars:
+                    self.error(f"loop variable {stmt.var} shadows an outer name; rename it", stmt)
+                if isinstance(stmt.step, (int, sympy.Integer)) and int(stmt.step) <= 0:
+                    self.error(f"loop step {stmt.step} must be positive", stmt)
+                self.block(stmt.body, scalars | {stmt.var}, visible)
+            elif isinstance(stmt, If):
+                self.check_expr(stmt.cond, scalars, "branch condition", stmt)
+                self.block(stmt.then_body, scalars, visible)
+                self.block(stmt.else_body, scalars, visible)
+            else:
+                self.error(f"unknown statement {type(stmt).__name__}", stmt)
+
+    def let(self, stmt: Let, scalars: set) -> None:
+        if id(stmt.tile) in self.defined:
+            self.error(f"tile {stmt.tile.name or stmt.tile.uid} is defined twice; use Assign to update it", stmt)
+        self.defined.add(id(stmt.tile))
+        self.where_defined[id(stmt.tile)] = stmt
+        try:
+            rt = stmt.inst.result_type()
+        except IRTypeError as e:
+            self.error(str(e), stmt)
+            return
+        declared = stmt.tile.type
+        if (rt.dtype, rt.shape) != (declared.dtype, declared.shape):
+            self.error(f"the instruction produces {rt} but the tile is declared {declared}", stmt)
+        if declared.layout is not None and tuple(declared.layout.shape) != declared.shape:
+            self.error(f"tile layout shape {list(declared.layout.shape)} != tile shape {list(declared.shape)}", stmt)
+        if isinstance(stmt.inst, Load):
+            for i, o in enumerate(stmt.inst.offsets):
+                self.check_expr(o, scalars, f"load offset {i}", stmt)
+
+    def store(self, stmt: Store, scalars: set) -> None:
+        t = stmt.tensor
+        if stmt.tile.dtype != t.dtype:
+            self.error(f"store of a {stmt.tile.dtype.name} tile into {t.name} ({t.dtype.name}); cast it first", stmt)
+        if len(stmt.offsets) != t.rank or stmt.tile.type.rank != t.rank:
+            self.error(
+                f"store into {t.name} (rank {t.rank}) with {len(stmt.offsets)} offsets and a rank-"
+                f"{stmt.tile.type.rank} tile; give one offset per dimension and reshape the tile",
+                stmt,
+            )
+        if stmt.mask is not None and (stmt.mask.shape != stmt.tile.shape or stmt.mask.dtype.name != "boolean"):
+            self.error(f"store mask must be a boolean tile of shape {list(stmt.tile.shape)}", stmt)
+        for i, o in enumerate(stmt.offsets):
+            self.check_expr(o, scalars, f"store offset {i}", stmt)

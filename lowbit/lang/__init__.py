@@ -1,0 +1,243 @@
+"""The lowbit tile DSL: `import lowbit.lang as T`.
+
+Builtins are thin, documented functions over `lowbit.lang.semantic`, which checks shapes and dtypes and
+builds tile IR. Errors are reported at the kernel author's source line.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sympy
+
+from lowbit.dtypes import (  # noqa: F401  (scalar types for annotations: `M: T.int32`)
+    bfloat16,
+    boolean,
+    float16,
+    float32,
+    int8,
+    int16,
+    int32,
+    uint8,
+    uint32,
+)
+from lowbit.ir.statements import For, If
+from lowbit.ir.values import program_id_symbol
+from lowbit.lang import semantic as _s
+from lowbit.lang.builder import DSLError, current, user_location
+from lowbit.lang.kernel import Kernel, Tensor, TensorHandle, cdiv, constexpr, kernel, packed
+from lowbit.lang.semantic import TileValue
+
+Scalar = int | float | sympy.Expr
+
+
+# ---- blocks and control flow ---------------------------------------------------------------------------
+
+
+def grid(*extents: Scalar) -> tuple[sympy.Symbol, ...]:
+    """Declare the grid of blocks (up to 3 dims; runtime expressions allowed, e.g. `T.cdiv(M, BM)`) and
+    return this block's indices `(pid0, pid1, ...)`. Call once, before anything else."""
+    b = current()
+    if b.grid is not None:
+        raise DSLError("T.grid(...) was already called; declare the grid once")
+    if not 1 <= len(extents) <= 3:
+        raise DSLError(f"T.grid takes 1 to 3 extents, got {len(extents)}")
+    b.grid = tuple(sympy.sympify(e) for e in extents)
+    return tuple(program_id_symbol(i) for i in builtins.range(len(extents)))
+
+
+def range(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, name: str = "k") -> Iterator[sympy.Symbol]:
+    """A loop in the kernel: `for k in T.range(0, K, BK): ...` (bounds may be runtime expressions).
+
+    The body is traced once. Values that live across iterations are tiles created before the loop and
+    updated in place (`acc += T.dot(a, b)` or `T.assign(acc, value)`)."""
+    if stop is None:
+        start, stop = 0, start
+    b = current()
+    var = b.fresh_symbol(name)
+    loc = user_location()
+    with b.block() as body:
+        yield var
+    b.emit(For(var, sympy.sympify(start), sympy.sympify(stop), sympy.sympify(step), tuple(body), loc))
+
+
+def static_range(*args: int) -> builtins.range:
+    """A loop unrolled at trace time (the body is traced once per iteration)."""
+    return builtins.range(*args)
+
+
+@contextmanager
+def if_(cond: Any) -> Iterator[None]:
+    """A block-uniform branch on a scalar condition: `with T.if_(k0 + BK <= K): ...`.
+    (Elementwise choices use T.where; Python `if` on constants is resolved at trace time.)"""
+    if isinstance(cond, TileValue):
+        raise DSLError("T.if_ takes a scalar condition; for a tile condition use T.where(cond, a, b)")
+    b = current()
+    loc = user_location()
+    with b.block() as body:
+        yield
+    b.emit(If(sympy.sympify(cond), tuple(body), (), loc))
+
+
+@contextmanager
+def else_() -> Iterator[None]:
+    """The else-branch of the `T.if_` block just before it."""
+    b = current()
+    last = b.blocks[-1][-1] if b.blocks[-1] else None
+    if not isinstance(last, If) or last.else_body:
+        raise DSLError("T.else_() must directly follow a `with T.if_(...)` block")
+    with b.block() as body:
+        yield
+    b.blocks[-1][-1] = If(last.cond, last.then_body, tuple(body), last.loc)
+
+
+# ---- tile creation and memory ----------------------------------------------------------------------------
+
+
+def zeros(shape: Any, dtype: Any = float32, name: str = "") -> TileValue:
+    """A tile of zeros, e.g. the accumulator `acc = T.zeros((BM, BN), T.float32)`."""
+    return _s.full(shape, 0, dtype, name)
+
+
+def full(shape: Any, value: Scalar, dtype: Any = float32, name: str = "") -> TileValue:
+    """A tile filled with `value` (a number or a scalar expression)."""
+    return _s.full(shape, value, dtype, name)
+
+
+def arange(start: int, stop: int | None = None) -> TileValue:
+    """int32 tile [start, ..., stop-1] (compile-time bounds); add a scalar to shift it: `pid*B + T.arange(B)`."""
+    return _s.arange(start, stop)
+
+
+def load(tensor: TensorHandle, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0) -> TileValue:
+    """Load the tile `tensor[offsets[0] : offsets[0]+shape[0], ...]`. Elements outside the tensor, or where
+    `mask` is false, read `other`. A sub-byte tensor loads codes of its dtype; the packed layout is handled
+    for you."""
+    return _s.load(tensor, offsets, shape, mask, other)
+
+
+def store(tensor: TensorHandle, offsets: Any, value: TileValue, mask: TileValue | None = None) -> None:
+    """Store `value` at `tensor[offsets...]`; elements outside the tensor (or masked off) are skipped.
+    The tile must have the tensor's dtype (use T.cast)."""
+    _s.store(tensor, offsets, value, mask)
+
+
+def assign(dst: TileValue, value: Any) -> TileValue:
+    """Overwrite tile `dst` with `value` in place (what `dst += x` does for `+`)."""
+    return _s.assign(dst, value)
+
+
+# ---- compute --------------------------------------------------------------------------------------------
+
+
+def dot(a: TileValue, b: TileValue, acc_dtype: Any = float32) -> TileValue:
+    """Matrix product a[M, K] @ b[K, N] -> acc_dtype[M, N]. Operands share a dtype of >= 8 bits
+    (int8 x int8 -> int32 for W4A8; fp16/bf16/fp32 -> fp32). Accumulate with `acc += T.dot(a, b)`."""
+    return _s.dot(a, b, acc_dtype)
+
+
+def cast(x: TileValue, dtype: Any) -> TileValue:
+    """Convert values: float rounding is to nearest even, float->int truncates toward zero and saturates,
+    int->int wraps."""
+    return _s.cast(x, dtype)
+
+
+def view(x: TileValue, dtype: Any) -> TileValue:
+    """Reinterpret bits (e.g. uint32 words as eight int4 codes along the last axis, little-endian)."""
+    return _s.view(x, dtype)
+
+
+def dequantize(codes: TileValue, scales: TileValue, zeros: TileValue | None = None, *, axis: int = 0,
+               group_size: int, zero_mode: str | None = None, dtype: Any = float32) -> TileValue:
+    """Group-wise dequantization of `codes` (any int/uint/float dtype) along `axis` in groups of
+    `group_size`: post-scale zero (q - z)*s (default when zeros are given), pre-scale zero q*s - z
+    (`zero_mode="pre"`), or symmetric q*s. `scales`/`zeros` have the codes' shape with `axis` divided by
+    `group_size`."""
+    return _s.dequantize(codes, scales, zeros, axis, group_size, zero_mode, dtype)
+
+
+def where(cond: TileValue, a: Any, b: Any) -> TileValue:
+    """Elementwise `a if cond else b` (broadcasting)."""
+    return _s.where(cond, a, b)
+
+
+def maximum(a: Any, b: Any) -> TileValue:
+    """Elementwise maximum (broadcasting)."""
+    return _s.binary("max", a, b)
+
+
+def minimum(a: Any, b: Any) -> TileValue:
+    """Elementwise minimum (broadcasting)."""
+    return _s.binary("min", a, b)
+
+
+def _unary(op: str, doc: str):
+    def f(x: Any) -> TileValue:
+        return _s.unary(op, x)
+
+    f.__name__, f.__doc__ = op, doc
+    return f
+
+
+exp = _unary("exp", "Elementwise e**x (float).")
+exp2 = _unary("exp2", "Elementwise 2**x (float).")
+log = _unary("log", "Elementwise natural log (float).")
+log2 = _unary("log2", "Elementwise log base 2 (float).")
+sqrt = _unary("sqrt", "Elementwise square root (float).")
+rsqrt = _unary("rsqrt", "Elementwise 1/sqrt(x) (float).")
+sin = _unary("sin", "Elementwise sine (float).")
+cos = _unary("cos", "Elementwise cosine (float).")
+tanh = _unary("tanh", "Elementwise tanh (float).")
+sigmoid = _unary("sigmoid", "Elementwise 1/(1+e**-x) (float).")
+floor = _unary("floor", "Elementwise floor (float).")
+ceil = _unary("ceil", "Elementwise ceil (float).")
+abs = _unary("abs", "Elementwise absolute value.")
+
+
+def sum(x: TileValue, axis: int = -1, keepdims: bool = False) -> TileValue:
+    """Sum along `axis` in x's dtype (cast first to accumulate wider)."""
+    return _s.reduce("sum", x, axis, keepdims)
+
+
+def max(x: TileValue, axis: int = -1, keepdims: bool = False) -> TileValue:
+    """Maximum along `axis`."""
+    return _s.reduce("max", x, axis, keepdims)
+
+
+def min(x: TileValue, axis: int = -1, keepdims: bool = False) -> TileValue:
+    """Minimum along `axis`."""
+    return _s.reduce("min", x, axis, keepdims)
+
+
+def reshape(x: TileValue, shape: Any) -> TileValue:
+    """Row-major reshape to a shape of the same size."""
+    return _s.reshape(x, shape)
+
+
+def broadcast_to(x: TileValue, shape: Any) -> TileValue:
+    """NumPy-style broadcast to `shape`."""
+    return _s.broadcast_to(x, _s.as_shape(shape))
+
+
+def expand_dims(x: TileValue, axis: int) -> TileValue:
+    """Insert a size-1 axis at `axis` (also written `x[:, None]`)."""
+    shape = list(x.shape)
+    shape.insert(axis if axis >= 0 else len(shape) + 1 + axis, 1)
+    return _s.reshape(x, tuple(shape))
+
+
+def transpose(x: TileValue, perm: tuple[int, ...] | None = None) -> TileValue:
+    """Permute axes (default: reverse them); `x.T` is the same."""
+    return _s.transpose(x, tuple(perm) if perm is not None else tuple(reversed(builtins.range(len(x.shape)))))
+
+
+__all__ = [
+    "DSLError", "Kernel", "Tensor", "TileValue", "abs", "arange", "assign", "bfloat16", "boolean",
+    "broadcast_to", "cast", "cdiv", "ceil", "constexpr", "cos", "dequantize", "dot", "else_", "exp", "exp2",
+    "expand_dims", "float16", "float32", "floor", "full", "grid", "if_", "int8", "int16", "int32", "kernel", "load",
+    "log", "log2", "max", "maximum", "min", "minimum", "packed", "range", "reshape", "rsqrt", "sigmoid", "sin",
+    "sqrt", "static_range", "store", "sum", "tanh", "transpose", "uint8", "uint32", "view", "where", "zeros",
+]
