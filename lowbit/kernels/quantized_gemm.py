@@ -73,8 +73,8 @@ def random_problem(M: int, N: int, K: int, wdtype: str | DataType = "int4", G: i
     wd = dtype(wdtype)
     groups = 1 if G == -1 else K // G
     codes = rng.integers(0, 1 << wd.bits, size=(K, N), dtype=np.int64).astype(wd.code_dtype)  # [K, N]
-    if wd.has_nan:
-        codes = encode(wd, np.nan_to_num(decode(wd, codes), nan=0.0))
+    if wd.has_nan or wd.has_inf:  # weights are finite: map NaN/inf codes to zero
+        codes = encode(wd, np.nan_to_num(decode(wd, codes), nan=0.0, posinf=0.0, neginf=0.0))
     q = decode(wd, codes).astype(np.float64)                                                  # [K, N]
     scales = (rng.uniform(0.5, 1.5, size=(groups, N)) / max(abs(wd.max), 1)).astype(np.float16)
     zeros = rng.integers(0, 1 << min(wd.bits, 4), size=(groups, N)).astype(np.float16)

@@ -75,11 +75,26 @@ def if_(cond: Any) -> Iterator[None]:
     (Elementwise choices use T.where; Python `if` on constants is resolved at trace time.)"""
     if isinstance(cond, TileValue):
         raise DSLError("T.if_ takes a scalar condition; for a tile condition use T.where(cond, a, b)")
+    if isinstance(cond, bool):
+        raise DSLError(
+            f"T.if_ got the Python bool {cond}: `==`/`!=` on scalar expressions compare them structurally in "
+            f"Python; write T.eq(a, b) / T.ne(a, b) (a branch on a compile-time constant is a plain Python `if`)"
+        )
     b = current()
     loc = user_location()
     with b.block() as body:
         yield
     b.emit(If(sympy.sympify(cond), tuple(body), (), loc))
+
+
+def eq(a: Scalar, b: Scalar) -> sympy.Basic:
+    """The scalar condition a == b, for T.if_ (Python's `==` on expressions compares their structure)."""
+    return sympy.Eq(sympy.sympify(a), sympy.sympify(b))
+
+
+def ne(a: Scalar, b: Scalar) -> sympy.Basic:
+    """The scalar condition a != b, for T.if_."""
+    return sympy.Ne(sympy.sympify(a), sympy.sympify(b))
 
 
 @contextmanager
@@ -235,7 +250,7 @@ def transpose(x: TileValue, perm: tuple[int, ...] | None = None) -> TileValue:
 
 
 __all__ = [
-    "DSLError", "Kernel", "Tensor", "TileValue", "abs", "arange", "assign", "bfloat16", "boolean",
+    "DSLError", "Kernel", "eq", "ne", "Tensor", "TileValue", "abs", "arange", "assign", "bfloat16", "boolean",
     "broadcast_to", "cast", "cdiv", "ceil", "constexpr", "cos", "dequantize", "dot", "else_", "exp", "exp2",
     "expand_dims", "float16", "float32", "floor", "full", "grid", "if_", "int8", "int16", "int32", "kernel", "load",
     "log", "log2", "max", "maximum", "min", "minimum", "packed", "range", "reshape", "rsqrt", "sigmoid", "sin",
