@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import sympy
 
+from lowbit.codegen.scalar_eval import evaluate
 from lowbit.dtypes import DataType, decode, encode, round_to, wrap
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
 from lowbit.ir.values import TensorParam, Tile, index_symbol
-from lowbit.codegen.scalar_eval import evaluate
 
 
 class KernelArgumentError(ValueError):

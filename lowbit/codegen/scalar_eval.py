@@ -43,7 +43,7 @@ def compile_expr(expr: sympy.Basic) -> tuple[Callable[..., Any], tuple[str, ...]
     src = to_source(expr)
     src = src.replace("&&", " and ").replace("||", " or ")
     code = compile(f"lambda {', '.join(names)}: ({src})", f"<index {src}>", "eval")
-    return eval(code, dict(_NAMESPACE)), names  # noqa: S307  (our own printed expression)
+    return eval(code, dict(_NAMESPACE)), names
 
 
 def evaluate(expr: Any, env: dict[str, Any]) -> Any:

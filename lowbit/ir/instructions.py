@@ -119,7 +119,8 @@ class Dot(Inst):
 
 @dataclass(frozen=True)
 class Cast(Inst):
-    """Value conversion (floats round to nearest even; float->int truncates toward zero and saturates; int->int wraps)."""
+    """Value conversion: floats round to nearest even; float->int truncates toward zero and saturates;
+    int->int wraps."""
 
     opname: ClassVar[str] = "cast"
     x: Tile
@@ -305,7 +306,10 @@ class Broadcast(Inst):
 
     def result_type(self) -> TileType:
         src = self.x.shape
-        _check(len(src) == len(self.shape), f"broadcast {_shape(src)} to {_shape(self.shape)}: reshape to equal rank first")
+        _check(
+            len(src) == len(self.shape),
+            f"broadcast {_shape(src)} to {_shape(self.shape)}: reshape to equal rank first",
+        )
         for i, (s, t) in enumerate(zip(src, self.shape)):
             _check(s in (1, t), f"broadcast {_shape(src)} to {_shape(self.shape)}: dim {i} has {s}, needs 1 or {t}")
         return TileType(self.x.dtype, self.shape)
@@ -319,7 +323,10 @@ class Reshape(Inst):
 
     def result_type(self) -> TileType:
         new = TileType(self.x.dtype, self.shape)
-        _check(new.numel == self.x.type.numel, f"reshape {_shape(self.x.shape)} to {_shape(self.shape)} changes the size")
+        _check(
+            new.numel == self.x.type.numel,
+            f"reshape {_shape(self.x.shape)} to {_shape(self.shape)} changes the size",
+        )
         return new
 
 

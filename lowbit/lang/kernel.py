@@ -24,8 +24,8 @@ import numpy as np
 import sympy
 
 from lowbit.dtypes import DataType, dtype
-from lowbit.ir.layout import packed_along
 from lowbit.ir.instructions import Load
+from lowbit.ir.layout import packed_along
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Let, Store, walk
 from lowbit.ir.values import ScalarParam, TensorParam

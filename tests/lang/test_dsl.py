@@ -98,7 +98,7 @@ def test_rebinding_inside_a_loop_is_caught_with_a_fix():
     def bad(a: T.Tensor("float32", (8,)), c: T.Tensor("float32", (8,))):
         T.grid(1)
         acc = T.zeros((8,))
-        for k in T.range(0, 4):
+        for _ in T.range(0, 4):
             acc = acc + T.load(a, (0,), (8,))
         T.store(c, (0,), acc)
 
@@ -159,18 +159,16 @@ def test_python_bool_condition_is_rejected_with_the_fix():
 
 
 def test_missing_constant_and_annotation_errors():
-    with pytest.raises(DSLError, match="B=..."):
-        branchy.trace(B=8) and branchy.constants({"B": 8}) and _missing()
-    with pytest.raises(DSLError, match="no annotation"):
-        T.kernel(lambda x: None)
-
-
-def _missing():
     @T.kernel
     def needs(x: T.Tensor("float32", (4,)), B: T.constexpr):
         T.grid(1)
 
-    needs.trace()
+    with pytest.raises(DSLError, match=r"constant 'B' is missing; pass B=\.\.\."):
+        needs.trace()
+    with pytest.raises(DSLError, match=r"not T\.constexpr parameters"):
+        needs.trace(B=1, C=2)
+    with pytest.raises(DSLError, match="no annotation"):
+        T.kernel(lambda x: None)
 
 
 def test_scalar_arguments_are_inferred_from_shapes():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, tiles_read, walk
 from lowbit.ir.rewrite import rewrite_body
+from lowbit.ir.statements import Assign, For, If, Let, Stmt, tiles_read, walk
 
 
 def _live_tiles(body: tuple[Stmt, ...]) -> set[int]:
