@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ def demo(args: argparse.Namespace) -> int:
     worst = 0.0
     for name in args.dtypes:
         p = random_problem(M, N, K, name, G=args.group_size, zero_mode=args.zero_mode, seed=1)
-        quantized_gemm.run(**p.args, **p.constants)
+        run_args: dict[str, Any] = {**p.args, **p.constants}
+        quantized_gemm.run(**run_args)
         err = relative_error(p.args["y"], p.expected)
         ok = err <= 2e-3 and np.isfinite(err)
         worst = max(worst, err if np.isfinite(err) else np.inf)

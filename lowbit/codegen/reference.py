@@ -17,6 +17,7 @@ byte-sized tensors; a flat buffer indexed by the layout for a CuTe `Layout`; the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -273,7 +274,7 @@ def _truth(cond: Any, env: dict[str, Any]) -> bool:
     return bool(cond.xreplace({k: sympy.Integer(v) for k, v in sub.items()}))
 
 
-_RULES: dict[type, Any] = {}
+_RULES: dict[type, Callable[[_Block, Any], np.ndarray]] = {}
 
 
 def rule(cls: type):
@@ -313,10 +314,10 @@ def _dot(b: _Block, inst: I.Dot) -> np.ndarray:
         if inst.c is not None:
             out = out + b.get(inst.c).astype(np.float64)
         return round_float64(inst.acc_dtype, out)
-    out = a.astype(np.int64) @ w.astype(np.int64)
+    iout = a.astype(np.int64) @ w.astype(np.int64)
     if inst.c is not None:
-        out = out + b.get(inst.c)
-    return wrap(inst.acc_dtype, out)
+        iout = iout + b.get(inst.c)
+    return wrap(inst.acc_dtype, iout)
 
 
 @rule(I.Cast)
@@ -353,7 +354,7 @@ def _dequantize(b: _Block, inst: I.Dequantize) -> np.ndarray:
     return round_float64(inst.dtype, out)
 
 
-_FLOAT_UNARY = {
+_FLOAT_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp, "exp2": np.exp2, "log": np.log, "log2": np.log2, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1.0 / np.sqrt(x), "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "floor": np.floor, "ceil": np.ceil,

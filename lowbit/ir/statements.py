@@ -16,7 +16,10 @@ from lowbit.ir.values import TensorParam, Tile
 
 @dataclass(frozen=True)
 class Stmt:
-    pass
+    @property
+    def location(self) -> str:
+        """The user's source line ("file:line"), or "" when unknown."""
+        return str(getattr(self, "loc", ""))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class _Checker:
         from lowbit.ir.printer import print_stmt
 
         text = print_stmt(stmt) if stmt is not None else ""
-        self.diagnostics.append(Diagnostic(message, text, getattr(stmt, "loc", "") if stmt else ""))
+        self.diagnostics.append(Diagnostic(message, text, stmt.location if stmt else ""))
 
     def check_tensor(self, t: TensorParam, scalars: set) -> None:
         for i, s in enumerate(t.shape):
@@ -105,7 +105,7 @@ class _Checker:
             return
         if id(tile) in self.defined:
             src = self.where_defined[id(tile)]
-            where = f" at {src.loc}" if getattr(src, "loc", "") else ""
+            where = f" at {src.location}" if src.location else ""
             self.error(
                 f"tile {tile.name or tile.uid} is used outside the block that defines it{where}; to carry a value "
                 f"out of a loop or branch, create it before and update it in place (`acc += ...` or "

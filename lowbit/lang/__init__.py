@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import sympy
 
@@ -31,7 +31,7 @@ from lowbit.lang.builder import DSLError, current, user_location
 from lowbit.lang.kernel import Kernel, Tensor, TensorHandle, cdiv, constexpr, kernel, packed
 from lowbit.lang.semantic import TileValue
 
-Scalar = int | float | sympy.Expr
+Scalar: TypeAlias = int | float | sympy.Expr
 
 
 # ---- blocks and control flow ---------------------------------------------------------------------------

@@ -149,7 +149,8 @@ class Kernel:
         namespace: dict[str, Any] = {n: p.symbol for n, p in scalars.items()}
         namespace.update(consts)
         namespace["cdiv"] = cdiv
-        params, args = [], {}
+        params: list[ScalarParam | TensorParam] = []
+        args: dict[str, Any] = {}
         for name in self.signature.parameters:
             ann = self.annotations[name]
             if ann is constexpr:

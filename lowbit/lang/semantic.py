@@ -7,7 +7,7 @@ every failure into a `DSLError` at the user's source line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import sympy
 
@@ -18,7 +18,7 @@ from lowbit.ir.types import TileType
 from lowbit.ir.values import TensorParam, Tile
 from lowbit.lang.builder import DSLError, current, user_location
 
-Scalar = int | float | sympy.Expr
+Scalar: TypeAlias = int | float | sympy.Expr
 
 
 class TileValue:
@@ -228,7 +228,8 @@ def where(cond: TileValue, a: Any, b: Any) -> TileValue:
     if not isinstance(cond, TileValue) or not cond.dtype.is_bool:
         raise DSLError("where: the condition must be a boolean tile (e.g. a comparison)")
     like = a if isinstance(a, TileValue) else b if isinstance(b, TileValue) else cond
-    d = _promote(*(v.dtype if isinstance(v, TileValue) else _scalar_dtype(v) for v in (a, b)), "where")
+    da, db = (v.dtype if isinstance(v, TileValue) else _scalar_dtype(v) for v in (a, b))
+    d = _promote(da, db, "where")
     ta, tb = to_tile(a, like, d), to_tile(b, like, d)
     shape = broadcast_shapes(broadcast_shapes(cond.shape, ta.shape, "where"), tb.shape, "where")
     c, ta, tb = broadcast_to(cond, shape), broadcast_to(cast(ta, d), shape), broadcast_to(cast(tb, d), shape)

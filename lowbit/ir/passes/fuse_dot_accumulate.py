@@ -19,7 +19,7 @@ def fuse_dot_accumulate(program: Program) -> Program:
     for stmt in walk(program.body):
         for t in tiles_read(stmt):
             uses[id(t)] = uses.get(id(t), 0) + 1
-    dots = {id(s.tile): s for s in walk(program.body) if isinstance(s, Let) and isinstance(s.inst, Dot)}
+    dots = {id(s.tile): s.inst for s in walk(program.body) if isinstance(s, Let) and isinstance(s.inst, Dot)}
     fused: set[int] = set()
 
     def fuse(stmt: Stmt) -> Stmt | tuple[Stmt, ...] | None:
@@ -28,10 +28,10 @@ def fuse_dot_accumulate(program: Program) -> Program:
         a, b = stmt.inst.a, stmt.inst.b
         for acc, prod in ((a, b), (b, a)):
             d = dots.get(id(prod))
-            if d is None or uses.get(id(prod)) != 1 or d.inst.c is not None or acc.type != prod.type:
+            if d is None or uses.get(id(prod)) != 1 or d.c is not None or acc.type != prod.type:
                 continue
             fused.add(id(prod))
-            return dataclasses.replace(stmt, inst=Dot(d.inst.a, d.inst.b, acc, d.inst.acc_dtype))
+            return dataclasses.replace(stmt, inst=Dot(d.a, d.b, acc, d.acc_dtype))
         return None
 
     body = rewrite_body(program.body, fuse)
