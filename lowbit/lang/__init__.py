@@ -112,14 +112,15 @@ def else_() -> Iterator[None]:
 # ---- tile creation and memory ----------------------------------------------------------------------------
 
 
-def zeros(shape: Any, dtype: Any = float32, name: str = "") -> TileValue:
-    """A tile of zeros, e.g. the accumulator `acc = T.zeros((BM, BN), T.float32)`."""
-    return _s.full(shape, 0, dtype, name)
+def zeros(shape: Any, dtype: Any = float32, name: str = "", layout: Any = None) -> TileValue:
+    """A tile of zeros, e.g. the accumulator `acc = T.zeros((BM, BN), T.float32)`. `layout` optionally
+    fixes how the tile is spread over threads (a `lowbit.ir.layout.RegisterLayout` of the tile's shape)."""
+    return _s.full(shape, 0, dtype, name, layout)
 
 
-def full(shape: Any, value: Scalar, dtype: Any = float32, name: str = "") -> TileValue:
-    """A tile filled with `value` (a number or a scalar expression)."""
-    return _s.full(shape, value, dtype, name)
+def full(shape: Any, value: Scalar, dtype: Any = float32, name: str = "", layout: Any = None) -> TileValue:
+    """A tile filled with `value` (a number or a scalar expression); `layout` as for T.zeros."""
+    return _s.full(shape, value, dtype, name, layout)
 
 
 def arange(start: int, stop: int | None = None) -> TileValue:
@@ -127,11 +128,12 @@ def arange(start: int, stop: int | None = None) -> TileValue:
     return _s.arange(start, stop)
 
 
-def load(tensor: TensorHandle, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0) -> TileValue:
+def load(tensor: TensorHandle, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0,
+         layout: Any = None) -> TileValue:
     """Load the tile `tensor[offsets[0] : offsets[0]+shape[0], ...]`. Elements outside the tensor, or where
     `mask` is false, read `other`. A sub-byte tensor loads codes of its dtype; the packed layout is handled
-    for you."""
-    return _s.load(tensor, offsets, shape, mask, other)
+    for you. `layout` optionally fixes the tile's register layout (thread, local) -> index."""
+    return _s.load(tensor, offsets, shape, mask, other, layout)
 
 
 def store(tensor: TensorHandle, offsets: Any, value: TileValue, mask: TileValue | None = None) -> None:

@@ -104,11 +104,15 @@ class TileValue:
         return transpose(self, tuple(reversed(range(len(self.shape)))))
 
 
-def _emit(inst: I.Inst, name: str = "") -> TileValue:
+def _emit(inst: I.Inst, name: str = "", layout: Any = None) -> TileValue:
     try:
         ty = inst.result_type()
     except I.IRTypeError as e:
         raise DSLError(str(e)) from None
+    if layout is not None:
+        if tuple(layout.shape) != ty.shape:
+            raise DSLError(f"layout {layout} has shape {list(layout.shape)} but the tile is {list(ty.shape)}")
+        ty = TileType(ty.dtype, ty.shape, layout)
     tile = Tile(ty, name)
     current().emit(Let(tile, inst, user_location()))
     return TileValue(tile)
@@ -236,13 +240,13 @@ def where(cond: TileValue, a: Any, b: Any) -> TileValue:
     return _emit(I.Where(c.ir, ta.ir, tb.ir))
 
 
-def full(shape: Any, value: Scalar, d: Any = float32, name: str = "") -> TileValue:
+def full(shape: Any, value: Scalar, d: Any = float32, name: str = "", layout: Any = None) -> TileValue:
     d = as_dtype(d)
     if isinstance(value, sympy.Basic) and value.is_Number:
         value = int(value) if value.is_Integer else float(value)
     if isinstance(value, bool):
         value = int(value)
-    return _emit(I.Full(as_shape(shape), value, d), name)
+    return _emit(I.Full(as_shape(shape), value, d), name, layout)
 
 
 def arange(start: int, stop: int | None = None) -> TileValue:
@@ -268,11 +272,12 @@ def _offsets(tensor: TensorParam, offsets: Any, what: str) -> tuple[sympy.Expr, 
     return tuple(out)
 
 
-def load(tensor: Any, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0) -> TileValue:
+def load(tensor: Any, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0,
+         layout: Any = None) -> TileValue:
     t = _tensor(tensor, "load")
     shape = as_shape(shape, "load shape")
     m = None if mask is None else broadcast_to(mask, shape).ir
-    return _emit(I.Load(t, _offsets(t, offsets, "load"), shape, m, other))
+    return _emit(I.Load(t, _offsets(t, offsets, "load"), shape, m, other), layout=layout)
 
 
 def store(tensor: Any, offsets: Any, value: TileValue, mask: TileValue | None = None) -> None:
