@@ -1,0 +1,1 @@
+"""Tests for lowbit.dtypes (mirror its modules)."""
