@@ -34,7 +34,7 @@ from .register import (
     replicated,
     spatial,
 )
-from .register_ops import divide, left_divide, permute, reduce, reshape, visualize
+from .register_ops import divide, left_divide, permute, reduce, reshape, same_mapping, visualize
 from .swizzle import ComposedLayout, Swizzle
 from .symbolic import cdiv, index_symbols, size_symbols, to_source
 
@@ -72,6 +72,7 @@ __all__ = [
     "reshape",
     "right_inverse",
     "row_major",
+    "same_mapping",
     "size",
     "size_symbols",
     "spatial",
