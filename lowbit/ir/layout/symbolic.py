@@ -178,8 +178,8 @@ class SourcePrinter(StrPrinter):
 
     def _print_Mul(self, expr: sympy.Mul) -> str:
         if expr.could_extract_minus_sign():
-            inner = self._print(-expr)
-            return f"-({inner})" if isinstance(-expr, sympy.Add) else f"-{inner}"
+            # unary minus binds tighter than // % ^ + in Python: -(M // 2) must not print as -M // 2
+            return f"-{self._wrap(-expr, (sympy.Add, sympy.floor, sympy.Mod, xor))}"
         num, den = sympy.fraction(expr)
         if den != 1:
             return f"{self._wrap(num, (sympy.Add, xor))}/{self._divisor(den)}"
@@ -209,6 +209,12 @@ class SourcePrinter(StrPrinter):
     def _print_xor(self, expr: xor) -> str:
         a, b = expr.args
         return f"{self._wrap(a, (sympy.Add, xor))} ^ {self._wrap(b, (sympy.Add, xor))}"
+
+    def _print_Pow(self, expr: sympy.Pow, rational: bool = False) -> str:
+        base, exp = expr.args
+        if exp == -1:
+            return f"1/{self._divisor(base)}"
+        return f"{self._divisor(base)}**{self._divisor(exp)}"
 
     def _print_Min(self, expr: sympy.Min) -> str:
         return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
