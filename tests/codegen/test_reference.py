@@ -76,7 +76,9 @@ def test_bfloat16_host_arrays():
     a = np.array([1.5, -2.25, 3e38, 1e-39, 0, 7, 0.1, -0.1], dtype=ml_dtypes.bfloat16)
     c = np.zeros(8, np.float32)
     bf16_copy.run(a=a, c=c)
-    assert np.array_equal(c, a.astype(np.float32) * np.float32(2))
+    with np.errstate(over="ignore"):  # 3e38 * 2 overflows to inf in float32, in the kernel and here
+        expected = a.astype(np.float32) * np.float32(2)
+    assert np.array_equal(c, expected)
 
 
 @T.kernel
