@@ -34,8 +34,8 @@ from lowbit.ir.instructions import (
     View,
     Where,
 )
-from lowbit.ir.layout.text import layout_to_text
 from lowbit.ir.layout.symbolic import to_source
+from lowbit.ir.layout.text import layout_to_text
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
 from lowbit.ir.types import TileType
@@ -52,6 +52,22 @@ def expr_text(e: Any) -> str:
     if e is sympy.false:
         return "false"
     return to_source(e)
+
+
+def cond_text(c: Any) -> str:
+    """An `if` condition: comparisons joined by `and` / `or` / `not` (to_source would print `Eq(a, b)`, `&`)."""
+    if isinstance(c, (sympy.And, sympy.Or)):
+        word = " and " if isinstance(c, sympy.And) else " or "
+        return word.join(_cond_operand(a) for a in c.args)
+    if isinstance(c, sympy.Not):
+        return "not " + _cond_operand(c.args[0])
+    if isinstance(c, sympy.core.relational.Relational):
+        return f"{to_source(c.lhs)} {c.rel_op} {to_source(c.rhs)}"
+    return expr_text(c)
+
+
+def _cond_operand(c: Any) -> str:
+    return f"({cond_text(c)})" if isinstance(c, (sympy.And, sympy.Or)) else cond_text(c)
 
 
 def exprs_text(es: tuple[Any, ...]) -> str:
@@ -133,7 +149,7 @@ def inst_text(inst: Inst, name: _Namer) -> str:
 
 
 def stmt_lines(stmt: Stmt, name: _Namer, indent: str, with_locs: bool) -> list[str]:
-    loc = f"  # {stmt.loc}" if with_locs and getattr(stmt, "loc", "") else ""
+    loc = f"  # {stmt.location}" if with_locs and stmt.location else ""
     if isinstance(stmt, Let):
         return [f"{indent}{name(stmt.tile)} = {inst_text(stmt.inst, name)} : {type_text(stmt.tile.type)}{loc}"]
     if isinstance(stmt, Assign):
@@ -145,7 +161,8 @@ def stmt_lines(stmt: Stmt, name: _Namer, indent: str, with_locs: bool) -> list[s
         head = f"{indent}for {stmt.var} in range({exprs_text((stmt.start, stmt.stop, stmt.step))}) {{{loc}"
         return [head, *body_lines(stmt.body, name, indent + "  ", with_locs), indent + "}"]
     if isinstance(stmt, If):
-        lines = [f"{indent}if {expr_text(stmt.cond)} {{{loc}", *body_lines(stmt.then_body, name, indent + "  ", with_locs)]
+        then_lines = body_lines(stmt.then_body, name, indent + "  ", with_locs)
+        lines = [f"{indent}if {cond_text(stmt.cond)} {{{loc}", *then_lines]
         if stmt.else_body:
             lines += [indent + "} else {", *body_lines(stmt.else_body, name, indent + "  ", with_locs)]
         return [*lines, indent + "}"]
