@@ -282,12 +282,6 @@ def test_tricky_expressions_round_trip(e: sympy.Expr) -> None:
     assert_round_trip(store_offset_program(e))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="to_source prints cdiv/floor of a sum through sympy.together, which factors it: ceiling(M*pid0/2 + M/2) "
-    "prints `cdiv((pid0 + 1)*M, 2)`, which reads back as ceiling(M*(pid0 + 1)/2). Fix in symbolic.py: print the "
-    "expanded numerator when that rebuilds the argument; then drop this mark and `together_refactors`",
-)
 @pytest.mark.parametrize("e", [sympy.ceiling(Ms * pid0 / 2 + Ms / 2), sympy.floor(Ms**2 / 4 + Ms / 4)], ids=str)
 def test_floor_of_a_factorable_sum_round_trips(e: sympy.Expr) -> None:
     assert_round_trip(store_offset_program(e))
@@ -382,20 +376,7 @@ def exprs(symbols: tuple[sympy.Symbol, ...]) -> st.SearchStrategy[sympy.Expr]:
             pairs.map(lambda ab: sympy.Max(*ab)),
         )
 
-    return st.recursive(leaves.map(sympy.sympify), grow, max_leaves=6).filter(
-        lambda e: is_canonical(e) and not together_refactors(e)
-    )
-
-
-def together_refactors(e: sympy.Basic) -> bool:
-    """A `//` or cdiv of a sum that to_source factors (test_floor_of_a_factorable_sum_round_trips, xfail):
-    generated expressions avoid it until that is fixed."""
-    for x in sympy.preorder_traversal(e):
-        if isinstance(x, (sympy.floor, sympy.ceiling)):
-            num, den = sympy.fraction(sympy.together(x.args[0]))
-            if num / den != x.args[0]:
-                return True
-    return False
+    return st.recursive(leaves.map(sympy.sympify), grow, max_leaves=6).filter(is_canonical)
 
 
 def is_canonical(e: sympy.Basic) -> bool:

@@ -190,14 +190,22 @@ class SourcePrinter(StrPrinter):
             parts.append(self._print(coeff))
         return "*".join(parts)
 
+    @staticmethod
+    def _fraction(arg: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
+        # together() may factor the numerator ((pid0 + 1)*M); print it expanded when that reads back
+        # as the very same argument, so parse(print(e)) == e
+        num, den = sympy.fraction(sympy.together(arg))
+        expanded = sympy.expand(num)
+        return (expanded, den) if expanded / den == arg else (num, den)
+
     def _print_floor(self, expr: sympy.floor) -> str:
-        num, den = sympy.fraction(sympy.together(expr.args[0]))
+        num, den = self._fraction(expr.args[0])
         if den == 1:
             return f"math.floor({self._print(num)})"
         return f"{self._operand(num)} // {self._divisor(den)}"
 
     def _print_ceiling(self, expr: sympy.ceiling) -> str:
-        num, den = sympy.fraction(sympy.together(expr.args[0]))
+        num, den = self._fraction(expr.args[0])
         if den == 1:
             return f"math.ceil({self._print(num)})"
         return f"cdiv({self._print(num)}, {self._print(den)})"
