@@ -32,8 +32,16 @@ def quantize_then_run(wdtype: str = "uint4", M: int = 16, N: int = 64, K: int = 
     gq = quantize_groupwise(w, bits=wd, group_size=G, scale_dtype=np.float16)  # codes [N, K], scales/zeros [N, K/G]
     codes = encode(wd, gq.codes.T.astype(np.float32))  # [K, N] bit patterns
     y = np.zeros((M, N), np.float16)
-    quantized_gemm.run(x=x, w=packed_along((K, N), wd.bits, 0).pack(codes), scales=gq.scales.T.copy(),
-                       zeros=gq.zeros.T.astype(np.float16), y=y, wdtype=wdtype, G=G, zero_mode="post")
+    quantized_gemm.run(
+        x=x,
+        w=packed_along((K, N), wd.bits, 0).pack(codes),
+        scales=gq.scales.T.copy(),
+        zeros=gq.zeros.T.astype(np.float16),
+        y=y,
+        wdtype=wdtype,
+        G=G,
+        zero_mode="post",
+    )
     w_hat = gq.dequantize().astype(np.float16).astype(np.float64)  # the kernel dequantizes to fp16
     return relative_error(y, x.astype(np.float64) @ w_hat.T)
 

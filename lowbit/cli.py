@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--k", type=int, default=256)
     d.add_argument("--group-size", type=int, default=64)
     d.add_argument("--zero-mode", choices=["none", "post", "pre"], default="post")
-    d.add_argument("--dtypes", nargs="+", default=["int4", "uint4", "int3", "int2", "uint8", "fp4_e2m1", "fp6_e3m2",
-                                                   "fp8_e4m3"])
+    d.add_argument(
+        "--dtypes", nargs="+", default=["int4", "uint4", "int3", "int2", "uint8", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3"]
+    )
     d.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return int(args.func(args))

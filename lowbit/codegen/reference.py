@@ -331,13 +331,13 @@ def _view(b: _Block, inst: I.View) -> np.ndarray:
     codes = to_codes(src, b.get(inst.x))
     if src.bits > dst.bits:  # split each wide code into r narrow ones, lowest bits first
         r = src.bits // dst.bits
-        shifts = (np.arange(r, dtype=np.uint64) * np.uint64(dst.bits))
+        shifts = np.arange(r, dtype=np.uint64) * np.uint64(dst.bits)
         parts = (codes[..., None] >> shifts) & np.uint64((1 << dst.bits) - 1)
         codes = parts.reshape(*codes.shape[:-1], codes.shape[-1] * r)
     elif src.bits < dst.bits:
         r = dst.bits // src.bits
         parts = codes.reshape(*codes.shape[:-1], codes.shape[-1] // r, r)
-        shifts = (np.arange(r, dtype=np.uint64) * np.uint64(src.bits))
+        shifts = np.arange(r, dtype=np.uint64) * np.uint64(src.bits)
         codes = np.bitwise_or.reduce(parts << shifts, axis=-1)
     return from_codes(dst, codes)
 
@@ -355,10 +355,20 @@ def _dequantize(b: _Block, inst: I.Dequantize) -> np.ndarray:
 
 
 _FLOAT_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "exp": np.exp, "exp2": np.exp2, "log": np.log, "log2": np.log2, "sqrt": np.sqrt,
-    "rsqrt": lambda x: 1.0 / np.sqrt(x), "sin": np.sin, "cos": np.cos, "tanh": np.tanh,
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)), "floor": np.floor, "ceil": np.ceil,
-    "neg": np.negative, "abs": np.abs,
+    "exp": np.exp,
+    "exp2": np.exp2,
+    "log": np.log,
+    "log2": np.log2,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "sin": np.sin,
+    "cos": np.cos,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "neg": np.negative,
+    "abs": np.abs,
 }
 
 
@@ -384,13 +394,31 @@ def _shift(x: np.ndarray, n: np.ndarray, left: bool, bits: int) -> np.ndarray:
 
 
 _INT_BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
-    "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "max": np.maximum,
+    "min": np.minimum,
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
 }
-_COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-            "ge": np.greater_equal}
-_FLOAT_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-                 "max": np.maximum, "min": np.minimum}
+_COMPARE = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+}
+_FLOAT_BINARY = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "max": np.maximum,
+    "min": np.minimum,
+}
 
 
 @rule(I.Binary)

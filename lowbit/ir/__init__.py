@@ -7,5 +7,12 @@ from lowbit.ir.values import ScalarParam, TensorParam, Tile
 from lowbit.ir.verifier import VerificationError, verify
 
 __all__ = [
-    "IRTypeError", "Program", "ScalarParam", "TensorParam", "Tile", "TileType", "VerificationError", "verify",
+    "IRTypeError",
+    "Program",
+    "ScalarParam",
+    "TensorParam",
+    "Tile",
+    "TileType",
+    "VerificationError",
+    "verify",
 ]

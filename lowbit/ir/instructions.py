@@ -208,8 +208,23 @@ class Dequantize(Inst):
         return TileType(self.dtype, q.shape)
 
 
-UNARY_OPS = ("neg", "abs", "exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid",
-             "floor", "ceil", "not")
+UNARY_OPS = (
+    "neg",
+    "abs",
+    "exp",
+    "exp2",
+    "log",
+    "log2",
+    "sqrt",
+    "rsqrt",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "floor",
+    "ceil",
+    "not",
+)
 FLOAT_ONLY_UNARY = ("exp", "exp2", "log", "log2", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "floor", "ceil")
 
 
@@ -345,7 +360,20 @@ class Transpose(Inst):
 
 
 INSTRUCTIONS: tuple[type[Inst], ...] = (
-    Load, Arange, Full, Dot, Cast, View, Dequantize, Unary, Binary, Where, Reduce, Broadcast, Reshape, Transpose,
+    Load,
+    Arange,
+    Full,
+    Dot,
+    Cast,
+    View,
+    Dequantize,
+    Unary,
+    Binary,
+    Where,
+    Reduce,
+    Broadcast,
+    Reshape,
+    Transpose,
 )
 
 
@@ -355,7 +383,30 @@ def as_expr(value: int | float | Expr) -> Expr:
 
 
 __all__ = [
-    "ARITH_OPS", "BINARY_OPS", "BIT_OPS", "COMPARE_OPS", "INSTRUCTIONS", "REDUCE_OPS", "UNARY_OPS", "ZERO_MODES",
-    "Arange", "Binary", "Broadcast", "Cast", "Dequantize", "Dot", "Full", "IRTypeError", "Inst", "Load",
-    "Reduce", "Reshape", "Transpose", "Unary", "View", "Where", "as_expr", "dtype",
+    "ARITH_OPS",
+    "BINARY_OPS",
+    "BIT_OPS",
+    "COMPARE_OPS",
+    "INSTRUCTIONS",
+    "REDUCE_OPS",
+    "UNARY_OPS",
+    "ZERO_MODES",
+    "Arange",
+    "Binary",
+    "Broadcast",
+    "Cast",
+    "Dequantize",
+    "Dot",
+    "Full",
+    "IRTypeError",
+    "Inst",
+    "Load",
+    "Reduce",
+    "Reshape",
+    "Transpose",
+    "Unary",
+    "View",
+    "Where",
+    "as_expr",
+    "dtype",
 ]

@@ -1,14 +1,14 @@
 """The text form of the tile IR. `lowbit.ir.parser.parse` reads it back: parse(print_program(p)) == p.
 
-    kernel name(x: tensor<float16, [M, K]>, M: int32) grid(cdiv(M, 16)) constants(BM=16) {
-      %acc = full [16, 32], 0.0 : float32[16, 32]
-      for k in range(0, K, 32) {
-        %a = load x[pid0*16, k] [16, 32] other 0.0 : float16[16, 32]
-        ...
-        %acc <- %t
-      }
-      store y[pid0*16, 0], %out
-    }
+kernel name(x: tensor<float16, [M, K]>, M: int32) grid(cdiv(M, 16)) constants(BM=16) {
+  %acc = full [16, 32], 0.0 : float32[16, 32]
+  for k in range(0, K, 32) {
+    %a = load x[pid0*16, k] [16, 32] other 0.0 : float16[16, 32]
+    ...
+    %acc <- %t
+  }
+  store y[pid0*16, 0], %out
+}
 """
 
 from __future__ import annotations

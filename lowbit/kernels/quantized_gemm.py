@@ -46,10 +46,10 @@ def quantized_gemm(
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.float32, name="acc")
     for k0 in T.range(0, K, BK, name="k0"):
-        a = T.load(x, (pm * BM, k0), (BM, BK))                       # [BM, BK]
-        q = T.load(w, (k0, pn * BN), (BK, BN))                       # [BK, BN] codes of wdtype
+        a = T.load(x, (pm * BM, k0), (BM, BK))  # [BM, BK]
+        q = T.load(w, (k0, pn * BN), (BK, BN))  # [BK, BN] codes of wdtype
         g0 = 0 if G == -1 else k0 // G
-        s = T.load(scales, (g0, pn * BN), (BK // tile_group, BN))    # [BK / group, BN]
+        s = T.load(scales, (g0, pn * BN), (BK // tile_group, BN))  # [BK / group, BN]
         z = T.load(zeros, (g0, pn * BN), (BK // tile_group, BN)) if zero_mode != "none" else None
         b = T.dequantize(q, s, z, axis=0, group_size=tile_group, zero_mode=zero_mode, dtype=a.dtype)
         acc += T.dot(a, b)
@@ -65,8 +65,16 @@ class GemmProblem:
     expected: np.ndarray  # [M, N] float64
 
 
-def random_problem(M: int, N: int, K: int, wdtype: str | DataType = "int4", G: int = 32, zero_mode: str = "none",
-                   seed: int = 0, **tiles: int) -> GemmProblem:
+def random_problem(
+    M: int,
+    N: int,
+    K: int,
+    wdtype: str | DataType = "int4",
+    G: int = 32,
+    zero_mode: str = "none",
+    seed: int = 0,
+    **tiles: int,
+) -> GemmProblem:
     """Random codes of `wdtype`, random scales/zeros and activations, and the expected output computed
     independently of the kernel: decode codes, dequantize in float64, matmul."""
     rng = np.random.default_rng(seed)
@@ -75,7 +83,7 @@ def random_problem(M: int, N: int, K: int, wdtype: str | DataType = "int4", G: i
     codes = rng.integers(0, 1 << wd.bits, size=(K, N), dtype=np.int64).astype(wd.code_dtype)  # [K, N]
     if wd.has_nan or wd.has_inf:  # weights are finite: map NaN/inf codes to zero
         codes = encode(wd, np.nan_to_num(decode(wd, codes), nan=0.0, posinf=0.0, neginf=0.0))
-    q = decode(wd, codes).astype(np.float64)                                                  # [K, N]
+    q = decode(wd, codes).astype(np.float64)  # [K, N]
     scales = (rng.uniform(0.5, 1.5, size=(groups, N)) / max(abs(wd.max), 1)).astype(np.float16)
     zeros = rng.integers(0, 1 << min(wd.bits, 4), size=(groups, N)).astype(np.float16)
     x = rng.standard_normal((M, K)).astype(np.float16)

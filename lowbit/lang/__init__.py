@@ -128,8 +128,9 @@ def arange(start: int, stop: int | None = None) -> TileValue:
     return _s.arange(start, stop)
 
 
-def load(tensor: TensorHandle, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0,
-         layout: Any = None) -> TileValue:
+def load(
+    tensor: TensorHandle, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0, layout: Any = None
+) -> TileValue:
     """Load the tile `tensor[offsets[0] : offsets[0]+shape[0], ...]`. Elements outside the tensor, or where
     `mask` is false, read `other`. A sub-byte tensor loads codes of its dtype; the packed layout is handled
     for you. `layout` optionally fixes the tile's register layout (thread, local) -> index."""
@@ -167,8 +168,16 @@ def view(x: TileValue, dtype: Any) -> TileValue:
     return _s.view(x, dtype)
 
 
-def dequantize(codes: TileValue, scales: TileValue, zeros: TileValue | None = None, *, axis: int = 0,
-               group_size: int, zero_mode: str | None = None, dtype: Any = float32) -> TileValue:
+def dequantize(
+    codes: TileValue,
+    scales: TileValue,
+    zeros: TileValue | None = None,
+    *,
+    axis: int = 0,
+    group_size: int,
+    zero_mode: str | None = None,
+    dtype: Any = float32,
+) -> TileValue:
     """Group-wise dequantization of `codes` (any int/uint/float dtype) along `axis` in groups of
     `group_size`: post-scale zero (q - z)*s (default when zeros are given), pre-scale zero q*s - z
     (`zero_mode="pre"`), or symmetric q*s. `scales`/`zeros` have the codes' shape with `axis` divided by

@@ -121,12 +121,16 @@ class Kernel:
             elif self.signature.parameters[name].default is not inspect.Parameter.empty:
                 out[name] = self.signature.parameters[name].default
             else:
-                raise DSLError(f"kernel {self.name}: compile-time constant {name!r} is missing; pass {name}=...",
-                               loc=self._loc)
+                raise DSLError(
+                    f"kernel {self.name}: compile-time constant {name!r} is missing; pass {name}=...", loc=self._loc
+                )
         unknown = set(given) - set(self.constexpr_names)
         if unknown:
-            raise DSLError(f"kernel {self.name}: {sorted(unknown)} are not T.constexpr parameters "
-                           f"(constants: {list(self.constexpr_names)})", loc=self._loc)
+            raise DSLError(
+                f"kernel {self.name}: {sorted(unknown)} are not T.constexpr parameters "
+                f"(constants: {list(self.constexpr_names)})",
+                loc=self._loc,
+            )
         return out
 
     @property
@@ -163,18 +167,28 @@ class Kernel:
                 params.append(p)
                 args[name] = TensorHandle(p)
             else:
-                raise DSLError(f"kernel {self.name}: parameter {name!r} has annotation {ann!r}; use T.Tensor(...), "
-                               f"a dtype such as T.int32, or T.constexpr", loc=self._loc)
+                raise DSLError(
+                    f"kernel {self.name}: parameter {name!r} has annotation {ann!r}; use T.Tensor(...), "
+                    f"a dtype such as T.int32, or T.constexpr",
+                    loc=self._loc,
+                )
         builder = Builder(names={p.name for p in params} | {"pid0", "pid1", "pid2"})
         with tracing(builder):
             self.fn(**args)
         if builder.grid is None:
-            raise DSLError(f"kernel {self.name} never called T.grid(...); call it first to declare the blocks",
-                           loc=self._loc)
+            raise DSLError(
+                f"kernel {self.name} never called T.grid(...); call it first to declare the blocks", loc=self._loc
+            )
         used = _tensors_used(builder.blocks[0])
         params = [p for p in params if not isinstance(p, TensorParam) or p.name in used]
-        program = Program(self.name, tuple(params), builder.grid, tuple(builder.blocks[0]),
-                          tuple((k, _hashable(v)) for k, v in consts.items()), self._loc)
+        program = Program(
+            self.name,
+            tuple(params),
+            builder.grid,
+            tuple(builder.blocks[0]),
+            tuple((k, _hashable(v)) for k, v in consts.items()),
+            self._loc,
+        )
         return verify(program)
 
     def _tensor_param(self, name: str, ann: Tensor, ns: dict[str, Any]) -> TensorParam:
@@ -198,8 +212,11 @@ class Kernel:
             try:
                 s = eval(s, self.fn.__globals__, ns)  # the kernel's parameters and module-level helpers
             except Exception as e:
-                raise DSLError(f"kernel {self.name}: shape entry {s!r} of tensor {name!r}: {e}; shape entries are "
-                               f"ints, parameter names or expressions over them", loc=self._loc) from None
+                raise DSLError(
+                    f"kernel {self.name}: shape entry {s!r} of tensor {name!r}: {e}; shape entries are "
+                    f"ints, parameter names or expressions over them",
+                    loc=self._loc,
+                ) from None
         return sympy.sympify(s)
 
     def run(self, backend: str = "reference", **kwargs: Any) -> None:

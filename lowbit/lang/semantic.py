@@ -48,42 +48,107 @@ class TileValue:
         )
 
     # arithmetic
-    def __add__(self, o: Any) -> TileValue: return binary("add", self, o)
-    def __radd__(self, o: Any) -> TileValue: return binary("add", o, self)
-    def __sub__(self, o: Any) -> TileValue: return binary("sub", self, o)
-    def __rsub__(self, o: Any) -> TileValue: return binary("sub", o, self)
-    def __mul__(self, o: Any) -> TileValue: return binary("mul", self, o)
-    def __rmul__(self, o: Any) -> TileValue: return binary("mul", o, self)
-    def __truediv__(self, o: Any) -> TileValue: return binary("div", self, o)
-    def __rtruediv__(self, o: Any) -> TileValue: return binary("div", o, self)
-    def __floordiv__(self, o: Any) -> TileValue: return binary("floordiv", self, o)
-    def __rfloordiv__(self, o: Any) -> TileValue: return binary("floordiv", o, self)
-    def __mod__(self, o: Any) -> TileValue: return binary("mod", self, o)
-    def __rmod__(self, o: Any) -> TileValue: return binary("mod", o, self)
-    def __and__(self, o: Any) -> TileValue: return binary("and", self, o)
-    def __rand__(self, o: Any) -> TileValue: return binary("and", o, self)
-    def __or__(self, o: Any) -> TileValue: return binary("or", self, o)
-    def __ror__(self, o: Any) -> TileValue: return binary("or", o, self)
-    def __xor__(self, o: Any) -> TileValue: return binary("xor", self, o)
-    def __rxor__(self, o: Any) -> TileValue: return binary("xor", o, self)
-    def __lshift__(self, o: Any) -> TileValue: return binary("shl", self, o)
-    def __rshift__(self, o: Any) -> TileValue: return binary("shr", self, o)
-    def __lt__(self, o: Any) -> TileValue: return binary("lt", self, o)
-    def __le__(self, o: Any) -> TileValue: return binary("le", self, o)
-    def __gt__(self, o: Any) -> TileValue: return binary("gt", self, o)
-    def __ge__(self, o: Any) -> TileValue: return binary("ge", self, o)
-    def __eq__(self, o: Any) -> TileValue: return binary("eq", self, o)  # type: ignore[override]
-    def __ne__(self, o: Any) -> TileValue: return binary("ne", self, o)  # type: ignore[override]
-    def __neg__(self) -> TileValue: return unary("neg", self)
-    def __abs__(self) -> TileValue: return unary("abs", self)
-    def __invert__(self) -> TileValue: return unary("not", self)
+    def __add__(self, o: Any) -> TileValue:
+        return binary("add", self, o)
+
+    def __radd__(self, o: Any) -> TileValue:
+        return binary("add", o, self)
+
+    def __sub__(self, o: Any) -> TileValue:
+        return binary("sub", self, o)
+
+    def __rsub__(self, o: Any) -> TileValue:
+        return binary("sub", o, self)
+
+    def __mul__(self, o: Any) -> TileValue:
+        return binary("mul", self, o)
+
+    def __rmul__(self, o: Any) -> TileValue:
+        return binary("mul", o, self)
+
+    def __truediv__(self, o: Any) -> TileValue:
+        return binary("div", self, o)
+
+    def __rtruediv__(self, o: Any) -> TileValue:
+        return binary("div", o, self)
+
+    def __floordiv__(self, o: Any) -> TileValue:
+        return binary("floordiv", self, o)
+
+    def __rfloordiv__(self, o: Any) -> TileValue:
+        return binary("floordiv", o, self)
+
+    def __mod__(self, o: Any) -> TileValue:
+        return binary("mod", self, o)
+
+    def __rmod__(self, o: Any) -> TileValue:
+        return binary("mod", o, self)
+
+    def __and__(self, o: Any) -> TileValue:
+        return binary("and", self, o)
+
+    def __rand__(self, o: Any) -> TileValue:
+        return binary("and", o, self)
+
+    def __or__(self, o: Any) -> TileValue:
+        return binary("or", self, o)
+
+    def __ror__(self, o: Any) -> TileValue:
+        return binary("or", o, self)
+
+    def __xor__(self, o: Any) -> TileValue:
+        return binary("xor", self, o)
+
+    def __rxor__(self, o: Any) -> TileValue:
+        return binary("xor", o, self)
+
+    def __lshift__(self, o: Any) -> TileValue:
+        return binary("shl", self, o)
+
+    def __rshift__(self, o: Any) -> TileValue:
+        return binary("shr", self, o)
+
+    def __lt__(self, o: Any) -> TileValue:
+        return binary("lt", self, o)
+
+    def __le__(self, o: Any) -> TileValue:
+        return binary("le", self, o)
+
+    def __gt__(self, o: Any) -> TileValue:
+        return binary("gt", self, o)
+
+    def __ge__(self, o: Any) -> TileValue:
+        return binary("ge", self, o)
+
+    def __eq__(self, o: Any) -> TileValue:
+        return binary("eq", self, o)  # type: ignore[override]
+
+    def __ne__(self, o: Any) -> TileValue:
+        return binary("ne", self, o)  # type: ignore[override]
+
+    def __neg__(self) -> TileValue:
+        return unary("neg", self)
+
+    def __abs__(self) -> TileValue:
+        return unary("abs", self)
+
+    def __invert__(self) -> TileValue:
+        return unary("not", self)
+
     __hash__ = object.__hash__
 
     # in-place updates: the tile keeps its identity, its value is replaced
-    def __iadd__(self, o: Any) -> TileValue: return assign(self, binary("add", self, o))
-    def __isub__(self, o: Any) -> TileValue: return assign(self, binary("sub", self, o))
-    def __imul__(self, o: Any) -> TileValue: return assign(self, binary("mul", self, o))
-    def __itruediv__(self, o: Any) -> TileValue: return assign(self, binary("div", self, o))
+    def __iadd__(self, o: Any) -> TileValue:
+        return assign(self, binary("add", self, o))
+
+    def __isub__(self, o: Any) -> TileValue:
+        return assign(self, binary("sub", self, o))
+
+    def __imul__(self, o: Any) -> TileValue:
+        return assign(self, binary("mul", self, o))
+
+    def __itruediv__(self, o: Any) -> TileValue:
+        return assign(self, binary("div", self, o))
 
     def __getitem__(self, index: Any) -> TileValue:
         """Only `None` (new axis) and `:` are supported: `x[:, None]` is expand_dims."""
@@ -272,8 +337,9 @@ def _offsets(tensor: TensorParam, offsets: Any, what: str) -> tuple[sympy.Expr, 
     return tuple(out)
 
 
-def load(tensor: Any, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0,
-         layout: Any = None) -> TileValue:
+def load(
+    tensor: Any, offsets: Any, shape: Any, mask: TileValue | None = None, other: float = 0, layout: Any = None
+) -> TileValue:
     t = _tensor(tensor, "load")
     shape = as_shape(shape, "load shape")
     m = None if mask is None else broadcast_to(mask, shape).ir
@@ -291,8 +357,10 @@ def store(tensor: Any, offsets: Any, value: TileValue, mask: TileValue | None = 
     m = None if mask is None else broadcast_to(mask, value.shape).ir
     stmt = Store(t, _offsets(t, offsets, "store"), value.ir, m, user_location())
     try:
-        I._check(value.ir.type.rank == t.rank, f"store into {t.name}: a rank-{value.ir.type.rank} tile into a "
-                 f"rank-{t.rank} tensor; reshape the tile")
+        I._check(
+            value.ir.type.rank == t.rank,
+            f"store into {t.name}: a rank-{value.ir.type.rank} tile into a rank-{t.rank} tensor; reshape the tile",
+        )
     except I.IRTypeError as e:
         raise DSLError(str(e)) from None
     current().emit(stmt)
@@ -314,13 +382,23 @@ def view(x: TileValue, d: Any) -> TileValue:
     return _emit(I.View(x.ir, as_dtype(d)))
 
 
-def dequantize(codes: TileValue, scales: TileValue, zeros: TileValue | None, axis: int, group_size: int,
-               zero_mode: str | None, d: Any) -> TileValue:
+def dequantize(
+    codes: TileValue,
+    scales: TileValue,
+    zeros: TileValue | None,
+    axis: int,
+    group_size: int,
+    zero_mode: str | None,
+    d: Any,
+) -> TileValue:
     if zero_mode is None:
         zero_mode = "none" if zeros is None else "post"
     axis = axis + len(codes.shape) if axis < 0 else axis
-    return _emit(I.Dequantize(codes.ir, scales.ir, None if zeros is None else zeros.ir, axis, int(group_size),
-                              zero_mode, as_dtype(d)))
+    return _emit(
+        I.Dequantize(
+            codes.ir, scales.ir, None if zeros is None else zeros.ir, axis, int(group_size), zero_mode, as_dtype(d)
+        )
+    )
 
 
 def reduce(op: str, x: TileValue, axis: int, keepdims: bool) -> TileValue:

@@ -23,8 +23,10 @@ def cast_kernel(x: T.Tensor("float32", (16,)), y: T.Tensor("int32", (16,)), TO: 
 
 
 @settings(max_examples=20)
-@given(st.lists(st.one_of(finite_f32, st.just(float("nan")), st.just(1e30)), min_size=16, max_size=16),
-       st.sampled_from(["int8", "uint8", "int4", "uint3", "int16"]))
+@given(
+    st.lists(st.one_of(finite_f32, st.just(float("nan")), st.just(1e30)), min_size=16, max_size=16),
+    st.sampled_from(["int8", "uint8", "int4", "uint3", "int16"]),
+)
 def test_float_to_int_truncates_and_saturates(values, to):
     x = np.array(values, np.float32)
     y = np.zeros(16, np.int32)
@@ -41,8 +43,10 @@ def int_cast_kernel(x: T.Tensor("int32", (16,)), y: T.Tensor("int32", (16,)), TO
 
 
 @settings(max_examples=20)
-@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=16, max_size=16),
-       st.sampled_from(["int8", "uint8", "int3", "uint5", "int1"]))
+@given(
+    st.lists(st.integers(-(2**31), 2**31 - 1), min_size=16, max_size=16),
+    st.sampled_from(["int8", "uint8", "int3", "uint5", "int1"]),
+)
 def test_int_to_int_wraps(values, to):
     x = np.array(values, np.int32)
     y = np.zeros(16, np.int32)
@@ -114,12 +118,21 @@ def test_view_roundtrip_is_identity(as_):
 
 
 @T.kernel
-def dequant(q: T.Tensor("wd", (8, 4)), s: T.Tensor("float32", (2, 4)), z: T.Tensor("float32", (2, 4)),
-            y: T.Tensor("float32", (8, 4)), wd: T.constexpr, MODE: T.constexpr):
+def dequant(
+    q: T.Tensor("wd", (8, 4)),
+    s: T.Tensor("float32", (2, 4)),
+    z: T.Tensor("float32", (2, 4)),
+    y: T.Tensor("float32", (8, 4)),
+    wd: T.constexpr,
+    MODE: T.constexpr,
+):
     T.grid(1)
     zt = T.load(z, (0, 0), (2, 4)) if MODE != "none" else None
-    T.store(y, (0, 0), T.dequantize(T.load(q, (0, 0), (8, 4)), T.load(s, (0, 0), (2, 4)), zt, axis=0,
-                                     group_size=4, zero_mode=MODE))
+    T.store(
+        y,
+        (0, 0),
+        T.dequantize(T.load(q, (0, 0), (8, 4)), T.load(s, (0, 0), (2, 4)), zt, axis=0, group_size=4, zero_mode=MODE),
+    )
 
 
 @pytest.mark.parametrize("wd", ["uint4", "int3", "fp4_e2m1", "int8"])
@@ -144,15 +157,29 @@ def test_dequantize_conventions(wd, mode):
 
 
 @T.kernel
-def store_packed(x: T.Tensor("int32", ("R", "C")), w: T.Tensor("wd", ("R", "C"), layout="lay"), R: T.int32,
-                 C: T.int32, wd: T.constexpr, lay: T.constexpr, B: T.constexpr = 8):
+def store_packed(
+    x: T.Tensor("int32", ("R", "C")),
+    w: T.Tensor("wd", ("R", "C"), layout="lay"),
+    R: T.int32,
+    C: T.int32,
+    wd: T.constexpr,
+    lay: T.constexpr,
+    B: T.constexpr = 8,
+):
     pr, pc = T.grid(T.cdiv(R, B), T.cdiv(C, B))
     T.store(w, (pr * B, pc * B), T.cast(T.load(x, (pr * B, pc * B), (B, B)), wd))
 
 
 @settings(max_examples=15)
-@given(bits=st.integers(1, 8), signed=st.booleans(), R=st.integers(1, 20), C=st.integers(1, 20),
-       axis=st.integers(0, 1), dense=st.booleans(), seed=st.integers(0, 99))
+@given(
+    bits=st.integers(1, 8),
+    signed=st.booleans(),
+    R=st.integers(1, 20),
+    C=st.integers(1, 20),
+    axis=st.integers(0, 1),
+    dense=st.booleans(),
+    seed=st.integers(0, 99),
+)
 def test_stores_into_packed_tensors_match_the_layouts_pack(bits, signed, R, C, axis, dense, seed):
     d = dtype(f"{'' if signed else 'u'}int{bits}")
     lay = packed_along((R, C), bits, axis, dense=dense)
@@ -164,8 +191,12 @@ def test_stores_into_packed_tensors_match_the_layouts_pack(bits, signed, R, C, a
 
 
 @T.kernel
-def transpose_copy(x: T.Tensor("float32", ("M", "N"), layout=lambda shape, d: column_major(shape)),
-                   y: T.Tensor("float32", ("N", "M")), M: T.int32, N: T.int32):
+def transpose_copy(
+    x: T.Tensor("float32", ("M", "N"), layout=lambda shape, d: column_major(shape)),
+    y: T.Tensor("float32", ("N", "M")),
+    M: T.int32,
+    N: T.int32,
+):
     T.grid(1)
     T.store(y, (0, 0), T.load(x, (0, 0), (8, 8)).T)
 

@@ -15,8 +15,14 @@ from lowbit.lang import DSLError
 
 
 @T.kernel
-def softmax_rows(x: T.Tensor("float32", ("R", "C")), y: T.Tensor("float32", ("R", "C")), R: T.int32, C: T.int32,
-                 BR: T.constexpr = 4, BC: T.constexpr = 64):
+def softmax_rows(
+    x: T.Tensor("float32", ("R", "C")),
+    y: T.Tensor("float32", ("R", "C")),
+    R: T.int32,
+    C: T.int32,
+    BR: T.constexpr = 4,
+    BC: T.constexpr = 64,
+):
     (pid,) = T.grid(T.cdiv(R, BR))
     cols = T.arange(BC)
     rows_ok = (pid * BR + T.arange(BR))[:, None] < R

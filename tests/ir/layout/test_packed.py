@@ -170,6 +170,7 @@ def test_errors_say_what_to_fix() -> None:
 
 def test_agrees_with_dtypes_packing() -> None:
     from lowbit.dtypes import packing
+
     codes = np.arange(6 * 20) % 8  # [6, 20] int3 codes, packed along the last axis
     codes = codes.reshape(6, 20)
     layout = packed_along((6, 20), 3, 1)  # word-aligned, 10 per uint32, rows of 2 words
