@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from lowbit.ir.layout.symbolic import to_source
+from lowbit.ir.layout.symbolic import SOURCE_NAMESPACE, to_source
 
 
 def _cdiv(a: Any, b: Any) -> Any:
@@ -34,14 +34,14 @@ def _max(a: Any, b: Any, *rest: Any) -> Any:
     return out if isinstance(out, np.ndarray) else type(a)(out) if isinstance(a, int) else out
 
 
-_NAMESPACE = {"cdiv": _cdiv, "min": _min, "max": _max, "__builtins__": {}}
+# the printer's namespace, with min/max/cdiv that also work elementwise on integer arrays
+_NAMESPACE = {**SOURCE_NAMESPACE, "cdiv": _cdiv, "min": _min, "max": _max, "__builtins__": {}}
 
 
 @functools.lru_cache(maxsize=4096)
 def compile_expr(expr: sympy.Basic) -> tuple[Callable[..., Any], tuple[str, ...]]:
     names = tuple(sorted(str(s) for s in expr.free_symbols))
     src = to_source(expr)
-    src = src.replace("&&", " and ").replace("||", " or ")
     code = compile(f"lambda {', '.join(names)}: ({src})", f"<index {src}>", "eval")
     return eval(code, dict(_NAMESPACE)), names
 
