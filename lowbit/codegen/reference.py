@@ -18,7 +18,6 @@ byte-sized tensors; a flat buffer indexed by the layout for a CuTe `Layout`; the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -91,20 +90,6 @@ def from_codes(dt: DataType, c: np.ndarray) -> np.ndarray:
 # ---- memory -------------------------------------------------------------------------------------------
 
 
-def bind(obj: Any, env: dict[str, int]) -> Any:
-    """Substitute runtime scalar values into a layout (or any value holding sympy expressions)."""
-    if isinstance(obj, sympy.Basic):
-        v = evaluate(obj, env)
-        return int(v)
-    if isinstance(obj, tuple):
-        return tuple(bind(v, env) for v in obj)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return replace(obj, **{f.name: bind(getattr(obj, f.name), env) for f in fields(obj) if f.init})
-    if hasattr(obj, "shape") and hasattr(obj, "stride") and type(obj).__name__ == "Layout":
-        return type(obj)(bind(obj.shape, env), bind(obj.stride, env))
-    return obj
-
-
 class Memory:
     """One tensor argument as a logical array of values, plus how to write it back to the caller's array."""
 
@@ -160,23 +145,29 @@ class Memory:
             lo = lo | np.where(straddle, w[nxt] << (wb - self.bit).astype(np.uint64), 0)
         return lo & np.uint64((1 << bits) - 1)
 
+    def _scatter_codes(self, words: np.ndarray, codes: np.ndarray) -> None:
+        """Write every element's bits into `words` in place, keeping bits no element owns (padding)."""
+        bits, wb = self.param.dtype.bits, self.word_bits
+        word, bit = self.word.reshape(-1), self.bit.reshape(-1).astype(np.uint64)
+        c = codes.reshape(-1).astype(np.uint64)
+        field_mask, word_mask = np.uint64((1 << bits) - 1), np.uint64((1 << wb) - 1)
+        clear = np.zeros(words.size, np.uint64)
+        value = np.zeros(words.size, np.uint64)
+        np.bitwise_or.at(clear, word, (field_mask << bit) & word_mask)
+        np.bitwise_or.at(value, word, (c << bit) & word_mask)
+        straddle = bit + np.uint64(bits) > np.uint64(wb)  # the high part goes into the next word
+        if straddle.any():
+            rest = np.uint64(wb) - bit[straddle]
+            np.bitwise_or.at(clear, word[straddle] + 1, field_mask >> rest)
+            np.bitwise_or.at(value, word[straddle] + 1, c[straddle] >> rest)
+        words[...] = ((words.astype(np.uint64) & ~clear) | value).astype(words.dtype)
+
     def write_back(self) -> None:
         if not self.dirty:
             return
         dt = self.param.dtype
         if isinstance(self.param.layout, PackedLayout):
-            flat = self.arg.reshape(-1)
-            codes = to_codes(dt, self.values)
-            wb, bits = self.word_bits, dt.bits
-            acc = flat.astype(np.uint64)
-            wmask = np.uint64((1 << wb) - 1)
-            for c, word, bit in zip(codes.reshape(-1), self.word.reshape(-1), self.bit.reshape(-1)):
-                field = int(c) << int(bit)  # may straddle into the next word
-                mask = ((1 << bits) - 1) << int(bit)
-                acc[word] = (int(acc[word]) & ~mask & int(wmask)) | (field & int(wmask))
-                if int(bit) + bits > wb:
-                    acc[word + 1] = (int(acc[word + 1]) & ~(mask >> wb)) | (field >> wb)
-            flat[...] = acc.astype(flat.dtype)
+            self._scatter_codes(self.arg.reshape(-1), to_codes(dt, self.values))
             return
         host = self.values
         if dt.is_float and dt.host_dtype is not None:

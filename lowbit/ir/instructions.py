@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-import sympy
-
-from lowbit.dtypes import DataType, boolean, dtype, float32, int32
+from lowbit.dtypes import DataType, boolean, float32, int32
 from lowbit.ir.types import Expr, TileType
 from lowbit.ir.values import TensorParam, Tile
 
@@ -377,11 +375,6 @@ INSTRUCTIONS: tuple[type[Inst], ...] = (
 )
 
 
-def as_expr(value: int | float | Expr) -> Expr:
-    """Normalise a Python number or sympy value to a sympy expression."""
-    return sympy.sympify(value)
-
-
 __all__ = [
     "ARITH_OPS",
     "BINARY_OPS",
@@ -407,6 +400,4 @@ __all__ = [
     "Unary",
     "View",
     "Where",
-    "as_expr",
-    "dtype",
 ]

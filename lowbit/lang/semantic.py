@@ -120,11 +120,11 @@ class TileValue:
     def __ge__(self, o: Any) -> TileValue:
         return binary("ge", self, o)
 
-    def __eq__(self, o: Any) -> TileValue:
-        return binary("eq", self, o)  # type: ignore[override]
+    def __eq__(self, o: Any) -> TileValue:  # type: ignore[override]
+        return binary("eq", self, o)
 
-    def __ne__(self, o: Any) -> TileValue:
-        return binary("ne", self, o)  # type: ignore[override]
+    def __ne__(self, o: Any) -> TileValue:  # type: ignore[override]
+        return binary("ne", self, o)
 
     def __neg__(self) -> TileValue:
         return unary("neg", self)
@@ -354,16 +354,10 @@ def store(tensor: Any, offsets: Any, value: TileValue, mask: TileValue | None = 
         raise DSLError(
             f"store of a {value.dtype.name} tile into {t.name} ({t.dtype.name}): write T.cast(x, {t.dtype.name!r})"
         )
+    if len(value.shape) != t.rank:
+        raise DSLError(f"store into {t.name}: a rank-{len(value.shape)} tile into a rank-{t.rank} tensor; reshape it")
     m = None if mask is None else broadcast_to(mask, value.shape).ir
-    stmt = Store(t, _offsets(t, offsets, "store"), value.ir, m, user_location())
-    try:
-        I._check(
-            value.ir.type.rank == t.rank,
-            f"store into {t.name}: a rank-{value.ir.type.rank} tile into a rank-{t.rank} tensor; reshape the tile",
-        )
-    except I.IRTypeError as e:
-        raise DSLError(str(e)) from None
-    current().emit(stmt)
+    current().emit(Store(t, _offsets(t, offsets, "store"), value.ir, m, user_location()))
 
 
 def _tensor(x: Any, what: str) -> TensorParam:
@@ -422,7 +416,3 @@ def assign(dst: TileValue, value: Any) -> TileValue:
         raise DSLError(f"assign a {list(src.shape)} tile to a {list(dst.shape)} tile")
     current().emit(Assign(dst.ir, src.ir, user_location()))
     return dst
-
-
-def zeros_like_type(t: TileType) -> TileValue:
-    return full(t.shape, 0, t.dtype)
