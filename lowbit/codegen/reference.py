@@ -465,3 +465,37 @@ def _transpose(b: _Block, inst: I.Transpose) -> np.ndarray:
 
 
 assert set(_RULES) == set(I.INSTRUCTIONS), "every IR instruction needs a reference rule"
+
+
+# ---- backend registration --------------------------------------------------------------------------
+
+
+class ReferenceKernel:
+    """The interpreter behind the backend interface (`lowbit.codegen.backend`)."""
+
+    backend = "reference"
+    source = ""
+
+    def __init__(self, program: Program, options: dict[str, Any]):
+        if options:
+            raise KernelArgumentError(f"the reference backend takes no options, got {sorted(options)}")
+        self.program = program
+
+    def __call__(self, args: Any) -> None:
+        # torch CPU tensors share memory with .numpy(), so outputs still land in the caller's tensors
+        run_reference(self.program, {k: _as_numpy(v) for k, v in args.items()})
+
+
+def _as_numpy(v: Any) -> Any:
+    if hasattr(v, "detach") and hasattr(v, "numpy"):
+        return v.detach().numpy()
+    return v
+
+
+def _register() -> None:
+    from lowbit.codegen.backend import register_backend
+
+    register_backend("reference", ReferenceKernel)
+
+
+_register()

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import sympy
 
 from lowbit.dtypes import DataType, dtype
@@ -219,17 +218,15 @@ class Kernel:
                 ) from None
         return sympy.sympify(s)
 
-    def run(self, backend: str = "reference", **kwargs: Any) -> None:
-        """Run the kernel on NumPy arrays (outputs are written in place). Constants and arguments are passed
-        by name; integer scalars that equal a tensor dimension may be omitted (they are read off the arrays)."""
+    def run(self, backend: str = "reference", options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Run the kernel on NumPy arrays or torch tensors (outputs are written in place). Constants and
+        arguments are passed by name; integer scalars that equal a tensor dimension may be omitted (they are
+        read off the arrays). `backend` is "reference", "triton" or "tvm"; `options` are backend options."""
+        from lowbit.codegen.backend import compile_program
+
         consts = {k: kwargs.pop(k) for k in list(kwargs) if k in self.constexpr_names}
         program = self.trace(**consts)
-        if backend == "reference":
-            from lowbit.codegen.reference import run_reference
-
-            run_reference(program, infer_scalars(program, kwargs))
-            return
-        raise DSLError(f"backend {backend!r} is not available; use backend='reference'")
+        compile_program(program, backend, options)(infer_scalars(program, kwargs))
 
 
 def infer_scalars(program: Program, args: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +234,7 @@ def infer_scalars(program: Program, args: dict[str, Any]) -> dict[str, Any]:
     args = dict(args)
     for p in program.tensor_params:
         a = args.get(p.name)
-        if a is None or p.is_packed or p.layout is not None or not isinstance(a, np.ndarray) or a.ndim != p.rank:
+        if a is None or p.is_packed or p.layout is not None or not hasattr(a, "shape") or len(a.shape) != p.rank:
             continue
         for expr, extent in zip(p.shape, a.shape):
             if isinstance(expr, sympy.Symbol) and str(expr) not in args:

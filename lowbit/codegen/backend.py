@@ -1,0 +1,124 @@
+"""Backends behind one interface: compile a tile-IR `Program` once, call it many times.
+
+    kernel = compile_program(program, "tvm", options={"vector": 16})
+    kernel({"x": x, "w": words, "scales": s, "y": y, "M": 4, "N": 64, "K": 128})   # writes y in place
+    print(kernel.source)                                                           # readable generated code
+
+Arguments are passed by parameter name in host form (what the reference interpreter takes): row-major
+arrays of the logical shape for byte-sized tensors, the words of `PackedLayout.pack` for packed sub-byte
+tensors, a flat buffer for tensors with a CuTe layout; integer scalars as ints. Arrays may be NumPy arrays
+or torch tensors; outputs are written back into the caller's arrays. Every backend names its options (the
+knobs a tuner may turn that do not change the IR: warps and stages for Triton, vector width and
+parallelism for TVM); unknown options are an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lowbit.ir.program import Program
+
+
+class BackendError(RuntimeError):
+    """A backend that is missing, cannot compile a program, or got bad options."""
+
+
+class CompiledKernel(Protocol):
+    """A program compiled by one backend."""
+
+    program: Program
+    backend: str
+    source: str  # the generated code (Python/Triton source, TVMScript); "" for the interpreter
+
+    def __call__(self, args: Mapping[str, Any]) -> None: ...
+
+
+def freeze(d: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A mapping as a sorted tuple of pairs: hashable, order-independent."""
+    return tuple(sorted((d or {}).items()))
+
+
+@dataclass(frozen=True)
+class Config:
+    """One point of a kernel's search space: DSL compile-time constants (tile sizes, split-K) that change
+    the IR, and backend options that do not. Frozen and hashable; `Config.make(...)` builds one from dicts."""
+
+    constants: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, constants: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> Config:
+        return cls(freeze(constants), freeze(options))
+
+    @property
+    def constant_dict(self) -> dict[str, Any]:
+        return dict(self.constants)
+
+    @property
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.constants + self.options]
+        return "Config(" + ", ".join(parts) + ")"
+
+
+Compiler = Callable[[Program, Mapping[str, Any]], CompiledKernel]
+_BACKENDS: dict[str, tuple[str, str]] = {
+    # name -> (module that registers it, the pip extra that installs its toolchain)
+    "reference": ("lowbit.codegen.reference", ""),
+    "triton": ("lowbit.codegen.triton", "triton"),
+    "tvm": ("lowbit.codegen.tvm", "tvm"),
+}
+_TOOLCHAIN = {"reference": "numpy", "triton": "triton", "tvm": "tvm"}
+_COMPILERS: dict[str, Compiler] = {}
+
+
+def register_backend(name: str, compiler: Compiler) -> None:
+    """Called by a backend module at import: `compiler(program, options) -> CompiledKernel`."""
+    _COMPILERS[name] = compiler
+
+
+def available_backends() -> list[str]:
+    """Backends whose toolchain is installed on this machine (the reference is always there)."""
+    return [name for name, tool in _TOOLCHAIN.items() if importlib.util.find_spec(tool) is not None]
+
+
+def get_compiler(backend: str) -> Compiler:
+    if backend not in _BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; use one of {sorted(_BACKENDS)}")
+    if backend not in _COMPILERS:
+        module, extra = _BACKENDS[backend]
+        if importlib.util.find_spec(_TOOLCHAIN[backend]) is None:
+            raise BackendError(
+                f"backend {backend!r} needs {_TOOLCHAIN[backend]}, which is not installed; "
+                f"pip install 'lowbit[{extra}]' (available here: {available_backends()})"
+            )
+        importlib.import_module(module)
+    return _COMPILERS[backend]
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_cached(program: Program, backend: str, options: tuple[tuple[str, Any], ...]) -> CompiledKernel:
+    return get_compiler(backend)(program, dict(options))
+
+
+def compile_program(program: Program, backend: str, options: Mapping[str, Any] | None = None) -> CompiledKernel:
+    """Compile `program` with `backend` (cached per program, backend and options)."""
+    return _compile_cached(program, backend, freeze(options))
+
+
+__all__ = [
+    "BackendError",
+    "CompiledKernel",
+    "Config",
+    "available_backends",
+    "compile_program",
+    "freeze",
+    "get_compiler",
+    "register_backend",
+]
