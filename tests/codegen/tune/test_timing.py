@@ -1,0 +1,89 @@
+"""timing.py: samples, statistics, cache flushing, thread and device settings."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from lowbit.codegen.tune.timing import (
+    Timing,
+    benchmark,
+    device_name,
+    flush_cache,
+    last_level_cache_bytes,
+    set_threads,
+)
+
+
+def test_benchmark_samples_are_positive_and_median_is_bracketed() -> None:
+    a = np.random.default_rng(0).standard_normal((64, 64))
+    t = benchmark(lambda: a @ a, repeats=5, flush=False)
+    assert len(t.samples) >= 5
+    assert all(s > 0 for s in t.samples)
+    assert t.min <= t.median <= t.max
+    assert t.iqr >= 0
+
+
+def test_benchmark_calls_warmup_untimed_then_repeats() -> None:
+    calls = []
+    t = benchmark(lambda: calls.append(1), repeats=3, warmup=2, flush=False)
+    assert len(calls) == 5 and len(t.samples) == 3
+
+
+def test_benchmark_min_time_takes_more_samples() -> None:
+    t = benchmark(lambda: time.sleep(0.002), repeats=1, warmup=0, flush=False, min_time_ms=10)
+    assert len(t.samples) >= 2 and sum(t.samples) >= 10
+
+
+def test_benchmark_with_flush_still_measures_only_the_call() -> None:
+    t = benchmark(lambda: time.sleep(0.001), repeats=2, warmup=0, flush=True)
+    assert len(t.samples) == 2 and t.min >= 1.0
+
+
+def test_benchmark_rejects_zero_repeats() -> None:
+    with pytest.raises(ValueError, match="repeats"):
+        benchmark(lambda: None, repeats=0)
+
+
+def test_timing_statistics_oracle() -> None:
+    t = Timing((5.0, 1.0, 3.0, 2.0, 4.0))
+    assert (t.median, t.min, t.max) == (3.0, 1.0, 5.0)
+    assert t.iqr == pytest.approx(2.0)  # numpy linear percentiles: 4 - 2
+    assert "3 ms" in str(t)
+
+
+def test_flush_cache_runs_default_and_sized() -> None:
+    flush_cache()
+    flush_cache(nbytes=1 << 20)
+    flush_cache(nbytes=1 << 20)  # the buffer is reused
+
+
+def test_last_level_cache_is_positive_when_known() -> None:
+    llc = last_level_cache_bytes()
+    assert llc is None or llc >= 1 << 16
+
+
+def test_set_threads_sets_env_and_torch() -> None:
+    old = {k: os.environ.get(k) for k in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    torch = pytest.importorskip("torch")
+    old_torch = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1
+        assert os.environ["TVM_NUM_THREADS"] == "1" and os.environ["OMP_NUM_THREADS"] == "1"
+        assert torch.get_num_threads() == 1
+        assert set_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(old_torch)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_device_name_names_the_cpu_and_cores() -> None:
+    name = device_name()
+    assert f"({os.cpu_count()} cores)" in name and len(name) > len(" cores") + 3
