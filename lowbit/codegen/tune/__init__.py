@@ -1,6 +1,24 @@
-"""Autotuning: search spaces (space.py), timing, the tuner and its persistent cache."""
+"""Autotuning: search spaces (space.py), timing (timing.py), the tuner (tuner.py) and its persistent cache
+(cache.py). See README.md in this directory."""
 
+from lowbit.codegen.tune.cache import CODEGEN_VERSION, TuningCache
 from lowbit.codegen.tune.space import Constraint, SearchSpace
 from lowbit.codegen.tune.timing import Timing, benchmark, device_name, flush_cache, set_threads
+from lowbit.codegen.tune.tuner import Trial, TuneResult, TuningError, tune, tuning_enabled
 
-__all__ = ["Constraint", "SearchSpace", "Timing", "benchmark", "device_name", "flush_cache", "set_threads"]
+__all__ = [
+    "CODEGEN_VERSION",
+    "Constraint",
+    "SearchSpace",
+    "Timing",
+    "Trial",
+    "TuneResult",
+    "TuningCache",
+    "TuningError",
+    "benchmark",
+    "device_name",
+    "flush_cache",
+    "set_threads",
+    "tune",
+    "tuning_enabled",
+]

@@ -59,7 +59,7 @@ def key_parts(
     sizes: Mapping[str, int],
     device: str,
     space: str = "",
-    codegen_version: int = CODEGEN_VERSION,
+    codegen_version: int | None = None,
     toolchain: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The readable parts of a cache key (the IR as its sha256, to keep the file small). `space` describes
@@ -69,7 +69,7 @@ def key_parts(
         "backend": backend,
         "space": space,
         "problem": problem_key(sizes),
-        "codegen_version": codegen_version,
+        "codegen_version": CODEGEN_VERSION if codegen_version is None else codegen_version,
         "toolchain": dict(sorted((toolchain if toolchain is not None else toolchain_versions()).items())),
         "device": device,
     }
