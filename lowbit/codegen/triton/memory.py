@@ -1,0 +1,170 @@
+"""Load and Store lowering: pointer arithmetic, masks, packed sub-byte words, CuTe layouts.
+
+A tile access at offsets (o_0, ..) of extent (n_0, ..) builds one coordinate tensor per axis,
+`<tile>_i<d> = o_d + tl.arange(0, n_d)` shaped to broadcast against the others, and evaluates the
+tensor's layout at those coordinates: row-major strides, a CuTe `Layout`, or a `PackedLayout`'s
+(word, bit). The mask is "inside the logical shape" and the user's mask. Packed elements are read as
+`(word >> bit) & mask` on words reinterpreted as uint32 (dense layouts also read the next word when an
+element straddles), and written with two atomics per element (and-clear, then or-set), so programs that
+share a word never lose each other's bits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import sympy
+
+from lowbit.codegen.backend import BackendError
+from lowbit.codegen.triton import numerics as nx
+from lowbit.codegen.triton.lower import Emitter, expr, rule
+from lowbit.codegen.triton.numerics import holder
+from lowbit.dtypes import DataType
+from lowbit.ir import instructions as I
+from lowbit.ir.layout import PackedLayout
+from lowbit.ir.statements import Store
+from lowbit.ir.values import TensorParam, Tile, index_symbol
+
+
+def host_element(param: TensorParam) -> tuple[np.dtype, str]:
+    """The canonical element type of a tensor argument on the device: (NumPy dtype, Triton pointer type).
+
+    Packed tensors: their words as signed ints of the word width. Non-native floats (bfloat16, fp8, ...):
+    their codes as int8 / int16. float16 / float32 / bool: themselves. Integers: the signed integer of the
+    host width (uint8 stays uint8); sub-byte integers without a packed layout: int8.
+    """
+    dt = param.dtype
+    if isinstance(param.layout, PackedLayout):
+        bits = param.layout.word_bits
+        return np.dtype(f"int{bits}"), f"*i{bits}"
+    if dt.is_bool:
+        return np.dtype(np.bool_), "*i1"
+    if dt.is_float:
+        if nx.is_native_float(dt):
+            return np.dtype(f"float{dt.bits}"), f"*fp{dt.bits}"
+        bits = 8 if dt.bits <= 8 else 16
+        return np.dtype(f"int{bits}"), f"*i{bits}"
+    if dt.bits <= 8:
+        return (np.dtype(np.uint8), "*u8") if dt.bits == 8 and not dt.is_signed else (np.dtype(np.int8), "*i8")
+    bits = 1 << math.ceil(math.log2(dt.bits))
+    return np.dtype(f"int{bits}"), f"*i{bits}"
+
+
+def _coordinates(em: Emitter, base: str, offsets: tuple[Any, ...], shape: tuple[int, ...]) -> list[sympy.Symbol]:
+    """One broadcastable coordinate tensor per axis; returns their symbols."""
+    rank, symbols = len(shape), []
+    if rank == 0:
+        raise BackendError("loads and stores of rank-0 tiles are not supported by the triton backend")
+    for d, (o, n) in enumerate(zip(offsets, shape)):
+        index = "" if rank == 1 else "[" + ", ".join(":" if i == d else "None" for i in range(rank)) + "]"
+        start = expr(o)
+        arange = f"tl.arange(0, {n}){index}"
+        name = em.let(f"{base}_i{d}", arange if start == "0" else f"{start} + {arange}")
+        symbols.append(index_symbol(name))
+    return symbols
+
+
+def _inside(em: Emitter, base: str, p: TensorParam, offsets: tuple[Any, ...], coords: list[Any], mask: Tile | None):
+    terms = []
+    for o, c, extent in zip(offsets, coords, p.shape):
+        if not sympy.sympify(o).is_nonnegative:
+            terms.append(f"({c} >= 0)")
+        terms.append(f"({c} < {expr(extent)})")
+    if mask is not None:
+        terms.append(em.tile(mask))
+    return em.let(f"{base}_in", " & ".join(terms))
+
+
+def _element_offset(p: TensorParam, coords: list[sympy.Symbol]) -> Any:
+    if p.layout is not None:
+        return p.layout(*coords)
+    offset, stride = sympy.Integer(0), sympy.Integer(1)
+    for c, extent in reversed(list(zip(coords, p.shape))):
+        offset, stride = offset + c * stride, stride * extent
+    return offset
+
+
+@rule(I.Load)
+def _load(em: Emitter, inst: I.Load, out: str) -> None:
+    p, dt = inst.tensor, inst.tensor.dtype
+    coords = _coordinates(em, out, inst.offsets, inst.shape)
+    inside = _inside(em, out, p, inst.offsets, coords, inst.mask)
+    from lowbit.codegen.reference import to_values
+
+    other = to_values(dt, np.array(inst.other)).item()
+    # masked lanes load code 0, whose value is 0: only another `other` needs a select
+    plain = other == 0 and not (dt.is_float and math.copysign(1.0, other) < 0)
+    target = out if plain else f"{out}_v"
+    if isinstance(p.layout, PackedLayout):
+        value = _load_packed(em, p, coords, inside, target)
+    else:
+        offset = expr(_element_offset(p, coords))
+        raw = em.let(f"{out}_raw", f"tl.load({p.name}_ptr + ({offset}), mask={inside}, other=0)")
+        value = nx.from_raw(em, dt, raw, target)
+    if not plain:
+        em.emit(f"{out} = tl.where({inside}, {value}, {nx.const_value(dt, other)}).to({holder(dt)})")
+
+
+def _words(em: Emitter, p: TensorParam, word: str, mask: str, base: str) -> str:
+    """Words at `word` as nonnegative int32 (word_bits < 32) or uint32."""
+    layout: PackedLayout = p.layout
+    raw = em.let(base, f"tl.load({p.name}_ptr + ({word}), mask={mask}, other=0)")
+    if layout.word_bits == 32:
+        return em.let(f"{base}_u", f"{raw}.to(tl.uint32, bitcast=True)")
+    return em.let(f"{base}_u", f"{raw}.to(tl.int32) & {hex((1 << layout.word_bits) - 1)}")
+
+
+def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str, target: str) -> str:
+    out = target.removesuffix("_v")
+    layout: PackedLayout = p.layout
+    bits, wb = layout.bits, layout.word_bits
+    word_expr, bit_expr = layout.locate(*coords)
+    word = expr(word_expr)
+    bit = em.let(f"{out}_bit", expr(bit_expr)) if sympy.sympify(bit_expr).free_symbols else expr(bit_expr)
+    lo = _words(em, p, word, inside, f"{out}_w")
+    code = f"({lo} >> {bit})"
+    if layout.dense and wb % bits != 0:  # an element may continue into the next word
+        straddle = f"{inside} & ({bit} + {bits} > {wb})"
+        hi = _words(em, p, f"{word} + 1", straddle, f"{out}_w_next")
+        code = f"({code} | ({hi} << (({wb} - {bit}) % {wb})))"
+    code = em.let(f"{out}_code", f"({code} & {hex((1 << bits) - 1)}).to(tl.int32)")
+    return nx.value_of(em, p.dtype, code, target)
+
+
+@rule(Store)
+def _store(em: Emitter, s: Store) -> None:
+    em.comment(s)
+    p, dt = s.tensor, s.tensor.dtype
+    base = em.fresh(f"{p.name}_st")
+    coords = _coordinates(em, base, s.offsets, s.tile.shape)
+    inside = _inside(em, base, p, s.offsets, coords, s.mask)
+    value = em.tile(s.tile)
+    if isinstance(p.layout, PackedLayout):
+        _store_packed(em, p, dt, coords, inside, value, base)
+        return
+    raw = nx.to_raw(em, dt, value, f"{base}_code")
+    offset = expr(_element_offset(p, coords))
+    em.emit(f"tl.store({p.name}_ptr + ({offset}), {raw}.to({p.name}_ptr.dtype.element_ty), mask={inside})")
+
+
+def _store_packed(em: Emitter, p: TensorParam, dt: DataType, coords: list[Any], inside: str, value: str, base: str):
+    layout: PackedLayout = p.layout
+    bits, wb = layout.bits, layout.word_bits
+    if wb != 32:
+        raise BackendError(
+            f"store to {p.name}: packed stores need 32-bit words (atomics), the layout has {wb}-bit words"
+        )
+    word_expr, bit_expr = layout.locate(*coords)
+    word = em.let(f"{base}_word", expr(word_expr))
+    bit = em.let(f"{base}_bit", expr(bit_expr)) if sympy.sympify(bit_expr).free_symbols else expr(bit_expr)
+    code = nx.code_of(em, dt, value, f"{base}_code")
+    field = hex((1 << bits) - 1)
+    em.emit(f"tl.atomic_and({p.name}_ptr + {word}, ~({field} << {bit}), mask={inside})")
+    em.emit(f"tl.atomic_or({p.name}_ptr + {word}, {code} << {bit}, mask={inside})")
+    if layout.dense and wb % bits != 0:  # the high part of a straddling element goes into the next word
+        straddle = em.let(f"{base}_straddle", f"{inside} & ({bit} + {bits} > {wb})")
+        rest = f"(({wb} - {bit}) % {wb})"
+        em.emit(f"tl.atomic_and({p.name}_ptr + {word} + 1, ~({field} >> {rest}), mask={straddle})")
+        em.emit(f"tl.atomic_or({p.name}_ptr + {word} + 1, {code} >> {rest}, mask={straddle})")

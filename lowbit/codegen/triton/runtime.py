@@ -1,0 +1,186 @@
+"""Running generated Triton source: the module cache on disk, interpreter mode, argument conversion, launch.
+
+Interpreter or GPU is decided once per process, at import of this module and before any generated module
+is imported: the Triton interpreter when `torch.cuda.is_available()` is False (or TRITON_INTERPRET=1 is
+already set). The decision must come before `triton` itself is imported (its standard library, `tl.sum`
+and friends, is decorated once at import), so this module sets TRITON_INTERPRET and imports triton itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from lowbit.codegen.backend import BackendError
+from lowbit.codegen.scalar_eval import evaluate
+from lowbit.codegen.triton.lower import CODEGEN_VERSION, check_options, kernel_name, lower
+from lowbit.codegen.triton.memory import host_element
+from lowbit.dtypes import encode
+from lowbit.ir.program import Program
+from lowbit.ir.statements import Store, walk
+from lowbit.ir.values import TensorParam
+
+
+def _select_mode() -> bool:
+    """True for the interpreter. Sets TRITON_INTERPRET before triton is imported."""
+    import torch
+
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not torch.cuda.is_available()
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    if interpret:
+        already = "triton" in sys.modules
+        os.environ["TRITON_INTERPRET"] = "1"
+        import triton
+
+        triton.knobs.runtime.interpret = True
+        if already:
+            from triton.runtime.jit import JITFunction
+
+            if isinstance(triton.language.standard.sum, JITFunction):
+                warnings.warn(
+                    "triton was imported before lowbit.codegen.triton chose the interpreter; reductions in "
+                    "generated kernels will fail. Import lowbit.codegen.triton first or set TRITON_INTERPRET=1",
+                    stacklevel=2,
+                )
+    return interpret
+
+
+INTERPRET = _select_mode()
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("LOWBIT_CACHE_DIR", Path.home() / ".cache" / "lowbit"))
+    path = root / "triton"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_module(source: str) -> tuple[ModuleType, Path]:
+    """Write `source` to the cache as `<hash>.py` (a real file: compiled @triton.jit needs its source) and
+    import it. `LOWBIT_DUMP_TRITON=<dir>` also writes a copy there."""
+    import triton
+
+    digest = hashlib.sha256(f"{CODEGEN_VERSION}\n{triton.__version__}\n{source}".encode()).hexdigest()[:24]
+    name = f"lowbit_triton_{digest}"
+    path = cache_dir() / f"{digest}.py"
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        tmp.replace(path)
+    dump = os.environ.get("LOWBIT_DUMP_TRITON")
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        (Path(dump) / f"{digest}.py").write_text(source)
+    if name in sys.modules:
+        return sys.modules[name], path
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module, path
+
+
+# ---- arguments -------------------------------------------------------------------------------------
+
+
+def _to_numpy(arg: Any) -> np.ndarray:
+    if hasattr(arg, "detach"):  # torch: non-NumPy dtypes (bfloat16, float8) as raw bits
+        import torch
+
+        t = arg.detach()
+        if t.dtype.itemsize <= 2 and t.dtype.is_floating_point and t.dtype != torch.float16:
+            t = t.view(torch.int8 if t.dtype.itemsize == 1 else torch.int16)
+        if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            t = t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+        return t.cpu().numpy() if t.device.type != "cpu" else t.numpy()
+    return np.asarray(arg)
+
+
+def _canonical(p: TensorParam, a: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """`a` in the device element form, and how to turn that form back into `a`'s dtype."""
+    want, _ = host_element(p)
+    dt = p.dtype
+    if a.dtype == want:
+        return a, lambda r: r
+    if dt.is_float and want.kind == "i" and a.dtype.kind == "f":  # values of a non-native float: encode
+        from lowbit.dtypes import decode
+
+        codes = encode(dt, a.astype(np.float32)).astype(want.str.replace("i", "u")).view(want)
+        return codes, lambda r: decode(dt, r.view(r.dtype.str.replace("i", "u")).astype(dt.code_dtype)).astype(a.dtype)
+    if a.dtype.itemsize == want.itemsize and a.dtype.kind in "iuV" and want.kind in "iu":  # same bits
+        return a.view(want), lambda r: r.view(a.dtype)
+    return a.astype(want), lambda r: r.astype(a.dtype)
+
+
+class TritonKernel:
+    """A program compiled to Triton source; call it with host arguments by parameter name."""
+
+    backend = "triton"
+
+    def __init__(self, program: Program, options: Mapping[str, Any]):
+        self.program = program
+        self.options = check_options(dict(options))
+        self.source = lower(program, self.options)
+        self._module: ModuleType | None = None
+        self.path: Path | None = None
+        self.outputs = {s.tensor.name for s in walk(program.body) if isinstance(s, Store)}
+
+    @property
+    def fn(self) -> Any:
+        """The `@triton.jit` function (imported on first use)."""
+        if self._module is None:
+            self._module, self.path = load_module(self.source)
+        return getattr(self._module, kernel_name(self.program))
+
+    def __call__(self, args: Mapping[str, Any]) -> None:
+        import torch
+
+        program = self.program
+        missing = [p.name for p in program.params if p.name not in args]
+        if missing:
+            raise BackendError(f"kernel {program.name}: missing arguments {missing}")
+        extra = sorted(set(args) - {p.name for p in program.params})
+        if extra:
+            raise BackendError(f"kernel {program.name}: unknown arguments {extra}")
+        env = {p.name: int(args[p.name]) if p.dtype.is_integer else float(args[p.name]) for p in program.scalar_params}
+        grid = tuple(int(evaluate(g, env)) for g in program.grid)
+        launch: list[Any] = []
+        write_back: list[tuple[Any, np.ndarray, Any, Callable[[np.ndarray], np.ndarray]]] = []
+        for p in program.tensor_params:
+            host = _to_numpy(args[p.name])
+            dev_np, back = _canonical(p, host)
+            if not dev_np.flags.c_contiguous:
+                dev_np = np.ascontiguousarray(dev_np)
+            tensor = torch.from_numpy(dev_np)
+            if DEVICE != "cpu":
+                tensor = tensor.to(DEVICE)
+            launch.append(tensor)
+            shared = DEVICE == "cpu" and np.shares_memory(dev_np, host)
+            if p.name in self.outputs and not shared:
+                write_back.append((args[p.name], host, tensor, back))
+        launch += [env[p.name] for p in program.scalar_params]
+        if 0 in grid:
+            return
+        self.fn[grid](*launch, num_warps=self.options["num_warps"], num_stages=self.options["num_stages"])
+        for original, host, tensor, back in write_back:
+            result = back(tensor.cpu().numpy()).reshape(host.shape)
+            if hasattr(original, "detach"):
+                original.copy_(torch.from_numpy(np.ascontiguousarray(result)).view(original.dtype))
+            else:
+                host[...] = result
+
+
+def compile_triton(program: Program, options: Mapping[str, Any]) -> TritonKernel:
+    """The backend entry point: `compile_program(program, "triton", options)` lands here."""
+    return TritonKernel(program, options)
