@@ -172,7 +172,14 @@ def tune(
     entry = store.get(key) if store is not None else None
     if entry and entry.get("complete"):
         cached = tuple(Trial.from_json(t) for t in entry.get("trials", ()))
-        return TuneResult(config_from_json(entry["best"]), cached, True, key)
+        # M is bucketed, so the entry may come from another M of the bucket: take the fastest trial that
+        # is also valid for this problem (normally the stored best)
+        usable = [t for t in cached if t.time_ms is not None and not space.check(t.config, problem)]
+        usable.sort(key=lambda t: t.time_ms or 0.0)
+        if usable:
+            return TuneResult(usable[0].config, cached, True, key)
+        store = None  # nothing usable: measure this problem without overwriting the bucket's entry
+        entry = None
     done = {t.config: t for t in (Trial.from_json(d) for d in (entry or {}).get("trials", ()))}
 
     if measure is None:

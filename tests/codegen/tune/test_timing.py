@@ -87,3 +87,14 @@ def test_set_threads_sets_env_and_torch() -> None:
 def test_device_name_names_the_cpu_and_cores() -> None:
     name = device_name()
     assert f"({os.cpu_count()} cores)" in name and len(name) > len(" cores") + 3
+
+
+@pytest.mark.gpu
+def test_cuda_benchmark_uses_events_and_flushes() -> None:
+    import torch
+
+    a = torch.randn(1024, 1024, device="cuda")
+    flush_cache("cuda")
+    t = benchmark(lambda: a @ a, repeats=5, device="cuda")
+    assert len(t.samples) == 5 and t.min > 0
+    assert device_name("cuda") == torch.cuda.get_device_name()
