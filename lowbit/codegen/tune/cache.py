@@ -61,9 +61,11 @@ def key_parts(
     space: str = "",
     codegen_version: int | None = None,
     toolchain: Mapping[str, str] | None = None,
+    threads: str | None = None,
 ) -> dict[str, Any]:
     """The readable parts of a cache key (the IR as its sha256, to keep the file small). `space` describes
-    the search space's axes and default (`tuner.space_description`), so widening a space retunes."""
+    the search space's axes and default (`tuner.space_description`), so widening a space retunes; `threads`
+    is the CPU thread setting a backend's kernels run with (TVM), None where it does not matter."""
     return {
         "ir_sha256": hashlib.sha256(ir.encode()).hexdigest(),
         "backend": backend,
@@ -72,6 +74,7 @@ def key_parts(
         "codegen_version": CODEGEN_VERSION if codegen_version is None else codegen_version,
         "toolchain": dict(sorted((toolchain if toolchain is not None else toolchain_versions()).items())),
         "device": device,
+        "threads": threads,
     }
 
 

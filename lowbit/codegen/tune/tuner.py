@@ -108,6 +108,14 @@ def timing_device(backend: str) -> str:
     return "cuda" if backend == "triton" and _cuda_available() else "cpu"
 
 
+def cpu_threads(backend: str) -> str | None:
+    """The thread count TVM kernels run with (its pool reads TVM_NUM_THREADS, then OMP_NUM_THREADS, else
+    half the cores); None for backends whose speed it does not set."""
+    if backend != "tvm":
+        return None
+    return os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
+
+
 def space_description(space: SearchSpace) -> str:
     """The space's axes, default and constraint names, stably printed (for the cache key)."""
     names = [getattr(c, "__qualname__", type(c).__name__) for c in space.constraints]
@@ -160,7 +168,9 @@ def tune(
     tunables = {n for n, _ in space.constants}
     problem = {**{k: v for k, v in program.constants if k not in tunables}, **fixed, **sizes}
     device = timing_device(backend)
-    parts = key_parts(str(program), backend, sizes, device_name(device), space_description(space))
+    parts = key_parts(
+        str(program), backend, sizes, device_name(device), space_description(space), threads=cpu_threads(backend)
+    )
     key = digest(parts)
 
     if not (tuning_enabled() if enabled is None else enabled):

@@ -245,6 +245,12 @@ def test_key_is_stable_and_changes_with_ir_backend_device_version_toolchain_spac
     cache: TuningCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = key_of(cache)
+    with monkeypatch.context() as mp:
+        mp.setenv("TVM_NUM_THREADS", "1")
+        tvm1 = key_of(cache, backend="tvm")
+        mp.setenv("TVM_NUM_THREADS", "2")
+        assert key_of(cache, backend="tvm") != tvm1
+        assert key_of(cache) == base  # the reference backend ignores threads
     assert key_of(cache) == base
     assert key_of(cache, fixed={"F": 3.0}) != base  # different IR
     assert key_of(cache, backend="tvm") != base
