@@ -2,7 +2,10 @@
 
 The weight is a [K, N] tensor of codes of `wdtype` (int1..int8, uint1..uint8, any fp eXmY) packed along K
 into 32-bit words; scales (and zeros) are [K // G, N] (one row for per-channel, G = -1). Nothing in the
-kernel depends on the bit width: the packed layout and the dtype carry it.
+kernel depends on the bit width: the packed layout and the dtype carry it. `wlayout` (a constexpr) is the
+weight's layout: `T.packed(axis=0)` by default, or any `PackedLayout` of the [K, N] codes, e.g.
+`lowbit.kernels.layouts.reordered_packed` (Marlin-style tile order); the kernel body does not change.
+Ragged M, N and K need no masks: loads outside a tensor read 0 and stores outside it are skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import lowbit.lang as T
 from lowbit.dtypes import DataType, decode, dtype, encode
 from lowbit.ir.layout import packed_along
 
+# the default weight layout: codes packed along K into 32-bit words (see lowbit/kernels/layouts.py for the
+# tile-reordered alternative; any PackedLayout of the [K, N] code tensor works unchanged)
+ROW_PACKED = T.packed(axis=0)
+
 
 def groups(K: Any, G: int) -> Any:
     """Number of scale rows: K // G groups, or 1 for per-channel (G = -1)."""
@@ -25,7 +32,7 @@ def groups(K: Any, G: int) -> Any:
 @T.kernel
 def quantized_gemm(
     x: T.Tensor("adtype", ("M", "K")),
-    w: T.Tensor("wdtype", ("K", "N"), layout=T.packed(axis=0)),
+    w: T.Tensor("wdtype", ("K", "N"), layout="wlayout"),
     scales: T.Tensor("sdtype", ("groups(K, G)", "N")),
     zeros: T.Tensor("sdtype", ("groups(K, G)", "N")),
     y: T.Tensor("adtype", ("M", "N")),
@@ -37,6 +44,7 @@ def quantized_gemm(
     zero_mode: T.constexpr = "none",
     adtype: T.constexpr = "float16",
     sdtype: T.constexpr = "float16",
+    wlayout: T.constexpr = ROW_PACKED,
     BM: T.constexpr = 16,
     BN: T.constexpr = 32,
     BK: T.constexpr = 64,

@@ -1,0 +1,90 @@
+"""Weight-only quantized GEMV for small M (decode, M <= 16): y[M, N] = x[M, K] @ dequant(w)[K, N].
+
+Same arguments as `quantized_gemm` (codes [K, N] of `wdtype` in layout `wlayout`, scales/zeros
+[K // G, N]), but the dequantization is regrouped algebraically so that the inner loop never scales a
+weight. Within one group g of G rows along K, with p = Σ_k x[m, k]·q[k, n] on the raw decoded codes and
+asum = Σ_k x[m, k]:
+
+    zero_mode none:  Σ_k x·(q·s)      = p·s
+    zero_mode post:  Σ_k x·(q − z)·s  = (p − asum·z)·s
+    zero_mode pre:   Σ_k x·(q·s − z)  = p·s − asum·z
+
+so a group costs one dot on codes cast to the activation dtype (exact: every code of <= 8 bits is
+representable in fp16/bf16/fp32) plus an O(BM·BN) epilogue. Per channel (G = -1) p and asum accumulate over
+all of K and the scales/zeros are applied once at the end. Accumulation is fp32.
+
+Numerics differ from `quantized_gemm`, which rounds each dequantized weight to the activation dtype before
+its dot: here nothing is rounded before the fp32 accumulator, so the result is the fp32-accumulated
+x @ dequant(W) (in float64 terms, exact products, fp32 partial sums), then one rounding to y's dtype.
+
+Tiles: BK is a multiple of G (the body handles the BK // G groups of a tile one by one, unrolled at trace
+time) or divides G (several K steps share one group's scale row). SPLIT_K is not implemented: at M <= 16
+the grid over N already gives N / BN blocks; a split-K variant needs a second reduction kernel (future work).
+"""
+
+from __future__ import annotations
+
+import lowbit.lang as T
+from lowbit.kernels.quantized_gemm import ROW_PACKED, groups
+
+
+@T.kernel
+def quantized_gemv(
+    x: T.Tensor("adtype", ("M", "K")),
+    w: T.Tensor("wdtype", ("K", "N"), layout="wlayout"),
+    scales: T.Tensor("sdtype", ("groups(K, G)", "N")),
+    zeros: T.Tensor("sdtype", ("groups(K, G)", "N")),
+    y: T.Tensor("adtype", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    wdtype: T.constexpr = "int4",
+    G: T.constexpr = 128,
+    zero_mode: T.constexpr = "none",
+    adtype: T.constexpr = "float16",
+    sdtype: T.constexpr = "float16",
+    wlayout: T.constexpr = ROW_PACKED,
+    BM: T.constexpr = 16,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 128,
+):
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.float32, name="acc")
+    if G == -1:
+        # per channel: p and asum over all of K, scales and zeros once in the epilogue
+        asum = T.zeros((BM, 1), T.float32, name="asum")
+        for k0 in T.range(0, K, BK, name="k0"):
+            a = T.load(x, (pm * BM, k0), (BM, BK))  # [BM, BK]
+            q = T.load(w, (k0, pn * BN), (BK, BN))  # [BK, BN] codes
+            acc += T.dot(a, T.cast(q, a.dtype))  # p on raw codes
+            if zero_mode != "none":
+                asum += T.sum(T.cast(a, T.float32), axis=1, keepdims=True)
+        s = T.cast(T.load(scales, (0, pn * BN), (1, BN)), T.float32)  # [1, BN]
+        if zero_mode == "none":
+            out = acc * s
+        else:
+            z = T.cast(T.load(zeros, (0, pn * BN), (1, BN)), T.float32)  # [1, BN]
+            out = (acc - asum * z) * s if zero_mode == "post" else acc * s - asum * z
+        T.store(y, (pm * BM, pn * BN), T.cast(out, y.dtype))
+    else:
+        step = G if BK >= G else BK  # rows per dot: one group, or a slice of one
+        for k0 in T.range(0, K, BK, name="k0"):
+            for j in T.static_range(BK // step):
+                kk = k0 + j * step
+                a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
+                q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
+                p = T.dot(a, T.cast(q, a.dtype))  # [BM, BN] fp32
+                s = T.cast(T.load(scales, (kk // G, pn * BN), (1, BN)), T.float32)  # [1, BN]
+                if zero_mode == "none":
+                    acc += p * s
+                else:
+                    z = T.cast(T.load(zeros, (kk // G, pn * BN), (1, BN)), T.float32)  # [1, BN]
+                    asum = T.sum(T.cast(a, T.float32), axis=1, keepdims=True)  # [BM, 1]
+                    if zero_mode == "post":
+                        acc += (p - asum * z) * s
+                    else:
+                        acc += p * s - asum * z
+        T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
+
+
+__all__ = ["groups", "quantized_gemv"]

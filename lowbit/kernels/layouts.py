@@ -1,0 +1,90 @@
+"""Weight layouts for the kernel library: the row layout and a Marlin-style tile-reordered layout.
+
+`row_packed(shape, bits)` is the default: codes of the [K, N] weight packed along K, `⌊32/bits⌋` per
+uint32 word (`packed_along`), words row-major over (K / per_word, N).
+
+`reordered_packed(shape, bits, tile=(BK, BN))` re-lays the codes out offline so a kernel reads each weight
+tile as one contiguous block made of whole 16-byte vectors, whatever the bit width (ANCHORS, Tilus:
+"re-lay out weights offline so each thread's fragment is contiguous bytes"; Marlin does the same for int4).
+The order, outermost first (slot = code position before word packing, word = slot // per_word):
+
+    column block nt (N / BN)  >  K tile kt (K / BK)  >  fragment row kv (BK / V)  >  column n (BN)  >  k (V)
+
+A *fragment* is V = (vector_bytes / 4)·per_word consecutive k of one column: exactly one 16-byte vector
+(4 words; e.g. 32 int4, 40 int3, 64 int2, 16 int8 codes). Consecutive vector lanes (threads) take consecutive
+columns of the same fragment row, so a warp's loads are one coalesced run; a block walking K for its column
+block reads one contiguous stream. Bit widths with unused word bits (3, 5, 6, 7) keep the word-aligned
+per-word count, so a fragment never straddles a vector. Ragged shapes are padded up to whole tiles (the
+padding codes are 0; the logical shape stays (K, N), so loads past it still read 0).
+
+The CuTe layout is built with the algebra, not an index table:
+    kmode  = Layout(V) * Layout(BK / V, BN)          fragments of V codes, fragment rows BN·V apart
+    tile   = make_layout(kmode, Layout(BN, V))       (k, n) in a tile -> slot in the tile
+    whole  = tile * Layout((KT, NT), (1, KT))        tiles repeated, K tiles of a column block adjacent
+    layout = ((kmode, KT), (BN, NT)) regrouped from `whole`: logical (k, n) -> slot
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lowbit.ir.layout import Layout, LayoutError, PackedLayout, logical_product, make_layout, packed_along
+
+WORD_BITS = 32
+
+
+def row_packed(shape: tuple[int, int], bits: int) -> PackedLayout:
+    """Codes of a [K, N] weight packed along K into uint32 words (the kernels' default layout)."""
+    return packed_along(tuple(shape), bits, 0)
+
+
+def fragment_codes(bits: int, vector_bytes: int = 16) -> int:
+    """Codes in one 16-byte vector of the reordered layout: (vector_bytes / 4) words of ⌊32/bits⌋ codes."""
+    if vector_bytes % (WORD_BITS // 8):
+        raise LayoutError(f"vector_bytes {vector_bytes} is not a whole number of 4-byte words; use 4, 8 or 16")
+    return vector_bytes // (WORD_BITS // 8) * (WORD_BITS // bits)
+
+
+def reordered_packed(
+    shape: tuple[int, int], bits: int, tile: tuple[int, int] = (128, 32), vector_bytes: int = 16
+) -> PackedLayout:
+    """The tile-reordered layout of a [K, N] code tensor (see the module docstring for the order).
+
+    tile = (BK, BN): the kernel's K and N tile; BK must be a multiple of the fragment length
+    `fragment_codes(bits, vector_bytes)`. Raises LayoutError naming the value and the fix otherwise.
+    """
+    k, n = (int(s) for s in shape)
+    bk, bn = (int(t) for t in tile)
+    if not 1 <= bits <= 8:
+        raise LayoutError(f"bits {bits} is not in 1..8; the reordered layout holds sub-byte or byte codes")
+    v = fragment_codes(bits, vector_bytes)
+    if bk <= 0 or bn <= 0 or bk % v:
+        raise LayoutError(
+            f"tile {tile}: BK={bk} must be a positive multiple of {v} (the codes in one {vector_bytes}-byte "
+            f"vector at {bits} bits); use BK={max(v, -(-bk // v) * v)}"
+        )
+    kt, nt = -(-k // bk), -(-n // bn)
+    kmode = logical_product(Layout(v), Layout(bk // v, bn))  # (V, BK/V):(1, BN·V)
+    tile_layout = make_layout(kmode, Layout(bn, v))  # ((V, BK/V), BN) -> slot in tile
+    whole = logical_product(tile_layout, Layout((kt, nt), (1, kt)))  # (tile, grid) -> slot
+    layout = make_layout(make_layout(whole[0][0], whole[1][0]), make_layout(whole[0][1], whole[1][1]))
+    return PackedLayout(layout, bits, WORD_BITS, WORD_BITS // bits, shape=(k, n))
+
+
+def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] = (128, 32)) -> PackedLayout:
+    """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes."""
+    if isinstance(kind, PackedLayout):
+        if tuple(kind.shape) != tuple(shape) or kind.bits != bits:
+            raise LayoutError(
+                f"layout {kind} is for {kind.bits}-bit codes of shape {tuple(kind.shape)}, the weight has "
+                f"{bits}-bit codes of shape {tuple(shape)}; build it for this weight"
+            )
+        return kind
+    if kind == "row":
+        return row_packed(shape, bits)
+    if kind == "reordered":
+        return reordered_packed(shape, bits, tile)
+    raise LayoutError(f"layout {kind!r} is not known; use 'row', 'reordered' or a PackedLayout of the [K, N] codes")
+
+
+__all__ = ["fragment_codes", "reordered_packed", "row_packed", "weight_layout"]

@@ -1,0 +1,154 @@
+"""Search spaces of the kernel library: `space(kernel_name, backend) -> SearchSpace`.
+
+Constants (change the IR): BM, BN, BK. Options (do not): Triton `num_warps`, `num_stages`; TVM `vector`,
+`parallel` ("fused": one parallel loop over the grid, "none": serial — the values lowbit.codegen.tvm
+accepts), `unroll`; the reference interpreter has none. Constraints return a reason naming the value:
+
+* BK is a multiple of the group size G or divides it (a K tile holds whole groups or sits in one group);
+* BK is a multiple of the codes per 32-bit word (32/bits, the row layout packs along K), so a K tile is
+  whole words; BN needs no packing constraint in the row layout (N is not packed). For 3/5/6/7 bits
+  (⌊32/bits⌋ = 10/6/5/4 codes per word) no power-of-two BK is whole words, so the constraint is waived and
+  tiles share boundary words (a backend must load them unaligned);
+* Triton only: the dot's K tile (a group slice in the GEMV / W4A8 kernels) is >= 16 (fp16/bf16) or >= 32
+  (int8) — the tensor-core minimum — and the software-pipeline buffers fit shared memory:
+  stages·(BM·BK·abytes + BK·BN·bits/8) <= 227 KB (H100/H200 per block).
+The `problem` mapping of a constraint holds the kernel's fixed values: M, N, K, G, wdtype, adtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lowbit.codegen.backend import Config
+from lowbit.codegen.tune.space import Constraint, SearchSpace
+from lowbit.dtypes import dtype
+
+SHARED_MEMORY_BYTES = 227 * 1024
+KERNELS = ("quantized_gemm", "quantized_gemv", "w4a8_gemm_per_group", "w4a8_gemm_per_channel")
+
+# tile axes per kernel; GEMV keeps BM small (M <= 16) and walks K in long steps
+_TILES: dict[str, dict[str, tuple[int, ...]]] = {
+    "quantized_gemm": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
+    "quantized_gemv": {"BM": (1, 4, 16), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
+    "w4a8_gemm_per_group": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
+    "w4a8_gemm_per_channel": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
+}
+_DEFAULT_TILES: dict[str, dict[str, int]] = {
+    "quantized_gemm": {"BM": 16, "BN": 32, "BK": 64},
+    "quantized_gemv": {"BM": 16, "BN": 32, "BK": 128},
+    "w4a8_gemm_per_group": {"BM": 16, "BN": 32, "BK": 128},
+    "w4a8_gemm_per_channel": {"BM": 16, "BN": 32, "BK": 128},
+}
+_OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "reference": {},
+    "triton": {"num_warps": (4, 8), "num_stages": (2, 3, 4)},
+    "tvm": {"vector": (8, 16, 32), "parallel": ("fused", "none"), "unroll": (1, 4, 8)},
+}
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "triton": {"num_warps": 4, "num_stages": 3},
+    "tvm": {"vector": 16, "parallel": "fused", "unroll": 8},
+}
+
+
+def _group(problem: Mapping[str, Any]) -> int:
+    g = problem.get("G", -1)
+    return -1 if g is None else int(g)
+
+
+def _bits(problem: Mapping[str, Any], kernel: str) -> int:
+    default = "uint4" if kernel.startswith("w4a8") else "int4"
+    return dtype(problem.get("wdtype", default)).bits
+
+
+def _dot_k(config: Config, problem: Mapping[str, Any], kernel: str) -> int:
+    # the K extent of one T.dot: GEMV and per-group W4A8 dot one group (slice) at a time
+    bk, g = config.constant_dict["BK"], _group(problem)
+    if kernel in ("quantized_gemv", "w4a8_gemm_per_group") and g != -1:
+        return min(bk, g)
+    return bk
+
+
+def group_fits(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        bk, g = config.constant_dict["BK"], _group(problem)
+        if g != -1 and bk % g and g % bk:
+            return f"BK={bk} is neither a multiple nor a divisor of the group size G={g}; use BK in {{{g}, {2 * g}}}"
+        return None
+
+    return check
+
+
+def whole_words(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        bits = _bits(problem, kernel)
+        bk, per_word = config.constant_dict["BK"], 32 // bits
+        if 32 % bits == 0 and bk % per_word:
+            return f"BK={bk} is not a multiple of the {per_word} codes per 32-bit word; a K tile must be whole words"
+        return None
+
+    return check
+
+
+def triton_dot_k(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        k = _dot_k(config, problem, kernel)
+        need = 32 if kernel.startswith("w4a8") else 16
+        if k < need:
+            operand = "int8" if need == 32 else "fp16/bf16"
+            return f"the dot's K tile is {k} < {need}, the tensor-core minimum for {operand}; use a larger BK or G"
+        return None
+
+    return check
+
+
+def triton_shared_memory(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        c, o = config.constant_dict, config.option_dict
+        stages = int(o.get("num_stages", 1))
+        abytes = 1 if kernel.startswith("w4a8") else max(dtype(problem.get("adtype", "float16")).bits // 8, 1)
+        need = stages * (c["BM"] * c["BK"] * abytes + c["BK"] * c["BN"] * _bits(problem, kernel) // 8)
+        if need > SHARED_MEMORY_BYTES:
+            return (
+                f"{stages} stages × (BM·BK·{abytes} + BK·BN·bits/8) = {need} bytes exceeds {SHARED_MEMORY_BYTES} "
+                f"bytes of shared memory; fewer stages or smaller tiles"
+            )
+        return None
+
+    return check
+
+
+def space(kernel: str, backend: str) -> SearchSpace:
+    """The search space of library kernel `kernel` (a name in KERNELS, or the Kernel itself) on `backend`."""
+    kernel = getattr(kernel, "name", kernel)
+    if kernel not in _TILES:
+        raise ValueError(f"kernel {kernel!r} has no search space; use one of {list(KERNELS)}")
+    if backend not in _OPTIONS:
+        raise ValueError(f"backend {backend!r} has no options table; use one of {sorted(_OPTIONS)}")
+    constraints: tuple[Constraint, ...] = (group_fits(kernel), whole_words(kernel))
+    if backend == "triton":
+        constraints += (triton_dot_k(kernel), triton_shared_memory(kernel))
+    return SearchSpace.make(
+        _TILES[kernel],
+        _OPTIONS[backend],
+        default={**_DEFAULT_TILES[kernel], **_DEFAULT_OPTIONS[backend]},
+        constraints=constraints,
+    )
+
+
+def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:
+    """The space's default point if valid for `problem`, else the first valid point (ValueError if none)."""
+    sp = space(kernel, backend)
+    if sp.check(sp.default, problem) is None:
+        return sp.default
+    for cfg in sp:
+        if sp.check(cfg, problem) is None:
+            return cfg
+    reason = sp.check(sp.default, problem)
+    raise ValueError(
+        f"no configuration of {kernel} on {backend} is valid for {dict(problem)}; the default fails: {reason}"
+    )
+
+
+__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "space"]

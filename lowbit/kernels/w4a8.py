@@ -1,0 +1,97 @@
+"""W4A8 GEMMs of QoQ / QServe (ANCHORS, QoQ / QServe): int8 × int8 → int32 main loop, fp32 epilogue.
+
+Activations are per-token INT8: xq [M, K] int8 and sx [M] fp32 (`lowbit.quant.quantize_per_token_int8`,
+whose fp16 scale converts to fp32 exactly). Weights are uint{b} codes w [K, N] packed along K (layout
+`wlayout`, any PackedLayout), b <= 8 (per group) or <= 7 (per channel: codes are cast to int8).
+
+Per group (`w4a8_gemm_per_group`, QoQ progressive): level-2 integer scale s2 and zero z per group of G along
+K (int8 tensors [K // G, N]: QoQ guarantees 1 <= s2 <= 16 and |z| <= 127), level-1 fp scale s1 [N]:
+    w8 = (q − z)·s2                     an int8 exactly (QoQ's protective range), rebuilt in int32 then cast
+    acc[m, n] += Σ_k xq[m, k]·w8[k, n]  int32
+    y = fp32(acc)·sx[m]·s1[n]
+Per channel (`w4a8_gemm_per_channel`): one integer zero z [N] (int32) and fp scale sw [N] per column:
+    acc += Σ_k xq·q (codes as int8),  qsum += Σ_k xq       int32
+    y = fp32(acc − z·qsum)·sx[m]·sw[n]
+Σ x is over the *quantized* activations (lowbit.quant.gemm's default convention), applied in exact int32
+arithmetic before the single float conversion, so y equals dequantize-then-matmul of (xq·sx) and the
+weight up to three fp32 roundings. int32 cannot overflow while 127·K·max|w8| < 2^31 (K < 132k).
+"""
+
+from __future__ import annotations
+
+import lowbit.lang as T
+from lowbit.kernels.quantized_gemm import ROW_PACKED, groups
+
+
+@T.kernel
+def w4a8_gemm_per_group(
+    xq: T.Tensor("int8", ("M", "K")),
+    sx: T.Tensor("float32", ("M",)),
+    w: T.Tensor("wdtype", ("K", "N"), layout="wlayout"),
+    s2: T.Tensor("int8", ("groups(K, G)", "N")),
+    z2: T.Tensor("int8", ("groups(K, G)", "N")),
+    s1: T.Tensor("sdtype", ("N",)),
+    y: T.Tensor("ydtype", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    wdtype: T.constexpr = "uint4",
+    G: T.constexpr = 128,
+    ydtype: T.constexpr = "float16",
+    sdtype: T.constexpr = "float16",
+    wlayout: T.constexpr = ROW_PACKED,
+    BM: T.constexpr = 16,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 128,
+):
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.int32, name="acc")
+    step = G if BK >= G else BK  # rows sharing one (s2, z) row: a group, or a slice of one
+    for k0 in T.range(0, K, BK, name="k0"):
+        for j in T.static_range(BK // step):
+            kk = k0 + j * step
+            a = T.load(xq, (pm * BM, kk), (BM, step))  # [BM, step] int8
+            q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] uint codes
+            s = T.cast(T.load(s2, (kk // G, pn * BN), (1, BN)), T.int32)  # [1, BN]
+            z = T.cast(T.load(z2, (kk // G, pn * BN), (1, BN)), T.int32)  # [1, BN]
+            w8 = T.cast((T.cast(q, T.int32) - z) * s, T.int8)  # [step, BN], in int8 range by QoQ
+            acc += T.dot(a, w8, acc_dtype=T.int32)
+    sa = T.reshape(T.load(sx, (pm * BM,), (BM,)), (BM, 1))  # [BM, 1]
+    sw = T.cast(T.reshape(T.load(s1, (pn * BN,), (BN,)), (1, BN)), T.float32)  # [1, BN]
+    T.store(y, (pm * BM, pn * BN), T.cast(T.cast(acc, T.float32) * sa * sw, y.dtype))
+
+
+@T.kernel
+def w4a8_gemm_per_channel(
+    xq: T.Tensor("int8", ("M", "K")),
+    sx: T.Tensor("float32", ("M",)),
+    w: T.Tensor("wdtype", ("K", "N"), layout="wlayout"),
+    zeros: T.Tensor("int32", ("N",)),
+    scales: T.Tensor("sdtype", ("N",)),
+    y: T.Tensor("ydtype", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    wdtype: T.constexpr = "uint4",
+    ydtype: T.constexpr = "float16",
+    sdtype: T.constexpr = "float16",
+    wlayout: T.constexpr = ROW_PACKED,
+    BM: T.constexpr = 16,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 128,
+):
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.int32, name="acc")
+    qsum = T.zeros((BM, 1), T.int32, name="qsum")
+    for k0 in T.range(0, K, BK, name="k0"):
+        a = T.load(xq, (pm * BM, k0), (BM, BK))  # [BM, BK] int8
+        q = T.load(w, (k0, pn * BN), (BK, BN))  # [BK, BN] uint codes (< 128)
+        acc += T.dot(a, T.cast(q, T.int8), acc_dtype=T.int32)
+        qsum += T.sum(T.cast(a, T.int32), axis=1, keepdims=True)
+    z = T.reshape(T.load(zeros, (pn * BN,), (BN,)), (1, BN))  # [1, BN] int32
+    sa = T.reshape(T.load(sx, (pm * BM,), (BM,)), (BM, 1))  # [BM, 1]
+    sw = T.cast(T.reshape(T.load(scales, (pn * BN,), (BN,)), (1, BN)), T.float32)  # [1, BN]
+    T.store(y, (pm * BM, pn * BN), T.cast(T.cast(acc - qsum * z, T.float32) * sa * sw, y.dtype))
+
+
+__all__ = ["groups", "w4a8_gemm_per_channel", "w4a8_gemm_per_group"]

@@ -1,0 +1,255 @@
+"""`quantized_linear(x, qweight)`: y[..., N] = x[..., K] @ Ŵ[N, K]ᵀ (+ bias) through the kernel library.
+
+Kernel choice (documented rule):
+  scheme w_a16:         M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
+                        M > 16       -> `quantized_gemm` (dequantize a tile, then dot).
+  scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
+                        (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
+Backend "auto": "triton" when torch sees CUDA and the Triton backend is present, else "tvm" when TVM and the
+TVM backend are present, else "reference" (the NumPy interpreter: exact but slow).
+Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
+backend, fixed constants and shape); else the search space's default (lowbit.kernels.spaces).
+Output dtype = x's dtype (float16, bfloat16, float32). A bias is added in fp32 after the kernel's rounding
+to the output dtype, then rounded again (one extra rounding; not fused yet).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any
+
+import numpy as np
+
+from lowbit.codegen.backend import Config, available_backends, compile_program, freeze
+from lowbit.dtypes import dtype as as_dtype
+from lowbit.ir.layout import PackedLayout
+from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.layouts import row_packed
+from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
+from lowbit.kernels.spaces import default_config, space
+from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
+from lowbit.lang import Kernel
+from lowbit.ops.weight import QuantizedWeight
+from lowbit.quant import quantize_per_token_int8
+
+GEMV_MAX_M = 16
+ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
+_TUNED: dict[tuple[Any, ...], Config] = {}
+
+
+def select_backend(backend: str = "auto") -> str:
+    """The backend "auto" stands for on this machine (see the module docstring), or `backend` checked."""
+    if backend != "auto":
+        if backend not in ("reference", "triton", "tvm"):
+            raise ValueError(f"backend {backend!r} is not known; use 'auto', 'reference', 'triton' or 'tvm'")
+        return backend
+    have = available_backends()
+    if "triton" in have and _has_module("lowbit.codegen.triton") and _cuda():
+        return "triton"
+    if "tvm" in have and _has_module("lowbit.codegen.tvm"):
+        return "tvm"
+    return "reference"
+
+
+def select_kernel(qweight: QuantizedWeight, m: int) -> Kernel:
+    """The library kernel for `qweight`'s scheme and M rows (the rule in the module docstring)."""
+    if qweight.scheme == "w4a8_group":
+        return w4a8_gemm_per_group
+    if qweight.scheme == "w4a8_channel":
+        return w4a8_gemm_per_channel
+    return quantized_gemv if m <= GEMV_MAX_M else quantized_gemm
+
+
+def quantized_linear(
+    x: Any,
+    qweight: QuantizedWeight,
+    *,
+    backend: str = "auto",
+    bias: Any = None,
+    out: Any = None,
+    tune: bool = False,
+    config: Config | None = None,
+) -> Any:
+    """y[..., N] = x[..., K] @ qweight.dequantize().T (+ bias), in x's dtype and framework (numpy or torch).
+
+    x: contiguous float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features.
+    bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
+    Raises ValueError naming the argument, its value and the fix for bad inputs.
+    """
+    if not isinstance(qweight, QuantizedWeight):
+        raise ValueError(f"qweight is a {type(qweight).__name__}; build it with lowbit.ops.quantize(w, ...)")
+    is_torch = _is_torch(x)
+    adtype = _activation_dtype(x, is_torch)
+    n, k = qweight.shape
+    shape = tuple(x.shape)
+    if len(shape) < 1 or shape[-1] != k:
+        raise ValueError(
+            f"x has shape {list(shape)} but qweight has in_features K={k}; pass x of shape [..., {k}] "
+            f"(qweight.shape is (out_features, in_features) = {qweight.shape})"
+        )
+    _check_contiguous("x", x, is_torch)
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"bias has shape {list(bias.shape)}; pass a [{n}] bias (out_features) or None")
+    if out is not None:
+        if tuple(out.shape) != (*shape[:-1], n):
+            raise ValueError(f"out has shape {list(out.shape)}; it must be {[*shape[:-1], n]} (x's rows by N)")
+        if _activation_dtype(out, _is_torch(out)) != adtype:
+            raise ValueError(f"out must have x's dtype {adtype}; allocate it with that dtype or pass out=None")
+        _check_contiguous("out", out, _is_torch(out))
+    m = math.prod(shape[:-1])
+    backend = select_backend(backend)
+
+    x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
+    xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
+    if m:
+        kernel = select_kernel(qweight, m)
+        fixed, args = _arguments(qweight, x2, xa, ya, adtype)
+        cfg = config or _choose_config(kernel, fixed, args, backend, tune, m)
+        program = kernel.trace(**fixed, **cfg.constant_dict)
+        compile_program(program, backend, cfg.option_dict)(args)
+    y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
+    if bias is not None:
+        b = _host(bias, _is_torch(bias)).astype(np.float32)
+        y2 = (y2.astype(np.float32) + b[None, :]).astype(y2.dtype)
+    y = y2.reshape(*shape[:-1], n)
+    result = _like(y, x, is_torch)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+def _kernel_io(x: Any, x2: np.ndarray, is_torch: bool, backend: str, n: int) -> tuple[Any, Any]:
+    # the interpreter takes numpy (bf16 as ml_dtypes); compiled backends get torch tensors where numpy has no
+    # dtype for them (bf16) or the input already is one (kept on its device)
+    m = x2.shape[0]
+    host = x2.dtype
+    if backend == "reference" or not (is_torch or str(host) == "bfloat16"):
+        return x2, np.zeros((m, n), host)
+    import torch
+
+    xa = x.reshape(m, x2.shape[1]) if is_torch else torch.from_numpy(x2.astype(np.float32)).to(torch.bfloat16)
+    return xa, torch.zeros((m, n), dtype=xa.dtype, device=xa.device)
+
+
+def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str) -> tuple[dict, dict]:
+    # fixed DSL constants and runtime arguments for the kernel that `select_kernel` picks;
+    # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
+    n, k = qw.shape
+    m = x2.shape[0]
+    wlayout: PackedLayout | Any = ROW_PACKED if qw.layout == row_packed((k, n), qw.dtype.bits) else qw.layout
+    sizes = {"M": m, "N": n, "K": k}
+    if qw.scheme == "w_a16":
+        fixed = {
+            "wdtype": qw.dtype.name,
+            "G": qw.group_size,
+            "zero_mode": qw.zero_mode,
+            "adtype": adtype,
+            "sdtype": str(qw.scales.dtype),
+            "wlayout": wlayout,
+        }
+        args = {"x": x, "w": qw.words, "scales": qw.scales, "y": y, **sizes}
+        if qw.zeros is not None:
+            args["zeros"] = qw.zeros
+        return fixed, args
+    qa, sa = quantize_per_token_int8(x2.astype(np.float32))  # [M, K] int8, [M] fp16
+    fixed = {"wdtype": qw.dtype.name, "ydtype": adtype, "sdtype": "float16", "wlayout": wlayout}
+    args = {"xq": qa, "sx": sa.astype(np.float32), "w": qw.words, "y": y, **sizes}
+    assert qw.zeros is not None
+    if qw.scheme == "w4a8_group":
+        fixed["G"] = qw.group_size
+        args.update(s2=qw.scales, z2=qw.zeros, s1=qw.channel_scales)
+    else:
+        args.update(zeros=qw.zeros[0], scales=qw.scales[0])
+    return fixed, args
+
+
+def _choose_config(kernel: Kernel, fixed: dict, args: dict, backend: str, tune: bool, m: int) -> Config:
+    problem = {
+        "M": m,
+        "N": args["N"],
+        "K": args["K"],
+        "G": fixed.get("G", -1),
+        "wdtype": fixed["wdtype"],
+        "adtype": fixed.get("adtype", "int8"),
+    }
+    if tune and backend != "reference":  # the interpreter's speed means nothing: keep its default
+        key = (kernel.name, backend, freeze({k: v for k, v in fixed.items() if k != "wlayout"}), problem["N"], m)
+        if key not in _TUNED:
+            try:
+                from lowbit.codegen.tune import tune as run_tuner  # written alongside; imported on demand
+            except ImportError as e:
+                raise ValueError(f"tune=True needs lowbit.codegen.tune.tune, which is unavailable ({e})") from e
+            _TUNED[key] = run_tuner(kernel, fixed, args, backend, space(kernel.name, backend)).best
+        return _TUNED[key]
+    try:
+        return default_config(kernel.name, backend, problem)
+    except ValueError:  # an unusual group size (e.g. 40): one group per K step always fits
+        g = problem["G"]
+        base = space(kernel.name, backend).default
+        return Config.make({**base.constant_dict, "BK": g if g != -1 else 32}, base.option_dict)
+
+
+# ---- numpy / torch plumbing ---------------------------------------------------------------------------
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _activation_dtype(x: Any, is_torch: bool) -> str:
+    name = str(x.dtype).removeprefix("torch.")
+    if not hasattr(x, "shape") or name not in ACTIVATION_DTYPES:
+        raise ValueError(
+            f"x has dtype {name if hasattr(x, 'dtype') else type(x).__name__}; activations must be one of "
+            f"{list(ACTIVATION_DTYPES)} (convert with .astype / .to)"
+        )
+    return name
+
+
+def _check_contiguous(what: str, x: Any, is_torch: bool) -> None:
+    ok = x.is_contiguous() if is_torch else x.flags.c_contiguous
+    if not ok:
+        raise ValueError(
+            f"{what} is not contiguous (strides {x.stride() if is_torch else x.strides}); pass "
+            f"{what}.contiguous() (torch) or np.ascontiguousarray({what})"
+        )
+
+
+def _host(x: Any, is_torch: bool) -> np.ndarray:
+    if not is_torch:
+        return np.asarray(x)
+    name = str(x.dtype).removeprefix("torch.")
+    t = x.detach().cpu()
+    if name == "bfloat16":  # numpy has no bf16: go through float32 (exact) to ml_dtypes.bfloat16
+        return t.float().numpy().astype(as_dtype("bfloat16").host_dtype)
+    return t.numpy()
+
+
+def _like(y: np.ndarray, x: Any, is_torch: bool) -> Any:
+    if not is_torch:
+        return y
+    import torch
+
+    if y.dtype == as_dtype("bfloat16").host_dtype:
+        return torch.from_numpy(y.astype(np.float32)).to(device=x.device, dtype=torch.bfloat16)
+    return torch.from_numpy(y).to(x.device)
+
+
+__all__ = ["GEMV_MAX_M", "quantized_linear", "select_backend", "select_kernel"]

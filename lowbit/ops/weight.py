@@ -1,0 +1,251 @@
+"""`QuantizedWeight` and `quantize`: a linear layer's weight in the form the kernel library consumes.
+
+A weight W[N, K] (torch `Linear.weight` convention: out_features × in_features) becomes codes [K, N] of a
+low-bit dtype packed by a `PackedLayout`, plus per-group parameters [K // G, N] (one row per channel when
+G = -1). Schemes:
+
+  "w_a16"         any int1..int8 / uint1..uint8 / fp eXmY code dtype, group size 32/64/128/... or -1;
+                  symmetric ŵ = q·s, or asymmetric with a post-scale integer zero ŵ = (q − z)·s (AWQ) or a
+                  pre-scale float zero ŵ = q·s − z; float formats are symmetric. Activations stay float.
+  "w4a8_group"    QoQ progressive (lowbit.quant.qoq): uint{b} codes, int8 level-2 scales s2 and zeros z per
+                  group, fp16 level-1 channel scale s1: ŵ = s1[n]·(q − z)·s2. Activations go per-token int8.
+  "w4a8_channel"  QServe per-channel: uint{b} codes, fp16 scale and integer zero per channel:
+                  ŵ = (q − z)·s. Activations go per-token int8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lowbit.dtypes import DataType, decode, encode
+from lowbit.dtypes import dtype as as_dtype
+from lowbit.ir.layout import PackedLayout
+from lowbit.kernels.layouts import weight_layout
+from lowbit.quant import (
+    ZeroConvention,
+    quantize_groupwise,
+    quantize_qoq,
+    quantize_w4a8_per_channel,
+    resolve_group_size,
+    storage_scale,
+)
+
+SCHEMES = ("w_a16", "w4a8_group", "w4a8_channel")
+ZERO_MODES = ("none", "post", "pre")
+SCALE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A quantized linear weight (see the module docstring for the schemes).
+
+    shape = (N, K); `words` = `layout.pack(codes)` of the [K, N] code bit patterns; scales/zeros [groups, N]
+    (w_a16: scale_dtype; w4a8_group: int8 s2 and z; w4a8_channel: fp16 scale, int32 zero);
+    channel_scales [N] fp16: the level-1 scale s1 of w4a8_group, else None.
+    """
+
+    dtype: DataType
+    group_size: int
+    zero_mode: str
+    shape: tuple[int, int]
+    layout: PackedLayout
+    words: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray | None
+    scheme: str = "w_a16"
+    channel_scales: np.ndarray | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def groups(self) -> int:
+        return 1 if self.group_size == -1 else self.in_features // self.group_size
+
+    def codes(self) -> np.ndarray:
+        """The [K, N] code bit patterns, unpacked from `words`."""
+        return self.layout.unpack(self.words)
+
+    def dequantize(self) -> np.ndarray:
+        """Ŵ[N, K] float32, computed in float64 by NumPy from the stored codes and parameters (no kernel)."""
+        k = self.in_features
+        rows = k if self.group_size == -1 else self.group_size
+        q = decode(self.dtype, self.codes()).astype(np.float64)  # q: [K, N]
+        s = np.repeat(self.scales.astype(np.float64), rows, axis=0)  # s: [K, N]
+        z = 0.0 if self.zeros is None else np.repeat(self.zeros.astype(np.float64), rows, axis=0)
+        if self.zero_mode == "pre":
+            w = q * s - z
+        else:
+            w = (q - z) * s
+        if self.channel_scales is not None:
+            w = w * self.channel_scales.astype(np.float64)[None, :]
+        return np.ascontiguousarray(w.T).astype(np.float32)  # [N, K]
+
+    def __repr__(self) -> str:
+        g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
+        return (
+            f"QuantizedWeight({self.scheme}, {self.dtype.name} {g} zero={self.zero_mode}, "
+            f"shape={self.shape}, layout={self.layout})"
+        )
+
+
+def _weight_array(w: Any) -> np.ndarray:
+    if hasattr(w, "detach"):  # a torch tensor (no torch import needed)
+        w = w.detach().float().cpu().numpy()
+    try:
+        arr = np.asarray(w, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"w of type {type(w).__name__} is not an array; pass a [N, K] numpy array or tensor") from e
+    if arr.ndim != 2:
+        raise ValueError(f"w has shape {arr.shape}; pass a 2-D weight [out_features, in_features] (N, K)")
+    if not np.isfinite(arr).all():
+        raise ValueError("w has NaN or inf entries; quantize finite weights")
+    return arr
+
+
+def _code_dtype(name: Any, scheme: str) -> DataType:
+    if name is None:
+        name = "int4" if scheme == "w_a16" else "uint4"
+    try:
+        dt = as_dtype(name)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"dtype {name!r}: {e}") from None
+    if dt.bits > 8 or not (dt.is_integer or dt.is_float) or dt.is_bool:
+        raise ValueError(
+            f"dtype {dt.name} has {dt.bits} bits; quantized weights use 1..8-bit codes: int1..int8, "
+            f"uint1..uint8 or fpN_eXmY (e.g. fp4_e2m1)"
+        )
+    if scheme != "w_a16" and not (dt.is_integer and not dt.is_signed):
+        raise ValueError(f"dtype {dt.name} with scheme {scheme!r}: W4A8 weights are unsigned codes; use uint4")
+    if scheme == "w4a8_channel" and dt.bits > 7:
+        raise ValueError(f"dtype {dt.name} with scheme 'w4a8_channel': codes are cast to int8; use uint1..uint7")
+    return dt
+
+
+def quantize(
+    w: Any,
+    dtype: str | DataType | None = None,
+    group_size: int = 128,
+    *,
+    symmetric: bool | None = None,
+    zero_mode: str | None = None,
+    scheme: str = "w_a16",
+    scale_dtype: str = "float16",
+    layout: str | PackedLayout = "row",
+    tile: tuple[int, int] = (128, 32),
+) -> QuantizedWeight:
+    """Quantize a linear weight w[N, K] (numpy array or torch tensor) round-to-nearest per group along K.
+
+    dtype: code dtype (default int4; uint4 for the W4A8 schemes). group_size: a divisor of K or -1.
+    symmetric: default True for signed ints of >= 2 bits and float formats (which must be symmetric), False
+    for unsigned ints. zero_mode for asymmetric weights: "post" (default, integer zero) or "pre" (float zero).
+    scheme: "w_a16" | "w4a8_group" | "w4a8_channel". scale_dtype: "float16" | "float32" (w_a16).
+    layout: "row" (packed along K), "reordered" (`lowbit.kernels.layouts.reordered_packed` with `tile`) or a
+    PackedLayout of the [K, N] codes. Everything is validated before any quantization work; errors are
+    ValueErrors naming the argument, its value and a fix.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is not known; use one of {list(SCHEMES)}")
+    arr = _weight_array(w)
+    n, k = arr.shape
+    dt = _code_dtype(dtype, scheme)
+    if scheme == "w4a8_channel" and group_size not in (-1, k):
+        group_size = -1  # per channel by definition; the argument's default (128) is ignored
+    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool):
+        raise ValueError(f"group_size {group_size!r} is not an int; use 32, 64, 128 or -1 (per channel)")
+    try:
+        g = resolve_group_size(int(group_size), k, axis_name="in_features K")
+    except ValueError as e:
+        raise ValueError(f"group_size: {e}") from None
+    group_size = -1 if g == k else g
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype {scale_dtype!r} is not supported; use one of {list(SCALE_DTYPES)}")
+    mode = _zero_mode(dt, scheme, symmetric, zero_mode)
+    lay = weight_layout(layout, (k, n), dt.bits, tile)  # validates the layout before the heavy work
+
+    scales: np.ndarray
+    zeros: np.ndarray | None = None
+    channel_scales = None
+    if scheme == "w4a8_group":
+        qw = quantize_qoq(arr, bits=dt.bits, group_size=g)
+        codes = qw.codes.T  # [K, N]
+        scales, zeros, channel_scales = qw.s2.T.astype(np.int8), qw.zeros.T.astype(np.int8), qw.s1
+    elif scheme == "w4a8_channel":
+        gq = quantize_w4a8_per_channel(arr, bits=dt.bits)
+        assert gq.zeros is not None  # asymmetric by construction
+        codes = gq.codes.T
+        scales, zeros = gq.scales.T.astype(np.float16), gq.zeros.T.astype(np.int32)  # [1, N]
+    elif dt.is_float:
+        codes, scales = _quantize_float(arr, dt, g, np.dtype(scale_dtype))
+    else:
+        gq = quantize_groupwise(
+            arr,
+            bits=dt,
+            group_size=g,
+            symmetric=mode == "none",
+            zero_convention=ZeroConvention.PRE_SCALE if mode == "pre" else ZeroConvention.POST_SCALE,
+            scale_dtype=np.dtype(scale_dtype),
+        )
+        codes = encode(dt, gq.codes.T)  # values -> bit patterns, [K, N]
+        scales = gq.scales.T.astype(scale_dtype)
+        zeros = None if gq.zeros is None else gq.zeros.T.astype(scale_dtype)  # post zeros are small ints: exact
+    words = lay.pack(np.ascontiguousarray(codes))
+    return QuantizedWeight(
+        dt,
+        group_size,
+        mode,
+        (n, k),
+        lay,
+        words,
+        np.ascontiguousarray(scales),
+        None if zeros is None else np.ascontiguousarray(zeros),
+        scheme,
+        channel_scales,
+    )
+
+
+def _zero_mode(dt: DataType, scheme: str, symmetric: bool | None, zero_mode: str | None) -> str:
+    if zero_mode is not None and zero_mode not in ZERO_MODES:
+        raise ValueError(f"zero_mode {zero_mode!r} is not known; use one of {list(ZERO_MODES)}")
+    if scheme != "w_a16":
+        if symmetric or zero_mode not in (None, "post"):
+            raise ValueError(f"scheme {scheme!r} is asymmetric with an integer zero; drop symmetric/zero_mode")
+        return "post"
+    if dt.is_float:
+        if symmetric is False or zero_mode not in (None, "none"):
+            raise ValueError(f"dtype {dt.name} is a float format, quantized symmetrically; drop symmetric/zero_mode")
+        return "none"
+    if symmetric is None:
+        symmetric = zero_mode == "none" or (zero_mode is None and dt.is_signed and dt.bits >= 2)
+    if symmetric:
+        if not dt.is_signed or dt.bits < 2:
+            raise ValueError(
+                f"symmetric=True with dtype {dt.name}: a symmetric grid needs a signed dtype of >= 2 bits; "
+                f"use symmetric=False or a dtype like int4"
+            )
+        if zero_mode not in (None, "none"):
+            raise ValueError(f"symmetric=True has no zero point, but zero_mode={zero_mode!r}; drop one of them")
+        return "none"
+    if zero_mode == "none":
+        raise ValueError("symmetric=False needs a zero point; use zero_mode='post' or 'pre'")
+    return zero_mode or "post"
+
+
+def _quantize_float(w: np.ndarray, dt: DataType, g: int, sdt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    # symmetric per group: s = amax / max(dtype), codes = encode(w / s) (RNE, saturating)
+    n, k = w.shape
+    wg = w.reshape(n, k // g, g)  # [N, K // G, G]
+    scales = storage_scale(np.abs(wg).max(axis=-1).astype(np.float64) / float(dt.max), sdt)  # [N, K // G]
+    codes = encode(dt, (wg / scales.astype(np.float32)[..., None]).reshape(n, k))  # [N, K]
+    return codes.T, scales.T
+
+
+__all__ = ["SCHEMES", "ZERO_MODES", "QuantizedWeight", "quantize"]
