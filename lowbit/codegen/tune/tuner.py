@@ -7,7 +7,8 @@ Per candidate config: check the space's constraints (a failing one prunes it, wi
 trace `kernel` with the fixed constants and the config's constants, compile with the config's options,
 call once untimed (compile + warmup), then take the median of `repeats` cache-flushed samples. A candidate
 whose trace, compile or run raises is recorded as failed and tuning goes on; only if every one fails is
-it an error. The default config is tried first, so a budget cut still leaves a measured result.
+it an error. The default config is tried first, so a budget cut still leaves a measured result; the rest
+follow in a fixed shuffled order (`candidates`), so a cut samples the whole space.
 
 Not measured, returning the space's default: when tuning is disabled (`enabled=False`, or env
 LOWBIT_TUNE=0/off/false/no), and in the Triton interpreter (backend "triton" without CUDA, or
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import operator
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -194,7 +196,7 @@ def tune(
 
     if measure is None:
         measure = _timer(kernel, fixed, args, backend, repeats, flush, device)
-    run = _Run(kernel.name, backend, list(space), progress)
+    run = _Run(kernel.name, backend, candidates(space), progress)
     attempted: list[Trial] = []  # measured or failed: what a resumed run need not redo
 
     def save(complete: bool) -> None:
@@ -243,6 +245,15 @@ def tune(
     save(complete=True)
     best = min(ok, key=lambda t: t.time_ms or 0.0)
     return TuneResult(best.config, tuple(trials), False, key)
+
+
+def candidates(space: SearchSpace, seed: int = 0) -> list[Config]:
+    """The order configs are tried in: the default, then the rest in a fixed shuffled order, so that a
+    budget cut leaves a sample of the whole space rather than one corner of the cross product."""
+    configs = list(space)
+    rest = configs[1:]
+    random.Random(seed).shuffle(rest)
+    return configs[:1] + rest
 
 
 def _attempt(measure: Callable[[Config], float], config: Config) -> Trial:
@@ -313,4 +324,4 @@ class _Run:
             self.bar.close()
 
 
-__all__ = ["Trial", "TuneResult", "TuningError", "interpreted", "timing_device", "tune", "tuning_enabled"]
+__all__ = ["Trial", "TuneResult", "TuningError", "candidates", "interpreted", "timing_device", "tune", "tuning_enabled"]

@@ -50,6 +50,7 @@ def divides_n(config: Config, problem: dict[str, Any]) -> str | None:
 
 SPACE = SearchSpace.make({"B": (64, 32, 128, 96, 256, 512)}, constraints=(divides_n,))  # 96, 512 are pruned
 VALID = (64, 32, 128, 256)
+ORDER = [b for c in tuner_mod.candidates(SPACE) if (b := c.constant_dict["B"]) in VALID]  # as tried
 
 
 class Counting:
@@ -93,7 +94,7 @@ def test_picks_fastest_and_records_pruning_reasons(cache: TuningCache) -> None:
     m = Counting({64: 3.0, 32: 2.0, 128: 1.0, 256: 4.0})
     r = run(cache, m)
     assert r.best == Config.make({"B": 128}) and r.best_ms == 1.0 and not r.from_cache
-    assert m.calls == list(VALID)  # default first, pruned ones never measured
+    assert m.calls == ORDER and ORDER[0] == 64 and sorted(ORDER) == sorted(VALID)  # default first; no pruned
     reasons = {t.config.constant_dict["B"]: t.reason for t in r.trials}
     assert reasons[96] == "B=96 does not divide N=256" and reasons[512] == "B=512 does not divide N=256"
     assert all(reasons[b] is None for b in VALID)
@@ -140,10 +141,10 @@ def test_budget_stops_starting_candidates(cache: TuningCache) -> None:
         return m(config)
 
     r = run(cache, slow, budget_s=1.5, clock=clock)
-    assert m.calls == [64, 32]  # started at t=0 and t=1; t=2 >= 1.5 stops
+    assert m.calls == ORDER[:2]  # started at t=0 and t=1; t=2 >= 1.5 stops
     skipped = [t for t in r.trials if t.reason and t.reason.startswith(BUDGET_REASON)]
-    assert [t.config.constant_dict["B"] for t in skipped] == [128, 256]
-    assert r.best == Config.make({"B": 32})
+    assert [t.config.constant_dict["B"] for t in skipped] == ORDER[2:]
+    assert r.best == Config.make({"B": min(ORDER[:2])})
 
 
 def test_zero_budget_still_measures_the_default(cache: TuningCache) -> None:
@@ -168,18 +169,20 @@ def test_warm_cache_does_no_measuring(cache: TuningCache) -> None:
 
 
 def test_interrupted_tuning_resumes_measuring_only_the_rest(cache: TuningCache) -> None:
-    m = Counting(fail=lambda b: KeyboardInterrupt() if b == 128 else None)
+    m = Counting(fail=lambda b: KeyboardInterrupt() if b == ORDER[2] else None)
     with pytest.raises(KeyboardInterrupt):
         run(cache, m)
-    assert m.calls == [64, 32]
+    assert m.calls == ORDER[:2]
     (entry,) = cache.load().values()
-    assert not entry["complete"] and entry["num_trials"] == 2 and entry["best"]["constants"] == {"B": 32}
+    assert not entry["complete"] and entry["num_trials"] == 2
+    assert entry["best"]["constants"] == {"B": min(ORDER[:2])}
 
-    rest = Counting({128: 9.0, 256: 0.1})
+    rest = Counting({ORDER[2]: 9.0, ORDER[3]: 0.1})
     r = run(cache, rest)
-    assert rest.calls == [128, 256] and not r.from_cache
-    assert r.best == Config.make({"B": 256})
-    assert [t.time_ms for t in r.measured] == [0.64, 0.32, 9.0, 0.1]  # resumed trials keep their times
+    assert rest.calls == ORDER[2:] and not r.from_cache
+    assert r.best == Config.make({"B": ORDER[3]})
+    expected = [ORDER[0] / 100, ORDER[1] / 100, 9.0, 0.1]  # resumed trials keep their times
+    assert [t.time_ms for t in r.measured] == expected
     assert cache.get(r.key)["complete"]  # type: ignore[index]
 
 
