@@ -1,0 +1,100 @@
+"""The tile-reordered weight layout: a bijection, 16-byte fragments, and kernels unchanged on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.dtypes import dtype
+from lowbit.ir.layout import LayoutError, packed_along
+from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.layouts import fragment_codes, reordered_packed, weight_layout
+from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem
+
+BITS = list(range(1, 9))
+
+
+def shape_and_tile(bits, kt, nt, bk_vectors, bn, k_ragged, n_ragged):
+    v = fragment_codes(bits)
+    bk = v * bk_vectors
+    return (kt * bk - k_ragged % bk, nt * bn - n_ragged % bn), (bk, bn)
+
+
+@settings(max_examples=30)
+@given(
+    bits=st.sampled_from(BITS),
+    kt=st.integers(1, 3),
+    nt=st.integers(1, 3),
+    bk_vectors=st.integers(1, 2),
+    bn=st.sampled_from([4, 8, 16]),
+    k_ragged=st.integers(0, 40),
+    n_ragged=st.integers(0, 15),
+    seed=st.integers(0, 2**16),
+)
+def test_bijection_pack_unpack_round_trip(bits, kt, nt, bk_vectors, bn, k_ragged, n_ragged, seed):
+    shape, tile = shape_and_tile(bits, kt, nt, bk_vectors, bn, k_ragged, n_ragged)
+    layout = reordered_packed(shape, bits, tile)
+    coords = np.indices(shape).reshape(2, -1)
+    slots = np.asarray(layout.layout(tuple(coords)))
+    assert np.unique(slots).size == slots.size  # injective on the logical shape
+    padded = (-(-shape[0] // tile[0]) * tile[0]) * (-(-shape[1] // tile[1]) * tile[1])
+    assert slots.min() >= 0 and slots.max() < padded  # into the padded tiles: a bijection when not ragged
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, shape).astype(np.uint8)
+    assert np.array_equal(layout.unpack(layout.pack(codes)), codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_fragments_are_whole_16_byte_runs(bits):
+    v = fragment_codes(bits)
+    bk, bn = 2 * v, 8
+    shape = (3 * bk, 2 * bn)
+    layout = reordered_packed(shape, bits, (bk, bn))
+    for k0 in range(0, shape[0], v):
+        for n in range(shape[1]):
+            word, _ = layout.locate(np.arange(k0, k0 + v), np.full(v, n))
+            byte = np.unique(np.asarray(word)) * 4  # the bytes of the words this fragment touches
+            assert byte[0] % 16 == 0 and np.array_equal(byte, byte[0] + 4 * np.arange(4)), (k0, n, byte)
+    # consecutive columns of a fragment row are consecutive vectors; a tile is one contiguous block
+    w0, _ = layout.locate(0, 0)
+    w1, _ = layout.locate(0, 1)
+    assert w1 - w0 == 4
+    tile_words = {int(layout.locate(k, n)[0]) for k in range(bk) for n in range(bn)}
+    assert tile_words == set(range(bk * bn // (v // 4)))
+
+
+def test_order_is_documented_one():
+    # int4: V = 32 codes per fragment; order nt > kt > kv > n > kin (layouts.py)
+    layout = reordered_packed((128, 64), 4, (64, 32))
+    slot = lambda k, n: int(layout.layout((k, n)))  # noqa: E731
+    assert slot(1, 0) == 1 and slot(0, 1) == 32 and slot(32, 0) == 32 * 32
+    assert slot(64, 0) == 64 * 32 and slot(0, 32) == 128 * 32
+
+
+def test_errors_name_value_and_fix():
+    with pytest.raises(LayoutError, match=r"BK=48 must be a positive multiple of 32.*use BK=64"):
+        reordered_packed((128, 64), 4, (48, 32))
+    with pytest.raises(LayoutError, match="layout 'tiled' is not known"):
+        weight_layout("tiled", (128, 64), 4)
+    with pytest.raises(LayoutError, match="build it for this weight"):
+        weight_layout(reordered_packed((128, 64), 4, (64, 32)), (128, 32), 4)
+
+
+@pytest.mark.parametrize(
+    "wdtype,G,zero_mode,shape,tile",
+    [("int4", 32, "post", (256, 40), (64, 32)), ("uint2", 64, "none", (128, 24), (64, 8)),
+     ("int8", -1, "pre", (64, 33), (32, 16)), ("fp4_e2m1", 128, "none", (256, 64), (128, 32))],
+)  # fmt: skip
+def test_kernels_unchanged_on_reordered_layout(wdtype, G, zero_mode, shape, tile):
+    K, N = shape
+    p = random_problem(5, N, K, wdtype, G=G, zero_mode=zero_mode, seed=7, BK=64, BN=32)
+    bits = dtype(wdtype).bits
+    codes = packed_along((K, N), bits, 0).unpack(p.args["w"])  # [K, N] bit patterns
+    reordered = reordered_packed((K, N), bits, tile)
+    for kernel in (quantized_gemm, quantized_gemv):
+        row_args = dict(p.args, y=np.zeros_like(p.args["y"]))
+        kernel.run(**row_args, **p.constants)
+        re_args = dict(p.args, w=reordered.pack(codes), y=np.zeros_like(p.args["y"]))
+        kernel.run(**re_args, **p.constants, wlayout=reordered)
+        assert np.array_equal(row_args["y"], re_args["y"]), kernel.name

@@ -1,0 +1,50 @@
+"""Search spaces of the library kernels: defaults valid for common problems, constraints give reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from lowbit.codegen.backend import Config
+from lowbit.kernels.spaces import KERNELS, default_config, space
+
+PROBLEM = {"M": 1, "N": 4096, "K": 4096, "G": 128, "wdtype": "int4", "adtype": "float16"}
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "tvm"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_default_is_valid_and_traces(kernel, backend):
+    import lowbit.kernels as K
+
+    problem = dict(PROBLEM, wdtype="uint4" if kernel.startswith("w4a8") else "int4")
+    sp = space(kernel, backend)
+    assert sp.check(sp.default, problem) is None
+    assert default_config(kernel, backend, problem) == sp.default
+    assert sp.valid(problem)
+    fixed = {"wdtype": problem["wdtype"]}
+    if kernel != "w4a8_gemm_per_channel":
+        fixed["G"] = 128
+    getattr(K, kernel).trace(**fixed, **sp.default.constant_dict)
+
+
+def reason(kernel, backend, problem, constants, options=None):
+    sp = space(kernel, backend)
+    cfg = Config.make({**sp.default.constant_dict, **constants}, {**sp.default.option_dict, **(options or {})})
+    return sp.check(cfg, {**PROBLEM, **problem})
+
+
+def test_constraint_reasons():
+    assert "group size G=96" in reason("quantized_gemm", "tvm", {"G": 96}, {"BK": 64})
+    assert "codes per 32-bit word" in reason("quantized_gemm", "tvm", {"wdtype": "int2"}, {"BK": 8})
+    assert reason("quantized_gemm", "tvm", {"wdtype": "int3"}, {"BK": 32}) is None  # waived: 10 per word
+    assert "tensor-core minimum for int8" in reason("w4a8_gemm_per_group", "triton", {"G": 16}, {"BK": 16})
+    assert "tensor-core minimum" in reason("quantized_gemv", "triton", {"G": 8}, {"BK": 32})
+    big = reason("quantized_gemm", "triton", {"wdtype": "int8"}, {"BM": 256, "BN": 256, "BK": 128}, {"num_stages": 4})
+    assert "shared memory" in big
+    assert reason("quantized_gemm", "tvm", {}, {"BM": 128, "BN": 128, "BK": 128}) is None  # no smem on CPU
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="has no search space"):
+        space("gemm", "tvm")
+    with pytest.raises(ValueError, match="no options table"):
+        space("quantized_gemm", "cuda")
