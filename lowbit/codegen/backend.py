@@ -104,11 +104,14 @@ def get_compiler(backend: str) -> Compiler:
 
 @functools.lru_cache(maxsize=512)
 def _compile_cached(program: Program, backend: str, options: tuple[tuple[str, Any], ...]) -> CompiledKernel:
-    return get_compiler(backend)(program, dict(options))
+    from lowbit.ir.passes import run_pipeline
+
+    return get_compiler(backend)(run_pipeline(program), dict(options))
 
 
 def compile_program(program: Program, backend: str, options: Mapping[str, Any] | None = None) -> CompiledKernel:
-    """Compile `program` with `backend` (cached per program, backend and options)."""
+    """Run the pass pipeline on `program` and compile it with `backend` (cached per program, backend and
+    options)."""
     return _compile_cached(program, backend, freeze(options))
 
 

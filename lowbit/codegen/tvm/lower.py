@@ -1,0 +1,1117 @@
+"""Tile IR -> TVM TensorIR, written as TVMScript text (readable, dumpable, parsed by `tvm.script`).
+
+How a tile program becomes loops:
+
+* the grid becomes one `T.parallel` loop over all blocks (option `parallel="fused"`; `"none"` runs
+  blocks serially); `pid0, pid1, ...` are let-bound from the fused index;
+* every tile is an **index function** `idx -> TIR expression` (loads, casts, dequantize, arithmetic,
+  broadcast, reshape, transpose are pure index arithmetic and are *inlined* into their consumers, the way
+  TE's compute_inline fuses them), or a **local buffer** when it must exist in memory: dot and reduce
+  results, loop-carried tiles (Assign targets), tiles read inside a deeper loop than the one defining
+  them, and dot operands reused by more than one row/column (a dequantized [BK, BN] weight tile in a GEMM
+  is unpacked once per k-step, not once per row of the activation tile);
+* a consumer loop nest (materialisation, dot, reduce, store) whose inlined loads all fall inside their
+  tensors is emitted twice: a fast path with no bounds checks and a vectorized innermost loop, guarded by a
+  uniform scalar condition, and a checked path (clamped addresses, `T.if_then_else`) for ragged edges;
+* dots run `for i-block, k, i (unrolled TM rows), j (vectorized)`, so TM rows of accumulators stay in
+  registers and each operand element is read once per TM rows; `acc += dot(a, b)` updates the
+  loop-carried accumulator in place.
+
+Values (matching `lowbit.codegen.reference`): integer tiles are int32 (int64 for 64-bit types) wrapped to
+their width after every op; every float tile is held as float32 whose value is rounded to the tile dtype
+(fp16/bf16 through native casts, narrower formats by exact bit arithmetic); sub-byte codes are extracted
+from 32-bit words with shifts and masks from the packed layout's symbolic `locate`, signed codes
+sign-extended by a shift pair, float codes rebuilt from their bit fields.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+
+from lowbit.codegen.backend import BackendError
+from lowbit.dtypes import DataType
+from lowbit.ir import instructions as I
+from lowbit.ir.layout import PackedLayout
+from lowbit.ir.layout.symbolic import SourcePrinter, xor
+from lowbit.ir.program import Program
+from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, walk
+from lowbit.ir.values import TensorParam, Tile
+
+OPTIONS: dict[str, Any] = {
+    "vector": 16,  # SIMD lanes of the innermost loop (16 fp32 lanes = one AVX-512 register)
+    "parallel": "fused",  # "fused": one parallel loop over the whole grid; "none": serial blocks
+    "unroll": 8,  # unroll factor of a dot's k loop (8 makes int4 shift amounts constants)
+    "tm": 4,  # accumulator rows kept in registers by a dot
+}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise BackendError(f"tvm backend: unknown options {sorted(unknown)}; it takes {sorted(OPTIONS)}")
+    out = {**OPTIONS, **options}
+    if out["parallel"] not in ("fused", "none"):
+        raise BackendError(f"tvm backend: parallel={out['parallel']!r}; use 'fused' or 'none'")
+    for name in ("vector", "unroll", "tm"):
+        if not (isinstance(out[name], int) and out[name] >= 1):
+            raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
+    return out
+
+
+# ---- scalar expressions ------------------------------------------------------------------------------
+
+
+class _TirPrinter(SourcePrinter):
+    """sympy index expressions as TVMScript: `//` and `%` are floordiv/floormod on PrimExprs there too."""
+
+    def _print_ceiling(self, expr: sympy.ceiling) -> str:
+        num, den = self._fraction(expr.args[0])
+        return f"T.floordiv({self._print(num)} + {self._print(den)} - 1, {self._print(den)})"
+
+    def _print_floor(self, expr: sympy.floor) -> str:
+        num, den = self._fraction(expr.args[0])
+        if den == 1:
+            return self._print(num)
+        return f"T.floordiv({self._print(num)}, {self._print(den)})"
+
+    def _print_Mod(self, expr: sympy.Mod) -> str:
+        a, b = expr.args
+        return f"T.floormod({self._print(a)}, {self._print(b)})"
+
+    def _print_Min(self, expr: sympy.Min) -> str:
+        return _fold("T.min", [self._print(a) for a in expr.args])
+
+    def _print_Max(self, expr: sympy.Max) -> str:
+        return _fold("T.max", [self._print(a) for a in expr.args])
+
+    def _print_xor(self, expr: xor) -> str:
+        a, b = expr.args
+        return f"T.bitwise_xor({self._print(a)}, {self._print(b)})"
+
+    def _print_BooleanTrue(self, expr: Any) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, expr: Any) -> str:
+        return "False"
+
+    def _print_Relational(self, expr: Any) -> str:
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr: Any) -> str:
+        return " and ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Or(self, expr: Any) -> str:
+        return " or ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Not(self, expr: Any) -> str:
+        return f"not ({self._print(expr.args[0])})"
+
+
+def _fold(fn: str, args: list[str]) -> str:
+    out = args[0]
+    for a in args[1:]:
+        out = f"{fn}({out}, {a})"
+    return out
+
+
+_PRINTER = _TirPrinter()
+
+
+def scalar(expr: Any) -> str:
+    if isinstance(expr, bool):
+        return "True" if expr else "False"
+    if isinstance(expr, int):
+        return str(expr)
+    return _PRINTER.doprint(sympy.sympify(expr))
+
+
+# ---- value representation ----------------------------------------------------------------------------
+
+
+def value_type(dt: DataType) -> str:
+    """The TIR type a tile of `dt` is computed in."""
+    if dt.is_bool:
+        return "bool"
+    if dt.is_float:
+        return "float32"
+    return "int64" if dt.bits > 32 else "int32"
+
+
+def storage_type(dt: DataType) -> str:
+    """The TIR element type of a global (non-packed) tensor of `dt`."""
+    if dt.is_bool:
+        return "bool"
+    if dt.is_float:
+        if dt.name in ("float16", "bfloat16", "float32"):
+            return dt.name
+        if dt.bits == 8:
+            return "uint8"  # 8-bit float formats are stored as their codes
+        raise BackendError(f"tvm backend: a {dt.name} tensor must be packed (give it a packed layout)")
+    if dt.is_subbyte:
+        raise BackendError(f"tvm backend: a {dt.name} tensor must be packed (give it a packed layout)")
+    return f"{dt.kind}{dt.bits}"
+
+
+def f32(x: float) -> str:
+    if math.isnan(x):
+        return 'T.float32("nan")'
+    if math.isinf(x):
+        return f'T.float32("{"inf" if x > 0 else "-inf"}")'
+    return f"T.float32({float(x)!r})"
+
+
+def wrap_int(e: str, dt: DataType) -> str:
+    """Two's complement wrap of an int32/int64 value to dt's width (the reference's `wrap`)."""
+    if dt.bits >= 32:
+        return e
+    if dt.kind == "uint":
+        return f"T.bitwise_and({e}, {dt.code_mask})"
+    s = 32 - dt.bits
+    return f"T.shift_right(T.shift_left({e}, {s}), {s})"
+
+
+def round_float(e: str, dt: DataType) -> str:
+    """Round a float32 value to the float dtype `dt` (RNE), result still float32."""
+    if dt.name == "float32":
+        return e
+    if dt.name in ("float16", "bfloat16"):
+        return f'T.Cast("float32", T.Cast("{dt.name}", {e}))'
+    return f"_round_{dt.name}({e})"
+
+
+def decode_code(c: str, dt: DataType) -> str:
+    """An int32 code (low `bits` bits) -> its value in the value type."""
+    if dt.is_bool:
+        return f"({c} != 0)"
+    if dt.is_integer:
+        return wrap_int(c, dt) if dt.is_signed else c
+    return f"_decode_{dt.name}({c})"
+
+
+# helper functions emitted as TVMScript macros are not available in 0.27's plain TIR; instead the
+# decoders/rounders are expanded as Python-level string templates (see _helpers)
+
+
+def _decode_float_expr(c: str, dt: DataType) -> str:
+    """Bit-field rebuild of a float code into float32 (exact: every format here fits in float32)."""
+    m, bias = dt.mantissa_bits, dt.bias
+    e = f"T.bitwise_and(T.shift_right({c}, {m}), {(1 << dt.exponent_bits) - 1})"
+    mant = f"T.bitwise_and({c}, {dt.mantissa_mask})"
+    sub = f'T.Cast("float32", {mant}) * {f32(math.ldexp(1.0, 1 - bias - m))}'
+    normal = (
+        f'T.reinterpret("float32", T.bitwise_or(T.shift_left({e} + {127 - bias}, 23), T.shift_left({mant}, {23 - m})))'
+    )
+    mag = f"T.Select({e} == 0, {sub}, {normal})"
+    if dt.has_inf:  # IEEE: all-ones exponent is inf (mantissa 0) or NaN
+        emax = (1 << dt.exponent_bits) - 1
+        mag = f"T.Select({e} == {emax}, T.Select({mant} == 0, {f32(math.inf)}, {f32(math.nan)}), {mag})"
+    elif dt.has_nan:  # fn: all-ones magnitude is NaN
+        mag = f"T.Select(T.bitwise_and({c}, {dt.code_mask >> 1}) == {dt.code_mask >> 1}, {f32(math.nan)}, {mag})"
+    sign = f"T.bitwise_and(T.shift_right({c}, {dt.bits - 1}), 1)"
+    return f"T.Select({sign} == 1, T.float32(0) - {mag}, {mag})"
+
+
+def _round_float_expr(x: str, dt: DataType) -> str:
+    """float32 -> nearest `dt` value (RNE), as float32: scale by the format's quantum at x's binade,
+    round to an integer (nearbyint = RNE), scale back; saturate (fn) or overflow to inf (ieee)."""
+    m = dt.mantissa_bits
+    emin = 1 - dt.bias
+    bits = f'T.reinterpret("int32", {x})'
+    ex = f"T.bitwise_and(T.shift_right({bits}, 23), 255) - 127"  # unbiased exponent of |x| (normal x)
+    q_exp = f"T.max({ex}, {emin}) - {m}"  # log2 of the quantum; |x| subnormal in fp32 -> emin
+    # 2^q as float32 built from bits (q in [emin - m, 127]); 2^-q likewise
+    pow2 = f'T.reinterpret("float32", T.shift_left({q_exp} + 127, 23))'
+    inv = f'T.reinterpret("float32", T.shift_left(127 - ({q_exp}), 23))'
+    r = f"T.nearbyint({x} * {inv}) * {pow2}"
+    mx = f32(float(dt.max))
+    if dt.has_inf:
+        big = f"T.Select({x} > T.float32(0), {f32(math.inf)}, {f32(-math.inf)})"
+        # values at or beyond max + half a quantum overflow to inf
+        half_over = float(dt.max) + math.ldexp(1.0, dt.max_exponent - m - 1)
+        r = f"T.Select(T.fabs({x}) >= {f32(half_over)}, {big}, {r})"
+    else:
+        r = f"T.max(T.min({r}, {mx}), T.float32(0) - {mx})"
+    if dt.has_nan:
+        r = f"T.Select({x} != {x}, {x}, {r})"
+    else:
+        r = f"T.Select({x} != {x}, T.float32(0), {r})"  # no NaN in the format: the reference encodes 0
+    return r
+
+
+def _expand_helpers(text: str) -> str:
+    """Replace `_decode_<dtype>(arg)` / `_round_<dtype>(arg)` calls with their expressions."""
+    from lowbit.dtypes import dtype as lookup
+
+    pattern = re.compile(r"_(decode|round)_([A-Za-z0-9_]+?)\(")
+    while True:
+        m = pattern.search(text)
+        if not m:
+            return text
+        start, depth, i = m.end(), 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        arg = text[start : i - 1]
+        dt = lookup(m.group(2))
+        body = _decode_float_expr(arg, dt) if m.group(1) == "decode" else _round_float_expr(arg, dt)
+        text = text[: m.start()] + "(" + body + ")" + text[i:]
+
+
+# ---- the emitter -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    """One loop nest being emitted: checked (ragged) or fast path, and the fast path's uniform guards."""
+
+    checked: bool
+    guards: list[str] = field(default_factory=list)
+    data_dependent: bool = False  # a masked load: no fast path
+
+
+IndexFn = Callable[[tuple[str, ...], _Ctx], str]
+
+
+@dataclass(frozen=True)
+class LoweredTir:
+    source: str  # TVMScript text of the PrimFunc `main`
+    arg_names: tuple[str, ...]  # call order: tensors then scalars
+
+
+class _Emitter:
+    def __init__(self, program: Program, options: Mapping[str, Any]):
+        self.p = program
+        self.opt = check_options(options)
+        self.lines: list[str] = []
+        self.depth = 0
+        self.fn: dict[int, IndexFn] = {}  # tile -> index function
+        self.buf: dict[int, str] = {}  # tile -> local buffer name (materialized tiles)
+        self.names: set[str] = set()
+        self.loop_depth: dict[int, int] = {}  # tile -> loop depth of its definition
+        self.reads_mutable: set[int] = set()  # tiles whose index fn reads a loop-carried buffer
+        self._analyse()
+
+    # ---- analysis ----
+    def _analyse(self) -> None:
+        self.assigned: set[int] = set()
+        self.uses: dict[int, int] = {}
+        self.use_depth: dict[int, int] = {}
+
+        def visit(body: tuple[Stmt, ...], depth: int) -> None:
+            for s in body:
+                if isinstance(s, Let):
+                    self.loop_depth[id(s.tile)] = depth
+                if isinstance(s, Assign):
+                    self.assigned.add(id(s.dst))
+                from lowbit.ir.statements import tiles_read
+
+                for t in tiles_read(s):
+                    self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+                    self.use_depth[id(t)] = max(self.use_depth.get(id(t), 0), depth)
+                if isinstance(s, For):
+                    visit(s.body, depth + 1)
+                elif isinstance(s, If):
+                    visit(s.then_body, depth)
+                    visit(s.else_body, depth)
+
+        visit(self.p.body, 0)
+        # the in-place accumulate pattern: `%r = dot a, b, %acc ; %acc <- %r`
+        self.inplace: dict[int, Tile] = {}
+        for s in walk(self.p.body):
+            if isinstance(s, (For, If)):
+                bodies = (s.body,) if isinstance(s, For) else (s.then_body, s.else_body)
+            else:
+                continue
+            for body in bodies:
+                self._find_inplace(body)
+        self._find_inplace(self.p.body)
+
+    def _find_inplace(self, body: tuple[Stmt, ...]) -> None:
+        for a, b in itertools.pairwise(body):
+            if (
+                isinstance(a, Let)
+                and isinstance(a.inst, I.Dot)
+                and a.inst.c is not None
+                and isinstance(b, Assign)
+                and b.src is a.tile
+                and b.dst is a.inst.c
+                and self.uses.get(id(a.tile), 0) == 1
+            ):
+                self.inplace[id(a.tile)] = a.inst.c
+
+    # ---- text ----
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def fresh(self, base: str) -> str:
+        base = re.sub(r"\W", "_", base or "t")
+        if base[0].isdigit():
+            base = "t" + base
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def tile_name(self, t: Tile) -> str:
+        return self.fresh(t.name if t.name and not t.name.isdigit() else f"t{t.name}")
+
+    # ---- program ----
+    def emit(self) -> LoweredTir:
+        p = self.p
+        self.names.update(["T", "main"] + [q.name for q in p.params])
+        tensors, scalars = p.tensor_params, p.scalar_params
+        args = [f"{t.name}_h: T.handle" for t in tensors] + [f"{s.name}: T.{value_type(s.dtype)}" for s in scalars]
+        for s in scalars:
+            if not s.dtype.is_integer:
+                raise BackendError(f"tvm backend: float scalar parameter {s.name} is not supported; pass a tensor")
+        self.line("@T.prim_func")
+        self.line(f"def main({', '.join(args)}):")
+        self.depth += 1
+        self.line('T.func_attr({"global_symbol": "main", "tirx.noalias": True})')
+        self.gbuf: dict[str, str] = {}
+        for t in tensors:
+            name = self.fresh(t.name)
+            self.gbuf[t.name] = name
+            if isinstance(t.layout, PackedLayout):
+                if t.layout.word_bits != 32:
+                    raise BackendError(f"tvm backend: {t.name} is packed into {t.layout.word_bits}-bit words; use 32")
+                size, dt = t.layout.num_words, "int32"
+            elif t.layout is not None:
+                size, dt = t.layout.cosize, storage_type(t.dtype)
+            else:
+                size, dt = sympy.Mul(*t.shape), storage_type(t.dtype)
+            self.line(f'{name} = T.match_buffer({t.name}_h, ({scalar(size)},), "{dt}", align=4, offset_factor=1)')
+        grid = [scalar(g) for g in p.grid]
+        pids = [str(s) for s in p.program_ids]
+        self.names.update(pids)
+        total = " * ".join(f"({g})" for g in grid)
+        kind = "T.parallel" if self.opt["parallel"] == "fused" else "T.serial"
+        self.line(f"for blk in {kind}({total}):")
+        self.depth += 1
+        stride = "1"
+        for pid, g in reversed(list(zip(pids, grid))):
+            self.line(
+                f"{pid} = T.floormod(T.floordiv(blk, {stride}), {g})"
+                if stride != "1"
+                else f"{pid} = T.floormod(blk, {g})"
+            )
+            stride = f"{stride} * ({g})" if stride != "1" else f"({g})"
+        self.body(p.body, 0)
+        return LoweredTir(
+            _expand_helpers("\n".join(self.lines)) + "\n",
+            tuple(t.name for t in tensors) + tuple(s.name for s in scalars),
+        )
+
+    def body(self, stmts: tuple[Stmt, ...], depth: int) -> None:
+        n0 = len(self.lines)
+        for s in stmts:
+            rule = _STMT_RULES.get(type(s))
+            if rule is None:
+                raise BackendError(f"tvm backend has no lowering rule for statement {type(s).__name__}")
+            rule(self, s, depth)
+        if len(self.lines) == n0:
+            self.line("T.evaluate(0)")
+
+    # ---- tiles ----
+    def define(self, t: Tile, inst: I.Inst, depth: int) -> None:
+        rule = _RULES.get(type(inst))
+        if rule is None:
+            raise BackendError(f"tvm backend has no lowering rule for {type(inst).__name__}")
+        fn = rule(self, inst, t)
+        if fn is None:  # the rule materialised the tile itself
+            return
+        self.fn[id(t)] = fn
+        if inst.operands and any(id(o) in self.reads_mutable for o in inst.operands):
+            self.reads_mutable.add(id(t))
+        if self._must_materialize(t, inst, depth):
+            self.materialize(t)
+
+    def _must_materialize(self, t: Tile, inst: I.Inst, depth: int) -> bool:
+        if id(t) in self.assigned:
+            return True
+        if self.use_depth.get(id(t), depth) > depth and not isinstance(inst, (I.Full, I.Arange)):
+            return True  # read inside a deeper loop: compute once here
+        return id(t) in self.reads_mutable  # a later Assign could change what it reads
+
+    def get(self, t: Tile) -> IndexFn:
+        return self.fn[id(t)]
+
+    def alloc(self, t: Tile, name: str | None = None) -> str:
+        name = name or self.tile_name(t)
+        shape = ", ".join(str(s) for s in t.shape) or "1"
+        self.line(f'{name} = T.decl_buffer(({shape},), "{value_type(t.dtype)}", scope="local")')
+        return name
+
+    def bind_buffer(self, t: Tile, name: str) -> None:
+        self.buf[id(t)] = name
+        if t.shape:
+            self.fn[id(t)] = lambda idx, ctx, n=name: f"{n}[{', '.join(idx)}]"
+        else:
+            self.fn[id(t)] = lambda idx, ctx, n=name: f"{n}[0]"
+        if id(t) in self.assigned:
+            self.reads_mutable.add(id(t))
+
+    def materialize(self, t: Tile, into: str | None = None) -> str:
+        fn = self.get(t)
+        name = into or self.alloc(t)
+        self.nest(t.shape, lambda idx, ctx: [f"{name}[{', '.join(idx) or '0'}] = {fn(idx, ctx)}"])
+        self.bind_buffer(t, name)
+        return name
+
+    # ---- loop nests with a fast and a checked path ----
+    def nest(
+        self,
+        shape: tuple[int, ...],
+        body: Callable[[tuple[str, ...], _Ctx], list[str]],
+        vector_last: bool = True,
+    ) -> None:
+        """Emit `for idx in shape: body(idx)`, twice when loads can run past tensor edges."""
+        fast_loops, fast_idx = self._plan(shape, vector_last)
+        probe = _Ctx(checked=False)
+        fast = body(fast_idx, probe)
+        if not probe.guards and not probe.data_dependent:
+            self._loops(fast_loops, fast)
+            return
+        if not probe.data_dependent:
+            self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
+            self.depth += 1
+            self._loops(fast_loops, fast)
+            self.depth -= 1
+            self.line("else:")
+            self.depth += 1
+        slow_loops, slow_idx = self._plan(shape, vector_last=False)
+        self._loops(slow_loops, body(slow_idx, _Ctx(checked=True)))
+        if not probe.data_dependent:
+            self.depth -= 1
+
+    def _plan(self, shape: tuple[int, ...], vector_last: bool) -> tuple[list[str], tuple[str, ...]]:
+        """Loop headers for `shape` and the index expression of each axis. The last axis is vectorized
+        (split into unrolled chunks of `vector` lanes when longer); no let-bindings inside vector loops."""
+        headers: list[str] = []
+        idx: list[str] = []
+        for d, n in enumerate(shape):
+            i = self.fresh(f"i{d}")
+            last = d == len(shape) - 1
+            vec = self.opt["vector"]
+            if last and vector_last and n > 1:
+                if n > vec and n % vec == 0:
+                    headers.append(f"for {i}o in T.unroll({n // vec}):")
+                    headers.append(f"for {i}v in T.vectorized({vec}):")
+                    idx.append(f"({i}o * {vec} + {i}v)")
+                    continue
+                headers.append(f"for {i} in T.vectorized({n}):")
+            else:
+                headers.append(f"for {i} in T.serial({n}):")
+            idx.append(i)
+        return headers, tuple(idx)
+
+    def _loops(self, headers: list[str], stmts: list[str]) -> None:
+        for h in headers:
+            self.line(h)
+            self.depth += 1
+        for s in stmts:
+            self.line(s)
+        self.depth -= len(headers)
+
+    # ---- memory ----
+    def tensor_read(self, t: TensorParam, coords: list[str], ctx: _Ctx, inside: str | None, other: Any) -> str:
+        """Read element `coords` of global tensor t as a value (checked: clamped address + select)."""
+        g = self.gbuf[t.name]
+        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
+        clamp = ctx.checked and inside is not None
+        subst = {}
+        for d, (s, c) in enumerate(zip(syms, coords)):
+            subst[str(s)] = f"T.min({c}, {scalar(t.shape[d])} - 1)" if clamp else c
+        if isinstance(t.layout, PackedLayout):
+            word, bit = t.layout.locate(*syms)
+            w_expr = _substitute(scalar(word), subst)
+            b_expr = _substitute(scalar(bit), subst)
+            bits = t.dtype.bits
+            raw = f"T.shift_right({g}[{w_expr}], {b_expr})"  # arithmetic: masked below
+            if t.layout.dense and 32 % bits:  # a field may continue in the next word: logical shifts
+                nw = scalar(t.layout.num_words)
+                lo = f'T.shift_right(T.Cast("uint32", {g}[{w_expr}]), T.Cast("uint32", {b_expr}))'
+                hi = (
+                    f'T.Select({b_expr} + {bits} > 32, T.shift_left(T.Cast("uint32", '
+                    f'{g}[T.min({w_expr} + 1, {nw} - 1)]), T.Cast("uint32", 32 - ({b_expr}))), T.uint32(0))'
+                )
+                raw = f'T.Cast("int32", T.bitwise_or({lo}, {hi}))'
+            if t.dtype.is_integer and t.dtype.is_signed and not t.layout.dense:
+                # a field inside one word: shift it to the top, arithmetic-shift it down (sign-extends)
+                value = f"T.shift_right(T.shift_left({g}[{w_expr}], {32 - bits} - ({b_expr})), {32 - bits})"
+            else:
+                value = decode_code(f"T.bitwise_and({raw}, {t.dtype.code_mask})", t.dtype)
+        else:
+            offset = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
+            off = _substitute(scalar(offset), subst)
+            elem = f"{g}[{off}]"
+            value = self._from_storage(elem, t.dtype)
+        if inside is None:
+            return value
+        if not ctx.checked:
+            return value
+        return f"T.if_then_else({inside}, {value}, {self.const(other, t.dtype)})"
+
+    def _from_storage(self, elem: str, dt: DataType) -> str:
+        if dt.is_bool:
+            return elem
+        if dt.is_float:
+            if dt.name in ("float16", "bfloat16", "float32"):
+                return f'T.Cast("float32", {elem})' if dt.name != "float32" else elem
+            return decode_code(f'T.Cast("int32", {elem})', dt)
+        return f'T.Cast("{value_type(dt)}", {elem})'
+
+    def to_storage(self, value: str, dt: DataType) -> str:
+        if dt.is_bool:
+            return value
+        if dt.is_float:
+            if dt.name in ("float16", "bfloat16"):
+                return f'T.Cast("{dt.name}", {value})'
+            if dt.name == "float32":
+                return value
+            raise BackendError(f"tvm backend: stores of {dt.name} tensors are not supported; store float16/32")
+        return f'T.Cast("{storage_type(dt)}", {value})'
+
+    def const(self, v: Any, dt: DataType) -> str:
+        vt = value_type(dt)
+        if dt.is_bool:
+            return "True" if v else "False"
+        if dt.is_float:
+            return f32(float(v))
+        return f"T.{vt}({int(v)})"
+
+    # ---- dot ----
+    def dot(self, inst: I.Dot, t: Tile) -> None:
+        a, b = inst.a, inst.b
+        BM, KT = a.shape
+        BN = b.shape[1]
+        if inst.c is not None and id(t) in self.inplace:
+            out = self.buf[id(inst.c)]
+            self.bind_buffer(t, out)
+        else:
+            out = self.alloc(t)
+            if inst.c is not None:
+                cf = self.get(inst.c)
+                self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {cf(idx, ctx)}"])
+            else:
+                zero = self.const(0, inst.acc_dtype)
+                self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
+            self.bind_buffer(t, out)
+        # operands reused across rows/columns are unpacked once into a local buffer
+        for opnd, reuse in ((b, BM), (a, BN)):
+            if reuse > 1 and id(opnd) not in self.buf and not self._trivial(opnd):
+                self.materialize(opnd)
+        fa, fb = self.get(a), self.get(b)
+        tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
+        unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
+        vt = value_type(inst.acc_dtype)
+        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        io, kk = self.fresh("io"), self.fresh("k")
+        self._ii = self.fresh("ii")
+
+        def body(idx: tuple[str, ...], k: str, ctx: _Ctx) -> list[str]:
+            _, j = idx
+            row = f"{io} * {tm} + {self._ii}" if BM > 1 else "0"
+            prod = f"{conv(fa((row, k), ctx))} * {conv(fb((k, j), ctx))}"
+            return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
+
+        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
+        if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
+            raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
+
+    def _dot_loops(self, n_io: int, KT: int, unroll: int, io: str, kk: str, inner: tuple[int, int], body: Any) -> None:
+        """k outer (unrolled by `unroll`), TM accumulator rows unrolled, j vectorized; the fast/slow split
+        is uniform over the whole dot, so it is hoisted above the k loop."""
+        tm, BN = inner
+        ii = self._ii
+        k_fast = f"({kk}o * {unroll} + {kk}u)" if unroll > 1 else kk
+        j_loops, (j_fast,) = self._plan((BN,), vector_last=True)
+        probe = _Ctx(checked=False)
+        fast = body((ii, j_fast), k_fast, probe)
+        if probe.data_dependent or probe.guards:
+            if not probe.data_dependent:
+                self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
+                self.depth += 1
+                self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
+                self.depth -= 1
+                self.line("else:")
+                self.depth += 1
+            j_slow_loops, (j_slow,) = self._plan((BN,), vector_last=False)
+            slow = body((ii, j_slow), kk, _Ctx(checked=True))
+            self._dot_nest(n_io, KT, 1, io, kk, tm, j_slow_loops, slow, False)
+            if not probe.data_dependent:
+                self.depth -= 1
+        else:
+            self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
+
+    def _dot_nest(self, n_io, KT, unroll, io, kk, tm, j_loops, stmts, fast) -> None:  # type: ignore[no-untyped-def]
+        headers = [f"for {io} in T.serial({n_io}):"]
+        if unroll > 1:
+            headers += [f"for {kk}o in T.serial({KT // unroll}):", f"for {kk}u in T.unroll({unroll}):"]
+        else:
+            headers.append(f"for {kk} in T.serial({KT}):")
+        headers.append(f"for {self._ii} in T.unroll({tm}):" if fast else f"for {self._ii} in T.serial({tm}):")
+        self._loops(headers + j_loops, stmts)
+
+    def _trivial(self, t: Tile) -> bool:
+        return t.name == "__never__"  # every non-buffer operand is worth unpacking once when reused
+
+
+def _substitute(text: str, subst: dict[str, str]) -> str:
+    for name, value in subst.items():
+        text = re.sub(rf"\b{re.escape(name)}\b", f"({value})", text)
+    return text
+
+
+def _row_major(syms: list[sympy.Symbol], shape: tuple[Any, ...]) -> Any:
+    off: Any = sympy.Integer(0)
+    for s, n in zip(syms, shape):
+        off = off * n + s
+    return off
+
+
+# ---- statement rules -----------------------------------------------------------------------------------
+
+_STMT_RULES: dict[type, Callable[[_Emitter, Any, int], None]] = {}
+_RULES: dict[type, Callable[[_Emitter, Any, Tile], IndexFn | None]] = {}
+
+
+def stmt_rule(cls: type):
+    def register(fn):
+        _STMT_RULES[cls] = fn
+        return fn
+
+    return register
+
+
+def rule(cls: type):
+    def register(fn):
+        _RULES[cls] = fn
+        return fn
+
+    return register
+
+
+@stmt_rule(Let)
+def _let(e: _Emitter, s: Let, depth: int) -> None:
+    e.line(f"# {_ir_line(s)}")
+    e.define(s.tile, s.inst, depth)
+
+
+@stmt_rule(Assign)
+def _assign(e: _Emitter, s: Assign, depth: int) -> None:
+    if e.buf.get(id(s.src)) == e.buf.get(id(s.dst)):
+        return  # updated in place (the dot wrote into the accumulator)
+    dst = e.buf[id(s.dst)]
+    src = e.get(s.src)
+    e.line(f"# %{s.dst.name} <- %{s.src.name}")
+    e.nest(s.dst.shape, lambda idx, ctx: [f"{dst}[{', '.join(idx) or '0'}] = {src(idx, ctx)}"])
+
+
+@stmt_rule(Store)
+def _store(e: _Emitter, s: Store, depth: int) -> None:
+    e.line(f"# {_ir_line(s)}")
+    t = s.tensor
+    fn = e.get(s.tile)
+    mask = e.get(s.mask) if s.mask is not None else None
+    g = e.gbuf[t.name]
+    if isinstance(t.layout, PackedLayout):
+        raise BackendError(f"tvm backend: stores into packed tensor {t.name} are not supported")
+
+    def body(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+        coords = [f"{scalar(o)} + {i}" for o, i in zip(s.offsets, idx)]
+        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
+        off = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
+        addr = _substitute(scalar(off), dict(zip((str(x) for x in syms), coords)))
+        value = e.to_storage(fn(idx, ctx), t.dtype)
+        conds = [f"{c} < {scalar(n)}" for c, n in zip(coords, t.shape)]
+        if mask is not None:
+            ctx.data_dependent = True
+        if not ctx.checked:
+            ctx.guards.extend(
+                f"{scalar(o)} + {n} <= {scalar(ext)}" for o, n, ext in zip(s.offsets, s.tile.shape, t.shape)
+            )
+            return [f"{g}[{addr}] = {value}"]
+        cond = " and ".join(conds + ([mask(idx, ctx)] if mask is not None else []))
+        return [f"if {cond}:", f"    {g}[{addr}] = {value}"]
+
+    e.nest(s.tile.shape, body)
+
+
+@stmt_rule(For)
+def _for(e: _Emitter, s: For, depth: int) -> None:
+    v = str(s.var)
+    e.names.add(v)
+    start, stop, step = scalar(s.start), scalar(s.stop), scalar(s.step)
+    e.line(f"for {v}_it in T.serial(T.floordiv({stop} - ({start}) + ({step}) - 1, {step})):")
+    e.depth += 1
+    e.line(f"{v} = {start} + {v}_it * ({step})")
+    e.body(s.body, depth + 1)
+    e.depth -= 1
+
+
+@stmt_rule(If)
+def _if(e: _Emitter, s: If, depth: int) -> None:
+    e.line(f"if {scalar(s.cond)}:")
+    e.depth += 1
+    e.body(s.then_body, depth)
+    e.depth -= 1
+    if s.else_body:
+        e.line("else:")
+        e.depth += 1
+        e.body(s.else_body, depth)
+        e.depth -= 1
+
+
+def _ir_line(s: Stmt) -> str:
+    from lowbit.ir.printer import print_stmt
+
+    text = print_stmt(s).strip().splitlines()[0]
+    return text + (f"  ({s.location})" if s.location else "")
+
+
+# ---- instruction rules -----------------------------------------------------------------------------------
+
+
+@rule(I.Load)
+def _load(e: _Emitter, inst: I.Load, t: Tile) -> IndexFn:
+    tensor = inst.tensor
+    mask = e.get(inst.mask) if inst.mask is not None else None
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        coords = [f"{scalar(o)} + {i}" for o, i in zip(inst.offsets, idx)]
+        inside = " and ".join(f"{c} < {scalar(n)}" for c, n in zip(coords, tensor.shape))
+        if mask is not None:
+            ctx.data_dependent = True
+            inside = f"{inside} and {mask(idx, ctx)}"
+        if not ctx.checked:
+            ctx.guards.extend(
+                f"{scalar(o)} + {n} <= {scalar(ext)}" for o, n, ext in zip(inst.offsets, inst.shape, tensor.shape)
+            )
+        return e.tensor_read(tensor, coords, ctx, inside, inst.other)
+
+    return fn
+
+
+@rule(I.Arange)
+def _arange(e: _Emitter, inst: I.Arange, t: Tile) -> IndexFn:
+    return lambda idx, ctx: f"T.int32({idx[0]} + {inst.start})"
+
+
+@rule(I.Full)
+def _full(e: _Emitter, inst: I.Full, t: Tile) -> IndexFn:
+    dt = inst.dtype
+    if dt.is_float and isinstance(inst.value, (int, float)):
+        v = f32(float(sympy.Float(inst.value))) if not isinstance(inst.value, float) else f32(inst.value)
+        text = round_float(v, dt)
+    elif dt.is_float:
+        text = round_float(f'T.Cast("float32", {scalar(inst.value)})', dt)
+    elif dt.is_bool:
+        text = "True" if inst.value else "False"
+    else:
+        text = wrap_int(f"T.{value_type(dt)}({scalar(inst.value)})", dt)
+    return lambda idx, ctx: text
+
+
+@rule(I.Dot)
+def _dot(e: _Emitter, inst: I.Dot, t: Tile) -> None:
+    e.dot(inst, t)
+    return None
+
+
+@rule(I.Cast)
+def _cast(e: _Emitter, inst: I.Cast, t: Tile) -> IndexFn:
+    x, src, dst = e.get(inst.x), inst.x.dtype, inst.dtype
+    return lambda idx, ctx: cast_expr(x(idx, ctx), src, dst)
+
+
+def cast_expr(v: str, src: DataType, dst: DataType) -> str:
+    if dst.is_bool:
+        return f"({v} != {f32(0) if src.is_float else 0})"
+    if dst.is_float:
+        if src.is_float:
+            return round_float(v, dst)
+        return round_float(f'T.Cast("float32", {v})', dst)
+    vt = value_type(dst)
+    if src.is_float:  # truncate toward zero, saturate, NaN -> 0
+        lo, hi = float(dst.min), float(dst.max)
+        big = f"T.{vt}({int(dst.max)})"
+        small = f"T.{vt}({int(dst.min)})"
+        return (
+            f"T.Select({v} != {v}, T.{vt}(0), T.Select({v} >= {f32(hi)}, {big}, "
+            f'T.Select({v} <= {f32(lo)}, {small}, T.Cast("{vt}", {v}))))'
+        )
+    if src.is_bool:
+        return f'T.Cast("{vt}", {v})'
+    if value_type(src) != vt:
+        v = f'T.Cast("{vt}", {v})'
+    return wrap_int(v, dst)
+
+
+@rule(I.View)
+def _view(e: _Emitter, inst: I.View, t: Tile) -> IndexFn:
+    src, dst = inst.x.dtype, inst.dtype
+    x = e.get(inst.x)
+    if src.bits != dst.bits or (src.bits not in (16, 32) and not (src.is_integer and dst.is_integer)):
+        if src.is_integer and dst.is_integer and src.bits <= 32 and dst.bits <= 32:
+            return _view_ints(e, inst, x)
+        raise BackendError(
+            f"tvm backend: view {src.name} -> {dst.name} is not supported (integer views and same-width "
+            f"16/32-bit float<->int views are)"
+        )
+    if src.is_float == dst.is_float:
+        return lambda idx, ctx: cast_expr(x(idx, ctx), src, dst) if src.is_integer else x(idx, ctx)
+    if src.is_float:  # float value -> its bits as an int
+        if src.bits == 32:
+            return lambda idx, ctx: wrap_int(f'T.reinterpret("int32", {x(idx, ctx)})', dst)
+        return lambda idx, ctx: wrap_int(
+            f'T.Cast("int32", T.reinterpret("uint16", T.Cast("{src.name}", {x(idx, ctx)})))', dst
+        )
+    if dst.bits == 32:
+        return lambda idx, ctx: f'T.reinterpret("float32", {x(idx, ctx)})'
+    return lambda idx, ctx: (
+        f'T.Cast("float32", T.reinterpret("{dst.name}", T.Cast("uint16", T.bitwise_and({x(idx, ctx)}, 65535))))'
+    )
+
+
+def _view_ints(e: _Emitter, inst: I.View, x: IndexFn) -> IndexFn:
+    src, dst = inst.x.dtype, inst.dtype
+    if src.bits == dst.bits:
+        return lambda idx, ctx: decode_code(f"T.bitwise_and({x(idx, ctx)}, {src.code_mask})", dst)
+    if src.bits > dst.bits:  # element j of the narrow view is field j % r of wide element j // r
+        r = src.bits // dst.bits
+
+        def narrow(idx: tuple[str, ...], ctx: _Ctx) -> str:
+            *lead, j = idx
+            wide = x((*lead, f"T.floordiv({j}, {r})"), ctx)
+            code = f"T.bitwise_and(T.shift_right({wide}, T.floormod({j}, {r}) * {dst.bits}), {dst.code_mask})"
+            return decode_code(code, dst)
+
+        return narrow
+    r = dst.bits // src.bits
+
+    def wide(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        *lead, j = idx
+        parts = [
+            f"T.shift_left(T.bitwise_and({x((*lead, f'{j} * {r} + {p}'), ctx)}, {src.code_mask}), {p * src.bits})"
+            for p in range(r)
+        ]
+        return decode_code(_fold("T.bitwise_or", parts), dst)
+
+    return wide
+
+
+@rule(I.Dequantize)
+def _dequantize(e: _Emitter, inst: I.Dequantize, t: Tile) -> IndexFn:
+    q, s = e.get(inst.codes), e.get(inst.scales)
+    z = e.get(inst.zeros) if inst.zeros is not None else None
+    qdt = inst.codes.dtype
+    ax, g = inst.axis, inst.group_size
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        gidx = tuple(f"T.floordiv({i}, {g})" if d == ax and g > 1 else i for d, i in enumerate(idx))
+        qv = q(idx, ctx)
+        qf = qv if qdt.is_float else f'T.Cast("float32", {qv})'
+        sv = s(gidx, ctx)
+        if inst.zero_mode == "none":
+            out = f"{qf} * {sv}"
+        elif inst.zero_mode == "post":
+            out = f"({qf} - {z(gidx, ctx)}) * {sv}"  # type: ignore[misc]
+        else:
+            out = f"{qf} * {sv} - {z(gidx, ctx)}"  # type: ignore[misc]
+        return round_float(out, inst.dtype)
+
+    return fn
+
+
+_UNARY_FLOAT = {
+    "exp": "T.exp({})",
+    "exp2": "T.exp2({})",
+    "log": "T.log({})",
+    "log2": "T.log2({})",
+    "sqrt": "T.sqrt({})",
+    "rsqrt": "(T.float32(1) / T.sqrt({}))",
+    "sin": "T.sin({})",
+    "cos": "T.cos({})",
+    "tanh": "T.tanh({})",
+    "sigmoid": "(T.float32(1) / (T.float32(1) + T.exp(T.float32(0) - {})))",
+    "floor": "T.floor({})",
+    "ceil": "T.ceil({})",
+    "neg": "(T.float32(0) - {})",
+    "abs": "T.fabs({})",
+}
+
+
+@rule(I.Unary)
+def _unary(e: _Emitter, inst: I.Unary, t: Tile) -> IndexFn:
+    x, dt, op = e.get(inst.x), inst.x.dtype, inst.op
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        v = x(idx, ctx)
+        if dt.is_bool:
+            return f"not ({v})" if op == "not" else v
+        if dt.is_float:
+            return round_float(_UNARY_FLOAT[op].format(v), dt)
+        vt = value_type(dt)
+        if op == "not":
+            return (
+                wrap_int(f"T.bitwise_not({v})", dt)
+                if dt.is_signed
+                else f"T.bitwise_and(T.bitwise_not({v}), {dt.code_mask})"
+            )
+        if op == "neg":
+            return wrap_int(f"T.{vt}(0) - {v}", dt)
+        return wrap_int(f"T.Select({v} < 0, T.{vt}(0) - {v}, {v})", dt)
+
+    return fn
+
+
+_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+@rule(I.Binary)
+def _binary(e: _Emitter, inst: I.Binary, t: Tile) -> IndexFn:
+    fa, fb, dt, op = e.get(inst.a), e.get(inst.b), inst.a.dtype, inst.op
+    vt = value_type(dt)
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        a, b = fa(idx, ctx), fb(idx, ctx)
+        if op in _CMP:
+            return f"({a} {_CMP[op]} {b})"
+        if dt.is_bool:
+            return {"and": f"({a} and {b})", "or": f"({a} or {b})", "xor": f"({a} != {b})"}[op]
+        if dt.is_float:
+            arith = {"add": f"{a} + {b}", "sub": f"{a} - {b}", "mul": f"{a} * {b}", "div": f"{a} / {b}",
+                     "max": f"T.max({a}, {b})", "min": f"T.min({a}, {b})"}  # fmt: skip
+            if op not in arith:
+                raise BackendError(f"tvm backend: {op} on float tiles")
+            return round_float(f"({arith[op]})", dt)
+        if op in ("floordiv", "div"):
+            return wrap_int(f"T.floordiv({a}, {b})", dt)
+        if op == "mod":
+            return wrap_int(f"T.floormod({a}, {b})", dt)
+        if op == "shl":
+            return wrap_int(f"T.Select({b} >= {dt.bits}, T.{vt}(0), T.shift_left({a}, T.min({b}, {dt.bits - 1})))", dt)
+        if op == "shr":
+            neg = f"T.Select({a} < 0, T.{vt}(-1), T.{vt}(0))"
+            return f"T.Select({b} >= {dt.bits}, {neg}, T.shift_right({a}, T.min({b}, {dt.bits - 1})))"
+        arith = {"add": f"{a} + {b}", "sub": f"{a} - {b}", "mul": f"{a} * {b}", "max": f"T.max({a}, {b})",
+                 "min": f"T.min({a}, {b})", "and": f"T.bitwise_and({a}, {b})", "or": f"T.bitwise_or({a}, {b})",
+                 "xor": f"T.bitwise_xor({a}, {b})"}  # fmt: skip
+        return wrap_int(f"({arith[op]})", dt)
+
+    return fn
+
+
+@rule(I.Where)
+def _where(e: _Emitter, inst: I.Where, t: Tile) -> IndexFn:
+    c, a, b = e.get(inst.cond), e.get(inst.a), e.get(inst.b)
+    return lambda idx, ctx: f"T.Select({c(idx, ctx)}, {a(idx, ctx)}, {b(idx, ctx)})"
+
+
+@rule(I.Reduce)
+def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
+    x, dt, ax = e.get(inst.x), inst.x.dtype, inst.axis
+    out = e.alloc(t)
+    n = inst.x.shape[ax]
+    vt = value_type(dt)
+    if inst.op == "sum":
+        init = e.const(0, dt)
+    elif dt.is_float:
+        init = f32(-math.inf if inst.op == "max" else math.inf)
+    else:
+        init = f"T.{vt}({int(dt.min if inst.op == 'max' else dt.max)})"
+    r = e.fresh("r")
+    outer = tuple(s for d, s in enumerate(inst.x.shape) if d != ax)
+
+    def full_index(idx: tuple[str, ...]) -> tuple[str, ...]:
+        rest = list(idx)
+        return (*rest[:ax], r, *rest[ax:])
+
+    def out_index(idx: tuple[str, ...]) -> str:
+        if inst.keepdims:
+            lst = list(idx)
+            lst.insert(ax, "0")
+            return ", ".join(lst) or "0"
+        return ", ".join(idx) or "0"
+
+    e.nest(outer, lambda idx, ctx: [f"{out}[{out_index(idx)}] = {init}"])
+    e.line(f"for {r} in T.serial({n}):")
+    e.depth += 1
+
+    def step(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+        cur, v = f"{out}[{out_index(idx)}]", x(full_index(idx), ctx)
+        if inst.op == "sum":
+            new = f"{cur} + {v}" if dt.is_float else wrap_int(f"({cur} + {v})", dt)
+        else:
+            new = f"T.{inst.op}({cur}, {v})"
+        return [f"{cur} = {new}"]
+
+    e.nest(outer, step)
+    e.depth -= 1
+    if inst.op == "sum" and dt.is_float and dt.name != "float32":
+        e.nest(
+            t.shape,
+            lambda idx, ctx: [
+                f"{out}[{', '.join(idx) or '0'}] = {round_float(f'{out}[{chr(44).join(idx) or chr(48)}]', dt)}"
+            ],
+        )
+    e.bind_buffer(t, out)
+    return None
+
+
+@rule(I.Broadcast)
+def _broadcast(e: _Emitter, inst: I.Broadcast, t: Tile) -> IndexFn:
+    x, src = e.get(inst.x), inst.x.shape
+    return lambda idx, ctx: x(tuple("0" if s == 1 and n != 1 else i for i, s, n in zip(idx, src, inst.shape)), ctx)
+
+
+@rule(I.Reshape)
+def _reshape(e: _Emitter, inst: I.Reshape, t: Tile) -> IndexFn:
+    x, src, dst = e.get(inst.x), inst.x.shape, inst.shape
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        flat = "0"
+        for i, n in zip(idx, dst):
+            flat = f"({flat}) * {n} + {i}" if flat != "0" else i
+        out = []
+        stride = 1
+        for n in reversed(src):
+            out.append(f"T.floormod(T.floordiv({flat}, {stride}), {n})" if stride > 1 else f"T.floormod({flat}, {n})")
+            stride *= n
+        return x(tuple(reversed(out)), ctx)
+
+    return fn
+
+
+@rule(I.Transpose)
+def _transpose(e: _Emitter, inst: I.Transpose, t: Tile) -> IndexFn:
+    x, perm = e.get(inst.x), inst.perm
+
+    def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
+        src = [""] * len(perm)
+        for out_axis, in_axis in enumerate(perm):
+            src[in_axis] = idx[out_axis]
+        return x(tuple(src), ctx)
+
+    return fn
+
+
+assert set(_RULES) == set(I.INSTRUCTIONS), "every IR instruction needs a tvm lowering rule"
+assert {Let, Assign, Store, For, If} == set(_STMT_RULES), "every IR statement needs a tvm lowering rule"
+
+
+def lower(program: Program, options: Mapping[str, Any] | None = None) -> LoweredTir:
+    """TVMScript text of `program` (PrimFunc `main`) and its argument order."""
+    return _Emitter(program, options or {}).emit()
+
+
+__all__ = ["OPTIONS", "LoweredTir", "check_options", "lower"]
