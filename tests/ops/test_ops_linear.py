@@ -1,0 +1,127 @@
+"""quantized_linear on the reference backend vs the independent NumPy oracle; inputs validated up front."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from linear_reference import HOST, bound, reference, relative_error
+
+from lowbit.codegen.backend import Config
+from lowbit.kernels import quantized_gemm, quantized_gemv, w4a8_gemm_per_channel, w4a8_gemm_per_group
+from lowbit.ops import quantize, quantized_linear, select_backend, select_kernel
+
+INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
+FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
+
+
+def activations(shape, adtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32).astype(HOST[adtype])
+
+
+def weight(n, k, seed=0):
+    return np.random.default_rng(seed + 1).standard_normal((n, k)).astype(np.float32)
+
+
+@settings(max_examples=30)
+@given(
+    M=st.integers(1, 20),
+    N=st.integers(1, 64),
+    kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (96, -1)]),
+    name=st.sampled_from(INT_DTYPES + FLOAT_DTYPES),
+    zero=st.sampled_from(["default", "post", "pre"]),
+    adtype=st.sampled_from(["float16", "bfloat16", "float32"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_numpy_oracle(M, N, kg, name, zero, adtype, seed):
+    K, G = kg
+    is_float = name.startswith("fp")
+    kwargs = {} if zero == "default" or is_float else dict(symmetric=False, zero_mode=zero)
+    qw = quantize(weight(N, K, seed), name, G, **kwargs)
+    x = activations((M, K), adtype, seed)
+    y = quantized_linear(x, qw, backend="reference")
+    assert y.dtype == x.dtype and y.shape == (M, N)
+    err = relative_error(y, reference(x, qw))
+    assert err <= bound(qw, M, adtype), f"{qw} M={M} {adtype}: {err}"
+
+
+@pytest.mark.parametrize("scheme,G", [("w4a8_group", 64), ("w4a8_group", 128), ("w4a8_channel", -1)])
+@pytest.mark.parametrize("M", [3, 20])
+@pytest.mark.parametrize("adtype", ["float16", "float32"])
+def test_w4a8_schemes(scheme, G, M, adtype):
+    qw = quantize(weight(40, 256, M), scheme=scheme, group_size=G)
+    x = activations((M, 256), adtype, M)
+    err = relative_error(quantized_linear(x, qw, backend="reference"), reference(x, qw))
+    assert err <= bound(qw, M, adtype), err
+
+
+def test_kernel_rule_and_auto_backend():
+    qw = quantize(weight(8, 64), "int4", 32)
+    assert select_kernel(qw, 16) is quantized_gemv and select_kernel(qw, 17) is quantized_gemm
+    assert select_kernel(quantize(weight(8, 64), scheme="w4a8_group", group_size=32), 1) is w4a8_gemm_per_group
+    assert select_kernel(quantize(weight(8, 64), scheme="w4a8_channel"), 99) is w4a8_gemm_per_channel
+    assert select_backend("auto") in ("reference", "tvm", "triton")
+    with pytest.raises(ValueError, match="backend 'cuda' is not known"):
+        select_backend("cuda")
+
+
+def test_torch_batched_bias_out_and_config():
+    qw = quantize(weight(24, 128), "uint4", 64)
+    x = torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    bias = torch.linspace(-1, 1, 24)
+    y = quantized_linear(x, qw, backend="reference", bias=bias)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16 and y.shape == (2, 3, 24)
+    ref = reference(x.float().numpy(), qw) + bias.numpy()
+    assert relative_error(y.float().numpy(), ref) <= 2 * bound(qw, 6, "bfloat16")
+    out = np.zeros((5, 24), np.float16)
+    x16 = activations((5, 128), "float16")
+    forced = Config.make({"BM": 4, "BN": 16, "BK": 32})
+    got = quantized_linear(x16, qw, backend="reference", out=out, config=forced)
+    assert got is out and relative_error(out, reference(x16, qw)) <= bound(qw, 5, "float16")
+    empty = quantized_linear(np.zeros((0, 128), np.float32), qw, backend="reference")
+    assert empty.shape == (0, 24)
+
+
+def test_unusual_group_size_falls_back_to_one_group_per_step():
+    qw = quantize(weight(16, 120), "int4", 40)
+    x = activations((2, 120), "float32")
+    assert relative_error(quantized_linear(x, qw, backend="reference"), reference(x, qw)) <= 2e-5
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("k", r"x has shape \[3, 100\] but qweight has in_features K=128; pass x of shape \[\.\.\., 128\]"),
+        ("dtype", r"x has dtype int32; activations must be one of \['float16', 'bfloat16', 'float32'\]"),
+        ("strided", "x is not contiguous.*contiguous"),
+        ("qweight", "qweight is a ndarray; build it with lowbit.ops.quantize"),
+        ("bias", r"bias has shape \[7\]; pass a \[24\] bias"),
+        ("out_shape", r"out has shape \[3, 7\]; it must be \[3, 24\]"),
+        ("out_dtype", "out must have x's dtype float16"),
+        ("backend", "backend 'gpu' is not known"),
+    ],
+)
+def test_validation_errors_name_the_field(case, match):
+    qw = quantize(weight(24, 128), "int4", 32)
+    x = activations((3, 128), "float16")
+    kwargs: dict = {"backend": "reference"}
+    if case == "k":
+        x = activations((3, 100), "float16")
+    elif case == "dtype":
+        x = np.zeros((3, 128), np.int32)
+    elif case == "strided":
+        x = activations((128, 3), "float16").T
+    elif case == "qweight":
+        qw = np.zeros((24, 128))
+    elif case == "bias":
+        kwargs["bias"] = np.zeros(7, np.float32)
+    elif case == "out_shape":
+        kwargs["out"] = np.zeros((3, 7), np.float16)
+    elif case == "out_dtype":
+        kwargs["out"] = np.zeros((3, 24), np.float32)
+    elif case == "backend":
+        kwargs["backend"] = "gpu"
+    with pytest.raises(ValueError, match=match):
+        quantized_linear(x, qw, **kwargs)

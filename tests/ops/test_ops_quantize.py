@@ -1,0 +1,118 @@
+"""lowbit.ops.quantize: validation up front, stored parameters reproduce `dequantize`, error bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.dtypes import decode, dtype
+from lowbit.kernels.layouts import reordered_packed
+from lowbit.ops import QuantizedWeight, quantize
+
+INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
+FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
+
+
+def weight(n=24, k=128, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32)
+
+
+def expand(p, qw):
+    return np.repeat(p.astype(np.float64), qw.in_features if qw.group_size == -1 else qw.group_size, axis=0).T
+
+
+@pytest.mark.parametrize("name", INT_DTYPES)
+@pytest.mark.parametrize("group_size", [32, -1])
+def test_int_round_to_nearest_bound(name, group_size):
+    w = weight()
+    qw = quantize(w, name, group_size)
+    dt = dtype(name)
+    assert qw.zero_mode == ("none" if dt.is_signed and dt.bits >= 2 else "post")
+    assert qw.scales.shape == (qw.groups, 24) and qw.words.dtype == np.uint32
+    # symmetric: within half a step; post zero: the rounded integer zero shifts the grid by up to half a
+    # step more, so the group's min or max may sit a full step from its code
+    steps = 0.5 if qw.zero_mode == "none" else 1.0
+    err = np.abs(qw.dequantize().astype(np.float64) - w)
+    assert np.all(err <= steps * expand(qw.scales, qw) * (1 + 2.0**-10) + 1e-6)
+
+
+@pytest.mark.parametrize("name", FLOAT_DTYPES)
+def test_float_formats_symmetric_bound(name):
+    w = weight(seed=1)
+    qw = quantize(w, name, 64)
+    dt = dtype(name)
+    assert qw.zero_mode == "none" and qw.zeros is None
+    # |w| <= s·max; spacing <= s·max·2^-m; fp16 scale rounding may saturate by 2^-11 of s·max
+    bound = expand(qw.scales, qw) * float(dt.max) * (2.0 ** -(dt.mantissa_bits + 1) + 2.0**-10)
+    assert np.all(np.abs(qw.dequantize() - w) <= bound + 1e-6)
+
+
+def test_pre_zero_and_float32_scales():
+    w = weight(seed=2)
+    qw = quantize(w, "uint4", 32, zero_mode="pre", scale_dtype="float32")
+    assert qw.zero_mode == "pre" and qw.zeros is not None and qw.zeros.dtype == np.float32
+    q = decode(qw.dtype, qw.codes()).astype(np.float64)
+    manual = (q * expand(qw.scales, qw).T - expand(qw.zeros, qw).T).T
+    assert np.allclose(qw.dequantize(), manual, rtol=1e-6, atol=1e-6)
+    assert np.abs(qw.dequantize() - w).max() <= 0.5 * qw.scales.max() * 1.01 + 1e-6
+
+
+def test_w4a8_schemes():
+    w = weight(32, 256, 3)
+    g = quantize(w, scheme="w4a8_group", group_size=64)
+    assert g.dtype.name == "uint4" and g.scales.dtype == np.int8 and g.zeros.dtype == np.int8
+    assert g.channel_scales.shape == (32,) and g.scales.shape == (4, 32)
+    w8 = (decode(g.dtype, g.codes()).astype(np.int32) - expand(g.zeros, g).T) * expand(g.scales, g).T
+    assert w8.min() >= -128 and w8.max() <= 127  # QoQ's int8 guarantee, seen through the stored fields
+    c = quantize(w, scheme="w4a8_channel")
+    assert c.group_size == -1 and c.scales.shape == (1, 32) and c.zeros.dtype == np.int32
+    for qw in (g, c):
+        assert np.linalg.norm(qw.dequantize() - w) / np.linalg.norm(w) < 0.15
+
+
+def test_torch_input_and_reordered_layout_same_codes():
+    w = weight(32, 128, 4)
+    row = quantize(torch.from_numpy(w), "int4", 32)
+    re = quantize(w, "int4", 32, layout="reordered", tile=(64, 32))
+    assert re.layout == reordered_packed((128, 32), 4, (64, 32))
+    assert np.array_equal(row.codes(), re.codes()) and np.array_equal(row.dequantize(), re.dequantize())
+    explicit = quantize(w, "int4", 32, layout=re.layout)
+    assert np.array_equal(explicit.words, re.words)
+    assert isinstance(row, QuantizedWeight) and "int4 g32" in repr(row)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dtype="int9"), r"dtype 'int9'.*signed widths are 1\.\.8"),
+        (dict(dtype="float16"), "dtype float16 has 16 bits.*1..8-bit codes"),
+        (dict(dtype="bogus"), "dtype 'bogus'"),
+        (dict(group_size=48), r"group_size: group_size 48 does not divide in_features K=128; use .*or -1"),
+        (dict(group_size=0), "group_size 0 is not a positive integer"),
+        (dict(group_size=32.0), "group_size 32.0 is not an int"),
+        (dict(scheme="w8a8"), "scheme 'w8a8' is not known"),
+        (dict(scheme="w4a8_group", dtype="int4"), "W4A8 weights are unsigned codes; use uint4"),
+        (dict(scheme="w4a8_channel", dtype="uint8"), "use uint1..uint7"),
+        (dict(dtype="fp4_e2m1", symmetric=False), "float format, quantized symmetrically"),
+        (dict(dtype="uint4", symmetric=True), "symmetric grid needs a signed dtype"),
+        (dict(dtype="int1", symmetric=True), "symmetric grid needs a signed dtype of >= 2 bits"),
+        (dict(zero_mode="mid"), "zero_mode 'mid' is not known"),
+        (dict(dtype="int4", symmetric=False, zero_mode="none"), "symmetric=False needs a zero point"),
+        (dict(scale_dtype="int8"), "scale_dtype 'int8' is not supported"),
+        (dict(layout="tiles"), "layout 'tiles' is not known"),
+        (dict(layout="reordered", tile=(48, 32)), "BK=48 must be a positive multiple of 32"),
+    ],
+)
+def test_validation_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantize(weight(8, 128), **kwargs)
+
+
+def test_weight_errors():
+    with pytest.raises(ValueError, match=r"w has shape \(128,\); pass a 2-D weight"):
+        quantize(np.zeros(128, np.float32))
+    bad = weight(8, 128)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="w has NaN or inf"):
+        quantize(bad)
