@@ -67,8 +67,8 @@ def wrap_int(dt: DataType, x: str) -> str:
         return x
     if dt.is_signed:
         shift = width - dt.bits
-        return f"(({x} << {shift}) >> {shift})"
-    return f"({x} & {hex((1 << dt.bits) - 1)})"
+        return f"((({x}) << {shift}) >> {shift})"
+    return f"(({x}) & {hex((1 << dt.bits) - 1)})"
 
 
 # ---- non-native floats ------------------------------------------------------------------------------
