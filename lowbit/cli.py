@@ -1,4 +1,4 @@
-"""The `lowbit` command line. Today: `lowbit demo`; later issues add compile | generate | serve | bench | tune."""
+"""The `lowbit` command line: `lowbit demo`, `lowbit bench gemm`; later issues add compile | generate | serve | tune."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from typing import Any
 
 import numpy as np
+
+from lowbit.bench.command import add_arguments as add_gemm_arguments
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -37,6 +39,13 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_gemm(args: argparse.Namespace) -> int:
+    """Time lowbit quantized linears against torch side by side; print a table, write JSON (and a plot)."""
+    from lowbit.bench.command import main as run_bench_gemm
+
+    return run_bench_gemm(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["int4", "uint4", "int3", "int2", "uint8", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3"]
     )
     d.set_defaults(func=demo)
+    bench = sub.add_parser("bench", help="benchmarks: `lowbit bench gemm`")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    g = bench_sub.add_parser(
+        "gemm", help="quantized linear layers vs torch fp32/bf16/dequantize-then-matmul, with the roofline"
+    )
+    add_gemm_arguments(g)
+    g.set_defaults(func=bench_gemm)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

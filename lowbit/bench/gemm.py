@@ -1,0 +1,406 @@
+"""`lowbit bench gemm`: quantized linear layers against torch, side by side in one run, with the roofline.
+
+    report = run_report(Ms=(1, 16), layers=((4096, 4096),), dtypes=("int4",))
+    print(format_table(report))
+
+For every layer (N, K) and batch M it times, in the same process and one after another:
+  torch_fp32     F.linear with a dense fp32 weight [N, K]
+  torch_bf16     F.linear with bf16 activations and weight
+  torch_dequant  the packed weight dequantized in torch on every call, then fp32 F.linear (lowbit.bench.naive);
+                 for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
+  lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for
+Timing: `lowbit.codegen.tune.timing.benchmark(flush=True)`: one untimed warm-up call (compiles lowbit kernels),
+then `repeats` samples, each after evicting the caches by a read-modify-write of a buffer twice the L3 size
+(a 4096^2 W4 layer is 9 MB and would otherwise be served from the 32 MiB L3). Threads are set once, first.
+Each lowbit result is checked against x @ dequant(W)^T from the weight's reference dequantization
+(`rel_error`); a non-finite output raises, a relative error above `TOLERANCE` marks the row MISMATCH.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lowbit.bench.roofline import Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
+from lowbit.codegen.tune.timing import benchmark, set_threads
+from lowbit.dtypes import dtype as lookup_dtype
+
+DTYPES = ("int4", "int3", "int2", "int8", "fp6_e3m2", "fp4_e2m1")
+MS = (1, 4, 16, 64, 256)
+CPU_LAYERS = ((4096, 4096), (11008, 4096))  # Llama-2-7B q/o/k/v and up/gate
+CUDA_LAYERS = ((8192, 8192), (28672, 8192))  # Llama-3-70B q/o and up/gate
+QUICK_LAYERS = ((2048, 2048),)
+QUICK_MS = (1, 16)
+QUICK_REPEATS = 3
+FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
+TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
+TORCH = "torch"
+
+
+class BenchError(RuntimeError):
+    """A benchmark that cannot run as asked, or a kernel whose output is not finite."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (layer, M, method) measurement. Times in ms; speedups are t(torch) / t(this row), same run."""
+
+    M: int
+    N: int
+    K: int
+    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit
+    dtype: str  # weight dtype: float32, bfloat16, int4, fp6_e3m2, ...
+    backend: str  # torch | tvm | triton | reference
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    bytes: int  # the roofline's bytes: stored weight + scales + zeros + activations + output
+    roofline_ms: float
+    roofline_fraction: float = math.nan  # roofline_ms / median_ms: 1.0 = at the limit
+    speedup_fp32: float = math.nan
+    speedup_bf16: float = math.nan
+    rel_error: float | None = None  # lowbit and torch_dequant rows: vs x @ dequant(W)^T
+    note: str = ""
+
+
+@dataclass
+class Report:
+    machine: Machine
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mismatches(self) -> list[Row]:
+        return [r for r in self.rows if "MISMATCH" in r.note]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_layers(device: str) -> tuple[tuple[int, int], ...]:
+    return CUDA_LAYERS if device.startswith("cuda") else CPU_LAYERS
+
+
+def _relative_error(y: Any, ref: Any) -> float:
+    import torch
+
+    y64, ref64 = torch.as_tensor(y).double().cpu(), torch.as_tensor(ref).double().cpu()
+    return float((y64 - ref64).norm() / ref64.norm().clamp_min(1e-30))
+
+
+# -- lowbit.ops integration (imported lazily: the torch rows run without it) --------------------------------
+
+
+def _load_ops() -> Any | None:
+    try:
+        return importlib.import_module("lowbit.ops")
+    except ImportError:
+        return None
+
+
+def _reference_weight(ops: Any, qw: Any) -> Any | None:
+    """The float [N, K] weight `qw` stands for, from lowbit's NumPy dequantization (`qw.dequantize()` or
+    `ops.dequantize(qw)`), or None when neither exists."""
+    if callable(getattr(qw, "dequantize", None)):
+        return qw.dequantize()
+    if callable(getattr(ops, "dequantize", None)):
+        return ops.dequantize(qw)
+    return None
+
+
+def _stored_bytes(qw: Any) -> int | None:
+    """Bytes of the arrays a quantized weight stores (words, scales, zeros...), if it exposes them."""
+    total = 0
+    for name in ("words", "scales", "zeros", "channel_scales", "scales2", "zeros2"):
+        a = getattr(qw, name, None)
+        if a is not None and hasattr(a, "nbytes"):
+            total += int(a.nbytes)
+        elif a is not None and hasattr(a, "element_size"):
+            total += int(a.numel() * a.element_size())
+    return total or None
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    """Everything timed for one (N, K): weights in every form, built once per layer."""
+
+    N: int
+    K: int
+    w32: Any
+    w16: Any
+    naive: dict[str, Any]
+    lowbit: dict[str, Any]  # dtype -> QuantizedWeight
+    lowbit_ref: dict[str, Any]  # dtype -> float [N, K] reference weight (or None)
+
+
+def run_report(
+    Ms: Sequence[int] = MS,
+    layers: Sequence[tuple[int, int]] | None = None,
+    dtypes: Sequence[str] = DTYPES,
+    group_size: int = 128,
+    backends: Sequence[str] | None = None,
+    repeats: int = 5,
+    quick: bool = False,
+    *,
+    threads: int | None = None,
+    tune: bool = False,
+    flush: bool = True,
+    naive_dtypes: Sequence[str] | None = None,
+    device: str | None = None,
+    machine: Machine | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Run the benchmark (see the module docstring) and return the machine facts, rows and notes.
+    `quick`: one 2048x2048 layer, M in {1, 16}, 3 repeats, quick machine measurements, unless the
+    corresponding argument is given explicitly (pass layers/Ms/repeats to override)."""
+    import torch
+
+    n_threads = set_threads(threads)  # before torch runs anything and before TVM starts its pool
+    device = device or default_device()
+    if layers is None:
+        layers = QUICK_LAYERS if quick else default_layers(device)
+    if quick and tuple(Ms) == MS:
+        Ms = QUICK_MS
+    if quick and repeats == 5:
+        repeats = QUICK_REPEATS
+    naive_dtypes = tuple(dtypes[:1]) if naive_dtypes is None else tuple(naive_dtypes)
+    for N, K in layers:
+        if K % group_size:
+            raise BenchError(f"group_size {group_size} does not divide K={K} of layer {N}x{K}; use 128, 64 or 32")
+    say = log or (lambda s: None)
+    machine = machine or measure_machine(device, n_threads, quick=quick)
+    say(f"# {machine.header()}")
+    report = Report(machine)
+    report.config = {
+        "Ms": list(Ms),
+        "layers": [list(layer) for layer in layers],
+        "dtypes": list(dtypes),
+        "naive_dtypes": list(naive_dtypes),
+        "group_size": group_size,
+        "repeats": repeats,
+        "warmup": 1,
+        "flush": "read-modify-write of 2x L3 before every sample" if flush else "none (hot caches)",
+        "tune": tune,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+    ops = _load_ops()
+    chosen = _choose_backends(backends, device, ops, report.notes)
+    report.config["backends"] = list(chosen)
+    bench = _Bench(machine, device, repeats, flush, tune, group_size, ops, chosen, report.notes, say)
+    gen = torch.Generator().manual_seed(0)
+    for N, K in layers:
+        say(f"preparing layer {N}x{K}")
+        case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen)
+        for M in Ms:
+            x = torch.randn(M, K, generator=gen).to(device)  # x: [M, K] fp32
+            report.rows.extend(_finish(bench.rows(case, x)))
+        del case  # free this layer's weights before the next one is built
+    return report
+
+
+def run(
+    Ms: Sequence[int] = MS,
+    layers: Sequence[tuple[int, int]] | None = None,
+    dtypes: Sequence[str] = DTYPES,
+    group_size: int = 128,
+    backends: Sequence[str] | None = None,
+    repeats: int = 5,
+    quick: bool = False,
+    **kwargs: Any,
+) -> list[Row]:
+    """`run_report(...).rows`: the rows only."""
+    return run_report(Ms, layers, dtypes, group_size, backends, repeats, quick, **kwargs).rows
+
+
+def _choose_backends(asked: Sequence[str] | None, device: str, ops: Any, notes: list[str]) -> tuple[str, ...]:
+    from lowbit.codegen.backend import available_backends
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if ops is None:
+        notes.append("lowbit.ops not available (not installed or not written yet): no lowbit rows, torch rows only")
+        return ()
+    have = available_backends()
+    wanted = tuple(asked) if asked is not None else FAST_BACKENDS[kind]
+    chosen = []
+    for b in wanted:
+        if b not in have:
+            if asked is not None:
+                notes.append(f"backend {b!r} skipped: its toolchain is not installed here (available: {have})")
+            continue
+        if b == "triton" and kind == "cpu":
+            notes.append("triton skipped on CPU: it would run in the Triton interpreter, far too slow to benchmark")
+            continue
+        chosen.append(b)
+    if kind == "cpu" and asked is None:
+        notes.append("triton skipped on CPU: it would run in the Triton interpreter, far too slow to benchmark")
+    return tuple(chosen)
+
+
+def _prepare(
+    N: int,
+    K: int,
+    dtypes: Sequence[str],
+    naive_dtypes: Sequence[str],
+    group_size: int,
+    ops: Any | None,
+    device: str,
+    gen: Any,
+) -> _Case:
+    import torch
+
+    from lowbit.bench.naive import pack_naive
+
+    w = torch.randn(N, K, generator=gen) * 0.02  # [N, K] like an nn.Linear weight
+    naive = {dt: _to_device(pack_naive(w, dt, group_size), device) for dt in naive_dtypes}
+    lowbit: dict[str, Any] = {}
+    lowbit_ref: dict[str, Any] = {}
+    if ops is not None:
+        for dt in dtypes:
+            qw = ops.quantize(w.numpy(), dt, group_size)
+            lowbit[dt] = _to_device(qw, device)
+            ref = _reference_weight(ops, qw)
+            lowbit_ref[dt] = None if ref is None else torch.as_tensor(np.asarray(ref, dtype=np.float32))
+    return _Case(N, K, w.to(device), w.to(torch.bfloat16).to(device), naive, lowbit, lowbit_ref)
+
+
+def _to_device(obj: Any, device: str) -> Any:
+    """Move a dataclass of tensors to `device` (no-op on CPU; lowbit.ops weights are moved by ops itself)."""
+    if device == "cpu" or not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    moved = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for k, v in moved.items():
+        if hasattr(v, "to") and hasattr(v, "device"):
+            moved[k] = v.to(device)
+    return dataclasses.replace(obj, **moved)
+
+
+@dataclass
+class _Bench:
+    """Run-wide settings; `rows(case, x)` times every method for one layer and one x [M, K]."""
+
+    machine: Machine
+    device: str
+    repeats: int
+    flush: bool
+    tune: bool
+    group_size: int
+    ops: Any
+    backends: tuple[str, ...]
+    notes: list[str]
+    say: Callable[[str], None]
+
+    def time(self, fn: Callable[[], Any]) -> tuple[float, float, float]:
+        t = benchmark(fn, repeats=self.repeats, warmup=1, flush=self.flush, device=self.device)
+        return t.median, t.min, t.max
+
+    def row(self, case: _Case, M: int, method: str, dt: str, backend: str, fn: Callable[[], Any], nbytes: int,
+            peak_dtype: str, rel: float | None = None, note: str = "") -> Row:  # fmt: skip
+        median, lo, hi = self.time(fn)
+        flops = linear_flops(M, case.N, case.K)
+        roof = roofline_ms(nbytes, flops, self.machine.bandwidth_gbs, self.machine.peak(peak_dtype))
+        self.say(f"  M={M:<4} {method:<14}{dt:<10}{backend:<10}{median:10.3f} ms")
+        return Row(M, case.N, case.K, method, dt, backend, median, lo, hi, nbytes, roof, rel_error=rel, note=note)
+
+    def rows(self, case: _Case, x32: Any) -> list[Row]:
+        import torch
+        import torch.nn.functional as F
+
+        from lowbit.bench.naive import naive_dequantize, naive_linear
+
+        M, N, K = x32.shape[0], case.N, case.K
+        x16 = x32.to(torch.bfloat16)
+        fp32 = layer_bytes(N, K, M, bits=32, group_size=None, act_bytes=4, out_bytes=4)
+        bf16 = layer_bytes(N, K, M, bits=16, group_size=None, act_bytes=2, out_bytes=2)
+        rows = [
+            self.row(case, M, "torch_fp32", "float32", TORCH, lambda: F.linear(x32, case.w32), fp32, "float32"),
+            self.row(case, M, "torch_bf16", "bfloat16", TORCH, lambda: F.linear(x16, case.w16), bf16, "bfloat16"),
+        ]
+        for dt, packed in case.naive.items():
+            rel = _relative_error(naive_linear(x32, packed), x32.double() @ naive_dequantize(packed).double().T)
+            nbytes = packed.nbytes + M * K * 4 + M * N * 4
+            fn = functools.partial(naive_linear, x32, packed)
+            rows.append(self.row(case, M, "torch_dequant", dt, TORCH, fn, nbytes, "float32", rel))
+        cuda = self.device.startswith("cuda")
+        x = x32.to(torch.float16) if cuda else x32  # lowbit rows: fp16 activations on GPU, fp32 on CPU
+        for dt, qw in case.lowbit.items():
+            for backend in self.backends:
+                row = self.lowbit_row(case, x, dt, qw, backend)
+                if row is not None:
+                    rows.append(row)
+        return rows
+
+    def lowbit_row(self, case: _Case, x: Any, dt: str, qw: Any, backend: str) -> Row | None:
+        M, N, K = x.shape[0], case.N, case.K
+        fn = functools.partial(self.ops.quantized_linear, x, qw, backend=backend, tune=self.tune)
+        try:
+            y = fn()  # compiles (and tunes, with tune=True) outside the timed samples
+        except Exception as e:  # a backend that cannot run this dtype/shape: a note, not the end of the run
+            self.notes.append(f"lowbit {dt} on {backend} at M={M} {N}x{K} failed: {type(e).__name__}: {e}")
+            return None
+        if not bool(np.isfinite(_to_numpy(y)).all()):
+            raise BenchError(f"lowbit.ops.quantized_linear({dt}, backend={backend!r}) gave NaN/inf at M={M} {N}x{K}")
+        w_ref = case.lowbit_ref[dt]
+        rel = None if w_ref is None else _relative_error(y, x.double().cpu() @ w_ref.double().T)
+        if rel is None:
+            note = "unchecked: no reference dequantization"
+        else:
+            note = "" if rel <= TOLERANCE else f"MISMATCH rel err {rel:.2e} > {TOLERANCE:g}"
+        stored = _stored_bytes(qw)
+        if stored is None:  # dense bit packing, fp32 scales, uint8 zeros for integer dtypes
+            d = lookup_dtype(dt)
+            zero_bits = 0 if d.is_float else 8
+            stored = layer_bytes(N, K, 0, bits=d.bits, group_size=self.group_size, zero_bits=zero_bits)
+        elem = x.element_size()
+        act = "float16" if elem == 2 else "float32"
+        return self.row(case, M, "lowbit", dt, backend, fn, stored + M * K * elem + M * N * elem, act, rel, note)
+
+
+def _to_numpy(y: Any) -> Any:
+    return y.detach().float().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+
+
+def _finish(rows: list[Row]) -> list[Row]:
+    """Fill speedups (vs the same M, N, K torch rows of this run) and roofline fractions."""
+    base = {r.method: r.median_ms for r in rows if r.backend == TORCH and r.method in ("torch_fp32", "torch_bf16")}
+    t32, t16 = base.get("torch_fp32", math.nan), base.get("torch_bf16", math.nan)
+    return [
+        dataclasses.replace(
+            r,
+            roofline_fraction=r.roofline_ms / r.median_ms,
+            speedup_fp32=t32 / r.median_ms,
+            speedup_bf16=t16 / r.median_ms,
+        )
+        for r in rows
+    ]
+
+
+__all__ = [
+    "CPU_LAYERS",
+    "CUDA_LAYERS",
+    "DTYPES",
+    "MS",
+    "BenchError",
+    "Report",
+    "Row",
+    "default_device",
+    "default_layers",
+    "run",
+    "run_report",
+]

@@ -1,0 +1,134 @@
+"""Writing a GEMM benchmark report: a fixed-width table, JSON, and an optional speedup-vs-M plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from lowbit.bench.gemm import Report, Row
+
+COLUMNS = (  # header, width, format of one row's value
+    ("M", 5, lambda r: f"{r.M}"),
+    ("N", 6, lambda r: f"{r.N}"),
+    ("K", 6, lambda r: f"{r.K}"),
+    ("method", 14, lambda r: r.method),
+    ("dtype", 9, lambda r: r.dtype),
+    ("backend", 9, lambda r: r.backend),
+    ("median ms", 10, lambda r: f"{r.median_ms:.3f}"),
+    ("min ms", 9, lambda r: f"{r.min_ms:.3f}"),
+    ("max ms", 9, lambda r: f"{r.max_ms:.3f}"),
+    ("MB", 8, lambda r: f"{r.bytes / 1e6:.2f}"),
+    ("roof ms", 8, lambda r: f"{r.roofline_ms:.3f}"),
+    ("%roof", 6, lambda r: f"{100 * r.roofline_fraction:.0f}%"),
+    ("x fp32", 7, lambda r: f"{r.speedup_fp32:.2f}"),
+    ("x bf16", 7, lambda r: f"{r.speedup_bf16:.2f}"),
+    ("rel err", 8, lambda r: "-" if r.rel_error is None else f"{r.rel_error:.1e}"),
+)
+LEFT = {"method", "dtype", "backend"}
+
+
+def _cell(text: str, header: str, width: int) -> str:
+    return text.ljust(width) if header in LEFT else text.rjust(width)
+
+
+def format_table(report: Report) -> str:
+    """The machine header, the config, one line per row (a blank line between (layer, M) blocks), notes."""
+    m = report.machine
+    lines = [f"# {m.header()}"]
+    c = report.config
+    if c:
+        lines.append(
+            f"# group {c.get('group_size')} | repeats {c.get('repeats')} (median, warm-up {c.get('warmup')}) | "
+            f"flush: {c.get('flush')} | backends {c.get('backends') or 'none'} | tune {c.get('tune')}"
+        )
+    lines.append(
+        "# MB: bytes the roofline counts (stored weight + scales + zeros + x + y); roof ms = max(MB/BW, flops/peak);"
+    )
+    lines.append("# %roof = roof ms / median ms; x fp32 / x bf16 = torch time / this time (same M, N, K, same run)")
+    header = " ".join(_cell(h, h, w) for h, w, _ in COLUMNS) + "  note"
+    lines += [header, "-" * len(header)]
+    block = None
+    for r in report.rows:
+        if block is not None and block != (r.N, r.K, r.M):
+            lines.append("")
+        block = (r.N, r.K, r.M)
+        lines.append(" ".join(_cell(fmt(r), h, w) for h, w, fmt in COLUMNS) + (f"  {r.note}" if r.note else ""))
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN/inf: write null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    return _clean(
+        {
+            "machine": report.machine.to_json(),
+            "config": report.config,
+            "rows": [dataclasses.asdict(r) for r in report.rows],
+            "notes": report.notes,
+        }
+    )
+
+
+def write_json(report: Report, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(to_json(report), indent=1) + "\n")
+    return p
+
+
+def _series(rows: list[Row]) -> dict[tuple[int, int], dict[str, list[tuple[int, float]]]]:
+    """(N, K) -> label -> [(M, speedup vs fp32)] for every non-fp32 method."""
+    out: dict[tuple[int, int], dict[str, list[tuple[int, float]]]] = {}
+    for r in rows:
+        if r.method == "torch_fp32":
+            continue
+        label = r.method if r.backend == "torch" and r.method == "torch_bf16" else f"{r.method} {r.dtype} {r.backend}"
+        out.setdefault((r.N, r.K), {}).setdefault(label, []).append((r.M, r.speedup_fp32))
+    return out
+
+
+def write_plot(report: Report, path: str | Path) -> Path | None:
+    """Speedup over torch fp32 vs M, one panel per layer. None (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    series = _series(report.rows)
+    fig, axes = plt.subplots(1, max(1, len(series)), figsize=(6 * max(1, len(series)), 4.5), squeeze=False)
+    for ax, ((N, K), lines) in zip(axes[0], series.items()):
+        for label, pts in sorted(lines.items()):
+            ms, ys = zip(*sorted(pts))
+            ax.plot(ms, ys, marker="o", label=label)
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speedup over torch fp32 F.linear")
+        ax.set_title(f"{N}x{K} — {report.machine.name}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
+__all__ = ["format_table", "to_json", "write_json", "write_plot"]

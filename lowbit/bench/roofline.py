@@ -1,0 +1,187 @@
+"""The roofline of a linear layer: bytes it must move, flops it must do, and what this machine can deliver.
+
+    machine = measure_machine("cpu")                      # bandwidth GB/s, peak GFLOP/s fp32/bf16, threads, L3
+    nbytes = layer_bytes(4096, 4096, M=1, bits=4, group_size=128, scale_bytes=4, zero_bits=8)
+    t = roofline_ms(nbytes, linear_flops(1, 4096, 4096), machine.bandwidth_gbs, machine.peak_gflops["float32"])
+
+Model (ANCHORS.md, "Roofline"): T = max(bytes / BW, flops / P). Bytes are the minimum a kernel must read
+or write once from memory: the packed weight, its scales and zeros, the activations and the output.
+GB and GFLOP are decimal (1e9). Bandwidth is measured read-only (a streaming `sum` over a buffer much
+larger than the last-level cache) because a GEMV's traffic is almost all reads; on CUDA it is a
+device-to-device copy with read + write bytes counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lowbit.codegen.tune.timing import device_name, last_level_cache_bytes
+
+MiB = 2**20
+BANDWIDTH_BYTES = 512 * MiB  # 16x a 32 MiB L3: the sum streams from DRAM
+PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}  # CPU bf16 uses half: without AVX512-BF16 it can run at ~20 GFLOP/s
+
+
+def _median(samples: list[float]) -> float:
+    s = sorted(samples)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _time_ms(fn: Any, device: str, repeats: int) -> float:
+    """Median wall time of `fn()` in ms after one warm-up call (synchronizing on CUDA)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return _median(samples)
+
+
+def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Sustained memory bandwidth in GB/s (1e9 B/s), median of `repeats`.
+    CPU: read-only `sum` over an fp32 buffer of `nbytes` (default 512 MiB >> L3).
+    CUDA: device copy of `nbytes`, read + write counted."""
+    import torch
+
+    n = nbytes // 4
+    if device.startswith("cuda"):
+        src = torch.ones(n, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+        ms = _time_ms(lambda: dst.copy_(src), device, repeats)
+        return 2 * n * 4 / (ms * 1e-3) / 1e9
+    buf = torch.ones(n, dtype=torch.float32)
+    ms = _time_ms(buf.sum, device, repeats)
+    return n * 4 / (ms * 1e-3) / 1e9
+
+
+def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
+    """Dense matmul throughput in GFLOP/s (1e9 flop/s): F.linear(a, b) = a @ b^T on n x n operands (2n^3
+    flops), the layout a linear layer uses (torch's CPU bf16 `a @ b` can take a much slower path).
+    `dtype` is "float32", "bfloat16" or "float16"; n defaults to 2048 on CPU (1024 for 16-bit), 8192 on CUDA."""
+    import torch
+    import torch.nn.functional as F
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    n = n or (PEAK_MATMUL_N[kind] // (2 if kind == "cpu" and dtype != "float32" else 1))
+    try:
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"measure_peak_flops: dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
+    a = torch.randn(n, n, device=device).to(tdtype)
+    b = torch.randn(n, n, device=device).to(tdtype)
+    ms = _time_ms(lambda: F.linear(a, b), device, repeats)
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def linear_flops(M: int, N: int, K: int) -> int:
+    """y[M, N] = x[M, K] @ W[N, K]^T: one multiply and one add per (m, n, k)."""
+    return 2 * M * N * K
+
+
+def layer_bytes(
+    N: int,
+    K: int,
+    M: int = 1,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    scale_bytes: int = 4,
+    zero_bits: int = 0,
+    act_bytes: int = 4,
+    out_bytes: int = 4,
+    per_word: int | None = None,
+) -> int:
+    """Bytes a linear layer must move at least once: packed weight + scales + zeros + activations + output.
+
+    bits:       bits per weight element (32 or 16 for a dense weight, 4 for W4...)
+    group_size: elements of K sharing a scale; None (or 0) for a dense weight (no scales, no zeros);
+                -1 for one scale per output channel
+    zero_bits:  bits per stored zero point (0: symmetric, no zeros; 8: uint8 zeros)
+    per_word:   word-aligned packing (per_word elements in each 32-bit word along K, e.g. 10 for int3);
+                None: dense bit packing (ceil(N*K*bits / 8) bytes)
+    Example: W4 4096x4096 g128, fp32 scales, u8 zeros, M=1 fp32 in/out
+             = 8388608 + 524288 + 131072 + 16384 + 16384 = 9076736.
+    """
+    if per_word:
+        weight = N * math.ceil(K / per_word) * 4
+    else:
+        weight = math.ceil(N * K * bits / 8)
+    groups = 0
+    if group_size:
+        groups = N if group_size == -1 else N * math.ceil(K / group_size)
+    params = groups * scale_bytes + math.ceil(groups * zero_bits / 8)
+    return weight + params + M * K * act_bytes + M * N * out_bytes
+
+
+def roofline_ms(nbytes: float, flops: float, bandwidth_gbs: float, peak_gflops: float) -> float:
+    """Lower bound on the time in ms: max(bytes / bandwidth, flops / peak) with GB/s and GFLOP/s."""
+    return max(nbytes / (bandwidth_gbs * 1e9), flops / (peak_gflops * 1e9)) * 1e3
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the roofline needs to know about the device a benchmark ran on, recorded in its output."""
+
+    device: str  # "cpu" or "cuda:0"
+    name: str  # device_name(): "AMD EPYC 9R14 (2 cores)"
+    threads: int
+    l3_bytes: int | None  # last-level cache (CPU); None where unknown or on CUDA
+    bandwidth_gbs: float
+    peak_gflops: dict[str, float] = field(default_factory=dict)  # "float32" / "bfloat16" -> GFLOP/s
+
+    def peak(self, dtype: str) -> float:
+        """Peak for the dtype a kernel computes in; float16 falls back to bfloat16's, unknown to fp32's."""
+        if dtype in self.peak_gflops:
+            return self.peak_gflops[dtype]
+        if dtype == "float16" and "bfloat16" in self.peak_gflops:
+            return self.peak_gflops["bfloat16"]
+        return self.peak_gflops.get("float32") or max(self.peak_gflops.values())
+
+    def header(self) -> str:
+        l3 = f"{self.l3_bytes / MiB:.0f} MiB" if self.l3_bytes else "n/a"
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in self.peak_gflops.items())
+        return (
+            f"device {self.name} [{self.device}] | threads {self.threads} | L3 {l3} | "
+            f"bandwidth {self.bandwidth_gbs:.1f} GB/s | peak GFLOP/s: {peaks}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_machine(device: str = "cpu", threads: int = 1, *, quick: bool = False) -> Machine:
+    """Measure bandwidth and matmul peaks (fp32 and bf16; bf16 only on CUDA). `quick` uses a 256 MiB
+    buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then rougher."""
+    cuda = device.startswith("cuda")
+    nbytes = (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
+    n = (4096 if cuda else 1024) if quick else None
+    dtypes = ["bfloat16"] if cuda else ["float32", "bfloat16"]
+    return Machine(
+        device=device,
+        name=device_name(device),
+        threads=threads,
+        l3_bytes=None if cuda else last_level_cache_bytes(),
+        bandwidth_gbs=measure_bandwidth(device, nbytes),
+        peak_gflops={d: measure_peak_flops(d, device, n) for d in dtypes},
+    )
+
+
+__all__ = [
+    "Machine",
+    "layer_bytes",
+    "linear_flops",
+    "measure_bandwidth",
+    "measure_machine",
+    "measure_peak_flops",
+    "roofline_ms",
+]

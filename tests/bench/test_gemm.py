@@ -1,0 +1,115 @@
+"""Smoke test of `lowbit bench gemm` on a tiny layer: every expected row, finite positive times, speedups and
+roofline fractions consistent with the times, table and JSON agree. Performance is never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lowbit.bench import gemm
+from lowbit.bench.report import format_table, to_json, write_json
+from lowbit.bench.roofline import Machine, measure_bandwidth, measure_peak_flops
+from lowbit.cli import main
+
+MS = (1, 4)
+N, K = 256, 256
+
+
+@pytest.fixture(scope="module")
+def machine():
+    peaks = {d: measure_peak_flops(d, "cpu", n=512, repeats=2) for d in ("float32", "bfloat16")}
+    return Machine("cpu", "test cpu", 2, None, measure_bandwidth("cpu", 128 * 2**20, repeats=3), peaks)
+
+
+@pytest.fixture(scope="module")
+def report(machine):
+    return gemm.run_report(MS, ((N, K),), ("int4",), 128, ("reference",), 2, threads=2, machine=machine, flush=True)
+
+
+def test_every_expected_row(report):
+    got = {(r.M, r.method, r.dtype, r.backend) for r in report.rows}
+    want = set()
+    for m in MS:
+        want |= {(m, "torch_fp32", "float32", "torch"), (m, "torch_bf16", "bfloat16", "torch")}
+        want |= {(m, "torch_dequant", "int4", "torch"), (m, "lowbit", "int4", "reference")}
+    assert got == want and len(report.rows) == len(want)
+    assert all((r.N, r.K) == (N, K) for r in report.rows)
+
+
+def test_times_ratios_and_roofline_are_consistent(report):
+    for m in MS:
+        rows = [r for r in report.rows if m == r.M]
+        t32 = next(r.median_ms for r in rows if r.method == "torch_fp32")
+        t16 = next(r.median_ms for r in rows if r.method == "torch_bf16")
+        for r in rows:
+            assert 0 < r.min_ms <= r.median_ms <= r.max_ms and math.isfinite(r.max_ms)
+            assert r.speedup_fp32 == pytest.approx(t32 / r.median_ms)
+            assert r.speedup_bf16 == pytest.approx(t16 / r.median_ms)
+            assert r.roofline_fraction == pytest.approx(r.roofline_ms / r.median_ms)
+            assert 0 < r.roofline_fraction <= 1.5, r  # the roofline is a lower bound on the time
+            assert r.bytes > m * K * 2
+
+
+def test_lowbit_rows_are_checked_against_the_reference(report):
+    for r in report.rows:
+        if r.method in ("lowbit", "torch_dequant"):
+            assert r.rel_error is not None and r.rel_error < gemm.TOLERANCE and "MISMATCH" not in r.note
+    assert not report.mismatches
+
+
+def test_table_and_json_have_every_row(report, tmp_path):
+    table = format_table(report)
+    assert "bandwidth" in table.splitlines()[0] and "GB/s" in table.splitlines()[0]
+    assert table.count("torch_fp32") == len(MS) and table.count("reference") >= len(MS)
+    path = write_json(report, tmp_path / "b.json")
+    data = json.loads(path.read_text())
+    assert data == to_json(report)
+    assert len(data["rows"]) == len(report.rows)
+    assert {"device", "threads", "bandwidth_gbs", "peak_gflops"} <= set(data["machine"])
+    assert data["rows"][0].keys() >= {"M", "N", "K", "method", "median_ms", "roofline_ms", "speedup_fp32"}
+
+
+def test_torch_rows_alone_without_lowbit_ops(machine, monkeypatch):
+    monkeypatch.setattr(gemm, "_load_ops", lambda: None)
+    r = gemm.run_report((1,), ((128, 128),), ("int4",), 128, None, 1, threads=2, machine=machine, flush=False)
+    assert {row.method for row in r.rows} == {"torch_fp32", "torch_bf16", "torch_dequant"}
+    assert any("lowbit.ops not available" in n for n in r.notes)
+    assert "lowbit.ops not available" in format_table(r)
+
+
+def test_cli_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["bench", "gemm", "--quick", "--layers", "128x256", "--M", "1,3", "--repeats", "1"]
+    argv += ["--dtypes", "int4", "--backends", "reference", "--out", str(out), "--no-flush"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith("# device") and "lowbit" in text and "torch_dequant" in text
+    data = json.loads((out / "bench_gemm.json").read_text())
+    assert len(data["rows"]) == 2 * 4 and data["config"]["layers"] == [[128, 256]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--layers", "4096by4096"], ["--layers", "'4096by4096'", "4096x4096,11008x4096"]),
+        (["--M", "1,zero"], ["--M", "1,zero", "--M 1,4,16"]),
+        (["--M", "0"], ["--M", "positive"]),
+        (["--dtypes", "int99"], ["--dtypes", "int99"]),
+        (["--backends", "cuda"], ["--backends", "'cuda'", "tvm"]),
+        (["--repeats", "0"], ["--repeats", "positive"]),
+    ],
+)
+def test_cli_argument_errors_name_flag_value_and_fix(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "gemm", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+
+
+def test_cli_group_size_must_divide_k():
+    with pytest.raises(SystemExit, match=r"--group-size 128 does not divide K=100"):
+        main(["bench", "gemm", "--layers", "64x100"])
