@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         naive_dtypes=args.naive_dtypes,
         log=lambda s: None if s.startswith("  ") else print(s, flush=True),  # header and layer progress
     )
-    print(format_table(report))
+    print(format_table(report, machine_header=False))  # run_report printed it before the first timing
     out_dir = args.out or Path(os.getcwd())
     json_path = write_json(report, args.json or out_dir / "bench_gemm.json")
     print(f"wrote {json_path} ({len(report.rows)} rows, {time.perf_counter() - start:.0f} s)")

@@ -34,10 +34,11 @@ def _cell(text: str, header: str, width: int) -> str:
     return text.ljust(width) if header in LEFT else text.rjust(width)
 
 
-def format_table(report: Report) -> str:
-    """The machine header, the config, one line per row (a blank line between (layer, M) blocks), notes."""
+def format_table(report: Report, *, machine_header: bool = True) -> str:
+    """The machine header (unless already printed), the config, one line per row (a blank line between
+    (layer, M) blocks), then the notes."""
     m = report.machine
-    lines = [f"# {m.header()}"]
+    lines = [f"# {m.header()}"] if machine_header else []
     c = report.config
     if c:
         lines.append(
