@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, default=None, help="PNG of speedup vs M (needs matplotlib)")
 
 
+def _progress(line: str) -> None:
+    """The machine header and layer lines go to stdout; per-row timings (indented) to stderr as progress."""
+    print(line, file=sys.stderr if line.startswith("  ") else sys.stdout, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run `lowbit bench gemm` with parsed arguments; 1 if any lowbit row mismatched its reference."""
     from lowbit.bench.report import format_table, write_json, write_plot
@@ -136,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
         tune=args.tune,
         flush=not args.no_flush,
         naive_dtypes=args.naive_dtypes,
-        log=lambda s: None if s.startswith("  ") else print(s, flush=True),  # header and layer progress
+        log=_progress,
     )
     print(format_table(report, machine_header=False))  # run_report printed it before the first timing
     out_dir = args.out or Path(os.getcwd())

@@ -207,7 +207,7 @@ def run_report(
     gen = torch.Generator().manual_seed(0)
     for N, K in layers:
         say(f"preparing layer {N}x{K}")
-        case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen)
+        case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen, say)
         for M in Ms:
             x = torch.randn(M, K, generator=gen).to(device)  # x: [M, K] fp32
             report.rows.extend(_finish(bench.rows(case, x)))
@@ -262,6 +262,7 @@ def _prepare(
     ops: Any | None,
     device: str,
     gen: Any,
+    say: Callable[[str], None],
 ) -> _Case:
     import torch
 
@@ -273,6 +274,7 @@ def _prepare(
     lowbit_ref: dict[str, Any] = {}
     if ops is not None:
         for dt in dtypes:
+            say(f"  quantizing {N}x{K} to {dt} with lowbit.ops.quantize")
             qw = ops.quantize(w.numpy(), dt, group_size)
             lowbit[dt] = _to_device(qw, device)
             ref = _reference_weight(ops, qw)
