@@ -113,3 +113,15 @@ def test_cli_argument_errors_name_flag_value_and_fix(argv, words, capsys):
 def test_cli_group_size_must_divide_k():
     with pytest.raises(SystemExit, match=r"--group-size 128 does not divide K=100"):
         main(["bench", "gemm", "--layers", "64x100"])
+
+
+def test_plot_is_written_or_skipped_without_matplotlib(report, tmp_path):
+    import importlib.util
+
+    from lowbit.bench.report import write_plot
+
+    path = write_plot(report, tmp_path / "speedup.png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert path is None and not (tmp_path / "speedup.png").exists()
+    else:
+        assert path is not None and path.stat().st_size > 0
