@@ -495,7 +495,10 @@ def _as_numpy(v: Any) -> Any:
 def _register() -> None:
     from lowbit.codegen.backend import register_backend
 
-    register_backend("reference", ReferenceKernel)
+    def compile_reference(program: Program, options: Any) -> ReferenceKernel:
+        return ReferenceKernel(program, dict(options))
+
+    register_backend("reference", compile_reference)
 
 
 _register()

@@ -141,7 +141,12 @@ def value_type(dt: DataType) -> str:
         return "bool"
     if dt.is_float:
         return "float32"
-    return "int64" if dt.bits > 32 else "int32"
+    return "int64" if dt.bits > 32 or (dt.kind == "uint" and dt.bits == 32) else "int32"
+
+
+def is_nan(x: str) -> str:
+    """NaN test on the bits (LLVM may fold `x != x` under fast-math)."""
+    return f'(T.bitwise_and(T.reinterpret("int32", {x}), 2147483647) > 2139095040)'
 
 
 def storage_type(dt: DataType) -> str:
@@ -169,10 +174,10 @@ def f32(x: float) -> str:
 
 def wrap_int(e: str, dt: DataType) -> str:
     """Two's complement wrap of an int32/int64 value to dt's width (the reference's `wrap`)."""
-    if dt.bits >= 32:
+    if dt.bits >= 32 and not (dt.kind == "uint" and dt.bits == 32):
         return e
     if dt.kind == "uint":
-        return f"T.bitwise_and({e}, {dt.code_mask})"
+        return f"T.bitwise_and({e}, T.{value_type(dt)}({dt.code_mask}))"
     s = 32 - dt.bits
     return f"T.shift_right(T.shift_left({e}, {s}), {s})"
 
@@ -181,8 +186,12 @@ def round_float(e: str, dt: DataType) -> str:
     """Round a float32 value to the float dtype `dt` (RNE), result still float32."""
     if dt.name == "float32":
         return e
-    if dt.name in ("float16", "bfloat16"):
-        return f'T.Cast("float32", T.Cast("{dt.name}", {e}))'
+    if dt.name == "float16":
+        return f'T.Cast("float32", T.Cast("float16", {e}))'
+    if dt.name == "bfloat16":  # RNE on the bits (TVM's CPU bf16 cast does not round to nearest even)
+        b = f'T.reinterpret("int32", {e})'
+        rne = f"T.bitwise_and({b} + 32767 + T.bitwise_and(T.shift_right({b}, 16), 1), T.int32(-65536))"
+        return f'T.Select({is_nan(e)}, {e}, T.reinterpret("float32", {rne}))'
     return f"_round_{dt.name}({e})"
 
 
@@ -225,7 +234,9 @@ def _round_float_expr(x: str, dt: DataType) -> str:
     emin = 1 - dt.bias
     bits = f'T.reinterpret("int32", {x})'
     ex = f"T.bitwise_and(T.shift_right({bits}, 23), 255) - 127"  # unbiased exponent of |x| (normal x)
-    q_exp = f"T.max({ex}, {emin}) - {m}"  # log2 of the quantum; |x| subnormal in fp32 -> emin
+    # log2 of the quantum at x's binade: subnormal x -> emin; beyond the largest binade (inf/NaN too) the
+    # largest binade's quantum, then saturation below decides
+    q_exp = f"T.min(T.max({ex}, {emin}), {dt.max_exponent}) - {m}"
     # 2^q as float32 built from bits (q in [emin - m, 127]); 2^-q likewise
     pow2 = f'T.reinterpret("float32", T.shift_left({q_exp} + 127, 23))'
     inv = f'T.reinterpret("float32", T.shift_left(127 - ({q_exp}), 23))'
@@ -239,9 +250,9 @@ def _round_float_expr(x: str, dt: DataType) -> str:
     else:
         r = f"T.max(T.min({r}, {mx}), T.float32(0) - {mx})"
     if dt.has_nan:
-        r = f"T.Select({x} != {x}, {x}, {r})"
+        r = f"T.Select({is_nan(x)}, {x}, {r})"
     else:
-        r = f"T.Select({x} != {x}, T.float32(0), {r})"  # no NaN in the format: the reference encodes 0
+        r = f"T.Select({is_nan(x)}, T.float32(0), {r})"  # no NaN in the format: the reference encodes 0
     return r
 
 
@@ -452,10 +463,11 @@ class _Emitter:
 
     def bind_buffer(self, t: Tile, name: str) -> None:
         self.buf[id(t)] = name
-        if t.shape:
-            self.fn[id(t)] = lambda idx, ctx, n=name: f"{n}[{', '.join(idx)}]"
-        else:
-            self.fn[id(t)] = lambda idx, ctx, n=name: f"{n}[0]"
+
+        def read(idx: tuple[str, ...], ctx: _Ctx) -> str:
+            return f"{name}[{', '.join(idx) or '0'}]"
+
+        self.fn[id(t)] = read
         if id(t) in self.assigned:
             self.reads_mutable.add(id(t))
 
@@ -620,7 +632,7 @@ class _Emitter:
         def body(idx: tuple[str, ...], k: str, ctx: _Ctx) -> list[str]:
             _, j = idx
             row = f"{io} * {tm} + {self._ii}" if BM > 1 else "0"
-            prod = f"{conv(fa((row, k), ctx))} * {conv(fb((k, j), ctx))}"
+            prod = f"({conv(fa((row, k), ctx))}) * ({conv(fb((k, j), ctx))})"
             return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
 
         self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
@@ -652,7 +664,18 @@ class _Emitter:
         else:
             self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
 
-    def _dot_nest(self, n_io, KT, unroll, io, kk, tm, j_loops, stmts, fast) -> None:  # type: ignore[no-untyped-def]
+    def _dot_nest(
+        self,
+        n_io: int,
+        KT: int,
+        unroll: int,
+        io: str,
+        kk: str,
+        tm: int,
+        j_loops: list[str],
+        stmts: list[str],
+        fast: bool,
+    ) -> None:
         headers = [f"for {io} in T.serial({n_io}):"]
         if unroll > 1:
             headers += [f"for {kk}o in T.serial({KT // unroll}):", f"for {kk}u in T.unroll({unroll}):"]
@@ -846,7 +869,7 @@ def cast_expr(v: str, src: DataType, dst: DataType) -> str:
         big = f"T.{vt}({int(dst.max)})"
         small = f"T.{vt}({int(dst.min)})"
         return (
-            f"T.Select({v} != {v}, T.{vt}(0), T.Select({v} >= {f32(hi)}, {big}, "
+            f"T.Select({is_nan(v)}, T.{vt}(0), T.Select({v} >= {f32(hi)}, {big}, "
             f'T.Select({v} <= {f32(lo)}, {small}, T.Cast("{vt}", {v}))))'
         )
     if src.is_bool:
@@ -927,7 +950,7 @@ def _dequantize(e: _Emitter, inst: I.Dequantize, t: Tile) -> IndexFn:
             out = f"({qf} - {z(gidx, ctx)}) * {sv}"  # type: ignore[misc]
         else:
             out = f"{qf} * {sv} - {z(gidx, ctx)}"  # type: ignore[misc]
-        return round_float(out, inst.dtype)
+        return round_float(f"({out})", inst.dtype)
 
     return fn
 
@@ -999,10 +1022,12 @@ def _binary(e: _Emitter, inst: I.Binary, t: Tile) -> IndexFn:
         if op == "mod":
             return wrap_int(f"T.floormod({a}, {b})", dt)
         if op == "shl":
-            return wrap_int(f"T.Select({b} >= {dt.bits}, T.{vt}(0), T.shift_left({a}, T.min({b}, {dt.bits - 1})))", dt)
+            return wrap_int(
+                f"T.Select({b} >= {dt.bits}, T.{vt}(0), T.shift_left({a}, T.max(T.min({b}, {dt.bits - 1}), 0)))", dt
+            )
         if op == "shr":
             neg = f"T.Select({a} < 0, T.{vt}(-1), T.{vt}(0))"
-            return f"T.Select({b} >= {dt.bits}, {neg}, T.shift_right({a}, T.min({b}, {dt.bits - 1})))"
+            return f"T.Select({b} >= {dt.bits}, {neg}, T.shift_right({a}, T.max(T.min({b}, {dt.bits - 1}), 0)))"
         arith = {"add": f"{a} + {b}", "sub": f"{a} - {b}", "mul": f"{a} * {b}", "max": f"T.max({a}, {b})",
                  "min": f"T.min({a}, {b})", "and": f"T.bitwise_and({a}, {b})", "or": f"T.bitwise_or({a}, {b})",
                  "xor": f"T.bitwise_xor({a}, {b})"}  # fmt: skip

@@ -78,11 +78,11 @@ class TvmKernel:
                 continue
             t, back = _as_torch(v, isinstance(p.layout, PackedLayout))
             if back is not None:
-                copies.append((back, t))
+                copies.append(back)
             call_args.append(t.reshape(-1))
         self.function(*call_args)
         for dst, src in copies:
-            np.copyto(dst, src.numpy().reshape(dst.shape).view(dst.dtype), casting="unsafe")
+            np.copyto(dst, src.reshape(dst.shape).view(dst.dtype))
 
 
 def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
@@ -98,11 +98,16 @@ def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
     a = np.asarray(v)
     if packed or a.dtype == np.uint32:
         a = a.view(np.int32)
-    if a.dtype.kind == "u" and a.dtype.itemsize == 2:
+    bf16 = a.dtype.name == "bfloat16"  # ml_dtypes: torch cannot wrap it, but shares the bits as int16
+    if bf16 or (a.dtype.kind == "u" and a.dtype.itemsize == 2):
         a = a.view(np.int16)
     src = np.ascontiguousarray(a)
     t = torch.from_numpy(src)
-    return t, (v if isinstance(v, np.ndarray) else None)
+    if bf16:
+        t = t.view(torch.bfloat16)
+    if isinstance(v, np.ndarray) and not np.shares_memory(src, v):
+        return t, (v, src)  # a contiguous copy was made: outputs are copied back
+    return t, None
 
 
 def load_module(path: str) -> Any:

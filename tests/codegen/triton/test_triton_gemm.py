@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from backend_harness import run_both
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from triton_harness import run_both
 
 from lowbit.dtypes import dtype
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error

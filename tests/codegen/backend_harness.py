@@ -1,4 +1,5 @@
-"""Run a DSL kernel on the triton backend and on the reference interpreter, and compile it for sm_90."""
+"""Run a DSL kernel on a backend (triton or tvm) and on the reference interpreter; triton kernels are also
+compiled for sm_90."""
 
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ from lowbit.lang.kernel import infer_scalars
 _COMPILED: set[str] = set()
 
 
-def run_both(kernel: Any, constants: dict[str, Any], args: dict[str, Any], options: dict[str, Any] | None = None):
+def run_both(
+    kernel: Any,
+    constants: dict[str, Any],
+    args: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    backend: str = "triton",
+):
     """(reference outputs, triton outputs): copies of `args` after each backend ran. Every distinct generated
     kernel is also compiled for sm_90 once (dot shapes and ops the GPU compiler rejects fail here)."""
     program = kernel.trace(**constants)
     args = {k: v for k, v in args.items() if k in {p.name for p in program.params}}  # the DSL drops unused tensors
     ref, tri = copy.deepcopy(args), copy.deepcopy(args)
     compile_program(program, "reference")(infer_scalars(program, ref))
-    compiled = compile_program(program, "triton", options)
+    compiled = compile_program(program, backend, options)
     compiled(infer_scalars(program, tri))
-    if compiled.source not in _COMPILED:
+    if backend == "triton" and compiled.source not in _COMPILED:
         stages = triton_backend.compile_sm90(compiled)
         assert stages["cubin"], "sm_90 compile produced no cubin"
         _COMPILED.add(compiled.source)

@@ -1,16 +1,18 @@
-"""Each IR instruction on the triton backend against the reference interpreter (exact unless stated)."""
+"""Each IR instruction on every compiled backend (triton, tvm) against the reference interpreter (exact unless
+stated)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from backend_harness import assert_same, run_both
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from triton_harness import assert_same, run_both
 
 import lowbit.lang as T
 from lowbit.codegen.backend import BackendError, compile_program
 from lowbit.codegen.triton.lower import RULES
+from lowbit.codegen.tvm.lower import _RULES as TVM_RULES
 from lowbit.ir.instructions import INSTRUCTIONS
 from lowbit.ir.layout import packed_along
 
@@ -20,6 +22,10 @@ SPECIALS = [float("nan"), float("inf"), float("-inf"), 1e30, -1e30, 0.5, -2.5, 3
 
 def test_every_instruction_has_a_rule():
     assert set(INSTRUCTIONS) <= set(RULES)
+    assert set(INSTRUCTIONS) <= set(TVM_RULES)
+
+
+BACKENDS = pytest.mark.parametrize("backend", ["triton", "tvm"])
 
 
 @T.kernel
@@ -28,21 +34,25 @@ def cast_kernel(x: T.Tensor("float32", (32,)), y: T.Tensor("float32", (32,)), TO
     T.store(y, (0,), T.cast(T.cast(T.load(x, (0,), (32,)), TO), "float32"))
 
 
+@BACKENDS
 @settings(max_examples=6)
 @given(
     st.lists(st.one_of(finite_f32, st.sampled_from(SPECIALS)), min_size=32, max_size=32),
     st.sampled_from(["int8", "uint8", "int4", "uint3", "int32", "uint32", "float16", "bfloat16", "fp8_e4m3"]),
 )
-def test_cast_float_to_int_saturates_and_float_rounds(values, to):
-    ref, tri = run_both(cast_kernel, {"TO": to}, {"x": np.array(values, np.float32), "y": np.zeros(32, np.float32)})
+def test_cast_float_to_int_saturates_and_float_rounds(backend, values, to):
+    ref, tri = run_both(
+        cast_kernel, {"TO": to}, {"x": np.array(values, np.float32), "y": np.zeros(32, np.float32)}, backend=backend
+    )
     assert_same(tri["y"], ref["y"], to)
 
 
+@BACKENDS
 @pytest.mark.parametrize("to", ["fp4_e2m1", "fp6_e3m2", "fp8_e5m2", "fp5_e2m2", "fp3_e1m1", "fp8_e4m3_ieee"])
-def test_cast_rounds_to_small_floats(to):
+def test_cast_rounds_to_small_floats(backend, to):
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.standard_normal(22) * 4, SPECIALS]).astype(np.float32)
-    ref, tri = run_both(cast_kernel, {"TO": to}, {"x": x, "y": np.zeros(32, np.float32)})
+    ref, tri = run_both(cast_kernel, {"TO": to}, {"x": x, "y": np.zeros(32, np.float32)}, backend=backend)
     assert_same(tri["y"], ref["y"], to)
 
 
@@ -73,6 +83,7 @@ def int_binary(
     T.store(y, (0,), T.cast(ops[OP](), "int32"))
 
 
+@BACKENDS
 @settings(max_examples=10)
 @given(
     st.lists(st.integers(-(2**31), 2**31 - 1), min_size=64, max_size=64),
@@ -80,13 +91,13 @@ def int_binary(
     st.sampled_from(["int32", "int8", "uint8", "int4", "uint5", "int16", "uint32"]),
     st.sampled_from(["add", "sub", "mul", "floordiv", "mod", "shl", "shr", "and", "or", "xor", "max", "lt"]),
 )
-def test_integer_ops_wrap_floor_and_shift_like_the_reference(a, b, dt, op):
+def test_integer_ops_wrap_floor_and_shift_like_the_reference(backend, a, b, dt, op):
     bv = np.array(b, np.int32)
     if op in ("floordiv", "mod"):  # no division by zero after the cast to dt either
         bv = np.where(bv == 0, 3, bv)
         bv = np.where((bv % 16 == 0) | (bv % 32 == 0), 7, bv) if dt not in ("int32", "int16", "uint32") else bv
     args = {"a": np.array(a, np.int32), "b": bv, "y": np.zeros(64, np.int32)}
-    ref, tri = run_both(int_binary, {"DT": dt, "OP": op}, args)
+    ref, tri = run_both(int_binary, {"DT": dt, "OP": op}, args, backend=backend)
     assert_same(tri["y"], ref["y"], f"{op} on {dt}")
 
 
@@ -97,10 +108,11 @@ def float_ops(a: T.Tensor("float16", (4, 32)), b: T.Tensor("float16", (4, 32)), 
     T.store(y, (0, 0), T.maximum(x * z + x, z) / (T.abs(z) + 1.0) - T.floor(x))
 
 
-def test_fp16_ops_round_once():
+@BACKENDS
+def test_fp16_ops_round_once(backend):
     rng = np.random.default_rng(3)
     a, b = (rng.standard_normal((4, 32)) * 100).astype(np.float16), rng.standard_normal((4, 32)).astype(np.float16)
-    ref, tri = run_both(float_ops, {}, {"a": a, "b": b, "y": np.zeros((4, 32), np.float16)})
+    ref, tri = run_both(float_ops, {}, {"a": a, "b": b, "y": np.zeros((4, 32), np.float16)}, backend=backend)
     assert_same(tri["y"], ref["y"])
 
 
@@ -112,10 +124,11 @@ def unary_ops(a: T.Tensor("float32", (64,)), y: T.Tensor("float32", (8, 64)), DT
         T.store(y, (i, 0), T.cast(T.reshape(fn(x), (1, 64)), "float32"))
 
 
+@BACKENDS
 @pytest.mark.parametrize("dt", ["float32", "float16"])
-def test_transcendentals_within_an_ulp_or_two(dt):
+def test_transcendentals_within_an_ulp_or_two(backend, dt):
     x = np.random.default_rng(4).uniform(0.05, 4, 64).astype(np.float32)
-    ref, tri = run_both(unary_ops, {"DT": dt}, {"a": x, "y": np.zeros((8, 64), np.float32)})
+    ref, tri = run_both(unary_ops, {"DT": dt}, {"a": x, "y": np.zeros((8, 64), np.float32)}, backend=backend)
     rtol = 2e-6 if dt == "float32" else 1e-3
     np.testing.assert_allclose(tri["y"], ref["y"], rtol=rtol, atol=1e-6)
 
@@ -131,11 +144,16 @@ def view_kernel(
         T.store(z, (0, 0), T.view(v, "int32"))
 
 
+@BACKENDS
 @pytest.mark.parametrize("to", ["int4", "uint8", "int16", "fp8_e4m3", "float16", "float32", "uint2"])
-def test_view_splits_and_joins_codes(to):
+def test_view_splits_and_joins_codes(backend, to):
     x = np.random.default_rng(5).integers(-(2**31), 2**31, (4, 16)).astype(np.int32)
     args = {"x": x, "y": np.zeros((4, 256), np.int32), "z": np.zeros((4, 16), np.int32)}
-    ref, tri = run_both(view_kernel, {"TO": to}, args)
+    if backend == "tvm" and to in ("fp8_e4m3", "float16"):  # documented gap: views between float widths
+        with pytest.raises(BackendError, match=f"view int32 -> {to} is not supported"):
+            run_both(view_kernel, {"TO": to}, args, backend=backend)
+        return
+    ref, tri = run_both(view_kernel, {"TO": to}, args, backend=backend)
     assert_same(tri["y"], ref["y"], to)
     if "z" in ref:
         assert_same(tri["z"], ref["z"], to)
@@ -160,12 +178,13 @@ def shapes_kernel(
     T.store(s, (0, 0), T.cast(T.reshape(T.sum(f, axis=1), (1, 8)), "float32"))
 
 
+@BACKENDS
 @settings(max_examples=6)
 @given(st.integers(1, 12), st.integers(1, 20), st.integers(0, 2**16))
-def test_masked_loads_reductions_broadcast_reshape_transpose(M, N, seed):
+def test_masked_loads_reductions_broadcast_reshape_transpose(backend, M, N, seed):
     a = np.random.default_rng(seed).integers(-1000, 1000, (M, N)).astype(np.int32)
     args = {"a": a, "y": np.full((4, 64), 7, np.int32), "s": np.zeros((4, 64), np.float32), "M": M, "N": N}
-    ref, tri = run_both(shapes_kernel, {}, args)
+    ref, tri = run_both(shapes_kernel, {}, args, backend=backend)
     assert_same(tri["y"], ref["y"])
     assert_same(tri["s"], ref["s"])
 
@@ -182,11 +201,12 @@ def masked_store(x: T.Tensor("float16", ("N",)), y: T.Tensor("float16", ("N",)),
         T.store(y, (p * B,), T.full((B,), -1.5, "float16"), mask=T.arange(0, B) == 2)
 
 
+@BACKENDS
 @settings(max_examples=5)
 @given(st.integers(1, 100))
-def test_masked_store_if_else_and_other(N):
+def test_masked_store_if_else_and_other(backend, N):
     x = np.random.default_rng(N).standard_normal(N).astype(np.float16)
-    ref, tri = run_both(masked_store, {}, {"x": x, "y": np.full(N, 9, np.float16), "N": N})
+    ref, tri = run_both(masked_store, {}, {"x": x, "y": np.full(N, 9, np.float16), "N": N}, backend=backend)
     assert_same(tri["y"], ref["y"])
 
 
@@ -205,15 +225,20 @@ def packed_copy(
     T.store(f, (pk * 32, pn * 16), T.cast(q, "float32"))
 
 
+@BACKENDS
 @pytest.mark.parametrize("dt", ["int4", "uint3", "fp4_e2m1", "int8", "fp6_e3m2"])
-def test_packed_load_and_store(dt):
+def test_packed_load_and_store(backend, dt):
     from lowbit.dtypes import dtype
 
     K, N, d = 40, 20, dtype(dt)
     codes = np.random.default_rng(7).integers(0, 1 << d.bits, (K, N)).astype(d.code_dtype)
     layout = packed_along((K, N), d.bits, 0)
     args = {"x": layout.pack(codes), "y": np.zeros_like(layout.pack(codes)), "f": np.zeros((K, N), np.float32)}
-    ref, tri = run_both(packed_copy, {"DT": dt}, args)
+    if backend == "tvm":  # documented gap: the tvm backend loads packed tensors but does not store them
+        with pytest.raises(BackendError, match="stores into packed tensor y are not supported"):
+            run_both(packed_copy, {"DT": dt}, args, backend=backend)
+        return
+    ref, tri = run_both(packed_copy, {"DT": dt}, args, backend=backend)
     assert_same(tri["f"], ref["f"], dt)
     assert_same(tri["y"], ref["y"], dt)
 
@@ -226,14 +251,15 @@ def int8_dot(a: T.Tensor("int8", (32, 64)), b: T.Tensor("int8", (64, 32)), c: T.
     T.store(c, (0, 0), acc + T.full((32, 32), 3, "int32"))
 
 
-def test_int8_dot_accumulates_in_int32():
+@BACKENDS
+def test_int8_dot_accumulates_in_int32(backend):
     rng = np.random.default_rng(8)
     args = {
         "a": rng.integers(-128, 128, (32, 64)).astype(np.int8),
         "b": rng.integers(-128, 128, (64, 32)).astype(np.int8),
         "c": np.zeros((32, 32), np.int32),
     }
-    ref, tri = run_both(int8_dot, {}, args)
+    ref, tri = run_both(int8_dot, {}, args, backend=backend)
     assert_same(tri["c"], ref["c"])
 
 
