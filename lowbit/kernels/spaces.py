@@ -137,9 +137,29 @@ def space(kernel: str, backend: str) -> SearchSpace:
     )
 
 
+def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
+    """The TVM (CPU) default: a GEMV tile exactly as tall as M (rounded up to a power of two), so no
+    accumulator row is wasted, 64 columns (4 AVX-512 vectors) and one group per K step; GEMMs 16x64x64."""
+    m, g = int(problem.get("M", 16) or 16), _group(problem)
+    if kernel == "quantized_gemv":
+        bm = 1 << max(0, (min(m, 16) - 1).bit_length())
+        bk = g if g in (32, 64, 128, 256) else 128
+        return Config.make({"BM": bm, "BN": 64, "BK": bk}, _DEFAULT_OPTIONS["tvm"])
+    if kernel == "quantized_gemm":
+        bk = 64 if g == -1 or g >= 64 else g
+        return Config.make({"BM": 16, "BN": 64, "BK": bk}, _DEFAULT_OPTIONS["tvm"])
+    return None
+
+
 def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:
-    """The space's default point if valid for `problem`, else the first valid point (ValueError if none)."""
+    """The space's default point if valid for `problem`, else the first valid point (ValueError if none).
+    On the TVM backend the default depends on M (see `_cpu_default`)."""
     sp = space(kernel, backend)
+    kernel = getattr(kernel, "name", kernel)
+    if backend == "tvm":
+        cpu = _cpu_default(kernel, problem)
+        if cpu is not None and sp.check(cpu, problem) is None:
+            return cpu
     if sp.check(sp.default, problem) is None:
         return sp.default
     for cfg in sp:

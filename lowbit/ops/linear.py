@@ -103,11 +103,18 @@ def quantized_linear(
     x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
     xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
     if m:
-        kernel = select_kernel(qweight, m)
         fixed, args = _arguments(qweight, x2, xa, ya, adtype)
-        cfg = config or _choose_config(kernel, fixed, args, backend, tune, m)
-        program = kernel.trace(**fixed, **cfg.constant_dict)
-        compile_program(program, backend, cfg.option_dict)(args)
+        # the compiled kernel for this weight, M, backend and dtype is looked up once and kept on the weight
+        # (a decode step calls this per layer per token: Python overhead must stay far below the kernel)
+        plans = qweight.__dict__.setdefault("_plans", {})
+        key = (m, backend, adtype, bool(tune), config)
+        compiled = plans.get(key)
+        if compiled is None:
+            kernel = select_kernel(qweight, m)
+            cfg = config or _choose_config(kernel, fixed, args, backend, tune, m)
+            program = kernel.trace(**fixed, **cfg.constant_dict)
+            compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
+        compiled(args)
     y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
@@ -138,7 +145,10 @@ def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str)
     # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
     n, k = qw.shape
     m = x2.shape[0]
-    wlayout: PackedLayout | Any = ROW_PACKED if qw.layout == row_packed((k, n), qw.dtype.bits) else qw.layout
+    wlayout: PackedLayout | Any = qw.__dict__.get("_wlayout")
+    if wlayout is None:  # cached on the weight: comparing layouts costs more than a decode-step kernel
+        wlayout = ROW_PACKED if qw.layout == row_packed((k, n), qw.dtype.bits) else qw.layout
+        qw.__dict__["_wlayout"] = wlayout
     sizes = {"M": m, "N": n, "K": k}
     if qw.scheme == "w_a16":
         fixed = {
