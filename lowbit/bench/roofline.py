@@ -25,14 +25,10 @@ BANDWIDTH_BYTES = 512 * MiB  # 16x a 32 MiB L3: the sum streams from DRAM
 PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}  # CPU bf16 uses half: without AVX512-BF16 it can run at ~20 GFLOP/s
 
 
-def _median(samples: list[float]) -> float:
-    s = sorted(samples)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _time_ms(fn: Any, device: str, repeats: int) -> float:
-    """Median wall time of `fn()` in ms after one warm-up call (synchronizing on CUDA)."""
+def _best_ms(fn: Any, device: str, repeats: int) -> float:
+    """Shortest wall time of `fn()` in ms over `repeats` calls after one warm-up (synchronizing on CUDA).
+    The roofline is a ceiling, so it takes the best sample: a median would fold the noise of a shared
+    machine into the limit and let measured kernels "beat" it."""
     import torch
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -44,11 +40,11 @@ def _time_ms(fn: Any, device: str, repeats: int) -> float:
         fn()
         sync()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return _median(samples)
+    return min(samples)
 
 
 def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
-    """Sustained memory bandwidth in GB/s (1e9 B/s), median of `repeats`.
+    """Sustained memory bandwidth in GB/s (1e9 B/s), best of `repeats`.
     CPU: read-only `sum` over an fp32 buffer of `nbytes` (default 512 MiB >> L3).
     CUDA: device copy of `nbytes`, read + write counted."""
     import torch
@@ -57,16 +53,16 @@ def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeat
     if device.startswith("cuda"):
         src = torch.ones(n, dtype=torch.float32, device=device)
         dst = torch.empty_like(src)
-        ms = _time_ms(lambda: dst.copy_(src), device, repeats)
+        ms = _best_ms(lambda: dst.copy_(src), device, repeats)
         return 2 * n * 4 / (ms * 1e-3) / 1e9
     buf = torch.ones(n, dtype=torch.float32)
-    ms = _time_ms(buf.sum, device, repeats)
+    ms = _best_ms(buf.sum, device, repeats)
     return n * 4 / (ms * 1e-3) / 1e9
 
 
 def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
-    """Dense matmul throughput in GFLOP/s (1e9 flop/s): F.linear(a, b) = a @ b^T on n x n operands (2n^3
-    flops), the layout a linear layer uses (torch's CPU bf16 `a @ b` can take a much slower path).
+    """Dense matmul throughput in GFLOP/s (1e9 flop/s), best of `repeats`: F.linear(a, b) = a @ b^T on
+    n x n operands (2n^3 flops), the layout a linear layer uses (torch's CPU bf16 `a @ b` can be far slower).
     `dtype` is "float32", "bfloat16" or "float16"; n defaults to 2048 on CPU (1024 for 16-bit), 8192 on CUDA."""
     import torch
     import torch.nn.functional as F
@@ -79,7 +75,7 @@ def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | Non
         raise ValueError(f"measure_peak_flops: dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
     a = torch.randn(n, n, device=device).to(tdtype)
     b = torch.randn(n, n, device=device).to(tdtype)
-    ms = _time_ms(lambda: F.linear(a, b), device, repeats)
+    ms = _best_ms(lambda: F.linear(a, b), device, repeats)
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
