@@ -47,3 +47,31 @@ def assert_same(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
     else:
         ok = a == b
     assert ok.all(), f"{what}: differ at {np.argwhere(~ok)[:5].tolist()}: {a[~ok][:5]} vs {b[~ok][:5]}"
+
+
+INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
+FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp4_e3m0", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
+# vs NumPy: fp16 weights and one rounding of y; vs the reference: the same products summed in another order
+# (fp32), then rounded to the output dtype
+GEMM_BOUND = {"float16": 2e-3, "float32": 2e-3, "bfloat16": 1e-2}
+GEMM_BOUND_VS_REFERENCE = {"float16": 1e-3, "float32": 1e-5, "bfloat16": 8e-3}
+
+
+def check_gemm(backend, M, N, K, wdtype, G, zero_mode, adtype="float16", seed=0, options=None, **tiles):
+    """quantized_gemm on `backend` equals the reference interpreter and random_problem's x @ dequant(W)."""
+    from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
+
+    p = random_problem(M, N, K, wdtype, G=G, zero_mode=zero_mode, seed=seed, **tiles)
+    args = dict(p.args)
+    if adtype != "float16":
+        import ml_dtypes
+
+        host = np.float32 if adtype == "float32" else ml_dtypes.bfloat16
+        args["x"], args["y"] = args["x"].astype(host), args["y"].astype(host)
+    ref, out = run_both(quantized_gemm, {**p.constants, "adtype": adtype}, args, options, backend=backend)
+    y, r = out["y"].astype(np.float64), ref["y"].astype(np.float64)
+    assert not np.isnan(y).any(), f"{wdtype}: NaN in the output"
+    assert relative_error(y, r) <= GEMM_BOUND_VS_REFERENCE[adtype], f"{wdtype} G={G} {zero_mode}: vs reference"
+    if adtype != "bfloat16":  # random_problem's expected value assumes fp16 dequantized weights
+        err = relative_error(y, p.expected)
+        assert err <= GEMM_BOUND[adtype], f"{wdtype} G={G} {zero_mode} {M}x{N}x{K} {adtype}: relative error {err}"

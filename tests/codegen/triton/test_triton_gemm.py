@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from backend_harness import run_both
+from backend_harness import FLOAT_DTYPES, GEMM_BOUND, INT_DTYPES, check_gemm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.dtypes import dtype
-from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
+from lowbit.kernels.quantized_gemm import random_problem, relative_error
 
-INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
-FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp4_e3m0", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
-# vs NumPy: one fp16 rounding of y (2^-11 relative) plus fp16 weights, as in tests/kernels; vs the reference:
-# the same numbers summed in another order, then rounded to fp16 (a few fp16 ulps at most)
-BOUND = {"float16": 2e-3, "float32": 2e-3}
-BOUND_VS_REFERENCE = {"float16": 1e-3, "float32": 1e-5}
+BOUND = GEMM_BOUND
 
 
-def check(M, N, K, wdtype, G, zero_mode, adtype="float16", seed=0, **tiles):
-    p = random_problem(M, N, K, wdtype, G=G, zero_mode=zero_mode, seed=seed, **tiles)
-    args = dict(p.args)
-    if adtype == "float32":
-        args["x"], args["y"] = args["x"].astype(np.float32), args["y"].astype(np.float32)
-    ref, tri = run_both(quantized_gemm, {**p.constants, "adtype": adtype}, args)
-    assert relative_error(tri["y"], ref["y"]) <= BOUND_VS_REFERENCE[adtype], f"{wdtype} G={G} {zero_mode}: vs reference"
-    err = relative_error(tri["y"], p.expected)
-    assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {M}x{N}x{K} {adtype}: relative error {err}"
+def check(*args, **kwargs):
+    check_gemm("triton", *args, **kwargs)
 
 
 @pytest.mark.parametrize("wdtype", INT_DTYPES + FLOAT_DTYPES)

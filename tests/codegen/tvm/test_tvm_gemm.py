@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
+from backend_harness import FLOAT_DTYPES, GEMM_BOUND, INT_DTYPES, check_gemm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,38 +13,11 @@ from lowbit.dtypes import dtype
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
 from lowbit.lang.kernel import infer_scalars
 
-INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
-FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp4_e3m0", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
-# vs NumPy: fp16 weights and one fp16 rounding of y; vs the reference: the same products summed in another
-# order (fp32), then rounded to the output dtype
-BOUND = {"float16": 2e-3, "float32": 2e-3, "bfloat16": 1e-2}
-BOUND_VS_REFERENCE = {"float16": 1e-3, "float32": 1e-5, "bfloat16": 8e-3}
+BOUND = GEMM_BOUND
 
 
-def run_both(kernel, constants, args, options=None):
-    program = kernel.trace(**constants)
-    args = {k: v for k, v in args.items() if k in {p.name for p in program.params}}
-    ref, tvm = copy.deepcopy(args), copy.deepcopy(args)
-    compile_program(program, "reference")(infer_scalars(program, ref))
-    compile_program(program, "tvm", options)(infer_scalars(program, tvm))
-    return ref, tvm
-
-
-def check(M, N, K, wdtype, G, zero_mode, adtype="float16", seed=0, options=None, **tiles):
-    p = random_problem(M, N, K, wdtype, G=G, zero_mode=zero_mode, seed=seed, **tiles)
-    args = dict(p.args)
-    if adtype != "float16":
-        import ml_dtypes
-
-        host = np.float32 if adtype == "float32" else ml_dtypes.bfloat16
-        args["x"], args["y"] = args["x"].astype(host), args["y"].astype(host)
-    ref, out = run_both(quantized_gemm, {**p.constants, "adtype": adtype}, args, options)
-    y, r = out["y"].astype(np.float64), ref["y"].astype(np.float64)
-    assert not np.isnan(y).any(), f"{wdtype}: NaN in the output"
-    assert relative_error(y, r) <= BOUND_VS_REFERENCE[adtype], f"{wdtype} G={G} {zero_mode}: vs reference"
-    if adtype != "bfloat16":  # random_problem's expected value assumes fp16 dequantized weights
-        err = relative_error(y, p.expected)
-        assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {M}x{N}x{K} {adtype}: relative error {err}"
+def check(*args, **kwargs):
+    check_gemm("tvm", *args, **kwargs)
 
 
 @pytest.mark.parametrize("wdtype", INT_DTYPES + FLOAT_DTYPES)
