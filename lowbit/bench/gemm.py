@@ -69,6 +69,7 @@ class Row:
     speedup_bf16: float = math.nan
     rel_error: float | None = None  # lowbit and torch_dequant rows: vs x @ dequant(W)^T
     note: str = ""
+    peak_dtype: str = "float32"  # the dtype whose matmul peak bounds this row's compute
 
 
 @dataclass
@@ -183,6 +184,7 @@ def run_report(
         if K % group_size:
             raise BenchError(f"group_size {group_size} does not divide K={K} of layer {N}x{K}; use 128, 64 or 32")
     say = log or (lambda s: None)
+    measured = machine is None
     machine = machine or measure_machine(device, n_threads, quick=quick)
     say(f"# {machine.header()}")
     report = Report(machine)
@@ -212,6 +214,13 @@ def run_report(
             x = torch.randn(M, K, generator=gen).to(device)  # x: [M, K] fp32
             report.rows.extend(_finish(bench.rows(case, x)))
         del case  # free this layer's weights before the next one is built
+    if measured:  # ceilings = the best of a measurement before and after the rows (a shared VM's load varies)
+        report.machine = machine.ceiling(measure_machine(device, n_threads, quick=quick))
+        report.notes.append(
+            "roofline ceilings: best of the measurements before and after the timings; at start: "
+            + machine.header().split(" | ", 3)[-1]
+        )
+    report.rows = [_with_roofline(r, report.machine) for r in report.rows]
     return report
 
 
@@ -315,10 +324,9 @@ class _Bench:
     def row(self, case: _Case, M: int, method: str, dt: str, backend: str, fn: Callable[[], Any], nbytes: int,
             peak_dtype: str, rel: float | None = None, note: str = "") -> Row:  # fmt: skip
         median, lo, hi = self.time(fn)
-        flops = linear_flops(M, case.N, case.K)
-        roof = roofline_ms(nbytes, flops, self.machine.bandwidth_gbs, self.machine.peak(peak_dtype))
         self.say(f"  M={M:<4} {method:<14}{dt:<10}{backend:<10}{median:10.3f} ms")
-        return Row(M, case.N, case.K, method, dt, backend, median, lo, hi, nbytes, roof, rel_error=rel, note=note)
+        return Row(M, case.N, case.K, method, dt, backend, median, lo, hi, nbytes, math.nan, math.nan,
+                   rel_error=rel, note=note, peak_dtype=peak_dtype)  # fmt: skip
 
     def rows(self, case: _Case, x32: Any) -> list[Row]:
         import torch
@@ -379,18 +387,16 @@ def _to_numpy(y: Any) -> Any:
 
 
 def _finish(rows: list[Row]) -> list[Row]:
-    """Fill speedups (vs the same M, N, K torch rows of this run) and roofline fractions."""
+    """Fill speedups vs the same M, N, K torch rows of this run."""
     base = {r.method: r.median_ms for r in rows if r.backend == TORCH and r.method in ("torch_fp32", "torch_bf16")}
     t32, t16 = base.get("torch_fp32", math.nan), base.get("torch_bf16", math.nan)
-    return [
-        dataclasses.replace(
-            r,
-            roofline_fraction=r.roofline_ms / r.median_ms,
-            speedup_fp32=t32 / r.median_ms,
-            speedup_bf16=t16 / r.median_ms,
-        )
-        for r in rows
-    ]
+    return [dataclasses.replace(r, speedup_fp32=t32 / r.median_ms, speedup_bf16=t16 / r.median_ms) for r in rows]
+
+
+def _with_roofline(r: Row, machine: Machine) -> Row:
+    """Fill roofline_ms = max(bytes / BW, flops / peak(r.peak_dtype)) and roofline_fraction = roofline / median."""
+    roof = roofline_ms(r.bytes, linear_flops(r.M, r.N, r.K), machine.bandwidth_gbs, machine.peak(r.peak_dtype))
+    return dataclasses.replace(r, roofline_ms=roof, roofline_fraction=roof / r.median_ms)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from lowbit.codegen.tune.timing import device_name, last_level_cache_bytes
@@ -142,6 +142,11 @@ class Machine:
         if dtype == "float16" and "bfloat16" in self.peak_gflops:
             return self.peak_gflops["bfloat16"]
         return self.peak_gflops.get("float32") or max(self.peak_gflops.values())
+
+    def ceiling(self, other: Machine) -> Machine:
+        """The better bandwidth and peaks of two measurements of the same machine."""
+        peaks = {k: max(v, other.peak_gflops.get(k, v)) for k, v in self.peak_gflops.items()}
+        return replace(self, bandwidth_gbs=max(self.bandwidth_gbs, other.bandwidth_gbs), peak_gflops=peaks)
 
     def header(self) -> str:
         l3 = f"{self.l3_bytes / MiB:.0f} MiB" if self.l3_bytes else "n/a"

@@ -64,3 +64,10 @@ def test_measurements_are_finite_and_positive():
     assert math.isfinite(bw) and bw > 0 and math.isfinite(peak) and peak > 0
     with pytest.raises(ValueError, match="float32"):
         measure_peak_flops("int4", "cpu", n=8)
+
+
+def test_machine_ceiling_takes_the_better_of_two_measurements():
+    a = Machine("cpu", "c", 2, None, 20.0, {"float32": 100.0, "bfloat16": 10.0})
+    b = Machine("cpu", "c", 2, None, 25.0, {"float32": 90.0, "bfloat16": 20.0})
+    c = a.ceiling(b)
+    assert (c.bandwidth_gbs, c.peak_gflops) == (25.0, {"float32": 100.0, "bfloat16": 20.0})
