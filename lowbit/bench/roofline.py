@@ -22,7 +22,7 @@ from lowbit.codegen.tune.timing import device_name, last_level_cache_bytes
 
 MiB = 2**20
 BANDWIDTH_BYTES = 512 * MiB  # 16x a 32 MiB L3: the sum streams from DRAM
-PEAK_MATMUL_N = {"cpu": 2048, "cuda": 8192}  # CPU bf16 uses half: without AVX512-BF16 it can run at ~20 GFLOP/s
+PEAK_SHAPE = {"cpu": (512, 4096, 4096), "cuda": (8192, 8192, 8192)}  # (M, N, K) of the peak's F.linear
 
 
 def _best_ms(fn: Any, device: str, repeats: int) -> float:
@@ -61,22 +61,24 @@ def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeat
 
 
 def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
-    """Dense matmul throughput in GFLOP/s (1e9 flop/s), best of `repeats`: F.linear(a, b) = a @ b^T on
-    n x n operands (2n^3 flops), the layout a linear layer uses (torch's CPU bf16 `a @ b` can be far slower).
-    `dtype` is "float32", "bfloat16" or "float16"; n defaults to 2048 on CPU (1024 for 16-bit), 8192 on CUDA."""
+    """Dense matmul throughput in GFLOP/s (1e9 flop/s), best of `repeats`, through F.linear(x, W) = x @ W^T,
+    the layout a linear layer uses (torch's CPU bf16 `a @ b` can be far slower). Operands: n x n when `n` is
+    given; else the shape of a big linear layer (PEAK_SHAPE: CPU x [512, 4096] W [4096, 4096], whose bf16
+    rate is ~10% above that of 1024^2 squares; CUDA 8192^3).
+    `dtype` is "float32", "bfloat16" or "float16"."""
     import torch
     import torch.nn.functional as F
 
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    n = n or (PEAK_MATMUL_N[kind] // (2 if kind == "cpu" and dtype != "float32" else 1))
+    m, nn, k = (n, n, n) if n else PEAK_SHAPE[kind]
     try:
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise ValueError(f"measure_peak_flops: dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
-    a = torch.randn(n, n, device=device).to(tdtype)
-    b = torch.randn(n, n, device=device).to(tdtype)
-    ms = _best_ms(lambda: F.linear(a, b), device, repeats)
-    return 2 * n**3 / (ms * 1e-3) / 1e9
+    x = torch.randn(m, k, device=device).to(tdtype)
+    w = torch.randn(nn, k, device=device).to(tdtype)
+    ms = _best_ms(lambda: F.linear(x, w), device, repeats)
+    return 2 * m * nn * k / (ms * 1e-3) / 1e9
 
 
 def linear_flops(M: int, N: int, K: int) -> int:
@@ -165,7 +167,7 @@ def measure_machine(device: str = "cpu", threads: int = 1, *, quick: bool = Fals
     buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then rougher."""
     cuda = device.startswith("cuda")
     nbytes = (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
-    n = (4096 if cuda else 1024) if quick else None
+    n = (4096 if cuda else 1024) if quick else None  # quick: squares, ~5x cheaper on CPU
     dtypes = ["bfloat16"] if cuda else ["float32", "bfloat16"]
     return Machine(
         device=device,
