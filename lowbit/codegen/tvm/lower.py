@@ -41,7 +41,7 @@ from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.layout.symbolic import SourcePrinter, xor
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, walk
+from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, child_bodies, tiles_read, walk
 from lowbit.ir.values import TensorParam, Tile
 
 OPTIONS: dict[str, Any] = {
@@ -305,7 +305,6 @@ class _Emitter:
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
         self.buf: dict[int, str] = {}  # tile -> local buffer name (materialized tiles)
         self.names: set[str] = set()
-        self.loop_depth: dict[int, int] = {}  # tile -> loop depth of its definition
         self.reads_mutable: set[int] = set()  # tiles whose index fn reads a loop-carried buffer
         self._analyse()
 
@@ -317,12 +316,8 @@ class _Emitter:
 
         def visit(body: tuple[Stmt, ...], depth: int) -> None:
             for s in body:
-                if isinstance(s, Let):
-                    self.loop_depth[id(s.tile)] = depth
                 if isinstance(s, Assign):
                     self.assigned.add(id(s.dst))
-                from lowbit.ir.statements import tiles_read
-
                 for t in tiles_read(s):
                     self.uses[id(t)] = self.uses.get(id(t), 0) + 1
                     self.use_depth[id(t)] = max(self.use_depth.get(id(t), 0), depth)
@@ -335,14 +330,10 @@ class _Emitter:
         visit(self.p.body, 0)
         # the in-place accumulate pattern: `%r = dot a, b, %acc ; %acc <- %r`
         self.inplace: dict[int, Tile] = {}
-        for s in walk(self.p.body):
-            if isinstance(s, (For, If)):
-                bodies = (s.body,) if isinstance(s, For) else (s.then_body, s.else_body)
-            else:
-                continue
-            for body in bodies:
-                self._find_inplace(body)
         self._find_inplace(self.p.body)
+        for s in walk(self.p.body):
+            for body in child_bodies(s):
+                self._find_inplace(body)
 
     def _find_inplace(self, body: tuple[Stmt, ...]) -> None:
         for a, b in itertools.pairwise(body):
@@ -619,7 +610,7 @@ class _Emitter:
             self.bind_buffer(t, out)
         # operands reused across rows/columns are unpacked once into a local buffer
         for opnd, reuse in ((b, BM), (a, BN)):
-            if reuse > 1 and id(opnd) not in self.buf and not self._trivial(opnd):
+            if reuse > 1 and id(opnd) not in self.buf:
                 self.materialize(opnd)
         fa, fb = self.get(a), self.get(b)
         tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
@@ -683,9 +674,6 @@ class _Emitter:
             headers.append(f"for {kk} in T.serial({KT}):")
         headers.append(f"for {self._ii} in T.unroll({tm}):" if fast else f"for {self._ii} in T.serial({tm}):")
         self._loops(headers + j_loops, stmts)
-
-    def _trivial(self, t: Tile) -> bool:
-        return t.name == "__never__"  # every non-buffer operand is worth unpacking once when reused
 
 
 def _substitute(text: str, subst: dict[str, str]) -> str:
@@ -833,7 +821,7 @@ def _arange(e: _Emitter, inst: I.Arange, t: Tile) -> IndexFn:
 def _full(e: _Emitter, inst: I.Full, t: Tile) -> IndexFn:
     dt = inst.dtype
     if dt.is_float and isinstance(inst.value, (int, float)):
-        v = f32(float(sympy.Float(inst.value))) if not isinstance(inst.value, float) else f32(inst.value)
+        v = f32(float(inst.value))
         text = round_float(v, dt)
     elif dt.is_float:
         text = round_float(f'T.Cast("float32", {scalar(inst.value)})', dt)
