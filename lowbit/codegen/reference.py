@@ -28,7 +28,7 @@ from lowbit.dtypes import DataType, decode, encode, round_to, wrap
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.values import TensorParam, Tile, index_symbol
 
 
@@ -217,6 +217,11 @@ class _Block:
                 self.tiles[id(stmt.dst)] = self.tiles[id(stmt.src)]
             elif isinstance(stmt, Store):
                 self.store(stmt)
+            elif isinstance(stmt, ScalarLoad):
+                mem = self.memory[stmt.tensor.name]
+                idx = tuple(int(evaluate(e, self.env)) for e in stmt.indices)
+                inside = all(0 <= i < n for i, n in zip(idx, mem.shape))
+                self.env[str(stmt.var)] = int(mem.values[idx]) if inside else 0
             elif isinstance(stmt, For):
                 start, stop, step = (int(evaluate(e, self.env)) for e in (stmt.start, stmt.stop, stmt.step))
                 for v in range(start, stop, step):

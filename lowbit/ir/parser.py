@@ -46,9 +46,9 @@ from lowbit.ir.instructions import (
 from lowbit.ir.layout import text as layout_text
 from lowbit.ir.layout.symbolic import xor
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.types import TileType
-from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, program_id_symbol, size_symbol
+from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, program_id_symbol, scalar_symbol, size_symbol
 
 __all__ = ["IRParseError", "parse", "parse_layout"]
 
@@ -474,7 +474,11 @@ class _ProgramBuilder:
 
     # statements
     def body(self, tree: Tree) -> tuple[Stmt, ...]:
-        return tuple(self.stmt(s) for s in tree.children)
+        depth = len(self.loop_vars)  # scalars loaded in this body are visible until its end
+        try:
+            return tuple(self.stmt(s) for s in tree.children)
+        finally:
+            del self.loop_vars[depth:]
 
     def stmt(self, tree: Tree) -> Stmt:
         c: list[Any] = tree.children
@@ -493,6 +497,12 @@ class _ProgramBuilder:
         if tree.data == "store":
             tensor, offsets, tile, mask = c
             return Store(self.tensor(tensor), self.value(offsets), self.tile(tile), self.maybe_tile(mask))
+        if tree.data == "scalar_load":
+            var, tensor, indices = c
+            self.check_name(var, "scalar")
+            stmt = ScalarLoad(scalar_symbol(str(var)), self.tensor(tensor), self.value(indices))
+            self.loop_vars.append((str(var), stmt.var))
+            return stmt
         if tree.data == "for_":
             var, start, stop, step, body = c
             self.check_name(var, "loop variable")

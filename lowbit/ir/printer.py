@@ -37,7 +37,7 @@ from lowbit.ir.instructions import (
 from lowbit.ir.layout.symbolic import to_source
 from lowbit.ir.layout.text import layout_to_text
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.types import TileType
 from lowbit.ir.values import ScalarParam, TensorParam, Tile
 
@@ -157,6 +157,8 @@ def stmt_lines(stmt: Stmt, name: _Namer, indent: str, with_locs: bool) -> list[s
     if isinstance(stmt, Store):
         mask = "" if stmt.mask is None else f" mask {name(stmt.mask)}"
         return [f"{indent}store {stmt.tensor.name}[{exprs_text(stmt.offsets)}], {name(stmt.tile)}{mask}{loc}"]
+    if isinstance(stmt, ScalarLoad):
+        return [f"{indent}scalar {stmt.var} = {stmt.tensor.name}[{exprs_text(stmt.indices)}]{loc}"]
     if isinstance(stmt, For):
         head = f"{indent}for {stmt.var} in range({exprs_text((stmt.start, stmt.stop, stmt.step))}) {{{loc}"
         return [head, *body_lines(stmt.body, name, indent + "  ", with_locs), indent + "}"]

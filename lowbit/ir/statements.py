@@ -52,6 +52,19 @@ class Store(Stmt):
 
 
 @dataclass(frozen=True)
+class ScalarLoad(Stmt):
+    """`scalar var = tensor[indices]`: reads one element of an integer tensor into a block-uniform scalar
+    (0 where the indices fall outside the tensor). `var` may appear in the offsets, loop bounds, branch
+    conditions and fill values of the statements after it in the same body (and in nested bodies): this is
+    how a kernel follows a block table, a sequence length or a ragged offset."""
+
+    var: sympy.Symbol
+    tensor: TensorParam
+    indices: tuple[Expr, ...]
+    loc: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class For(Stmt):
     """for var in range(start, stop, step): body."""
 
@@ -71,6 +84,9 @@ class If(Stmt):
     then_body: tuple[Stmt, ...]
     else_body: tuple[Stmt, ...] = ()
     loc: str = field(default="", compare=False)
+
+
+STATEMENTS: tuple[type[Stmt], ...] = (Let, Assign, Store, ScalarLoad, For, If)
 
 
 def child_bodies(stmt: Stmt) -> tuple[tuple[Stmt, ...], ...]:

@@ -25,6 +25,11 @@ def index_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, integer=True, nonnegative=True)
 
 
+def scalar_symbol(name: str) -> sympy.Symbol:
+    """A scalar read from memory (`ScalarLoad`): an integer of either sign."""
+    return sympy.Symbol(name, integer=True)
+
+
 def program_id_symbol(axis: int) -> sympy.Symbol:
     return index_symbol(f"pid{axis}")
 

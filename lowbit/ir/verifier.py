@@ -17,7 +17,7 @@ import sympy
 
 from lowbit.ir.instructions import IRTypeError, Load
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, tiles_read
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store, tiles_read
 from lowbit.ir.values import TensorParam, Tile
 
 
@@ -95,8 +95,8 @@ class _Checker:
         if unknown:
             names = ", ".join(sorted(map(str, unknown)))
             self.error(
-                f"{what} mentions {names}, which is not a scalar parameter, block index or enclosing loop "
-                f"variable here",
+                f"{what} mentions {names}, which is not a scalar parameter, block index, enclosing loop "
+                f"variable or loaded scalar here",
                 stmt,
             )
 
@@ -131,6 +131,9 @@ class _Checker:
                     )
             elif isinstance(stmt, Store):
                 self.store(stmt, scalars)
+            elif isinstance(stmt, ScalarLoad):
+                self.scalar_load(stmt, scalars)
+                scalars = scalars | {stmt.var}
             elif isinstance(stmt, For):
                 for what, e in (("loop start", stmt.start), ("loop stop", stmt.stop), ("loop step", stmt.step)):
                     self.check_expr(e, scalars, what, stmt)
@@ -164,6 +167,22 @@ class _Checker:
         if isinstance(stmt.inst, Load):
             for i, o in enumerate(stmt.inst.offsets):
                 self.check_expr(o, scalars, f"load offset {i}", stmt)
+
+    def scalar_load(self, stmt: ScalarLoad, scalars: set) -> None:
+        t = stmt.tensor
+        if not t.dtype.is_integer or t.is_packed or t.dtype.bits > 32:
+            self.error(
+                f"scalar load from {t.name} ({t.dtype.name}): scalars are read from byte-addressed integer tensors "
+                f"of up to 32 bits (block tables, lengths, offsets); store them as int32",
+                stmt,
+            )
+        if len(stmt.indices) != t.rank:
+            n = len(stmt.indices)
+            self.error(f"scalar load from {t.name} (rank {t.rank}) with {n} indices; give one per dimension", stmt)
+        if stmt.var in scalars:
+            self.error(f"scalar {stmt.var} shadows an outer name; rename it", stmt)
+        for i, e in enumerate(stmt.indices):
+            self.check_expr(e, scalars, f"scalar load index {i}", stmt)
 
     def store(self, stmt: Store, scalars: set) -> None:
         t = stmt.tensor

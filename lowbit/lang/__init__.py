@@ -137,6 +137,14 @@ def load(
     return _s.load(tensor, offsets, shape, mask, other, layout)
 
 
+def load_scalar(tensor: TensorHandle, indices: Any, name: str = "s") -> sympy.Symbol:
+    """Read one element of an integer tensor (int8..int32) into a block-uniform scalar, e.g. a page of a
+    block table: `page = T.load_scalar(block_tables, (b, j), name="page")`. The result can be used in
+    offsets, loop bounds, `T.if_` conditions and tile arithmetic below it. Indices outside the tensor
+    read 0."""
+    return _s.load_scalar(tensor, indices, name)
+
+
 def store(tensor: TensorHandle, offsets: Any, value: TileValue, mask: TileValue | None = None) -> None:
     """Store `value` at `tensor[offsets...]`; elements outside the tensor (or masked off) are skipped.
     The tile must have the tensor's dtype (use T.cast)."""

@@ -26,7 +26,7 @@ from lowbit.dtypes import DataType, dtype
 from lowbit.ir.instructions import Load
 from lowbit.ir.layout import packed_along
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Let, Store, walk
+from lowbit.ir.statements import Let, ScalarLoad, Store, walk
 from lowbit.ir.values import ScalarParam, TensorParam
 from lowbit.ir.verifier import verify
 from lowbit.lang.builder import Builder, DSLError, tracing
@@ -251,6 +251,8 @@ def _tensors_used(body: list) -> set[str]:
             used.add(stmt.tensor.name)
         if isinstance(stmt, Let) and isinstance(stmt.inst, Load):
             used.add(stmt.inst.tensor.name)
+        if isinstance(stmt, ScalarLoad):
+            used.add(stmt.tensor.name)
     return used
 
 

@@ -13,9 +13,9 @@ import sympy
 
 from lowbit.dtypes import DataType, boolean, dtype, float32, int32
 from lowbit.ir import instructions as I
-from lowbit.ir.statements import Assign, Let, Store
+from lowbit.ir.statements import Assign, Let, ScalarLoad, Store
 from lowbit.ir.types import TileType
-from lowbit.ir.values import TensorParam, Tile
+from lowbit.ir.values import TensorParam, Tile, scalar_symbol
 from lowbit.lang.builder import DSLError, current, user_location
 
 Scalar: TypeAlias = int | float | sympy.Expr
@@ -344,6 +344,19 @@ def load(
     shape = as_shape(shape, "load shape")
     m = None if mask is None else broadcast_to(mask, shape).ir
     return _emit(I.Load(t, _offsets(t, offsets, "load"), shape, m, other), layout=layout)
+
+
+def load_scalar(tensor: Any, indices: Any, name: str) -> sympy.Symbol:
+    t = _tensor(tensor, "load_scalar")
+    if not t.dtype.is_integer or t.is_packed or t.dtype.bits > 32:
+        raise DSLError(
+            f"load_scalar from {t.name} ({t.dtype.name}): scalars come from byte-addressed integer tensors of up "
+            f"to 32 bits (block tables, lengths, offsets); declare it T.Tensor('int32', ...)"
+        )
+    b = current()
+    var = scalar_symbol(b.fresh_symbol(name).name)
+    b.emit(ScalarLoad(var, t, _offsets(t, indices, "load_scalar"), user_location()))
+    return var
 
 
 def store(tensor: Any, offsets: Any, value: TileValue, mask: TileValue | None = None) -> None:

@@ -274,3 +274,44 @@ def test_source_is_readable():
     source = compile_program(int8_dot.trace(), "triton").source
     assert "@triton.jit" in source and "# %acc = full [32, 32], 0 : int32[32, 32]" in source
     assert "tl.dot(" in source
+
+
+@T.kernel
+def paged_gather(
+    table: T.Tensor("int32", ("B", "P")),
+    lens: T.Tensor("TD", ("B",)),
+    src: T.Tensor("float32", ("NP", "PS")),
+    dst: T.Tensor("float32", ("B", "L")),
+    B: T.int32,
+    P: T.int32,
+    NP: T.int32,
+    L: T.int32,
+    PS: T.constexpr = 4,
+    TD: T.constexpr = "int32",
+):
+    (b,) = T.grid(B + 1)  # one block past the batch: its length reads 0 and it stores nothing
+    n = T.load_scalar(lens, (b,), name="n")
+    for j in T.range(0, T.cdiv(n, PS), name="j"):
+        page = T.load_scalar(table, (b, j), name="page")
+        row = T.load(src, (page, 0), (1, PS))
+        T.store(dst, (b, j * PS), row, mask=(j * PS + T.arange(0, PS))[None, :] < n)
+
+
+@BACKENDS
+@settings(max_examples=4, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([4, 8]), st.sampled_from(["int32", "int16", "uint8"]), st.integers(0, 2**31))
+def test_scalar_loads_follow_a_block_table(backend, B, PS, TD, seed):
+    """Block-table gather: loaded scalars drive a loop bound, load offsets and a mask (paged KV's access)."""
+    rng = np.random.default_rng(seed)
+    P, NP = 3, 9
+    lens = rng.integers(0, P * PS + 1, B)
+    table = rng.permutation(NP)[: B * P].reshape(B, P).astype(np.int32)
+    src = rng.standard_normal((NP, PS)).astype(np.float32)
+    args = {"table": table, "lens": lens.astype(TD), "src": src, "dst": np.full((B, P * PS), -1, np.float32)}
+    ref, out = run_both(paged_gather, {"PS": PS, "TD": TD}, args, backend=backend)
+    expected = np.full((B, P * PS), -1, np.float32)
+    for b in range(B):
+        for i in range(lens[b]):
+            expected[b, i] = src[table[b, i // PS], i % PS]
+    assert_same(ref["dst"], expected)
+    assert_same(out["dst"], expected)

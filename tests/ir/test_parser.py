@@ -50,9 +50,9 @@ from lowbit.ir.layout.text import layout_from_text, layout_to_text
 from lowbit.ir.parser import IRParseError, parse
 from lowbit.ir.printer import print_program
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.types import TileType
-from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, program_id_symbol
+from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, program_id_symbol, scalar_symbol
 
 
 def assert_round_trip(p: Program) -> str:
@@ -106,6 +106,9 @@ def every_kind_program() -> Program:
     mask = b.let(Binary("lt", rows, lim), "mask")
     acc = b.let(Full((16, 16), 0.0, float32), "acc")
     loop = Body()
+    page = scalar_symbol("page")
+    loop.add(ScalarLoad(page, v, (k // 32 + 1,)))
+    loop.let(Full((16, 16), page * 2 - 1, int32), "from_page")
     a = loop.let(Load(x, (pid0 * 16, k), (16, 32), None, 0.0), "a", local(16, 32))
     q = loop.let(Load(w, (k, pid1 * 16), (32, 16), None, 0))
     q3 = loop.let(Load(w3, (k, pid1 * 16), (32, 16), None, -1))
@@ -146,6 +149,8 @@ def test_every_kind_round_trips() -> None:
     text = assert_round_trip(every_kind_program())
     for word in (
         "swizzle(3, 4, 3) o (8,64):(64,1)",
+        "scalar page = v[k // 32 + 1]",
+        "full [16, 16], page*2 - 1",
         "swizzle(2, 3, -3) o off o",
         "packed(bits=4",
         "dense=true",

@@ -8,9 +8,9 @@ import sympy
 from lowbit.dtypes import float16, float32, int4, int32
 from lowbit.ir.instructions import Binary, Dot, Full, Load
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, Let, Store
+from lowbit.ir.statements import Assign, For, Let, ScalarLoad, Store
 from lowbit.ir.types import TileType
-from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol
+from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, scalar_symbol
 from lowbit.ir.verifier import VerificationError, verify
 
 N = ScalarParam("N", int32)
@@ -89,3 +89,22 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(VerificationError) as e:
         verify(prog(Store(Y, (sympy.Integer(0),), a), Store(Y, (sympy.Integer(0),), b)))
     assert len(e.value.diagnostics) == 2
+
+
+def test_scalar_loads_are_checked_and_scoped():
+    lens = TensorParam("lens", int32, (N.symbol,))
+    n = scalar_symbol("n")
+    i = index_symbol("i")
+    t, load = let(Load(X, (n,), (8,)))
+    ok = prog(ScalarLoad(n, lens, (sympy.Integer(0),)), load, Store(Y, (n,), t), params=(X, Y, lens, N))
+    assert verify(ok) is ok
+    # from a float tensor, with the wrong number of indices, and used outside the loop that loaded it
+    for body, words in [
+        ((ScalarLoad(n, X, (sympy.Integer(0),)), load, Store(Y, (n,), t)), ["scalar load from x", "int32"]),
+        ((ScalarLoad(n, lens, ()), load, Store(Y, (n,), t)), ["rank 1", "one per dimension"]),
+        ((For(i, sympy.Integer(0), N.symbol, sympy.Integer(1), (ScalarLoad(n, lens, (i,)),)), load), ["mentions n"]),
+    ]:
+        with pytest.raises(VerificationError) as e:
+            verify(prog(*body, params=(X, Y, lens, N)))
+        for w in words:
+            assert w in str(e.value), (w, str(e.value))

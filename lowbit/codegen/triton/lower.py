@@ -23,7 +23,7 @@ from lowbit.ir import instructions as I
 from lowbit.ir.layout.symbolic import SourcePrinter
 from lowbit.ir.printer import _Namer, stmt_lines
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store
+from lowbit.ir.statements import STATEMENTS, Assign, For, If, Let, ScalarLoad, Stmt, walk
 from lowbit.ir.values import Tile
 
 CODEGEN_VERSION = "1"
@@ -106,6 +106,7 @@ class Emitter:
         self.used: set[str] = {"tl", "triton", "INF", "NAN", "range", "min", "max", "float", "int"}
         self.used |= {p.name for p in program.params} | {f"{p.name}_ptr" for p in program.tensor_params}
         self.used |= {str(s) for s in program.program_ids}
+        self.used |= {str(s.var) for s in walk(program.body) if isinstance(s, (For, ScalarLoad))}
 
     def fresh(self, base: str) -> str:
         base = base if base.isidentifier() and not keyword.iskeyword(base) else f"t_{base}"
@@ -476,7 +477,7 @@ def _transpose(em: Emitter, inst: I.Transpose, out: str) -> None:
 # memory.py registers Load and Store
 from lowbit.codegen.triton import memory as _memory  # noqa: E402, F401
 
-_MISSING = [c.__name__ for c in (*I.INSTRUCTIONS, Let, Assign, Store, For, If) if c not in RULES]
+_MISSING = [c.__name__ for c in (*I.INSTRUCTIONS, *STATEMENTS) if c not in RULES]
 assert not _MISSING, f"the triton backend has no lowering rule for {_MISSING}"
 
 

@@ -24,7 +24,7 @@ from lowbit.codegen.triton.numerics import holder
 from lowbit.dtypes import DataType
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
-from lowbit.ir.statements import Store
+from lowbit.ir.statements import ScalarLoad, Store
 from lowbit.ir.values import TensorParam, Tile, index_symbol
 
 
@@ -131,6 +131,20 @@ def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str, ta
         code = f"({code} | ({hi} << (({wb} - {bit}) % {wb})))"
     code = em.let(f"{out}_code", f"({code} & {hex((1 << bits) - 1)}).to(tl.int32)")
     return nx.value_of(em, p.dtype, code, target)
+
+
+@rule(ScalarLoad)
+def _scalar_load(em: Emitter, s: ScalarLoad) -> None:
+    em.comment(s)
+    p = s.tensor
+    terms = []
+    for i, extent in zip(s.indices, p.shape):
+        if not sympy.sympify(i).is_nonnegative:
+            terms.append(f"({expr(i)} >= 0)")
+        terms.append(f"({expr(i)} < {expr(extent)})")
+    offset = expr(_element_offset(p, list(s.indices)))
+    em.used.add(str(s.var))
+    em.emit(f"{s.var} = tl.load({p.name}_ptr + ({offset}), mask={' & '.join(terms)}, other=0).to(tl.int32)")
 
 
 @rule(Store)

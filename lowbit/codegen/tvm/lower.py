@@ -41,7 +41,19 @@ from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.layout.symbolic import SourcePrinter, xor
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, Stmt, Store, child_bodies, tiles_read, walk
+from lowbit.ir.statements import (
+    STATEMENTS,
+    Assign,
+    For,
+    If,
+    Let,
+    ScalarLoad,
+    Stmt,
+    Store,
+    child_bodies,
+    tiles_read,
+    walk,
+)
 from lowbit.ir.values import TensorParam, Tile
 
 OPTIONS: dict[str, Any] = {
@@ -369,6 +381,7 @@ class _Emitter:
     def emit(self) -> LoweredTir:
         p = self.p
         self.names.update(["T", "main"] + [q.name for q in p.params])
+        self.names.update(str(s.var) for s in walk(p.body) if isinstance(s, (For, ScalarLoad)))
         tensors, scalars = p.tensor_params, p.scalar_params
         args = [f"{t.name}_h: T.handle" for t in tensors] + [f"{s.name}: T.{value_type(s.dtype)}" for s in scalars]
         for s in scalars:
@@ -757,6 +770,21 @@ def _store(e: _Emitter, s: Store, depth: int) -> None:
     e.nest(s.tile.shape, body)
 
 
+@stmt_rule(ScalarLoad)
+def _scalar_load(e: _Emitter, s: ScalarLoad, depth: int) -> None:
+    e.line(f"# {_ir_line(s)}")
+    t = s.tensor
+    coords = [scalar(i) for i in s.indices]
+    conds = [f"{c} < {scalar(n)}" for c, n in zip(coords, t.shape)]
+    conds += [f"{c} >= 0" for c, i in zip(coords, s.indices) if not sympy.sympify(i).is_nonnegative]
+    clamped = [f"T.max(T.min({c}, {scalar(n)} - 1), 0)" for c, n in zip(coords, t.shape)]
+    syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
+    off = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
+    addr = _substitute(scalar(off), dict(zip((str(x) for x in syms), clamped)))
+    value = f'T.Cast("int32", {e.gbuf[t.name]}[{addr}])'
+    e.line(f"{s.var} = T.if_then_else({' and '.join(conds)}, {value}, 0)")
+
+
 @stmt_rule(For)
 def _for(e: _Emitter, s: For, depth: int) -> None:
     v = str(s.var)
@@ -1119,7 +1147,7 @@ def _transpose(e: _Emitter, inst: I.Transpose, t: Tile) -> IndexFn:
 
 
 assert set(_RULES) == set(I.INSTRUCTIONS), "every IR instruction needs a tvm lowering rule"
-assert {Let, Assign, Store, For, If} == set(_STMT_RULES), "every IR statement needs a tvm lowering rule"
+assert set(STATEMENTS) == set(_STMT_RULES), "every IR statement needs a tvm lowering rule"
 
 
 def lower(program: Program, options: Mapping[str, Any] | None = None) -> LoweredTir:

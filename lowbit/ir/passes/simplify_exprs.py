@@ -12,7 +12,7 @@ import sympy
 from lowbit.ir.instructions import Full, Load
 from lowbit.ir.program import Program
 from lowbit.ir.rewrite import rewrite_body
-from lowbit.ir.statements import For, If, Let, Stmt, Store
+from lowbit.ir.statements import For, If, Let, ScalarLoad, Stmt, Store
 
 
 def _simp(e):
@@ -41,6 +41,10 @@ def _rule(stmt: Stmt) -> Stmt | tuple[Stmt, ...] | None:
         offsets = _simp_all(stmt.offsets)
         if offsets is not stmt.offsets:
             return dataclasses.replace(stmt, offsets=offsets)
+    if isinstance(stmt, ScalarLoad):
+        indices = _simp_all(stmt.indices)
+        if indices is not stmt.indices:
+            return dataclasses.replace(stmt, indices=indices)
     if isinstance(stmt, If):
         cond = _simp(stmt.cond)
         if cond is sympy.true or cond is True:
