@@ -156,6 +156,16 @@ def value_type(dt: DataType) -> str:
     return "int64" if dt.bits > 32 or (dt.kind == "uint" and dt.bits == 32) else "int32"
 
 
+def buffer_type(dt: DataType) -> str:
+    """The element type of a local buffer holding a tile of `dt`: booleans live as int8 (TVM legalizes bool
+    buffers to int8 and then rejects selects on what it reads back), everything else as its value type."""
+    return "int8" if dt.is_bool else value_type(dt)
+
+
+def to_buffer(value: str, dt: DataType) -> str:
+    return f'T.Cast("int8", {value})' if dt.is_bool else value
+
+
 def is_nan(x: str) -> str:
     """NaN test on the bits (LLVM may fold `x != x` under fast-math)."""
     return f'(T.bitwise_and(T.reinterpret("int32", {x}), 2147483647) > 2139095040)'
@@ -462,14 +472,15 @@ class _Emitter:
     def alloc(self, t: Tile, name: str | None = None) -> str:
         name = name or self.tile_name(t)
         shape = ", ".join(str(s) for s in t.shape) or "1"
-        self.line(f'{name} = T.decl_buffer(({shape},), "{value_type(t.dtype)}", scope="local")')
+        self.line(f'{name} = T.decl_buffer(({shape},), "{buffer_type(t.dtype)}", scope="local")')
         return name
 
     def bind_buffer(self, t: Tile, name: str) -> None:
         self.buf[id(t)] = name
 
         def read(idx: tuple[str, ...], ctx: _Ctx) -> str:
-            return f"{name}[{', '.join(idx) or '0'}]"
+            v = f"{name}[{', '.join(idx) or '0'}]"
+            return f"({v} != T.int8(0))" if t.dtype.is_bool else v
 
         self.fn[id(t)] = read
         if id(t) in self.assigned:
@@ -478,7 +489,7 @@ class _Emitter:
     def materialize(self, t: Tile, into: str | None = None) -> str:
         fn = self.get(t)
         name = into or self.alloc(t)
-        self.nest(t.shape, lambda idx, ctx: [f"{name}[{', '.join(idx) or '0'}] = {fn(idx, ctx)}"])
+        self.nest(t.shape, lambda idx, ctx: [f"{name}[{', '.join(idx) or '0'}] = {to_buffer(fn(idx, ctx), t.dtype)}"])
         self.bind_buffer(t, name)
         return name
 
@@ -737,7 +748,7 @@ def _assign(e: _Emitter, s: Assign, depth: int) -> None:
     dst = e.buf[id(s.dst)]
     src = e.get(s.src)
     e.line(f"# %{s.dst.name} <- %{s.src.name}")
-    e.nest(s.dst.shape, lambda idx, ctx: [f"{dst}[{', '.join(idx) or '0'}] = {src(idx, ctx)}"])
+    e.nest(s.dst.shape, lambda idx, ctx: [f"{dst}[{', '.join(idx) or '0'}] = {to_buffer(src(idx, ctx), s.dst.dtype)}"])
 
 
 @stmt_rule(Store)

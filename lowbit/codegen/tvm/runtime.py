@@ -94,10 +94,14 @@ def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
             raise BackendError("tvm backend: pass contiguous tensors (call .contiguous())")
         if v.dtype == torch.uint32:
             return v.view(torch.int32), None
+        if v.dtype.is_floating_point and v.element_size() == 1:  # fp8 tensors: their codes (storage_type)
+            return v.view(torch.uint8), None
         return v, None
     a = np.asarray(v)
     if packed or a.dtype == np.uint32:
         a = a.view(np.int32)
+    if a.dtype.kind == "V" and a.dtype.itemsize == 1:  # ml_dtypes fp8 arrays: their codes (storage_type)
+        a = a.view(np.uint8)
     bf16 = a.dtype.name == "bfloat16"  # ml_dtypes: torch cannot wrap it, but shares the bits as int16
     if bf16 or (a.dtype.kind == "u" and a.dtype.itemsize == 2):
         a = a.view(np.int16)
