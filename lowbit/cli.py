@@ -1,4 +1,5 @@
-"""The `lowbit` command line: `lowbit demo`, `lowbit bench gemm`; later issues add compile | generate | serve | tune."""
+"""The `lowbit` command line: `lowbit demo`, `lowbit bench gemm | attention`; later issues add compile | generate |
+serve | tune."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.bench.command import add_arguments as add_gemm_arguments
+from lowbit.bench.command import add_attention_arguments
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -46,6 +48,13 @@ def bench_gemm(args: argparse.Namespace) -> int:
     return run_bench_gemm(args)
 
 
+def bench_attention(args: argparse.Namespace) -> int:
+    """Time lowbit paged decode and prefill attention against torch SDPA side by side; table, JSON (and plot)."""
+    from lowbit.bench.command import attention_main
+
+    return attention_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,13 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["int4", "uint4", "int3", "int2", "uint8", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3"]
     )
     d.set_defaults(func=demo)
-    bench = sub.add_parser("bench", help="benchmarks: `lowbit bench gemm`")
+    bench = sub.add_parser("bench", help="benchmarks: `lowbit bench gemm`, `lowbit bench attention`")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     g = bench_sub.add_parser(
         "gemm", help="quantized linear layers vs torch fp32/bf16/dequantize-then-matmul, with the roofline"
     )
     add_gemm_arguments(g)
     g.set_defaults(func=bench_gemm)
+    a = bench_sub.add_parser(
+        "attention", help="paged decode (fp16/bf16/int8/int4 KV) and causal prefill attention vs torch SDPA, roofline"
+    )
+    add_attention_arguments(a)
+    a.set_defaults(func=bench_attention)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

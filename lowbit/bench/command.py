@@ -1,4 +1,4 @@
-"""Command-line arguments of `lowbit bench gemm` (also used by benchmarks/gemm.py)."""
+"""Command-line arguments of `lowbit bench gemm` and `lowbit bench attention` (also used by benchmarks/*.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from lowbit.bench import gemm
+from lowbit.bench import attention, gemm
 
 KNOWN_BACKENDS = ("reference", "triton", "tvm")
 LAYERS_EXAMPLE = "--layers 4096x4096,11008x4096"
@@ -157,4 +158,137 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "main", "parse_backends", "parse_dtypes", "parse_layers", "parse_ms"]
+# -- lowbit bench attention ---------------------------------------------------------------------------------
+
+
+def parse_cells(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x512,4x2048' -> ((1, 512), (4, 2048)): batch x tokens per sequence; 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    cells = []
+    for item in _items(text) or [text]:
+        m = re.fullmatch(r"(\d+)\s*[xX*]\s*(\d+)", item)
+        if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} in {text!r} is not BxL (sequences x tokens); write e.g. --prefill 1x512,1x2048 or none"
+            )
+        cells.append((int(m.group(1)), int(m.group(2))))
+    return tuple(cells)
+
+
+def counts(flag: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """A parser of a comma list of positive integers whose error names `flag` and shows `example`."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            ns = tuple(int(t) for t in _items(text))
+        except ValueError:
+            ns = ()
+        if not ns or any(n < 1 for n in ns):
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r} is not a list of positive integers; e.g. {flag} {example}"
+            )
+        return ns
+
+    return parse
+
+
+def parse_kv_dtypes(text: str) -> tuple[str, ...]:
+    """'int8,int4' -> ('int8', 'int4'), each a KV cache format of lowbit.ops.attention."""
+    known = attention.KV_FORMATS
+    names = _items(text)
+    bad = [n for n in names if n not in known]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown KV dtype {bad[0] if bad else ''!r}; use a comma list of {', '.join(known)} "
+            "(e.g. --kv-dtypes float16,int8,int4)"
+        )
+    return tuple(names)
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number; e.g. 2 or 0.5")
+    return v
+
+
+def add_attention_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `lowbit bench attention`."""
+    A = attention
+    p.add_argument("--batch", type=counts("--batch", "1,8,32"), default=None, help="decode batch sizes (1,8,32)")
+    p.add_argument("--context", type=counts("--context", "512,2048,8192"), default=None, help="decode contexts")
+    p.add_argument("--prefill", type=parse_cells, default=None, help="prefill BxL cells or none (CPU: 1x512,1x2048)")
+    p.add_argument("--kv-dtypes", type=parse_kv_dtypes, default=A.KV_DTYPES, help="KV caches (float16,int8,int4)")
+    p.add_argument("--q-heads", type=positive_int, default=A.Heads.q_heads, help="query heads (32: Llama-3-8B)")
+    p.add_argument("--kv-heads", type=positive_int, default=A.Heads.kv_heads, help="KV heads (8)")
+    p.add_argument("--head-dim", type=positive_int, default=A.Heads.head_dim, help="head dim (128)")
+    p.add_argument("--page-size", type=positive_int, default=A.Heads.page_size, help="tokens per KV page (16)")
+    p.add_argument("--backends", type=parse_backends, default=None, help="lowbit backends (default: tvm on CPU)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed samples per row, median reported (5)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch and TVM threads (default: all cores)")
+    p.add_argument("--max-baseline-gb", type=positive_float, default=None, help="skip larger cells (CPU 2, CUDA 40)")
+    p.add_argument("--quick", action="store_true", help="the goal cell (CPU: B=8 ctx=4096) and one small prefill")
+    p.add_argument("--no-flush", action="store_true", help="do not evict caches between samples (hot numbers)")
+    p.add_argument("--out", type=Path, default=None, help="directory for the JSON (and plot) outputs")
+    p.add_argument("--json", type=Path, default=None, help="JSON path (default bench_attention.json in --out or .)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of decode speedup vs context (needs matplotlib)")
+
+
+def attention_main(args: argparse.Namespace) -> int:
+    """Run `lowbit bench attention` with parsed arguments; 1 if any lowbit row FAILed its check."""
+    import json
+
+    A = attention
+    heads = A.Heads(args.q_heads, args.kv_heads, args.head_dim, args.page_size)
+    if heads.q_heads % heads.kv_heads or heads.head_dim % 8:
+        raise SystemExit(
+            f"lowbit bench attention: --q-heads {heads.q_heads} must be a multiple of --kv-heads {heads.kv_heads} "
+            f"and --head-dim {heads.head_dim} a multiple of 8 (int4 words); e.g. --q-heads 32 --kv-heads 8"
+        )
+    cells = None
+    if args.batch or args.context:
+        cells = [(b, c) for b in args.batch or A.BATCHES for c in args.context or A.CONTEXTS]
+    start = time.perf_counter()
+    report = A.run_report(
+        cells,
+        args.prefill,
+        args.kv_dtypes,
+        heads,
+        args.backends,
+        args.repeats,
+        args.quick,
+        threads=args.threads,
+        flush=not args.no_flush,
+        max_baseline_gb=args.max_baseline_gb,
+        log=_progress,
+    )
+    print(A.format_table(report))
+    path = args.json or (args.out or Path(os.getcwd())) / "bench_attention.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(A.to_json(report), indent=1) + "\n")
+    print(f"wrote {path} ({len(report.rows)} rows, {time.perf_counter() - start:.0f} s)")
+    if args.plot is not None:
+        plot = A.write_plot(report, args.plot)
+        print(f"wrote {plot}" if plot else "no plot: matplotlib is not installed (pip install matplotlib)")
+    if report.failures:
+        print(f"{len(report.failures)} lowbit row(s) FAILed against torch SDPA on the same dequantized data")
+        return 1
+    return 0
+
+
+__all__ = [
+    "add_arguments",
+    "add_attention_arguments",
+    "attention_main",
+    "main",
+    "parse_backends",
+    "parse_cells",
+    "parse_dtypes",
+    "parse_kv_dtypes",
+    "parse_layers",
+    "parse_ms",
+]
