@@ -80,7 +80,9 @@ def paged_decode_attention(
         raise ValueError(f"kv_dtype {kv_dtype} needs k_scales, k_zeros, v_scales and v_zeros [{NP}, {PS}, {HKV}]")
     for name, a in zip(("k_scales", "k_zeros", "v_scales", "v_zeros"), side):
         if quantized and tuple(a.shape) != (NP, PS, HKV):
-            raise ValueError(f"{name} has shape {list(a.shape)}; expected [num_pages, page_size, HKV] = {[NP, PS, HKV]}")
+            raise ValueError(
+                f"{name} has shape {list(a.shape)}; expected [num_pages, page_size, HKV] = {[NP, PS, HKV]}"
+            )
     _check_table(block_tables, context_lens, B, PS)
     lens = _host_ints(context_lens)
     maxlen = int(lens.max()) if lens.size else 0
@@ -94,10 +96,11 @@ def paged_decode_attention(
     splits = num_splits or _auto_splits(backend, B * HKV, maxlen, BN)
     tps = max(BN, math.ceil(math.ceil(max(maxlen, 1) / splits) / BN) * BN)  # tokens per split, whole tiles
     splits = max(1, math.ceil(max(maxlen, 1) / tps))
-    consts = {
+    odtype = qdtype if splits == 1 else "float32"
+    consts: dict[str, Any] = {
         "qdtype": qdtype,
         "kvdtype": _KERNEL_KV.get(kv_dtype, kv_dtype),
-        "odtype": qdtype if splits == 1 else "float32",
+        "odtype": odtype,
         "D": D,
         "PS": PS,
         "GQ": GQ,
@@ -109,7 +112,7 @@ def paged_decode_attention(
         "v_layer_scale": float(v_layer_scale) if kv_dtype == "fp8_e4m3" else 1.0,
     }
     io = _IO(backend, q)
-    part = io.empty((splits, B, HQ, D), consts["odtype"])
+    part = io.empty((splits, B, HQ, D), odtype)
     lse = io.empty((splits, B, HQ), "float32")
     args = {
         "q": io.put(q),
@@ -128,7 +131,9 @@ def paged_decode_attention(
         "TPS": tps,
     }
     if quantized:
-        args.update(k_scales=io.put(k_scales), k_zeros=io.put(k_zeros), v_scales=io.put(v_scales), v_zeros=io.put(v_zeros))
+        args.update(
+            k_scales=io.put(k_scales), k_zeros=io.put(k_zeros), v_scales=io.put(v_scales), v_zeros=io.put(v_zeros)
+        )
     _compiled(decode_kernels.paged_decode_attention, backend, consts)(args)
     if splits == 1:
         return io.result(part[0])
@@ -158,7 +163,9 @@ def prefill_attention(
         if _dtype_name(a) != dt:
             raise ValueError(f"{name} has dtype {_dtype_name(a)} but q has {dt}; pass q, k, v in one dtype")
     if len(q.shape) != 3 or len(k.shape) != 3 or tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}: expected [T, HQ, D], [T, HKV, D] x2")
+        raise ValueError(
+            f"q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}: expected [T, HQ, D], [T, HKV, D] x2"
+        )
     TT, HQ, D = (int(s) for s in q.shape)
     HKV = int(k.shape[1])
     if int(k.shape[0]) != TT or int(k.shape[2]) != D:
