@@ -231,22 +231,24 @@ def decode_code(c: str, dt: DataType) -> str:
 
 
 def _decode_float_expr(c: str, dt: DataType) -> str:
-    """Bit-field rebuild of a float code into float32 (exact: every format here fits in float32)."""
-    m, bias = dt.mantissa_bits, dt.bias
-    e = f"T.bitwise_and(T.shift_right({c}, {m}), {(1 << dt.exponent_bits) - 1})"
-    mant = f"T.bitwise_and({c}, {dt.mantissa_mask})"
-    sub = f'T.Cast("float32", {mant}) * {f32(math.ldexp(1.0, 1 - bias - m))}'
-    normal = (
-        f'T.reinterpret("float32", T.bitwise_or(T.shift_left({e} + {127 - bias}, 23), T.shift_left({mant}, {23 - m})))'
-    )
-    mag = f"T.Select({e} == 0, {sub}, {normal})"
-    if dt.has_inf:  # IEEE: all-ones exponent is inf (mantissa 0) or NaN
-        emax = (1 << dt.exponent_bits) - 1
-        mag = f"T.Select({e} == {emax}, T.Select({mant} == 0, {f32(math.inf)}, {f32(math.nan)}), {mag})"
+    """A float code -> float32, exactly, in integer ops and one multiply, with no select for finite codes:
+    the magnitude bits go where float32 keeps its exponent and mantissa, the sign bit to bit 31, and
+    2^(127 - bias) re-biases the exponent. A subnormal code lands on a float32 subnormal (exponent field
+    0) which the exact power-of-two multiply turns into its normal value (this assumes the FPU does not
+    treat subnormal inputs as zero: DAZ is off unless torch.set_flush_denormal(True) was called). Only
+    formats with inf/NaN codes select those out."""
+    m, mag_mask = dt.mantissa_bits, dt.sign_mask - 1
+    mag = f"T.bitwise_and({c}, {mag_mask})"
+    sign = f"T.bitwise_and(T.shift_left({c}, {32 - dt.bits}), T.int32(-2147483648))"
+    placed = f'T.reinterpret("float32", T.bitwise_or(T.shift_left({mag}, {23 - m}), {sign}))'
+    value = f"{placed} * {f32(math.ldexp(1.0, 127 - dt.bias))}"
+    if dt.has_inf:  # IEEE: all-ones exponent is ±inf (mantissa 0) or NaN
+        signed_inf = f"T.Select(T.bitwise_and({c}, {dt.sign_mask}) != 0, {f32(-math.inf)}, {f32(math.inf)})"
+        special = f"T.Select(T.bitwise_and({c}, {dt.mantissa_mask}) == 0, {signed_inf}, {f32(math.nan)})"
+        value = f"T.Select({mag} >= {dt.exponent_mask}, {special}, {value})"
     elif dt.has_nan:  # fn: all-ones magnitude is NaN
-        mag = f"T.Select(T.bitwise_and({c}, {dt.code_mask >> 1}) == {dt.code_mask >> 1}, {f32(math.nan)}, {mag})"
-    sign = f"T.bitwise_and(T.shift_right({c}, {dt.bits - 1}), 1)"
-    return f"T.Select({sign} == 1, T.float32(0) - {mag}, {mag})"
+        value = f"T.Select({mag} == {mag_mask}, {f32(math.nan)}, {value})"
+    return value
 
 
 def _round_float_expr(x: str, dt: DataType) -> str:
