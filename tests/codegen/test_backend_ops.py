@@ -315,3 +315,20 @@ def test_scalar_loads_follow_a_block_table(backend, B, PS, TD, seed):
             expected[b, i] = src[table[b, i // PS], i % PS]
     assert_same(ref["dst"], expected)
     assert_same(out["dst"], expected)
+
+
+@T.kernel
+def read_then_overwrite(x: T.Tensor("float32", (16,)), y: T.Tensor("float32", (16,))):
+    T.grid(1)
+    a = T.load(x, (0,), (16,))
+    T.store(x, (0,), a + 1.0)
+    T.store(y, (0,), a * 2.0)  # the value read before the store, not the stored one
+
+
+@BACKENDS
+def test_a_load_sees_the_tensor_as_it_was_before_later_stores(backend):
+    x = np.arange(16, dtype=np.float32)
+    ref, out = run_both(read_then_overwrite, {}, {"x": x.copy(), "y": np.zeros(16, np.float32)}, backend=backend)
+    for r in (ref, out):
+        assert_same(r["x"], x + 1)
+        assert_same(r["y"], x * 2)

@@ -335,6 +335,7 @@ class _Emitter:
     # ---- analysis ----
     def _analyse(self) -> None:
         self.assigned: set[int] = set()
+        self.stored = {s.tensor.name for s in walk(self.p.body) if isinstance(s, Store)}
         self.uses: dict[int, int] = {}
         self.use_depth: dict[int, int] = {}
 
@@ -464,6 +465,8 @@ class _Emitter:
     def _must_materialize(self, t: Tile, inst: I.Inst, depth: int) -> bool:
         if id(t) in self.assigned:
             return True
+        if isinstance(inst, I.Load) and inst.tensor.name in self.stored:
+            return True  # read it now: inlined into a consumer after a store to the tensor, it would see the store
         if self.use_depth.get(id(t), depth) > depth and not isinstance(inst, (I.Full, I.Arange)):
             return True  # read inside a deeper loop: compute once here
         return id(t) in self.reads_mutable  # a later Assign could change what it reads
