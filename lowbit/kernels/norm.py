@@ -22,6 +22,7 @@ import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
+from lowbit.kernels.launch import activation_dtype, empty_like
 
 SINGLE_PASS_MAX = 4096  # rows up to this many elements stay in one tile; longer rows loop in chunks
 CHUNK = 2048  # the chunk of the two-pass loop
@@ -107,15 +108,15 @@ def _launch(x: Any, residual: Any, weight: Any, eps: float, out: Any, backend: s
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected [Dm] = [{dm}]")
     if not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps {eps!r} must be a finite float >= 0 (1e-5 or 1e-6 in most checkpoints)")
-    dtype = _dtype_name(x)
-    out = _empty_like(x) if out is None else out
+    dtype = _dtype(x)
+    out = empty_like(x) if out is None else out
     if tuple(out.shape) != (nt, dm) or str(out.dtype) != str(x.dtype):
         raise ValueError(f"out is {out.dtype}{tuple(out.shape)}; it must be x's {x.dtype}{(nt, dm)}")
     from lowbit.ops.linear import select_backend  # the ops layer owns the "auto" rule
 
     backend = select_backend(backend)
     consts = dict(
-        eps=float(eps), add_residual=residual is not None, dtype=dtype, wdtype=_dtype_name(weight), **norm_constants(dm)
+        eps=float(eps), add_residual=residual is not None, dtype=dtype, wdtype=_dtype(weight), **norm_constants(dm)
     )
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
@@ -128,19 +129,8 @@ def _launch(x: Any, residual: Any, weight: Any, eps: float, out: Any, backend: s
     return out
 
 
-def _dtype_name(x: Any) -> str:
-    name = str(x.dtype).removeprefix("torch.")
-    if name not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"{name} tensor: RMSNorm takes float16, bfloat16 or float32")
-    return name
-
-
-def _empty_like(x: Any) -> Any:
-    if hasattr(x, "detach"):
-        import torch
-
-        return torch.empty_like(x)
-    return np.empty_like(x)
-
-
 __all__ = ["add_rms_norm", "norm_constants", "rms_norm", "rms_norm_kernel"]
+
+
+def _dtype(x: Any) -> str:
+    return activation_dtype(x, "RMSNorm")

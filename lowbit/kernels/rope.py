@@ -24,6 +24,7 @@ import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
+from lowbit.kernels.launch import activation_dtype, empty_like
 from lowbit.reference.rope import ROPE_STYLES, rope_inv_freq
 
 
@@ -135,11 +136,11 @@ def apply_rope(
         raise ValueError(f"cos_sin has shape {tuple(cos_sin.shape)}; expected [max_pos, D={d}] (see rope_cache)")
     if tuple(positions.shape) != (nt,):
         raise ValueError(f"positions has shape {tuple(positions.shape)}; expected [T={nt}] int32")
-    adtype = _dtype_name(q)
-    if _dtype_name(k) != adtype:
-        raise ValueError(f"q is {adtype} but k is {_dtype_name(k)}; pass both in one dtype")
+    adtype = _dtype(q)
+    if _dtype(k) != adtype:
+        raise ValueError(f"q is {adtype} but k is {_dtype(k)}; pass both in one dtype")
     backend = _backend(backend)
-    q_out, k_out = (q, k) if inplace else (_empty_like(q), _empty_like(k))
+    q_out, k_out = (q, k) if inplace else (empty_like(q), empty_like(k))
     consts = dict(D=d, style=style, dtype=adtype, inplace=inplace, BH=_pow2(heads_per_block))
     args = {"q": q, "k": k, "positions": positions, "cos_sin": cos_sin}
     if not inplace:
@@ -160,21 +161,6 @@ def _with_sizes(args: dict[str, Any], q: Any, k: Any, cos_sin: Any) -> dict[str,
     return {**args, "NT": int(q.shape[0]), "HQ": int(q.shape[1]), "HK": int(k.shape[1]), "P": int(cos_sin.shape[0])}
 
 
-def _dtype_name(x: Any) -> str:
-    name = str(x.dtype).removeprefix("torch.")
-    if name not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"activations are {name}; RoPE takes float16, bfloat16 or float32")
-    return name
-
-
-def _empty_like(x: Any) -> Any:
-    if hasattr(x, "detach"):
-        import torch
-
-        return torch.empty_like(x)
-    return np.empty_like(x)
-
-
 def _backend(backend: str) -> str:
     from lowbit.ops.linear import select_backend  # the ops layer owns the "auto" rule
 
@@ -182,3 +168,7 @@ def _backend(backend: str) -> str:
 
 
 __all__ = ["apply_rope", "rope", "rope_cache"]
+
+
+def _dtype(x: Any) -> str:
+    return activation_dtype(x, "RoPE")
