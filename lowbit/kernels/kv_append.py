@@ -4,17 +4,16 @@ Cache layout and conventions are `lowbit.reference.paged`'s (vLLM's): slot = pag
 padding (skipped); every other slot of the cache is left as it was. Per kv_dtype, each of k and v is stored as
 
     float16              k_cache [NP, PS, Hkv, D] float16              round to nearest even
-    bfloat16             k_cache [NP, PS, Hkv, D] int16 (the bits)     round to nearest even
-    fp8_e4m3             k_cache [NP, PS, Hkv, D] uint8 (the bits)     e4m3(x / layer_scale), RNE, saturating
+    bfloat16             k_cache [NP, PS, Hkv, D] bfloat16             round to nearest even
+    fp8_e4m3             k_cache [NP, PS, Hkv, D] fp8_e4m3             e4m3(x / layer_scale), RNE, saturating
                          (layer_scales [2] float32: k's, v's)
     int8 (KV8)           k_cache [NP, PS, Hkv, D] uint8 codes          per token and head, asymmetric, with
     int4 (KV4)           k_cache [NP, PS, Hkv, D // 8] int32 words     k_scales, k_zeros [NP, PS, Hkv] fp16
                          (8 codes per word, code j at bits 4j..4j+3: `lowbit.reference.paged.pack_int4`'s
                          uint32 words, declared int32; the launcher takes either)
 
-bfloat16 and fp8 are stored as bit patterns, int4 words as int32, because the TVM backend cannot store
-bfloat16/fp8 tensors and passes uint32 arrays as int32 (`cache_dtype`); the launcher views the caller's
-arrays (ml_dtypes/torch bfloat16, uint8 or float8_e4m3fn, uint32) accordingly.
+int4 words are declared int32 because the TVM backend passes uint32 arrays as int32 (`cache_dtype`); the
+launcher views the caller's arrays (fp8 as uint8 bit patterns or float8_e4m3fn, uint32 words) accordingly.
 
 KV8/KV4 follow `lowbit.quant.kv.quantize_kv` (its docstring has the why), in fp32 with exact corrections:
 
@@ -57,10 +56,9 @@ ZERO_BOUND_EXPONENT = 11  # |zero| <= 2^11 (lowbit.quant.kv.ZERO_BOUND)
 
 
 def cache_dtype(kv_dtype: str) -> str:
-    """The element dtype of the cache tensor the kernel writes for `kv_dtype`: bit patterns where the TVM
-    backend cannot store the dtype itself (bfloat16 as int16, fp8_e4m3 as uint8) or passes it as another
-    (int4's uint32 words as int32)."""
-    return {"int8": "uint8", "int4": "int32", "bfloat16": "int16", "fp8_e4m3": "uint8"}.get(kv_dtype, kv_dtype)
+    """The element dtype of the cache tensor the kernel writes for `kv_dtype`: KV8 codes as uint8, KV4 words
+    as int32 (the TVM backend passes uint32 arrays as int32), the float formats as themselves."""
+    return {"int8": "uint8", "int4": "int32"}.get(kv_dtype, kv_dtype)
 
 
 def cache_width(kv_dtype: str, D: Any) -> Any:
@@ -100,15 +98,12 @@ def kv_append(
             ((k, k_cache, k_scales, k_zeros), (v, v_cache, v_scales, v_zeros))
         ):
             xv = T.reshape(T.cast(T.load(x, (t, j * BH, 0), (1, BH, D)), T.float32), (BH, D))  # [BH, D]
-            if kv_dtype == "float16":
+            if kv_dtype in ("float16", "bfloat16"):
                 T.store(cache, (*at, 0), T.reshape(T.cast(xv, kv_dtype), (1, 1, BH, D)))
-            elif kv_dtype == "bfloat16":  # its bits: the top half of the rounded value's fp32 bits
-                bits = T.view(T.cast(T.cast(xv, kv_dtype), T.float32), T.int32) >> 16
-                T.store(cache, (*at, 0), T.reshape(T.cast(bits, T.int16), (1, 1, BH, D)))
-            elif kv_dtype == "fp8_e4m3":  # round (RNE, saturating), then encode the bits
+            elif kv_dtype == "fp8_e4m3":  # x / layer_scale rounded once (RNE, saturating); the cast is exact
                 layer_scale = T.reshape(T.load(layer_scales, (i,), (1,)), (1, 1))
                 fp8 = _round_quotient(xv, layer_scale, FP8)
-                T.store(cache, (*at, 0), T.reshape(_float_codes(fp8, dtype_of(kv_dtype)), (1, 1, BH, D)))
+                T.store(cache, (*at, 0), T.reshape(T.cast(fp8, kv_dtype), (1, 1, BH, D)))
             else:
                 codes, scale, zero = _quantize_rows(xv, (1 << KV_BITS[kv_dtype]) - 1)
                 if kv_dtype == "int4":  # 8 codes per little-endian uint32 word
@@ -149,19 +144,6 @@ def _keep(x):
     held = T.zeros(x.shape, x.dtype)
     T.assign(held, x)
     return held
-
-
-def _float_codes(v, fmt):
-    # v: fp32 tile holding finite values of the <= 16-bit float format `fmt` -> its codes (uint8 for 8 bits),
-    # from v's fp32 bits: normal values rebias the exponent and keep the top mantissa bits, subnormal ones
-    # are integer multiples of fmt's smallest subnormal
-    bits = T.view(v, T.int32)
-    sign = (bits >> 31) & 1
-    exponent = ((bits >> 23) & 0xFF) - 127 + fmt.bias
-    normal = (exponent << fmt.mantissa_bits) | ((bits & 0x7FFFFF) >> (23 - fmt.mantissa_bits))
-    subnormal = T.cast(T.abs(v) * (1.0 / fmt.smallest_subnormal), T.int32)
-    code = T.where(T.abs(v) >= fmt.smallest_normal, normal, subnormal) | (sign << (fmt.bits - 1))
-    return T.cast(code, f"uint{fmt.bits}")
 
 
 def _two_diff(a, b):
@@ -293,19 +275,17 @@ def append_kv(
 
 
 def _cache_view(cache: Any, kv_dtype: str) -> Any:
-    # the same bits in the kernel's cache dtype (`cache_dtype`): int4 uint32 words as int32, bfloat16 as
-    # int16, fp8_e4m3 (uint8 bit patterns, lowbit.reference.paged's convention, or float8_e4m3fn) as uint8
-    want = cache_dtype(kv_dtype)
-    if str(cache.dtype).removeprefix("torch.") == want:
-        return cache
+    # the same bits in the kernel's cache dtype (`cache_dtype`): int4 uint32 words as int32, fp8_e4m3 bit
+    # patterns (uint8, lowbit.reference.paged's convention) as float8
+    want = dtype_of(cache_dtype(kv_dtype))
     size = cache.element_size() if hasattr(cache, "element_size") else cache.dtype.itemsize
-    if size != np.dtype(want).itemsize:
-        raise ValueError(f"a {kv_dtype} cache holds {want} (or the same bits in another dtype); got {cache.dtype}")
+    if size * 8 != want.bits:
+        raise ValueError(f"a {kv_dtype} cache holds {want.name} (or the same bits in another dtype); got {cache.dtype}")
     if hasattr(cache, "detach"):
         import torch
 
-        return cache.view(getattr(torch, want))
-    return cache.view(np.dtype(want))
+        return cache.view(getattr(torch, {"fp8_e4m3": "float8_e4m3fn"}.get(want.name, want.name)))
+    return cache.view(np.dtype(want.host_dtype))
 
 
 __all__ = ["append_kv", "cache_dtype", "cache_width", "kv_append"]

@@ -13,6 +13,7 @@ import lowbit.lang as T
 from lowbit.codegen.backend import BackendError, compile_program
 from lowbit.codegen.triton.lower import RULES
 from lowbit.codegen.tvm.lower import _RULES as TVM_RULES
+from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.instructions import INSTRUCTIONS
 from lowbit.ir.layout import packed_along
 
@@ -332,3 +333,19 @@ def test_a_load_sees_the_tensor_as_it_was_before_later_stores(backend):
     for r in (ref, out):
         assert_same(r["x"], x + 1)
         assert_same(r["y"], x * 2)
+
+
+@T.kernel
+def store_as(x: T.Tensor("float32", (32,)), y: T.Tensor("TO", (32,)), TO: T.constexpr):
+    T.grid(1)
+    T.store(y, (0,), T.cast(T.load(x, (0,), (32,)), TO))
+
+
+@BACKENDS
+@pytest.mark.parametrize("to", ["bfloat16", "fp8_e4m3", "fp8_e5m2", "fp8_e4m3_ieee"])
+def test_stores_of_16_and_8_bit_float_tensors_write_their_codes(backend, to):
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(22) * 60, SPECIALS]).astype(np.float32)
+    ref, out = run_both(store_as, {"TO": to}, {"x": x, "y": np.zeros(32, as_dtype(to).host_dtype)}, backend=backend)
+    codes = lambda a: np.asarray(a).view(f"uint{np.asarray(a).dtype.itemsize * 8}")  # noqa: E731
+    assert_same(codes(out["y"]), codes(ref["y"]))

@@ -73,7 +73,7 @@ def storage(a: np.ndarray | None, kv_dtype: str, field: str):
         return a
     if kv_dtype == "int4":
         return pack_int4(a).view(np.int32)
-    return a.view(np.dtype(cache_dtype(kv_dtype)))
+    return a.view(np.dtype(dtype(cache_dtype(kv_dtype)).host_dtype))
 
 
 def codes_of(a: np.ndarray, kv_dtype: str) -> np.ndarray:

@@ -280,11 +280,31 @@ def _round_float_expr(x: str, dt: DataType) -> str:
     return r
 
 
+def _encode_float_expr(x: str, dt: DataType) -> str:
+    """float32 holding a value of float format `dt` (after rounding to it) -> its code as int32: the exponent
+    re-biased and the top mantissa bits for normal values, an exact integer multiple of the smallest
+    subnormal below, the sign on top; inf/NaN to the format's codes (no NaN code: +0, as the reference)."""
+    m, b = dt.mantissa_bits, dt.bias
+    bits = f'T.reinterpret("int32", {x})'
+    mag = f"T.bitwise_and({bits}, 2147483647)"
+    normal = (
+        f"T.bitwise_or(T.shift_left(T.shift_right({mag}, 23) - {127 - b}, {m}), "
+        f"T.bitwise_and(T.shift_right({mag}, {23 - m}), {(1 << m) - 1}))"
+    )
+    subnormal = f'T.Cast("int32", T.reinterpret("float32", {mag}) * {f32(math.ldexp(1.0, b + m - 1))})'
+    code = f"T.Select({mag} < {(128 - b) << 23}, {subnormal}, {normal})"
+    if dt.has_inf:
+        code = f"T.Select({mag} == 2139095040, {dt.inf_code}, {code})"
+    code = f"T.bitwise_or({code}, T.shift_left(T.bitwise_and(T.shift_right({bits}, 31), 1), {dt.bits - 1}))"
+    return f"T.Select({mag} > 2139095040, {dt.nan_code or 0}, {code})"  # NaN: the canonical code, or +0
+
+
 def _expand_helpers(text: str) -> str:
-    """Replace `_decode_<dtype>(arg)` / `_round_<dtype>(arg)` calls with their expressions."""
+    """Replace `_decode_<dtype>(arg)` / `_round_<dtype>(arg)` / `_encode_<dtype>(arg)` calls with their
+    expressions."""
     from lowbit.dtypes import dtype as lookup
 
-    pattern = re.compile(r"_(decode|round)_([A-Za-z0-9_]+?)\(")
+    pattern = re.compile(r"_(decode|round|encode)_([A-Za-z0-9_]+?)\(")
     while True:
         m = pattern.search(text)
         if not m:
@@ -295,7 +315,8 @@ def _expand_helpers(text: str) -> str:
             i += 1
         arg = text[start : i - 1]
         dt = lookup(m.group(2))
-        body = _decode_float_expr(arg, dt) if m.group(1) == "decode" else _round_float_expr(arg, dt)
+        expand = {"decode": _decode_float_expr, "round": _round_float_expr, "encode": _encode_float_expr}
+        body = expand[m.group(1)](arg, dt)
         text = text[: m.start()] + "(" + body + ")" + text[i:]
 
 
@@ -582,9 +603,7 @@ class _Emitter:
             else:
                 value = decode_code(f"T.bitwise_and({raw}, {t.dtype.code_mask})", t.dtype)
         else:
-            offset = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
-            off = _substitute(scalar(offset), subst)
-            elem = f"{g}[{off}]"
+            elem = f"{g}[{_flat_address(t, [subst[str(s)] for s in syms])}]"
             value = self._from_storage(elem, t.dtype)
         if inside is None:
             return value
@@ -609,6 +628,8 @@ class _Emitter:
                 return f'T.Cast("{dt.name}", {value})'
             if dt.name == "float32":
                 return value
+            if dt.bits == 8:  # stored as its codes (storage_type)
+                return f'T.Cast("uint8", _encode_{dt.name}({value}))'
             raise BackendError(f"tvm backend: stores of {dt.name} tensors are not supported; store float16/32")
         return f'T.Cast("{storage_type(dt)}", {value})'
 
@@ -711,6 +732,13 @@ def _substitute(text: str, subst: dict[str, str]) -> str:
     return text
 
 
+def _flat_address(t: TensorParam, coords: list[str]) -> str:
+    """TIR text of the buffer offset of element `coords` (TIR expressions) of a non-packed tensor."""
+    syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
+    offset = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
+    return _substitute(scalar(offset), {str(x): c for x, c in zip(syms, coords)})
+
+
 def _row_major(syms: list[sympy.Symbol], shape: tuple[Any, ...]) -> Any:
     off: Any = sympy.Integer(0)
     for s, n in zip(syms, shape):
@@ -768,9 +796,7 @@ def _store(e: _Emitter, s: Store, depth: int) -> None:
 
     def body(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
         coords = [f"{scalar(o)} + {i}" for o, i in zip(s.offsets, idx)]
-        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
-        off = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
-        addr = _substitute(scalar(off), dict(zip((str(x) for x in syms), coords)))
+        addr = _flat_address(t, coords)
         value = e.to_storage(fn(idx, ctx), t.dtype)
         conds = [f"{c} < {scalar(n)}" for c, n in zip(coords, t.shape)]
         if mask is not None:
@@ -794,10 +820,7 @@ def _scalar_load(e: _Emitter, s: ScalarLoad, depth: int) -> None:
     conds = [f"{c} < {scalar(n)}" for c, n in zip(coords, t.shape)]
     conds += [f"{c} >= 0" for c, i in zip(coords, s.indices) if not sympy.sympify(i).is_nonnegative]
     clamped = [f"T.max(T.min({c}, {scalar(n)} - 1), 0)" for c, n in zip(coords, t.shape)]
-    syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
-    off = t.layout(*syms) if t.layout is not None else _row_major(syms, t.shape)
-    addr = _substitute(scalar(off), dict(zip((str(x) for x in syms), clamped)))
-    value = f'T.Cast("int32", {e.gbuf[t.name]}[{addr}])'
+    value = f'T.Cast("int32", {e.tensor_read(t, clamped, _Ctx(checked=False), None, 0)})'
     e.line(f"{s.var} = T.if_then_else({' and '.join(conds)}, {value}, 0)")
 
 

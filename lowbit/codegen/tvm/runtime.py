@@ -100,7 +100,7 @@ def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
     a = np.asarray(v)
     if packed or a.dtype == np.uint32:
         a = a.view(np.int32)
-    if a.dtype.kind == "V" and a.dtype.itemsize == 1:  # ml_dtypes fp8 arrays: their codes (storage_type)
+    if a.dtype.kind in "fV" and a.dtype.itemsize == 1:  # ml_dtypes fp8 arrays: their codes (storage_type)
         a = a.view(np.uint8)
     bf16 = a.dtype.name == "bfloat16"  # ml_dtypes: torch cannot wrap it, but shares the bits as int16
     if bf16 or (a.dtype.kind == "u" and a.dtype.itemsize == 2):
