@@ -1,4 +1,4 @@
-"""Small helpers the kernel launchers (rope.py, norm.py, kv_append.py) share: dtype checks and output buffers."""
+"""Small helpers the launchers (kernels/rope.py, kernels/norm.py, ops/) share: dtype checks and output buffers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import numpy as np
 ACTIVATIONS = ("float16", "bfloat16", "float32")
 
 
-def activation_dtype(x: Any, op: str) -> str:
-    """x's dtype name (NumPy or torch) if it is an activation dtype, else a ValueError naming `op`."""
-    name = str(x.dtype).removeprefix("torch.")
-    if name not in ACTIVATIONS:
-        raise ValueError(f"{name} tensor: {op} takes float16, bfloat16 or float32")
+def activation_dtype(x: Any, what: str) -> str:
+    """x's dtype name (NumPy or torch) if it is an activation dtype, else a ValueError naming argument `what`."""
+    name = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")
+    if not hasattr(x, "shape") or name not in ACTIVATIONS:
+        raise ValueError(
+            f"{what} has dtype {name}; activations must be one of {list(ACTIVATIONS)} (convert with .astype / .to)"
+        )
     return name
 
 

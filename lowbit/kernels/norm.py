@@ -133,4 +133,4 @@ __all__ = ["add_rms_norm", "norm_constants", "rms_norm", "rms_norm_kernel"]
 
 
 def _dtype(x: Any) -> str:
-    return activation_dtype(x, "RMSNorm")
+    return activation_dtype(x, "x")

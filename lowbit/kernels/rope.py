@@ -171,4 +171,4 @@ __all__ = ["apply_rope", "rope", "rope_cache"]
 
 
 def _dtype(x: Any) -> str:
-    return activation_dtype(x, "RoPE")
+    return activation_dtype(x, "q/k")

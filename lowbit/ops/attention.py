@@ -28,8 +28,9 @@ from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels import attention_decode as decode_kernels
 from lowbit.kernels.attention_prefill import prefill_attention as prefill_kernel
+from lowbit.kernels.launch import activation_dtype
 from lowbit.lang import Kernel
-from lowbit.ops.linear import ACTIVATION_DTYPES, _cuda, _is_torch, select_backend
+from lowbit.ops.linear import _cuda, _is_torch, select_backend
 
 KV_DTYPES = ("float16", "bfloat16", "float32", "fp8_e4m3", "int8", "int4")
 _KERNEL_KV = {"int8": "uint8", "int4": "uint4"}  # cache dtype -> the kernel's code dtype
@@ -57,7 +58,7 @@ def paged_decode_attention(
     """Decode attention: q [B, HQ, D] (one new token per sequence, its K/V already in the cache) attends to the
     context_lens[b] cached tokens of sequence b. Returns out [B, HQ, D] in q's dtype (softmax in fp32)."""
     backend = select_backend(backend)
-    qdtype = _float_dtype("q", q)
+    qdtype = activation_dtype(q, "q")
     if len(q.shape) != 3:
         raise ValueError(f"q has shape {list(q.shape)}; decode takes q [B, HQ, D] (one token per sequence)")
     B, HQ, D = (int(s) for s in q.shape)
@@ -158,7 +159,7 @@ def prefill_attention(
     cu_seqlens[b] .. cu_seqlens[b + 1] − 1 (cu_seqlens [B + 1] int32). Causal by default (query i sees keys
     <= i of its own sequence). Returns out [T, HQ, D] in q's dtype (softmax and accumulation in fp32)."""
     backend = select_backend(backend)
-    dt = _float_dtype("q", q)
+    dt = activation_dtype(q, "q")
     for name, a in (("k", k), ("v", v)):
         if _dtype_name(a) != dt:
             raise ValueError(f"{name} has dtype {_dtype_name(a)} but q has {dt}; pass q, k, v in one dtype")
@@ -265,13 +266,6 @@ def _compiled(kernel: Kernel, backend: str, consts: dict[str, Any]) -> Any:
 def _dtype_name(x: Any) -> str:
     name = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")
     return {"float8_e4m3fn": "fp8_e4m3"}.get(name, name)
-
-
-def _float_dtype(what: str, x: Any) -> str:
-    name = _dtype_name(x)
-    if name not in ACTIVATION_DTYPES:
-        raise ValueError(f"{what} has dtype {name}; use one of {list(ACTIVATION_DTYPES)}")
-    return name
 
 
 def _host_ints(x: Any) -> np.ndarray:

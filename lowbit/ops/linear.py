@@ -25,6 +25,7 @@ from lowbit.codegen.backend import Config, available_backends, compile_program, 
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.launch import activation_dtype
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
@@ -34,7 +35,6 @@ from lowbit.ops.weight import QuantizedWeight
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
-ACTIVATION_DTYPES = ("float16", "bfloat16", "float32")
 _TUNED: dict[tuple[Any, ...], Config] = {}
 
 
@@ -80,7 +80,7 @@ def quantized_linear(
     if not isinstance(qweight, QuantizedWeight):
         raise ValueError(f"qweight is a {type(qweight).__name__}; build it with lowbit.ops.quantize(w, ...)")
     is_torch = _is_torch(x)
-    adtype = _activation_dtype(x, is_torch)
+    adtype = activation_dtype(x, "x")
     n, k = qweight.shape
     shape = tuple(x.shape)
     if len(shape) < 1 or shape[-1] != k:
@@ -94,7 +94,7 @@ def quantized_linear(
     if out is not None:
         if tuple(out.shape) != (*shape[:-1], n):
             raise ValueError(f"out has shape {list(out.shape)}; it must be {[*shape[:-1], n]} (x's rows by N)")
-        if _activation_dtype(out, _is_torch(out)) != adtype:
+        if activation_dtype(out, "out") != adtype:
             raise ValueError(f"out must have x's dtype {adtype}; allocate it with that dtype or pass out=None")
         _check_contiguous("out", out, _is_torch(out))
     m = math.prod(shape[:-1])
@@ -221,16 +221,6 @@ def _cuda() -> bool:
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
-
-
-def _activation_dtype(x: Any, is_torch: bool) -> str:
-    name = str(x.dtype).removeprefix("torch.")
-    if not hasattr(x, "shape") or name not in ACTIVATION_DTYPES:
-        raise ValueError(
-            f"x has dtype {name if hasattr(x, 'dtype') else type(x).__name__}; activations must be one of "
-            f"{list(ACTIVATION_DTYPES)} (convert with .astype / .to)"
-        )
-    return name
 
 
 def _check_contiguous(what: str, x: Any, is_torch: bool) -> None:
