@@ -7,20 +7,23 @@ cancellation of about |z|·2⁻²⁴ per score: bounded here by 2e-5. Outputs ro
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lowbit.kernels.kv_append import append_kv
 from lowbit.ops.attention import paged_decode_attention, prefill_attention
-from lowbit.quant.kv import quantize_kv_cache
 from lowbit.quant.smooth_attention import smooth_attention_scales
 from lowbit.reference.attention import decode_attention
 from lowbit.reference.attention import prefill_attention as prefill_reference
-from lowbit.reference.paged import PagedKVCache, build_paged_cache, pack_int4
+from lowbit.reference.paged import PagedKVCache, append_kv_reference, build_paged_cache, pack_int4, token_slots
 
 KV = ["float16", "bfloat16", "fp8_e4m3", "int8", "int4"]
 FP32_BOUND = 2e-5
+SIDE = ("k_scales", "k_zeros", "v_scales", "v_zeros")
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -202,13 +205,33 @@ def test_bad_inputs_name_the_field_and_the_fix():
         prefill_attention(x, x, x, np.array([0, 3], np.int32), backend="reference")
 
 
-def test_quantize_on_the_way_in_matches_the_cache_format():
-    """A cache built from quantize_kv_cache codes is what the kernels read (the append kernel's contract)."""
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((5, 2, 64)).astype(np.float32)
-    qk = quantize_kv_cache(x, "int4")
-    assert qk.codes.max() <= 15 and qk.scales.dtype == np.float16 and qk.zeros.dtype == np.float16
-    assert np.abs(qk.dequantize() - x).max() <= float(qk.scales.astype(np.float32).max())
+@pytest.mark.parametrize("kv", ["int4", "int8", "fp8_e4m3", "float16"])
+def test_appended_tokens_are_what_decode_reads(kv):
+    """The serving step on tvm: append each sequence's new K/V with the kernel (quantize on the way in), then
+    decode over the grown contexts; equals the float64 reference over the reference append."""
+    rng = np.random.default_rng(9)
+    lens = [37, 16, 5]
+    ks, vs, cache = random_cache(rng, lens, 2, 64, 16, kv)
+    cache = build_paged_cache(ks, vs, 16, kv, rng=rng, reserve_tokens=1, k_layer_scale=1.5, v_layer_scale=0.75)
+    k_new, v_new = (rng.standard_normal((3, 2, 64)).astype(np.float32) for _ in range(2))
+    slots = np.array([token_slots(cache, b, [n])[0] for b, n in enumerate(lens)], np.int32)
+    grown = dataclasses.replace(cache, context_lens=cache.context_lens + 1)
+    expected = dataclasses.replace(append_kv_reference(cache, k_new, v_new, slots), context_lens=grown.context_lens)
+    pack = pack_int4 if kv == "int4" else np.copy
+    kc, vc = pack(cache.k_cache), pack(cache.v_cache)
+    side = {n: None if getattr(cache, n) is None else getattr(cache, n).copy() for n in SIDE}
+    append_kv(k_new, v_new, slots, kc, vc, kv, k_layer_scale=1.5, v_layer_scale=0.75, backend="tvm", **side)
+    for name in ("k_cache", "v_cache", *SIDE):  # the kernel wrote what the reference quantizer writes
+        got = {"k_cache": kc, "v_cache": vc, **side}[name]
+        want = getattr(expected, name)
+        if want is not None:
+            assert np.array_equal(got, pack(want)) if name.endswith("cache") else np.array_equal(got, want), name
+    q = rng.standard_normal((3, 4, 64)).astype(np.float32)
+    out = paged_decode_attention(
+        q, kc, vc, grown.block_table, grown.context_lens, kv_dtype=kv, **side,
+        k_layer_scale=1.5, v_layer_scale=0.75, backend="tvm",
+    )  # fmt: skip
+    assert rel(out, decode_attention(q, expected)) < FP32_BOUND
 
 
 @pytest.mark.gpu
