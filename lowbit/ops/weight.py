@@ -212,6 +212,146 @@ def quantize(
     )
 
 
+def pack_quantized(
+    values: Any,
+    scales: Any,
+    zeros: Any = None,
+    *,
+    dtype: str | DataType,
+    group_size: int,
+    zero_mode: str | None = None,
+    scheme: str = "w_a16",
+    channel_scales: Any = None,
+    scale_dtype: str = "float16",
+    layout: str | PackedLayout = "row",
+    tile: tuple[int, int] = (128, 32),
+) -> QuantizedWeight:
+    """Build a `QuantizedWeight` from codes and parameters an algorithm already decided (GPTQ, AWQ, imports).
+
+    Everything is given in the orientation of the weight W[N, K] it stands for (not the stored [K, N]):
+      values         [N, K] code *values* on `dtype`'s grid: integers in [min, max] for intN/uintN (e.g.
+                     −8..7 for int4), exactly representable values for fpN_eXmY
+      scales, zeros  [N, groups] (groups = K // group_size, 1 for group_size -1); zeros None iff zero_mode
+                     is "none". w_a16: stored in `scale_dtype`; w4a8_group: int8 s2 and z; w4a8_channel:
+                     fp16 scale and int32 zero (one group)
+      channel_scales [N] fp16 level-1 scale s1 (w4a8_group only)
+    zero_mode: "none" | "post" | "pre"; default "post" when zeros are given, else "none".
+    Ŵ = dequantize() follows the module docstring: (q − z)·s ("post"), q·s − z ("pre"), q·s ("none"), times
+    s1 for w4a8_group. Parameters must be exactly representable in their stored dtype (round them first, e.g.
+    with `lowbit.quant.storage_scale`), so that dequantize() reproduces what the caller computed; nothing is
+    rounded here. Raises ValueError naming the argument, the offending value and a fix.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is not known; use one of {list(SCHEMES)}")
+    dt = _code_dtype(dtype, scheme)
+    v = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"values has shape {v.shape}; pass code values of shape [N, K] (the weight's orientation)")
+    n, k = v.shape
+    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool):
+        raise ValueError(f"group_size {group_size!r} is not an int; use 32, 64, 128 or -1 (per channel)")
+    try:
+        g = resolve_group_size(int(group_size), k, axis_name="in_features K")
+    except ValueError as e:
+        raise ValueError(f"group_size: {e}") from None
+    if scheme == "w4a8_channel" and g != k:
+        raise ValueError(f"group_size {group_size} with scheme 'w4a8_channel': it is per channel; use -1")
+    groups = k // g
+    if zero_mode is None:
+        zero_mode = "none" if zeros is None else "post"
+    mode = _zero_mode(dt, scheme, None, zero_mode)
+    lay = weight_layout(layout, (k, n), dt.bits, tile)
+    codes = _values_to_codes(dt, v)  # [K, N]
+
+    if scheme == "w4a8_group":
+        sdt, zdt = np.dtype(np.int8), np.dtype(np.int8)
+    elif scheme == "w4a8_channel":
+        sdt, zdt = np.dtype(np.float16), np.dtype(np.int32)
+    elif scale_dtype in SCALE_DTYPES:
+        sdt = zdt = np.dtype(scale_dtype)
+    else:
+        raise ValueError(f"scale_dtype {scale_dtype!r} is not supported; use one of {list(SCALE_DTYPES)}")
+    s = _exact_param(scales, "scales", (n, groups), sdt)
+    if not np.all(s.astype(np.float64) > 0):
+        raise ValueError(f"scales has non-positive entries (min {s.min()}); scales must be > 0 (see storage_scale)")
+    z: np.ndarray | None = None
+    if mode == "none":
+        if zeros is not None:
+            raise ValueError(f"zeros given for zero_mode 'none' (dtype {dt.name}); drop zeros or use zero_mode='post'")
+    else:
+        if zeros is None:
+            raise ValueError(f"zero_mode {mode!r} needs zeros [N, groups] = [{n}, {groups}]; pass zeros")
+        z = _exact_param(zeros, "zeros", (n, groups), zdt)
+        if mode == "post" and not np.array_equal(z, np.rint(z.astype(np.float64))):
+            raise ValueError("zeros are not integers, but zero_mode 'post' keeps them in code space; use 'pre'")
+    cs = None
+    if scheme == "w4a8_group":
+        if channel_scales is None:
+            raise ValueError(f"scheme 'w4a8_group' needs channel_scales [N] = [{n}] (QoQ level-1 s1, fp16)")
+        cs = _exact_param(np.asarray(channel_scales).reshape(-1, 1), "channel_scales", (n, 1), np.dtype(np.float16))
+        cs = cs.reshape(n)
+        assert z is not None  # w4a8 is asymmetric
+        w8 = (v - np.repeat(z.astype(np.float64), g, axis=1)) * np.repeat(s.astype(np.float64), g, axis=1)
+        if w8.min() < -128 or w8.max() > 127:
+            raise ValueError(
+                f"w4a8_group: (q − z)·s2 spans [{w8.min():.0f}, {w8.max():.0f}], outside int8 [−128, 127]; "
+                f"the W4A8 kernel rebuilds int8 weights, so choose s2/z that keep every code in range"
+            )
+    elif channel_scales is not None:
+        raise ValueError(f"channel_scales is only used by scheme 'w4a8_group', not {scheme!r}; drop it")
+    return QuantizedWeight(
+        dt,
+        -1 if g == k else g,
+        mode,
+        (n, k),
+        lay,
+        lay.pack(codes),
+        np.ascontiguousarray(s.T),
+        None if z is None else np.ascontiguousarray(z.T),
+        scheme,
+        cs,
+    )
+
+
+def _values_to_codes(dt: DataType, v: np.ndarray) -> np.ndarray:
+    # v: [N, K] code values -> [K, N] bit patterns, refusing anything not exactly on the grid
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values has NaN or inf entries; pass code values on the dtype's grid")
+    if dt.is_integer:
+        lo, hi = float(dt.min), float(dt.max)
+        bad = (v != np.rint(v)) | (v < lo) | (v > hi)
+        if bad.any():
+            raise ValueError(
+                f"values[{', '.join(map(str, np.argwhere(bad)[0]))}] = {v[bad][0]} is not an integer code of "
+                f"{dt.name} (range [{dt.min}, {dt.max}]); round and clip to the grid first"
+            )
+    codes = encode(dt, np.ascontiguousarray(v.T))
+    if dt.is_float:
+        back = decode(dt, codes).astype(np.float64)
+        if not np.array_equal(back, v.T):
+            i = np.argwhere(back != v.T)[0]
+            raise ValueError(f"values[{i[1]}, {i[0]}] = {v.T[tuple(i)]} is not a {dt.name} value; encode/round first")
+    return codes
+
+
+def _exact_param(a: Any, name: str, shape: tuple[int, int], dt: np.dtype) -> np.ndarray:
+    a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}; expected [N, groups] = {list(shape)} (weight orientation)")
+    a64 = a.astype(np.float64)
+    if not np.all(np.isfinite(a64)):
+        raise ValueError(f"{name} has NaN or inf entries")
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = a64.astype(dt)
+    if not np.array_equal(stored.astype(np.float64), a64):
+        i = tuple(np.argwhere(stored.astype(np.float64) != a64)[0])
+        raise ValueError(
+            f"{name}{list(i)} = {a64[i]!r} is not exactly representable as {dt}; round it to {dt} first "
+            f"(dequantize() must reproduce the caller's values)"
+        )
+    return stored
+
+
 def _zero_mode(dt: DataType, scheme: str, symmetric: bool | None, zero_mode: str | None) -> str:
     if zero_mode is not None and zero_mode not in ZERO_MODES:
         raise ValueError(f"zero_mode {zero_mode!r} is not known; use one of {list(ZERO_MODES)}")
@@ -248,4 +388,4 @@ def _quantize_float(w: np.ndarray, dt: DataType, g: int, sdt: np.dtype) -> tuple
     return codes.T, scales.T
 
 
-__all__ = ["SCHEMES", "ZERO_MODES", "QuantizedWeight", "quantize"]
+__all__ = ["SCHEMES", "ZERO_MODES", "QuantizedWeight", "pack_quantized", "quantize"]
