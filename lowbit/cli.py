@@ -1,5 +1,5 @@
-"""The `lowbit` command line: `lowbit demo`, `lowbit bench gemm | attention`; later issues add compile | generate |
-serve | tune."""
+"""The `lowbit` command line: `lowbit compile MODEL_YAML`, `lowbit generate ARTIFACT`, `lowbit inspect ARTIFACT`,
+`lowbit verify ARTIFACT`, `lowbit bench gemm | attention`, `lowbit demo` (the kernel DSL tour)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,82 @@ def bench_attention(args: argparse.Namespace) -> int:
     return attention_main(args)
 
 
+def compile_cmd(args: argparse.Namespace) -> int:
+    """Compile a model.yaml into a serving artifact (validate, load, graph, calibrate, quantize, kernels,
+    evaluate, write); prints the report's summary."""
+    from lowbit.compiler import compile_model
+    from lowbit.config import load_config
+
+    cfg = load_config(args.model_yaml, args.set or ())
+    out = args.output or f"artifacts/{cfg.model.name}"
+    result = compile_model(cfg, out, overwrite=args.overwrite, quiet=args.quiet, eval_tokens=args.eval_tokens)
+    r = result.report
+    acc = r.get("accuracy") or {}
+    print(f"compiled {cfg.model.name} -> {result.path}")
+    print(
+        f"  params {r['params']:,}  bits/weight {r['bits_per_weight']:.3f}  weights {r['weight_bytes'] / 2**20:.2f} MiB"
+    )
+    if acc:
+        print(
+            f"  vs unquantized float64: KL {acc['kl_divergence']:.3g} nats/token, top-1 {acc['top1_agreement']:.1%}"
+            f" over {acc['tokens']} held-out tokens"
+        )
+    print("  " + "  ".join(f"{p['name']} {p['seconds']:.1f}s" for p in r["phases"]))
+    return 0
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    """Run a compiled artifact end to end on prompts: greedy by default, sampled with --temperature."""
+    import time
+
+    from lowbit.compiler import load_compiled
+    from lowbit.runtime.sampler import SamplingParams
+
+    model = load_compiled(args.artifact, verify="none" if args.no_verify else "full")
+    if model.tokenizer is None:
+        print(f"{args.artifact} has no tokenizer.json; give token ids with --prompt-ids", file=sys.stderr)
+        if not args.prompt_ids:
+            return 2
+    prompts = [[int(t) for t in p.split(",")] for p in args.prompt_ids or []]
+    prompts += [model.tokenizer.encode(p).ids for p in args.prompt or []]
+    if not prompts:
+        prompts = [model.tokenizer.encode("Hello, lowbit!").ids] if model.tokenizer else [[1]]
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos)  # fmt: skip
+    runner = model.runner(backend=args.backend, max_num_seqs=len(prompts))
+    t0 = time.perf_counter()
+    outs = runner.generate(prompts, params, model.eos_token_ids)
+    dt = time.perf_counter() - t0
+    n = sum(len(o.token_ids) for o in outs)
+    for o in outs:
+        text = model.tokenizer.decode(o.token_ids) if model.tokenizer else ""
+        prompt = model.tokenizer.decode(o.prompt_ids) if model.tokenizer else ""
+        print(f"--- prompt: {prompt!r}\n{text!r}\n    tokens {o.token_ids} ({o.finish_reason})")
+    print(f"{n} tokens in {dt:.2f} s ({n / dt:.1f} tok/s, {len(outs)} sequence(s), backend {runner.executor.backend})")
+    return 0
+
+
+def inspect_cmd(args: argparse.Namespace) -> int:
+    """Print an artifact's manifest, recipe, compile report and kernels."""
+    from lowbit.artifact import describe, open_artifact
+
+    print(describe(open_artifact(args.artifact, verify="none")))
+    return 0
+
+
+def verify_cmd(args: argparse.Namespace) -> int:
+    """Check an artifact's hashes, sizes and compatibility; exit 1 with the reasons when it is not intact."""
+    from lowbit.artifact import verify_artifact
+
+    rep = verify_artifact(args.artifact)
+    for w in rep.warnings:
+        print(f"warning: {w}")
+    for e in rep.errors:
+        print(f"error: {e}")
+    print(f"{args.artifact}: {'OK' if rep.ok else 'REFUSED'}")
+    return 0 if rep.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +144,34 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["int4", "uint4", "int3", "int2", "uint8", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3"]
     )
     d.set_defaults(func=demo)
+    c = sub.add_parser("compile", help="compile a model.yaml into a serving artifact")
+    c.add_argument("model_yaml")
+    c.add_argument("-o", "--output", help="artifact directory (default artifacts/<model.name>)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model.yaml field, e.g. "
+                   "--set quantization.weights.group_size=64 (beats the file; repeatable)")  # fmt: skip
+    c.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for KL/top-1 (0 skips)")
+    c.set_defaults(func=compile_cmd)
+    gen = sub.add_parser("generate", help="run a compiled artifact on prompts")
+    gen.add_argument("artifact")
+    gen.add_argument("--prompt", action="append", help="a text prompt (repeatable: one sequence each)")
+    gen.add_argument("--prompt-ids", action="append", help="a prompt as comma-separated token ids")
+    gen.add_argument("--max-tokens", type=int, default=32)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--ignore-eos", action="store_true")
+    gen.add_argument("--backend", default=None, help="override target.backend (tvm | triton | reference)")
+    gen.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact")
+    gen.set_defaults(func=generate_cmd)
+    ins = sub.add_parser("inspect", help="print an artifact's manifest and compile report")
+    ins.add_argument("artifact")
+    ins.set_defaults(func=inspect_cmd)
+    ver = sub.add_parser("verify", help="check an artifact's hashes and compatibility")
+    ver.add_argument("artifact")
+    ver.set_defaults(func=verify_cmd)
     bench = sub.add_parser("bench", help="benchmarks: `lowbit bench gemm`, `lowbit bench attention`")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     g = bench_sub.add_parser(

@@ -1,0 +1,257 @@
+"""`compile_model`: model.yaml -> serving artifact. Phases (timed, with progress):
+
+validate   load + validate model.yaml, read the architecture (config.json only), model-dependent recipe
+           checks: everything that can fail does so here, before any weight is read
+load       the weights (HF safetensors, lazily) or the synthetic random model (seeded)
+graph      build the op graph and run GRAPH_PIPELINE (recipe matching, fusions, packing, kernels, memory)
+calibrate  activations of every linear's input on the calibration tokens (awq / gptq / qoq only)
+quantize   transforms (AWQ scales, QoQ rotation/smoothing, SmoothAttention) then one weight per linear node
+kernels    build (and with tuning: tune) every kernel the runtime calls, by running a prefill and a decode
+           step; TVM kernels are exported into the artifact
+evaluate   KL divergence and top-1 agreement of the compiled model (real kernels) vs the float64 reference
+           of the unquantized model, on held-out tokens
+write      the artifact directory (manifest with sha256 of every file last)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, bits_per_weight, flatten_params
+from lowbit.compiler.phases import Phases
+from lowbit.compiler.quantize import linear_nodes, quantize_params
+from lowbit.runtime.kv_cache import bytes_per_token
+from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
+
+
+@dataclass
+class CompileResult:
+    path: Path
+    report: dict[str, Any]
+
+
+def resolve_source(cfg: Any) -> tuple[Any, Any]:
+    """(ArchConfig, hf_dir path or None) without reading any weight."""
+    from lowbit.config import arch_config
+    from lowbit.models.arch import ArchConfig
+
+    if cfg.model.source == "synthetic":
+        return arch_config(cfg), None
+    path = Path(cfg.model.path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"model.path {path}: no config.json there; point model.path at an HF model directory")
+    return ArchConfig.from_hf_config(json.loads(cfg_file.read_text())), path
+
+
+def calibration_ids(cfg: Any, tokenizer: Any, vocab: int, held_out: bool = False) -> np.ndarray:
+    """[num_samples, seq_len] token ids: synthetic (seeded uniform ids) or tokenized text from the file.
+    held_out picks different samples (the evaluation set)."""
+    cal = cfg.quantization.calibration
+    n, t = int(cal.num_samples), int(cal.seq_len)
+    seed = int(cal.seed) + (7919 if held_out else 0)
+    if cal.source == "synthetic" or tokenizer is None:
+        return np.random.default_rng(seed).integers(0, vocab, size=(n, t))
+    texts = _read_texts(Path(cal.path))
+    ids: list[int] = []
+    for s in texts:
+        ids.extend(tokenizer.encode(s).ids)
+    need = 2 * n * t
+    if len(ids) < need // 2:
+        raise ValueError(
+            f"quantization.calibration.path {cal.path}: {len(ids)} tokens, need at least {need // 2} "
+            f"(num_samples {n} x seq_len {t}); give more text or lower num_samples/seq_len"
+        )
+    ids = (ids * (need // max(len(ids), 1) + 1))[:need]
+    arr = np.asarray(ids, dtype=np.int64).reshape(2 * n, t)
+    return arr[n:] if held_out else arr[:n]
+
+
+def _read_texts(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    return [path.read_text()]
+
+
+def memory_estimate(
+    arch: Any, params: dict[str, Any], kv_dtype: str, max_model_len: int, max_num_seqs: int, graph: Any
+) -> dict[str, int]:
+    _, _, linear_bytes = bits_per_weight(params)
+    other = sum(p.numel() * p.element_size() for p in params.values() if isinstance(p, torch.Tensor) and p.ndim != 2)
+    per_tok = bytes_per_token(kv_dtype, arch.num_layers, arch.num_kv_heads, arch.head_dim)
+    plan = graph.meta.get("memory_plan")
+    act_per_tok = int(getattr(plan, "peak_bytes_per_token", 0) or 0)
+    tokens = max_model_len * max_num_seqs
+    act = act_per_tok * min(tokens, 4096)
+    return {
+        "weights_bytes": int(linear_bytes + other),
+        "kv_cache_bytes_per_token": int(per_tok),
+        "kv_cache_bytes": int(per_tok * tokens),
+        "activation_bytes": int(act),
+        "total_bytes": int(linear_bytes + other + per_tok * tokens + act),
+    }
+
+
+def kl_top1(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """Mean KL(P_ref || P) per token (nats) and top-1 agreement over [T, V] logits."""
+    r = torch.from_numpy(ref_logits).double().log_softmax(-1)
+    q = torch.from_numpy(logits).double().log_softmax(-1)
+    kl = (r.exp() * (r - q)).sum(-1).mean().item()
+    top1 = (r.argmax(-1) == q.argmax(-1)).double().mean().item()
+    return float(kl), float(top1)
+
+
+def fingerprint_device(device: str) -> str:
+    return f"{device}:{platform.machine()}"
+
+
+def compile_model(
+    cfg: Any,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    eval_tokens: int | None = None,
+) -> CompileResult:
+    """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring)."""
+    from lowbit.artifact import ArtifactWriter
+    from lowbit.compiler.transforms import apply_transforms, calibrate
+    from lowbit.config import check_against_model, resolve_linear
+    from lowbit.graph import PassContext, build_graph, optimize
+
+    phases = Phases(quiet=quiet)
+    out = Path(out)
+    with phases.phase("validate"):
+        arch, hf_path = resolve_source(cfg)
+        check_against_model(cfg, arch)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite (or a new output path) to replace it")
+
+    with phases.phase("load"):
+        tokenizer, tokenizer_json, gen_config = None, None, {}
+        if hf_path is None:
+            from lowbit.models.synthetic import synthetic_tokenizer, synthetic_weights
+
+            weights = synthetic_weights(arch, int(cfg.model.seed))
+            tokenizer = synthetic_tokenizer(arch.vocab_size)
+            tokenizer_json = tokenizer.to_str()
+        else:
+            from lowbit.models.hf import load_hf_dir
+
+            loaded = load_hf_dir(hf_path)
+            arch, weights, gen_config = loaded.arch, loaded.weights, dict(loaded.generation_config or {})
+            if loaded.tokenizer_path is not None:
+                from tokenizers import Tokenizer
+
+                tokenizer_json = Path(loaded.tokenizer_path).read_text()
+                tokenizer = Tokenizer.from_str(tokenizer_json)
+
+    dtype = TORCH_DTYPES[cfg.model.dtype]
+    kv_dtype = cfg.quantization.kv_cache.dtype
+    with phases.phase("graph"):
+        ctx = PassContext(
+            arch=arch,
+            resolve=lambda name: resolve_linear(cfg, name),
+            backend=cfg.target.backend,
+            device=cfg.target.device,
+            dtype=cfg.model.dtype,
+            kv_dtype=kv_dtype,
+        )
+        graph = optimize(build_graph(arch), ctx)
+
+    nodes = linear_nodes(graph)
+    algorithm = cfg.quantization.algorithm
+    needs_data = (
+        algorithm in ("awq", "gptq", "qoq") or cfg.quantization.kv_cache.smooth_attention or kv_dtype == "fp8_e4m3"
+    )
+    calib = None
+    with phases.phase("calibrate"):
+        if needs_data:
+            ids = calibration_ids(cfg, tokenizer, arch.vocab_size)
+            calib = calibrate(arch, weights, ids)
+
+    with phases.phase("quantize", total=len(nodes)) as bar:
+        fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib)
+        params = quantize_params(
+            graph, fweights, tied=arch.tie_word_embeddings, dtype=dtype, quantizer=quantizer,
+            progress=lambda name: bar.update(1),
+        )  # fmt: skip
+
+    runner = ModelRunner(
+        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=_runtime_backend(cfg),
+        max_model_len=cfg.target.max_model_len, max_num_seqs=2, kv_layer_scales=kv_scales,
+    )  # fmt: skip
+    with phases.phase("kernels", total=2) as bar:
+        runner.generate([[1, 2, 3]], _warmup_params(), ())  # prefill + decode: builds every kernel
+        bar.update(2)
+
+    report_acc: dict[str, Any] = {}
+    n_eval = eval_tokens if eval_tokens is not None else min(64, cfg.target.max_model_len - 1)
+    with phases.phase("evaluate"):
+        if n_eval > 0:
+            from lowbit.models.reference import reference_logits
+
+            ids = calibration_ids(cfg, tokenizer, arch.vocab_size, held_out=True).reshape(-1)[:n_eval]
+            ref = reference_logits(arch, weights, ids[None, :])[0]
+            got = runner.logits(ids.tolist()).numpy()
+            kl, top1 = kl_top1(ref, got)
+            report_acc = {"kl_divergence": kl, "top1_agreement": top1, "tokens": int(n_eval)}
+
+    bpw, elems, wbytes = bits_per_weight(params)
+    report = {
+        "model": cfg.model.name,
+        "params": int(arch.num_params),
+        "linear_weights": int(elems),
+        "bits_per_weight": round(bpw, 4),
+        "weight_bytes": int(wbytes),
+        "memory_estimate": memory_estimate(
+            arch, params, kv_dtype, cfg.target.max_model_len, cfg.target.max_num_seqs, graph
+        ),
+        "accuracy": report_acc,
+        "modules": [
+            {
+                "name": dict(n.attrs)["weight"],
+                "spec": None if dict(n.attrs).get("spec") is None else dict(n.attrs)["spec"].describe(),
+                "bits_per_weight": round(bits_per_weight({"w": params[dict(n.attrs)["weight"]]})[0], 4),
+            }
+            for n in nodes
+        ],
+    }
+    with phases.phase("write"):
+        tensors, index = flatten_params(params)
+        with ArtifactWriter(out, overwrite=overwrite) as w:
+            w.add_text("model.yaml", cfg.to_yaml())
+            w.add_json("config.json", arch.to_hf_config())
+            w.add_tensors(WEIGHTS_FILE, tensors)
+            w.add_json(INDEX_FILE, index)
+            w.add_text("graph.txt", graph.to_text())
+            if kv_scales is not None:
+                w.add_json("kv_scales.json", [list(s) for s in kv_scales])
+            if tokenizer_json is not None:
+                w.add_text("tokenizer.json", tokenizer_json)
+            w.add_json("generation_config.json", gen_config)
+            report["phases"] = [*phases.report(), {"name": "write", "seconds": 0.0}]
+            w.add_json("report.json", report)
+            w.finalize({"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm})
+    report["phases"] = phases.report()
+    return CompileResult(out, report)
+
+
+def _runtime_backend(cfg: Any) -> str:
+    return str(cfg.target.backend)
+
+
+def _warmup_params() -> Any:
+    from lowbit.runtime.sampler import SamplingParams
+
+    return SamplingParams(max_tokens=2, ignore_eos=True)
+
+
+__all__ = ["CompileResult", "calibration_ids", "compile_model", "kl_top1", "memory_estimate", "resolve_source"]

@@ -1,0 +1,89 @@
+"""Load a compiled artifact into a `ModelRunner`: verify, read the resolved model.yaml, rebuild the graph with the
+same pipeline (it must print exactly like the stored graph.txt, else the artifact came from another lowbit),
+read the parameters and the tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, unflatten_params
+from lowbit.models.arch import ArchConfig
+from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
+
+
+class ArtifactMismatch(ValueError):
+    pass
+
+
+@dataclass
+class CompiledModel:
+    path: Path
+    cfg: Any
+    arch: ArchConfig
+    graph: Any
+    params: dict[str, Any]
+    tokenizer: Any
+    generation_config: dict[str, Any]
+    kv_scales: list[tuple[float, float]] | None
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.model.name)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        eos = self.generation_config.get("eos_token_id")
+        if eos is not None:
+            return tuple(eos) if isinstance(eos, list) else (int(eos),)
+        return self.arch.eos_token_id
+
+    def runner(self, *, backend: str | None = None, max_num_seqs: int | None = None, **kw: Any) -> ModelRunner:
+        c = self.cfg
+        return ModelRunner(
+            self.arch, self.graph, self.params,
+            kv_dtype=c.quantization.kv_cache.dtype, dtype=c.model.dtype, backend=backend or c.target.backend,
+            max_model_len=c.target.max_model_len, max_num_seqs=max_num_seqs or c.target.max_num_seqs,
+            kv_layer_scales=self.kv_scales, **kw,
+        )  # fmt: skip
+
+
+def load_compiled(path: str | Path, *, verify: str = "full") -> CompiledModel:
+    from lowbit.artifact import open_artifact
+    from lowbit.config import parse_config, resolve_linear
+    from lowbit.graph import PassContext, build_graph, optimize
+
+    art = open_artifact(path, verify=verify)
+    cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml")
+    arch = ArchConfig.from_hf_config(art.read_json("config.json"))
+    ctx = PassContext(
+        arch=arch,
+        resolve=lambda name: resolve_linear(cfg, name),
+        backend=cfg.target.backend,
+        device=cfg.target.device,
+        dtype=cfg.model.dtype,
+        kv_dtype=cfg.quantization.kv_cache.dtype,
+    )
+    graph = optimize(build_graph(arch), ctx)
+    if graph.to_text() != art.read_text("graph.txt"):
+        raise ArtifactMismatch(
+            f"{path}: this lowbit builds a different graph from the artifact's model.yaml than the one it was "
+            f"compiled with (graph.txt differs); re-run lowbit compile with this version"
+        )
+    params = unflatten_params(art.tensors(WEIGHTS_FILE), art.read_json(INDEX_FILE), TORCH_DTYPES[cfg.model.dtype])
+    tokenizer = None
+    if art.has("tokenizer.json"):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(art.read_text("tokenizer.json"))
+    gen = art.read_json("generation_config.json") if art.has("generation_config.json") else {}
+    kv = art.read_json("kv_scales.json") if art.has("kv_scales.json") else None
+    return CompiledModel(
+        Path(path), cfg, arch, graph, params, tokenizer, gen, None if kv is None else [tuple(s) for s in kv]
+    )
+
+
+__all__ = ["ArtifactMismatch", "CompiledModel", "load_compiled"]

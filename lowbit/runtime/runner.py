@@ -1,0 +1,119 @@
+"""`ModelRunner`: a compiled model (graph + parameters + KV cache) that runs steps and simple generation.
+
+`generate` is the straightforward loop used by `lowbit generate` (all prompts prefilled in one step, then one
+decode step per new token for the unfinished sequences); the serving engine schedules steps itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lowbit.models.arch import ArchConfig
+from lowbit.runtime.batch import Batch, SeqChunk
+from lowbit.runtime.executor import Executor
+from lowbit.runtime.kv_cache import PagedKVCache
+from lowbit.runtime.sampler import SamplingParams, make_generator, sample
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (eos / stop token) | "length"
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        arch: ArchConfig,
+        graph: Any,
+        params: Mapping[str, Any],
+        *,
+        kv_dtype: str = "float16",
+        dtype: str = "float32",
+        backend: str = "auto",
+        max_model_len: int = 512,
+        num_pages: int | None = None,
+        page_size: int = 16,
+        max_num_seqs: int = 8,
+        kv_layer_scales: Sequence[tuple[float, float]] | None = None,
+    ) -> None:
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not a compute dtype; use one of {list(TORCH_DTYPES)}")
+        self.arch = arch
+        self.max_model_len = max_model_len
+        pages = num_pages or max_num_seqs * -(-max_model_len // page_size) + 1
+        self.cache = PagedKVCache(
+            kv_dtype, arch.num_layers, arch.num_kv_heads, arch.head_dim, pages, page_size, kv_layer_scales
+        )
+        self.executor = Executor(
+            graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
+        )
+
+    def step(self, chunks: Sequence[SeqChunk], *, all_logits: bool = False) -> torch.Tensor:
+        """Run one forward step; logits [num_seqs, V] (or [tokens, V]) float32."""
+        return self.executor.forward(Batch(chunks, self.cache.page_size), all_logits=all_logits)
+
+    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
+        """Logits [T, V] of every position of one prompt (a prefill; the pages are freed afterwards)."""
+        table: list[int] = []
+        self.cache.grow(table, len(token_ids))
+        try:
+            return self.step([SeqChunk(0, tuple(token_ids), 0, tuple(table))], all_logits=True)
+        finally:
+            self.cache.free(table)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, eos_token_ids: Sequence[int] = ()
+    ) -> list[Completion]:
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty; give at least one token")
+            if len(p) + params.max_tokens > self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens + max_tokens {params.max_tokens} > max_model_len "
+                    f"{self.max_model_len}; shorten it or raise target.max_model_len"
+                )
+        stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        gen = make_generator(params.seed)
+        done = [Completion(list(p)) for p in prompts]
+        tables: list[list[int]] = [[] for _ in prompts]
+        try:
+            chunks = []
+            for i, p in enumerate(prompts):
+                self.cache.grow(tables[i], len(p))
+                chunks.append(SeqChunk(i, tuple(p), 0, tuple(tables[i])))
+            live = list(range(len(prompts)))
+            while live:
+                logits = self.step(chunks)
+                nxt = []
+                for row, i in enumerate(live):
+                    tok = sample(logits[row], params, gen)
+                    c = done[i]
+                    c.token_ids.append(tok)
+                    if tok in stops:
+                        c.finish_reason = "stop"
+                    elif len(c.token_ids) >= params.max_tokens:
+                        c.finish_reason = "length"
+                    else:
+                        nxt.append(i)
+                live = nxt
+                chunks = []
+                for i in live:
+                    c = done[i]
+                    cached = len(c.prompt_ids) + len(c.token_ids) - 1
+                    self.cache.grow(tables[i], cached + 1)
+                    chunks.append(SeqChunk(i, (c.token_ids[-1],), cached, tuple(tables[i])))
+        finally:
+            for t in tables:
+                self.cache.free(t)
+        return done
+
+
+__all__ = ["TORCH_DTYPES", "Completion", "ModelRunner"]
