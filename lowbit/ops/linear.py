@@ -127,6 +127,49 @@ def quantized_linear(
     return result
 
 
+def quantized_linear_int8(
+    xq: Any, sx: Any, qweight: QuantizedWeight, *, out_dtype: str = "float32", backend: str = "auto", bias: Any = None
+) -> Any:
+    """y [M, N] (out_dtype) = W4A8 linear of activations already quantized per token: xq [M, K] int8, sx [M]
+    float16 (`lowbit.quant.quantize_per_token_int8`'s output; the fused RMSNorm + quantize of W4A8 models).
+    NumPy or torch in, the same out. Only the W4A8 schemes take int8 activations."""
+    if qweight.scheme == "w_a16":
+        raise ValueError("qweight has scheme 'w_a16' (float activations); call quantized_linear with float x")
+    is_torch = _is_torch(xq)
+    qa, sa = _host(xq, is_torch), _host(sx, _is_torch(sx))
+    n, k = qweight.shape
+    if qa.dtype != np.int8 or qa.ndim != 2 or qa.shape[1] != k or sa.shape != (qa.shape[0],):
+        raise ValueError(f"xq {qa.dtype}{list(qa.shape)}, sx {list(sa.shape)}: expected int8 [M, {k}] and [M]")
+    backend = select_backend(backend)
+    m = qa.shape[0]
+    host = as_dtype(out_dtype).host_dtype
+    y: Any = np.zeros((m, n), host)
+    if backend != "reference" and (is_torch or out_dtype == "bfloat16"):
+        import torch
+
+        y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
+    if m:
+        fixed, args = _w4a8_arguments(qweight, qa, sa, y, out_dtype)
+        plans = qweight.__dict__.setdefault("_plans", {})
+        key = (m, backend, "int8->" + out_dtype, False, None)
+        compiled = plans.get(key)
+        if compiled is None:
+            kernel = select_kernel(qweight, m)
+            cfg = _choose_config(kernel, fixed, args, backend, False, m)
+            program = kernel.trace(**fixed, **cfg.constant_dict)
+            compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
+        compiled(args)
+    y2 = y if isinstance(y, np.ndarray) else _host(y, True)
+    if bias is not None:
+        b = _host(bias, _is_torch(bias)).astype(np.float32)
+        y2 = (y2.astype(np.float32) + b[None, :]).astype(y2.dtype)
+    if not is_torch:
+        return y2
+    import torch
+
+    return torch.from_numpy(np.asarray(y2, dtype=np.float32)).to(getattr(torch, out_dtype))
+
+
 def _kernel_io(x: Any, x2: np.ndarray, is_torch: bool, backend: str, n: int) -> tuple[Any, Any]:
     # the interpreter takes numpy (bf16 as ml_dtypes); compiled backends get torch tensors where numpy has no
     # dtype for them (bf16) or the input already is one (kept on its device)
@@ -140,15 +183,22 @@ def _kernel_io(x: Any, x2: np.ndarray, is_torch: bool, backend: str, n: int) -> 
     return xa, torch.zeros((m, n), dtype=xa.dtype, device=xa.device)
 
 
+def _kernel_layout(qw: QuantizedWeight) -> PackedLayout | Any:
+    # cached on the weight: comparing layouts costs more than a decode-step kernel
+    wlayout = qw.__dict__.get("_wlayout")
+    if wlayout is None:
+        n, k = qw.shape
+        wlayout = ROW_PACKED if qw.layout == row_packed((k, n), qw.dtype.bits) else qw.layout
+        qw.__dict__["_wlayout"] = wlayout
+    return wlayout
+
+
 def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str) -> tuple[dict, dict]:
     # fixed DSL constants and runtime arguments for the kernel that `select_kernel` picks;
     # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
     n, k = qw.shape
     m = x2.shape[0]
-    wlayout: PackedLayout | Any = qw.__dict__.get("_wlayout")
-    if wlayout is None:  # cached on the weight: comparing layouts costs more than a decode-step kernel
-        wlayout = ROW_PACKED if qw.layout == row_packed((k, n), qw.dtype.bits) else qw.layout
-        qw.__dict__["_wlayout"] = wlayout
+    wlayout = _kernel_layout(qw)
     sizes = {"M": m, "N": n, "K": k}
     if qw.scheme == "w_a16":
         fixed = {
@@ -164,7 +214,14 @@ def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str)
             args["zeros"] = qw.zeros
         return fixed, args
     qa, sa = quantize_per_token_int8(x2.astype(np.float32))  # [M, K] int8, [M] fp16
-    fixed = {"wdtype": qw.dtype.name, "ydtype": adtype, "sdtype": "float16", "wlayout": wlayout}
+    return _w4a8_arguments(qw, qa, sa, y, adtype)
+
+
+def _w4a8_arguments(qw: QuantizedWeight, qa: np.ndarray, sa: np.ndarray, y: Any, ydtype: str) -> tuple[dict, dict]:
+    n, k = qw.shape
+    wlayout = _kernel_layout(qw)
+    sizes = {"M": qa.shape[0], "N": n, "K": k}
+    fixed = {"wdtype": qw.dtype.name, "ydtype": ydtype, "sdtype": "float16", "wlayout": wlayout}
     args = {"xq": qa, "sx": sa.astype(np.float32), "w": qw.words, "y": y, **sizes}
     assert qw.zeros is not None
     if qw.scheme == "w4a8_group":
@@ -252,4 +309,4 @@ def _like(y: np.ndarray, x: Any, is_torch: bool) -> Any:
     return torch.from_numpy(y).to(x.device)
 
 
-__all__ = ["GEMV_MAX_M", "quantized_linear", "select_backend", "select_kernel"]
+__all__ = ["GEMV_MAX_M", "quantized_linear", "quantized_linear_int8", "select_backend", "select_kernel"]

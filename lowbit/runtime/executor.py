@@ -19,8 +19,9 @@ from lowbit.kernels.kv_append import append_kv
 from lowbit.kernels.norm import add_rms_norm, rms_norm
 from lowbit.kernels.rope import apply_rope, rope_cache
 from lowbit.ops.attention import paged_decode_attention, prefill_attention
-from lowbit.ops.linear import quantized_linear
+from lowbit.ops.linear import quantized_linear, quantized_linear_int8
 from lowbit.ops.weight import QuantizedWeight
+from lowbit.quant import quantize_per_token_int8
 from lowbit.runtime.batch import Batch
 from lowbit.runtime.kv_cache import PagedKVCache
 
@@ -135,15 +136,34 @@ def _add_rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     return (y, summed)
 
 
+def _quantize_tokens(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    qa, sa = quantize_per_token_int8(y.float().numpy())  # [T, K] int8, [T] fp16 (lowbit.quant's rounding)
+    return torch.from_numpy(qa), torch.from_numpy(sa)
+
+
+@rule("rms_norm_quant")
+def _rms_norm_quant(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
+    (y,) = _rms_norm(ex, node, args)
+    return _quantize_tokens(y)
+
+
+@rule("add_rms_norm_quant")
+def _add_rms_norm_quant(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
+    y, summed = _add_rms_norm(ex, node, args)
+    return (*_quantize_tokens(y), summed)
+
+
 @rule("linear")
 def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     a = _attrs(node)
     w, b = ex.param(a["weight"]), ex.param(a.get("bias"))
-    x = args[0].contiguous()
-    if isinstance(w, QuantizedWeight):
-        y = quantized_linear(x, w, backend=ex.backend, bias=b)
+    if a.get("act_quant_fused"):  # (xq int8 [T, K], xs fp16 [T]) from rms_norm_quant
+        dt = str(ex.dtype).removeprefix("torch.")
+        y = quantized_linear_int8(args[0], args[1], w, out_dtype=dt, backend=ex.backend, bias=b)
+    elif isinstance(w, QuantizedWeight):
+        y = quantized_linear(args[0].contiguous(), w, backend=ex.backend, bias=b)
     else:
-        y = F.linear(x, w, b)
+        y = F.linear(args[0], w, b)
     splits = tuple(a.get("splits") or ())
     if len(node.outputs) == 1:
         return (y,)
