@@ -2,8 +2,10 @@
 
 One frozen value shared by the model loader, the graph builder, the quantizers and the runtime. Families:
     llama    Llama 2/3 (GQA, optional llama3 / linear RoPE scaling, `attention_bias` on q/k/v/o)
-    mistral  as llama; `sliding_window` is recorded (contexts longer than it are refused by the runtime)
-    qwen2    bias on q/k/v only, `tie_word_embeddings` common
+    mistral  as llama without biases; `sliding_window` (all layers) is recorded: key j is visible from query i
+             when i - window < j <= i (contexts longer than it are refused by the runtime)
+    qwen2    bias on q/k/v only, `tie_word_embeddings` common; with `use_sliding_window`, layers from
+             `max_window_layers` on (or those `layer_types` marks "sliding_attention") use the window
 HF transformers 4.x writes `rope_theta` + `rope_scaling`; 5.x writes `rope_parameters` {rope_type,
 rope_theta, ...}. Both are read; `to_hf_config()` writes the 4.x keys plus `rope_parameters`, which both read.
 """
@@ -58,6 +60,7 @@ class ArchConfig:
     mlp_bias: bool = False
     hidden_act: str = "silu"
     sliding_window: int | None = None
+    window_from_layer: int = 0  # layers >= this use sliding_window (Qwen2 max_window_layers; 0 = all, Mistral)
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     torch_dtype: str = "float32"
@@ -66,8 +69,16 @@ class ArchConfig:
     def __post_init__(self) -> None:
         if self.model_type not in FAMILIES:
             raise ConfigError(f"model_type {self.model_type!r} is not supported; use one of {list(FAMILIES)}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name} = {v!r}: must be a positive integer")
@@ -80,6 +91,13 @@ class ArchConfig:
             raise ConfigError(f"head_dim = {self.head_dim} is odd; RoPE rotates channel pairs")
         if self.hidden_act not in HIDDEN_ACTS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use one of {list(HIDDEN_ACTS)}")
+        if self.sliding_window is not None and (isinstance(self.sliding_window, bool) or self.sliding_window <= 0):
+            raise ConfigError(f"sliding_window = {self.sliding_window!r}: must be a positive integer or None")
+        if self.window_from_layer < 0 or (self.model_type != "qwen2" and self.window_from_layer):
+            raise ConfigError(
+                f"window_from_layer = {self.window_from_layer}: must be >= 0, and 0 unless model_type is qwen2 "
+                "(HF Llama/Mistral window every layer or none)"
+            )
         rtype = self.rope_type
         if rtype not in ROPE_TYPES:
             raise ConfigError(f"rope_scaling.rope_type {rtype!r} is not supported; use one of {list(ROPE_TYPES)}")
@@ -105,6 +123,10 @@ class ArchConfig:
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
+
+    def layer_sliding_window(self, layer: int) -> int | None:
+        """The attention window of decoder layer `layer` (None: full causal attention)."""
+        return self.sliding_window if layer >= self.window_from_layer else None
 
     def layer_linears(self, layer: int) -> list[LinearShape]:
         """The seven linears of decoder layer `layer` with HF names, e.g. model.layers.0.self_attn.q_proj."""
@@ -183,10 +205,11 @@ class ArchConfig:
             rope = {}
         eos = cfg.get("eos_token_id")
         eos_t = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-        bias = bool(cfg.get("attention_bias", False))
+        # HF: Llama has attention_bias (q/k/v/o) and mlp_bias; Qwen2 always biases q/k/v only; Mistral none
+        bias = bool(cfg.get("attention_bias", False)) if model_type == "llama" else False
         qkv_bias = True if model_type == "qwen2" else bias
-        o_bias = False if model_type == "qwen2" else bias
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", model_type == "mistral") else None
+        o_bias = bias
+        window, window_from = cls._read_window(cfg, model_type)
         dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
         known = {"model_type", "num_attention_heads", "hidden_size", "num_key_value_heads", "head_dim"}
         return cls(
@@ -205,9 +228,10 @@ class ArchConfig:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             o_bias=o_bias,
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
             hidden_act=str(cfg.get("hidden_act", "silu")),
-            sliding_window=None if window is None else int(window),
+            sliding_window=window,
+            window_from_layer=window_from,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=eos_t,
             torch_dtype=str(dtype).replace("torch.", ""),
@@ -215,10 +239,40 @@ class ArchConfig:
         )
 
     @staticmethod
+    def _read_window(cfg: Mapping[str, Any], model_type: str) -> tuple[int | None, int]:
+        """(sliding_window, first windowed layer) as HF applies them: Mistral windows every layer when
+        `sliding_window` is set (HF Mistral has no use_sliding_window switch); Qwen2 only with
+        `use_sliding_window`, from `max_window_layers` on, or the layers `layer_types` names
+        "sliding_attention" (which must then be a suffix of the layers)."""
+        if model_type == "llama" or (model_type == "qwen2" and not cfg.get("use_sliding_window", False)):
+            return None, 0
+        window = cfg.get("sliding_window")
+        if window is None:
+            return None, 0
+        if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+            raise ConfigError(f"config.json sliding_window = {window!r}: expected a positive integer or null")
+        if model_type == "mistral":
+            return window, 0
+        layers = int(cfg.get("num_hidden_layers", 0))
+        types = cfg.get("layer_types")
+        if types is None:
+            return window, min(int(cfg.get("max_window_layers", 28)), layers)
+        sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+        first = sliding[0] if sliding else len(types)
+        if sliding != list(range(first, len(types))):
+            raise ConfigError(
+                f"config.json layer_types {types!r}: lowbit supports sliding_attention only on a suffix of the "
+                "layers (as max_window_layers gives); mixed patterns are not implemented"
+            )
+        return window, first
+
+    @staticmethod
     def _read_rope(cfg: Mapping[str, Any]) -> dict[str, Any]:
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
         if not isinstance(rope, Mapping):
-            raise ConfigError(f"config.json rope_scaling = {rope!r}: expected a dict like {{'rope_type': 'llama3', ...}}")
+            raise ConfigError(
+                f"config.json rope_scaling = {rope!r}: expected a dict like {{'rope_type': 'llama3', ...}}"
+            )
         rope = dict(rope)
         if "type" in rope and "rope_type" not in rope:  # transformers < 4.45 spelling
             rope["rope_type"] = rope.pop("type")
@@ -261,7 +315,10 @@ class ArchConfig:
         if self.model_type == "mistral":
             cfg["sliding_window"] = self.sliding_window
         if self.model_type == "qwen2":
-            cfg["use_sliding_window"] = False
+            cfg["use_sliding_window"] = self.sliding_window is not None
+            if self.sliding_window is not None:
+                cfg["sliding_window"] = self.sliding_window
+                cfg["max_window_layers"] = self.window_from_layer
         if self.bos_token_id is not None:
             cfg["bos_token_id"] = self.bos_token_id
         if self.eos_token_id:
