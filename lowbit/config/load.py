@@ -195,8 +195,8 @@ def _apply_sets(data: dict[str, Any], sets: Sequence[str], spellings: dict[Loc, 
         except FieldProblem as e:
             problems.append(Problem(label, e.loc, e.show or "", e.problem, e.fix))
             continue
-        for key in [k for k in spellings if k[: len(loc)] == loc]:
-            del spellings[key]  # the file's spelling of a value the command line replaced
+        for replaced in [k for k in spellings if k[: len(loc)] == loc]:
+            del spellings[replaced]  # the file's spelling of a value the command line replaced
         spellings.update({loc + k: v for k, v in value_spellings.items()})
         origins[loc] = label
     for section, only in SOURCE_ONLY.items():
