@@ -263,6 +263,8 @@ def pack_quantized(
     lay = weight_layout(layout, (k, n), dt.bits, tile)
     codes = _values_to_codes(dt, v)  # [K, N]
 
+    sdt: np.dtype[Any]
+    zdt: np.dtype[Any]
     if scheme == "w4a8_group":
         sdt, zdt = np.dtype(np.int8), np.dtype(np.int8)
     elif scheme == "w4a8_channel":
