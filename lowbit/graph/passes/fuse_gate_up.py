@@ -1,0 +1,38 @@
+"""fuse_gate_up: per layer, gate_proj and up_proj with equal specs become `model.layers.i.mlp.gate_up_proj`
+(weight [Wgate; Wup]). When the two outputs feed only one silu_mul(gate, up), the fused linear writes one
+tensor gate_up and the silu_mul takes it (`silu_mul(%gate_up)`: gate = first half, up = second half);
+otherwise it writes gate and up. Unequal specs leave them apart with the reason in meta["notes"]."""
+
+from __future__ import annotations
+
+from lowbit.graph.context import PassContext
+from lowbit.graph.graph import OpGraph
+from lowbit.graph.passes.linear_fusion import add_fused_params, fused_linear, sibling_linears, why_not_fusable
+
+MEMBERS = ("gate_proj", "up_proj")
+
+
+def fuse_gate_up(g: OpGraph, ctx: PassContext) -> OpGraph:
+    for layer in range(ctx.arch.num_layers):
+        parent = f"model.layers.{layer}.mlp"
+        parts = sibling_linears(g, parent, MEMBERS)
+        if parts is None:
+            continue
+        why = why_not_fusable(parts)
+        if why is not None:
+            g = g.with_note(f"fuse_gate_up: {parent}: gate/up_proj left unfused: {why}")
+            continue
+        (gate,), (up,) = parts[0].outputs, parts[1].outputs
+        users = {n.name: n for t in (gate, up) for n in g.consumers(t)}
+        act = next(iter(users.values())) if len(users) == 1 else None
+        name = f"{parent}.gate_up_proj"
+        private = gate not in g.outputs and up not in g.outputs
+        if act is not None and act.op == "silu_mul" and act.inputs == (gate, up) and private:
+            gate_up = f"{gate}_up"
+            node, params = fused_linear(parts, name, (gate_up,))
+            g = g.replace_nodes([*(p.name for p in parts), act.name], [node, act.with_io(inputs=(gate_up,))])
+        else:
+            node, params = fused_linear(parts, name, (gate, up))
+            g = g.replace_nodes([p.name for p in parts], [node])
+        g = add_fused_params(g, params)
+    return g

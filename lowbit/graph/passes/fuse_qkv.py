@@ -1,0 +1,26 @@
+"""fuse_qkv: per layer, q_proj / k_proj / v_proj reading the same tensor with equal specs become one linear
+`model.layers.i.self_attn.qkv_proj` (weight qkv_proj.weight = [Wq; Wk; Wv], outputs q, k, v split by
+(q_size, kv_size, kv_size)). Unequal specs leave them apart with the reason in meta["notes"]."""
+
+from __future__ import annotations
+
+from lowbit.graph.context import PassContext
+from lowbit.graph.graph import OpGraph
+from lowbit.graph.passes.linear_fusion import add_fused_params, fused_linear, sibling_linears, why_not_fusable
+
+MEMBERS = ("q_proj", "k_proj", "v_proj")
+
+
+def fuse_qkv(g: OpGraph, ctx: PassContext) -> OpGraph:
+    for layer in range(ctx.arch.num_layers):
+        parent = f"model.layers.{layer}.self_attn"
+        parts = sibling_linears(g, parent, MEMBERS)
+        if parts is None:
+            continue
+        why = why_not_fusable(parts)
+        if why is not None:
+            g = g.with_note(f"fuse_qkv: {parent}: q/k/v_proj left unfused: {why}")
+            continue
+        node, params = fused_linear(parts, f"{parent}.qkv_proj", tuple(t for p in parts for t in p.outputs))
+        g = add_fused_params(g.replace_nodes([p.name for p in parts], [node]), params)
+    return g
