@@ -74,7 +74,7 @@ def quantize_params(
             spec = attrs.get("spec") if node.op == "linear" and key == "weight" else None
             w = float_param(weights, graph, name, tied)
             if spec is None:
-                params[name] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
+                params[name] = torch.from_numpy(np.array(w, dtype=np.float32)).to(dtype)  # a private, writable copy
             else:
                 layout = attrs.get("layout", "row")
                 params[name] = quantizer(node, w, spec) if quantizer else rtn(w, spec, layout)
