@@ -1,0 +1,362 @@
+"""Import (and export) AutoAWQ and GPTQ checkpoints into lowbit's packed `QuantizedWeight`.
+
+A linear W[N, K] (HF layout) is stored by both tools as three int32/fp16 tensors (ANCHORS, AWQ / GPTQ):
+
+AutoAWQ GEMM (`quant_method: awq`, `version: gemm`, 4-bit, asymmetric, ŵ = (q − z)·s):
+    qweight int32 [K, N/8]      eight 4-bit codes of one row k per word, along N, in the order map
+    qzeros  int32 [K/G, N/8]    the integer zeros, packed like qweight
+    scales  fp16  [K/G, N]
+  Order map [0, 2, 4, 6, 1, 3, 5, 7]: bits [4i, 4i+4) of word c hold column 8c + ORDER[i], so nibbles
+  0..7 of a word hold columns 8c + (0, 2, 4, 6, 1, 3, 5, 7).
+GPTQ (`quant_method: gptq`, bits 2/3/4/8):
+    qweight int32 [K·b/32, N]   codes of one column n packed along K, dense little-endian: code k occupies
+                                bits [k·b, (k+1)·b) of the column's bit stream, words of 32 bits
+                                (3-bit codes straddle words: code 10 has bits 30, 31 and the next word's 0)
+    qzeros  int32 [K/G, N·b/32] zeros packed the same way along N
+    scales  fp16  [K/G, N]
+    g_idx   int32 [K]           the group of each input channel (act order: a permutation of groups)
+  ŵ = (q − z)·s with q, z unsigned b-bit. `checkpoint_format: gptq` (v1) stores z − 1 (the kernels add
+  1 back, so a stored field f means z = f + 1 ∈ [1, 2^b] and z = 0 is not representable), `gptq_v2`
+  stores z. Symmetric checkpoints have z = 2^(b−1) everywhere; they import as signed int{b} without zeros.
+
+Decisions: codes import as uint{b} with integer zeros (scheme w_a16, zero_mode "post", fp16 scales), or
+int{b} symmetric when every zero is 2^(b−1); a v1 zero field 2^b − 1 imports faithfully as z = 2^b (one
+past the grid; dequantize() computes (q − z)·s). A non-trivial g_idx (act order without static groups:
+groups are not contiguous runs of K) is refused: lowbit's groups are contiguous. Exports write what the
+tools write, so tests can round-trip without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lowbit.dtypes import decode
+from lowbit.ir.layout import PackedLayout
+from lowbit.ops.weight import QuantizedWeight, pack_quantized
+
+WORD_BITS = 32
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a word holds column 8c + AWQ_ORDER[i]
+AWQ_BITS = 4
+GPTQ_BITS = (2, 3, 4, 8)
+
+
+# -- dense little-endian bit packing into int32 words, along the last axis --------------------------------
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """values [..., M] (integers in [0, 2^bits)) -> int32 words [..., M·bits/32]; value j occupies bits
+    [j·bits, (j+1)·bits) of the little-endian bit stream (so values may straddle words)."""
+    v = np.asarray(values).astype(np.uint64)
+    m = v.shape[-1]
+    if (m * bits) % WORD_BITS:
+        raise ValueError(
+            f"{m} values of {bits} bits do not fill whole 32-bit words; need a multiple of "
+            f"{WORD_BITS // np.gcd(bits, WORD_BITS)} values"
+        )
+    bit_planes = ((v[..., None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)  # [..., M, bits]
+    stream = bit_planes.reshape(*v.shape[:-1], m * bits)
+    packed = np.packbits(stream, axis=-1, bitorder="little")  # [..., M·bits/8] bytes
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).view(np.int32)
+
+
+def unpack_bits(words: np.ndarray, bits: int) -> np.ndarray:
+    """int32 words [..., W] -> values [..., W·32/bits] int64 (the inverse of `pack_bits`)."""
+    w = np.ascontiguousarray(np.asarray(words).astype("<i4"))
+    stream = np.unpackbits(w.view(np.uint8), axis=-1, bitorder="little")  # [..., W·32]
+    count = stream.shape[-1] // bits
+    planes = stream[..., : count * bits].reshape(*w.shape[:-1], count, bits).astype(np.int64)
+    return (planes << np.arange(bits, dtype=np.int64)).sum(axis=-1)
+
+
+def _int32(a: Any, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} has shape {a.shape}; expected a 2-D int32 tensor")
+    if a.dtype.kind not in "iu" or a.dtype.itemsize != 4:
+        raise ValueError(f"{name} has dtype {a.dtype}; checkpoints store packed codes as int32")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}; expected {list(shape)}")
+    return a.view(np.int32)
+
+
+def _scales(a: Any, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    a = np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a)
+    if a.shape != shape:
+        raise ValueError(f"scales has shape {a.shape}; expected [K/G, N] = {list(shape)}")
+    return a, "float16" if a.dtype == np.float16 else "float32"
+
+
+def _group(group_size: int, k: int) -> int:
+    if group_size == -1:
+        return k
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or k % group_size:
+        raise ValueError(f"group_size {group_size!r} does not divide in_features K = {k}; use a divisor or -1")
+    return int(group_size)
+
+
+# -- AutoAWQ GEMM -----------------------------------------------------------------------------------------
+def _awq_columns(n: int) -> np.ndarray:
+    # position p of the packed stream holds column _awq_columns(n)[p]
+    return (np.arange(n // 8)[:, None] * 8 + np.array(AWQ_ORDER)[None, :]).reshape(-1)
+
+
+def unpack_awq(packed: Any, name: str = "qweight") -> np.ndarray:
+    """AutoAWQ int32 [R, N/8] -> 4-bit values [R, N] in column order (order map undone)."""
+    words = _int32(packed, name)
+    stream = unpack_bits(words, AWQ_BITS)  # [R, N], stream order
+    out = np.empty_like(stream)
+    out[:, _awq_columns(stream.shape[1])] = stream
+    return out
+
+
+def pack_awq(values: np.ndarray) -> np.ndarray:
+    """4-bit values [R, N] (N a multiple of 8) -> AutoAWQ int32 [R, N/8] with the order map."""
+    v = np.asarray(values)
+    if v.shape[1] % 8:
+        raise ValueError(f"AWQ packs 8 columns per int32; out_features N = {v.shape[1]} is not a multiple of 8")
+    return pack_bits(v[:, _awq_columns(v.shape[1])], AWQ_BITS)
+
+
+def import_awq(
+    qweight: Any,
+    qzeros: Any,
+    scales: Any,
+    bits: int = 4,
+    group_size: int = 128,
+    layout: str | PackedLayout = "row",
+) -> QuantizedWeight:
+    """AutoAWQ GEMM tensors (qweight [K, N/8], qzeros [K/G, N/8] int32, scales [K/G, N] fp16) ->
+    QuantizedWeight(uint4, group G, zero_mode "post") with dequantize() = (q − z)·s."""
+    if bits != AWQ_BITS:
+        raise ValueError(f"bits {bits!r}: AutoAWQ's GEMM format packs 4-bit codes only; use bits=4")
+    qw = _int32(qweight, "qweight")
+    k, n = qw.shape[0], qw.shape[1] * 8
+    g = _group(group_size, k)
+    s, sdt = _scales(scales, (k // g, n))
+    codes = unpack_awq(qw)  # [K, N]
+    zeros = unpack_awq(_int32(qzeros, "qzeros", (k // g, n // 8)), "qzeros")  # [K/G, N]
+    return pack_quantized(
+        codes.T, s.T, zeros.T, dtype="uint4", group_size=g, zero_mode="post", scale_dtype=sdt, layout=layout
+    )
+
+
+def _unsigned(qw: QuantizedWeight, tool: str, bits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # values [N, K] uint, zeros [N, groups] int, scales [N, groups] fp16, from an integer w_a16 weight
+    dt = qw.dtype
+    if qw.scheme != "w_a16" or not dt.is_integer or dt.bits not in bits:
+        raise ValueError(
+            f"{qw!r} cannot be stored in {tool} format: it holds w_a16 integer weights of {list(bits)} bits; "
+            f"quantize with dtype uint{bits[-1] if len(bits) == 1 else 4} (zero_mode='post') or int4"
+        )
+    q = decode(dt, qw.codes()).T.astype(np.int64)  # [N, K]
+    mid = 1 << (dt.bits - 1)
+    if qw.zero_mode == "none":  # signed symmetric: shift onto the unsigned grid with zero 2^(b−1)
+        zeros = np.full((qw.out_features, qw.groups), mid, dtype=np.int64)
+        q = q + mid
+    elif qw.zero_mode == "post" and not dt.is_signed:
+        assert qw.zeros is not None
+        zeros = qw.zeros.T.astype(np.int64)
+    else:
+        raise ValueError(
+            f"{qw!r}: {tool} stores unsigned codes with an integer (post) zero or signed symmetric codes; "
+            f"zero_mode {qw.zero_mode!r} with {dt.name} has no {tool} form"
+        )
+    scales = qw.scales.T.astype(np.float16)
+    if not np.array_equal(scales.astype(np.float64), qw.scales.T.astype(np.float64)):
+        raise ValueError(f"{qw!r} has scales not exactly representable in float16; {tool} stores fp16 scales")
+    return q, zeros, scales
+
+
+def export_awq(qw: QuantizedWeight) -> dict[str, np.ndarray]:
+    """The AutoAWQ GEMM tensors {qweight, qzeros, scales} of a uint4 (post zero) or int4 (symmetric) weight."""
+    q, zeros, scales = _unsigned(qw, "AutoAWQ", (AWQ_BITS,))
+    _check_fields(zeros, AWQ_BITS, "AutoAWQ zeros")
+    return {"qweight": pack_awq(q.T), "qzeros": pack_awq(zeros.T), "scales": np.ascontiguousarray(scales.T)}
+
+
+def _check_fields(fields: np.ndarray, bits: int, what: str) -> None:
+    if fields.min() < 0 or fields.max() >= 1 << bits:
+        raise ValueError(
+            f"{what} span [{fields.min()}, {fields.max()}], outside the {bits}-bit field [0, {(1 << bits) - 1}]"
+        )
+
+
+# -- GPTQ -------------------------------------------------------------------------------------------------
+def _gptq_bits(bits: int) -> int:
+    if bits not in GPTQ_BITS:
+        raise ValueError(f"bits {bits!r}: GPTQ checkpoints hold {list(GPTQ_BITS)}-bit codes; use one of them")
+    return int(bits)
+
+
+def _version(version: int) -> int:
+    if version not in (1, 2):
+        raise ValueError(f"version {version!r}: use 1 (checkpoint_format 'gptq', zero−1) or 2 ('gptq_v2')")
+    return int(version)
+
+
+def import_gptq(
+    qweight: Any,
+    qzeros: Any,
+    scales: Any,
+    g_idx: Any = None,
+    bits: int = 4,
+    group_size: int = 128,
+    sym: bool = True,
+    version: int = 1,
+    layout: str | PackedLayout = "row",
+) -> QuantizedWeight:
+    """GPTQ tensors (qweight [K·b/32, N], qzeros [K/G, N·b/32] int32, scales [K/G, N], g_idx [K]) ->
+    QuantizedWeight: int{b} symmetric when every zero is 2^(b−1), else uint{b} with post zeros.
+
+    version 1 adds 1 to the stored zeros, 2 does not. sym=True checks that the zeros are 2^(b−1) (a mismatch
+    usually means the wrong version). Raises ValueError for other bits, non-dividing groups, shapes, and a
+    g_idx that is not k // G (act order without static groups)."""
+    b, ver = _gptq_bits(bits), _version(version)
+    qw = _int32(qweight, "qweight")
+    k, n = qw.shape[0] * WORD_BITS // b, qw.shape[1]
+    if (qw.shape[0] * WORD_BITS) % b:
+        raise ValueError(f"qweight has {qw.shape[0]} rows; {qw.shape[0]}·32 is not a multiple of bits={b}")
+    g = _group(group_size, k)
+    groups = k // g
+    if (n * b) % WORD_BITS:
+        raise ValueError(f"out_features N = {n} at {b} bits does not fill whole int32 words of qzeros")
+    s, sdt = _scales(scales, (groups, n))
+    if g_idx is not None:
+        gi = np.asarray(g_idx.detach().cpu().numpy() if hasattr(g_idx, "detach") else g_idx).reshape(-1)
+        if gi.shape != (k,) or not np.array_equal(gi, np.arange(k) // g):
+            raise ValueError(
+                "g_idx is not k // group_size: this is an act-order (desc_act) checkpoint whose groups are not "
+                "contiguous runs of K, which lowbit's group layout cannot hold; re-quantize with desc_act=False "
+                "or static_groups=True (its g_idx is k // G and imports)"
+            )
+    codes = unpack_bits(qw.T, b)  # [N, K]
+    zeros = unpack_bits(_int32(qzeros, "qzeros", (groups, n * b // WORD_BITS)), b).T  # [N, groups]
+    if ver == 1:
+        zeros = zeros + 1
+    mid = 1 << (b - 1)
+    if np.all(zeros == mid):
+        return pack_quantized(codes - mid, s.T, dtype=f"int{b}", group_size=g, scale_dtype=sdt, layout=layout)
+    if sym:
+        if np.all(zeros == mid + 1):
+            hint = "checkpoint_format 'gptq_v2' (version=2)"
+        elif np.all(zeros == mid - 1):
+            hint = "checkpoint_format 'gptq' (version=1)"
+        else:
+            hint = "an asymmetric checkpoint (sym=False)"
+        raise ValueError(
+            f"sym=True but the zeros are {np.unique(zeros)[:4].tolist()}, not {mid}; this looks like {hint}"
+        )
+    return pack_quantized(
+        codes.astype(np.float64),
+        s.T,
+        zeros,
+        dtype=f"uint{b}",
+        group_size=g,
+        zero_mode="post",
+        scale_dtype=sdt,
+        layout=layout,
+    )
+
+
+def export_gptq(qw: QuantizedWeight, version: int = 1) -> dict[str, np.ndarray]:
+    """The GPTQ tensors {qweight, qzeros, scales, g_idx} of an integer w_a16 weight of 2/3/4/8 bits.
+    version 1 stores zero − 1 (a zero of 0 cannot be stored: use version 2)."""
+    ver = _version(version)
+    q, zeros, scales = _unsigned(qw, "GPTQ", GPTQ_BITS)
+    b = qw.dtype.bits
+    n, k = qw.shape
+    if (k * b) % WORD_BITS or (n * b) % WORD_BITS:
+        raise ValueError(
+            f"shape {qw.shape} at {b} bits: GPTQ packs K and N into whole int32 words; "
+            f"N and K must be multiples of {WORD_BITS // np.gcd(b, WORD_BITS)}"
+        )
+    if ver == 1:
+        if zeros.min() == 0:
+            raise ValueError("a zero point is 0, which GPTQ v1 cannot store (it stores zero − 1); use version=2")
+        zeros = zeros - 1
+    _check_fields(zeros, b, f"GPTQ v{ver} stored zeros")
+    g = k if qw.group_size == -1 else qw.group_size
+    return {
+        "qweight": pack_bits(q, b).T.copy(),  # [K·b/32, N]
+        "qzeros": pack_bits(zeros.T, b),  # [groups, N·b/32]
+        "scales": np.ascontiguousarray(scales.T),
+        "g_idx": (np.arange(k) // g).astype(np.int32),
+    }
+
+
+# -- HF checkpoints ---------------------------------------------------------------------------------------
+def import_hf_quantized(
+    weights: Mapping[str, Any], quantization_config: Mapping[str, Any], layout: str | PackedLayout = "row"
+) -> dict[str, QuantizedWeight]:
+    """Import every module with `<module>.qweight/.qzeros/.scales` tensors of an HF checkpoint quantized by
+    AutoAWQ (`quant_method: awq`, version gemm) or GPTQ (`quant_method: gptq`, checkpoint_format gptq |
+    gptq_v2). quantization_config: the config.json's `quantization_config` (or the whole config.json).
+    Returns {module name: QuantizedWeight}; everything else (biases, norms, embeddings) is the caller's."""
+    qc: dict[str, Any] = dict(quantization_config.get("quantization_config", quantization_config))
+    method = str(qc.get("quant_method", "")).lower()
+    if method == "awq":
+        packing = str(qc.get("version", "gemm")).lower()
+        if packing != "gemm":
+            raise ValueError(f"AWQ version {packing!r} is not supported; lowbit imports the 'gemm' packing")
+        if not qc.get("zero_point", True):
+            raise ValueError("AWQ zero_point: false is not supported; the GEMM format stores zeros (zero_point: true)")
+        bits, g = int(qc.get("bits", qc.get("w_bit", 4))), int(qc.get("group_size", qc.get("q_group_size", 128)))
+
+        def one(prefix: str) -> QuantizedWeight:
+            t = _module_tensors(weights, prefix)
+            return import_awq(t["qweight"], t["qzeros"], t["scales"], bits, g, layout)
+
+    elif method == "gptq":
+        fmt = str(qc.get("checkpoint_format", qc.get("format", "gptq"))).lower()
+        if fmt not in ("gptq", "gptq_v2"):
+            raise ValueError(f"GPTQ checkpoint_format {fmt!r} is not supported; lowbit imports 'gptq' and 'gptq_v2'")
+        bits, g = int(qc.get("bits", 4)), int(qc.get("group_size", 128))
+        sym, version = bool(qc.get("sym", True)), 2 if fmt == "gptq_v2" else 1
+
+        def one(prefix: str) -> QuantizedWeight:
+            t = _module_tensors(weights, prefix)
+            return import_gptq(t["qweight"], t["qzeros"], t["scales"], t.get("g_idx"), bits, g, sym, version, layout)
+
+    else:
+        raise ValueError(
+            f"quantization_config quant_method {qc.get('quant_method')!r} is not supported; lowbit imports "
+            f"'awq' (AutoAWQ GEMM) and 'gptq' checkpoints"
+        )
+    modules = sorted(name[: -len(".qweight")] for name in weights if name.endswith(".qweight"))
+    if not modules:
+        raise ValueError(
+            f"quant_method {method!r} but no '<module>.qweight' tensor in weights; is this checkpoint quantized?"
+        )
+    out = {}
+    for m in modules:
+        try:
+            out[m] = one(m)
+        except ValueError as e:
+            raise ValueError(f"{m}: {e}") from None
+    return out
+
+
+def _module_tensors(weights: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    t = {}
+    for key in ("qweight", "qzeros", "scales", "g_idx"):
+        if f"{prefix}.{key}" in weights:
+            t[key] = weights[f"{prefix}.{key}"]
+        elif key != "g_idx":
+            raise ValueError(f"weights has {prefix}.qweight but no {prefix}.{key}; a quantized module needs both")
+    return t
+
+
+__all__ = [
+    "AWQ_ORDER",
+    "GPTQ_BITS",
+    "export_awq",
+    "export_gptq",
+    "import_awq",
+    "import_gptq",
+    "import_hf_quantized",
+    "pack_awq",
+    "pack_bits",
+    "unpack_awq",
+    "unpack_bits",
+]
