@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lowbit demo
+	$(BIN)/lowbit compile examples/tiny-llama.yaml -o artifacts/tiny-llama --overwrite
+	$(BIN)/lowbit generate artifacts/tiny-llama --prompt "The quick brown fox" --prompt "def main():" --max-tokens 24
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q

@@ -121,7 +121,6 @@ def compile_model(
     eval_tokens: int | None = None,
 ) -> CompileResult:
     """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring)."""
-    from lowbit.artifact import ArtifactWriter
     from lowbit.compiler.transforms import apply_transforms, calibrate
     from lowbit.config import check_against_model, resolve_linear
     from lowbit.graph import PassContext, build_graph, optimize
@@ -225,6 +224,8 @@ def compile_model(
         ],
     }
     with phases.phase("write"):
+        from lowbit.artifact import ArtifactWriter
+
         tensors, index = flatten_params(params)
         with ArtifactWriter(out, overwrite=overwrite) as w:
             w.add_text("model.yaml", cfg.to_yaml())
