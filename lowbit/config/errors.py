@@ -75,7 +75,8 @@ def dotted(loc: Iterable[str | int]) -> str:
 def show(value: Any) -> str:
     """A value as a person reads it in an error: strings quoted, containers shortened."""
     text = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(value)  # YAML's quoting
-    return text if len(text) <= 60 else text[:57] + "..."
+    limit = 240 if isinstance(value, str) else 60  # paths stay whole; containers are shortened
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Origins:
