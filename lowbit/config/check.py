@@ -3,6 +3,7 @@ naming the field, its value and the fix. Model-dependent rules are in `check_mod
 
 from __future__ import annotations
 
+import difflib
 import json
 import warnings
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from lowbit.config.errors import FieldProblem, Loc, Problem
 from lowbit.config.recipe import merge, spec_for
 from lowbit.config.schema import CALIBRATION_SUFFIXES, Architecture, ModelYaml, Override, Quantization, Weights
 from lowbit.models import ConfigError
+from lowbit.models.arch import ROPE_TYPES
 
 WEIGHT_KEYS = ("dtype", "group_size", "symmetric", "zero_mode")
 CALIBRATED = ("awq", "gptq", "qoq")
@@ -101,6 +103,14 @@ def _architecture_problems(a: Architecture) -> Iterator[FieldProblem]:
             loc=(*loc, "num_kv_heads"),
             value=a.num_kv_heads,
         )
+    rope = dict(a.rope_scaling or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        hint = difflib.get_close_matches(str(rope_type), ROPE_TYPES, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"lowbit implements rope_type {', '.join(ROPE_TYPES)}"
+        where = (*loc, "rope_scaling", "rope_type" if "rope_type" in rope else "type")
+        yield FieldProblem("RoPE scaling type not supported", fix, loc=where, value=rope_type)
+        return
     head_dim = a.head_dim
     if head_dim is None and a.hidden_size % a.num_heads:
         yield FieldProblem(

@@ -68,7 +68,8 @@ def dotted(loc: Iterable[str | int]) -> str:
     """("quantization", "overrides", 0, "dtype") -> "quantization.overrides[0].dtype"."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        index = isinstance(part, int) and not isinstance(part, bool)
+        out += f"[{part}]" if index else (f".{part}" if out else str(part))
     return out or "<root>"
 
 
@@ -128,8 +129,12 @@ def enum_problem(loc: Loc, value: Any, choices: Sequence[Any], spelling: str | N
         shown = f"{value} (YAML reads bare {word} as a boolean)"
         meant = spelling.lower() if spelling and spelling.lower() in strs else strs[0]
         return FieldProblem(f"not one of {names}", f"quote it: {key}: {meant!r}", loc=loc, show=shown)
+    same = [c for c in choices if str(c) == str(value)]
     hint = closest(str(value), strs)
-    fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {names}"
+    if same:  # '1' for 1: the right value in the wrong type
+        fix = f"write it unquoted: {key}: {same[0]}"
+    else:
+        fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {names}"
     return FieldProblem(f"not one of {names}", fix, loc=loc, value=value)
 
 

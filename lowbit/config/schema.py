@@ -63,7 +63,9 @@ def _weight_dtype(name: str) -> str:
         dt = dtype(name)
     except (ValueError, TypeError) as e:
         raise FieldProblem(str(e).split("; accepted")[0], "use e.g. int4, uint4, int8, fp4_e2m1 or fp6_e3m2") from None
-    if dt.bits > 8 or dt.is_bool or not (dt.is_integer or dt.is_float):
+    if dt.is_bool:
+        raise FieldProblem("boolean is not a code dtype", "use e.g. int4, uint4, int8, fp4_e2m1 or fp6_e3m2")
+    if dt.bits > 8 or not (dt.is_integer or dt.is_float):
         raise FieldProblem(
             f"{dt.name} has {dt.bits} bits; weight codes have 1..8 bits",
             "use int1..int8, uint1..uint8 or fpN_eXmY (e.g. fp4_e2m1); for dense weights use skip: true or ignore",

@@ -90,6 +90,13 @@ def test_enum_typo_suggests_choice(tmp_path):
         ("target: {max_model_len: -5}", "target.max_model_len", "must be > 0"),
         ("quantization: {qoq: {smooth_alpha: 2}}", "quantization.qoq.smooth_alpha", "must be <= 1"),
         ("schema_version: 2", "schema_version", "not one of 1"),
+        ("schema_version: '1'", "schema_version", "not one of 1"),
+        ("quantization: {weights: {dtype: bool}}", "quantization.weights.dtype", "not a code dtype"),
+        (
+            "model: {architecture: {rope_scaling: {rope_type: yarn}}}",
+            "model.architecture.rope_scaling.rope_type",
+            "not supported",
+        ),
     ],
 )
 def test_type_and_range_errors(tmp_path, text, path, words):
