@@ -25,20 +25,37 @@ FAMILIES: dict[str, tuple[type, type]] = {
     "mistral": (MistralConfig, MistralForCausalLM),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM),
 }
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+TINY = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 # name -> (family, config kwargs beyond TINY): the configurations the reference must reproduce
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_gqa_llama3_rope": ("llama", {"rope_parameters": LLAMA3_ROPE}),
     "llama_bias": ("llama", {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 4}),
-    "llama_linear_rope_mqa": ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0,
-                                                            "factor": 4.0}, "num_key_value_heads": 1}),
+    "llama_linear_rope_mqa": (
+        "llama",
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}, "num_key_value_heads": 1},
+    ),
     "llama_tied_head_dim": ("llama", {"tie_word_embeddings": True, "head_dim": 24}),
-    "qwen2_tied_window": ("qwen2", {"tie_word_embeddings": True, "use_sliding_window": True, "sliding_window": 5,
-                                    "max_window_layers": 1}),
+    "qwen2_tied_window": (
+        "qwen2",
+        {"tie_word_embeddings": True, "use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1},
+    ),
     "qwen2_untied": ("qwen2", {"rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}),
     "mistral_window_head_dim": ("mistral", {"sliding_window": 6, "head_dim": 24}),
 }
