@@ -176,17 +176,11 @@ def problems_from_pydantic(
             op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
             bound = next(iter(ctx.values()), "?")
             err = FieldProblem(f"must be {op} {bound}", f"use a value {op} {bound}", loc=loc, value=value)
+        elif kind == "missing":
+            err = FieldProblem(*_TYPE_WORDS[kind], loc=loc, show="<missing>")
         elif kind in _TYPE_WORDS:
             problem, fix = _TYPE_WORDS[kind]
-            if kind == "missing":
-                value = "<missing>"
-            err = FieldProblem(
-                f"{problem} ({type(value).__name__})" if kind != "missing" else problem,
-                fix,
-                loc=loc,
-                show="<missing>" if kind == "missing" else None,
-                value=value,
-            )
+            err = FieldProblem(f"{problem} ({type(value).__name__})", fix, loc=loc, value=value)
         else:
             err = FieldProblem(e["msg"], "see lowbit/config/README.md for this field", loc=loc, value=value)
         out.append(origins.problem(err))
