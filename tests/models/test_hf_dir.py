@@ -149,7 +149,7 @@ def test_missing_dir_and_config(tmp_path, saved):
     with pytest.raises(ConfigError, match="does not exist"):
         load_hf_dir(tmp_path / "nope")
     (saved / "config.json").unlink()
-    with pytest.raises(ConfigError, match="no config.json"):
+    with pytest.raises(ConfigError, match=r"no config\.json"):
         load_hf_dir(saved)
 
 
@@ -214,7 +214,7 @@ def test_prequantized_and_unsupported_configs(saved, tmp_path):
     with pytest.raises(ConfigError, match="yarn"):
         load_hf_dir(saved)
     (saved / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(ConfigError, match=r"config\.json"):
         load_hf_dir(saved)
 
 

@@ -51,7 +51,7 @@ def test_capture_equals_hf_linear_inputs(llama, qwen):
         ids = random_ids(arch.vocab_size, batch=2, length=10, seed=2)
         seen: dict[str, np.ndarray] = {}
 
-        def hook(name: str):
+        def hook(name: str, seen: dict[str, np.ndarray] = seen):
             def record(module, args) -> None:  # returns None: the input is left as it is
                 seen[name] = args[0].reshape(-1, args[0].shape[-1]).numpy().copy()
 
@@ -126,7 +126,7 @@ def test_override_of_tied_lm_head_leaves_embedding(qwen):
 def test_errors(llama):
     _, arch, weights = llama
     ids = random_ids(arch.vocab_size, batch=1, length=4, seed=7)
-    with pytest.raises(KeyError, match="override 'model.layers.0.mlp.up'"):
+    with pytest.raises(KeyError, match=r"override 'model\.layers\.0\.mlp\.up'"):
         reference_logits(arch, weights, ids, overrides={"model.layers.0.mlp.up": np.zeros(3)})
     with pytest.raises(ValueError, match=r"up_proj' has shape \(3,\), expected \(80, 64\)"):
         reference_logits(arch, weights, ids, overrides={"model.layers.0.mlp.up_proj": np.zeros(3)})

@@ -44,7 +44,7 @@ def test_distributions():
     w = synthetic_weights(LLAMA, seed=0)
     assert abs(w["model.layers.0.mlp.down_proj.weight"].std() - 0.02) < 0.002
     norm = w["model.layers.1.input_layernorm.weight"]
-    assert 0.75 < norm.min() and norm.max() < 1.25 and 0.03 < norm.std() < 0.07
+    assert norm.min() > 0.75 and norm.max() < 1.25 and 0.03 < norm.std() < 0.07
     assert abs(w["lm_head.weight"].std() - 4.0 / np.sqrt(64)) < 0.05
 
 

@@ -79,5 +79,5 @@ def test_load_tokenizer_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*tokenizer\.model"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a valid tokenizer.json"):
+    with pytest.raises(ValueError, match=r"not a valid tokenizer\.json"):
         load_tokenizer(tmp_path)

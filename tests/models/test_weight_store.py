@@ -96,7 +96,7 @@ def test_duplicate_tensor_across_files(tmp_path):
 
 def test_missing_name_suggests(tmp_path):
     store = ArrayWeights({"model.norm.weight": np.ones(3)})
-    with pytest.raises(KeyError, match="did you mean 'model.norm.weight'"):
+    with pytest.raises(KeyError, match=r"did you mean 'model\.norm\.weight'"):
         store["model.norm.weights"]
     assert store["model.norm.weight"].dtype == np.float32
 
@@ -127,7 +127,7 @@ def test_check_weights_shapes_and_extras():
         check_weights(ArrayWeights(arrays), ARCH)
     arrays = {n: full[n] for n in full}
     arrays["model.layers.0.self_attn.q_proj.weight"] = np.zeros((16, 16), np.int32)
-    with pytest.raises(WeightError, match="int32.*pre-quantized"):
+    with pytest.raises(WeightError, match=r"int32.*pre-quantized"):
         check_weights(ArrayWeights(arrays), ARCH)
 
 
