@@ -41,7 +41,7 @@ OP_CLASSES = {
     "network": ("all_reduce", "all_gather"),
 }
 CLASS_COLORS = {"compute": "#f4a582", "memory": "#92c5de", "network": "#b8e186", "other": "#ffffff", "io": "#e0e0e0"}
-_HIDDEN = ("in_features", "layout_desc", "weight_words", "kernel_family", "dequant_fused")
+_HIDDEN = ("in_features", "layout_desc", "weight_words", "kernel_family")
 
 
 def op_class(op: str) -> str:
