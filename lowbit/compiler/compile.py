@@ -38,17 +38,10 @@ class CompileResult:
 
 
 def resolve_source(cfg: Any) -> tuple[Any, Any]:
-    """(ArchConfig, hf_dir path or None) without reading any weight."""
-    from lowbit.config import arch_config
-    from lowbit.models.arch import ArchConfig
+    """(ArchConfig, hf_dir path or None) without reading any weight (config.json only)."""
+    from lowbit.config import model_arch
 
-    if cfg.model.source == "synthetic":
-        return arch_config(cfg), None
-    path = Path(cfg.model.path)
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"model.path {path}: no config.json there; point model.path at an HF model directory")
-    return ArchConfig.from_hf_config(json.loads(cfg_file.read_text())), path
+    return model_arch(cfg), (None if cfg.model.source == "synthetic" else Path(cfg.model.path))
 
 
 def calibration_ids(cfg: Any, tokenizer: Any, vocab: int, held_out: bool = False) -> np.ndarray:
@@ -158,7 +151,7 @@ def compile_model(
         ctx = PassContext(
             arch=arch,
             resolve=lambda name: resolve_linear(cfg, name),
-            backend=cfg.target.backend,
+            backend=cfg.target.effective_backend,
             device=cfg.target.device,
             dtype=cfg.model.dtype,
             kv_dtype=kv_dtype,
@@ -246,7 +239,7 @@ def compile_model(
 
 
 def _runtime_backend(cfg: Any) -> str:
-    return str(cfg.target.backend)
+    return str(cfg.target.effective_backend)
 
 
 def _warmup_params() -> Any:

@@ -45,7 +45,7 @@ class CompiledModel:
         c = self.cfg
         return ModelRunner(
             self.arch, self.graph, self.params,
-            kv_dtype=c.quantization.kv_cache.dtype, dtype=c.model.dtype, backend=backend or c.target.backend,
+            kv_dtype=c.quantization.kv_cache.dtype, dtype=c.model.dtype, backend=backend or c.target.effective_backend,
             max_model_len=c.target.max_model_len, max_num_seqs=max_num_seqs or c.target.max_num_seqs,
             kv_layer_scales=self.kv_scales, **kw,
         )  # fmt: skip
@@ -57,12 +57,13 @@ def load_compiled(path: str | Path, *, verify: str = "full") -> CompiledModel:
     from lowbit.graph import PassContext, build_graph, optimize
 
     art = open_artifact(path, verify=verify)
-    cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml")
+    # the checkpoint and calibration files may have moved since compile: the artifact holds what is needed
+    cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml", check_files=False)
     arch = ArchConfig.from_hf_config(art.read_json("config.json"))
     ctx = PassContext(
         arch=arch,
         resolve=lambda name: resolve_linear(cfg, name),
-        backend=cfg.target.backend,
+        backend=cfg.target.effective_backend,
         device=cfg.target.device,
         dtype=cfg.model.dtype,
         kv_dtype=cfg.quantization.kv_cache.dtype,

@@ -3,6 +3,7 @@
 Cache layout and conventions are `lowbit.reference.paged`'s (vLLM's): slot = page·PS + offset, slot < 0 is
 padding (skipped); every other slot of the cache is left as it was. Per kv_dtype, each of k and v is stored as
 
+    float32              k_cache [NP, PS, Hkv, D] float32              as is (fp32 models checked exactly)
     float16              k_cache [NP, PS, Hkv, D] float16              round to nearest even
     bfloat16             k_cache [NP, PS, Hkv, D] bfloat16             round to nearest even
     fp8_e4m3             k_cache [NP, PS, Hkv, D] fp8_e4m3             e4m3(x / layer_scale), RNE, saturating
@@ -51,6 +52,7 @@ from lowbit.dtypes import dtype as dtype_of
 from lowbit.quant.kv import KV_BITS, KV_DTYPES
 
 FP16, FP8 = dtype_of("float16"), dtype_of("fp8_e4m3")
+APPEND_DTYPES = ("float32", *KV_DTYPES)  # the quantizer's formats plus an unrounded fp32 cache
 FP16_MAX = FP16.max
 ZERO_BOUND_EXPONENT = 11  # |zero| <= 2^11 (lowbit.quant.kv.ZERO_BOUND)
 
@@ -98,7 +100,7 @@ def kv_append(
             ((k, k_cache, k_scales, k_zeros), (v, v_cache, v_scales, v_zeros))
         ):
             xv = T.reshape(T.cast(T.load(x, (t, j * BH, 0), (1, BH, D)), T.float32), (BH, D))  # [BH, D]
-            if kv_dtype in ("float16", "bfloat16"):
+            if kv_dtype in ("float16", "bfloat16", "float32"):
                 T.store(cache, (*at, 0), T.reshape(T.cast(xv, kv_dtype), (1, 1, BH, D)))
             elif kv_dtype == "fp8_e4m3":  # x / layer_scale rounded once (RNE, saturating); the cast is exact
                 layer_scale = T.reshape(T.load(layer_scales, (i,), (1,)), (1, 1))
@@ -230,8 +232,8 @@ def append_kv(
     int4, as `lowbit.reference.paged.PagedKVCache` holds them (int4: `pack_int4` of its codes). int8/int4
     also need k_scales, k_zeros, v_scales, v_zeros [NP, PS, Hkv] float16; fp8_e4m3 uses the layer scales.
     Raises ValueError naming the argument for a bad kv_dtype, shape or dtype."""
-    if kv_dtype not in KV_DTYPES:
-        raise ValueError(f"kv_dtype {kv_dtype!r} is not a KV cache format; use one of {', '.join(KV_DTYPES)}")
+    if kv_dtype not in APPEND_DTYPES:
+        raise ValueError(f"kv_dtype {kv_dtype!r} is not a KV cache format; use one of {', '.join(APPEND_DTYPES)}")
     if len(k_new.shape) != 3 or tuple(v_new.shape) != tuple(k_new.shape):
         raise ValueError(f"k_new {tuple(k_new.shape)} and v_new {tuple(v_new.shape)} must both be [T, Hkv, D]")
     nt, h, d = (int(s) for s in k_new.shape)
