@@ -17,7 +17,8 @@
     %h_last = last_token(%h_norm)
     %logits = linear(%h_last)                          lm_head (weight model.embed_tokens.weight when tied)
 
-`add` takes (branch, residual stream), matching `add_rms_norm`'s (x, residual).
+`add` takes (branch, residual stream), matching `add_rms_norm`'s (x, residual). `attention` carries the
+layer's `sliding_window` (None: full causal; w: query i sees keys i − w < j <= i, HF Mistral/Qwen2).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def _layer(arch: ArchConfig, i: int, h: str, kv_dtype: str) -> tuple[list[N], st
             **heads,
             sm_scale=1.0 / math.sqrt(arch.head_dim),
             kv_dtype=kv_dtype,
+            sliding_window=arch.layer_sliding_window(i),
         ),
         linear_node(o, t + "attn", t + "o", i),
         N.create(f"{p}.attn_residual", "add", (t + "o", h), (t + "h",), i),

@@ -3,9 +3,10 @@ contract's semantics written once, plainly, to check that passes preserve meanin
 optimized graph must give the same logits) and as an oracle for the real executor. Not fast; not a runtime.
 
 Scope: one prefill of a ragged batch (every sequence's tokens are all present; attention is causal within
-each sequence, `lowbit.reference.prefill_attention`); no KV cache, so `kv_dtype` is ignored (K/V stay
-float64). Weights are used as given (pass dequantized weights to model a quantized checkpoint); a fused
-param missing from `params` is built from g.meta["fused_params"] (sources concatenated along dim 0).
+each sequence, with the node's sliding_window if set: query i sees keys i − w < j <= i); no KV cache, so
+`kv_dtype` is ignored (K/V stay float64). Weights are used as given (pass dequantized weights to model a
+quantized checkpoint); a fused param missing from `params` is built from g.meta["fused_params"] (sources
+concatenated along dim 0).
 
 Activation quantization (`act_quant=True`): a linear whose spec takes int8 activations sees its input
 rounded per token to int8 in float64 — s = max|x| / 127 per row (1 for an all-zero row), q = clip(rint(x /
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.graph.graph import GraphError, Node, OpGraph
-from lowbit.reference import add_rms_norm, apply_rope, prefill_attention, rms_norm
+from lowbit.reference import add_rms_norm, apply_rope, rms_norm
 
 
 @dataclass
@@ -130,15 +131,31 @@ def _rope(r: _Run, n: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     return qr.reshape(t, -1), kr.reshape(t, -1)
 
 
+def causal_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, sm_scale: float, window: int | None = None
+) -> np.ndarray:
+    """One sequence: q [L, Hq, D], k, v [L, Hkv, D] -> [L, Hq, D]; query i sees keys j <= i (and j > i − window)."""
+    lq, hq, d = q.shape
+    hkv = k.shape[1]
+    qg = q.reshape(lq, hkv, hq // hkv, d)  # [L, Hkv, G, D]: query head h reads kv head h // G
+    scores = np.einsum("ihgd,jhd->hgij", qg, k) * sm_scale  # [Hkv, G, L, L]
+    i, j = np.arange(lq)[:, None], np.arange(lq)[None, :]
+    visible = (j <= i) if window is None else (j <= i) & (j > i - window)  # [L, L]
+    scores = np.where(visible, scores, -np.inf)
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return np.einsum("hgij,jhe->ihge", p / p.sum(axis=-1, keepdims=True), v).reshape(lq, hq, d)
+
+
 @rule("attention")
 def _attention(r: _Run, n: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     q, k, v = args
     t, d = q.shape[0], n.attr("head_dim")
     hq, hkv = n.attr("num_heads"), n.attr("num_kv_heads")
-    out = prefill_attention(
-        q.reshape(t, hq, d), k.reshape(t, hkv, d), v.reshape(t, hkv, d), r.cu_seqlens, True, n.attr("sm_scale")
-    )
-    return (np.asarray(out).reshape(t, hq * d),)
+    q3, k3, v3 = q.reshape(t, hq, d), k.reshape(t, hkv, d), v.reshape(t, hkv, d)
+    out = np.empty_like(q3)  # [T, Hq, D]
+    for a, b in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:]):
+        out[a:b] = causal_attention(q3[a:b], k3[a:b], v3[a:b], n.attr("sm_scale"), n.attr("sliding_window"))
+    return (out.reshape(t, hq * d),)
 
 
 @rule("silu_mul")
@@ -183,4 +200,4 @@ def interpret(
     return {t: env[t] for t in g.outputs}
 
 
-__all__ = ["RULES", "interpret", "quantize_per_token"]
+__all__ = ["RULES", "causal_attention", "interpret", "quantize_per_token"]

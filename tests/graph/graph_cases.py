@@ -44,12 +44,15 @@ def archs(draw: st.DrawFn) -> ArchConfig:
             )
         )
     )
+    layers = draw(st.integers(1, 3))
+    window = None if family == "llama" else draw(st.sampled_from((None, 2, 3)))
+    window_from = draw(st.integers(0, layers)) if family == "qwen2" and window else 0
     return ArchConfig(
         model_type=family,
         vocab_size=draw(st.sampled_from((40, 64))),
         hidden_size=draw(st.sampled_from((32, 64))),
         intermediate_size=draw(st.sampled_from((32, 48, 64))),
-        num_layers=draw(st.integers(1, 3)),
+        num_layers=layers,
         num_heads=kv * ratio,
         num_kv_heads=kv,
         head_dim=16,
@@ -60,6 +63,8 @@ def archs(draw: st.DrawFn) -> ArchConfig:
         qkv_bias=family == "qwen2" or bias,
         o_bias=family != "qwen2" and bias,
         mlp_bias=draw(st.booleans()),
+        sliding_window=window,
+        window_from_layer=window_from,
     )
 
 

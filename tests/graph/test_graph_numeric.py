@@ -4,6 +4,8 @@ unfused graph itself computes what HF transformers' model computes (float64, the
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from graph_cases import W4A8_GROUP, archs, random_params, recipes, uniform
@@ -11,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.graph import PassContext, build_graph, optimize
-from lowbit.graph.interpret import interpret, quantize_per_token
+from lowbit.graph.interpret import causal_attention, interpret, quantize_per_token
 from lowbit.graph.passes import match_recipe
 from lowbit.models.arch import ArchConfig
+from lowbit.reference import prefill_attention
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -61,6 +64,27 @@ def test_act_quant_is_emulated_and_matters():
     assert 1e-4 < _rel(rounded, plain) < 0.2  # int8 activations: visible, small
 
 
+@settings(max_examples=10)
+@given(
+    st.lists(st.integers(1, 7), min_size=1, max_size=3),
+    st.sampled_from([(2, 1), (4, 2), (3, 3)]),
+    st.integers(0, 2**31),
+)
+def test_interpreter_attention_is_the_reference_prefill(seq_lens, heads, seed):
+    hq, hkv = heads
+    rng = np.random.default_rng(seed)
+    t = sum(seq_lens)
+    q, k, v = rng.standard_normal((t, hq, 8)), rng.standard_normal((t, hkv, 8)), rng.standard_normal((t, hkv, 8))
+    cu = np.concatenate([[0], np.cumsum(seq_lens)])
+    want = prefill_attention(q, k, v, cu, True, 0.3)
+    got = np.concatenate([causal_attention(q[a:b], k[a:b], v[a:b], 0.3) for a, b in itertools.pairwise(cu)])
+    assert _rel(got, want) <= 1e-13
+    # a window as wide as the sequence changes nothing; window 1 attends to the token itself only
+    assert _rel(causal_attention(q, k, v, 0.3, t), causal_attention(q, k, v, 0.3)) == 0.0
+    one = causal_attention(q, k, v, 0.3, 1)
+    assert _rel(one, np.repeat(v, hq // hkv, axis=1)) <= 1e-13
+
+
 def test_quantize_per_token_bounds():
     x = np.random.default_rng(3).standard_normal((5, 33)) * np.array([[1e-3], [1], [10], [0], [1e5]])
     q, s = quantize_per_token(x)
@@ -77,15 +101,18 @@ HF_ARCHS = [
                              ("original_max_position_embeddings", 8), ("rope_type", "llama3")),
                o_bias=True, qkv_bias=True, mlp_bias=True),
     ArchConfig("qwen2", 80, 32, 64, 2, 6, 2, 16, qkv_bias=True, tie_word_embeddings=True),
-    ArchConfig("mistral", 64, 32, 48, 1, 2, 2, 16),
+    ArchConfig("mistral", 64, 32, 48, 2, 2, 2, 16, sliding_window=3),
+    ArchConfig("qwen2", 64, 32, 32, 2, 2, 1, 16, qkv_bias=True, sliding_window=2, window_from_layer=1),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", HF_ARCHS, ids=lambda a: a.model_type)
+@pytest.mark.parametrize("arch", HF_ARCHS, ids=lambda a: f"{a.model_type}-w{a.sliding_window}")
 def test_unfused_graph_matches_hf_transformers(arch):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.AutoConfig.for_model(**arch.to_hf_config())
+    hf = arch.to_hf_config()
+    assert ArchConfig.from_hf_config(hf) == arch  # the window survives the round trip HF reads
+    cfg = transformers.AutoConfig.for_model(**hf)
     cfg._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(cfg).to(torch.float64).eval()
     params = random_params(arch, 7)
