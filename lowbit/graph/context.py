@@ -26,8 +26,8 @@ class PassContext:
     name (e.g. "model.layers.0.self_attn.q_proj", "lm_head"), e.g. `lambda m: lowbit.config.resolve_linear(cfg,
     m)`. backend "tvm" | "triton" | "reference"; device "cpu" | "cuda" | "cuda:N"; dtype: the activations'
     compute dtype; kv_dtype: the KV cache format (lowbit.quant.kv.KV_DTYPES). buckets: ascending token
-    counts M a kernel is chosen for (bucket b serves previous bucket < M <= b). max_num_tokens: the most
-    tokens one forward pass carries (sizes the memory plan's buffers)."""
+    counts M a kernel is chosen for (bucket b serves previous bucket < M <= b). max_num_tokens / max_num_seqs:
+    the most tokens / sequences one forward pass carries (size the memory plan's arena)."""
 
     arch: ArchConfig
     resolve: Callable[[str], LinearSpec | None] = no_recipe
@@ -37,6 +37,7 @@ class PassContext:
     kv_dtype: str = "float16"
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_num_tokens: int = 4096
+    max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, ArchConfig):
@@ -58,6 +59,8 @@ class PassContext:
         object.__setattr__(self, "buckets", b)
         if not isinstance(self.max_num_tokens, int) or self.max_num_tokens <= 0:
             raise ValueError(f"max_num_tokens {self.max_num_tokens!r} must be a positive int (tokens per forward pass)")
+        if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
+            raise ValueError(f"max_num_seqs {self.max_num_seqs!r} must be a positive int (sequences per forward pass)")
 
     @property
     def dtype_bytes(self) -> int:

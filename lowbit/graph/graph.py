@@ -204,7 +204,14 @@ class OpGraph:
 
     def consumers(self, tensor: str) -> list[Node]:
         """Nodes reading `tensor`, in order."""
-        return [n for n in self.nodes if tensor in n.inputs]
+        index = self.__dict__.get("_consumers")
+        if index is None:
+            index = {}
+            for n in self.nodes:
+                for t in dict.fromkeys(n.inputs):
+                    index.setdefault(t, []).append(n)
+            object.__setattr__(self, "_consumers", index)
+        return list(index.get(tensor, ()))
 
     def tensors(self) -> list[str]:
         """Every tensor: graph inputs, then node outputs in order."""
@@ -241,20 +248,33 @@ class OpGraph:
 
     # -- rewrites (each returns a new graph, or self when nothing changed) ---------------------------------
     def replace_nodes(self, removed: Iterable[str], added: Iterable[Node] = ()) -> OpGraph:
-        """Remove the nodes named in `removed` and put `added` where the first removed node was (or replace a
-        node in place when `added` has a node of the same name). Renaming tensors is the caller's job: the new
-        graph is checked, and re-ordered stably if a new node would otherwise read a tensor too early."""
-        removed = list(removed)
-        added = list(added)
-        for r in removed:
-            self.node(r)
-        if not removed and not added:
+        """Remove the nodes named in `removed` and put `added` where the first removed node was. Renaming
+        tensors is the caller's job: the new graph is checked, and re-ordered stably if a new node would
+        otherwise read a tensor too early."""
+        return self.replace_groups([(removed, added)])
+
+    def replace_groups(self, groups: Iterable[tuple[Iterable[str], Iterable[Node]]]) -> OpGraph:
+        """`replace_nodes` for several disjoint (removed, added) groups at once (one new graph, not one per
+        group: a pass fusing every layer stays linear in the graph size)."""
+        at: dict[int, list[Node]] = {}
+        gone: set[str] = set()
+        index = {n.name: i for i, n in enumerate(self.nodes)}
+        for removed, added in groups:
+            removed, added = list(removed), list(added)
+            for r in removed:
+                self.node(r)
+                if r in gone:
+                    raise GraphError(f"node {r} is removed by two rewrite groups; groups must be disjoint")
+            gone.update(removed)
+            at.setdefault(min((index[r] for r in removed), default=len(self.nodes)), []).extend(added)
+        if not gone and not any(at.values()):
             return self
-        gone = set(removed)
-        first = min((i for i, n in enumerate(self.nodes) if n.name in gone), default=len(self.nodes))
-        kept = [n for n in self.nodes[:first] if n.name not in gone]
-        rest = [n for n in self.nodes[first:] if n.name not in gone]
-        nodes = [*kept, *added, *rest]
+        nodes: list[Node] = []
+        for i, n in enumerate(self.nodes):
+            nodes.extend(at.get(i, ()))
+            if n.name not in gone:
+                nodes.append(n)
+        nodes.extend(at.get(len(self.nodes), ()))
         if len(nodes) == len(self.nodes) and all(a is b for a, b in zip(nodes, self.nodes)):
             return self
         return self._with_nodes(_stable_order(nodes, self.inputs))

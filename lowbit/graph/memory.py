@@ -5,10 +5,13 @@ Over `nodes_in_order()` (node i = step i), a tensor is live from the step that w
 buffers first — the smallest free buffer that holds the tensor (best fit), else the largest free buffer
 grown to fit, else a new one — and then the buffers of tensors whose last use is this step are freed.
 Outputs never share a buffer with the step's inputs (kernels read inputs while writing outputs).
-Graph inputs (input_ids, positions) belong to the batch and are not planned.
+Graph inputs (input_ids, positions) belong to the batch and are not planned. Tensors with one row per
+sequence (after `last_token`: the logits) get buffers of their own kind (`buffer_rows`), sized by
+max_num_seqs rows instead of max_num_tokens.
 
-peak = the buffers' total (the arena the executor allocates); naive = every tensor its own buffer;
-live_peak = the largest total of simultaneously live tensors, a lower bound on any plan.
+Per token: peak = the buffers' total (the arena); naive = every tensor its own buffer; live_peak = the
+largest total of simultaneously live tensors, a lower bound on any plan. `peak_bytes` = token buffers ×
+max_num_tokens + sequence buffers × max_num_seqs: the arena the executor allocates.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class MemoryPlan:
     live_range: FrozenDict  # tensor -> (first def step, last use step)
     free_after: FrozenDict  # node name -> tensors whose last use is that node (drop them after it runs)
     max_num_tokens: int
+    buffer_rows: tuple[str, ...] = ()  # buffer index -> "tokens" | "seqs" (rows it holds)
+    max_num_seqs: int = 1
 
     @property
     def peak_bytes_per_token(self) -> int:
@@ -45,14 +50,15 @@ class MemoryPlan:
 
     @property
     def peak_bytes(self) -> int:
-        return self.peak_bytes_per_token * self.max_num_tokens
+        rows = {"tokens": self.max_num_tokens, "seqs": min(self.max_num_seqs, self.max_num_tokens)}
+        return sum(b * rows[r] for b, r in zip(self.buffer_bytes_per_token, self.buffer_rows, strict=True))
 
     def summary(self) -> str:
         return (
             f"memory plan: {len(self.buffer_bytes_per_token)} buffers for {len(self.buffer_of)} tensors, "
             f"{self.peak_bytes_per_token} B/token planned vs {self.naive_bytes_per_token} B/token naive "
             f"(live peak {self.live_peak_bytes_per_token} B/token); {_mib(self.peak_bytes)} at "
-            f"{self.max_num_tokens} tokens"
+            f"{self.max_num_tokens} tokens, {min(self.max_num_seqs, self.max_num_tokens)} sequences"
         )
 
 
@@ -60,8 +66,16 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def plan_buffers(g: OpGraph, tensor_bytes: dict[str, int], max_num_tokens: int) -> MemoryPlan:
-    """The plan for `g` given every planned tensor's bytes per token (see the module docstring)."""
+def plan_buffers(
+    g: OpGraph,
+    tensor_bytes: dict[str, int],
+    max_num_tokens: int,
+    tensor_rows: dict[str, str] | None = None,
+    max_num_seqs: int = 1,
+) -> MemoryPlan:
+    """The plan for `g` given every planned tensor's bytes per row and its rows ("tokens" by default,
+    or "seqs"); see the module docstring."""
+    kind = tensor_rows or {}
     nodes = g.nodes_in_order()
     end = len(nodes)
     first: dict[str, int] = {}
@@ -78,20 +92,23 @@ def plan_buffers(g: OpGraph, tensor_bytes: dict[str, int], max_num_tokens: int) 
     for t in first:
         dies_at.setdefault(last[t], []).append(t)
 
-    sizes: list[int] = []  # buffer -> bytes per token
+    sizes: list[int] = []  # buffer -> bytes per row
+    rows: list[str] = []  # buffer -> "tokens" | "seqs"
     free: list[int] = []  # free buffer indices
     buffer_of: dict[str, int] = {}
     for i, n in enumerate(nodes):
         for t in n.outputs:
-            need = tensor_bytes[t]
-            fits = [b for b in free if sizes[b] >= need]
+            need, r = tensor_bytes[t], kind.get(t, "tokens")
+            free_here = [b for b in free if rows[b] == r]
+            fits = [b for b in free_here if sizes[b] >= need]
             if fits:
                 b = min(fits, key=lambda b: (sizes[b], b))  # best fit
-            elif free:
-                b = max(free, key=lambda b: (sizes[b], -b))  # grow the largest: adds the least
+            elif free_here:
+                b = max(free_here, key=lambda b: (sizes[b], -b))  # grow the largest: adds the least
                 sizes[b] = need
             else:
                 sizes.append(need)
+                rows.append(r)
                 b = len(sizes) - 1
                 free.append(b)
             free.remove(b)
@@ -105,6 +122,8 @@ def plan_buffers(g: OpGraph, tensor_bytes: dict[str, int], max_num_tokens: int) 
         live_range=FrozenDict({t: (first[t], last[t]) for t in first}),
         free_after=FrozenDict(free_after),
         max_num_tokens=max_num_tokens,
+        buffer_rows=tuple(rows),
+        max_num_seqs=max_num_seqs,
     )
 
 

@@ -2,8 +2,9 @@
 dtype, one rule per op. Used by the memory planner and the stats. A missing op fails by name.
 
 dtypes: activations in the compute dtype; `xq` of the norm+quant fusions int8, their per-token scale `xs`
-float32 (one value per token); graph inputs input_ids / positions int64 (one per token). `last_token` keeps
-the width (its rows are sequences, never more than the tokens).
+float32 (one value per token); graph inputs input_ids / positions int64 (one per token).
+rows: "tokens" (one row per token of the batch) or "seqs" (one per sequence: `last_token`'s output and
+everything computed from it, e.g. the logits), which the memory plan sizes by the sequence count.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "int32": 4,
 @dataclass(frozen=True)
 class TensorInfo:
     features: int
-    dtype: str  # a DTYPE_BYTES key; "compute" is resolved to the context's compute dtype by `tensor_infos`
+    dtype: str  # a DTYPE_BYTES key
+    rows: str = "tokens"  # "tokens" | "seqs"
 
     @property
     def bytes_per_token(self) -> int:
@@ -91,9 +93,12 @@ def tensor_infos(g: OpGraph, arch: ArchConfig, dtype: str) -> dict[str, TensorIn
         fn = RULES.get(n.op)
         if fn is None:
             raise GraphError(f"node {n.name}: op {n.op!r} has no shape rule; add one in lowbit/graph/shapes.py")
-        outs = fn(n, [infos[t] for t in n.inputs], arch, dtype)
+        ins = [infos[t] for t in n.inputs]
+        outs = fn(n, ins, arch, dtype)
         if len(outs) != len(n.outputs):
             raise GraphError(f"node {n.name} ({n.op}) has outputs {n.outputs}, its shape rule gives {len(outs)}")
+        if n.op == "last_token" or any(i.rows == "seqs" for i in ins):
+            outs = tuple(TensorInfo(o.features, o.dtype, "seqs") for o in outs)
         infos.update(zip(n.outputs, outs))
     return infos
 

@@ -124,6 +124,22 @@ def test_memory_plan_never_shares_a_buffer_between_live_tensors(arch, resolve):
         assert all(max(live[t]) == step for t in ts)
 
 
+def test_memory_plan_sizes_sequence_rows_by_max_num_seqs():
+    ctx = PassContext(ARCH, max_num_tokens=1000, max_num_seqs=10)
+    g = optimize(build_graph(ARCH), ctx)
+    plan = g.meta["memory_plan"]
+    infos = tensor_infos(g, ARCH, ctx.dtype)
+    assert infos["logits"].rows == infos["h_last"].rows == "seqs" and infos["h_norm"].rows == "tokens"
+    for t, b in plan.buffer_of.items():
+        assert plan.buffer_rows[b] == infos[t].rows  # a buffer holds one kind of rows
+    per_kind = {
+        r: sum(b for b, k in zip(plan.buffer_bytes_per_token, plan.buffer_rows) if k == r) for r in ("tokens", "seqs")
+    }
+    assert per_kind["seqs"] >= ARCH.vocab_size * 2
+    assert plan.peak_bytes == per_kind["tokens"] * 1000 + per_kind["seqs"] * 10
+    assert "1000 tokens, 10 sequences" in plan.summary()
+
+
 def test_memory_plan_reuses_buffers_on_a_deep_model():
     arch = ArchConfig("llama", 64, 64, 128, 3, 4, 2, 16)
     plan = optimize(build_graph(arch), PassContext(arch)).meta["memory_plan"]
@@ -268,3 +284,5 @@ def test_pass_context_errors_name_the_field():
         PassContext(ARCH, buckets=(16, 1))
     with pytest.raises(ValueError, match="kv_dtype"):
         PassContext(ARCH, kv_dtype="int5")
+    with pytest.raises(ValueError, match="max_num_seqs 0 must be a positive int"):
+        PassContext(ARCH, max_num_seqs=0)

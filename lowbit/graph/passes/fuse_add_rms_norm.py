@@ -10,6 +10,7 @@ from lowbit.graph.graph import Node, OpGraph
 
 
 def fuse_add_rms_norm(g: OpGraph, ctx: PassContext) -> OpGraph:
+    groups = []  # disjoint: an add has one first norm, a norm reads one tensor
     for add in g.nodes_in_order():
         if add.op != "add":
             continue
@@ -18,5 +19,5 @@ def fuse_add_rms_norm(g: OpGraph, ctx: PassContext) -> OpGraph:
         if norm is None:
             continue
         fused = Node(norm.name, "add_rms_norm", add.inputs, (*norm.outputs, s), norm.attrs, norm.layer)
-        g = g.replace_nodes([add.name, norm.name], [fused])
-    return g
+        groups.append(([add.name, norm.name], [fused]))
+    return g.replace_groups(groups)

@@ -13,6 +13,7 @@ MEMBERS = ("gate_proj", "up_proj")
 
 
 def fuse_gate_up(g: OpGraph, ctx: PassContext) -> OpGraph:
+    groups, params, notes = [], {}, []
     for layer in range(ctx.arch.num_layers):
         parent = f"model.layers.{layer}.mlp"
         parts = sibling_linears(g, parent, MEMBERS)
@@ -20,7 +21,7 @@ def fuse_gate_up(g: OpGraph, ctx: PassContext) -> OpGraph:
             continue
         why = why_not_fusable(parts)
         if why is not None:
-            g = g.with_note(f"fuse_gate_up: {parent}: gate/up_proj left unfused: {why}")
+            notes.append(f"fuse_gate_up: {parent}: gate/up_proj left unfused: {why}")
             continue
         (gate,), (up,) = parts[0].outputs, parts[1].outputs
         users = {n.name: n for t in (gate, up) for n in g.consumers(t)}
@@ -29,10 +30,10 @@ def fuse_gate_up(g: OpGraph, ctx: PassContext) -> OpGraph:
         private = gate not in g.outputs and up not in g.outputs
         if act is not None and act.op == "silu_mul" and act.inputs == (gate, up) and private:
             gate_up = f"{gate}_up"
-            node, params = fused_linear(parts, name, (gate_up,))
-            g = g.replace_nodes([*(p.name for p in parts), act.name], [node, act.with_io(inputs=(gate_up,))])
+            node, fused = fused_linear(parts, name, (gate_up,))
+            groups.append(([*(p.name for p in parts), act.name], [node, act.with_io(inputs=(gate_up,))]))
         else:
-            node, params = fused_linear(parts, name, (gate, up))
-            g = g.replace_nodes([p.name for p in parts], [node])
-        g = add_fused_params(g, params)
-    return g
+            node, fused = fused_linear(parts, name, (gate, up))
+            groups.append(([p.name for p in parts], [node]))
+        params.update(fused)
+    return add_fused_params(g.replace_groups(groups), params, notes)

@@ -17,6 +17,8 @@ def _int8_reader(n: Node) -> bool:
 
 
 def fuse_norm_quant(g: OpGraph, ctx: PassContext) -> OpGraph:
+    new: dict[str, Node] = {}  # disjoint: each linear reads one norm
+    notes = []
     for norm in g.nodes_in_order():
         if norm.op not in _QUANT:
             continue
@@ -27,12 +29,15 @@ def fuse_norm_quant(g: OpGraph, ctx: PassContext) -> OpGraph:
             continue
         if len(int8) < len(readers) or y in g.outputs:
             others = [n.name for n in readers if not _int8_reader(n)] or ["the graph outputs"]
-            g = g.with_note(
+            notes.append(
                 f"fuse_norm_quant: {norm.name}: not quantized in the norm: {', '.join(others)} read it in float"
             )
             continue
         yq, ys = f"{y}_q", f"{y}_scale"
         fused = Node(norm.name, _QUANT[norm.op], norm.inputs, (yq, ys, *norm.outputs[1:]), norm.attrs, norm.layer)
-        linears = {n.name: n.with_io(inputs=(yq, ys)).with_attrs(act_quant_fused=True) for n in readers}
-        g = g.substitute({norm.name: fused, **linears})
+        new[norm.name] = fused
+        new.update({n.name: n.with_io(inputs=(yq, ys)).with_attrs(act_quant_fused=True) for n in readers})
+    g = g.substitute(new)
+    for note in notes:
+        g = g.with_note(note)
     return g

@@ -12,6 +12,7 @@ MEMBERS = ("q_proj", "k_proj", "v_proj")
 
 
 def fuse_qkv(g: OpGraph, ctx: PassContext) -> OpGraph:
+    groups, params, notes = [], {}, []
     for layer in range(ctx.arch.num_layers):
         parent = f"model.layers.{layer}.self_attn"
         parts = sibling_linears(g, parent, MEMBERS)
@@ -19,8 +20,9 @@ def fuse_qkv(g: OpGraph, ctx: PassContext) -> OpGraph:
             continue
         why = why_not_fusable(parts)
         if why is not None:
-            g = g.with_note(f"fuse_qkv: {parent}: q/k/v_proj left unfused: {why}")
+            notes.append(f"fuse_qkv: {parent}: q/k/v_proj left unfused: {why}")
             continue
-        node, params = fused_linear(parts, f"{parent}.qkv_proj", tuple(t for p in parts for t in p.outputs))
-        g = add_fused_params(g.replace_nodes([p.name for p in parts], [node]), params)
-    return g
+        node, fused = fused_linear(parts, f"{parent}.qkv_proj", tuple(t for p in parts for t in p.outputs))
+        groups.append(([p.name for p in parts], [node]))
+        params.update(fused)
+    return add_fused_params(g.replace_groups(groups), params, notes)

@@ -52,5 +52,10 @@ def fused_linear(parts: list[Node], name: str, outputs: tuple[str, ...]) -> tupl
     return node, params
 
 
-def add_fused_params(g: OpGraph, params: dict[str, tuple[str, ...]]) -> OpGraph:
-    return g.with_meta(fused_params={**g.meta.get("fused_params", {}), **params})
+def add_fused_params(g: OpGraph, params: dict[str, tuple[str, ...]], notes: list[str]) -> OpGraph:
+    """g with `params` added to meta["fused_params"] and `notes` to meta["notes"] (self if neither adds)."""
+    if params:
+        g = g.with_meta(fused_params={**g.meta.get("fused_params", {}), **params})
+    for note in notes:
+        g = g.with_note(note)
+    return g
