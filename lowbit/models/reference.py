@@ -55,8 +55,10 @@ class _Params(Mapping[str, Any]):
     """`weights` with `overrides` applied (a mapping of raw arrays); calling it gives a parameter as a torch
     tensor of the compute dtype, converted when asked for (one layer's worth at a time)."""
 
-    def __init__(self, arch: ArchConfig, weights: Mapping[str, Any], overrides: Mapping[str, Any] | None, dtype):
-        self.arch, self.weights, self.dtype = arch, weights, dtype
+    def __init__(
+        self, arch: ArchConfig, weights: Mapping[str, Any], overrides: Mapping[str, Any] | None, dtype, device
+    ):
+        self.arch, self.weights, self.dtype, self.device = arch, weights, dtype, torch.device(device)
         self.overrides = _normalize_overrides(arch, overrides)
 
     def __getitem__(self, name: str) -> Any:
@@ -75,9 +77,9 @@ class _Params(Mapping[str, Any]):
     def __call__(self, name: str) -> torch.Tensor:
         value = self[name]
         if isinstance(value, torch.Tensor):
-            return value.detach().to(device="cpu", dtype=self.dtype)
+            return value.detach().to(device=self.device, dtype=self.dtype)
         np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        return torch.from_numpy(np.array(value, dtype=np_dtype)).to(self.dtype)
+        return torch.from_numpy(np.array(value, dtype=np_dtype)).to(device=self.device, dtype=self.dtype)
 
     def linear(self, module: str, x: torch.Tensor, bias: bool, capture: Capture | None) -> torch.Tensor:
         if capture is not None:
@@ -86,10 +88,16 @@ class _Params(Mapping[str, Any]):
         return y + self(f"{module}.bias") if bias else y
 
 
-def _params(arch: ArchConfig, weights: Mapping[str, Any], overrides: Mapping[str, Any] | None, dtype) -> _Params:
-    if isinstance(weights, _Params) and weights.dtype == dtype and not overrides:
+def _params(
+    arch: ArchConfig, weights: Mapping[str, Any], overrides: Mapping[str, Any] | None, dtype, device
+) -> _Params:
+    if (
+        not overrides
+        and isinstance(weights, _Params)
+        and (weights.dtype, weights.device) == (dtype, torch.device(device))
+    ):
         return weights
-    return _Params(arch, weights, overrides, dtype)
+    return _Params(arch, weights, overrides, dtype, device)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -99,12 +107,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
-def rope_cos_sin(arch: ArchConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, D] (neox layout: the D/2 frequencies twice) for positions [T]."""
+def rope_cos_sin(
+    arch: ArchConfig, positions: torch.Tensor, dtype: torch.dtype, device: Any = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, D] (neox layout: the D/2 frequencies twice) for positions [T], computed in float64."""
     inv_freq = torch.from_numpy(rope_inv_freq(arch.head_dim, arch.rope_theta, arch.rope_scaling_dict))  # [D/2]
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
+    angles = positions.cpu().to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
     angles = torch.cat([angles, angles], dim=-1)  # [T, D]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +146,9 @@ def embed(
     input_ids: Any,
     dtype: torch.dtype = torch.float64,
     overrides: Mapping[str, Any] | None = None,
+    device: Any = "cpu",
 ) -> torch.Tensor:
-    """hidden [B, T, H] = embed_tokens[input_ids [B, T]]."""
+    """hidden [B, T, H] (`dtype`, on `device`) = embed_tokens[input_ids [B, T]]."""
     ids = torch.as_tensor(np.asarray(input_ids) if not isinstance(input_ids, torch.Tensor) else input_ids)
     if ids.ndim != 2 or ids.dtype.is_floating_point:
         raise ValueError(f"input_ids must be integers [B, T], got {ids.dtype} {tuple(ids.shape)}")
@@ -145,8 +156,8 @@ def embed(
         raise ValueError(
             f"input_ids range [{int(ids.min())}, {int(ids.max())}] is outside the vocab 0..{arch.vocab_size - 1}"
         )
-    table = _params(arch, weights, overrides, dtype)("model.embed_tokens.weight")  # [V, H]
-    return table[ids.long()]
+    table = _params(arch, weights, overrides, dtype, device)("model.embed_tokens.weight")  # [V, H]
+    return table[ids.long().to(table.device)]
 
 
 def decoder_layer(
@@ -158,11 +169,11 @@ def decoder_layer(
     overrides: Mapping[str, Any] | None = None,
     capture: Capture | None = None,
 ) -> torch.Tensor:
-    """Decoder layer `layer` on hidden [B, T, H] (its dtype is the compute dtype) at positions [T]
+    """Decoder layer `layer` on hidden [B, T, H] (its dtype and device are the compute's) at positions [T]
     (default 0..T-1); returns the new hidden [B, T, H]. `capture(module, x)` sees every linear's input."""
     if not 0 <= layer < arch.num_layers:
         raise ValueError(f"layer {layer} is outside 0..{arch.num_layers - 1}")
-    p = _params(arch, weights, overrides, hidden.dtype)
+    p = _params(arch, weights, overrides, hidden.dtype, hidden.device)
     B, T, _ = hidden.shape
     Hq, Hkv, D = arch.num_heads, arch.num_kv_heads, arch.head_dim
     a, m = f"model.layers.{layer}.self_attn", f"model.layers.{layer}.mlp"
@@ -172,13 +183,14 @@ def decoder_layer(
     q = p.linear(f"{a}.q_proj", x, arch.qkv_bias, capture).view(B, T, Hq, D).transpose(1, 2)  # [B, Hq, T, D]
     k = p.linear(f"{a}.k_proj", x, arch.qkv_bias, capture).view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
     v = p.linear(f"{a}.v_proj", x, arch.qkv_bias, capture).view(B, T, Hkv, D).transpose(1, 2)
-    cos, sin = rope_cos_sin(arch, _as_positions(positions, T), hidden.dtype)  # [T, D]
+    cos, sin = rope_cos_sin(arch, _as_positions(positions, T), hidden.dtype, hidden.device)  # [T, D]
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     k = k.repeat_interleave(arch.group_size, dim=1)  # [B, Hq, T, D]: query head h reads kv head h // group
     v = v.repeat_interleave(arch.group_size, dim=1)
     scores = (q @ k.transpose(-1, -2)) * D**-0.5  # [B, Hq, T, T]
-    scores = scores.masked_fill(~attention_mask(T, arch.layer_sliding_window(layer)), float("-inf"))
+    mask = attention_mask(T, arch.layer_sliding_window(layer)).to(hidden.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(hidden.dtype)
     o = (probs @ v).transpose(1, 2).reshape(B, T, Hq * D)  # [B, T, Hq·D]
     hidden = hidden + p.linear(f"{a}.o_proj", o, arch.o_bias, capture)
@@ -198,16 +210,16 @@ def final_logits(
     capture: Capture | None = None,
 ) -> torch.Tensor:
     """logits [B, T, V] = rms_norm(hidden [B, T, H]) · lm_head^T (embed_tokens when tied)."""
-    p = _params(arch, weights, overrides, hidden.dtype)
+    p = _params(arch, weights, overrides, hidden.dtype, hidden.device)
     x = rms_norm(hidden, p("model.norm.weight"), arch.rms_norm_eps)
     return p.linear("lm_head", x, False, capture)
 
 
 # -- whole model ---------------------------------------------------------------------------------------
-def _forward(arch, weights, input_ids, dtype, overrides, capture) -> torch.Tensor:
-    p = _Params(arch, weights, overrides, dtype)
+def _forward(arch, weights, input_ids, dtype, overrides, capture, device) -> torch.Tensor:
+    p = _Params(arch, weights, overrides, dtype, device)
     with torch.no_grad():
-        hidden = embed(arch, p, input_ids, dtype)
+        hidden = embed(arch, p, input_ids, dtype, device=device)
         for layer in range(arch.num_layers):
             hidden = decoder_layer(arch, p, layer, hidden, capture=capture)
         return final_logits(arch, p, hidden, capture=capture)
@@ -219,10 +231,12 @@ def reference_logits(
     input_ids: Any,
     dtype: torch.dtype = torch.float64,
     overrides: Mapping[str, Any] | None = None,
+    device: Any = "cpu",
 ) -> np.ndarray:
     """logits [B, T, V] (numpy, `dtype`) of input_ids [B, T] at positions 0..T-1, as HF LlamaForCausalLM /
-    MistralForCausalLM / Qwen2ForCausalLM computes them. `overrides` replaces parameters (see module doc)."""
-    return _forward(arch, weights, input_ids, dtype, overrides, None).numpy()
+    MistralForCausalLM / Qwen2ForCausalLM computes them. `overrides` replaces parameters (see module doc);
+    `device` ("cuda") runs it there, one layer's weights at a time."""
+    return _forward(arch, weights, input_ids, dtype, overrides, None, device).cpu().numpy()
 
 
 def capture_linear_inputs(
@@ -232,6 +246,7 @@ def capture_linear_inputs(
     modules: set[str] | None = None,
     dtype: torch.dtype = torch.float64,
     overrides: Mapping[str, Any] | None = None,
+    device: Any = "cpu",
 ) -> dict[str, np.ndarray]:
     """Input activations [tokens = B·T, K] of each linear module (HF names, "lm_head" included) in execution
     order, for calibration. `modules` restricts which are kept (None: all). Linears fed the same tensor
@@ -249,10 +264,10 @@ def capture_linear_inputs(
         if modules is not None and module not in modules:
             return
         if last[0] is not x:
-            last[:] = [x, x.reshape(-1, x.shape[-1]).numpy().copy()]
+            last[:] = [x, x.reshape(-1, x.shape[-1]).cpu().numpy().copy()]
         out[module] = last[1]
 
-    _forward(arch, weights, input_ids, dtype, overrides, capture)
+    _forward(arch, weights, input_ids, dtype, overrides, capture, device)
     return out
 
 

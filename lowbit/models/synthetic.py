@@ -1,10 +1,11 @@
 """Synthetic models: deterministic random weights for any `ArchConfig`, and a byte-level BPE tokenizer built
 in-process. No downloads; the same seed gives the same bits on every machine (numpy PCG64).
 
-Each tensor has its own stream, `Generator(PCG64(SeedSequence(seed, spawn_key=hash(name))))`, so tensors are
-made lazily, in any order, one at a time (a 1B model costs nothing until read, and ~4 GB if all of it is
-materialised as float32). Values are rounded to `arch.torch_dtype` (bf16 / fp16), so saving at that dtype
-and loading back is exact. Distributions (HF init, plus what makes the next-token distribution non-trivial):
+Each chunk of 2^20 elements of a tensor has its own stream, `Generator(PCG64(SeedSequence(seed,
+spawn_key=(hash(name), chunk))))`, so tensors are made lazily, in any order, one at a time, chunks on parallel
+threads (a 1B model costs nothing until read, and ~4 GB if all of it is materialised as float32). Values are
+rounded to `arch.torch_dtype` (bf16 / fp16), so saving at that dtype and loading back is exact.
+Distributions (HF init, plus what makes the next-token distribution non-trivial):
     linear weights, biases   N(0, 0.02²)                          (HF initializer_range)
     norm weights             1 + N(0, 0.05²)                       (not all ones, so tests are not symmetric)
     embed_tokens, lm_head    N(0, (logit_std / sqrt(hidden))²)     logits ≈ N(0, logit_std²) after the final
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import ml_dtypes
 import numpy as np
@@ -25,29 +28,46 @@ from lowbit.models.weights import LazyWeights
 LINEAR_STD = 0.02
 NORM_NOISE = 0.05
 LOGIT_STD = 4.0
+CHUNK = 1 << 20  # elements per random stream (fixed: part of what a seed means)
 ROUND_TO = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-def tensor_rng(seed: int, name: str) -> np.random.Generator:
-    """The random stream of tensor `name` under `seed` (independent of every other tensor's)."""
+def tensor_rng(seed: int, name: str, chunk: int = 0) -> np.random.Generator:
+    """The random stream of chunk `chunk` of tensor `name` under `seed` (independent of every other one)."""
     key = np.frombuffer(hashlib.blake2b(name.encode(), digest_size=16).digest(), dtype="<u4")
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=tuple(int(k) for k in key))))
+    spawn_key = (*(int(k) for k in key), chunk)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
 
 
 def synthetic_tensor(arch: ArchConfig, seed: int, name: str, logit_std: float = LOGIT_STD) -> np.ndarray:
-    """Tensor `name` of the synthetic model (float32, values representable in arch.torch_dtype)."""
+    """Tensor `name` of the synthetic model (float32, values representable in arch.torch_dtype). Made in
+    chunks of CHUNK elements, each from its own stream, on several threads (numpy releases the GIL while
+    filling); the values do not depend on the thread count."""
     shape = arch.param_shapes()[name] if name != "lm_head.weight" else (arch.vocab_size, arch.hidden_size)
-    rng = tensor_rng(seed, name)
-    x = rng.standard_normal(shape, dtype=np.float32)
     if name.endswith("norm.weight"):
-        x = 1 + NORM_NOISE * x
+        scale, shift = NORM_NOISE, 1.0
     elif name in ("model.embed_tokens.weight", "lm_head.weight"):
-        x *= logit_std / np.sqrt(arch.hidden_size)
+        scale, shift = logit_std / float(np.sqrt(arch.hidden_size)), 0.0
     else:
-        x *= LINEAR_STD
-    if arch.torch_dtype in ROUND_TO:
-        x = x.astype(ROUND_TO[arch.torch_dtype]).astype(np.float32)
-    return x
+        scale, shift = LINEAR_STD, 0.0
+    out = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=np.float32)
+    round_to = ROUND_TO.get(arch.torch_dtype)
+
+    def fill(start: int) -> None:
+        x = out[start : start + CHUNK]
+        tensor_rng(seed, name, start // CHUNK).standard_normal(dtype=np.float32, out=x)
+        x *= np.float32(scale)
+        x += np.float32(shift)
+        if round_to is not None:
+            x[...] = x.astype(round_to)
+
+    starts = range(0, out.size, CHUNK)
+    if len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+            list(pool.map(fill, starts))
+    else:
+        fill(0)
+    return out.reshape(shape)
 
 
 def synthetic_weights(arch: ArchConfig, seed: int = 0, logit_std: float = LOGIT_STD) -> LazyWeights:

@@ -138,3 +138,16 @@ def test_save_checks_weights_and_dtype(tmp_path):
         save_hf_dir(tmp_path, LLAMA, weights)
     with pytest.raises(ValueError, match="float64"):
         save_hf_dir(tmp_path, LLAMA, synthetic_weights(LLAMA), dtype="float64")
+
+
+def test_chunked_tensor_does_not_depend_on_thread_count(monkeypatch):
+    import lowbit.models.synthetic as synthetic
+
+    arch = dataclasses.replace(LLAMA, vocab_size=2500, hidden_size=512, head_dim=128)  # 1.28M elements: 2 chunks
+    parallel = synthetic.synthetic_tensor(arch, 3, "model.embed_tokens.weight")
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 1)
+    serial = synthetic.synthetic_tensor(arch, 3, "model.embed_tokens.weight")
+    np.testing.assert_array_equal(parallel, serial)
+    first, second = parallel.reshape(-1)[: synthetic.CHUNK], parallel.reshape(-1)[synthetic.CHUNK :]
+    assert abs(first.std() - second.std()) < 0.01 * first.std()  # both chunks drawn from the same distribution
+    assert not np.array_equal(first[: second.size], second)
