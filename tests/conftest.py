@@ -1,4 +1,4 @@
-"""Shared test setup: hypothesis profiles and the `gpu` marker skip."""
+"""Shared test setup: hypothesis profiles, the `gpu` marker skip, and caches in a session temp dir."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Tuning records, generated Triton sources and compiled kernels go to a session temp dir, never to
+    ~/.cache/lowbit. The disk cache of compiled TVM kernels is off (each library would cost a link for no
+    gain: one process compiles each kernel once anyway); tests/codegen/test_kernel_cache.py turns it on."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOWBIT_CACHE_DIR", str(tmp_path_factory.mktemp("lowbit-cache")))
+        mp.setenv("LOWBIT_KERNEL_CACHE", os.environ.get("LOWBIT_KERNEL_CACHE", "0"))
+        yield

@@ -111,8 +111,15 @@ def _compile_cached(program: Program, backend: str, options: tuple[tuple[str, An
 
 def compile_program(program: Program, backend: str, options: Mapping[str, Any] | None = None) -> CompiledKernel:
     """Run the pass pipeline on `program` and compile it with `backend` (cached per program, backend and
-    options)."""
+    options in this process; TVM kernels are also cached on disk across processes, see
+    `lowbit.codegen.kernel_cache`)."""
     return _compile_cached(program, backend, freeze(options))
+
+
+def clear_compile_cache() -> None:
+    """Forget the kernels compiled in this process (the disk cache is kept): the next `compile_program`
+    goes to the backend again."""
+    _compile_cached.cache_clear()
 
 
 __all__ = [
@@ -120,6 +127,7 @@ __all__ = [
     "CompiledKernel",
     "Config",
     "available_backends",
+    "clear_compile_cache",
     "compile_program",
     "freeze",
     "get_compiler",

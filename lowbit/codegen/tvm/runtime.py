@@ -5,16 +5,25 @@ Targets are JSON dicts (TVM 0.27 rejects target strings); the CPU's `mcpu` comes
 on this kind of VM unless TVM_NUM_THREADS is set, so it is set (to the core count) before TVM starts.
 Arguments reach the compiled function as torch CPU tensors (zero-copy through DLPack); buffers are declared
 with 4-byte alignment, so views and `torch.from_numpy` arrays are safe to pass.
+
+`compile_tvm` goes through the disk cache of `lowbit.codegen.kernel_cache`: a kernel built once is saved as
+`<key>.so` + `<key>.json` and later processes load the library instead of building (`kernel_key_parts` says
+what the key covers); `regenerate(record)` builds a cached kernel again from its record's program text.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import shutil
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from lowbit.codegen import kernel_cache
 from lowbit.codegen.backend import BackendError
 from lowbit.codegen.tvm.lower import check_options, lower
 from lowbit.ir.layout import PackedLayout
@@ -35,7 +44,8 @@ def cuda_target(arch: str = "sm_90") -> Any:
 
 
 class TvmKernel:
-    """A program compiled by TVM for the CPU. `source` is the TVMScript it was built from."""
+    """A program compiled by TVM for the CPU. `source` is the TVMScript it was built from; `key` and
+    `library` name its entry in the kernel cache (None when it has none)."""
 
     backend = "tvm"
 
@@ -45,23 +55,55 @@ class TvmKernel:
         lowered = lower(program, self.options)
         self.source = lowered.source
         self.arg_names = lowered.arg_names
-        dump = os.environ.get("LOWBIT_DUMP_TVM")
-        if dump:
-            os.makedirs(dump, exist_ok=True)
-            with open(os.path.join(dump, f"{program.name}.tvm.py"), "w") as f:
-                f.write(self.source)
+        self.key: str | None = None
+        self.library: str | None = None
+        _dump(program.name, self.source)
         try:
             func = tvm.script.from_source(self.source)
         except Exception as e:  # a lowering bug: show the generated text with the parser's message
             raise BackendError(f"tvm backend produced TVMScript that does not parse: {e}\n{self.source}") from None
         self.target = target or cpu_target()
-        self.module = tvm.IRModule({"main": func})
-        self.executable = tvm.compile(self.module, target=self.target)
+        self._module: Any = tvm.IRModule({"main": func})
+        self.executable = tvm.compile(self._module, target=self.target)
         self.function = self.executable["main"]
+        self._loaded = False
+
+    @classmethod
+    def from_library(
+        cls, program: Program, options: Mapping[str, Any], target: Any, library: str, record: Mapping[str, Any]
+    ) -> TvmKernel:
+        """A kernel loaded from a cached library (no lowering, no build); `record` is its cache record."""
+        self = cls.__new__(cls)
+        self.program = program
+        self.options = check_options(options)
+        self.source = str(record["source"])
+        self.arg_names = tuple(record["arg_names"])
+        self.key = str(record["key"])
+        self.library = library
+        _dump(program.name, self.source)
+        self.target = target
+        self._module = None
+        self.executable = load_module(library)
+        self.function = self.executable["main"]
+        self._loaded = True
+        return self
+
+    @property
+    def module(self) -> Any:
+        """The TIR IRModule (parsed again from `source` for a kernel loaded from the cache)."""
+        if self._module is None:
+            self._module = tvm.IRModule({"main": tvm.script.from_source(self.source)})
+        return self._module
 
     def export(self, path: str) -> None:
-        """Write a shared library (or a .tar of objects) loadable with `load_module`."""
-        self.executable.export_library(path)
+        """Write a shared library (or a .tar of objects) loadable with `load_module`. A kernel loaded from
+        the cache copies its library (a .so only)."""
+        if self.library is None or not self._loaded:
+            self.executable.export_library(path)
+            return
+        if not path.endswith(".so"):
+            raise BackendError(f"kernel {self.program.name} was loaded from {self.library}; it exports only as .so")
+        shutil.copyfile(self.library, path)
 
     def __call__(self, args: Mapping[str, Any]) -> None:
 
@@ -119,8 +161,106 @@ def load_module(path: str) -> Any:
     return tvm.runtime.load_module(path)
 
 
-def compile_tvm(program: Program, options: Mapping[str, Any]) -> TvmKernel:
-    return TvmKernel(program, options)
+def _dump(name: str, source: str) -> None:
+    dump = os.environ.get("LOWBIT_DUMP_TVM")
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        with open(os.path.join(dump, f"{name}.tvm.py"), "w") as f:
+            f.write(source)
 
 
-__all__ = ["TvmKernel", "compile_tvm", "cpu_target", "cuda_target", "load_module"]
+# ---- the disk cache (lowbit.codegen.kernel_cache) --------------------------------------------------------
+
+_SOURCE_PACKAGES = ("codegen/tvm", "ir", "dtypes")  # what the generated code depends on besides the program
+
+
+@functools.cache
+def _toolchain() -> dict[str, str | None]:
+    from lowbit.codegen.tune.cache import toolchain_versions
+
+    versions = toolchain_versions()
+    return {k: versions.get(k) for k in ("lowbit", "tvm")}
+
+
+def kernel_key_parts(program: Program, options: Mapping[str, Any], target: Any) -> dict[str, Any]:
+    """What a compiled TVM kernel depends on: the program after the pass pipeline, the (complete) options,
+    the code generator (CODEGEN_VERSION and its source files), TVM and lowbit versions, the target (LLVM
+    mcpu and cores) and the CPU's ISA flags."""
+    from lowbit.artifact.fingerprint import isa_flags
+    from lowbit.codegen.tune.cache import CODEGEN_VERSION
+
+    return {
+        "backend": "tvm",
+        "program_sha256": hashlib.sha256(str(program).encode()).hexdigest(),
+        "options": dict(sorted(check_options(options).items())),
+        "codegen_version": CODEGEN_VERSION,
+        "codegen_source": kernel_cache.source_digest(*_SOURCE_PACKAGES),
+        "toolchain": _toolchain(),
+        "target": str(target),
+        "isa": list(isa_flags()),
+    }
+
+
+def compile_tvm(program: Program, options: Mapping[str, Any], target: Any = None) -> TvmKernel:
+    """Build `program` for `target` (default: this CPU), or load it from the kernel cache when an entry with
+    the same key is there; a new build is saved to the cache. A cached library that fails to load is
+    rebuilt (and overwritten) with a warning. Every kernel gets its key and is noted in
+    `kernel_cache.compiled_kernels()` (so `export_kernels` works with the disk cache off too)."""
+    target = target or cpu_target()
+    parts = kernel_key_parts(program, options, target)
+    key = kernel_cache.kernel_key(parts)
+    found = kernel_cache.lookup(key)  # None when the disk cache is off (LOWBIT_KERNEL_CACHE=0)
+    if found is not None:
+        try:
+            kernel = TvmKernel.from_library(program, options, target, str(found.library), found.record)
+        except Exception as e:  # another machine's library, a dlopen failure: rebuild
+            warnings.warn(
+                f"kernel {program.name}: cached library {found.library} does not load "
+                f"({type(e).__name__}: {str(e).strip()[:200]}); rebuilding it",
+                kernel_cache.KernelCacheWarning,
+                stacklevel=2,
+            )
+        else:
+            kernel_cache.note_compiled(key, found.record, found.library, kernel.export)
+            return kernel
+    kernel = TvmKernel(program, options, target)
+    record = {
+        "backend": "tvm",
+        "name": program.name,
+        "program": str(program),
+        "options": kernel.options,
+        "target": str(kernel.target),
+        "arg_names": list(kernel.arg_names),
+        "source": kernel.source,
+        "parts": parts,
+    }
+    saved = kernel_cache.store(key, record, kernel.export)
+    kernel.key = key
+    if saved is None:
+        kernel_cache.note_compiled(key, {**record, "key": key}, None, kernel.export)
+    else:
+        kernel.library = str(saved.library)
+        kernel_cache.note_compiled(key, saved.record, saved.library, kernel.export)
+    return kernel
+
+
+def regenerate(record: Mapping[str, Any]) -> TvmKernel:
+    """Build a kernel again for this machine from its cache record (`<key>.json`): the program text is parsed
+    and compiled with the recorded options (through the cache, so the result is saved under this machine's
+    key)."""
+    from lowbit.ir.parser import parse
+
+    if record.get("backend") != "tvm":
+        raise BackendError(f"regenerate: record of backend {record.get('backend')!r}, expected 'tvm'")
+    return compile_tvm(parse(str(record["program"])), dict(record["options"]))
+
+
+__all__ = [
+    "TvmKernel",
+    "compile_tvm",
+    "cpu_target",
+    "cuda_target",
+    "kernel_key_parts",
+    "load_module",
+    "regenerate",
+]
