@@ -287,7 +287,19 @@ class ArchConfig:
         return rope
 
     def to_hf_config(self) -> dict[str, Any]:
-        """An HF config.json dict that `from_hf_config` (and transformers 4.x/5.x) read back to this value."""
+        """An HF config.json dict that `from_hf_config` (and transformers 4.x/5.x) read back to this value.
+        ConfigError when HF's model class cannot express the biases (its flags cover fixed sets of linears)."""
+        hf_bias = {  # (qkv_bias, o_bias, mlp_bias) each HF family can build
+            "llama": {(b, b, m) for b in (False, True) for m in (False, True)},
+            "mistral": {(False, False, False)},
+            "qwen2": {(True, False, False)},
+        }[self.model_type]
+        if (self.qkv_bias, self.o_bias, self.mlp_bias) not in hf_bias:
+            raise ConfigError(
+                f"{self.model_type} with qkv_bias={self.qkv_bias}, o_bias={self.o_bias}, mlp_bias={self.mlp_bias} "
+                f"has no HF config: transformers builds {sorted(hf_bias)} as (qkv_bias, o_bias, mlp_bias) for "
+                f"{self.model_type} (llama: attention_bias sets q/k/v/o together; qwen2: q/k/v only)"
+            )
         arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
         rope_params = {"rope_type": self.rope_type, "rope_theta": self.rope_theta, **dict(self.rope_scaling)}
         cfg: dict[str, Any] = {
