@@ -209,6 +209,12 @@ def _attention(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     q, k, v = args
     t = q.shape[0]
     q3, k3, v3 = q.reshape(t, hq, d), k.reshape(t, hkv, d).contiguous(), v.reshape(t, hkv, d).contiguous()
+    window = a.get("sliding_window")
+    if window is not None and t and int(batch.positions.max()) >= window:
+        raise NotImplementedError(
+            f"position {int(batch.positions.max())} is beyond the sliding window {window} of layer {a['layer']}: "
+            f"the attention kernels have no window mask yet; keep max_model_len <= {window}"
+        )
     layer = ex.cache.layers[a["layer"]]
     kv = ex.cache.kv_dtype
     append_kv(
