@@ -73,7 +73,7 @@ def unflatten_params(tensors: Mapping[str, torch.Tensor], index: Mapping[str, An
         if kind == "dense":
             if name not in tensors:
                 raise ValueError(f"weights index lists {name!r} but the weights file lacks it; re-run lowbit compile")
-            out[name] = tensors[name].to(dtype).contiguous()
+            out[name] = _as_torch(tensors[name]).to(dtype).contiguous()
         elif kind == "quantized":
             dt = as_dtype(info["dtype"])
             n, k = info["shape"]
@@ -85,7 +85,8 @@ def unflatten_params(tensors: Mapping[str, torch.Tensor], index: Mapping[str, An
                     if required:
                         raise ValueError(f"quantized weight {name!r} lacks its {p!r} tensor; re-run lowbit compile")
                     return None
-                return tensors[key].numpy()
+                t = tensors[key]
+                return t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
             words = part("words")
             assert words is not None
@@ -111,6 +112,15 @@ def unflatten_params(tensors: Mapping[str, torch.Tensor], index: Mapping[str, An
         else:
             raise ValueError(f"weights index entry {name!r} has kind {kind!r}; expected 'dense' or 'quantized'")
     return out
+
+
+def _as_torch(a: Any) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16":  # ml_dtypes: torch has no numpy bf16 interop; float32 holds it exactly
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.array(a))  # a writable copy (the reader may hand out read-only maps)
 
 
 def bits_per_weight(params: Mapping[str, Any]) -> tuple[float, int, int]:
