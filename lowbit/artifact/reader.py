@@ -157,9 +157,10 @@ def _compat_warnings(root: Path, manifest: Manifest, notes: list[str]) -> None:
     from lowbit.artifact.fingerprint import differences, fingerprint
 
     has_kernels = any(rel.startswith(KERNELS_DIR + "/") for rel in manifest.files)
+    kernels = "the kernels in kernels/ are regenerated from their IR on first use" if has_kernels else ""
     consequence = {
-        "lowbit": "kernels are regenerated from their IR; if loading fails, re-run lowbit compile",
-        "tvm": "TVM kernels in kernels/ are regenerated from their IR on first use",
+        "lowbit": kernels or "if loading fails, re-run lowbit compile with this lowbit",
+        "tvm": kernels or "no compiled kernels are shipped; nothing to do",
         "triton": "Triton kernels are recompiled from their IR on first use",
         "torch": "weights are portable; no action needed",
         "numpy": "weights are portable; no action needed",
