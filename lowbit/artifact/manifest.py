@@ -56,6 +56,24 @@ def installed_versions() -> dict[str, str | None]:
     return out
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_loads(text: str | bytes) -> Any:
+    """json.loads that refuses duplicate keys (a second "files" would silently win) and NaN/Infinity."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def check_relpath(rel: Any) -> str:
     """`rel` if it is a safe path inside an artifact: relative, '/'-separated, no '.', '..' or empty parts,
     no control characters, not manifest.json itself; else `ArtifactError`."""
@@ -164,9 +182,9 @@ class Manifest:
     @classmethod
     def loads(cls, text: str | bytes) -> Manifest:
         try:
-            obj = json.loads(text)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({e})") from None
+            obj = strict_json_loads(text)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({type(e).__name__}: {e})") from None
         return cls.from_json(obj)
 
     @classmethod
@@ -263,4 +281,5 @@ __all__ = [
     "ManifestError",
     "check_relpath",
     "installed_versions",
+    "strict_json_loads",
 ]

@@ -38,6 +38,7 @@ from lowbit.artifact.manifest import (
     ManifestError,
     check_relpath,
     installed_versions,
+    strict_json_loads,
 )
 from lowbit.artifact.writer import KERNELS_DIR, PARTIAL_SUFFIX, hash_file
 
@@ -76,21 +77,39 @@ def _is_junk(name: str) -> bool:
     return name in OS_JUNK or name.startswith("._")
 
 
-def _check_structure(root: Path, rel: str) -> str | None:
-    """An error message if a file that has a structure does not parse; None otherwise."""
+def _check_structure(root: Path, rel: str, manifest: Manifest) -> str | None:
+    """An error message if a file that has a structure does not parse (or a kernel record disagrees with
+    its library's manifest entry); None otherwise."""
     path = root / rel
     try:
         if rel.endswith(".safetensors"):
             tensorfile.read_header(path)
         elif rel.endswith(".json"):
-            json.loads(path.read_bytes())
+            obj = strict_json_loads(path.read_bytes())
+            if rel.startswith(KERNELS_DIR + "/") and rel.count("/") == 1:
+                return _check_kernel_record(rel, obj, manifest)
         elif rel.endswith((".yaml", ".yml")):
             yaml.safe_load(path.read_bytes())
     except tensorfile.TensorFileError as e:
         return f"{rel}: safetensors header is unreadable ({e}); {RESTORE}"
-    except (ValueError, yaml.YAMLError) as e:
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "JSON" if rel.endswith(".json") else "YAML"
-        return f"{rel}: not valid {kind} ({str(e).splitlines()[0][:200]}); {RESTORE}"
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        return f"{rel}: not valid {kind} ({detail}); {RESTORE}"
+    except OSError as e:
+        return f"{rel}: unreadable ({e}); fix its permissions or {RESTORE}"
+    return None
+
+
+def _check_kernel_record(rel: str, record: Any, manifest: Manifest) -> str | None:
+    """kernels/<key>.json must name a library in kernels/ whose manifest hash is the one it recorded."""
+    library = record.get("library") if isinstance(record, dict) else None
+    lib_rel = f"{KERNELS_DIR}/{library}"
+    if not isinstance(library, str) or lib_rel not in manifest.files:
+        return f"{rel}: kernel record names library {library!r}, which the artifact does not list; {RESTORE}"
+    entry = manifest.files[lib_rel]
+    if record.get("library_sha256") != entry.sha256 or record.get("library_bytes") != entry.bytes:
+        return f"{rel}: its library {lib_rel} is not the one it was built with (sha256 differs); {RESTORE}"
     return None
 
 
@@ -128,7 +147,7 @@ def _check_files(root: Path, manifest: Manifest, mode: Mode, errors: list[str]) 
                     f"modified after compile; {RESTORE}"
                 )
                 continue
-        problem = _check_structure(root, rel)
+        problem = _check_structure(root, rel, manifest)
         if problem:
             errors.append(problem)
 
@@ -202,11 +221,14 @@ def verify_artifact(path: str | os.PathLike[str], mode: Mode = "full") -> Verify
         errors.append(f"{root}: {'is not a directory' if root.exists() else 'does not exist'}{hint}")
         return done()
     manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_symlink() or not manifest_path.is_file():
+    if not (manifest_path.exists() or manifest_path.is_symlink()):
         errors.append(
             f"{MANIFEST_NAME}: missing (not a lowbit artifact, or an incomplete copy); copy the whole artifact "
             f"directory or {RECOMPILE}"
         )
+        return done()
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        errors.append(f"{MANIFEST_NAME}: is a symlink or not a regular file; {RESTORE}")
         return done()
     try:
         manifest = Manifest.read(manifest_path)

@@ -141,6 +141,15 @@ def _fail(path: Path, msg: str) -> TensorFileError:
     return TensorFileError(f"{path.name}: {msg}")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -181,9 +190,9 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             raise _fail(path, f"header length {n} runs past the end of the file ({size} bytes): truncated")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _fail(path, f"header is not JSON ({e})") from None
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _fail(path, f"header is not JSON ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict):
         raise _fail(path, f"header is a JSON {type(header).__name__}, not an object")
     meta = header.pop(METADATA_KEY, {})

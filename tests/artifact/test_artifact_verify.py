@@ -235,3 +235,42 @@ def test_any_single_byte_change_or_truncation_is_caught_without_crashing(artifac
         original = json.loads((artifact / "manifest.json").read_text())["files"]
         assert {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in report.manifest.files.items()} == original
     shutil.rmtree(copy)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"format_version": 1, "files": {}, "files": {}}', "duplicate key 'files'"),
+        ('{"format_version": NaN}', "NaN is not JSON"),
+        ("[" * 100000 + "]" * 100000, "RecursionError"),
+    ],
+)
+def test_manifest_json_tricks(artifact, text, message):
+    (artifact / "manifest.json").write_text(text)
+    assert message in only_error(artifact)
+
+
+def test_manifest_that_is_a_directory(artifact):
+    (artifact / "manifest.json").unlink()
+    (artifact / "manifest.json").mkdir()
+    assert "manifest.json: is a symlink or not a regular file" in only_error(artifact)
+
+
+def test_yaml_with_python_objects_is_refused(artifact):
+    """No pickle anywhere: a YAML tag that would construct a Python object does not parse (safe_load)."""
+    (artifact / "model.yaml").write_text("model: !!python/object/apply:os.system ['echo hi']\n")
+    entry = hash_file(artifact / "model.yaml")
+    edit_manifest(artifact, lambda m: m["files"]["model.yaml"].update(sha256=entry.sha256, bytes=entry.bytes))
+    assert only_error(artifact).startswith("model.yaml: not valid YAML")
+
+
+def test_duplicate_tensor_names_in_header(artifact):
+    p = artifact / WEIGHTS
+    data = p.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    dup = ('{"norm.weight":' + json.dumps(header["norm.weight"]) + "," + json.dumps(header)[1:]).encode()
+    p.write_bytes(struct.pack("<Q", len(dup)) + dup + data[8 + n :])
+    entry = hash_file(p)
+    edit_manifest(artifact, lambda m: m["files"][WEIGHTS].update(sha256=entry.sha256, bytes=entry.bytes))
+    assert "duplicate key 'norm.weight'" in only_error(artifact)

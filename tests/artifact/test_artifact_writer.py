@@ -178,5 +178,13 @@ def test_kernels_ship_in_the_artifact_and_load_from_it(tmp_path, monkeypatch):
     (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
     report = verify_artifact(tmp_path / "art")
     assert report.ok and "kernels/ holds binaries for that machine: they are regenerated" in report.warnings[0]
+
+    so = tmp_path / "art" / "kernels" / f"{kernel.key}.so"
+    so.write_bytes(so.read_bytes() + b"\0")  # a patched library, its manifest entry updated to match
+    entry = hash_file(so)
+    manifest["files"][f"kernels/{kernel.key}.so"] = {"sha256": entry.sha256, "bytes": entry.bytes}
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
+    errors = verify_artifact(tmp_path / "art").errors
+    assert len(errors) == 1 and errors[0].startswith(f"kernels/{kernel.key}.json: its library kernels/{kernel.key}.so")
     clear_compile_cache()
     kernel_cache.forget_compiled()
