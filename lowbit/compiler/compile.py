@@ -15,6 +15,7 @@ write      the artifact directory (manifest with sha256 of every file last)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass
@@ -145,6 +146,10 @@ def compile_model(
                 tokenizer_json = Path(loaded.tokenizer_path).read_text()
                 tokenizer = Tokenizer.from_str(tokenizer_json)
 
+    algorithm = cfg.quantization.algorithm
+    if algorithm == "qoq" and cfg.quantization.qoq.rotate and arch.tie_word_embeddings:
+        # the rotation folds the final RMSNorm into lm_head, which then differs from the embedding
+        arch = dataclasses.replace(arch, tie_word_embeddings=False)
     dtype = TORCH_DTYPES[cfg.model.dtype]
     kv_dtype = cfg.quantization.kv_cache.dtype
     with phases.phase("graph"):
@@ -159,18 +164,17 @@ def compile_model(
         graph = optimize(build_graph(arch), ctx)
 
     nodes = linear_nodes(graph)
-    algorithm = cfg.quantization.algorithm
     needs_data = (
         algorithm in ("awq", "gptq", "qoq") or cfg.quantization.kv_cache.smooth_attention or kv_dtype == "fp8_e4m3"
     )
-    calib = None
+    calib, ids = None, None
     with phases.phase("calibrate"):
         if needs_data:
             ids = calibration_ids(cfg, tokenizer, arch.vocab_size)
-            calib = calibrate(arch, weights, ids)
+            calib = calibrate(arch, _untied_view(weights, arch), ids)
 
     with phases.phase("quantize", total=len(nodes)) as bar:
-        fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib)
+        fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib, ids)
         params = quantize_params(
             graph, fweights, tied=arch.tie_word_embeddings, dtype=dtype, quantizer=quantizer,
             progress=lambda name: bar.update(1),
@@ -191,7 +195,7 @@ def compile_model(
             from lowbit.models.reference import reference_logits
 
             ids = calibration_ids(cfg, tokenizer, arch.vocab_size, held_out=True).reshape(-1)[:n_eval]
-            ref = reference_logits(arch, weights, ids[None, :])[0]
+            ref = reference_logits(arch, _untied_view(weights, arch), ids[None, :])[0]
             got = runner.logits(ids.tolist()).numpy()
             kl, top1 = kl_top1(ref, got)
             report_acc = {"kl_divergence": kl, "top1_agreement": top1, "tokens": int(n_eval)}
@@ -236,6 +240,15 @@ def compile_model(
             w.finalize({"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm})
     report["phases"] = phases.report()
     return CompileResult(out, report)
+
+
+def _untied_view(weights: Any, arch: Any) -> Any:
+    """The weights as `arch` names them: a model the compiler untied gets lm_head = embed_tokens."""
+    if arch.tie_word_embeddings or "lm_head.weight" in weights:
+        return weights
+    from lowbit.compiler.transforms import Overlay
+
+    return Overlay(weights, {"lm_head.weight": np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)})
 
 
 def _runtime_backend(cfg: Any) -> str:

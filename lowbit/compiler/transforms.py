@@ -142,14 +142,73 @@ def awq_fold(arch: Any, graph: Any, w: Overlay, calib: Calibration, grid: int) -
     return divided
 
 
+def qoq_smooth(arch: Any, w: Overlay, calib: Calibration, alpha: float) -> None:
+    """QoQ's input smoothing for the W4A8 linears: s = max|X|^α / max|W|^(1−α) folded into the producer
+    (RMSNorm weight, up_proj rows for down_proj, v_proj rows for o_proj with GQA-tied factors)."""
+    from lowbit.quant.smoothing import apply_smoothing, smooth_scales, tie_gqa_scales, weight_absmax
+
+    def absmax(module: str) -> np.ndarray:
+        return np.abs(np.asarray(calib.inputs[module], dtype=np.float64)).max(axis=0)
+
+    def put(name: str, value: np.ndarray | None) -> None:
+        if value is not None:
+            w.changes[name] = np.asarray(value, dtype=np.float32)
+
+    for layer in range(arch.num_layers):
+        p = f"model.layers.{layer}"
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        for mods, norm in (([f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"], f"{p}.input_layernorm"),
+                           ([f"{m}.gate_proj", f"{m}.up_proj"], f"{p}.post_attention_layernorm")):  # fmt: skip
+            ws = [w[f"{x}.weight"] for x in mods]
+            sm = apply_smoothing(
+                smooth_scales(absmax(mods[0]), weight_absmax(ws), alpha), ws, norm_w=w[f"{norm}.weight"]
+            )
+            for x, wx in zip(mods, sm.consumers):
+                put(f"{x}.weight", wx)
+            put(f"{norm}.weight", sm.norm_w)
+        up, down = f"{m}.up_proj", f"{m}.down_proj"
+        s = smooth_scales(absmax(down), weight_absmax([w[f"{down}.weight"]]), alpha)
+        sm = apply_smoothing(s, [w[f"{down}.weight"]], prev_w=w[f"{up}.weight"],
+                             prev_bias=w.get(f"{up}.bias"))  # fmt: skip
+        put(f"{down}.weight", sm.consumers[0])
+        put(f"{up}.weight", sm.prev_w)
+        put(f"{up}.bias", sm.prev_bias)
+        o, v = f"{a}.o_proj", f"{a}.v_proj"
+        s_o, s_v = tie_gqa_scales(
+            smooth_scales(absmax(o), weight_absmax([w[f"{o}.weight"]]), alpha), arch.num_heads, arch.num_kv_heads
+        )
+        put(f"{o}.weight", w[f"{o}.weight"] * s_o[None, :])
+        put(f"{v}.weight", w[f"{v}.weight"] / s_v[:, None])
+        if f"{v}.bias" in w:
+            put(f"{v}.bias", w[f"{v}.bias"] / s_v)
+
+
 def apply_transforms(
-    cfg: Any, arch: Any, graph: Any, weights: Mapping[str, Any], calib: Calibration | None
+    cfg: Any,
+    arch: Any,
+    graph: Any,
+    weights: Mapping[str, Any],
+    calib: Calibration | None,
+    ids: np.ndarray | None = None,
 ) -> tuple[Overlay, Callable[[Any, np.ndarray, LinearSpec], QuantizedWeight] | None, list[tuple[float, float]] | None]:
+    """See the module docstring. `arch` is the (possibly untied, for QoQ rotation) architecture the graph was
+    built for; `ids` the calibration tokens (QoQ recalibrates after rotating)."""
     q = cfg.quantization
     w = Overlay(weights)
+    if not arch.tie_word_embeddings and "lm_head.weight" not in weights:  # untied by the compiler (rotation)
+        w.changes["lm_head.weight"] = np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)
     kv_scales = None
+    if calib is not None and q.algorithm == "qoq" and q.qoq.rotate:
+        from lowbit.quant.rotation import random_orthogonal_hadamard, rotate_model
+
+        rot = rotate_model(w, arch, q=random_orthogonal_hadamard(arch.hidden_size, int(q.calibration.seed)))
+        w = Overlay({}, {k: v.astype(np.float32) for k, v in rot.items()})
+        assert ids is not None
+        calib = calibrate(arch, w, ids)  # the linears now read rotated activations
     if calib is not None and q.kv_cache.smooth_attention:
         smooth_attention(arch, w, calib)
+    if calib is not None and q.algorithm == "qoq" and q.qoq.smooth:
+        qoq_smooth(arch, w, calib, float(q.qoq.smooth_alpha))
     if calib is not None and q.kv_cache.dtype == "fp8_e4m3":
         from lowbit.quant.kv import fp8_kv_scale
 
