@@ -56,7 +56,7 @@ def test_tampered_artifact_is_refused(artifact, tmp_path, capsys):
     weights.write_bytes(bytes(data))
     assert main(["verify", str(bad)]) == 1
     assert "weights/model.safetensors" in capsys.readouterr().out
-    with pytest.raises(Exception, match="model.safetensors"):
+    with pytest.raises(Exception, match=r"model\.safetensors"):
         main(["generate", str(bad), "--prompt", "x", "--max-tokens", "1"])
 
 
