@@ -129,6 +129,7 @@ def compile_model(
 
     with phases.phase("load"):
         tokenizer, tokenizer_json, gen_config = None, None, {}
+        weights: Any
         if hf_path is None:
             from lowbit.models.synthetic import synthetic_tokenizer, synthetic_weights
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -51,7 +51,7 @@ class CompiledModel:
         )  # fmt: skip
 
 
-def load_compiled(path: str | Path, *, verify: str = "full") -> CompiledModel:
+def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] = "full") -> CompiledModel:
     from lowbit.artifact import open_artifact
     from lowbit.config import parse_config, resolve_linear
     from lowbit.graph import PassContext, build_graph, optimize
