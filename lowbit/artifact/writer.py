@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -160,6 +161,8 @@ class ArtifactWriter:
                 rel = full.relative_to(self.partial).as_posix()
                 if full.is_symlink():
                     raise ArtifactError(f"artifact file {rel!r} is a symlink; add the file itself (add_file copies)")
+                if not full.is_file() and not full.is_dir():
+                    raise ArtifactError(f"artifact file {rel!r} is not a regular file (a FIFO, socket or device)")
                 if full.is_file():
                     check_relpath(rel)
                     if rel.endswith(".safetensors"):
@@ -173,7 +176,7 @@ class ArtifactWriter:
         self._check_target()
         old = None
         if self.path.exists():
-            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
+            old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}-{time.time_ns()}")
             os.rename(self.path, old)
         os.rename(self.partial, self.path)
         if old is not None:

@@ -76,11 +76,17 @@ _BACKENDS: dict[str, tuple[str, str]] = {
 }
 _TOOLCHAIN = {"reference": "numpy", "triton": "triton", "tvm": "tvm"}
 _COMPILERS: dict[str, Compiler] = {}
+_RUNS_PIPELINE: set[str] = set()
 
 
-def register_backend(name: str, compiler: Compiler) -> None:
-    """Called by a backend module at import: `compiler(program, options) -> CompiledKernel`."""
+def register_backend(name: str, compiler: Compiler, runs_pipeline: bool = False) -> None:
+    """Called by a backend module at import: `compiler(program, options) -> CompiledKernel`. The compiler
+    gets the program after the pass pipeline, or with `runs_pipeline=True` the program as traced: it then
+    runs `run_pipeline` itself when it builds, so a persistent cache keyed by the traced program skips the
+    passes too on a hit (TVM)."""
     _COMPILERS[name] = compiler
+    if runs_pipeline:
+        _RUNS_PIPELINE.add(name)
 
 
 def available_backends() -> list[str]:
@@ -106,7 +112,8 @@ def get_compiler(backend: str) -> Compiler:
 def _compile_cached(program: Program, backend: str, options: tuple[tuple[str, Any], ...]) -> CompiledKernel:
     from lowbit.ir.passes import run_pipeline
 
-    return get_compiler(backend)(run_pipeline(program), dict(options))
+    compiler = get_compiler(backend)
+    return compiler(program if backend in _RUNS_PIPELINE else run_pipeline(program), dict(options))
 
 
 def compile_program(program: Program, backend: str, options: Mapping[str, Any] | None = None) -> CompiledKernel:

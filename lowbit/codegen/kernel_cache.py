@@ -3,13 +3,13 @@
 Layout of a kernel directory (default `$LOWBIT_CACHE_DIR/kernels`, else `~/.cache/lowbit/kernels`):
 
     <key>.so     the compiled library (TVM: `export_library` output, loaded with dlopen)
-    <key>.json   what regenerates it and what it was built from: backend, kernel name, the program text after
-                 the pass pipeline (`lowbit.ir.parser.parse` reads it back), the backend options, the target,
-                 the generated source, the key parts, and the library's sha256 and size
+    <key>.json   what regenerates it and what it was built from: backend, kernel name, the program text as
+                 traced (`lowbit.ir.parser.parse` reads it back), the backend options, the target, the
+                 generated source, the key parts, and the library's sha256 and size
 
 `<key>` is the sha256 of the key parts a backend chooses (TVM: program text, options, CODEGEN_VERSION, a
-digest of the code generator's own source files, toolchain versions, target and ISA flags), so any change
-to what the binary depends on is a miss, never a stale kernel. A library is loaded only when its sha256
+digest of the code generator's and the passes' source files, toolchain versions, target and ISA flags), so
+any change to what the binary depends on is a miss, never a stale kernel. A library is loaded only when its sha256
 matches the record; a corrupt or unreadable entry is a warning and a rebuild (which overwrites it). Files
 are written to a temporary name and renamed (library first, record last), so an interrupted write is
 never a hit and concurrent processes do not see half files.

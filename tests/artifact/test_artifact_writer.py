@@ -188,3 +188,12 @@ def test_kernels_ship_in_the_artifact_and_load_from_it(tmp_path, monkeypatch):
     assert len(errors) == 1 and errors[0].startswith(f"kernels/{kernel.key}.json: its library kernels/{kernel.key}.so")
     clear_compile_cache()
     kernel_cache.forget_compiled()
+
+
+def test_fifo_inside_is_refused_at_finalize(tmp_path):
+    import os
+
+    with pytest.raises(ArtifactError, match="not a regular file"), ArtifactWriter(tmp_path / "out") as w:
+        os.mkfifo(w.path_for("pipe"))
+        w.finalize()
+    assert list(tmp_path.iterdir()) == []

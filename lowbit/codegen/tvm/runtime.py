@@ -183,8 +183,9 @@ def _toolchain() -> dict[str, str | None]:
 
 
 def kernel_key_parts(program: Program, options: Mapping[str, Any], target: Any) -> dict[str, Any]:
-    """What a compiled TVM kernel depends on: the program after the pass pipeline, the (complete) options,
-    the code generator (CODEGEN_VERSION and its source files), TVM and lowbit versions, the target (LLVM
+    """What a compiled TVM kernel depends on: the program as traced (before the pass pipeline, so a hit
+    skips the passes), the (complete) options, the code generator (CODEGEN_VERSION and the source files
+    of codegen/tvm, ir -- the passes included -- and dtypes), TVM and lowbit versions, the target (LLVM
     mcpu and cores) and the CPU's ISA flags."""
     from lowbit.artifact.fingerprint import isa_flags
     from lowbit.codegen.tune.cache import CODEGEN_VERSION
@@ -202,10 +203,13 @@ def kernel_key_parts(program: Program, options: Mapping[str, Any], target: Any) 
 
 
 def compile_tvm(program: Program, options: Mapping[str, Any], target: Any = None) -> TvmKernel:
-    """Build `program` for `target` (default: this CPU), or load it from the kernel cache when an entry with
-    the same key is there; a new build is saved to the cache. A cached library that fails to load is
-    rebuilt (and overwritten) with a warning. Every kernel gets its key and is noted in
-    `kernel_cache.compiled_kernels()` (so `export_kernels` works with the disk cache off too)."""
+    """Load `program` (as traced) from the kernel cache when an entry with its key is there; otherwise run
+    the pass pipeline, build it for `target` (default: this CPU) and save it to the cache. A cached library
+    that fails to load is rebuilt (and overwritten) with a warning. Every kernel gets its key and is noted
+    in `kernel_cache.compiled_kernels()` (so `export_kernels` works with the disk cache off too). A kernel
+    loaded from the cache keeps `program` as given (its parameters are those of the optimized one)."""
+    from lowbit.ir.passes import run_pipeline
+
     target = target or cpu_target()
     parts = kernel_key_parts(program, options, target)
     key = kernel_cache.kernel_key(parts)
@@ -223,7 +227,7 @@ def compile_tvm(program: Program, options: Mapping[str, Any], target: Any = None
         else:
             kernel_cache.note_compiled(key, found.record, found.library, kernel.export)
             return kernel
-    kernel = TvmKernel(program, options, target)
+    kernel = TvmKernel(run_pipeline(program), options, target)
     record = {
         "backend": "tvm",
         "name": program.name,
