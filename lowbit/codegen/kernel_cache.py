@@ -94,6 +94,15 @@ def set_kernel_dir(path: str | os.PathLike[str] | None) -> None:
     _dirs = _Dirs(Path(path) if path is not None else None, _dirs.read_only)
 
 
+def add_read_only_dir(path: str | os.PathLike[str]) -> None:
+    """Also look kernels up in `path` (never written) for the rest of the process, e.g. a loaded artifact's
+    kernels/ directory; a directory already searched is not added twice."""
+    global _dirs
+    p = Path(path)
+    if p not in _dirs.read_only:
+        _dirs = _Dirs(_dirs.write, (*_dirs.read_only, p))
+
+
 @contextlib.contextmanager
 def using_kernel_dir(
     path: str | os.PathLike[str] | None = None, read_only: Iterable[str | os.PathLike[str]] = ()

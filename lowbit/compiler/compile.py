@@ -236,6 +236,7 @@ def compile_model(
             if tokenizer_json is not None:
                 w.add_text("tokenizer.json", tokenizer_json)
             w.add_json("generation_config.json", gen_config)
+            report["kernels"] = len(w.add_kernels())  # TVM libraries built above + what regenerates them
             report["phases"] = [*phases.report(), {"name": "write", "seconds": 0.0}]
             w.add_json("report.json", report)
             w.finalize({"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm})
