@@ -45,6 +45,23 @@ def resolve_source(cfg: Any) -> tuple[Any, Any]:
     return model_arch(cfg), (None if cfg.model.source == "synthetic" else Path(cfg.model.path))
 
 
+def model_graph(cfg: Any, arch: Any) -> Any:
+    """The optimized op graph of `arch` under the recipe and target of `cfg` (compile and load derive it the
+    same way; load checks the result prints as the artifact's graph.txt)."""
+    from lowbit.config import resolve_linear
+    from lowbit.graph import PassContext, build_graph, optimize
+
+    ctx = PassContext(
+        arch=arch,
+        resolve=lambda name: resolve_linear(cfg, name),
+        backend=cfg.target.effective_backend,
+        device=cfg.target.device,
+        dtype=cfg.model.dtype,
+        kv_dtype=cfg.quantization.kv_cache.dtype,
+    )
+    return optimize(build_graph(arch), ctx)
+
+
 def calibration_ids(cfg: Any, tokenizer: Any, vocab: int, held_out: bool = False) -> np.ndarray:
     """[num_samples, seq_len] token ids: synthetic (seeded uniform ids) or tokenized text from the file.
     held_out picks different samples (the evaluation set)."""
@@ -116,8 +133,7 @@ def compile_model(
 ) -> CompileResult:
     """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring)."""
     from lowbit.compiler.transforms import apply_transforms, calibrate
-    from lowbit.config import check_against_model, resolve_linear
-    from lowbit.graph import PassContext, build_graph, optimize
+    from lowbit.config import check_against_model
 
     phases = Phases(quiet=quiet)
     out = Path(out)
@@ -154,15 +170,7 @@ def compile_model(
     dtype = TORCH_DTYPES[cfg.model.dtype]
     kv_dtype = cfg.quantization.kv_cache.dtype
     with phases.phase("graph"):
-        ctx = PassContext(
-            arch=arch,
-            resolve=lambda name: resolve_linear(cfg, name),
-            backend=cfg.target.effective_backend,
-            device=cfg.target.device,
-            dtype=cfg.model.dtype,
-            kv_dtype=kv_dtype,
-        )
-        graph = optimize(build_graph(arch), ctx)
+        graph = model_graph(cfg, arch)
 
     nodes = linear_nodes(graph)
     needs_data = (

@@ -53,8 +53,8 @@ class CompiledModel:
 
 def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] = "full") -> CompiledModel:
     from lowbit.artifact import open_artifact
-    from lowbit.config import parse_config, resolve_linear
-    from lowbit.graph import PassContext, build_graph, optimize
+    from lowbit.compiler.compile import model_graph
+    from lowbit.config import parse_config
 
     art = open_artifact(path, verify=verify)
     if art.has("kernels.json"):  # the compiled kernels shipped with the artifact (foreign ones are rebuilt)
@@ -64,15 +64,7 @@ def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] 
     # the checkpoint and calibration files may have moved since compile: the artifact holds what is needed
     cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml", check_files=False)
     arch = ArchConfig.from_hf_config(art.read_json("config.json"))
-    ctx = PassContext(
-        arch=arch,
-        resolve=lambda name: resolve_linear(cfg, name),
-        backend=cfg.target.effective_backend,
-        device=cfg.target.device,
-        dtype=cfg.model.dtype,
-        kv_dtype=cfg.quantization.kv_cache.dtype,
-    )
-    graph = optimize(build_graph(arch), ctx)
+    graph = model_graph(cfg, arch)
     if graph.to_text() != art.read_text("graph.txt"):
         raise ArtifactMismatch(
             f"{path}: this lowbit builds a different graph from the artifact's model.yaml than the one it was "

@@ -61,13 +61,9 @@ class Hessian:
 
 
 def _tokens(x: Any) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x has shape {x.shape}; pass calibration inputs [T >= 1, K] (or [B, S, K])")
-    x = x.reshape(-1, x.shape[-1])
-    if not np.all(np.isfinite(x)):
-        raise ValueError("x has NaN or inf; calibrate on finite activations")
-    return x
+    from lowbit.quant.awq import _inputs  # one check of calibration inputs for both algorithms
+
+    return _inputs(x)
 
 
 def as_hessian(x_or_hessian: Any, k: int) -> np.ndarray:
