@@ -4,6 +4,7 @@ kernels shipped and loaded back from the artifact."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -180,7 +181,11 @@ def test_kernels_ship_in_the_artifact_and_load_from_it(tmp_path, monkeypatch):
     assert report.ok and "kernels/ holds binaries for that machine: they are regenerated" in report.warnings[0]
 
     so = tmp_path / "art" / "kernels" / f"{kernel.key}.so"
-    so.write_bytes(so.read_bytes() + b"\0")  # a patched library, its manifest entry updated to match
+    # a patched library, its manifest entry updated to match; written as a new file (os.replace), because
+    # rewriting the mapped inode of a library this process dlopen'ed corrupts its code (segfault at exit)
+    patched = so.with_name(so.name + ".patched")
+    patched.write_bytes(so.read_bytes() + b"\0")
+    os.replace(patched, so)
     entry = hash_file(so)
     manifest["files"][f"kernels/{kernel.key}.so"] = {"sha256": entry.sha256, "bytes": entry.bytes}
     (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest))
