@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ import torch
 from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, bits_per_weight, flatten_params
 from lowbit.compiler.phases import Phases
 from lowbit.compiler.quantize import linear_nodes, quantize_params
-from lowbit.runtime.kv_cache import bytes_per_token
 from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
 
 
@@ -96,7 +94,9 @@ def memory_estimate(
 ) -> dict[str, int]:
     _, _, linear_bytes = bits_per_weight(params)
     other = sum(p.numel() * p.element_size() for p in params.values() if isinstance(p, torch.Tensor) and p.ndim != 2)
-    per_tok = bytes_per_token(kv_dtype, arch.num_layers, arch.num_kv_heads, arch.head_dim)
+    from lowbit.graph.stats import kv_bytes_per_token
+
+    per_tok = kv_bytes_per_token(arch, kv_dtype)
     plan = graph.meta.get("memory_plan")
     act_per_tok = int(getattr(plan, "peak_bytes_per_token", 0) or 0)
     tokens = max_model_len * max_num_seqs
@@ -117,10 +117,6 @@ def kl_top1(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
     kl = (r.exp() * (r - q)).sum(-1).mean().item()
     top1 = (r.argmax(-1) == q.argmax(-1)).double().mean().item()
     return float(kl), float(top1)
-
-
-def fingerprint_device(device: str) -> str:
-    return f"{device}:{platform.machine()}"
 
 
 def compile_model(
@@ -190,7 +186,7 @@ def compile_model(
         )  # fmt: skip
 
     runner = ModelRunner(
-        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=_runtime_backend(cfg),
+        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=cfg.target.effective_backend,
         max_model_len=cfg.target.max_model_len, max_num_seqs=2, kv_layer_scales=kv_scales,
     )  # fmt: skip
     with phases.phase("kernels", total=2) as bar:
@@ -259,10 +255,6 @@ def _untied_view(weights: Any, arch: Any) -> Any:
     from lowbit.compiler.transforms import Overlay
 
     return Overlay(weights, {"lm_head.weight": np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)})
-
-
-def _runtime_backend(cfg: Any) -> str:
-    return str(cfg.target.effective_backend)
 
 
 def _warmup_params() -> Any:

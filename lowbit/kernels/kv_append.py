@@ -52,7 +52,6 @@ from lowbit.dtypes import dtype as dtype_of
 from lowbit.quant.kv import KV_BITS, KV_DTYPES
 
 FP16, FP8 = dtype_of("float16"), dtype_of("fp8_e4m3")
-APPEND_DTYPES = ("float32", *KV_DTYPES)  # the quantizer's formats plus an unrounded fp32 cache
 FP16_MAX = FP16.max
 ZERO_BOUND_EXPONENT = 11  # |zero| <= 2^11 (lowbit.quant.kv.ZERO_BOUND)
 
@@ -232,8 +231,8 @@ def append_kv(
     int4, as `lowbit.reference.paged.PagedKVCache` holds them (int4: `pack_int4` of its codes). int8/int4
     also need k_scales, k_zeros, v_scales, v_zeros [NP, PS, Hkv] float16; fp8_e4m3 uses the layer scales.
     Raises ValueError naming the argument for a bad kv_dtype, shape or dtype."""
-    if kv_dtype not in APPEND_DTYPES:
-        raise ValueError(f"kv_dtype {kv_dtype!r} is not a KV cache format; use one of {', '.join(APPEND_DTYPES)}")
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype {kv_dtype!r} is not a KV cache format; use one of {', '.join(KV_DTYPES)}")
     if len(k_new.shape) != 3 or tuple(v_new.shape) != tuple(k_new.shape):
         raise ValueError(f"k_new {tuple(k_new.shape)} and v_new {tuple(v_new.shape)} must both be [T, Hkv, D]")
     nt, h, d = (int(s) for s in k_new.shape)

@@ -31,8 +31,8 @@ from lowbit.kernels.attention_prefill import prefill_attention as prefill_kernel
 from lowbit.kernels.launch import activation_dtype
 from lowbit.lang import Kernel
 from lowbit.ops.linear import _cuda, _is_torch, select_backend
+from lowbit.quant.kv import KV_DTYPES
 
-KV_DTYPES = ("float16", "bfloat16", "float32", "fp8_e4m3", "int8", "int4")
 _KERNEL_KV = {"int8": "uint8", "int4": "uint4"}  # cache dtype -> the kernel's code dtype
 FLOAT_CACHES = ("float16", "bfloat16", "float32")
 

@@ -49,7 +49,7 @@ from lowbit.quant.grid import IntGrid, check_finite
 FP16_MAX = float(np.finfo(np.float16).max)
 ZERO_BOUND = 2.0**11  # |zero| <= this keeps the fp16 zero within half a code of −min / scale
 FP8_E4M3_MAX = 448.0
-KV_DTYPES = ("float16", "bfloat16", "int8", "int4", "fp8_e4m3")
+KV_DTYPES = ("float16", "bfloat16", "float32", "int8", "int4", "fp8_e4m3")  # every KV cache format
 KV_BITS = {"int8": 8, "int4": 4}  # KV8 / KV4: asymmetric uint8 / uint4 codes
 
 
@@ -147,7 +147,7 @@ class KVCacheQuant:
 def quantize_kv_cache(x: np.ndarray, kv_dtype: str, *, fp8_scale: float = 1.0) -> KVCacheQuant:
     """Store K or V x[..., D] (after RoPE) in the KV cache format `kv_dtype`.
 
-    float16/bfloat16: round to nearest even (ValueError if a value overflows the format);
+    float16/bfloat16/float32: round to nearest even (ValueError if a value overflows the format);
     int8/int4: KV8/KV4 `quantize_kv`; fp8_e4m3: `quantize_kv_fp8` with layer scale `fp8_scale`.
     """
     kv_dtype = check_kv_dtype(kv_dtype)
@@ -158,7 +158,7 @@ def quantize_kv_cache(x: np.ndarray, kv_dtype: str, *, fp8_scale: float = 1.0) -
         return KVCacheQuant(kv_dtype, kv.codes, kv.scales, kv.zeros)
     if kv_dtype == "fp8_e4m3":
         return KVCacheQuant(kv_dtype, quantize_kv_fp8(x, fp8_scale), layer_scale=_check_layer_scale(fp8_scale))
-    host = np.float16 if kv_dtype == "float16" else ml_dtypes.bfloat16
+    host = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[kv_dtype]
     values = encode(kv_dtype, x).view(host)  # rounded once from float64 (ml_dtypes' cast goes via float32)
     if not np.all(np.isfinite(values.astype(np.float64))):
         big = float(np.abs(x).max())

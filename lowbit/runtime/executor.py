@@ -106,19 +106,15 @@ class Executor:
         return self._rope[key]
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    return dict(node.attrs)
-
-
 @rule("embedding")
 def _embedding(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    w = ex.param(_attrs(node)["weight"])  # [V, Dm]
+    w = ex.param(node.attrs_dict["weight"])  # [V, Dm]
     return (F.embedding(args[0], w).to(ex.dtype),)
 
 
 @rule("rms_norm")
 def _rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    a = _attrs(node)
+    a = node.attrs_dict
     return (rms_norm(args[0].contiguous(), ex.param(a["weight"]), a.get("eps", 1e-6), backend=ex.backend),)
 
 
@@ -129,7 +125,7 @@ def _add(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
 
 @rule("add_rms_norm")
 def _add_rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    a = _attrs(node)
+    a = node.attrs_dict
     x, residual = args
     summed = residual.clone()  # the kernel adds in place; the input may still be read by a later node
     y = add_rms_norm(x.contiguous(), summed, ex.param(a["weight"]), a.get("eps", 1e-6), backend=ex.backend)
@@ -155,7 +151,7 @@ def _add_rms_norm_quant(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, 
 
 @rule("linear")
 def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    a = _attrs(node)
+    a = node.attrs_dict
     w, b = ex.param(a["weight"]), ex.param(a.get("bias"))
     if a.get("act_quant_fused"):  # (xq int8 [T, K], xs fp16 [T]) from rms_norm_quant
         dt = str(ex.dtype).removeprefix("torch.")
@@ -181,7 +177,7 @@ def _silu_mul(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
 
 @rule("rope")
 def _rope(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    a = _attrs(node)
+    a = node.attrs_dict
     q, k, positions = args
     hq, hkv, d = a["num_heads"], a["num_kv_heads"], a["head_dim"]
     t = q.shape[0]
@@ -201,7 +197,7 @@ def _rope(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
 
 @rule("attention")
 def _attention(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
-    a = _attrs(node)
+    a = node.attrs_dict
     batch = ex.batch
     assert batch is not None
     hq, hkv, d = a["num_heads"], a["num_kv_heads"], a["head_dim"]

@@ -48,13 +48,6 @@ class LayerCache:
         return {"k_scales": self.k_scales, "k_zeros": self.k_zeros, "v_scales": self.v_scales, "v_zeros": self.v_zeros}
 
 
-def bytes_per_token(kv_dtype: str, num_layers: int, num_kv_heads: int, head_dim: int) -> int:
-    """KV-cache bytes one token costs over all layers (K and V, with int8/int4's fp16 scale and zero)."""
-    bits = KV_STORAGE[kv_dtype].itemsize * 8 if kv_dtype != "int4" else 4
-    per_head = head_dim * bits // 8 + (4 if kv_dtype in ("int8", "int4") else 0)
-    return 2 * num_layers * num_kv_heads * per_head
-
-
 @dataclass
 class PagedKVCache:
     """Page pools for every layer plus a free list of page ids (page 0 is kept as a scratch page)."""
@@ -127,4 +120,4 @@ class PagedKVCache:
             block_table.extend(self.allocate(need))
 
 
-__all__ = ["KV_STORAGE", "LayerCache", "OutOfPages", "PagedKVCache", "bytes_per_token"]
+__all__ = ["KV_STORAGE", "LayerCache", "OutOfPages", "PagedKVCache"]

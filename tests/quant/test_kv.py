@@ -191,6 +191,8 @@ def test_quantize_kv_cache_round_trip(kv_dtype: str) -> None:
         x32 = x.astype(np.float32)
         assert np.array_equal(quantize_kv_cache(x32, kv_dtype).codes, x32.astype(ml_dtypes.bfloat16))
         assert np.all(np.abs(xhat - x) <= np.abs(x) * 2.0**-8)
+    elif kv_dtype == "float32":
+        assert kv.codes.dtype == np.float32 and np.array_equal(xhat, x.astype(np.float32))
     elif kv_dtype == "fp8_e4m3":
         assert kv.codes.dtype == np.uint8 and np.array_equal(kv.codes, quantize_kv_fp8(x))
     else:

@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lowbit.graph.stats import kv_bytes_per_token
+from lowbit.models import ArchConfig
 from lowbit.runtime.batch import Batch, SeqChunk
-from lowbit.runtime.kv_cache import OutOfPages, PagedKVCache, bytes_per_token
+from lowbit.runtime.kv_cache import OutOfPages, PagedKVCache
 
 
 @settings(max_examples=30)
@@ -55,7 +57,11 @@ def test_page_pool():
         cache.allocate(2)
     cache.free(a)
     assert cache.num_free_pages == 4 and cache.usage == 0.0
-    assert bytes_per_token("int4", 2, 2, 16) == 2 * 2 * 2 * (8 + 4)
-    assert bytes_per_token("float16", 1, 1, 64) == 2 * 128
+
+    def arch(layers: int, kv_heads: int, d: int) -> ArchConfig:
+        return ArchConfig("llama", 64, kv_heads * d, 32, layers, kv_heads, kv_heads, d)
+
+    assert kv_bytes_per_token(arch(2, 2, 16), "int4") == 2 * 2 * 2 * (8 + 4)
+    assert kv_bytes_per_token(arch(1, 1, 64), "float16") == 2 * 128
     with pytest.raises(ValueError, match="page_size"):
         PagedKVCache("float16", 1, 1, 8, 4, 24)
