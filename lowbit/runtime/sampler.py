@@ -20,6 +20,10 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    stop: tuple[str, ...] = ()  # stop strings: generation ends when the text contains one (trimmed from it)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    min_tokens: int = 0  # EOS / stop tokens / stop strings are ignored before this many tokens
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -30,6 +34,10 @@ class SamplingParams:
             raise ValueError(f"top_k = {self.top_k}: use 0 or -1 to disable, or a positive count")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p = {self.top_p!r}: must be in (0, 1]; 1 disables nucleus sampling")
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens = {self.min_tokens!r}: must be an integer in [0, max_tokens]")
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop = {self.stop!r}: give a tuple of non-empty strings")
 
     @property
     def greedy(self) -> bool:
