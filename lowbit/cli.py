@@ -1,5 +1,6 @@
 """The `lowbit` command line: `lowbit compile MODEL_YAML`, `lowbit generate ARTIFACT`, `lowbit inspect ARTIFACT`,
-`lowbit verify ARTIFACT`, `lowbit bench gemm | attention`, `lowbit demo` (the kernel DSL tour)."""
+`lowbit verify ARTIFACT`, `lowbit serve ARTIFACT`, `lowbit bench gemm | attention | serve | throughput`,
+`lowbit demo` (the kernel DSL tour)."""
 
 from __future__ import annotations
 
@@ -172,7 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help="check an artifact's hashes and compatibility")
     ver.add_argument("artifact")
     ver.set_defaults(func=verify_cmd)
-    bench = sub.add_parser("bench", help="benchmarks: `lowbit bench gemm`, `lowbit bench attention`")
+    from lowbit.bench import serving as bench_serving
+    from lowbit.bench import throughput as bench_throughput
+    from lowbit.serve import cli as serve_cli
+
+    srv = sub.add_parser("serve", help="serve an artifact over an OpenAI-compatible HTTP API")
+    serve_cli.add_arguments(srv)
+    srv.set_defaults(func=serve_cli.main)
+    bench = sub.add_parser("bench", help="benchmarks: gemm, attention, serve, throughput")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     g = bench_sub.add_parser(
         "gemm", help="quantized linear layers vs torch fp32/bf16/dequantize-then-matmul, with the roofline"
@@ -184,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_attention_arguments(a)
     a.set_defaults(func=bench_attention)
+    bs = bench_sub.add_parser("serve", help="online serving load test (TTFT/TPOT/ITL/E2E), unsplit vs nano-batched")
+    bench_serving.add_arguments(bs)
+    bs.set_defaults(func=bench_serving.main)
+    bt = bench_sub.add_parser("throughput", help="offline engine throughput ((input+output) tokens/s), unsplit vs nano")
+    bench_throughput.add_arguments(bt)
+    bt.set_defaults(func=bench_throughput.main)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,1 @@
+"""lowbit.serve: the OpenAI-compatible HTTP server over the serving engine (`lowbit serve ARTIFACT`)."""
