@@ -46,3 +46,29 @@ def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("LOWBIT_CACHE_DIR", str(tmp_path_factory.mktemp("lowbit-cache")))
         mp.setenv("LOWBIT_KERNEL_CACHE", os.environ.get("LOWBIT_KERNEL_CACHE", "0"))
         yield
+
+
+def compile_tiny(out_dir, *sets: str):
+    """Compile examples/tiny-llama.yaml with `--set` overrides into out_dir (no accuracy eval, no progress)."""
+    from lowbit.compiler import compile_model
+    from lowbit.config import load_config
+
+    cfg = load_config("examples/tiny-llama.yaml", list(sets))
+    return compile_model(cfg, out_dir, quiet=True, eval_tokens=0).path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """The README's example (int4 RTN weights, KV8) with max_model_len 256, compiled once per test session:
+    for engine / server / benchmark tests."""
+    return compile_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama", "target.max_model_len=256")
+
+
+@pytest.fixture(scope="session")
+def tiny_exact_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny model unquantized (fp32 weights, fp32 KV), max_model_len 256: tests that compare token streams
+    across schedules, preemption and against the float reference need exact-path numerics."""
+    return compile_tiny(
+        tmp_path_factory.mktemp("tiny-exact") / "tiny-exact",
+        "quantization.algorithm=none", "quantization.kv_cache.dtype=float32", "target.max_model_len=256",
+    )  # fmt: skip
