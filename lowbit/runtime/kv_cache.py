@@ -9,11 +9,12 @@ its page taken from the sequence's block table.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from lowbit.runtime.block_manager import BlockManager, OutOfPages
 
 KV_STORAGE = {
     "float16": torch.float16,
@@ -23,10 +24,6 @@ KV_STORAGE = {
     "int8": torch.uint8,
     "int4": torch.int32,
 }
-
-
-class OutOfPages(RuntimeError):
-    """The cache has no free page left (the scheduler should preempt or wait)."""
 
 
 @dataclass
@@ -50,7 +47,7 @@ class LayerCache:
 
 @dataclass
 class PagedKVCache:
-    """Page pools for every layer plus a free list of page ids (page 0 is kept as a scratch page)."""
+    """Page pools for every layer plus their page allocator `blocks` (a `BlockManager`; page 0 is scratch)."""
 
     kv_dtype: str
     num_layers: int
@@ -60,7 +57,7 @@ class PagedKVCache:
     page_size: int = 16
     layer_scales: Sequence[tuple[float, float]] | None = None  # fp8: (k, v) scale per layer
     layers: list[LayerCache] = field(init=False)
-    free_pages: list[int] = field(init=False)
+    blocks: BlockManager = field(init=False)
 
     def __post_init__(self) -> None:
         if self.kv_dtype not in KV_STORAGE:
@@ -91,33 +88,35 @@ class PagedKVCache:
                     **kw,
                 )
             )
-        self.free_pages = list(range(self.num_pages - 1, 0, -1))
+        self.blocks = BlockManager(self.num_pages, self.page_size)
+
+    # the page accounting lives in `blocks`; these are thin delegates
+    @property
+    def free_pages(self) -> list[int]:
+        return self.blocks.free_pages
 
     @property
     def num_free_pages(self) -> int:
-        return len(self.free_pages)
+        return self.blocks.num_free
 
     @property
     def usage(self) -> float:
         """Fraction of allocatable pages in use (0..1)."""
-        return 1.0 - self.num_free_pages / (self.num_pages - 1)
+        return self.blocks.usage
 
     def pages_for(self, num_tokens: int) -> int:
-        return math.ceil(num_tokens / self.page_size)
+        return self.blocks.pages_for(num_tokens)
 
     def allocate(self, n: int) -> list[int]:
-        if n > len(self.free_pages):
-            raise OutOfPages(f"need {n} KV pages, {len(self.free_pages)} free of {self.num_pages - 1}")
-        return [self.free_pages.pop() for _ in range(n)]
+        return self.blocks.allocate(n)
 
     def free(self, pages: Sequence[int]) -> None:
-        self.free_pages.extend(reversed(list(pages)))
+        """Return `pages` to the free list (the list itself is left as it is; `blocks.free` clears it)."""
+        self.blocks.release(pages)
 
     def grow(self, block_table: list[int], num_tokens: int) -> None:
-        """Append pages to `block_table` (in place) until it holds `num_tokens` tokens."""
-        need = self.pages_for(num_tokens) - len(block_table)
-        if need > 0:
-            block_table.extend(self.allocate(need))
+        """Append pages to `block_table` (in place) until it holds `num_tokens` tokens; raises OutOfPages."""
+        self.blocks.grow(block_table, num_tokens)
 
 
 __all__ = ["KV_STORAGE", "LayerCache", "OutOfPages", "PagedKVCache"]
