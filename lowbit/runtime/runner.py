@@ -16,8 +16,11 @@ from lowbit.models.arch import ArchConfig
 from lowbit.runtime.batch import Batch, SeqChunk
 from lowbit.runtime.executor import Executor
 from lowbit.runtime.kv_cache import PagedKVCache
+from lowbit.runtime.nano import NanoExecutor
+from lowbit.runtime.plan import PipelinePlan, default_plan
 from lowbit.runtime.sampler import SamplingParams, make_generator, sample
 
+SCHEDULES = ("unsplit", "nano")  # the whole batch op by op | nano-batches on the plan's units (nano.py)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -43,9 +46,15 @@ class ModelRunner:
         page_size: int = 16,
         max_num_seqs: int = 8,
         kv_layer_scales: Sequence[tuple[float, float]] | None = None,
+        schedule: str = "unsplit",
+        plan: PipelinePlan | None = None,
     ) -> None:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r} is not a compute dtype; use one of {list(TORCH_DTYPES)}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule {schedule!r} is not known; use one of {list(SCHEDULES)}")
+        if plan is not None and schedule != "nano":
+            raise ValueError(f"a pipeline plan was given with schedule {schedule!r}; use schedule='nano' to run it")
         self.arch = arch
         self.max_model_len = max_model_len
         pages = num_pages or max_num_seqs * -(-max_model_len // page_size) + 1
@@ -55,10 +64,16 @@ class ModelRunner:
         self.executor = Executor(
             graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
         )
+        self.schedule = schedule
+        self.nano: NanoExecutor | None = None
+        if schedule == "nano":
+            device = "cuda" if any(isinstance(p, torch.Tensor) and p.is_cuda for p in params.values()) else "cpu"
+            self.nano = NanoExecutor(self.executor, plan or default_plan(arch, device))
 
     def step(self, chunks: Sequence[SeqChunk], *, all_logits: bool = False) -> torch.Tensor:
         """Run one forward step; logits [num_seqs, V] (or [tokens, V]) float32."""
-        return self.executor.forward(Batch(chunks, self.cache.page_size), all_logits=all_logits)
+        run = self.nano if self.nano is not None else self.executor
+        return run.forward(Batch(chunks, self.cache.page_size), all_logits=all_logits)
 
     def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Logits [T, V] of every position of one prompt (a prefill; the pages are freed afterwards)."""
@@ -116,4 +131,4 @@ class ModelRunner:
         return done
 
 
-__all__ = ["TORCH_DTYPES", "Completion", "ModelRunner"]
+__all__ = ["SCHEDULES", "TORCH_DTYPES", "Completion", "ModelRunner"]

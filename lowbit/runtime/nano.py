@@ -1,0 +1,390 @@
+"""`NanoExecutor`: the nano-batch schedule of a step (NanoFlow): each op of the graph runs as nano-ops over
+contiguous token-row ranges of the dense batch, and nano-ops of different nano-batches run concurrently on the
+plan's execution units (plan.py), so a memory-bound attention overlaps a compute-bound GEMM.
+
+`derive_tasks` (a pure function) turns the graph, the plan and the batch layout into tasks: one per node ×
+row range, each with the producer tasks whose rows intersect its input rows (the graph edges give the
+producers, so a layer waits for the previous layer's pieces it reads, and nothing else). Ranges follow the
+plan's row fractions in multiples of its tile; an attention node's ranges are snapped to sequence boundaries
+(a chunk's K/V append and causal attention are per sequence) and run on a sub-`Batch` of those sequences.
+`last_token` and everything that reads it (lm_head: rows are sequences there) run as one task on the whole
+batch, as does any op that is not row-wise.
+
+Execution: one worker per unit, kept across steps, with a FIFO task queue. Every queue receives its tasks in
+one global topological order (a priority topological sort: stage, then first row, then graph order, where a
+stage is a run of nodes on the same unit — so one nano-batch's GEMMs are queued before the next one's and
+its attention can overlap them); a task waits on its dependencies' `threading.Event`s, so no queue can wait
+on a task behind it and the step cannot deadlock. CPU workers are threads pinned to the unit's cores
+(`os.sched_setaffinity` of the thread); the kernels release the GIL. On CUDA each unit launches on its
+stream and orders after its producers with `torch.cuda.Event`s. A failing task marks the step failed; the
+tasks after it are skipped (their events still set) and `forward` raises the first error.
+
+A task's inputs are the producers' output pieces, sliced to the intersecting rows (a view when one piece
+covers them, a concatenation otherwise); on the CPU a piece is dropped once its last reader finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import os
+import queue
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lowbit.runtime.batch import Batch
+from lowbit.runtime.executor import RULES, Executor
+from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges
+
+ROW_WISE = frozenset(
+    {"embedding", "rms_norm", "add", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant", "linear", "rope",
+     "silu_mul"}
+)  # fmt: skip  # output row i depends on input row i only
+SEQUENCE_WISE = frozenset({"attention"})  # rows of a sequence stay together (a sub-Batch of whole sequences)
+GRAPH_INPUT = -1
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows [lo, hi) of output `output` of task `task` (or of graph input `tensor` when task is GRAPH_INPUT)."""
+
+    tensor: str
+    task: int
+    output: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class NanoTask:
+    index: int  # position in the global order (dependencies point to smaller indices)
+    node: int  # index into the node list
+    rows: tuple[int, int]  # token rows [a, b) it computes (whole tasks: all rows)
+    unit: int  # index into plan.units
+    deps: tuple[int, ...]  # tasks it waits for
+    inputs: tuple[tuple[Source, ...], ...]  # per node input: the pieces whose concatenation is its rows
+    seqs: tuple[int, int] | None = None  # attention: the sequences [i, j) of its sub-batch
+    whole: bool = False  # runs on the whole batch (last_token and what reads it, ops that are not row-wise)
+
+
+def derive_tasks(
+    nodes: Sequence[Any], plan: PipelinePlan, num_tokens: int, seq_bounds: Sequence[int]
+) -> tuple[NanoTask, ...]:
+    """The tasks of one step of `nodes` (in topological order) over `num_tokens` rows whose sequences start at
+    `seq_bounds` (0, ..., num_tokens), in a topological order that the unit queues follow."""
+    bounds = list(seq_bounds)
+    if bounds[0] != 0 or bounds[-1] != num_tokens or any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise ValueError(f"seq_bounds {bounds} must rise strictly from 0 to num_tokens {num_tokens}")
+    producer: dict[str, tuple[int, int]] = {}  # tensor -> (node index, output index)
+    whole_nodes: set[int] = set()
+    proto: list[tuple[int, tuple[int, int], int, tuple[int, int] | None, bool]] = []  # node, rows, unit, seqs, whole
+    stage, last_unit = 0, None
+    stages: list[int] = []
+    for ni, node in enumerate(nodes):
+        for t in node.inputs:
+            if t not in producer and t not in ("input_ids", "positions"):
+                raise ValueError(f"node {node.name} reads {t!r}, which no earlier node produced")
+        whole = node.op not in ROW_WISE | SEQUENCE_WISE or any(
+            producer[t][0] in whole_nodes for t in node.inputs if t in producer
+        )
+        rule = plan.rule_for(node.op, node.name)
+        if whole or rule is None:
+            cuts, units = [0, num_tokens], [plan.unit_index(rule.units[0]) if rule else 0]
+        else:
+            snap = bounds if node.op in SEQUENCE_WISE else None
+            cuts = nano_ranges(num_tokens, rule.fractions, plan.tile, snap)
+            units = [plan.unit_index(rule.unit_of(min(k, rule.num_nano - 1))) for k in range(len(cuts) - 1)]
+        if units[0] != last_unit:
+            stage, last_unit = stage + (last_unit is not None), units[0]
+        stages.append(stage)
+        if whole:
+            whole_nodes.add(ni)
+        for k, (a, b) in enumerate(itertools.pairwise(cuts)):
+            seqs = (bounds.index(a), bounds.index(b)) if node.op in SEQUENCE_WISE and not whole else None
+            proto.append((ni, (a, b), units[k], seqs, whole))
+        for oi, t in enumerate(node.outputs):
+            producer[t] = (ni, oi)
+
+    # dependencies by row intersection, over proto indices
+    pieces: dict[int, list[int]] = {}  # node index -> its proto indices (rows ascending)
+    for pi, (ni, *_) in enumerate(proto):
+        pieces.setdefault(ni, []).append(pi)
+    Piece = tuple[str, int, int, int, int]  # tensor, proto index (or GRAPH_INPUT), output, lo, hi
+    inputs_of: list[tuple[tuple[Piece, ...], ...]] = []
+    for ni, (a, b), _, _, _ in proto:
+        per_input: list[tuple[Piece, ...]] = []
+        for t in nodes[ni].inputs:
+            if t not in producer:
+                per_input.append(((t, GRAPH_INPUT, 0, a, b),))
+                continue
+            pn, oi = producer[t]
+            srcs: list[Piece] = []
+            for pj in pieces[pn]:
+                pa, pb = proto[pj][1]
+                if ni in whole_nodes and pn in whole_nodes:
+                    srcs.append((t, pj, oi, 0, -1))  # rows are sequences there: the whole piece
+                elif max(a, pa) < min(b, pb):
+                    srcs.append((t, pj, oi, max(a, pa) - pa, min(b, pb) - pa))
+            per_input.append(tuple(srcs))
+        inputs_of.append(tuple(per_input))
+    deps_of = [sorted({s[1] for srcs in ins for s in srcs if s[1] != GRAPH_INPUT}) for ins in inputs_of]
+
+    # a priority topological order: stage, first row, graph order
+    order = _priority_topo(deps_of, [(stages[p[0]], p[1][0], p[0]) for p in proto])
+    new = {old: i for i, old in enumerate(order)}
+    tasks = []
+    for old in order:
+        ni, rows, unit, seqs, whole = proto[old]
+        ins = tuple(
+            tuple(Source(t, new.get(p, GRAPH_INPUT), o, lo, hi) for t, p, o, lo, hi in s) for s in inputs_of[old]
+        )
+        tasks.append(NanoTask(new[old], ni, rows, unit, tuple(sorted(new[d] for d in deps_of[old])), ins, seqs, whole))
+    return tuple(tasks)
+
+
+def _priority_topo(deps: Sequence[Sequence[int]], keys: Sequence[tuple[int, ...]]) -> list[int]:
+    users: list[list[int]] = [[] for _ in deps]
+    waiting = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [(keys[i], i) for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (keys[u], u))
+    assert len(order) == len(deps), "the task graph has a cycle"
+    return order
+
+
+class _Step:
+    """The state of one step: results, one done-event per task, the first error."""
+
+    def __init__(self, ex: NanoExecutor, batch: Batch, tasks: tuple[NanoTask, ...], all_logits: bool) -> None:
+        self.tasks = tasks
+        self.nodes = ex.nodes
+        self.inputs = {"input_ids": batch.input_ids, "positions": batch.positions}
+        self.done = [threading.Event() for _ in tasks]
+        self.results: list[tuple[Any, ...] | None] = [None] * len(tasks)
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.remaining = len(tasks)
+        self.finished = threading.Event()
+        self.free = ex.device.type == "cpu"  # CUDA: pieces live to the end of the step (other streams read them)
+        self.readers = [0] * len(tasks)
+        for t in tasks:
+            for d in t.deps:
+                self.readers[d] += 1
+        self.logits_task = next(t.index for t in tasks if "logits" in ex.nodes[t.node].outputs)
+        self.readers[self.logits_task] += 1  # read by forward
+        # executor views: the rules read ex.batch / ex.all_logits; attention ranges get a sub-batch each
+        whole = copy.copy(ex.executor)
+        whole.batch, whole.all_logits = batch, all_logits
+        self.views: dict[tuple[int, int] | None, Executor] = {None: whole}
+        for t in tasks:
+            if t.seqs is not None and t.seqs not in self.views:
+                view = copy.copy(ex.executor)
+                view.batch = Batch(batch.seqs[t.seqs[0] : t.seqs[1]], batch.page_size)
+                view.all_logits = all_logits
+                self.views[t.seqs] = view
+        self.cuda_events: list[Any] = [None] * len(tasks)
+        self.start_event: Any = None
+
+    def arg(self, srcs: tuple[Source, ...]) -> Any:
+        parts = []
+        for s in srcs:
+            if s.task == GRAPH_INPUT:
+                parts.append(self.inputs[s.tensor][s.lo : s.hi])
+                continue
+            res = self.results[s.task]
+            assert res is not None, f"piece of {s.tensor} from task {s.task} was freed before its reader ran"
+            x = res[s.output]
+            parts.append(x if s.hi < 0 else x[s.lo : s.hi])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def run(self, task: NanoTask, stream: Any) -> None:
+        try:
+            for d in task.deps:
+                self.done[d].wait()
+            if self.error is None:
+                if stream is None:
+                    self._execute(task)
+                else:
+                    with torch.cuda.stream(stream):
+                        stream.wait_event(self.start_event)
+                        for d in task.deps:
+                            stream.wait_event(self.cuda_events[d])
+                        self._execute(task)
+                        ev = torch.cuda.Event()
+                        ev.record(stream)
+                        self.cuda_events[task.index] = ev
+        except BaseException as e:  # handed to the caller of forward
+            with self.lock:
+                if self.error is None:
+                    self.error = e
+        finally:
+            self.done[task.index].set()
+            with self.lock:
+                self.remaining -= 1
+                if self.remaining == 0:
+                    self.finished.set()
+
+    def _execute(self, task: NanoTask) -> None:
+        node = self.nodes[task.node]
+        args = [self.arg(s) for s in task.inputs]
+        outs = RULES[node.op](self.views[task.seqs], node, args)
+        if len(outs) != len(node.outputs):
+            raise RuntimeError(f"rule {node.op} returned {len(outs)} outputs for {node.name}'s {node.outputs}")
+        self.results[task.index] = tuple(outs)
+        if self.free:
+            with self.lock:
+                if self.readers[task.index] == 0:
+                    self.results[task.index] = None
+                for d in task.deps:
+                    self.readers[d] -= 1
+                    if self.readers[d] == 0:
+                        self.results[d] = None
+
+
+class _Worker:
+    """One execution unit: a thread (pinned to the unit's cores) running the tasks put on its queue in order."""
+
+    def __init__(self, name: str, cores: tuple[int, ...], stream: Any) -> None:
+        self.cores, self.stream = cores, stream
+        self.queue: queue.SimpleQueue[tuple[_Step, NanoTask] | None] = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.start_error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"lowbit-nano-{name}", daemon=True)
+        self.thread.start()
+        self.ready.wait()
+
+    def _loop(self) -> None:
+        try:
+            if self.cores:
+                os.sched_setaffinity(0, self.cores)  # 0 = the calling thread on Linux
+        except BaseException as e:  # raised by NanoExecutor's constructor
+            self.start_error = e
+        self.ready.set()
+        if self.start_error is not None:
+            return
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            step, task = item
+            step.run(task, self.stream)
+
+
+class NanoExecutor:
+    """Runs `executor`'s graph on the nano-batch schedule of `plan`; `forward` is `Executor.forward`'s."""
+
+    def __init__(self, executor: Executor, plan: PipelinePlan, *, schedule_cache: int = 256) -> None:
+        self.executor = executor
+        self.plan = plan
+        self.nodes = executor.nodes
+        self.device = _device_of(executor)
+        if self.device.type == "cpu" and any(u.cores for u in plan.units):
+            have = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+            for u in plan.units:
+                if u.cores and not set(u.cores) <= have:
+                    raise PlanError(
+                        f"unit {u.name} is pinned to cores {list(u.cores)}, but this process may run on "
+                        f"{sorted(have)}; use those (or no cores: not pinned)"
+                    )
+        streams: dict[int | None, Any] = {}
+        self.workers: list[_Worker] = []
+        for i, u in enumerate(plan.units):
+            stream = None
+            if self.device.type == "cuda":
+                key = u.stream if u.stream is not None else -1 - i
+                if key not in streams:
+                    streams[key] = torch.cuda.Stream(device=self.device)
+                stream = streams[key]
+            self.workers.append(_Worker(u.name, u.cores if self.device.type == "cpu" else (), stream))
+        errors = [w.start_error for w in self.workers if w.start_error is not None]
+        if errors:
+            self.close()
+            raise PlanError(f"could not start the plan's units: {errors[0]}") from errors[0]
+        self._schedules: OrderedDict[tuple[int, tuple[int, ...]], tuple[NanoTask, ...]] = OrderedDict()
+        self._cache_size = schedule_cache
+        self._lock = threading.Lock()
+        self.closed = False
+        self._finalizer = weakref.finalize(self, _stop, self.workers)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [w.thread for w in self.workers]
+
+    def tasks_for(self, batch: Batch) -> tuple[NanoTask, ...]:
+        bounds = [0]
+        for s in batch.seqs:
+            bounds.append(bounds[-1] + s.num_new)
+        key = (batch.num_tokens, tuple(bounds))
+        tasks = self._schedules.get(key)
+        if tasks is None:
+            tasks = derive_tasks(self.nodes, self.plan, batch.num_tokens, bounds)
+            self._schedules[key] = tasks
+            if len(self._schedules) > self._cache_size:
+                self._schedules.popitem(last=False)
+        else:
+            self._schedules.move_to_end(key)
+        return tasks
+
+    def forward(self, batch: Batch, *, all_logits: bool = False) -> torch.Tensor:
+        if batch.num_tokens < self.plan.min_tokens:
+            return self.executor.forward(batch, all_logits=all_logits)
+        if self.closed:
+            raise RuntimeError("this NanoExecutor was closed; build a new one")
+        with self._lock:
+            step = _Step(self, batch, self.tasks_for(batch), all_logits)
+            if self.device.type == "cuda":
+                step.start_event = torch.cuda.Event()
+                step.start_event.record(torch.cuda.current_stream(self.device))
+            for t in step.tasks:
+                self.workers[t.unit].queue.put((step, t))
+            step.finished.wait()
+            if step.error is not None:
+                raise step.error
+            if self.device.type == "cuda":
+                current = torch.cuda.current_stream(self.device)
+                for ev in step.cuda_events:
+                    current.wait_event(ev)
+            res = step.results[step.logits_task]
+            assert res is not None
+            return res[self.nodes[step.tasks[step.logits_task].node].outputs.index("logits")].float()
+
+    def close(self) -> None:
+        """Stop the worker threads (also done at interpreter exit: they are daemons)."""
+        self.closed = True
+        _stop(self.workers)
+
+
+def _stop(workers: list[_Worker]) -> None:
+    for w in workers:
+        if w.thread.is_alive():
+            w.queue.put(None)
+    for w in workers:
+        if w.thread is not threading.current_thread():
+            w.thread.join(timeout=5)
+
+
+def _device_of(executor: Executor) -> torch.device:
+    for p in executor.params.values():
+        if isinstance(p, torch.Tensor):
+            return p.device
+    return torch.device("cpu")
+
+
+__all__ = ["ROW_WISE", "SEQUENCE_WISE", "NanoExecutor", "NanoTask", "Source", "derive_tasks"]
