@@ -1,0 +1,72 @@
+"""`lowbit.LLM`: offline generation over a compiled artifact (the engine's continuous batching, no server).
+
+from lowbit import LLM, SamplingParams
+llm = LLM("artifacts/tiny-llama")
+for out in llm.generate(["Hello", "The capital of"], SamplingParams(max_tokens=32)):
+    print(out.text)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lowbit.runtime.engine import LLMEngine
+from lowbit.runtime.outputs import RequestOutput
+from lowbit.runtime.sampler import SamplingParams
+
+
+class LLM:
+    def __init__(self, artifact: str | Path | Any, **engine_kw: Any) -> None:
+        self.engine = LLMEngine(artifact, **engine_kw)
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        priorities: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
+        """Final outputs, in the order of `prompts` (one prompt: a str or a list of token ids; or a list of
+        those). `params` may be one SamplingParams for all or one per prompt. Every prompt is checked before
+        any is queued."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        plist = list(prompts)  # type: ignore[arg-type]
+        if params is None or isinstance(params, SamplingParams):
+            params_list = [params or SamplingParams()] * len(plist)
+        else:
+            params_list = list(params)
+            if len(params_list) != len(plist):
+                raise ValueError(f"{len(params_list)} SamplingParams for {len(plist)} prompts; give one or one each")
+        eng = self.engine
+        for i, (p, sp) in enumerate(zip(plist, params_list, strict=True)):
+            try:
+                eng.check_request(eng.encode_prompt(p), sp)
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+        ids = []
+        for i, (p, sp) in enumerate(zip(plist, params_list, strict=True)):
+            rid = f"llm-{next(self._ids)}"
+            eng.add_request(rid, p, sp, priority=priorities[i] if priorities else 0)
+            ids.append(rid)
+        done: dict[str, RequestOutput] = {}
+        try:
+            while len(done) < len(ids):
+                for out in eng.step():
+                    if out.finished:
+                        done[out.request_id] = out
+        except BaseException:
+            eng.abort_all()
+            raise
+        return [done[r] for r in ids]
+
+
+__all__ = ["LLM", "SamplingParams"]
