@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lowbit.runtime.engine import LLMEngine
 from lowbit.runtime.outputs import RequestOutput
@@ -37,9 +37,11 @@ class LLM:
         """Final outputs, in the order of `prompts` (one prompt: a str or a list of token ids; or a list of
         those). `params` may be one SamplingParams for all or one per prompt. Every prompt is checked before
         any is queued."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        plist = list(prompts)  # type: ignore[arg-type]
+        plist: list[str | Sequence[int]]
+        if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
+            plist = [cast("str | Sequence[int]", prompts)]
+        else:
+            plist = list(cast("Sequence[str | Sequence[int]]", prompts))
         if params is None or isinstance(params, SamplingParams):
             params_list = [params or SamplingParams()] * len(plist)
         else:

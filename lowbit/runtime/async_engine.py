@@ -167,17 +167,20 @@ class AsyncLLMEngine:
         if sink is not None:
             sink.put(err)
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> int:
+        """Apply queued adds / aborts; returns the number of adds taken off the queue (the caller lowers
+        `_pending` by it only after refreshing the stats, so waiting + pending never undercounts)."""
         eng = self.engine
+        adds = 0
         while True:
             try:
                 cmd = self._cmds.get_nowait()
             except queue.Empty:
-                return
+                return adds
             if cmd[0] == "add":
                 _, rid, ids, params, priority, arrival = cmd
+                adds += 1
                 with self._lock:
-                    self._pending -= 1
                     alive = rid in self._sinks
                 if not alive:  # aborted before it was applied
                     continue
@@ -196,9 +199,12 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         eng = self.engine
         while not self._stop.is_set():
-            self._apply_commands()
+            adds = self._apply_commands()
+            self._stats = eng.stats()
+            if adds:
+                with self._lock:
+                    self._pending -= adds
             if not eng.has_unfinished_requests():
-                self._stats = eng.stats()
                 self._wake.wait(self.idle_wait_s)
                 self._wake.clear()
                 continue

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lowbit.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 from lowbit.graph.stats import kv_bytes_per_token
 from lowbit.models.arch import ArchConfig
@@ -32,6 +31,7 @@ from lowbit.runtime.block_manager import BlockManager
 from lowbit.runtime.outputs import EngineStats, RequestMetrics, RequestOutput
 from lowbit.runtime.runner import ModelRunner
 from lowbit.runtime.sampler import SamplingParams, filtered_logprobs, make_generator
+from lowbit.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lowbit.runtime.sequence import Sequence
 
 log = logging.getLogger("lowbit.engine")
