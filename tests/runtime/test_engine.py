@@ -158,3 +158,24 @@ def test_kv_plan_capacity_scales_with_kv_bits(exact, caplog):
     with caplog.at_level(logging.INFO, logger="lowbit.engine"):
         LLMEngine(exact, max_num_seqs=2)
     assert any("KV cache:" in r.message and "max concurrency" in r.message for r in caplog.records)
+
+
+def test_greedy_tokens_equal_transformers_generate(exact, tmp_path):
+    """The unquantized artifact's engine vs HF transformers greedy decoding on the same (synthetic) weights."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from lowbit.models.hf import save_hf_dir
+    from lowbit.models.synthetic import synthetic_weights
+
+    hf_dir = save_hf_dir(tmp_path / "hf", exact.arch, synthetic_weights(exact.arch, exact.cfg.model.seed),
+                         dtype="float32")  # fmt: skip
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    want = []
+    for p in PROMPTS:
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                              pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))  # fmt: skip
+        want.append(out[0, len(p) :].tolist())
+    got = LLM(exact, max_num_seqs=4).generate(PROMPTS, SamplingParams(max_tokens=12, ignore_eos=True))
+    assert [o.token_ids for o in got] == want
