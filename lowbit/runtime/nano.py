@@ -175,7 +175,8 @@ class _Step:
     def __init__(self, ex: NanoExecutor, batch: Batch, tasks: tuple[NanoTask, ...], all_logits: bool) -> None:
         self.tasks = tasks
         self.nodes = ex.nodes
-        self.inputs = {"input_ids": batch.input_ids, "positions": batch.positions}
+        dev = ex.device  # the batch is built on the CPU
+        self.inputs = {"input_ids": batch.input_ids.to(dev), "positions": batch.positions.to(dev)}
         self.done = [threading.Event() for _ in tasks]
         self.results: list[tuple[Any, ...] | None] = [None] * len(tasks)
         self.error: BaseException | None = None

@@ -218,7 +218,7 @@ def _keys(d: Mapping[str, Any], where: str, *, required: Sequence[str], optional
 
 def nano_ranges(num_rows: int, fractions: Sequence[float], tile: int, bounds: Sequence[int] | None = None) -> list[int]:
     """Cut points 0 = c0 < c1 < ... < cn = num_rows of the nano-batches of `fractions` over `num_rows` rows:
-    each inner cut rounded to a multiple of `tile`, or, given `bounds` (the sequence boundaries of the batch,
+    each inner cut rounded to the nearest multiple of `tile` (ties go down), or, given `bounds` (the sequence boundaries of the batch,
     0 and num_rows included), snapped to the nearest boundary (ties go down); empty nano-batches disappear."""
     cuts = [0]
     acc = 0.0
@@ -226,7 +226,7 @@ def nano_ranges(num_rows: int, fractions: Sequence[float], tile: int, bounds: Se
         acc += f
         x = acc * num_rows
         if bounds is None:
-            c = math.floor(x / tile + 0.5) * tile
+            c = math.ceil(x / tile - 0.5) * tile  # nearest multiple, ties go down
         else:
             c = min(bounds, key=lambda b: (abs(b - x), b))
         if cuts[-1] < c < num_rows:
