@@ -29,6 +29,7 @@ tools write, so tests can round-trip without them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -286,6 +287,120 @@ def export_gptq(qw: QuantizedWeight, version: int = 1) -> dict[str, np.ndarray]:
 
 
 # -- HF checkpoints ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """What a config.json `quantization_config` says about the stored linears (`parse_quantization_config`).
+
+    method "awq" (AutoAWQ GEMM: uint4 codes with integer zeros) or "gptq"; bits; group_size (-1: one group
+    per output channel); sym (GPTQ: every zero is 2^(b−1), imported as int{b} without zeros; AWQ: False);
+    version (GPTQ zero convention: 1 = checkpoint_format gptq, stores zero − 1; 2 = gptq_v2; AWQ: 0)."""
+
+    method: str
+    bits: int
+    group_size: int
+    sym: bool = False
+    version: int = 0
+
+    @property
+    def weight_dtype(self) -> str:
+        """lowbit's code dtype for these weights: int{b} (symmetric) or uint{b} (integer zeros)."""
+        return f"int{self.bits}" if self.sym else f"uint{self.bits}"
+
+    @property
+    def zero_mode(self) -> str:
+        return "none" if self.sym else "post"
+
+    def describe(self) -> str:
+        tool = "AutoAWQ gemm" if self.method == "awq" else f"GPTQ v{self.version}"
+        g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
+        return f"{tool}, {self.bits}-bit, {g}, {'symmetric' if self.sym else 'asymmetric'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quant_method": self.method,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "sym": self.sym,
+            "version": self.version,
+            "weight_dtype": self.weight_dtype,
+            "zero_mode": self.zero_mode,
+        }
+
+
+def parse_quantization_config(quantization_config: Mapping[str, Any]) -> CheckpointFormat:
+    """The `CheckpointFormat` of a config.json's `quantization_config` (or the whole config.json). Raises
+    ValueError naming the key (`quantization_config.bits`, ...), its value and the fix for what lowbit cannot
+    import: other methods or packings, AWQ without zero points, bits outside AWQ's 4 / GPTQ's 2, 3, 4, 8, a
+    group size that is not a positive int or -1, and act-order GPTQ (desc_act without static_groups)."""
+    qc: dict[str, Any] = dict(quantization_config.get("quantization_config", quantization_config))
+    method = str(qc.get("quant_method", "")).lower()
+
+    def bad(key: str, problem: str, fix: str) -> ValueError:
+        return ValueError(f"quantization_config.{key}: {qc.get(key)!r}: {problem}; {fix}")
+
+    def integer(key: str, alt: str, default: int) -> tuple[str, int]:
+        k = key if key in qc or alt not in qc else alt
+        v = qc.get(k, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad(k, "not an integer", "write an integer")
+        return k, int(v)
+
+    gkey, group = integer("group_size", "q_group_size", 128)
+    if group != -1 and group <= 0:
+        raise bad(gkey, "not a group size", "the checkpoint stores a positive group size or -1 (per channel)")
+    if method == "awq":
+        packing = str(qc.get("version", "gemm")).lower()
+        if packing != "gemm":
+            raise bad("version", "only AutoAWQ's 'gemm' packing is imported", "re-save the model with version gemm")
+        if not qc.get("zero_point", True):
+            raise bad("zero_point", "the GEMM format stores zeros", "quantize with zero_point: true")
+        bkey, bits = integer("bits", "w_bit", AWQ_BITS)
+        if bits != AWQ_BITS:
+            raise bad(bkey, "AutoAWQ's GEMM format packs 4-bit codes only", "use a 4-bit AWQ checkpoint")
+        return CheckpointFormat("awq", bits, group, False, 0)
+    if method == "gptq":
+        fkey = "checkpoint_format" if "checkpoint_format" in qc or "format" not in qc else "format"
+        fmt = str(qc.get(fkey, "gptq")).lower()
+        if fmt not in ("gptq", "gptq_v2"):
+            raise bad(fkey, "not a GPTQ zero convention lowbit imports", "use 'gptq' (v1, zero − 1) or 'gptq_v2'")
+        _, bits = integer("bits", "bits", 4)
+        if bits not in GPTQ_BITS:
+            raise bad("bits", f"GPTQ stores {list(GPTQ_BITS)}-bit codes", "use a 2, 3, 4 or 8-bit checkpoint")
+        if qc.get("desc_act", False) and not qc.get("static_groups", False):
+            raise bad(
+                "desc_act",
+                "act-order groups are not contiguous runs of in_features (g_idx permutes them), which lowbit's "
+                "group layout cannot hold",
+                "re-quantize with desc_act: false, or with static_groups: true (its g_idx is k // group_size)",
+            )
+        return CheckpointFormat("gptq", bits, group, bool(qc.get("sym", True)), 2 if fmt == "gptq_v2" else 1)
+    raise bad(
+        "quant_method", "not a format lowbit imports", "lowbit imports 'awq' (AutoAWQ GEMM) and 'gptq' checkpoints"
+    )
+
+
+def import_module(
+    weights: Mapping[str, Any], prefix: str, fmt: CheckpointFormat, layout: str | PackedLayout = "row"
+) -> QuantizedWeight:
+    """The QuantizedWeight of module `prefix` (its `.qweight/.qzeros/.scales[/.g_idx]` in `weights`, raw
+    int32 / fp16 arrays) stored in format `fmt`. ValueError names the module and what is wrong."""
+    try:
+        t = _module_tensors(weights, prefix)
+        if fmt.method == "awq":
+            return import_awq(t["qweight"], t["qzeros"], t["scales"], fmt.bits, fmt.group_size, layout)
+        return import_gptq(
+            t["qweight"], t["qzeros"], t["scales"], t.get("g_idx"), fmt.bits, fmt.group_size, fmt.sym,
+            fmt.version, layout,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"{prefix}: {e}") from None
+
+
+def quantized_modules(names: Any) -> list[str]:
+    """The modules of a checkpoint stored quantized: every `<module>` with a `<module>.qweight` tensor."""
+    return sorted(name[: -len(".qweight")] for name in names if name.endswith(".qweight"))
+
+
 def import_hf_quantized(
     weights: Mapping[str, Any], quantization_config: Mapping[str, Any], layout: str | PackedLayout = "row"
 ) -> dict[str, QuantizedWeight]:
@@ -293,48 +408,13 @@ def import_hf_quantized(
     AutoAWQ (`quant_method: awq`, version gemm) or GPTQ (`quant_method: gptq`, checkpoint_format gptq |
     gptq_v2). quantization_config: the config.json's `quantization_config` (or the whole config.json).
     Returns {module name: QuantizedWeight}; everything else (biases, norms, embeddings) is the caller's."""
-    qc: dict[str, Any] = dict(quantization_config.get("quantization_config", quantization_config))
-    method = str(qc.get("quant_method", "")).lower()
-    if method == "awq":
-        packing = str(qc.get("version", "gemm")).lower()
-        if packing != "gemm":
-            raise ValueError(f"AWQ version {packing!r} is not supported; lowbit imports the 'gemm' packing")
-        if not qc.get("zero_point", True):
-            raise ValueError("AWQ zero_point: false is not supported; the GEMM format stores zeros (zero_point: true)")
-        bits, g = int(qc.get("bits", qc.get("w_bit", 4))), int(qc.get("group_size", qc.get("q_group_size", 128)))
-
-        def one(prefix: str) -> QuantizedWeight:
-            t = _module_tensors(weights, prefix)
-            return import_awq(t["qweight"], t["qzeros"], t["scales"], bits, g, layout)
-
-    elif method == "gptq":
-        fmt = str(qc.get("checkpoint_format", qc.get("format", "gptq"))).lower()
-        if fmt not in ("gptq", "gptq_v2"):
-            raise ValueError(f"GPTQ checkpoint_format {fmt!r} is not supported; lowbit imports 'gptq' and 'gptq_v2'")
-        bits, g = int(qc.get("bits", 4)), int(qc.get("group_size", 128))
-        sym, version = bool(qc.get("sym", True)), 2 if fmt == "gptq_v2" else 1
-
-        def one(prefix: str) -> QuantizedWeight:
-            t = _module_tensors(weights, prefix)
-            return import_gptq(t["qweight"], t["qzeros"], t["scales"], t.get("g_idx"), bits, g, sym, version, layout)
-
-    else:
-        raise ValueError(
-            f"quantization_config quant_method {qc.get('quant_method')!r} is not supported; lowbit imports "
-            f"'awq' (AutoAWQ GEMM) and 'gptq' checkpoints"
-        )
-    modules = sorted(name[: -len(".qweight")] for name in weights if name.endswith(".qweight"))
+    fmt = parse_quantization_config(quantization_config)
+    modules = quantized_modules(weights)
     if not modules:
         raise ValueError(
-            f"quant_method {method!r} but no '<module>.qweight' tensor in weights; is this checkpoint quantized?"
+            f"quant_method {fmt.method!r} but no '<module>.qweight' tensor in weights; is this checkpoint quantized?"
         )
-    out = {}
-    for m in modules:
-        try:
-            out[m] = one(m)
-        except ValueError as e:
-            raise ValueError(f"{m}: {e}") from None
-    return out
+    return {m: import_module(weights, m, fmt, layout) for m in modules}
 
 
 def _module_tensors(weights: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -350,13 +430,17 @@ def _module_tensors(weights: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 __all__ = [
     "AWQ_ORDER",
     "GPTQ_BITS",
+    "CheckpointFormat",
     "export_awq",
     "export_gptq",
     "import_awq",
     "import_gptq",
     "import_hf_quantized",
+    "import_module",
     "pack_awq",
     "pack_bits",
+    "parse_quantization_config",
+    "quantized_modules",
     "unpack_awq",
     "unpack_bits",
 ]

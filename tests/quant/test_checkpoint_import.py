@@ -19,6 +19,7 @@ from lowbit.quant.checkpoint_import import (
     import_hf_quantized,
     pack_awq,
     pack_bits,
+    parse_quantization_config,
     unpack_bits,
 )
 
@@ -197,13 +198,13 @@ def test_import_hf_quantized(method: str) -> None:
 
 def test_import_hf_errors() -> None:
     weights, cfg, _ = _hf_weights("awq")
-    with pytest.raises(ValueError, match="quant_method 'bitsandbytes' is not supported"):
+    with pytest.raises(ValueError, match="quant_method: 'bitsandbytes': not a format lowbit imports"):
         import_hf_quantized(weights, {"quant_method": "bitsandbytes"})
-    with pytest.raises(ValueError, match="AWQ version 'gemv'"):
+    with pytest.raises(ValueError, match="version: 'gemv': only AutoAWQ's 'gemm'"):
         import_hf_quantized(weights, {**cfg, "version": "gemv"})
-    with pytest.raises(ValueError, match="zero_point: false"):
+    with pytest.raises(ValueError, match="zero_point: False: the GEMM format stores zeros"):
         import_hf_quantized(weights, {**cfg, "zero_point": False})
-    with pytest.raises(ValueError, match="checkpoint_format 'marlin'"):
+    with pytest.raises(ValueError, match="checkpoint_format: 'marlin'"):
         import_hf_quantized(weights, {"quant_method": "gptq", "checkpoint_format": "marlin"})
     with pytest.raises(ValueError, match=r"no '<module>\.qweight'"):
         import_hf_quantized({"a.weight": np.ones(3)}, cfg)
@@ -251,3 +252,35 @@ def test_import_export_errors() -> None:
                 np.full((8, 64), 1e-6, np.float32) * np.arange(64), "uint4", 32, zero_mode="post", scale_dtype="float32"
             )
         )
+
+
+@pytest.mark.parametrize(
+    "qc, fmt",
+    [
+        ({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "GEMM"}, ("awq", 4, 128, False, 0)),
+        ({"quant_method": "awq", "w_bit": 4, "q_group_size": 64, "zero_point": True}, ("awq", 4, 64, False, 0)),
+        ({"quant_method": "gptq", "bits": 8, "group_size": -1}, ("gptq", 8, -1, True, 1)),
+        ({"quant_method": "gptq", "bits": 3, "sym": False, "checkpoint_format": "gptq_v2"}, ("gptq", 3, 128, False, 2)),
+        ({"quant_method": "gptq", "desc_act": True, "static_groups": True}, ("gptq", 4, 128, True, 1)),
+    ],
+)  # fmt: skip
+def test_parse_quantization_config(qc: dict[str, object], fmt: tuple[object, ...]) -> None:
+    got = parse_quantization_config({"quantization_config": qc})
+    assert (got.method, got.bits, got.group_size, got.sym, got.version) == fmt
+    assert got.weight_dtype == ("int" if got.sym else "uint") + str(got.bits)
+    assert got.zero_mode == ("none" if got.sym else "post")
+
+
+@pytest.mark.parametrize(
+    "qc, match",
+    [
+        ({"quant_method": "awq", "bits": 3}, r"quantization_config\.bits: 3: AutoAWQ's GEMM format packs 4-bit"),
+        ({"quant_method": "gptq", "bits": 5}, r"quantization_config\.bits: 5: GPTQ stores \[2, 3, 4, 8\]"),
+        ({"quant_method": "gptq", "group_size": 0}, r"group_size: 0: not a group size"),
+        ({"quant_method": "gptq", "group_size": "128"}, r"group_size: '128': not an integer"),
+        ({"quant_method": "gptq", "desc_act": True}, r"desc_act: True: act-order.*desc_act: false"),
+    ],
+)  # fmt: skip
+def test_parse_quantization_config_errors(qc: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_quantization_config(qc)
