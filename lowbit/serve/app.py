@@ -78,6 +78,7 @@ class ServerState:
     retry_after: int = 1
     shutdown_timeout: float = 30.0
     draining: bool = False
+    generations: set[Generation] = field(default_factory=set)  # not closed yet (may hold engine requests)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -258,18 +259,39 @@ async def _stream(gen: Generation, first: tuple[int, Any] | None, shape: Shape, 
         await gen.close()
 
 
+class _EventStream(StreamingResponse):
+    """An SSE response that closes its generation however the response ends, even when the body iterator
+    never started (a client gone before the first byte: an unstarted async generator runs no `finally`)."""
+
+    def __init__(self, body: AsyncIterator[str], gen: Generation) -> None:
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.gen = gen
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.gen.close()
+
+
 async def _answer(request: Request, state: ServerState, shape: Shape, req: _Sampling, subs: list[SubRequest],
                   prompt_tokens: int, openings: dict[int, str]) -> Response:  # fmt: skip
     """Submit, then stream (headers go out with the first output, so a full queue is still a 429) or collect."""
-    gen = Generation(state.engine, subs, state.metrics, state.retry_after).start()
+    gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations).start()
     streaming = False
     try:
         if req.stream:
             first = await until_disconnect(request, gen.next())
             body = _stream(gen, first, shape, openings, req.include_usage, prompt_tokens)
-            streaming = True  # the stream closes the generation from here on
-            return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        outputs = await until_disconnect(request, _collect(gen))
+            streaming = True  # the response closes the generation from here on
+            return _EventStream(body, gen)
+        try:
+            outputs = await until_disconnect(request, _collect(gen))
+        except asyncio.CancelledError:  # only a server shutdown cancels a whole-answer request
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+            await gen.close()
+            raise unavailable("The server is shutting down; the request was aborted.", state.retry_after) from None
         return JSONResponse(shape.response(outputs, openings, prompt_tokens))
     finally:
         if not streaming:
@@ -301,8 +323,12 @@ def build_app(
             engine.start()
         try:
             yield
-        finally:
+        finally:  # uvicorn has stopped accepting and waited for (or cancelled) the requests in flight
             state.draining = True
+            deadline = time.monotonic() + 5.0
+            while state.generations and time.monotonic() < deadline:  # let cancelled handlers abort and answer
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
             if manage_engine:
                 await engine.shutdown(shutdown_timeout)
 

@@ -14,8 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 from lowbit.runtime.outputs import EngineDead, QueueFull, RequestOutput
 from lowbit.runtime.sampler import SamplingParams
 from lowbit.serve.errors import APIError, bad_request, internal_error, overloaded, unavailable
@@ -51,8 +49,10 @@ _DONE = object()
 
 
 class Generation:
-    def __init__(self, engine: Any, subs: list[SubRequest], metrics: ServerMetrics, retry_after: int = 1) -> None:
+    def __init__(self, engine: Any, subs: list[SubRequest], metrics: ServerMetrics, retry_after: int = 1,
+                 open_set: set[Generation] | None = None) -> None:  # fmt: skip
         self.engine, self.subs, self.metrics, self.retry_after = engine, subs, metrics, retry_after
+        self.open_set = open_set if open_set is not None else set()  # the server's unclosed generations
         self.queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.finished: set[int] = set()  # choice indices whose last output arrived
@@ -60,6 +60,7 @@ class Generation:
 
     def start(self) -> Generation:
         self.tasks = [asyncio.create_task(self._pump(s)) for s in self.subs]
+        self.open_set.add(self)
         return self
 
     async def _pump(self, sub: SubRequest) -> None:
@@ -91,19 +92,29 @@ class Generation:
         return None
 
     async def close(self) -> None:
-        """Abort every engine request that has not finished (idempotent; safe inside a cancelled scope)."""
+        """Abort every engine request that has not finished. Idempotent. The work runs in its own task, so it
+        completes even when the caller is being cancelled (client disconnect, server shutdown)."""
+        self.open_set.discard(self)
         for t in self.tasks:
             t.cancel()
-        unfinished = [s for s in self.subs if s.index not in self.finished]
-        with anyio.move_on_after(10, shield=True):
-            if self.tasks:
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-            for s in unfinished:
-                try:
-                    await self.engine.abort(s.request_id)
-                except Exception:  # already gone: nothing to free
-                    log.debug("abort of %s failed", s.request_id, exc_info=True)
-        self.tasks = []
+        unfinished = [s.request_id for s in self.subs if s.index not in self.finished]
+        tasks, self.tasks, self.finished = self.tasks, [], {s.index for s in self.subs}
+        if not tasks and not unfinished:
+            return
+        cleanup = asyncio.ensure_future(self._abort(tasks, unfinished))
+        _CLEANUPS.add(cleanup)
+        cleanup.add_done_callback(_CLEANUPS.discard)
+        await asyncio.shield(cleanup)
 
+    async def _abort(self, tasks: list[asyncio.Task[None]], request_ids: list[str]) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for rid in request_ids:
+            try:
+                await self.engine.abort(rid)
+            except Exception:  # already gone: nothing to free
+                log.debug("abort of %s failed", rid, exc_info=True)
+
+
+_CLEANUPS: set[asyncio.Future[None]] = set()  # running cleanups (the loop keeps only weak references to tasks)
 
 __all__ = ["Generation", "SubRequest", "engine_error"]

@@ -4,12 +4,11 @@ a queue limit, seats, a per-token delay, failure injection; and a real uvicorn s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -153,25 +152,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def running_server(app: Any, timeout_graceful_shutdown: int = 5) -> Iterator[tuple[str, uvicorn.Server]]:
-    """A real uvicorn on 127.0.0.1 in a thread; yields (base URL, server); stops it on exit."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=timeout_graceful_shutdown)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(30)
+class ServerThread:
+    """A real uvicorn on 127.0.0.1 (a free port) in a thread: `with ServerThread(app) as srv: srv.url ...`."""
+
+    def __init__(self, app: Any, timeout_graceful_shutdown: int = 5) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=timeout_graceful_shutdown)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, wait: bool = True) -> None:
+        """What SIGTERM does: uvicorn stops accepting, drains, then runs the app's shutdown."""
+        self.server.should_exit = True
+        if wait:
+            self.thread.join(60)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def wait_until(cond: Any, timeout: float = 5.0) -> bool:
