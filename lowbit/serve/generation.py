@@ -98,6 +98,7 @@ class Generation:
         for t in self.tasks:
             t.cancel()
         unfinished = [s.request_id for s in self.subs if s.index not in self.finished]
+        self.metrics.aborted(len(unfinished))
         tasks, self.tasks, self.finished = self.tasks, [], {s.index for s in self.subs}
         if not tasks and not unfinished:
             return

@@ -83,6 +83,11 @@ class ServerMetrics:
         self.output_len = Histogram("lowbit:request_generation_tokens", "Output length of finished requests.",
                                     labels, buckets=TOKEN_BUCKETS, registry=r)  # fmt: skip
 
+    def aborted(self, count: int) -> None:
+        """Requests the server aborted (client gone, shutdown): their last output never reaches a tracker."""
+        if count:
+            self.success.labels(self.model_name, "abort").inc(count)
+
     def tracker(self) -> RequestTracker:
         return RequestTracker(self)
 
