@@ -11,6 +11,8 @@ a search (issue 7) can produce one. It holds
   `OP_CLASSES`, e.g. "norm") and/or by a regex over the node name (`pattern`, full match); it splits the
   node's token rows into `len(fractions)` nano-batches of those row fractions and runs nano-batch i on
   `units[i]` (or all on `units[0]` when one unit is named). A node no rule matches runs unsplit on unit 0.
+  Optional `shares`: the resource share (fraction of SMs / cores) of each nano-op, as the planner (issue 7,
+  lowbit/planner) searched it; carried in the JSON only when set, not enforced by the executor yet.
 - `tile`: nano-batch boundaries are rounded to multiples of `tile` token rows (the GEMM tile; NanoFlow used
   128 on A100); a boundary that rounds onto another or onto an end disappears, so a small step splits less.
 - `min_tokens`: steps with fewer token rows run the unsplit schedule.
@@ -73,6 +75,7 @@ class OpRule:
     pattern: str | None = None  # regex, full match over the node name; None: any name
     fractions: tuple[float, ...] = (1.0,)  # row fraction of each nano-batch, in row order; sums to 1
     units: tuple[str, ...] = ()  # one unit for all nano-batches, or one per nano-batch
+    shares: tuple[float, ...] = ()  # resource share (fraction of SMs / cores) per nano-op: () none, one, or one each
 
     def __post_init__(self) -> None:
         if not self.ops and self.pattern is None:
@@ -97,6 +100,13 @@ class OpRule:
             raise PlanError(
                 f"rule {self.describe()}: {len(self.units)} units {self.units} for {len(self.fractions)} nano-batches;"
                 f" name one unit or one per nano-batch"
+            )
+        if len(self.shares) not in (0, 1, len(self.fractions)) or any(
+            isinstance(x, bool) or not (isinstance(x, (int, float)) and 0 < x <= 1) for x in self.shares
+        ):
+            raise PlanError(
+                f"rule {self.describe()}: shares {self.shares} must be empty, one, or one per nano-batch, each in"
+                f" (0, 1] (the fraction of the device's SMs / cores the nano-op may use)"
             )
 
     @property
@@ -159,6 +169,7 @@ class PipelinePlan:
             "units": [{"name": u.name, "kind": u.kind, "cores": list(u.cores), "stream": u.stream} for u in self.units],
             "rules": [
                 {"ops": list(r.ops), "pattern": r.pattern, "fractions": list(r.fractions), "units": list(r.units)}
+                | ({"shares": list(r.shares)} if r.shares else {})
                 for r in self.rules
             ],
         }
@@ -185,13 +196,14 @@ class PipelinePlan:
         for i, r in enumerate(_expect(d.get("rules", []), list, "plan.rules", "a list")):
             where = f"plan.rules[{i}]"
             _expect(r, Mapping, where, "an object")
-            _keys(r, where, required=("fractions", "units"), optional=("ops", "pattern"))
+            _keys(r, where, required=("fractions", "units"), optional=("ops", "pattern", "shares"))
             rules.append(
                 OpRule(
                     tuple(_expect(r.get("ops", []), list, f"{where}.ops", "a list of op names")),
                     r.get("pattern"),
                     tuple(_expect(r["fractions"], list, f"{where}.fractions", "a list of numbers")),
                     tuple(_expect(r["units"], list, f"{where}.units", "a list of unit names")),
+                    tuple(_expect(r.get("shares", []), list, f"{where}.shares", "a list of numbers")),
                 )
             )
         return PipelinePlan(tuple(units), tuple(rules), d.get("tile", 1), d.get("min_tokens", 0))
