@@ -163,7 +163,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     schedules = parse_schedules(args.schedules)
     if args.warmup < 0:
         raise BenchThroughputError(f"--warmup {args.warmup} must be >= 0")
-    threads = set_threads(args.threads)  # before the first kernel runs
+    if args.threads:
+        set_threads(args.threads)  # before the first kernel runs
+    import torch
+
+    threads = torch.get_num_threads()
     model = load_compiled(args.artifact, verify="none" if args.no_verify else "full")
     reqs = synthetic_requests(
         args.num_prompts, args.input_len, args.output_len, vocab_size=model.arch.vocab_size,
