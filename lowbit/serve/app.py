@@ -91,8 +91,12 @@ class ServerState:
 
     @property
     def vocab_size(self) -> int | None:
-        v = getattr(self.engine, "vocab_size", None)
-        return int(v) if v is not None else self.tokenizer.vocab_size if self.tokenizer is not None else None
+        """The model's vocabulary (AsyncLLMEngine wraps the LLMEngine that knows it), else the tokenizer's."""
+        for owner in (self.engine, getattr(self.engine, "engine", None)):
+            v = getattr(owner, "vocab_size", None)
+            if v is not None:
+                return int(v)
+        return self.tokenizer.vocab_size if self.tokenizer is not None else None
 
     # -- checks shared by the routes ------------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -344,6 +348,8 @@ def build_app(
     async def health() -> Response:
         try:
             state.check_open()
+            if getattr(state.engine, "is_running", True) is False:
+                raise unavailable("The engine is not running.", retry_after)
             state.engine.stats()
         except APIError as e:
             return error_response(e)

@@ -21,6 +21,7 @@ from lowbit.serve.config import CHOICES, ServeConfig, resolve
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # every default is None: resolve() fills in the config file's value, then ServeConfig's default
     d = ServeConfig()
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("artifact", nargs="?", help="the compiled artifact directory (lowbit compile)")
     p.add_argument("--config", help="YAML file with the same keys as these flags (the command line wins)")
     p.add_argument("--host", help=f"bind address (default {d.host}; 0.0.0.0 for every interface)")
@@ -53,13 +54,18 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from lowbit.artifact.manifest import ArtifactError
     from lowbit.runtime.async_engine import AsyncLLMEngine
     from lowbit.runtime.engine import LLMEngine
     from lowbit.serve.app import build_app
     from lowbit.serve.chat import load_chat_template
 
     assert cfg.artifact is not None  # resolve() refuses a config without one
-    engine = AsyncLLMEngine(LLMEngine(cfg.artifact, **cfg.engine_kwargs()), max_waiting=cfg.max_waiting)
+    try:
+        engine = AsyncLLMEngine(LLMEngine(cfg.artifact, **cfg.engine_kwargs()), max_waiting=cfg.max_waiting)
+    except (ArtifactError, OSError, ValueError) as e:  # no artifact, refused, impossible settings
+        print(f"lowbit serve: {e}", file=sys.stderr)
+        return 2
     app = build_app(
         engine,
         cfg.served_model_name,

@@ -227,6 +227,10 @@ def test_dead_engine_is_503(engine, client):
     engine.dead = True
     r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
     assert r.status_code == 503 and "retry-after" in r.headers
+    assert client.get("/health").status_code == 200
+    engine.is_running = False  # AsyncLLMEngine's step thread is gone
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
 
 
 def test_engine_failures_are_500_without_internals(engine, client, caplog):

@@ -54,6 +54,8 @@ def test_cli_refuses_a_bad_config_without_a_traceback(tmp_path, capsys):
     assert main(parse("--config", str(tmp_path / "missing.yaml"))) == 2
     assert main(parse()) == 2
     assert "give the artifact" in capsys.readouterr().err
+    assert main(parse(str(tmp_path / "no-such-artifact"))) == 2
+    assert "no-such-artifact" in capsys.readouterr().err
 
 
 LLAMA2ISH = (
