@@ -154,8 +154,13 @@ class Scheduler:
         return self._seqs.get(seq_id)
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """Stop `seq` ("stop" | "length" | "abort"): free its pages, take it off both queues."""
+        """Stop `seq` ("stop" | "length" | "abort"): free its pages, take it off both queues.
+
+        On a finished sequence this does nothing, except that "stop" overrides "length": a stop token that
+        is also the max_tokens-th token finished the sequence in `update` already, and it reads "stop"."""
         if seq.is_finished:
+            if reason == "stop" and seq.finish_reason == "length":
+                seq.finish_reason = "stop"
             return
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
