@@ -1,0 +1,334 @@
+"""Automatic search of a nano-batch pipeline plan over the simulator (NanoFlow's two stages, with greedy /
+coordinate descent in place of their Gurobi MILPs).
+
+Stage I — structure, interference ignored (every interference factor 1): the number of nano-batches of the
+attention block (input norm, QKV, rope, attention) and of the rest of the layer, their row cuts (multiples of
+the tile, decode/prefill boundary included as a candidate), which unit the elementwise ops run on, and one share
+per unit kind. Stage II — resource shares per nano-op with interference on, under the constraint that the
+shares of nano-ops that overlap in the simulated schedule fit the device (peak sum <= 1).
+
+    res = search(mo, wl, cost, SearchConfig(max_evals=400, time_budget_s=20))
+    res.plan, res.estimate.tokens_per_s, res.history
+
+The objective is the simulated step time (simulate.simulate_step). Every candidate is simulated; the best so
+far is returned when the evaluation or time budget runs out. `progress(stage, evals, best_seconds)` is called
+after each improvement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from lowbit.planner.cost import CostModel
+from lowbit.planner.nanoplan import NanoPlan, Placement, fractions_of_cuts
+from lowbit.planner.ops import ModelOps
+from lowbit.planner.schedules import ATTN_BLOCK, KIND_UNIT, units_for
+from lowbit.planner.simulate import StepEstimate, simulate_step
+from lowbit.planner.tasks import op_stages
+from lowbit.planner.workload import Workload
+
+Progress = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    max_evals: int = 600  # simulations, both stages together
+    time_budget_s: float = 60.0
+    max_nano: int = 4  # nano-batches per block: 1..max_nano
+    tile: int = 128  # row quantum of the cuts (NanoFlow: 128 on A100)
+    window: int = 3  # layers simulated per evaluation
+    stage1_fraction: float = 0.5  # of max_evals for stage I
+    progress: Progress | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    plan: NanoPlan
+    estimate: StepEstimate
+    stage1_plan: NanoPlan
+    stage1_estimate: StepEstimate
+    evals: int
+    elapsed_s: float
+    history: tuple[tuple[str, int, float], ...]  # (stage, evals so far, best step seconds) at each improvement
+
+
+@dataclass
+class _Search:
+    mo: ModelOps
+    wl: Workload
+    cost: CostModel
+    cfg: SearchConfig
+    deadline: float
+    evals: int = 0
+    history: list[tuple[str, int, float]] = field(default_factory=list)
+    memo: dict[tuple, StepEstimate] = field(default_factory=dict)
+
+    def budget_left(self, limit: int) -> bool:
+        return self.evals < limit and time.perf_counter() < self.deadline
+
+    def evaluate(self, plan: NanoPlan, cost: CostModel) -> StepEstimate:
+        key = (plan.placements, cost.hw.interference)
+        est = self.memo.get(key)
+        if est is None:
+            self.evals += 1
+            est = self.memo[key] = simulate_step(self.mo, plan, self.wl, cost, window=self.cfg.window)
+        return est
+
+    def note(self, stage: str, seconds: float) -> None:
+        self.history.append((stage, self.evals, seconds))
+        if self.cfg.progress is not None:
+            self.cfg.progress(stage, self.evals, seconds)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """Stage I's variables: cuts per block, the unit of each elementwise op, each op's queue delay, and one
+    share per unit kind."""
+
+    attn_cuts: tuple[int, ...]
+    mlp_cuts: tuple[int, ...]
+    elementwise_unit: tuple[tuple[str, str], ...]  # (op, unit)
+    shares: tuple[tuple[str, float], ...]  # (unit, share)
+    delays: tuple[tuple[str, float], ...] = ()  # (op, stages), only the non-zero ones
+
+    def plan(self, mo: ModelOps, wl: Workload, cfg: SearchConfig, hardware: str) -> NanoPlan:
+        units = units_for(mo)
+        shares, ew, delays = dict(self.shares), dict(self.elementwise_unit), dict(self.delays)
+        placements = []
+        for o in mo.ops:
+            cuts = self.attn_cuts if o.name in ATTN_BLOCK else self.mlp_cuts
+            unit = ew.get(o.name, KIND_UNIT[o.kind])
+            placements.append(Placement(o.name, fractions_of_cuts(cuts, wl.dense_batch), (unit,), (shares[unit],),
+                                        delay=delays.get(o.name, 0)))  # fmt: skip
+        return NanoPlan(units, tuple(placements), cfg.tile, 0, mo.name, hardware, mo.precision.name, mo.tp, wl)
+
+
+def equal_cuts(rows: int, n: int, tile: int) -> tuple[int, ...]:
+    """n nano-batches of near-equal rows, cuts on tile multiples (fewer when the batch has too few tiles)."""
+    cuts = sorted({round(rows * i / n / tile) * tile for i in range(1, n)})
+    return tuple(c for c in cuts if 0 < c < rows)
+
+
+def nanoflow_cuts(rows: int, fractions: tuple[float, ...], tile: int) -> tuple[int, ...]:
+    acc, cuts = 0.0, set()
+    for f in fractions[:-1]:
+        acc += f
+        cuts.add(round(acc * rows / tile) * tile)
+    return tuple(sorted(c for c in cuts if 0 < c < rows))
+
+
+def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None = None) -> SearchResult:
+    """The best plan found for `mo` on `cost.hw` at workload `wl` within the budgets of `cfg`."""
+    from lowbit.planner.schedules import NANOFLOW_ATTN, NANOFLOW_MLP
+
+    cfg = cfg or SearchConfig()
+    t0 = time.perf_counter()
+    s = _Search(mo, wl, cost, cfg, t0 + cfg.time_budget_s)
+    stage1_limit = max(1, int(cfg.max_evals * cfg.stage1_fraction))
+    quiet = replace(cost, hw=cost.hw.scaled_interference(0.0))
+    hw_name = cost.hw.name
+
+    def cost_of(st: _Structure) -> float:
+        return s.evaluate(st.plan(mo, wl, cfg, hw_name), quiet).seconds
+
+    # -- stage I: seeds x unit shares, then coordinate descent ---------------------------------------------
+    units = [u.name for u in units_for(mo)]
+    tile = min(cfg.tile, wl.dense_batch)
+    q = cost.hw.min_share
+    rows = wl.dense_batch
+    ew_ops = [o.name for o in mo.ops if o.kind == "elementwise"]
+
+    def shares_of(mem: float, net: float) -> tuple[tuple[str, float], ...]:
+        hw = cost.hw
+        sh = {"compute": hw.quantize_share(max(q, 1.0 - mem - (net if "network" in units else 0.0))),
+              "memory": hw.quantize_share(max(q, mem))}  # fmt: skip
+        if "network" in units:
+            sh["network"] = hw.quantize_share(max(q, net))
+        return tuple(sorted(sh.items()))
+
+    seeds: list[tuple[tuple[int, ...], tuple[int, ...]]] = [
+        (nanoflow_cuts(rows, NANOFLOW_ATTN, tile), nanoflow_cuts(rows, NANOFLOW_MLP, tile))
+    ]
+    for n in range(1, cfg.max_nano + 1):
+        seeds.append((equal_cuts(rows, n, tile), equal_cuts(rows, n, tile)))
+    seeds = list(dict.fromkeys(seeds))
+    placements_of_ew = [tuple((op, "compute") for op in ew_ops), tuple((op, "memory") for op in ew_ops)]
+    share_seeds = (
+        [(0.1, 0.05), (0.15, 0.05), (0.2, 0.1)] if "network" in units else [(0.1, 0.0), (0.15, 0.0), (0.25, 0.0)]
+    )
+    best: _Structure | None = None
+    best_t = math.inf
+    for (ac, mc), ew, (mem, net), piped in itertools.product(seeds, placements_of_ew, share_seeds, (False, True)):
+        if not s.budget_left(stage1_limit):
+            break
+        st = _Structure(ac, mc, ew, shares_of(mem, net))
+        if piped:
+            st = replace(st, delays=pipelined_delays(mo, st.plan(mo, wl, cfg, hw_name)))
+        t = cost_of(st)
+        if t < best_t:
+            best, best_t = st, t
+            s.note("I:seeds", t)
+    assert best is not None
+    improved = True
+    while improved and s.budget_left(stage1_limit):
+        improved = False
+        for cand in _structure_moves(best, wl, tile, mo, shares_of):
+            if not s.budget_left(stage1_limit):
+                break
+            t = cost_of(cand)
+            if t < best_t - 1e-12:
+                best, best_t, improved = cand, t, True
+                s.note("I:descent", t)
+    stage1_plan = best.plan(mo, wl, cfg, hw_name)
+    stage1_est = s.evaluate(stage1_plan, cost)
+
+    # -- stage II -------------------------------------------------------------------------------------------
+    plan, est = stage1_plan, stage1_est
+    s.note("II:start", est.seconds)
+    grid = cost.hw.share_grid()
+    improved = True
+    while improved and s.budget_left(cfg.max_evals):
+        improved = False
+        for cand_plan in _share_moves(plan, grid):
+            if not s.budget_left(cfg.max_evals):
+                break
+            e = s.evaluate(cand_plan, cost)
+            if e.window.peak_share <= 1.0 + 1e-9 and e.seconds < est.seconds - 1e-12:
+                plan, est, improved = cand_plan, e, True
+                s.note("II:shares", e.seconds)
+    return SearchResult(_with_kernels(plan, mo, wl, cost), est, stage1_plan, stage1_est, s.evals,
+                        time.perf_counter() - t0, tuple(s.history))  # fmt: skip
+
+
+def pipelined_delays(mo: ModelOps, plan: NanoPlan) -> tuple[tuple[str, float], ...]:
+    """Queue delays of a software pipeline: along the layer's op chain the order key advances by one nano-batch
+    (1 / nano-batches of the op) wherever the chain changes unit, so an op's nano-op k queues behind the previous
+    op's nano-op k + 1 and the hop through the other unit overlaps it. Returned as delays over the runtime's
+    stage keys (tasks.op_stages), shifted to be non-negative."""
+    stages = op_stages(mo, plan, 2)
+    lam, acc, prev_unit = {}, 0.0, None
+    for o in mo.ops:
+        p = plan.placement(o.name)
+        unit = p.unit_of(0)
+        if prev_unit is not None and unit != prev_unit:
+            acc += 1.0 / p.num_nano
+        lam[o.name] = acc
+        prev_unit = unit
+    raw = {o.name: lam[o.name] - stages[(1, j)] for j, o in enumerate(mo.ops)}
+    base = min(raw.values())
+    return tuple(sorted((k, round(v - base, 6)) for k, v in raw.items() if v - base > 1e-9))
+
+
+def _structure_moves(
+    st: _Structure, wl: Workload, tile: int, mo: ModelOps, shares_of: Callable[[float, float], tuple]
+) -> list[_Structure]:
+    """Neighbours of a structure: each cut moved by ±4/2/1 tiles, a cut at the decode/prefill boundary, a cut
+    removed or an even split one finer, an elementwise op moved to the other unit, an op's queue delay changed,
+    the memory / network unit's share one step up or down."""
+    out: list[_Structure] = []
+    rows = wl.dense_batch
+    for block in ("attn_cuts", "mlp_cuts"):
+        cuts: tuple[int, ...] = getattr(st, block)
+        variants: list[tuple[int, ...]] = []
+        for i, step in itertools.product(range(len(cuts)), (4, 2, 1, -1, -2, -4)):
+            c = list(cuts)
+            c[i] += step * tile
+            variants.append(tuple(c))
+        variants.append(tuple(sorted({*cuts, wl.decode_tokens // tile * tile})))
+        variants += [tuple(c for j, c in enumerate(cuts) if j != i) for i in range(len(cuts))]
+        variants.append(equal_cuts(rows, len(cuts) + 2, tile))
+        for v in variants:
+            if all(0 < c < rows for c in v) and list(v) == sorted(set(v)) and v != cuts:
+                out.append(replace(st, attn_cuts=v) if block == "attn_cuts" else replace(st, mlp_cuts=v))
+    for i, (op, unit) in enumerate(st.elementwise_unit):
+        ew = list(st.elementwise_unit)
+        ew[i] = (op, "memory" if unit == "compute" else "compute")
+        out.append(replace(st, elementwise_unit=tuple(ew)))
+    delays = dict(st.delays)
+    for o in mo.ops:
+        d0 = delays.get(o.name, 0.0)
+        for d in (d0 + 0.125, d0 + 0.25, d0 + 1.0, d0 - 0.125, d0 - 0.25, d0 - 1.0, 0.0):
+            if d >= 0 and d != d0:
+                nd = {**delays, o.name: d}
+                out.append(replace(st, delays=tuple(sorted((k, v) for k, v in nd.items() if v))))
+    sh = dict(st.shares)
+    mem, net = sh["memory"], sh.get("network", 0.0)
+    for dm, dn in ((0.05, 0.0), (-0.05, 0.0), (0.0, 0.05), (0.0, -0.05)):
+        if mem + dm > 0 and (net + dn > 0 or "network" not in sh):
+            cand = shares_of(mem + dm, net + dn)
+            if cand != st.shares:
+                out.append(replace(st, shares=cand))
+    return out
+
+
+def _share_moves(plan: NanoPlan, grid: list[float]) -> list[NanoPlan]:
+    """Neighbours in stage II: one unit's shares up while another's go down (all their nano-ops, one or two grid
+    steps), each nano-op's share one step either way, and each nano-op filled to the whole device (a nano-op
+    that overlaps nothing should have it; the simulator's peak-share check rejects the ones that overlap)."""
+    out = []
+
+    def step(x: float, k: int) -> float | None:
+        i = min(range(len(grid)), key=lambda j: abs(grid[j] - x)) + k
+        return grid[i] if 0 <= i < len(grid) else None
+
+    def shifted(unit: str, k: int) -> dict[str, Placement] | None:
+        new = {}
+        for p in plan.placements:
+            if unit not in p.units:
+                continue
+            shares = [step(p.share_of(i), k) if p.unit_of(i) == unit else p.share_of(i) for i in range(p.num_nano)]
+            if any(x is None for x in shares):
+                return None
+            new[p.op] = replace(p, shares=tuple(x for x in shares if x is not None))
+        return new
+
+    units = [u.name for u in plan.units]
+    for up, down in itertools.permutations(units, 2):
+        for k in (1, 2):
+            a, b = shifted(up, k), shifted(down, -k)
+            if a and b:
+                out.append(plan.with_placements({**a, **b}))
+    for unit in units:
+        for k in (1, -1):
+            a = shifted(unit, k)
+            if a:
+                out.append(plan.with_placements(a))
+    for p in plan.placements:
+        for i, k in itertools.product(range(p.num_nano), (1, -1, 99)):
+            x = grid[-1] if k == 99 else step(p.share_of(i), k)
+            if x is None or x == p.share_of(i):
+                continue
+            shares = [p.share_of(j) for j in range(p.num_nano)]
+            shares[i] = x
+            out.append(plan.with_placements({p.op: replace(p, shares=tuple(shares))}))
+    return out
+
+
+def _with_kernels(plan: NanoPlan, mo: ModelOps, wl: Workload, cost: CostModel) -> NanoPlan:
+    """The plan with each GEMM nano-op's kernel config (the tile the cost model chose) written down."""
+    from lowbit.planner.cost import gemm_config
+    from lowbit.planner.tasks import op_cuts
+
+    new = {}
+    for o in mo.ops:
+        if o.kind != "gemm":
+            continue
+        p = plan.placement(o.name)
+        cuts = op_cuts(plan, o.name, o.kind, wl)
+        kernels = tuple(gemm_config(cost.hw, b - a, o.n, p.share_of(i)).describe()
+                        for i, (a, b) in enumerate(itertools.pairwise(cuts)))  # fmt: skip
+        new[o.name] = replace(p, kernels=kernels)
+    return plan.with_placements(new)
+
+
+def needs_research(plan: NanoPlan, wl: Workload, threshold: float = 0.25) -> bool:
+    """True when `wl` drifted from the workload the plan was searched for by more than `threshold`
+    (Workload.drift), or the plan does not say what it was searched for."""
+    return plan.workload is None or plan.workload.drift(wl) > threshold
+
+
+__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "search"]

@@ -1,0 +1,156 @@
+"""The nano-ops of a plan over a window of layers: one task per (layer, op, nano-batch), the same rows, units and
+order as the runtime's `lowbit.runtime.nano.derive_tasks` would give them.
+
+- Rows: `nano_ranges(dense_batch, fractions, tile)`; attention cuts snap to sequence boundaries (every decode
+  row is a sequence, then the prefill chunks), as the runtime runs attention on sub-batches of whole sequences.
+- Dependencies: a piece waits for the pieces of its inputs (ops.py `inputs`, previous-layer edges included)
+  whose rows intersect its own rows.
+- Order: every unit's FIFO queue follows one global priority-topological order with key (stage, first row,
+  position), where a stage is a run of consecutive ops whose first nano-op is on the same unit — the
+  runtime's rule, so a nano-batch runs through a stage before the next one and overlaps the other units.
+  A placement's `delay` (in stages, default 0: exactly the runtime's rule) moves the op's nano-ops that many
+  stages later in the key — the search's handle on the order (NanoFlow searches it too).
+  Collectives have no graph node in the runtime yet; they do not start a stage (they take the stage of the op
+  before them), so the layer boundary after an all-reduce stays inside one compute stage, as without tp.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import heapq
+from dataclasses import dataclass
+
+from lowbit.planner.cost import CostModel, gemm_config
+from lowbit.planner.hardware import Category
+from lowbit.planner.nanoplan import NanoPlan
+from lowbit.planner.ops import PREV, ModelOps, Work, piece_work
+from lowbit.planner.workload import Workload
+from lowbit.runtime.plan import nano_ranges
+
+
+@dataclass(frozen=True)
+class SimTask:
+    index: int  # position in the global order (dependencies point to smaller indices)
+    layer: int
+    op: str
+    nano: int
+    rows: tuple[int, int]
+    unit: int  # index into plan.units
+    share: float
+    deps: tuple[int, ...]
+    work: Work
+    category: Category
+    kernel: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}.{self.op}[{self.rows[0]}:{self.rows[1]}]"
+
+
+def op_cuts(plan: NanoPlan, op: str, kind: str, wl: Workload) -> list[int]:
+    """Cut points of `op`'s nano-batches in a step of `wl`, as the runtime computes them."""
+    p = plan.placement(op)
+    if kind != "attention":
+        return nano_ranges(wl.dense_batch, p.fractions, plan.tile)
+    return list(_snapped_cuts(wl.dense_batch, p.fractions, tuple(wl.seq_bounds())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _snapped_cuts(rows: int, fractions: tuple[float, ...], bounds: tuple[int, ...]) -> tuple[int, ...]:
+    """`nano_ranges(rows, fractions, tile, bounds)` (nearest sequence boundary, ties down) by bisection."""
+    cuts = [0]
+    acc = 0.0
+    for f in fractions[:-1]:
+        acc += f
+        x = acc * rows
+        i = bisect.bisect_left(bounds, x)
+        cands = [b for b in (bounds[max(0, i - 1)], bounds[min(i, len(bounds) - 1)])]
+        c = min(cands, key=lambda b: (abs(b - x), b))
+        if cuts[-1] < c < rows:
+            cuts.append(c)
+    cuts.append(rows)
+    return tuple(cuts)
+
+
+def op_stages(mo: ModelOps, plan: NanoPlan, layers: int) -> dict[tuple[int, int], int]:
+    """(layer, op position) -> stage: runs of consecutive ops whose first nano-op is on the same unit."""
+    stage_of: dict[tuple[int, int], int] = {}
+    stage, last_unit = 0, None
+    for layer in range(layers):
+        for j, o in enumerate(mo.ops):
+            unit = plan.unit_index(plan.placement(o.name).unit_of(0))
+            if o.pattern is not None and unit != last_unit:  # collectives (no graph node) keep the stage
+                stage, last_unit = stage + (last_unit is not None), unit
+            stage_of[(layer, j)] = stage
+    return stage_of
+
+
+def derive_tasks(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, layers: int = 1) -> tuple[SimTask, ...]:
+    """The tasks of `layers` consecutive decoder layers of `mo` under `plan` for one step of `wl`."""
+    names = mo.names
+    cuts = {o.name: op_cuts(plan, o.name, o.kind, wl) for o in mo.ops}
+    stage_of = op_stages(mo, plan, layers)
+    proto: list[tuple[int, int, int, tuple[int, int]]] = []  # (layer, op position, nano, rows)
+    pieces: dict[tuple[int, str], list[int]] = {}
+    for layer in range(layers):
+        for j, o in enumerate(mo.ops):
+            c = cuts[o.name]
+            for k in range(len(c) - 1):
+                pieces.setdefault((layer, o.name), []).append(len(proto))
+                proto.append((layer, j, k, (c[k], c[k + 1])))
+    deps: list[list[int]] = []
+    for layer, j, _, (a, b) in proto:
+        d: set[int] = set()
+        for src in mo.ops[j].inputs:
+            src_layer, src_op = (layer - 1, src[len(PREV) :]) if src.startswith(PREV) else (layer, src)
+            if src_layer < 0 or src_op not in names:
+                continue
+            for pi in pieces[(src_layer, src_op)]:
+                pa, pb = proto[pi][3]
+                if max(a, pa) < min(b, pb):
+                    d.add(pi)
+        deps.append(sorted(d))
+    delay = {o.name: plan.placement(o.name).delay for o in mo.ops}
+    rows = wl.dense_batch
+    keys = [(stage_of[(layer, j)] + r[0] / rows + delay[mo.ops[j].name], layer * len(mo.ops) + j)
+            for layer, j, _, r in proto]  # fmt: skip
+    order = _priority_topo(deps, keys)
+    new = {old: i for i, old in enumerate(order)}
+    tasks = []
+    for old in order:
+        layer, j, k, (a, b) = proto[old]
+        o = mo.ops[j]
+        p = plan.placement(o.name)
+        share = p.share_of(k)
+        work = cost.calibrated(o.name, piece_work(o, a, b, wl), share)
+        kernel = gemm_config(cost.hw, b - a, o.n, share).describe() if o.kind == "gemm" else ""
+        tasks.append(
+            SimTask(new[old], layer, o.name, k, (a, b), plan.unit_index(p.unit_of(k)), share,
+                    tuple(sorted(new[x] for x in deps[old])), work, cost.category(work), kernel)
+        )  # fmt: skip
+    return tuple(tasks)
+
+
+def _priority_topo(deps: list[list[int]], keys: list[tuple[float, int]]) -> list[int]:
+    users: list[list[int]] = [[] for _ in deps]
+    waiting = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [(keys[i], i) for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (keys[u], u))
+    if len(order) != len(deps):
+        raise ValueError("the nano-op graph has a cycle (an op reads a later op of its own layer)")
+    return order
+
+
+__all__ = ["SimTask", "derive_tasks", "op_cuts", "op_stages"]
