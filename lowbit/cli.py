@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     bt = bench_sub.add_parser("throughput", help="offline engine throughput ((input+output) tokens/s), unsplit vs nano")
     bench_throughput.add_arguments(bt)
     bt.set_defaults(func=bench_throughput.main)
+    from lowbit.planner import cli as plan_cli
+
+    pl = sub.add_parser("plan", help="nano-batch pipeline planner: optimal bound, schedules simulated (and measured)")
+    plan_cli.add_arguments(pl)
+    pl.set_defaults(func=plan_cli.main)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -120,6 +120,12 @@ class NanoPlan:
         """The runtime plan: one rule per op with a graph node (by its name pattern), same fractions, units and
         shares; the units keep their kinds and streams. Collectives (no graph node) are dropped."""
         rules = []
+        delayed = [p.op for p in self.placements if p.delay]
+        if delayed:
+            raise PlanError(
+                f"placements {delayed} have queue delays, which the runtime's nano executor does not honour yet "
+                "(it orders nano-ops by stage, first row, graph order); search with delays off (the default)"
+            )
         for op in mo.ops:
             if op.pattern is None:
                 continue

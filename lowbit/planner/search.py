@@ -42,6 +42,7 @@ class SearchConfig:
     tile: int = 128  # row quantum of the cuts (NanoFlow: 128 on A100)
     window: int = 3  # layers simulated per evaluation
     stage1_fraction: float = 0.5  # of max_evals for stage I
+    delays: bool = False  # search queue delays too (the runtime's executor does not honour them yet)
     progress: Progress | None = field(default=None, compare=False)
 
 
@@ -162,7 +163,8 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     )
     best: _Structure | None = None
     best_t = math.inf
-    for (ac, mc), ew, (mem, net), piped in itertools.product(seeds, placements_of_ew, share_seeds, (False, True)):
+    pipelining = (False, True) if cfg.delays else (False,)
+    for (ac, mc), ew, (mem, net), piped in itertools.product(seeds, placements_of_ew, share_seeds, pipelining):
         if not s.budget_left(stage1_limit):
             break
         st = _Structure(ac, mc, ew, shares_of(mem, net))
@@ -176,7 +178,7 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     improved = True
     while improved and s.budget_left(stage1_limit):
         improved = False
-        for cand in _structure_moves(best, wl, tile, mo, shares_of):
+        for cand in _structure_moves(best, wl, tile, mo, shares_of, cfg.delays):
             if not s.budget_left(stage1_limit):
                 break
             t = cost_of(cand)
@@ -224,7 +226,7 @@ def pipelined_delays(mo: ModelOps, plan: NanoPlan) -> tuple[tuple[str, float], .
 
 
 def _structure_moves(
-    st: _Structure, wl: Workload, tile: int, mo: ModelOps, shares_of: Callable[[float, float], tuple]
+    st: _Structure, wl: Workload, tile: int, mo: ModelOps, shares_of: Callable[[float, float], tuple], delays: bool
 ) -> list[_Structure]:
     """Neighbours of a structure: each cut moved by ±4/2/1 tiles, a cut at the decode/prefill boundary, a cut
     removed or an even split one finer, an elementwise op moved to the other unit, an op's queue delay changed,
@@ -248,12 +250,12 @@ def _structure_moves(
         ew = list(st.elementwise_unit)
         ew[i] = (op, "memory" if unit == "compute" else "compute")
         out.append(replace(st, elementwise_unit=tuple(ew)))
-    delays = dict(st.delays)
-    for o in mo.ops:
-        d0 = delays.get(o.name, 0.0)
+    current = dict(st.delays)
+    for o in mo.ops if delays else ():
+        d0 = current.get(o.name, 0.0)
         for d in (d0 + 0.125, d0 + 0.25, d0 + 1.0, d0 - 0.125, d0 - 0.25, d0 - 1.0, 0.0):
             if d >= 0 and d != d0:
-                nd = {**delays, o.name: d}
+                nd = {**current, o.name: d}
                 out.append(replace(st, delays=tuple(sorted((k, v) for k, v in nd.items() if v))))
     sh = dict(st.shares)
     mem, net = sh["memory"], sh.get("network", 0.0)
