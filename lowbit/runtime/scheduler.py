@@ -19,9 +19,15 @@ Pages are taken at schedule time (the block table is grown for the scheduled chu
 sequence needs a page and none is free, the running sequence served last under the policy (the largest key;
 possibly the one asking) is preempted by recompute: its pages are freed, `num_computed` goes back to 0 and it
 returns to the waiting queue in its key order (the front, for fcfs). Its recompute prefills prompt + outputs
-and then samples the next token, so its outputs continue as if nothing happened. A step that preempted does
-not admit. `add` rejects a sequence that could not run even alone in an empty cache, so the best-keyed
-running sequence always makes progress and every trace terminates.
+and then samples the next token, so its outputs continue as if nothing happened. A step that preempted to
+grow a running sequence admits nobody; a sequence preempted in a step is not readmitted in that step.
+
+Under the priority policy a waiting head that does not fit (seat or pages) may displace running sequences
+served after it (worst first, their rows this step dropped), but only when displacing all of them would make
+it fit; the head never waits behind worse-priority work that holds the cache.
+
+`add` rejects a sequence that could not run even alone in an empty cache, so the best-keyed unfinished
+sequence always gets to run and every trace terminates.
 """
 
 from __future__ import annotations
@@ -213,12 +219,12 @@ class Scheduler:
             self.blocks.grow(seq.block_table, seq.num_computed + n)
             step.add(seq, n)
         # admission, head of line: stop at the first waiting sequence that does not fit
-        while not step.preempted and self.waiting and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and not step.preempted_to_grow:
             seq = self.waiting[0]
             n = min(seq.num_remaining, step.budget)
-            if n == 0 or (n < seq.num_remaining and not self._may_chunk(seq)):
+            if seq in step.preempted or n == 0 or (n < seq.num_remaining and not self._may_chunk(seq)):
                 break
-            if not self.blocks.can_grow(seq.block_table, n):
+            if not self._fits(seq, n) and not (self.config.policy == "priority" and self._displace(seq, n, step)):
                 break
             self.waiting.pop(0)
             self.blocks.grow(seq.block_table, n)
@@ -263,9 +269,27 @@ class Scheduler:
         while not self.blocks.can_grow(seq.block_table, num_tokens):
             victim = self.running[-1]
             self._preempt(victim, step)
+            step.preempted_to_grow = True
             if victim is seq:
                 return False
         self.blocks.grow(seq.block_table, num_tokens)
+        return True
+
+    def _fits(self, seq: Sequence, n: int) -> bool:
+        """A seat and the pages for a first chunk of `n` tokens of waiting `seq` are free."""
+        return len(self.running) < self.config.max_num_seqs and self.blocks.can_grow(seq.block_table, n)
+
+    def _displace(self, seq: Sequence, n: int, step: _Step) -> bool:
+        """Priority policy: preempt running sequences served after waiting `seq` (worst first) until `seq`'s
+        first chunk of `n` tokens fits — only when preempting them all would make it fit. False if not."""
+        key = self._key(seq)
+        worse = [r for r in self.running if self._key(r) > key]  # a suffix of running
+        seats = len(self.running) - len(worse) < self.config.max_num_seqs
+        pages = self.blocks.num_free + sum(len(r.block_table) for r in worse)
+        if not worse or not seats or pages < self.blocks.pages_for(n) - len(seq.block_table):
+            return False
+        while not self._fits(seq, n):
+            self._preempt(self.running[-1], step)
         return True
 
     def _preempt(self, seq: Sequence, step: _Step) -> None:
@@ -287,6 +311,7 @@ class _Step:
         self.budget = budget
         self.chunks: list[ScheduledChunk] = []
         self.preempted: list[Sequence] = []
+        self.preempted_to_grow = False  # a running sequence needed a page: the cache is full, admit nobody
 
     def add(self, seq: Sequence, n: int) -> None:
         self.chunks.append(ScheduledChunk(seq, seq.num_computed, n))

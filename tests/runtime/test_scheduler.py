@@ -259,6 +259,76 @@ def test_unchunked_recompute_longer_than_a_step_is_chunked():
     assert b.output_ids == expected_outputs(1, 3, 4, stop=False) and a.output_ids == expected_outputs(0, 1, 6, False)
 
 
+def test_priority_head_displaces_worse_running_sequences():
+    s = make(SchedulerConfig(policy="priority", max_num_batched_tokens=16), num_pages=5, page_size=2)
+    low = Sequence(0, [1], 3, priority=3, arrival_time=0)  # 1 of the 4 pages
+    mid = Sequence(1, [1] * 5, 3, priority=2, arrival_time=1)  # the other 3
+    s.add(low)
+    s.add(mid)
+    step(s)
+    assert s.blocks.num_free == 0
+    high = Sequence(2, [1] * 4, 2, priority=0, arrival_time=2)  # needs 2 pages
+    s.add(high)
+    out = step(s)
+    assert out.preempted == (low, mid)  # worst first; low's page alone is not enough
+    assert rows(out) == [(2, 0, 4)]  # their decode rows were dropped; neither is readmitted in this step
+    assert [q.seq_id for q in s.waiting] == [1, 0]
+    run_all(s)
+    assert low.output_ids == expected_outputs(0, 1, 3, stop=False)
+    assert mid.output_ids == expected_outputs(1, 5, 3, stop=False)
+
+
+def test_priority_head_displaces_for_a_seat():
+    s = make(SchedulerConfig(policy="priority", max_num_seqs=1))
+    low = Sequence(0, [1, 2], 4, priority=1, arrival_time=0)
+    s.add(low)
+    step(s)
+    s.add(Sequence(1, [3], 2, priority=0, arrival_time=1))
+    out = step(s)
+    assert out.preempted == (low,) and rows(out) == [(1, 0, 1)]
+
+
+def test_no_displacement_when_it_would_not_help_or_under_fcfs():
+    # the better-priority sequence holds the pages: displacing the worse one would not make room
+    s = make(SchedulerConfig(policy="priority"), num_pages=5, page_size=2)
+    s.add(Sequence(0, [1] * 5, 3, priority=0, arrival_time=0))  # 3 pages
+    s.add(Sequence(1, [1], 2, priority=5, arrival_time=1))  # 1 page
+    step(s)
+    s.add(Sequence(2, [1] * 5, 2, priority=1, arrival_time=2))  # needs 3 pages
+    out = step(s)
+    assert out.preempted == () and [r[0] for r in rows(out)] == [0, 1]
+    # fcfs never displaces: the late request waits
+    f = make(SchedulerConfig(max_num_seqs=1))
+    f.add(Sequence(0, [1, 2], 4, priority=9, arrival_time=0))
+    step(f)
+    f.add(Sequence(1, [3], 2, priority=0, arrival_time=-1))  # even one stamped as arriving earlier
+    assert step(f).preempted == () and f.num_waiting == 1
+
+
+def test_a_displaced_sequence_is_not_readmitted_in_the_same_step():
+    s = make(SchedulerConfig(policy="priority", max_num_batched_tokens=3), num_pages=6, page_size=1)
+    low = Sequence(0, [1] * 4, 2, priority=3, arrival_time=0)
+    s.add(low)
+    step(s)
+    step(s)
+    s.add(Sequence(1, [1, 2], 1, priority=0, arrival_time=1))
+    out = step(s)  # low's decode takes the last page; the head displaces low; 1 token of budget and 3 pages are
+    assert rows(out) == [(1, 0, 2)] and out.preempted == (low,)  # left, but low waits for the next step
+    assert s.waiting == [low]
+
+
+def test_no_admission_after_a_preemption_to_grow():
+    s = make(SchedulerConfig(policy="priority"), num_pages=4, page_size=2)
+    a = Sequence(0, [1, 2], 4, priority=0, arrival_time=0)
+    b = Sequence(1, [3, 4], 4, priority=5, arrival_time=1)
+    s.add(a)
+    s.add(b)
+    step(s)
+    s.add(Sequence(2, [5], 1, priority=1, arrival_time=2))  # would fit in the page b leaves
+    out = step(s)
+    assert rows(out) == [(0, 2, 1)] and out.preempted == (b,) and s.num_waiting == 2
+
+
 # ---- update / finish / abort --------------------------------------------------------------------------------
 
 
@@ -406,8 +476,9 @@ class FakeEngine:
         # admission is head of line: the newly admitted are a prefix of the waiting queue
         admitted = [c.seq for c in out.chunks if c.seq in waiting_before]
         assert admitted == waiting_before[: len(admitted)]
-        if out.preempted:
-            assert not admitted
+        if out.preempted and admitted:  # only the priority policy displaces running sequences to admit
+            assert self.cfg.policy == "priority" and not set(out.preempted) & set(admitted)
+            assert all(self.key(a) < self.key(v) for a in admitted for v in out.preempted)
         # the fake model: every context token is in the cache, then the new ones are written
         for c in out.chunks:
             q = c.seq
