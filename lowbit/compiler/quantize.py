@@ -4,7 +4,8 @@ dtype (spec None) or a `QuantizedWeight` made by the spec's algorithm from the (
 Algorithms (lowbit.quant): rtn (round to nearest, min-max per group); awq (activation-aware per-input-channel
 scales folded into the preceding RMSNorm / linear, then clip search + RTN); gptq (Hessian-guided rounding from
 the calibration inputs); qoq (W4A8 progressive / per-channel, after the optional rotation and smoothing of
-the float weights, see `lowbit.compiler.transforms`).
+the float weights, see `lowbit.compiler.transforms`); imported (the codes of an AutoAWQ / GPTQ checkpoint as
+stored, moved into the node's layout: `lowbit.compiler.imported`).
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def quantize_params(
     dtype: torch.dtype,
     quantizer: Callable[[Any, np.ndarray, LinearSpec], QuantizedWeight] | None = None,
     progress: Callable[[str], None] | None = None,
+    imported: Mapping[str, QuantizedWeight] | None = None,
 ) -> dict[str, Any]:
     """name -> dense torch tensor | QuantizedWeight for every param the graph reads.
 
-    `quantizer(node, w, spec)` overrides RTN (AWQ / GPTQ hooks); `progress(name)` is called per linear.
+    `quantizer(node, w, spec)` overrides RTN (AWQ / GPTQ hooks); `progress(name)` is called per linear;
+    `imported` (module -> QuantizedWeight of a quantized checkpoint) supplies the params of spec algorithm
+    "imported" without reading float weights.
     """
     params: dict[str, Any] = {}
     for node in graph.nodes_in_order():
@@ -72,6 +76,14 @@ def quantize_params(
             if name is None or name in params:
                 continue
             spec = attrs.get("spec") if node.op == "linear" and key == "weight" else None
+            if spec is not None and spec.algorithm == "imported":
+                from lowbit.compiler.imported import imported_param
+
+                srcs = source_names(graph, name, tied)
+                params[name] = imported_param(imported or {}, srcs, spec, attrs.get("layout", "row"))
+                if progress is not None:
+                    progress(name)
+                continue
             w = float_param(weights, graph, name, tied)
             if spec is None:
                 params[name] = torch.from_numpy(np.array(w, dtype=np.float32)).to(dtype)  # a private, writable copy

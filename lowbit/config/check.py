@@ -138,6 +138,13 @@ def _architecture_problems(a: Architecture) -> Iterator[FieldProblem]:
 
 def _quantization_problems(cfg: ModelYaml) -> Iterator[FieldProblem]:
     q = cfg.quantization
+    if q.algorithm == "imported" and cfg.model.source != "hf_dir":
+        yield FieldProblem(
+            "imported takes the codes of an AutoAWQ / GPTQ checkpoint as stored; a synthetic model has none",
+            "use algorithm rtn (or awq, gptq, qoq), or model.source: hf_dir with a quantized checkpoint",
+            loc=("quantization", "algorithm"),
+            value="imported",
+        )
     if q.algorithm == "qoq" and q.activations != "int8":
         yield FieldProblem(
             "QoQ is the W4A8 recipe (progressive int8 -> uint4 weights for int8 activations)",
@@ -146,7 +153,7 @@ def _quantization_problems(cfg: ModelYaml) -> Iterator[FieldProblem]:
             value="qoq",
         )
     backend = cfg.target.effective_backend
-    if q.algorithm != "none":
+    if q.algorithm not in ("none", "imported"):  # imported: the checkpoint's format replaces the weights section
         yield from _weights_problems(q.weights, q, ("quantization", "weights"), None, backend)
     for i, o in enumerate(q.overrides):
         loc: Loc = ("quantization", "overrides", i)

@@ -20,7 +20,7 @@ from lowbit.config.errors import FieldProblem, Origins
 SCHEMA_VERSION = 1
 Source = Literal["synthetic", "hf_dir"]
 ComputeDType = Literal["float32", "float16", "bfloat16"]
-Algorithm = Literal["none", "rtn", "awq", "gptq", "qoq"]
+Algorithm = Literal["none", "rtn", "awq", "gptq", "qoq", "imported"]  # imported: an AWQ/GPTQ checkpoint as stored
 Activations = Literal["float", "int8"]
 KVDType = Literal["float16", "bfloat16", "float32", "fp8_e4m3", "int8", "int4"]  # = lowbit.ops.attention's
 ZeroMode = Literal["none", "post", "pre"]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALGORITHMS = ("none", "rtn", "awq", "gptq", "qoq")
+ALGORITHMS = ("none", "rtn", "awq", "gptq", "qoq", "imported")
 SCHEMES = ("w_a16", "w4a8_group", "w4a8_channel")
 
 
 @dataclass(frozen=True)
 class LinearSpec:
-    algorithm: str  # rtn | awq | gptq | qoq
+    algorithm: str  # rtn | awq | gptq | qoq | imported (the checkpoint's codes, as stored)
     weight_dtype: str  # e.g. "int4", "uint4", "fp6_e3m2"
     group_size: int  # 32 / 64 / 128 / ... or -1 (per output channel)
     zero_mode: str = "none"  # none | post | pre

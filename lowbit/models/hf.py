@@ -1,21 +1,29 @@
-"""Load and save HF model directories: config.json + safetensors (+ tokenizer.json, generation_config.json).
+"""Load and save HF model directories: config.json + safetensors (+ tokenizer.json, tokenizer_config.json,
+generation_config.json).
 
     load_hf_dir(path)  -> LoadedModel   reads a local directory only: no network, no pickle
+    checkpoint_quantization(path) -> (CheckpointFormat, quantized module names) | None   config + headers only
     save_hf_dir(path, arch, weights, tokenizer=None, shard_bytes=None)   writes one transformers can load
 
 Weights are looked up as HF does: `model.safetensors`, else `model.safetensors.index.json` (weight_map ->
 shards), else every `*.safetensors` in the directory. `pytorch_model*.bin` / `*.pt` checkpoints are pickles and
 are refused with the command that converts them.
+
+Quantized checkpoints (config.json `quantization_config`: AutoAWQ GEMM or GPTQ v1/v2, see
+`lowbit.quant.checkpoint_import`): every `<module>.qweight/.qzeros/.scales` is imported into a
+`QuantizedWeight` (`LoadedModel.quantized`), and `LoadedModel.weights` serves `<module>.weight` as its exact
+dequantization, (q − z)·s, so everything that reads float weights (the float64 reference, calibration,
+modules kept dense) sees the checkpoint's model. The packed tensors themselves are not in `weights`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +38,10 @@ from lowbit.models.weights import (
     write_safetensors,
 )
 
+if TYPE_CHECKING:
+    from lowbit.ops.weight import QuantizedWeight
+    from lowbit.quant.checkpoint_import import CheckpointFormat
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -41,7 +53,9 @@ CONVERT_HINT = (
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """An HF directory read from disk: the architecture, lazy weights, and where the tokenizer is."""
+    """An HF directory read from disk: the architecture, lazy weights, and where the tokenizer is. For a
+    quantized checkpoint, `quantization` is its format and `quantized` maps module name -> QuantizedWeight
+    (row layout); `weights` then holds their dequantized `<module>.weight` (see the module docstring)."""
 
     path: Path
     arch: ArchConfig
@@ -50,6 +64,9 @@ class LoadedModel:
     generation_config: Mapping[str, Any] = field(compare=False)
     source_files: tuple[Path, ...]
     config: Mapping[str, Any] = field(compare=False, default_factory=dict)  # config.json as read
+    tokenizer_config_path: Path | None = None  # tokenizer_config.json (chat_template, special tokens)
+    quantization: CheckpointFormat | None = None
+    quantized: Mapping[str, QuantizedWeight] = field(compare=False, default_factory=dict)
 
     @property
     def bos_token_id(self) -> int | None:
@@ -91,22 +108,22 @@ def load_hf_dir(path: Path | str, check: bool = True) -> LoadedModel:
     config = _read_json(config_path, "config.json")
     if not isinstance(config, dict):
         raise ConfigError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
-    if "quantization_config" in config:
-        method = config["quantization_config"].get("quant_method", "?")
-        raise ConfigError(
-            f"{config_path} has quantization_config (quant_method {method!r}): the checkpoint is already quantized; "
-            "lowbit quantizes from the float checkpoint: point it at the original model"
-        )
     arch = ArchConfig.from_hf_config(config)
-    weights, weight_files = _open_weights(root)
+    fmt = _checkpoint_format(config_path, config)
+    raw, weight_files = _open_weights(root)
+    weights: WeightStore = raw
+    quantized: dict[str, QuantizedWeight] = {}
+    if fmt is not None:
+        quantized = _import_quantized(raw, fmt, arch, config_path)
+        weights = DequantizedWeights(raw, quantized)
     if check:
         check_weights(weights, arch)
 
     gen_path = root / "generation_config.json"
     generation = _read_json(gen_path, "generation_config.json") if gen_path.is_file() else {}
-    tok_path = root / "tokenizer.json"
+    tok_path, tok_cfg_path = root / "tokenizer.json", root / "tokenizer_config.json"
     files = [config_path, *weight_files]
-    files += [p for p in (gen_path, tok_path) if p.is_file()]
+    files += [p for p in (gen_path, tok_path, tok_cfg_path) if p.is_file()]
     return LoadedModel(
         path=root,
         arch=arch,
@@ -115,7 +132,173 @@ def load_hf_dir(path: Path | str, check: bool = True) -> LoadedModel:
         generation_config=generation,
         source_files=tuple(files),
         config=config,
+        tokenizer_config_path=tok_cfg_path if tok_cfg_path.is_file() else None,
+        quantization=fmt,
+        quantized=quantized,
     )
+
+
+# -- quantized checkpoints ---------------------------------------------------------------------------------
+PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
+
+
+def _checkpoint_format(config_path: Path, config: Mapping[str, Any]) -> CheckpointFormat | None:
+    """The checkpoint's quantization format, None for a float checkpoint; ConfigError naming the key."""
+    qc = config.get("quantization_config")
+    if qc is None:
+        return None
+    from lowbit.quant.checkpoint_import import parse_quantization_config
+
+    if not isinstance(qc, Mapping):
+        raise ConfigError(f"{config_path}: quantization_config is a {type(qc).__name__}; expected an object")
+    try:
+        return parse_quantization_config(qc)
+    except ValueError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
+
+
+def checkpoint_quantization(path: Path | str) -> tuple[CheckpointFormat, tuple[str, ...]] | None:
+    """(format, names of the modules stored quantized) of the HF directory `path`, or None when config.json
+    has no quantization_config. Reads config.json and the safetensors headers only (no tensor data), so a
+    compiler can check a recipe against the checkpoint before loading it: every quantized module has its
+    qzeros and scales, and its packed shapes are those of the architecture at the config's bits and group
+    size. ConfigError (config.json) / WeightError (tensors), naming the key or tensor and the fix."""
+    root = Path(path).expanduser()
+    config_path = root / "config.json"
+    config = _read_json(config_path, "config.json")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    fmt = _checkpoint_format(config_path, config)
+    if fmt is None:
+        return None
+    store, _ = _open_weights(root)
+    modules = _packed_modules(store, fmt, ArchConfig.from_hf_config(config), config_path)
+    return fmt, tuple(modules)
+
+
+def _packed_modules(store: SafetensorsWeights, fmt: CheckpointFormat, arch: ArchConfig, config_path: Path) -> list[str]:
+    """The quantized modules of `store`, each checked for its tensors and their shapes (headers only)."""
+    from lowbit.quant.checkpoint_import import quantized_modules
+
+    modules = quantized_modules(store.names())
+    if not modules:
+        raise WeightError(
+            f"{config_path} has quantization_config (quant_method {fmt.method!r}) but no tensor is named "
+            f"'<module>.qweight' in {store.describe()}; the weights are not the quantized ones: restore the "
+            f"checkpoint's safetensors"
+        )
+    shapes = arch.param_shapes()
+    for m in modules:
+        missing = [s for s in ("qzeros", "scales") if f"{m}.{s}" not in store]
+        if missing:
+            raise WeightError(
+                f"{store.source(m + '.qweight')}: {m} has a qweight but no {m}.{missing[0]}; a quantized module "
+                f"needs qweight, qzeros and scales: restore the files the quantizer wrote"
+            )
+        want = shapes.get(f"{m}.weight")
+        if want is None:
+            continue
+        n, k = int(want[0]), int(want[1])
+        got = tuple(store.shape(f"{m}.qweight"))
+        expect = (k, n * fmt.bits // 32) if fmt.method == "awq" else (k * fmt.bits // 32, n)
+        if got != expect:
+            held = _packed_bits(got, (n, k), fmt.method)
+            raise WeightError(
+                f"{store.source(m + '.qweight')}: {m}.qweight is {list(got)}, but an [{n}, {k}] weight at "
+                f"quantization_config.bits={fmt.bits} packs to {list(expect)} ({fmt.describe()}); it holds "
+                f"{held}-bit codes: fix quantization_config.bits in {config_path.name}"
+            )
+    return modules
+
+
+class _Raw(Mapping[str, np.ndarray]):
+    """A safetensors store's tensors at their stored dtypes (int32 codes must not be widened to float)."""
+
+    def __init__(self, store: SafetensorsWeights) -> None:
+        self.store = store
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.store:
+            raise KeyError(name)
+        return np.asarray(self.store._read(name))  # the stored dtype; _read is the store's raw accessor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.store.names())
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.store
+
+
+def _import_quantized(
+    store: SafetensorsWeights, fmt: CheckpointFormat, arch: ArchConfig, config_path: Path
+) -> dict[str, QuantizedWeight]:
+    """Every quantized module of the checkpoint as a QuantizedWeight (checked as `_packed_modules` does)."""
+    from lowbit.quant.checkpoint_import import import_module
+
+    raw = _Raw(store)
+    out: dict[str, QuantizedWeight] = {}
+    for m in _packed_modules(store, fmt, arch, config_path):
+        try:
+            out[m] = import_module(raw, m, fmt, "row")
+        except ValueError as e:
+            raise WeightError(
+                f"{store.source(m + '.qweight')}: {e} (config.json quantization_config: {fmt.describe()}); the "
+                f"checkpoint and its quantization_config disagree: restore the files the quantizer wrote"
+            ) from None
+    return out
+
+
+def _packed_bits(qweight_shape: tuple[int, ...], want: tuple[int, int], method: str) -> str:
+    # the bit width a qweight of this shape holds for an [N, K] weight: AWQ packs along N, GPTQ along K
+    n, k = want
+    rows, cols = int(qweight_shape[0]), int(qweight_shape[1])
+    packed, count = (cols, n) if method == "awq" else (rows, k)
+    return str(32 * packed // count) if count and (32 * packed) % count == 0 else "an unknown number of"
+
+
+class DequantizedWeights(WeightStore):
+    """A quantized checkpoint's weights as float tensors: `<module>.weight` = `quantized[module].dequantize()`
+    (exact: codes, zeros and fp16 scales are exact in float32); the packed tensors are hidden, every other
+    tensor is the checkpoint's."""
+
+    def __init__(self, base: WeightStore, quantized: Mapping[str, QuantizedWeight]) -> None:
+        self.base = base
+        self.quantized = dict(quantized)
+        packed = {f"{m}{s}" for m in self.quantized for s in PACKED_SUFFIXES}
+        self._names = [n for n in base.names() if n not in packed] + [f"{m}.weight" for m in self.quantized]
+        self._set = set(self._names)
+
+    def _module(self, name: str) -> str | None:
+        m = name.removesuffix(".weight")
+        return m if name.endswith(".weight") and m in self.quantized else None
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._set
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        m = self._module(name)
+        return tuple(self.quantized[m].shape) if m is not None else self.base.shape(name)
+
+    def dtype(self, name: str) -> str:
+        m = self._module(name)
+        return "float32" if m is not None else self.base.dtype(name)
+
+    def source(self, name: str) -> str:
+        m = self._module(name)
+        return f"{self.base.source(m + '.qweight')} (dequantized)" if m is not None else self.base.source(name)
+
+    def _read(self, name: str) -> np.ndarray:
+        m = self._module(name)
+        return self.quantized[m].dequantize() if m is not None else self.base._read(name)
+
+    def describe(self) -> str:
+        return f"{self.base.describe()}, {len(self.quantized)} modules dequantized"
 
 
 def _open_weights(root: Path) -> tuple[SafetensorsWeights, list[Path]]:
@@ -212,4 +395,12 @@ def save_hf_dir(
     return root
 
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "LoadedModel", "load_hf_dir", "save_hf_dir"]
+__all__ = [
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "DequantizedWeights",
+    "LoadedModel",
+    "checkpoint_quantization",
+    "load_hf_dir",
+    "save_hf_dir",
+]

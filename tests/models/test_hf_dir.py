@@ -204,8 +204,13 @@ def test_pickle_only_dir_is_refused(saved):
 
 def test_prequantized_and_unsupported_configs(saved, tmp_path):
     cfg = json.loads((saved / "config.json").read_text())
+    # a quantization_config with float weights: the packed tensors are missing (checkpoints are imported by
+    # tests/compiler/test_compile_imported.py)
     (saved / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
-    with pytest.raises(ConfigError, match="already quantized"):
+    with pytest.raises(WeightError, match=r"no tensor is named '<module>\.qweight'.*not the quantized ones"):
+        load_hf_dir(saved)
+    (saved / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "bitsandbytes"}}))
+    with pytest.raises(ConfigError, match=r"config\.json: quantization_config\.quant_method: 'bitsandbytes'"):
         load_hf_dir(saved)
     (saved / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="'gpt2'"):
@@ -234,3 +239,33 @@ def test_unused_tensor_warns(saved):
     with pytest.warns(UserWarning, match="extra.weight"):
         loaded = load_hf_dir(saved)  # no model.safetensors nor index: every *.safetensors is read
     assert "extra.weight" in loaded.weights
+
+
+def test_quantized_checkpoint_loads_dequantized(saved):
+    """An AutoAWQ checkpoint: every `<module>.qweight/.qzeros/.scales` is imported, `weights` serves the exact
+    dequantization under `<module>.weight` and hides the packed tensors; the format is read from config.json."""
+    from safetensors.numpy import load_file, save_file
+
+    from lowbit.models.hf import checkpoint_quantization
+    from lowbit.ops.weight import quantize
+    from lowbit.quant.checkpoint_import import export_awq
+
+    tensors = load_file(str(saved / "model.safetensors"))
+    expect = {}
+    for name in [n for n in tensors if n.endswith(("q_proj.weight", "down_proj.weight"))]:
+        qw = quantize(tensors.pop(name).astype(np.float32), "uint4", 16, zero_mode="post")
+        tensors |= {f"{name.removesuffix('.weight')}.{k}": v for k, v in export_awq(qw).items()}
+        expect[name] = qw.dequantize()
+    save_file(tensors, str(saved / "model.safetensors"))
+    cfg = json.loads((saved / "config.json").read_text())
+    qc = {"quant_method": "awq", "bits": 4, "group_size": 16, "zero_point": True, "version": "gemm"}
+    (saved / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}))
+
+    fmt, modules = checkpoint_quantization(saved)
+    assert fmt.describe() == "AutoAWQ gemm, 4-bit, g16, asymmetric" and len(modules) == len(expect)
+    loaded = load_hf_dir(saved)
+    assert loaded.quantization == fmt and sorted(loaded.quantized) == sorted(modules)
+    for name, w in expect.items():
+        np.testing.assert_array_equal(loaded.weights[name], w)
+    assert not any(n.endswith((".qweight", ".qzeros", ".scales")) for n in loaded.weights)
+    assert loaded.tokenizer_config_path is None or loaded.tokenizer_config_path.name == "tokenizer_config.json"
