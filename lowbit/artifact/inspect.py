@@ -2,7 +2,8 @@
 
 Plain text with fixed-width columns (no rich tables: the output is grep-able, stable for tests and does
 not wrap or truncate with the terminal width). Sections: the manifest (format, versions, device, meta,
-file table), then whichever of model.yaml, report.json and kernels.json the artifact has. Fields missing
+file table), then whichever of model.yaml, report.json (with the imported checkpoint's format), tuning.json
+and kernels.json the artifact has. Fields missing
 from report.json are left out; a malformed section prints what is wrong instead of failing.
 """
 
@@ -21,6 +22,7 @@ from lowbit.artifact.writer import KERNELS_INDEX
 
 MODEL_YAML = "model.yaml"
 REPORT_JSON = "report.json"
+TUNING_JSON = "tuning.json"
 
 
 def human_bytes(n: Any) -> str:
@@ -120,6 +122,12 @@ def _report_section(a: Artifact, max_modules: int) -> list[str]:
             rows.append((p.get("name", "?"), _num(s, ".2f"), share))
         rows.append(("total", f"{total:.2f}", ""))
         lines += table(["phase", "seconds", "share"], rows, right=[1, 2])
+    src = r.get("source_quantization")
+    if isinstance(src, Mapping):
+        lines.append(
+            f"  imported checkpoint: {src.get('description', src.get('quant_method', '?'))}, "
+            f"{src.get('modules', '?')} quantized modules as stored, from {src.get('checkpoint', '?')}"
+        )
     facts = []
     if "bits_per_weight" in r:
         facts.append(f"bits per weight: {_num(r['bits_per_weight'], '.3f')}")
@@ -145,7 +153,8 @@ def _report_section(a: Artifact, max_modules: int) -> list[str]:
         top1 = acc.get("top1_agreement")
         top1_text = f"{100 * top1:.2f}%" if isinstance(top1, (int, float)) else str(top1)
         lines.append(
-            f"  accuracy vs unquantized ({_num(acc.get('tokens', '?'), ',')} held-out tokens): "
+            f"  accuracy vs {acc.get('reference', 'unquantized')} "
+            f"({_num(acc.get('tokens', '?'), ',')} held-out tokens): "
             f"logit KL divergence {_num(acc.get('kl_divergence'), '.4g')}, top-1 agreement {top1_text}"
         )
     modules = r.get("modules")
@@ -173,6 +182,36 @@ def _spec_text(spec: Any) -> str:
     return str(spec) if spec is not None else ""
 
 
+def _tuning_section(a: Artifact) -> list[str]:
+    t = a.read_json(TUNING_JSON)
+    if not isinstance(t, Mapping):
+        return ["", "tuning", f"  tuning.json holds a {type(t).__name__}, not an object"]
+    records = [d for d in t.get("records", []) if isinstance(d, Mapping)]
+    lines = [
+        "",
+        f"tuning (policy {t.get('policy', '?')}, budget {_num(t.get('budget_s', '?'), 'g')} s, backend "
+        f"{t.get('backend', '?')}, device {t.get('device', '?')}): {len(records)} tuned configs pinned",
+    ]
+
+    def ms(v: Any) -> str:
+        return _num(v, ".4g") if v is not None else "-"
+
+    rows = []
+    for d in records:
+        lo, hi = [*d.get("m_range", ()), "?", "?"][:2]
+        best, default = d.get("best_ms"), d.get("default_ms")
+        gain = "-"
+        if isinstance(best, (int, float)) and isinstance(default, (int, float)) and best > 0:
+            gain = f"{default / best:.2f}x"
+        cfg = d.get("config", {})
+        text = " ".join(f"{k}={v}" for part in ("constants", "options") for k, v in dict(cfg.get(part, {})).items())
+        rows.append((d.get("kernel", "?"), f"{d.get('N', '?')}x{d.get('K', '?')}", f"({lo}, {hi}]", text,
+                     ms(best), ms(default), gain, d.get("source", "?")))  # fmt: skip
+    if rows:
+        lines += table(["kernel", "NxK", "M", "config", "ms", "default ms", "speedup", "from"], rows, right=[4, 5, 6])
+    return lines
+
+
 def _kernels_section(a: Artifact) -> list[str]:
     index = a.read_json(KERNELS_INDEX)
     kernels = index.get("kernels", []) if isinstance(index, Mapping) else []
@@ -189,7 +228,7 @@ def describe(artifact: Artifact | str | os.PathLike[str], max_modules: int = 40)
     a = artifact if isinstance(artifact, Artifact) else open_artifact(Path(artifact), verify="quick")
     lines = _manifest_section(a)
     sections = [(MODEL_YAML, _model_section), (REPORT_JSON, lambda x: _report_section(x, max_modules))]
-    sections.append((KERNELS_INDEX, _kernels_section))
+    sections += [(TUNING_JSON, _tuning_section), (KERNELS_INDEX, _kernels_section)]
     for rel, section in sections:
         if not a.has(rel):
             continue

@@ -1,16 +1,20 @@
 """`compile_model`: model.yaml -> serving artifact. Phases (timed, with progress):
 
 validate   load + validate model.yaml, read the architecture (config.json only), model-dependent recipe
-           checks: everything that can fail does so here, before any weight is read
-load       the weights (HF safetensors, lazily) or the synthetic random model (seeded)
+           checks, and for a quantized checkpoint (AutoAWQ / GPTQ quantization_config) the recipe's agreement
+           with it (`lowbit.compiler.imported`): everything that can fail does so here, before any weight is read
+load       the weights (HF safetensors, lazily; a quantized checkpoint's packed modules imported and served
+           dequantized to everything reading float weights) or the synthetic random model (seeded)
 graph      build the op graph and run GRAPH_PIPELINE (recipe matching, fusions, packing, kernels, memory)
 calibrate  activations of every linear's input on the calibration tokens (awq / gptq / qoq only)
 quantize   transforms (AWQ scales, QoQ rotation/smoothing, SmoothAttention) then one weight per linear node
-kernels    build (and with tuning: tune) every kernel the runtime calls, by running a prefill and a decode
-           step; TVM kernels are exported into the artifact
+kernels    tune (target.tuning.policy, `lowbit.compiler.tuning`) each (kernel, shape, token bucket) the graph
+           selected, pin the chosen configs to the weights, then build every kernel the runtime calls by running
+           a prefill and a decode step; TVM kernels (not the tuning trials that lost) are exported
 evaluate   KL divergence and top-1 agreement of the compiled model (real kernels) vs the float64 reference
-           of the unquantized model, on held-out tokens
-write      the artifact directory (manifest with sha256 of every file last)
+           of the unquantized model (for an imported checkpoint: its exact dequantization), on held-out tokens
+write      the artifact directory (manifest with sha256 of every file last), with tuning.json (the tuning
+           records used) and the checkpoint's tokenizer_config.json (chat template) when it has one
 """
 
 from __future__ import annotations
@@ -126,21 +130,35 @@ def compile_model(
     overwrite: bool = False,
     quiet: bool = False,
     eval_tokens: int | None = None,
+    tuning_measure: Any = None,
 ) -> CompileResult:
-    """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring)."""
+    """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring).
+    `tuning_measure(job, config) -> ms` replaces the tuner's timing (tests; see lowbit.compiler.tuning)."""
+    from lowbit.compiler.imported import checkpoint_of, import_report, imported_recipe
     from lowbit.compiler.transforms import apply_transforms, calibrate
-    from lowbit.config import check_against_model
+    from lowbit.config import RecipeError, check_against_model
 
     phases = Phases(quiet=quiet)
     out = Path(out)
     with phases.phase("validate"):
         arch, hf_path = resolve_source(cfg)
+        checkpoint = checkpoint_of(cfg)
+        resolved = imported_recipe(cfg, checkpoint, arch)
+        if resolved is not cfg:  # the checkpoint's format written in: the recipe's own rules again
+            from lowbit.config.check import recipe_problems
+
+            cfg = resolved
+            problems = recipe_problems(cfg, check_files=False)
+            if problems:
+                raise RecipeError(problems)
         check_against_model(cfg, arch)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite (or a new output path) to replace it")
 
+    quantized: dict[str, Any] = {}
     with phases.phase("load"):
         tokenizer, tokenizer_json, gen_config = None, None, {}
+        tokenizer_config: dict[str, Any] | None = None
         weights: Any
         if hf_path is None:
             from lowbit.models.synthetic import synthetic_tokenizer, synthetic_weights
@@ -153,6 +171,9 @@ def compile_model(
 
             loaded = load_hf_dir(hf_path)
             arch, weights, gen_config = loaded.arch, loaded.weights, dict(loaded.generation_config or {})
+            quantized = dict(loaded.quantized)
+            if loaded.tokenizer_config_path is not None:
+                tokenizer_config = _tokenizer_config(Path(loaded.tokenizer_config_path))
             if loaded.tokenizer_path is not None:
                 from tokenizers import Tokenizer
 
@@ -182,16 +203,35 @@ def compile_model(
         fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib, ids)
         params = quantize_params(
             graph, fweights, tied=arch.tie_word_embeddings, dtype=dtype, quantizer=quantizer,
-            progress=lambda name: bar.update(1),
+            progress=lambda name: bar.update(1), imported=quantized,
         )  # fmt: skip
 
+    from lowbit.codegen import kernel_cache
+    from lowbit.codegen.tune.cache import TuningCache
+    from lowbit.compiler import tuning as tuning_mod
+
+    backend, policy = cfg.target.effective_backend, cfg.target.tuning.policy
     runner = ModelRunner(
-        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=cfg.target.effective_backend,
+        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=backend,
         max_model_len=cfg.target.max_model_len, max_num_seqs=2, kv_layer_scales=kv_scales,
     )  # fmt: skip
-    with phases.phase("kernels", total=2) as bar:
+    max_tokens = max(int(cfg.target.max_model_len), int(cfg.target.max_num_seqs))
+    jobs = tuning_mod.tuning_jobs(graph, params, backend, cfg.model.dtype, max_tokens)
+    tuning_cache = TuningCache()
+    before = set(kernel_cache.compiled_kernels())
+    with phases.phase("kernels", total=len(jobs) + 1) as bar:
+        tuned = tuning_mod.run_tuning(
+            jobs, params, policy=policy, backend=backend, dtype=cfg.model.dtype,
+            budget_s=float(cfg.target.tuning.budget_s), cache=tuning_cache, measure=tuning_measure, progress=bar,
+            verbose=not quiet,
+        )  # fmt: skip
+        trials = set(kernel_cache.compiled_kernels()) - before  # built while tuning: only the winners ship
+        tuning_mod.attach_results(params, tuned, backend)
+        bar.set_postfix_str("build kernels", refresh=False)
         runner.generate([[1, 2, 3]], _warmup_params(), ())  # prefill + decode: builds every kernel
-        bar.update(2)
+        bar.update(1)
+    used = tuning_mod.used_kernel_keys(params)
+    ship = [k for k in kernel_cache.compiled_kernels() if k not in trials or k in used]
 
     report_acc: dict[str, Any] = {}
     n_eval = eval_tokens if eval_tokens is not None else min(64, cfg.target.max_model_len - 1)
@@ -204,6 +244,7 @@ def compile_model(
             got = runner.logits(ids.tolist()).numpy()
             kl, top1 = kl_top1(ref, got)
             report_acc = {"kl_divergence": kl, "top1_agreement": top1, "tokens": int(n_eval)}
+            report_acc["reference"] = "dequantized checkpoint" if checkpoint is not None else "unquantized weights"
 
     bpw, elems, wbytes = bits_per_weight(params)
     report = {
@@ -216,6 +257,13 @@ def compile_model(
             arch, params, kv_dtype, cfg.target.max_model_len, cfg.target.max_num_seqs, graph
         ),
         "accuracy": report_acc,
+        "tuning": {
+            "policy": policy,
+            "budget_s": float(cfg.target.tuning.budget_s),
+            "backend": backend,
+            **tuning_mod.summary(tuned),
+            "kernels": tuning_mod.report_rows(tuned),
+        },
         "modules": [
             {
                 "name": dict(n.attrs)["weight"],
@@ -225,6 +273,8 @@ def compile_model(
             for n in nodes
         ],
     }
+    if checkpoint is not None:
+        report["source_quantization"] = import_report(checkpoint[0], checkpoint[1], cfg.model.path)
     with phases.phase("write"):
         from lowbit.artifact import ArtifactWriter
 
@@ -239,13 +289,36 @@ def compile_model(
                 w.add_json("kv_scales.json", [list(s) for s in kv_scales])
             if tokenizer_json is not None:
                 w.add_text("tokenizer.json", tokenizer_json)
+            if tokenizer_config is not None:
+                w.add_json("tokenizer_config.json", tokenizer_config)  # chat_template, special tokens
             w.add_json("generation_config.json", gen_config)
-            report["kernels"] = len(w.add_kernels())  # TVM libraries built above + what regenerates them
+            w.add_json(
+                tuning_mod.TUNING_FILE,
+                tuning_mod.tuning_json(tuned, policy=policy, budget_s=float(cfg.target.tuning.budget_s),
+                                       backend=backend, cache=tuning_cache),
+            )  # fmt: skip
+            report["kernels"] = len(w.add_kernels(ship))  # TVM libraries built above + what regenerates them
             report["phases"] = [*phases.report(), {"name": "write", "seconds": 0.0}]
             w.add_json("report.json", report)
             w.finalize({"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm})
     report["phases"] = phases.report()
     return CompileResult(out, report)
+
+
+def _tokenizer_config(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's tokenizer_config.json (chat_template, special tokens), None with a warning when it
+    is not a JSON object (the artifact then has none; the server falls back to its default template)."""
+    import warnings
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        warnings.warn(f"{path} is unreadable ({e}); the artifact gets no tokenizer_config.json", stacklevel=2)
+        return None
+    if not isinstance(data, dict):
+        warnings.warn(f"{path} is not a JSON object; the artifact gets no tokenizer_config.json", stacklevel=2)
+        return None
+    return data
 
 
 def _untied_view(weights: Any, arch: Any) -> Any:

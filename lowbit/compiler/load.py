@@ -1,16 +1,18 @@
 """Load a compiled artifact into a `ModelRunner`: verify, read the resolved model.yaml, rebuild the graph with the
 same pipeline (it must print exactly like the stored graph.txt, else the artifact came from another lowbit),
-read the parameters and the tokenizer."""
+read the parameters, pin the tuned kernel configs of tuning.json to them (the runtime then runs the tuned
+kernels without tuning), and read the tokenizer (+ tokenizer_config.json: chat template, special tokens)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, unflatten_params
+from lowbit.compiler.tuning import TUNING_FILE, attach_tuning
 from lowbit.models.arch import ArchConfig
 from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
 
@@ -29,6 +31,8 @@ class CompiledModel:
     tokenizer: Any
     generation_config: dict[str, Any]
     kv_scales: list[tuple[float, float]] | None
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)  # tokenizer_config.json ({} if absent)
+    tuning: dict[str, Any] = field(default_factory=dict)  # tuning.json: policy and the records pinned to params
 
     @property
     def name(self) -> str:
@@ -78,9 +82,13 @@ def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] 
         tokenizer = Tokenizer.from_str(art.read_text("tokenizer.json"))
     gen = art.read_json("generation_config.json") if art.has("generation_config.json") else {}
     kv = art.read_json("kv_scales.json") if art.has("kv_scales.json") else None
+    tok_cfg = art.read_json("tokenizer_config.json") if art.has("tokenizer_config.json") else {}
+    tuning = art.read_json(TUNING_FILE) if art.has(TUNING_FILE) else {}
+    attach_tuning(params, tuning)
     return CompiledModel(
-        Path(path), cfg, arch, graph, params, tokenizer, gen, None if kv is None else [tuple(s) for s in kv]
-    )
+        Path(path), cfg, arch, graph, params, tokenizer, gen, None if kv is None else [tuple(s) for s in kv],
+        tok_cfg, tuning,
+    )  # fmt: skip
 
 
 __all__ = ["ArtifactMismatch", "CompiledModel", "load_compiled"]

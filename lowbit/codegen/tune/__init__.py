@@ -1,10 +1,11 @@
-"""Autotuning: search spaces (space.py), timing (timing.py), the tuner (tuner.py) and its persistent cache
-(cache.py). See README.md in this directory."""
+"""Autotuning: search spaces (space.py), timing (timing.py), the tuner (tuner.py), its persistent cache
+(cache.py) and tuned configs pinned to weights (records.py). See README.md in this directory."""
 
 from lowbit.codegen.tune.cache import CODEGEN_VERSION, TuningCache
+from lowbit.codegen.tune.records import TunedConfig
 from lowbit.codegen.tune.space import Constraint, SearchSpace
 from lowbit.codegen.tune.timing import Timing, benchmark, device_name, flush_cache, set_threads
-from lowbit.codegen.tune.tuner import Trial, TuneResult, TuningError, tune, tuning_enabled
+from lowbit.codegen.tune.tuner import Trial, TuneResult, TuningError, cached_result, tune, tuning_enabled
 
 __all__ = [
     "CODEGEN_VERSION",
@@ -13,9 +14,11 @@ __all__ = [
     "Timing",
     "Trial",
     "TuneResult",
+    "TunedConfig",
     "TuningCache",
     "TuningError",
     "benchmark",
+    "cached_result",
     "device_name",
     "flush_cache",
     "set_threads",

@@ -19,6 +19,7 @@ Neither case writes to the cache.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import operator
 import os
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lowbit.codegen.backend import Config, compile_program
+from lowbit.codegen.backend import BackendError, Config, compile_program, get_compiler
 from lowbit.codegen.tune.cache import (
     TuningCache,
     config_from_json,
@@ -115,6 +116,10 @@ def cpu_threads(backend: str) -> str | None:
     half the cores); None for backends whose speed it does not set."""
     if backend != "tvm":
         return None
+    # the backend sets TVM_NUM_THREADS when it is imported: read it after that, or the keys made before and
+    # after a process's first TVM kernel would differ
+    with contextlib.suppress(BackendError):
+        get_compiler("tvm")
     return os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
 
 
@@ -159,20 +164,7 @@ def tune(
     $LOWBIT_CACHE_DIR), False none. `measure(config) -> ms` replaces the default timing (tests, custom
     harnesses). Stops starting candidates after `budget_s` seconds by `clock`. Raises TuningError if
     every candidate is pruned or fails."""
-    overlap = set(fixed) & {n for n, _ in space.constants}
-    if overlap:
-        raise ValueError(
-            f"tune {kernel.name}: {sorted(overlap)} are both fixed and tunable; drop them from `fixed` "
-            f"or from the search space"
-        )
-    program = kernel.trace(**fixed, **space.default.constant_dict)
-    sizes = problem_sizes(program, args)
-    tunables = {n for n, _ in space.constants}
-    problem = {**{k: v for k, v in program.constants if k not in tunables}, **fixed, **sizes}
-    device = timing_device(backend)
-    parts = key_parts(
-        str(program), backend, sizes, device_name(device), space_description(space), threads=cpu_threads(backend)
-    )
+    parts, problem = _key_parts(kernel, fixed, args, backend, space)
     key = digest(parts)
 
     if not (tuning_enabled() if enabled is None else enabled):
@@ -180,22 +172,18 @@ def tune(
     if interpreted(backend):
         return TuneResult(space.default, (Trial(space.default, None, INTERPRETER_REASON),), False, key)
 
-    store = TuningCache() if cache is None or cache is True else (None if cache is False else cache)
+    store = _store(cache)
     entry = store.get(key) if store is not None else None
     if entry and entry.get("complete"):
-        cached = tuple(Trial.from_json(t) for t in entry.get("trials", ()))
-        # M is bucketed, so the entry may come from another M of the bucket: take the fastest trial that
-        # is also valid for this problem (normally the stored best)
-        usable = [t for t in cached if t.time_ms is not None and not space.check(t.config, problem)]
-        usable.sort(key=lambda t: t.time_ms or 0.0)
-        if usable:
-            return TuneResult(usable[0].config, cached, True, key)
+        hit = _from_entry(entry, space, problem, key)
+        if hit is not None:
+            return hit
         store = None  # nothing usable: measure this problem without overwriting the bucket's entry
         entry = None
     done = {t.config: t for t in (Trial.from_json(d) for d in (entry or {}).get("trials", ()))}
 
     if measure is None:
-        measure = _timer(kernel, fixed, args, backend, repeats, flush, device)
+        measure = _timer(kernel, fixed, args, backend, repeats, flush, timing_device(backend))
     run = _Run(kernel.name, backend, candidates(space), progress)
     attempted: list[Trial] = []  # measured or failed: what a resumed run need not redo
 
@@ -247,6 +235,62 @@ def tune(
     return TuneResult(best.config, tuple(trials), False, key)
 
 
+def cached_result(
+    kernel: Kernel,
+    fixed: Mapping[str, Any],
+    args: Mapping[str, Any],
+    backend: str,
+    space: SearchSpace,
+    *,
+    cache: TuningCache | bool | None = None,
+) -> TuneResult | None:
+    """What `tune` would answer from the cache alone: the stored best for this key (a complete entry with a
+    config valid for this problem), else None. Never measures, compiles or writes (tuning policy `cached`)."""
+    parts, problem = _key_parts(kernel, fixed, args, backend, space)
+    key = digest(parts)
+    store = _store(cache)
+    entry = store.get(key) if store is not None else None
+    if not entry or not entry.get("complete"):
+        return None
+    return _from_entry(entry, space, problem, key)
+
+
+def _key_parts(
+    kernel: Kernel, fixed: Mapping[str, Any], args: Mapping[str, Any], backend: str, space: SearchSpace
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the cache key's readable parts, the problem constraints are checked against)."""
+    overlap = set(fixed) & {n for n, _ in space.constants}
+    if overlap:
+        raise ValueError(
+            f"tune {kernel.name}: {sorted(overlap)} are both fixed and tunable; drop them from `fixed` "
+            f"or from the search space"
+        )
+    program = kernel.trace(**fixed, **space.default.constant_dict)
+    sizes = problem_sizes(program, args)
+    tunables = {n for n, _ in space.constants}
+    problem = {**{k: v for k, v in program.constants if k not in tunables}, **fixed, **sizes}
+    device = timing_device(backend)
+    parts = key_parts(
+        str(program), backend, sizes, device_name(device), space_description(space), threads=cpu_threads(backend)
+    )
+    return parts, problem
+
+
+def _store(cache: TuningCache | bool | None) -> TuningCache | None:
+    return TuningCache() if cache is None or cache is True else (None if cache is False else cache)
+
+
+def _from_entry(
+    entry: Mapping[str, Any], space: SearchSpace, problem: Mapping[str, Any], key: str
+) -> TuneResult | None:
+    # M is bucketed, so the entry may come from another M of the bucket: take the fastest trial that is also
+    # valid for this problem (normally the stored best)
+    cached = tuple(Trial.from_json(t) for t in entry.get("trials", ()))
+    usable = [t for t in cached if t.time_ms is not None and not space.check(t.config, problem)]
+    usable.sort(key=lambda t: t.time_ms or 0.0)
+    return TuneResult(usable[0].config, cached, True, key) if usable else None
+
+
 def candidates(space: SearchSpace, seed: int = 0) -> list[Config]:
     """The order configs are tried in: the default, then the rest in a fixed shuffled order, so that a
     budget cut leaves a sample of the whole space rather than one corner of the cross product."""
@@ -261,6 +305,20 @@ def _attempt(measure: Callable[[Config], float], config: Config) -> Trial:
         return Trial(config, float(measure(config)), None)
     except Exception as e:  # a failing candidate never kills tuning
         return Trial(config, None, f"failed: {type(e).__name__}: {e}")
+
+
+def default_measure(
+    kernel: Kernel,
+    fixed: Mapping[str, Any],
+    args: Mapping[str, Any],
+    backend: str,
+    *,
+    repeats: int = 5,
+    flush: bool = True,
+) -> Callable[[Config], float]:
+    """The `measure` `tune` uses when given none (trace, compile, warm up, median of flushed samples), for
+    callers that wrap it (e.g. to count the trials a run measures)."""
+    return _timer(kernel, fixed, args, backend, repeats, flush, timing_device(backend))
 
 
 def _timer(
@@ -324,4 +382,15 @@ class _Run:
             self.bar.close()
 
 
-__all__ = ["Trial", "TuneResult", "TuningError", "candidates", "interpreted", "timing_device", "tune", "tuning_enabled"]
+__all__ = [
+    "Trial",
+    "TuneResult",
+    "TuningError",
+    "cached_result",
+    "candidates",
+    "default_measure",
+    "interpreted",
+    "timing_device",
+    "tune",
+    "tuning_enabled",
+]
