@@ -81,7 +81,7 @@ class ScheduledChunk:
 
     @property
     def token_ids(self) -> tuple[int, ...]:
-        return tuple(self.seq.all_ids[self.num_cached : self.num_cached + self.num_new])
+        return tuple(self.seq.token_slice(self.num_cached, self.num_cached + self.num_new))
 
     def to_seq_chunk(self) -> SeqChunk:
         """The runner's view of this chunk (call it before `Scheduler.update`, which may free the pages)."""

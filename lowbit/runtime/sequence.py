@@ -42,6 +42,16 @@ class Sequence:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """all_ids[start:stop] for 0 <= start <= stop <= num_tokens, without building all_ids (a decode row
+        reads one token of a long sequence)."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p : stop - p]
+        if stop <= p:
+            return self.prompt_ids[start:stop]
+        return self.prompt_ids[start:] + self.output_ids[: stop - p]
+
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_ids)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lowbit.runtime.sequence import SeqStatus, Sequence
 
 
@@ -30,3 +33,11 @@ def test_arrival_time_defaults_to_now():
     a = Sequence(0, [1], 1)
     b = Sequence(1, [1], 1)
     assert a.arrival_time <= b.arrival_time
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 6), st.integers(0, 6), st.integers(0, 14), st.integers(0, 14))
+def test_token_slice_is_the_slice_of_all_ids(p, o, start, stop):
+    s = Sequence(0, list(range(p)), 8, output_ids=list(range(100, 100 + o)))
+    start, stop = sorted((min(start, s.num_tokens), min(stop, s.num_tokens)))
+    assert s.token_slice(start, stop) == s.all_ids[start:stop]
