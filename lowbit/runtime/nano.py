@@ -15,7 +15,8 @@ one global topological order (a priority topological sort: stage, then first row
 stage is a run of nodes on the same unit — so one nano-batch's GEMMs are queued before the next one's and
 its attention can overlap them); a task waits on its dependencies' `threading.Event`s, so no queue can wait
 on a task behind it and the step cannot deadlock. CPU workers are threads pinned to the unit's cores
-(`os.sched_setaffinity` of the thread); the kernels release the GIL. On CUDA each unit launches on its
+(`os.sched_setaffinity` of the thread; TVM's per-thread kernel pool is confined to them too, since TVM
+binds its own workers to cores of its choosing); the kernels release the GIL. On CUDA each unit launches on its
 stream and orders after its producers with `torch.cuda.Event`s. A failing task marks the step failed; the
 tasks after it are skipped (their events still set) and `forward` raises the first error.
 
@@ -30,6 +31,7 @@ import heapq
 import itertools
 import os
 import queue
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -280,10 +282,13 @@ class _Worker:
         self.ready.set()
         if self.start_error is not None:
             return
+        confined = not self.cores
         while True:
             item = self.queue.get()
             if item is None:
                 return
+            if not confined:
+                confined = _confine_kernel_threads(self.cores)
             step, task = item
             step.run(task, self.stream)
 
@@ -379,6 +384,18 @@ def _stop(workers: list[_Worker]) -> None:
     for w in workers:
         if w.thread is not threading.current_thread():
             w.thread.join(timeout=5)
+
+
+def _confine_kernel_threads(cores: tuple[int, ...]) -> bool:
+    """Give the calling thread's TVM thread pool (TVM keeps one per calling thread, its workers bound to cores
+    of TVM's choosing) `len(cores)` threads sharing `cores`; True once done. TVM is configured only after
+    something else loaded it (a kernel call), so a process that never runs TVM kernels never imports it."""
+    tvm = sys.modules.get("tvm")
+    if tvm is None:
+        return False
+    share_all = -3  # tvm::runtime::threading::ThreadGroup::kSpecifyThreadShareAllCore
+    tvm.get_global_func("runtime.config_threadpool")(share_all, len(cores), [str(c) for c in cores])
+    return True
 
 
 def _device_of(executor: Executor) -> torch.device:

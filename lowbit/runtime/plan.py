@@ -230,8 +230,9 @@ def _keys(d: Mapping[str, Any], where: str, *, required: Sequence[str], optional
 
 def nano_ranges(num_rows: int, fractions: Sequence[float], tile: int, bounds: Sequence[int] | None = None) -> list[int]:
     """Cut points 0 = c0 < c1 < ... < cn = num_rows of the nano-batches of `fractions` over `num_rows` rows:
-    each inner cut rounded to the nearest multiple of `tile` (ties go down), or, given `bounds` (the sequence boundaries of the batch,
-    0 and num_rows included), snapped to the nearest boundary (ties go down); empty nano-batches disappear."""
+    each inner cut rounded to the nearest multiple of `tile`, or, given `bounds` (the sequence boundaries of
+    the batch, 0 and num_rows included), snapped to the nearest boundary; ties go down; a cut that lands on
+    another or on an end disappears (so does its empty nano-batch)."""
     cuts = [0]
     acc = 0.0
     for f in fractions[:-1]:

@@ -53,8 +53,6 @@ class ModelRunner:
             raise ValueError(f"dtype {dtype!r} is not a compute dtype; use one of {list(TORCH_DTYPES)}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule {schedule!r} is not known; use one of {list(SCHEDULES)}")
-        if plan is not None and schedule != "nano":
-            raise ValueError(f"a pipeline plan was given with schedule {schedule!r}; use schedule='nano' to run it")
         self.arch = arch
         self.max_model_len = max_model_len
         pages = num_pages or max_num_seqs * -(-max_model_len // page_size) + 1
@@ -65,6 +63,7 @@ class ModelRunner:
             graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
         )
         self.schedule = schedule
+        self.plan = plan  # kept with schedule="unsplit" too, so the two schedules can be compared on one plan
         self.nano: NanoExecutor | None = None
         if schedule == "nano":
             device = "cuda" if any(isinstance(p, torch.Tensor) and p.is_cuda for p in params.values()) else "cpu"

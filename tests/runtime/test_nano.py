@@ -375,6 +375,18 @@ def test_units_are_pinned_to_their_cores(model):
         nano.close()
         free(ex_a, ta)
         free(ex_b, tb)
+    # every thread the units start (TVM's per-thread kernel pools, OpenMP teams) stays on the unit's cores
+    before = set(os.listdir("/proc/self/task"))
+    both = PipelinePlan((Unit("c", cores=(core,)), Unit("m", "memory", cores=(core,))), plan.rules)
+    nano = NanoExecutor(ex_b, both)
+    try:
+        got = run_step(ex_b, nano, history, step, True, tb)
+        assert rel(got, want) <= 1e-5
+        new = set(os.listdir("/proc/self/task")) - before
+        assert len(new) >= 2 and all(os.sched_getaffinity(int(t)) == {core} for t in new)
+    finally:
+        nano.close()
+        free(ex_b, tb)
     with pytest.raises(PlanError, match=r"unit c is pinned to cores \[4096\]"):
         NanoExecutor(ex_b, PipelinePlan((Unit("c", cores=(4096,)),)))
 
@@ -399,8 +411,7 @@ def test_model_runner_schedule_switch(model):
     assert default.nano is not None and default.nano.plan == default_plan(ARCH, "cpu")
     with pytest.raises(ValueError, match="schedule 'split' is not known"):
         ModelRunner(ARCH, g, params, schedule="split")
-    with pytest.raises(ValueError, match="use schedule='nano' to run it"):
-        ModelRunner(ARCH, g, params, plan=unsplit_plan())
+    assert ModelRunner(ARCH, g, params, plan=unsplit_plan(), **kw).nano is None  # "unsplit" ignores the plan
     for r in (nano, default):
         assert r.nano is not None
         r.nano.close()
