@@ -28,6 +28,8 @@ it fit; the head never waits behind worse-priority work that holds the cache.
 
 `add` rejects a sequence that could not run even alone in an empty cache, so the best-keyed unfinished
 sequence always gets to run and every trace terminates.
+
+Not thread-safe: one thread calls add / schedule / update / finish / abort (the engine's step loop).
 """
 
 from __future__ import annotations
