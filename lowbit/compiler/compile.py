@@ -131,9 +131,11 @@ def compile_model(
     quiet: bool = False,
     eval_tokens: int | None = None,
     tuning_measure: Any = None,
+    tuning_clock: Any = None,
 ) -> CompileResult:
     """Compile the resolved model.yaml `cfg` into the artifact directory `out` (see the module docstring).
-    `tuning_measure(job, config) -> ms` replaces the tuner's timing (tests; see lowbit.compiler.tuning)."""
+    `tuning_measure(job, config) -> ms` and `tuning_clock() -> s` replace the tuner's timing and its budget
+    clock (tests; see lowbit.compiler.tuning)."""
     from lowbit.compiler.imported import checkpoint_of, import_report, imported_recipe
     from lowbit.compiler.transforms import apply_transforms, calibrate
     from lowbit.config import RecipeError, check_against_model
@@ -223,7 +225,7 @@ def compile_model(
         tuned = tuning_mod.run_tuning(
             jobs, params, policy=policy, backend=backend, dtype=cfg.model.dtype,
             budget_s=float(cfg.target.tuning.budget_s), cache=tuning_cache, measure=tuning_measure, progress=bar,
-            verbose=not quiet,
+            verbose=not quiet, **({"clock": tuning_clock} if tuning_clock is not None else {}),
         )  # fmt: skip
         trials = set(kernel_cache.compiled_kernels()) - before  # built while tuning: only the winners ship
         tuning_mod.attach_results(params, tuned, backend)
