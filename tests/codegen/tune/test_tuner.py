@@ -314,3 +314,21 @@ def test_warm_entry_from_another_m_of_the_bucket_skips_configs_invalid_here(cach
     r3 = tune(rows, {}, arrays[3], "reference", space, cache=cache, measure=m, progress=False)
     assert r3.key == r4.key and r3.from_cache and m.calls == []
     assert r3.best == Config.make({"B": 1})  # B=4 and B=2 do not divide M=3
+
+
+def test_cached_result_answers_from_complete_entries_only(cache: TuningCache) -> None:
+    """policy `cached`: what tune would answer from the cache, never a measurement or a write."""
+    from lowbit.codegen.tune.tuner import cached_result
+
+    table = {64: 3.0, 32: 2.0, 128: 1.0, 256: 4.0}
+
+    def ask() -> tuner_mod.TuneResult | None:
+        return cached_result(scale, {"F": 2.0}, ARGS, "reference", SPACE, cache=cache)
+
+    assert ask() is None and not cache.path.exists()
+    with pytest.raises(KeyboardInterrupt):  # an interrupted run leaves an incomplete entry: not an answer
+        run(cache, Counting(table, fail=lambda b: KeyboardInterrupt() if b == ORDER[2] else None))
+    assert ask() is None
+    r = run(cache, Counting(table))
+    hit = ask()
+    assert hit is not None and hit.from_cache and hit.best == r.best == Config.make({"B": 128}) and hit.key == r.key
