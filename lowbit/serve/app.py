@@ -24,12 +24,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lowbit.runtime.sampler import SamplingParams
+from lowbit.serve.answer import ClientGone, answer
 from lowbit.serve.chat import ChatTemplate, load_chat_template
 from lowbit.serve.errors import (
     APIError,
@@ -48,9 +48,9 @@ from lowbit.serve.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
-    _Sampling,
+    sampling_params,
 )
-from lowbit.serve.responses import DONE, Shape, sse
+from lowbit.serve.responses import Shape
 
 log = logging.getLogger("lowbit.serve")
 M = TypeVar("M", bound=BaseModel)
@@ -62,10 +62,6 @@ def _lowbit_version() -> str:
         return version("lowbit")
     except PackageNotFoundError:
         return "unknown"
-
-
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
 
 
 @dataclass
@@ -183,125 +179,6 @@ def guarded(fn: Handler) -> Handler:
     return wrapper
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-T = TypeVar("T")
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """`await work`, unless the client disconnects first (then ClientGone)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        raise ClientGone
-    finally:
-        for t in (task, watcher):
-            t.cancel()
-
-
-def sampling_params(req: _Sampling, max_tokens: int, sample: int) -> SamplingParams:
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_k=req.top_k or 0,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            seed=None if req.seed is None else req.seed + sample,
-            stop_token_ids=tuple(req.stop_token_ids or ()),
-            ignore_eos=req.ignore_eos,
-            stop=req.stop_strings,
-            include_stop_str_in_output=req.include_stop_str_in_output,
-            skip_special_tokens=req.skip_special_tokens,
-            min_tokens=req.min_tokens,
-        )
-    except ValueError as e:
-        raise bad_request(str(e)) from None
-
-
-async def _collect(gen: Generation) -> dict[int, Any]:
-    last: dict[int, Any] = {}
-    while (item := await gen.next()) is not None:
-        last[item[0]] = item[1]
-    return last
-
-
-async def _stream(gen: Generation, first: tuple[int, Any] | None, shape: Shape, openings: dict[int, str],
-                  include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:  # fmt: skip
-    """SSE body: opening chunks (chat role / echoed prompt), one chunk per delta, usage, [DONE]. Closing the
-    generation (abort what is unfinished) happens however the stream ends, a client disconnect included."""
-    try:
-        for index, text in openings.items():
-            yield sse(shape.chunk(index, text, role=shape.chat))
-        tokens: dict[int, int] = {}
-        item = first
-        while item is not None:
-            index, out = item
-            tokens[index] = out.num_output_tokens
-            if out.finished:
-                yield sse(shape.chunk(index, out.delta_text if out.delta_text or not shape.chat else None,
-                                      out.finish_reason, out.stop_reason))  # fmt: skip
-            elif out.delta_text:
-                yield sse(shape.chunk(index, out.delta_text))
-            item = await gen.next()
-        if include_usage:
-            yield sse(shape.usage_chunk(prompt_tokens, sum(tokens.values())))
-        yield DONE
-    except APIError as e:
-        yield sse(e.body())
-        yield DONE
-    except Exception:
-        log.exception("stream %s failed", shape.id)
-        yield sse(internal_error().body())
-        yield DONE
-    finally:
-        await gen.close()
-
-
-class _EventStream(StreamingResponse):
-    """An SSE response that closes its generation however the response ends, even when the body iterator
-    never started (a client gone before the first byte: an unstarted async generator runs no `finally`)."""
-
-    def __init__(self, body: AsyncIterator[str], gen: Generation) -> None:
-        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.gen = gen
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.gen.close()
-
-
-async def _answer(request: Request, state: ServerState, shape: Shape, req: _Sampling, subs: list[SubRequest],
-                  prompt_tokens: int, openings: dict[int, str]) -> Response:  # fmt: skip
-    """Submit, then stream (headers go out with the first output, so a full queue is still a 429) or collect."""
-    gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations).start()
-    streaming = False
-    try:
-        if req.stream:
-            first = await until_disconnect(request, gen.next())
-            body = _stream(gen, first, shape, openings, req.include_usage, prompt_tokens)
-            streaming = True  # the response closes the generation from here on
-            return _EventStream(body, gen)
-        try:
-            outputs = await until_disconnect(request, _collect(gen))
-        except asyncio.CancelledError:  # only a server shutdown cancels a whole-answer request
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
-            await gen.close()
-            raise unavailable("The server is shutting down; the request was aborted.", state.retry_after) from None
-        return JSONResponse(shape.response(outputs, openings, prompt_tokens))
-    finally:
-        if not streaming:
-            await gen.close()
-
-
 def build_app(
     engine: Any,
     served_model_name: str | None = None,
@@ -393,7 +270,9 @@ def build_app(
                 if req.echo:
                     openings[index] = prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)
         shape = Shape(rid, name, chat=False)
-        return await _answer(request, state, shape, req, subs, prompt_tokens, openings)
+        gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations)
+        return await answer(request, gen, stream=req.stream, shape=shape, include_usage=req.include_usage,
+                            prompt_tokens=prompt_tokens, openings=openings, retry_after=state.retry_after)  # fmt: skip
 
     @app.post("/v1/chat/completions")
     @guarded
@@ -410,7 +289,9 @@ def build_app(
         subs = [SubRequest(s, f"{rid}-{s}", ids, sampling_params(req, budget, s), req.priority) for s in range(req.n)]
         openings = {s: "" for s in range(req.n)} if req.stream else {}
         shape = Shape(rid, name, chat=True)
-        return await _answer(request, state, shape, req, subs, len(ids), openings)
+        gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations)
+        return await answer(request, gen, stream=req.stream, shape=shape, include_usage=req.include_usage,
+                            prompt_tokens=len(ids), openings=openings, retry_after=state.retry_after)  # fmt: skip
 
     @app.post("/tokenize")
     @guarded
@@ -444,4 +325,4 @@ def build_app(
     return app
 
 
-__all__ = ["ClientGone", "ServerState", "build_app"]
+__all__ = ["ServerState", "build_app"]

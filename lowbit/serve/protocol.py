@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lowbit.runtime.sampler import SamplingParams
+from lowbit.serve.errors import bad_request
+
 MAX_N = 16  # completions per prompt (n); each is one engine request
 
 
@@ -37,7 +40,7 @@ class _Sampling(_Strict):
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # a torch generator seed (int64)
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
@@ -78,6 +81,26 @@ class _Sampling(_Strict):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def sampling_params(req: _Sampling, max_tokens: int, sample: int = 0) -> SamplingParams:
+    """The engine's SamplingParams for sample `sample` of a request (a seeded request's sample i uses seed + i)."""
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_k=req.top_k or 0,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            seed=None if req.seed is None else (req.seed + sample + 2**63) % 2**64 - 2**63,  # stays int64
+            stop_token_ids=tuple(req.stop_token_ids or ()),
+            ignore_eos=req.ignore_eos,
+            stop=req.stop_strings,
+            include_stop_str_in_output=req.include_stop_str_in_output,
+            skip_special_tokens=req.skip_special_tokens,
+            min_tokens=req.min_tokens,
+        )
+    except ValueError as e:
+        raise bad_request(str(e)) from None
 
 
 class CompletionRequest(_Sampling):
@@ -228,4 +251,5 @@ __all__ = [
     "StreamOptions",
     "TextPart",
     "TokenizeRequest",
+    "sampling_params",
 ]

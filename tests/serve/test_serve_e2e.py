@@ -11,6 +11,8 @@ import json
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from serve_fakes import ServerThread, wait_until
 
@@ -149,4 +151,62 @@ def test_32_concurrent_streams_complete_and_free_every_page(served):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == [], errors[:3]
     assert all(tokens == 12 for tokens, _ in results)
+    assert wait_until(lambda: idle(engine), timeout=10)
+
+
+EXTREMES = [-(2**70), -(2**63) - 1, -(2**63), -1, 2**31, 2**63 - 1, 2**63, 2**64, 2**70]
+WIDE = st.one_of(st.integers(-3, 600), st.sampled_from(EXTREMES))
+REAL = st.floats(allow_nan=False, allow_infinity=False)
+FIELDS = {
+    "prompt": st.one_of(
+        st.text(max_size=20), st.lists(st.integers(-2, 600), max_size=5), st.lists(st.text(max_size=5), max_size=2)
+    ),
+    "max_tokens": st.one_of(st.none(), st.integers(-2, 6)),
+    "temperature": st.one_of(st.none(), REAL),
+    "top_p": REAL,
+    "top_k": WIDE,
+    "seed": WIDE,
+    "n": st.integers(-1, 2),
+    "stop": st.one_of(st.none(), st.text(max_size=3), st.lists(st.text(max_size=3), max_size=2)),
+    "stop_token_ids": st.lists(WIDE, max_size=2),
+    "min_tokens": WIDE,
+    "priority": WIDE,
+    "ignore_eos": st.booleans(),
+    "echo": st.booleans(),
+    "stream": st.booleans(),
+    "skip_special_tokens": st.booleans(),
+    "include_stop_str_in_output": st.booleans(),
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        *({"seed": v, "n": 2} for v in EXTREMES),
+        *({"stop_token_ids": [v], "top_k": v, "priority": v, "temperature": 0.5} for v in EXTREMES),
+        {"temperature": 1e-30},
+        {"temperature": 2.0, "top_p": 1e-9},
+        {"prompt": [0, 1, 2], "skip_special_tokens": False},
+        {"prompt": "\x00\ud7ff\uffff", "echo": True},
+        {"min_tokens": 3, "stop": ["a", "e", " "]},
+    ],
+)
+def test_extreme_values_leave_the_engine_serving(served, extra):
+    srv, engine = served
+    r = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "hi", "max_tokens": 3, **extra}, timeout=60)
+    assert r.status_code in (200, 400) and "server_error" not in r.text, r.text
+    ok = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200 and wait_until(lambda: idle(engine), timeout=10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(body=st.fixed_dictionaries({}, optional=FIELDS))
+def test_any_request_leaves_the_server_healthy(served, body):
+    srv, engine = served
+    r = httpx.post(f"{srv.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400 or not body.get("stream"):
+        assert ("error" in r.json()) == (r.status_code == 400)
+    assert "server_error" not in r.text
+    assert httpx.get(f"{srv.url}/health").status_code == 200
     assert wait_until(lambda: idle(engine), timeout=10)
