@@ -46,7 +46,7 @@ class Hardware:
     peak_tflops: tuple[tuple[str, float], ...]  # compute dtype -> dense GEMM TFLOP/s on the whole device
     hbm_gbs: float  # sustained memory bandwidth, GB/s (1e9 B/s)
     net_gbs: float = 0.0  # collective bus bandwidth per device (NCCL busbw), GB/s; 0: no interconnect
-    launch_us: float = 5.0  # per kernel: the gap between back-to-back kernels on one stream (launch, ramp)
+    launch_us: float = 3.0  # per kernel: the gap between dependent kernels on the device (launch, ramp, tail)
     compute_knee: float = 0.85
     memory_knee: float = 0.2
     network_knee: float = 0.10
@@ -178,7 +178,7 @@ PRESETS: dict[str, Hardware] = {
         # NanoFlow's optimal throughput uses ~256 TFLOP/s measured dense GEMM (1857 tok/s/GPU for Llama-2-70B)
         peak_tflops=(("bfloat16", 256.0), ("int8", 512.0)),
         hbm_gbs=1800.0,  # datasheet 2039 GB/s; ~88% is what a streaming kernel sustains
-        net_gbs=150.0,  # NVLink3 300 GB/s per direction; NCCL all-reduce bus bandwidth of ~32 MB messages
+        net_gbs=170.0,  # NVLink3 300 GB/s per direction; NCCL all-reduce bus bandwidth at ~32 MB messages
         memory_gb=80.0,
         interference=GPU_INTERFERENCE,
         source="datasheet + NanoFlow (arXiv 2408.12757) measured GEMM rate; knees/interference: stated defaults",

@@ -6,8 +6,9 @@ tokens each, then prefill chunks), run by `ModelRunner` unsplit or with the nano
     times["searched"].tokens_per_s
 
 The cache pages hold whatever the pool was initialised with (the step's attention reads them all the same);
-the same positions are rewritten every repeat. Timing: `warmup` untimed steps (kernels load or build there),
-then the median of `repeats` wall-clock steps.
+the same positions are rewritten every repeat. Timing: every runner is built first, then `warmup` untimed rounds
+(kernels load or build there, thread pools start), then `repeats` rounds that time one step of every runner in
+a rotating order (so the load of a shared machine drifts alike for all); the median per runner.
 """
 
 from __future__ import annotations
@@ -83,25 +84,28 @@ def measure_schedules(
         + wl.num_prefill_seqs * (-(-(wl.prefill_context + wl.prefill_chunk) // page))
         + 1
     )
-    out: dict[str, StepTiming] = {}
+    runners, chunks = {}, {}
     for name, plan in plans.items():
-        runner = ModelRunner(
+        runners[name] = ModelRunner(
             arch, model.graph, model.params, kv_dtype=cfg.quantization.kv_cache.dtype, dtype=cfg.model.dtype,
             backend=cfg.target.effective_backend, max_model_len=longest, num_pages=pages, page_size=page,
             max_num_seqs=wl.num_seqs, kv_layer_scales=model.kv_scales,
             schedule="unsplit" if plan is None else "nano", plan=plan,
         )  # fmt: skip
-        chunks = _chunks(runner, wl, arch.vocab_size)
-        for _ in range(warmup):
-            runner.step(chunks)
-        samples = []
-        for _ in range(repeats):
+        chunks[name] = _chunks(runners[name], wl, arch.vocab_size)
+    for _ in range(warmup):
+        for name, runner in runners.items():
+            runner.step(chunks[name])
+    samples: dict[str, list[float]] = {name: [] for name in plans}
+    names = list(plans)
+    for r in range(repeats):  # round robin, rotating the order: a busy shared machine drifts alike for all
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            runner.step(chunks)
-            samples.append(time.perf_counter() - t0)
-        out[name] = StepTiming(name, tuple(samples), wl.dense_batch)
-        del runner
-        gc.collect()
+            runners[name].step(chunks[name])
+            samples[name].append(time.perf_counter() - t0)
+    out = {name: StepTiming(name, tuple(v), wl.dense_batch) for name, v in samples.items()}
+    del runners
+    gc.collect()
     return out
 
 

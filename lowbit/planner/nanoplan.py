@@ -152,6 +152,7 @@ class NanoPlan:
                     "units": list(p.units),
                     "shares": list(p.shares),
                     "kernels": list(p.kernels),
+                    "delay": p.delay,
                 }
                 for p in self.placements
             ],
@@ -176,11 +177,12 @@ class NanoPlan:
                       for u in d["units"])  # fmt: skip
         placements = []
         for i, p in enumerate(d.get("placements", [])):
-            extra = sorted(set(p) - {"op", "fractions", "units", "shares", "kernels"})
+            extra = sorted(set(p) - {"op", "fractions", "units", "shares", "kernels", "delay"})
             if extra:
                 raise PlanError(f"nano plan placements[{i}] has unknown key(s) {extra}")
             placements.append(Placement(p["op"], tuple(p["fractions"]), tuple(p["units"]),
-                                        tuple(p.get("shares", (1.0,))), tuple(p.get("kernels", ()))))  # fmt: skip
+                                        tuple(p.get("shares", (1.0,))), tuple(p.get("kernels", ())),
+                                        p.get("delay", 0.0)))  # fmt: skip
         wl = d.get("workload")
         return NanoPlan(units, tuple(placements), d.get("tile", 128), d.get("min_tokens", 0), d.get("model", ""),
                         d.get("hardware", ""), d.get("precision", ""), d.get("tp", 1),

@@ -43,6 +43,7 @@ class SearchConfig:
     window: int = 3  # layers simulated per evaluation
     stage1_fraction: float = 0.5  # of max_evals for stage I
     delays: bool = False  # search queue delays too (the runtime's executor does not honour them yet)
+    dispatch: str = "fifo"  # simulate.simulate: "fifo" (the runtime's workers) or "ready" (list scheduling)
     progress: Progress | None = field(default=None, compare=False)
 
 
@@ -76,7 +77,9 @@ class _Search:
         est = self.memo.get(key)
         if est is None:
             self.evals += 1
-            est = self.memo[key] = simulate_step(self.mo, plan, self.wl, cost, window=self.cfg.window)
+            est = self.memo[key] = simulate_step(
+                self.mo, plan, self.wl, cost, window=self.cfg.window, dispatch=self.cfg.dispatch
+            )
         return est
 
     def note(self, stage: str, seconds: float) -> None:
@@ -189,21 +192,38 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     stage1_est = s.evaluate(stage1_plan, cost)
 
     # -- stage II -------------------------------------------------------------------------------------------
-    plan, est = stage1_plan, stage1_est
-    s.note("II:start", est.seconds)
-    grid = cost.hw.share_grid()
-    improved = True
-    while improved and s.budget_left(cfg.max_evals):
-        improved = False
-        for cand_plan in _share_moves(plan, grid):
-            if not s.budget_left(cfg.max_evals):
-                break
-            e = s.evaluate(cand_plan, cost)
-            if e.window.peak_share <= 1.0 + 1e-9 and e.seconds < est.seconds - 1e-12:
-                plan, est, improved = cand_plan, e, True
-                s.note("II:shares", e.seconds)
+    plan, est = _stage2(s, stage1_plan, stage1_est, cfg.max_evals)
     return SearchResult(_with_kernels(plan, mo, wl, cost), est, stage1_plan, stage1_est, s.evals,
                         time.perf_counter() - t0, tuple(s.history))  # fmt: skip
+
+
+def _stage2(s: _Search, plan: NanoPlan, est: StepEstimate, limit: int) -> tuple[NanoPlan, StepEstimate]:
+    """Coordinate descent over the nano-ops' shares (interference on) while the simulated overlaps fit."""
+    s.note("II:start", est.seconds)
+    grid = s.cost.hw.share_grid()
+    improved = True
+    while improved and s.budget_left(limit):
+        improved = False
+        for cand in _share_moves(plan, grid):
+            if not s.budget_left(limit):
+                break
+            e = s.evaluate(cand, s.cost)
+            if e.window.peak_share <= 1.0 + 1e-9 and e.seconds < est.seconds - 1e-12:
+                plan, est, improved = cand, e, True
+                s.note("II:shares", e.seconds)
+    return plan, est
+
+
+def tune_shares(
+    mo: ModelOps, wl: Workload, cost: CostModel, plan: NanoPlan, cfg: SearchConfig | None = None
+) -> SearchResult:
+    """Stage II alone: the resource shares of a given plan's nano-ops (its splits and units kept)."""
+    cfg = cfg or SearchConfig()
+    t0 = time.perf_counter()
+    s = _Search(mo, wl, cost, cfg, t0 + cfg.time_budget_s)
+    est0 = s.evaluate(plan, cost)
+    best, est = _stage2(s, plan, est0, cfg.max_evals)
+    return SearchResult(best, est, plan, est0, s.evals, time.perf_counter() - t0, tuple(s.history))
 
 
 def pipelined_delays(mo: ModelOps, plan: NanoPlan) -> tuple[tuple[str, float], ...]:
@@ -333,4 +353,4 @@ def needs_research(plan: NanoPlan, wl: Workload, threshold: float = 0.25) -> boo
     return plan.workload is None or plan.workload.drift(wl) > threshold
 
 
-__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "search"]
+__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "pipelined_delays", "search", "tune_shares"]

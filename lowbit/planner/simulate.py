@@ -84,6 +84,11 @@ def _rates(
         busy = busy_cache.get((i, scale))
         if busy is None:
             busy = busy_cache[(i, scale)] = cost.rates(t.work, t.share * scale).time(t.work)
+            if busy == math.inf:
+                raise ValueError(
+                    f"{t.label} ({t.work.kind}) cannot run on {hw.name}: a resource it needs has no rate "
+                    f"(net_gbs {hw.net_gbs}: collectives need an interconnect; use tp 1 or a GPU preset)"
+                )
         rho.append(math.inf if busy <= 0 else 1.0 / (busy * f))
         ys.append(t.work.hbm_bytes)
         xs.append(t.work.net_bytes)

@@ -1,0 +1,91 @@
+"""`lowbit plan` end to end with presets (small search budgets): the report's rows and bound, JSON / plan /
+timeline outputs, errors that name the flag; the text Gantt and SVG timelines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from lowbit.cli import main
+from lowbit.planner.cost import CostModel
+from lowbit.planner.hardware import get_hardware
+from lowbit.planner.models import get_arch
+from lowbit.planner.ops import model_ops
+from lowbit.planner.schedules import split_plan
+from lowbit.planner.simulate import simulate
+from lowbit.planner.tasks import derive_tasks
+from lowbit.planner.timeline import TimelineError, text_gantt, write_png, write_svg
+from lowbit.planner.workload import Workload
+from lowbit.runtime.plan import PipelinePlan
+
+SMALL = ["--max-evals", "12", "--dense-batch", "512", "--decode-tokens", "256", "--decode-context", "512"]
+
+
+def test_plan_report_for_a_preset(tmp_path, capsys):
+    out = tmp_path / "rep.json"
+    plan = tmp_path / "plan.json"
+    svg = tmp_path / "t.svg"
+    rc = main(["plan", "--model", "llama-2-7b", "--hardware", "h100", "--precision", "w4a16", *SMALL, "--json",
+               str(out), "--write-plan", str(plan), "--timeline", str(svg), "--gantt"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    for row in ("unsplit", "split, no overlap", "NanoFlow-like split", "searched", "optimal throughput", "ceilings"):
+        assert row in text
+    rep = json.loads(out.read_text())
+    assert [r["name"] for r in rep["schedules"]] == ["unsplit", "split, no overlap", "NanoFlow-like split", "searched"]
+    assert all(0 < r["fraction_of_optimal"] < 1 for r in rep["schedules"])
+    ceil = {c["precision"]: c["optimal_tokens_per_s"] for c in rep["ceilings"]}
+    assert ceil["w4a8"] == pytest.approx(2 * ceil["w4a16"]) and ceil["w4a16"] == ceil["w16a16"]
+    assert PipelinePlan.from_json(plan.read_text()).rules  # a runtime plan that validates
+    assert svg.read_text().startswith("<svg") and "compute" in svg.read_text()
+    assert " compute |" in text  # the text Gantt
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["plan"], "give an ARTIFACT or --model"),
+        (["plan", "--model", "gpt-9"], "model 'gpt-9' is not known"),
+        (["plan", "--model", "llama-2-7b", "--hardware", "tpu"], "is not a preset"),
+        (["plan", "--model", "llama-2-7b", "--input-len", "8"], "--input-len and --output-len go together"),
+        (["plan", "--model", "llama-2-7b", "--measure", "--max-evals", "2"], "--measure runs an artifact"),
+    ],
+)
+def test_plan_errors_name_the_flag(argv, match, capsys):
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_steady_state_workload_flags(capsys):
+    assert main(["plan", "--model", "llama-3-8b", "--hardware", "h200", "--input-len", "512", "--output-len", "512",
+                 "--dense-batch", "1024", "--max-evals", "6"]) == 0  # fmt: skip
+    assert "512 decode rows (context 768)" in capsys.readouterr().out
+
+
+def _small_result():
+    mo = model_ops(get_arch("llama-2-7b"), None, 1)
+    wl = Workload(512, 256, 256, 128)
+    cost = CostModel(get_hardware("h200"))
+    plan = split_plan(mo, wl)
+    return simulate(derive_tasks(mo, plan, wl, cost, 2), len(plan.units), cost), plan
+
+
+def test_text_gantt_shows_every_unit_and_the_legend():
+    res, plan = _small_result()
+    text = text_gantt(res, plan, width=60)
+    rows = text.splitlines()
+    assert rows[0].strip().startswith("compute |") and rows[1].strip().startswith("memory |")
+    assert all(len(r.split("|")[1]) == 60 for r in rows[:2])
+    assert "A=input_norm" in text and "% busy" in text
+
+
+def test_png_timeline_needs_matplotlib(tmp_path):
+    res, plan = _small_result()
+    if importlib.util.find_spec("matplotlib") is None:
+        with pytest.raises(TimelineError, match="needs matplotlib"):
+            write_png(res, plan, tmp_path / "t.png")
+    else:
+        assert write_png(res, plan, tmp_path / "t.png").stat().st_size > 0
+    assert write_svg(res, plan, tmp_path / "t.svg").read_text().count("<rect") == len(res.tasks)
