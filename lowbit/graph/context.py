@@ -27,7 +27,9 @@ class PassContext:
     m)`. backend "tvm" | "triton" | "reference"; device "cpu" | "cuda" | "cuda:N"; dtype: the activations'
     compute dtype; kv_dtype: the KV cache format (lowbit.quant.kv.KV_DTYPES). buckets: ascending token
     counts M a kernel is chosen for (bucket b serves previous bucket < M <= b). max_num_tokens / max_num_seqs:
-    the most tokens / sequences one forward pass carries (size the memory plan's arena)."""
+    the most tokens / sequences one forward pass carries (size the memory plan's arena). decode_activations:
+    "float" (default) or "int8": CPU decode buckets (M <= 16) of 4-bit w_a16 linears run `quantized_gemv_a8`,
+    which quantizes activations to int8 per group (select_kernels; ~0.7% relative error per linear)."""
 
     arch: ArchConfig
     resolve: Callable[[str], LinearSpec | None] = no_recipe
@@ -38,6 +40,7 @@ class PassContext:
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_num_tokens: int = 4096
     max_num_seqs: int = 256
+    decode_activations: str = "float"
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, ArchConfig):
@@ -61,6 +64,8 @@ class PassContext:
             raise ValueError(f"max_num_tokens {self.max_num_tokens!r} must be a positive int (tokens per forward pass)")
         if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
             raise ValueError(f"max_num_seqs {self.max_num_seqs!r} must be a positive int (sequences per forward pass)")
+        if self.decode_activations not in ("float", "int8"):
+            raise ValueError(f"decode_activations {self.decode_activations!r} is not known; use 'float' or 'int8'")
 
     @property
     def dtype_bytes(self) -> int:

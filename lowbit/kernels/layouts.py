@@ -71,6 +71,15 @@ def reordered_packed(
     return PackedLayout(layout, bits, WORD_BITS, WORD_BITS // bits, shape=(k, n))
 
 
+def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32) -> PackedLayout:
+    """The CPU decode layout of a [K, N] weight: the row layout's words (⌊32/bits⌋ consecutive k of one column
+    each) regrouped into column blocks of `bn`, each block's [K / per_word, bn] words contiguous. As an array
+    it is words[⌈N / bn⌉, K / per_word, bn] (padding columns hold code 0): a GEMV tile of bn columns reads one
+    contiguous run, and one word row of the tile is one or more whole vectors. It is `reordered_packed` with
+    tile (per_word, bn) and one-word fragments, so every layout law (pack/unpack/locate) holds for it."""
+    return reordered_packed(shape, bits, (WORD_BITS // bits, bn), vector_bytes=WORD_BITS // 8)
+
+
 def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] = (128, 32)) -> PackedLayout:
     """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes."""
     if isinstance(kind, PackedLayout):
@@ -87,4 +96,4 @@ def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int,
     raise LayoutError(f"layout {kind!r} is not known; use 'row', 'reordered' or a PackedLayout of the [K, N] codes")
 
 
-__all__ = ["fragment_codes", "reordered_packed", "row_packed", "weight_layout"]
+__all__ = ["column_tiled", "fragment_codes", "reordered_packed", "row_packed", "weight_layout"]

@@ -5,6 +5,11 @@ Kernel choice (documented rule):
                         M > 16       -> `quantized_gemm` (dequantize a tile, then dot).
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
+  kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
+                        bucket): 4-bit w_a16 weights, M <= 16; x is quantized to int8 per row and per weight
+                        group (`quantize_groups_int8`), then `quantized_gemv_a8` runs u8·i8 dot products on the
+                        column-tiled words (`retile_columns`; a row-layout weight is re-tiled once and the copy
+                        kept on it). Not the default: it adds the int8 rounding of x (~0.7% relative on y).
 Backend "auto": "triton" when torch sees CUDA and the Triton backend is present, else "tvm" when TVM and the
 TVM backend are present, else "reference" (the NumPy interpreter: exact but slow).
 Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -27,16 +33,19 @@ from lowbit.codegen.tune.records import lookup as pinned_config
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8
 from lowbit.kernels.launch import activation_dtype
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
-from lowbit.ops.weight import QuantizedWeight
+from lowbit.ops.weight import QuantizedWeight, retile_columns
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
+A8_KERNEL = "quantized_gemv_a8"
+A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 _TUNED: dict[tuple[Any, ...], Config] = {}
 
 
@@ -54,8 +63,30 @@ def select_backend(backend: str = "auto") -> str:
     return "reference"
 
 
-def select_kernel(qweight: QuantizedWeight, m: int) -> Kernel:
-    """The library kernel for `qweight`'s scheme and M rows (the rule in the module docstring)."""
+def a8_reason(scheme: str, dtype: str, group_size: int, zero_mode: str, k: int) -> str | None:
+    """Why `quantized_gemv_a8` cannot run a weight of this kind with K = k (None when it can)."""
+    if scheme != "w_a16":
+        return f"scheme {scheme} already has int8 activations"
+    if dtype not in A8_DTYPES:
+        return f"{dtype} codes (the a8 GEMV reads 4-bit int4/uint4 nibbles)"
+    if group_size not in A8_GROUPS or k % group_size:
+        return f"group size {group_size} with K={k} (the a8 GEMV takes {list(A8_GROUPS)} dividing K)"
+    if dtype == "uint4" and zero_mode == "none":
+        return "uint4 without a zero point"
+    return None
+
+
+def a8_ineligible(qweight: QuantizedWeight) -> str | None:
+    """Why `quantized_gemv_a8` cannot run `qweight` (None when it can)."""
+    q = qweight
+    return a8_reason(q.scheme, q.dtype.name, q.group_size, q.zero_mode, q.in_features)
+
+
+def select_kernel(qweight: QuantizedWeight, m: int, decode_activations: str = "float") -> Kernel:
+    """The library kernel for `qweight`'s scheme and M rows (the rule in the module docstring);
+    decode_activations "int8" picks `quantized_gemv_a8` for M <= GEMV_MAX_M when the weight allows it."""
+    if decode_activations == "int8" and m <= GEMV_MAX_M and a8_ineligible(qweight) is None:
+        return quantized_gemv_a8
     if qweight.scheme == "w4a8_group":
         return w4a8_gemm_per_group
     if qweight.scheme == "w4a8_channel":
@@ -72,11 +103,13 @@ def quantized_linear(
     out: Any = None,
     tune: bool = False,
     config: Config | None = None,
+    kernel: str | None = None,
 ) -> Any:
     """y[..., N] = x[..., K] @ qweight.dequantize().T (+ bias), in x's dtype and framework (numpy or torch).
 
     x: contiguous float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features.
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
+    kernel: None (the rule in the module docstring) or "quantized_gemv_a8" (int8 activations, M <= 16).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
     """
     if not isinstance(qweight, QuantizedWeight):
@@ -101,6 +134,22 @@ def quantized_linear(
         _check_contiguous("out", out, _is_torch(out))
     m = math.prod(shape[:-1])
     backend = select_backend(backend)
+    if kernel is not None and kernel != A8_KERNEL:
+        raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or {A8_KERNEL!r}")
+    if kernel == A8_KERNEL:
+        why = a8_ineligible(qweight) or (f"M = {m} rows > {GEMV_MAX_M}" if m > GEMV_MAX_M else None)
+        if why:
+            raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
+        y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)
+        if bias is not None:
+            b = _host(bias, _is_torch(bias)).astype(np.float32)
+            y2 = (_host(y2, is_torch).astype(np.float32) + b[None, :]).astype(_host(x, is_torch).dtype)
+            y2 = _like(y2, x, is_torch)
+        result = y2.reshape(*shape[:-1], n)
+        if out is not None:
+            out[...] = result
+            return out
+        return result
 
     x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
     xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
@@ -112,9 +161,9 @@ def quantized_linear(
         key = (m, backend, adtype, bool(tune), config)
         compiled = plans.get(key)
         if compiled is None:
-            kernel = select_kernel(qweight, m)
-            cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qweight)
-            program = kernel.trace(**fixed, **cfg.constant_dict)
+            lib = select_kernel(qweight, m)
+            cfg = config or _choose_config(lib, fixed, args, backend, tune, m, qweight)
+            program = lib.trace(**fixed, **cfg.constant_dict)
             compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
         compiled(args)
     y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
@@ -170,6 +219,111 @@ def quantized_linear_int8(
     import torch
 
     return torch.from_numpy(np.asarray(y2, dtype=np.float32)).to(getattr(torch, out_dtype))
+
+
+# ---- the int8-activation decode path -------------------------------------------------------------------
+
+
+def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
+    """`qw` in the a8 GEMV's column-tiled layout: itself when already tiled, else a copy kept on `qw`."""
+    tiled = qw.__dict__.get("_a8_tiled")
+    if tiled is None:
+        tiled = qw.__dict__["_a8_tiled"] = retile_columns(qw, A8_BN)
+    return tiled
+
+
+class A8Plan:
+    """The two kernels of the a8 path compiled for one weight, M and backend, with the weight's tensors ready
+    for the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled
+    backends, NumPy for the reference interpreter)."""
+
+    def __init__(self, qw: QuantizedWeight, m: int, backend: str, adtype: str):
+        self.n, self.k = qw.shape
+        self.m, self.backend = m, backend
+        g = qw.group_size
+        self.bm = 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
+        self.mp = -(-m // self.bm) * self.bm
+        self.groups = self.k // g
+        opts = {"tm": 2} if backend == "tvm" else {}
+        sdtype = str(qw.scales.dtype)
+        self.quant = compile_program(quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, {})
+        gemv = quantized_gemv_a8.trace(
+            wdtype=qw.dtype.name, zero_mode=qw.zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN
+        )
+        self.gemv = compile_program(gemv, backend, opts)
+        tiled = a8_weight(qw)
+        words = tiled.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
+        self.fixed: dict[str, Any] = {"w": words, "scales": qw.scales}
+        if qw.zeros is not None:
+            self.fixed["zeros"] = qw.zeros
+        self.sizes = {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
+        self.direct = backend == "tvm"
+        if self.direct:
+            import torch
+
+            flat = {name: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1) for name, a in self.fixed.items()}
+            self._qnames = self.quant.arg_names  # type: ignore[attr-defined]
+            self._gnames = self.gemv.arg_names  # type: ignore[attr-defined]
+            self._flat = {**flat, **self.sizes}
+            self._scratch = threading.local()
+
+    def _buffers(self) -> tuple[Any, Any, Any]:
+        import torch
+
+        bufs = getattr(self._scratch, "bufs", None)
+        if bufs is None:  # per thread: the nano-batch executor runs row ranges of one linear concurrently
+            bufs = self._scratch.bufs = (
+                torch.empty(self.mp * self.k, dtype=torch.int8),
+                torch.empty(self.mp * self.groups, dtype=torch.float32),
+                torch.empty(self.mp * self.groups, dtype=torch.int32),
+            )
+        return bufs
+
+    def run(self, x2: Any, y2: Any) -> None:
+        if not self.direct:
+            xq = np.zeros((self.mp, self.k), np.int8)
+            xs = np.zeros((self.mp, self.groups), np.float32)
+            xsum = np.zeros((self.mp, self.groups), np.int32)
+            self.quant({"x": x2, "xq": xq, "xs": xs, "xsum": xsum, "M": self.m, "MP": self.mp, "K": self.k})
+            self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **self.sizes})
+            return
+        xq, xs, xsum = self._buffers()
+        args = {"x": x2.reshape(-1), "y": y2.reshape(-1), "xq": xq, "xs": xs, "xsum": xsum, **self._flat}
+        self.quant.function(*[args[a] for a in self._qnames])  # type: ignore[attr-defined]
+        self.gemv.function(*[args[a] for a in self._gnames])  # type: ignore[attr-defined]
+
+
+def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
+    """The cached `A8Plan` of `qw` for M rows (kept on the weight, like the other kernels' plans)."""
+    plans = qw.__dict__.setdefault("_plans", {})
+    key = (m, backend, adtype, "a8")
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = A8Plan(qw, m, backend, adtype)
+    return plan
+
+
+def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_torch: bool) -> Any:
+    n, k = qw.shape
+    if m == 0:
+        return _like(np.zeros((0, n), _host(x, is_torch).dtype), x, is_torch)
+    plan = a8_plan(qw, m, backend, adtype)
+    if backend == "reference":
+        x2 = _host(x, is_torch).reshape(m, k)
+        y2 = np.zeros((m, n), x2.dtype)
+        plan.run(x2, y2)
+        return _like(y2, x, is_torch)
+    import torch
+
+    if is_torch:
+        xt = x.reshape(m, k)
+    else:  # numpy in (bf16 as ml_dtypes): a torch copy in the activation dtype
+        xt = torch.from_numpy(np.asarray(x).reshape(m, k).astype(np.float32)).to(getattr(torch, adtype))
+    y = torch.empty((m, n), dtype=xt.dtype, device=xt.device)
+    plan.run(xt.contiguous(), y)
+    if is_torch:
+        return y
+    return _host(y, True)
 
 
 def _kernel_io(x: Any, x2: np.ndarray, is_torch: bool, backend: str, n: int) -> tuple[Any, Any]:
@@ -316,4 +470,16 @@ def _like(y: np.ndarray, x: Any, is_torch: bool) -> Any:
     return torch.from_numpy(y).to(x.device)
 
 
-__all__ = ["GEMV_MAX_M", "quantized_linear", "quantized_linear_int8", "select_backend", "select_kernel"]
+__all__ = [
+    "A8_KERNEL",
+    "GEMV_MAX_M",
+    "A8Plan",
+    "a8_ineligible",
+    "a8_plan",
+    "a8_reason",
+    "a8_weight",
+    "quantized_linear",
+    "quantized_linear_int8",
+    "select_backend",
+    "select_kernel",
+]

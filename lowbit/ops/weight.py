@@ -212,6 +212,31 @@ def quantize(
     )
 
 
+def retile_columns(qw: QuantizedWeight, bn: int = 32) -> QuantizedWeight:
+    """The same weight in `lowbit.kernels.layouts.column_tiled(bn)` (the CPU decode GEMV's layout): a word
+    permutation of the row layout (same codes, scales and zeros); a weight already tiled so is returned as is.
+    Other layouts are unpacked and packed again (slow, exact)."""
+    from lowbit.kernels.layouts import column_tiled, row_packed
+
+    n, k = qw.shape
+    bits = qw.dtype.bits
+    tiled = column_tiled((k, n), bits, bn)
+    if qw.layout == tiled:
+        return qw
+    if qw.layout == row_packed((k, n), bits) and 32 % bits == 0:
+        rows = qw.words.reshape(-1, n)  # [K / per_word, N]
+        nt = -(-n // bn)
+        if nt * bn != n:
+            rows = np.concatenate([rows, np.zeros((rows.shape[0], nt * bn - n), rows.dtype)], axis=1)
+        words = np.ascontiguousarray(rows.reshape(rows.shape[0], nt, bn).transpose(1, 0, 2)).reshape(tiled.word_shape)
+    else:
+        words = tiled.pack(qw.codes())
+    return QuantizedWeight(
+        qw.dtype, qw.group_size, qw.zero_mode, qw.shape, tiled, words, qw.scales, qw.zeros, qw.scheme,
+        qw.channel_scales,
+    )  # fmt: skip
+
+
 def pack_quantized(
     values: Any,
     scales: Any,
@@ -390,4 +415,4 @@ def _quantize_float(w: np.ndarray, dt: DataType, g: int, sdt: np.dtype) -> tuple
     return codes.T, scales.T
 
 
-__all__ = ["SCHEMES", "ZERO_MODES", "QuantizedWeight", "pack_quantized", "quantize"]
+__all__ = ["SCHEMES", "ZERO_MODES", "QuantizedWeight", "pack_quantized", "quantize", "retile_columns"]

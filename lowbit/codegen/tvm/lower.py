@@ -61,7 +61,12 @@ OPTIONS: dict[str, Any] = {
     "parallel": "fused",  # "fused": one parallel loop over the whole grid; "none": serial blocks
     "unroll": 8,  # unroll factor of a dot's k loop (8 makes int4 shift amounts constants)
     "tm": 4,  # accumulator rows kept in registers by a dot
+    # 8-bit integer dots: "avx2" lowers them to vpmaddubsw/vpmaddwd when value ranges make that exact
+    # (see `_Emitter.int8_dot_plan`), "none" keeps the generic loops; "auto" = "avx2" on an x86 CPU that
+    # has it (resolved by lowbit.codegen.tvm.runtime for the build target)
+    "int8_dot": "auto",
 }
+INT8_DOT = ("auto", "avx2", "none")
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,6 +76,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     out = {**OPTIONS, **options}
     if out["parallel"] not in ("fused", "none"):
         raise BackendError(f"tvm backend: parallel={out['parallel']!r}; use 'fused' or 'none'")
+    if out["int8_dot"] not in INT8_DOT:
+        raise BackendError(f"tvm backend: int8_dot={out['int8_dot']!r}; use one of {list(INT8_DOT)}")
     for name in ("vector", "unroll", "tm"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
@@ -342,15 +349,20 @@ class LoweredTir:
 
 
 class _Emitter:
-    def __init__(self, program: Program, options: Mapping[str, Any]):
+    def __init__(self, program: Program, options: Mapping[str, Any], cpu: bool = True):
         self.p = program
         self.opt = check_options(options)
+        # where tile buffers live: on a CPU a "local"-scope buffer becomes a TVMBackendAllocWorkspace call per
+        # parallel iteration (heap memory LLVM cannot keep in registers); default-scope ones up to 1 KiB are
+        # stack allocas that SROA turns into registers
+        self.scope = "" if cpu else 'scope="local"'
         self.lines: list[str] = []
         self.depth = 0
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
         self.buf: dict[int, str] = {}  # tile -> local buffer name (materialized tiles)
         self.names: set[str] = set()
         self.reads_mutable: set[int] = set()  # tiles whose index fn reads a loop-carried buffer
+        self.defs: dict[int, I.Inst] = {}  # tile -> the instruction that defined it (value-range analysis)
         self._analyse()
 
     # ---- analysis ----
@@ -474,6 +486,7 @@ class _Emitter:
         rule = _RULES.get(type(inst))
         if rule is None:
             raise BackendError(f"tvm backend has no lowering rule for {type(inst).__name__}")
+        self.defs[id(t)] = inst
         fn = rule(self, inst, t)
         if fn is None:  # the rule materialised the tile itself
             return
@@ -498,7 +511,7 @@ class _Emitter:
     def alloc(self, t: Tile, name: str | None = None) -> str:
         name = name or self.tile_name(t)
         shape = ", ".join(str(s) for s in t.shape) or "1"
-        self.line(f'{name} = T.decl_buffer(({shape},), "{buffer_type(t.dtype)}", scope="local")')
+        self.line(f'{name} = T.decl_buffer(({shape},), "{buffer_type(t.dtype)}", {self.scope})')
         return name
 
     def bind_buffer(self, t: Tile, name: str) -> None:
@@ -658,6 +671,10 @@ class _Emitter:
                 zero = self.const(0, inst.acc_dtype)
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
             self.bind_buffer(t, out)
+        plan = self.int8_dot_plan(inst)
+        if plan is not None:
+            self.dot_int8(inst, out, plan)
+            return
         # operands reused across rows/columns are unpacked once into a local buffer
         for opnd, reuse in ((b, BM), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
@@ -679,6 +696,185 @@ class _Emitter:
         self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
         if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
+
+    # ---- 8-bit integer dots on x86 (vpmaddubsw + vpmaddwd) ----
+    def maybe_bits(self, t: Tile) -> int:
+        """A mask of the bits that may be set in t's values, as two's complement patterns of t's width (all
+        ones when nothing is known). Tracks constants, and/or/xor, shifts by constants, value-preserving
+        casts, integer views and layout-only ops: what proves `(w >> 4) & 0x0F0F0F0F` viewed as bytes is
+        0..15."""
+        dt = t.dtype
+        if not dt.is_integer or dt.bits > 32:
+            return -1
+        full = (1 << dt.bits) - 1
+        inst = self.defs.get(id(t))
+        if isinstance(inst, I.Full):
+            v = sympy.sympify(inst.value)
+            return int(v) & full if v.is_Integer else full
+        if isinstance(inst, (I.Transpose, I.Reshape, I.Broadcast)):
+            return self.maybe_bits(inst.x) & full
+        if isinstance(inst, I.Binary) and inst.a.dtype.is_integer:
+            a, b = self.maybe_bits(inst.a), self.maybe_bits(inst.b)
+            if inst.op == "and":
+                return a & b
+            if inst.op in ("or", "xor"):
+                return (a | b) & full
+            shift = self.defs.get(id(inst.b))
+            if inst.op in ("shr", "shl") and isinstance(shift, I.Full) and sympy.sympify(shift.value).is_Integer:
+                n = int(shift.value)
+                if not 0 <= n < dt.bits:
+                    return full
+                if inst.op == "shl":
+                    return (a << n) & full
+                sign = 1 << (dt.bits - 1)
+                fill = full ^ (full >> n) if dt.is_signed and a & sign else 0
+                return (a >> n) | fill
+            return full
+        if isinstance(inst, I.Cast) and inst.x.dtype.is_integer:
+            src, m = inst.x.dtype, self.maybe_bits(inst.x)
+            nonneg = not src.is_signed or not m & (1 << (src.bits - 1))
+            return m if nonneg and m <= int(dt.max) else full
+        if isinstance(inst, I.View) and inst.x.dtype.is_integer and inst.x.dtype.bits > dt.bits:
+            m, out = self.maybe_bits(inst.x), 0
+            for r in range(inst.x.dtype.bits // dt.bits):
+                out |= (m >> (r * dt.bits)) & full
+            return out
+        return full
+
+    def int8_dot_plan(self, inst: I.Dot) -> tuple[str, int] | None:
+        """(the operand read as unsigned bytes, i16 chunk) when this dot can run on vpmaddubsw exactly, else
+        None. vpmaddubsw multiplies unsigned by signed bytes and adds adjacent pairs with i16 saturation;
+        with the unsigned operand in [0, U] and the signed one in [-128, 127] a pair is at most 256·U in
+        magnitude, so 32767 // (256·U) pair sums (`chunk` quads of K) add up in i16 exactly before vpmaddwd
+        widens them to i32."""
+        a, b = inst.a, inst.b
+        if self.opt["int8_dot"] != "avx2" or inst.acc_dtype.name != "int32" or a.dtype.bits != 8:
+            return None
+        if not a.dtype.is_integer or b.shape[1] % 8 or a.shape[1] % 4:
+            return None
+        ma, mb = self.maybe_bits(a), self.maybe_bits(b)
+
+        def signed_ok(t: Tile, m: int) -> bool:  # its values are the int8 patterns
+            return t.dtype.is_signed or m <= 127
+
+        for side, u, t_s, m_s in (("b", mb, a, ma), ("a", ma, b, mb)):
+            # the unsigned operand's values are in [0, u] (u <= 127: nonnegative in either 8-bit dtype, and a
+            # pair sum of at most 2·127·128 fits i16); the other one's are int8 patterns
+            if u <= 127 and signed_ok(t_s, m_s):
+                return side, min(16, 32767 // (256 * max(u, 1)), a.shape[1] // 4)
+        return None
+
+    def dot_int8(self, inst: I.Dot, out: str, plan: tuple[str, int]) -> None:
+        """out[BM, BN] += a[BM, KT] @ b[KT, BN] on bytes: four consecutive k of a column of b form one i32
+        lane (8 columns per vector), the same four k of a row of a are broadcast, vpmaddubsw gives i16 pair
+        sums that accumulate for `chunk` quads, vpmaddwd with ones widens them into the i32 accumulators.
+        The fast path needs every load in bounds; the ragged case takes the generic loops."""
+        side, chunk = plan
+        a, b = inst.a, inst.b
+        BM, KT = a.shape
+        BN = b.shape[1]
+        fa, fb = self.get(a), self.get(b)
+        probe = _Ctx(checked=False)
+        fa(("0", "0"), probe)
+        fb(("0", "0"), probe)
+        if probe.data_dependent:
+            self._dot_generic(inst, out)
+            return
+        if probe.guards:
+            self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
+            self.depth += 1
+        tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
+        tm = min(tm, BM)
+        nq, nv = KT // 4, BN // 8
+        fast = _Ctx(checked=False)
+
+        def quad(f: IndexFn, idx: Callable[[int], tuple[str, str]]) -> str:
+            parts = [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
+            return _fold("T.bitwise_or", parts)
+
+        acc16 = self.fresh("acc16")
+        self.line(f'{acc16} = T.decl_buffer(({tm * 2 * BN},), "int16", {self.scope})')
+        shared = tm < BM  # b's quads are reused by several row blocks: unpack them once per chunk
+        bq = self.fresh("bq")
+        self.line(f'{bq} = T.decl_buffer(({(chunk if shared else 1) * BN},), "int32", {self.scope})')
+        io, c, tq, ii, jv, j = (self.fresh(n) for n in ("io", "c", "tq", "ii", "jv", "j"))
+
+        def fill_quads(t: str, base: str) -> None:
+            self.line(f"for {j} in T.vectorized({BN}):")
+            self.line(f"    {bq}[{base} + {j}] = " + quad(fb, lambda r: (f"({t}) * 4 + {r}", j)))
+
+        def chunk_body(c0: str, n: int) -> None:
+            if shared:
+                self.line(f"for {tq} in T.unroll({n}):")
+                self.depth += 1
+                fill_quads(f"{c0} + {tq}", f"{tq} * {BN}")
+                self.depth -= 1
+            self.line(f"for {io} in T.serial({BM // tm}):")
+            self.depth += 1
+            zl, (zi,) = self._plan((tm * 2 * BN,), True)
+            self._loops(zl, [f"{acc16}[{zi}] = T.int16(0)"])
+            self.line(f"for {tq} in T.unroll({n}):")
+            self.depth += 1
+            t = f"{c0} + {tq}"
+            if not shared:
+                fill_quads(t, "0")
+            self.line(f"for {ii} in T.unroll({tm}):")
+            self.depth += 1
+            row = f"{io} * {tm} + {ii}"
+            aq = f'T.reinterpret("int8x32", T.Broadcast({quad(fa, lambda r: (row, f"({t}) * 4 + {r}"))}, 8))'
+            self.line(f"for {jv} in T.unroll({nv}):")
+            base = f"{tq} * {BN} + " if shared else ""
+            bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({base}{jv} * 8, 1, 8)])'
+            u, sg = (bv, aq) if side == "b" else (aq, bv)
+            lanes = f"T.Ramp({ii} * {2 * BN} + {jv} * 16, 1, 16)"
+            self.line(
+                f'    {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
+                f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
+            )
+            self.depth -= 2
+            self.line(f"for {ii} in T.unroll({tm}):")
+            self.line(f"    for {jv} in T.unroll({nv}):")
+            cols = f"T.Ramp({jv} * 8, 1, 8)"
+            self.line(
+                f'        {out}[{row}, {cols}] = {out}[{row}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
+                f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
+            )
+            self.depth -= 1
+
+        whole, tail = divmod(nq, chunk)
+        if whole:
+            self.line(f"for {c} in T.serial({whole}):")
+            self.depth += 1
+            chunk_body(f"{c} * {chunk}", chunk)
+            self.depth -= 1
+        if tail:
+            chunk_body(str(whole * chunk), tail)
+        if probe.guards:
+            self.depth -= 1
+            self.line("else:")
+            self.depth += 1
+            self._dot_generic(inst, out)
+            self.depth -= 1
+
+    def _dot_generic(self, inst: I.Dot, out: str) -> None:
+        """The scalar-operand dot loops (no operand materialisation, so the bindings stay as they are)."""
+        a, b = inst.a, inst.b
+        BM, KT = a.shape
+        BN = b.shape[1]
+        fa, fb = self.get(a), self.get(b)
+        tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
+        vt = value_type(inst.acc_dtype)
+        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        io, kk = self.fresh("io"), self.fresh("k")
+        self._ii = self.fresh("ii")
+
+        def body(idx: tuple[str, ...], k: str, ctx: _Ctx) -> list[str]:
+            _, j = idx
+            row = f"{io} * {tm} + {self._ii}" if BM > 1 else "0"
+            prod = f"({conv(fa((row, k), ctx))}) * ({conv(fb((k, j), ctx))})"
+            return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
+
+        self._dot_loops(BM // tm, KT, 1, io, kk, (tm, BN), body)
 
     def _dot_loops(self, n_io: int, KT: int, unroll: int, io: str, kk: str, inner: tuple[int, int], body: Any) -> None:
         """k outer (unrolled by `unroll`), TM accumulator rows unrolled, j vectorized; the fast/slow split
@@ -1189,9 +1385,10 @@ assert set(_RULES) == set(I.INSTRUCTIONS), "every IR instruction needs a tvm low
 assert set(STATEMENTS) == set(_STMT_RULES), "every IR statement needs a tvm lowering rule"
 
 
-def lower(program: Program, options: Mapping[str, Any] | None = None) -> LoweredTir:
-    """TVMScript text of `program` (PrimFunc `main`) and its argument order."""
-    return _Emitter(program, options or {}).emit()
+def lower(program: Program, options: Mapping[str, Any] | None = None, cpu: bool = True) -> LoweredTir:
+    """TVMScript text of `program` (PrimFunc `main`) and its argument order; `cpu` False for GPU targets
+    (tile buffers in "local" scope)."""
+    return _Emitter(program, options or {}, cpu).emit()
 
 
 __all__ = ["OPTIONS", "LoweredTir", "check_options", "lower"]

@@ -39,6 +39,18 @@ def cpu_target() -> Any:
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
 
 
+def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
+    """`options` with "auto" choices made for `target`: int8_dot "avx2" for an LLVM (CPU) target when this
+    x86 CPU has AVX2 (the kernels are built for the host's `mcpu`), else "none"."""
+    out = dict(options)
+    if out.get("int8_dot") == "auto":
+        from lowbit.artifact.fingerprint import isa_flags
+
+        cpu = str(getattr(target, "kind", "")) == "llvm" or "llvm" in str(target)
+        out["int8_dot"] = "avx2" if cpu and "avx2" in isa_flags() else "none"
+    return out
+
+
 def cuda_target(arch: str = "sm_90") -> Any:
     return tvm.target.Target({"kind": "cuda", "arch": arch})
 
@@ -52,7 +64,9 @@ class TvmKernel:
     def __init__(self, program: Program, options: Mapping[str, Any], target: Any = None):
         self.program = program
         self.options = check_options(options)
-        lowered = lower(program, self.options)
+        self.target = target or cpu_target()
+        cpu = "llvm" in str(self.target)
+        lowered = lower(program, resolve_options(self.options, self.target), cpu=cpu)
         self.source = lowered.source
         self.arg_names = lowered.arg_names
         self.key: str | None = None
@@ -62,7 +76,6 @@ class TvmKernel:
             func = tvm.script.from_source(self.source)
         except Exception as e:  # a lowering bug: show the generated text with the parser's message
             raise BackendError(f"tvm backend produced TVMScript that does not parse: {e}\n{self.source}") from None
-        self.target = target or cpu_target()
         self._module: Any = tvm.IRModule({"main": func})
         self.executable = tvm.compile(self._module, target=self.target)
         self.function = self.executable["main"]
@@ -267,4 +280,5 @@ __all__ = [
     "kernel_key_parts",
     "load_module",
     "regenerate",
+    "resolve_options",
 ]

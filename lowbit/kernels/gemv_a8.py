@@ -1,0 +1,119 @@
+"""4-bit weight GEMV with dynamic int8 activations (the CPU decode path): y[M, N] = x[M, K] @ Ŵ[K, N].
+
+Two kernels, run back to back by `lowbit.ops.linear.quantized_linear` when the graph selected this path:
+
+`quantize_groups_int8` — x [M, K] float -> per row and per group of G along K (the weight's groups):
+    amax = max |x|,  xs = amax / 127,  q = floor(x · (127 / amax) + 1/2)  in [-127, 127]  (q = 0 when amax = 0)
+    xq   = the codes, stored per group as the G/2 codes of the even k, then the G/2 codes of the odd k
+    xsum = Σ q over the group (int32)
+Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as zeros.
+
+`quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
+column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word
+[n // BN, k // 8, n % BN], so a block of BN columns reads one contiguous run), read as unsigned nibbles u
+and, for signed int4, offset to u = q + 8 by one xor of the word with 0x88888888. Per group g, column n:
+
+    p    = Σ_k xq[k] · q[k, n]  = Σ xq·u − 8·xsum (int4) or Σ xq·u (uint4)     exact int32 (|p| < 2^24)
+    zero_mode none:  y += fp32(p) · xs · s[g, n]
+    zero_mode post:  y += (fp32(p) − fp32(xsum)·z[g, n]) · xs · s[g, n]       (ŵ = (q − z)·s)
+    zero_mode pre:   y += (fp32(p)·s[g, n] − fp32(xsum)·z[g, n]) · xs          (ŵ = q·s − z)
+
+The dot runs on bytes: `words & 0x0F0F0F0F` holds the codes of k = 8t + {0, 2, 4, 6} as the 4 bytes of word
+t, `(words >> 4) & 0x0F0F0F0F` those of k = 8t + {1, 3, 5, 7}; viewed as bytes along K they are the rows of
+two [G/2, BN] int8 tiles whose values are 0..15, dotted with the even / odd activation codes. That is the
+shape of x86's u8·i8 multiply-add (vpmaddubsw): the TVM backend lowers such a dot to it when the value
+ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`), four products per byte lane.
+
+Numerics against the float activations: y differs from the W4A16 GEMV (`quantized_gemv`) only by the
+rounding of x to xq·xs (a relative error of order 1/(127·√3) of a group's largest |x| per element);
+against its own inputs (xq, xs, xsum, the weight) it is exact integer math and one fp32 multiply-add per
+group, so an fp64 oracle of the same formula agrees to ~1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import lowbit.lang as T
+from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
+
+OFFSET_BINARY = -0x77777778  # 0x88888888 as int32: xor turns each two's complement nibble q into q + 8
+LOW_NIBBLES = 0x0F0F0F0F
+A8_GROUPS = (32, 64, 128, 256)  # group sizes the kernels take (G/2 codes per half: whole words and quads)
+A8_DTYPES = ("int4", "uint4")
+
+
+@T.kernel
+def quantize_groups_int8(
+    x: T.Tensor("adtype", ("M", "K")),
+    xq: T.Tensor("int8", ("MP", "K")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    M: T.int32,
+    MP: T.int32,
+    K: T.int32,
+    G: T.constexpr = 128,
+    adtype: T.constexpr = "float32",
+    BM: T.constexpr = 1,
+):
+    (pm,) = T.grid(T.cdiv(MP, BM))
+    for k0 in T.range(0, K, G, name="k0"):
+        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
+        amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
+        inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
+        q = T.cast(T.floor(v * inv + 0.5), T.int8)  # [BM, G] in [-127, 127]
+        even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+        T.store(xq, (pm * BM, k0), even_odd)
+        T.store(xs, (pm * BM, k0 // G), amax / 127.0)
+        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
+
+
+@T.kernel
+def quantized_gemv_a8(
+    xq: T.Tensor("int8", ("MP", "K")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    w: T.Tensor("int32", ("cdiv(N, BN)", "K // 8", "BN")),
+    scales: T.Tensor("sdtype", ("K // G", "N")),
+    zeros: T.Tensor("sdtype", ("K // G", "N")),
+    y: T.Tensor("ydtype", ("M", "N")),
+    M: T.int32,
+    MP: T.int32,
+    N: T.int32,
+    K: T.int32,
+    wdtype: T.constexpr = "int4",
+    zero_mode: T.constexpr = "none",
+    G: T.constexpr = 128,
+    ydtype: T.constexpr = "float32",
+    sdtype: T.constexpr = "float16",
+    BM: T.constexpr = 1,
+    BN: T.constexpr = 32,
+):
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    H = G // 2
+    acc = T.zeros((BM, BN), T.float32, name="acc")
+    for k0 in T.range(0, K, G, name="k0"):
+        words = T.reshape(T.load(w, (pn, k0 // 8, 0), (1, G // 8, BN)), (G // 8, BN))  # [G/8, BN] int32
+        if wdtype == "int4":
+            words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
+        lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
+        hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
+        p = T.zeros((BM, BN), T.int32, name="p")
+        p += T.dot(T.load(xq, (pm * BM, k0), (BM, H)), lo, acc_dtype=T.int32)  # even k
+        p += T.dot(T.load(xq, (pm * BM, k0 + H), (BM, H)), hi, acc_dtype=T.int32)  # odd k
+        sx = T.load(xs, (pm * BM, k0 // G), (BM, 1))  # [BM, 1]
+        asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
+        s = T.cast(T.load(scales, (k0 // G, pn * BN), (1, BN)), T.float32)  # [1, BN]
+        if wdtype == "int4":
+            p = p - asum * 8  # Σ xq·q, exact
+        if zero_mode == "none":
+            acc += T.cast(p, T.float32) * sx * s
+        else:
+            z = T.cast(T.load(zeros, (k0 // G, pn * BN), (1, BN)), T.float32)
+            zsum = T.cast(asum, T.float32) * z
+            if zero_mode == "post":
+                acc += (T.cast(p, T.float32) - zsum) * sx * s
+            else:
+                acc += (T.cast(p, T.float32) * s - zsum) * sx
+    T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
+
+
+__all__ = ["A8_DTYPES", "A8_GROUPS", "quantize_groups_int8", "quantized_gemv_a8"]

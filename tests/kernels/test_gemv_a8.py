@@ -1,0 +1,136 @@
+"""The int8-activation decode GEMV (`lowbit.kernels.gemv_a8`) against NumPy oracles.
+
+* `quantize_groups_int8` vs the formula of its docstring, computed in float32 by NumPy (codes, scales and
+  sums equal; on TVM a code may differ by one where x·(127/amax) + 1/2 lands on an integer within fp32
+  rounding, which random data never hits: the test requires equality).
+* `quantized_gemv_a8` vs an fp64 oracle of *its own* computation (the same xq, xs, xsum and weight): the
+  integer dot is exact, so the only error is the fp32 epilogue per group; bound 1e-5 relative (fp32 output).
+* The whole a8 path vs the W4A16 GEMV on float activations: the difference is the int8 rounding of x, one
+  half step (amax/254) per element at most; for Gaussian x over groups of 128 that is ≈ 0.7% relative on y,
+  bounded here by 2e-2; a bound that a wrong kernel (e.g. a lost nibble, a missed zero) exceeds by far.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lowbit.dtypes import decode
+from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8
+from lowbit.ops.weight import pack_quantized, quantize, retile_columns
+
+BN = 32
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    err = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    assert np.isfinite(err)
+    return err
+
+
+def quantize_oracle(x: np.ndarray, G: int):
+    """(xq in even/odd order, xs, xsum, q in natural order) by the kernel's formula, in float32."""
+    m, k = x.shape
+    xg = x.astype(np.float32).reshape(m, k // G, G)
+    amax = np.abs(xg).max(-1)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.floor(xg * inv[..., None] + np.float32(0.5)).astype(np.int8)
+    xq = np.concatenate([q[..., 0::2], q[..., 1::2]], -1).reshape(m, k)
+    return xq, (amax / np.float32(127)).astype(np.float32), q.astype(np.int32).sum(-1), q.reshape(m, k)
+
+
+def run_quantize(x, G, MP, backend):
+    m, k = x.shape
+    xq = np.full((MP, k), 99, np.int8)
+    xs = np.full((MP, k // G), 9.0, np.float32)
+    xsum = np.full((MP, k // G), 9, np.int32)
+    quantize_groups_int8.run(backend=backend, x=x, xq=xq, xs=xs, xsum=xsum, M=m, MP=MP, K=k, G=G, BM=MP)
+    return xq, xs, xsum
+
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_quantize_groups_matches_formula_and_zero_pads(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 256)).astype(np.float32) * np.array([[1.0], [1e-3], [50.0]], np.float32)
+    x[1, :64] = 0.0  # an all-zero group: scale 0, codes 0
+    xq, xs, xsum = run_quantize(x, 64, 4, backend)
+    oq, os_, osum, _ = quantize_oracle(x, 64)
+    assert np.array_equal(xq[:3], oq) and np.array_equal(xsum[:3], osum)
+    assert np.array_equal(xs[:3], os_)
+    assert not xq[3].any() and not xs[3].any() and not xsum[3].any()  # the padding row
+    assert np.abs(xq.astype(np.int32)).max() <= 127
+
+
+def gemv_problem(M, N, K, G, wdtype, zero_mode, seed):
+    rng = np.random.default_rng(seed)
+    kw = {} if zero_mode == "none" else dict(symmetric=False, zero_mode=zero_mode)
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), wdtype, G, **kw)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    return qw, x
+
+
+def gemv_oracle(q: np.ndarray, xs: np.ndarray, xsum: np.ndarray, qw) -> np.ndarray:
+    """fp64 of the kernel's formula from the natural-order codes q [M, K] (exact integers)."""
+    m, k = q.shape
+    g = qw.group_size
+    wq = decode(qw.dtype, qw.codes()).astype(np.float64)  # [K, N] code values
+    s = qw.scales.astype(np.float64)  # [K/G, N]
+    z = qw.zeros.astype(np.float64) if qw.zeros is not None else None
+    y = np.zeros((m, qw.shape[0]))
+    for j in range(k // g):
+        p = q[:, j * g : (j + 1) * g].astype(np.float64) @ wq[j * g : (j + 1) * g]  # [M, N] exact
+        sx, asum = xs[:, j : j + 1].astype(np.float64), xsum[:, j : j + 1].astype(np.float64)
+        if qw.zero_mode == "none":
+            y += p * sx * s[j]
+        elif qw.zero_mode == "post":
+            y += (p - asum * z[j]) * sx * s[j]
+        else:
+            y += (p * s[j] - asum * z[j]) * sx
+    return y
+
+
+CASES = [
+    # M, N, K, G, wdtype, zero_mode
+    (1, 64, 256, 128, "int4", "none"),
+    (3, 100, 256, 64, "int4", "none"),  # ragged M (row tile 4) and N (column tiles of 32)
+    (16, 64, 512, 128, "uint4", "post"),
+    (2, 32, 256, 32, "uint4", "pre"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+@pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", CASES)
+def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode):
+    qw, x = gemv_problem(M, N, K, G, wdtype, zero_mode, seed=M * N)
+    bm = 1 << (M - 1).bit_length()
+    mp = -(-M // bm) * bm
+    xq, xs, xsum = run_quantize(x, G, mp, "reference")
+    tiled = retile_columns(qw, BN)
+    y = np.full((M, N), np.nan, np.float32)
+    args = dict(xq=xq, xs=xs, xsum=xsum, w=tiled.words.view(np.int32).reshape(-1, K // 8, BN), scales=qw.scales, y=y)
+    if qw.zeros is not None:
+        args["zeros"] = qw.zeros
+    quantized_gemv_a8.run(
+        backend=backend, **args, M=M, MP=mp, N=N, K=K, wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN
+    )
+    _, _, _, q = quantize_oracle(x, G)
+    assert rel(y, gemv_oracle(q, xs[:M], xsum[:M], qw)) < 1e-5
+
+
+def test_a8_is_close_to_float_activations_and_extremes_are_exact():
+    """Against float x @ Ŵ the a8 GEMV only adds the activation rounding (bounded, module docstring). With
+    the extreme codes (q = -8, 7 and activations ±127) every 16-bit partial sum sits at its bound, which a
+    saturating or overflowing lowering gets wrong."""
+    qw, x = gemv_problem(4, 64, 512, 128, "int4", "none", seed=7)
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    from lowbit.ops.linear import quantized_linear
+
+    y = quantized_linear(x, qw, backend="tvm", kernel="quantized_gemv_a8")
+    assert rel(y, ref) < 2e-2
+    # extremes: every weight code -8, x = -1 everywhere (codes -127) -> y = 8 · 512 · s·(1/127·127)
+    n, k = 64, 512
+    qe = pack_quantized(np.full((n, k), -8.0), np.full((n, k // 128), 0.5), dtype="int4", group_size=128)
+    xe = -np.ones((1, k), np.float32)
+    ye = quantized_linear(xe, qe, backend="tvm", kernel="quantized_gemv_a8")
+    assert rel(ye, xe.astype(np.float64) @ qe.dequantize().astype(np.float64).T) < 1e-6
