@@ -70,6 +70,10 @@ class AsyncLLMEngine:
         return self.engine.model_name
 
     @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
+    @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
 

@@ -292,19 +292,21 @@ class LLMEngine:
         self.check_request(ids, params)
         now = time.monotonic() if arrival_time is None else arrival_time
         seq = Sequence(next(self._seq_ids), list(ids), params.max_tokens, priority=priority, arrival_time=now)
-        self.scheduler.add(seq)
         stops = set(params.stop_token_ids)
         if not params.ignore_eos:
             stops |= set(self.eos_token_ids)
         decoder = None
         if self.tokenizer is not None:
             decoder = IncrementalDecoder(self.tokenizer.tokenizer, skip_special_tokens=params.skip_special_tokens)
+        try:
+            generator = make_generator(params.seed) if params.seed is not None else self._generator
+        except (ValueError, RuntimeError, OverflowError, TypeError) as e:
+            raise ValueError(f"seed = {params.seed!r} is not usable ({e}); give an integer in [0, 2**63)") from None
         req = _Request(
-            request_id, seq, params, decoder,
-            make_generator(params.seed) if params.seed is not None else self._generator,
-            RequestMetrics(now), frozenset(stops),
+            request_id, seq, params, decoder, generator, RequestMetrics(now), frozenset(stops),
             hold=0 if params.include_stop_str_in_output else max((len(s) for s in params.stop), default=1) - 1,
         )  # fmt: skip
+        self.scheduler.add(seq)  # the last thing that may refuse: nothing is registered before it succeeds
         self._requests[request_id] = req
         self._by_seq[seq.seq_id] = req
         return ids

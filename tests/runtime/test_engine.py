@@ -140,6 +140,11 @@ def test_bad_requests_fail_before_any_work(exact):
     eng.add_request("d", [1, 2], SamplingParams())
     with pytest.raises(ValueError, match="already in use"):
         eng.add_request("d", [1, 2], SamplingParams())
+    with pytest.raises(ValueError, match="seed"):
+        eng.add_request("e", [1, 2], SamplingParams(seed=2**64))
+    assert eng.num_requests == 1  # the refused ones left nothing behind: the engine still steps
+    while eng.has_unfinished_requests():
+        eng.step()
     with pytest.raises(ValueError, match="max_model_len"):
         LLMEngine(exact, max_model_len=10**6)
     with pytest.raises(ValueError, match="kv_cache_bytes"):
