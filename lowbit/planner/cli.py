@@ -11,8 +11,9 @@ The model and precision come from the artifact (config.json, model.yaml: the lin
 dtype, activation dtype) or from --model / --precision / --kv-dtype. The workload is one dense step:
 --dense-batch rows, --decode-tokens of them decode rows attending to --decode-context tokens, the rest prefill
 chunks of --prefill-chunk rows (or --input-len / --output-len for the steady state of such requests).
---write-plan writes the searched plan as the runtime's PipelinePlan JSON (an artifact's plan.json is what
-`lowbit serve` runs); --save-nanoplan the planner's own form (with the workload it was searched for).
+--write-plan writes the searched plan as the runtime's PipelinePlan JSON (the engine runs an artifact's
+plan.json; it has to be added at compile time, as the manifest lists every file); --save-nanoplan the
+planner's own form (with the workload it was searched for).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def run(args: argparse.Namespace) -> Any:
 
     if bool(args.artifact) == bool(args.model):
         raise PlanCliError("give an ARTIFACT or --model NAME (one of them)")
+    if args.artifact and args.write_plan and Path(args.artifact).resolve() in Path(args.write_plan).resolve().parents:
+        raise PlanCliError(
+            f"--write-plan {args.write_plan} is inside the artifact: its manifest would not list the file and "
+            "verification refuses unexpected files; write it elsewhere (the compiler has to add plan.json)"
+        )
     device = None
     if args.artifact:
         arch, prec, device = _artifact_model(args.artifact)
