@@ -24,6 +24,11 @@ int{b} symmetric when every zero is 2^(b−1); a v1 zero field 2^b − 1 imports
 past the grid; dequantize() computes (q − z)·s). A non-trivial g_idx (act order without static groups:
 groups are not contiguous runs of K) is refused: lowbit's groups are contiguous. Exports write what the
 tools write, so tests can round-trip without them.
+
+`parse_quantization_config(config)` -> `CheckpointFormat(method, bits, group_size, sym, version)`: what a
+config.json says, checked (errors name `quantization_config.<key>`); `import_module(weights, prefix, fmt)`
+imports one module; the compiler (`lowbit.compiler.imported`) maps the format to lowbit's weight dtype:
+int{b} when symmetric, else uint{b} with integer (post) zeros.
 """
 
 from __future__ import annotations

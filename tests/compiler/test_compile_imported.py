@@ -200,3 +200,26 @@ def test_algorithm_none_is_allowed_on_a_quantized_checkpoint(checkpoints, tmp_pa
     found = checkpoint_of(cfg)
     assert found is not None and found[0].describe() == "GPTQ v2, 4-bit, g32, asymmetric" and len(found[1]) == 14
     assert imported_recipe(cfg, found, model_arch(cfg)) is cfg  # dense linears from the dequantized weights
+
+
+@pytest.mark.parametrize("layout", ["row", "reordered"])
+def test_imported_param_moves_codes_without_rounding(layout: str) -> None:
+    """Fused sources concatenate along out_features; symmetric int4 parts join an uint4 spec as q + 8 with
+    zero 8; a spec'd module the checkpoint stores float is an error naming the fix."""
+    from lowbit.compiler.imported import imported_param
+    from lowbit.config.spec import LinearSpec
+    from lowbit.ops.weight import quantize
+
+    rng = np.random.default_rng(0)
+    a = quantize(rng.standard_normal((32, 128)).astype(np.float32), "uint4", 32, zero_mode="post")
+    b = quantize(rng.standard_normal((64, 128)).astype(np.float32), "int4", 32)
+    spec = LinearSpec("imported", "uint4", 32, "post")
+    qw = imported_param({"m.a": a, "m.b": b}, ("m.a.weight", "m.b.weight"), spec, layout)
+    assert (qw.dtype.name, qw.zero_mode, qw.shape) == ("uint4", "post", (96, 128))
+    np.testing.assert_array_equal(qw.dequantize(), np.concatenate([a.dequantize(), b.dequantize()]))
+    sym = imported_param({"m.b": b}, ("m.b.weight",), LinearSpec("imported", "int4", 32, "none"), layout)
+    np.testing.assert_array_equal(sym.dequantize(), b.dequantize())
+    with pytest.raises(ValueError, match=r"m\.c\.weight is quantized by the recipe .* add 'm\\\\.c' to quantization"):
+        imported_param({"m.a": a}, ("m.a.weight", "m.c.weight"), spec, layout)
+    with pytest.raises(ValueError, match=r"m\.a: the recipe says symmetric int4 but the checkpoint's zeros"):
+        imported_param({"m.a": a}, ("m.a.weight",), LinearSpec("imported", "int4", 32, "none"), layout)
