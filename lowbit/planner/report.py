@@ -145,6 +145,11 @@ def format_report(rep: PlanReport, *, plan_detail: bool = True) -> str:
     )
     if rep.ceilings:
         lines.append("ceilings: " + ", ".join(f"{p} {v:,.0f} ({d} GEMMs)" for p, d, v in rep.ceilings))
+    if any(r.fraction > 1 for r in rep.rows):
+        lines.append(
+            "note: above 100%: the bound counts 2 * P_model FLOPs per row, but lm_head runs on the sampled rows "
+            "only and the embedding is a gather (a visible share of P_model in small, large-vocabulary models)"
+        )
     lines += [f"note: {n}" for n in rep.notes]
     if plan_detail:
         lines += ["", "searched plan (op: fraction@unit:share per nano-batch):", rep.plan.describe()]

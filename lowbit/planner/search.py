@@ -161,6 +161,9 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
         seeds.append((equal_cuts(rows, n, tile), equal_cuts(rows, n, tile)))
     seeds = list(dict.fromkeys(seeds))
     placements_of_ew = [tuple((op, "compute") for op in ew_ops), tuple((op, "memory") for op in ew_ops)]
+    if "network" in units:  # norms after an all-reduce queue behind it, off the compute queue (op-major GEMMs)
+        after = {"post_norm", "input_norm"}
+        placements_of_ew.append(tuple((op, "network" if op in after else "compute") for op in ew_ops))
     share_seeds = (
         [(0.1, 0.05), (0.15, 0.05), (0.2, 0.1)] if "network" in units else [(0.1, 0.0), (0.15, 0.0), (0.25, 0.0)]
     )
@@ -249,7 +252,7 @@ def _structure_moves(
     st: _Structure, wl: Workload, tile: int, mo: ModelOps, shares_of: Callable[[float, float], tuple], delays: bool
 ) -> list[_Structure]:
     """Neighbours of a structure: each cut moved by ±4/2/1 tiles, a cut at the decode/prefill boundary, a cut
-    removed or an even split one finer, an elementwise op moved to the other unit, an op's queue delay changed,
+    removed or an even split one finer, an elementwise op moved to another unit, an op's queue delay changed,
     the memory / network unit's share one step up or down."""
     out: list[_Structure] = []
     rows = wl.dense_batch
@@ -266,10 +269,13 @@ def _structure_moves(
         for v in variants:
             if all(0 < c < rows for c in v) and list(v) == sorted(set(v)) and v != cuts:
                 out.append(replace(st, attn_cuts=v) if block == "attn_cuts" else replace(st, mlp_cuts=v))
+    units = [u for u, _ in st.shares]
     for i, (op, unit) in enumerate(st.elementwise_unit):
-        ew = list(st.elementwise_unit)
-        ew[i] = (op, "memory" if unit == "compute" else "compute")
-        out.append(replace(st, elementwise_unit=tuple(ew)))
+        for other in units:
+            if other != unit:
+                ew = list(st.elementwise_unit)
+                ew[i] = (op, other)
+                out.append(replace(st, elementwise_unit=tuple(ew)))
     current = dict(st.delays)
     for o in mo.ops if delays else ():
         d0 = current.get(o.name, 0.0)
