@@ -5,12 +5,13 @@
         --max-num-seqs 32 --schedules unsplit,nano --warmup 1 --threads 2 --json throughput.json
 
 For each schedule of `--schedules`, one after another in this process: `lowbit.LLM(artifact, schedule=S,
-max_num_seqs=B)`, `--warmup` untimed generate calls (a full batch of B prompts, 8 output tokens: kernels for the
-batch's shapes are loaded or built there), then all `--num-prompts` synthetic random-token prompts (seeded, the
-same for every schedule) in one `generate` with greedy sampling and `ignore_eos` (every request produces exactly
-`--output-len` tokens), timed by the wall clock. Reported (vLLM benchmark_throughput's keys where they exist):
-`tokens_per_second` = (input + output tokens) / s (NanoFlow's accounting), `output_tokens_per_second`,
-`requests_per_second`, `elapsed_time`; the ratio of the last schedule over the first (nano / unsplit).
+max_num_seqs=B)`, `--warmup` untimed generate calls (the first B requests at full length: every kernel the run
+needs, for every batch and context bucket, is loaded or built there), then all `--num-prompts` synthetic
+random-token prompts (seeded, the same for every schedule) in one `generate` with greedy sampling and `ignore_eos`
+(every request produces exactly its output length), timed by the wall clock. Reported (vLLM benchmark_throughput's
+keys where they exist): `tokens_per_second` = (input + output tokens) / s (NanoFlow's accounting),
+`output_tokens_per_second`, `requests_per_second`, `elapsed_time`; the ratio of the last schedule over the first
+(nano / unsplit). A schedule may be repeated (`--schedules unsplit,nano,unsplit`) to see the run-to-run noise.
 
 Next to it, the roofline of this workload on this machine (lowbit/bench/decode_roofline.py): weights at the
 artifact's stored bit width plus KV bytes per step against memory bandwidth, flops against the matmul peak of the
@@ -30,7 +31,6 @@ from lowbit.bench.compare import Row, ratios, side_by_side, write_json
 from lowbit.bench.datasets import synthetic_requests
 
 SCHEDULES = ("unsplit", "nano", "artifact")
-WARMUP_OUTPUT_TOKENS = 8
 
 
 class BenchThroughputError(ValueError):
@@ -106,7 +106,7 @@ def run_schedule(
     seats = int(eng.max_num_seqs)
     for _ in range(args.warmup):
         n = min(seats, len(prompts))
-        llm.generate(prompts[:n], SamplingParams(max_tokens=min(WARMUP_OUTPUT_TOKENS, max(out_lens)), ignore_eos=True))
+        llm.generate(prompts[:n], [SamplingParams(max_tokens=k, ignore_eos=True) for k in out_lens[:n]])
     before = eng.stats()
     params = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens]
     t0 = time.perf_counter()
@@ -238,9 +238,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from lowbit.artifact import ArtifactError
+
     try:
         report = run(args)
-    except (BenchThroughputError, ValueError, FileNotFoundError) as e:
+    except (BenchThroughputError, ValueError, FileNotFoundError, ArtifactError) as e:
         print(f"lowbit bench throughput: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
