@@ -68,7 +68,8 @@ def test_compiled_checkpoint_matches_its_dequantized_reference(fmt, checkpoints,
     path, floats = checkpoints[fmt]
     out = tmp_path / "artifact"
     recipe = write_recipe(tmp_path, path, **({"overrides": SKIP_LAYER0_MLP} if fmt == "gptq-v2-asym" else {}))
-    assert main(["compile", str(recipe), "-o", str(out), "--quiet", "--eval-tokens", "8"]) == 0
+    evaluated = fmt == "awq"  # the evaluate phase does not depend on the format: once is enough
+    assert main(["compile", str(recipe), "-o", str(out), "--quiet", "--eval-tokens", "8" if evaluated else "0"]) == 0
     model = load_compiled(out)
     qc, dtype, zero_mode, _ = FORMATS[fmt]
     # the recipe was resolved to the checkpoint's format, and the artifact states it
@@ -94,8 +95,9 @@ def test_compiled_checkpoint_matches_its_dequantized_reference(fmt, checkpoints,
     assert np.isfinite(err) and err < 2e-5, err
 
     report = json.loads((out / "report.json").read_text())
-    assert report["accuracy"]["reference"] == "dequantized checkpoint"
-    assert report["accuracy"]["kl_divergence"] < 1e-8 and report["accuracy"]["top1_agreement"] == 1.0
+    if evaluated:
+        assert report["accuracy"]["reference"] == "dequantized checkpoint"
+        assert report["accuracy"]["kl_divergence"] < 1e-8 and report["accuracy"]["top1_agreement"] == 1.0
     src = report["source_quantization"]
     assert (src["quant_method"], src["bits"], src["weight_dtype"], src["modules"]) == (qc["quant_method"], 4, dtype, 14)
     specs = [m["spec"] for m in report["modules"] if m["spec"] is not None]
