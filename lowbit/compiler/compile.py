@@ -47,6 +47,19 @@ def resolve_source(cfg: Any) -> tuple[Any, Any]:
     return model_arch(cfg), (None if cfg.model.source == "synthetic" else Path(cfg.model.path))
 
 
+PLAN_FILE = "plan.json"
+
+
+def artifact_plan(arch: Any, device: str) -> Any:
+    """The pipeline plan the artifact carries (`lowbit serve --schedule artifact` runs it). On a GPU the
+    NanoFlow-like default (2 nano-batches, attention on its own stream); on the CPU the unsplit plan, because
+    measured on the 2-core dev VM every split ran slower than unsplit (thread hand-offs of 50-150 us per nano-op
+    against kernels of 20-300 us, and both cores already busy in each kernel; see lowbit/runtime/README.md)."""
+    from lowbit.runtime.plan import default_plan, unsplit_plan
+
+    return default_plan(arch, device) if device == "cuda" else unsplit_plan()
+
+
 def model_graph(cfg: Any, arch: Any) -> Any:
     """The optimized op graph of `arch` under the recipe and target of `cfg` (compile and load derive it the
     same way; load checks the result prints as the artifact's graph.txt)."""
@@ -294,6 +307,7 @@ def compile_model(
             if tokenizer_config is not None:
                 w.add_json("tokenizer_config.json", tokenizer_config)  # chat_template, special tokens
             w.add_json("generation_config.json", gen_config)
+            w.add_json(PLAN_FILE, artifact_plan(arch, cfg.target.device).to_dict())
             w.add_json(
                 tuning_mod.TUNING_FILE,
                 tuning_mod.tuning_json(tuned, policy=policy, budget_s=float(cfg.target.tuning.budget_s),

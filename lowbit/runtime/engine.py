@@ -188,10 +188,10 @@ class LLMEngine:
             arch, self.kv_dtype, page_size=cfg.target.page_size, max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, kv_cache_bytes=kv_cache_bytes, device=device,
         )  # fmt: skip
-        self.schedule_mode = self._resolve_schedule(schedule, plan)
+        self.schedule_mode, self.plan = self._resolve_schedule(schedule, plan)
         runner_kw: dict[str, Any] = {}
-        if self.schedule_mode != "unsplit" or plan is not None:
-            runner_kw = {"schedule": self.schedule_mode, "plan": plan if plan is not None else self._artifact_plan()}
+        if self.schedule_mode == "nano":
+            runner_kw = {"schedule": "nano", "plan": self.plan}
         self.runner = ModelRunner(
             arch, model.graph, model.params, kv_dtype=self.kv_dtype, dtype=cfg.model.dtype, backend=self.backend,
             max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages, page_size=cfg.target.page_size,
@@ -229,15 +229,23 @@ class LLMEngine:
         )  # fmt: skip
 
     # -- configuration helpers ----------------------------------------------------------------------------
-    def _resolve_schedule(self, schedule: str, plan: Any) -> str:
+    def _resolve_schedule(self, schedule: str, plan: Any) -> tuple[str, Any]:
+        """(schedule, plan) to run: "artifact" runs the artifact's plan (unsplit when it has no splits);
+        "nano" runs `plan`, else the artifact's plan if it splits, else the NanoFlow-like default."""
+        from lowbit.runtime.plan import default_plan
+
         if schedule not in ("artifact", "unsplit", "nano"):
             raise ValueError(f"schedule = {schedule!r}: use 'artifact' (the artifact's plan), 'unsplit' or 'nano'")
-        if schedule != "artifact":
-            return schedule
-        return "nano" if plan is not None or self._artifact_plan() is not None else "unsplit"
+        shipped = plan if plan is not None else self._artifact_plan()
+        splits = shipped is not None and bool(shipped.rules)
+        if schedule == "unsplit" or (schedule == "artifact" and not splits):
+            return "unsplit", None
+        if schedule == "nano" and not splits:
+            shipped = default_plan(self.arch, self.model.cfg.target.device)
+        return "nano", shipped
 
     def _artifact_plan(self) -> Any:
-        """The pipeline plan shipped in the artifact (plan.json), or None."""
+        """The pipeline plan shipped in the artifact (plan.json), or None (artifacts from before plans)."""
         path = Path(self.model.path) / "plan.json"
         if not path.is_file():
             return None

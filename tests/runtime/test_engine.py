@@ -40,6 +40,7 @@ def test_engine_tokens_equal_runner_generate(exact):
         {"max_num_seqs": 1},  # strictly one at a time
         {"max_num_seqs": 2, "max_num_batched_tokens": 8},  # chunked prefill of the 40-token prompt
         {"max_num_seqs": 4, "policy": "priority"},
+        {"max_num_seqs": 4, "schedule": "nano", "max_num_batched_tokens": 24},  # nano-batches + chunked prefill
     ],
 )
 def test_batching_budget_and_preemption_do_not_change_tokens(exact, kw):
@@ -184,3 +185,15 @@ def test_greedy_tokens_equal_transformers_generate(exact, tmp_path):
         want.append(out[0, len(p) :].tolist())
     got = LLM(exact, max_num_seqs=4).generate(PROMPTS, SamplingParams(max_tokens=12, ignore_eos=True))
     assert [o.token_ids for o in got] == want
+
+
+def test_the_artifact_carries_a_plan_and_the_schedule_switch_uses_it(exact):
+    from lowbit.runtime.plan import PipelinePlan
+
+    shipped = PipelinePlan.from_json((exact.path / "plan.json").read_text())
+    assert not shipped.rules  # a CPU artifact ships the unsplit plan (splits measured slower on 2 cores)
+    assert LLMEngine(exact).schedule_mode == "unsplit"
+    nano = LLMEngine(exact, schedule="nano")
+    assert nano.schedule_mode == "nano" and nano.plan.rules and nano.runner.schedule == "nano"
+    with pytest.raises(ValueError, match="schedule"):
+        LLMEngine(exact, schedule="fast")
