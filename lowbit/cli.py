@@ -73,7 +73,8 @@ def compile_cmd(args: argparse.Namespace) -> int:
     )
     if acc:
         print(
-            f"  vs unquantized float64: KL {acc['kl_divergence']:.3g} nats/token, top-1 {acc['top1_agreement']:.1%}"
+            f"  vs {acc.get('reference', 'unquantized weights')} in float64: KL {acc['kl_divergence']:.3g} nats/token, "
+            f"top-1 {acc['top1_agreement']:.1%}"
             f" over {acc['tokens']} held-out tokens"
         )
     print("  " + "  ".join(f"{p['name']} {p['seconds']:.1f}s" for p in r["phases"]))
