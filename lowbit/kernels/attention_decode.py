@@ -23,6 +23,9 @@ an empty range); `attention_combine` merges the splits. With SPLITS = 1 the part
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import sympy
 
 import lowbit.lang as T
@@ -143,4 +146,49 @@ def attention_combine(
     T.store(out, (b, h, 0), T.reshape(T.cast(o, odtype), (1, 1, D)))
 
 
-__all__ = ["attention_combine", "paged_decode_attention"]
+def decode_launcher(
+    k_cache: Any,
+    v_cache: Any,
+    side: dict[str, Any],
+    consts: dict[str, Any],
+    backend: str,
+) -> Callable[[Any, Any, Any, int, int], Any]:
+    """`launch(q, block_tables, context_lens, splits, tps) -> out [B, HQ, D]` over this layer's caches (and
+    `side`: KV8/KV4 scales and zeros, absent for float caches), bound once: the executor's decode hot path.
+    `consts`: `paged_decode_attention`'s constants except odtype (what `lowbit.ops.attention` chooses for the
+    backend: qdtype, kvdtype, D, PS, GQ, GP, BN, CD, sm_scale, layer scales). q [B, HQ, D] contiguous torch;
+    splits / tps as `lowbit.ops.attention` sets them (one split: no combine kernel, the output in q's dtype)."""
+    import torch
+
+    from lowbit.codegen.backend import compile_program
+    from lowbit.kernels.launch import bind
+
+    np_, _, hkv = (int(s) for s in k_cache.shape[:3])
+    fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
+    dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")
+    qdtype, d = consts["qdtype"], consts["D"]
+    one = bind(compile_program(paged_decode_attention.trace(**consts, odtype=qdtype), backend), fixed, dyn)
+    many = bind(compile_program(paged_decode_attention.trace(**consts, odtype="float32"), backend), fixed, dyn)
+    combines: dict[int, Any] = {}
+    tq = getattr(torch, qdtype)
+
+    def launch(q: Any, block_tables: Any, context_lens: Any, splits: int, tps: int) -> Any:
+        b, hq = int(q.shape[0]), int(q.shape[1])
+        part = torch.empty((splits, b, hq, d), dtype=tq if splits == 1 else torch.float32)
+        lse = torch.empty((splits, b, hq), dtype=torch.float32)
+        call = one if splits == 1 else many
+        call(q, block_tables, context_lens, part, lse, b, hq, int(block_tables.shape[1]), splits, tps)
+        if splits == 1:
+            return part[0]
+        sp = 1 << (splits - 1).bit_length()
+        if sp not in combines:
+            kernel = compile_program(attention_combine.trace(odtype=qdtype, D=d, SP=sp), backend)
+            combines[sp] = bind(kernel, {}, ("part", "lse", "out", "B", "HQ", "SPLITS"))
+        out = torch.empty((b, hq, d), dtype=tq)
+        combines[sp](part, lse, out, b, hq, splits)
+        return out
+
+    return launch
+
+
+__all__ = ["attention_combine", "decode_launcher", "paged_decode_attention"]

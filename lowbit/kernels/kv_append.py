@@ -42,6 +42,7 @@ Grid (T, ⌈Hkv/BH⌉): block (t, j) reads slot t once and writes BH heads of k 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ import numpy as np
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as dtype_of
+from lowbit.kernels.launch import bind
 from lowbit.quant.kv import KV_BITS, KV_DTYPES
 
 FP16, FP8 = dtype_of("float16"), dtype_of("fp8_e4m3")
@@ -258,6 +260,45 @@ def append_kv(
     dtype = str(k_new.dtype).removeprefix("torch.")
     if dtype not in ("float16", "bfloat16", "float32") or str(v_new.dtype) != str(k_new.dtype):
         raise ValueError(f"k_new is {k_new.dtype}, v_new {v_new.dtype}; pass both float16, bfloat16 or float32")
+    kernel = _kernel(kv_dtype, d, h, dtype, backend, heads_per_block)
+    if nt:
+        kernel({**args, "NT": nt, "H": h, "NP": np_, "PS": ps})
+
+
+def append_launcher(
+    k_cache: Any,
+    v_cache: Any,
+    kv_dtype: str,
+    dtype: str,
+    *,
+    side: dict[str, Any] | None = None,
+    k_layer_scale: float = 1.0,
+    v_layer_scale: float = 1.0,
+    backend: str = "auto",
+    heads_per_block: int = 4,
+) -> Callable[[Any, Any, Any], None]:
+    """`launch(k_new, v_new, slot_mapping)` into this layer's caches (and `side`: the KV8/KV4 scales and zeros,
+    as `append_kv` takes them), bound once: `append_kv` with no checks, the executor's hot path. k_new,
+    v_new: contiguous [T, Hkv, D] tensors of `dtype`; slot_mapping [T] int32."""
+    np_, ps, h = (int(s) for s in k_cache.shape[:3])
+    d = int(k_cache.shape[3]) * (8 if kv_dtype == "int4" else 1)
+    fixed: dict[str, Any] = {
+        "k_cache": _cache_view(k_cache, kv_dtype), "v_cache": _cache_view(v_cache, kv_dtype),
+        "H": h, "NP": np_, "PS": ps, **(side or {}),
+    }  # fmt: skip
+    if kv_dtype == "fp8_e4m3":
+        fixed["layer_scales"] = np.asarray([k_layer_scale, v_layer_scale], np.float32)
+    call = bind(_kernel(kv_dtype, d, h, dtype, backend, heads_per_block), fixed, ("k", "v", "slot_mapping", "NT"))
+
+    def launch(k_new: Any, v_new: Any, slot_mapping: Any) -> None:
+        n = int(k_new.shape[0])
+        if n:
+            call(k_new, v_new, slot_mapping, n)
+
+    return launch
+
+
+def _kernel(kv_dtype: str, d: int, h: int, dtype: str, backend: str, heads_per_block: int) -> Any:
     from lowbit.ops.linear import select_backend  # the ops layer owns the "auto" rule
 
     backend = select_backend(backend)
@@ -271,8 +312,7 @@ def append_kv(
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
         _COMPILED[key] = compile_program(kv_append.trace(**consts), backend)
-    if nt:
-        _COMPILED[key]({**args, "NT": nt, "H": h, "NP": np_, "PS": ps})
+    return _COMPILED[key]
 
 
 def _cache_view(cache: Any, kv_dtype: str) -> Any:
@@ -289,4 +329,4 @@ def _cache_view(cache: Any, kv_dtype: str) -> Any:
     return cache.view(np.dtype(want.host_dtype))
 
 
-__all__ = ["append_kv", "cache_dtype", "cache_width", "kv_append"]
+__all__ = ["append_kv", "append_launcher", "cache_dtype", "cache_width", "kv_append"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,3 +27,16 @@ def empty_like(x: Any) -> Any:
 
         return torch.empty_like(x)
     return np.empty_like(x)
+
+
+def bind(kernel: Any, fixed: Mapping[str, Any], dynamic: tuple[str, ...]) -> Callable[..., None]:
+    """A positional caller `call(*values of dynamic)` of a compiled kernel with `fixed` arguments bound: a TVM
+    kernel's `bind` (arguments converted once, no per-call checks: the decode hot path); for other backends
+    a caller that builds the argument mapping (the same results, at the interpreter's pace)."""
+    if hasattr(kernel, "bind"):
+        return kernel.bind(fixed, dynamic)  # type: ignore[no-any-return]
+
+    def call(*values: Any) -> None:
+        kernel({**fixed, **dict(zip(dynamic, values))})
+
+    return call

@@ -16,13 +16,14 @@ it is overwritten, in the same tile order, so the in-place residual needs no bar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.kernels.launch import activation_dtype, empty_like
+from lowbit.kernels.launch import activation_dtype, bind, empty_like
 
 SINGLE_PASS_MAX = 4096  # rows up to this many elements stay in one tile; longer rows loop in chunks
 CHUNK = 2048  # the chunk of the two-pass loop
@@ -114,22 +115,44 @@ def _launch(x: Any, residual: Any, weight: Any, eps: float, out: Any, backend: s
         raise ValueError(f"out is {out.dtype}{tuple(out.shape)}; it must be x's {x.dtype}{(nt, dm)}")
     from lowbit.ops.linear import select_backend  # the ops layer owns the "auto" rule
 
-    backend = select_backend(backend)
-    consts = dict(
-        eps=float(eps), add_residual=residual is not None, dtype=dtype, wdtype=_dtype(weight), **norm_constants(dm)
-    )
-    key = (backend, *sorted(consts.items()))
-    if key not in _COMPILED:
-        _COMPILED[key] = compile_program(rms_norm_kernel.trace(**consts), backend)
+    kernel = _kernel(dtype, _dtype(weight), dm, eps, residual is not None, select_backend(backend))
     args = {"x": x, "weight": weight, "out": out, "NT": nt, "DM": dm}
     if residual is not None:
         args["residual"] = residual
     if nt and dm:
-        _COMPILED[key](args)
+        kernel(args)
     return out
 
 
-__all__ = ["add_rms_norm", "norm_constants", "rms_norm", "rms_norm_kernel"]
+def norm_launcher(
+    weight: Any, eps: float, dtype: str, add_residual: bool, backend: str = "auto"
+) -> Callable[[Any, Any, Any], None]:
+    """`launch(x, out, residual)` for rows of one dtype and this weight: `rms_norm` (residual None) or
+    `add_rms_norm` (residual updated in place) with the weight and constants bound and no checks: the
+    executor's hot path (it validated the graph). x, out, residual: contiguous [T, Dm] tensors."""
+    from lowbit.ops.linear import select_backend
+
+    dm = int(weight.shape[0])
+    kernel = _kernel(dtype, _dtype(weight), dm, eps, add_residual, select_backend(backend))
+    call = bind(kernel, {"weight": weight, "DM": dm}, ("x", "out", "residual", "NT"))
+
+    def launch(x: Any, out: Any, residual: Any = None) -> None:
+        n = int(x.shape[0])
+        if n:
+            call(x, out, residual, n)
+
+    return launch
+
+
+def _kernel(dtype: str, wdtype: str, dm: int, eps: float, add_residual: bool, backend: str) -> Any:
+    consts = dict(eps=float(eps), add_residual=add_residual, dtype=dtype, wdtype=wdtype, **norm_constants(dm))
+    key = (backend, *sorted(consts.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_program(rms_norm_kernel.trace(**consts), backend)
+    return _COMPILED[key]
+
+
+__all__ = ["add_rms_norm", "norm_constants", "norm_launcher", "rms_norm", "rms_norm_kernel"]
 
 
 def _dtype(x: Any) -> str:

@@ -17,14 +17,14 @@ every backend). A head dim whose half is not a power of two is padded to one wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.kernels.launch import activation_dtype, empty_like
+from lowbit.kernels.launch import activation_dtype, bind, empty_like
 from lowbit.reference.rope import ROPE_STYLES, rope_inv_freq
 
 
@@ -150,6 +150,23 @@ def apply_rope(
     return q_out, k_out
 
 
+def rope_launcher(
+    d: int, style: str, dtype: str, hq: int, hk: int, cos_sin: Any, backend: str = "auto", heads_per_block: int = 4
+) -> Callable[[Any, Any, Any, Any, Any], None]:
+    """`launch(q, k, positions, q_out, k_out)` for q [T, hq, d], k [T, hk, d] of `dtype` and the table
+    `cos_sin` (bound once): `apply_rope` (not in place) with no checks, the executor's hot path."""
+    consts = dict(D=d, style=style, dtype=dtype, inplace=False, BH=_pow2(heads_per_block))
+    fixed = {"cos_sin": cos_sin, "HQ": hq, "HK": hk, "P": int(cos_sin.shape[0])}
+    call = bind(_compiled(consts, _backend(backend)), fixed, ("q", "k", "positions", "q_out", "k_out", "NT"))
+
+    def launch(q: Any, k: Any, positions: Any, q_out: Any, k_out: Any) -> None:
+        n = int(q.shape[0])
+        if n:
+            call(q, k, positions, q_out, k_out, n)
+
+    return launch
+
+
 def _compiled(consts: dict[str, Any], backend: str) -> Any:
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
@@ -167,7 +184,7 @@ def _backend(backend: str) -> str:
     return select_backend(backend)
 
 
-__all__ = ["apply_rope", "rope", "rope_cache"]
+__all__ = ["apply_rope", "rope", "rope_cache", "rope_launcher"]
 
 
 def _dtype(x: Any) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8
-from lowbit.kernels.launch import activation_dtype
+from lowbit.kernels.launch import activation_dtype, bind
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
@@ -258,13 +259,9 @@ class A8Plan:
             self.fixed["zeros"] = qw.zeros
         self.sizes = {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
         self.direct = backend == "tvm"
-        if self.direct:
-            import torch
-
-            flat = {name: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1) for name, a in self.fixed.items()}
-            self._qnames = self.quant.arg_names  # type: ignore[attr-defined]
-            self._gnames = self.gemv.arg_names  # type: ignore[attr-defined]
-            self._flat = {**flat, **self.sizes}
+        if self.direct:  # kernels called with their arguments bound (lowbit.kernels.launch.bind)
+            self._quant = bind(self.quant, {"M": m, "MP": self.mp, "K": self.k}, ("x", "xq", "xs", "xsum"))
+            self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y"))
             self._scratch = threading.local()
 
     def _buffers(self) -> tuple[Any, Any, Any]:
@@ -273,9 +270,9 @@ class A8Plan:
         bufs = getattr(self._scratch, "bufs", None)
         if bufs is None:  # per thread: the nano-batch executor runs row ranges of one linear concurrently
             bufs = self._scratch.bufs = (
-                torch.empty(self.mp * self.k, dtype=torch.int8),
-                torch.empty(self.mp * self.groups, dtype=torch.float32),
-                torch.empty(self.mp * self.groups, dtype=torch.int32),
+                torch.empty((self.mp, self.k), dtype=torch.int8),
+                torch.empty((self.mp, self.groups), dtype=torch.float32),
+                torch.empty((self.mp, self.groups), dtype=torch.int32),
             )
         return bufs
 
@@ -288,9 +285,33 @@ class A8Plan:
             self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **self.sizes})
             return
         xq, xs, xsum = self._buffers()
-        args = {"x": x2.reshape(-1), "y": y2.reshape(-1), "xq": xq, "xs": xs, "xsum": xsum, **self._flat}
-        self.quant.function(*[args[a] for a in self._qnames])  # type: ignore[attr-defined]
-        self.gemv.function(*[args[a] for a in self._gnames])  # type: ignore[attr-defined]
+        self._quant(x2, xq, xs, xsum)
+        self._gemv(xq, xs, xsum, y2)
+
+
+def linear_launcher(
+    qw: QuantizedWeight, m: int, backend: str, adtype: str, kernel: str | None = None
+) -> Callable[[Any, Any], None]:
+    """`launch(x2, y2)`: y2 [m, N] = x2 [m, K] @ Ŵᵀ (no bias) for contiguous CPU torch tensors of `adtype`,
+    with the compiled kernel and the weight's tensors bound once (what `quantized_linear` runs for these
+    arguments, minus its per-call checks and conversions: the executor's hot path). w_a16 weights and the
+    int8-activation GEMV (`kernel`); W4A8 schemes go through `quantized_linear_int8`."""
+    backend = select_backend(backend)
+    if kernel == A8_KERNEL:
+        return a8_plan(qw, m, backend, adtype).run
+    if qw.scheme != "w_a16":
+        raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
+    x0 = np.zeros((m, qw.shape[1]), np.float32)
+    fixed, args = _arguments(qw, x0, None, None, adtype)
+    plans = qw.__dict__.setdefault("_plans", {})
+    key = (m, backend, adtype, False, None)
+    compiled = plans.get(key)
+    if compiled is None:
+        lib = select_kernel(qw, m)
+        cfg = _choose_config(lib, fixed, args, backend, False, m, qw)
+        compiled = plans[key] = compile_program(lib.trace(**fixed, **cfg.constant_dict), backend, cfg.option_dict)
+    bound = {name: v for name, v in args.items() if name not in ("x", "y")}
+    return bind(compiled, bound, ("x", "y"))
 
 
 def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
@@ -478,6 +499,7 @@ __all__ = [
     "a8_plan",
     "a8_reason",
     "a8_weight",
+    "linear_launcher",
     "quantized_linear",
     "quantized_linear_int8",
     "select_backend",

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -138,6 +139,49 @@ class TvmKernel:
         self.function(*call_args)
         for dst, src in copies:
             np.copyto(dst, src.reshape(dst.shape).view(dst.dtype))
+
+    def bind(self, fixed: Mapping[str, Any], dynamic: tuple[str, ...]) -> Any:
+        """A positional caller for repeated launches: `call(*values)` runs the kernel with `fixed` (converted
+        to flat torch tensors once, here) and `values` for the `dynamic` names (contiguous CPU torch tensors,
+        flattened with a view, or ints), with none of `__call__`'s per-argument conversion and checks."""
+        params = {p.name: p for p in self.program.params}
+        missing = set(self.arg_names) - set(fixed) - set(dynamic)
+        if missing:
+            raise BackendError(f"kernel {self.program.name}: bind lacks arguments {sorted(missing)}")
+        template: list[Any] = []
+        for name in self.arg_names:
+            if name in dynamic:
+                template.append(None)
+            elif not hasattr(params[name], "layout"):
+                template.append(int(fixed[name]))
+            else:
+                t, back = _as_torch(fixed[name], isinstance(getattr(params[name], "layout", None), PackedLayout))
+                if back is not None:
+                    raise BackendError(f"kernel {self.program.name}: bound argument {name} is not contiguous")
+                template.append(t.reshape(-1))
+        # (argument position, is a tensor) per dynamic name; -1 for a name the compiled kernel does not take
+        where = [
+            (self.arg_names.index(n), hasattr(params[n], "layout")) if n in self.arg_names else (-1, False)
+            for n in dynamic
+        ]
+        fn = self.function
+
+        def call(*values: Any) -> None:
+            args = list(template)
+            for (i, tensor), v in zip(where, values):
+                if i >= 0:
+                    args[i] = v.view(-1) if tensor else v
+            calls = getattr(RECORDING, "calls", None)
+            if calls is not None:  # a step being recorded for replay (lowbit.runtime.executor's decode plans)
+                calls.append((fn, tuple(args)))
+            fn(*args)
+
+        return call
+
+
+# `RECORDING.calls`: a list on the thread recording a decode step; every bound launch appends (function, its
+# final arguments) to it, so the step can be replayed as plain calls on the same buffers
+RECORDING = threading.local()
 
 
 def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
