@@ -185,18 +185,62 @@ class GraphvizNotFound(RuntimeError):
 
 
 def graph_png(g: OpGraph, path: Any) -> None:
-    """Render `g` to a PNG at `path` with Graphviz `dot`; raises GraphvizNotFound (with the fix) without it."""
+    """Render `g` to a PNG at `path`: with Graphviz `dot` when it is on PATH (the best layout), else with
+    matplotlib over networkx (nodes in rows by dependency depth, coloured by op class); raises
+    GraphvizNotFound (with the fix) when neither is available."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     dot = shutil.which("dot")
     if dot is None:
-        raise GraphvizNotFound(
-            "rendering the graph as PNG needs the Graphviz `dot` executable, which is not on PATH; install "
-            "graphviz (apt-get install graphviz, brew install graphviz or conda install graphviz), or write the "
-            "dot text instead (g.to_dot(), `--format dot`) and render it elsewhere"
-        )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _matplotlib_png(g, Path(path))
+        return
     proc = subprocess.run([dot, "-Tpng", "-o", str(path)], input=graph_dot(g), text=True, capture_output=True)
     if proc.returncode:
         raise RuntimeError(f"dot -Tpng failed with exit code {proc.returncode}: {proc.stderr.strip()}")
+
+
+def _matplotlib_png(g: OpGraph, path: Path) -> None:
+    # Graphviz is a system package, often missing; matplotlib (a pip wheel) draws a plainer but complete
+    # picture: every node (op, name, spec) and every edge, top to bottom in dependency order.
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GraphvizNotFound(
+            "rendering the graph as PNG needs the Graphviz `dot` executable (not on PATH) or matplotlib (not "
+            "installed); install graphviz (apt-get install graphviz, brew install graphviz) or "
+            "`pip install matplotlib`, or write the dot text instead (g.to_dot(), `--format dot`)"
+        ) from None
+    nodes = g.nodes_in_order()
+    depth: dict[str, int] = {}
+    for n in nodes:
+        parents = [p.name for t in n.inputs if (p := g.producer(t)) is not None]
+        depth[n.name] = 1 + max((depth[q] for q in parents), default=-1)
+    rows: dict[int, list[Node]] = {}
+    for n in nodes:
+        rows.setdefault(depth[n.name], []).append(n)
+    width = max(len(r) for r in rows.values())
+    pos = {n.name: (i - (len(r) - 1) / 2, -d) for d, r in rows.items() for i, n in enumerate(r)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.2 * width), max(4.0, 0.9 * len(rows))))
+    for n in nodes:
+        for t in n.inputs:
+            p = g.producer(t)
+            if p is not None:
+                (x0, y0), (x1, y1) = pos[p.name], pos[n.name]
+                ax.annotate("", (x1, y1 + 0.18), (x0, y0 - 0.18), arrowprops={"arrowstyle": "->", "lw": 0.6})
+    for n in nodes:
+        x, y = pos[n.name]
+        detail = spec_text(n.attr("spec")) if n.op == "linear" else ""
+        label = f"{n.op}\n{n.name}" + (f"\n{detail}" if detail else "")
+        box = {"boxstyle": "round", "fc": CLASS_COLORS[op_class(n.op)], "ec": "#555555"}
+        ax.text(x, y, label, ha="center", va="center", fontsize=6, bbox=box)
+    ax.set_xlim(-width / 2 - 0.5, width / 2 + 0.5)
+    ax.set_ylim(-len(rows), 1)
+    ax.set_title(g.name, fontsize=9)
+    ax.axis("off")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 __all__ = [

@@ -89,7 +89,21 @@ def test_to_png(tmp_path, monkeypatch):
         g.to_png(tmp_path / "g.png")
         assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(GraphvizNotFound, match=r"install graphviz .*g\.to_dot\(\)"):
+    pytest.importorskip("matplotlib")
+    g.to_png(tmp_path / "mpl.png")  # no Graphviz: the matplotlib drawing
+    data = (tmp_path / "mpl.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **kw):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(GraphvizNotFound, match=r"install graphviz .*matplotlib.*g\.to_dot\(\)"):
         g.to_png(tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
 
