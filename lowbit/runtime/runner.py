@@ -74,12 +74,23 @@ class ModelRunner:
         run = self.nano if self.nano is not None else self.executor
         return run.forward(Batch(chunks, self.cache.page_size), all_logits=all_logits)
 
-    def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
-        """Logits [T, V] of every position of one prompt (a prefill; the pages are freed afterwards)."""
+    def logits(self, token_ids: Sequence[int], *, chunk: int | None = None) -> torch.Tensor:
+        """Logits [T, V] of every position of one prompt (the pages are freed afterwards). One prefill by
+        default; with `chunk`, a chunked prefill: the first chunk attends to its own fresh K/V, every later chunk
+        to the paged cache, so the KV cache's storage format (int8 / int4 / fp8 rounding) is in the logits of
+        every position after the first chunk, as it is in serving."""
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk = {chunk}: give a positive token count (or None for one prefill)")
+        ids = tuple(int(t) for t in token_ids)
+        step = chunk or len(ids)
         table: list[int] = []
-        self.cache.grow(table, len(token_ids))
+        self.cache.grow(table, len(ids))
         try:
-            return self.step([SeqChunk(0, tuple(token_ids), 0, tuple(table))], all_logits=True)
+            rows = [
+                self.step([SeqChunk(0, ids[s : s + step], s, tuple(table))], all_logits=True)
+                for s in range(0, len(ids), step)
+            ]
+            return torch.cat(rows) if len(rows) > 1 else rows[0]
         finally:
             self.cache.free(table)
 

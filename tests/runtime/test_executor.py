@@ -104,3 +104,21 @@ def test_quantized_model_equals_reference_with_dequantized_weights(weights, spec
     ref = reference_logits(ARCH, weights, ids, overrides=overrides)[0]
     bound = 3e-2 if spec.act_int8 else 1e-4  # W4A8 also rounds the activations to int8 per token
     assert rel(r.logits(ids[0].tolist()).numpy(), ref) < bound
+
+
+@pytest.mark.parametrize("kv, bound", [("float32", 1e-5), ("int8", 2e-2)])
+def test_chunked_logits_read_the_cache(weights, kv, bound):
+    """runner.logits(chunk=) equals one prefill for an exact KV cache and carries the KV rounding otherwise
+    (the compile report's evaluation uses it so the KV format is in the KL)."""
+    ids = np.random.default_rng(5).integers(0, ARCH.vocab_size, 21).tolist()
+    r, _ = runner(ARCH, weights, kv=kv)
+    whole = r.logits(ids).numpy()
+    chunked = r.logits(ids, chunk=8).numpy()
+    assert chunked.shape == whole.shape
+    assert np.array_equal(chunked[:8], whole[:8])  # the first chunk is the same prefill
+    err = rel(chunked, whole)
+    assert err < bound
+    if kv != "float32":
+        assert err > 0  # later chunks really read the quantized cache
+    with pytest.raises(ValueError, match="chunk"):
+        r.logits(ids, chunk=0)
