@@ -9,7 +9,7 @@ from typing import Any
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.kernels.launch import bind
+from lowbit.kernels.launch import bind, serial_options
 
 
 @T.kernel
@@ -36,7 +36,7 @@ def silu_mul_launcher(dtype: str, backend: str = "auto") -> Callable[[Any, Any],
 
     key = (select_backend(backend), dtype)
     if key not in _COMPILED:
-        _COMPILED[key] = compile_program(silu_mul.trace(dtype=dtype), key[0])
+        _COMPILED[key] = compile_program(silu_mul.trace(dtype=dtype), key[0], serial_options(key[0]))
     call = bind(_COMPILED[key], {}, ("x", "out", "NT", "DI"))
 
     def launch(x: Any, out: Any) -> None:

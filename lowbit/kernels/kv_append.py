@@ -50,7 +50,7 @@ import numpy as np
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as dtype_of
-from lowbit.kernels.launch import bind
+from lowbit.kernels.launch import bind, serial_options
 from lowbit.quant.kv import KV_BITS, KV_DTYPES
 
 FP16, FP8 = dtype_of("float16"), dtype_of("fp8_e4m3")
@@ -311,7 +311,7 @@ def _kernel(kv_dtype: str, d: int, h: int, dtype: str, backend: str, heads_per_b
     )
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
-        _COMPILED[key] = compile_program(kv_append.trace(**consts), backend)
+        _COMPILED[key] = compile_program(kv_append.trace(**consts), backend, serial_options(backend))
     return _COMPILED[key]
 
 

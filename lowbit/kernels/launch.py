@@ -10,6 +10,14 @@ import numpy as np
 ACTIVATIONS = ("float16", "bfloat16", "float32")
 
 
+def serial_options(backend: str) -> dict[str, Any]:
+    """Backend options of the small per-row kernels (norms, RoPE, KV append, SwiGLU, activation quantization):
+    on TVM their blocks run serially on the calling thread. Each is a few microseconds of work; a parallel
+    launch wakes the thread pool and then waits for its slowest worker, which on a shared 2-core machine can
+    be descheduled for a whole time slice (milliseconds per launch, measured on the decode step)."""
+    return {"parallel": "none"} if backend == "tvm" else {}
+
+
 def activation_dtype(x: Any, what: str) -> str:
     """x's dtype name (NumPy or torch) if it is an activation dtype, else a ValueError naming argument `what`."""
     name = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")

@@ -23,7 +23,7 @@ import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.kernels.launch import activation_dtype, bind, empty_like
+from lowbit.kernels.launch import activation_dtype, bind, empty_like, serial_options
 
 SINGLE_PASS_MAX = 4096  # rows up to this many elements stay in one tile; longer rows loop in chunks
 CHUNK = 2048  # the chunk of the two-pass loop
@@ -148,7 +148,7 @@ def _kernel(dtype: str, wdtype: str, dm: int, eps: float, add_residual: bool, ba
     consts = dict(eps=float(eps), add_residual=add_residual, dtype=dtype, wdtype=wdtype, **norm_constants(dm))
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
-        _COMPILED[key] = compile_program(rms_norm_kernel.trace(**consts), backend)
+        _COMPILED[key] = compile_program(rms_norm_kernel.trace(**consts), backend, serial_options(backend))
     return _COMPILED[key]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.kernels.launch import activation_dtype, bind, empty_like
+from lowbit.kernels.launch import activation_dtype, bind, empty_like, serial_options
 from lowbit.reference.rope import ROPE_STYLES, rope_inv_freq
 
 
@@ -170,7 +170,7 @@ def rope_launcher(
 def _compiled(consts: dict[str, Any], backend: str) -> Any:
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
-        _COMPILED[key] = compile_program(rope.trace(**consts), backend)
+        _COMPILED[key] = compile_program(rope.trace(**consts), backend, serial_options(backend))
     return _COMPILED[key]
 
 

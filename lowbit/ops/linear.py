@@ -35,7 +35,7 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8
-from lowbit.kernels.launch import activation_dtype, bind
+from lowbit.kernels.launch import activation_dtype, bind, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
@@ -247,7 +247,9 @@ class A8Plan:
         self.groups = self.k // g
         opts = {"tm": 2} if backend == "tvm" else {}
         sdtype = str(qw.scales.dtype)
-        self.quant = compile_program(quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, {})
+        self.quant = compile_program(
+            quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, serial_options(backend)
+        )
         gemv = quantized_gemv_a8.trace(
             wdtype=qw.dtype.name, zero_mode=qw.zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN
         )

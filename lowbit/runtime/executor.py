@@ -126,13 +126,14 @@ class Executor:
 
         proxy = _DecodePlan.inputs(batch, self.cache.page_size, self.max_positions)
         calls: list[tuple[Any, tuple[Any, ...]]] = []
-        self.recording, self.recordable, RECORDING.calls = True, True, calls
+        names: list[str] = []
+        self.recording, self.recordable, RECORDING.calls, RECORDING.names = True, True, calls, names
         try:
             logits = self._forward(proxy, False)
         finally:
-            self.recording, RECORDING.calls = False, None
+            self.recording, RECORDING.calls, RECORDING.names = False, None, None
         if self.recordable:
-            self.plans[key] = _DecodePlan(proxy, calls, logits)
+            self.plans[key] = _DecodePlan(proxy, calls, logits, names)
             while len(self.plans) > MAX_PLANS:
                 self.plans.popitem(last=False)
         return logits.float() if logits.dtype != torch.float32 else logits.clone()
@@ -145,6 +146,7 @@ class Executor:
 
             call = functools.partial(fn, **kwargs) if kwargs else fn
             RECORDING.calls.append((call, args))
+            RECORDING.names.append(getattr(fn, "__name__", type(fn).__name__) + " (torch)")
         return fn(*args, **kwargs)
 
     def contiguous(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,8 +223,9 @@ class _DecodePlan:
     """A recorded decode-only step: its calls and the input buffers they read (ids, positions, slots, block
     tables padded to max_positions / page_size pages, context lengths), and the logits buffer it writes."""
 
-    def __init__(self, proxy: Batch, calls: list[tuple[Any, tuple[Any, ...]]], logits: torch.Tensor):
+    def __init__(self, proxy: Batch, calls: list[tuple[Any, tuple[Any, ...]]], logits: torch.Tensor, names: list[str]):
         self.proxy, self.calls, self.logits = proxy, calls, logits
+        self.names = names  # what each call runs: a kernel's name, or "<torch op> (torch)"
 
     @staticmethod
     def inputs(batch: Batch, page_size: int, max_positions: int) -> Batch:

@@ -164,7 +164,7 @@ class TvmKernel:
             (self.arg_names.index(n), hasattr(params[n], "layout")) if n in self.arg_names else (-1, False)
             for n in dynamic
         ]
-        fn = self.function
+        fn, name = self.function, self.program.name
 
         def call(*values: Any) -> None:
             args = list(template)
@@ -174,13 +174,15 @@ class TvmKernel:
             calls = getattr(RECORDING, "calls", None)
             if calls is not None:  # a step being recorded for replay (lowbit.runtime.executor's decode plans)
                 calls.append((fn, tuple(args)))
+                RECORDING.names.append(name)
             fn(*args)
 
         return call
 
 
 # `RECORDING.calls`: a list on the thread recording a decode step; every bound launch appends (function, its
-# final arguments) to it, so the step can be replayed as plain calls on the same buffers
+# final arguments) to it, so the step can be replayed as plain calls on the same buffers, and its kernel's
+# name to `RECORDING.names` (for profiles)
 RECORDING = threading.local()
 
 
