@@ -182,15 +182,29 @@ def hf_cases(args: argparse.Namespace, prompts: list[list[int]]) -> dict[str, An
 
 
 # -- report ---------------------------------------------------------------------------------------------------
-def roofline_single(artifact: str, prompt_len: int, n_new: int) -> dict[str, Any]:
+def roofline(artifact: str, prompt_len: int, n_new: int, batch: int) -> dict[str, Any]:
+    """Decode ceilings at batch 1 and `batch` (mean context prompt + n_new / 2): lowbit's W4 bytes with the fp32
+    peak (its CPU kernels compute in fp32), and HF bf16 (2 bytes per weight, the bf16 peak) at `batch`."""
+    from dataclasses import replace
+
     from lowbit.bench.decode_roofline import decode_bound, model_cost
     from lowbit.bench.roofline import measure_bandwidth, measure_peak_flops
 
     cost = model_cost(artifact)
     bw = measure_bandwidth("cpu")
-    peak = measure_peak_flops("float32", "cpu")
-    bound = decode_bound(cost, 1, prompt_len + n_new / 2, bw, peak)
-    return {"bandwidth_gbs": bw, "peak_gflops_fp32": peak, "model_cost": cost.to_json(), "decode_b1": bound}
+    peak32, peak16 = measure_peak_flops("float32", "cpu"), measure_peak_flops("bfloat16", "cpu")
+    ctx = prompt_len + n_new / 2
+    # HF: the same weights at 16 bits instead of their stored width (~2 B per weight; norms scaled too: negligible)
+    bf16 = replace(cost, weight_bytes=int(cost.weight_bytes * 16.0 / cost.bits_per_weight))
+    return {
+        "bandwidth_gbs": bw,
+        "peak_gflops_fp32": peak32,
+        "peak_gflops_bf16": peak16,
+        "model_cost": cost.to_json(),
+        "decode_b1": decode_bound(cost, 1, ctx, bw, peak32),
+        "decode_batch": decode_bound(cost, batch, ctx, bw, peak32),
+        "hf_bf16_decode_batch": decode_bound(bf16, batch, ctx, bw, peak16),
+    }
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -237,6 +251,13 @@ def format_table(r: dict[str, Any]) -> str:
         f"-> <= {roof['output_tok_s']:.1f} tok/s ({roof['bound_by']}-bound); lowbit at "
         f"{100 * lb['single_decode_tok_s'] / roof['output_tok_s']:.0f}% of it"
     )
+    ro = r["roofline"]
+    rb, hb = ro["decode_batch"], ro["hf_bf16_decode_batch"]
+    lines.append(
+        f"roofline (b): {rb['step_flops'] / 1e9:.1f} GFLOP/step at {ro['peak_gflops_fp32']:.0f} GFLOP/s fp32 "
+        f"-> lowbit <= {rb['output_tok_s']:.1f} tok/s ({rb['bound_by']}-bound); HF bf16 at "
+        f"{ro['peak_gflops_bf16']:.0f} GFLOP/s -> <= {hb['output_tok_s']:.1f} tok/s ({hb['bound_by']}-bound)"
+    )
     return "\n".join(lines)
 
 
@@ -261,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"name": device_name("cpu"), "threads": args.threads},
         "config": {k: getattr(args, k) for k in ("threads", "prompt_len", "new_tokens", "batch", "repeats", "seed")},
     }
-    log("roofline: measuring bandwidth and the fp32 peak")
-    report["roofline"] = roofline_single(str(artifact), args.prompt_len, args.new_tokens)
+    log("roofline: measuring bandwidth and the fp32 / bf16 peaks")
+    report["roofline"] = roofline(str(artifact), args.prompt_len, args.new_tokens, args.batch)
     report["lowbit"] = lowbit_cases(args, prompts)
     report["hf"] = None if args.skip_hf else hf_cases(args, prompts)
     lb, hf = report["lowbit"], report["hf"]

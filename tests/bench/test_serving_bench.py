@@ -297,6 +297,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 NAME, TOKEN_GAP = "fake-server", 0.002  # as a script: "fake-<schedule>", --gap seconds between tokens
+SEEN = []  # max_tokens of every completion request, in arrival order
 
 
 async def health(request):
@@ -309,6 +310,7 @@ async def models(request):
 
 async def completions(request):
     body = await request.json()
+    SEEN.append(body["max_tokens"])
 
     async def stream():
         for i in range(body["max_tokens"]):
@@ -355,18 +357,20 @@ def fake_server(tmp_path):
     ns: dict = {"__name__": "fake"}
     exec(compile(FAKE_SERVER, "fake_server", "exec"), ns)
     with serve_in_thread(ns["app"]) as url:
-        yield url
+        yield url, ns["SEEN"]
 
 
 def test_bench_serve_against_a_url(fake_server, tmp_path, capsys):
+    url, seen = fake_server
     out = tmp_path / "serve.json"
-    argv = ["--url", fake_server, "--vocab-size", "100", "--num-prompts", "6", "--input-len", "8",
-            "--output-len", "5", "--request-rate", "50", "--max-concurrency", "3", "--json", str(out)]  # fmt: skip
+    argv = ["--url", url, "--vocab-size", "100", "--num-prompts", "6", "--input-len", "8", "--output-len", "20",
+            "--request-rate", "50", "--max-concurrency", "3", "--warmup", "2", "--json", str(out)]  # fmt: skip
     assert serve_main(_parse(argv)) == 0
+    assert seen == [16] * (1 + 2) + [20] * 6  # warm-up (untimed, capped at 16 tokens): 1 alone, then 2 at once
     report = json.loads(out.read_text())
     run = report["runs"][0]
     assert run["model"] == "fake-server" and run["completed"] == 6 and run["failed"] == 0
-    assert run["total_input_tokens"] == 48 and run["total_output_tokens"] == 30
+    assert run["total_input_tokens"] == 48 and run["total_output_tokens"] == 120
     assert run["mean_tpot_ms"] > 0 and run["p99_itl_ms"] > 0 and run["median_e2el_ms"] >= run["median_ttft_ms"]
     assert report["config"]["request_rate"] == 50.0 and run["max_concurrency"] == 3
     assert "mean TTFT (ms)" in capsys.readouterr().out
