@@ -178,27 +178,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cols} {roof:14.1f} {med / roof:10.0%}")
     if args.breakdown_steps:
         v = variants[-1]
-        print(f"\n# per-kernel breakdown of a decode step, variant {v}, 1 sequence (thread CPU time, TVM on 1 thread)")
+        what = f"variant {v}, {seqs_list[0]} sequence(s)"
+        print(f"\n# per-kernel breakdown of a decode step, {what} (thread CPU time, TVM on 1 thread)")
         import subprocess
 
         env = {**os.environ, "TVM_NUM_THREADS": "1"}
-        cmd = [sys.executable, __file__, "--_breakdown", v, "--prompt", str(args.prompt)]
+        cmd = [sys.executable, __file__, "--_breakdown", v, "--prompt", str(args.prompt), "--seqs", str(seqs_list[0])]
         cmd += ["--breakdown-steps", str(args.breakdown_steps)]
         subprocess.run(cmd, env=env, check=True)
     return 0
 
 
-def breakdown_main(variant: str, prompt: int, steps: int) -> None:
-    r = make_runner(variant, 1, prompt + steps + 16)
-    run_decode(r, 1, prompt, 4, seed=0)
-    times, total = breakdown(r, 1, prompt, steps)
+def breakdown_main(variant: str, prompt: int, steps: int, seqs: int) -> None:
+    r = make_runner(variant, seqs, prompt + steps + 16)
+    run_decode(r, seqs, prompt, 4, seed=0)
+    times, total = breakdown(r, seqs, prompt, steps)
     inside = sum(sum(v) for v in times.values()) / steps
     for name, ts in sorted(times.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {name:28s} {len(ts) // steps:4d}/step {sum(ts) / steps * 1e3:8.2f} ms/step "
               f"{statistics.median(ts) * 1e6:9.1f} us/call")  # fmt: skip
     print(f"  {'(in kernels / torch ops)':28s} {'':9s} {inside * 1e3:8.2f} ms/step")
     print(f"  {'(Python, outside them)':28s} {'':9s} {(total - inside) * 1e3:8.2f} ms/step")
-    print(f"  {'(thread CPU per step)':28s} {'':9s} {total * 1e3:8.2f} ms/step -> {1 / total:.1f} tok/s on one thread")
+    print(
+        f"  {'(thread CPU per step)':28s} {'':9s} {total * 1e3:8.2f} ms/step -> {seqs / total:.1f} tok/s on one thread"
+    )
 
 
 if __name__ == "__main__":
@@ -207,7 +210,8 @@ if __name__ == "__main__":
         ap.add_argument("--_breakdown")
         ap.add_argument("--prompt", type=int)
         ap.add_argument("--breakdown-steps", type=int)
+        ap.add_argument("--seqs", type=int)
         a = ap.parse_args()
-        breakdown_main(a._breakdown, a.prompt, a.breakdown_steps)
+        breakdown_main(a._breakdown, a.prompt, a.breakdown_steps, a.seqs)
     else:
         sys.exit(main())

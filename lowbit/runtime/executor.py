@@ -15,7 +15,6 @@ other backends and mixed prefill/decode attention take the ops calls themselves.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -138,16 +137,16 @@ class Executor:
                 self.plans.popitem(last=False)
         return logits.float() if logits.dtype != torch.float32 else logits.clone()
 
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """fn(*args, **kwargs) now, and again at every replay when a decode step is being recorded: the rules'
-        data-moving torch ops on the hot path go through here (kernel launches record themselves)."""
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) now, and again at every replay when a decode step is being recorded: the rules' data-moving
+        torch ops on the hot path go through here (kernel launches record themselves). Tensors go in `args`
+        (outputs too: a replay may swap the logits buffer), so wrap ops that take `out=`."""
         if self.recording:
             from lowbit.codegen.tvm.runtime import RECORDING
 
-            call = functools.partial(fn, **kwargs) if kwargs else fn
-            RECORDING.calls.append((call, args))
+            RECORDING.calls.append((fn, args))
             RECORDING.names.append(getattr(fn, "__name__", type(fn).__name__) + " (torch)")
-        return fn(*args, **kwargs)
+        return fn(*args)
 
     def contiguous(self, x: torch.Tensor) -> torch.Tensor:
         """x itself when contiguous, else a copy made through `run` (recorded)."""
@@ -226,6 +225,15 @@ class _DecodePlan:
     def __init__(self, proxy: Batch, calls: list[tuple[Any, tuple[Any, ...]]], logits: torch.Tensor, names: list[str]):
         self.proxy, self.calls, self.logits = proxy, calls, logits
         self.names = names  # what each call runs: a kernel's name, or "<torch op> (torch)"
+        # the arguments that are the logits buffer (or a view of all of it): each replay writes a fresh buffer
+        # there, so the tensor returned to the caller is never overwritten by a later step
+        ptr, size = logits.data_ptr(), logits.numel()
+        self.logit_args = [
+            (i, j, tuple(a.shape))
+            for i, (_, args) in enumerate(calls)
+            for j, a in enumerate(args)
+            if isinstance(a, torch.Tensor) and a.data_ptr() == ptr and a.numel() == size
+        ]
 
     @staticmethod
     def inputs(batch: Batch, page_size: int, max_positions: int) -> Batch:
@@ -245,9 +253,14 @@ class _DecodePlan:
         p.slot_mapping.copy_(batch.slot_mapping)
         p.context_lens.copy_(batch.context_lens)
         p.block_tables[:, : batch.block_tables.shape[1]].copy_(batch.block_tables)
+        logits = torch.empty_like(self.logits)
+        for i, j, shape in self.logit_args:
+            fn, args = self.calls[i]
+            self.calls[i] = (fn, (*args[:j], logits.view(shape), *args[j + 1 :]))
         for fn, args in self.calls:
             fn(*args)
-        return self.logits.float() if self.logits.dtype != torch.float32 else self.logits.clone()
+        self.logits = logits
+        return logits.float()
 
 
 def step_info(batch: Batch) -> dict[str, Any]:
@@ -291,7 +304,7 @@ def _embedding(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     w = ex.param(node.attrs_dict["weight"])  # [V, Dm]
     if ex.fast:
         rows = torch.empty((args[0].shape[0], w.shape[1]), dtype=w.dtype)
-        ex.run(torch.index_select, w, 0, args[0], out=rows)  # = F.embedding
+        ex.run(_gather_rows, w, args[0], rows)  # = F.embedding
         if w.dtype == ex.dtype:
             return (rows,)
         out = torch.empty(rows.shape, dtype=ex.dtype)
@@ -324,7 +337,7 @@ def _rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
 @rule("add")
 def _add(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     out = torch.empty_like(args[0])
-    ex.run(torch.add, args[0], args[1], out=out)
+    ex.run(_add_into, args[0], args[1], out)
     return (out,)
 
 
@@ -385,9 +398,9 @@ def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
         else:  # dense: F.linear's addmm / mm, into a buffer
             y = torch.empty((m, w.shape[0]), dtype=x.dtype)
             if b is None:
-                ex.run(torch.mm, x, w.t(), out=y)
+                ex.run(_matmul_into, x, w, y)
             else:
-                ex.run(torch.addmm, b, x, w.t(), out=y)
+                ex.run(_addmm_into, b, x, w, y)
     else:
         ex.generic()
         if isinstance(w, QuantizedWeight):
@@ -400,6 +413,22 @@ def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     if len(node.outputs) == 1:
         return (y,)
     return tuple(ex.contiguous(t) for t in torch.split(y, list(splits), dim=-1))
+
+
+def _gather_rows(w: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> None:
+    torch.index_select(w, 0, ids, out=out)
+
+
+def _add_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    torch.add(a, b, out=out)
+
+
+def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    torch.mm(x, w.t(), out=out)  # F.linear without bias
+
+
+def _addmm_into(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    torch.addmm(b, x, w.t(), out=out)  # F.linear with bias
 
 
 def _add_bias(y: torch.Tensor, b: torch.Tensor) -> None:

@@ -306,12 +306,35 @@ def _encode_float_expr(x: str, dt: DataType) -> str:
     return f"T.Select({mag} > 2139095040, {dt.nan_code or 0}, {code})"  # NaN: the canonical code, or +0
 
 
+# exp(x) for float32 without libm (LLVM turns `exp` into one scalar library call per lane): Cephes' expf. Range
+# reduction n = round(x·log2 e), r = x − n·ln 2 in two parts (C1 exact in 9 bits: n·C1 is exact), a degree-7
+# polynomial for e^r on |r| <= ln2/2, times 2^(n−1)·2 built in the exponent field. About 1 ulp (within 2^-22
+# relative of the correctly rounded result) for x in [-86.99, 88.72]; below, 0 (the true result is under
+# 2^-125 ≈ 2.4e-38: softmax's -inf masks give exactly 0), above, inf; NaN stays NaN.
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def _exp_float32_expr(x: str) -> str:
+    lo, hi = -86.99, 88.72283905
+    xc = f"T.max(T.min({x}, T.float32({hi})), T.float32({lo}))"
+    n = f"T.floor({xc} * T.float32(1.44269504088896341) + T.float32(0.5))"
+    r = f"(({xc} - {n} * T.float32(0.693359375)) - {n} * T.float32(-2.12194440e-4))"
+    p = f32(_EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = f"({p} * {r} + {f32(c)})"
+    e = f"({p} * ({r} * {r}) + {r} + T.float32(1))"
+    half = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {n}) + 126, 23))'  # 2^(n-1), n in [-126, 128]
+    value = f"T.Select({x} > T.float32({hi}), {f32(math.inf)}, {e} * {half} * T.float32(2))"
+    value = f"T.Select({x} < T.float32({lo}), T.float32(0), {value})"
+    return f"T.Select({is_nan(x)}, {x}, {value})"
+
+
 def _expand_helpers(text: str) -> str:
-    """Replace `_decode_<dtype>(arg)` / `_round_<dtype>(arg)` / `_encode_<dtype>(arg)` calls with their
-    expressions."""
+    """Replace `_decode_<dtype>(arg)` / `_round_<dtype>(arg)` / `_encode_<dtype>(arg)` / `_exp_float32(arg)`
+    calls with their expressions."""
     from lowbit.dtypes import dtype as lookup
 
-    pattern = re.compile(r"_(decode|round|encode)_([A-Za-z0-9_]+?)\(")
+    pattern = re.compile(r"_(decode|round|encode|exp)_([A-Za-z0-9_]+?)\(")
     while True:
         m = pattern.search(text)
         if not m:
@@ -321,9 +344,11 @@ def _expand_helpers(text: str) -> str:
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             i += 1
         arg = text[start : i - 1]
-        dt = lookup(m.group(2))
-        expand = {"decode": _decode_float_expr, "round": _round_float_expr, "encode": _encode_float_expr}
-        body = expand[m.group(1)](arg, dt)
+        if m.group(1) == "exp":
+            body = _exp_float32_expr(arg)
+        else:
+            expand = {"decode": _decode_float_expr, "round": _round_float_expr, "encode": _encode_float_expr}
+            body = expand[m.group(1)](arg, lookup(m.group(2)))
         text = text[: m.start()] + "(" + body + ")" + text[i:]
 
 
@@ -1207,7 +1232,7 @@ def _dequantize(e: _Emitter, inst: I.Dequantize, t: Tile) -> IndexFn:
 
 
 _UNARY_FLOAT = {
-    "exp": "T.exp({})",
+    "exp": "_exp_float32({})",
     "exp2": "T.exp2({})",
     "log": "T.log({})",
     "log2": "T.log2({})",
@@ -1216,7 +1241,7 @@ _UNARY_FLOAT = {
     "sin": "T.sin({})",
     "cos": "T.cos({})",
     "tanh": "T.tanh({})",
-    "sigmoid": "(T.float32(1) / (T.float32(1) + T.exp(T.float32(0) - {})))",
+    "sigmoid": "(T.float32(1) / (T.float32(1) + _exp_float32(T.float32(0) - {})))",
     "floor": "T.floor({})",
     "ceil": "T.ceil({})",
     "neg": "(T.float32(0) - {})",
