@@ -139,3 +139,22 @@ def test_int8_decode_activations(weights):
     err = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     assert np.isfinite(err) and err < 5e-2, err
     assert list(r.executor.plans) == [(1, 1)]
+
+
+def test_select_kernels_keeps_ineligible_linears_with_a_note():
+    def resolve(module):
+        return LinearSpec("rtn", "int3", 32) if module.endswith("down_proj") else SPEC
+
+    ctx = PassContext(arch=ARCH, resolve=resolve, backend="tvm", dtype="float32", decode_activations="int8")
+    g = optimize(build_graph(ARCH), ctx)
+    kinds = {
+        n.name.rsplit(".", 1)[-1]: dict(dict(n.attrs)["kernels"])[16] for n in g.nodes_in_order() if n.op == "linear"
+    }
+    assert kinds["down_proj"] == "quantized_gemv" and kinds["o_proj"] == "quantized_gemv_a8"
+    assert any("int3 codes" in note and "down_proj" in note for note in g.meta.get("notes", ()))
+    gpu = optimize(build_graph(ARCH), PassContext(**{**ctx.__dict__, "device": "cuda", "backend": "triton"}))
+    assert all(
+        dict(dict(n.attrs)["kernels"])[16] != "quantized_gemv_a8" for n in gpu.nodes_in_order() if n.op == "linear"
+    )
+    with pytest.raises(ValueError, match="decode_activations 'int4'"):
+        PassContext(arch=ARCH, decode_activations="int4")

@@ -31,7 +31,7 @@ def kernel_for(family: str, m: int, a8: bool = False) -> str:
 
 
 def select_kernels(g: OpGraph, ctx: PassContext) -> OpGraph:
-    notes: list[str] = []
+    kept: dict[str, list[str]] = {}  # why decode keeps float activations -> the linears concerned
 
     def visit(n: Node) -> Node:
         if n.op != "linear":
@@ -45,11 +45,12 @@ def select_kernels(g: OpGraph, ctx: PassContext) -> OpGraph:
                 spec.scheme, spec.weight_dtype, spec.group_size, spec.zero_mode, n.attr("in_features")
             )
             if why:
-                notes.append(f"select_kernels: {n.name}: decode keeps float activations ({why})")
+                kept.setdefault(why, []).append(n.name)
             a8 = why is None
         return n.with_attrs(kernels=tuple((b, kernel_for(family, b, a8)) for b in ctx.buckets))
 
     g = g.map_nodes(visit).with_meta(buckets=ctx.buckets)
-    for note in notes:
-        g = g.with_note(note)
+    for why, names in kept.items():
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        g = g.with_note(f"select_kernels: decode_activations int8: {names[0]}{more} keep float activations ({why})")
     return g
