@@ -4,7 +4,8 @@
     lowbit bench throughput artifacts/tiny-llama --num-prompts 256 --input-len 128 --output-len 128 \
         --max-num-seqs 32 --schedules unsplit,nano --warmup 1 --threads 2 --json throughput.json
 
-For each schedule of `--schedules`, one after another in this process: `lowbit.LLM(artifact, schedule=S,
+For each schedule of `--schedules`, one after another, each in a fresh process (`--same-process`: all in this one,
+where a schedule inherits the threads, caches and kernels of those before it): `lowbit.LLM(artifact, schedule=S,
 max_num_seqs=B)`, `--warmup` untimed generate calls (the first B requests at full length: every kernel the run
 needs, for every batch and context bucket, is loaded or built there), then all `--num-prompts` synthetic
 random-token prompts (seeded, the same for every schedule) in one `generate` with greedy sampling and `ignore_eos`
@@ -23,8 +24,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from lowbit.bench.compare import Row, ratios, side_by_side, write_json
@@ -56,7 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--peak-gflops", type=float, default=None, help="matmul peak for the roofline (default: probe)")
     p.add_argument("--no-verify", action="store_true", help="skip the artifact's sha256 check")
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="all schedules in this process (default: one fresh process each, none inherits threads or kernels)",
+    )
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--child-result", help=argparse.SUPPRESS)  # internal: run one schedule, write its result here
 
 
 def parse_schedules(text: str) -> list[str]:
@@ -155,6 +166,38 @@ ROWS: list[Row] = [
 ]
 
 
+FORWARDED = (  # flags a child process gets from its parent
+    "num_prompts", "input_len", "output_len", "range_ratio", "max_num_seqs", "max_num_batched_tokens",
+    "max_model_len", "warmup", "seed", "backend", "threads",
+)  # fmt: skip
+
+
+def run_command(cmd: list[str]) -> tuple[int, str]:
+    """Run a child process to completion: (exit code, its stdout and stderr)."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc.returncode, proc.stdout
+
+
+def run_in_child(args: argparse.Namespace, schedule: str) -> dict[str, Any]:
+    """`schedule` measured by `lowbit bench throughput` in a fresh process (same flags); its result dict."""
+    with tempfile.TemporaryDirectory(prefix="lowbit-bench-throughput-") as d:
+        out = Path(d) / "result.json"
+        cmd = [sys.executable, "-m", "lowbit.cli", "bench", "throughput", str(args.artifact), "--schedules", schedule,
+               "--child-result", str(out)]  # fmt: skip
+        for name in FORWARDED:
+            value = getattr(args, name)
+            if value is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(value)]
+        if args.no_verify:
+            cmd.append("--no-verify")
+        print(f"schedule {schedule}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        rc, output = run_command(cmd)
+        if rc != 0 or not out.is_file():
+            tail = "\n".join(output.splitlines()[-20:])
+            raise RuntimeError(f"schedule {schedule}: the child process exited with {rc}:\n{tail}")
+        return dict(json.loads(out.read_text())["runs"][0])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from lowbit.bench.decode_roofline import decode_bound, model_cost, workload_bound
     from lowbit.codegen.tune.timing import set_threads
@@ -168,14 +211,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     threads = torch.get_num_threads()
-    model = load_compiled(args.artifact, verify="none" if args.no_verify else "full")
-    reqs = synthetic_requests(
-        args.num_prompts, args.input_len, args.output_len, vocab_size=model.arch.vocab_size,
-        range_ratio=args.range_ratio, seed=args.seed, tokenizer=model.tokenizer,
-    )  # fmt: skip
-    prompts = [list(r.payload_prompt) for r in reqs]
-    out_lens = [r.output_len for r in reqs]
-    runs = [run_schedule(model, s, prompts, out_lens, args) for s in schedules]  # type: ignore[arg-type]
+    if args.child_result or args.same_process:
+        model = load_compiled(args.artifact, verify="none" if args.no_verify else "full")
+        reqs = synthetic_requests(
+            args.num_prompts, args.input_len, args.output_len, vocab_size=model.arch.vocab_size,
+            range_ratio=args.range_ratio, seed=args.seed, tokenizer=model.tokenizer,
+        )  # fmt: skip
+        prompts = [[int(t) for t in r.payload_prompt] for r in reqs]
+        out_lens = [r.output_len for r in reqs]
+        runs = [run_schedule(model, s, prompts, out_lens, args) for s in schedules]
+        if args.child_result:
+            return {"runs": runs}
+    else:
+        runs = [run_in_child(args, s) for s in schedules]
 
     cost = model_cost(args.artifact)
     machine = probe_machine(cost.device, cost.compute_dtype, args.bandwidth_gbs, args.peak_gflops)
@@ -245,6 +293,12 @@ def main(args: argparse.Namespace) -> int:
     except (BenchThroughputError, ValueError, FileNotFoundError, ArtifactError) as e:
         print(f"lowbit bench throughput: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a child process failed
+        print(f"lowbit bench throughput: {e}", file=sys.stderr)
+        return 1
+    if args.child_result:
+        write_json(report, args.child_result)
+        return 0
     print(format_report(report))
     if args.json:
         print(f"wrote {write_json(report, args.json)}")

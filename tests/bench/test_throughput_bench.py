@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 import pytest
 
@@ -69,11 +70,24 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def test_bench_throughput_end_to_end(tiny_artifact, tmp_path, capsys):
+def run_child_in_process(cmd):
+    """Stands in for throughput.run_command: the child's exact command line, through lowbit.cli.main, in this
+    process (a fresh interpreter per schedule would cost ~10-20 s of imports and kernel builds here)."""
+    from lowbit.cli import main as cli_main
+
+    assert cmd[:3] == [sys.executable, "-m", "lowbit.cli"], cmd
+    return cli_main(cmd[3:]), ""
+
+
+@pytest.mark.parametrize("same_process", [False, True], ids=["process-per-schedule", "same-process"])
+def test_bench_throughput_end_to_end(tiny_artifact, tmp_path, capsys, monkeypatch, same_process):
+    import lowbit.bench.throughput as bt
+
+    monkeypatch.setattr(bt, "run_command", run_child_in_process)
     out = tmp_path / "throughput.json"
     argv = [str(tiny_artifact), "--num-prompts", "4", "--input-len", "8", "--output-len", "4", "--warmup", "0",
             "--max-num-seqs", "4", "--schedules", "unsplit,nano", "--bandwidth-gbs", "10", "--peak-gflops", "50",
-            "--no-verify", "--json", str(out)]  # fmt: skip
+            "--no-verify", "--json", str(out)] + (["--same-process"] if same_process else [])  # fmt: skip
     assert throughput_main(_parse(argv)) == 0
     report = json.loads(out.read_text())
     assert [r["schedule"] for r in report["runs"]] == ["unsplit", "nano"]
@@ -98,3 +112,12 @@ def test_bench_throughput_end_to_end(tiny_artifact, tmp_path, capsys):
 def test_bad_schedule_names_the_flag(tiny_artifact, capsys):
     assert throughput_main(_parse([str(tiny_artifact), "--schedules", "fast"])) == 2
     assert "--schedules 'fast'" in capsys.readouterr().err
+
+
+def test_a_failing_child_is_reported(tiny_artifact, monkeypatch, capsys):
+    import lowbit.bench.throughput as bt
+
+    monkeypatch.setattr(bt, "run_command", lambda cmd: (3, "line 1\nout of memory"))
+    assert throughput_main(_parse([str(tiny_artifact), "--schedules", "nano", "--no-verify"])) == 1
+    err = capsys.readouterr().err
+    assert "schedule nano: the child process exited with 3" in err and "out of memory" in err
