@@ -5,6 +5,7 @@ flight and the engine keeps serving, and shutdown drains or aborts cleanly."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -21,6 +22,19 @@ PROMPTS = [[5, 17, 99, 3], [200, 201, 7], [42], list(range(60, 90))]
 @pytest.fixture(scope="module")
 def model(tiny_exact_artifact):
     return load_compiled(tiny_exact_artifact)
+
+
+def slowed(engine: LLMEngine, seconds: float = 0.02) -> LLMEngine:
+    """Each step takes at least `seconds`: tests about timing (queueing, timeouts) must not depend on how fast
+    the kernels happen to be."""
+    real = engine.runner.step
+
+    def step(chunks, **kw):
+        time.sleep(seconds)
+        return real(chunks, **kw)
+
+    engine.runner.step = step
+    return engine
 
 
 async def collect(eng, prompt, params, rid=None):
@@ -64,8 +78,14 @@ def test_leaving_a_stream_aborts_it_and_frees_pages(model):
                     break
                 await asyncio.sleep(0.01)
             # a task cancelled mid-stream (CancelledError inside the iterator) is aborted too
-            task = asyncio.create_task(collect(eng, PROMPTS[0], SamplingParams(max_tokens=200, ignore_eos=True)))
-            await asyncio.sleep(0.2)
+            started = asyncio.Event()
+
+            async def consume():
+                async for _ in eng.generate(PROMPTS[0], SamplingParams(max_tokens=250, ignore_eos=True)):
+                    started.set()
+
+            task = asyncio.create_task(consume())
+            await started.wait()  # cancel right after the first token: far from its 250th
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -84,7 +104,7 @@ def test_leaving_a_stream_aborts_it_and_frees_pages(model):
 
 def test_backpressure_and_bad_requests(model):
     async def main():
-        eng = AsyncLLMEngine(LLMEngine(model, max_num_seqs=1), max_waiting=1).start()
+        eng = AsyncLLMEngine(slowed(LLMEngine(model, max_num_seqs=1)), max_waiting=1).start()
         try:
             with pytest.raises(ValueError, match="maximum context length"):
                 await collect(eng, [1] * 250, SamplingParams(max_tokens=10))
@@ -133,7 +153,7 @@ def test_a_failing_step_fails_in_flight_requests_and_the_engine_goes_on(model):
 
 def test_shutdown_finishes_in_flight_or_aborts_after_the_timeout(model):
     async def main():
-        eng = AsyncLLMEngine(LLMEngine(model)).start()
+        eng = AsyncLLMEngine(slowed(LLMEngine(model))).start()
         short = asyncio.create_task(collect(eng, PROMPTS[0], SamplingParams(max_tokens=3, ignore_eos=True)))
         long = asyncio.create_task(collect(eng, PROMPTS[1], SamplingParams(max_tokens=240, ignore_eos=True)))
         await asyncio.sleep(0.2)
