@@ -35,10 +35,12 @@ def rms_norm_kernel(
     residual: T.Tensor("dtype", ("NT", "DM")),
     weight: T.Tensor("wdtype", ("DM",)),
     out: T.Tensor("dtype", ("NT", "DM")),
+    residual_out: T.Tensor("dtype", ("NT", "DM")),
     NT: T.int32,
     DM: T.int32,
     eps: T.constexpr = 1e-6,
     add_residual: T.constexpr = False,
+    inplace: T.constexpr = True,
     dtype: T.constexpr = "float16",
     wdtype: T.constexpr = "float16",
     BD: T.constexpr = 1024,
@@ -58,7 +60,7 @@ def rms_norm_kernel(
         # last: the TVM backend inlines loads into the expressions that use them, so a store to residual
         # before out's would let out re-read the updated residual
         if add_residual:
-            T.store(residual, (t, d0), T.cast(v, x.dtype))
+            T.store(residual if inplace else residual_out, (t, d0), T.cast(v, x.dtype))
 
     if single_pass:
         v = row(0)
@@ -126,26 +128,32 @@ def _launch(x: Any, residual: Any, weight: Any, eps: float, out: Any, backend: s
 
 def norm_launcher(
     weight: Any, eps: float, dtype: str, add_residual: bool, backend: str = "auto"
-) -> Callable[[Any, Any, Any], None]:
-    """`launch(x, out, residual)` for rows of one dtype and this weight: `rms_norm` (residual None) or
-    `add_rms_norm` (residual updated in place) with the weight and constants bound and no checks: the
-    executor's hot path (it validated the graph). x, out, residual: contiguous [T, Dm] tensors."""
+) -> Callable[[Any, Any, Any, Any], None]:
+    """`launch(x, out, residual, residual_out)` for rows of one dtype and this weight: `rms_norm` (residual
+    None) or `add_rms_norm` with the new residual written to `residual_out` (the old one is left as it was),
+    weight and constants bound, no checks: the executor's hot path (it validated the graph). x, out,
+    residual, residual_out: contiguous [T, Dm] tensors."""
     from lowbit.ops.linear import select_backend
 
     dm = int(weight.shape[0])
-    kernel = _kernel(dtype, _dtype(weight), dm, eps, add_residual, select_backend(backend))
-    call = bind(kernel, {"weight": weight, "DM": dm}, ("x", "out", "residual", "NT"))
+    kernel = _kernel(dtype, _dtype(weight), dm, eps, add_residual, select_backend(backend), inplace=False)
+    call = bind(kernel, {"weight": weight, "DM": dm}, ("x", "out", "residual", "residual_out", "NT"))
 
-    def launch(x: Any, out: Any, residual: Any = None) -> None:
+    def launch(x: Any, out: Any, residual: Any = None, residual_out: Any = None) -> None:
         n = int(x.shape[0])
         if n:
-            call(x, out, residual, n)
+            call(x, out, residual, residual_out, n)
 
     return launch
 
 
-def _kernel(dtype: str, wdtype: str, dm: int, eps: float, add_residual: bool, backend: str) -> Any:
-    consts = dict(eps=float(eps), add_residual=add_residual, dtype=dtype, wdtype=wdtype, **norm_constants(dm))
+def _kernel(
+    dtype: str, wdtype: str, dm: int, eps: float, add_residual: bool, backend: str, inplace: bool = True
+) -> Any:
+    consts = dict(
+        eps=float(eps), add_residual=add_residual, inplace=inplace or not add_residual, dtype=dtype, wdtype=wdtype,
+        **norm_constants(dm),
+    )  # fmt: skip
     key = (backend, *sorted(consts.items()))
     if key not in _COMPILED:
         _COMPILED[key] = compile_program(rms_norm_kernel.trace(**consts), backend, serial_options(backend))

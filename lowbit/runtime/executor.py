@@ -110,7 +110,8 @@ class Executor:
         copying the batch's ids, positions, slots, block tables and context lengths into them."""
         if self.fast and not all_logits and self.attn_geom is not None:
             info = step_info(batch)
-            if info["decode_only"] and info["max_pos"] < self.replay_limit:
+            pages = -(-self.max_positions // self.cache.page_size)  # the plans' block-table width
+            if info["decode_only"] and info["max_pos"] < self.replay_limit and batch.block_tables.shape[1] <= pages:
                 hkv, bn = self.attn_geom
                 key = (batch.num_tokens, _auto_splits("tvm", batch.num_tokens * hkv, info["max_len"], bn))
                 plan = self.plans.get(key)
@@ -326,7 +327,7 @@ def _rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     if ex.fast and args[0].dtype == ex.dtype:
         x = ex.contiguous(args[0])
         out = torch.empty_like(x)
-        _norm_launch(ex, node, False)(x, out, None)
+        _norm_launch(ex, node, False)(x, out, None, None)
         return (out,)
     ex.generic()
     x = args[0].contiguous()
@@ -345,11 +346,9 @@ def _add(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
 def _add_rms_norm(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     x, residual = args
     if ex.fast and x.dtype == ex.dtype:
-        summed = torch.empty_like(residual)  # the kernel adds in place; the input may be read by a later node
-        ex.run(summed.copy_, residual)
-        x = ex.contiguous(x)
-        out = torch.empty_like(x)
-        _norm_launch(ex, node, True)(x, out, summed)
+        x, residual = ex.contiguous(x), ex.contiguous(residual)
+        out, summed = torch.empty_like(x), torch.empty_like(residual)  # the input residual is left as it was
+        _norm_launch(ex, node, True)(x, out, residual, summed)
         return (out, summed)
     ex.generic()
     summed = residual.clone()

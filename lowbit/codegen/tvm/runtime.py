@@ -2,7 +2,8 @@
 
 Targets are JSON dicts (TVM 0.27 rejects target strings); the CPU's `mcpu` comes from
 `llvm_get_system_cpu()` because `mcpu=native` silently falls back to generic SSE code. TVM runs one thread
-on this kind of VM unless TVM_NUM_THREADS is set, so it is set (to the core count) before TVM starts.
+on this kind of VM unless TVM_NUM_THREADS is set, so it is set (to the core count) before TVM starts, and
+TVM_BIND_THREADS to 0 (unpinned workers: a pinned worker on a busy core stalls every parallel kernel).
 Arguments reach the compiled function as torch CPU tensors (zero-copy through DLPack); buffers are declared
 with 4-byte alignment, so views and `torch.from_numpy` arrays are safe to pass.
 
@@ -31,6 +32,10 @@ from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+# TVM pins its pool's workers to cores by default; on a shared VM a pinned worker whose core is busy holds up
+# every parallel kernel until it runs again (the 1.1B decode GEMVs streamed 7-9 GB/s pinned vs 12-13 GB/s
+# unpinned on this 2-core VM under a load average of 3; not measured on an idle machine): let the OS place them
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 import tvm
 
