@@ -45,9 +45,8 @@ def model_cost(artifact: str | Path) -> ModelCost:
     import yaml
 
     from lowbit.artifact import open_artifact
-    from lowbit.compiler.compile import model_graph
-    from lowbit.config import parse_config, resolve_linear
-    from lowbit.graph import PassContext
+    from lowbit.compiler.compile import model_graph, pass_context
+    from lowbit.config import parse_config
     from lowbit.graph.stats import kv_bytes_per_token, op_costs
     from lowbit.models.arch import ArchConfig
 
@@ -55,14 +54,7 @@ def model_cost(artifact: str | Path) -> ModelCost:
     cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{artifact}/model.yaml", check_files=False)
     arch = ArchConfig.from_hf_config(art.read_json("config.json"))
     graph = model_graph(cfg, arch)
-    ctx = PassContext(
-        arch=arch,
-        resolve=lambda name: resolve_linear(cfg, name),
-        backend=cfg.target.effective_backend,
-        device=cfg.target.device,
-        dtype=cfg.model.dtype,
-        kv_dtype=cfg.quantization.kv_cache.dtype,
-    )
+    ctx = pass_context(cfg, arch)
     per_tok = per_seq = attn = wbytes = lin_bytes = lin_elems = 0
     after_last = False
     for c, node in zip(op_costs(graph, ctx), graph.nodes_in_order()):

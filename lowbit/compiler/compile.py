@@ -61,13 +61,12 @@ def artifact_plan(arch: Any, device: str) -> Any:
     return default_plan(arch, device) if device == "cuda" else unsplit_plan()
 
 
-def model_graph(cfg: Any, arch: Any) -> Any:
-    """The optimized op graph of `arch` under the recipe and target of `cfg` (compile and load derive it the
-    same way; load checks the result prints as the artifact's graph.txt)."""
+def pass_context(cfg: Any, arch: Any) -> Any:
+    """The graph passes' context for `arch` under the recipe and target of `cfg`."""
     from lowbit.config import resolve_linear
-    from lowbit.graph import PassContext, build_graph, optimize
+    from lowbit.graph import PassContext
 
-    ctx = PassContext(
+    return PassContext(
         arch=arch,
         resolve=lambda name: resolve_linear(cfg, name),
         backend=cfg.target.effective_backend,
@@ -75,7 +74,14 @@ def model_graph(cfg: Any, arch: Any) -> Any:
         dtype=cfg.model.dtype,
         kv_dtype=cfg.quantization.kv_cache.dtype,
     )
-    return optimize(build_graph(arch), ctx)
+
+
+def model_graph(cfg: Any, arch: Any) -> Any:
+    """The optimized op graph of `arch` under the recipe and target of `cfg` (compile and load derive it the
+    same way; load checks the result prints as the artifact's graph.txt)."""
+    from lowbit.graph import build_graph, optimize
+
+    return optimize(build_graph(arch), pass_context(cfg, arch))
 
 
 def calibration_ids(cfg: Any, tokenizer: Any, vocab: int, held_out: bool = False) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import heapq
 from dataclasses import dataclass
 
 from lowbit.planner.cost import CostModel, gemm_config
@@ -26,7 +25,7 @@ from lowbit.planner.hardware import Category
 from lowbit.planner.nanoplan import NanoPlan
 from lowbit.planner.ops import PREV, ModelOps, Work, piece_work
 from lowbit.planner.workload import Workload
-from lowbit.runtime.plan import nano_ranges
+from lowbit.runtime.plan import nano_ranges, priority_topo
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def derive_tasks(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, la
     rows = wl.dense_batch
     keys = [(stage_of[(layer, j)] + r[0] / rows + delay[mo.ops[j].name], layer * len(mo.ops) + j)
             for layer, j, _, r in proto]  # fmt: skip
-    order = _priority_topo(deps, keys)
+    order = priority_topo(deps, keys)
     new = {old: i for i, old in enumerate(order)}
     tasks = []
     for old in order:
@@ -130,27 +129,6 @@ def derive_tasks(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, la
                     tuple(sorted(new[x] for x in deps[old])), work, cost.category(work), kernel)
         )  # fmt: skip
     return tuple(tasks)
-
-
-def _priority_topo(deps: list[list[int]], keys: list[tuple[float, int]]) -> list[int]:
-    users: list[list[int]] = [[] for _ in deps]
-    waiting = [len(d) for d in deps]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    ready = [(keys[i], i) for i, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if not waiting[u]:
-                heapq.heappush(ready, (keys[u], u))
-    if len(order) != len(deps):
-        raise ValueError("the nano-op graph has a cycle (an op reads a later op of its own layer)")
-    return order
 
 
 __all__ = ["SimTask", "derive_tasks", "op_cuts", "op_stages"]

@@ -27,7 +27,6 @@ covers them, a concatenation otherwise); on the CPU a piece is dropped once its 
 from __future__ import annotations
 
 import copy
-import heapq
 import itertools
 import os
 import queue
@@ -43,7 +42,7 @@ import torch
 
 from lowbit.runtime.batch import Batch
 from lowbit.runtime.executor import RULES, Executor
-from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges
+from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges, priority_topo
 
 ROW_WISE = frozenset(
     {"embedding", "rms_norm", "add", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant", "linear", "rope",
@@ -139,7 +138,7 @@ def derive_tasks(
     deps_of = [sorted({s[1] for srcs in ins for s in srcs if s[1] != GRAPH_INPUT}) for ins in inputs_of]
 
     # a priority topological order: stage, first row, graph order
-    order = _priority_topo(deps_of, [(stages[p[0]], p[1][0], p[0]) for p in proto])
+    order = priority_topo(deps_of, [(stages[p[0]], p[1][0], p[0]) for p in proto])
     new = {old: i for i, old in enumerate(order)}
     tasks = []
     for old in order:
@@ -149,26 +148,6 @@ def derive_tasks(
         )
         tasks.append(NanoTask(new[old], ni, rows, unit, tuple(sorted(new[d] for d in deps_of[old])), ins, seqs, whole))
     return tuple(tasks)
-
-
-def _priority_topo(deps: Sequence[Sequence[int]], keys: Sequence[tuple[int, ...]]) -> list[int]:
-    users: list[list[int]] = [[] for _ in deps]
-    waiting = [len(d) for d in deps]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    ready = [(keys[i], i) for i, n in enumerate(waiting) if n == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if not waiting[u]:
-                heapq.heappush(ready, (keys[u], u))
-    assert len(order) == len(deps), "the task graph has a cycle"
-    return order
 
 
 class _Step:

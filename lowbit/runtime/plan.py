@@ -23,6 +23,7 @@ intersection of its token rows with its producers' rows, never from equal splits
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -273,6 +274,29 @@ def default_plan(arch: Any = None, device: str = "cpu", *, num_nano: int = 2) ->
     return PipelinePlan(units, rules, tile=tile, min_tokens=2 * tile)
 
 
+def priority_topo(deps: Sequence[Sequence[int]], keys: Sequence[tuple[Any, ...]]) -> list[int]:
+    """A topological order of tasks (`deps[i]` = the tasks i waits for) that always takes the ready task with
+    the smallest key: the queue order of the nano executor's units, which the planner's simulator reproduces."""
+    users: list[list[int]] = [[] for _ in deps]
+    waiting = [len(d) for d in deps]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    ready = [(keys[i], i) for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (keys[u], u))
+    if len(order) != len(deps):
+        raise PlanError("the nano-op graph has a cycle (an op reads a later op of its own layer)")
+    return order
+
+
 __all__ = [
     "OP_CLASSES",
     "OP_KINDS",
@@ -284,5 +308,6 @@ __all__ = [
     "Unit",
     "default_plan",
     "nano_ranges",
+    "priority_topo",
     "unsplit_plan",
 ]
