@@ -136,7 +136,7 @@ class Executor:
             self.plans[key] = _DecodePlan(proxy, calls, logits, names)
             while len(self.plans) > MAX_PLANS:
                 self.plans.popitem(last=False)
-        return logits.float() if logits.dtype != torch.float32 else logits.clone()
+        return logits.float()  # a replay writes a fresh buffer: this one is never written again
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) now, and again at every replay when a decode step is being recorded: the rules' data-moving

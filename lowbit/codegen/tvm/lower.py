@@ -65,6 +65,9 @@ OPTIONS: dict[str, Any] = {
     # (see `_Emitter.int8_dot_plan`), "none" keeps the generic loops; "auto" = "avx2" on an x86 CPU that
     # has it (resolved by lowbit.codegen.tvm.runtime for the build target)
     "int8_dot": "auto",
+    # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
+    # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
+    "prefetch": 4096,
 }
 INT8_DOT = ("auto", "avx2", "none")
 
@@ -81,6 +84,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("vector", "unroll", "tm"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
+    if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
+        raise BackendError(f"tvm backend: option prefetch={out['prefetch']!r} must be an int >= 0 (bytes ahead)")
     return out
 
 
@@ -388,12 +393,14 @@ class _Emitter:
         self.names: set[str] = set()
         self.reads_mutable: set[int] = set()  # tiles whose index fn reads a loop-carried buffer
         self.defs: dict[int, I.Inst] = {}  # tile -> the instruction that defined it (value-range analysis)
+        self.loops: list[For] = []  # the enclosing T.range loops while emitting (innermost last)
         self._analyse()
 
     # ---- analysis ----
     def _analyse(self) -> None:
         self.assigned: set[int] = set()
         self.stored = {s.tensor.name for s in walk(self.p.body) if isinstance(s, Store)}
+        self.scalar_vars = {s.var for s in walk(self.p.body) if isinstance(s, ScalarLoad)}
         self.uses: dict[int, int] = {}
         self.use_depth: dict[int, int] = {}
 
@@ -722,6 +729,41 @@ class _Emitter:
         if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
 
+    # ---- software prefetch ----
+    def prefetch(self, inst: I.Load) -> None:
+        """Prefetch the cache lines this load will read a few iterations of the innermost loop ahead: the
+        tile's rows at the loop variable advanced by ceil(prefetch / tile bytes) steps (clamped into the
+        tensor). Only for loads of >= 512 bytes from row-major, not packed, read-only tensors whose offsets
+        move with the loop (a streaming GEMV's weight tiles); a CPU hint (x86 `prefetcht0`), never a fault."""
+        t, dist = inst.tensor, self.opt["prefetch"]
+        if not dist or not self.loops or self.scope or t.layout is not None or t.name in self.stored:
+            return
+        if inst.mask is not None or t.dtype.is_bool or t.dtype.is_subbyte:
+            return
+        loop = self.loops[-1]
+        offsets = [sympy.sympify(o) for o in inst.offsets]
+        free = set().union(*(o.free_symbols for o in offsets))
+        if loop.var not in free or free & self.scalar_vars or not sympy.sympify(loop.step).is_Integer:
+            return  # loop-invariant, or data-dependent (a page from a block table): no address to predict
+        ebytes = max(t.dtype.bits // 8, 1)
+        row_elems = int(inst.shape[-1])
+        rows = list(itertools.product(*(range(int(n)) for n in inst.shape[:-1])))
+        tile_bytes = len(rows) * row_elems * ebytes
+        if tile_bytes < 512 or len(rows) > 64:
+            return
+        ahead = -(-dist // tile_bytes) * int(loop.step)
+        moved = [o.subs(loop.var, loop.var + ahead) for o in offsets]
+        size = scalar(sympy.Mul(*t.shape))
+        g = self.gbuf[t.name]
+        per_line = max(64 // ebytes, 1)
+        for r in rows:
+            for j in range(0, row_elems, per_line):
+                coords = [f"{scalar(o)} + {i}" for o, i in zip(moved[:-1], r)] + [f"{scalar(moved[-1])} + {j}"]
+                addr = f"T.min({_flat_address(t, coords)}, {size} - 1)"
+                self.line(
+                    f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
+                )
+
     # ---- 8-bit integer dots on x86 (vpmaddubsw + vpmaddwd) ----
     def maybe_bits(self, t: Tile) -> int:
         """A mask of the bits that may be set in t's values, as two's complement patterns of t's width (all
@@ -992,6 +1034,8 @@ def rule(cls: type):
 @stmt_rule(Let)
 def _let(e: _Emitter, s: Let, depth: int) -> None:
     e.line(f"# {_ir_line(s)}")
+    if isinstance(s.inst, I.Load):
+        e.prefetch(s.inst)
     e.define(s.tile, s.inst, depth)
 
 
@@ -1053,7 +1097,9 @@ def _for(e: _Emitter, s: For, depth: int) -> None:
     e.line(f"for {v}_it in T.serial(T.floordiv({stop} - ({start}) + ({step}) - 1, {step})):")
     e.depth += 1
     e.line(f"{v} = {start} + {v}_it * ({step})")
+    e.loops.append(s)
     e.body(s.body, depth + 1)
+    e.loops.pop()
     e.depth -= 1
 
 
