@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see lowbit/__init__.py)
+
 import pytest
 from hypothesis import HealthCheck, settings
 
