@@ -13,18 +13,16 @@ from pathlib import Path
 
 from lowbit.graph.context import PassContext
 from lowbit.graph.graph import OpGraph
-from lowbit.graph.passes import (
-    dce,
-    fuse_add_rms_norm,
-    fuse_dequant,
-    fuse_gate_up,
-    fuse_norm_quant,
-    fuse_qkv,
-    match_recipe,
-    pack_weights,
-    plan_memory,
-    select_kernels,
-)
+from lowbit.graph.passes.dce import dce
+from lowbit.graph.passes.fuse_add_rms_norm import fuse_add_rms_norm
+from lowbit.graph.passes.fuse_dequant import fuse_dequant
+from lowbit.graph.passes.fuse_gate_up import fuse_gate_up
+from lowbit.graph.passes.fuse_norm_quant import fuse_norm_quant
+from lowbit.graph.passes.fuse_qkv import fuse_qkv
+from lowbit.graph.passes.match_recipe import match_recipe
+from lowbit.graph.passes.pack_weights import pack_weights
+from lowbit.graph.passes.plan_memory import plan_memory
+from lowbit.graph.passes.select_kernels import select_kernels
 from lowbit.graph.verify import verify
 
 GraphPass = Callable[[OpGraph, PassContext], OpGraph]
