@@ -73,6 +73,7 @@ def pass_context(cfg: Any, arch: Any) -> Any:
         device=cfg.target.device,
         dtype=cfg.model.dtype,
         kv_dtype=cfg.quantization.kv_cache.dtype,
+        decode_activations=cfg.quantization.decode_activations,
     )
 
 
