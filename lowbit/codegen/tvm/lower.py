@@ -711,21 +711,7 @@ class _Emitter:
         for opnd, reuse in ((b, BM), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
                 self.materialize(opnd)
-        fa, fb = self.get(a), self.get(b)
-        tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
-        unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
-        vt = value_type(inst.acc_dtype)
-        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
-        io, kk = self.fresh("io"), self.fresh("k")
-        self._ii = self.fresh("ii")
-
-        def body(idx: tuple[str, ...], k: str, ctx: _Ctx) -> list[str]:
-            _, j = idx
-            row = f"{io} * {tm} + {self._ii}" if BM > 1 else "0"
-            prod = f"({conv(fa((row, k), ctx))}) * ({conv(fb((k, j), ctx))})"
-            return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
-
-        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
+        self._dot_generic(inst, out, unroll=self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1)
         if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
 
@@ -923,8 +909,9 @@ class _Emitter:
             self._dot_generic(inst, out)
             self.depth -= 1
 
-    def _dot_generic(self, inst: I.Dot, out: str) -> None:
-        """The scalar-operand dot loops (no operand materialisation, so the bindings stay as they are)."""
+    def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
+        """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by
+        `unroll` (no operand materialisation here, so the bindings stay as they are)."""
         a, b = inst.a, inst.b
         BM, KT = a.shape
         BN = b.shape[1]
@@ -941,7 +928,7 @@ class _Emitter:
             prod = f"({conv(fa((row, k), ctx))}) * ({conv(fb((k, j), ctx))})"
             return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
 
-        self._dot_loops(BM // tm, KT, 1, io, kk, (tm, BN), body)
+        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
 
     def _dot_loops(self, n_io: int, KT: int, unroll: int, io: str, kk: str, inner: tuple[int, int], body: Any) -> None:
         """k outer (unrolled by `unroll`), TM accumulator rows unrolled, j vectorized; the fast/slow split
