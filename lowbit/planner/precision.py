@@ -12,12 +12,12 @@ scale and zero per token and head), its bytes from lowbit.graph.stats.kv_bytes_p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from lowbit.config.spec import LinearSpec
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.graph.passes.pack_weights import scale_bytes
+from lowbit.kernels.layouts import weight_layout
 from lowbit.quant.kv import check_kv_dtype
 
 
@@ -47,11 +47,12 @@ class Precision:
         return as_dtype(self.act_dtype).bits // 8
 
     def weight_bytes(self, n: int, k: int) -> int:
-        """Stored bytes of an [n, k] weight: codes + scales + zeros (lowbit's layout), or dense."""
+        """Stored bytes of an [n, k] weight: codes in lowbit's row-packed words (⌊32/bits⌋ codes per uint32, as
+        lowbit.graph.stats.linear_weight_bytes counts them) + scales + zeros, or dense."""
         if self.linear is None:
             return n * k * self.act_bytes
-        bits = as_dtype(self.linear.weight_dtype).bits
-        return math.ceil(n * k * bits / 8) + scale_bytes(self.linear, n, k)
+        layout = weight_layout("row", (k, n), as_dtype(self.linear.weight_dtype).bits)
+        return int(layout.num_words) * layout.word_bits // 8 + scale_bytes(self.linear, n, k)
 
     def bits_per_weight(self, n: int = 4096, k: int = 4096) -> float:
         return 8.0 * self.weight_bytes(n, k) / (n * k)
