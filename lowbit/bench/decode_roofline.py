@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lowbit.bench.roofline import roofline_ms
+
 
 @dataclass(frozen=True)
 class ModelCost:
@@ -86,17 +88,13 @@ def step_bytes(cost: ModelCost, context_tokens: int) -> int:
     return cost.weight_bytes + cost.kv_bytes_per_token * context_tokens
 
 
-def step_seconds(nbytes: float, flops: float, bandwidth_gbs: float, peak_gflops: float) -> float:
-    return max(nbytes / (bandwidth_gbs * 1e9), flops / (peak_gflops * 1e9))
-
-
 def decode_bound(
     cost: ModelCost, batch: int, context: float, bandwidth_gbs: float, peak_gflops: float
 ) -> dict[str, Any]:
     """The ceiling of decode output tok/s with `batch` sequences of `context` cached tokens each."""
     nbytes = step_bytes(cost, math.ceil(batch * context))
     flops = batch * (cost.flops_per_token + cost.flops_per_seq + cost.attn_flops_per_context * context)
-    t = step_seconds(nbytes, flops, bandwidth_gbs, peak_gflops)
+    t = roofline_ms(nbytes, flops, bandwidth_gbs, peak_gflops) / 1e3
     return {
         "batch": batch,
         "context": context,
@@ -128,11 +126,11 @@ def workload_bound(
         flops: float = tokens * cost.flops_per_token + b * cost.flops_per_seq
         flops += b * cost.attn_flops_per_context * input_len * (input_len + 1) / 2  # causal
         nbytes = cost.weight_bytes + cost.kv_bytes_per_token * tokens  # K/V written once
-        prefill_s += step_seconds(nbytes, flops, bandwidth_gbs, peak_gflops)
+        prefill_s += roofline_ms(nbytes, flops, bandwidth_gbs, peak_gflops) / 1e3
         for t in range(1, output_len):
             ctx = input_len + t
             flops = b * (cost.flops_per_token + cost.flops_per_seq + cost.attn_flops_per_context * ctx)
-            decode_s += step_seconds(step_bytes(cost, b * ctx), flops, bandwidth_gbs, peak_gflops)
+            decode_s += roofline_ms(step_bytes(cost, b * ctx), flops, bandwidth_gbs, peak_gflops) / 1e3
     total = prefill_s + decode_s
     out_tokens = num_prompts * output_len
     return {
@@ -145,4 +143,4 @@ def workload_bound(
     }
 
 
-__all__ = ["ModelCost", "decode_bound", "model_cost", "step_bytes", "step_seconds", "workload_bound"]
+__all__ = ["ModelCost", "decode_bound", "model_cost", "step_bytes", "workload_bound"]
