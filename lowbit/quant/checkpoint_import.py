@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.dtypes import decode
+from lowbit.dtypes.packing import pack_dense, unpack_dense
 from lowbit.ir.layout import PackedLayout
 from lowbit.ops.weight import QuantizedWeight, pack_quantized
 
@@ -50,29 +51,28 @@ GPTQ_BITS = (2, 3, 4, 8)
 
 
 # -- dense little-endian bit packing into int32 words, along the last axis --------------------------------
+# each row is a whole number of 32-bit words, so the rows' dense streams (lowbit.dtypes.packing) concatenate
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """values [..., M] (integers in [0, 2^bits)) -> int32 words [..., M·bits/32]; value j occupies bits
     [j·bits, (j+1)·bits) of the little-endian bit stream (so values may straddle words)."""
-    v = np.asarray(values).astype(np.uint64)
+    v = np.asarray(values)
     m = v.shape[-1]
     if (m * bits) % WORD_BITS:
         raise ValueError(
             f"{m} values of {bits} bits do not fill whole 32-bit words; need a multiple of "
             f"{WORD_BITS // np.gcd(bits, WORD_BITS)} values"
         )
-    bit_planes = ((v[..., None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)  # [..., M, bits]
-    stream = bit_planes.reshape(*v.shape[:-1], m * bits)
-    packed = np.packbits(stream, axis=-1, bitorder="little")  # [..., M·bits/8] bytes
-    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32).view(np.int32)
+    return pack_dense(v, bits).view("<i4").astype(np.int32).reshape(*v.shape[:-1], m * bits // WORD_BITS)
 
 
 def unpack_bits(words: np.ndarray, bits: int) -> np.ndarray:
     """int32 words [..., W] -> values [..., W·32/bits] int64 (the inverse of `pack_bits`)."""
     w = np.ascontiguousarray(np.asarray(words).astype("<i4"))
-    stream = np.unpackbits(w.view(np.uint8), axis=-1, bitorder="little")  # [..., W·32]
-    count = stream.shape[-1] // bits
-    planes = stream[..., : count * bits].reshape(*w.shape[:-1], count, bits).astype(np.int64)
-    return (planes << np.arange(bits, dtype=np.int64)).sum(axis=-1)
+    count, rest = divmod(w.shape[-1] * WORD_BITS, bits)
+    if rest:
+        raise ValueError(f"{w.shape[-1]} words of 32 bits do not hold whole {bits}-bit values")
+    stream = w.reshape(-1).view(np.uint8)
+    return unpack_dense(stream, bits, w.size * WORD_BITS // bits).astype(np.int64).reshape(*w.shape[:-1], count)
 
 
 def _int32(a: Any, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
