@@ -87,7 +87,10 @@ def _int32(a: Any, name: str, shape: tuple[int, int] | None = None) -> np.ndarra
 
 
 def _scales(a: Any, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
-    a = np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a)
+    if hasattr(a, "detach"):  # torch: fp16 stays fp16 (the stored scale dtype); bf16 has no NumPy dtype
+        t = a.detach().cpu()
+        a = (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    a = np.asarray(a)
     if a.shape != shape:
         raise ValueError(f"scales has shape {a.shape}; expected [K/G, N] = {list(shape)}")
     return a, "float16" if a.dtype == np.float16 else "float32"

@@ -118,6 +118,19 @@ def test_awq_round_trip(seed: int, dt: tuple[str, str | None], group: int) -> No
     np.testing.assert_array_equal(back.dequantize(), qw.dequantize())
 
 
+def test_torch_tensors_import_like_numpy_with_fp16_scales() -> None:
+    import torch
+
+    qw = quantize(np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32), "uint4", 32, zero_mode="post")
+    t = export_awq(qw)
+    back = import_awq(*(torch.from_numpy(t[k]) for k in ("qweight", "qzeros", "scales")), group_size=32)
+    assert back.scales.dtype == np.float16  # the stored scale dtype, as from NumPy arrays
+    np.testing.assert_array_equal(back.dequantize(), qw.dequantize())
+    bf16 = torch.from_numpy(t["scales"]).to(torch.bfloat16)
+    got = import_awq(torch.from_numpy(t["qweight"]), torch.from_numpy(t["qzeros"]), bf16, group_size=32)
+    assert got.scales.dtype == np.float32 and np.array_equal(got.scales, bf16.float().numpy())
+
+
 @settings(max_examples=30)
 @given(
     st.integers(0, 2**16),
