@@ -18,6 +18,7 @@ def test_measure_schedules_on_the_tiny_artifact(tiny_artifact):
     arch, prec, device = _artifact_model(str(tiny_artifact))
     assert device == "cpu" and prec.linear is not None and prec.linear.weight_dtype == "int4"
     assert prec.kv_dtype == "int8" and prec.act_dtype == "float32"
+    assert prec.name == "w4a16"  # named from the code dtype's bits
     wl = Workload(24, 16, 20, 8)
     mo = model_ops(arch, prec)
     plans = {"unsplit": None, "nano": split_plan(mo, wl, tile=8).to_pipeline_plan(mo)}
