@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from lowbit.config.spec import LinearSpec
-from lowbit.ops.weight import QuantizedWeight, quantize
+from lowbit.ops.weight import QuantizedWeight
+from lowbit.quant.rtn import rtn_quantize
 
 
 def source_names(graph: Any, name: str, tied: bool) -> tuple[str, ...]:
@@ -36,18 +37,6 @@ def float_param(weights: Mapping[str, np.ndarray], graph: Any, name: str, tied: 
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
 
 
-def rtn(w: np.ndarray, spec: LinearSpec, layout: str = "row") -> QuantizedWeight:
-    """Round-to-nearest with the spec's dtype, group size, zero convention and scheme."""
-    return quantize(
-        w,
-        spec.weight_dtype,
-        spec.group_size,
-        zero_mode=None if spec.scheme != "w_a16" else spec.zero_mode,
-        scheme=spec.scheme,
-        layout=layout,
-    )
-
-
 def linear_nodes(graph: Any) -> list[Any]:
     return [n for n in graph.nodes_in_order() if n.op == "linear"]
 
@@ -64,7 +53,8 @@ def quantize_params(
 ) -> dict[str, Any]:
     """name -> dense torch tensor | QuantizedWeight for every param the graph reads.
 
-    `quantizer(node, w, spec)` overrides RTN (AWQ / GPTQ hooks); `progress(name)` is called per linear;
+    `quantizer(node, w, spec)` overrides RTN (`lowbit.quant.rtn_quantize`; AWQ / GPTQ hooks); `progress(name)`
+    is called per linear;
     `imported` (module -> QuantizedWeight of a quantized checkpoint) supplies the params of spec algorithm
     "imported" without reading float weights.
     """
@@ -89,10 +79,10 @@ def quantize_params(
                 params[name] = torch.from_numpy(np.array(w, dtype=np.float32)).to(dtype)  # a private, writable copy
             else:
                 layout = attrs.get("layout", "row")
-                params[name] = quantizer(node, w, spec) if quantizer else rtn(w, spec, layout)
+                params[name] = quantizer(node, w, spec) if quantizer else rtn_quantize(w, spec, layout)
             if progress is not None and node.op == "linear" and key == "weight":
                 progress(name)
     return params
 
 
-__all__ = ["float_param", "linear_nodes", "quantize_params", "rtn", "source_names"]
+__all__ = ["float_param", "linear_nodes", "quantize_params", "source_names"]

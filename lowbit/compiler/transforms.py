@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.compiler.quantize import rtn
 from lowbit.config.spec import LinearSpec
 from lowbit.ops.weight import QuantizedWeight
+from lowbit.quant.rtn import rtn_quantize
 from lowbit.reference.rope import apply_rope as rope_f64
 
 
@@ -240,7 +240,7 @@ def apply_transforms(
             qw = gptq_quantize(wt, x, spec, block_size=int(g.block_size), damp=float(g.damp),
                                act_order=bool(g.act_order))  # fmt: skip
             return qw
-        return rtn(wt, spec, layout)
+        return rtn_quantize(wt, spec, layout)
 
     return w, quantizer, kv_scales
 
