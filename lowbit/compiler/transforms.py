@@ -237,9 +237,8 @@ def apply_transforms(
             from lowbit.quant.gptq import gptq_quantize
 
             g = q.gptq
-            qw = gptq_quantize(wt, x, spec, block_size=int(g.block_size), damp=float(g.damp),
-                               act_order=bool(g.act_order))  # fmt: skip
-            return qw
+            return gptq_quantize(wt, x, spec, block_size=int(g.block_size), damp=float(g.damp),
+                                 act_order=bool(g.act_order), layout=layout)  # fmt: skip
         return rtn_quantize(wt, spec, layout)
 
     return w, quantizer, kv_scales
