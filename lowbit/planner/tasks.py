@@ -16,7 +16,6 @@ order as the runtime's `lowbit.runtime.nano.derive_tasks` would give them.
 
 from __future__ import annotations
 
-import bisect
 import functools
 from dataclasses import dataclass
 
@@ -52,24 +51,14 @@ def op_cuts(plan: NanoPlan, op: str, kind: str, wl: Workload) -> list[int]:
     p = plan.placement(op)
     if kind != "attention":
         return nano_ranges(wl.dense_batch, p.fractions, plan.tile)
-    return list(_snapped_cuts(wl.dense_batch, p.fractions, tuple(wl.seq_bounds())))
+    return list(_seq_cuts(wl, p.fractions))
 
 
 @functools.lru_cache(maxsize=4096)
-def _snapped_cuts(rows: int, fractions: tuple[float, ...], bounds: tuple[int, ...]) -> tuple[int, ...]:
-    """`nano_ranges(rows, fractions, tile, bounds)` (nearest sequence boundary, ties down) by bisection."""
-    cuts = [0]
-    acc = 0.0
-    for f in fractions[:-1]:
-        acc += f
-        x = acc * rows
-        i = bisect.bisect_left(bounds, x)
-        cands = [b for b in (bounds[max(0, i - 1)], bounds[min(i, len(bounds) - 1)])]
-        c = min(cands, key=lambda b: (abs(b - x), b))
-        if cuts[-1] < c < rows:
-            cuts.append(c)
-    cuts.append(rows)
-    return tuple(cuts)
+def _seq_cuts(wl: Workload, fractions: tuple[float, ...]) -> tuple[int, ...]:
+    """`nano_ranges` snapped to the step's sequence boundaries (cached: a search asks for the same cuts often,
+    and a decode-heavy step has one boundary per decode row)."""
+    return tuple(nano_ranges(wl.dense_batch, fractions, 1, wl.seq_bounds()))
 
 
 def op_stages(mo: ModelOps, plan: NanoPlan, layers: int) -> dict[tuple[int, int], int]:

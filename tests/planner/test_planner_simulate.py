@@ -2,7 +2,7 @@
 the sequential schedule takes the sum of its ops' isolated times; with perfect overlap and no interference a
 two-op pipeline approaches max(compute, memory); more interference never speeds a plan up; shared bandwidth
 is conserved (every byte moved once, never more than the device's bandwidth at any instant); water-filling is
-max-min fair; derived dependencies equal brute-force row intersection."""
+max-min fair; derived dependencies equal brute-force row intersection; nano-batch cuts are the runtime's."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from lowbit.planner.nanoplan import NanoPlan, Placement, fractions_of_cuts
 from lowbit.planner.ops import PREV, Work, model_ops, piece_work
 from lowbit.planner.schedules import KIND_UNIT, units_for, unsplit_plan
 from lowbit.planner.simulate import simulate, simulate_step, waterfill
-from lowbit.planner.tasks import SimTask, _snapped_cuts, derive_tasks
+from lowbit.planner.tasks import SimTask, derive_tasks, op_cuts
 from lowbit.planner.workload import Workload
 from lowbit.runtime.plan import nano_ranges
 
@@ -139,13 +139,20 @@ def test_waterfill_is_max_min_fair(demands, cap):
 
 
 @settings(max_examples=50)
-@given(st.integers(2, 300), st.lists(st.integers(1, 9), min_size=1, max_size=5), st.data())
-def test_snapped_cuts_equal_the_runtimes(rows, weights, data):
+@given(workloads(), st.lists(st.integers(1, 9), min_size=1, max_size=5), st.sampled_from([1, 8, 32]))
+def test_op_cuts_equal_the_runtimes(wl, weights, tile):
+    """Attention is cut at sequence boundaries (every decode row, then the prefill chunks), every other op at
+    multiples of the tile: exactly the runtime's nano_ranges calls (lowbit.runtime.nano.derive_tasks)."""
     total = sum(weights)
     fr = [w / total for w in weights[:-1]]
     fractions = (*fr, 1.0 - sum(fr))
-    bounds = sorted({0, rows, *data.draw(st.sets(st.integers(1, rows - 1), max_size=20))})
-    assert list(_snapped_cuts(rows, fractions, tuple(bounds))) == nano_ranges(rows, fractions, 1, bounds)
+    mo = model_ops(ArchConfig("llama", 512, 256, 512, 4, 4, 2, 64))
+    plan = NanoPlan(units_for(mo), tuple(Placement(o.name, fractions) for o in mo.ops), tile=tile)
+    bounds = wl.seq_bounds()
+    attn = op_cuts(plan, "attn", "attention", wl)
+    assert attn == nano_ranges(wl.dense_batch, fractions, 1, bounds)
+    assert set(attn) <= set(bounds)
+    assert op_cuts(plan, "qkv", "gemm", wl) == nano_ranges(wl.dense_batch, fractions, tile)
 
 
 @settings(max_examples=25)
