@@ -39,17 +39,6 @@ class SampleRequest:
         return self.prompt if isinstance(self.prompt, str) else list(self.prompt)
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """A `tokenizers.Tokenizer` from a tokenizer.json file or a directory holding one (an artifact)."""
-    from tokenizers import Tokenizer
-
-    p = Path(path)
-    f = p / "tokenizer.json" if p.is_dir() else p
-    if not f.is_file():
-        raise FileNotFoundError(f"--tokenizer {path}: no tokenizer.json there; give an artifact directory or the file")
-    return Tokenizer.from_file(str(f))
-
-
 def special_token_ids(tokenizer: Any) -> frozenset[int]:
     """Ids of the tokenizer's special added tokens (bos, eos, unk, pad...): never put in a random prompt."""
     if tokenizer is None:
@@ -169,7 +158,6 @@ def total_tokens(reqs: Sequence[SampleRequest]) -> tuple[int, int]:
 __all__ = [
     "PromptFormat",
     "SampleRequest",
-    "load_tokenizer",
     "random_lengths",
     "read_sharegpt",
     "sharegpt_requests",

@@ -39,7 +39,7 @@ from typing import Any
 from lowbit.bench.arrivals import ARRIVALS, arrival_offsets, parse_rate
 from lowbit.bench.client import RequestOptions, run_load, served_model
 from lowbit.bench.compare import Row, ratios, side_by_side, write_json
-from lowbit.bench.datasets import SampleRequest, load_tokenizer, sharegpt_requests, synthetic_requests, total_tokens
+from lowbit.bench.datasets import SampleRequest, sharegpt_requests, synthetic_requests, total_tokens
 from lowbit.bench.metrics import (
     DEFAULT_PERCENTILES,
     LATENCY_METRICS,
@@ -49,6 +49,7 @@ from lowbit.bench.metrics import (
     serving_metrics,
 )
 from lowbit.bench.server_process import served
+from lowbit.models.tokenizer import load_tokenizer
 
 SCHEDULES = ("unsplit", "nano", "artifact")
 WARMUP_MAX_TOKENS = 16  # output tokens of a warm-up request
@@ -239,7 +240,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rate = parse_rate(str(args.request_rate))
     facts = _artifact_facts(args.artifact)
     tok_path = args.tokenizer or facts.get("tokenizer")
-    tokenizer = load_tokenizer(tok_path) if tok_path else None
+    try:  # the raw `tokenizers.Tokenizer` (encode(...).ids, get_added_tokens_decoder)
+        tokenizer = load_tokenizer(tok_path).tokenizer if tok_path else None
+    except FileNotFoundError as e:
+        raise BenchServeError(f"--tokenizer {tok_path}: {e}") from None
     vocab = args.vocab_size or facts.get("vocab_size") or (tokenizer.get_vocab_size() if tokenizer else None)
     max_len = args.max_model_len or facts.get("max_model_len")
     if max_len is None and args.url:
