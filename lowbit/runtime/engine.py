@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,7 +132,6 @@ class _Request:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     hold: int = 0  # chars held back while they could still start a stop string
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LLMEngine:
@@ -252,10 +251,6 @@ class LLMEngine:
         from lowbit.runtime.plan import PipelinePlan
 
         return PipelinePlan.from_json(path.read_text())
-
-    @property
-    def kv_capacity_tokens(self) -> int:
-        return self.kv_plan.capacity_tokens
 
     # -- requests -----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:

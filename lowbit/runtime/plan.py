@@ -157,10 +157,6 @@ class PipelinePlan:
     def unit_index(self, name: str) -> int:
         return [u.name for u in self.units].index(name)
 
-    @property
-    def max_nano(self) -> int:
-        return max((r.num_nano for r in self.rules), default=1)
-
     # -- JSON ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,10 +204,6 @@ class PipelinePlan:
                 )
             )
         return PipelinePlan(tuple(units), tuple(rules), d.get("tile", 1), d.get("min_tokens", 0))
-
-
-def _positive(f: Any) -> bool:
-    return isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and f > 0
 
 
 def _expect(v: Any, kind: Any, where: str, what: str) -> Any:

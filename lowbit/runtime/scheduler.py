@@ -158,9 +158,6 @@ class Scheduler:
                 f"with chunked_prefill off; enable chunked_prefill or raise max_num_batched_tokens"
             )
 
-    def get(self, seq_id: int) -> Sequence | None:
-        return self._seqs.get(seq_id)
-
     def finish(self, seq: Sequence, reason: str) -> None:
         """Stop `seq` ("stop" | "length" | "abort"): free its pages, take it off both queues.
 
