@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from lowbit.planner.cost import CostModel
+from lowbit.planner.cost import CostModel, gemm_config
 from lowbit.planner.nanoplan import NanoPlan, Placement, fractions_of_cuts
 from lowbit.planner.ops import ModelOps
-from lowbit.planner.schedules import ATTN_BLOCK, KIND_UNIT, units_for
+from lowbit.planner.schedules import ATTN_BLOCK, KIND_UNIT, NANOFLOW_ATTN, NANOFLOW_MLP, units_for
 from lowbit.planner.simulate import StepEstimate, simulate_step
-from lowbit.planner.tasks import op_stages
+from lowbit.planner.tasks import op_cuts, op_stages
 from lowbit.planner.workload import Workload
+from lowbit.runtime.plan import nano_ranges
 
 Progress = Callable[[str, int, float], None]
 
@@ -113,22 +114,16 @@ class _Structure:
 
 def equal_cuts(rows: int, n: int, tile: int) -> tuple[int, ...]:
     """n nano-batches of near-equal rows, cuts on tile multiples (fewer when the batch has too few tiles)."""
-    cuts = sorted({round(rows * i / n / tile) * tile for i in range(1, n)})
-    return tuple(c for c in cuts if 0 < c < rows)
+    return tile_cuts(rows, (1.0 / n,) * n, tile)
 
 
-def nanoflow_cuts(rows: int, fractions: tuple[float, ...], tile: int) -> tuple[int, ...]:
-    acc, cuts = 0.0, set()
-    for f in fractions[:-1]:
-        acc += f
-        cuts.add(round(acc * rows / tile) * tile)
-    return tuple(sorted(c for c in cuts if 0 < c < rows))
+def tile_cuts(rows: int, fractions: tuple[float, ...], tile: int) -> tuple[int, ...]:
+    """The inner cuts of `fractions` of `rows` on tile multiples, as the runtime rounds them (nano_ranges)."""
+    return tuple(nano_ranges(rows, fractions, tile)[1:-1])
 
 
 def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None = None) -> SearchResult:
     """The best plan found for `mo` on `cost.hw` at workload `wl` within the budgets of `cfg`."""
-    from lowbit.planner.schedules import NANOFLOW_ATTN, NANOFLOW_MLP
-
     cfg = cfg or SearchConfig()
     t0 = time.perf_counter()
     s = _Search(mo, wl, cost, cfg, t0 + cfg.time_budget_s)
@@ -155,7 +150,7 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
         return tuple(sorted(sh.items()))
 
     seeds: list[tuple[tuple[int, ...], tuple[int, ...]]] = [
-        (nanoflow_cuts(rows, NANOFLOW_ATTN, tile), nanoflow_cuts(rows, NANOFLOW_MLP, tile))
+        (tile_cuts(rows, NANOFLOW_ATTN, tile), tile_cuts(rows, NANOFLOW_MLP, tile))
     ]
     for n in range(1, cfg.max_nano + 1):
         seeds.append((equal_cuts(rows, n, tile), equal_cuts(rows, n, tile)))
@@ -338,9 +333,6 @@ def _share_moves(plan: NanoPlan, grid: list[float]) -> list[NanoPlan]:
 
 def _with_kernels(plan: NanoPlan, mo: ModelOps, wl: Workload, cost: CostModel) -> NanoPlan:
     """The plan with each GEMM nano-op's kernel config (the tile the cost model chose) written down."""
-    from lowbit.planner.cost import gemm_config
-    from lowbit.planner.tasks import op_cuts
-
     new = {}
     for o in mo.ops:
         if o.kind != "gemm":
