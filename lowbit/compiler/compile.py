@@ -204,9 +204,7 @@ def compile_model(
                 tokenizer = Tokenizer.from_str(tokenizer_json)
 
     algorithm = cfg.quantization.algorithm
-    if algorithm == "qoq" and cfg.quantization.qoq.rotate and arch.tie_word_embeddings:
-        # the rotation folds the final RMSNorm into lm_head, which then differs from the embedding
-        arch = dataclasses.replace(arch, tie_word_embeddings=False)
+    arch, weights = untied_for_rotation(cfg, arch, weights)
     dtype = TORCH_DTYPES[cfg.model.dtype]
     kv_dtype = cfg.quantization.kv_cache.dtype
     with phases.phase("graph"):
@@ -220,7 +218,7 @@ def compile_model(
     with phases.phase("calibrate"):
         if needs_data:
             ids = calibration_ids(cfg, tokenizer, arch.vocab_size)
-            calib = calibrate(arch, _untied_view(weights, arch), ids)
+            calib = calibrate(arch, weights, ids)
 
     with phases.phase("quantize", total=len(nodes)) as bar:
         fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib, ids)
@@ -263,7 +261,7 @@ def compile_model(
             from lowbit.models.reference import reference_logits
 
             ids = calibration_ids(cfg, tokenizer, arch.vocab_size, held_out=True).reshape(-1)[:n_eval]
-            ref = reference_logits(arch, _untied_view(weights, arch), ids[None, :])[0]
+            ref = reference_logits(arch, weights, ids[None, :])[0]
             # a chunked prefill: every chunk after the first attends to the paged cache, so the KV format counts
             got = runner.logits(ids.tolist(), chunk=EVAL_CHUNK).numpy()
             kl, top1 = kl_top1(ref, got)
@@ -347,13 +345,17 @@ def _tokenizer_config(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _untied_view(weights: Any, arch: Any) -> Any:
-    """The weights as `arch` names them: a model the compiler untied gets lm_head = embed_tokens."""
-    if arch.tie_word_embeddings or "lm_head.weight" in weights:
-        return weights
+def untied_for_rotation(cfg: Any, arch: Any, weights: Any) -> tuple[Any, Any]:
+    """(the architecture the graph is built for, the float weights named as it names them). QoQ's rotation
+    folds the final RMSNorm into lm_head, which then differs from the embedding: a tied model is untied, its
+    lm_head.weight = embed_tokens until the rotation. Anything else is returned as is."""
+    q = cfg.quantization
+    if not (q.algorithm == "qoq" and q.qoq.rotate and arch.tie_word_embeddings):
+        return arch, weights
     from lowbit.compiler.transforms import Overlay
 
-    return Overlay(weights, {"lm_head.weight": np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)})
+    head = np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)
+    return dataclasses.replace(arch, tie_word_embeddings=False), Overlay(weights, {"lm_head.weight": head})
 
 
 def _warmup_params() -> Any:
@@ -362,4 +364,12 @@ def _warmup_params() -> Any:
     return SamplingParams(max_tokens=2, ignore_eos=True)
 
 
-__all__ = ["CompileResult", "calibration_ids", "compile_model", "kl_top1", "memory_estimate", "resolve_source"]
+__all__ = [
+    "CompileResult",
+    "calibration_ids",
+    "compile_model",
+    "kl_top1",
+    "memory_estimate",
+    "resolve_source",
+    "untied_for_rotation",
+]

@@ -11,7 +11,7 @@
       qoq        the W4A8 schemes by RTN on QoQ's grids (the spec carries the scheme)
       SmoothAttention (kv_cache.smooth_attention): λ from post-RoPE keys folded into W_q / W_k (Q·Kᵀ exact)
       fp8_e4m3 KV: per-layer scales max|K| / 448, max|V| / 448
-Equivalence of every fold is tested in tests/compiler (fp64 logits unchanged before quantization).
+Equivalence of every fold: tests/compiler/test_transform_folds.py (fp64 logits unchanged before quantization).
 """
 
 from __future__ import annotations
@@ -192,11 +192,10 @@ def apply_transforms(
     ids: np.ndarray | None = None,
 ) -> tuple[Overlay, Callable[[Any, np.ndarray, LinearSpec], QuantizedWeight] | None, list[tuple[float, float]] | None]:
     """See the module docstring. `arch` is the (possibly untied, for QoQ rotation) architecture the graph was
-    built for; `ids` the calibration tokens (QoQ recalibrates after rotating)."""
+    built for and `weights` are named as it names them (lm_head.weight present when untied); `ids` the
+    calibration tokens (QoQ recalibrates after rotating)."""
     q = cfg.quantization
     w = Overlay(weights)
-    if not arch.tie_word_embeddings and "lm_head.weight" not in weights:  # untied by the compiler (rotation)
-        w.changes["lm_head.weight"] = np.asarray(weights["model.embed_tokens.weight"], dtype=np.float32)
     kv_scales = None
     if calib is not None and q.algorithm == "qoq" and q.qoq.rotate:
         from lowbit.quant.rotation import random_orthogonal_hadamard, rotate_model
