@@ -8,7 +8,6 @@ some, and the ceilings of the other precisions (W4A8's int8 GEMMs double the bf1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,12 +91,12 @@ def plan_report(
     cfg: SearchConfig | None = None,
     *,
     arch: ArchConfig | None = None,
-    measured: Mapping[str, float] | None = None,
-    dispatch: str = "fifo",
     notes: tuple[str, ...] = (),
 ) -> PlanReport:
-    """Simulate the reference schedules, search a plan, and collect the report; `measured` maps schedule names
-    (SCHEDULES) to measured tokens/s/device. `arch` (when given) adds the other precisions' ceilings."""
+    """Simulate the reference schedules (SCHEDULES), search a plan, and collect the report; every schedule is
+    simulated as the search judges plans (cfg.window, cfg.dispatch). `arch` (when given) adds the other
+    precisions' ceilings. Measured figures go in afterwards (`ScheduleRow.measured_tokens_per_s`, the CLI's
+    --measure), since they time the report's own plans."""
     cfg = cfg or SearchConfig()
     opt = optimal_tokens_per_s(mo, cost)
     hw = cost.hw.name
@@ -111,8 +110,8 @@ def plan_report(
     rows = []
     for name, plan in plans.items():
         est = res.estimate if name == "searched" else simulate_step(mo, plan, wl, cost, window=cfg.window,
-                                                                     dispatch=dispatch)  # fmt: skip
-        rows.append(ScheduleRow(name, plan, est, est.tokens_per_s / opt, (measured or {}).get(name)))
+                                                                     dispatch=cfg.dispatch)  # fmt: skip
+        rows.append(ScheduleRow(name, plan, est, est.tokens_per_s / opt))
     ceilings = []
     for name in ("w16a16", "w4a16", "w4a8") if arch is not None else ():
         assert arch is not None
