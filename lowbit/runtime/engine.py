@@ -30,7 +30,7 @@ from lowbit.models.tokenizer import IncrementalDecoder, TextTokenizer
 from lowbit.runtime.block_manager import BlockManager
 from lowbit.runtime.outputs import EngineStats, RequestMetrics, RequestOutput
 from lowbit.runtime.runner import ModelRunner
-from lowbit.runtime.sampler import SamplingParams, filtered_logprobs, make_generator
+from lowbit.runtime.sampler import SamplingParams, make_generator, sample
 from lowbit.runtime.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from lowbit.runtime.sequence import Sequence
 
@@ -126,6 +126,7 @@ class _Request:
     generator: torch.Generator | None
     metrics: RequestMetrics
     stops: frozenset[int]  # EOS + stop_token_ids (empty when ignore_eos and no stop ids)
+    banned: frozenset[int]  # sampled never while fewer than min_tokens outputs: stops and EOS in the vocabulary
     text: str = ""  # decoded output so far (stop string handling trims it)
     sent_tokens: int = 0
     sent_chars: int = 0
@@ -295,9 +296,8 @@ class LLMEngine:
         self.check_request(ids, params)
         now = time.monotonic() if arrival_time is None else arrival_time
         seq = Sequence(next(self._seq_ids), list(ids), params.max_tokens, priority=priority, arrival_time=now)
-        stops = set(params.stop_token_ids)
-        if not params.ignore_eos:
-            stops |= set(self.eos_token_ids)
+        stops = params.stop_ids(self.eos_token_ids)
+        banned = frozenset(t for t in stops | set(self.eos_token_ids) if 0 <= t < self.vocab_size)
         decoder = None
         if self.tokenizer is not None:
             decoder = IncrementalDecoder(self.tokenizer.tokenizer, skip_special_tokens=params.skip_special_tokens)
@@ -306,7 +306,7 @@ class LLMEngine:
         except (ValueError, RuntimeError, OverflowError, TypeError) as e:
             raise ValueError(f"seed = {params.seed!r} is not usable ({e}); give an integer in [0, 2**63)") from None
         req = _Request(
-            request_id, seq, params, decoder, generator, RequestMetrics(now), frozenset(stops),
+            request_id, seq, params, decoder, generator, RequestMetrics(now), stops, banned,
             hold=0 if params.include_stop_str_in_output else max((len(s) for s in params.stop), default=1) - 1,
         )  # fmt: skip
         self.scheduler.add(seq)  # the last thing that may refuse: nothing is registered before it succeeds
@@ -390,44 +390,37 @@ class LLMEngine:
         return outputs
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[int, int]:
-        rows = [(i, c) for i, c in enumerate(sched.chunks) if c.samples]
+        rows = [(i, self._by_seq[c.seq.seq_id]) for i, c in enumerate(sched.chunks) if c.samples]
         out: dict[int, int] = {}
         if not rows:
             return out
         if not torch.isfinite(logits).any(dim=-1).all():
             raise FloatingPointError("the model produced a row with no finite logit; the weights or kernels are broken")
-        greedy = [(i, c) for i, c in rows if self._by_seq[c.seq.seq_id].params.greedy and not self._masks(c)]
-        if greedy:
+        greedy = [(i, r) for i, r in rows if r.params.greedy and not self._banned(r)]
+        if greedy:  # one argmax over the plain greedy rows
             idx = torch.tensor([i for i, _ in greedy])
-            for (_, c), t in zip(greedy, logits.index_select(0, idx).argmax(-1).tolist(), strict=True):
-                out[c.seq.seq_id] = int(t)
-        for i, c in rows:
-            if c.seq.seq_id in out:
+            for (_, r), t in zip(greedy, logits.index_select(0, idx).argmax(-1).tolist(), strict=True):
+                out[r.seq.seq_id] = int(t)
+        for i, r in rows:
+            if r.seq.seq_id in out:
                 continue
-            req = self._by_seq[c.seq.seq_id]
-            row = logits[i].float()
-            banned = self._masks(c)
+            row = logits[i]
+            banned = self._banned(r)
             if banned:
                 row = row.clone()
                 row[list(banned)] = -torch.inf
-            if req.params.greedy:
-                out[c.seq.seq_id] = int(torch.argmax(row))
-            else:
-                probs = filtered_logprobs(row, req.params).exp()
-                out[c.seq.seq_id] = int(torch.multinomial(probs, 1, generator=req.generator))
+            out[r.seq.seq_id] = sample(row, r.params, r.generator)
         return out
 
-    def _masks(self, c: Any) -> frozenset[int]:
-        """Token ids banned for this sample: stop ids and EOS before min_tokens."""
-        req = self._by_seq[c.seq.seq_id]
-        if req.params.min_tokens and req.seq.num_output_tokens < req.params.min_tokens:
-            return frozenset(t for t in req.stops | set(self.eos_token_ids) if 0 <= t < self.vocab_size)
-        return frozenset()
+    @staticmethod
+    def _banned(req: _Request) -> frozenset[int]:
+        """Token ids this request may not sample now: its stop ids and EOS before min_tokens."""
+        return req.banned if req.seq.num_output_tokens < req.params.min_tokens else frozenset()
 
     def _after_token(self, req: _Request, tok: int) -> None:
         p = req.params
         n_out = req.seq.num_output_tokens
-        if tok in req.stops:  # (banned by _masks before min_tokens)
+        if tok in req.stops:  # (banned by _banned before min_tokens)
             req.finish_reason = "stop"
             req.stop_reason = tok if tok in p.stop_token_ids else None
             if req.decoder is not None:

@@ -105,7 +105,7 @@ class ModelRunner:
                     f"prompt {i} has {len(p)} tokens + max_tokens {params.max_tokens} > max_model_len "
                     f"{self.max_model_len}; shorten it or raise target.max_model_len"
                 )
-        stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
+        stops = params.stop_ids(eos_token_ids)
         gen = make_generator(params.seed)
         done = [Completion(list(p)) for p in prompts]
         tables: list[list[int]] = [[] for _ in prompts]

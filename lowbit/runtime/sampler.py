@@ -6,6 +6,7 @@ their filters; the filters apply to the temperature-scaled distribution (top-k f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def stop_ids(self, eos_token_ids: Iterable[int]) -> frozenset[int]:
+        """The token ids that end generation: stop_token_ids, and the model's EOS unless ignore_eos."""
+        return frozenset(self.stop_token_ids) | (frozenset() if self.ignore_eos else frozenset(eos_token_ids))
 
 
 def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

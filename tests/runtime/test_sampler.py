@@ -69,3 +69,9 @@ def test_bad_params_name_the_field(kw, field):
 def test_nan_logits_are_refused():
     with pytest.raises(FloatingPointError):
         sample(torch.full((5,), float("nan")), SamplingParams())
+
+
+def test_stop_ids_add_the_eos_unless_ignored():
+    assert SamplingParams(stop_token_ids=(5,)).stop_ids((2, 3)) == {2, 3, 5}
+    assert SamplingParams(stop_token_ids=(5,), ignore_eos=True).stop_ids((2, 3)) == {5}
+    assert SamplingParams().stop_ids(()) == frozenset()
