@@ -5,6 +5,8 @@ JSON without inf / NaN.
 
 The ratio column is `runs[num] / runs[den]` (default: the last run over the first, i.e. nano / unsplit), so
 > 1 means the second schedule has more of that quantity (better for throughputs, worse for latencies).
+`parse_schedules` reads the `--schedules` flag both serving benchmarks share; `schedule_ratios` is their JSON's
+`ratios` entry.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lowbit.serve.config import CHOICES
+
 Row = tuple[str, str, str]  # (label, key in each run's dict, format of one value)
+SCHEDULES = CHOICES["schedule"]  # the engine's (`lowbit serve --schedule`, `LLM(schedule=...)`)
+
+
+def parse_schedules(text: str) -> list[str]:
+    """`--schedules`: a comma list of SCHEDULES, in the order the runs go (repeats allowed)."""
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    if not out or any(s not in SCHEDULES for s in out):
+        raise ValueError(f"--schedules {text!r}: use a comma list of {', '.join(SCHEDULES)} (e.g. unsplit,nano)")
+    return out
 
 
 def ratio(a: Any, b: Any) -> float | None:
@@ -30,6 +43,14 @@ def ratio(a: Any, b: Any) -> float | None:
 def ratios(runs: Sequence[Mapping[str, Any]], keys: Sequence[str], num: int = -1, den: int = 0) -> dict[str, Any]:
     """{key: runs[num][key] / runs[den][key]} for every key (None where undefined)."""
     return {k: ratio(runs[num].get(k), runs[den].get(k)) for k in keys}
+
+
+def schedule_ratios(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"<last schedule>/<first schedule>": ratios of every numeric value of the first run}; {} for one run."""
+    if len(runs) < 2:
+        return {}
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return {f"{runs[-1]['schedule']}/{runs[0]['schedule']}": ratios(runs, keys)}
 
 
 def json_safe(v: Any) -> Any:
@@ -81,4 +102,14 @@ def side_by_side(
     return "\n".join(lines)
 
 
-__all__ = ["Row", "json_safe", "ratio", "ratios", "side_by_side", "write_json"]
+__all__ = [
+    "SCHEDULES",
+    "Row",
+    "json_safe",
+    "parse_schedules",
+    "ratio",
+    "ratios",
+    "schedule_ratios",
+    "side_by_side",
+    "write_json",
+]

@@ -38,7 +38,7 @@ from typing import Any
 
 from lowbit.bench.arrivals import ARRIVALS, arrival_offsets, parse_rate
 from lowbit.bench.client import RequestOptions, run_load, served_model
-from lowbit.bench.compare import Row, ratios, side_by_side, write_json
+from lowbit.bench.compare import Row, parse_schedules, schedule_ratios, side_by_side, write_json
 from lowbit.bench.datasets import SampleRequest, sharegpt_requests, synthetic_requests, total_tokens
 from lowbit.bench.metrics import (
     DEFAULT_PERCENTILES,
@@ -51,7 +51,6 @@ from lowbit.bench.metrics import (
 from lowbit.bench.server_process import served
 from lowbit.models.tokenizer import load_tokenizer
 
-SCHEDULES = ("unsplit", "nano", "artifact")
 WARMUP_MAX_TOKENS = 16  # output tokens of a warm-up request
 DEFAULT_MAX_MODEL_LEN = 2048  # vLLM's ShareGPT limit when neither the artifact nor the server says
 
@@ -151,14 +150,6 @@ def parse_percentiles(text: str) -> tuple[float, ...]:
     if not ps or not all(0 <= p <= 100 for p in ps):
         raise BenchServeError(f"--percentiles {text!r}: each must be in 0..100, e.g. 50,90,99")
     return ps
-
-
-def parse_schedules(text: str) -> list[str]:
-    out = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in out if s not in SCHEDULES]
-    if not out or bad:
-        raise BenchServeError(f"--schedules {text!r}: use a comma list of {', '.join(SCHEDULES)} (e.g. unsplit,nano)")
-    return out
 
 
 # -- one run --------------------------------------------------------------------------------------------------
@@ -290,8 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "server_log": str(log), **common, **res})  # fmt: skip
     report: dict[str, Any] = {"benchmark": "serve", "machine": machine, "config": config, "runs": runs}
     if len(runs) >= 2:
-        keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
-        report["ratios"] = {f"{runs[-1]['schedule']}/{runs[0]['schedule']}": ratios(runs, keys)}
+        report["ratios"] = schedule_ratios(runs)
     return report
 
 

@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lowbit.bench.compare import Row, ratios, side_by_side, write_json
+from lowbit.bench.compare import Row, parse_schedules, schedule_ratios, side_by_side, write_json
 from lowbit.bench.datasets import synthetic_requests
-
-SCHEDULES = ("unsplit", "nano", "artifact")
 
 
 class BenchThroughputError(ValueError):
@@ -68,13 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", help="write the results here")
     p.add_argument("--child-result", help=argparse.SUPPRESS)  # internal: run one schedule, write its result here
-
-
-def parse_schedules(text: str) -> list[str]:
-    out = [s.strip() for s in text.split(",") if s.strip()]
-    if not out or any(s not in SCHEDULES for s in out):
-        raise BenchThroughputError(f"--schedules {text!r}: use a comma list of {', '.join(SCHEDULES)}")
-    return out
 
 
 def probe_machine(
@@ -257,8 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"benchmark": "throughput", "artifact": str(args.artifact), "machine": machine,
                               "config": config, "runs": runs, "roofline": roof}  # fmt: skip
     if len(runs) >= 2:
-        keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
-        report["ratios"] = {f"{runs[-1]['schedule']}/{runs[0]['schedule']}": ratios(runs, keys)}
+        report["ratios"] = schedule_ratios(runs)
     return report
 
 
