@@ -12,9 +12,10 @@ config is the best of a few (tile, split-K) choices, as a GEMM library picks one
 Collectives are bound by the link; attention decode rows by HBM; prefill attention by FLOPs at
 `Efficiency.attention_flops` of the GEMM peak.
 
-Calibration (`KernelProfile`): measured seconds per (op, rows, share) — `lowbit plan --profile-out` records
-them for this CPU; a profile of a GPU has the same form. Where a piece's (op, share) was measured, its work is
-scaled by measured / modelled time (interpolated linearly in rows), so all three rates stretch alike.
+Calibration (`KernelProfile`): measured seconds per (op, rows, share), read by `lowbit plan --profile FILE`
+(nothing in lowbit writes one yet; any tool writing the JSON works, for a CPU or a GPU alike). Where a piece's
+(op, share) was measured, its work is scaled by measured / modelled time (interpolated linearly in rows), so
+all three rates stretch alike.
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ the bf16 rate (ANCHORS: W4A8 doubles the compute ceiling). A knee below 1 says t
 whole device is used: memory-bound kernels reach HBM bandwidth with about a third of the SMs, collectives need
 a few SMs to drive NVLink, and a GEMM on ~90% of the SMs keeps most of its full-device rate (full-device GEMMs
 run power- and L2-limited). Those knees and the `interference` table (slowdown of one category while another
-runs beside it) are modelling assumptions with stated defaults, not measurements: `lowbit tune --profile`
-records (cost.py, `KernelProfile`) replace them where they exist.
+runs beside it) are modelling assumptions with stated defaults, not measurements: a `KernelProfile` (cost.py,
+`lowbit plan --profile`) replaces the modelled time of each (op, share) it measured, and a Hardware JSON
+(`--hardware FILE`) any of these numbers.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def _interference(hw: Hardware, victim: str, other: str) -> float:
 
 # Slowdowns of a kernel while a kernel of another category runs beside it (time x factor). Defaults, not
 # measurements: GEMMs lose a little to HBM/L2 traffic of a concurrent attention, attention loses more to the
-# GEMM's L2 pressure, collectives share the copy engines and L2. `lowbit tune --profile` tables replace them.
+# GEMM's L2 pressure, collectives share the copy engines and L2. A Hardware JSON (`--hardware FILE`) replaces them.
 GPU_INTERFERENCE = (
     ("compute", "memory", 1.05),
     ("memory", "compute", 1.10),
@@ -237,7 +238,7 @@ def get_hardware(name: str) -> Hardware:
             return Hardware.from_json(f.read())
     raise HardwareError(
         f"hardware {name!r} is not a preset or a JSON file; use one of {sorted(PRESETS)} (aliases "
-        f"{sorted(ALIASES)}), 'probe' to measure this CPU, or a path written by `lowbit plan --probe-out`"
+        f"{sorted(ALIASES)}), 'probe' to measure this CPU, or a path written by `lowbit plan --save-hardware`"
     )
 
 

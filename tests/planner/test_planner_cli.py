@@ -27,8 +27,10 @@ def test_plan_report_for_a_preset(tmp_path, capsys):
     out = tmp_path / "rep.json"
     plan = tmp_path / "plan.json"
     svg = tmp_path / "t.svg"
+    hw = tmp_path / "hw.json"
     rc = main(["plan", "--model", "llama-2-7b", "--hardware", "h100", "--precision", "w4a16", *SMALL, "--json",
-               str(out), "--write-plan", str(plan), "--timeline", str(svg), "--gantt"])  # fmt: skip
+               str(out), "--write-plan", str(plan), "--timeline", str(svg), "--gantt", "--save-hardware",
+               str(hw)])  # fmt: skip
     assert rc == 0
     text = capsys.readouterr().out
     for row in ("unsplit", "split, no overlap", "NanoFlow-like split", "searched", "optimal throughput", "ceilings"):
@@ -41,6 +43,7 @@ def test_plan_report_for_a_preset(tmp_path, capsys):
     assert PipelinePlan.from_json(plan.read_text()).rules  # a runtime plan that validates
     assert svg.read_text().startswith("<svg") and "compute" in svg.read_text()
     assert " compute |" in text  # the text Gantt
+    assert get_hardware(str(hw)) == get_hardware("h100")  # what get_hardware's error tells to pass back
 
 
 @pytest.mark.parametrize(

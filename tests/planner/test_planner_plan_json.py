@@ -118,7 +118,7 @@ def test_hardware_json_round_trip(name):
 
 
 def test_hardware_errors_name_the_choices(tmp_path):
-    with pytest.raises(HardwareError, match="is not a preset"):
+    with pytest.raises(HardwareError, match=r"is not a preset.*`lowbit plan --save-hardware`"):
         get_hardware("tpu-v5")
     with pytest.raises(HardwareError, match="unknown key"):
         Hardware.from_json({**json.loads(PRESETS["h200"].to_json()), "clock": 1})
