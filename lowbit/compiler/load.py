@@ -13,7 +13,7 @@ import yaml
 
 from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, unflatten_params
 from lowbit.compiler.tuning import TUNING_FILE, attach_tuning
-from lowbit.models.arch import ArchConfig
+from lowbit.models.arch import ArchConfig, eos_ids
 from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
 
 
@@ -40,10 +40,8 @@ class CompiledModel:
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        eos = self.generation_config.get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (int(eos),)
-        return self.arch.eos_token_id
+        eos = self.generation_config.get("eos_token_id")  # generation_config.json wins, as in HF generate
+        return self.arch.eos_token_id if eos is None else eos_ids(eos)
 
     def runner(self, *, backend: str | None = None, max_num_seqs: int | None = None, **kw: Any) -> ModelRunner:
         c = self.cfg

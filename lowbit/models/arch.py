@@ -203,8 +203,6 @@ class ArchConfig:
         theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
         if rope.get("rope_type", "default") == "default":
             rope = {}
-        eos = cfg.get("eos_token_id")
-        eos_t = () if eos is None else tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
         # HF: Llama has attention_bias (q/k/v/o) and mlp_bias; Qwen2 always biases q/k/v only; Mistral none
         bias = bool(cfg.get("attention_bias", False)) if model_type == "llama" else False
         qkv_bias = True if model_type == "qwen2" else bias
@@ -233,7 +231,7 @@ class ArchConfig:
             sliding_window=window,
             window_from_layer=window_from,
             bos_token_id=cfg.get("bos_token_id"),
-            eos_token_id=eos_t,
+            eos_token_id=eos_ids(cfg.get("eos_token_id")),
             torch_dtype=str(dtype).replace("torch.", ""),
             extra=tuple(sorted((k, v) for k, v in cfg.items() if k not in known and _jsonable(v))),
         )
@@ -338,8 +336,24 @@ class ArchConfig:
         return cfg
 
 
+def eos_ids(value: Any) -> tuple[int, ...]:
+    """An HF `eos_token_id` (config.json, generation_config.json: an int, a list of ints or null) as a tuple."""
+    if value is None:
+        return ()
+    return tuple(int(e) for e in (value if isinstance(value, (list, tuple)) else [value]))
+
+
 def _jsonable(v: Any) -> bool:
     return isinstance(v, (str, int, float, bool, type(None)))
 
 
-__all__ = ["ATTN_LINEARS", "FAMILIES", "MLP_LINEARS", "ROPE_TYPES", "ArchConfig", "ConfigError", "LinearShape"]
+__all__ = [
+    "ATTN_LINEARS",
+    "FAMILIES",
+    "MLP_LINEARS",
+    "ROPE_TYPES",
+    "ArchConfig",
+    "ConfigError",
+    "LinearShape",
+    "eos_ids",
+]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lowbit.models.arch import ArchConfig, ConfigError
+from lowbit.models.arch import ArchConfig, ConfigError, eos_ids
 from lowbit.models.weights import (
     SAVE_DTYPES,
     ArrayWeights,
@@ -77,9 +77,7 @@ class LoadedModel:
     def eos_token_ids(self) -> tuple[int, ...]:
         """Stop tokens: generation_config.json's eos_token_id (what HF generate uses), else config.json's."""
         eos = self.generation_config.get("eos_token_id")
-        if eos is None:
-            return self.arch.eos_token_id
-        return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+        return self.arch.eos_token_id if eos is None else eos_ids(eos)
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lowbit.models.arch import eos_ids
+
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -40,12 +42,6 @@ class TextTokenizer:
 
     def incremental_decoder(self, skip_special_tokens: bool = True) -> IncrementalDecoder:
         return IncrementalDecoder(self.tokenizer, skip_special_tokens=skip_special_tokens)
-
-
-def _eos_tuple(eos: Any) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
 
 
 def load_tokenizer(
@@ -77,7 +73,7 @@ def load_tokenizer(
             cfg.update({k: v for k, v in json.loads((file.parent / name).read_text()).items() if v is not None})
     cfg.update({k: v for k, v in (generation_config or {}).items() if v is not None})
     bos = bos_token_id if bos_token_id is not None else cfg.get("bos_token_id")
-    eos = _eos_tuple(eos_token_ids if eos_token_ids is not None else cfg.get("eos_token_id"))
+    eos = eos_ids(eos_token_ids if eos_token_ids is not None else cfg.get("eos_token_id"))
     return TextTokenizer(tok, None if bos is None else int(bos), eos)
 
 
