@@ -189,10 +189,6 @@ class StepEstimate:
     window: SimResult  # the simulated layers
     tokens_per_s: float  # per device: dense_batch / seconds / tp (NanoFlow's tokens/s/GPU)
 
-    @property
-    def window_layers(self) -> int:
-        return 1 + max(t.layer for t in self.window.tasks)
-
 
 def simulate_step(
     mo: ModelOps,
