@@ -42,24 +42,19 @@ class _EngineCollector(Collector):
             s = self.engine.stats()
         except Exception:  # a dead engine still lets /metrics answer (with the server-side metrics)
             return
-        gauges = [
-            ("lowbit:num_requests_running", "Requests being computed (holding a seat in the batch).", s.num_running),
-            ("lowbit:num_requests_waiting", "Requests waiting for a seat.", s.num_waiting),
-            ("lowbit:kv_cache_usage_perc", "Fraction of KV cache pages in use (1 = full).", s.kv_usage),
+        G, C = GaugeMetricFamily, CounterMetricFamily
+        families = [
+            (G, "lowbit:num_requests_running", "Requests being computed (holding a seat in the batch).", s.num_running),
+            (G, "lowbit:num_requests_waiting", "Requests waiting for a seat.", s.num_waiting),
+            (G, "lowbit:kv_cache_usage_perc", "Fraction of KV cache pages in use (1 = full).", s.kv_usage),
+            (C, "lowbit:num_preemptions", "Preemptions (recompute) since start.", s.num_preemptions),
+            (C, "lowbit:prompt_tokens", "Prompt tokens prefilled since start.", s.prompt_tokens),
+            (C, "lowbit:generation_tokens", "Tokens generated since start.", s.generation_tokens),
         ]
-        for name, doc, value in gauges:
-            g = GaugeMetricFamily(name, doc, labels=["model_name"])
-            g.add_metric([self.model_name], float(value))
-            yield g
-        counters = [
-            ("lowbit:num_preemptions", "Preemptions (recompute) since start.", s.num_preemptions),
-            ("lowbit:prompt_tokens", "Prompt tokens prefilled since start.", s.prompt_tokens),
-            ("lowbit:generation_tokens", "Tokens generated since start.", s.generation_tokens),
-        ]
-        for name, doc, value in counters:
-            c = CounterMetricFamily(name, doc, labels=["model_name"])
-            c.add_metric([self.model_name], float(value))
-            yield c
+        for family, name, doc, value in families:
+            m = family(name, doc, labels=["model_name"])
+            m.add_metric([self.model_name], float(value))
+            yield m
 
 
 class ServerMetrics:
