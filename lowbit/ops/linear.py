@@ -65,16 +65,22 @@ def select_backend(backend: str = "auto") -> str:
 
 
 def a8_reason(scheme: str, dtype: str, group_size: int, zero_mode: str, k: int) -> str | None:
-    """Why `quantized_gemv_a8` cannot run a weight of this kind with K = k (None when it can)."""
+    """Why `quantized_gemv_a8` cannot run a weight of this kind with K = k (None when it can). Group size -1
+    (per channel, also how `quantize` stores a group size equal to K) is one group of K."""
     if scheme != "w_a16":
         return f"scheme {scheme} already has int8 activations"
     if dtype not in A8_DTYPES:
         return f"{dtype} codes (the a8 GEMV reads 4-bit int4/uint4 nibbles)"
-    if group_size not in A8_GROUPS or k % group_size:
+    g = _a8_group(group_size, k)
+    if g not in A8_GROUPS or k % g:
         return f"group size {group_size} with K={k} (the a8 GEMV takes {list(A8_GROUPS)} dividing K)"
     if dtype == "uint4" and zero_mode == "none":
         return "uint4 without a zero point"
     return None
+
+
+def _a8_group(group_size: int, k: int) -> int:
+    return k if group_size == -1 else group_size
 
 
 def a8_ineligible(qweight: QuantizedWeight) -> str | None:
@@ -241,7 +247,7 @@ class A8Plan:
     def __init__(self, qw: QuantizedWeight, m: int, backend: str, adtype: str):
         self.n, self.k = qw.shape
         self.m, self.backend = m, backend
-        g = qw.group_size
+        g = _a8_group(qw.group_size, self.k)
         self.bm = 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
         self.mp = -(-m // self.bm) * self.bm
         self.groups = self.k // g

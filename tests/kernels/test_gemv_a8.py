@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lowbit.dtypes import decode
 from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8
@@ -134,3 +135,20 @@ def test_a8_is_close_to_float_activations_and_extremes_are_exact():
     xe = -np.ones((1, k), np.float32)
     ye = quantized_linear(xe, qe, backend="tvm", kernel="quantized_gemv_a8")
     assert rel(ye, xe.astype(np.float64) @ qe.dequantize().astype(np.float64).T) < 1e-6
+
+
+def test_a8_takes_a_group_size_equal_to_k():
+    """A recipe's group size equal to K is stored per channel (group_size -1); the graph's select_kernels
+    judges the recipe's group size (a8_reason) and chooses the a8 GEMV, so the ops layer must run such a
+    weight as one group of K (it refused it, and its bound launcher traced G = -1)."""
+    from lowbit.ops.linear import a8_reason, linear_launcher, quantized_linear, select_kernel
+
+    qw, x = gemv_problem(2, 64, 128, 128, "int4", "none", seed=3)
+    assert qw.group_size == -1 and a8_reason("w_a16", "int4", 128, "none", 128) is None
+    assert select_kernel(qw, 2, "int8").name == "quantized_gemv_a8"
+    ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+    for backend in ("reference", "tvm"):
+        assert rel(quantized_linear(x, qw, backend=backend, kernel="quantized_gemv_a8"), ref) < 2e-2
+    y = torch.full((2, 64), float("nan"))
+    linear_launcher(qw, 2, "tvm", "float32", "quantized_gemv_a8")(torch.from_numpy(x), y)
+    assert rel(y.numpy(), ref) < 2e-2
