@@ -1,5 +1,5 @@
 """The OpenAI-compatible FastAPI app over an `AsyncLLMEngine` (or anything with its surface: `generate`, `abort`,
-`stats`, `tokenizer`, `model_name`, `max_model_len`; `start` / `shutdown` when the app manages its life).
+`stats`, `tokenizer`, `model_name`, `max_model_len`, `vocab_size`; `start` / `shutdown` when the app manages its life).
 
 Routes: POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize; GET /v1/models, /health, /metrics,
 /version. With an API key, /v1/*, /tokenize and /detokenize need `Authorization: Bearer <key>`.
@@ -86,13 +86,8 @@ class ServerState:
         return int(self.engine.max_model_len)
 
     @property
-    def vocab_size(self) -> int | None:
-        """The model's vocabulary (AsyncLLMEngine wraps the LLMEngine that knows it), else the tokenizer's."""
-        for owner in (self.engine, getattr(self.engine, "engine", None)):
-            v = getattr(owner, "vocab_size", None)
-            if v is not None:
-                return int(v)
-        return self.tokenizer.vocab_size if self.tokenizer is not None else None
+    def vocab_size(self) -> int:
+        return int(self.engine.vocab_size)
 
     # -- checks shared by the routes ------------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -119,7 +114,7 @@ class ServerState:
         if not ids:
             raise bad_request("The prompt is empty (it encodes to no tokens).", param=param)
         vocab = self.vocab_size
-        bad = [t for t in ids if t < 0 or (vocab is not None and t >= vocab)]
+        bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise bad_request(f"Token id {bad[0]} is out of the vocabulary [0, {vocab}).", param=param)
         return ids
