@@ -45,7 +45,7 @@ from lowbit.ops.weight import QuantizedWeight, retile_columns
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
-A8_KERNEL = "quantized_gemv_a8"
+A8_KERNEL = quantized_gemv_a8.name
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 _TUNED: dict[tuple[Any, ...], Config] = {}
 
@@ -89,16 +89,24 @@ def a8_ineligible(qweight: QuantizedWeight) -> str | None:
     return a8_reason(q.scheme, q.dtype.name, q.group_size, q.zero_mode, q.in_features)
 
 
-def select_kernel(qweight: QuantizedWeight, m: int, decode_activations: str = "float") -> Kernel:
-    """The library kernel for `qweight`'s scheme and M rows (the rule in the module docstring);
-    decode_activations "int8" picks `quantized_gemv_a8` for M <= GEMV_MAX_M when the weight allows it."""
-    if decode_activations == "int8" and m <= GEMV_MAX_M and a8_ineligible(qweight) is None:
-        return quantized_gemv_a8
-    if qweight.scheme == "w4a8_group":
+def scheme_kernel(scheme: str, m: int, a8: bool = False) -> Kernel:
+    """The library kernel for a weight of `scheme` and M rows: the rule in the module docstring, written once
+    for `select_kernel` and the graph's select_kernels pass. `a8`: the weight can run `quantized_gemv_a8`
+    (`a8_reason` is None) and decode takes int8 activations."""
+    if scheme == "w4a8_group":
         return w4a8_gemm_per_group
-    if qweight.scheme == "w4a8_channel":
+    if scheme == "w4a8_channel":
         return w4a8_gemm_per_channel
-    return quantized_gemv if m <= GEMV_MAX_M else quantized_gemm
+    if m > GEMV_MAX_M:
+        return quantized_gemm
+    return quantized_gemv_a8 if a8 else quantized_gemv
+
+
+def select_kernel(qweight: QuantizedWeight, m: int, decode_activations: str = "float") -> Kernel:
+    """The library kernel for `qweight`'s scheme and M rows (`scheme_kernel`); decode_activations "int8"
+    picks `quantized_gemv_a8` for M <= GEMV_MAX_M when the weight allows it."""
+    a8 = decode_activations == "int8" and a8_ineligible(qweight) is None
+    return scheme_kernel(qweight.scheme, m, a8)
 
 
 def quantized_linear(
@@ -510,6 +518,7 @@ __all__ = [
     "linear_launcher",
     "quantized_linear",
     "quantized_linear_int8",
+    "scheme_kernel",
     "select_backend",
     "select_kernel",
 ]

@@ -214,6 +214,28 @@ def test_select_kernels_mirrors_ops_linear(spec):
 
 
 @pytest.mark.parametrize(
+    "spec",
+    [
+        LinearSpec("rtn", "int4", 32),
+        LinearSpec("awq", "uint4", 32, "post"),
+        LinearSpec("rtn", "int4", 64, "pre"),
+        INT4,  # group 16: not a group size the a8 GEMV takes
+        LinearSpec("rtn", "int8", 32),
+        W4A8_GROUP,
+    ],
+)
+def test_select_kernels_with_int8_decode_mirrors_ops_linear(spec):
+    buckets = (1, 16, 17, 64)
+    g = optimize(build_graph(ARCH), PassContext(ARCH, uniform(spec, spec), buckets=buckets, decode_activations="int8"))
+    rng = np.random.default_rng(0)
+    for n in g.nodes_in_order():
+        if n.op == "linear":
+            w = rng.standard_normal((sum(n.attr("splits")), n.attr("in_features"))).astype(np.float32)
+            qw = quantize(w, spec.weight_dtype, spec.group_size, zero_mode=spec.zero_mode, scheme=spec.scheme)
+            assert n.attr("kernels") == tuple((m, select_kernel(qw, m, "int8").name) for m in buckets), n.name
+
+
+@pytest.mark.parametrize(
     ("backend", "device", "spec", "layout"),
     [
         ("tvm", "cpu", INT4, "row"),
