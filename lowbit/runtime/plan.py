@@ -31,12 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lowbit.graph.verify import OPS
+
 PLAN_VERSION = 1
 UNIT_KINDS = ("compute", "memory", "network")
-OP_KINDS = (
-    "embedding", "rms_norm", "add", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant", "linear", "rope",
-    "attention", "silu_mul", "last_token",
-)  # fmt: skip  # the graph contract's ops (lowbit/graph/verify.py OPS)
+OP_KINDS = tuple(OPS)  # the graph contract's ops
 OP_CLASSES: Mapping[str, tuple[str, ...]] = {
     "norm": ("rms_norm", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant"),
     "gemm": ("linear",),
