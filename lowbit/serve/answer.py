@@ -101,7 +101,7 @@ class _EventStream(StreamingResponse):
 
 
 async def answer(request: Request, gen: Generation, *, stream: bool, shape: Shape, include_usage: bool,
-                 prompt_tokens: int, openings: dict[int, str], retry_after: int = 1) -> Response:  # fmt: skip
+                 prompt_tokens: int, openings: dict[int, str]) -> Response:  # fmt: skip
     """Start `gen`, then stream it (headers go out with the first output, so a full queue is still a 429) or
     collect it into one body. The generation is closed (its unfinished engine requests aborted) however this ends."""
     gen.start()
@@ -118,7 +118,7 @@ async def answer(request: Request, gen: Generation, *, stream: bool, shape: Shap
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()
             await gen.close()
-            raise unavailable("The server is shutting down; the request was aborted.", retry_after) from None
+            raise unavailable("The server is shutting down; the request was aborted.", gen.retry_after) from None
         return JSONResponse(shape.response(outputs, openings, prompt_tokens))
     finally:
         if not streaming:

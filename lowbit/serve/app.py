@@ -245,6 +245,13 @@ def build_app(
                 "parent": None, "max_model_len": state.max_model_len, "permission": []}  # fmt: skip
         return JSONResponse({"object": "list", "data": [card]})
 
+    async def respond(request: Request, req: CompletionRequest | ChatCompletionRequest, subs: list[SubRequest],
+                      shape: Shape, prompt_tokens: int, openings: dict[int, str]) -> Response:  # fmt: skip
+        """Submit `subs` as one generation; its SSE stream or its whole body."""
+        gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations)
+        return await answer(request, gen, stream=req.stream, shape=shape, include_usage=req.include_usage,
+                            prompt_tokens=prompt_tokens, openings=openings)  # fmt: skip
+
     @app.post("/v1/completions")
     @guarded
     async def completions(request: Request) -> Response:
@@ -264,10 +271,7 @@ def build_app(
                 subs.append(SubRequest(index, f"{rid}-{index}", ids, sampling_params(req, budget, s), req.priority))
                 if req.echo:
                     openings[index] = prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)
-        shape = Shape(rid, name, chat=False)
-        gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations)
-        return await answer(request, gen, stream=req.stream, shape=shape, include_usage=req.include_usage,
-                            prompt_tokens=prompt_tokens, openings=openings, retry_after=state.retry_after)  # fmt: skip
+        return await respond(request, req, subs, Shape(rid, name, chat=False), prompt_tokens, openings)
 
     @app.post("/v1/chat/completions")
     @guarded
@@ -283,10 +287,7 @@ def build_app(
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         subs = [SubRequest(s, f"{rid}-{s}", ids, sampling_params(req, budget, s), req.priority) for s in range(req.n)]
         openings = {s: "" for s in range(req.n)} if req.stream else {}
-        shape = Shape(rid, name, chat=True)
-        gen = Generation(state.engine, subs, state.metrics, state.retry_after, state.generations)
-        return await answer(request, gen, stream=req.stream, shape=shape, include_usage=req.include_usage,
-                            prompt_tokens=len(ids), openings=openings, retry_after=state.retry_after)  # fmt: skip
+        return await respond(request, req, subs, Shape(rid, name, chat=True), len(ids), openings)
 
     @app.post("/tokenize")
     @guarded
