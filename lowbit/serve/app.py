@@ -110,6 +110,11 @@ class ServerState:
             raise bad_request(f"{self.model_name} has no tokenizer; send token ids instead of text", param=param)
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
+    def decode(self, ids: list[int], param: str) -> str:
+        if self.tokenizer is None:
+            raise bad_request(f"{self.model_name} has no tokenizer; token ids cannot be turned into text", param=param)
+        return str(self.tokenizer.decode(ids))
+
     def check_ids(self, ids: list[int], param: str) -> list[int]:
         if not ids:
             raise bad_request("The prompt is empty (it encodes to no tokens).", param=param)
@@ -270,7 +275,7 @@ def build_app(
                 index = p * req.n + s
                 subs.append(SubRequest(index, f"{rid}-{index}", ids, sampling_params(req, budget, s), req.priority))
                 if req.echo:
-                    openings[index] = prompt if isinstance(prompt, str) else state.tokenizer.decode(ids)
+                    openings[index] = prompt if isinstance(prompt, str) else state.decode(ids, "echo")
         return await respond(request, req, subs, Shape(rid, name, chat=False), prompt_tokens, openings)
 
     @app.post("/v1/chat/completions")
@@ -312,11 +317,9 @@ def build_app(
         state.authorize(request)
         req = parse(DetokenizeRequest, await request.body())
         state.check_model(req.model)
-        if state.tokenizer is None:
-            raise bad_request(f"{name} has no tokenizer", param="tokens")
         if req.tokens:
             state.check_ids(req.tokens, "tokens")
-        return JSONResponse({"prompt": state.tokenizer.decode(req.tokens)})
+        return JSONResponse({"prompt": state.decode(req.tokens, "tokens")})
 
     return app
 

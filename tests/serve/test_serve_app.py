@@ -301,3 +301,18 @@ def test_plain_template_text():
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert t.render(msgs) == "user: a\nassistant: b\nassistant:"
     assert t.render(msgs, add_generation_prompt=False) == "user: a\nassistant: b\n"
+
+
+def test_without_a_tokenizer_text_is_a_400_not_a_500():
+    engine = FakeEngine()
+    engine.tokenizer = None  # an artifact without tokenizer.json
+    with TestClient(build_app(engine), raise_server_exceptions=False) as c:
+        for path, body, param in [
+            ("/v1/completions", {"prompt": [5, 6], "max_tokens": 2, "echo": True}, "echo"),
+            ("/v1/completions", {"prompt": "hi", "max_tokens": 2}, "prompt"),
+            ("/detokenize", {"tokens": [5]}, "tokens"),
+        ]:
+            r = c.post(path, json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+            assert "no tokenizer" in r.json()["error"]["message"]
+    assert engine.seen == []
