@@ -80,8 +80,8 @@ def measure_schedules(
             "lower --decode-context / --prefill-chunk"
         )
     pages = (
-        sum(-(-n // page) for n in [wl.decode_context] * wl.decode_tokens)
-        + wl.num_prefill_seqs * (-(-(wl.prefill_context + wl.prefill_chunk) // page))
+        wl.decode_tokens * -(-wl.decode_context // page)
+        + wl.num_prefill_seqs * -(-(wl.prefill_context + wl.prefill_chunk) // page)
         + 1
     )
     runners, chunks = {}, {}
