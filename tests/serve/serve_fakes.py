@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from lowbit.bench.server_process import free_port
 from lowbit.models.synthetic import synthetic_tokenizer
 from lowbit.models.tokenizer import TextTokenizer
 from lowbit.runtime.outputs import EngineDead, EngineStats, QueueFull, RequestMetrics, RequestOutput
@@ -144,12 +144,6 @@ class FakeEngine:
     @property
     def pages_in_use(self) -> int:
         return sum(self.pages.values())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:
