@@ -44,7 +44,7 @@ def test_disconnect_mid_stream_aborts_and_frees_pages():
 
 
 def test_disconnect_while_waiting_for_a_whole_answer():
-    eng = FakeEngine(step_s=0.01)
+    eng = FakeEngine(step_s=0.03)  # 100 tokens take >= 3 s: the 0.3 s client is long gone before they are done
     with ServerThread(build_app(eng)) as srv:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{srv.url}/v1/completions", json={"prompt": "x", "max_tokens": 100}, timeout=0.3)
@@ -53,7 +53,7 @@ def test_disconnect_while_waiting_for_a_whole_answer():
 
 
 def test_disconnect_while_queued():
-    eng = FakeEngine(step_s=0.01, max_num_seqs=1)
+    eng = FakeEngine(step_s=0.03, max_num_seqs=1)  # the first request's 100 tokens (>= 3 s) outlast the checks below
     with ServerThread(build_app(eng)) as srv, httpx.Client(base_url=srv.url) as c:
         with c.stream("POST", "/v1/completions", json={"prompt": "a", "max_tokens": 100, "stream": True}) as first:
             _data_events(lines := first.iter_lines(), 1)
