@@ -101,7 +101,11 @@ class Executor:
         attn = [n.attrs_dict for n in self.nodes if n.op == "attention"]
         windows = [a["sliding_window"] for a in attn if a.get("sliding_window") is not None]
         self.replay_limit = min([max_positions, *windows])  # positions a replay may reach (the rules' checks)
-        self.attn_geom = (attn[0]["num_kv_heads"], min(cache.page_size, 32)) if attn else None  # (HKV, BN)
+        self.plan_pages = cache.blocks.pages_for(max_positions)  # the plans' block-table width
+        self.attn_geom: tuple[int, int] | None = None  # (HKV, BN: the decode kernel's KV tile) for the plan key
+        if attn:
+            hq, hkv, d = attn[0]["num_heads"], attn[0]["num_kv_heads"], attn[0]["head_dim"]
+            self.attn_geom = (hkv, _decode_tiles("tvm", hq // hkv, cache.page_size, d, self.dtype_name)[1])
 
     def forward(self, batch: Batch, *, all_logits: bool = False) -> torch.Tensor:
         """Logits [num_seqs, V] (or [tokens, V]) float32. On the hot path a decode-only step (every row a
@@ -110,8 +114,8 @@ class Executor:
         copying the batch's ids, positions, slots, block tables and context lengths into them."""
         if self.fast and not all_logits and self.attn_geom is not None:
             info = step_info(batch)
-            pages = -(-self.max_positions // self.cache.page_size)  # the plans' block-table width
-            if info["decode_only"] and info["max_pos"] < self.replay_limit and batch.block_tables.shape[1] <= pages:
+            fits = batch.block_tables.shape[1] <= self.plan_pages
+            if info["decode_only"] and info["max_pos"] < self.replay_limit and fits:
                 hkv, bn = self.attn_geom
                 key = (batch.num_tokens, _auto_splits("tvm", batch.num_tokens * hkv, info["max_len"], bn))
                 plan = self.plans.get(key)
@@ -124,7 +128,7 @@ class Executor:
     def _record(self, batch: Batch, key: tuple[int, int]) -> torch.Tensor:
         from lowbit.codegen.tvm.runtime import RECORDING
 
-        proxy = _DecodePlan.inputs(batch, self.cache.page_size, self.max_positions)
+        proxy = _DecodePlan.inputs(batch, self.plan_pages)
         calls: list[tuple[Any, tuple[Any, ...]]] = []
         names: list[str] = []
         self.recording, self.recordable, RECORDING.calls, RECORDING.names = True, True, calls, names
@@ -237,12 +241,12 @@ class _DecodePlan:
         ]
 
     @staticmethod
-    def inputs(batch: Batch, page_size: int, max_positions: int) -> Batch:
-        """A copy of `batch` whose index tensors are fresh buffers of the plan (block tables at full width)."""
+    def inputs(batch: Batch, width: int) -> Batch:
+        """A copy of `batch` whose index tensors are fresh buffers of the plan (block tables `width` pages wide)."""
         proxy = copy.copy(batch)
         for name in ("input_ids", "positions", "slot_mapping", "context_lens"):
             setattr(proxy, name, getattr(batch, name).clone())
-        tables = torch.zeros((batch.num_tokens, -(-max_positions // page_size)), dtype=torch.int32)
+        tables = torch.zeros((batch.num_tokens, width), dtype=torch.int32)
         tables[:, : batch.block_tables.shape[1]] = batch.block_tables
         proxy.block_tables = tables
         return proxy
