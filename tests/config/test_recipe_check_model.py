@@ -86,16 +86,20 @@ def test_patterns_that_match_nothing_or_never_apply():
 
 def test_lengths_and_attention_limits():
     arch = ArchConfig("mistral", 256, 160, 320, 2, 4, 2, 36, max_position_embeddings=1024, sliding_window=256)
-    found = problems(
-        {
-            "quantization": {"weights": {"group_size": 32}, "kv_cache": {"dtype": "int4"}, "algorithm": "awq",
-                             "calibration": {"seq_len": 2048}},
-            "target": {"max_model_len": 2048, "device": "cuda"},
-        },
-        arch,
-    )  # fmt: skip
+    recipe = {
+        "quantization": {"weights": {"group_size": 32}, "kv_cache": {"dtype": "int4"}, "algorithm": "awq",
+                         "calibration": {"seq_len": 2048}},
+        "target": {"max_model_len": 2048, "device": "cuda"},
+    }  # fmt: skip
+    found = problems(recipe, arch)
     mml = found["target.max_model_len"]
     assert "max_position_embeddings 1024" in mml.problem or "sliding_window 256" in mml.problem
+    # both limits are reported (the dict above keeps one problem per field)
+    cfg = parse_config({"model": {"architecture": ARCH}, **recipe}, source="m.yaml")
+    with pytest.raises(RecipeError) as info:
+        check_against_model(cfg, arch)
+    limits = " | ".join(p.problem for p in info.value.problems if p.path == "target.max_model_len")
+    assert "max_position_embeddings 1024" in limits and "sliding_window 256" in limits
     assert "head_dim 36 is not a multiple of 8" in found["quantization.kv_cache.dtype"].problem
     assert "power-of-two head_dim" in found["target.backend"].problem and "tvm" in found["target.backend"].fix
     assert "seq_len <= 1024" in found["quantization.calibration.seq_len"].fix
