@@ -155,33 +155,14 @@ def quantized_linear(
         why = a8_ineligible(qweight) or (f"M = {m} rows > {GEMV_MAX_M}" if m > GEMV_MAX_M else None)
         if why:
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
-        y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)
-        if bias is not None:
-            b = _host(bias, _is_torch(bias)).astype(np.float32)
-            y2 = (_host(y2, is_torch).astype(np.float32) + b[None, :]).astype(_host(x, is_torch).dtype)
-            y2 = _like(y2, x, is_torch)
-        result = y2.reshape(*shape[:-1], n)
-        if out is not None:
-            out[...] = result
-            return out
-        return result
-
-    x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
-    xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
-    if m:
-        fixed, args = _arguments(qweight, x2, xa, ya, adtype)
-        # the compiled kernel for this weight, M, backend and dtype is looked up once and kept on the weight
-        # (a decode step calls this per layer per token: Python overhead must stay far below the kernel)
-        plans = qweight.__dict__.setdefault("_plans", {})
-        key = (m, backend, adtype, bool(tune), config)
-        compiled = plans.get(key)
-        if compiled is None:
-            lib = select_kernel(qweight, m)
-            cfg = config or _choose_config(lib, fixed, args, backend, tune, m, qweight)
-            program = lib.trace(**fixed, **cfg.constant_dict)
-            compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
-        compiled(args)
-    y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
+        y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
+    else:
+        x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
+        xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
+        if m:
+            fixed, args = _arguments(qweight, x2, xa, ya, adtype)
+            _compiled(qweight, m, backend, adtype, fixed, args, tune, config)(args)
+        y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
         y2 = (y2.astype(np.float32) + b[None, :]).astype(y2.dtype)
@@ -216,15 +197,7 @@ def quantized_linear_int8(
         y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
     if m:
         fixed, args = _w4a8_arguments(qweight, qa, sa, y, out_dtype)
-        plans = qweight.__dict__.setdefault("_plans", {})
-        key = (m, backend, "int8->" + out_dtype, False, None)
-        compiled = plans.get(key)
-        if compiled is None:
-            kernel = select_kernel(qweight, m)
-            cfg = _choose_config(kernel, fixed, args, backend, False, m, qweight)
-            program = kernel.trace(**fixed, **cfg.constant_dict)
-            compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
-        compiled(args)
+        _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
     y2 = y if isinstance(y, np.ndarray) else _host(y, True)
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
@@ -319,15 +292,8 @@ def linear_launcher(
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
     x0 = np.zeros((m, qw.shape[1]), np.float32)
     fixed, args = _arguments(qw, x0, None, None, adtype)
-    plans = qw.__dict__.setdefault("_plans", {})
-    key = (m, backend, adtype, False, None)
-    compiled = plans.get(key)
-    if compiled is None:
-        lib = select_kernel(qw, m)
-        cfg = _choose_config(lib, fixed, args, backend, False, m, qw)
-        compiled = plans[key] = compile_program(lib.trace(**fixed, **cfg.constant_dict), backend, cfg.option_dict)
     bound = {name: v for name, v in args.items() if name not in ("x", "y")}
-    return bind(compiled, bound, ("x", "y"))
+    return bind(_compiled(qw, m, backend, adtype, fixed, args), bound, ("x", "y"))
 
 
 def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
@@ -340,16 +306,17 @@ def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
     return plan
 
 
-def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_torch: bool) -> Any:
+def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_torch: bool) -> np.ndarray:
+    # y2 [M, N] numpy (bf16 as ml_dtypes) of the a8 path for x [..., K]
     n, k = qw.shape
     if m == 0:
-        return _like(np.zeros((0, n), _host(x, is_torch).dtype), x, is_torch)
+        return np.zeros((0, n), _host(x, is_torch).dtype)
     plan = a8_plan(qw, m, backend, adtype)
     if backend == "reference":
         x2 = _host(x, is_torch).reshape(m, k)
         y2 = np.zeros((m, n), x2.dtype)
         plan.run(x2, y2)
-        return _like(y2, x, is_torch)
+        return y2
     import torch
 
     if is_torch:
@@ -358,9 +325,31 @@ def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_t
         xt = torch.from_numpy(np.asarray(x).reshape(m, k).astype(np.float32)).to(getattr(torch, adtype))
     y = torch.empty((m, n), dtype=xt.dtype, device=xt.device)
     plan.run(xt.contiguous(), y)
-    if is_torch:
-        return y
     return _host(y, True)
+
+
+def _compiled(
+    qw: QuantizedWeight,
+    m: int,
+    backend: str,
+    io: str,
+    fixed: dict,
+    args: dict,
+    tune: bool = False,
+    config: Config | None = None,
+) -> Any:
+    # the compiled `select_kernel(qw, m)` for this backend and io dtypes ("float16", "int8->float32", ...),
+    # looked up once and kept on the weight (a decode step calls this per layer per token: Python overhead
+    # must stay far below the kernel)
+    plans = qw.__dict__.setdefault("_plans", {})
+    key = (m, backend, io, bool(tune), config)
+    compiled = plans.get(key)
+    if compiled is None:
+        kernel = select_kernel(qw, m)
+        cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
+        program = kernel.trace(**fixed, **cfg.constant_dict)
+        compiled = plans[key] = compile_program(program, backend, cfg.option_dict)
+    return compiled
 
 
 def _kernel_io(x: Any, x2: np.ndarray, is_torch: bool, backend: str, n: int) -> tuple[Any, Any]:
