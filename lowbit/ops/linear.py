@@ -174,6 +174,25 @@ def quantized_linear(
     return result
 
 
+def linear_problem(qweight: QuantizedWeight, x: Any, backend: str = "auto") -> tuple[Kernel, dict, dict]:
+    """(kernel, fixed DSL constants, call arguments) that `quantized_linear(x, qweight, backend=backend)`
+    compiles and runs for activations x [M, K] (NumPy or torch, an activation dtype): what a tuner times.
+    The arguments include a fresh output y [M, N]."""
+    backend = select_backend(backend)
+    is_torch = _is_torch(x)
+    adtype = activation_dtype(x, "x")
+    x2 = _host(x, is_torch).reshape(-1, qweight.shape[1])  # [M, K]
+    xa, ya = _kernel_io(x, x2, is_torch, backend, qweight.shape[0])
+    fixed, args = _arguments(qweight, x2, xa, ya, adtype)
+    return select_kernel(qweight, x2.shape[0]), fixed, args
+
+
+def default_linear_config(kernel: Kernel, fixed: dict, args: dict, backend: str) -> Config:
+    """The config `quantized_linear` runs for `linear_problem`'s problem when it is given no `config`, no
+    `tune` and the weight has no pinned one (the search space's default)."""
+    return _choose_config(kernel, fixed, args, select_backend(backend), False, args["M"])
+
+
 def quantized_linear_int8(
     xq: Any, sx: Any, qweight: QuantizedWeight, *, out_dtype: str = "float32", backend: str = "auto", bias: Any = None
 ) -> Any:
@@ -504,7 +523,9 @@ __all__ = [
     "a8_plan",
     "a8_reason",
     "a8_weight",
+    "default_linear_config",
     "linear_launcher",
+    "linear_problem",
     "quantized_linear",
     "quantized_linear_int8",
     "scheme_kernel",

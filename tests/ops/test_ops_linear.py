@@ -125,3 +125,19 @@ def test_validation_errors_name_the_field(case, match):
         kwargs["backend"] = "gpu"
     with pytest.raises(ValueError, match=match):
         quantized_linear(x, qw, **kwargs)
+
+
+@pytest.mark.parametrize("scheme", ["w_a16", "w4a8_group"])
+def test_linear_problem_is_what_quantized_linear_runs(scheme):
+    """A tuner's view (linear_problem + default_linear_config, compiled by hand) computes quantized_linear's y."""
+    from lowbit.codegen.backend import compile_program
+    from lowbit.ops.linear import default_linear_config, linear_problem
+
+    qw = quantize(weight(24, 64), scheme=scheme, group_size=32)
+    x = activations((3, 64), "float32", seed=5)
+    kernel, fixed, args = linear_problem(qw, x, backend="reference")
+    assert kernel is select_kernel(qw, 3) and args["M"] == 3
+    cfg = default_linear_config(kernel, fixed, args, "reference")
+    compile_program(kernel.trace(**fixed, **cfg.constant_dict), "reference", cfg.option_dict)(args)
+    want = quantized_linear(x, qw, backend="reference")
+    assert np.isfinite(want).all() and np.array_equal(args["y"], want)
