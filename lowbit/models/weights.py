@@ -23,26 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from lowbit.artifact import tensorfile
 from lowbit.models.arch import ArchConfig
 
-# safetensors dtype tag -> (numpy dtype, lowbit / torch dtype name)
-SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, str]] = {
-    "F64": (np.dtype("<f8"), "float64"),
-    "F32": (np.dtype("<f4"), "float32"),
-    "F16": (np.dtype("<f2"), "float16"),
-    "BF16": (np.dtype(ml_dtypes.bfloat16), "bfloat16"),
-    "F8_E4M3": (np.dtype(ml_dtypes.float8_e4m3fn), "float8_e4m3fn"),
-    "F8_E5M2": (np.dtype(ml_dtypes.float8_e5m2), "float8_e5m2"),
-    "I64": (np.dtype("<i8"), "int64"),
-    "I32": (np.dtype("<i4"), "int32"),
-    "I16": (np.dtype("<i2"), "int16"),
-    "I8": (np.dtype("i1"), "int8"),
-    "U8": (np.dtype("u1"), "uint8"),
-    "BOOL": (np.dtype("?"), "bool"),
-}
+# safetensors dtype tag -> (numpy dtype, lowbit / torch dtype name): lowbit.artifact.tensorfile's table
+SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, str]] = {tag: (dt, str(dt)) for tag, dt in tensorfile.DTYPES.items()}
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 SAVE_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
