@@ -323,8 +323,8 @@ def check_weights(store: WeightStore, arch: ArchConfig) -> list[str]:
             problems.append(f"{name} has shape {list(found)}, expected {list(shape)} (in {store.source(name)})")
         elif dtype not in FLOAT_DTYPES:
             problems.append(
-                f"{name} is {dtype} (in {store.source(name)}); lowbit quantizes from float weights, so pre-quantized "
-                "(GPTQ/AWQ packed) checkpoints are not loadable: use the float checkpoint"
+                f"{name} is {dtype} (in {store.source(name)}); lowbit reads float weights, or the pre-quantized "
+                "(GPTQ/AWQ packed) modules a config.json quantization_config describes: use the float checkpoint"
             )
     if problems:
         more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
