@@ -269,6 +269,8 @@ def test_tokenize_detokenize(client, engine):
     assert r["max_model_len"] == 128 and r["token_strs"] is None
     bare = client.post("/tokenize", json={"prompt": "Hello", "add_special_tokens": False, "return_token_strs": True})
     assert bare.json()["tokens"] == encode(engine, "Hello", special=False) and len(bare.json()["token_strs"]) >= 1
+    strs = bare.json()["token_strs"]
+    assert len(strs) == len(bare.json()["tokens"]) and "".join(strs) == "Hello"  # one piece per token, in order
     assert client.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": "Hello world"}
     assert client.post("/tokenize", json={"prompt": "a", "messages": []}).status_code == 400
     assert client.post("/detokenize", json={"tokens": [-4]}).status_code == 400
