@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lowbit.config.spec import LinearSpec
+from lowbit.dtypes import dtype as as_dtype
 from lowbit.models.arch import ArchConfig
 from lowbit.quant.kv import check_kv_dtype
 
 BACKENDS = ("tvm", "triton", "reference")
-COMPUTE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4}  # name -> bytes per element
+COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_BUCKETS = (1, 16, 64, 256, 4096)
 
 
@@ -69,7 +70,7 @@ class PassContext:
 
     @property
     def dtype_bytes(self) -> int:
-        return COMPUTE_DTYPES[self.dtype]
+        return as_dtype(self.dtype).bits // 8
 
     @property
     def on_gpu(self) -> bool:

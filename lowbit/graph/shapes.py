@@ -12,21 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lowbit.dtypes import dtype as as_dtype
 from lowbit.graph.graph import GraphError, Node, OpGraph
 from lowbit.models.arch import ArchConfig
-
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "int8": 1, "int32": 4, "int64": 8}
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     features: int
-    dtype: str  # a DTYPE_BYTES key
+    dtype: str  # a lowbit.dtypes name of whole bytes (float16, int8, int64, ...)
     rows: str = "tokens"  # "tokens" | "seqs"
 
     @property
     def bytes_per_token(self) -> int:
-        return self.features * DTYPE_BYTES[self.dtype]
+        return self.features * as_dtype(self.dtype).bits // 8
 
 
 Rule = Callable[[Node, list[TensorInfo], ArchConfig, str], tuple[TensorInfo, ...]]
@@ -103,4 +102,4 @@ def tensor_infos(g: OpGraph, arch: ArchConfig, dtype: str) -> dict[str, TensorIn
     return infos
 
 
-__all__ = ["DTYPE_BYTES", "RULES", "TensorInfo", "tensor_infos"]
+__all__ = ["RULES", "TensorInfo", "tensor_infos"]
