@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowbit.runtime.engine import LLMEngine
-from lowbit.runtime.outputs import EngineDead, EngineStats, QueueFull, RequestMetrics, RequestOutput
+from lowbit.runtime.outputs import EngineDead, EngineStats, QueueFull, RequestOutput
 from lowbit.runtime.sampler import SamplingParams
 
 log = logging.getLogger("lowbit.engine")
@@ -186,19 +186,14 @@ class AsyncLLMEngine:
                 adds += 1
                 with self._lock:
                     alive = rid in self._sinks
-                if not alive:  # aborted before it was applied
+                if not alive:  # failed with the others (a step error, the stop) before it was applied
                     continue
                 try:
                     eng.add_request(rid, ids, params, priority=priority, arrival_time=arrival)
                 except Exception as e:  # a request the scheduler refuses: the caller gets the error
                     self._fail(rid, e)
-            elif cmd[0] == "abort":
-                rid = cmd[1]
-                if not eng.abort_request(rid):
-                    sink = self._sinks.get(rid)
-                    if sink is not None:  # queued but not added yet (or the add failed): answer it here
-                        self._deliver(RequestOutput(rid, [], finished=True, finish_reason="abort",
-                                                    metrics=RequestMetrics(time.monotonic())))  # fmt: skip
+            elif cmd[0] == "abort":  # an add queued before it is applied by now; a failed add was answered
+                eng.abort_request(cmd[1])  # False: finished, failed, or aborted already (its output is on the way)
 
     def _run(self) -> None:
         eng = self.engine
@@ -225,13 +220,12 @@ class AsyncLLMEngine:
         self._fail_all(EngineDead("the engine stopped"))
 
     def _fail_all(self, err: BaseException) -> None:
-        eng = self.engine
         self.engine.abort_all()
         with self._lock:
             sinks, self._sinks = self._sinks, {}
         for sink in sinks.values():
             sink.put(err)
-        self._stats = eng.stats()
+        self._stats = self.engine.stats()
 
 
 __all__ = ["AsyncLLMEngine", "EngineDead", "QueueFull"]
