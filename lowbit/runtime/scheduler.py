@@ -247,7 +247,7 @@ class Scheduler:
                 raise KeyError(f"no sampled token for sequence {seq.seq_id}, whose chunk samples in this step")
             seq.append_token(sampled[seq.seq_id])
             grew.append(seq)
-            if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            if seq.num_output_tokens >= seq.max_tokens:  # (add: prompt + max_tokens <= max_model_len)
                 self.finish(seq, "length")
         return grew
 
