@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.graph.graph import GraphError, Node, OpGraph
-from lowbit.reference import add_rms_norm, apply_rope, rms_norm
+from lowbit.reference import add_rms_norm, apply_rope, prefill_attention, rms_norm, sequence_attention
 
 
 @dataclass
@@ -135,15 +135,7 @@ def causal_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, sm_scale: float, window: int | None = None
 ) -> np.ndarray:
     """One sequence: q [L, Hq, D], k, v [L, Hkv, D] -> [L, Hq, D]; query i sees keys j <= i (and j > i − window)."""
-    lq, hq, d = q.shape
-    hkv = k.shape[1]
-    qg = q.reshape(lq, hkv, hq // hkv, d)  # [L, Hkv, G, D]: query head h reads kv head h // G
-    scores = np.einsum("ihgd,jhd->hgij", qg, k) * sm_scale  # [Hkv, G, L, L]
-    i, j = np.arange(lq)[:, None], np.arange(lq)[None, :]
-    visible = (j <= i) if window is None else (j <= i) & (j > i - window)  # [L, L]
-    scores = np.where(visible, scores, -np.inf)
-    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return np.einsum("hgij,jhe->ihge", p / p.sum(axis=-1, keepdims=True), v).reshape(lq, hq, d)
+    return np.asarray(sequence_attention(q, k, v, True, sm_scale, window=window))
 
 
 @rule("attention")
@@ -152,10 +144,8 @@ def _attention(r: _Run, n: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ..
     t, d = q.shape[0], n.attr("head_dim")
     hq, hkv = n.attr("num_heads"), n.attr("num_kv_heads")
     q3, k3, v3 = q.reshape(t, hq, d), k.reshape(t, hkv, d), v.reshape(t, hkv, d)
-    out = np.empty_like(q3)  # [T, Hq, D]
-    for a, b in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:]):
-        out[a:b] = causal_attention(q3[a:b], k3[a:b], v3[a:b], n.attr("sm_scale"), n.attr("sliding_window"))
-    return (out.reshape(t, hq * d),)
+    out = prefill_attention(q3, k3, v3, r.cu_seqlens, True, n.attr("sm_scale"), window=n.attr("sliding_window"))
+    return (np.asarray(out).reshape(t, hq * d),)
 
 
 @rule("silu_mul")

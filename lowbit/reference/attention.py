@@ -4,7 +4,8 @@ Every function reduces to `sequence_attention` on one sequence:
     out[i, h] = Σ_j softmax_j(sm_scale · q[i, h]·k[j, h // G]) · v[j, h // G]      G = Hq // Hkv (GQA)
 over the keys query i may see. Causal masking is bottom-right aligned: the Lq queries are the *last* Lq
 positions of the Lk keys, so query i sees keys j <= Lk − Lq + i (prefill: Lq == Lk, the usual lower
-triangle; decode: Lq == 1, every key; chunked prefill: in between). sm_scale defaults to 1/sqrt(D).
+triangle; decode: Lq == 1, every key; chunked prefill: in between); a sliding `window` w (HF Mistral/Qwen2)
+also hides keys j <= p − w of the query at position p = Lk − Lq + i. sm_scale defaults to 1/sqrt(D).
 The softmax subtracts each row's max before exp; `return_lse` also gives log Σ_j exp(sm_scale·q·k)
 (natural log, per query and head), what split-KV kernels merge partial results with.
 The paged functions read K/V through `gather_kv`, i.e. attention over the *dequantized* cache.
@@ -26,18 +27,21 @@ def sequence_attention(
     causal: bool = True,
     sm_scale: float | None = None,
     return_lse: bool = False,
+    *,
+    window: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attention of one sequence: q [Lq, Hq, D], k [Lk, Hkv, D], v [Lk, Hkv, Dv] -> out [Lq, Hq, Dv]
     float64 (and lse [Lq, Hq] with return_lse). Causal needs Lq <= Lk (queries are the last Lq
-    positions). Raises ValueError on mismatched shapes or Hq not a multiple of Hkv."""
+    positions); window (causal only) a sliding window. Raises ValueError on mismatched shapes or Hq not a
+    multiple of Hkv."""
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     _check_heads(q, k, v)
-    out, lse = _attend(q, k, v, causal, sm_scale)
+    out, lse = _attend(q, k, v, causal, sm_scale, window)
     return (out, lse) if return_lse else out
 
 
 def _attend(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, sm_scale: float | None
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, sm_scale: float | None, window: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """`sequence_attention` on checked float64 arrays, returning (out, lse)."""
     lq, hq, d = q.shape
@@ -46,12 +50,15 @@ def _attend(
         raise ValueError(f"{lq} queries attend to no keys; every query needs at least one key")
     if causal and lq > lk:
         raise ValueError(f"causal attention with {lq} queries over {lk} keys: queries must be the last Lq <= Lk")
+    if window is not None and (not causal or window < 1):
+        raise ValueError(f"window {window} with causal={causal}: a sliding window is >= 1 and needs causal=True")
     scale = 1.0 / np.sqrt(d) if sm_scale is None else float(sm_scale)
     g = hq // hkv
     qg = q.reshape(lq, hkv, g, d)  # qg: [Lq, Hkv, G, D]; query head h = kv head h // G, member h % G
     scores = np.einsum("ihgd,jhd->hgij", qg, k) * scale  # scores: [Hkv, G, Lq, Lk]
     if causal:
-        visible = np.arange(lk)[None, :] <= (lk - lq) + np.arange(lq)[:, None]  # visible: [Lq, Lk]
+        pos, j = (lk - lq) + np.arange(lq)[:, None], np.arange(lk)[None, :]  # query positions [Lq, 1], keys
+        visible = (j <= pos) if window is None else (j <= pos) & (j > pos - window)  # visible: [Lq, Lk]
         scores = np.where(visible, scores, -np.inf)
     row_max = scores.max(axis=-1, keepdims=True) if lk else np.zeros((hkv, g, lq, 1))  # [Hkv, G, Lq, 1]
     p = np.exp(scores - row_max)  # p: [Hkv, G, Lq, Lk]
@@ -69,10 +76,12 @@ def prefill_attention(
     causal: bool = True,
     sm_scale: float | None = None,
     return_lse: bool = False,
+    *,
+    window: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Ragged (varlen) prefill: q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv]; sequence b is tokens
-    cu_seqlens[b]:cu_seqlens[b+1] (cu_seqlens [B+1], 0 = cu_seqlens[0] <= ... <= cu_seqlens[B] = T).
-    Returns out [T, Hq, Dv] float64 (and lse [T, Hq])."""
+    cu_seqlens[b]:cu_seqlens[b+1] (cu_seqlens [B+1], 0 = cu_seqlens[0] <= ... <= cu_seqlens[B] = T);
+    window (causal only) a sliding window. Returns out [T, Hq, Dv] float64 (and lse [T, Hq])."""
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     _check_heads(q, k, v)
     if k.shape[0] != q.shape[0]:
@@ -81,7 +90,7 @@ def prefill_attention(
     out = np.zeros((q.shape[0], q.shape[1], v.shape[2]))  # out: [T, Hq, Dv]
     lse = np.zeros(q.shape[:2])  # lse: [T, Hq]
     for s, e in itertools.pairwise(cu):
-        out[s:e], lse[s:e] = _attend(q[s:e], k[s:e], v[s:e], causal, sm_scale)
+        out[s:e], lse[s:e] = _attend(q[s:e], k[s:e], v[s:e], causal, sm_scale, window)
     return (out, lse) if return_lse else out
 
 

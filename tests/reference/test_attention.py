@@ -24,9 +24,12 @@ def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-300)) if out.size else 0.0
 
 
-def brute_force(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, sm_scale: float | None = None):
+def brute_force(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, sm_scale: float | None = None, window: int | None = None
+):
     """One sequence, one (head, query) at a time: q [Lq, Hq, D], k/v [Lk, Hkv, D]; queries are the last Lq
-    positions. Returns out [Lq, Hq, Dv], lse [Lq, Hq]."""
+    positions (with a sliding window w, the query at position p sees keys p − w < j <= p). Returns out
+    [Lq, Hq, Dv], lse [Lq, Hq]."""
     lq, hq, d = q.shape
     lk, hkv, _ = k.shape
     scale = 1 / math.sqrt(d) if sm_scale is None else sm_scale
@@ -36,11 +39,12 @@ def brute_force(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, sm_sc
         kvh = h // (hq // hkv)
         for i in range(lq):
             last = lk - lq + i if causal else lk - 1
-            scores = [scale * float(np.dot(q[i, h], k[j, kvh])) for j in range(last + 1)]
+            first = 0 if window is None else max(0, last - window + 1)
+            scores = [scale * float(np.dot(q[i, h], k[j, kvh])) for j in range(first, last + 1)]
             m = max(scores)
             weights = [math.exp(s - m) for s in scores]
             total = math.fsum(weights)
-            out[i, h] = sum(w * v[j, kvh] for j, w in enumerate(weights)) / total
+            out[i, h] = sum(w * v[first + j, kvh] for j, w in enumerate(weights)) / total
             lse[i, h] = m + math.log(total)
     return out, lse
 
@@ -57,15 +61,19 @@ def ragged(rng: np.random.Generator, lens: list[int], h: int, d: int) -> np.ndar
     d=st.sampled_from([4, 16]),
     causal=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
+    window=st.one_of(st.none(), st.integers(1, 4)),
 )
-def test_prefill_matches_brute_force(lens: list[int], hkv: int, group: int, d: int, causal: bool, seed: int) -> None:
+def test_prefill_matches_brute_force(
+    lens: list[int], hkv: int, group: int, d: int, causal: bool, seed: int, window: int | None
+) -> None:
     rng = np.random.default_rng(seed)
     q, k, v = ragged(rng, lens, hkv * group, d), ragged(rng, lens, hkv, d), ragged(rng, lens, hkv, d)
     cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)  # cu: [B+1]
-    out, lse = prefill_attention(q, k, v, cu, causal=causal, return_lse=True)
+    window = window if causal else None  # a sliding window is causal
+    out, lse = prefill_attention(q, k, v, cu, causal=causal, return_lse=True, window=window)
     assert out.shape == q.shape and out.dtype == np.float64 and lse.shape == q.shape[:2]
     for s, e in itertools.pairwise(cu):
-        ref_out, ref_lse = brute_force(q[s:e], k[s:e], v[s:e], causal)
+        ref_out, ref_lse = brute_force(q[s:e], k[s:e], v[s:e], causal, window=window)
         assert rel_err(out[s:e], ref_out) <= REL and rel_err(lse[s:e], ref_lse) <= REL
 
 
@@ -193,3 +201,7 @@ def test_attention_errors() -> None:
         paged_attention(np.zeros((3, 3, 8)), np.array([0, 3]), cache)
     with pytest.raises(ValueError, match="expected \\[B=1, Hq, D\\]"):
         decode_attention(np.zeros((2, 3, 8)), cache)
+    with pytest.raises(ValueError, match="window 2 with causal=False"):
+        sequence_attention(x, x, x, causal=False, window=2)
+    with pytest.raises(ValueError, match="window 0 with causal=True: a sliding window is >= 1"):
+        sequence_attention(x, x, x, window=0)
