@@ -18,7 +18,6 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.graph import PassContext, build_graph, optimize
 from lowbit.models import ArchConfig
 from lowbit.ops.weight import QuantizedWeight
-from lowbit.runtime.runner import ModelRunner
 
 ARCH_1B = ArchConfig(
     model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
@@ -27,11 +26,11 @@ ARCH_1B = ArchConfig(
 SPEC = LinearSpec("rtn", "int4", 128)
 
 
-def random_qweight(n: int, k: int, rng: np.random.Generator, layout: Any = None) -> QuantizedWeight:
+def random_qweight(n: int, k: int, rng: np.random.Generator) -> QuantizedWeight:
     """A symmetric int4 g128 weight [N, K] in the row layout with random codes and scales."""
     from lowbit.kernels.layouts import row_packed
 
-    lay = layout or row_packed((k, n), 4)
+    lay = row_packed((k, n), 4)
     words = rng.integers(0, 2**32, size=tuple(int(s) for s in lay.word_shape), dtype=np.uint32)
     scales = (0.008 * (1 + 0.1 * rng.standard_normal((k // 128, n)))).astype(np.float16)
     return QuantizedWeight(as_dtype("int4"), 128, "none", (n, k), lay, words, scales, None)
@@ -64,13 +63,3 @@ def random_params(graph: Any, arch: ArchConfig = ARCH_1B, seed: int = 0) -> dict
         else:
             params[name] = torch.ones(arch.hidden_size, dtype=torch.float32)
     return params
-
-
-def build_runner(
-    *, max_num_seqs: int = 16, max_model_len: int = 256, kv_dtype: str = "int8", decode_activations: str = "float"
-) -> ModelRunner:
-    g = build_graph_1b(kv_dtype=kv_dtype, decode_activations=decode_activations)
-    return ModelRunner(
-        ARCH_1B, g, random_params(g), kv_dtype=kv_dtype, dtype="float32", backend="tvm",
-        max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-    )  # fmt: skip
