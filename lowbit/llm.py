@@ -49,15 +49,17 @@ class LLM:
             if len(params_list) != len(plist):
                 raise ValueError(f"{len(params_list)} SamplingParams for {len(plist)} prompts; give one or one each")
         eng = self.engine
+        prompt_ids = []
         for i, (p, sp) in enumerate(zip(plist, params_list, strict=True)):
             try:
-                eng.check_request(eng.encode_prompt(p), sp)
+                prompt_ids.append(eng.encode_prompt(p))
+                eng.check_request(prompt_ids[-1], sp)
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
         ids = []
-        for i, (p, sp) in enumerate(zip(plist, params_list, strict=True)):
+        for i, (p_ids, sp) in enumerate(zip(prompt_ids, params_list, strict=True)):
             rid = f"llm-{next(self._ids)}"
-            eng.add_request(rid, p, sp, priority=priorities[i] if priorities else 0)
+            eng.add_request(rid, p_ids, sp, priority=priorities[i] if priorities else 0)
             ids.append(rid)
         done: dict[str, RequestOutput] = {}
         try:
