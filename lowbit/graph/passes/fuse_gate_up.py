@@ -7,22 +7,15 @@ from __future__ import annotations
 
 from lowbit.graph.context import PassContext
 from lowbit.graph.graph import OpGraph
-from lowbit.graph.passes.linear_fusion import add_fused_params, fused_linear, sibling_linears, why_not_fusable
+from lowbit.graph.passes.linear_fusion import add_fused_params, fusable_siblings, fused_linear
 
 MEMBERS = ("gate_proj", "up_proj")
 
 
 def fuse_gate_up(g: OpGraph, ctx: PassContext) -> OpGraph:
-    groups, params, notes = [], {}, []
-    for layer in range(ctx.arch.num_layers):
-        parent = f"model.layers.{layer}.mlp"
-        parts = sibling_linears(g, parent, MEMBERS)
-        if parts is None:
-            continue
-        why = why_not_fusable(parts)
-        if why is not None:
-            notes.append(f"fuse_gate_up: {parent}: gate/up_proj left unfused: {why}")
-            continue
+    groups, params = [], {}
+    notes: list[str] = []  # layers left unfused, and why
+    for parent, parts in fusable_siblings(g, ctx, "mlp", MEMBERS, notes, "fuse_gate_up"):
         (gate,), (up,) = parts[0].outputs, parts[1].outputs
         users = {n.name: n for t in (gate, up) for n in g.consumers(t)}
         act = next(iter(users.values())) if len(users) == 1 else None

@@ -6,22 +6,15 @@ from __future__ import annotations
 
 from lowbit.graph.context import PassContext
 from lowbit.graph.graph import OpGraph
-from lowbit.graph.passes.linear_fusion import add_fused_params, fused_linear, sibling_linears, why_not_fusable
+from lowbit.graph.passes.linear_fusion import add_fused_params, fusable_siblings, fused_linear
 
 MEMBERS = ("q_proj", "k_proj", "v_proj")
 
 
 def fuse_qkv(g: OpGraph, ctx: PassContext) -> OpGraph:
-    groups, params, notes = [], {}, []
-    for layer in range(ctx.arch.num_layers):
-        parent = f"model.layers.{layer}.self_attn"
-        parts = sibling_linears(g, parent, MEMBERS)
-        if parts is None:
-            continue
-        why = why_not_fusable(parts)
-        if why is not None:
-            notes.append(f"fuse_qkv: {parent}: q/k/v_proj left unfused: {why}")
-            continue
+    groups, params = [], {}
+    notes: list[str] = []  # layers left unfused, and why
+    for parent, parts in fusable_siblings(g, ctx, "self_attn", MEMBERS, notes, "fuse_qkv"):
         node, fused = fused_linear(parts, f"{parent}.qkv_proj", tuple(t for p in parts for t in p.outputs))
         groups.append(([p.name for p in parts], [node]))
         params.update(fused)

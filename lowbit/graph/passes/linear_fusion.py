@@ -3,11 +3,32 @@ linear over the weights concatenated along the output features (dim 0 of the HF 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from lowbit.graph.context import PassContext
 from lowbit.graph.graph import Node, OpGraph
 from lowbit.graph.printer import spec_text
 
 # attrs a fused linear takes from its parts, which must therefore agree
 _SHARED = ("spec", "kernels", "layout", "act_quant_fused", "in_features")
+
+
+def fusable_siblings(
+    g: OpGraph, ctx: PassContext, block: str, members: tuple[str, ...], notes: list[str], pass_name: str
+) -> Iterator[tuple[str, list[Node]]]:
+    """(parent, parts) per layer whose `model.layers.i.<block>.<member>` linears can become one; for a layer
+    whose linears cannot, a note in `notes` ("<pass_name>: <parent>: q/k/v_proj left unfused: <why>")."""
+    shown = "/".join(m.removesuffix("_proj") for m in members) + "_proj"
+    for layer in range(ctx.arch.num_layers):
+        parent = f"model.layers.{layer}.{block}"
+        parts = sibling_linears(g, parent, members)
+        if parts is None:
+            continue
+        why = why_not_fusable(parts)
+        if why is None:
+            yield parent, parts
+        else:
+            notes.append(f"{pass_name}: {parent}: {shown} left unfused: {why}")
 
 
 def sibling_linears(g: OpGraph, parent: str, members: tuple[str, ...]) -> list[Node] | None:
