@@ -112,27 +112,6 @@ def generate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def inspect_cmd(args: argparse.Namespace) -> int:
-    """Print an artifact's manifest, recipe, compile report and kernels."""
-    from lowbit.artifact import describe, open_artifact
-
-    print(describe(open_artifact(args.artifact, verify="none")))
-    return 0
-
-
-def verify_cmd(args: argparse.Namespace) -> int:
-    """Check an artifact's hashes, sizes and compatibility; exit 1 with the reasons when it is not intact."""
-    from lowbit.artifact import verify_artifact
-
-    rep = verify_artifact(args.artifact)
-    for w in rep.warnings:
-        print(f"warning: {w}")
-    for e in rep.errors:
-        print(f"error: {e}")
-    print(f"{args.artifact}: {'OK' if rep.ok else 'REFUSED'}")
-    return 0 if rep.ok else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--backend", default=None, help="override target.backend (tvm | triton | reference)")
     gen.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact")
     gen.set_defaults(func=generate_cmd)
+    from lowbit.artifact import command as artifact_command
+
     ins = sub.add_parser("inspect", help="print an artifact's manifest and compile report")
-    ins.add_argument("artifact")
-    ins.set_defaults(func=inspect_cmd)
+    artifact_command.add_inspect_arguments(ins)
+    ins.set_defaults(func=artifact_command.inspect_main)
     ver = sub.add_parser("verify", help="check an artifact's hashes and compatibility")
-    ver.add_argument("artifact")
-    ver.set_defaults(func=verify_cmd)
+    artifact_command.add_verify_arguments(ver)
+    ver.set_defaults(func=artifact_command.verify_main)
     from lowbit.bench import serving as bench_serving
     from lowbit.bench import throughput as bench_throughput
     from lowbit.serve import cli as serve_cli

@@ -55,7 +55,7 @@ def test_tampered_artifact_is_refused(artifact, tmp_path, capsys):
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     assert main(["verify", str(bad)]) == 1
-    assert "weights/model.safetensors" in capsys.readouterr().out
+    assert "weights/model.safetensors" in capsys.readouterr().err  # the refusal goes to stderr
     with pytest.raises(Exception, match=r"model\.safetensors"):
         main(["generate", str(bad), "--prompt", "x", "--max-tokens", "1"])
 
