@@ -37,11 +37,27 @@ def slowed(engine: LLMEngine, seconds: float = 0.02) -> LLMEngine:
     return engine
 
 
+async def idle(eng, seconds: float = 2.0):
+    """The engine's stats once nothing runs and no page is in use (or after `seconds`)."""
+    end = time.monotonic() + seconds
+    st = eng.stats()
+    while (st.num_running or st.kv_usage) and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+        st = eng.stats()
+    return st
+
+
 async def collect(eng, prompt, params, rid=None):
     deltas = []
     async for out in eng.generate(prompt, params, rid):
         deltas.append(out)
     return deltas
+
+
+async def collect_rest(stream, outs):
+    async for out in stream:
+        outs.append(out)
+    return outs
 
 
 def test_concurrent_streams_equal_offline(model):
@@ -72,11 +88,10 @@ def test_leaving_a_stream_aborts_it_and_frees_pages(model):
             first = await agen.__anext__()
             assert first.delta_token_ids
             await agen.aclose()  # what a client disconnect does to the server's iterator
-            for _ in range(200):
-                st = eng.stats()
-                if st.num_running == 0 and st.kv_usage == 0.0:
-                    break
-                await asyncio.sleep(0.01)
+            st = await idle(eng)
+            # aborted, not run to its end (which would also free the pages, after 200 tokens)
+            assert st.num_running == 0 and st.kv_usage == 0.0 and st.generation_tokens < 200, st
+            sampled = st.generation_tokens
             # a task cancelled mid-stream (CancelledError inside the iterator) is aborted too
             started = asyncio.Event()
 
@@ -89,17 +104,13 @@ def test_leaving_a_stream_aborts_it_and_frees_pages(model):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(200):
-                st = eng.stats()
-                if st.num_running == 0 and st.kv_usage == 0.0:
-                    break
-                await asyncio.sleep(0.01)
-            return st
+            return sampled, await idle(eng)
         finally:
             await eng.shutdown(timeout=1)
 
-    st = asyncio.run(main())
+    sampled, st = asyncio.run(main())
     assert st.num_running == 0 and st.num_waiting == 0 and st.kv_usage == 0.0
+    assert st.generation_tokens < sampled + 250  # aborted, not run to its 250th token
 
 
 def test_backpressure_and_bad_requests(model):
@@ -109,9 +120,10 @@ def test_backpressure_and_bad_requests(model):
             with pytest.raises(ValueError, match="maximum context length"):
                 await collect(eng, [1] * 250, SamplingParams(max_tokens=10))
             params = SamplingParams(max_tokens=30, ignore_eos=True)
-            running = asyncio.create_task(collect(eng, PROMPTS[0], params))
-            await asyncio.sleep(0.3)  # it runs; the next one waits; the one after is refused
-            waiting = asyncio.create_task(collect(eng, PROMPTS[1], params))
+            stream = eng.generate(PROMPTS[0], params)
+            first = [await stream.__anext__()]  # it runs (>= 29 more steps of 20 ms)
+            running = asyncio.create_task(collect_rest(stream, first))
+            waiting = asyncio.create_task(collect(eng, PROMPTS[1], params))  # it waits; the one after is refused
             await asyncio.sleep(0.05)
             with pytest.raises(QueueFull):
                 await collect(eng, PROMPTS[2], params)

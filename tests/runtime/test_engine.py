@@ -78,6 +78,7 @@ def test_eos_stop_token_ids_and_min_tokens(exact):
     while eng.has_unfinished_requests():
         outs += eng.step()
     assert outs[-1].token_ids == free[: first + 1] and outs[-1].stop_reason is None
+    assert outs[-1].finished and outs[-1].finish_reason == "stop"
     # min_tokens bans the stop token until then: the stream must differ from the free one where it was banned
     m = LLM(exact).generate(
         [PROMPTS[0]], SamplingParams(max_tokens=10, stop_token_ids=(stop,), min_tokens=first + 2, ignore_eos=True)

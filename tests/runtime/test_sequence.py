@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +32,10 @@ def test_prompt_is_copied_and_equality_is_identity():
 
 
 def test_arrival_time_defaults_to_now():
+    t0 = time.monotonic()
     a = Sequence(0, [1], 1)
     b = Sequence(1, [1], 1)
-    assert a.arrival_time <= b.arrival_time
+    assert t0 <= a.arrival_time <= b.arrival_time <= time.monotonic()  # taken per sequence, not once at import
 
 
 @settings(max_examples=60)
