@@ -89,14 +89,13 @@ def generate_cmd(args: argparse.Namespace) -> int:
     from lowbit.runtime.sampler import SamplingParams
 
     model = load_compiled(args.artifact, verify="none" if args.no_verify else "full")
-    if model.tokenizer is None:
+    if model.tokenizer is None and (args.prompt or not args.prompt_ids):
         print(f"{args.artifact} has no tokenizer.json; give token ids with --prompt-ids", file=sys.stderr)
-        if not args.prompt_ids:
-            return 2
+        return 2
     prompts = [[int(t) for t in p.split(",")] for p in args.prompt_ids or []]
     prompts += [model.tokenizer.encode(p).ids for p in args.prompt or []]
     if not prompts:
-        prompts = [model.tokenizer.encode("Hello, lowbit!").ids] if model.tokenizer else [[1]]
+        prompts = [model.tokenizer.encode("Hello, lowbit!").ids]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos)  # fmt: skip
     runner = model.runner(backend=args.backend, max_num_seqs=len(prompts))

@@ -60,6 +60,20 @@ def test_tampered_artifact_is_refused(artifact, tmp_path, capsys):
         main(["generate", str(bad), "--prompt", "x", "--max-tokens", "1"])
 
 
+def test_generate_without_a_tokenizer_takes_token_ids(artifact, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    shutil.copytree(artifact, bare)
+    (bare / "tokenizer.json").unlink()
+    manifest = json.loads((bare / "manifest.json").read_text())
+    manifest["files"].pop("tokenizer.json")
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    base = ["generate", str(bare), "--no-verify", "--max-tokens", "2", "--ignore-eos"]
+    assert main(base) == 2 and main([*base, "--prompt", "x", "--prompt-ids", "1,5"]) == 2  # text needs a tokenizer
+    assert "has no tokenizer.json" in capsys.readouterr().err
+    assert main([*base, "--prompt-ids", "1,5"]) == 0
+    assert "(length)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "sets, field",
     [(["quantization.weights.group_size=48"], "group_size"), (["quantization.weights.dtype=int9"], "dtype"),
