@@ -127,6 +127,18 @@ def free(ex, tables):
     tables.clear()
 
 
+def unsplit_and_nano(ex_a, ex_b, nano, history, step, all_logits):
+    """The step's logits from the unsplit executor `ex_a` (the oracle) and through `nano` over `ex_b`; the pages
+    both runs took are freed again."""
+    ta: dict[int, list[int]] = {}
+    tb: dict[int, list[int]] = {}
+    try:
+        return run_step(ex_a, None, history, step, all_logits, ta), run_step(ex_b, nano, history, step, all_logits, tb)
+    finally:
+        free(ex_a, ta)
+        free(ex_b, tb)
+
+
 def cache_rows(ex, tables, step):
     """The K/V of every position of the step's sequences, per layer: [layers, 2, tokens, heads, D]."""
     ps = ex.cache.page_size
@@ -167,16 +179,11 @@ def test_the_oracle_catches_a_misassembled_input(model, monkeypatch):
     real = nano_mod._Step.arg
     monkeypatch.setattr(nano_mod._Step, "arg", lambda self, srcs: real(self, tuple(reversed(srcs))))
     nano = NanoExecutor(ex_b, plan)
-    ta: dict[int, list[int]] = {}
-    tb: dict[int, list[int]] = {}
     try:
-        want = run_step(ex_a, None, history, step, True, ta)
-        got = run_step(ex_b, nano, history, step, True, tb)
+        want, got = unsplit_and_nano(ex_a, ex_b, nano, history, step, True)
         assert got.shape == want.shape and rel(got, want) > 1e-2
     finally:
         nano.close()
-        free(ex_a, ta)
-        free(ex_b, tb)
 
 
 # -- dependencies on a handmade op list ----------------------------------------------------------------------
@@ -289,7 +296,6 @@ def test_an_error_in_a_worker_reaches_the_caller(model, monkeypatch):
             raise FloatingPointError(f"boom in {node.name}")
         return real(ex, node, args)
 
-    ta: dict[int, list[int]] = {}
     tb: dict[int, list[int]] = {}
     try:
         prefill(ex_b, history, tb)
@@ -312,12 +318,10 @@ def test_an_error_in_a_worker_reaches_the_caller(model, monkeypatch):
         monkeypatch.setitem(executor_mod.RULES, "silu_mul", real)
         free(ex_b, tb)
         # the pool survives the error: the next step runs on the same threads and is right
-        want = run_step(ex_a, None, history, step, False, ta)
-        got = run_step(ex_b, nano, history, step, False, tb)
+        want, got = unsplit_and_nano(ex_a, ex_b, nano, history, step, False)
         assert rel(got, want) <= 1e-5
     finally:
         nano.close()
-        free(ex_a, ta)
         free(ex_b, tb)
 
 
@@ -362,23 +366,19 @@ def test_units_are_pinned_to_their_cores(model):
     plan = PipelinePlan((Unit("c", cores=(core,)), Unit("m", "memory")),
                         (OpRule(ops=("attention",), fractions=(0.5, 0.5), units=("m",)),))  # fmt: skip
     nano = NanoExecutor(ex_b, plan)
-    ta: dict[int, list[int]] = {}
-    tb: dict[int, list[int]] = {}
     try:
         assert os.sched_getaffinity(nano.threads[0].native_id) == {core}
         assert os.sched_getaffinity(nano.threads[1].native_id) == os.sched_getaffinity(0)
         history, step = compose(MIXED, np.random.default_rng(9))
-        want = run_step(ex_a, None, history, step, True, ta)
-        got = run_step(ex_b, nano, history, step, True, tb)
+        want, got = unsplit_and_nano(ex_a, ex_b, nano, history, step, True)
         assert rel(got, want) <= 1e-5
     finally:
         nano.close()
-        free(ex_a, ta)
-        free(ex_b, tb)
     # every thread the units start (TVM's per-thread kernel pools, OpenMP teams) stays on the unit's cores
     before = set(os.listdir("/proc/self/task"))
     both = PipelinePlan((Unit("c", cores=(core,)), Unit("m", "memory", cores=(core,))), plan.rules)
     nano = NanoExecutor(ex_b, both)
+    tb: dict[int, list[int]] = {}
     try:
         got = run_step(ex_b, nano, history, step, True, tb)
         assert rel(got, want) <= 1e-5
