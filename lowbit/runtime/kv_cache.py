@@ -90,11 +90,7 @@ class PagedKVCache:
             )
         self.blocks = BlockManager(self.num_pages, self.page_size)
 
-    # the page accounting lives in `blocks`; these are thin delegates
-    @property
-    def free_pages(self) -> list[int]:
-        return self.blocks.free_pages
-
+    # the page accounting lives in `blocks`; these are thin delegates (the serving contract's cache surface)
     @property
     def num_free_pages(self) -> int:
         return self.blocks.num_free
@@ -103,9 +99,6 @@ class PagedKVCache:
     def usage(self) -> float:
         """Fraction of allocatable pages in use (0..1)."""
         return self.blocks.usage
-
-    def pages_for(self, num_tokens: int) -> int:
-        return self.blocks.pages_for(num_tokens)
 
     def allocate(self, n: int) -> list[int]:
         return self.blocks.allocate(n)
