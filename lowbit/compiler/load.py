@@ -59,10 +59,10 @@ def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] 
     from lowbit.config import parse_config
 
     art = open_artifact(path, verify=verify)
-    if art.has("kernels.json"):  # the compiled kernels shipped with the artifact (foreign ones are rebuilt)
+    if art.kernel_dir is not None:  # the compiled kernels shipped with the artifact (foreign ones are rebuilt)
         from lowbit.codegen import kernel_cache
 
-        kernel_cache.add_read_only_dir(Path(path) / "kernels")
+        kernel_cache.add_read_only_dir(art.kernel_dir)
     # the checkpoint and calibration files may have moved since compile: the artifact holds what is needed
     cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml", check_files=False)
     arch = ArchConfig.from_hf_config(art.read_json("config.json"))
