@@ -263,9 +263,10 @@ def test_quantized_checkpoint_loads_dequantized(saved):
 
     fmt, modules = checkpoint_quantization(saved)
     assert fmt.describe() == "AutoAWQ gemm, 4-bit, g16, asymmetric" and len(modules) == len(expect)
+    (saved / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
     loaded = load_hf_dir(saved)
     assert loaded.quantization == fmt and sorted(loaded.quantized) == sorted(modules)
     for name, w in expect.items():
         np.testing.assert_array_equal(loaded.weights[name], w)
     assert not any(n.endswith((".qweight", ".qzeros", ".scales")) for n in loaded.weights)
-    assert loaded.tokenizer_config_path is None or loaded.tokenizer_config_path.name == "tokenizer_config.json"
+    assert loaded.tokenizer_config_path == saved / "tokenizer_config.json"  # found (the chat template's file)
