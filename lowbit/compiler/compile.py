@@ -6,7 +6,7 @@ validate   load + validate model.yaml, read the architecture (config.json only),
 load       the weights (HF safetensors, lazily; a quantized checkpoint's packed modules imported and served
            dequantized to everything reading float weights) or the synthetic random model (seeded)
 graph      build the op graph and run GRAPH_PIPELINE (recipe matching, fusions, packing, kernels, memory)
-calibrate  activations of every linear's input on the calibration tokens (awq / gptq / qoq only)
+calibrate  activations of every linear's input on the calibration tokens (`quantization.calibrated`)
 quantize   transforms (AWQ scales, QoQ rotation/smoothing, SmoothAttention) then one weight per linear node
 kernels    tune (target.tuning.policy, `lowbit.compiler.tuning`) each (kernel, shape, token bucket) the graph
            selected, pin the chosen configs to the weights, then build every kernel the runtime calls by running
@@ -211,12 +211,9 @@ def compile_model(
         graph = model_graph(cfg, arch)
 
     nodes = linear_nodes(graph)
-    needs_data = (
-        algorithm in ("awq", "gptq", "qoq") or cfg.quantization.kv_cache.smooth_attention or kv_dtype == "fp8_e4m3"
-    )
     calib, ids = None, None
     with phases.phase("calibrate"):
-        if needs_data:
+        if cfg.quantization.calibrated:
             ids = calibration_ids(cfg, tokenizer, arch.vocab_size)
             calib = calibrate(arch, weights, ids)
 

@@ -16,7 +16,6 @@ from lowbit.models import ConfigError
 from lowbit.models.arch import ROPE_TYPES
 
 WEIGHT_KEYS = ("dtype", "group_size", "symmetric", "zero_mode")
-CALIBRATED = ("awq", "gptq", "qoq")
 TRITON_MIN_GROUP = {"w_a16": 16, "w4a8_group": 32}  # the smallest K of a tl.dot (fp16 / int8 operands)
 
 
@@ -33,11 +32,11 @@ def recipe_problems(cfg: ModelYaml, *, check_files: bool = True) -> list[Problem
         *_target_problems(cfg),
     ]
     q = cfg.quantization
-    needs_data = q.algorithm in CALIBRATED or q.kv_cache.smooth_attention
-    if cfg.model.source == "hf_dir" and needs_data and q.calibration.source == "synthetic":
+    if cfg.model.source == "hf_dir" and q.calibrated and q.calibration.source == "synthetic":
         warnings.warn(
-            f"quantization.calibration.source is synthetic: {q.algorithm} statistics come from random tokens, "
-            f"which misrepresents a real checkpoint; set source: file and a .txt/.jsonl path",
+            "quantization.calibration.source is synthetic: the calibration statistics (algorithm "
+            f"{q.algorithm}, kv_cache {q.kv_cache.dtype}) come from random tokens, which misrepresents a real "
+            "checkpoint; set source: file and a .txt/.jsonl path",
             RecipeWarning,
             stacklevel=3,
         )

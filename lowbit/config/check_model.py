@@ -128,7 +128,7 @@ def _limit_problems(cfg: ModelYaml, arch: ArchConfig) -> Iterator[FieldProblem]:
             value=t.backend,
         )
     c = q.calibration
-    if q.algorithm in ("awq", "gptq", "qoq") and c.seq_len > arch.max_position_embeddings:
+    if q.calibrated and c.seq_len > arch.max_position_embeddings:
         yield FieldProblem(
             f"longer than the model's max_position_embeddings {arch.max_position_embeddings}",
             f"use seq_len <= {arch.max_position_embeddings}",

@@ -35,6 +35,7 @@ ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVDType)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 CALIBRATION_SUFFIXES = (".txt", ".jsonl")
+CALIBRATED: tuple[str, ...] = ("awq", "gptq", "qoq")  # the algorithms that fit statistics of calibration data
 
 
 def _number(v: Any) -> Any:
@@ -206,6 +207,13 @@ class Quantization(Section):
     gptq: GPTQ = GPTQ()
     qoq: QoQ = QoQ()
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether compiling runs the calibration set through the model: AWQ / GPTQ / QoQ statistics,
+        SmoothAttention's key scales, fp8 KV layer scales."""
+        kv = self.kv_cache
+        return self.algorithm in CALIBRATED or kv.smooth_attention or kv.dtype == "fp8_e4m3"
+
 
 # ---- target ------------------------------------------------------------------------------------------------
 
@@ -271,6 +279,7 @@ class ModelYaml(Section):
 __all__ = [
     "AWQ",
     "BACKENDS",
+    "CALIBRATED",
     "CALIBRATION_SUFFIXES",
     "GPTQ",
     "KV_CACHE_DTYPES",

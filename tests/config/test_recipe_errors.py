@@ -212,6 +212,9 @@ def test_real_checkpoint_with_random_calibration_warns(tmp_path):
     cfg = {"model": {"source": "hf_dir", "path": "/m"}, "quantization": {"algorithm": "awq"}}
     with pytest.warns(RecipeWarning, match="random tokens"):
         parse_config(cfg, check_files=False)
+    fp8 = {"model": {"source": "hf_dir", "path": "/m"}, "quantization": {"kv_cache": {"dtype": "fp8_e4m3"}}}
+    with pytest.warns(RecipeWarning, match="kv_cache fp8_e4m3.* random tokens"):  # its layer scales are calibrated
+        parse_config(fp8, check_files=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         parse_config({"quantization": {"algorithm": "awq"}})  # synthetic model: nothing to warn about
