@@ -121,6 +121,10 @@ def paged_decode_attention(
     T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
 
 
+# the persistent form: the same arguments plus BUDGET; a program walks (sequence, KV head, split) blocks
+paged_decode_attention_persistent = T.persistent(paged_decode_attention)
+
+
 @T.kernel
 def attention_combine(
     part: T.Tensor("float32", ("SPLITS", "B", "HQ", "D")),
@@ -191,4 +195,4 @@ def decode_launcher(
     return launch
 
 
-__all__ = ["attention_combine", "decode_launcher", "paged_decode_attention"]
+__all__ = ["attention_combine", "decode_launcher", "paged_decode_attention", "paged_decode_attention_persistent"]

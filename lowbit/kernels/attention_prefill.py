@@ -70,4 +70,7 @@ def prefill_attention(
         T.store(out, (start + m0, h, 0), T.reshape(T.cast(o, dtype), (BM, 1, D)), mask=qmask)
 
 
-__all__ = ["prefill_attention"]
+# the persistent form: the same arguments plus BUDGET; a program walks (query block, head, sequence) blocks
+prefill_attention_persistent = T.persistent(prefill_attention)
+
+__all__ = ["prefill_attention", "prefill_attention_persistent"]

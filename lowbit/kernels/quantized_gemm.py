@@ -64,6 +64,10 @@ def quantized_gemm(
     T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
 
 
+# the persistent form: the same arguments plus BUDGET (programs = min(BUDGET, tiles)), the same output
+quantized_gemm_persistent = T.persistent(quantized_gemm)
+
+
 @dataclass(frozen=True)
 class GemmProblem:
     """Random inputs for quantized_gemm and the NumPy reference `x @ dequant(W)`."""

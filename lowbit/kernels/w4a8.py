@@ -94,4 +94,14 @@ def w4a8_gemm_per_channel(
     T.store(y, (pm * BM, pn * BN), T.cast(T.cast(acc - qsum * z, T.float32) * sa * sw, y.dtype))
 
 
-__all__ = ["groups", "w4a8_gemm_per_channel", "w4a8_gemm_per_group"]
+# persistent forms: the same arguments plus BUDGET (programs = min(BUDGET, tiles)), the same output
+w4a8_gemm_per_group_persistent = T.persistent(w4a8_gemm_per_group)
+w4a8_gemm_per_channel_persistent = T.persistent(w4a8_gemm_per_channel)
+
+__all__ = [
+    "groups",
+    "w4a8_gemm_per_channel",
+    "w4a8_gemm_per_channel_persistent",
+    "w4a8_gemm_per_group",
+    "w4a8_gemm_per_group_persistent",
+]

@@ -28,7 +28,7 @@ from lowbit.ir.statements import For, If
 from lowbit.ir.values import program_id_symbol
 from lowbit.lang import semantic as _s
 from lowbit.lang.builder import DSLError, current, user_location
-from lowbit.lang.kernel import Kernel, Tensor, TensorHandle, cdiv, constexpr, kernel, packed
+from lowbit.lang.kernel import Kernel, Tensor, TensorHandle, cdiv, constexpr, kernel, packed, persistent
 from lowbit.lang.semantic import TileValue
 
 Scalar: TypeAlias = int | float | sympy.Expr
@@ -310,6 +310,7 @@ __all__ = [
     "minimum",
     "ne",
     "packed",
+    "persistent",
     "range",
     "reshape",
     "rsqrt",

@@ -25,6 +25,7 @@ import sympy
 from lowbit.dtypes import DataType, dtype
 from lowbit.ir.instructions import Load
 from lowbit.ir.layout import packed_along
+from lowbit.ir.passes.persistent import make_persistent
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Let, ScalarLoad, Store, walk
 from lowbit.ir.values import ScalarParam, TensorParam
@@ -88,9 +89,10 @@ def cdiv(a: Any, b: Any) -> Any:
 class Kernel:
     """A DSL kernel. `trace(**constants)` gives its IR; `run(backend=..., **args)` executes it."""
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., Any], persistent: bool = False):
         self.fn = fn
-        self.name = fn.__name__
+        self.persistent = persistent
+        self.name = fn.__name__ + ("_persistent" if persistent else "")
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         self.signature = inspect.signature(fn)
         try:
@@ -181,14 +183,15 @@ class Kernel:
         used = _tensors_used(builder.blocks[0])
         params = [p for p in params if not isinstance(p, TensorParam) or p.name in used]
         program = Program(
-            self.name,
+            self.fn.__name__,
             tuple(params),
             builder.grid,
             tuple(builder.blocks[0]),
             tuple((k, _hashable(v)) for k, v in consts.items()),
             self._loc,
         )
-        return verify(program)
+        program = verify(program)
+        return verify(make_persistent(program)) if self.persistent else program
 
     def _tensor_param(self, name: str, ann: Tensor, ns: dict[str, Any]) -> TensorParam:
         d = ns.get(ann.dtype, ann.dtype) if isinstance(ann.dtype, str) else ann.dtype
@@ -267,3 +270,13 @@ def _hashable(v: Any) -> Any:
 def kernel(fn: Callable[..., Any]) -> Kernel:
     """Decorator: make `fn` a lowbit kernel (see the module docstring)."""
     return Kernel(fn)
+
+
+def persistent(k: Kernel) -> Kernel:
+    """The persistent form of kernel `k` (`lowbit.ir.passes.persistent`): the same constants and arguments
+    plus the int32 scalar `BUDGET` >= 1, the number of programs it may occupy (SMs on a GPU). It launches
+    `min(BUDGET, tiles)` programs, each looping over tiles `t = pid, pid + P, ...` of `k`'s grid, and writes
+    exactly what `k` writes."""
+    if k.persistent:
+        raise DSLError(f"kernel {k.name} is persistent already; pass the kernel it was made from")
+    return Kernel(k.fn, persistent=True)
