@@ -63,6 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tile", type=int, default=None, help="row quantum of the cuts (default 128 GPU, 8 CPU)")
     s.add_argument("--window", type=int, default=3, help="layers simulated per evaluation (default 3)")
     s.add_argument("--delays", action="store_true", help="also search queue delays (not run by the runtime yet)")
+    s.add_argument("--order", action="store_true",
+                   help="plan each nano-op's queue position (list-scheduled, then descended); the runtime "
+                        "does not honour planned orders yet: --write-plan / --measure refuse them")  # fmt: skip
+    s.add_argument("--residual-epilogue", action="store_true",
+                   help="what-if: residual adds in the O / down GEMM epilogues (NanoFlow's kernels), norms 2*D "
+                        "bytes per row instead of lowbit's fused add + RMSNorm (4*D)")  # fmt: skip
     s.add_argument("--profile", help="a kernel profile JSON (measured seconds per op, rows, share) to calibrate")
     s.add_argument("--progress", action="store_true", help="print each improvement of the search")
     o = p.add_argument_group("output")
@@ -76,6 +82,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--measure", action="store_true", help="time each schedule on this machine beside the model")
     m.add_argument("--repeats", type=int, default=5)
     m.add_argument("--no-verify", action="store_true", help="skip the artifact's sha256 check")
+
+
+def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`lowbit tune ARTIFACT --profile`: the parser (the handler is `tune_main`), for lowbit/cli.py to wire."""
+    t = subparsers.add_parser(
+        "tune", help="measure an artifact's kernels on this machine (--profile: seconds per op, rows, share)"
+    )
+    t.add_argument("artifact", help="a compiled CPU artifact")
+    t.add_argument("--profile", action="store_true", required=True,
+                   help="record a kernel profile (the only mode so far) for `lowbit plan` to use")  # fmt: skip
+    t.add_argument("--rows", type=int, nargs="+", default=None, help="token rows per step (default 8 16 32 64)")
+    t.add_argument("--threads", type=int, nargs="+", default=None, help="threads per share (default 1 .. cores)")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--decode-context", type=int, default=None, help="decode rows' context (default 128)")
+    t.add_argument("--out", help="where to write the profile JSON (default: the per-artifact cache)")
+    t.add_argument("--no-verify", action="store_true", help="skip the artifact's sha256 check")
+    t.set_defaults(func=tune_main)
+    return t
+
+
+def tune_main(args: argparse.Namespace) -> int:
+    """Profile the artifact and write the JSON; `lowbit plan ARTIFACT` then picks it up from the cache."""
+    from dataclasses import replace
+
+    from lowbit.planner.profile import DEFAULT_ROWS, ProfileError, default_profile_path, profile_artifact, save_profile
+
+    wl = CPU_WORKLOAD if args.decode_context is None else replace(CPU_WORKLOAD, decode_context=args.decode_context)
+    try:
+        prof = profile_artifact(
+            args.artifact, rows=tuple(args.rows or DEFAULT_ROWS), threads=args.threads, workload=wl,
+            repeats=args.repeats, verify="none" if args.no_verify else "quick",
+            progress=lambda m: print(f"  {m}", file=sys.stderr),
+        )  # fmt: skip
+    except (ProfileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = save_profile(prof, args.out or default_profile_path(args.artifact))
+    print(f"kernel profile: {len(prof.records)} records ({prof.device}) -> {path}")
+    return 0
+
+
+def _profile_for(args: argparse.Namespace, hw: Hardware, notes: list[str]) -> KernelProfile | None:
+    """--profile FILE, else the cached profile of the artifact (`lowbit tune --profile`) on a CPU."""
+    if args.profile:
+        return KernelProfile.from_json(Path(args.profile).read_text())
+    if not args.artifact or hw.kind != "cpu":
+        return None
+    from lowbit.planner.profile import default_profile_path
+
+    path = default_profile_path(args.artifact)
+    if not path.is_file():
+        return None
+    notes.append(f"calibrated with the cached kernel profile {path} (lowbit tune --profile)")
+    return KernelProfile.from_json(path.read_text())
 
 
 def _artifact_model(path: str) -> tuple[Any, Precision, str]:
@@ -141,9 +201,9 @@ def run(args: argparse.Namespace) -> Any:
         prec = prec.with_kv(args.kv_dtype)
     if hw.kind == "cpu" and not args.artifact:
         prec = Precision(prec.name, prec.linear, "float32", prec.kv_dtype)  # the CPU runtime computes in fp32
-    profile = KernelProfile.from_json(Path(args.profile).read_text()) if args.profile else None
-    cost = CostModel(hw, profile=profile)
-    mo = model_ops(arch, prec, args.tp, name)
+    notes: list[str] = [f"hardware: {hw.source}"]
+    cost = CostModel(hw, profile=_profile_for(args, hw, notes))
+    mo = model_ops(arch, prec, args.tp, name, residual_epilogue=args.residual_epilogue)
     wl = _workload(args, hw)
     tile = args.tile or (8 if hw.kind == "cpu" else 128)
 
@@ -151,8 +211,8 @@ def run(args: argparse.Namespace) -> Any:
         print(f"  [{stage}] {evals} simulations: step {seconds * 1e3:.3f} ms", file=sys.stderr)
 
     cfg = SearchConfig(max_evals=args.max_evals, time_budget_s=args.time_budget, tile=tile, window=args.window,
-                       delays=args.delays, progress=progress if args.progress else None)  # fmt: skip
-    notes: list[str] = [f"hardware: {hw.source}"]
+                       delays=args.delays, order=args.order,
+                       progress=progress if args.progress else None)  # fmt: skip
     rep = plan_report(mo, wl, cost, cfg, arch=arch, notes=tuple(notes))
     if args.measure:
         rep = _with_measurements(rep, args, mo, wl)
@@ -223,4 +283,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CPU_WORKLOAD", "GPU_WORKLOAD", "PlanCliError", "add_arguments", "main", "run"]
+__all__ = ["CPU_WORKLOAD", "GPU_WORKLOAD", "PlanCliError", "add_arguments", "add_tune_parser", "main", "run",
+           "tune_main"]  # fmt: skip

@@ -32,6 +32,7 @@ class Placement:
     shares: tuple[float, ...] = (1.0,)  # resource share (fraction of SMs / cores): one, or one per nano-batch
     kernels: tuple[str, ...] = ()  # kernel config per nano-batch (informational: what the cost model chose)
     delay: float = 0.0  # stages added to the op's queue-order key (tasks.py): its nano-ops queue behind later work
+    order: tuple[float, ...] = ()  # planned queue key of each nano-op, in layers (tasks.py); (): the runtime's rule
 
     def __post_init__(self) -> None:
         n = len(self.fractions)
@@ -43,6 +44,10 @@ class Placement:
             raise PlanError(f"placement {self.op}: {len(self.units)} units for {n} nano-batches; give 1 or {n}")
         if isinstance(self.delay, bool) or not isinstance(self.delay, (int, float)) or not 0 <= self.delay < 1e6:
             raise PlanError(f"placement {self.op}: delay {self.delay!r} must be a non-negative number of stages")
+        if len(self.order) not in (0, n) or any(not math.isfinite(k) for k in self.order):
+            raise PlanError(
+                f"placement {self.op}: order {self.order} must be empty or {n} finite queue keys (one per nano-batch)"
+            )
         if len(self.shares) not in (1, n) or any(not 0 < s <= 1 for s in self.shares):
             raise PlanError(
                 f"placement {self.op}: shares {self.shares} must be 1 or {n} values in (0, 1] (fractions of the device)"
@@ -97,6 +102,11 @@ class NanoPlan:
                 return p
         return Placement(op, (1.0,), (self.units[0].name,), (1.0,))
 
+    @property
+    def ordered(self) -> bool:
+        """True when the plan sets its own queue order (every placement has `order`; tasks.py)."""
+        return any(p.order for p in self.placements)
+
     def unit_index(self, name: str) -> int:
         return [u.name for u in self.units].index(name)
 
@@ -111,7 +121,7 @@ class NanoPlan:
         for p in self.placements:
             parts = []
             for i, f in enumerate(p.fractions):
-                parts.append(f"{f:.3f}@{p.unit_of(i)}:{p.share_of(i):.2f}")
+                parts.append(f"{f:.3f}@{p.unit_of(i)}:{p.share_of(i):.2f}" + (f"#{p.order[i]:.3f}" if p.order else ""))
             lines.append(f"  {p.op:<15} " + " ".join(parts))
         return "\n".join(lines)
 
@@ -120,11 +130,12 @@ class NanoPlan:
         """The runtime plan: one rule per op with a graph node (by its name pattern), same fractions, units and
         shares; the units keep their kinds and streams. Collectives (no graph node) are dropped."""
         rules = []
-        delayed = [p.op for p in self.placements if p.delay]
+        delayed = [p.op for p in self.placements if p.delay or p.order]
         if delayed:
             raise PlanError(
-                f"placements {delayed} have queue delays, which the runtime's nano executor does not honour yet "
-                "(it orders nano-ops by stage, first row, graph order); search with delays off (the default)"
+                f"placements {delayed} have queue delays or planned orders, which the runtime's nano executor does "
+                "not honour yet (it orders nano-ops by stage, first row, graph order); search without --delays / "
+                "--order (the default)"
             )
         for op in mo.ops:
             if op.pattern is None:
@@ -153,6 +164,7 @@ class NanoPlan:
                     "shares": list(p.shares),
                     "kernels": list(p.kernels),
                     "delay": p.delay,
+                    **({"order": list(p.order)} if p.order else {}),
                 }
                 for p in self.placements
             ],
@@ -177,12 +189,12 @@ class NanoPlan:
                       for u in d["units"])  # fmt: skip
         placements = []
         for i, p in enumerate(d.get("placements", [])):
-            extra = sorted(set(p) - {"op", "fractions", "units", "shares", "kernels", "delay"})
+            extra = sorted(set(p) - {"op", "fractions", "units", "shares", "kernels", "delay", "order"})
             if extra:
                 raise PlanError(f"nano plan placements[{i}] has unknown key(s) {extra}")
             placements.append(Placement(p["op"], tuple(p["fractions"]), tuple(p["units"]),
                                         tuple(p.get("shares", (1.0,))), tuple(p.get("kernels", ())),
-                                        p.get("delay", 0.0)))  # fmt: skip
+                                        p.get("delay", 0.0), tuple(p.get("order", ()))))  # fmt: skip
         wl = d.get("workload")
         return NanoPlan(units, tuple(placements), d.get("tile", 128), d.get("min_tokens", 0), d.get("model", ""),
                         d.get("hardware", ""), d.get("precision", ""), d.get("tp", 1),

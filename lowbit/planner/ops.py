@@ -7,6 +7,7 @@ which runtime graph nodes each stands for (`pattern`, so a searched plan becomes
 
 Per layer and device (D hidden, q/kv the query/KV widths, I intermediate, ab activation bytes):
     input_norm   elementwise  (residual add +) RMSNorm: reads x and the residual, writes y and the sum: 4·D·ab
+                              (2·D·ab with residual_epilogue: the add runs in the O / down GEMM epilogues)
     qkv          gemm         [rows, D] x [(q + 2kv)/tp, D]^T, weights read once per piece at stored width
     rope         elementwise  q and k rotated in place: 2·(q + kv)/tp·ab
     attn         attention    decode rows read `decode_context` cached K/V tokens each (memory-bound); prefill
@@ -112,9 +113,21 @@ class ModelOps:
         return tuple(o.name for o in self.ops)
 
 
-def model_ops(arch: ArchConfig, precision: Precision | None = None, tp: int = 1, name: str = "") -> ModelOps:
+def model_ops(
+    arch: ArchConfig,
+    precision: Precision | None = None,
+    tp: int = 1,
+    name: str = "",
+    *,
+    residual_epilogue: bool = False,
+) -> ModelOps:
     """The per-layer ops of `arch` on one of `tp` tensor-parallel devices (Megatron split: QKV / gate-up
-    column-parallel, O / down row-parallel, an all-reduce after each row-parallel GEMM)."""
+    column-parallel, O / down row-parallel, an all-reduce after each row-parallel GEMM).
+
+    `residual_epilogue`: the residual add runs in the epilogue of the O / down GEMMs (C = the residual stream,
+    beta = 1, as NanoFlow's pipeline does: efeslab/Nanoflow pipeline/src/pipeline.cu `O1->setC`, `D1->setC`,
+    `D2->setC`), so those GEMMs read D·ab more per row and each norm streams 2·D·ab (read x, write y) instead
+    of lowbit's fused add + RMSNorm's 4·D·ab (read x and the residual, write y and the sum)."""
     p = precision or Precision()
     if tp < 1 or arch.num_heads % tp or arch.intermediate_size % tp:
         raise ValueError(
@@ -129,8 +142,9 @@ def model_ops(arch: ArchConfig, precision: Precision | None = None, tp: int = 1,
     cd = p.compute_dtype
 
     def gemm(name: str, n: int, k: int, inputs: tuple[str, ...]) -> OpSpec:
+        c = n if residual_epilogue and name in ("o_proj", "down") else 0  # the residual read by the epilogue
         return OpSpec(name, "gemm", inputs, PATTERNS[name], n, k, p.weight_bytes(n, k), 2.0 * n * k,
-                      float((n + k) * ab), dtype=cd)  # fmt: skip
+                      float((n + k + c) * ab), dtype=cd)  # fmt: skip
 
     def elementwise(name: str, inputs: tuple[str, ...], nbytes: float, flops: float) -> OpSpec:
         return OpSpec(name, "elementwise", inputs, PATTERNS[name], flops_per_row=flops, bytes_per_row=nbytes,
@@ -141,10 +155,11 @@ def model_ops(arch: ArchConfig, precision: Precision | None = None, tp: int = 1,
         return OpSpec(name, "collective", inputs, None, bytes_per_row=2.0 * d * ab, net_bytes_per_row=net,
                       flops_per_row=float(d), dtype=p.act_dtype)  # fmt: skip
 
+    norm_bytes = (2.0 if residual_epilogue else 4.0) * d * ab
     last = "mlp_allreduce" if tp > 1 else "down"
     o_out = "attn_allreduce" if tp > 1 else "o_proj"
     ops = [
-        elementwise("input_norm", (PREV + last, PREV + "post_norm"), 4.0 * d * ab, 5.0 * d),
+        elementwise("input_norm", (PREV + last, PREV + "post_norm"), norm_bytes, 5.0 * d),
         gemm("qkv", q + 2 * kv, d, ("input_norm",)),
         elementwise("rope", ("qkv",), 2.0 * (q + kv) * ab, 6.0 * (q + kv)),
         OpSpec(
@@ -162,7 +177,7 @@ def model_ops(arch: ArchConfig, precision: Precision | None = None, tp: int = 1,
     if tp > 1:
         ops.append(allreduce("attn_allreduce", ("o_proj",)))
     ops += [
-        elementwise("post_norm", (o_out, "input_norm"), 4.0 * d * ab, 5.0 * d),
+        elementwise("post_norm", (o_out, "input_norm"), norm_bytes, 5.0 * d),
         gemm("gate_up", 2 * inter, d, ("post_norm",)),
         elementwise("act", ("gate_up",), 3.0 * inter * ab, 4.0 * inter),
         gemm("down", d, inter, ("act",)),

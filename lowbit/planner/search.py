@@ -44,6 +44,8 @@ class SearchConfig:
     window: int = 3  # layers simulated per evaluation
     stage1_fraction: float = 0.5  # of max_evals for stage I
     delays: bool = False  # search queue delays too (the runtime's executor does not honour them yet)
+    order: bool = False  # plan the queue order (Placement.order; the runtime's executor does not honour it yet)
+    order_fraction: float = 0.25  # of max_evals for the order descent (with order)
     dispatch: str = "fifo"  # simulate.simulate: "fifo" (the runtime's workers) or "ready" (list scheduling)
     progress: Progress | None = field(default=None, compare=False)
 
@@ -73,14 +75,14 @@ class _Search:
     def budget_left(self, limit: int) -> bool:
         return self.evals < limit and time.perf_counter() < self.deadline
 
-    def evaluate(self, plan: NanoPlan, cost: CostModel) -> StepEstimate:
-        key = (plan.placements, cost.hw.interference)
+    def evaluate(self, plan: NanoPlan, cost: CostModel, dispatch: str | None = None) -> StepEstimate:
+        dispatch = dispatch or self.cfg.dispatch
+        key = (plan.placements, cost.hw.interference, dispatch)
         est = self.memo.get(key)
         if est is None:
             self.evals += 1
-            est = self.memo[key] = simulate_step(
-                self.mo, plan, self.wl, cost, window=self.cfg.window, dispatch=self.cfg.dispatch
-            )
+            est = self.memo[key] = simulate_step(self.mo, plan, self.wl, cost, window=self.cfg.window,
+                                                 dispatch=dispatch)  # fmt: skip
         return est
 
     def note(self, stage: str, seconds: float) -> None:
@@ -131,8 +133,11 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     quiet = replace(cost, hw=cost.hw.scaled_interference(0.0))
     hw_name = cost.hw.name
 
+    # with planned orders, stage I judges a structure by list scheduling (the order it will be given later)
+    stage1_dispatch = "ready" if cfg.order else None
+
     def cost_of(st: _Structure) -> float:
-        return s.evaluate(st.plan(mo, wl, cfg, hw_name), quiet).seconds
+        return s.evaluate(st.plan(mo, wl, cfg, hw_name), quiet, stage1_dispatch).seconds
 
     # -- stage I: seeds x unit shares, then coordinate descent ---------------------------------------------
     units = [u.name for u in units_for(mo)]
@@ -188,6 +193,11 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
                 s.note("I:descent", t)
     stage1_plan = best.plan(mo, wl, cfg, hw_name)
     stage1_est = s.evaluate(stage1_plan, cost)
+    if cfg.order:  # freeze the list-scheduled order into FIFO queues, then descend over it
+        ordered = orders_from_schedule(mo, stage1_plan, wl, cost, cfg.window)
+        stage1_plan, stage1_est = _order_descent(
+            s, ordered, s.evaluate(ordered, cost), stage1_limit + int(cfg.max_evals * cfg.order_fraction)
+        )
 
     # -- stage II -------------------------------------------------------------------------------------------
     plan, est = _stage2(s, stage1_plan, stage1_est, cfg.max_evals)
@@ -209,6 +219,48 @@ def _stage2(s: _Search, plan: NanoPlan, est: StepEstimate, limit: int) -> tuple[
             if e.window.peak_share <= 1.0 + 1e-9 and e.seconds < est.seconds - 1e-12:
                 plan, est, improved = cand, e, True
                 s.note("II:shares", e.seconds)
+    return plan, est
+
+
+def orders_from_schedule(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, window: int = 3) -> NanoPlan:
+    """`plan` with planned queue orders: the start times of a list-scheduled simulation ("ready" dispatch: a
+    free unit takes the first task whose inputs are done) of `window` layers, read off the middle layer as
+    offsets from that layer's first start in layer periods. FIFO queues in that order (tasks.py) replay the
+    periodic part of the list schedule with static queues, as CUDA streams or a captured graph need."""
+    w = max(3, window)
+    est = simulate_step(mo, plan, wl, cost, window=w, dispatch="ready")
+    res, mid = est.window, w // 2
+    starts = [(t.op, t.nano, res.start[t.index]) for t in res.tasks if t.layer == mid]
+    t0 = min(x for _, _, x in starts)
+    period = est.layer_period if est.layer_period > 0 else res.makespan / w
+    key = {(op, k): round((x - t0) / period, 4) for op, k, x in starts}
+    new = {o.name: replace(plan.placement(o.name),
+                           order=tuple(key[(o.name, k)] for k in range(plan.placement(o.name).num_nano)))
+           for o in mo.ops}  # fmt: skip
+    return plan.with_placements(new)
+
+
+ORDER_STEPS = (0.02, -0.02, 0.06, -0.06, 0.2, -0.2)  # in layers
+
+
+def _order_descent(s: _Search, plan: NanoPlan, est: StepEstimate, limit: int) -> tuple[NanoPlan, StepEstimate]:
+    """Coordinate descent over each nano-op's queue key (interference on, FIFO queues)."""
+    s.note("I:order", est.seconds)
+    improved = True
+    while improved and s.budget_left(limit):
+        improved = False
+        for p in plan.placements:
+            for k, step in itertools.product(range(p.num_nano), ORDER_STEPS):
+                if not s.budget_left(limit):
+                    break
+                order = list(p.order)
+                order[k] = round(order[k] + step, 4)
+                cand = plan.with_placements({p.op: replace(p, order=tuple(order))})
+                e = s.evaluate(cand, s.cost)
+                if e.seconds < est.seconds - 1e-12:
+                    plan, est, improved = cand, e, True
+                    p = cand.placement(p.op)
+                    s.note("I:order", e.seconds)
     return plan, est
 
 
@@ -351,4 +403,5 @@ def needs_research(plan: NanoPlan, wl: Workload, threshold: float = 0.25) -> boo
     return plan.workload is None or plan.workload.drift(wl) > threshold
 
 
-__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "pipelined_delays", "search", "tune_shares"]
+__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "orders_from_schedule", "pipelined_delays",
+           "search", "tune_shares"]  # fmt: skip

@@ -9,7 +9,9 @@ order as the runtime's `lowbit.runtime.nano.derive_tasks` would give them.
   position), where a stage is a run of consecutive ops whose first nano-op is on the same unit — the
   runtime's rule, so a nano-batch runs through a stage before the next one and overlaps the other units.
   A placement's `delay` (in stages, default 0: exactly the runtime's rule) moves the op's nano-ops that many
-  stages later in the key — the search's handle on the order (NanoFlow searches it too).
+  stages later in the key. A plan with planned orders (`Placement.order`, one key per nano-batch, in layers)
+  replaces the rule: key (layer + order, graph position) — the order a list-scheduled simulation found, frozen
+  into FIFO queues (search.py `orders_from_schedule`; NanoFlow's MILP searches the order too).
   Collectives have no graph node in the runtime yet; they do not start a stage (they take the stage of the op
   before them), so the layer boundary after an all-reduce stays inside one compute stage, as without tp.
 """
@@ -99,10 +101,7 @@ def derive_tasks(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, la
                 if max(a, pa) < min(b, pb):
                     d.add(pi)
         deps.append(sorted(d))
-    delay = {o.name: plan.placement(o.name).delay for o in mo.ops}
-    rows = wl.dense_batch
-    keys = [(stage_of[(layer, j)] + r[0] / rows + delay[mo.ops[j].name], layer * len(mo.ops) + j)
-            for layer, j, _, r in proto]  # fmt: skip
+    keys = _queue_keys(mo, plan, wl, proto, stage_of)
     order = priority_topo(deps, keys)
     new = {old: i for i, old in enumerate(order)}
     tasks = []
@@ -118,6 +117,28 @@ def derive_tasks(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, la
                     tuple(sorted(new[x] for x in deps[old])), work, cost.category(work), kernel)
         )  # fmt: skip
     return tuple(tasks)
+
+
+def _queue_keys(
+    mo: ModelOps,
+    plan: NanoPlan,
+    wl: Workload,
+    proto: list[tuple[int, int, int, tuple[int, int]]],
+    stage_of: dict[tuple[int, int], int],
+) -> list[tuple[float, int]]:
+    """Each nano-op's priority in the global queue order: the runtime's (stage + first row / rows + delay, graph
+    position), or, for a plan with planned orders, (layer + the placement's order of that nano-batch, graph
+    position) — a periodic schedule whose nano-ops of one layer may queue among the next layer's."""
+    npos = len(mo.ops)
+    if plan.ordered:
+        missing = [o.name for o in mo.ops if len(plan.placement(o.name).order) != plan.placement(o.name).num_nano]
+        if missing:
+            raise ValueError(f"plan orders some nano-ops but not those of {missing}; give every placement an order")
+        return [(layer + plan.placement(mo.ops[j].name).order[k], layer * npos + j) for layer, j, k, _ in proto]
+    delay = {o.name: plan.placement(o.name).delay for o in mo.ops}
+    rows = wl.dense_batch
+    return [(stage_of[(layer, j)] + r[0] / rows + delay[mo.ops[j].name], layer * npos + j)
+            for layer, j, _, r in proto]  # fmt: skip
 
 
 __all__ = ["SimTask", "derive_tasks", "op_cuts", "op_stages"]
