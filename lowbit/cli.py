@@ -98,16 +98,22 @@ def generate_cmd(args: argparse.Namespace) -> int:
         prompts = [model.tokenizer.encode("Hello, lowbit!").ids]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos)  # fmt: skip
-    runner = model.runner(backend=args.backend, max_num_seqs=len(prompts))
-    t0 = time.perf_counter()
-    outs = runner.generate(prompts, params, model.eos_token_ids)
-    dt = time.perf_counter() - t0
+    runner = model.runner(backend=args.backend, max_num_seqs=len(prompts))  # tensor parallel: spawns the ranks
+    try:
+        t0 = time.perf_counter()
+        outs = runner.generate(prompts, params, model.eos_token_ids)
+        dt = time.perf_counter() - t0
+    finally:
+        getattr(runner, "close", lambda: None)()  # a TPRunner stops its other ranks
     n = sum(len(o.token_ids) for o in outs)
     for o in outs:
         text = model.tokenizer.decode(o.token_ids) if model.tokenizer else ""
         prompt = model.tokenizer.decode(o.prompt_ids) if model.tokenizer else ""
         print(f"--- prompt: {prompt!r}\n{text!r}\n    tokens {o.token_ids} ({o.finish_reason})")
-    print(f"{n} tokens in {dt:.2f} s ({n / dt:.1f} tok/s, {len(outs)} sequence(s), backend {runner.executor.backend})")
+    tp = f", tensor_parallel {model.tensor_parallel}" if model.tensor_parallel > 1 else ""
+    print(
+        f"{n} tokens in {dt:.2f} s ({n / dt:.1f} tok/s, {len(outs)} sequence(s), backend {runner.executor.backend}{tp})"
+    )
     return 0
 
 

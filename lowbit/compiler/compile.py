@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, bits_per_weight, flatten_params
+from lowbit.compiler.params import INDEX_FILE, bits_per_weight, flatten_params, weights_file
 from lowbit.compiler.phases import Phases
 from lowbit.compiler.quantize import linear_nodes, quantize_params
 from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
@@ -61,8 +61,9 @@ def artifact_plan(arch: Any, device: str) -> Any:
     return default_plan(arch, device) if device == "cuda" else unsplit_plan()
 
 
-def pass_context(cfg: Any, arch: Any) -> Any:
-    """The graph passes' context for `arch` under the recipe and target of `cfg`."""
+def pass_context(cfg: Any, arch: Any, tensor_parallel: int | None = None) -> Any:
+    """The graph passes' context for `arch` under the recipe and target of `cfg` (tensor_parallel: the
+    target's unless given; 1 builds the unsharded graph of a tensor-parallel recipe)."""
     from lowbit.config import resolve_linear
     from lowbit.graph import PassContext
 
@@ -74,15 +75,17 @@ def pass_context(cfg: Any, arch: Any) -> Any:
         dtype=cfg.model.dtype,
         kv_dtype=cfg.quantization.kv_cache.dtype,
         decode_activations=cfg.quantization.decode_activations,
+        tensor_parallel=int(cfg.target.tensor_parallel if tensor_parallel is None else tensor_parallel),
     )
 
 
-def model_graph(cfg: Any, arch: Any) -> Any:
+def model_graph(cfg: Any, arch: Any, tensor_parallel: int | None = None) -> Any:
     """The optimized op graph of `arch` under the recipe and target of `cfg` (compile and load derive it the
-    same way; load checks the result prints as the artifact's graph.txt)."""
+    same way; load checks the result prints as the artifact's graph.txt). With target.tensor_parallel > 1 it
+    is one rank's shard (the same graph on every rank); tensor_parallel=1 gives the unsharded graph."""
     from lowbit.graph import build_graph, optimize
 
-    return optimize(build_graph(arch), pass_context(cfg, arch))
+    return optimize(build_graph(arch), pass_context(cfg, arch, tensor_parallel))
 
 
 def calibration_ids(cfg: Any, tokenizer: Any, vocab: int, held_out: bool = False) -> np.ndarray:
@@ -207,10 +210,12 @@ def compile_model(
     arch, weights = untied_for_rotation(cfg, arch, weights)
     dtype = TORCH_DTYPES[cfg.model.dtype]
     kv_dtype = cfg.quantization.kv_cache.dtype
+    tp = int(cfg.target.tensor_parallel)
     with phases.phase("graph"):
-        graph = model_graph(cfg, arch)
+        graph = model_graph(cfg, arch)  # what runs (and graph.txt): with tensor_parallel > 1 one rank's shard
+        full = graph if tp == 1 else model_graph(cfg, arch, tensor_parallel=1)  # quantized and evaluated
 
-    nodes = linear_nodes(graph)
+    nodes = linear_nodes(full)
     calib, ids = None, None
     with phases.phase("calibrate"):
         if cfg.quantization.calibrated:
@@ -218,9 +223,9 @@ def compile_model(
             calib = calibrate(arch, weights, ids)
 
     with phases.phase("quantize", total=len(nodes)) as bar:
-        fweights, quantizer, kv_scales = apply_transforms(cfg, arch, graph, weights, calib, ids)
+        fweights, quantizer, kv_scales = apply_transforms(cfg, arch, full, weights, calib, ids)
         params = quantize_params(
-            graph, fweights, tied=arch.tie_word_embeddings, dtype=dtype, quantizer=quantizer,
+            full, fweights, tied=arch.tie_word_embeddings, dtype=dtype, quantizer=quantizer,
             progress=lambda name: bar.update(1), imported=quantized,
         )  # fmt: skip
 
@@ -230,25 +235,43 @@ def compile_model(
 
     backend, policy = cfg.target.effective_backend, cfg.target.tuning.policy
     runner = ModelRunner(
-        arch, graph, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=backend,
+        arch, full, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=backend,
         max_model_len=cfg.target.max_model_len, max_num_seqs=2, kv_layer_scales=kv_scales,
     )  # fmt: skip
+    rank_params, warm = [params], runner  # each rank's params; the runner that builds the shipped kernels
+    if tp > 1:  # cut the quantized weights into shards (lowbit.parallel.shard); tune and build rank 0's shapes
+        import lowbit.parallel.collectives  # noqa: F401  (the executor's all_reduce rule)
+        from lowbit.parallel.shard import local_arch, shard_params
+
+        rank_params = [shard_params(graph, params, r, tp) for r in range(tp)]
+        warm = ModelRunner(
+            local_arch(arch, tp),
+            graph,
+            rank_params[0],
+            kv_dtype=kv_dtype,
+            dtype=cfg.model.dtype,
+            backend=backend,
+            max_model_len=cfg.target.max_model_len,
+            max_num_seqs=2,
+            kv_layer_scales=kv_scales,
+        )  # fmt: skip  (no process group: its all_reduce nodes sum one part, building the kernels all ranks run)
     max_tokens = max(int(cfg.target.max_model_len), int(cfg.target.max_num_seqs))
-    jobs = tuning_mod.tuning_jobs(graph, params, backend, cfg.model.dtype, max_tokens)
+    jobs = tuning_mod.tuning_jobs(graph, rank_params[0], backend, cfg.model.dtype, max_tokens)
     tuning_cache = TuningCache()
     before = set(kernel_cache.compiled_kernels())
     with phases.phase("kernels", total=len(jobs) + 1) as bar:
         tuned = tuning_mod.run_tuning(
-            jobs, params, policy=policy, backend=backend, dtype=cfg.model.dtype,
+            jobs, rank_params[0], policy=policy, backend=backend, dtype=cfg.model.dtype,
             budget_s=float(cfg.target.tuning.budget_s), cache=tuning_cache, measure=tuning_measure, progress=bar,
             verbose=not quiet, **({"clock": tuning_clock} if tuning_clock is not None else {}),
         )  # fmt: skip
         trials = set(kernel_cache.compiled_kernels()) - before  # built while tuning: only the winners ship
-        tuning_mod.attach_results(params, tuned, backend)
+        for p in rank_params:
+            tuning_mod.attach_results(p, tuned, backend)
         bar.set_postfix_str("build kernels", refresh=False)
-        runner.generate([[1, 2, 3]], _warmup_params(), ())  # prefill + decode: builds every kernel
+        warm.generate([[1, 2, 3]], _warmup_params(), ())  # prefill + decode: builds every kernel
         bar.update(1)
-    used = tuning_mod.used_kernel_keys(params)
+    used = tuning_mod.used_kernel_keys(rank_params[0])
     ship = [k for k in kernel_cache.compiled_kernels() if k not in trials or k in used]
 
     report_acc: dict[str, Any] = {}
@@ -274,7 +297,7 @@ def compile_model(
         "bits_per_weight": round(bpw, 4),
         "weight_bytes": int(wbytes),
         "memory_estimate": memory_estimate(
-            arch, params, kv_dtype, cfg.target.max_model_len, cfg.target.max_num_seqs, graph
+            arch, params, kv_dtype, cfg.target.max_model_len, cfg.target.max_num_seqs, full
         ),
         "accuracy": report_acc,
         "tuning": {
@@ -293,16 +316,26 @@ def compile_model(
             for n in nodes
         ],
     }
+    if tp > 1:
+        report["tensor_parallel"] = tp
     if checkpoint is not None:
         report["source_quantization"] = import_report(checkpoint[0], checkpoint[1], cfg.model.path)
     with phases.phase("write"):
         from lowbit.artifact import ArtifactWriter
 
-        tensors, index = flatten_params(params)
+        meta: dict[str, Any] = {"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm}
         with ArtifactWriter(out, overwrite=overwrite) as w:
             w.add_text("model.yaml", cfg.to_yaml())
             w.add_json("config.json", arch.to_hf_config())
-            w.add_tensors(WEIGHTS_FILE, tensors)
+            index: dict[str, Any] = {}
+            for r, p in enumerate(rank_params):  # one file per rank, one index for all (same names and shapes)
+                tensors, rank_index = flatten_params(p)
+                if r and rank_index != index:
+                    raise RuntimeError(f"rank {r}'s weights index differs from rank 0's; a sharding bug")
+                w.add_tensors(weights_file(tp, r), tensors)
+                index = rank_index
+            if tp > 1:
+                meta.update(tensor_parallel=tp, rank_weights=[weights_file(tp, r) for r in range(tp)])
             w.add_json(INDEX_FILE, index)
             w.add_text("graph.txt", graph.to_text())
             if kv_scales is not None:
@@ -321,7 +354,7 @@ def compile_model(
             report["kernels"] = len(w.add_kernels(ship))  # TVM libraries built above + what regenerates them
             report["phases"] = [*phases.report(), {"name": "write", "seconds": 0.0}]
             w.add_json("report.json", report)
-            w.finalize({"model": cfg.model.name, "arch": arch.model_type, "algorithm": algorithm})
+            w.finalize(meta)
     report["phases"] = phases.report()
     return CompileResult(out, report)
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lowbit.compiler.params import INDEX_FILE, WEIGHTS_FILE, unflatten_params
+from lowbit.compiler.params import INDEX_FILE, unflatten_params, weights_file
 from lowbit.compiler.tuning import TUNING_FILE, attach_tuning
 from lowbit.models.arch import ArchConfig, eos_ids
 from lowbit.runtime.runner import TORCH_DTYPES, ModelRunner
@@ -33,10 +33,16 @@ class CompiledModel:
     kv_scales: list[tuple[float, float]] | None
     tokenizer_config: dict[str, Any] = field(default_factory=dict)  # tokenizer_config.json ({} if absent)
     tuning: dict[str, Any] = field(default_factory=dict)  # tuning.json: policy and the records pinned to params
+    rank: int = 0  # whose shard `params` are (tensor-parallel artifacts)
 
     @property
     def name(self) -> str:
         return str(self.cfg.model.name)
+
+    @property
+    def tensor_parallel(self) -> int:
+        """Ranks the artifact is sharded over (target.tensor_parallel; 1: not sharded)."""
+        return int(self.cfg.target.tensor_parallel)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -44,7 +50,13 @@ class CompiledModel:
         return self.arch.eos_token_id if eos is None else eos_ids(eos)
 
     def runner(self, *, backend: str | None = None, max_num_seqs: int | None = None, **kw: Any) -> ModelRunner:
+        """A runner of this model; for a tensor-parallel artifact a `lowbit.parallel.TPRunner` (rank 0 here,
+        the other ranks spawned: call its close() when done)."""
         c = self.cfg
+        if self.tensor_parallel > 1:
+            from lowbit.parallel.runner import TPRunner
+
+            return TPRunner(self, backend=backend, max_num_seqs=max_num_seqs, **kw)
         return ModelRunner(
             self.arch, self.graph, self.params,
             kv_dtype=c.quantization.kv_cache.dtype, dtype=c.model.dtype, backend=backend or c.target.effective_backend,
@@ -53,7 +65,10 @@ class CompiledModel:
         )  # fmt: skip
 
 
-def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] = "full") -> CompiledModel:
+def load_compiled(
+    path: str | Path, *, verify: Literal["full", "quick", "none"] = "full", rank: int = 0
+) -> CompiledModel:
+    """The artifact at `path` (checked by `verify`); `rank` picks the shard of a tensor-parallel artifact."""
     from lowbit.artifact import open_artifact
     from lowbit.compiler.compile import model_graph
     from lowbit.config import parse_config
@@ -72,7 +87,14 @@ def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] 
             f"{path}: this lowbit builds a different graph from the artifact's model.yaml than the one it was "
             f"compiled with (graph.txt differs); re-run lowbit compile with this version"
         )
-    params = unflatten_params(art.tensors(WEIGHTS_FILE), art.read_json(INDEX_FILE), TORCH_DTYPES[cfg.model.dtype])
+    tp = int(cfg.target.tensor_parallel)
+    wfile = weights_file(tp, rank)
+    if tp > 1:
+        import lowbit.parallel.collectives  # noqa: F401  (registers the executor's all_reduce rule)
+
+        if not art.has(wfile):
+            raise ArtifactMismatch(f"{path}: tensor_parallel {tp} but {wfile} is missing; re-run lowbit compile")
+    params = unflatten_params(art.tensors(wfile), art.read_json(INDEX_FILE), TORCH_DTYPES[cfg.model.dtype])
     tokenizer = None
     if art.has("tokenizer.json"):
         from tokenizers import Tokenizer
@@ -85,7 +107,7 @@ def load_compiled(path: str | Path, *, verify: Literal["full", "quick", "none"] 
     attach_tuning(params, tuning)
     return CompiledModel(
         Path(path), cfg, arch, graph, params, tokenizer, gen, None if kv is None else [tuple(s) for s in kv],
-        tok_cfg, tuning,
+        tok_cfg, tuning, rank,
     )  # fmt: skip
 
 

@@ -26,6 +26,18 @@ INDEX_FILE = "weights/index.json"
 _SEP = "::"
 
 
+def weights_file(tensor_parallel: int = 1, rank: int = 0) -> str:
+    """The weights file of `rank`: WEIGHTS_FILE unsharded; `weights/rank{r}.safetensors` for each rank of a
+    tensor-parallel artifact (one index.json serves every rank: same names, kinds and shapes)."""
+    if tensor_parallel == 1:
+        return WEIGHTS_FILE
+    if not 0 <= rank < tensor_parallel:
+        raise ValueError(
+            f"rank {rank} is not one of the {tensor_parallel} ranks of this artifact; use 0..{tensor_parallel - 1}"
+        )
+    return f"weights/rank{rank}.safetensors"
+
+
 def layout_name(qw: QuantizedWeight, tile: tuple[int, int] = (128, 32)) -> tuple[str, tuple[int, int]]:
     n, k = qw.shape
     if qw.layout == row_packed((k, n), qw.dtype.bits):
@@ -138,4 +150,12 @@ def bits_per_weight(params: Mapping[str, Any]) -> tuple[float, int, int]:
     return (8.0 * nbytes / elems if elems else 0.0), elems, nbytes
 
 
-__all__ = ["INDEX_FILE", "WEIGHTS_FILE", "bits_per_weight", "flatten_params", "layout_name", "unflatten_params"]
+__all__ = [
+    "INDEX_FILE",
+    "WEIGHTS_FILE",
+    "bits_per_weight",
+    "flatten_params",
+    "layout_name",
+    "unflatten_params",
+    "weights_file",
+]

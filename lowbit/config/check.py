@@ -16,6 +16,7 @@ from lowbit.models import ConfigError
 from lowbit.models.arch import ROPE_TYPES
 
 WEIGHT_KEYS = ("dtype", "group_size", "symmetric", "zero_mode")
+TENSOR_PARALLEL = (1, 2, 4, 8)  # target.tensor_parallel values
 TRITON_MIN_GROUP = {"w_a16": 16, "w4a8_group": 32}  # the smallest K of a tl.dot (fp16 / int8 operands)
 
 
@@ -228,6 +229,18 @@ def _target_problems(cfg: ModelYaml) -> Iterator[FieldProblem]:
     elif t.effective_backend == "triton" and ps < 16:
         fix = "use 16 or more"
         yield FieldProblem("the triton attention kernels need >= 16", fix, loc=("target", "page_size"), value=ps)
+    tp = t.tensor_parallel
+    if tp not in TENSOR_PARALLEL:
+        fix = f"use one of {', '.join(map(str, TENSOR_PARALLEL))} (a power of two <= 8)"
+        yield FieldProblem("not a power of two <= 8", fix, loc=("target", "tensor_parallel"), value=tp)
+    elif tp > 1 and cfg.quantization.activations == "int8":
+        yield FieldProblem(
+            "W4A8 quantizes each row-parallel linear's input per token over its shard of K, which would differ "
+            "from the unsharded model",
+            "use quantization.activations: float (decode_activations: int8 is fine), or tensor_parallel: 1",
+            loc=("target", "tensor_parallel"),
+            value=tp,
+        )
     if t.tuning.policy == "tune" and t.tuning.budget_s == 0:
         fix = "give budget_s > 0 seconds, or use policy: cached"
         yield FieldProblem("policy tune with no time to measure", fix, loc=("target", "tuning", "budget_s"), value=0.0)

@@ -18,7 +18,12 @@ from lowbit.models import ArchConfig, LinearShape
 def check_against_model(cfg: ModelYaml, arch: ArchConfig) -> None:
     """Raise RecipeError naming every field of `cfg` that does not fit `arch` (see the module docstring)."""
     modules = arch.linears()
-    errors = [*_group_problems(cfg, modules), *_pattern_problems(cfg, modules), *_limit_problems(cfg, arch)]
+    errors = [
+        *_group_problems(cfg, modules),
+        *_pattern_problems(cfg, modules),
+        *_limit_problems(cfg, arch),
+        *_parallel_problems(cfg, arch),
+    ]
     if errors:
         raise RecipeError([cfg.origins.problem(e) for e in errors])
 
@@ -137,4 +142,52 @@ def _limit_problems(cfg: ModelYaml, arch: ArchConfig) -> Iterator[FieldProblem]:
         )
 
 
-__all__ = ["check_against_model", "valid_group_sizes"]
+ROW_PARALLEL = ("o_proj", "down_proj")  # the linears whose in_features (K) tensor parallelism splits
+
+
+def shard_problems(cfg: ModelYaml, arch: ArchConfig, tp: int) -> list[str]:
+    """Why `arch` under the recipe of `cfg` cannot be split over `tp` ranks (empty if it can): query and KV
+    heads and the MLP width split evenly (KV heads are not replicated), and every row-parallel linear's K / tp
+    is a whole number of its weight groups (shards are cut from the quantized weight, never re-quantized)."""
+    out = []
+    for what, n in (
+        ("num_heads", arch.num_heads),
+        ("num_kv_heads", arch.num_kv_heads),
+        ("intermediate_size", arch.intermediate_size),
+    ):
+        if n % tp:
+            out.append(f"{what} {n} does not split over {tp} ranks")
+    if out or cfg.quantization.algorithm == "none":
+        return out
+    for m in arch.linears():
+        if not m.name.endswith(ROW_PARALLEL):
+            continue
+        _, weights = decide(cfg, m.name)
+        g = -1 if weights is None else weights.group_size
+        if g != -1 and (m.in_features // tp) % g:
+            out.append(
+                f"in_features {m.in_features} / {tp} = {m.in_features // tp} of {m.name} (row-parallel) is not a "
+                f"multiple of its group_size {g}"
+            )
+            break
+    return out
+
+
+def _parallel_problems(cfg: ModelYaml, arch: ArchConfig) -> Iterator[FieldProblem]:
+    tp = cfg.target.tensor_parallel
+    if tp == 1:
+        return
+    problems = shard_problems(cfg, arch, tp)
+    if problems:
+        ok = [t for t in (1, 2, 4, 8) if t < tp and not shard_problems(cfg, arch, t)]
+        yield FieldProblem(
+            "; ".join(problems),
+            f"use tensor_parallel {_or(ok)}"
+            + (", or a smaller group_size" if "group_size" in problems[-1] else "")
+            + (" (KV heads are split over the ranks, not replicated)" if "num_kv_heads" in problems[0] else ""),
+            loc=("target", "tensor_parallel"),
+            value=tp,
+        )
+
+
+__all__ = ["ROW_PARALLEL", "check_against_model", "shard_problems", "valid_group_sizes"]

@@ -230,6 +230,8 @@ class Target(Section):
     max_model_len: PosInt = 512
     max_num_seqs: PosInt = 8
     page_size: PosInt = 16  # tokens per KV-cache page (vLLM --block-size); a power of two
+    # ranks the model is sharded over (Megatron-style, lowbit/parallel): 1, 2, 4 or 8; 1 leaves everything as is
+    tensor_parallel: PosInt = 1
 
     @property
     def effective_backend(self) -> str:
@@ -263,6 +265,8 @@ class ModelYaml(Section):
         d["quantization"]["overrides"] = [
             {k: v for k, v in o.items() if v is not None and (k != "skip" or v)} for o in d["quantization"]["overrides"]
         ]
+        if d["target"]["tensor_parallel"] == 1:  # unsharded files (and artifacts) read as they did before the field
+            del d["target"]["tensor_parallel"]
         return d
 
     def to_yaml(self) -> str:

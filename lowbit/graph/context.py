@@ -30,7 +30,8 @@ class PassContext:
     counts M a kernel is chosen for (bucket b serves previous bucket < M <= b). max_num_tokens / max_num_seqs:
     the most tokens / sequences one forward pass carries (size the memory plan's arena). decode_activations:
     "float" (default) or "int8": CPU decode buckets (M <= 16) of 4-bit w_a16 linears run `quantized_gemv_a8`,
-    which quantizes activations to int8 per group (select_kernels; ~0.7% relative error per linear)."""
+    which quantizes activations to int8 per group (select_kernels; ~0.7% relative error per linear).
+    tensor_parallel: ranks the graph is sharded over (shard_tensor_parallel: the graph is one rank's shard)."""
 
     arch: ArchConfig
     resolve: Callable[[str], LinearSpec | None] = no_recipe
@@ -42,6 +43,7 @@ class PassContext:
     max_num_tokens: int = 4096
     max_num_seqs: int = 256
     decode_activations: str = "float"
+    tensor_parallel: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, ArchConfig):
@@ -65,6 +67,9 @@ class PassContext:
             raise ValueError(f"max_num_tokens {self.max_num_tokens!r} must be a positive int (tokens per forward pass)")
         if not isinstance(self.max_num_seqs, int) or self.max_num_seqs <= 0:
             raise ValueError(f"max_num_seqs {self.max_num_seqs!r} must be a positive int (sequences per forward pass)")
+        tp = self.tensor_parallel
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1 or tp & (tp - 1):
+            raise ValueError(f"tensor_parallel {tp!r} must be a power of two >= 1 (ranks the model is split over)")
         if self.decode_activations not in ("float", "int8"):
             raise ValueError(f"decode_activations {self.decode_activations!r} is not known; use 'float' or 'int8'")
 

@@ -23,11 +23,13 @@ from lowbit.graph.passes.match_recipe import match_recipe
 from lowbit.graph.passes.pack_weights import pack_weights
 from lowbit.graph.passes.plan_memory import plan_memory
 from lowbit.graph.passes.select_kernels import select_kernels
+from lowbit.graph.passes.shard_tensor_parallel import shard_tensor_parallel
 from lowbit.graph.verify import verify
 
 GraphPass = Callable[[OpGraph, PassContext], OpGraph]
 
 GRAPH_PIPELINE: list[tuple[str, GraphPass]] = [
+    ("shard_tensor_parallel", shard_tensor_parallel),  # tensor_parallel > 1: one rank's shard + all_reduce nodes
     ("match_recipe", match_recipe),  # spec per linear from the recipe, kv_dtype per attention
     ("fuse_qkv", fuse_qkv),  # q/k/v_proj -> qkv_proj when their specs agree
     ("fuse_gate_up", fuse_gate_up),  # gate/up_proj -> gate_up_proj; silu_mul reads the fused output

@@ -46,7 +46,7 @@ def _embedding(n: Node, xs: list[TensorInfo], arch: ArchConfig, dt: str) -> tupl
     return (TensorInfo(arch.hidden_size, dt),)
 
 
-@rule("rms_norm", "add", "last_token")
+@rule("rms_norm", "add", "last_token", "all_reduce")
 def _same_width(n: Node, xs: list[TensorInfo], arch: ArchConfig, dt: str) -> tuple[TensorInfo, ...]:
     return (TensorInfo(xs[0].features, dt),)
 

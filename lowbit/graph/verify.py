@@ -32,6 +32,7 @@ OPS: dict[str, OpSignature] = {
     "attention": OpSignature((3,), (1,), ("layer", *_HEADS, "sm_scale", "kv_dtype")),
     "silu_mul": OpSignature((1, 2), (1,), ()),
     "last_token": OpSignature((1,), (1,), ()),
+    "all_reduce": OpSignature((1,), (1,), ("world_size",)),
 }
 
 

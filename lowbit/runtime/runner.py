@@ -32,6 +32,9 @@ class Completion:
 
 
 class ModelRunner:
+    """graph + params + a paged KV cache for `arch` (a tensor-parallel rank passes its local arch and shard,
+    and `tp_group`, the `lowbit.parallel.TPGroup` its all_reduce nodes sum over)."""
+
     def __init__(
         self,
         arch: ArchConfig,
@@ -48,6 +51,7 @@ class ModelRunner:
         kv_layer_scales: Sequence[tuple[float, float]] | None = None,
         schedule: str = "unsplit",
         plan: PipelinePlan | None = None,
+        tp_group: Any = None,
     ) -> None:
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r} is not a compute dtype; use one of {list(TORCH_DTYPES)}")
@@ -62,6 +66,10 @@ class ModelRunner:
         self.executor = Executor(
             graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
         )
+        if tp_group is not None:  # a tensor-parallel rank (lowbit.parallel): its all_reduce nodes sum over it
+            if schedule != "unsplit":
+                raise ValueError(f"schedule {schedule!r} with tensor parallelism: only 'unsplit' runs it")
+            self.executor.tp_group = tp_group  # type: ignore[attr-defined]
         self.schedule = schedule
         self.plan = plan  # kept with schedule="unsplit" too, so the two schedules can be compared on one plan
         self.nano: NanoExecutor | None = None

@@ -112,9 +112,10 @@ def test_dumps_after_every_stage_that_changed_the_graph(tmp_path, monkeypatch):
     ctx = PassContext(ARCH, uniform(W4A8_GROUP))
     g = optimize(build_graph(ARCH), ctx, dump_dir=tmp_path / "a")
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names[0] == "00-input.txt" and names[-1] == "10-plan_memory.txt"
-    assert "09-dce.txt" not in names  # nothing dead: no dump
-    assert "02-fuse_qkv.txt" in names and "05-fuse_norm_quant.txt" in names
+    assert names[0] == "00-input.txt" and names[-1] == "11-plan_memory.txt"
+    assert "10-dce.txt" not in names  # nothing dead: no dump
+    assert "01-shard_tensor_parallel.txt" not in names  # tensor_parallel 1: unchanged, no dump
+    assert "03-fuse_qkv.txt" in names and "06-fuse_norm_quant.txt" in names
     texts = [(tmp_path / "a" / n).read_text() for n in names]
     assert all(a != b for a, b in itertools.pairwise(texts))
     assert texts[-1] == g.to_text()

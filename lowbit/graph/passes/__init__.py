@@ -11,6 +11,7 @@ from lowbit.graph.passes.match_recipe import match_recipe
 from lowbit.graph.passes.pack_weights import pack_weights
 from lowbit.graph.passes.plan_memory import plan_memory
 from lowbit.graph.passes.select_kernels import select_kernels
+from lowbit.graph.passes.shard_tensor_parallel import shard_tensor_parallel
 
 __all__ = [
     "dce",
@@ -23,4 +24,5 @@ __all__ = [
     "pack_weights",
     "plan_memory",
     "select_kernels",
+    "shard_tensor_parallel",
 ]
