@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lowbit.ir.passes.eliminate_dead_code import eliminate_dead_code
 from lowbit.ir.passes.fuse_dot_accumulate import fuse_dot_accumulate
+from lowbit.ir.passes.persistent import make_persistent  # on request (T.persistent), not in the pipeline
 from lowbit.ir.passes.simplify_exprs import simplify_exprs
 from lowbit.ir.program import Program
 from lowbit.ir.verifier import verify
@@ -45,4 +46,12 @@ def _dump(program: Program, directory: Path, index: int, stage: str) -> None:
     (directory / f"{program.name}.{index:02d}.{stage}.lbir").write_text(str(program))
 
 
-__all__ = ["PIPELINE", "Pass", "eliminate_dead_code", "fuse_dot_accumulate", "run_pipeline", "simplify_exprs"]
+__all__ = [
+    "PIPELINE",
+    "Pass",
+    "eliminate_dead_code",
+    "fuse_dot_accumulate",
+    "make_persistent",
+    "run_pipeline",
+    "simplify_exprs",
+]
