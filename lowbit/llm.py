@@ -27,6 +27,16 @@ class LLM:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    def close(self) -> None:
+        """Stop a tensor-parallel artifact's other ranks (also at exit); a no-op otherwise."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def generate(
         self,
         prompts: str | Sequence[int] | Sequence[str | Sequence[int]],

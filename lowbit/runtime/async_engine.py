@@ -218,6 +218,7 @@ class AsyncLLMEngine:
             for out in outs:
                 self._deliver(out)
         self._fail_all(EngineDead("the engine stopped"))
+        self.engine.close()  # a tensor-parallel engine's other ranks stop with the engine thread
 
     def _fail_all(self, err: BaseException) -> None:
         self.engine.abort_all()

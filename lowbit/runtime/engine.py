@@ -192,11 +192,20 @@ class LLMEngine:
         runner_kw: dict[str, Any] = {}
         if self.schedule_mode == "nano":
             runner_kw = {"schedule": "nano", "plan": self.plan}
-        self.runner = ModelRunner(
-            arch, model.graph, model.params, kv_dtype=self.kv_dtype, dtype=cfg.model.dtype, backend=self.backend,
-            max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages, page_size=cfg.target.page_size,
-            max_num_seqs=self.max_num_seqs, kv_layer_scales=model.kv_scales, **runner_kw,
-        )  # fmt: skip
+        self.runner: ModelRunner
+        if model.tensor_parallel > 1:  # rank 0 here, ranks 1..tp-1 spawned (lowbit.parallel): same pages on each
+            from lowbit.parallel.runner import TPRunner
+
+            self.runner = TPRunner(
+                model, backend=self.backend, max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages,
+                page_size=cfg.target.page_size, max_num_seqs=self.max_num_seqs,
+            )  # fmt: skip
+        else:
+            self.runner = ModelRunner(
+                arch, model.graph, model.params, kv_dtype=self.kv_dtype, dtype=cfg.model.dtype, backend=self.backend,
+                max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages, page_size=cfg.target.page_size,
+                max_num_seqs=self.max_num_seqs, kv_layer_scales=model.kv_scales, **runner_kw,
+            )  # fmt: skip
         cache = self.runner.cache
         self.blocks: BlockManager = cache.blocks
         self.scheduler = Scheduler(
@@ -236,6 +245,13 @@ class LLMEngine:
 
         if schedule not in ("artifact", "unsplit", "nano"):
             raise ValueError(f"schedule = {schedule!r}: use 'artifact' (the artifact's plan), 'unsplit' or 'nano'")
+        if self.model.tensor_parallel > 1:
+            if schedule == "nano" or plan is not None:
+                raise ValueError(
+                    f"schedule = {schedule!r} on a tensor_parallel {self.model.tensor_parallel} artifact: tensor "
+                    "parallelism runs the unsplit schedule only; use 'artifact' or 'unsplit'"
+                )
+            return "unsplit", None
         shipped = plan if plan is not None else self._artifact_plan()
         splits = shipped is not None and bool(shipped.rules)
         if schedule == "unsplit" or (schedule == "artifact" and not splits):
@@ -252,6 +268,13 @@ class LLMEngine:
         from lowbit.runtime.plan import PipelinePlan
 
         return PipelinePlan.from_json(path.read_text())
+
+    def close(self) -> None:
+        """Release what the engine holds outside this process (a tensor-parallel artifact's other ranks);
+        idempotent. The engine cannot step afterwards when it had other ranks."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     # -- requests -----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:
