@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import queue
 import sys
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,8 +42,9 @@ from typing import Any
 
 import torch
 
+from lowbit.kernels.launch import resource_share
 from lowbit.runtime.batch import Batch
-from lowbit.runtime.executor import RULES, Executor
+from lowbit.runtime.executor import RULES, Executor, step_info
 from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges, priority_topo
 
 ROW_WISE = frozenset(
@@ -73,6 +76,7 @@ class NanoTask:
     inputs: tuple[tuple[Source, ...], ...]  # per node input: the pieces whose concatenation is its rows
     seqs: tuple[int, int] | None = None  # attention: the sequences [i, j) of its sub-batch
     whole: bool = False  # runs on the whole batch (last_token and what reads it, ops that are not row-wise)
+    share: float | None = None  # the resource share the plan gave this nano-op (None: the whole device)
 
 
 def derive_tasks(
@@ -85,7 +89,8 @@ def derive_tasks(
         raise ValueError(f"seq_bounds {bounds} must rise strictly from 0 to num_tokens {num_tokens}")
     producer: dict[str, tuple[int, int]] = {}  # tensor -> (node index, output index)
     whole_nodes: set[int] = set()
-    proto: list[tuple[int, tuple[int, int], int, tuple[int, int] | None, bool]] = []  # node, rows, unit, seqs, whole
+    # node, rows, unit, seqs, whole, share
+    proto: list[tuple[int, tuple[int, int], int, tuple[int, int] | None, bool, float | None]] = []
     stage, last_unit = 0, None
     stages: list[int] = []
     for ni, node in enumerate(nodes):
@@ -109,7 +114,8 @@ def derive_tasks(
             whole_nodes.add(ni)
         for k, (a, b) in enumerate(itertools.pairwise(cuts)):
             seqs = (bounds.index(a), bounds.index(b)) if node.op in SEQUENCE_WISE and not whole else None
-            proto.append((ni, (a, b), units[k], seqs, whole))
+            share = rule.shares[min(k, len(rule.shares) - 1)] if rule is not None and rule.shares else None
+            proto.append((ni, (a, b), units[k], seqs, whole, share))
         for oi, t in enumerate(node.outputs):
             producer[t] = (ni, oi)
 
@@ -119,7 +125,7 @@ def derive_tasks(
         pieces.setdefault(ni, []).append(pi)
     Piece = tuple[str, int, int, int, int]  # tensor, proto index (or GRAPH_INPUT), output, lo, hi
     inputs_of: list[tuple[tuple[Piece, ...], ...]] = []
-    for ni, (a, b), _, _, _ in proto:
+    for ni, (a, b), *_ in proto:
         per_input: list[tuple[Piece, ...]] = []
         for t in nodes[ni].inputs:
             if t not in producer:
@@ -142,22 +148,29 @@ def derive_tasks(
     new = {old: i for i, old in enumerate(order)}
     tasks = []
     for old in order:
-        ni, rows, unit, seqs, whole = proto[old]
+        ni, rows, unit, seqs, whole, share = proto[old]
         ins = tuple(
             tuple(Source(t, new.get(p, GRAPH_INPUT), o, lo, hi) for t, p, o, lo, hi in s) for s in inputs_of[old]
         )
-        tasks.append(NanoTask(new[old], ni, rows, unit, tuple(sorted(new[d] for d in deps_of[old])), ins, seqs, whole))
+        deps = tuple(sorted(new[d] for d in deps_of[old]))
+        tasks.append(NanoTask(new[old], ni, rows, unit, deps, ins, seqs, whole, share))
     return tuple(tasks)
 
 
 class _Step:
     """The state of one step: results, one done-event per task, the first error."""
 
-    def __init__(self, ex: NanoExecutor, batch: Batch, tasks: tuple[NanoTask, ...], all_logits: bool) -> None:
+    def __init__(
+        self, ex: NanoExecutor, batch: Batch, tasks: tuple[NanoTask, ...], all_logits: bool, row_views: bool = False
+    ) -> None:
         self.tasks = tasks
         self.nodes = ex.nodes
-        dev = ex.device  # the batch is built on the CPU
-        self.inputs = {"input_ids": batch.input_ids.to(dev), "positions": batch.positions.to(dev)}
+        dev = ex.device  # the batch is built on the CPU; from pinned memory the copies are captured in a graph
+        nb = dev.type == "cuda"
+        self.inputs = {
+            "input_ids": batch.input_ids.to(dev, non_blocking=nb),
+            "positions": batch.positions.to(dev, non_blocking=nb),
+        }
         self.done = [threading.Event() for _ in tasks]
         self.results: list[tuple[Any, ...] | None] = [None] * len(tasks)
         self.error: BaseException | None = None
@@ -178,7 +191,8 @@ class _Step:
         for t in tasks:
             if t.seqs is not None and t.seqs not in self.views:
                 view = copy.copy(ex.executor)
-                view.batch = Batch(batch.seqs[t.seqs[0] : t.seqs[1]], batch.page_size)
+                i, j = t.seqs
+                view.batch = _decode_rows(batch, i, j) if row_views else Batch(batch.seqs[i:j], batch.page_size)
                 view.all_logits = all_logits
                 self.views[t.seqs] = view
         self.cuda_events: list[Any] = [None] * len(tasks)
@@ -226,7 +240,8 @@ class _Step:
     def _execute(self, task: NanoTask) -> None:
         node = self.nodes[task.node]
         args = [self.arg(s) for s in task.inputs]
-        outs = RULES[node.op](self.views[task.seqs], node, args)
+        with resource_share(task.share):  # what persistent kernels launched by the rule size their grid by
+            outs = RULES[node.op](self.views[task.seqs], node, args)
         if len(outs) != len(node.outputs):
             raise RuntimeError(f"rule {node.op} returned {len(outs)} outputs for {node.name}'s {node.outputs}")
         self.results[task.index] = tuple(outs)
@@ -273,9 +288,24 @@ class _Worker:
 
 
 class NanoExecutor:
-    """Runs `executor`'s graph on the nano-batch schedule of `plan`; `forward` is `Executor.forward`'s."""
+    """Runs `executor`'s graph on the nano-batch schedule of `plan`; `forward` is `Executor.forward`'s.
 
-    def __init__(self, executor: Executor, plan: PipelinePlan, *, schedule_cache: int = 256) -> None:
+    `cuda_graphs` (CUDA only; ignored on the CPU): a decode-only step is captured once per shape bucket
+    (`graph_key`: sequences, KV splits, tokens per split) into a CUDA graph — the nano schedule with its
+    streams and events, forked from and joined into the capture stream — and replayed after copying the
+    step's inputs into the graph's pinned buffers. A bucket whose capture fails (a rule that synchronises or
+    copies from pageable memory) runs eagerly from then on; `graph_failures` says why. `max_graphs` buckets
+    are kept (LRU)."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        plan: PipelinePlan,
+        *,
+        schedule_cache: int = 256,
+        cuda_graphs: bool = False,
+        max_graphs: int = 8,
+    ) -> None:
         self.executor = executor
         self.plan = plan
         self.nodes = executor.nodes
@@ -305,6 +335,10 @@ class NanoExecutor:
         self._schedules: OrderedDict[tuple[int, tuple[int, ...]], tuple[NanoTask, ...]] = OrderedDict()
         self._cache_size = schedule_cache
         self._lock = threading.Lock()
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.graphs: OrderedDict[tuple[int, ...], _CapturedStep] = OrderedDict()
+        self.graph_failures: dict[tuple[int, ...], str] = {}
+        self._max_graphs = max_graphs
         self.closed = False
         self._finalizer = weakref.finalize(self, _stop, self.workers)
 
@@ -328,12 +362,62 @@ class NanoExecutor:
         return tasks
 
     def forward(self, batch: Batch, *, all_logits: bool = False) -> torch.Tensor:
+        if self.cuda_graphs and not all_logits:
+            key = self.graph_key(batch)
+            if key is not None and key not in self.graph_failures:
+                return self._graph_step(batch, key)
         if batch.num_tokens < self.plan.min_tokens:
             return self.executor.forward(batch, all_logits=all_logits)
+        return self._run(batch, all_logits)
+
+    def graph_key(self, batch: Batch) -> tuple[int, ...] | None:
+        """The CUDA-graph bucket of a decode-only step: (sequences, KV splits, tokens per split) as the decode
+        attention op derives them from the longest context (they are fixed in a captured graph), or None
+        for a step that is not decode-only or reaches past the graph's block-table width / positions."""
+        info = step_info(batch)
+        ex = self.executor
+        if not info["decode_only"] or info["max_pos"] >= ex.replay_limit or batch.block_tables.shape[1] > ex.plan_pages:
+            return None
+        attn = [n.attrs_dict for n in self.nodes if n.op == "attention"]
+        if not attn:
+            return (batch.num_seqs,)
+        from lowbit.ops.attention import _auto_splits, _decode_tiles
+        from lowbit.ops.linear import select_backend
+
+        hq, hkv, d = attn[0]["num_heads"], attn[0]["num_kv_heads"], attn[0]["head_dim"]
+        backend = select_backend(ex.backend)
+        bn = _decode_tiles(backend, hq // hkv, ex.cache.page_size, d, ex.dtype_name)[1]
+        longest = max(info["max_len"], 1)
+        splits = _auto_splits(backend, batch.num_seqs * hkv, longest, bn)
+        tps = max(bn, math.ceil(math.ceil(longest / splits) / bn) * bn)
+        return (batch.num_seqs, max(1, math.ceil(longest / tps)), tps)
+
+    def _graph_step(self, batch: Batch, key: tuple[int, ...]) -> torch.Tensor:
+        graph = self.graphs.get(key)
+        if graph is None:
+            try:
+                graph = _CapturedStep(self, batch)
+            except Exception as e:  # not capturable: this bucket runs eagerly from now on
+                self.graph_failures[key] = f"{type(e).__name__}: {e}"
+                warnings.warn(
+                    f"CUDA graph capture of the decode step {key} failed ({self.graph_failures[key]}); it runs "
+                    f"without a graph",
+                    stacklevel=3,
+                )
+                return self._run(batch, False)
+            self.graphs[key] = graph
+            while len(self.graphs) > self._max_graphs:
+                self.graphs.popitem(last=False)
+        else:
+            self.graphs.move_to_end(key)
+        return graph.replay(batch)
+
+    def _run(self, batch: Batch, all_logits: bool, row_views: bool = False) -> torch.Tensor:
+        """The step on the nano schedule (the units' threads, streams and events)."""
         if self.closed:
             raise RuntimeError("this NanoExecutor was closed; build a new one")
         with self._lock:
-            step = _Step(self, batch, self.tasks_for(batch), all_logits)
+            step = _Step(self, batch, self.tasks_for(batch), all_logits, row_views)
             if self.device.type == "cuda":
                 step.start_event = torch.cuda.Event()
                 step.start_event.record(torch.cuda.current_stream(self.device))
@@ -354,6 +438,64 @@ class NanoExecutor:
         """Stop the worker threads (also done at interpreter exit: they are daemons)."""
         self.closed = True
         _stop(self.workers)
+
+
+class _CapturedStep:
+    """A decode-only step captured in a CUDA graph: its pinned input buffers (the step's index tensors, block
+    tables padded to the executor's plan width), the graph and the logits buffer it writes."""
+
+    def __init__(self, ex: NanoExecutor, batch: Batch) -> None:
+        self.proxy = _pinned_inputs(batch, ex.executor.plan_pages)
+        dev = ex.device
+        side = torch.cuda.Stream(device=dev)  # warm-up (compiles, autotunes, fills the allocator) off the graph
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            ex._run(self.proxy, False, row_views=True)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        torch.cuda.synchronize(dev)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the unit threads create and record events while the caller's thread captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = ex._run(self.proxy, False, row_views=True)
+        self.done = torch.cuda.Event()
+        self.done.record(torch.cuda.current_stream(dev))
+
+    def replay(self, batch: Batch) -> torch.Tensor:
+        self.done.synchronize()  # the previous replay's copies out of the pinned buffers have run
+        p = self.proxy
+        for name in ("input_ids", "positions", "slot_mapping", "context_lens"):
+            getattr(p, name).copy_(getattr(batch, name))
+        p.block_tables[:, : batch.block_tables.shape[1]].copy_(batch.block_tables)
+        p.seqs = batch.seqs
+        self.graph.replay()
+        out = self.logits.clone()  # the graph's buffer is overwritten by the next replay
+        self.done.record(torch.cuda.current_stream(self.logits.device))
+        return out
+
+
+def _pinned_inputs(batch: Batch, width: int) -> Batch:
+    """A copy of decode-only `batch` whose index tensors are fresh pinned buffers (block tables `width` pages
+    wide): what a captured graph reads, rewritten before each replay."""
+    proxy = copy.copy(batch)
+    proxy.__dict__.pop("_step_info", None)
+    for name in ("input_ids", "positions", "slot_mapping", "context_lens", "last_index", "paged_index"):
+        setattr(proxy, name, getattr(batch, name).clone().pin_memory())
+    tables = torch.zeros((batch.num_tokens, width), dtype=torch.int32)
+    tables[:, : batch.block_tables.shape[1]] = batch.block_tables
+    proxy.block_tables = tables.pin_memory()
+    return proxy
+
+
+def _decode_rows(batch: Batch, i: int, j: int) -> Batch:
+    """Sequences [i, j) of a decode-only batch (one row each) as views of its tensors: a sub-batch a graph
+    captured on `batch` reads through the same buffers."""
+    view = copy.copy(batch)
+    view.__dict__.pop("_step_info", None)
+    view.seqs = batch.seqs[i:j]
+    for name in ("input_ids", "positions", "slot_mapping", "context_lens", "block_tables"):
+        setattr(view, name, getattr(batch, name)[i:j])
+    view.last_index = view.paged_index = torch.arange(j - i, dtype=torch.int64)
+    return view
 
 
 def _stop(workers: list[_Worker]) -> None:

@@ -452,3 +452,124 @@ def test_streams_and_events_equal_the_unsplit_schedule(device):
     finally:
         split.close()
         whole.close()
+
+
+# -- resource shares: plan -> nano-op -> the thread's share that persistent launches size their grid by --------
+def test_shares_reach_the_rules(model, monkeypatch):
+    from lowbit.kernels.launch import current_share
+
+    _, _, (ex_a, ex_b) = model
+    plan = PipelinePlan(UNITS, (
+        OpRule(ops=("linear",), fractions=(0.5, 0.5), units=("c0", "c1"), shares=(0.75, 0.25)),
+        OpRule(ops=("attention",), fractions=(0.5, 0.5), units=("m0",), shares=(0.5,)),
+    ))  # fmt: skip
+    seen: list[tuple[str, int, float | None]] = []
+    for op in ("linear", "attention", "silu_mul"):
+        real = executor_mod.RULES[op]
+
+        def spy(ex, node, args, real=real):
+            seen.append((node.op, int(args[0].shape[0]), current_share()))
+            return real(ex, node, args)
+
+        monkeypatch.setitem(executor_mod.RULES, op, spy)
+    history, step = compose([("decode", 5)] * 4, np.random.default_rng(3))
+    nano = NanoExecutor(ex_b, plan)
+    ta: dict[int, list[int]] = {}
+    tb: dict[int, list[int]] = {}
+    try:
+        want = run_step(ex_a, None, history, step, False, ta)
+        prefill(ex_b, history, tb)
+        assert all(share is None for _, _, share in seen)  # unsplit runs: no share
+        seen.clear()
+        got = nano.forward(Batch([SeqChunk(sid, ids, c, tuple(tb[sid])) for sid, ids, c in step], 16))
+    finally:
+        nano.close()
+        free(ex_a, ta)
+        free(ex_b, tb)
+    assert rel(got, want) <= 1e-5
+    nano_seen = list(seen)
+    lin = [(rows, share) for op, rows, share in nano_seen if op == "linear" and rows == 2]
+    assert {share for _, share in lin} == {0.75, 0.25}  # the first nano-batch's share, then the second's
+    assert {share for op, _, share in nano_seen if op == "attention"} == {0.5}
+    assert {share for op, _, share in nano_seen if op == "silu_mul"} == {None}  # no rule: the whole device
+    tasks = derive_tasks(ex_b.nodes, plan, 4, [0, 1, 2, 3, 4])
+    assert {t.share for t in tasks if ex_b.nodes[t.node].op == "linear" and t.rows == (0, 2)} == {0.75}
+    assert {t.share for t in tasks if ex_b.nodes[t.node].op == "linear" and t.rows == (2, 4)} == {0.25}
+
+
+# -- CUDA graphs: a decode step captured once per bucket and replayed (torch-only graph: no GPU kernels needed) --
+def _torch_only_model(device):
+    d, v = 32, 50
+    gen = torch.Generator().manual_seed(0)
+    params = {n: torch.randn(shape, generator=gen).to(device) for n, shape in
+              [("emb", (v, d)), ("w1", (2 * d, d)), ("w2", (d, d)), ("head", (v, d))]}  # fmt: skip
+    nodes = [
+        Node.create("emb", "embedding", ["input_ids"], ["h"], weight="emb"),
+        Node.create("w1", "linear", ["h"], ["gu"], weight="w1", bias=None, splits=(2 * d,)),
+        Node.create("act", "silu_mul", ["gu"], ["a"]),
+        Node.create("w2", "linear", ["a"], ["o"], weight="w2", bias=None, splits=(d,)),
+        Node.create("res", "add", ["o", "h"], ["r"]),
+        Node.create("last", "last_token", ["r"], ["hl"]),
+        Node.create("head", "linear", ["hl"], ["logits"], weight="head", bias=None, splits=(v,)),
+    ]
+    cache = PagedKVCache("float32", 1, 1, 16, 8, 16)
+    return Executor(OpGraph.create(nodes), params, cache, backend="reference", max_positions=64), params
+
+
+def _decode_batch(tokens, cached=5):
+    return Batch([SeqChunk(i, (int(t),), cached, (1,)) for i, t in enumerate(tokens)], 16)
+
+
+def _oracle(params, batch):
+    h = params["emb"][batch.input_ids.to(params["emb"].device)]
+    gate, up = (h @ params["w1"].T).chunk(2, dim=-1)
+    return ((torch.nn.functional.silu(gate) * up) @ params["w2"].T + h) @ params["head"].T
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_steps_equal_eager():
+    ex, params = _torch_only_model("cuda")
+    plan = PipelinePlan(UNITS, (
+        OpRule(ops=("linear",), fractions=(0.5, 0.5), units=("c0", "c1")),
+        OpRule(ops=("silu_mul", "add"), fractions=(0.5, 0.5), units=("m0",)),
+    ))  # fmt: skip
+    nano = NanoExecutor(ex, plan, cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    try:
+        for n in (4, 4, 6, 4, 6):  # two buckets, each captured once and replayed with new tokens
+            batch = _decode_batch(rng.integers(0, 50, n))
+            got = nano.forward(batch)
+            assert rel(got, _oracle(params, batch)) <= 1e-5
+        assert not nano.graph_failures, nano.graph_failures
+        assert sorted(nano.graphs) == [(4,), (6,)]
+        held = nano.forward(_decode_batch([1, 2, 3, 4]))
+        nano.forward(_decode_batch([5, 6, 7, 8]))  # a replay must not overwrite logits already returned
+        assert rel(held, _oracle(params, _decode_batch([1, 2, 3, 4]))) <= 1e-5
+    finally:
+        nano.close()
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_leave_other_steps_eager():
+    ex, params = _torch_only_model("cuda")
+    nano = NanoExecutor(ex, unsplit_plan(), cuda_graphs=True)
+    try:
+        prefill_batch = Batch([SeqChunk(0, (1, 2, 3), 0, (1,))], 16)
+        assert nano.graph_key(prefill_batch) is None
+        got = nano.forward(prefill_batch, all_logits=True)
+        assert rel(got, _oracle(params, prefill_batch)) <= 1e-5
+        assert not nano.graphs
+    finally:
+        nano.close()
+
+
+def test_cuda_graphs_flag_is_ignored_on_the_cpu(model):
+    _, _, (ex_a, ex_b) = model
+    nano = NanoExecutor(ex_b, default_plan(ARCH, "cpu"), cuda_graphs=True)
+    try:
+        assert not nano.cuda_graphs
+        history, step = compose([("decode", 5)] * 3, np.random.default_rng(5))
+        want, got = unsplit_and_nano(ex_a, ex_b, nano, history, step, False)
+        assert rel(got, want) <= 1e-5 and not nano.graphs
+    finally:
+        nano.close()
