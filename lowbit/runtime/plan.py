@@ -12,7 +12,9 @@ a search (issue 7) can produce one. It holds
   node's token rows into `len(fractions)` nano-batches of those row fractions and runs nano-batch i on
   `units[i]` (or all on `units[0]` when one unit is named). A node no rule matches runs unsplit on unit 0.
   Optional `shares`: the resource share (fraction of SMs / cores) of each nano-op, as the planner (issue 7,
-  lowbit/planner) searched it; carried in the JSON only when set, not enforced by the executor yet.
+  lowbit/planner) searched it; carried in the JSON only when set. The nano executor runs each nano-op inside
+  `lowbit.kernels.launch.resource_share(share)`: persistent kernels it launches take round(share · SMs)
+  programs (`PersistentLauncher`); kernels launched on a grid ignore it.
 - `tile`: nano-batch boundaries are rounded to multiples of `tile` token rows (the GEMM tile; NanoFlow used
   128 on A100); a boundary that rounds onto another or onto an end disappears, so a small step splits less.
 - `min_tokens`: steps with fewer token rows run the unsplit schedule.
