@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     pl = sub.add_parser("plan", help="nano-batch pipeline planner: optimal bound, schedules simulated (and measured)")
     plan_cli.add_arguments(pl)
     pl.set_defaults(func=plan_cli.main)
+    plan_cli.add_tune_parser(sub).set_defaults(func=plan_cli.tune_main)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
