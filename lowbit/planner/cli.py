@@ -139,23 +139,19 @@ def _profile_for(args: argparse.Namespace, hw: Hardware, notes: list[str]) -> Ke
 
 
 def _artifact_model(path: str) -> tuple[Any, Precision, str]:
-    """(arch, precision, device) of a compiled artifact, read from its config.json and model.yaml; the first
-    linear's spec stands for every linear (a mixed-precision recipe is charged at that one)."""
+    """(arch, precision, device) of a compiled artifact, read from its config.json and model.yaml
+    (artifact.precision_of: the first linear's spec stands for every linear)."""
     import yaml
 
     from lowbit.artifact import open_artifact
     from lowbit.config import parse_config
-    from lowbit.config.recipe import resolve_linear
-    from lowbit.dtypes import dtype as as_dtype
     from lowbit.models.arch import ArchConfig
+    from lowbit.planner.artifact import precision_of
 
     art = open_artifact(path, verify="none")
     cfg = parse_config(yaml.safe_load(art.read_text("model.yaml")), source=f"{path}/model.yaml", check_files=False)
     arch = ArchConfig.from_hf_config(art.read_json("config.json"))
-    spec = resolve_linear(cfg, arch.layer_linears(0)[0].name)
-    name = "w16a16" if spec is None else f"w{as_dtype(spec.weight_dtype).bits}{'a8' if spec.act_int8 else 'a16'}"
-    prec = Precision(name, spec, str(cfg.model.dtype), str(cfg.quantization.kv_cache.dtype))
-    return arch, prec, str(cfg.target.device)
+    return arch, precision_of(cfg, arch), str(cfg.target.device)
 
 
 def _hardware(args: argparse.Namespace, device: str | None) -> Hardware:
