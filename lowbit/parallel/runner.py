@@ -90,6 +90,10 @@ class _Workers:
                     f"{budget_s:.0f} s; raise LOWBIT_TP_TIMEOUT if the machine is slow"
                 )
 
+    def dead(self) -> list[tuple[int, int | None]]:
+        """(rank, exit code) of every worker that is no longer running."""
+        return [(r, p.exitcode) for r, p in enumerate(self.procs, start=1) if not p.is_alive()]
+
     def _death(self, rank: int) -> str:
         p = self.procs[rank - 1]
         p.join(timeout=2)
@@ -179,11 +183,17 @@ class TPRunner(ModelRunner):
             return super().step(chunks, all_logits=all_logits)
         except BaseException as e:
             errors = self.workers.errors(wait_s=5.0)
-            self._broken = f"rank {errors[0][0]} failed" if errors else f"rank 0 failed: {type(e).__name__}"
+            dead = self.workers.dead()
             self.workers.stop(graceful=False)
             if errors:
-                rank, tb = errors[0]
-                raise TensorParallelError(f"tensor-parallel rank {rank} failed:\n{tb}") from e
+                self._broken = f"rank {errors[0][0]} failed"
+                raise TensorParallelError(f"tensor-parallel rank {errors[0][0]} failed:\n{errors[0][1]}") from e
+            if dead:
+                self._broken = f"rank {dead[0][0]} exited"
+                raise TensorParallelError(
+                    f"tensor-parallel rank {dead[0][0]} exited (code {dead[0][1]}) without a report; see its stderr"
+                ) from e
+            self._broken = f"rank 0 failed: {type(e).__name__}"
             raise
 
     def _confine_threads(self) -> None:
