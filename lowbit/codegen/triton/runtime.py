@@ -123,6 +123,27 @@ def _canonical(p: TensorParam, a: np.ndarray) -> tuple[np.ndarray, Callable[[np.
     return a.astype(want), lambda r: r.astype(a.dtype)
 
 
+def _direct(p: TensorParam, arg: Any) -> Any:
+    """`arg` itself (or a same-bits view) when it is a contiguous torch tensor on the launch device already in
+    the device element form of `p` (what `_canonical` would produce without converting values); else None."""
+    import torch
+
+    if not isinstance(arg, torch.Tensor) or arg.device.type != DEVICE or not arg.is_contiguous():
+        return None
+    t = arg
+    if t.dtype.itemsize <= 2 and t.dtype.is_floating_point and t.dtype != torch.float16:  # raw bits, as _to_numpy
+        t = t.view(torch.int8 if t.dtype.itemsize == 1 else torch.int16)
+    if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        t = t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+    want = torch.from_numpy(np.empty(0, host_element(p)[0])).dtype
+    if t.dtype == want:
+        return t
+    integer = not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+    if integer and want not in (torch.bool,) and not want.is_floating_point and t.dtype.itemsize == want.itemsize:
+        return t.view(want)  # the same bits, as _canonical's view
+    return None
+
+
 class TritonKernel:
     """A program compiled to Triton source; call it with host arguments by parameter name."""
 
@@ -155,6 +176,14 @@ class TritonKernel:
             raise BackendError(f"kernel {program.name}: unknown arguments {extra}")
         env = {p.name: int(args[p.name]) if p.dtype.is_integer else float(args[p.name]) for p in program.scalar_params}
         grid = tuple(int(evaluate(g, env)) for g in program.grid)
+        direct = [_direct(p, args[p.name]) for p in program.tensor_params]
+        if all(t is not None for t in direct):  # device tensors in place: no copies (and capturable in a CUDA graph)
+            if 0 not in grid:
+                scalars = [env[p.name] for p in program.scalar_params]
+                self.fn[grid](
+                    *direct, *scalars, num_warps=self.options["num_warps"], num_stages=self.options["num_stages"]
+                )
+            return
         launch: list[Any] = []
         write_back: list[tuple[Any, np.ndarray, Any, Callable[[np.ndarray], np.ndarray]]] = []
         for p in program.tensor_params:
