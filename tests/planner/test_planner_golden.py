@@ -38,14 +38,17 @@ def test_optimal_throughput_is_nanoflows_1857(setup):
     assert opt == pytest.approx(1857, rel=0.005)
 
 
-def test_sequential_schedule_is_near_40_percent(setup):
-    """NanoFlow: executing the operations one after another reaches ~40% of optimal (their non-overlapped
-    engine; 22-38% for vLLM / DeepSpeed-FastGen / TensorRT-LLM). Band 35-55%: the simulator's sequential
-    schedule runs roofline kernels with no CPU-side gaps, so it is an upper bound on a measured engine and
-    sits at the band's upper half (52% with the A100 preset)."""
+def test_sequential_schedule_is_between_the_engines_and_nanoflows_own_sequential_pipeline(setup):
+    """Two sources bound the sequential schedule. Lower: NanoFlow §3.6 / Fig. 7 put existing engines (vLLM,
+    DeepSpeed-FastGen, TensorRT-LLM), which run the ops one after another, at 22-38% of optimal and ~40% compute
+    utilisation; they pay CPU-side gaps the simulator does not model. Upper: NanoFlow's ablation (Fig. 9) gains
+    only 1.07x (prefill-only) to 1.17x (decode-heavy) from overlapping over its own non-overlapped pipeline of
+    the same kernels, so with its 68.5% that pipeline sits near 68.5 / 1.17 = 59%. Band 40-60%; the A100
+    preset gives 52% (roofline kernels, no CPU gaps). The earlier docstring's "sequential ~40%" was the engines'
+    figure, not a same-kernel sequential schedule."""
     mo, cost, opt = setup
     frac = simulate_step(mo, unsplit_plan(mo, WL), WL, cost).tokens_per_s / opt
-    assert 0.35 <= frac <= 0.55
+    assert 0.40 <= frac <= 0.60
 
 
 def test_splitting_without_overlap_is_slower_than_unsplit(setup):
