@@ -13,9 +13,9 @@ Collectives are bound by the link; attention decode rows by HBM; prefill attenti
 `Efficiency.attention_flops` of the GEMM peak.
 
 Calibration (`KernelProfile`): measured seconds per (op, rows, share), read by `lowbit plan --profile FILE`
-(nothing in lowbit writes one yet; any tool writing the JSON works, for a CPU or a GPU alike). Where a piece's
-(op, share) was measured, its work is scaled by measured / modelled time (interpolated linearly in rows), so
-all three rates stretch alike.
+(written by `lowbit tune --profile`, profile.py; any tool writing the JSON works, for a CPU or a GPU alike).
+Where a piece's op was measured, its work is scaled by measured / modelled time (interpolated linearly in rows,
+and in 1 / share between measured shares: `KernelProfile.lookup`), so all three rates stretch alike.
 """
 
 from __future__ import annotations
@@ -121,11 +121,28 @@ class KernelProfile:
     records: tuple[ProfileRecord, ...] = ()
 
     def lookup(self, op: str, rows: int, share: float) -> float | None:
-        """Seconds for `rows` rows of `op` at `share`, interpolated linearly between the nearest measured row
-        counts at that share (beyond them: scaled from the nearest one); None if (op, share) was not measured."""
-        pts = sorted((r.rows, r.seconds) for r in self.records if r.op == op and math.isclose(r.share, share))
-        if not pts or rows <= 0:
+        """Seconds for `rows` rows of `op` at `share`: interpolated linearly between the nearest measured row
+        counts at a measured share (beyond them: scaled from the nearest one); between two measured shares
+        linearly in 1 / share (time of a fixed amount of work), below the smallest scaled by smallest / share,
+        above the largest that one's time. None if `op` was not measured."""
+        shares = sorted({r.share for r in self.records if r.op == op})
+        if not shares or rows <= 0:
             return None
+        near = next((s for s in shares if math.isclose(s, share)), None)
+        if near is not None:
+            return self._at_share(op, rows, near)
+        if share < shares[0]:
+            return self._at_share(op, rows, shares[0]) * shares[0] / share
+        if share > shares[-1]:
+            return self._at_share(op, rows, shares[-1])
+        i = bisect.bisect_left(shares, share)
+        s0, s1 = shares[i - 1], shares[i]
+        t0, t1 = self._at_share(op, rows, s0), self._at_share(op, rows, s1)
+        w = (1 / share - 1 / s0) / (1 / s1 - 1 / s0)
+        return t0 + (t1 - t0) * w
+
+    def _at_share(self, op: str, rows: int, share: float) -> float:
+        pts = sorted((r.rows, r.seconds) for r in self.records if r.op == op and math.isclose(r.share, share))
         xs = [p[0] for p in pts]
         i = bisect.bisect_left(xs, rows)
         if i < len(xs) and xs[i] == rows:

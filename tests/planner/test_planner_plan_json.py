@@ -133,7 +133,8 @@ def test_hardware_errors_name_the_choices(tmp_path):
 
 def test_profile_calibrates_the_cost_model():
     """A measured time replaces the modelled one for that (op, share): the piece's work is scaled so its
-    isolated time equals the measurement; rows between two measurements interpolate linearly."""
+    isolated time equals the measurement; rows between two measurements interpolate linearly, shares between
+    two linearly in 1 / share (below the smallest: inversely to the share)."""
     hw = get_hardware("h200")
     op = MO.op("gate_up")
     w512, w1024 = piece_work(op, 0, 512, WL), piece_work(op, 0, 1024, WL)
@@ -144,6 +145,11 @@ def test_profile_calibrates_the_cost_model():
     assert cm.time(cm.calibrated("gate_up", w1024, 1.0)) == pytest.approx(3e-3, rel=1e-9)
     w768 = piece_work(op, 0, 768, WL)
     assert cm.time(cm.calibrated("gate_up", w768, 1.0)) == pytest.approx(2e-3, rel=1e-9)
-    assert cm.calibrated("gate_up", w768, 0.5) is w768  # share not measured: the model stands
+    # a share below the measured ones: the same work on half the share takes twice the time
+    assert cm.time(cm.calibrated("gate_up", w768, 0.5), 0.5) == pytest.approx(4e-3, rel=1e-9)
+    assert cm.calibrated("qkv", w768, 1.0) is w768  # op not measured: the model stands
+    two = KernelProfile("H200", (ProfileRecord("gate_up", 512, 1.0, 1e-3), ProfileRecord("gate_up", 512, 0.5, 3e-3)))
+    assert two.lookup("gate_up", 512, 0.75) == pytest.approx(3e-3 + (1e-3 - 3e-3) * (1 / 0.75 - 2) / (1 - 2))
+    assert two.lookup("gate_up", 512, 0.25) == pytest.approx(6e-3)
     with pytest.raises(ValueError, match=re.escape("profile record 0")):
         KernelProfile.from_json({"records": [["gate_up", 512, 0.0, 1.0]]})
