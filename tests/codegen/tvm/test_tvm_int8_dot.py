@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lowbit.lang as T
 from lowbit.artifact.fingerprint import isa_flags
@@ -111,3 +113,31 @@ def test_ragged_edges_take_the_checked_loops():
     y, src = run(M, N, K, a, b)
     assert INTRINSIC in src
     assert np.array_equal(y, exact(a, b, 15))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    bm=st.sampled_from([1, 2, 4, 8, 16]),
+    tm=st.sampled_from([1, 2, 4]),
+    bk=st.sampled_from([32, 96]),  # 8 and 24 quads: whole chunks of 8, and a tail chunk with mask 127 (chunk 1)
+    mask=st.sampled_from([15, 127]),
+    side=st.sampled_from(["a", "b"]),
+    extreme=st.booleans(),
+)
+def test_row_blocks_and_chunks_are_exact(bm, tm, bk, mask, side, extreme):
+    """One row block (tm >= BM: every row's accumulators in registers) and several (BM > tm: one column
+    vector at a time, the quads reused by every row block), whole and tail chunks, either operand
+    unsigned: the same exact integers."""
+    # the dot's rows: BM of x (side b), or BN columns of w^T (side a: (w^T [BN, BK]) @ (x^T [BK, BM]))
+    M, N, K = (2 * bm, 32, 2 * bk) if side == "b" else (16, 2 * bm, 2 * bk)
+    rng = np.random.default_rng(bm * 1000 + tm * 100 + bk + mask)
+    if extreme:
+        a = np.full((M, K), -128, np.int8)
+        b = np.full((K, N), 255, np.uint8)
+    else:
+        a = rng.integers(-128, 128, (M, K)).astype(np.int8)
+        b = rng.integers(0, 256, (K, N)).astype(np.uint8)
+    consts = dict(mask=mask, unsigned_side=side, BM=bm if side == "b" else 8, BN=16 if side == "b" else bm, BK=bk)
+    y, src = run(M, N, K, a, b, {"tm": tm}, **consts)
+    assert INTRINSIC in src
+    assert np.array_equal(y, exact(a, b, mask))
