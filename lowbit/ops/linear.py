@@ -6,10 +6,11 @@ Kernel choice (documented rule):
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
-                        bucket): 4-bit w_a16 weights, M <= 16; x is quantized to int8 per row and per weight
-                        group (`quantize_groups_int8`), then `quantized_gemv_a8` runs u8·i8 dot products on the
-                        column-tiled words (`retile_columns`; a row-layout weight is re-tiled once and the copy
-                        kept on it). Not the default: it adds the int8 rounding of x (~0.7% relative on y).
+                        bucket): 4-bit w_a16 weights, any M (row tiles up to 16: a prefill runs it too); x is
+                        quantized to int8 per row and per weight group (`quantize_groups_int8`), then
+                        `quantized_gemv_a8` runs u8·i8 dot products on the column-tiled words (`retile_columns`;
+                        a row-layout weight is re-tiled once and the copy kept on it). Not the default: it adds
+                        the int8 rounding of x (~0.7% relative on y).
 Backend "auto": "triton" when torch sees CUDA and the Triton backend is present, else "tvm" when TVM and the
 TVM backend are present, else "reference" (the NumPy interpreter: exact but slow).
 Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
@@ -124,7 +125,7 @@ def quantized_linear(
 
     x: contiguous float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features.
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
-    kernel: None (the rule in the module docstring) or "quantized_gemv_a8" (int8 activations, M <= 16).
+    kernel: None (the rule in the module docstring) or "quantized_gemv_a8" (int8 activations, any M).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
     """
     if not isinstance(qweight, QuantizedWeight):
@@ -152,7 +153,7 @@ def quantized_linear(
     if kernel is not None and kernel != A8_KERNEL:
         raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or {A8_KERNEL!r}")
     if kernel == A8_KERNEL:
-        why = a8_ineligible(qweight) or (f"M = {m} rows > {GEMV_MAX_M}" if m > GEMV_MAX_M else None)
+        why = a8_ineligible(qweight)
         if why:
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
@@ -240,16 +241,22 @@ def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
 
 
 class A8Plan:
-    """The two kernels of the a8 path compiled for one weight, M and backend, with the weight's tensors ready
-    for the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled
-    backends, NumPy for the reference interpreter)."""
+    """The two kernels of the a8 path compiled for one weight and backend, with the weight's tensors ready for
+    the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled backends,
+    NumPy for the reference interpreter).
 
-    def __init__(self, qw: QuantizedWeight, m: int, backend: str, adtype: str):
+    m <= GEMV_MAX_M (decode): every call has m rows, bound once, row tile the next power of two >= m; each
+    thread has its own scratch (the nano-batch executor runs row ranges of one linear concurrently).
+    m = None (prefill): any number of rows per call in row tiles of GEMV_MAX_M, the scratch shared by every
+    such plan of the thread (`_ROW_SCRATCH`, grown to the largest call) so prompts of many lengths keep one
+    copy, not one per weight and length."""
+
+    def __init__(self, qw: QuantizedWeight, m: int | None, backend: str, adtype: str):
         self.n, self.k = qw.shape
         self.m, self.backend = m, backend
         g = _a8_group(qw.group_size, self.k)
-        self.bm = 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
-        self.mp = -(-m // self.bm) * self.bm
+        self.bm = GEMV_MAX_M if m is None else 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
+        self.mp = 0 if m is None else -(-m // self.bm) * self.bm
         self.groups = self.k // g
         opts = {"tm": 2} if backend == "tvm" else {}
         sdtype = str(qw.scales.dtype)
@@ -265,18 +272,37 @@ class A8Plan:
         self.fixed: dict[str, Any] = {"w": words, "scales": qw.scales}
         if qw.zeros is not None:
             self.fixed["zeros"] = qw.zeros
-        self.sizes = {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
+        self.sizes = {"N": self.n, "K": self.k} if m is None else {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
         self.direct = backend == "tvm"
         if self.direct:  # kernels called with their arguments bound (lowbit.kernels.launch.bind)
-            self._quant = bind(self.quant, {"M": m, "MP": self.mp, "K": self.k}, ("x", "xq", "xs", "xsum"))
-            self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y"))
+            rows = ("M", "MP") if m is None else ()
+            quant_sizes = {"K": self.k} if m is None else {"M": m, "MP": self.mp, "K": self.k}
+            self._quant = bind(self.quant, quant_sizes, ("x", "xq", "xs", "xsum", *rows))
+            self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y", *rows))
             self._scratch = threading.local()
 
-    def _buffers(self) -> tuple[Any, Any, Any]:
+    def _buffers(self, mp: int | None = None) -> tuple[Any, Any, Any]:
+        """The thread's (xq, xs, xsum) scratch for mp padded rows (this plan's own for a fixed m)."""
         import torch
 
+        if mp is not None:
+            bufs = getattr(_ROW_SCRATCH, "bufs", None)
+            if bufs is None or bufs[0].numel() < mp * self.k or bufs[1].numel() < mp * self.groups:
+                rows = max(mp, 2 * bufs[0].numel() // self.k if bufs is not None else 0)
+                flat = max(rows * self.k, bufs[0].numel() if bufs is not None else 0)
+                groups = max(rows * self.groups, bufs[1].numel() if bufs is not None else 0)
+                bufs = _ROW_SCRATCH.bufs = (
+                    torch.empty(flat, dtype=torch.int8),
+                    torch.empty(groups, dtype=torch.float32),
+                    torch.empty(groups, dtype=torch.int32),
+                )
+            return (
+                bufs[0][: mp * self.k].view(mp, self.k),
+                bufs[1][: mp * self.groups].view(mp, self.groups),
+                bufs[2][: mp * self.groups].view(mp, self.groups),
+            )
         bufs = getattr(self._scratch, "bufs", None)
-        if bufs is None:  # per thread: the nano-batch executor runs row ranges of one linear concurrently
+        if bufs is None:
             bufs = self._scratch.bufs = (
                 torch.empty((self.mp, self.k), dtype=torch.int8),
                 torch.empty((self.mp, self.groups), dtype=torch.float32),
@@ -285,16 +311,29 @@ class A8Plan:
         return bufs
 
     def run(self, x2: Any, y2: Any) -> None:
+        m = int(x2.shape[0]) if self.m is None else self.m
+        mp = -(-m // self.bm) * self.bm
         if not self.direct:
-            xq = np.zeros((self.mp, self.k), np.int8)
-            xs = np.zeros((self.mp, self.groups), np.float32)
-            xsum = np.zeros((self.mp, self.groups), np.int32)
-            self.quant({"x": x2, "xq": xq, "xs": xs, "xsum": xsum, "M": self.m, "MP": self.mp, "K": self.k})
-            self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **self.sizes})
+            xq = np.zeros((mp, self.k), np.int8)
+            xs = np.zeros((mp, self.groups), np.float32)
+            xsum = np.zeros((mp, self.groups), np.int32)
+            sizes = {**self.sizes, "M": m, "MP": mp}
+            self.quant({"x": x2, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": self.k})
+            self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **sizes})
+            return
+        if self.m is None:
+            if m == 0:
+                return
+            xq, xs, xsum = self._buffers(mp)
+            self._quant(x2, xq, xs, xsum, m, mp)
+            self._gemv(xq, xs, xsum, y2, m, mp)
             return
         xq, xs, xsum = self._buffers()
         self._quant(x2, xq, xs, xsum)
         self._gemv(xq, xs, xsum, y2)
+
+
+_ROW_SCRATCH = threading.local()  # the prefill plans' (xq, xs, xsum) scratch, one per thread
 
 
 def linear_launcher(
@@ -316,12 +355,14 @@ def linear_launcher(
 
 
 def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
-    """The cached `A8Plan` of `qw` for M rows (kept on the weight, like the other kernels' plans)."""
+    """The cached `A8Plan` of `qw` for M rows (kept on the weight, like the other kernels' plans): one per
+    M <= GEMV_MAX_M, one for every larger M (rows per call)."""
     plans = qw.__dict__.setdefault("_plans", {})
-    key = (m, backend, adtype, "a8")
+    rows = m if m <= GEMV_MAX_M else None
+    key = (rows, backend, adtype, "a8")
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = A8Plan(qw, m, backend, adtype)
+        plan = plans[key] = A8Plan(qw, rows, backend, adtype)
     return plan
 
 

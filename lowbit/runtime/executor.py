@@ -32,6 +32,7 @@ from lowbit.ops.attention import _KERNEL_KV, _auto_splits, _decode_tiles, paged_
 from lowbit.ops.linear import (
     A8_BN,
     A8_KERNEL,
+    GEMV_MAX_M,
     linear_launcher,
     quantized_linear,
     quantized_linear_int8,
@@ -88,6 +89,7 @@ class Executor:
             isinstance(p, torch.Tensor) and p.device.type != "cpu" for p in self.params.values()
         )
         self.launchers: dict[Any, Any] = {}
+        self.a8_prefill = True  # int8-activation linears run their prefill rows through the a8 GEMV too
         plan = graph.meta.get("memory_plan") if hasattr(graph, "meta") else None
         self.free_after: Mapping[str, tuple[str, ...]] = getattr(plan, "free_after", {}) or {}
         self._rope: dict[tuple[Any, ...], torch.Tensor] = {}
@@ -211,15 +213,21 @@ def _bucket_kernels(node: Any) -> tuple[tuple[int, str], ...]:
     return tuple((int(b), str(k)) for b, k in node.attrs_dict.get("kernels") or ())
 
 
-def linear_kernel(kernels: tuple[tuple[int, str], ...], m: int) -> str | None:
+def linear_kernel(kernels: tuple[tuple[int, str], ...], m: int, a8_prefill: bool = True) -> str | None:
     """The kernel the graph chose for M = m rows (the first bucket >= m; the last beyond them), when it is
-    one `quantized_linear` must be told by name (the int8-activation GEMV), else None (its own rule)."""
+    one `quantized_linear` must be told by name (the int8-activation GEMV), else None (its own rule).
+    `a8_prefill`: a linear whose decode buckets run the int8-activation GEMV runs every M through it (a
+    prefill in row tiles of 16): on the CPU the float W4A16 GEMM of a 32-token TinyLlama prefill took 3.5 s,
+    the a8 kernel a tenth of that, for the same ~0.7% activation rounding the decode steps already take."""
+    if a8_prefill and any(k == A8_KERNEL for _, k in kernels):
+        return A8_KERNEL
     for bucket, kernel in kernels:
         if m <= bucket:
             return kernel if kernel == A8_KERNEL else None
     return kernels[-1][1] if kernels and kernels[-1][1] == A8_KERNEL else None
 
 
+A8_DECODE_ROWS = GEMV_MAX_M  # more rows than this share one a8 launcher (M is a call argument there)
 MAX_PLANS = 8  # decode plans kept per executor (one per batch size and KV split count seen; LRU)
 
 
@@ -392,8 +400,9 @@ def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
     elif ex.fast and m and args[0].dtype == ex.dtype and (not isinstance(w, QuantizedWeight) or w.scheme == "w_a16"):
         x = ex.contiguous(args[0])
         if isinstance(w, QuantizedWeight):
-            kernel = linear_kernel(ex.linear_kernels[node.name], m)
-            launch = ex.launcher((node.name, m), lambda: linear_launcher(w, m, "tvm", ex.dtype_name, kernel))
+            kernel = linear_kernel(ex.linear_kernels[node.name], m, ex.a8_prefill)
+            rows = "rows" if kernel == A8_KERNEL and m > A8_DECODE_ROWS else m  # one launcher for every prefill
+            launch = ex.launcher((node.name, rows), lambda: linear_launcher(w, m, "tvm", ex.dtype_name, kernel))
             y = torch.empty((m, w.shape[0]), dtype=x.dtype)
             launch(x, y)
             if b is not None:  # as quantized_linear: added in fp32 after the output rounding, rounded again
@@ -408,7 +417,7 @@ def _linear(ex: Executor, node: Any, args: list[Any]) -> tuple[Any, ...]:
         ex.generic()
         if isinstance(w, QuantizedWeight):
             x = args[0].contiguous()
-            kernel = linear_kernel(ex.linear_kernels[node.name], m)
+            kernel = linear_kernel(ex.linear_kernels[node.name], m, ex.a8_prefill)
             y = quantized_linear(x, w, backend=ex.backend, bias=b, kernel=kernel)
         else:
             y = F.linear(args[0], w, b)
