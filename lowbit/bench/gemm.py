@@ -9,6 +9,9 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   torch_dequant  the packed weight dequantized in torch on every call, then fp32 F.linear (lowbit.bench.naive);
                  for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
   lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for
+  lowbit_a8      on the CPU (tvm), M <= 16, 4-bit int4/uint4 weights: quantized_linear(kernel=
+                 "quantized_gemv_a8"), the decode GEMV with int8 activations (quantized per row and group in
+                 the timed call); its error vs x @ dequant(W)^T includes that rounding (~0.7%)
 Timing: `lowbit.codegen.tune.timing.benchmark(flush=True)`: one untimed warm-up call (compiles lowbit kernels),
 then `repeats` samples, each after evicting the caches by a read-modify-write of a buffer twice the L3 size
 (a 4096^2 W4 layer is 9 MB and would otherwise be served from the 32 MiB L3). Threads are set once, first.
@@ -43,6 +46,9 @@ QUICK_REPEATS = 3
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
+A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
+A8_MAX_M = 16  # lowbit_a8 rows for M up to the decode buckets
+A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 
 
 class BenchError(RuntimeError):
@@ -56,7 +62,7 @@ class Row:
     M: int
     N: int
     K: int
-    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit
+    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit | lowbit_a8
     dtype: str  # weight dtype: float32, bfloat16, int4, fp6_e3m2, ...
     backend: str  # torch | tvm | triton | reference
     median_ms: float
@@ -354,11 +360,18 @@ class _Bench:
                 row = self.lowbit_row(case, x, dt, qw, backend)
                 if row is not None:
                     rows.append(row)
+                if not cuda and backend == "tvm" and M <= A8_MAX_M and _a8_ineligible(qw) is None:
+                    row = self.lowbit_row(case, x, dt, qw, backend, kernel=A8)
+                    if row is not None:
+                        rows.append(row)
         return rows
 
-    def lowbit_row(self, case: _Case, x: Any, dt: str, qw: Any, backend: str) -> Row | None:
+    def lowbit_row(self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None) -> Row | None:
+        """`quantized_linear` by its own rule, or (kernel=A8) the CPU decode GEMV with int8 activations
+        (method lowbit_a8: the activations are quantized per row and group inside the timed call)."""
         M, N, K = x.shape[0], case.N, case.K
-        fn = functools.partial(self.ops.quantized_linear, x, qw, backend=backend, tune=self.tune)
+        extra = {} if kernel is None else {"kernel": kernel}
+        fn = functools.partial(self.ops.quantized_linear, x, qw, backend=backend, tune=self.tune, **extra)
         try:
             y = fn()  # compiles (and tunes, with tune=True) outside the timed samples
         except Exception as e:  # a backend that cannot run this dtype/shape: a note, not the end of the run
@@ -371,7 +384,8 @@ class _Bench:
         if rel is None:
             note = "unchecked: no reference dequantization"
         else:
-            note = "" if rel <= TOLERANCE else f"MISMATCH rel err {rel:.2e} > {TOLERANCE:g}"
+            tol = TOLERANCE if kernel is None else A8_TOLERANCE
+            note = "" if rel <= tol else f"MISMATCH rel err {rel:.2e} > {tol:g}"
         stored = _stored_bytes(qw)
         if stored is None:  # dense bit packing, fp32 scales, uint8 zeros for integer dtypes
             d = lookup_dtype(dt)
@@ -379,7 +393,14 @@ class _Bench:
             stored = layer_bytes(N, K, 0, bits=d.bits, group_size=self.group_size, zero_bits=zero_bits)
         elem = x.element_size()
         act = "float16" if elem == 2 else "float32"
-        return self.row(case, M, "lowbit", dt, backend, fn, stored + M * K * elem + M * N * elem, act, rel, note)
+        method = "lowbit" if kernel is None else "lowbit_a8"
+        return self.row(case, M, method, dt, backend, fn, stored + M * K * elem + M * N * elem, act, rel, note)
+
+
+def _a8_ineligible(qw: Any) -> str | None:
+    from lowbit.ops.linear import a8_ineligible
+
+    return a8_ineligible(qw)
 
 
 def _to_numpy(y: Any) -> Any:
