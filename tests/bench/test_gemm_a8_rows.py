@@ -25,8 +25,8 @@ def test_a8_rows_for_4bit_weights_up_to_16_rows(report):
 
 def test_a8_rows_are_checked_with_the_rounding_bound(report):
     for m in (1, 4):
-        a8 = next(r for r in report.rows if r.method == "lowbit_a8" and r.M == m)
-        w16 = next(r for r in report.rows if r.method == "lowbit" and r.M == m and r.dtype == "int4")
+        a8 = next(r for r in report.rows if r.method == "lowbit_a8" and m == r.M)
+        w16 = next(r for r in report.rows if r.method == "lowbit" and m == r.M and r.dtype == "int4")
         assert a8.rel_error is not None and a8.rel_error < gemm.A8_TOLERANCE and "MISMATCH" not in a8.note
         assert a8.rel_error > w16.rel_error  # the int8 activations did run: their rounding shows
         assert a8.bytes == w16.bytes and a8.median_ms > 0
