@@ -43,23 +43,39 @@ class TPGroup:
     world_size: int
     pg: Any  # a torch ProcessGroupGloo / ProcessGroupNCCL
     store: Any  # the TCPStore (rank 0 hosts it; kept alive with the group)
+    device: str = "cpu"
+    parent: TPGroup | None = None  # a subgroup keeps its parent (and so the store) alive
+    made: int = 0  # subgroups made from this group so far (their store prefixes are numbered)
 
     @staticmethod
     def connect(rank: int, world_size: int, port: int, device: str = "cpu") -> TPGroup:
         """Join the group of `world_size` ranks at 127.0.0.1:port (blocks until every rank has joined)."""
         timeout = datetime.timedelta(seconds=timeout_s())
         store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timeout=timeout)
-        pg: Any
-        if device.startswith("cuda"):
-            nccl: Any = getattr(dist, "ProcessGroupNCCL")  # noqa: B009  (absent from CPU-only torch builds)
-            pg = nccl(store, rank, world_size, nccl.Options())
-        else:
-            pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
-        return TPGroup(rank, world_size, pg, store)
+        return TPGroup(rank, world_size, _new_pg(store, rank, world_size, device), store, device)
+
+    def subgroup(self, tag: str) -> TPGroup:
+        """Another group over the same ranks (its own connections, under the store prefix `tag`): collectives
+        are matched by issue order within a group, so threads that issue collectives independently each need
+        one. Collective: every rank makes its subgroups in the same order (they are numbered) with the same tags;
+        it blocks until all ranks have made it."""
+        if not tag or "/" in tag:
+            raise ValueError(f"subgroup tag {tag!r}: give a non-empty name without '/'")
+        self.made += 1
+        store = dist.PrefixStore(f"sub{self.made}-{tag}/", self.store)
+        return TPGroup(self.rank, self.world_size, _new_pg(store, self.rank, self.world_size, self.device), store,
+                       self.device, self)  # fmt: skip
 
     def all_reduce_(self, t: torch.Tensor) -> None:
         """t <- the sum of every rank's t, in place."""
         self.pg.allreduce([t]).wait()
+
+
+def _new_pg(store: Any, rank: int, world_size: int, device: str) -> Any:
+    if device.startswith("cuda"):
+        nccl: Any = getattr(dist, "ProcessGroupNCCL")  # noqa: B009  (absent from CPU-only torch builds)
+        return nccl(store, rank, world_size, nccl.Options())
+    return dist.ProcessGroupGloo(store, rank, world_size, datetime.timedelta(seconds=timeout_s()))
 
 
 def _all_reduce_into(group: TPGroup, x: torch.Tensor) -> None:

@@ -29,6 +29,7 @@ from lowbit.parallel.collectives import TPGroup, free_port, timeout_s
 from lowbit.parallel.shard import local_arch
 from lowbit.parallel.worker import worker_main
 from lowbit.runtime.batch import SeqChunk
+from lowbit.runtime.plan import PipelinePlan, default_plan
 from lowbit.runtime.runner import ModelRunner
 
 
@@ -118,8 +119,9 @@ class _Workers:
 
 class TPRunner(ModelRunner):
     """Rank 0 of the tensor-parallel artifact `model` (a CompiledModel of tensor_parallel > 1, loaded as
-    rank 0); the ModelRunner arguments as in CompiledModel.runner. `threads`: torch / TVM threads per rank
-    (default: the cores / tp, at least 1)."""
+    rank 0); the ModelRunner arguments as in CompiledModel.runner. `schedule`: "unsplit", or "nano" with
+    `plan` (default: `default_plan(..., tensor_parallel=tp)`, the all_reduce nano-ops on a network unit), run
+    by every rank. `threads`: torch / TVM threads per rank (default: the cores / tp, at least 1)."""
 
     def __init__(
         self,
@@ -131,6 +133,7 @@ class TPRunner(ModelRunner):
         page_size: int | None = None,
         max_num_seqs: int | None = None,
         schedule: str = "unsplit",
+        plan: PipelinePlan | None = None,
         threads: int | None = None,
         **unused: Any,
     ) -> None:
@@ -138,9 +141,12 @@ class TPRunner(ModelRunner):
         if tp < 2 or model.rank != 0:
             raise ValueError(f"TPRunner runs rank 0 of a tensor-parallel artifact; got tensor_parallel {tp}, "
                              f"rank {model.rank}: use CompiledModel.runner()")  # fmt: skip
-        if unused.get("plan") is not None or schedule != "unsplit":
-            raise ValueError(f"schedule {schedule!r}: tensor parallelism runs the unsplit schedule only")
+        if schedule not in ("unsplit", "nano"):
+            raise ValueError(f"schedule {schedule!r} is not known; use 'unsplit' or 'nano'")
         c = model.cfg
+        device = "cuda" if c.target.device == "cuda" else "cpu"
+        if schedule == "nano" and plan is None:  # every rank runs this plan: the same nano-ops in the same order
+            plan = default_plan(model.arch, device, tensor_parallel=tp)
         max_model_len = int(max_model_len or c.target.max_model_len)
         page_size = int(page_size or c.target.page_size)
         max_num_seqs = int(max_num_seqs or c.target.max_num_seqs)
@@ -150,11 +156,13 @@ class TPRunner(ModelRunner):
             "num_pages": int(num_pages or max_num_seqs * math.ceil(max_model_len / page_size) + 1),
             "page_size": page_size, "max_num_seqs": max_num_seqs,
         }  # fmt: skip
+        if schedule == "nano":
+            assert plan is not None
+            kw |= {"schedule": "nano", "plan": plan.to_json()}  # the workers rebuild it (JSON: no pickled classes)
         self.world_size = tp
         self.threads = int(threads or max(1, (os.cpu_count() or 1) // tp))
         self._confined: set[int] = set()
         self._broken: str | None = None
-        device = "cuda" if c.target.device == "cuda" else "cpu"
         port = free_port()
         self.workers = _spawn(str(model.path), tp, port, device, kw, self.threads)
         self._finalizer = weakref.finalize(self, self.workers.stop, False)
@@ -165,7 +173,7 @@ class TPRunner(ModelRunner):
             torch.set_num_threads(self.threads)
             super().__init__(
                 local_arch(model.arch, tp), model.graph, model.params, tp_group=group,
-                kv_layer_scales=model.kv_scales, **kw,
+                kv_layer_scales=model.kv_scales, **runner_kwargs(kw),
             )  # fmt: skip
             self.group = group
             self.workers.await_all("ready", timeout_s())
@@ -224,6 +232,13 @@ class TPRunner(ModelRunner):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def runner_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The ModelRunner keywords of the picklable `kw` TPRunner sends every rank (the plan travels as JSON)."""
+    if isinstance(kw.get("plan"), str):
+        return kw | {"plan": PipelinePlan.from_json(kw["plan"])}
+    return kw
 
 
 def _spawn(path: str, tp: int, port: int, device: str, kw: dict[str, Any], threads: int) -> _Workers:

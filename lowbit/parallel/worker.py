@@ -27,6 +27,7 @@ def worker_main(
         torch.set_num_threads(threads)
         from lowbit.compiler.load import load_compiled
         from lowbit.parallel.collectives import TPGroup
+        from lowbit.parallel.runner import runner_kwargs
         from lowbit.parallel.shard import local_arch
         from lowbit.runtime.runner import ModelRunner
 
@@ -34,7 +35,7 @@ def worker_main(
         model = load_compiled(path, verify="none", rank=rank)  # rank 0 verified the whole artifact
         runner = ModelRunner(
             local_arch(model.arch, world_size), model.graph, model.params, tp_group=group,
-            kv_layer_scales=model.kv_scales, **runner_kw,
+            kv_layer_scales=model.kv_scales, **runner_kwargs(runner_kw),
         )  # fmt: skip
         conn.send(("ready", rank))
         while True:

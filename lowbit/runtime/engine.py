@@ -198,7 +198,7 @@ class LLMEngine:
 
             self.runner = TPRunner(
                 model, backend=self.backend, max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages,
-                page_size=cfg.target.page_size, max_num_seqs=self.max_num_seqs,
+                page_size=cfg.target.page_size, max_num_seqs=self.max_num_seqs, **runner_kw,
             )  # fmt: skip
         else:
             self.runner = ModelRunner(
@@ -245,19 +245,13 @@ class LLMEngine:
 
         if schedule not in ("artifact", "unsplit", "nano"):
             raise ValueError(f"schedule = {schedule!r}: use 'artifact' (the artifact's plan), 'unsplit' or 'nano'")
-        if self.model.tensor_parallel > 1:
-            if schedule == "nano" or plan is not None:
-                raise ValueError(
-                    f"schedule = {schedule!r} on a tensor_parallel {self.model.tensor_parallel} artifact: tensor "
-                    "parallelism runs the unsplit schedule only; use 'artifact' or 'unsplit'"
-                )
-            return "unsplit", None
         shipped = plan if plan is not None else self._artifact_plan()
         splits = shipped is not None and bool(shipped.rules)
         if schedule == "unsplit" or (schedule == "artifact" and not splits):
             return "unsplit", None
-        if schedule == "nano" and not splits:
-            shipped = default_plan(self.arch, self.model.cfg.target.device)
+        if schedule == "nano" and not splits:  # tensor parallel: its all_reduce nano-ops on a network unit
+            tp = self.model.tensor_parallel
+            shipped = default_plan(self.arch, self.model.cfg.target.device, tensor_parallel=tp)
         return "nano", shipped
 
     def _artifact_plan(self) -> Any:

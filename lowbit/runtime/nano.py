@@ -49,8 +49,9 @@ from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges, priority_t
 
 ROW_WISE = frozenset(
     {"embedding", "rms_norm", "add", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant", "linear", "rope",
-     "silu_mul"}
-)  # fmt: skip  # output row i depends on input row i only
+     "silu_mul", "all_reduce"}
+)  # fmt: skip  # output row i depends on input row i only (all_reduce: on every rank, which cuts the same rows)
+COLLECTIVES = frozenset({"all_reduce", "all_gather"})  # issued over the tensor-parallel group
 SEQUENCE_WISE = frozenset({"attention"})  # rows of a sequence stay together (a sub-Batch of whole sequences)
 GRAPH_INPUT = -1
 
@@ -184,17 +185,23 @@ class _Step:
                 self.readers[d] += 1
         self.logits_task = next(t.index for t in tasks if "logits" in ex.nodes[t.node].outputs)
         self.readers[self.logits_task] += 1  # read by forward
-        # executor views: the rules read ex.batch / ex.all_logits; attention ranges get a sub-batch each
-        whole = copy.copy(ex.executor)
-        whole.batch, whole.all_logits = batch, all_logits
-        self.views: dict[tuple[int, int] | None, Executor] = {None: whole}
+        # executor views: the rules read ex.batch / ex.all_logits; attention ranges get a sub-batch each; a unit
+        # with its own tensor-parallel subgroup gets views whose tp_group is that subgroup
+        views: dict[tuple[tuple[int, int] | None, int | None], Executor] = {}
+        self.view_of: list[Executor] = []
         for t in tasks:
-            if t.seqs is not None and t.seqs not in self.views:
-                view = copy.copy(ex.executor)
-                i, j = t.seqs
-                view.batch = _decode_rows(batch, i, j) if row_views else Batch(batch.seqs[i:j], batch.page_size)
+            own = t.unit if t.unit in ex.unit_executors else None
+            key = (t.seqs, own)
+            if key not in views:
+                view = copy.copy(ex.executor if own is None else ex.unit_executors[own])
+                if t.seqs is None:
+                    view.batch = batch
+                else:
+                    i, j = t.seqs
+                    view.batch = _decode_rows(batch, i, j) if row_views else Batch(batch.seqs[i:j], batch.page_size)
                 view.all_logits = all_logits
-                self.views[t.seqs] = view
+                views[key] = view
+            self.view_of.append(views[key])
         self.cuda_events: list[Any] = [None] * len(tasks)
         self.start_event: Any = None
 
@@ -241,7 +248,7 @@ class _Step:
         node = self.nodes[task.node]
         args = [self.arg(s) for s in task.inputs]
         with resource_share(task.share):  # what persistent kernels launched by the rule size their grid by
-            outs = RULES[node.op](self.views[task.seqs], node, args)
+            outs = RULES[node.op](self.view_of[task.index], node, args)
         if len(outs) != len(node.outputs):
             raise RuntimeError(f"rule {node.op} returned {len(outs)} outputs for {node.name}'s {node.outputs}")
         self.results[task.index] = tuple(outs)
@@ -253,6 +260,10 @@ class _Step:
                     self.readers[d] -= 1
                     if self.readers[d] == 0:
                         self.results[d] = None
+
+
+class NanoStepTimeout(RuntimeError):
+    """A nano step did not finish within the executor's `step_timeout` (a deadlock guard)."""
 
 
 class _Worker:
@@ -305,11 +316,30 @@ class NanoExecutor:
         schedule_cache: int = 256,
         cuda_graphs: bool = False,
         max_graphs: int = 8,
+        step_timeout: float | None = None,
     ) -> None:
         self.executor = executor
         self.plan = plan
         self.nodes = executor.nodes
         self.device = _device_of(executor)
+        group: Any = getattr(executor, "tp_group", None)
+        self.tp = group is not None and group.world_size > 1
+        if step_timeout is None and self.tp:  # after the collectives' own timeout, whose error says more
+            from lowbit.parallel.collectives import timeout_s
+
+            step_timeout = timeout_s() + 30.0
+        if step_timeout is not None and not step_timeout > 0:
+            raise ValueError(f"step_timeout {step_timeout!r}: give a positive number of seconds (or None: no limit)")
+        self.step_timeout = step_timeout
+        # the units that issue collectives; with more than one, each gets its own subgroup (collectives match by
+        # issue order within a group, and two units interleave theirs differently on different ranks)
+        self.collective_units = collective_units(self.nodes, plan)
+        self.unit_executors: dict[int, Executor] = {}
+        if self.tp and len(self.collective_units) > 1:
+            for ui in self.collective_units:
+                view = copy.copy(executor)
+                view.tp_group = group.subgroup(f"nano-{plan.units[ui].name}")  # type: ignore[attr-defined]
+                self.unit_executors[ui] = view
         if self.device.type == "cpu" and any(u.cores for u in plan.units):
             have = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
             for u in plan.units:
@@ -423,7 +453,19 @@ class NanoExecutor:
                 step.start_event.record(torch.cuda.current_stream(self.device))
             for t in step.tasks:
                 self.workers[t.unit].queue.put((step, t))
-            step.finished.wait()
+            if not step.finished.wait(self.step_timeout):
+                with step.lock:
+                    if step.error is None:
+                        step.error = NanoStepTimeout("")  # the tasks not started yet are skipped
+                self.closed = True  # a unit is stuck in a task: its queue will not drain
+                pending = [t for t in step.tasks if not step.done[t.index].is_set()]
+                names = [f"{self.nodes[t.node].name}[{t.rows[0]}:{t.rows[1]}]@{self.plan.units[t.unit].name}"
+                         for t in pending[:4]]  # fmt: skip
+                raise NanoStepTimeout(
+                    f"a nano step ({batch.num_tokens} token rows) did not finish within {self.step_timeout:g} s; "
+                    f"{len(pending)} nano-op(s) unfinished, first {names} (a collective the other ranks did not "
+                    f"issue, or a hung kernel); this executor is closed: build a new one"
+                )
             if step.error is not None:
                 raise step.error
             if self.device.type == "cuda":
@@ -471,6 +513,16 @@ class _CapturedStep:
         out = self.logits.clone()  # the graph's buffer is overwritten by the next replay
         self.done.record(torch.cuda.current_stream(self.logits.device))
         return out
+
+
+def collective_units(nodes: Sequence[Any], plan: PipelinePlan) -> tuple[int, ...]:
+    """The plan units that may run a collective node (sorted unit indices): its rule's units, else unit 0."""
+    units: set[int] = set()
+    for n in nodes:
+        if n.op in COLLECTIVES:
+            rule = plan.rule_for(n.op, n.name)
+            units |= {plan.unit_index(u) for u in rule.units} if rule is not None else {0}
+    return tuple(sorted(units))
 
 
 def _pinned_inputs(batch: Batch, width: int) -> Batch:
@@ -526,4 +578,14 @@ def _device_of(executor: Executor) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["ROW_WISE", "SEQUENCE_WISE", "NanoExecutor", "NanoTask", "Source", "derive_tasks"]
+__all__ = [
+    "COLLECTIVES",
+    "ROW_WISE",
+    "SEQUENCE_WISE",
+    "NanoExecutor",
+    "NanoStepTimeout",
+    "NanoTask",
+    "Source",
+    "collective_units",
+    "derive_tasks",
+]

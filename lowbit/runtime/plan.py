@@ -42,6 +42,7 @@ OP_CLASSES: Mapping[str, tuple[str, ...]] = {
     "norm": ("rms_norm", "add_rms_norm", "rms_norm_quant", "add_rms_norm_quant"),
     "gemm": ("linear",),
     "elementwise": ("add", "silu_mul", "rope", "embedding"),
+    "network": ("all_reduce", "all_gather"),  # tensor-parallel collectives (lowbit.parallel)
 }
 
 UnitKind = Literal["compute", "memory", "network"]
@@ -247,23 +248,30 @@ def unsplit_plan() -> PipelinePlan:
     return PipelinePlan((Unit("compute", "compute"),))
 
 
-def default_plan(arch: Any = None, device: str = "cpu", *, num_nano: int = 2) -> PipelinePlan:
+def default_plan(arch: Any = None, device: str = "cpu", *, num_nano: int = 2, tensor_parallel: int = 1) -> PipelinePlan:
     """A NanoFlow-like default: `num_nano` equal nano-batches for every op; GEMMs, norms and element-wise ops on
     a compute unit, attention (memory-bound decode over the paged cache, plus the KV append) on a memory unit,
-    so one nano-batch's attention overlaps the next one's GEMMs. Rows in multiples of 128 on a GPU (NanoFlow's
-    quantum), 8 on the CPU; steps under two tiles run unsplit. Threads are not pinned: on the CPU the kernels'
-    own thread pools spread over the cores (a pinned unit would confine its GEMMs to its cores). `arch` is the
-    hook for a model-dependent plan (issue 7's cost model); this default does not depend on it."""
+    so one nano-batch's attention overlaps the next one's GEMMs; with `tensor_parallel` > 1 the collectives
+    (all_reduce) on a network unit, so one nano-batch's all_reduce overlaps the next one's GEMMs (one network
+    unit: every rank issues its collectives in the same order, see nano.py). Rows in multiples of 128 on a GPU
+    (NanoFlow's quantum), 8 on the CPU; steps under two tiles run unsplit. Threads are not pinned: on the CPU the
+    kernels' own thread pools spread over the cores (a pinned unit would confine its GEMMs to its cores).
+    `arch` is the hook for a model-dependent plan (issue 7's cost model); this default does not depend on it."""
     if device not in ("cpu", "cuda"):
         raise PlanError(f"device {device!r}: use 'cpu' or 'cuda'")
+    if not isinstance(tensor_parallel, int) or isinstance(tensor_parallel, bool) or tensor_parallel < 1:
+        raise PlanError(f"tensor_parallel {tensor_parallel!r}: give the number of ranks (1, 2, 4 or 8)")
     tile = 128 if device == "cuda" else 8
     even = tuple(1.0 / num_nano for _ in range(num_nano - 1))
     fractions = (*even, 1.0 - sum(even))
-    units = (Unit("compute", "compute", stream=0), Unit("memory", "memory", stream=1))
-    rules = (
+    units: tuple[Unit, ...] = (Unit("compute", "compute", stream=0), Unit("memory", "memory", stream=1))
+    rules: tuple[OpRule, ...] = (
         OpRule(ops=("attention",), fractions=fractions, units=("memory",)),
         OpRule(pattern=".*", fractions=fractions, units=("compute",)),
     )
+    if tensor_parallel > 1:
+        units = (*units, Unit("network", "network", stream=2))
+        rules = (OpRule(ops=("network",), fractions=fractions, units=("network",)), *rules)
     return PipelinePlan(units, rules, tile=tile, min_tokens=2 * tile)
 
 

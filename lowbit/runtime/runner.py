@@ -67,8 +67,6 @@ class ModelRunner:
             graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
         )
         if tp_group is not None:  # a tensor-parallel rank (lowbit.parallel): its all_reduce nodes sum over it
-            if schedule != "unsplit":
-                raise ValueError(f"schedule {schedule!r} with tensor parallelism: only 'unsplit' runs it")
             self.executor.tp_group = tp_group  # type: ignore[attr-defined]
         self.schedule = schedule
         self.plan = plan  # kept with schedule="unsplit" too, so the two schedules can be compared on one plan
