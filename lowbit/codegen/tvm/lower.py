@@ -862,14 +862,16 @@ class _Emitter:
         BN = b.shape[1]
         fa, fb = self.get(a), self.get(b)
         nq, nv = KT // 4, BN // 8
-        acc16, bq = self.fresh("acc16"), self.fresh("bq")
-        self.line(f'{acc16} = T.decl_buffer(({BM * 2 * BN},), "int16", {self.scope})')
-        self.line(f'{bq} = T.decl_buffer(({BN},), "int32", {self.scope})')
-        c, tq, ii, jv, j = (self.fresh(n) for n in ("c", "tq", "ii", "jv", "j"))
+        c = self.fresh("c")
 
         def chunk_body(c0: str, n: int) -> None:
-            zl, (zi,) = self._plan((BM * 2 * BN,), True)
-            self._loops(zl, [f"{acc16}[{zi}] = T.int16(0)"])
+            # buffers declared per chunk, zeroed a whole vector at a time: LLVM keeps them in registers
+            acc16, bq = self.fresh("acc16"), self.fresh("bq")
+            tq, ii, jv, j = (self.fresh(v) for v in ("tq", "ii", "jv", "j"))
+            self.line(f'{acc16} = T.decl_buffer(({BM * 2 * BN},), "int16", {self.scope})')
+            self.line(f'{bq} = T.decl_buffer(({BN},), "int32", {self.scope})')
+            self.line(f"for {ii} in T.unroll({BM * 2 * BN // 16}):")
+            self.line(f"    {acc16}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)")
             self.line(f"for {tq} in T.unroll({n}):")
             self.depth += 1
             t = f"{c0} + {tq}"
