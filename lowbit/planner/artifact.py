@@ -190,7 +190,16 @@ def observed_mix(steps: Iterable[Sequence[tuple[int, int]]]) -> Workload | None:
 
 def _searched(planner: Planner, wl: Workload) -> SearchedPlan:
     nano = planner.plan(wl)
-    return SearchedPlan(nano.to_pipeline_plan(planner.ops), nano, planner)
+    return SearchedPlan(_runtime_form(nano.to_pipeline_plan(planner.ops)), nano, planner)
+
+
+def _runtime_form(pp: PipelinePlan) -> PipelinePlan:
+    """`pp`, or the runtime's `unsplit_plan()` when it splits nothing (one unit, every rule one whole range):
+    the engine runs a plan with rules on the nano executor, and an all-[1.0] plan there only adds hand-offs."""
+    from lowbit.runtime.plan import unsplit_plan as runtime_unsplit
+
+    whole = all(list(r.fractions) == [1.0] for r in pp.rules)
+    return runtime_unsplit() if len(pp.units) == 1 and whole else pp
 
 
 __all__ = [
