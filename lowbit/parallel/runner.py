@@ -175,6 +175,8 @@ class TPRunner(ModelRunner):
                 local_arch(model.arch, tp), model.graph, model.params, tp_group=group,
                 kv_layer_scales=model.kv_scales, **runner_kwargs(kw),
             )  # fmt: skip
+            if self.nano is not None:
+                self.nano.set_kernel_threads(self.threads)  # each unit's kernels: this rank's share of the cores
             self.group = group
             self.workers.await_all("ready", timeout_s())
         except BaseException:

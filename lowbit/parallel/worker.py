@@ -37,6 +37,8 @@ def worker_main(
             local_arch(model.arch, world_size), model.graph, model.params, tp_group=group,
             kv_layer_scales=model.kv_scales, **runner_kwargs(runner_kw),
         )  # fmt: skip
+        if runner.nano is not None:
+            runner.nano.set_kernel_threads(threads)
         conn.send(("ready", rank))
         while True:
             msg = conn.recv()

@@ -271,6 +271,7 @@ class _Worker:
 
     def __init__(self, name: str, cores: tuple[int, ...], stream: Any) -> None:
         self.cores, self.stream = cores, stream
+        self.threads: int | None = None  # kernel threads of an unpinned unit (None: the kernels' default)
         self.queue: queue.SimpleQueue[tuple[_Step, NanoTask] | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.start_error: BaseException | None = None
@@ -287,13 +288,14 @@ class _Worker:
         self.ready.set()
         if self.start_error is not None:
             return
-        confined = not self.cores
+        confined = False
         while True:
             item = self.queue.get()
             if item is None:
                 return
-            if not confined:
-                confined = _confine_kernel_threads(self.cores)
+            if not confined and (self.cores or self.threads):
+                cores = self.cores or tuple(sorted(os.sched_getaffinity(0)))
+                confined = _confine_kernel_threads(cores, self.threads or len(cores))
             step, task = item
             step.run(task, self.stream)
 
@@ -375,6 +377,14 @@ class NanoExecutor:
     @property
     def threads(self) -> list[threading.Thread]:
         return [w.thread for w in self.workers]
+
+    def set_kernel_threads(self, threads: int) -> None:
+        """Unpinned units run their kernels on `threads` threads each (a tensor-parallel rank's share of the
+        cores); call before the first step (a unit configures its kernel pool at its first nano-op)."""
+        if threads < 1:
+            raise ValueError(f"threads {threads}: give at least 1")
+        for w in self.workers:
+            w.threads = threads
 
     def tasks_for(self, batch: Batch) -> tuple[NanoTask, ...]:
         bounds = [0]
@@ -559,15 +569,15 @@ def _stop(workers: list[_Worker]) -> None:
             w.thread.join(timeout=5)
 
 
-def _confine_kernel_threads(cores: tuple[int, ...]) -> bool:
+def _confine_kernel_threads(cores: tuple[int, ...], threads: int) -> bool:
     """Give the calling thread's TVM thread pool (TVM keeps one per calling thread, its workers bound to cores
-    of TVM's choosing) `len(cores)` threads sharing `cores`; True once done. TVM is configured only after
+    of TVM's choosing) `threads` threads sharing `cores`; True once done. TVM is configured only after
     something else loaded it (a kernel call), so a process that never runs TVM kernels never imports it."""
     tvm = sys.modules.get("tvm")
     if tvm is None:
         return False
     share_all = -3  # tvm::runtime::threading::ThreadGroup::kSpecifyThreadShareAllCore
-    tvm.get_global_func("runtime.config_threadpool")(share_all, len(cores), [str(c) for c in cores])
+    tvm.get_global_func("runtime.config_threadpool")(share_all, threads, [str(c) for c in cores])
     return True
 
 
