@@ -760,6 +760,8 @@ class _Emitter:
         if not dt.is_integer or dt.bits > 32:
             return -1
         full = (1 << dt.bits) - 1
+        if id(t) in self.assigned:
+            return full  # T.assign overwrites it later: its definition says nothing about its values
         inst = self.defs.get(id(t))
         if isinstance(inst, I.Full):
             v = sympy.sympify(inst.value)
