@@ -16,32 +16,33 @@ pytestmark = pytest.mark.skipif("avx2" not in isa_flags(), reason="the int8 dot 
 
 
 @T.kernel
-def packed_rows_dot(
-    a: T.Tensor("int8", ("BM", "BK")),
-    b: T.Tensor("uint8", ("BK", "BN")),
+def packed_columns_dot(
+    a: T.Tensor("uint8", ("BM", "BK")),
+    b: T.Tensor("int8", ("BK", "BN")),
     y: T.Tensor("int32", ("BM", "BN")),
     BM: T.constexpr = 8,
-    BN: T.constexpr = 16,
+    BN: T.constexpr = 8,
     BK: T.constexpr = 32,
 ):
     (pid,) = T.grid(1)
     shifts = T.reshape(T.arange(0, 4) * 8, (1, 1, 4))
-    words = T.zeros((BM, BK // 4), T.int32, name="words")  # a's codes packed 4 per word, assigned below
-    quads = T.reshape(T.cast(T.load(a, (pid, 0), (BM, BK)), T.int32), (BM, BK // 4, 4))
+    # b's signed codes packed 4 per word along K (word [t, j] holds b[4t + r, j] at byte r), assigned below
+    words = T.zeros((BK // 4, BN), T.int32, name="words")
+    quads = T.transpose(T.reshape(T.cast(T.load(b, (pid, 0), (BK, BN)), T.int32), (BK // 4, 4, BN)), (0, 2, 1))
     T.assign(words, T.sum((quads & 255) << shifts, axis=2))
-    w = T.load(b, (0, 0), (BK, BN)) & 15
-    acc = T.dot(T.view(words, T.int8), T.cast(w, T.int8), acc_dtype=T.int32)
-    T.store(y, (0, 0), acc)
+    cols = T.reshape(T.transpose(T.reshape(T.view(words, T.int8), (BK // 4, BN, 4)), (0, 2, 1)), (BK, BN))
+    codes = T.cast(T.load(a, (0, 0), (BM, BK)) & 15, T.int8)  # proven 0..15: the unsigned operand
+    T.store(y, (0, 0), T.dot(codes, cols, acc_dtype=T.int32))
 
 
 def test_assigned_signed_operand_is_not_taken_as_unsigned():
     rng = np.random.default_rng(0)
-    a = rng.integers(-128, 128, (8, 32)).astype(np.int8)
-    a[0, :] = -128  # the extremes: a sign error shows as a wrong integer
-    b = rng.integers(0, 256, (32, 16)).astype(np.uint8)
-    y = np.zeros((8, 16), np.int32)
-    kernel = compile_program(packed_rows_dot.trace(), "tvm")
+    a = rng.integers(0, 256, (8, 32)).astype(np.uint8)
+    b = rng.integers(-128, 128, (32, 8)).astype(np.int8)
+    b[:, 0] = -128  # the extremes: a sign error shows as a wrong integer
+    y = np.zeros((8, 8), np.int32)
+    kernel = compile_program(packed_columns_dot.trace(), "tvm")
     kernel({"a": a, "b": b, "y": y})
-    want = a.astype(np.int64) @ (b & 15).astype(np.int64)
+    want = (a & 15).astype(np.int64) @ b.astype(np.int64)
     np.testing.assert_array_equal(y, want)
     assert "llvm.x86.avx2.pmadd.ub.sw" in kernel.source  # still the vpmaddubsw path, with the right operand order
