@@ -49,6 +49,8 @@ PATTERNS = {
     "gate_up": _L + r"mlp\.(gate_up|gate|up)_proj",
     "act": _L + r"mlp\.act",
     "down": _L + r"mlp\.down_proj",
+    "attn_allreduce": _L + r"self_attn\.o_proj\.all_reduce",  # lowbit/graph/passes/shard_tensor_parallel.py
+    "mlp_allreduce": _L + r"mlp\.down_proj\.all_reduce",
 }  # the runtime graph's node names (lowbit/graph/build.py, fused or not) of each op
 
 
@@ -57,7 +59,7 @@ class OpSpec:
     name: str
     kind: OpKind
     inputs: tuple[str, ...] = ()  # producers: ops of this layer, or PREV + name for the previous layer's
-    pattern: str | None = None  # runtime node names (full match); None: no graph node (collectives)
+    pattern: str | None = None  # runtime node names (full match); None: no graph node
     n: int = 0  # GEMM output features on this device
     k: int = 0  # GEMM input features on this device
     weight_bytes: int = 0  # read once per piece, at the stored width
@@ -152,7 +154,7 @@ def model_ops(
 
     def allreduce(name: str, inputs: tuple[str, ...]) -> OpSpec:
         net = 2.0 * (tp - 1) / tp * d * ab  # ring all-reduce: reduce-scatter + all-gather
-        return OpSpec(name, "collective", inputs, None, bytes_per_row=2.0 * d * ab, net_bytes_per_row=net,
+        return OpSpec(name, "collective", inputs, PATTERNS[name], bytes_per_row=2.0 * d * ab, net_bytes_per_row=net,
                       flops_per_row=float(d), dtype=p.act_dtype)  # fmt: skip
 
     norm_bytes = (2.0 if residual_epilogue else 4.0) * d * ab

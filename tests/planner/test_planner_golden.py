@@ -64,15 +64,16 @@ def test_splitting_without_overlap_is_slower_than_unsplit(setup):
 
 def test_nanoflow_like_split_overlaps_but_stays_below_their_pipeline(setup):
     """NanoFlow's 4-way / 2-way split with overlap reached 65-70% of optimal (68.5% measured for Llama-2-70B).
-    Under lowbit's executor order (per unit FIFO, stage / first row / graph order: tasks.py) the same split with
-    fixed shares (GEMMs 0.75, attention 0.15, collectives 0.10) hides less: every nano-batch's all-reduce sits
-    between its O projection and its norm in the compute queue. Band: faster than sequential, 50-70% of
-    optimal (the model gives ~55%); the gap to NanoFlow's 68.5% is the order their MILP picks."""
+    Under lowbit's executor order (per unit FIFO, stage / first row / graph order: tasks.py, mirroring
+    runtime/nano.py; the tensor-parallel graph's all_reduce nodes are stages of their own) the same split with
+    fixed shares (GEMMs 0.75, attention 0.15, collectives 0.10) hides a little less than their pipeline. Band:
+    faster than sequential, 55-70% of optimal (the model gives ~62%); the gap to NanoFlow's 68.5% is the order
+    their MILP picks (the planned-order search, test_planner_order.py, closes it)."""
     mo, cost, opt = setup
     seq = simulate_step(mo, unsplit_plan(mo, WL), WL, cost).tokens_per_s
     nano = simulate_step(mo, split_plan(mo, WL), WL, cost).tokens_per_s
     assert nano > seq
-    assert 0.50 <= nano / opt <= 0.70
+    assert 0.55 <= nano / opt <= 0.70
 
 
 def test_w4a16_keeps_the_ceiling_and_w4a8_doubles_it():

@@ -52,14 +52,16 @@ def test_the_runtime_rule_written_as_orders_is_the_same_schedule(llama70):
 
 
 def test_a_list_scheduled_order_replays_in_fifo_queues(llama70):
-    """The NanoFlow-like split: FIFO in the runtime's order is 12% slower than list scheduling; FIFO in the
-    order read off the list schedule is within 0.5% of it (its periodic part replayed by static queues)."""
+    """The NanoFlow-like split: FIFO in the runtime's order is slower than list scheduling (2% since the
+    all_reduce nodes of a tensor-parallel graph count as stages, as in the runtime; 12% when they did not);
+    FIFO in the order read off the list schedule is within 0.5% of it (its periodic part replayed by static
+    queues)."""
     mo, cost = llama70
     plan = split_plan(mo, WL70)
     fifo = simulate_step(mo, plan, WL70, cost).seconds
     ready = simulate_step(mo, plan, WL70, cost, dispatch="ready").seconds
     ordered = simulate_step(mo, orders_from_schedule(mo, plan, WL70, cost), WL70, cost).seconds
-    assert ready < 0.95 * fifo
+    assert ready < 0.99 * fifo
     assert ordered == pytest.approx(ready, rel=5e-3)
 
 
