@@ -24,6 +24,10 @@ two [G/2, BN] int8 tiles whose values are 0..15, dotted with the even / odd acti
 shape of x86's u8·i8 multiply-add (vpmaddubsw): the TVM backend lowers such a dot to it when the value
 ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`), four products per byte lane.
 
+`biased=True` (int4 only): the words already hold the offset-binary nibbles u = q + 8 (`lowbit.ops.weight.
+offset_binary` stores an int4 weight so, as the exactly equal uint4 weight with zero point 8), so the xor is
+skipped: one vector instruction fewer per 8 weight words, which the instruction-bound M = 1 GEMV feels.
+
 Numerics against the float activations: y differs from the W4A16 GEMV (`quantized_gemv`) only by the
 rounding of x to xq·xs (a relative error of order 1/(127·√3) of a group's largest |x| per element);
 against its own inputs (xq, xs, xsum, the weight) it is exact integer math and one fp32 multiply-add per
@@ -86,13 +90,14 @@ def quantized_gemv_a8(
     sdtype: T.constexpr = "float16",
     BM: T.constexpr = 1,
     BN: T.constexpr = 32,
+    biased: T.constexpr = False,
 ):
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     H = G // 2
     acc = T.zeros((BM, BN), T.float32, name="acc")
     for k0 in T.range(0, K, G, name="k0"):
         words = T.reshape(T.load(w, (pn, k0 // 8, 0), (1, G // 8, BN)), (G // 8, BN))  # [G/8, BN] int32
-        if wdtype == "int4":
+        if wdtype == "int4" and not biased:
             words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
         lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
         hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1

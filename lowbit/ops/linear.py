@@ -42,7 +42,7 @@ from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
-from lowbit.ops.weight import QuantizedWeight, retile_columns
+from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, retile_columns
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
@@ -233,10 +233,13 @@ def quantized_linear_int8(
 
 
 def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
-    """`qw` in the a8 GEMV's column-tiled layout: itself when already tiled, else a copy kept on `qw`."""
+    """`qw` as the a8 GEMV reads it: in the column-tiled layout, an int4 weight as the equal offset-binary uint4
+    weight (`offset_binary`: no xor per word in the kernel); itself when already so, else a copy kept on `qw`."""
     tiled = qw.__dict__.get("_a8_tiled")
     if tiled is None:
-        tiled = qw.__dict__["_a8_tiled"] = retile_columns(qw, A8_BN)
+        tiled = offset_binary(retile_columns(qw, A8_BN))
+        if tiled is not qw:
+            qw.__dict__["_a8_tiled"] = tiled
     return tiled
 
 
@@ -255,6 +258,8 @@ class A8Plan:
         self.n, self.k = qw.shape
         self.m, self.backend = m, backend
         g = _a8_group(qw.group_size, self.k)
+        qw = a8_weight(qw)  # column-tiled; an int4 weight as offset binary
+        biased = is_offset_binary(qw)  # int4 stored as u = q + 8: the kernel skips its xor and the zero points
         self.bm = GEMV_MAX_M if m is None else 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
         self.mp = 0 if m is None else -(-m // self.bm) * self.bm
         self.groups = self.k // g
@@ -263,14 +268,15 @@ class A8Plan:
         self.quant = compile_program(
             quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, serial_options(backend)
         )
+        wdtype, zero_mode = ("int4", "none") if biased else (qw.dtype.name, qw.zero_mode)
         gemv = quantized_gemv_a8.trace(
-            wdtype=qw.dtype.name, zero_mode=qw.zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN
-        )
+            wdtype=wdtype, zero_mode=zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN,
+            biased=biased,
+        )  # fmt: skip
         self.gemv = compile_program(gemv, backend, opts)
-        tiled = a8_weight(qw)
-        words = tiled.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
+        words = qw.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
         self.fixed: dict[str, Any] = {"w": words, "scales": qw.scales}
-        if qw.zeros is not None:
+        if qw.zeros is not None and not biased:
             self.fixed["zeros"] = qw.zeros
         self.sizes = {"N": self.n, "K": self.k} if m is None else {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
         self.direct = backend == "tvm"

@@ -237,6 +237,33 @@ def retile_columns(qw: QuantizedWeight, bn: int = 32) -> QuantizedWeight:
     )  # fmt: skip
 
 
+def offset_binary(qw: QuantizedWeight) -> QuantizedWeight:
+    """An int4 w_a16 weight without zero point (ŵ = q·s) as the equal uint4 weight u = q + 8 with zero point 8
+    (ŵ = (u − 8)·s, exactly the same values): every word xor 0x88888888, in any layout of whole 8-nibble
+    words. What the a8 decode GEMV reads without its per-word xor (`lowbit.kernels.gemv_a8`, biased=True).
+    Other weights are returned as they are."""
+    if qw.dtype.name != "int4" or qw.zero_mode != "none" or qw.scheme != "w_a16":
+        return qw
+    if qw.layout.word_bits != 32 or qw.layout.per_word != 8:
+        return qw
+    words = qw.words ^ np.array(0x88888888, dtype=np.uint32).astype(qw.words.dtype)
+    zeros = np.full(qw.scales.shape, 8, dtype=qw.scales.dtype)
+    return QuantizedWeight(
+        as_dtype("uint4"), qw.group_size, "post", qw.shape, qw.layout, words, qw.scales, zeros, qw.scheme,
+        qw.channel_scales,
+    )  # fmt: skip
+
+
+def is_offset_binary(qw: QuantizedWeight) -> bool:
+    """Whether `qw` is a uint4 weight whose zero points are all 8 (what `offset_binary` makes)."""
+    if qw.dtype.name != "uint4" or qw.zero_mode != "post" or qw.zeros is None:
+        return False
+    flag = qw.__dict__.get("_offset_binary")
+    if flag is None:
+        flag = qw.__dict__["_offset_binary"] = bool(np.all(qw.zeros == 8))
+    return bool(flag)
+
+
 def pack_quantized(
     values: Any,
     scales: Any,

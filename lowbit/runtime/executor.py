@@ -38,7 +38,7 @@ from lowbit.ops.linear import (
     quantized_linear_int8,
     select_backend,
 )
-from lowbit.ops.weight import QuantizedWeight, retile_columns
+from lowbit.ops.weight import QuantizedWeight, offset_binary, retile_columns
 from lowbit.quant import quantize_per_token_int8
 from lowbit.runtime.batch import Batch
 from lowbit.runtime.kv_cache import PagedKVCache
@@ -296,8 +296,9 @@ def step_info(batch: Batch) -> dict[str, Any]:
 
 def _load_layouts(nodes: list[Any], params: Mapping[str, Any]) -> Mapping[str, Any]:
     """`params`, with the weights of linears that run `quantized_gemv_a8` re-tiled to its column-tiled layout
-    (the artifact stores the row layout; every other kernel reads any packed layout). A new mapping when
-    something changed; the caller's is never modified."""
+    (the artifact stores the row layout; every other kernel reads any packed layout), int4 ones as the equal
+    offset-binary uint4 weight (`lowbit.ops.weight.offset_binary`: the kernel skips a xor per word). A new
+    mapping when something changed; the caller's is never modified."""
     out: dict[str, Any] | None = None
     for n in nodes:
         if n.op != "linear" or not any(k == A8_KERNEL for _, k in _bucket_kernels(n)):
@@ -305,7 +306,7 @@ def _load_layouts(nodes: list[Any], params: Mapping[str, Any]) -> Mapping[str, A
         name = n.attrs_dict["weight"]
         w = params.get(name)
         if isinstance(w, QuantizedWeight):
-            tiled = retile_columns(w, A8_BN)
+            tiled = offset_binary(retile_columns(w, A8_BN))
             if tiled is not w:
                 out = dict(params) if out is None else out
                 out[name] = tiled
