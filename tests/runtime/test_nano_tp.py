@@ -182,3 +182,18 @@ def test_step_timeout_defaults(monkeypatch):
         without.close()
     with pytest.raises(ValueError, match="step_timeout 0"):
         NanoExecutor(fake_executor(None), plan_with(1), step_timeout=0)
+
+
+def test_the_engine_runs_nano_on_a_tp_artifact_with_the_network_plan():
+    from lowbit.runtime.engine import LLMEngine
+
+    def resolve(tp: int, schedule: str, plan=None):
+        model = SimpleNamespace(tensor_parallel=tp, cfg=SimpleNamespace(target=SimpleNamespace(device="cpu")))
+        stub = SimpleNamespace(model=model, arch=None, _artifact_plan=lambda: None)
+        return LLMEngine._resolve_schedule(stub, schedule, plan)  # type: ignore[arg-type]
+
+    assert resolve(2, "nano") == ("nano", default_plan(tensor_parallel=2))  # no longer refused
+    assert resolve(1, "nano") == ("nano", default_plan())
+    assert resolve(2, "artifact") == ("unsplit", None)  # the artifact ships no split
+    mine = plan_with(2)
+    assert resolve(2, "nano", mine) == ("nano", mine)
