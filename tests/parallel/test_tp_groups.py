@@ -60,6 +60,20 @@ def test_subgroups_sum_independently_of_the_issue_interleaving():
         assert torch.equal(vals[1], torch.full((3,), 11.0 + 12.0))
 
 
+def test_one_group_pairs_collectives_by_issue_order():
+    # the negative control: on one group, rank 0 issuing a then b and rank 1 b then a pairs a with b (crossed
+    # sums), which is why two units that issue collectives independently each need their own group
+    def fn(g: TPGroup):
+        a, b = torch.full((3,), 1.0 + g.rank), torch.full((3,), 11.0 + g.rank)
+        for t in (a, b) if g.rank == 0 else (b, a):
+            g.all_reduce_(t)
+        return a, b
+
+    (a0, b0), (a1, b1) = on_two_ranks(fn)
+    assert torch.equal(a0, torch.full((3,), 1.0 + 12.0)) and torch.equal(b1, torch.full((3,), 1.0 + 12.0))
+    assert torch.equal(b0, torch.full((3,), 11.0 + 2.0)) and torch.equal(a1, torch.full((3,), 11.0 + 2.0))
+
+
 def test_a_subgroup_tag_is_checked():
     import pytest
 
