@@ -20,6 +20,13 @@ binds its own workers to cores of its choosing); the kernels release the GIL. On
 stream and orders after its producers with `torch.cuda.Event`s. A failing task marks the step failed; the
 tasks after it are skipped (their events still set) and `forward` raises the first error.
 
+Tensor parallelism (lowbit.parallel): every rank runs the same plan over the same batch, so its tasks and
+their global order are the same on every rank. A unit runs its queue in that order, so the collectives one
+unit issues come in the same order everywhere; when several units issue collectives (`collective_units`),
+each gets its own subgroup of the model's process group (gloo pairs collectives by issue order within a
+group). `step_timeout` (under TP by default the collectives' timeout + 30 s) turns a hung step into
+`NanoStepTimeout` naming the unfinished nano-ops.
+
 A task's inputs are the producers' output pieces, sliced to the intersecting rows (a view when one piece
 covers them, a concatenation otherwise); on the CPU a piece is dropped once its last reader finished.
 """
