@@ -1,10 +1,11 @@
 """Tensor parallel, side by side in one process: `python -m lowbit.parallel.bench TP1_ARTIFACT TP2_ARTIFACT`.
 
-The same greedy workload (random prompts, fixed lengths, every sequence in one batch) through `lowbit.LLM` on
-the tp = 1 artifact (unsplit), and on the tp = 2 artifact unsplit and on the nano schedule (default_plan with
-tensor_parallel 2: the all_reduce nano-ops on a network unit); generated tokens/s, per step the wall time and
-rank 0's time inside all_reduce (summed over its collectives: on the nano schedule they run on the network
-unit's thread, so that time may overlap compute), and whether every configuration produced the same tokens.
+The same greedy workload (random prompts, fixed lengths, every sequence in one batch) through `lowbit.LLM`:
+the tp = 1 artifact unsplit and nano, the tp = 2 artifact unsplit, nano (default_plan with tensor_parallel 2:
+the all_reduce nano-ops on a network unit) and "nano/c" (the tp = 1 default plan: the all_reduce nano-ops on
+the compute unit). Per configuration: generated tokens/s, per step the wall time and rank 0's time inside
+all_reduce (summed over its collectives: on a network unit that time may overlap compute), and whether every
+configuration produced the same tokens; then gloo's all_reduce latency with no compute around it.
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ class _Clock:
 
 
 def measure(
-    artifact: str, schedule: str, prompts: list[list[int]], output_len: int, repeats: int
+    artifact: str, schedule: str, prompts: list[list[int]], output_len: int, repeats: int, plan: Any = None
 ) -> tuple[dict[str, Any], list[list[int]]]:
     from lowbit.llm import LLM
     from lowbit.runtime.sampler import SamplingParams
 
     params = SamplingParams(max_tokens=output_len, ignore_eos=True)
     t0 = time.perf_counter()
-    llm = LLM(artifact, schedule=schedule, max_num_seqs=len(prompts))
+    llm = LLM(artifact, schedule=schedule, max_num_seqs=len(prompts), plan=plan)
     start_s = time.perf_counter() - t0
     try:
         runner = llm.engine.runner
@@ -139,13 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(3, 500, (args.input_len,), generator=g).tolist() for _ in range(args.num_prompts)]
     rows, outs = [], []
-    for name, path, schedule in (
-        ("tp1 unsplit", args.tp1_artifact, "unsplit"),
-        ("tp1 nano", args.tp1_artifact, "nano"),
-        ("tp2 unsplit", args.tp2_artifact, "unsplit"),
-        ("tp2 nano", args.tp2_artifact, "nano"),
+    from lowbit.runtime.plan import default_plan
+
+    for name, path, schedule, plan in (
+        ("tp1 unsplit", args.tp1_artifact, "unsplit", None),
+        ("tp1 nano", args.tp1_artifact, "nano", None),
+        ("tp2 unsplit", args.tp2_artifact, "unsplit", None),
+        ("tp2 nano", args.tp2_artifact, "nano", None),  # default_plan(tensor_parallel=2): a network unit
+        ("tp2 nano/c", args.tp2_artifact, "nano", default_plan()),  # all_reduce on the compute unit instead
     ):
-        row, tokens = measure(path, schedule, prompts, args.output_len, args.repeats)
+        row, tokens = measure(path, schedule, prompts, args.output_len, args.repeats, plan)
         rows.append({"config": name} | row)
         outs.append(tokens)
         print(
