@@ -720,7 +720,9 @@ class _Emitter:
         """Prefetch the cache lines this load will read a few iterations of the innermost loop ahead: the
         tile's rows at the loop variable advanced by ceil(prefetch / tile bytes) steps (clamped into the
         tensor). Only for loads of >= 512 bytes from row-major, not packed, read-only tensors whose offsets
-        move with the loop (a streaming GEMV's weight tiles); a CPU hint (x86 `prefetcht0`), never a fault."""
+        move with the loop (a streaming GEMV's weight tiles); a CPU hint (x86 `prefetcht0`), never a fault.
+        Offsets through scalars read in the loop (a page from a block table) use those scalars re-read at
+        the advanced loop variable (`_scalars_ahead`), so paged KV tiles are prefetched too."""
         t, dist = inst.tensor, self.opt["prefetch"]
         if not dist or not self.loops or self.scope or t.layout is not None or t.name in self.stored:
             return
@@ -729,8 +731,8 @@ class _Emitter:
         loop = self.loops[-1]
         offsets = [sympy.sympify(o) for o in inst.offsets]
         free = set().union(*(o.free_symbols for o in offsets))
-        if loop.var not in free or free & self.scalar_vars or not sympy.sympify(loop.step).is_Integer:
-            return  # loop-invariant, or data-dependent (a page from a block table): no address to predict
+        if (loop.var not in free and not free & self.scalar_vars) or not sympy.sympify(loop.step).is_Integer:
+            return  # loop-invariant: no address to predict
         ebytes = max(t.dtype.bits // 8, 1)
         row_elems = int(inst.shape[-1])
         rows = list(itertools.product(*(range(int(n)) for n in inst.shape[:-1])))
@@ -739,6 +741,12 @@ class _Emitter:
             return
         ahead = -(-dist // tile_bytes) * int(loop.step)
         moved = [o.subs(loop.var, loop.var + ahead) for o in offsets]
+        dependent = free & self.scalar_vars
+        if dependent:  # data-dependent (a page from a block table): re-read the scalars that many steps ahead
+            subst = self._scalars_ahead(loop, dependent, ahead)
+            if subst is None:
+                return
+            moved = [o.subs(subst) for o in moved]
         size = scalar(sympy.Mul(*t.shape))
         g = self.gbuf[t.name]
         per_line = max(64 // ebytes, 1)
@@ -749,6 +757,29 @@ class _Emitter:
                 self.line(
                     f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
                 )
+
+    def _scalars_ahead(self, loop: For, names: set[Any], ahead: int) -> dict[Any, sympy.Symbol] | None:
+        """For the scalars `names` (ScalarLoads directly in `loop`'s body, read before this point, whose
+        indices use only the loop variable and block-uniform symbols): emit each one's read at the loop
+        variable advanced by `ahead` (clamped into its tensor, as the ScalarLoad itself) and return the
+        substitution to those new names; None when some scalar is not of that form."""
+        defs = {s.var: s for s in loop.body if isinstance(s, ScalarLoad)}
+        out: dict[Any, sympy.Symbol] = {}
+        for var in sorted(names, key=str):
+            s = defs.get(var)
+            if s is None:
+                return None
+            idx = [sympy.sympify(i) for i in s.indices]
+            if any(i.free_symbols & self.scalar_vars for i in idx):
+                return None
+            name = self.fresh(f"{var}_ahead")
+            t = s.tensor
+            coords = [scalar(i.subs(loop.var, loop.var + ahead)) for i in idx]
+            clamped = [f"T.max(T.min({c}, {scalar(n)} - 1), 0)" for c, n in zip(coords, t.shape)]
+            value = self.tensor_read(t, clamped, _Ctx(checked=False), None, 0)
+            self.line(f'{name} = T.Cast("int32", {value})')
+            out[var] = sympy.Symbol(name, integer=True)
+        return out
 
     # ---- 8-bit integer dots on x86 (vpmaddubsw + vpmaddwd) ----
     def maybe_bits(self, t: Tile) -> int:

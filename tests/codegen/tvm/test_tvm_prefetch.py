@@ -1,7 +1,7 @@
 """Software prefetch in the TVM lowering: streaming tile loads inside a loop get `llvm.prefetch` hints for the
 tiles a few iterations ahead; results do not change (a hint never faults, addresses are clamped into the
-tensor), and loads whose addresses are data-dependent (a page read from a block table) or loop-invariant get
-none."""
+tensor); loads whose addresses go through a scalar read in the loop (a page from a block table) are
+prefetched at that scalar re-read ahead (clamped), and loop-invariant loads get none."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def paged_sums(
     T.grid(1)
     acc = T.zeros((1, 64), T.float32)
     for i in T.range(0, P, 1):
-        page = T.load_scalar(pages, (i,))
+        page = T.load_scalar(pages, (i,), name="page")
         acc += T.sum(T.reshape(T.load(w, (page, 0, 0), (1, 16, 64)), (16, 64)), axis=0, keepdims=True)
     T.store(y, (0,), T.reshape(acc, (64,)))
 
@@ -48,11 +48,16 @@ def test_streaming_loads_are_prefetched_and_results_unchanged():
     np.testing.assert_allclose(outs[0], w.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)
 
 
-def test_data_dependent_addresses_get_no_hint():
-    kernel = compile_program(paged_sums.trace(), "tvm", {})
-    assert HINT not in kernel.source
+def test_data_dependent_addresses_are_prefetched_through_the_scalar_ahead():
     w = np.random.default_rng(1).standard_normal((5, 16, 64)).astype(np.float32)
-    pages = np.array([3, 0, 4], np.int32)
-    y = np.zeros(64, np.float32)
-    kernel({"pages": pages, "w": w, "y": y, "P": 3, "NP": 5, "R": 16})
-    np.testing.assert_allclose(y, w[pages].sum((0, 1)), rtol=1e-5, atol=1e-4)
+    pages = np.array([3, 0, 4], np.int32)  # the reads ahead run past the table: clamped, never a fault
+    outs = {}
+    for dist in (0, 4096):
+        kernel = compile_program(paged_sums.trace(), "tvm", {"prefetch": dist})
+        assert (HINT in kernel.source) == (dist > 0)
+        if dist:
+            assert "page_ahead" in kernel.source  # the block-table entry re-read at the advanced loop variable
+        outs[dist] = np.zeros(64, np.float32)
+        kernel({"pages": pages, "w": w, "y": outs[dist], "P": 3, "NP": 5, "R": 16})
+    assert np.array_equal(outs[0], outs[4096])
+    np.testing.assert_allclose(outs[0], w[pages].sum((0, 1)), rtol=1e-5, atol=1e-4)
