@@ -736,7 +736,11 @@ class _Emitter:
         ebytes = max(t.dtype.bits // 8, 1)
         row_elems = int(inst.shape[-1])
         rows = list(itertools.product(*(range(int(n)) for n in inst.shape[:-1])))
-        tile_bytes = len(rows) * row_elems * ebytes
+        # rows narrower than a line: one hint per row, from the column chunk at the line's start only
+        narrow = row_elems * ebytes < 64
+        if narrow and (not offsets[-1].is_Integer or (int(offsets[-1]) * ebytes) % 64):
+            return
+        tile_bytes = len(rows) * max(row_elems * ebytes, 64)  # the cache lines it touches
         if tile_bytes < 512 or len(rows) > 64:
             return
         ahead = -(-dist // tile_bytes) * int(loop.step)

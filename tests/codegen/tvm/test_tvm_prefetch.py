@@ -61,3 +61,28 @@ def test_data_dependent_addresses_are_prefetched_through_the_scalar_ahead():
         kernel({"pages": pages, "w": w, "y": outs[dist], "P": 3, "NP": 5, "R": 16})
     assert np.array_equal(outs[0], outs[4096])
     np.testing.assert_allclose(outs[0], w[pages].sum((0, 1)), rtol=1e-5, atol=1e-4)
+
+
+@T.kernel
+def chunked_paged_sums(
+    pages: T.Tensor("int32", ("P",)), w: T.Tensor("float32", ("NP", 16, 32)), y: T.Tensor("float32", (32,)),
+    P: T.int32, NP: T.int32,
+):  # fmt: skip
+    T.grid(1)
+    accs = [T.zeros((1, 4), T.float32) for _ in T.static_range(8)]
+    for i in T.range(0, P, 1):
+        page = T.load_scalar(pages, (i,), name="page")
+        for c in T.static_range(8):  # column chunks of 16 bytes: 4 per cache line
+            accs[c] += T.sum(T.reshape(T.load(w, (page, 0, 4 * c), (1, 16, 4)), (16, 4)), axis=0, keepdims=True)
+    for c in T.static_range(8):
+        T.store(y, (4 * c,), T.reshape(accs[c], (4,)))
+
+
+def test_narrow_column_chunks_are_prefetched_once_per_line():
+    kernel = compile_program(chunked_paged_sums.trace(), "tvm", {})
+    assert kernel.source.count(HINT) == 16 * 2  # 16 rows x the 2 lines of a 128-byte row, from chunks 0 and 4
+    w = np.random.default_rng(2).standard_normal((5, 16, 32)).astype(np.float32)
+    pages = np.array([4, 1, 1, 0], np.int32)
+    y = np.zeros(32, np.float32)
+    kernel({"pages": pages, "w": w, "y": y, "P": 4, "NP": 5})
+    np.testing.assert_allclose(y, w[pages].sum((0, 1)), rtol=1e-5, atol=1e-4)
