@@ -48,8 +48,10 @@ class Planner:
 
     def plan(self, wl: Workload) -> NanoPlan:
         """The searched plan for `wl`, or the unsplit one when the search does not win by `min_gain`."""
-        res = search(self.ops, wl, self.cost, self.config)
         base = unsplit_plan(self.ops, wl, tile=self.config.tile, hardware=self.cost.hw.name)
+        if self.cost.hw.net_gbs <= 0 and any(o.kind == "collective" for o in self.ops.ops):
+            return base  # a preset without an interconnect rate (the CPU's) cannot price the collectives
+        res = search(self.ops, wl, self.cost, self.config)
         t_unsplit = simulate_step(self.ops, base, wl, self.cost, window=self.config.window).seconds
         return res.plan if t_unsplit >= self.min_gain * res.estimate.seconds else base
 
