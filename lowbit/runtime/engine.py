@@ -6,6 +6,10 @@ One `step()` = one forward pass over the scheduler's batch (decode rows first, t
 token budget); it returns a `RequestOutput` for every request that produced a token or finished. The engine is
 single-threaded; `AsyncLLMEngine` drives it from a background thread for the server.
 
+Plans: schedule "artifact" runs the artifact's plan.json (the planner's search at compile time); when it splits,
+a `Replanner` searches it again in the background once the served mix drifts from the one it was searched for
+and the runner switches plans between steps (`research_every` steps between checks, 0: never).
+
 KV cache sizing: the pages come from a memory budget (`kv_cache_bytes`; by default enough for `max_num_seqs`
 sequences of `max_model_len` tokens, capped by a fraction of the memory the machine has free) at the artifact's
 KV dtype, so an int4 KV cache holds ~4x the tokens of fp16 in the same bytes. The capacity is logged.
@@ -153,6 +157,7 @@ class LLMEngine:
         chunked_prefill: bool = True,
         verify: Literal["full", "quick", "none"] = "full",
         seed: int = 0,
+        research_every: int | None = None,
     ) -> None:
         from lowbit.compiler.load import CompiledModel, load_compiled
 
@@ -206,6 +211,7 @@ class LLMEngine:
                 max_model_len=self.max_model_len, num_pages=self.kv_plan.num_pages, page_size=cfg.target.page_size,
                 max_num_seqs=self.max_num_seqs, kv_layer_scales=model.kv_scales, **runner_kw,
             )  # fmt: skip
+        self.replanner = self._make_replanner(schedule, plan, research_every)
         cache = self.runner.cache
         self.blocks: BlockManager = cache.blocks
         self.scheduler = Scheduler(
@@ -254,6 +260,23 @@ class LLMEngine:
             shipped = default_plan(self.arch, self.model.cfg.target.device, tensor_parallel=tp)
         return "nano", shipped
 
+    def _make_replanner(self, schedule: str, plan: Any, every: int | None) -> Any:
+        """A `Replanner` when the engine runs the artifact's own split plan (schedule "artifact", no plan given,
+        one process): that plan was searched for one decode/prefill mix, and is searched again in the
+        background when the served mix drifts from it. `every` steps between checks (0: never)."""
+        from lowbit.runtime.replan import RESEARCH_EVERY, Replanner
+
+        every = RESEARCH_EVERY if every is None else int(every)
+        if every < 0:
+            raise ValueError(f"research_every = {every}: give a number of steps >= 0 (0 turns re-search off)")
+        own_plan = schedule == "artifact" and plan is None and self.schedule_mode == "nano"
+        if every == 0 or not own_plan or self.model.tensor_parallel > 1:  # tp ranks would need the plan too
+            return None
+        from lowbit.planner.artifact import plan_for_artifact
+
+        model, device = self.model, self.model.cfg.target.device
+        return Replanner(lambda: plan_for_artifact(model.arch, device, cfg=model.cfg), every=every)
+
     def _artifact_plan(self) -> Any:
         """The pipeline plan shipped in the artifact (plan.json), or None (artifacts from before plans)."""
         path = Path(self.model.path) / "plan.json"
@@ -266,6 +289,8 @@ class LLMEngine:
     def close(self) -> None:
         """Release what the engine holds outside this process (a tensor-parallel artifact's other ranks);
         idempotent. The engine cannot step afterwards when it had other ranks."""
+        if self.replanner is not None:
+            self.replanner.close()
         close = getattr(self.runner, "close", None)
         if close is not None:
             close()
@@ -381,6 +406,11 @@ class LLMEngine:
             if c.seq.num_preemptions == 0 and c.num_cached < c.seq.num_prompt_tokens:
                 self._prompt_tokens += min(c.num_new, c.seq.num_prompt_tokens - c.num_cached)
         logits = self.runner.step([c.to_seq_chunk() for c in sched.chunks])
+        if self.replanner is not None:
+            new_plan = self.replanner.observe((c.num_cached, c.num_new) for c in sched.chunks)
+            if new_plan is not None:
+                self.runner.use_plan(new_plan)
+                self.plan = new_plan
         sampled = self._sample(sched, logits)
         self._steps += 1
         self.scheduler.update(sched, sampled)

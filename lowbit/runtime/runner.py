@@ -75,6 +75,15 @@ class ModelRunner:
             device = "cuda" if any(isinstance(p, torch.Tensor) and p.is_cuda for p in params.values()) else "cpu"
             self.nano = NanoExecutor(self.executor, plan or default_plan(arch, device))
 
+    def use_plan(self, plan: PipelinePlan) -> None:
+        """Run the nano schedule under `plan` from the next step on (a plan re-searched while serving); the old
+        plan's worker threads stop. Only between steps, and only on the nano schedule."""
+        if self.nano is None:
+            raise ValueError(f"use_plan: this runner runs schedule {self.schedule!r}; plans apply to schedule 'nano'")
+        old, self.nano = self.nano, NanoExecutor(self.executor, plan)
+        self.plan = plan
+        old.close()
+
     def step(self, chunks: Sequence[SeqChunk], *, all_logits: bool = False) -> torch.Tensor:
         """Run one forward step; logits [num_seqs, V] (or [tokens, V]) float32."""
         run = self.nano if self.nano is not None else self.executor
