@@ -11,7 +11,8 @@ tensor-parallel degree) on a hardware preset: the cpu-dev preset for a CPU targe
 A searched plan is kept only when it beats the unsplit schedule by `min_gain` in simulation — on the CPU 1.3x,
 because splitting measured +31% slower on the 2-core dev VM than the model predicts (thread hand-offs,
 smaller kernels; lowbit/planner/README.md), on a GPU 1.05x — otherwise the runtime's unsplit plan is returned.
-Plans with planned queue orders are not searched here (the runtime's executor does not run them yet).
+On a GPU the search plans the queue order too (`SearchConfig(order=True)`: per-unit FIFO orders read off a
+list schedule, which the nano executor runs as `OpRule.order`); on the CPU it does not (`order=` overrides).
 """
 
 from __future__ import annotations
@@ -116,14 +117,17 @@ def make_planner(
     profile: KernelProfile | None = None,
     precision: Precision | None = None,
     tp: int | None = None,
+    order: bool | None = None,
 ) -> Planner:
+    """The planner of an artifact's model; `order` (default: on a GPU preset) searches planned queue orders."""
     hw = hardware or hardware_for(device)
     if precision is None:
         precision = precision_of(cfg, arch) if cfg is not None else Precision()
         if hw.kind == "cpu" and cfg is None:
             precision = replace(precision, act_dtype="float32")  # the CPU runtime computes in fp32
     degree = tp if tp is not None else int(getattr(getattr(cfg, "target", None), "tensor_parallel", 1) or 1)
-    config = SearchConfig(max_evals=10**6, time_budget_s=budget_s, tile=8 if hw.kind == "cpu" else 128)
+    ordered = hw.kind != "cpu" if order is None else order
+    config = SearchConfig(max_evals=10**6, time_budget_s=budget_s, tile=8 if hw.kind == "cpu" else 128, order=ordered)
     gain = CPU_MIN_GAIN if hw.kind == "cpu" else GPU_MIN_GAIN
     return Planner(model_ops(arch, precision, degree), CostModel(hw, profile=profile), config, gain)
 
@@ -139,10 +143,11 @@ def plan_for_artifact(
     profile: KernelProfile | None = None,
     precision: Precision | None = None,
     tp: int | None = None,
+    order: bool | None = None,
 ) -> SearchedPlan:
     """The searched plan of an artifact's model (see the module docstring), with the workload it was for."""
     planner = make_planner(arch, device, budget_s, cfg=cfg, hardware=hardware, profile=profile,
-                           precision=precision, tp=tp)  # fmt: skip
+                           precision=precision, tp=tp, order=order)  # fmt: skip
     return _searched(planner, workload or default_workload(planner.cost.hw))
 
 

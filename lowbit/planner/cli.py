@@ -62,10 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--time-budget", type=float, default=60.0, help="seconds (default 60)")
     s.add_argument("--tile", type=int, default=None, help="row quantum of the cuts (default 128 GPU, 8 CPU)")
     s.add_argument("--window", type=int, default=3, help="layers simulated per evaluation (default 3)")
-    s.add_argument("--delays", action="store_true", help="also search queue delays (not run by the runtime yet)")
+    s.add_argument("--delays", action="store_true",
+                   help="also search queue delays (what-if: the runtime does not run them; --write-plan refuses "
+                        "them, use --order)")  # fmt: skip
     s.add_argument("--order", action="store_true",
-                   help="plan each nano-op's queue position (list-scheduled, then descended); the runtime "
-                        "does not honour planned orders yet: --write-plan / --measure refuse them")  # fmt: skip
+                   help="plan each nano-op's queue position (list-scheduled, then descended); --write-plan "
+                        "writes the orders into the runtime plan (OpRule.order), run by the nano executor")  # fmt: skip
     s.add_argument("--residual-epilogue", action="store_true",
                    help="what-if: residual adds in the O / down GEMM epilogues (NanoFlow's kernels), norms 2*D "
                         "bytes per row instead of lowbit's fused add + RMSNorm (4*D)")  # fmt: skip

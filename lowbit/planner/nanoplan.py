@@ -3,8 +3,8 @@ the execution unit of each nano-batch, each nano-op's resource share and kernel 
 searched for (model, device, workload, precision, tp). Frozen data with a versioned JSON form.
 
 It says the same thing as the runtime's `lowbit.runtime.plan.PipelinePlan` (rules by node-name pattern, one
-per op, fractions + units, tile) plus the shares; `to_pipeline_plan` converts (ops without a graph node, the
-collectives, are dropped: the runtime has none yet). Row cuts follow `lowbit.runtime.plan.nano_ranges`, so
+per op, fractions + units, tile) plus the shares and planned queue orders; `to_pipeline_plan` converts (ops
+without a graph node are dropped). Row cuts follow `lowbit.runtime.plan.nano_ranges`, so
 the simulator and the runtime cut the same rows.
 """
 
@@ -127,21 +127,31 @@ class NanoPlan:
 
     # -- conversion -----------------------------------------------------------------------------------------
     def to_pipeline_plan(self, mo: ModelOps) -> PipelinePlan:
-        """The runtime plan: one rule per op with a graph node (by its name pattern), same fractions, units and
-        shares; the units keep their kinds and streams. Collectives (no graph node) are dropped."""
+        """The runtime plan: one rule per op with a graph node (by its name pattern), same fractions, units,
+        shares and planned queue orders (the nano executor keys its queues by them as tasks.py does); the units
+        keep their kinds and streams. Ops without a graph node are dropped."""
         rules = []
-        delayed = [p.op for p in self.placements if p.delay or p.order]
-        if delayed:
-            raise PlanError(
-                f"placements {delayed} have queue delays or planned orders, which the runtime's nano executor does "
-                "not honour yet (it orders nano-ops by stage, first row, graph order); search without --delays / "
-                "--order (the default)"
-            )
+        if self.ordered:
+            missing = [o.name for o in mo.ops if o.pattern is not None and not self.placement(o.name).order]
+            if missing:
+                raise PlanError(
+                    f"placements {missing} have no planned order while others do; give every op an order "
+                    "(search.orders_from_schedule) or none"
+                )
+        else:
+            delayed = [p.op for p in self.placements if p.delay]
+            if delayed:
+                raise PlanError(
+                    f"placements {delayed} have queue delays, which the runtime's nano executor does not honour "
+                    "(it orders nano-ops by stage, first row, graph order, or by planned orders); search without "
+                    "--delays, or with --order (planned orders, which the runtime runs)"
+                )
         for op in mo.ops:
             if op.pattern is None:
                 continue
             p = self.placement(op.name)
-            rules.append(OpRule(pattern=op.pattern, fractions=p.fractions, units=p.units, shares=p.shares))
+            rules.append(OpRule(pattern=op.pattern, fractions=p.fractions, units=p.units, shares=p.shares,
+                                order=p.order))  # fmt: skip
         return PipelinePlan(self.units, tuple(rules), tile=self.tile, min_tokens=self.min_tokens)
 
     # -- JSON -----------------------------------------------------------------------------------------------

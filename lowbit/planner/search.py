@@ -43,8 +43,8 @@ class SearchConfig:
     tile: int = 128  # row quantum of the cuts (NanoFlow: 128 on A100)
     window: int = 3  # layers simulated per evaluation
     stage1_fraction: float = 0.5  # of max_evals for stage I
-    delays: bool = False  # search queue delays too (the runtime's executor does not honour them yet)
-    order: bool = False  # plan the queue order (Placement.order; the runtime's executor does not honour it yet)
+    delays: bool = False  # search queue delays too (the runtime's executor does not honour them)
+    order: bool = False  # plan the queue order (Placement.order; the runtime runs it as OpRule.order)
     order_fraction: float = 0.25  # of max_evals for the order descent (with order)
     dispatch: str = "fifo"  # simulate.simulate: "fifo" (the runtime's workers) or "ready" (list scheduling)
     progress: Progress | None = field(default=None, compare=False)

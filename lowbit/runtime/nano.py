@@ -10,15 +10,17 @@ plan's row fractions in multiples of its tile; an attention node's ranges are sn
 `last_token` and everything that reads it (lm_head: rows are sequences there) run as one task on the whole
 batch, as does any op that is not row-wise.
 
-Execution: one worker per unit, kept across steps, with a FIFO task queue. Every queue receives its tasks in
-one global topological order (a priority topological sort: stage, then first row, then graph order, where a
-stage is a run of nodes on the same unit — so one nano-batch's GEMMs are queued before the next one's and
-its attention can overlap them); a task waits on its dependencies' `threading.Event`s, so no queue can wait
-on a task behind it and the step cannot deadlock. CPU workers are threads pinned to the unit's cores
-(`os.sched_setaffinity` of the thread; TVM's per-thread kernel pool is confined to them too, since TVM
-binds its own workers to cores of its choosing); the kernels release the GIL. On CUDA each unit launches on its
-stream and orders after its producers with `torch.cuda.Event`s. A failing task marks the step failed; the
-tasks after it are skipped (their events still set) and `forward` raises the first error.
+Execution: one worker per unit, kept across steps, with a FIFO task queue. Every queue receives its tasks in one
+global topological order (a priority topological sort: stage, then first row, then graph order, where a stage is
+a run of nodes on the same unit — so one nano-batch's GEMMs are queued before the next one's and its attention
+can overlap them; a plan with planned orders (`OpRule.order`, `lowbit plan --order`) sorts by (layer + the
+rule's order of the nano-batch, graph order) instead, `planned_keys`); a task waits on its dependencies'
+`threading.Event`s, so no queue can wait on a task behind it and the step cannot deadlock. CPU workers are
+threads pinned to the unit's cores (`os.sched_setaffinity` of the thread; TVM's per-thread kernel pool is
+confined to them too, since TVM binds its own workers to cores of its choosing); the kernels release the GIL. On
+CUDA each unit launches on its stream and orders after its producers with `torch.cuda.Event`s. A failing task
+marks the step failed; the tasks after it are skipped (their events still set) and `forward` raises the first
+error.
 
 Tensor parallelism (lowbit.parallel): every rank runs the same plan over the same batch, so its tasks and
 their global order are the same on every rank. A unit runs its queue in that order, so the collectives one
@@ -38,6 +40,7 @@ import itertools
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import warnings
@@ -101,6 +104,7 @@ def derive_tasks(
     proto: list[tuple[int, tuple[int, int], int, tuple[int, int] | None, bool, float | None]] = []
     stage, last_unit = 0, None
     stages: list[int] = []
+    nano_of: list[int] = []  # per proto: its nano-batch index within the node
     for ni, node in enumerate(nodes):
         for t in node.inputs:
             if t not in producer and t not in ("input_ids", "positions"):
@@ -121,6 +125,7 @@ def derive_tasks(
         if whole:
             whole_nodes.add(ni)
         for k, (a, b) in enumerate(itertools.pairwise(cuts)):
+            nano_of.append(k)
             seqs = (bounds.index(a), bounds.index(b)) if node.op in SEQUENCE_WISE and not whole else None
             share = rule.shares[min(k, len(rule.shares) - 1)] if rule is not None and rule.shares else None
             proto.append((ni, (a, b), units[k], seqs, whole, share))
@@ -151,8 +156,13 @@ def derive_tasks(
         inputs_of.append(tuple(per_input))
     deps_of = [sorted({s[1] for srcs in ins for s in srcs if s[1] != GRAPH_INPUT}) for ins in inputs_of]
 
-    # a priority topological order: stage, first row, graph order
-    order = priority_topo(deps_of, [(stages[p[0]], p[1][0], p[0]) for p in proto])
+    # a priority topological order: stage, first row, graph order; or the plan's planned order
+    if plan.ordered:
+        keys: list[tuple[Any, ...]] = list(planned_keys(nodes, plan, [(p[0], k) for p, k in zip(proto, nano_of)],
+                                                        deps_of))  # fmt: skip
+    else:
+        keys = [(stages[p[0]], p[1][0], p[0]) for p in proto]
+    order = priority_topo(deps_of, keys)
     new = {old: i for i, old in enumerate(order)}
     tasks = []
     for old in order:
@@ -163,6 +173,45 @@ def derive_tasks(
         deps = tuple(sorted(new[d] for d in deps_of[old]))
         tasks.append(NanoTask(new[old], ni, rows, unit, deps, ins, seqs, whole, share))
     return tuple(tasks)
+
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def node_layers(nodes: Sequence[Any]) -> list[int]:
+    """The decoder layer of each node, from its `model.layers.N.` name prefix; a node outside the layers is in
+    "layer" -1 before the first layer node (the embedding) or num_layers after it (final norm, lm_head)."""
+    found = [_LAYER.match(n.name) for n in nodes]
+    layers = [int(m.group(1)) if m else None for m in found]
+    known = [x for x in layers if x is not None]
+    num_layers = max(known) + 1 if known else 0
+    first = next((i for i, x in enumerate(layers) if x is not None), len(nodes))
+    return [x if x is not None else (-1 if i < first else num_layers) for i, x in enumerate(layers)]
+
+
+def planned_keys(
+    nodes: Sequence[Any], plan: PipelinePlan, pieces: Sequence[tuple[int, int]], deps: Sequence[Sequence[int]]
+) -> list[tuple[float, int]]:
+    """The queue keys of a plan with planned orders (`OpRule.order`, the planner's `Placement.order`) for the
+    nano-ops `pieces` = (node index, nano-batch index), in node order: (layer of the node + its rule's order of
+    that nano-batch, graph position) — lowbit/planner/tasks.py keys its simulated nano-ops the same way. A node
+    outside the layers without a rule: (-1 or num_layers) + position / nodes (before the first / after the last
+    layer); a layer node no rule matches queues right behind its latest-keyed producer (the largest key among
+    `deps`, else its layer). A pure function of the graph and the plan: every tensor-parallel rank derives the
+    same order."""
+    layer = node_layers(nodes)
+    keys: list[tuple[float, int]] = []
+    for pi, (ni, k) in enumerate(pieces):
+        node = nodes[ni]
+        rule = plan.rule_for(node.op, node.name)
+        if rule is not None and rule.order:
+            key = layer[ni] + rule.order[min(k, rule.num_nano - 1)]
+        elif not _LAYER.match(node.name):
+            key = layer[ni] + ni / len(nodes)
+        else:
+            key = max((keys[d][0] for d in deps[pi]), default=float(layer[ni]))
+        keys.append((key, ni))
+    return keys
 
 
 class _Step:
@@ -605,4 +654,6 @@ __all__ = [
     "Source",
     "collective_units",
     "derive_tasks",
+    "node_layers",
+    "planned_keys",
 ]

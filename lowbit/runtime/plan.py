@@ -15,6 +15,10 @@ a search (issue 7) can produce one. It holds
   lowbit/planner) searched it; carried in the JSON only when set. The nano executor runs each nano-op inside
   `lowbit.kernels.launch.resource_share(share)`: persistent kernels it launches take round(share · SMs)
   programs (`PersistentLauncher`); kernels launched on a grid ignore it.
+  Optional `order`: a planned queue key per nano-batch, in layers (the planner's `lowbit plan --order`,
+  lowbit/planner/README.md "Queue order"); carried in the JSON only when set. A plan whose rules carry orders
+  (all of them: `ordered`) replaces the executor's queue rule (stage, first row, graph position) by
+  (layer of the node + order[k], graph position), see nano.py `queue_keys`.
 - `tile`: nano-batch boundaries are rounded to multiples of `tile` token rows (the GEMM tile; NanoFlow used
   128 on A100); a boundary that rounds onto another or onto an end disappears, so a small step splits less.
 - `min_tokens`: steps with fewer token rows run the unsplit schedule.
@@ -79,6 +83,7 @@ class OpRule:
     fractions: tuple[float, ...] = (1.0,)  # row fraction of each nano-batch, in row order; sums to 1
     units: tuple[str, ...] = ()  # one unit for all nano-batches, or one per nano-batch
     shares: tuple[float, ...] = ()  # resource share (fraction of SMs / cores) per nano-op: () none, one, or one each
+    order: tuple[float, ...] = ()  # planned queue key per nano-batch, in layers: () none, else one each
 
     def __post_init__(self) -> None:
         if not self.ops and self.pattern is None:
@@ -110,6 +115,13 @@ class OpRule:
             raise PlanError(
                 f"rule {self.describe()}: shares {self.shares} must be empty, one, or one per nano-batch, each in"
                 f" (0, 1] (the fraction of the device's SMs / cores the nano-op may use)"
+            )
+        if len(self.order) not in (0, len(self.fractions)) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in self.order
+        ):
+            raise PlanError(
+                f"rule {self.describe()}: order {self.order} must be empty or {len(self.fractions)} finite numbers,"
+                f" one queue key per nano-batch in layers (the planner's Placement.order; `lowbit plan --order`)"
             )
 
     @property
@@ -152,6 +164,17 @@ class PipelinePlan:
             raise PlanError(f"tile {self.tile!r} must be a positive number of token rows (e.g. 16, 128)")
         if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
             raise PlanError(f"min_tokens {self.min_tokens!r} must be a non-negative token count")
+        unordered = [r.describe() for r in self.rules if not r.order]
+        if self.ordered and unordered:
+            raise PlanError(
+                f"rules {unordered} have no order while others do; a planned queue order needs an order on every"
+                f" rule (or on none: the executor's own queue rule)"
+            )
+
+    @property
+    def ordered(self) -> bool:
+        """True when the rules carry planned queue orders (nano.py keys nano-ops by them)."""
+        return any(r.order for r in self.rules)
 
     def rule_for(self, op: str, name: str) -> OpRule | None:
         return next((r for r in self.rules if r.matches(op, name)), None)
@@ -169,6 +192,7 @@ class PipelinePlan:
             "rules": [
                 {"ops": list(r.ops), "pattern": r.pattern, "fractions": list(r.fractions), "units": list(r.units)}
                 | ({"shares": list(r.shares)} if r.shares else {})
+                | ({"order": list(r.order)} if r.order else {})
                 for r in self.rules
             ],
         }
@@ -195,7 +219,7 @@ class PipelinePlan:
         for i, r in enumerate(_expect(d.get("rules", []), list, "plan.rules", "a list")):
             where = f"plan.rules[{i}]"
             _expect(r, Mapping, where, "an object")
-            _keys(r, where, required=("fractions", "units"), optional=("ops", "pattern", "shares"))
+            _keys(r, where, required=("fractions", "units"), optional=("ops", "pattern", "shares", "order"))
             rules.append(
                 OpRule(
                     tuple(_expect(r.get("ops", []), list, f"{where}.ops", "a list of op names")),
@@ -203,6 +227,7 @@ class PipelinePlan:
                     tuple(_expect(r["fractions"], list, f"{where}.fractions", "a list of numbers")),
                     tuple(_expect(r["units"], list, f"{where}.units", "a list of unit names")),
                     tuple(_expect(r.get("shares", []), list, f"{where}.shares", "a list of numbers")),
+                    tuple(_expect(r.get("order", []), list, f"{where}.order", "a list of numbers")),
                 )
             )
         return PipelinePlan(tuple(units), tuple(rules), d.get("tile", 1), d.get("min_tokens", 0))

@@ -1,6 +1,7 @@
 """Planned queue orders (Placement.order): the runtime's rule written as orders is the same schedule (a law:
 the keys are a monotone transform of the runtime's), a list-scheduled order frozen into FIFO queues replays the
-list schedule, the search with orders never does worse than without on the 70B config, and the form checks."""
+list schedule, the search with orders never does worse than without on the 70B config, its plan converts to a
+runtime plan carrying the orders, and the form checks."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lowbit.planner.search import SearchConfig, orders_from_schedule, search
 from lowbit.planner.simulate import simulate_step
 from lowbit.planner.tasks import derive_tasks, op_cuts, op_stages
 from lowbit.planner.workload import Workload
-from lowbit.runtime.plan import PlanError
+from lowbit.runtime.plan import PipelinePlan, PlanError
 
 WL70 = Workload(2048, 1408, 1024, 640, 0)
 
@@ -73,8 +74,13 @@ def test_search_with_orders_beats_the_runtime_order_on_70b(llama70):
     assert ordered.estimate.seconds < 0.98 * plain.estimate.seconds
     assert ordered.estimate.window.peak_share <= 1.0 + 1e-9
     assert simulate_step(mo, ordered.plan, WL70, cost).seconds == pytest.approx(ordered.estimate.seconds, rel=1e-12)
-    with pytest.raises(PlanError, match="planned orders"):
-        ordered.plan.to_pipeline_plan(mo)
+    pp = ordered.plan.to_pipeline_plan(mo)  # the runtime runs planned orders: they pass through
+    assert pp.ordered and PipelinePlan.from_json(pp.to_json()) == pp
+    for o, rule in zip((o for o in mo.ops if o.pattern is not None), pp.rules, strict=True):
+        assert rule.pattern == o.pattern and rule.order == ordered.plan.placement(o.name).order
+    partial = ordered.plan.with_placements({"qkv": replace(ordered.plan.placement("qkv"), order=())})
+    with pytest.raises(PlanError, match=r"placements \['qkv'\] have no planned order"):
+        partial.to_pipeline_plan(mo)
 
 
 def test_order_form_and_json(llama70):

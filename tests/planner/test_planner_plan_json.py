@@ -31,14 +31,16 @@ def nanoplans(draw):
     units = units_for(MO)
     names = [u.name for u in units]
     placements = []
+    ordered = draw(st.booleans())
     for o in draw(st.lists(st.sampled_from(MO.ops), unique_by=lambda o: o.name, max_size=len(MO.ops))):
         cuts = sorted(draw(st.sets(st.integers(1, 2047), max_size=3)))
         n = len(cuts) + 1
         us = tuple(draw(st.sampled_from(names)) for _ in range(draw(st.sampled_from([1, n]))))
         shares = tuple(draw(st.sampled_from([0.125, 0.5, 0.75, 1.0])) for _ in range(draw(st.sampled_from([1, n]))))
         kernels = tuple(draw(st.sampled_from(["", "tile 128x128 splitK 1"])) for _ in range(draw(st.integers(0, n))))
+        order = tuple(draw(st.floats(-1, 3)) for _ in range(n)) if ordered else ()
         placements.append(Placement(o.name, fractions_of_cuts(cuts, 2048), us, shares, kernels,
-                                    draw(st.sampled_from([0.0, 0.25, 2.0]))))  # fmt: skip
+                                    draw(st.sampled_from([0.0, 0.25, 2.0])), order))  # fmt: skip
     wl = draw(st.none() | st.just(WL))
     return NanoPlan(units, tuple(placements), draw(st.sampled_from([1, 8, 128])), draw(st.integers(0, 512)),
                     "llama-2-70b", "A100-80G", "w16a16", 8, wl)  # fmt: skip
@@ -56,7 +58,11 @@ def test_nanoplan_json_round_trip(plan):
 @settings(max_examples=40)
 @given(nanoplans())
 def test_conversion_to_the_runtime_plan(plan):
-    if any(p.delay for p in plan.placements):
+    if plan.ordered and len(plan.placements) < len([o for o in MO.ops if o.pattern is not None]):
+        with pytest.raises(PlanError, match="no planned order"):  # an op left to the default has no order
+            plan.to_pipeline_plan(MO)
+        return
+    if not plan.ordered and any(p.delay for p in plan.placements):
         with pytest.raises(PlanError, match="queue delays"):
             plan.to_pipeline_plan(MO)
         return
@@ -68,6 +74,7 @@ def test_conversion_to_the_runtime_plan(plan):
     for o, rule in zip(graph_ops, pp.rules):
         p = plan.placement(o.name)
         assert (rule.pattern, rule.fractions, rule.units, rule.shares) == (o.pattern, p.fractions, p.units, p.shares)
+        assert rule.order == p.order  # planned orders pass through (the nano executor keys its queues by them)
 
 
 def test_every_layer_node_of_the_graph_has_its_rule():
