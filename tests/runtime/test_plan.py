@@ -1,11 +1,14 @@
-"""The pipeline plan: JSON round trip (hypothesis plans), refusal of unknown keys / other versions / bad fields
-with the field named, rule matching (first match wins, op classes, name patterns), and the nano-batch cut
-points (tile multiples, snapping to sequence boundaries) against a brute-force oracle."""
+"""The pipeline plan: JSON round trip (hypothesis plans, with and without planned queue orders), refusal of
+unknown keys / other versions / bad fields with the field named, rule matching (first match wins, op classes,
+name patterns), and the nano-batch cut points (tile multiples, snapping to sequence boundaries) against a
+brute-force oracle."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +42,7 @@ def plans(draw):
         for i in range(n_units)
     )  # fmt: skip
     rules = []
+    ordered = draw(st.booleans())  # planned queue orders: on every rule or on none
     for _ in range(draw(st.integers(0, 4))):
         n = draw(st.integers(1, 4))
         fr = _fractions(n, draw(st.lists(st.integers(1, 9), min_size=4, max_size=4)))
@@ -48,7 +52,8 @@ def plans(draw):
         pattern = draw(st.none() | st.sampled_from([".*", r"model\.layers\.\d+\..*", "lm_head"]))
         if not ops and pattern is None:
             pattern = ".*"
-        rules.append(OpRule(ops, pattern, fr, unit_names))
+        order = tuple(draw(st.floats(-2, 80, allow_nan=False)) for _ in range(n)) if ordered else ()
+        rules.append(OpRule(ops, pattern, fr, unit_names, order=order))
     return PipelinePlan(units, tuple(rules), draw(st.integers(1, 256)), draw(st.integers(0, 512)))
 
 
@@ -65,6 +70,53 @@ def test_json_round_trip(plan):
 @pytest.mark.parametrize("plan", [default_plan(None, "cpu"), default_plan(None, "cuda", num_nano=4), unsplit_plan()])
 def test_shipped_plans_round_trip(plan):
     assert PipelinePlan.from_json(plan.to_json()) == plan
+
+
+def test_orders_are_in_the_json_only_when_set():
+    """A plan without orders writes the JSON it wrote before orders existed (artifacts stay byte-identical)."""
+    plan = default_plan(None, "cpu")
+    assert '"order"' not in plan.to_json() and not plan.ordered
+    before = {"version": 1, "tile": 8, "min_tokens": 16,
+              "units": [{"name": "compute", "kind": "compute", "cores": [], "stream": 0},
+                        {"name": "memory", "kind": "memory", "cores": [], "stream": 1}],
+              "rules": [{"ops": ["attention"], "pattern": None, "fractions": [0.5, 0.5], "units": ["memory"]},
+                        {"ops": [], "pattern": ".*", "fractions": [0.5, 0.5], "units": ["compute"]}]}  # fmt: skip
+    assert plan.to_json() == json.dumps(before, indent=1)
+    ordered = PipelinePlan(plan.units, tuple(replace(r, order=(0.25, 0.5)) for r in plan.rules), 8, 16)
+    assert ordered.ordered and json.loads(ordered.to_json())["rules"][0]["order"] == [0.25, 0.5]
+    assert PipelinePlan.from_json(ordered.to_json()) == ordered
+
+
+@pytest.mark.parametrize(
+    "order, match",
+    [
+        ((0.1,), r"order \(0.1,\) must be empty or 2 finite numbers, one queue key per nano-batch"),
+        ((0.1, 0.2, 0.3), r"order \(0.1, 0.2, 0.3\) must be empty or 2 finite numbers"),
+        ((0.1, math.nan), r"order \(0.1, nan\) must be empty or 2 finite"),
+        ((math.inf, 0.0), r"order \(inf, 0.0\) must be empty or 2 finite"),
+        ((True, 0.0), r"order \(True, 0.0\) must be empty"),
+        (("0.1", 0.0), r"order \('0.1', 0.0\) must be empty"),
+    ],
+)
+def test_bad_orders_are_refused_with_the_value_and_the_fix(order, match):
+    with pytest.raises(PlanError, match=match):
+        OpRule(ops=("linear",), fractions=(0.5, 0.5), units=("c",), order=order)
+
+
+def test_orders_on_some_rules_only_are_refused():
+    units = (Unit("c"), Unit("m", "memory"))
+    rules = (OpRule(ops=("attention",), fractions=(0.5, 0.5), units=("m",), order=(0.1, 0.4)),
+             OpRule(pattern=".*", fractions=(1.0,), units=("c",)))  # fmt: skip
+    with pytest.raises(PlanError, match=r"rules \[\"ops=\[\] pattern='\.\*'\"\] have no order while others do"):
+        PipelinePlan(units, rules)
+    d = _doc()
+    d["rules"][0]["order"] = "0.1 0.2"
+    with pytest.raises(PlanError, match=r"plan.rules\[0\].order is str '0.1 0.2'; it must be a list of numbers"):
+        PipelinePlan.from_json(d)
+    d["rules"][0]["order"] = [0.0, float("nan")]  # JSON's NaN reads as a float: refused as not finite
+    d["rules"][1]["order"] = [0.0, 0.5]
+    with pytest.raises(PlanError, match="finite"):
+        PipelinePlan.from_json(json.dumps(d))
 
 
 def _doc() -> dict:
