@@ -1,6 +1,7 @@
 """The plan an artifact carries and its re-search: on the CPU preset the search does not win by the measured
-split cost (1.3x) and the unsplit plan is kept; on a GPU preset a split plan that the runtime plan's JSON
-carries; re-searched only when the observed mix drifts, for that mix; the observed mix of scheduler steps."""
+split cost (1.3x) and the unsplit plan is kept; on a GPU preset a split plan with planned queue orders that
+the runtime plan's JSON carries; re-searched only when the observed mix drifts, for that mix; the observed mix
+of scheduler steps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from lowbit.models.arch import ArchConfig
 from lowbit.planner.artifact import (
     CPU_MIN_GAIN,
     hardware_for,
+    make_planner,
     observed_mix,
     plan_for_artifact,
     research_if_drifted,
@@ -50,6 +52,10 @@ def test_gpu_artifact_gets_a_split_plan_within_its_budget(gpu_plan):
     assert {u.name for u in sp.pipeline.units} >= {"compute", "memory"}
     assert PipelinePlan.from_json(sp.pipeline.to_json()) == sp.pipeline
     assert sp.pipeline == sp.nanoplan.to_pipeline_plan(sp.planner.ops)
+    # on a GPU the search plans the queue order too, and the runtime plan carries it (the nano executor runs it)
+    assert sp.planner.config.order and sp.nanoplan.ordered and sp.pipeline.ordered
+    assert all(len(r.order) == r.num_nano for r in sp.pipeline.rules)
+    assert not make_planner(TINY, "cpu").config.order  # the CPU keeps the runtime's own order (and unsplit)
 
 
 def test_research_only_when_the_mix_drifts(gpu_plan):
