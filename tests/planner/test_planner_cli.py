@@ -1,5 +1,6 @@
 """`lowbit plan` end to end with presets (small search budgets): the report's rows and bound, JSON / plan /
-timeline outputs, errors that name the flag; the text Gantt and SVG timelines."""
+timeline outputs, errors that name the flag; the text Gantt and SVG timelines; an `--order --write-plan` plan served
+by the engine."""
 
 from __future__ import annotations
 
@@ -92,3 +93,26 @@ def test_png_timeline_needs_matplotlib(tmp_path):
     else:
         assert write_png(res, plan, tmp_path / "t.png").stat().st_size > 0
     assert write_svg(res, plan, tmp_path / "t.svg").read_text().count("<rect") == len(res.tasks)
+
+
+def test_an_ordered_written_plan_runs_in_the_engine(tiny_artifact, tmp_path):
+    """`lowbit plan ARTIFACT --order --write-plan` writes the planned orders into the runtime plan, and the engine
+    serves with it (the nano executor keys its queues by them) the tokens of the unsplit schedule."""
+    from lowbit.llm import LLM
+    from lowbit.runtime.sampler import SamplingParams
+
+    out = tmp_path / "ordered.json"
+    rc = main(["plan", str(tiny_artifact), "--order", "--tile", "2", "--max-evals", "30",
+               "--dense-batch", "24", "--decode-tokens", "6", "--decode-context", "12", "--prefill-chunk", "9",
+               "--write-plan", str(out)])  # fmt: skip
+    assert rc == 0
+    pp = PipelinePlan.from_json(out.read_text())
+    assert pp.ordered and all(len(r.order) == r.num_nano for r in pp.rules)
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7], [5] * 13, [11, 12]]
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    tokens = {}
+    for schedule, plan in (("unsplit", None), ("nano", pp)):
+        with LLM(tiny_artifact, schedule=schedule, plan=plan, verify="none") as llm:
+            assert llm.engine.schedule_mode == schedule and llm.engine.plan == plan
+            tokens[schedule] = [o.token_ids for o in llm.generate(prompts, params)]
+    assert tokens["nano"] == tokens["unsplit"] and all(len(t) == 5 for t in tokens["nano"])
