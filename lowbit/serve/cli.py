@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-bytes", type=int, help="KV cache memory budget (default: what max_num_seqs needs)")
     p.add_argument("--max-waiting", type=int, help=f"queued requests before answering 429 (default {d.max_waiting})")
     p.add_argument("--schedule", choices=CHOICES["schedule"], help="unsplit | nano batches | the artifact's plan")
+    p.add_argument("--plan", help="a pipeline plan JSON (`lowbit plan ARTIFACT --write-plan FILE`) to run instead of "
+                   "the artifact's plan.json")  # fmt: skip
+    p.add_argument("--research-every", type=int, help="steps between re-searches of the artifact's split plan when the "
+                   "served mix drifts (default 64; 0: never)")  # fmt: skip
     p.add_argument("--policy", choices=CHOICES["policy"], help="admission order (priority: the request's priority)")
     p.add_argument("--backend", help="override target.backend (tvm | triton | reference)")
     p.add_argument("--verify", choices=CHOICES["verify"], help="artifact check at load (default full sha256)")

@@ -31,6 +31,8 @@ class ServeConfig:
     kv_cache_bytes: int | None = None
     max_waiting: int = 1024  # queued requests beyond which the server answers 429
     schedule: str = "artifact"
+    plan: str | None = None  # a PipelinePlan JSON file (`lowbit plan ... --write-plan FILE`) run instead of plan.json
+    research_every: int | None = None  # steps between re-searches of the artifact's split plan (0: never)
     policy: str = "fcfs"
     backend: str | None = None
     verify: str = "full"
@@ -41,13 +43,33 @@ class ServeConfig:
 
     def engine_kwargs(self) -> dict[str, Any]:
         names = ("backend", "max_num_seqs", "max_model_len", "max_num_batched_tokens", "kv_cache_bytes", "schedule",
-                 "policy", "verify")  # fmt: skip
-        return {k: getattr(self, k) for k in names}
+                 "policy", "verify", "research_every")  # fmt: skip
+        kw = {k: getattr(self, k) for k in names}
+        if self.plan is not None:
+            kw["plan"] = read_plan(self.plan)
+        return kw
+
+
+def read_plan(path: str | Path) -> Any:
+    """The PipelinePlan in `path`; errors name the flag, the file and the fix."""
+    from lowbit.runtime.plan import PipelinePlan
+
+    try:
+        return PipelinePlan.from_json(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(
+            f"plan = {str(path)!r}: cannot read it ({e.strerror}); give a file `lowbit plan --write-plan` wrote"
+        ) from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(
+            f"plan = {str(path)!r} is not a pipeline plan ({e}); "
+            "write one with `lowbit plan ARTIFACT --write-plan FILE`"
+        ) from e
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 _TYPES = {"port": int, "max_num_seqs": int, "max_model_len": int, "max_num_batched_tokens": int,
-          "kv_cache_bytes": int, "max_waiting": int, "shutdown_timeout": float}  # fmt: skip
+          "kv_cache_bytes": int, "max_waiting": int, "shutdown_timeout": float, "research_every": int}  # fmt: skip
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -90,7 +112,11 @@ def resolve(args: argparse.Namespace) -> ServeConfig:
         raise ValueError("give the artifact directory (lowbit serve ARTIFACT, or `artifact:` in --config)")
     if cfg.max_waiting < 1:
         raise ValueError(f"max_waiting = {cfg.max_waiting}: must be >= 1 (the queue limit before 429)")
+    if cfg.research_every is not None and cfg.research_every < 0:
+        raise ValueError(f"research_every = {cfg.research_every}: give a number of steps >= 0 (0 turns re-search off)")
+    if cfg.plan is not None:
+        read_plan(cfg.plan)  # a bad plan file fails here, before the engine loads the artifact
     return cfg
 
 
-__all__ = ["CHOICES", "ServeConfig", "read_config_file", "resolve"]
+__all__ = ["CHOICES", "ServeConfig", "read_config_file", "read_plan", "resolve"]

@@ -41,6 +41,8 @@ def test_command_line_beats_config_file_beats_defaults(tmp_path):
         ("- a\n- b\n", "YAML mapping"),
         ("port: 1\n", "give the artifact"),
         ("artifact: a\nmax_waiting: 0\n", "max_waiting = 0"),
+        ("artifact: a\nresearch_every: -1\n", "research_every = -1"),
+        ("artifact: a\nplan: /no/such/plan.json\n", "plan = '/no/such/plan.json': cannot read it"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, needle):
@@ -48,6 +50,23 @@ def test_config_errors_name_the_key(tmp_path, text, needle):
     f.write_text(text)
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
         resolve(parse("--config", str(f)))
+
+
+def test_plan_file_reaches_the_engine_and_a_bad_one_is_refused_before_loading(tmp_path, capsys):
+    from lowbit.runtime.plan import default_plan
+
+    plan = default_plan(num_nano=3)
+    f = tmp_path / "plan.json"
+    f.write_text(plan.to_json())
+    cfg = resolve(parse("art", "--plan", str(f), "--research-every", "0"))
+    kw = cfg.engine_kwargs()
+    assert kw["plan"] == plan and kw["research_every"] == 0 and kw["schedule"] == "artifact"
+    assert "plan" not in resolve(parse("art")).engine_kwargs()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "units": 3}')
+    assert main(parse(str(tmp_path / "no-such-artifact"), "--plan", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert "is not a pipeline plan" in err and "no-such-artifact" not in err  # refused before the artifact
 
 
 def test_cli_refuses_a_bad_config_without_a_traceback(tmp_path, capsys):
