@@ -125,6 +125,141 @@ def paged_decode_attention(
 paged_decode_attention_persistent = T.persistent(paged_decode_attention)
 
 
+LOW_NIBBLES = 0x0F0F0F0F
+RESIDUAL = 254.0  # q = (q1 + q2 / RESIDUAL)·amax / 127 with q1, q2 int8: |error| <= amax / (127·2·254)
+
+
+@T.kernel
+def paged_decode_attention_q8(
+    q: T.Tensor("qdtype", ("B", "HQ", "D")),
+    k_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // KPW")),
+    v_cache: T.Tensor("vdtype", ("NP", "PS", "HKV", "D * 4 // (KPW * VW)")),
+    k_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
+    k_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
+    v_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
+    v_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
+    block_tables: T.Tensor("int32", ("B", "MAXP")),
+    context_lens: T.Tensor("int32", ("B",)),
+    out: T.Tensor("odtype", ("SPLITS", "B", "HQ", "D")),
+    lse: T.Tensor("float32", ("SPLITS", "B", "HQ")),
+    B: T.int32,
+    HQ: T.int32,
+    HKV: T.int32,
+    NP: T.int32,
+    MAXP: T.int32,
+    SPLITS: T.int32,
+    TPS: T.int32,
+    qdtype: T.constexpr = "float16",
+    vdtype: T.constexpr = "int32",
+    VW: T.constexpr = 4,
+    odtype: T.constexpr = "float32",
+    D: T.constexpr = 128,
+    PS: T.constexpr = 16,
+    GQ: T.constexpr = 1,
+    GP: T.constexpr = 4,
+    BN: T.constexpr = 16,
+    KPW: T.constexpr = 8,
+    DC: T.constexpr = 16,
+    sm_scale: T.constexpr = 0.08838834764831845,
+):
+    """`paged_decode_attention` for KV8 / KV4 with the scores on 8-bit integer dots (the CPU fast path).
+
+    Query: the scaled row x = q·sm_scale·127 / amax (amax = max_d |q_d·sm_scale|, one scale per query head) is
+    rounded twice, q1 = round(x), q2 = round((x − q1)·254), both int8, so q = (q1 + q2 / 254)·amax / 127 to
+    within amax / 64516 per element. The 2·GP rows (q1 and q2 of the GP heads) are packed once per block into
+    int32 words [D / 4 or D / 8, 2·GP], 4 codes per word, as the columns of the integer dot.
+    Keys: `k_words` is the cache viewed as int32 (KPW = 8 codes per word for uint4, 4 for uint8); per token,
+    `w & 0x0F0F0F0F` and `(w >> 4) & 0x0F0F0F0F` viewed as bytes are 0..15: for uint4 the codes of the even
+    and of the odd d (q split into even / odd halves to match), for uint8 the low and high nibble of every
+    code (c = lo + 16·hi). Each is one u8·i8 dot [BN tokens, D'] x [D', 2·GP] (x86: vpmaddubsw, a token's
+    code bytes broadcast from its words in place, the query words one vector per 4 d), exact in int32; then
+
+        s_t = (Σ_d q_d·c_td − z_t·Σ_d q_d)·s_t·amax / 127
+
+    Values: the fp32 dot of `paged_decode_attention` on the V codes (`v_cache`: KV4 as int32 words, vdtype
+    "int32", VW = 4 bytes per element; KV8 as uint8 codes, VW = 1), cut into D / DC column chunks so each
+    chunk's accumulators stay in registers. Both caches are plain (not packed) tensors, so the TVM lowering
+    prefetches their pages ahead through the block table. Error vs fp32 attention over the same dequantized
+    cache: only the rounding of q, |δq_d| <= amax / 64516 (random data: ~5e-5 relative on the output)."""
+    b, h, sp = T.grid(B, HKV, SPLITS)
+    n = T.load_scalar(context_lens, (b,), name="n")
+    rows = T.arange(0, GP)[:, None] < GQ  # [GP, 1]
+    qt = T.reshape(T.load(q, (b, h * GQ, 0), (1, GP, D), mask=T.reshape(rows, (1, GP, 1))), (GP, D))
+    qs = T.cast(qt, T.float32) * sm_scale  # [GP, D]
+    amax = T.max(T.abs(qs), axis=1, keepdims=True)  # [GP, 1]
+    x = qs * T.where(amax > 0.0, 127.0 / amax, 0.0)  # in [-127, 127]
+    q1 = T.floor(x + 0.5)  # integers in [-127, 127], fp32
+    q2 = T.floor((x - q1) * RESIDUAL + 0.5)  # the rounding residual (in [-1/2, 1/2]) on 127 levels
+    qscale = amax / 127.0
+    qsum = T.sum(q1 + q2 * (1.0 / RESIDUAL), axis=1, keepdims=True)  # [GP, 1]: Σ_d q_d in units of qscale
+    level = T.reshape(T.arange(0, 2), (2, 1, 1)) == 0  # columns 0..GP-1: q1, GP..2GP-1: q2
+    qq = T.reshape(T.where(level, T.reshape(q1, (1, GP, D)), T.reshape(q2, (1, GP, D))), (2 * GP, D))
+    weight = T.where(level, 1.0, 1.0 / RESIDUAL)  # [2, 1, 1]
+    KD = 4 * D // KPW  # bytes per token in each nibble plane: the dots' reduction length
+    if KPW == 8:  # even / odd d, matching the low / high nibbles of each byte
+        pairs = T.reshape(qq, (2 * GP, D // 2, 2))
+        first = T.reshape(T.arange(0, 2), (1, 1, 2)) == 0
+        qa = T.sum(T.where(first, pairs, 0.0), axis=2)  # [2·GP, D/2]
+        qb = T.sum(T.where(first, 0.0, pairs), axis=2)
+    else:
+        qa = qq  # [2·GP, D]
+        qb = qq
+    shifts = T.reshape(T.arange(0, 4) * 8, (1, 1, 4))
+    wa = T.zeros((KD // 4, 2 * GP), T.int32, name="wa")  # 4 int8 codes per word, word t of column j
+    wb = T.zeros((KD // 4, 2 * GP), T.int32, name="wb")
+    for w, v in ((wa, qa), (wb, qb)):
+        codes = T.reshape(T.transpose(v), (KD // 4, 4, 2 * GP))  # [t, r, j]: code of d' = 4t + r, column j
+        quads = T.transpose(codes, (0, 2, 1))  # [t, j, r]
+        T.assign(w, T.sum((T.cast(quads, T.int32) & 255) << shifts, axis=2))
+    m = T.full((GP, 1), M_INIT, T.float32, name="m")
+    l = T.zeros((GP, 1), T.float32, name="l")
+    accs = [T.zeros((GP, DC), T.float32, name=f"acc{c}") for c in T.static_range(D // DC)]
+    for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
+        page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
+        off = t0 % PS
+        valid = (t0 + T.arange(0, BN))[None, :] < n  # [1, BN]
+        words = T.reshape(T.load(k_words, (page, off, h, 0), (1, BN, 1, D // KPW)), (BN, D // KPW))
+        lo = T.cast(T.view(words & LOW_NIBBLES, T.uint8), T.int8)  # [BN, KD], values 0..15
+        hi = T.cast(T.view((words >> 4) & LOW_NIBBLES, T.uint8), T.int8)
+        both = None
+        for w, codes in ((wa, lo), (wb, hi)):
+            cols = T.reshape(T.transpose(T.reshape(T.view(w, T.int8), (KD // 4, 2 * GP, 4)), (0, 2, 1)), (KD, 2 * GP))
+            part = T.dot(codes, cols, acc_dtype=T.int32)  # [BN, 2·GP]
+            if both is None:
+                both = part
+            else:
+                both = both + (part if KPW == 8 else part * 16)
+        sq = T.sum(T.reshape(T.cast(T.transpose(both), T.float32), (2, GP, BN)) * weight, axis=0)  # [GP, BN]
+        ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        s = (sq - qsum * kz) * (ks * qscale)  # [GP, BN]
+        s = T.where(valid, s, NEG_INF)
+        m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))
+        p = T.exp(s - m_new)
+        alpha = T.exp(m - m_new)
+        T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
+        vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        ps = p * vs  # [GP, BN]
+        psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
+        for c in T.static_range(D // DC):
+            if KPW == 8:  # int32 words, code j of a word at bits 4j
+                vw = T.reshape(T.load(v_cache, (page, off, h, c * DC // 8), (1, BN, 1, DC // 8)), (BN, DC // 8, 1))
+                vcodes = T.reshape((vw >> T.reshape(T.arange(0, 8) * 4, (1, 1, 8))) & 15, (BN, DC))
+            else:  # uint8 codes
+                vcodes = T.reshape(T.load(v_cache, (page, off, h, c * DC), (1, BN, 1, DC)), (BN, DC))
+            vc = T.cast(vcodes, T.float32)
+            T.assign(accs[c], accs[c] * alpha + (T.dot(ps, vc) - psz))
+        T.assign(m, m_new)
+    nonempty = l > 0.0
+    inv_l = T.where(nonempty, 1.0 / T.where(nonempty, l, 1.0), 0.0)  # [GP, 1]
+    for c in T.static_range(D // DC):
+        o = T.reshape(T.cast(accs[c] * inv_l, odtype), (1, 1, GP, DC))
+        T.store(out, (sp, b, h * GQ, c * DC), o, mask=T.reshape(rows, (1, 1, GP, 1)))
+    lse_t = T.where(nonempty, m + T.log(T.where(nonempty, l, 1.0)), NEG_INF)
+    T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
+
+
 @T.kernel
 def attention_combine(
     part: T.Tensor("float32", ("SPLITS", "B", "HQ", "D")),
@@ -166,13 +301,25 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
+    from lowbit.ops.attention import int8_scores_default, q8_consts
 
     np_, _, hkv = (int(s) for s in k_cache.shape[:3])
     fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
     dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")
     qdtype, d = consts["qdtype"], consts["D"]
-    one = bind(compile_program(paged_decode_attention.trace(**consts, odtype=qdtype), backend), fixed, dyn)
-    many = bind(compile_program(paged_decode_attention.trace(**consts, odtype="float32"), backend), fixed, dyn)
+    kv = {"uint8": "int8", "uint4": "int4"}.get(consts["kvdtype"], consts["kvdtype"])
+    if int8_scores_default(backend, kv, d):  # the scores on integer dots, as lowbit.ops.attention does
+        fixed["k_words"] = fixed.pop("k_cache").contiguous().view(torch.int32)
+
+        def trace(odtype: str) -> Any:
+            return paged_decode_attention_q8.trace(**q8_consts({**consts, "odtype": odtype}))
+    else:
+
+        def trace(odtype: str) -> Any:
+            return paged_decode_attention.trace(**consts, odtype=odtype)
+
+    one = bind(compile_program(trace(qdtype), backend), fixed, dyn)
+    many = bind(compile_program(trace("float32"), backend), fixed, dyn)
     combines: dict[int, Any] = {}
     tq = getattr(torch, qdtype)
 
@@ -195,4 +342,10 @@ def decode_launcher(
     return launch
 
 
-__all__ = ["attention_combine", "decode_launcher", "paged_decode_attention", "paged_decode_attention_persistent"]
+__all__ = [
+    "attention_combine",
+    "decode_launcher",
+    "paged_decode_attention",
+    "paged_decode_attention_persistent",
+    "paged_decode_attention_q8",
+]
