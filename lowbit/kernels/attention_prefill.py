@@ -35,6 +35,7 @@ def prefill_attention(
     CAUSAL: T.constexpr = True,
     CD: T.constexpr = "float32",
     sm_scale: T.constexpr = 0.08838834764831845,
+    DC: T.constexpr = 0,
 ):
     # q, out: [TT, HQ, D]; k, v: [TT, HKV, D]; cu_seqlens: [B + 1]
     mb, h, b = T.grid(T.cdiv(MAXLEN, BM), HQ, B1 - 1)
@@ -48,7 +49,11 @@ def prefill_attention(
         qs = T.cast(T.cast(qt, T.float32) * sm_scale, CD)
         m = T.full((BM, 1), M_INIT, T.float32, name="m")
         l = T.zeros((BM, 1), T.float32, name="l")
-        acc = T.zeros((BM, D), T.float32, name="acc")
+        # DC > 0: the values dot and accumulator in D / DC column chunks (each chunk's tm x DC accumulators stay in
+        # registers on the CPU); 0: one [BM, D] accumulator
+        chunks = D // DC if DC else 1
+        width = DC if DC else D
+        accs = [T.zeros((BM, width), T.float32, name=f"acc{c}") for c in T.static_range(chunks)]
         stop = sympy.Min(end - start, m0 + BM) if CAUSAL else end - start
         for n0 in T.range(0, stop, BN, name="n0"):
             cols = (n0 + T.arange(0, BN))[None, :]  # [1, BN]: key positions
@@ -63,11 +68,15 @@ def prefill_attention(
             p = T.exp(s - m_new)
             alpha = T.exp(m - m_new)
             T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
-            vt = T.reshape(T.load(v, (start + n0, h // GQ, 0), (BN, 1, D), mask=kvmask), (BN, D))
-            T.assign(acc, acc * alpha + T.dot(T.cast(p, CD), T.cast(vt, CD)))
+            pc = T.cast(p, CD)
+            for c in T.static_range(chunks):
+                vt = T.reshape(T.load(v, (start + n0, h // GQ, c * width), (BN, 1, width), mask=kvmask), (BN, width))
+                T.assign(accs[c], accs[c] * alpha + T.dot(pc, T.cast(vt, CD)))
             T.assign(m, m_new)
-        o = acc / T.where(l > 0.0, l, 1.0)
-        T.store(out, (start + m0, h, 0), T.reshape(T.cast(o, dtype), (BM, 1, D)), mask=qmask)
+        inv_l = 1.0 / T.where(l > 0.0, l, 1.0)
+        for c in T.static_range(chunks):
+            o = T.reshape(T.cast(accs[c] * inv_l, dtype), (BM, 1, width))
+            T.store(out, (start + m0, h, c * width), o, mask=qmask)
 
 
 # the persistent form: the same arguments plus BUDGET; a program walks (query block, head, sequence) blocks

@@ -195,7 +195,8 @@ def prefill_attention(
             f"cu_seqlens {cu.tolist()[:8]}... must be [B + 1] nondecreasing offsets from 0 to T = {TT} "
             f"(sequence b = tokens cu_seqlens[b] .. cu_seqlens[b + 1] − 1)"
         )
-    BM, BN, CD = _prefill_tiles(backend, D, dt)
+    maxlen = max(int(np.diff(cu).max()), 1)
+    BM, BN, CD = _prefill_tiles(backend, D, dt, maxlen)
     consts = {
         "dtype": dt,
         "D": D,
@@ -205,6 +206,7 @@ def prefill_attention(
         "CAUSAL": bool(causal),
         "CD": CD,
         "sm_scale": float(sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)),
+        "DC": 16 if backend == "tvm" and D % 16 == 0 else 0,
     }
     io = _IO(backend, q)
     out = io.empty((TT, HQ, D), dt)
@@ -218,7 +220,7 @@ def prefill_attention(
         "HQ": HQ,
         "HKV": HKV,
         "B1": int(cu.size),
-        "MAXLEN": max(int(np.diff(cu).max()), 1),
+        "MAXLEN": maxlen,
     }
     _compiled(prefill_kernel, backend, consts)(args)
     return io.result(out)
@@ -248,14 +250,17 @@ def _decode_tiles(backend: str, GQ: int, PS: int, D: int, qdtype: str) -> tuple[
     return _pow2(GQ), PS, "float32"
 
 
-def _prefill_tiles(backend: str, D: int, dt: str) -> tuple[int, int, str]:
+def _prefill_tiles(backend: str, D: int, dt: str, maxlen: int = 128) -> tuple[int, int, str]:
+    """(BM query rows, BN keys per tile, dot compute dtype). TVM: BM up to 128 rows (one transposed K tile of
+    BN = 16 keys serves them all; 1x512 causal on the 2-core VM: BM 32 / BN 32 152 ms, BM 128 / BN 16 with
+    the V dot in 16-column chunks 59 ms vs torch SDPA 74 ms), fewer for short sequences."""
     if backend == "triton":
         if D < 16 or D & (D - 1):
             raise ValueError(f"the triton backend needs a power-of-two head dim >= 16; got D {D}")
         big = _cuda()
         return (64, 64, dt if dt != "float32" else "float32") if big else (16, 16, "float32")
     if backend == "tvm":
-        return 32, 32, "float32"
+        return min(128, max(16, _pow2(maxlen))), 16, "float32"
     return 16, 16, "float32"
 
 
