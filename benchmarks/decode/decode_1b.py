@@ -13,7 +13,8 @@ Variants, run side by side in one process (the machine is shared: compare within
 `--repeats`):
     ops     the ops layer per op (`Executor.fast = False`), W4A16 GEMV: what the executor did before the hot path
     a16     the hot path (bound launchers, decode plans), W4A16 GEMV (float activations)
-    a8      the hot path with `PassContext(decode_activations="int8")`: quantized_gemv_a8 in decode buckets
+    a8      the hot path with `PassContext(decode_activations="int8")`: quantized_gemv_a8 in decode buckets and
+            for the prefill rows (`Executor.a8_prefill`)
 
 Then, for the last variant: the per-kernel breakdown of a decode step (thread CPU time inside each kernel and
 outside them, TVM pinned to one thread so every cycle is on the calling thread) and the DRAM roofline: bytes a
