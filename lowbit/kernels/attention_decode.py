@@ -34,10 +34,13 @@ NEG_INF = float("-inf")
 M_INIT = -1.0e30  # finite start for the running max: exp(M_INIT − m) is 0 without computing inf − inf
 
 
-def kv_tile(cache, scales, zeros, page, off, h, BN: int, D: int, kvdtype: str, layer_scale: float, CD: str):
-    """The [BN, D] tile of a KV cache (codes cast to the compute dtype CD) and its per-token (scale, zero)
-    [1, BN] fp32 tiles (None for unquantized caches; fp8's layer scale is folded into the codes)."""
-    c = T.reshape(T.load(cache, (page, off, h, 0), (1, BN, 1, D)), (BN, D))
+def kv_tile(
+    cache, scales, zeros, page, off, h, BN: int, D: int, kvdtype: str, layer_scale: float, CD: str, d0: int = 0
+):
+    """The [BN, D] tile of a KV cache (columns d0 .. d0 + D − 1; codes cast to the compute dtype CD) and its
+    per-token (scale, zero) [1, BN] fp32 tiles (None for unquantized caches; fp8's layer scale is folded into
+    the codes)."""
+    c = T.reshape(T.load(cache, (page, off, h, d0), (1, BN, 1, D)), (BN, D))
     if kvdtype in ("uint8", "uint4"):
         s = T.reshape(T.cast(T.load(scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         z = T.reshape(T.cast(T.load(zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
@@ -79,8 +82,11 @@ def paged_decode_attention(
     sm_scale: T.constexpr = 0.08838834764831845,
     k_layer_scale: T.constexpr = 1.0,
     v_layer_scale: T.constexpr = 1.0,
+    DC: T.constexpr = 0,
 ):
     # q: [B, HQ, D]; caches: [NP, PS, HKV, D]; out: [SPLITS, B, HQ, D]; lse: [SPLITS, B, HQ]
+    # DC > 0: the values dot and accumulator in D / DC column chunks (a chunk's GP x DC accumulators stay in
+    # registers on the CPU; one [GP, D] accumulator spilled on every FMA); 0: one accumulator
     b, h, sp = T.grid(B, HKV, SPLITS)
     n = T.load_scalar(context_lens, (b,), name="n")
     rows = T.arange(0, GP)[:, None] < GQ  # [GP, 1]: the query heads of this KV head
@@ -92,7 +98,9 @@ def paged_decode_attention(
         qsum = T.sum(T.cast(qd, T.float32), axis=1, keepdims=True)  # [GP, 1]
     m = T.full((GP, 1), M_INIT, T.float32, name="m")
     l = T.zeros((GP, 1), T.float32, name="l")
-    acc = T.zeros((GP, D), T.float32, name="acc")
+    chunks = D // DC if DC else 1
+    width = DC if DC else D
+    accs = [T.zeros((GP, width), T.float32, name=f"acc{c}") for c in T.static_range(chunks)]
     for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
         page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
         off = t0 % PS
@@ -106,17 +114,23 @@ def paged_decode_attention(
         p = T.exp(s - m_new)  # [GP, BN]
         alpha = T.exp(m - m_new)
         T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
-        vc, vs, vz = kv_tile(v_cache, v_scales, v_zeros, page, off, h, BN, D, kvdtype, v_layer_scale, CD)
+        pw = T.cast(p, CD)
         if quantized:
+            vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+            vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
             ps = p * vs  # [GP, BN]: p_t·s_t
-            pv = T.dot(T.cast(ps, CD), vc) - T.sum(ps * vz, axis=1, keepdims=True)
-        else:
-            pv = T.dot(T.cast(p, CD), vc)
-        T.assign(acc, acc * alpha + pv)
+            pw = T.cast(ps, CD)
+            psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
+        for c in T.static_range(chunks):
+            vc = kv_tile(v_cache, v_scales, v_zeros, page, off, h, BN, width, kvdtype, v_layer_scale, CD, c * width)[0]
+            pv = T.dot(pw, vc)
+            T.assign(accs[c], accs[c] * alpha + (pv - psz if quantized else pv))
         T.assign(m, m_new)
     nonempty = l > 0.0  # [GP, 1]
-    o = T.where(nonempty, acc / T.where(nonempty, l, 1.0), 0.0)
-    T.store(out, (sp, b, h * GQ, 0), T.reshape(T.cast(o, odtype), (1, 1, GP, D)), mask=T.reshape(rows, (1, 1, GP, 1)))
+    inv_l = T.where(nonempty, 1.0 / T.where(nonempty, l, 1.0), 0.0)  # [GP, 1]
+    for c in T.static_range(chunks):
+        o = T.reshape(T.cast(accs[c] * inv_l, odtype), (1, 1, GP, width))
+        T.store(out, (sp, b, h * GQ, c * width), o, mask=T.reshape(rows, (1, 1, GP, 1)))
     lse_t = T.where(nonempty, m + T.log(T.where(nonempty, l, 1.0)), NEG_INF)  # [GP, 1]
     T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
 
@@ -301,8 +315,9 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
-    from lowbit.ops.attention import int8_scores_default, q8_consts
+    from lowbit.ops.attention import decode_chunk, int8_scores_default, q8_consts
 
+    consts = {"DC": decode_chunk(backend, consts["D"]), **consts}  # V column chunks, as the ops layer sets them
     np_, _, hkv = (int(s) for s in k_cache.shape[:3])
     fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
     dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")

@@ -121,6 +121,7 @@ def paged_decode_attention(
         "sm_scale": float(sm_scale if sm_scale is not None else 1.0 / math.sqrt(D)),
         "k_layer_scale": float(k_layer_scale) if kv_dtype == "fp8_e4m3" else 1.0,
         "v_layer_scale": float(v_layer_scale) if kv_dtype == "fp8_e4m3" else 1.0,
+        "DC": decode_chunk(backend, D),
     }
     io = _IO(backend, q)
     part = io.empty((splits, B, HQ, D), odtype)
@@ -264,6 +265,12 @@ def _prefill_tiles(backend: str, D: int, dt: str, maxlen: int = 128) -> tuple[in
     return 16, 16, "float32"
 
 
+def decode_chunk(backend: str, D: int) -> int:
+    """`paged_decode_attention`'s DC: V column chunks of 16 on TVM (register accumulators; B=8 ctx 4096:
+    fp16 / int8 ~55 -> see lowbit/kernels/README.md), 0 (one accumulator) elsewhere."""
+    return 16 if backend == "tvm" and D % 16 == 0 else 0
+
+
 def int8_scores_default(backend: str, kv_dtype: str, D: int) -> bool:
     """Whether decode over this cache takes `paged_decode_attention_q8` by default: the TVM backend (CPU,
     where the integer dots become vpmaddubsw) with an int4 cache and D a multiple of 16 (B=8, ctx 4096 on the
@@ -277,6 +284,7 @@ def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     words' codes per word, V's storage (int32 words for KV4, uint8 codes for KV8), >= 4 query rows (2·GP
     columns of the integer dot fill a vector of 8), V column chunks of 16."""
     four = consts["kvdtype"] == "uint4"
+    consts = {k: v for k, v in consts.items() if k != "DC"}
     return {
         "qdtype": consts["qdtype"],
         "vdtype": "int32" if four else "uint8",
