@@ -219,8 +219,10 @@ def linear_kernel(kernels: tuple[tuple[int, str], ...], m: int, a8_prefill: bool
     `a8_prefill`: a linear whose decode buckets run the int8-activation GEMV runs every M through it (a
     prefill in row tiles of 16): on the CPU the float W4A16 GEMM of a 32-token TinyLlama prefill took 3.5 s,
     the a8 kernel a tenth of that, for the same ~0.7% activation rounding the decode steps already take."""
-    if a8_prefill and any(k == A8_KERNEL for _, k in kernels):
+    if any(k == A8_KERNEL for _, k in kernels) and (a8_prefill or m <= A8_DECODE_ROWS):
         return A8_KERNEL
+    if not a8_prefill and m > A8_DECODE_ROWS:
+        return None  # the float W4A16 GEMM (quantized_linear's own rule)
     for bucket, kernel in kernels:
         if m <= bucket:
             return kernel if kernel == A8_KERNEL else None

@@ -5,7 +5,8 @@ dense -> "dense" (torch matmul).
 
 ctx.decode_activations "int8" (off by default: it rounds activations to int8, ~0.7% relative error per
 linear): on the CPU, 4-bit int4/uint4 w_a16 linears with a group size the kernel takes run
-`quantized_gemv_a8` in the buckets M <= 16 (decode); others keep quantized_gemv, with a note saying why.
+`quantized_gemv_a8` in every bucket (decode, and prefill in row tiles of 16); others keep the float kernels,
+with a note saying why.
 Such a linear's weight is stored in the row layout and re-tiled to `column_tiled` when the executor loads it.
 attrs kernels = ((bucket, kernel), ...); meta["buckets"] = ctx.buckets."""
 
