@@ -47,3 +47,25 @@ def test_backend_runs_reordered_layout(backend):
     x = rng.standard_normal((3, 256)).astype(np.float16)
     err = relative_error(quantized_linear(x, qw, backend=backend), reference(x, qw))
     assert err <= bound(qw, 3, "float16"), err
+
+
+@pytest.mark.parametrize(
+    "scheme,name,G,M", [("w_a16", "int4", 32, 3), ("w_a16", "uint4", 64, 20), ("w4a8_group", "uint4", 64, 5)]
+)
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_triton_under_a_plan_share_runs_persistent_with_the_same_result(scheme, name, G, M, share):
+    """Inside `resource_share` (what the nano executor sets per nano-op) a Triton launch runs the kernel's
+    persistent form (grid = min(share x units, tiles)); the result equals the grid launch bit for bit."""
+    from lowbit.kernels.launch import PersistentLauncher, resource_share
+
+    rng = np.random.default_rng(M)
+    N, K = 40, 128
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), name, G, scheme=scheme)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    want = quantized_linear(x, qw, backend="triton")
+    with resource_share(share):
+        got = quantized_linear(x, qw, backend="triton")
+    assert np.array_equal(got, want)
+    kinds = {type(c).__name__ for c in qw.__dict__["_plans"].values()}
+    assert PersistentLauncher.__name__ in kinds and len(kinds) == 2  # the grid plan and the persistent one
+    assert relative_error(got, reference(x, qw)) <= bound(qw, M, "float32")
