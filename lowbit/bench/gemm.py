@@ -9,9 +9,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   torch_dequant  the packed weight dequantized in torch on every call, then fp32 F.linear (lowbit.bench.naive);
                  for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
   lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for
-  lowbit_a8      on the CPU (tvm), M <= 16, 4-bit int4/uint4 weights: quantized_linear(kernel=
-                 "quantized_gemv_a8"), the decode GEMV with int8 activations (quantized per row and group in
-                 the timed call); its error vs x @ dequant(W)^T includes that rounding (~0.7%)
+  lowbit_a8      on the CPU (tvm), 4-bit int4/uint4 weights: quantized_linear(kernel="quantized_gemv_a8"),
+                 the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
+                 row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
+                 x @ dequant(W)^T includes that rounding (~0.7%)
 Timing: `lowbit.codegen.tune.timing.benchmark(flush=True)`: one untimed warm-up call (compiles lowbit kernels),
 then `repeats` samples, each after evicting the caches by a read-modify-write of a buffer twice the L3 size
 (a 4096^2 W4 layer is 9 MB and would otherwise be served from the 32 MiB L3). Threads are set once, first.
@@ -47,7 +48,6 @@ FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
-A8_MAX_M = 16  # lowbit_a8 rows for M up to the decode buckets
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 
 
@@ -360,7 +360,7 @@ class _Bench:
                 row = self.lowbit_row(case, x, dt, qw, backend)
                 if row is not None:
                     rows.append(row)
-                if not cuda and backend == "tvm" and M <= A8_MAX_M and _a8_ineligible(qw) is None:
+                if not cuda and backend == "tvm" and _a8_ineligible(qw) is None:
                     row = self.lowbit_row(case, x, dt, qw, backend, kernel=A8)
                     if row is not None:
                         rows.append(row)

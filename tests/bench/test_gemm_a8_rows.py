@@ -1,5 +1,6 @@
 """`lowbit bench gemm` on the CPU (tvm): lowbit_a8 rows (the decode GEMV with int8 activations) next to the
-W4A16 lowbit rows for 4-bit weights at M <= 16, none for other dtypes or larger M; checked against
+W4A16 lowbit rows for 4-bit weights at every M (beyond 16 in row tiles, as an int8 prefill), none for other
+dtypes; checked against
 x @ dequant(W)^T with the activation rounding's bound. Performance is never asserted."""
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ def report():
                            machine=machine, flush=False)  # fmt: skip
 
 
-def test_a8_rows_for_4bit_weights_up_to_16_rows(report):
+def test_a8_rows_for_4bit_weights_at_every_m(report):
     a8 = {(r.M, r.dtype) for r in report.rows if r.method == "lowbit_a8"}
-    assert a8 == {(1, "int4"), (4, "int4")}
+    assert a8 == {(1, "int4"), (4, "int4"), (32, "int4")}
     assert all(r.backend == "tvm" for r in report.rows if r.method == "lowbit_a8")
 
 
 def test_a8_rows_are_checked_with_the_rounding_bound(report):
-    for m in (1, 4):
+    for m in (1, 4, 32):
         a8 = next(r for r in report.rows if r.method == "lowbit_a8" and m == r.M)
         w16 = next(r for r in report.rows if r.method == "lowbit" and m == r.M and r.dtype == "int4")
         assert a8.rel_error is not None and a8.rel_error < gemm.A8_TOLERANCE and "MISMATCH" not in a8.note
