@@ -722,7 +722,8 @@ class _Emitter:
         tensor). Only for loads of >= 512 bytes from row-major, not packed, read-only tensors whose offsets
         move with the loop (a streaming GEMV's weight tiles); a CPU hint (x86 `prefetcht0`), never a fault.
         Offsets through scalars read in the loop (a page from a block table) use those scalars re-read at
-        the advanced loop variable (`_scalars_ahead`), so paged KV tiles are prefetched too."""
+        the advanced loop variable (`_scalars_ahead`), so paged KV tiles are prefetched too; paged rows
+        narrower than a line count the lines they touch and hint once per line."""
         t, dist = inst.tensor, self.opt["prefetch"]
         if not dist or not self.loops or self.scope or t.layout is not None or t.name in self.stored:
             return
@@ -736,16 +737,18 @@ class _Emitter:
         ebytes = max(t.dtype.bits // 8, 1)
         row_elems = int(inst.shape[-1])
         rows = list(itertools.product(*(range(int(n)) for n in inst.shape[:-1])))
-        # rows narrower than a line: one hint per row, from the column chunk at the line's start only
-        narrow = row_elems * ebytes < 64
-        if narrow and (not offsets[-1].is_Integer or (int(offsets[-1]) * ebytes) % 64):
-            return
-        tile_bytes = len(rows) * max(row_elems * ebytes, 64)  # the cache lines it touches
+        dependent = free & self.scalar_vars
+        tile_bytes = len(rows) * row_elems * ebytes
+        if dependent and row_elems * ebytes < 64:
+            # paged rows narrower than a line (column chunks): count the lines they touch, one hint per row
+            # from the chunk at the line's start only
+            if not offsets[-1].is_Integer or (int(offsets[-1]) * ebytes) % 64:
+                return
+            tile_bytes = len(rows) * 64
         if tile_bytes < 512 or len(rows) > 64:
             return
         ahead = -(-dist // tile_bytes) * int(loop.step)
         moved = [o.subs(loop.var, loop.var + ahead) for o in offsets]
-        dependent = free & self.scalar_vars
         if dependent:  # data-dependent (a page from a block table): re-read the scalars that many steps ahead
             subst = self._scalars_ahead(loop, dependent, ahead)
             if subst is None:
