@@ -60,6 +60,13 @@ def compile_tiny(out_dir, *sets: str):
 
 
 @pytest.fixture(scope="session")
+def tiny_compiler():
+    """`compile_tiny` for tests that compile their own variant (a fixture: test modules cannot import this
+    conftest by name, several test dirs have a conftest.py)."""
+    return compile_tiny
+
+
+@pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory):
     """The README's example (int4 RTN weights, KV8) with max_model_len 256, compiled once per test session:
     for engine / server / benchmark tests."""

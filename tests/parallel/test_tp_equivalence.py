@@ -14,7 +14,6 @@ import threading
 
 import pytest
 import torch
-from conftest import compile_tiny
 
 from lowbit import LLM, SamplingParams
 from lowbit.artifact import open_artifact
@@ -27,10 +26,10 @@ PROMPTS = [[1, 2, 3, 4, 5], [7], [100, 200, 300, 400, 500, 17, 18, 19, 20, 21, 2
 
 
 @pytest.fixture(scope="module")
-def tp2_artifact(tmp_path_factory):
+def tp2_artifact(tmp_path_factory, tiny_compiler):
     # the recipe of the session's tiny_artifact (tensor_parallel 1) with the model split over 2 ranks
     out = tmp_path_factory.mktemp("tp2") / "tiny-tp2"
-    return compile_tiny(out, "target.max_model_len=256", "target.tensor_parallel=2")
+    return tiny_compiler(out, "target.max_model_len=256", "target.tensor_parallel=2")
 
 
 @pytest.fixture(scope="module")
