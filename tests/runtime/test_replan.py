@@ -79,6 +79,20 @@ def test_the_search_runs_off_the_step_loop():
     r.close()
 
 
+def serve(engine: LLMEngine, params: SamplingParams) -> list[list[int]]:
+    """Every prompt's tokens, stepping the engine and letting each background search finish between steps
+    (so a switch happens at a known step)."""
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(str(i), p, params)
+    got: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                got[out.request_id] = list(out.token_ids)
+        drain(engine.replanner)
+    return [got[str(i)] for i in range(len(PROMPTS))]
+
+
 @pytest.fixture(scope="module")
 def exact(tiny_exact_artifact):
     return load_compiled(tiny_exact_artifact)
@@ -95,15 +109,7 @@ def test_engine_switches_plans_between_steps_without_changing_tokens(exact, monk
     engine.replanner = Replanner(
         lambda: "searched", every=2, research=lambda s, o: SimpleNamespace(pipeline=new, workload=o)
     )
-    for i, p in enumerate(PROMPTS):
-        engine.add_request(str(i), p, params)
-    got: dict[str, list[int]] = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                got[out.request_id] = list(out.token_ids)
-        drain(engine.replanner)
-    assert [got[str(i)] for i in range(len(PROMPTS))] == want
+    assert serve(engine, params) == want
     assert engine.replanner.switches >= 1 and engine.runner.plan is new and engine.plan is new
     engine.close()
     # only the artifact's own plan is re-searched
@@ -119,14 +125,6 @@ def test_engine_re_search_through_the_planner_runs_clean(exact, monkeypatch):
     want = [o.token_ids for o in exact.runner(max_num_seqs=3).generate(PROMPTS, params)]
     monkeypatch.setattr(LLMEngine, "_artifact_plan", lambda self: default_plan(exact.arch, num_nano=2))
     engine = LLMEngine(exact, max_num_seqs=3, verify="none", research_every=2)
-    for i, p in enumerate(PROMPTS):
-        engine.add_request(str(i), p, params)
-    got: dict[str, list[int]] = {}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                got[out.request_id] = list(out.token_ids)
-        drain(engine.replanner)
-    assert [got[str(i)] for i in range(len(PROMPTS))] == want
+    assert serve(engine, params) == want
     assert engine.replanner.failed is None and engine.replanner._searched is not None
     engine.close()
