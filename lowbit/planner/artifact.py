@@ -133,37 +133,18 @@ def make_planner(
 
 
 def plan_for_artifact(
-    arch: ArchConfig,
-    device: str = "cpu",
-    budget_s: float = 10.0,
-    *,
-    cfg: Any = None,
-    workload: Workload | None = None,
-    hardware: Hardware | None = None,
-    profile: KernelProfile | None = None,
-    precision: Precision | None = None,
-    tp: int | None = None,
-    order: bool | None = None,
+    arch: ArchConfig, device: str = "cpu", budget_s: float = 10.0, *, workload: Workload | None = None, **kw: Any
 ) -> SearchedPlan:
-    """The searched plan of an artifact's model (see the module docstring), with the workload it was for."""
-    planner = make_planner(arch, device, budget_s, cfg=cfg, hardware=hardware, profile=profile,
-                           precision=precision, tp=tp, order=order)  # fmt: skip
+    """The searched plan of an artifact's model (see the module docstring), with the workload it was for
+    (default: the device kind's); `kw`: `make_planner`'s keywords (cfg, hardware, profile, precision, tp,
+    order)."""
+    planner = make_planner(arch, device, budget_s, **kw)
     return _searched(planner, workload or default_workload(planner.cost.hw))
 
 
-def search_for_artifact(
-    arch: ArchConfig,
-    device: str = "cpu",
-    budget_s: float = 10.0,
-    *,
-    cfg: Any = None,
-    workload: Workload | None = None,
-    hardware: Hardware | None = None,
-    profile: KernelProfile | None = None,
-) -> PipelinePlan:
-    """The runtime plan `lowbit compile` writes into the artifact (plan.json) in place of `artifact_plan`."""
-    return plan_for_artifact(arch, device, budget_s, cfg=cfg, workload=workload, hardware=hardware,
-                             profile=profile).pipeline  # fmt: skip
+def search_for_artifact(arch: ArchConfig, device: str = "cpu", budget_s: float = 10.0, **kw: Any) -> PipelinePlan:
+    """The runtime plan `lowbit compile` writes into the artifact (plan.json): `plan_for_artifact(...).pipeline`."""
+    return plan_for_artifact(arch, device, budget_s, **kw).pipeline
 
 
 def research_if_drifted(
