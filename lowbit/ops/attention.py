@@ -28,7 +28,7 @@ from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels import attention_decode as decode_kernels
 from lowbit.kernels.attention_prefill import prefill_attention as prefill_kernel
-from lowbit.kernels.launch import activation_dtype
+from lowbit.kernels.launch import PersistentLauncher, activation_dtype, current_share
 from lowbit.lang import Kernel
 from lowbit.ops.linear import _cuda, _is_torch, select_backend
 from lowbit.quant.kv import KV_DTYPES
@@ -315,8 +315,19 @@ def _compiled_cached(kernel: Kernel, backend: str, consts: tuple[tuple[str, Any]
     return compile_program(kernel.trace(**dict(consts)), backend)
 
 
+@functools.lru_cache(maxsize=64)
+def _persistent_cached(kernel: Kernel, backend: str, consts: tuple[tuple[str, Any], ...]) -> Any:
+    return PersistentLauncher(kernel, dict(consts), backend)
+
+
 def _compiled(kernel: Kernel, backend: str, consts: dict[str, Any]) -> Any:
-    return _compiled_cached(kernel, backend, tuple(sorted(consts.items())))
+    # under a nano-batch plan's share (`resource_share`, set per nano-op by the nano executor) a Triton launch
+    # runs the kernel's persistent form: grid = min(share x SMs, blocks), so overlapping nano-ops split the
+    # device as the plan says (as ops.linear does for the GEMMs)
+    key = tuple(sorted(consts.items()))
+    if backend == "triton" and current_share() is not None:
+        return _persistent_cached(kernel, backend, key)
+    return _compiled_cached(kernel, backend, key)
 
 
 # ---- validation and numpy / torch plumbing --------------------------------------------------------------

@@ -230,6 +230,28 @@ def test_prefill_equals_the_float64_reference(backend, lens, hkv, gq, d, causal,
     assert rel(out, ref) < (FP32_BOUND if dt == "float32" else 2e-3)
 
 
+@pytest.mark.parametrize("kv", ["int8", "int4"])
+def test_triton_under_a_plan_share_runs_persistent_with_the_same_result(kv):
+    """Inside `resource_share` (what the nano executor sets per nano-op) the Triton launches run the kernels'
+    persistent forms (grid = min(share x units, blocks): one program walks every block here); decode and prefill
+    equal the grid launches bit for bit."""
+    from lowbit.kernels.launch import resource_share
+    from lowbit.ops import attention as ops_attention
+
+    rng = np.random.default_rng(5)
+    _, _, cache = random_cache(rng, [37, 5], 2, 64, 16, kv)
+    q = rng.standard_normal((2, 4, 64)).astype(np.float32)
+    cu = np.array([0, 9, 20], np.int32)
+    pq, pk, pv = (rng.standard_normal((20, h, 64)).astype(np.float32) for h in (4, 2, 2))
+    want = decode(cache, q, "triton", num_splits=2), prefill_attention(pq, pk, pv, cu, causal=True, backend="triton")
+    ops_attention._persistent_cached.cache_clear()
+    with resource_share(0.5):
+        got = decode(cache, q, "triton", num_splits=2), prefill_attention(pq, pk, pv, cu, causal=True, backend="triton")
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    assert ops_attention._persistent_cached.cache_info().currsize == 3  # decode, split combine, prefill launchers
+    assert rel(got[0], decode_attention(q, cache)) < bound("triton", kv)
+
+
 def test_bad_inputs_name_the_field_and_the_fix():
     rng = np.random.default_rng(0)
     _, _, cache = random_cache(rng, [20], 2, 64, 16, "int8")
