@@ -285,7 +285,6 @@ def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     columns of the integer dot fill a vector of 8), V column chunks of 8 (KV4: one word per token; B=8 ctx
     4096: 35 ms vs 48 ms with chunks of 16)."""
     four = consts["kvdtype"] == "uint4"
-    consts = {k: v for k, v in consts.items() if k != "DC"}
     return {
         "qdtype": consts["qdtype"],
         "vdtype": "int32" if four else "uint8",
