@@ -101,6 +101,13 @@ def current_share() -> float | None:
     return getattr(_SHARE, "value", None)
 
 
+def runs_persistent(backend: str) -> bool:
+    """Whether a library launch on `backend` takes the kernel's persistent form now: Triton inside a
+    `resource_share` block (grid = min(share x SMs, tiles), so overlapping nano-ops split the device as the
+    plan says: NanoFlow's SM budgets). `lowbit.ops.linear` and `lowbit.ops.attention` ask this."""
+    return backend == "triton" and current_share() is not None
+
+
 def num_programs(program: Any, scalars: Mapping[str, Any]) -> int:
     """How many programs `program` launches for these scalar arguments (the product of its grid)."""
     from lowbit.codegen.scalar_eval import evaluate

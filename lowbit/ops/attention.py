@@ -28,7 +28,7 @@ from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels import attention_decode as decode_kernels
 from lowbit.kernels.attention_prefill import prefill_attention as prefill_kernel
-from lowbit.kernels.launch import PersistentLauncher, activation_dtype, current_share
+from lowbit.kernels.launch import PersistentLauncher, activation_dtype, runs_persistent
 from lowbit.lang import Kernel
 from lowbit.ops.linear import _cuda, _is_torch, select_backend
 from lowbit.quant.kv import KV_DTYPES
@@ -320,11 +320,9 @@ def _persistent_cached(kernel: Kernel, backend: str, consts: tuple[tuple[str, An
 
 
 def _compiled(kernel: Kernel, backend: str, consts: dict[str, Any]) -> Any:
-    # under a nano-batch plan's share (`resource_share`, set per nano-op by the nano executor) a Triton launch
-    # runs the kernel's persistent form: grid = min(share x SMs, blocks), so overlapping nano-ops split the
-    # device as the plan says (as ops.linear does for the GEMMs)
+    # under a nano-batch plan's share the kernel's persistent form (`runs_persistent`), as ops.linear does
     key = tuple(sorted(consts.items()))
-    if backend == "triton" and current_share() is not None:
+    if runs_persistent(backend):
         return _persistent_cached(kernel, backend, key)
     return _compiled_cached(kernel, backend, key)
 

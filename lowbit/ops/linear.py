@@ -36,7 +36,7 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8
-from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, current_share, serial_options
+from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import default_config, space
@@ -408,11 +408,8 @@ def _compiled(
 ) -> Any:
     # the compiled `select_kernel(qw, m)` for this backend and io dtypes ("float16", "int8->float32", ...),
     # looked up once and kept on the weight (a decode step calls this per layer per token: Python overhead
-    # must stay far below the kernel)
-    # Under a nano-batch plan's share (`kernels.launch.resource_share`, set per nano-op by the nano executor) a
-    # Triton launch runs the kernel's persistent form: grid = min(share x SMs, tiles), each program looping over
-    # tiles, so overlapping nano-ops split the device as the plan says (NanoFlow's SM budgets).
-    persistent = backend == "triton" and current_share() is not None
+    # must stay far below the kernel); under a nano-batch plan's share the persistent form (`runs_persistent`)
+    persistent = runs_persistent(backend)
     plans = qw.__dict__.setdefault("_plans", {})
     key = (m, backend, io, bool(tune), config, persistent)
     compiled = plans.get(key)
