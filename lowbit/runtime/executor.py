@@ -214,19 +214,15 @@ def _bucket_kernels(node: Any) -> tuple[tuple[int, str], ...]:
 
 
 def linear_kernel(kernels: tuple[tuple[int, str], ...], m: int, a8_prefill: bool = True) -> str | None:
-    """The kernel the graph chose for M = m rows (the first bucket >= m; the last beyond them), when it is
-    one `quantized_linear` must be told by name (the int8-activation GEMV), else None (its own rule).
-    `a8_prefill`: a linear whose decode buckets run the int8-activation GEMV runs every M through it (a
-    prefill in row tiles of 16): on the CPU the float W4A16 GEMM of a 32-token TinyLlama prefill took 3.5 s,
-    the a8 kernel a tenth of that, for the same ~0.7% activation rounding the decode steps already take."""
+    """The kernel `quantized_linear` must be told by name for M = m rows: the int8-activation GEMV when the graph
+    chose it for this linear (select_kernels puts it in every bucket of an eligible linear), else None (its own
+    rule). `a8_prefill` False: more than `A8_DECODE_ROWS` rows (a prefill) take the float W4A16 GEMM instead;
+    on (the default), every M runs the a8 kernel (a prefill in row tiles of 16): on the CPU the float GEMM of a
+    32-token TinyLlama prefill took 3.5 s, the a8 kernel a tenth of that, for the same ~0.7% activation
+    rounding the decode steps already take."""
     if any(k == A8_KERNEL for _, k in kernels) and (a8_prefill or m <= A8_DECODE_ROWS):
         return A8_KERNEL
-    if not a8_prefill and m > A8_DECODE_ROWS:
-        return None  # the float W4A16 GEMM (quantized_linear's own rule)
-    for bucket, kernel in kernels:
-        if m <= bucket:
-            return kernel if kernel == A8_KERNEL else None
-    return kernels[-1][1] if kernels and kernels[-1][1] == A8_KERNEL else None
+    return None
 
 
 A8_DECODE_ROWS = GEMV_MAX_M  # more rows than this share one a8 launcher (M is a call argument there)

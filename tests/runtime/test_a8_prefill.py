@@ -62,6 +62,8 @@ def test_prefill_rows_run_the_a8_gemv(setup):
     kernels = [dict(n.attrs).get("kernels") for n in g.nodes_in_order() if n.op == "linear"]
     assert all(linear_kernel(k, 20) == "quantized_gemv_a8" for k in kernels)
     assert all(linear_kernel(k, 20, a8_prefill=False) is None for k in kernels)
+    assert all(linear_kernel(k, 16, a8_prefill=False) == "quantized_gemv_a8" for k in kernels)  # decode rows
+    assert linear_kernel(((16, "quantized_gemv"), (64, "quantized_gemm")), 8) is None  # not an a8 linear
     a8 = prefill(g, params, True)
     fp = prefill(g, params, False)
     fused = dict(g.meta.get("fused_params", {}))
