@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 
+from lowbit.config.check import TENSOR_PARALLEL
 from lowbit.config.errors import FieldProblem, Loc, RecipeError, dotted
 from lowbit.config.recipe import decide
 from lowbit.config.schema import ModelYaml
@@ -142,7 +143,7 @@ def _limit_problems(cfg: ModelYaml, arch: ArchConfig) -> Iterator[FieldProblem]:
         )
 
 
-ROW_PARALLEL = ("o_proj", "down_proj")  # the linears whose in_features (K) tensor parallelism splits
+ROW_PARALLEL = ("o_proj", "down_proj")  # the linears whose K the graph pass shard_tensor_parallel splits
 
 
 def shard_problems(cfg: ModelYaml, arch: ArchConfig, tp: int) -> list[str]:
@@ -179,7 +180,7 @@ def _parallel_problems(cfg: ModelYaml, arch: ArchConfig) -> Iterator[FieldProble
         return
     problems = shard_problems(cfg, arch, tp)
     if problems:
-        ok = [t for t in (1, 2, 4, 8) if t < tp and not shard_problems(cfg, arch, t)]
+        ok = [t for t in TENSOR_PARALLEL if t < tp and not shard_problems(cfg, arch, t)]
         yield FieldProblem(
             "; ".join(problems),
             f"use tensor_parallel {_or(ok)}"

@@ -13,11 +13,11 @@ returns the graph unchanged."""
 
 from __future__ import annotations
 
+from lowbit.config.check_model import ROW_PARALLEL as ROW  # the recipe check of K / tp vs group size reads it too
 from lowbit.graph.context import PassContext
 from lowbit.graph.graph import GraphError, Node, OpGraph
 
 COLUMN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
-ROW = ("o_proj", "down_proj")
 
 
 def _kind(n: Node) -> str | None:
