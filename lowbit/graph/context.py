@@ -29,7 +29,7 @@ class PassContext:
     compute dtype; kv_dtype: the KV cache format (lowbit.quant.kv.KV_DTYPES). buckets: ascending token
     counts M a kernel is chosen for (bucket b serves previous bucket < M <= b). max_num_tokens / max_num_seqs:
     the most tokens / sequences one forward pass carries (size the memory plan's arena). decode_activations:
-    "float" (default) or "int8": CPU decode buckets (M <= 16) of 4-bit w_a16 linears run `quantized_gemv_a8`,
+    "float" (default) or "int8": 4-bit w_a16 linears on the CPU run `quantized_gemv_a8` in every bucket,
     which quantizes activations to int8 per group (select_kernels; ~0.7% relative error per linear).
     tensor_parallel: ranks the graph is sharded over (shard_tensor_parallel: the graph is one rank's shard)."""
 
