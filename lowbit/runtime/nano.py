@@ -40,7 +40,6 @@ import itertools
 import math
 import os
 import queue
-import re
 import sys
 import threading
 import warnings
@@ -175,14 +174,10 @@ def derive_tasks(
     return tuple(tasks)
 
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
-
-
 def node_layers(nodes: Sequence[Any]) -> list[int]:
-    """The decoder layer of each node, from its `model.layers.N.` name prefix; a node outside the layers is in
-    "layer" -1 before the first layer node (the embedding) or num_layers after it (final norm, lm_head)."""
-    found = [_LAYER.match(n.name) for n in nodes]
-    layers = [int(m.group(1)) if m else None for m in found]
+    """The decoder layer of each node (`Node.layer`); a node outside the layers is in "layer" -1 before the first
+    layer node (the embedding) or num_layers after it (final norm, lm_head)."""
+    layers = [n.layer for n in nodes]
     known = [x for x in layers if x is not None]
     num_layers = max(known) + 1 if known else 0
     first = next((i for i, x in enumerate(layers) if x is not None), len(nodes))
@@ -206,7 +201,7 @@ def planned_keys(
         rule = plan.rule_for(node.op, node.name)
         if rule is not None and rule.order:
             key = layer[ni] + rule.order[min(k, rule.num_nano - 1)]
-        elif not _LAYER.match(node.name):
+        elif node.layer is None:
             key = layer[ni] + ni / len(nodes)
         else:
             key = max((keys[d][0] for d in deps[pi]), default=float(layer[ni]))

@@ -18,7 +18,7 @@ a search (issue 7) can produce one. It holds
   Optional `order`: a planned queue key per nano-batch, in layers (the planner's `lowbit plan --order`,
   lowbit/planner/README.md "Queue order"); carried in the JSON only when set. A plan whose rules carry orders
   (all of them: `ordered`) replaces the executor's queue rule (stage, first row, graph position) by
-  (layer of the node + order[k], graph position), see nano.py `queue_keys`.
+  (layer of the node + order[k], graph position), see nano.py `planned_keys`.
 - `tile`: nano-batch boundaries are rounded to multiples of `tile` token rows (the GEMM tile; NanoFlow used
   128 on A100); a boundary that rounds onto another or onto an end disappears, so a small step splits less.
 - `min_tokens`: steps with fewer token rows run the unsplit schedule.

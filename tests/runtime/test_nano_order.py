@@ -131,6 +131,8 @@ def test_node_layers_and_keys_outside_the_layers(nodes):
     assert layer[names.index("model.embed_tokens")] == -1
     assert layer[names.index("model.layers.2.mlp.down_proj")] == 2
     assert layer[names.index("model.norm")] == layer[names.index("lm_head")] == ARCH.num_layers
+    in_layers = [(x, int(n.split(".")[2])) for x, n in zip(layer, names, strict=True) if n.startswith("model.layers.")]
+    assert len(in_layers) > 10 and all(x == want for x, want in in_layers)  # the fused nodes keep their layer
     # a plan whose rules name only the attention: the other nodes keep the documented keys
     plan = PipelinePlan(UNITS, (OpRule(pattern=ATTN, fractions=(0.5, 0.5), units=("memory",), order=(0.3, 0.6)),))
     pieces = [(i, 0) for i in range(len(nodes))]
