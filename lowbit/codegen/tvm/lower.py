@@ -883,10 +883,21 @@ class _Emitter:
             parts = [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
             return _fold("T.bitwise_or", parts)
 
-        if tm < BM:  # several row blocks share b's quads
-            self._dot_int8_columns(inst, out, side, chunk, tm, quad)
-        else:
-            self._dot_int8_rows(inst, out, side, chunk, quad)
+        def chunk_body(c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1
+            if tm < BM:  # several row blocks share b's quads
+                self._dot_int8_columns(inst, out, side, tm, quad, c0, n)
+            else:
+                self._dot_int8_rows(inst, out, side, quad, c0, n)
+
+        c = self.fresh("c")
+        whole, tail = divmod(inst.a.shape[1] // 4, chunk)
+        if whole:
+            self.line(f"for {c} in T.serial({whole}):")
+            self.depth += 1
+            chunk_body(f"{c} * {chunk}", chunk)
+            self.depth -= 1
+        if tail:
+            chunk_body(str(whole * chunk), tail)
         if probe.guards:
             self.depth -= 1
             self.line("else:")
@@ -894,115 +905,89 @@ class _Emitter:
             self._dot_generic(inst, out)
             self.depth -= 1
 
-    def _dot_int8_rows(self, inst: I.Dot, out: str, side: str, chunk: int, quad: Callable[..., str]) -> None:
-        """The int8 dot of one row block (all BM rows' accumulators in registers): per quad, b's BN / 8 quad
-        vectors are unpacked once and used by every row."""
+    def _dot_int8_rows(self, inst: I.Dot, out: str, side: str, quad: Callable[..., str], c0: str, n: int) -> None:
+        """The int8 dot of one row block (all BM rows' accumulators in registers) over the n quads from c0: per
+        quad, b's BN / 8 quad vectors are unpacked once and used by every row."""
         a, b = inst.a, inst.b
-        BM, KT = a.shape
-        BN = b.shape[1]
+        BM, BN = a.shape[0], b.shape[1]
         fa, fb = self.get(a), self.get(b)
-        nq, nv = KT // 4, BN // 8
-        c = self.fresh("c")
-
-        def chunk_body(c0: str, n: int) -> None:
-            # buffers declared per chunk, zeroed a whole vector at a time: LLVM keeps them in registers
-            acc16, bq = self.fresh("acc16"), self.fresh("bq")
-            tq, ii, jv, j = (self.fresh(v) for v in ("tq", "ii", "jv", "j"))
-            self.line(f'{acc16} = T.decl_buffer(({BM * 2 * BN},), "int16", {self.scope})')
-            self.line(f'{bq} = T.decl_buffer(({BN},), "int32", {self.scope})')
-            self.line(f"for {ii} in T.unroll({BM * 2 * BN // 16}):")
-            self.line(f"    {acc16}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)")
-            self.line(f"for {tq} in T.unroll({n}):")
-            self.depth += 1
-            t = f"{c0} + {tq}"
-            self.line(f"for {j} in T.vectorized({BN}):")
-            self.line(f"    {bq}[{j}] = " + quad(fb, lambda r: (f"({t}) * 4 + {r}", j)))
-            self.line(f"for {ii} in T.unroll({BM}):")
-            self.depth += 1
-            aq = f'T.reinterpret("int8x32", T.Broadcast({quad(fa, lambda r: (ii, f"({t}) * 4 + {r}"))}, 8))'
-            self.line(f"for {jv} in T.unroll({nv}):")
-            bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({jv} * 8, 1, 8)])'
-            u, sg = (bv, aq) if side == "b" else (aq, bv)
-            lanes = f"T.Ramp({ii} * {2 * BN} + {jv} * 16, 1, 16)"
-            self.line(
-                f'    {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
-                f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
-            )
-            self.depth -= 2
-            self.line(f"for {ii} in T.unroll({BM}):")
-            self.line(f"    for {jv} in T.unroll({nv}):")
-            cols = f"T.Ramp({jv} * 8, 1, 8)"
-            self.line(
-                f'        {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
-                f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
-            )
-
-        whole, tail = divmod(nq, chunk)
-        if whole:
-            self.line(f"for {c} in T.serial({whole}):")
-            self.depth += 1
-            chunk_body(f"{c} * {chunk}", chunk)
-            self.depth -= 1
-        if tail:
-            chunk_body(str(whole * chunk), tail)
+        nv = BN // 8
+        # buffers declared per chunk, zeroed a whole vector at a time: LLVM keeps them in registers
+        acc16, bq = self.fresh("acc16"), self.fresh("bq")
+        tq, ii, jv, j = (self.fresh(v) for v in ("tq", "ii", "jv", "j"))
+        self.line(f'{acc16} = T.decl_buffer(({BM * 2 * BN},), "int16", {self.scope})')
+        self.line(f'{bq} = T.decl_buffer(({BN},), "int32", {self.scope})')
+        self.line(f"for {ii} in T.unroll({BM * 2 * BN // 16}):")
+        self.line(f"    {acc16}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)")
+        self.line(f"for {tq} in T.unroll({n}):")
+        self.depth += 1
+        t = f"{c0} + {tq}"
+        self.line(f"for {j} in T.vectorized({BN}):")
+        self.line(f"    {bq}[{j}] = " + quad(fb, lambda r: (f"({t}) * 4 + {r}", j)))
+        self.line(f"for {ii} in T.unroll({BM}):")
+        self.depth += 1
+        aq = f'T.reinterpret("int8x32", T.Broadcast({quad(fa, lambda r: (ii, f"({t}) * 4 + {r}"))}, 8))'
+        self.line(f"for {jv} in T.unroll({nv}):")
+        bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({jv} * 8, 1, 8)])'
+        u, sg = (bv, aq) if side == "b" else (aq, bv)
+        lanes = f"T.Ramp({ii} * {2 * BN} + {jv} * 16, 1, 16)"
+        self.line(
+            f'    {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
+            f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
+        )
+        self.depth -= 2
+        self.line(f"for {ii} in T.unroll({BM}):")
+        self.line(f"    for {jv} in T.unroll({nv}):")
+        cols = f"T.Ramp({jv} * 8, 1, 8)"
+        self.line(
+            f'        {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
+            f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
+        )
 
     def _dot_int8_columns(
-        self, inst: I.Dot, out: str, side: str, chunk: int, tm: int, quad: Callable[..., str]
+        self, inst: I.Dot, out: str, side: str, tm: int, quad: Callable[..., str], c0: str, n: int
     ) -> None:
-        """The int8 dot of several row blocks (tm < BM), one column vector (8 columns) at a time: per chunk
-        of quads and column vector, b's `chunk` quad vectors are unpacked once into registers, then every
+        """The int8 dot of several row blocks (tm < BM) over the n quads from c0, one column vector (8
+        columns) at a time: per column vector, b's n quad vectors are unpacked once into registers, then every
         block of tm rows accumulates tm i16 vectors from them and one broadcast of a's quad per row and
         quad; the live set is chunk + tm + 1 vector registers (<= 14 of AVX2's 16 for chunk 8, tm 4), so
         nothing spills, and no operand is re-read from a stack buffer that LLVM would hoist into registers."""
         a, b = inst.a, inst.b
-        BM, KT = a.shape
-        BN = b.shape[1]
+        BM, BN = a.shape[0], b.shape[1]
         fa, fb = self.get(a), self.get(b)
-        nq, nv = KT // 4, BN // 8
-        c = self.fresh("c")
-
-        def chunk_body(c0: str, n: int) -> None:
-            jv, j, tq, io, ii = (self.fresh(v) for v in ("jv", "j", "tq", "io", "ii"))
-            acc16, bq = self.fresh("acc16"), self.fresh("bq")
-            self.line(f"for {jv} in T.unroll({nv}):")
-            self.depth += 1
-            self.line(f'{bq} = T.decl_buffer(({n * 8},), "int32", {self.scope})')
-            self.line(f"for {tq} in T.unroll({n}):")
-            self.line(f"    for {j} in T.vectorized(8):")
-            col = f"{jv} * 8 + {j}"
-            self.line(f"        {bq}[{tq} * 8 + {j}] = " + quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col)))
-            self.line(f"for {io} in T.serial({BM // tm}):")
-            self.depth += 1
-            self.line(f'{acc16} = T.decl_buffer(({tm * 16},), "int16", {self.scope})')
-            self.line(f"for {ii} in T.unroll({tm}):")
-            self.line(f"    {acc16}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)")
-            row = f"{io} * {tm} + {ii}"
-            self.line(f"for {tq} in T.unroll({n}):")
-            self.line(f"    for {ii} in T.unroll({tm}):")
-            aq = f'T.reinterpret("int8x32", T.Broadcast({quad(fa, lambda r: (row, f"({c0} + {tq}) * 4 + {r}"))}, 8))'
-            bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({tq} * 8, 1, 8)])'
-            u, sg = (bv, aq) if side == "b" else (aq, bv)
-            lanes = f"T.Ramp({ii} * 16, 1, 16)"
-            self.line(
-                f'        {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
-                f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
-            )
-            cols = f"T.Ramp({jv} * 8, 1, 8)"
-            self.line(f"for {ii} in T.unroll({tm}):")
-            self.line(
-                f'    {out}[{row}, {cols}] = {out}[{row}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
-                f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
-            )
-            self.depth -= 2
-
-        whole, tail = divmod(nq, chunk)
-        if whole:
-            self.line(f"for {c} in T.serial({whole}):")
-            self.depth += 1
-            chunk_body(f"{c} * {chunk}", chunk)
-            self.depth -= 1
-        if tail:
-            chunk_body(str(whole * chunk), tail)
+        nv = BN // 8
+        jv, j, tq, io, ii = (self.fresh(v) for v in ("jv", "j", "tq", "io", "ii"))
+        acc16, bq = self.fresh("acc16"), self.fresh("bq")
+        self.line(f"for {jv} in T.unroll({nv}):")
+        self.depth += 1
+        self.line(f'{bq} = T.decl_buffer(({n * 8},), "int32", {self.scope})')
+        self.line(f"for {tq} in T.unroll({n}):")
+        self.line(f"    for {j} in T.vectorized(8):")
+        col = f"{jv} * 8 + {j}"
+        self.line(f"        {bq}[{tq} * 8 + {j}] = " + quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col)))
+        self.line(f"for {io} in T.serial({BM // tm}):")
+        self.depth += 1
+        self.line(f'{acc16} = T.decl_buffer(({tm * 16},), "int16", {self.scope})')
+        self.line(f"for {ii} in T.unroll({tm}):")
+        self.line(f"    {acc16}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)")
+        row = f"{io} * {tm} + {ii}"
+        self.line(f"for {tq} in T.unroll({n}):")
+        self.line(f"    for {ii} in T.unroll({tm}):")
+        aq = f'T.reinterpret("int8x32", T.Broadcast({quad(fa, lambda r: (row, f"({c0} + {tq}) * 4 + {r}"))}, 8))'
+        bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({tq} * 8, 1, 8)])'
+        u, sg = (bv, aq) if side == "b" else (aq, bv)
+        lanes = f"T.Ramp({ii} * 16, 1, 16)"
+        self.line(
+            f'        {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
+            f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
+        )
+        cols = f"T.Ramp({jv} * 8, 1, 8)"
+        self.line(f"for {ii} in T.unroll({tm}):")
+        self.line(
+            f'    {out}[{row}, {cols}] = {out}[{row}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
+            f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
+        )
+        self.depth -= 2
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by
