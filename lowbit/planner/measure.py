@@ -57,20 +57,11 @@ def _chunks(runner: Any, wl: Workload, vocab: int) -> list[Any]:
     return chunks
 
 
-def measure_schedules(
-    artifact: str | Path,
-    plans: Mapping[str, PipelinePlan | None],
-    wl: Workload,
-    *,
-    repeats: int = 5,
-    warmup: int = 2,
-    verify: str = "quick",
-) -> dict[str, StepTiming]:
-    """Median wall time of one dense step of `wl` per plan (None: the unsplit executor)."""
-    from lowbit.compiler.load import load_compiled
+def step_runner(model: Any, wl: Workload, plan: PipelinePlan | None = None) -> tuple[Any, list[Any]]:
+    """A `ModelRunner` of a loaded artifact (`load_compiled`) sized for one dense step of `wl` (unsplit, or the
+    nano executor with `plan`), and that step's chunks, their cache pages grown."""
     from lowbit.runtime.runner import ModelRunner
 
-    model = load_compiled(artifact, verify=verify)  # type: ignore[arg-type]
     cfg, arch = model.cfg, model.arch
     page = cfg.target.page_size
     longest = max(wl.decode_context, wl.prefill_context + min(wl.prefill_chunk, max(1, wl.prefill_tokens)))
@@ -84,15 +75,31 @@ def measure_schedules(
         + wl.num_prefill_seqs * -(-(wl.prefill_context + wl.prefill_chunk) // page)
         + 1
     )
+    runner = ModelRunner(
+        arch, model.graph, model.params, kv_dtype=cfg.quantization.kv_cache.dtype, dtype=cfg.model.dtype,
+        backend=cfg.target.effective_backend, max_model_len=longest, num_pages=pages, page_size=page,
+        max_num_seqs=wl.num_seqs, kv_layer_scales=model.kv_scales,
+        schedule="unsplit" if plan is None else "nano", plan=plan,
+    )  # fmt: skip
+    return runner, _chunks(runner, wl, arch.vocab_size)
+
+
+def measure_schedules(
+    artifact: str | Path,
+    plans: Mapping[str, PipelinePlan | None],
+    wl: Workload,
+    *,
+    repeats: int = 5,
+    warmup: int = 2,
+    verify: str = "quick",
+) -> dict[str, StepTiming]:
+    """Median wall time of one dense step of `wl` per plan (None: the unsplit executor)."""
+    from lowbit.compiler.load import load_compiled
+
+    model = load_compiled(artifact, verify=verify)  # type: ignore[arg-type]
     runners, chunks = {}, {}
     for name, plan in plans.items():
-        runners[name] = ModelRunner(
-            arch, model.graph, model.params, kv_dtype=cfg.quantization.kv_cache.dtype, dtype=cfg.model.dtype,
-            backend=cfg.target.effective_backend, max_model_len=longest, num_pages=pages, page_size=page,
-            max_num_seqs=wl.num_seqs, kv_layer_scales=model.kv_scales,
-            schedule="unsplit" if plan is None else "nano", plan=plan,
-        )  # fmt: skip
-        chunks[name] = _chunks(runners[name], wl, arch.vocab_size)
+        runners[name], chunks[name] = step_runner(model, wl, plan)
     for _ in range(warmup):
         for name, runner in runners.items():
             runner.step(chunks[name])
@@ -109,4 +116,4 @@ def measure_schedules(
     return out
 
 
-__all__ = ["StepTiming", "measure_schedules"]
+__all__ = ["StepTiming", "measure_schedules", "step_runner"]

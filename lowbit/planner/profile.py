@@ -97,8 +97,8 @@ def profile_artifact(
 
     from lowbit.codegen.tune.timing import device_name
     from lowbit.compiler.load import load_compiled
-    from lowbit.planner.measure import _chunks
-    from lowbit.runtime.runner import ModelRunner
+    from lowbit.planner.measure import step_runner
+    from lowbit.runtime.batch import Batch
 
     if not rows or any(r < 1 for r in rows):
         raise ProfileError(f"rows {tuple(rows)}: give positive token row counts, e.g. 8 16 32 64")
@@ -118,23 +118,13 @@ def profile_artifact(
             f"artifact {artifact} targets {cfg.target.device}; `lowbit tune --profile` measures CPU artifacts "
             "(shares = threads of this machine's cores); GPU profiles (SM shares) are not implemented"
         )
-    page = cfg.target.page_size
     sums: dict[tuple[str, int, float], list[float]] = {}
     old_threads = torch.get_num_threads()
     old_affinity = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
         for r in sorted(set(rows)):
-            wl = scaled_workload(base, r)
-            longest = max(wl.decode_context, wl.prefill_context + wl.prefill_chunk)
-            pages = wl.decode_tokens * -(-wl.decode_context // page) + wl.num_prefill_seqs * -(-longest // page) + 1
-            runner = ModelRunner(
-                arch, model.graph, model.params, kv_dtype=cfg.quantization.kv_cache.dtype, dtype=cfg.model.dtype,
-                backend=cfg.target.effective_backend, max_model_len=longest, num_pages=pages, page_size=page,
-                max_num_seqs=wl.num_seqs, kv_layer_scales=model.kv_scales,
-            )  # fmt: skip
-            from lowbit.runtime.batch import Batch
-
-            batch = Batch(_chunks(runner, wl, arch.vocab_size), page)
+            runner, chunks = step_runner(model, scaled_workload(base, r))
+            batch = Batch(chunks, cfg.target.page_size)
             for t in counts:
                 share = t / len(cores)
                 _confine(cores[:t], torch)
