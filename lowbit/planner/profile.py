@@ -105,7 +105,7 @@ def profile_artifact(
     if repeats < 1 or warmup < 0:
         raise ProfileError(f"repeats {repeats} must be >= 1 and warmup {warmup} >= 0")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    counts = tuple(threads) if threads else tuple(range(1, len(cores) + 1))
+    counts = tuple(sorted(set(threads))) if threads else tuple(range(1, len(cores) + 1))
     if any(not 1 <= t <= len(cores) for t in counts):
         raise ProfileError(f"threads {counts}: each must be in 1..{len(cores)} (the cores this process may use)")
     from lowbit.planner.cli import CPU_WORKLOAD
@@ -118,7 +118,7 @@ def profile_artifact(
             f"artifact {artifact} targets {cfg.target.device}; `lowbit tune --profile` measures CPU artifacts "
             "(shares = threads of this machine's cores); GPU profiles (SM shares) are not implemented"
         )
-    sums: dict[tuple[str, int, float], list[float]] = {}
+    times: dict[tuple[str, int, float], float] = {}  # (op, rows, share) -> seconds per layer
     old_threads = torch.get_num_threads()
     old_affinity = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
@@ -134,8 +134,7 @@ def profile_artifact(
                     if i >= warmup:
                         samples.append(per_op)
                 for op in samples[0]:
-                    med = statistics.median(s[op] for s in samples) / arch.num_layers
-                    sums.setdefault((op, r, share), []).append(med)
+                    times[(op, r, share)] = statistics.median(s[op] for s in samples) / arch.num_layers
                 if progress is not None:
                     total = sum(statistics.median(s[o] for s in samples) for o in samples[0])
                     progress(f"rows {r}, {t} thread(s): layers {total * 1e3:.2f} ms")
@@ -144,7 +143,7 @@ def profile_artifact(
         torch.set_num_threads(old_threads)
         if old_affinity is not None:
             os.sched_setaffinity(0, old_affinity)
-    records = tuple(ProfileRecord(op, r, s, v[0]) for (op, r, s), v in sorted(sums.items()))
+    records = tuple(ProfileRecord(op, r, s, v) for (op, r, s), v in sorted(times.items()))
     return KernelProfile(device_name("cpu"), records)
 
 
