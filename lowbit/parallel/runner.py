@@ -12,7 +12,6 @@ as `TensorParallelError` naming the rank, with its traceback; after any error th
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing as mp
 import os
 import threading
@@ -135,7 +134,6 @@ class TPRunner(ModelRunner):
         schedule: str = "unsplit",
         plan: PipelinePlan | None = None,
         threads: int | None = None,
-        **unused: Any,
     ) -> None:
         tp = model.tensor_parallel
         if tp < 2 or model.rank != 0:
@@ -147,14 +145,12 @@ class TPRunner(ModelRunner):
         device = "cuda" if c.target.device == "cuda" else "cpu"
         if schedule == "nano" and plan is None:  # every rank runs this plan: the same nano-ops in the same order
             plan = default_plan(model.arch, device, tensor_parallel=tp)
-        max_model_len = int(max_model_len or c.target.max_model_len)
-        page_size = int(page_size or c.target.page_size)
-        max_num_seqs = int(max_num_seqs or c.target.max_num_seqs)
-        kw: dict[str, Any] = {
+        kw: dict[str, Any] = {  # num_pages None: every rank's ModelRunner derives the same default
             "kv_dtype": c.quantization.kv_cache.dtype, "dtype": c.model.dtype,
-            "backend": backend or c.target.effective_backend, "max_model_len": max_model_len,
-            "num_pages": int(num_pages or max_num_seqs * math.ceil(max_model_len / page_size) + 1),
-            "page_size": page_size, "max_num_seqs": max_num_seqs,
+            "backend": backend or c.target.effective_backend, "num_pages": num_pages,
+            "max_model_len": int(max_model_len or c.target.max_model_len),
+            "page_size": int(page_size or c.target.page_size),
+            "max_num_seqs": int(max_num_seqs or c.target.max_num_seqs),
         }  # fmt: skip
         if schedule == "nano":
             assert plan is not None
