@@ -418,8 +418,7 @@ def test_model_runner_schedule_switch(model):
 
 
 # -- CUDA streams (a graph of torch-only ops, so it needs no GPU kernels) ----------------------------------------
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_streams_and_events_equal_the_unsplit_schedule(device):
+def _torch_only_model(device):
     d, v = 32, 50
     gen = torch.Generator().manual_seed(0)
     params = {n: torch.randn(shape, generator=gen).to(device) for n, shape in
@@ -433,9 +432,19 @@ def test_streams_and_events_equal_the_unsplit_schedule(device):
         Node.create("last", "last_token", ["r"], ["hl"]),
         Node.create("head", "linear", ["hl"], ["logits"], weight="head", bias=None, splits=(v,)),
     ]
-    g = OpGraph.create(nodes)
-    cache = PagedKVCache("float32", 1, 1, 16, 4, 16)
-    ex = Executor(g, params, cache, backend="reference")
+    cache = PagedKVCache("float32", 1, 1, 16, 8, 16)
+    return Executor(OpGraph.create(nodes), params, cache, backend="reference", max_positions=64), params
+
+
+def _oracle(params, batch):
+    h = params["emb"][batch.input_ids.to(params["emb"].device)]
+    gate, up = (h @ params["w1"].T).chunk(2, dim=-1)
+    return ((torch.nn.functional.silu(gate) * up) @ params["w2"].T + h) @ params["head"].T
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_streams_and_events_equal_the_unsplit_schedule(device):
+    ex, params = _torch_only_model(device)
     batch = Batch([SeqChunk(i, tuple(range(i, i + 40)), 0, (1, 2, 3)) for i in range(3)], 16)
     plan = PipelinePlan(UNITS, (
         OpRule(ops=("linear",), fractions=(0.25, 0.25, 0.5), units=("c0", "c1", "c0")),
@@ -445,9 +454,7 @@ def test_streams_and_events_equal_the_unsplit_schedule(device):
     try:
         got = split.forward(batch, all_logits=True)
         want = whole.forward(batch, all_logits=True)
-        h = params["emb"][batch.input_ids.to(device)]
-        gate, up = (h @ params["w1"].T).chunk(2, dim=-1)
-        oracle = ((torch.nn.functional.silu(gate) * up) @ params["w2"].T + h) @ params["head"].T
+        oracle = _oracle(params, batch)
         assert rel(want, oracle) <= 1e-5 and rel(got, oracle) <= 1e-5
     finally:
         split.close()
@@ -498,32 +505,8 @@ def test_shares_reach_the_rules(model, monkeypatch):
 
 
 # -- CUDA graphs: a decode step captured once per bucket and replayed (torch-only graph: no GPU kernels needed) --
-def _torch_only_model(device):
-    d, v = 32, 50
-    gen = torch.Generator().manual_seed(0)
-    params = {n: torch.randn(shape, generator=gen).to(device) for n, shape in
-              [("emb", (v, d)), ("w1", (2 * d, d)), ("w2", (d, d)), ("head", (v, d))]}  # fmt: skip
-    nodes = [
-        Node.create("emb", "embedding", ["input_ids"], ["h"], weight="emb"),
-        Node.create("w1", "linear", ["h"], ["gu"], weight="w1", bias=None, splits=(2 * d,)),
-        Node.create("act", "silu_mul", ["gu"], ["a"]),
-        Node.create("w2", "linear", ["a"], ["o"], weight="w2", bias=None, splits=(d,)),
-        Node.create("res", "add", ["o", "h"], ["r"]),
-        Node.create("last", "last_token", ["r"], ["hl"]),
-        Node.create("head", "linear", ["hl"], ["logits"], weight="head", bias=None, splits=(v,)),
-    ]
-    cache = PagedKVCache("float32", 1, 1, 16, 8, 16)
-    return Executor(OpGraph.create(nodes), params, cache, backend="reference", max_positions=64), params
-
-
 def _decode_batch(tokens, cached=5):
     return Batch([SeqChunk(i, (int(t),), cached, (1,)) for i, t in enumerate(tokens)], 16)
-
-
-def _oracle(params, batch):
-    h = params["emb"][batch.input_ids.to(params["emb"].device)]
-    gate, up = (h @ params["w1"].T).chunk(2, dim=-1)
-    return ((torch.nn.functional.silu(gate) * up) @ params["w2"].T + h) @ params["head"].T
 
 
 @pytest.mark.gpu
