@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from runtime_oracle import dequantized_overrides
 
 from lowbit.compiler.quantize import quantize_params
 from lowbit.config.spec import LinearSpec
@@ -15,7 +16,6 @@ from lowbit.graph import PassContext, build_graph, optimize
 from lowbit.models import ArchConfig
 from lowbit.models.reference import reference_logits
 from lowbit.models.synthetic import synthetic_weights
-from lowbit.ops.weight import QuantizedWeight
 from lowbit.runtime.batch import SeqChunk
 from lowbit.runtime.executor import linear_kernel
 from lowbit.runtime.runner import ModelRunner
@@ -66,14 +66,7 @@ def test_prefill_rows_run_the_a8_gemv(setup):
     assert linear_kernel(((16, "quantized_gemv"), (64, "quantized_gemm")), 8) is None  # not an a8 linear
     a8 = prefill(g, params, True)
     fp = prefill(g, params, False)
-    fused = dict(g.meta.get("fused_params", {}))
-    overrides = {}
-    for name, p in params.items():
-        if isinstance(p, QuantizedWeight):
-            srcs = fused.get(name, (name,))
-            sizes = [weights[s].shape[0] if s in weights else ARCH.vocab_size for s in srcs]
-            for s, part in zip(srcs, np.split(p.dequantize(), np.cumsum(sizes)[:-1])):
-                overrides[s] = part
+    overrides = dequantized_overrides(ARCH, weights, g, params)
     ref = reference_logits(ARCH, weights, np.array(PROMPT)[None], overrides=overrides)[0]
     err_a8 = float(np.linalg.norm(a8 - ref) / np.linalg.norm(ref))
     err_fp = float(np.linalg.norm(fp - ref) / np.linalg.norm(ref))

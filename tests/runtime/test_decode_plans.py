@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from runtime_oracle import dequantized_overrides
 
 from lowbit.compiler.quantize import quantize_params
 from lowbit.config.spec import LinearSpec
@@ -125,14 +126,7 @@ def test_int8_decode_activations(weights):
     assert np.array_equal(r.executor.params[name].dequantize(), params[name].dequantize())
     steps = generate(r, [prompt], 5)
     ids = np.array(prompt + [int(o.argmax(-1)[0]) for o in steps[:-1]])
-    fused = dict(r.executor.graph.meta.get("fused_params", {}))
-    overrides = {}
-    for name, p in params.items():
-        if isinstance(p, QuantizedWeight):
-            srcs = fused.get(name, (name,))
-            sizes = [weights[s].shape[0] if s in weights else ARCH.vocab_size for s in srcs]
-            for s, part in zip(srcs, np.split(p.dequantize(), np.cumsum(sizes)[:-1])):
-                overrides[s] = part
+    overrides = dequantized_overrides(ARCH, weights, r.executor.graph, params)
     ref = reference_logits(ARCH, weights, ids[None], overrides=overrides)[0]
     got = np.stack([o[0] for o in steps])
     want = ref[len(prompt) - 1 :]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from runtime_oracle import dequantized_overrides
 
 from lowbit.compiler.quantize import quantize_params
 from lowbit.config.spec import LinearSpec
@@ -14,7 +15,6 @@ from lowbit.graph import PassContext, build_graph, optimize
 from lowbit.models import ArchConfig
 from lowbit.models.reference import reference_logits
 from lowbit.models.synthetic import synthetic_weights
-from lowbit.ops.weight import QuantizedWeight
 from lowbit.runtime.batch import SeqChunk
 from lowbit.runtime.runner import ModelRunner
 
@@ -91,15 +91,7 @@ def test_mixed_batch_and_chunked_prefill_equal_separate_runs(weights):
 def test_quantized_model_equals_reference_with_dequantized_weights(weights, spec):
     ids = np.random.default_rng(4).integers(0, ARCH.vocab_size, (1, 16))
     r, params = runner(ARCH, weights, spec=spec)
-    fused = dict(r.executor.graph.meta.get("fused_params", {}))
-    overrides = {}
-    for name, p in params.items():
-        if isinstance(p, QuantizedWeight):
-            w = p.dequantize()
-            srcs = fused.get(name, (name,))
-            sizes = [weights[s].shape[0] if s in weights else ARCH.vocab_size for s in srcs]
-            for s, part in zip(srcs, np.split(w, np.cumsum(sizes)[:-1])):
-                overrides[s] = part
+    overrides = dequantized_overrides(ARCH, weights, r.executor.graph, params)
     assert overrides, "the recipe quantized nothing"
     ref = reference_logits(ARCH, weights, ids, overrides=overrides)[0]
     bound = 3e-2 if spec.act_int8 else 1e-4  # W4A8 also rounds the activations to int8 per token
