@@ -36,6 +36,7 @@ covers them, a concatenation otherwise); on the CPU a piece is dropped once its 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import os
@@ -469,19 +470,30 @@ class NanoExecutor:
         ex = self.executor
         if not info["decode_only"] or info["max_pos"] >= ex.replay_limit or batch.block_tables.shape[1] > ex.plan_pages:
             return None
-        attn = [n.attrs_dict for n in self.nodes if n.op == "attention"]
-        if not attn:
+        if self._decode_geometry is None:
             return (batch.num_seqs,)
-        from lowbit.ops.attention import _auto_splits, _decode_tiles
-        from lowbit.ops.linear import select_backend
+        from lowbit.ops.attention import _auto_splits
 
-        hq, hkv, d = attn[0]["num_heads"], attn[0]["num_kv_heads"], attn[0]["head_dim"]
-        backend = select_backend(ex.backend)
-        bn = _decode_tiles(backend, hq // hkv, ex.cache.page_size, d, ex.dtype_name)[1]
+        backend, hkv, bn = self._decode_geometry
         longest = max(info["max_len"], 1)
         splits = _auto_splits(backend, batch.num_seqs * hkv, longest, bn)
         tps = max(bn, math.ceil(math.ceil(longest / splits) / bn) * bn)
         return (batch.num_seqs, max(1, math.ceil(longest / tps)), tps)
+
+    @functools.cached_property
+    def _decode_geometry(self) -> tuple[str, int, int] | None:
+        """(backend, HKV, BN: the decode kernel's KV tile) of the graph's attention, the same at every step
+        (`graph_key` runs per step); None for a graph without attention."""
+        attn = next((n.attrs_dict for n in self.nodes if n.op == "attention"), None)
+        if attn is None:
+            return None
+        from lowbit.ops.attention import _decode_tiles
+        from lowbit.ops.linear import select_backend
+
+        ex = self.executor
+        hq, hkv, d = attn["num_heads"], attn["num_kv_heads"], attn["head_dim"]
+        backend = select_backend(ex.backend)
+        return backend, hkv, _decode_tiles(backend, hq // hkv, ex.cache.page_size, d, ex.dtype_name)[1]
 
     def _graph_step(self, batch: Batch, key: tuple[int, ...]) -> torch.Tensor:
         graph = self.graphs.get(key)

@@ -556,3 +556,22 @@ def test_cuda_graphs_flag_is_ignored_on_the_cpu(model):
         assert rel(got, want) <= 1e-5 and not nano.graphs
     finally:
         nano.close()
+
+
+def test_graph_key_buckets_decode_steps_by_their_kv_splits(model):
+    """graph_key needs no GPU: a decode step's (sequences, KV splits, tokens per split) cover its longest context
+    in whole KV tiles; a prefill or a block table past the plan width has no bucket."""
+    _, _, (_, ex_b) = model
+    nano = NanoExecutor(ex_b, default_plan(ARCH, "cpu"))
+    try:
+        for seqs, longest in ((1, 5), (3, 40), (4, 100)):
+            pages = tuple(range(1, -(-longest // 16) + 1))
+            batch = Batch([SeqChunk(i, (7,), longest - 1 - i % 2, pages) for i in range(seqs)], 16)
+            n, splits, tps = nano.graph_key(batch)
+            assert n == seqs and (splits - 1) * tps < longest <= splits * tps, (longest, splits, tps)
+            assert tps % nano._decode_geometry[2] == 0
+        assert nano.graph_key(Batch([SeqChunk(0, (1, 2, 3), 0, (1,))], 16)) is None  # a prefill
+        wide = tuple(range(1, ex_b.plan_pages + 2))
+        assert nano.graph_key(Batch([SeqChunk(0, (1,), 5, wide)], 16)) is None
+    finally:
+        nano.close()
