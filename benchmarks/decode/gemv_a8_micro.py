@@ -50,8 +50,8 @@ def main() -> None:
     torch.set_num_threads(2)
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.gemv_a8 import quantized_gemv_a8
-    from lowbit.ops.linear import a8_plan
-    from lowbit.ops.weight import quantize
+    from lowbit.ops.linear import A8_BN, a8_plan, a8_weight
+    from lowbit.ops.weight import is_offset_binary, quantize
 
     shapes = SHAPES if not args.shapes else tuple(tuple(int(v) for v in s.split("x")) for s in args.shapes.split(","))
     extra = json.loads(args.opts)
@@ -62,15 +62,18 @@ def main() -> None:
         qw = quantize(w, "int4", 128)
         for m in (int(v) for v in args.m.split(",")):
             plan = a8_plan(qw, m, "tvm", "float32")
-            if extra:
+            if extra:  # the plan's GEMV traced as A8Plan traces it (offset-binary int4: biased), other options
+                aw = a8_weight(qw)
+                biased = is_offset_binary(aw)
                 prog = quantized_gemv_a8.trace(
-                    wdtype="int4",
-                    zero_mode=qw.zero_mode,
+                    wdtype="int4" if biased else aw.dtype.name,
+                    zero_mode="none" if biased else aw.zero_mode,
                     G=128,
                     ydtype="float32",
-                    sdtype=str(qw.scales.dtype),
+                    sdtype=str(aw.scales.dtype),
                     BM=plan.bm,
-                    BN=32,
+                    BN=A8_BN,
+                    biased=biased,
                 )
                 from lowbit.kernels.launch import bind
 
