@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.graph.graph import GraphError, Node, OpGraph
-from lowbit.reference import add_rms_norm, apply_rope, prefill_attention, rms_norm, sequence_attention
+from lowbit.reference import add_rms_norm, apply_rope, prefill_attention, rms_norm
 
 
 @dataclass
@@ -131,13 +131,6 @@ def _rope(r: _Run, n: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     return qr.reshape(t, -1), kr.reshape(t, -1)
 
 
-def causal_attention(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, sm_scale: float, window: int | None = None
-) -> np.ndarray:
-    """One sequence: q [L, Hq, D], k, v [L, Hkv, D] -> [L, Hq, D]; query i sees keys j <= i (and j > i − window)."""
-    return np.asarray(sequence_attention(q, k, v, True, sm_scale, window=window))
-
-
 @rule("attention")
 def _attention(r: _Run, n: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     q, k, v = args
@@ -190,4 +183,4 @@ def interpret(
     return {t: env[t] for t in g.outputs}
 
 
-__all__ = ["RULES", "causal_attention", "interpret", "quantize_per_token"]
+__all__ = ["RULES", "interpret", "quantize_per_token"]

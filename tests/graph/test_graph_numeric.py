@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.graph import PassContext, build_graph, optimize
-from lowbit.graph.interpret import causal_attention, interpret, quantize_per_token
+from lowbit.graph.interpret import interpret, quantize_per_token
 from lowbit.graph.passes import match_recipe
 from lowbit.models.arch import ArchConfig
-from lowbit.reference import prefill_attention
+from lowbit.reference import prefill_attention, sequence_attention
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,6 +71,11 @@ def test_act_quant_is_emulated_and_matters():
     st.integers(0, 2**31),
 )
 def test_interpreter_attention_is_the_reference_prefill(seq_lens, heads, seed):
+    # the interpreter's attention rule calls reference.prefill_attention: one causal sequence_attention per
+    # sequence, with the node's sliding window
+    def causal_attention(q, k, v, sm_scale, window=None):
+        return sequence_attention(q, k, v, True, sm_scale, window=window)
+
     hq, hkv = heads
     rng = np.random.default_rng(seed)
     t = sum(seq_lens)
