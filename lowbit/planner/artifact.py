@@ -30,7 +30,7 @@ from lowbit.planner.precision import Precision
 from lowbit.planner.schedules import unsplit_plan
 from lowbit.planner.search import SearchConfig, needs_research, search
 from lowbit.planner.simulate import simulate_step
-from lowbit.planner.workload import Workload
+from lowbit.planner.workload import CPU_WORKLOAD, GPU_WORKLOAD, Workload
 from lowbit.runtime.plan import PipelinePlan
 
 CPU_MIN_GAIN = 1.3  # measured split cost on the 2-core dev VM (+31%) that the cost model does not see
@@ -102,8 +102,6 @@ def precision_of(cfg: Any, arch: ArchConfig) -> Precision:
 
 
 def default_workload(hw: Hardware) -> Workload:
-    from lowbit.planner.cli import CPU_WORKLOAD, GPU_WORKLOAD
-
     return CPU_WORKLOAD if hw.kind == "cpu" else GPU_WORKLOAD
 
 

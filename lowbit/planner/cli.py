@@ -30,10 +30,7 @@ from lowbit.planner.models import MODELS, get_arch
 from lowbit.planner.ops import model_ops
 from lowbit.planner.precision import PRECISIONS, Precision, get_precision
 from lowbit.planner.search import SearchConfig
-from lowbit.planner.workload import Workload
-
-GPU_WORKLOAD = Workload(2048, 1408, 1024, 640, 0)  # NanoFlow's Llama-2-70B split: 1408 decode + 640 prefill rows
-CPU_WORKLOAD = Workload(64, 32, 128, 32, 0)
+from lowbit.planner.workload import CPU_WORKLOAD, GPU_WORKLOAD, Workload
 
 
 class PlanCliError(ValueError):

@@ -32,7 +32,7 @@ from typing import Any
 
 from lowbit.planner.cost import KernelProfile, ProfileRecord
 from lowbit.planner.ops import PATTERNS
-from lowbit.planner.workload import Workload
+from lowbit.planner.workload import CPU_WORKLOAD, Workload
 
 DEFAULT_ROWS = (8, 16, 32, 64)
 _COMPILED = {op: re.compile(p) for op, p in PATTERNS.items()}
@@ -108,8 +108,6 @@ def profile_artifact(
     counts = tuple(sorted(set(threads))) if threads else tuple(range(1, len(cores) + 1))
     if any(not 1 <= t <= len(cores) for t in counts):
         raise ProfileError(f"threads {counts}: each must be in 1..{len(cores)} (the cores this process may use)")
-    from lowbit.planner.cli import CPU_WORKLOAD
-
     base = workload or CPU_WORKLOAD
     model = load_compiled(artifact, verify=verify)  # type: ignore[arg-type]
     cfg, arch = model.cfg, model.arch

@@ -112,4 +112,7 @@ class Workload:
         return Workload(dense_batch, decode, input_len + output_len // 2, min(input_len, max(1, dense_batch - decode)))
 
 
-__all__ = ["Workload", "WorkloadError"]
+GPU_WORKLOAD = Workload(2048, 1408, 1024, 640, 0)  # NanoFlow's Llama-2-70B split: 1408 decode + 640 prefill rows
+CPU_WORKLOAD = Workload(64, 32, 128, 32, 0)  # the default step on a CPU device (lowbit plan, tune, compile)
+
+__all__ = ["CPU_WORKLOAD", "GPU_WORKLOAD", "Workload", "WorkloadError"]
