@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     g = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(3, 500, (args.input_len,), generator=g).tolist() for _ in range(args.num_prompts)]
-    rows, outs = [], []
+    rows: list[dict[str, Any]] = []
+    outs = []
     from lowbit.runtime.plan import default_plan
 
     for name, path, schedule, plan in (
@@ -162,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same tokens in every configuration: {same}")
     hidden = _hidden_size(args.tp1_artifact)
     lat = {}
-    for rows in sorted({args.num_prompts // 2, args.num_prompts}):
-        lat[rows] = all_reduce_latency_ms(rows, hidden)
-        print(f"gloo all_reduce of [{rows}, {hidden}] fp32 between 2 threads, no compute: {lat[rows]:.3f} ms")
+    for m in sorted({args.num_prompts // 2, args.num_prompts}):
+        lat[m] = all_reduce_latency_ms(m, hidden)
+        print(f"gloo all_reduce of [{m}, {hidden}] fp32 between 2 threads, no compute: {lat[m]:.3f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"workload": vars(args), "rows": rows, "same_tokens": same, "all_reduce_ms": lat}, f, indent=1)
