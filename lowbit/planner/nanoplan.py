@@ -104,7 +104,8 @@ class NanoPlan:
 
     @property
     def ordered(self) -> bool:
-        """True when the plan sets its own queue order (every placement has `order`; tasks.py)."""
+        """True when the plan sets its own queue order (a placement has `order`; then every op needs one: tasks.py,
+        `to_pipeline_plan`)."""
         return any(p.order for p in self.placements)
 
     def unit_index(self, name: str) -> int:

@@ -12,8 +12,8 @@ order as the runtime's `lowbit.runtime.nano.derive_tasks` would give them.
   stages later in the key. A plan with planned orders (`Placement.order`, one key per nano-batch, in layers)
   replaces the rule: key (layer + order, graph position) — the order a list-scheduled simulation found, frozen
   into FIFO queues (search.py `orders_from_schedule`; NanoFlow's MILP searches the order too).
-  Collectives have no graph node in the runtime yet; they do not start a stage (they take the stage of the op
-  before them), so the layer boundary after an all-reduce stays inside one compute stage, as without tp.
+  Collectives are stages like any op: the tensor-parallel graph has their all_reduce nodes (ops.PATTERNS), and
+  the runtime counts them. Only an op without a graph node (`pattern` None) takes the stage of the op before it.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def op_stages(mo: ModelOps, plan: NanoPlan, layers: int) -> dict[tuple[int, int]
     for layer in range(layers):
         for j, o in enumerate(mo.ops):
             unit = plan.unit_index(plan.placement(o.name).unit_of(0))
-            if o.pattern is not None and unit != last_unit:  # collectives (no graph node) keep the stage
+            if o.pattern is not None and unit != last_unit:  # an op without a graph node keeps the stage
                 stage, last_unit = stage + (last_unit is not None), unit
             stage_of[(layer, j)] = stage
     return stage_of
