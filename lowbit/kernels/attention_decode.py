@@ -50,6 +50,28 @@ def kv_tile(
     return T.cast(c, CD), None, None
 
 
+def softmax_step(s, m, l):
+    """One online-softmax step over the scores s [GP, BN] (masked tokens -inf) with running max m and sum l
+    [GP, 1]: l rescaled and grown (assigned here); returns (p [GP, BN], alpha [GP, 1], m_new [GP, 1])."""
+    m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))  # [GP, 1]
+    p = T.exp(s - m_new)  # [GP, BN]
+    alpha = T.exp(m - m_new)
+    T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
+    return p, alpha, m_new
+
+
+def store_split(out, lse, accs, l, m, rows, sp, b, h, GQ: int, GP: int, width: int, odtype: str) -> None:
+    """The block's result: out[sp, b, h·GQ ..] = acc / l (column chunks of `width`; 0 where no token) and
+    lse = m + log l (-inf where no token), for the rows of real query heads."""
+    nonempty = l > 0.0  # [GP, 1]
+    inv_l = T.where(nonempty, 1.0 / T.where(nonempty, l, 1.0), 0.0)  # [GP, 1]
+    for c in T.static_range(len(accs)):
+        o = T.reshape(T.cast(accs[c] * inv_l, odtype), (1, 1, GP, width))
+        T.store(out, (sp, b, h * GQ, c * width), o, mask=T.reshape(rows, (1, 1, GP, 1)))
+    lse_t = T.where(nonempty, m + T.log(T.where(nonempty, l, 1.0)), NEG_INF)  # [GP, 1]
+    T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
+
+
 @T.kernel
 def paged_decode_attention(
     q: T.Tensor("qdtype", ("B", "HQ", "D")),
@@ -109,11 +131,7 @@ def paged_decode_attention(
         s = T.dot(qd, T.transpose(kc))  # [GP, BN] fp32
         if quantized:
             s = (s - qsum * kz) * ks
-        s = T.where(valid, s, NEG_INF)
-        m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))  # [GP, 1]
-        p = T.exp(s - m_new)  # [GP, BN]
-        alpha = T.exp(m - m_new)
-        T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
+        p, alpha, m_new = softmax_step(T.where(valid, s, NEG_INF), m, l)
         pw = T.cast(p, CD)
         if quantized:
             vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
@@ -126,13 +144,7 @@ def paged_decode_attention(
             pv = T.dot(pw, vc)
             T.assign(accs[c], accs[c] * alpha + (pv - psz if quantized else pv))
         T.assign(m, m_new)
-    nonempty = l > 0.0  # [GP, 1]
-    inv_l = T.where(nonempty, 1.0 / T.where(nonempty, l, 1.0), 0.0)  # [GP, 1]
-    for c in T.static_range(chunks):
-        o = T.reshape(T.cast(accs[c] * inv_l, odtype), (1, 1, GP, width))
-        T.store(out, (sp, b, h * GQ, c * width), o, mask=T.reshape(rows, (1, 1, GP, 1)))
-    lse_t = T.where(nonempty, m + T.log(T.where(nonempty, l, 1.0)), NEG_INF)  # [GP, 1]
-    T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
+    store_split(out, lse, accs, l, m, rows, sp, b, h, GQ, GP, width, odtype)
 
 
 # the persistent form: the same arguments plus BUDGET; a program walks (sequence, KV head, split) blocks
@@ -247,11 +259,7 @@ def paged_decode_attention_q8(
         ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         s = (sq - qsum * kz) * (ks * qscale)  # [GP, BN]
-        s = T.where(valid, s, NEG_INF)
-        m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))
-        p = T.exp(s - m_new)
-        alpha = T.exp(m - m_new)
-        T.assign(l, l * alpha + T.sum(p, axis=1, keepdims=True))
+        p, alpha, m_new = softmax_step(T.where(valid, s, NEG_INF), m, l)
         vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         ps = p * vs  # [GP, BN]
@@ -265,13 +273,7 @@ def paged_decode_attention_q8(
             vc = T.cast(vcodes, T.float32)
             T.assign(accs[c], accs[c] * alpha + (T.dot(ps, vc) - psz))
         T.assign(m, m_new)
-    nonempty = l > 0.0
-    inv_l = T.where(nonempty, 1.0 / T.where(nonempty, l, 1.0), 0.0)  # [GP, 1]
-    for c in T.static_range(D // DC):
-        o = T.reshape(T.cast(accs[c] * inv_l, odtype), (1, 1, GP, DC))
-        T.store(out, (sp, b, h * GQ, c * DC), o, mask=T.reshape(rows, (1, 1, GP, 1)))
-    lse_t = T.where(nonempty, m + T.log(T.where(nonempty, l, 1.0)), NEG_INF)
-    T.store(lse, (sp, b, h * GQ), T.reshape(lse_t, (1, 1, GP)), mask=T.reshape(rows, (1, 1, GP)))
+    store_split(out, lse, accs, l, m, rows, sp, b, h, GQ, GP, DC, odtype)
 
 
 @T.kernel
