@@ -157,8 +157,8 @@ def test_int8_scores_off_keeps_the_fp32_kernel():
     _, _, cache = random_cache(rng, [50, 9], 2, 64, 16, "int4")
     q = rng.standard_normal((2, 8, 64)).astype(np.float32)
     assert rel(decode(cache, q, "tvm", int8_scores=False), decode_attention(q, cache)) < FP32_BOUND
+    _, _, fp16 = random_cache(rng, [5], 1, 64, 16, "float16")
     with pytest.raises(ValueError, match="int8_scores"):
-        _, _, fp16 = random_cache(rng, [5], 1, 64, 16, "float16")
         decode(fp16, q[:1, :1], "tvm", int8_scores=True)
 
 
