@@ -90,6 +90,7 @@ class Executor:
         )
         self.launchers: dict[Any, Any] = {}
         self.a8_prefill = True  # int8-activation linears run their prefill rows through the a8 GEMV too
+        self.tp_group: Any = None  # a tensor-parallel rank's group (lowbit.parallel): what all_reduce sums over
         plan = graph.meta.get("memory_plan") if hasattr(graph, "meta") else None
         self.free_after: Mapping[str, tuple[str, ...]] = getattr(plan, "free_after", {}) or {}
         self._rope: dict[tuple[Any, ...], torch.Tensor] = {}

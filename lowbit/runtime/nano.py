@@ -392,7 +392,7 @@ class NanoExecutor:
         if self.tp and len(self.collective_units) > 1:
             for ui in self.collective_units:
                 view = copy.copy(executor)
-                view.tp_group = group.subgroup(f"nano-{plan.units[ui].name}")  # type: ignore[attr-defined]
+                view.tp_group = group.subgroup(f"nano-{plan.units[ui].name}")
                 self.unit_executors[ui] = view
         if self.device.type == "cpu" and any(u.cores for u in plan.units):
             have = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()

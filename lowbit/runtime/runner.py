@@ -66,8 +66,7 @@ class ModelRunner:
         self.executor = Executor(
             graph, params, self.cache, backend=backend, dtype=TORCH_DTYPES[dtype], max_positions=max_model_len
         )
-        if tp_group is not None:  # a tensor-parallel rank (lowbit.parallel): its all_reduce nodes sum over it
-            self.executor.tp_group = tp_group  # type: ignore[attr-defined]
+        self.executor.tp_group = tp_group  # a tensor-parallel rank (lowbit.parallel): its all_reduce nodes sum over it
         self.schedule = schedule
         self.plan = plan  # kept with schedule="unsplit" too, so the two schedules can be compared on one plan
         self.nano: NanoExecutor | None = None
