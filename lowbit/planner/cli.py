@@ -124,17 +124,17 @@ def tune_main(args: argparse.Namespace) -> int:
 
 def _profile_for(args: argparse.Namespace, hw: Hardware, notes: list[str]) -> KernelProfile | None:
     """--profile FILE, else the cached profile of the artifact (`lowbit tune --profile`) on a CPU."""
+    from lowbit.planner.profile import default_profile_path, load_profile
+
     if args.profile:
-        return KernelProfile.from_json(Path(args.profile).read_text())
+        return load_profile(args.profile)
     if not args.artifact or hw.kind != "cpu":
         return None
-    from lowbit.planner.profile import default_profile_path
-
     path = default_profile_path(args.artifact)
     if not path.is_file():
         return None
     notes.append(f"calibrated with the cached kernel profile {path} (lowbit tune --profile)")
-    return KernelProfile.from_json(path.read_text())
+    return load_profile(path)
 
 
 def _artifact_model(path: str) -> tuple[Any, Precision, str]:
