@@ -238,27 +238,19 @@ def compile_model(
     from lowbit.compiler import tuning as tuning_mod
 
     backend, policy = cfg.target.effective_backend, cfg.target.tuning.policy
-    runner = ModelRunner(
-        arch, full, params, kv_dtype=kv_dtype, dtype=cfg.model.dtype, backend=backend,
-        max_model_len=cfg.target.max_model_len, max_num_seqs=2, kv_layer_scales=kv_scales,
-    )  # fmt: skip
+    runner_kw: dict[str, Any] = {
+        "kv_dtype": kv_dtype, "dtype": cfg.model.dtype, "backend": backend, "max_model_len": cfg.target.max_model_len,
+        "max_num_seqs": 2, "kv_layer_scales": kv_scales,
+    }  # fmt: skip
+    runner = ModelRunner(arch, full, params, **runner_kw)
     rank_params, warm = [params], runner  # each rank's params; the runner that builds the shipped kernels
     if tp > 1:  # cut the quantized weights into shards (lowbit.parallel.shard); tune and build rank 0's shapes
         import lowbit.parallel.collectives  # noqa: F401  (the executor's all_reduce rule)
         from lowbit.parallel.shard import local_arch, shard_params
 
         rank_params = [shard_params(graph, params, r, tp) for r in range(tp)]
-        warm = ModelRunner(
-            local_arch(arch, tp),
-            graph,
-            rank_params[0],
-            kv_dtype=kv_dtype,
-            dtype=cfg.model.dtype,
-            backend=backend,
-            max_model_len=cfg.target.max_model_len,
-            max_num_seqs=2,
-            kv_layer_scales=kv_scales,
-        )  # fmt: skip  (no process group: its all_reduce nodes sum one part, building the kernels all ranks run)
+        # no process group: its all_reduce nodes sum one part, building the kernels all ranks run
+        warm = ModelRunner(local_arch(arch, tp), graph, rank_params[0], **runner_kw)
     max_tokens = max(int(cfg.target.max_model_len), int(cfg.target.max_num_seqs))
     jobs = tuning_mod.tuning_jobs(graph, rank_params[0], backend, cfg.model.dtype, max_tokens)
     tuning_cache = TuningCache()
