@@ -107,14 +107,13 @@ def _problem(qw: QuantizedWeight, m: int, backend: str, dtype: str) -> tuple[dic
     activations in the compute dtype (torch, as the executor passes them)."""
     import torch
 
-    from lowbit.ops.linear import _arguments, _host, _kernel_io  # the same arguments the runtime passes
+    from lowbit.ops.linear import linear_problem  # the same arguments the runtime passes
     from lowbit.runtime.runner import TORCH_DTYPES
 
     g = torch.Generator().manual_seed(m)
     x = torch.randn(m, qw.shape[1], generator=g).to(TORCH_DTYPES[dtype])
-    x2 = _host(x, True)
-    xa, ya = _kernel_io(x, x2, True, backend, qw.shape[0])
-    return _arguments(qw, x2, xa, ya, dtype)
+    _, fixed, args = linear_problem(qw, x, backend)
+    return fixed, args
 
 
 def run_tuning(
@@ -137,7 +136,7 @@ def run_tuning(
     from lowbit.codegen.tune import TuningError, cached_result, tune
     from lowbit.codegen.tune.tuner import default_measure
     from lowbit.kernels.spaces import space
-    from lowbit.ops.linear import _choose_config, select_kernel
+    from lowbit.ops.linear import default_linear_config, select_kernel
 
     cache = cache if cache is not None else TuningCache()
     start = clock()
@@ -148,7 +147,7 @@ def run_tuning(
         qw = params[job.weights[0]]
         kernel = select_kernel(qw, job.m)
         fixed, args = _problem(qw, job.m, backend, dtype)
-        default = _choose_config(kernel, fixed, args, backend, False, job.m)  # no weight: nothing pinned
+        default = default_linear_config(kernel, fixed, args, backend)  # no weight: nothing pinned
         sp = dataclasses.replace(space(kernel.name, backend), default=default)
         if policy == "off":
             result = JobResult(job, default, None, reason="policy off")
