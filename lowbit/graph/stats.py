@@ -15,9 +15,8 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.graph.context import PassContext
 from lowbit.graph.graph import Node, OpGraph
 from lowbit.graph.memory import MemoryPlan
-from lowbit.graph.passes.pack_weights import scale_bytes
+from lowbit.graph.passes.pack_weights import stored_weight_bytes
 from lowbit.graph.shapes import tensor_infos
-from lowbit.kernels.layouts import weight_layout
 from lowbit.models.arch import ArchConfig
 from lowbit.quant.kv import KV_BITS, check_kv_dtype
 
@@ -62,10 +61,7 @@ def linear_weight_bytes(n: Node, dtype_bytes: int) -> int:
     bias = nf * dtype_bytes if n.attr("bias") is not None else 0
     if n.has_attr("weight_bytes"):
         return int(n.attr("weight_bytes")) + int(n.attr("scale_bytes", 0)) + bias
-    if spec is None:
-        return nf * k * dtype_bytes + bias
-    layout = weight_layout("row", (k, nf), as_dtype(spec.weight_dtype).bits)  # before pack_weights: row
-    return int(layout.num_words) * layout.word_bits // 8 + scale_bytes(spec, nf, k) + bias
+    return stored_weight_bytes(spec, nf, k, dtype_bytes) + bias
 
 
 def op_costs(g: OpGraph, ctx: PassContext) -> list[OpCost]:

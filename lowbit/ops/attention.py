@@ -104,9 +104,7 @@ def paged_decode_attention(
         raise ValueError(
             f"int8_scores needs an int8 / int4 cache and a head dim divisible by 16; got {kv_dtype}, D {D}"
         )
-    splits = num_splits or _auto_splits(backend, B * HKV, maxlen, BN)
-    tps = max(BN, math.ceil(math.ceil(max(maxlen, 1) / splits) / BN) * BN)  # tokens per split, whole tiles
-    splits = max(1, math.ceil(max(maxlen, 1) / tps))
+    splits, tps = decode_splits(backend, B * HKV, maxlen, BN, num_splits)
     odtype = qdtype if splits == 1 else "float32"
     consts: dict[str, Any] = {
         "qdtype": qdtype,
@@ -301,6 +299,15 @@ def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def decode_splits(backend: str, blocks: int, maxlen: int, BN: int, num_splits: int | None = None) -> tuple[int, int]:
+    """(KV splits, tokens per split) of a decode over `blocks` (sequence, KV head) pairs whose longest
+    context is `maxlen`: `num_splits` (default `_auto_splits`) rounded so each split is whole KV tiles of BN
+    and none is empty. The CUDA-graph buckets of the nano executor key on the same pair."""
+    splits = num_splits or _auto_splits(backend, blocks, maxlen, BN)
+    tps = max(BN, math.ceil(math.ceil(max(maxlen, 1) / splits) / BN) * BN)  # tokens per split, whole tiles
+    return max(1, math.ceil(max(maxlen, 1) / tps)), tps
+
+
 def _auto_splits(backend: str, blocks: int, maxlen: int, BN: int) -> int:
     """Split the context so B·HKV·splits blocks fill the machine, keeping >= 256 tokens per split."""
     if backend == "reference":
@@ -426,4 +433,11 @@ def _to_torch(x: Any, device: Any) -> Any:
     return t.to(device) if device is not None else t
 
 
-__all__ = ["KV_DTYPES", "int8_scores_default", "paged_decode_attention", "prefill_attention", "q8_consts"]
+__all__ = [
+    "KV_DTYPES",
+    "decode_splits",
+    "int8_scores_default",
+    "paged_decode_attention",
+    "prefill_attention",
+    "q8_consts",
+]

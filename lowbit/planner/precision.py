@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from lowbit.config.spec import LinearSpec
 from lowbit.dtypes import dtype as as_dtype
-from lowbit.graph.passes.pack_weights import scale_bytes
-from lowbit.kernels.layouts import weight_layout
+from lowbit.graph.passes.pack_weights import stored_weight_bytes
 from lowbit.quant.kv import check_kv_dtype
 
 
@@ -47,12 +46,9 @@ class Precision:
         return as_dtype(self.act_dtype).bits // 8
 
     def weight_bytes(self, n: int, k: int) -> int:
-        """Stored bytes of an [n, k] weight: codes in lowbit's row-packed words (⌊32/bits⌋ codes per uint32, as
-        lowbit.graph.stats.linear_weight_bytes counts them) + scales + zeros, or dense."""
-        if self.linear is None:
-            return n * k * self.act_bytes
-        layout = weight_layout("row", (k, n), as_dtype(self.linear.weight_dtype).bits)
-        return int(layout.num_words) * layout.word_bits // 8 + scale_bytes(self.linear, n, k)
+        """Stored bytes of an [n, k] weight, as lowbit.graph.stats.linear_weight_bytes counts them (one
+        `stored_weight_bytes`): row-packed codes + scales + zeros, or dense in the activation dtype."""
+        return stored_weight_bytes(self.linear, n, k, self.act_bytes)
 
     def bits_per_weight(self, n: int = 4096, k: int = 4096) -> float:
         return 8.0 * self.weight_bytes(n, k) / (n * k)

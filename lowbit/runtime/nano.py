@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import math
 import os
 import queue
 import sys
@@ -472,13 +471,10 @@ class NanoExecutor:
             return None
         if self._decode_geometry is None:
             return (batch.num_seqs,)
-        from lowbit.ops.attention import _auto_splits
+        from lowbit.ops.attention import decode_splits
 
         backend, hkv, bn = self._decode_geometry
-        longest = max(info["max_len"], 1)
-        splits = _auto_splits(backend, batch.num_seqs * hkv, longest, bn)
-        tps = max(bn, math.ceil(math.ceil(longest / splits) / bn) * bn)
-        return (batch.num_seqs, max(1, math.ceil(longest / tps)), tps)
+        return (batch.num_seqs, *decode_splits(backend, batch.num_seqs * hkv, max(info["max_len"], 1), bn))
 
     @functools.cached_property
     def _decode_geometry(self) -> tuple[str, int, int] | None:

@@ -34,6 +34,15 @@ def scale_bytes(spec: LinearSpec, n: int, k: int) -> int:
     return groups * n * (2 + zero)  # fp16 scale (and fp16 zero) per group
 
 
+def stored_weight_bytes(spec: LinearSpec | None, n: int, k: int, dtype_bytes: int) -> int:
+    """Stored bytes of an [N, K] weight before pack_weights picks its layout: the codes in row-packed words
+    (⌊32/bits⌋ codes per uint32) + `scale_bytes`, or N·K·dtype_bytes when dense (spec None)."""
+    if spec is None:
+        return n * k * dtype_bytes
+    layout = weight_layout("row", (k, n), as_dtype(spec.weight_dtype).bits)
+    return int(layout.num_words) * layout.word_bits // 8 + scale_bytes(spec, n, k)
+
+
 def choose_layout(n: Node, ctx: PassContext, bits: int) -> tuple[str, str | None]:
     """(layout, note or None) for linear `n` with `bits`-bit codes."""
     gemm = any(kernel != "quantized_gemv" for _, kernel in n.attr("kernels") or ((0, "quantized_gemm"),))
