@@ -131,7 +131,7 @@ class Executor:
     def _record(self, batch: Batch, key: tuple[int, int]) -> torch.Tensor:
         from lowbit.codegen.tvm.runtime import RECORDING
 
-        proxy = _DecodePlan.inputs(batch, self.plan_pages)
+        proxy = input_buffers(batch, self.plan_pages)
         calls: list[tuple[Any, tuple[Any, ...]]] = []
         names: list[str] = []
         self.recording, self.recordable, RECORDING.calls, RECORDING.names = True, True, calls, names
@@ -247,24 +247,8 @@ class _DecodePlan:
             if isinstance(a, torch.Tensor) and a.data_ptr() == ptr and a.numel() == size
         ]
 
-    @staticmethod
-    def inputs(batch: Batch, width: int) -> Batch:
-        """A copy of `batch` whose index tensors are fresh buffers of the plan (block tables `width` pages wide)."""
-        proxy = copy.copy(batch)
-        for name in ("input_ids", "positions", "slot_mapping", "context_lens"):
-            setattr(proxy, name, getattr(batch, name).clone())
-        tables = torch.zeros((batch.num_tokens, width), dtype=torch.int32)
-        tables[:, : batch.block_tables.shape[1]] = batch.block_tables
-        proxy.block_tables = tables
-        return proxy
-
     def replay(self, batch: Batch) -> torch.Tensor:
-        p = self.proxy
-        p.input_ids.copy_(batch.input_ids)
-        p.positions.copy_(batch.positions)
-        p.slot_mapping.copy_(batch.slot_mapping)
-        p.context_lens.copy_(batch.context_lens)
-        p.block_tables[:, : batch.block_tables.shape[1]].copy_(batch.block_tables)
+        refill_inputs(self.proxy, batch)
         logits = torch.empty_like(self.logits)
         for i, j, shape in self.logit_args:
             fn, args = self.calls[i]
@@ -273,6 +257,31 @@ class _DecodePlan:
             fn(*args)
         self.logits = logits
         return logits.float()
+
+
+INDEX_TENSORS = ("input_ids", "positions", "slot_mapping", "context_lens")  # what a replayed step re-reads
+
+
+def input_buffers(batch: Batch, width: int, *, pin: bool = False, extra: tuple[str, ...] = ()) -> Batch:
+    """A copy of `batch` whose index tensors (`INDEX_TENSORS` and `extra`) are fresh buffers, pinned when
+    `pin`, and whose block tables are `width` pages wide: what a recorded or captured step reads, rewritten
+    by `refill_inputs` before each replay."""
+    proxy = copy.copy(batch)
+    proxy.__dict__.pop("_step_info", None)  # per-batch facts belong to the batch they were computed for
+    for name in (*INDEX_TENSORS, *extra):
+        t = getattr(batch, name).clone()
+        setattr(proxy, name, t.pin_memory() if pin else t)
+    tables = torch.zeros((batch.num_tokens, width), dtype=torch.int32)
+    tables[:, : batch.block_tables.shape[1]] = batch.block_tables
+    proxy.block_tables = tables.pin_memory() if pin else tables
+    return proxy
+
+
+def refill_inputs(proxy: Batch, batch: Batch) -> None:
+    """Copy `batch`'s index tensors into the buffers of `input_buffers`."""
+    for name in INDEX_TENSORS:
+        getattr(proxy, name).copy_(getattr(batch, name))
+    proxy.block_tables[:, : batch.block_tables.shape[1]].copy_(batch.block_tables)
 
 
 def step_info(batch: Batch) -> dict[str, Any]:

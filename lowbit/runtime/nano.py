@@ -53,7 +53,7 @@ import torch
 
 from lowbit.kernels.launch import resource_share
 from lowbit.runtime.batch import Batch
-from lowbit.runtime.executor import RULES, Executor, step_info
+from lowbit.runtime.executor import RULES, Executor, input_buffers, refill_inputs, step_info
 from lowbit.runtime.plan import PipelinePlan, PlanError, nano_ranges, priority_topo
 
 ROW_WISE = frozenset(
@@ -556,7 +556,7 @@ class _CapturedStep:
     tables padded to the executor's plan width), the graph and the logits buffer it writes."""
 
     def __init__(self, ex: NanoExecutor, batch: Batch) -> None:
-        self.proxy = _pinned_inputs(batch, ex.executor.plan_pages)
+        self.proxy = input_buffers(batch, ex.executor.plan_pages, pin=True, extra=("last_index", "paged_index"))
         dev = ex.device
         side = torch.cuda.Stream(device=dev)  # warm-up (compiles, autotunes, fills the allocator) off the graph
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -573,11 +573,8 @@ class _CapturedStep:
 
     def replay(self, batch: Batch) -> torch.Tensor:
         self.done.synchronize()  # the previous replay's copies out of the pinned buffers have run
-        p = self.proxy
-        for name in ("input_ids", "positions", "slot_mapping", "context_lens"):
-            getattr(p, name).copy_(getattr(batch, name))
-        p.block_tables[:, : batch.block_tables.shape[1]].copy_(batch.block_tables)
-        p.seqs = batch.seqs
+        refill_inputs(self.proxy, batch)
+        self.proxy.seqs = batch.seqs
         self.graph.replay()
         out = self.logits.clone()  # the graph's buffer is overwritten by the next replay
         self.done.record(torch.cuda.current_stream(self.logits.device))
@@ -592,19 +589,6 @@ def collective_units(nodes: Sequence[Any], plan: PipelinePlan) -> tuple[int, ...
             rule = plan.rule_for(n.op, n.name)
             units |= {plan.unit_index(u) for u in rule.units} if rule is not None else {0}
     return tuple(sorted(units))
-
-
-def _pinned_inputs(batch: Batch, width: int) -> Batch:
-    """A copy of decode-only `batch` whose index tensors are fresh pinned buffers (block tables `width` pages
-    wide): what a captured graph reads, rewritten before each replay."""
-    proxy = copy.copy(batch)
-    proxy.__dict__.pop("_step_info", None)
-    for name in ("input_ids", "positions", "slot_mapping", "context_lens", "last_index", "paged_index"):
-        setattr(proxy, name, getattr(batch, name).clone().pin_memory())
-    tables = torch.zeros((batch.num_tokens, width), dtype=torch.int32)
-    tables[:, : batch.block_tables.shape[1]] = batch.block_tables
-    proxy.block_tables = tables.pin_memory()
-    return proxy
 
 
 def _decode_rows(batch: Batch, i: int, j: int) -> Batch:
