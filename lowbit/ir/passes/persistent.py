@@ -16,16 +16,14 @@ Not in the pass pipeline: a caller asks for it (`lowbit.lang.persistent(kernel)`
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import sympy
 
 from lowbit.dtypes import int32
-from lowbit.ir import instructions as I
 from lowbit.ir.program import Program
-from lowbit.ir.rewrite import rewrite_body
-from lowbit.ir.statements import For, If, Let, ScalarLoad, Stmt, Store, walk
+from lowbit.ir.rewrite import map_scalars, rewrite_body
+from lowbit.ir.statements import For, ScalarLoad, Stmt, walk
 from lowbit.ir.values import ScalarParam, index_symbol
 
 BUDGET = "BUDGET"
@@ -35,34 +33,9 @@ def _subst(e: Any, mapping: dict[sympy.Symbol, sympy.Expr]) -> Any:
     return e.xreplace(mapping) if isinstance(e, sympy.Basic) else e
 
 
-def _subst_inst(inst: I.Inst, mapping: dict[sympy.Symbol, sympy.Expr]) -> I.Inst:
-    # the instructions' scalar fields: Load offsets and Full's fill value
-    if isinstance(inst, I.Load):
-        return dataclasses.replace(inst, offsets=tuple(_subst(o, mapping) for o in inst.offsets))
-    if isinstance(inst, I.Full):
-        return dataclasses.replace(inst, value=_subst(inst.value, mapping))
-    return inst
-
-
 def _substitute(body: tuple[Stmt, ...], mapping: dict[sympy.Symbol, sympy.Expr]) -> tuple[Stmt, ...]:
     """`body` with the symbols of `mapping` replaced in every scalar expression (tiles keep their identity)."""
-
-    def rule(s: Stmt) -> Stmt | None:
-        if isinstance(s, Let):
-            inst = _subst_inst(s.inst, mapping)
-            return None if inst == s.inst else dataclasses.replace(s, inst=inst)
-        if isinstance(s, Store):
-            return dataclasses.replace(s, offsets=tuple(_subst(o, mapping) for o in s.offsets))
-        if isinstance(s, ScalarLoad):
-            return dataclasses.replace(s, indices=tuple(_subst(i, mapping) for i in s.indices))
-        if isinstance(s, For):
-            start, stop, step = (_subst(e, mapping) for e in (s.start, s.stop, s.step))
-            return dataclasses.replace(s, start=start, stop=stop, step=step)
-        if isinstance(s, If):
-            return dataclasses.replace(s, cond=_subst(s.cond, mapping))
-        return None
-
-    return rewrite_body(body, rule)
+    return rewrite_body(body, lambda s: map_scalars(s, lambda e: _subst(e, mapping)))
 
 
 def _fresh(program: Program, hint: str) -> sympy.Symbol:

@@ -5,14 +5,11 @@ Constant branches disappear: `if true {A} else {B}` becomes A. Loops that run ze
 
 from __future__ import annotations
 
-import dataclasses
-
 import sympy
 
-from lowbit.ir.instructions import Full, Load
 from lowbit.ir.program import Program
-from lowbit.ir.rewrite import rewrite_body
-from lowbit.ir.statements import For, If, Let, ScalarLoad, Stmt, Store
+from lowbit.ir.rewrite import map_scalars, rewrite_body
+from lowbit.ir.statements import For, If, Stmt
 
 
 def _simp(e):
@@ -29,38 +26,18 @@ def _simp_all(es: tuple) -> tuple:
 
 
 def _rule(stmt: Stmt) -> Stmt | tuple[Stmt, ...] | None:
-    if isinstance(stmt, Let) and isinstance(stmt.inst, Load):
-        offsets = _simp_all(stmt.inst.offsets)
-        if offsets is not stmt.inst.offsets:
-            return dataclasses.replace(stmt, inst=dataclasses.replace(stmt.inst, offsets=offsets))
-    if isinstance(stmt, Let) and isinstance(stmt.inst, Full):
-        value = _simp(stmt.inst.value)
-        if value is not stmt.inst.value:
-            return dataclasses.replace(stmt, inst=dataclasses.replace(stmt.inst, value=value))
-    if isinstance(stmt, Store):
-        offsets = _simp_all(stmt.offsets)
-        if offsets is not stmt.offsets:
-            return dataclasses.replace(stmt, offsets=offsets)
-    if isinstance(stmt, ScalarLoad):
-        indices = _simp_all(stmt.indices)
-        if indices is not stmt.indices:
-            return dataclasses.replace(stmt, indices=indices)
-    if isinstance(stmt, If):
-        cond = _simp(stmt.cond)
-        if cond is sympy.true or cond is True:
-            return stmt.then_body
-        if cond is sympy.false or cond is False:
-            return stmt.else_body
-        if cond is not stmt.cond:
-            return dataclasses.replace(stmt, cond=cond)
-    if isinstance(stmt, For):
-        start, stop, step = _simp_all((stmt.start, stmt.stop, stmt.step))
-        trip = sympy.sympify(stop - start)
+    new = map_scalars(stmt, _simp)
+    s = stmt if new is None else new
+    if isinstance(s, If):
+        if s.cond is sympy.true or s.cond is True:
+            return s.then_body
+        if s.cond is sympy.false or s.cond is False:
+            return s.else_body
+    if isinstance(s, For):
+        trip = sympy.sympify(s.stop - s.start)
         if trip.is_number and trip <= 0:
             return ()
-        if (start, stop, step) != (stmt.start, stmt.stop, stmt.step) or start is not stmt.start:
-            return dataclasses.replace(stmt, start=start, stop=stop, step=step)
-    return None
+    return new
 
 
 def simplify_exprs(program: Program) -> Program:
