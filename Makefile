@@ -19,8 +19,11 @@ demo: $(STAMP)
 	$(BIN)/lowbit compile examples/tiny-llama.yaml -o artifacts/tiny-llama --overwrite
 	$(BIN)/lowbit generate artifacts/tiny-llama --prompt "The quick brown fox" --prompt "def main():" --max-tokens 24
 
+# one pytest-xdist worker per core (CI: 2); TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lowbit tests examples
