@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--opts", default="{}")
     ap.add_argument("--shapes", default="")
     ap.add_argument("--cpu-time", action="store_true", help="thread CPU time (run with TVM_NUM_THREADS=1)")
+    ap.add_argument("--flush", action="store_true", help="evict the caches before every sample (DRAM-bound numbers)")
     args = ap.parse_args()
     if args.cpu_time:
         global CLOCK
@@ -84,7 +85,13 @@ def main() -> None:
             y = torch.empty(m, n)
             plan.run(x, y)
             xq, xs, xsum = plan._buffers()
-            tg = bench(functools.partial(plan._gemv, xq, xs, xsum, y), args.reps)
+            gemv = functools.partial(plan._gemv, xq, xs, xsum, y)
+            if args.flush:
+                from lowbit.codegen.tune.timing import benchmark
+
+                tg = benchmark(gemv, repeats=args.reps, warmup=3, flush=True).median / 1e3
+            else:
+                tg = bench(gemv, args.reps)
             tq = bench(functools.partial(plan._quant, x, xq, xs, xsum), args.reps)
             wbytes = n * k // 2 + 2 * n * k // 128
             tot.setdefault(m, []).append(tg + tq)
