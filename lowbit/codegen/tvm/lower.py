@@ -754,24 +754,20 @@ class _Emitter:
             if subst is None:
                 return
             moved = [o.subs(subst) for o in moved]
-        # One clamped base address per tile, the hints at loop-invariant deltas from it (constants when the
-        # inner dims are, folded into the addressing mode): clamping every hint cost ~6 scalar instructions
-        # per cache line, a third of the CPU time of the M = 1 decode GEMV on warm caches.
+        # Every hint clamps its own address. One clamped base with the hints at constant deltas from it (32
+        # back-to-back prefetcht0 per 2 KiB tile) cut the warm-cache CPU time of the M = 1 decode GEMV by a
+        # third but streamed from DRAM 1.4-1.8x slower (4096x4096 int4, caches flushed, 2 threads: 0.47-0.50
+        # vs 0.85-0.86 ms): the address arithmetic between hints spaces them out.
         size = scalar(sympy.Mul(*t.shape))
         g = self.gbuf[t.name]
         per_line = max(64 // ebytes, 1)
-        idx = [sympy.Symbol(f"__d{d}", integer=True) for d in range(len(t.shape))]
-        delta = _row_major(idx, t.shape)
-        hints = [(*r, j) for r in rows for j in range(0, row_elems, per_line)]
-        deltas = [delta.subs(dict(zip(idx, h))) for h in hints]
-        base = self.fresh("pf")
-        first = _flat_address(t, [scalar(o) for o in moved])
-        self.line(f"{base} = T.max(T.min({first}, {size} - 1 - ({scalar(deltas[-1])})), 0)")
-        for d in deltas:
-            addr = f"{base} + {scalar(d)}"
-            self.line(
-                f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
-            )
+        for r in rows:
+            for j in range(0, row_elems, per_line):
+                coords = [f"{scalar(o)} + {i}" for o, i in zip(moved[:-1], r)] + [f"{scalar(moved[-1])} + {j}"]
+                addr = f"T.min({_flat_address(t, coords)}, {size} - 1)"
+                self.line(
+                    f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
+                )
 
     def _scalars_ahead(self, loop: For, names: set[Any], ahead: int) -> dict[Any, sympy.Symbol] | None:
         """For the scalars `names` (ScalarLoads directly in `loop`'s body, read before this point, whose
