@@ -30,6 +30,61 @@ COLUMNS = (  # header, width, format of one row's value
 LEFT = {"method", "dtype", "backend"}
 
 
+# The issue's GEMM goals (W4 = int4, group 128), judged on the rows of one run: (device, M range, method) ->
+# thresholds. A16 = the lowbit rows (float activations); A8 = lowbit_a8 (int8 activations, the CPU decode
+# path), reported beside them; W4A8 QoQ rows on a GPU are the lowbit rows of the w4a8 scheme (not benched).
+CPU_GOALS = (  # (M values, min %roof, min x fp32, min x bf16)
+    ((1,), 0.8, 7.0, 3.5),
+    ((16,), None, 3.0, 1.0),
+    ((64, 256), None, None, 1.0),
+)
+GPU_GOALS = (
+    ((1,), 0.8, None, 3.5),
+    ((2, 4, 8, 16), None, None, 3.5),
+    ((64,), None, None, 2.0),
+)
+PROPORTION_SLACK = 1.1  # W3 / W2 "faster than W4 in proportion to their bytes": time ratio <= 1.1 x byte ratio
+
+
+def goals(report: Report) -> list[dict[str, Any]]:
+    """The issue's targets this run measured (group 128 rows only): per int4 lowbit / lowbit_a8 row at the
+    goal M values, the fraction of the roofline and the speedups over torch fp32 / bf16; and at M = 1 the
+    time of each int3 / int2 row against the int4 row of the same layer and method, in proportion to bytes."""
+    if report.config.get("group_size", 128) != 128:
+        return []
+    table = CPU_GOALS if not report.machine.device.startswith("cuda") else GPU_GOALS
+    out = []
+    for r in report.rows:
+        if r.method not in ("lowbit", "lowbit_a8") or r.dtype != "int4":
+            continue
+        for ms, roof, fp32, bf16 in table:
+            if r.M not in ms:
+                continue
+            name = f"W4{'A8' if r.method == 'lowbit_a8' else 'A16'} {r.backend} M={r.M} {r.N}x{r.K}"
+            for label, value, target in (
+                ("of the roofline", r.roofline_fraction, roof),
+                ("x torch fp32", r.speedup_fp32, fp32),
+                ("x torch bf16", r.speedup_bf16, bf16),
+            ):
+                if target is None:
+                    continue
+                shown = f"{100 * value:.0f}%" if label == "of the roofline" else f"{value:.2f}"
+                want = f"{100 * target:.0f}%" if label == "of the roofline" else f"{target:g}"
+                met = math.isfinite(value) and value >= target  # NaN never passes
+                out.append({"goal": f"{name}: {shown} {label} (target >= {want})", "value": value, "met": met})
+    w4 = {(r.N, r.K, r.method, r.backend): r for r in report.rows if r.M == 1 and r.dtype == "int4"}
+    for r in report.rows:
+        base = w4.get((r.N, r.K, r.method, r.backend))
+        if r.M != 1 or r.dtype not in ("int3", "int2") or base is None or not r.method.startswith("lowbit"):
+            continue
+        t_ratio, b_ratio = r.median_ms / base.median_ms, r.bytes / base.bytes
+        met = math.isfinite(t_ratio) and t_ratio <= PROPORTION_SLACK * b_ratio
+        what = f"{r.dtype} {r.method} {r.backend} M=1 {r.N}x{r.K}: {t_ratio:.2f}x the int4 time"
+        what += f" at {b_ratio:.2f}x its bytes"
+        out.append({"goal": f"{what} (target <= {PROPORTION_SLACK:g} x the byte ratio)", "value": t_ratio, "met": met})
+    return out
+
+
 def _cell(text: str, header: str, width: int) -> str:
     return text.ljust(width) if header in LEFT else text.rjust(width)
 
@@ -57,6 +112,7 @@ def format_table(report: Report, *, machine_header: bool = True) -> str:
             lines.append("")
         block = (r.N, r.K, r.M)
         lines.append(" ".join(_cell(fmt(r), h, w) for h, w, fmt in COLUMNS) + (f"  {r.note}" if r.note else ""))
+    lines += [f"goal: {g['goal']}: {'met' if g['met'] else 'NOT met'}" for g in goals(report)]
     for note in report.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -79,6 +135,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "machine": report.machine.to_json(),
             "config": report.config,
             "rows": [dataclasses.asdict(r) for r in report.rows],
+            "goals": goals(report),
             "notes": report.notes,
         }
     )
@@ -132,4 +189,4 @@ def write_plot(report: Report, path: str | Path) -> Path | None:
     return p
 
 
-__all__ = ["format_table", "to_json", "write_json", "write_plot"]
+__all__ = ["format_table", "goals", "to_json", "write_json", "write_plot"]

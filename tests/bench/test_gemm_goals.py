@@ -1,0 +1,60 @@
+"""bench gemm's goal verdicts (lowbit.bench.report.goals) on hand-built rows: the thresholds of the issue,
+NaN never passing, W3/W2 judged against the int4 row of the same layer and method by bytes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lowbit.bench.gemm import Report, Row
+from lowbit.bench.report import format_table, goals, to_json
+from lowbit.bench.roofline import Machine
+
+CPU = Machine("cpu", "test cpu", 2, None, 25.0, {"float32": 100.0, "bfloat16": 20.0})
+
+
+def row(M, method, dtype="int4", ms=1.0, roof=0.5, x32=1.0, x16=1.0, nbytes=1000):
+    return Row(M, 4096, 4096, method, dtype, "tvm", ms, ms, ms, nbytes, roof * ms, roof, x32, x16)
+
+
+def verdicts(rows, config=None):
+    report = Report(CPU, rows, [], config if config is not None else {"group_size": 128})
+    return {g["goal"].split(":")[0] + " | " + g["goal"].split(": ")[1]: g["met"] for g in goals(report)}
+
+
+def test_m1_needs_80_percent_of_the_roofline_and_both_speedups():
+    got = verdicts([row(1, "lowbit", roof=0.81, x32=7.2, x16=3.4), row(1, "lowbit_a8", roof=0.5, x32=8.0, x16=4.0)])
+    assert got == {
+        "W4A16 tvm M=1 4096x4096 | 81% of the roofline (target >= 80%)": True,
+        "W4A16 tvm M=1 4096x4096 | 7.20 x torch fp32 (target >= 7)": True,
+        "W4A16 tvm M=1 4096x4096 | 3.40 x torch bf16 (target >= 3.5)": False,
+        "W4A8 tvm M=1 4096x4096 | 50% of the roofline (target >= 80%)": False,
+        "W4A8 tvm M=1 4096x4096 | 8.00 x torch fp32 (target >= 7)": True,
+        "W4A8 tvm M=1 4096x4096 | 4.00 x torch bf16 (target >= 3.5)": True,
+    }
+
+
+def test_larger_m_targets_and_nan_never_passes():
+    got = verdicts([row(16, "lowbit", x32=2.9, x16=1.2), row(64, "lowbit", x16=math.nan), row(256, "lowbit", x16=1.0)])
+    assert got == {
+        "W4A16 tvm M=16 4096x4096 | 2.90 x torch fp32 (target >= 3)": False,
+        "W4A16 tvm M=16 4096x4096 | 1.20 x torch bf16 (target >= 1)": True,
+        "W4A16 tvm M=64 4096x4096 | nan x torch bf16 (target >= 1)": False,
+        "W4A16 tvm M=256 4096x4096 | 1.00 x torch bf16 (target >= 1)": True,
+    }
+
+
+@pytest.mark.parametrize(("ms", "met"), [(0.8, True), (0.85, False)])
+def test_w3_in_proportion_to_its_bytes(ms, met):
+    rows = [row(1, "lowbit", "int4", ms=1.0, nbytes=1000), row(1, "lowbit", "int3", ms=ms, nbytes=750)]
+    report = Report(CPU, rows, [], {"group_size": 128})
+    (w3,) = [g for g in goals(report) if g["goal"].startswith("int3")]
+    assert w3["met"] is met and w3["value"] == pytest.approx(ms)
+    assert ("met" if met else "NOT met") in format_table(report).splitlines()[-1]
+    assert to_json(report)["goals"][-1]["met"] is met
+
+
+def test_other_group_sizes_and_other_dtypes_are_not_judged():
+    assert verdicts([row(1, "lowbit")], {"group_size": 64}) == {}
+    assert verdicts([row(1, "lowbit", dtype="fp4_e2m1"), row(1, "torch_fp32", dtype="float32")]) == {}
