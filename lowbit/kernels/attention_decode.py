@@ -237,6 +237,13 @@ def paged_decode_attention_q8(
         codes = T.reshape(T.transpose(v), (KD // 4, 4, 2 * GP))  # [t, r, j]: code of d' = 4t + r, column j
         quads = T.transpose(codes, (0, 2, 1))  # [t, j, r]
         T.assign(w, T.sum((T.cast(quads, T.int32) & 255) << shifts, axis=2))
+    # the dots' query columns [KD, 2·GP], built once per block (inside the token loop they were rebuilt, through
+    # the byte view and transposes, with element inserts, on every tile: B=8 ctx=4096 int4, one thread, side by
+    # side: 46 / 40 ms of CPU time per call against 52 / 45 before)
+    cols_ab = [
+        T.reshape(T.transpose(T.reshape(T.view(w, T.int8), (KD // 4, 2 * GP, 4)), (0, 2, 1)), (KD, 2 * GP))
+        for w in (wa, wb)
+    ]
     m = T.full((GP, 1), M_INIT, T.float32, name="m")
     l = T.zeros((GP, 1), T.float32, name="l")
     accs = [T.zeros((GP, DC), T.float32, name=f"acc{c}") for c in T.static_range(D // DC)]
@@ -248,8 +255,7 @@ def paged_decode_attention_q8(
         lo = T.cast(T.view(words & LOW_NIBBLES, T.uint8), T.int8)  # [BN, KD], values 0..15
         hi = T.cast(T.view((words >> 4) & LOW_NIBBLES, T.uint8), T.int8)
         both = None
-        for w, codes in ((wa, lo), (wb, hi)):
-            cols = T.reshape(T.transpose(T.reshape(T.view(w, T.int8), (KD // 4, 2 * GP, 4)), (0, 2, 1)), (KD, 2 * GP))
+        for cols, codes in ((cols_ab[0], lo), (cols_ab[1], hi)):
             part = T.dot(codes, cols, acc_dtype=T.int32)  # [BN, 2·GP]
             if both is None:
                 both = part

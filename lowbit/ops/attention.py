@@ -272,8 +272,9 @@ def decode_chunk(backend: str, D: int) -> int:
 def int8_scores_default(backend: str, kv_dtype: str, D: int) -> bool:
     """Whether decode over this cache takes `paged_decode_attention_q8` by default: the TVM backend (CPU,
     where the integer dots become vpmaddubsw) with an int4 cache and D a multiple of 16 (B=8, ctx 4096 on the
-    2-core VM: 46 vs 73 ms of CPU time). KV8 keeps the fp32 kernel by default: its two nibble planes double
-    the integer work and the result was no faster (55 vs 57 ms); `int8_scores=True` still takes it."""
+    2-core VM: 40-46 vs 73 ms of CPU time on one thread; 2 threads, flushed: 26-28 ms, torch fp32 SDPA 28-31).
+    KV8 keeps the fp32 kernel by default: its two nibble planes double the integer work (2 threads, flushed:
+    q8 43-47 ms, fp32 kernel 30-34 ms); `int8_scores=True` still takes it."""
     return backend == "tvm" and kv_dtype == "int4" and D % 16 == 0
 
 
