@@ -756,8 +756,8 @@ class _Emitter:
             moved = [o.subs(subst) for o in moved]
         # Every hint clamps its own address. One clamped base with the hints at constant deltas from it (32
         # back-to-back prefetcht0 per 2 KiB tile) cut the warm-cache CPU time of the M = 1 decode GEMV by a
-        # third but streamed from DRAM 1.4-1.8x slower (4096x4096 int4, caches flushed, 2 threads: 0.47-0.50
-        # vs 0.85-0.86 ms): the address arithmetic between hints spaces them out.
+        # third but streamed from DRAM slower in 17 of 18 alternating flushed pairs (4096x4096 and 11008x4096
+        # int4, 2 threads; 0.8-1.8x the time): the address arithmetic between hints spaces them out.
         size = scalar(sympy.Mul(*t.shape))
         g = self.gbuf[t.name]
         per_line = max(64 // ebytes, 1)
