@@ -935,16 +935,23 @@ class _Emitter:
         bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({jv} * 8, 1, 8)])'
         u, sg = (bv, aq) if side == "b" else (aq, bv)
         lanes = f"T.Ramp({ii} * {2 * BN} + {jv} * 16, 1, 16)"
-        self.line(
-            f'    {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
-            f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
-        )
+        self._madd_pairs(acc16, lanes, u, sg, "    ")
         self.depth -= 2
         self.line(f"for {ii} in T.unroll({BM}):")
         self.line(f"    for {jv} in T.unroll({nv}):")
-        cols = f"T.Ramp({jv} * 8, 1, 8)"
+        self._widen_pairs(out, ii, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "        ")
+
+    def _madd_pairs(self, acc16: str, lanes: str, u: str, sg: str, indent: str) -> None:
+        """acc16[lanes] += vpmaddubsw(u, sg): the u8·i8 products, adjacent pairs summed in i16."""
         self.line(
-            f'        {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
+            f'{indent}{acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
+            f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
+        )
+
+    def _widen_pairs(self, out: str, row: str, cols: str, acc16: str, lanes: str, indent: str) -> None:
+        """out[row, cols] += vpmaddwd(acc16[lanes], 1): the i16 sums widened pairwise into the i32 accumulators."""
+        self.line(
+            f'{indent}{out}[{row}, {cols}] = {out}[{row}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
             f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
         )
 
@@ -981,16 +988,9 @@ class _Emitter:
         bv = f'T.reinterpret("int8x32", {bq}[T.Ramp({tq} * 8, 1, 8)])'
         u, sg = (bv, aq) if side == "b" else (aq, bv)
         lanes = f"T.Ramp({ii} * 16, 1, 16)"
-        self.line(
-            f'        {acc16}[{lanes}] = {acc16}[{lanes}] + T.call_llvm_pure_intrin("int16x16", '
-            f'"llvm.x86.avx2.pmadd.ub.sw", {u}, {sg})'
-        )
-        cols = f"T.Ramp({jv} * 8, 1, 8)"
+        self._madd_pairs(acc16, lanes, u, sg, "        ")
         self.line(f"for {ii} in T.unroll({tm}):")
-        self.line(
-            f'    {out}[{row}, {cols}] = {out}[{row}, {cols}] + T.call_llvm_pure_intrin("int32x8", '
-            f'"llvm.x86.avx2.pmadd.wd", {acc16}[{lanes}], T.Broadcast(T.int16(1), 16))'
-        )
+        self._widen_pairs(out, row, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "    ")
         self.depth -= 2
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
