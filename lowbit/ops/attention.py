@@ -58,7 +58,7 @@ def paged_decode_attention(
 ) -> Any:
     """Decode attention: q [B, HQ, D] (one new token per sequence, its K/V already in the cache) attends to the
     context_lens[b] cached tokens of sequence b. Returns out [B, HQ, D] in q's dtype (softmax in fp32).
-    `int8_scores` (default: on for the TVM backend with an int4 cache; int8 caches may ask for it): the scores
+    `int8_scores` (default off, see `int8_scores_default`; int8 / int4 caches may ask for it): the scores
     q·k on 8-bit integer dots (`paged_decode_attention_q8`: q rounded to two int8 levels, |δq| <= max|q| /
     64516 per element)."""
     backend = select_backend(backend)
@@ -270,12 +270,13 @@ def decode_chunk(backend: str, D: int) -> int:
 
 
 def int8_scores_default(backend: str, kv_dtype: str, D: int) -> bool:
-    """Whether decode over this cache takes `paged_decode_attention_q8` by default: the TVM backend (CPU,
-    where the integer dots become vpmaddubsw) with an int4 cache and D a multiple of 16 (B=8, ctx 4096 on the
-    2-core VM: 40-46 vs 73 ms of CPU time on one thread; 2 threads, flushed: 26-28 ms, torch fp32 SDPA 28-31).
-    KV8 keeps the fp32 kernel by default: its two nibble planes double the integer work (2 threads, flushed:
-    q8 43-47 ms, fp32 kernel 30-34 ms); `int8_scores=True` still takes it."""
-    return backend == "tvm" and kv_dtype == "int4" and D % 16 == 0
+    """Whether decode over this cache takes `paged_decode_attention_q8` by default: no cache does now.
+    Since the TVM lowering runs q·Kᵀ as inner products over contiguous codes (`inner_dot`, no gathered
+    transpose) and prefetches packed KV4 pages, the fp32 kernel is the faster one on the 2-core AVX2 VM (B=8
+    ctx 4096, one thread, min over 4 alternating rounds of 12 calls: KV4 fp32 24.5 ms vs q8 28.3 ms of CPU
+    time; KV8 2 threads, flushed: fp32 21-25 ms vs q8 33-42 ms). `int8_scores=True` still takes q8."""
+    del backend, kv_dtype, D
+    return False
 
 
 def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:

@@ -139,8 +139,8 @@ def test_key_separates_options_programs_and_codegen(cache):
     base = runtime.kernel_key_parts(program, {}, target)
     key = kernel_cache.kernel_key(base)
     assert kernel_cache.kernel_key(runtime.kernel_key_parts(program, {}, target)) == key  # stable
-    assert kernel_cache.kernel_key(runtime.kernel_key_parts(program, {"vector": 16}, target)) == key  # defaults
-    assert kernel_cache.kernel_key(runtime.kernel_key_parts(program, {"vector": 8}, target)) != key
+    assert kernel_cache.kernel_key(runtime.kernel_key_parts(program, {"vector": "auto"}, target)) == key  # defaults
+    assert kernel_cache.kernel_key(runtime.kernel_key_parts(program, {"vector": 32}, target)) != key
     other = run_pipeline(affine.trace(A=7))
     assert kernel_cache.kernel_key(runtime.kernel_key_parts(other, {}, target)) != key
     for part, value in [("codegen_version", -1), ("codegen_source", "x"), ("toolchain", {}), ("isa", ["avx512f"])]:

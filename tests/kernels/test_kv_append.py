@@ -129,7 +129,10 @@ def check_append(backend, nt, h, d, kv_dtype, adtype, seed, bh=2, rows_k=None):
         s = out[f"{which}_scales"].reshape(flat, h)[slots[real]]
         x_hat = dequantize_kv(got[slots[real]], s, out[f"{which}_zeros"].reshape(flat, h)[slots[real]])
         err = np.abs(x_hat - x.astype(np.float64))
-        assert (err <= s.astype(np.float64)[..., None] / 2).all(), f"{what}: {which} dequantized off by > step/2"
+        # a tie rounded the other way is off by step/2 up to the rounding of y = x/scale + zero (tie_mask's slack)
+        slack = np.where(ties[slots[real]], 2.0**-20, 0.0)
+        half = s.astype(np.float64)[..., None] / 2
+        assert (err <= half * (1 + slack)).all(), f"{what}: {which} dequantized off by > step/2"
 
 
 # one compiled kernel per case (compiling dominates the time); hypothesis varies T, H, slots and values

@@ -57,7 +57,11 @@ from lowbit.ir.statements import (
 from lowbit.ir.values import TensorParam, Tile
 
 OPTIONS: dict[str, Any] = {
-    "vector": 16,  # SIMD lanes of the innermost loop (16 fp32 lanes = one AVX-512 register)
+    # SIMD lanes of the innermost loop: "auto" = one fp32 register of the build target (AVX-512: 16, AVX2: 8;
+    # 16 off x86 / on GPUs), resolved by lowbit.codegen.tvm.runtime. On AVX2, 16 lanes of a 4-bit cache row span
+    # two words, so the word index is no longer one broadcast: decode attention gathered (B=8 ctx=4096 int4,
+    # 2 threads: 22 ms at 8 lanes vs 29-31 ms at 16)
+    "vector": "auto",
     "parallel": "fused",  # "fused": one parallel loop over the whole grid; "none": serial blocks
     "unroll": 8,  # unroll factor of a dot's k loop (8 makes int4 shift amounts constants)
     "tm": 4,  # accumulator rows kept in registers by a dot
@@ -68,6 +72,9 @@ OPTIONS: dict[str, Any] = {
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
     "prefetch": 4096,
+    # a float dot whose b operand is a transposed tile with few rows of a (decode attention's q·Kᵀ) runs as
+    # row·column inner products over `inner_dot` contiguous lanes of k (see `_Emitter.dot_inner`; 0: off)
+    "inner_dot": 8,
 }
 INT8_DOT = ("auto", "avx2", "none")
 
@@ -81,7 +88,11 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: parallel={out['parallel']!r}; use 'fused' or 'none'")
     if out["int8_dot"] not in INT8_DOT:
         raise BackendError(f"tvm backend: int8_dot={out['int8_dot']!r}; use one of {list(INT8_DOT)}")
-    for name in ("vector", "unroll", "tm"):
+    if not (isinstance(out["inner_dot"], int) and out["inner_dot"] >= 0):
+        raise BackendError(f"tvm backend: option inner_dot={out['inner_dot']!r} must be an int >= 0 (lanes; 0: off)")
+    if out["vector"] != "auto" and not (isinstance(out["vector"], int) and out["vector"] >= 1):
+        raise BackendError(f"tvm backend: option vector={out['vector']!r} must be 'auto' or a positive int (lanes)")
+    for name in ("unroll", "tm"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
@@ -382,10 +393,13 @@ class _Emitter:
     def __init__(self, program: Program, options: Mapping[str, Any], cpu: bool = True):
         self.p = program
         self.opt = check_options(options)
+        if self.opt["vector"] == "auto":  # not resolved for a target (runtime.resolve_options): the portable width
+            self.opt["vector"] = 16
         # where tile buffers live: on a CPU a "local"-scope buffer becomes a TVMBackendAllocWorkspace call per
         # parallel iteration (heap memory LLVM cannot keep in registers); default-scope ones up to 1 KiB are
         # stack allocas that SROA turns into registers
         self.scope = "" if cpu else 'scope="local"'
+        self.cpu = cpu
         self.lines: list[str] = []
         self.depth = 0
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
@@ -707,6 +721,9 @@ class _Emitter:
         if plan is not None:
             self.dot_int8(inst, out, plan)
             return
+        if self.inner_dot_applies(inst):
+            self.dot_inner(inst, out)
+            return
         # operands reused across rows/columns are unpacked once into a local buffer
         for opnd, reuse in ((b, BM), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
@@ -725,24 +742,26 @@ class _Emitter:
         the advanced loop variable (`_scalars_ahead`), so paged KV tiles are prefetched too; paged rows
         narrower than a line count the lines they touch and hint once per line."""
         t, dist = inst.tensor, self.opt["prefetch"]
-        if not dist or not self.loops or self.scope or t.layout is not None or t.name in self.stored:
+        packed = isinstance(t.layout, PackedLayout) and t.layout.word_bits == 32
+        if not dist or not self.loops or self.scope or (t.layout is not None and not packed) or t.name in self.stored:
             return
-        if inst.mask is not None or t.dtype.is_bool or t.dtype.is_subbyte:
+        if inst.mask is not None or t.dtype.is_bool or (t.dtype.is_subbyte and not packed):
             return
         loop = self.loops[-1]
         offsets = [sympy.sympify(o) for o in inst.offsets]
         free = set().union(*(o.free_symbols for o in offsets))
         if (loop.var not in free and not free & self.scalar_vars) or not sympy.sympify(loop.step).is_Integer:
             return  # loop-invariant: no address to predict
-        ebytes = max(t.dtype.bits // 8, 1)
+        bits = t.dtype.bits if packed else max(t.dtype.bits, 8)
         row_elems = int(inst.shape[-1])
         rows = list(itertools.product(*(range(int(n)) for n in inst.shape[:-1])))
         dependent = free & self.scalar_vars
-        tile_bytes = len(rows) * row_elems * ebytes
-        if dependent and row_elems * ebytes < 64:
+        row_bytes = row_elems * bits // 8
+        tile_bytes = len(rows) * row_bytes
+        if dependent and row_bytes < 64:
             # paged rows narrower than a line (column chunks): count the lines they touch, one hint per row
             # from the chunk at the line's start only
-            if not offsets[-1].is_Integer or (int(offsets[-1]) * ebytes) % 64:
+            if not offsets[-1].is_Integer or (int(offsets[-1]) * bits) % 512:
                 return
             tile_bytes = len(rows) * 64
         if tile_bytes < 512 or len(rows) > 64:
@@ -758,13 +777,16 @@ class _Emitter:
         # back-to-back prefetcht0 per 2 KiB tile) cut the warm-cache CPU time of the M = 1 decode GEMV by a
         # third but streamed from DRAM slower in 17 of 18 alternating flushed pairs (4096x4096 and 11008x4096
         # int4, 2 threads; 0.8-1.8x the time): the address arithmetic between hints spaces them out.
-        size = scalar(sympy.Mul(*t.shape))
         g = self.gbuf[t.name]
-        per_line = max(64 // ebytes, 1)
+        per_line = max(512 // bits, 1)  # elements per 64-byte line
         for r in rows:
             for j in range(0, row_elems, per_line):
-                coords = [f"{scalar(o)} + {i}" for o, i in zip(moved[:-1], r)] + [f"{scalar(moved[-1])} + {j}"]
-                addr = f"T.min({_flat_address(t, coords)}, {size} - 1)"
+                coords = [o + i for o, i in zip(moved[:-1], r)] + [moved[-1] + j]
+                if packed:  # the word holding the element (packed along the last axis: a row's words are contiguous)
+                    addr = f"T.min({scalar(t.layout.locate(*coords)[0])}, {scalar(t.layout.num_words)} - 1)"
+                else:
+                    flat = _flat_address(t, [scalar(c) for c in coords])
+                    addr = f"T.min({flat}, {scalar(sympy.Mul(*t.shape))} - 1)"
                 self.line(
                     f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
                 )
@@ -992,6 +1014,118 @@ class _Emitter:
         self.line(f"for {ii} in T.unroll({tm}):")
         self._widen_pairs(out, row, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "    ")
         self.depth -= 2
+
+    def inner_dot_applies(self, inst: I.Dot) -> bool:
+        """Whether `out += a @ b` runs as inner products (`dot_inner`): on a CPU, a float dot into fp32 whose b
+        is a not-yet-materialised transpose (its k axis is the source's contiguous one) and whose a has at most
+        `tm`·2 rows. The generic loops vectorize over b's columns and would first gather the transpose, one
+        element per lane (decode attention's q·Kᵀ: 16 tokens' codes, strided by a page row, per k)."""
+        a, b = inst.a, inst.b
+        lanes = self.opt["inner_dot"]
+        return (
+            self.cpu
+            and lanes > 0
+            and inst.acc_dtype.name == "float32"
+            and a.dtype.is_float
+            and isinstance(self.defs.get(id(b)), I.Transpose)
+            and id(b) not in self.buf
+            and a.shape[0] <= 2 * self.opt["tm"]
+            and a.shape[1] % lanes == 0
+        )
+
+    def dot_inner(self, inst: I.Dot, out: str) -> None:
+        """out[BM, BN] += a[BM, KT] @ b[KT, BN] as BM·BN inner products: `lanes` consecutive k of a column of b
+        are read (unpacked and converted once) into a vector and multiplied into one vector accumulator per
+        row of a. Two columns of b go together (2·BM independent FMA chains, each a-vector loaded once for
+        both), then their accumulators' lanes are summed (`_sum_lanes`). Per element of b: its unpack and BM
+        FMAs, nothing gathered. The fast path needs every load in bounds; otherwise the generic loops."""
+        a, b = inst.a, inst.b
+        BM, KT = a.shape
+        BN = b.shape[1]
+        V = self.opt["inner_dot"]
+        JU = 2 if BN % 2 == 0 else 1  # columns of b per step
+        fa, fb = self.get(a), self.get(b)
+        probe = _Ctx(checked=False)
+        fa(("0", "0"), probe)
+        fb(("0", "0"), probe)
+        if probe.data_dependent:
+            self._dot_generic(inst, out)
+            return
+        if probe.guards:
+            self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
+            self.depth += 1
+        fast = _Ctx(checked=False)
+        vt = value_type(inst.acc_dtype)
+        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        convb = (lambda e: e) if value_type(b.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        jo, ju, ko, v, ii = (self.fresh(x) for x in ("jo", "ju", "ko", "v", "ii"))
+        accv, bv, av = self.fresh("accv"), self.fresh("bv"), self.fresh("av")
+        j = f"{jo} * {JU} + {ju}"
+        self.line(f"for {jo} in T.serial({BN // JU}):")
+        self.depth += 1
+        self.line(f'{accv} = T.decl_buffer(({JU * BM * V},), "float32", {self.scope})')
+        self.line(f"for {ii} in T.unroll({JU * BM}):")
+        self.line(f"    {accv}[T.Ramp({ii} * {V}, 1, {V})] = T.Broadcast(T.float32(0), {V})")
+        self.line(f"for {ko} in T.serial({KT // V}):")
+        self.depth += 1
+        k = f"({ko} * {V} + {v})"
+        self.line(f'{bv} = T.decl_buffer(({JU * V},), "float32", {self.scope})')
+        self.line(f"for {ju} in T.unroll({JU}):")
+        self.line(f"    for {v} in T.vectorized({V}):")
+        self.line(f"        {bv}[{ju} * {V} + {v}] = {convb(fb((k, j), fast))}")
+        self.line(f"for {ii} in T.unroll({BM}):")
+        self.depth += 1
+        self.line(f'{av} = T.decl_buffer(({V},), "float32", {self.scope})')
+        self.line(f"for {v} in T.vectorized({V}):")
+        self.line(f"    {av}[{v}] = {conv(fa((ii, k), fast))}")
+        acc = f"{accv}[({ju} * {BM} + {ii}) * {V} + {v}]"
+        self.line(f"for {ju} in T.unroll({JU}):")
+        self.line(f"    for {v} in T.vectorized({V}):")
+        self.line(f"        {acc} = {acc} + {av}[{v}] * {bv}[{ju} * {V} + {v}]")
+        self.depth -= 2
+        self._sum_lanes(out, accv, BM, JU, V, jo)
+        self.depth -= 1
+        if probe.guards:
+            self.depth -= 1
+            self.line("else:")
+            self.depth += 1
+            self._dot_generic(inst, out)
+            self.depth -= 1
+
+    def _sum_lanes(self, out: str, accv: str, BM: int, JU: int, V: int, jo: str) -> None:
+        """out[ii, jo·JU + ju] += Σ lanes of accumulator (ju, ii). On x86 with 8 lanes and rows in fours: three
+        vhaddps per four accumulators leave each one's low- and high-half sums side by side, one 4-lane add
+        finishes them (~5 instructions per 4 sums instead of 4 trees of 7 adds and shuffles); else a tree."""
+        ii, ju, r = self.fresh("ii"), self.fresh("ju"), self.fresh("r")
+        col = f"{jo} * {JU} + {ju}"
+        if self.opt["int8_dot"] == "avx2" and V == 8 and BM % 4 == 0:
+            hb, h01, h23 = self.fresh("hb"), self.fresh("h01"), self.fresh("h23")
+            self.line(f"for {ju} in T.unroll({JU}):")
+            self.line(f"    for {ii} in T.unroll({BM // 4}):")
+            self.depth += 2
+            base = f"({ju} * {BM} + {ii} * 4)"
+
+            def hadd(x: str, y: str) -> str:
+                return f'T.call_llvm_pure_intrin("float32x8", "llvm.x86.avx.hadd.ps.256", {x}, {y})'
+
+            def vec(q: int) -> str:
+                return f"{accv}[T.Ramp(({base} + {q}) * 8, 1, 8)]"
+
+            self.line(f'{hb} = T.decl_buffer((8,), "float32", {self.scope})')
+            self.line(f"{h01} = {hadd(vec(0), vec(1))}")
+            self.line(f"{h23} = {hadd(vec(2), vec(3))}")
+            self.line(f"{hb}[T.Ramp(0, 1, 8)] = {hadd(h01, h23)}")
+            self.line(f"for {r} in T.unroll(4):")
+            cell = f"{out}[{ii} * 4 + {r}, {col}]"
+            self.line(f"    {cell} = {cell} + ({hb}[{r}] + {hb}[4 + {r}])")
+            self.depth -= 2
+            return
+        parts = [f"{accv}[({ju} * {BM} + {ii}) * {V} + {q}]" for q in range(V)]
+        while len(parts) > 1:  # a balanced tree: log2(V) dependent adds
+            parts = [f"({x} + {y})" for x, y in zip(parts[::2], parts[1::2])] + parts[len(parts) // 2 * 2 :]
+        self.line(f"for {ju} in T.unroll({JU}):")
+        self.line(f"    for {ii} in T.unroll({BM}):")
+        self.line(f"        {out}[{ii}, {col}] = {out}[{ii}, {col}] + {parts[0]}")
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by
