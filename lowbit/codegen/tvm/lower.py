@@ -889,18 +889,31 @@ class _Emitter:
         sums that accumulate for `chunk` quads, vpmaddwd with ones widens them into the i32 accumulators.
         One row block (tm >= BM): `_dot_int8_rows`; several: `_dot_int8_columns`. The fast path needs every
         load in bounds; the ragged case takes the generic loops."""
-        side, chunk = plan
-        BM = inst.a.shape[0]
-        fa, fb = self.get(inst.a), self.get(inst.b)
+        self._guarded(inst, out, lambda: self._dot_int8_fast(inst, out, plan))
+
+    def _guarded(self, inst: I.Dot, out: str, fast_path: Callable[[], None]) -> None:
+        """Emit `fast_path` (loads unchecked) under the operands' uniform in-bounds guards, the generic
+        loops in the else branch; only the generic loops when a load is data-dependent (masked)."""
         probe = _Ctx(checked=False)
-        fa(("0", "0"), probe)
-        fb(("0", "0"), probe)
+        self.get(inst.a)(("0", "0"), probe)
+        self.get(inst.b)(("0", "0"), probe)
         if probe.data_dependent:
             self._dot_generic(inst, out)
             return
         if probe.guards:
             self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
             self.depth += 1
+        fast_path()
+        if probe.guards:
+            self.depth -= 1
+            self.line("else:")
+            self.depth += 1
+            self._dot_generic(inst, out)
+            self.depth -= 1
+
+    def _dot_int8_fast(self, inst: I.Dot, out: str, plan: tuple[str, int]) -> None:
+        side, chunk = plan
+        BM = inst.a.shape[0]
         tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
         tm = min(tm, BM)
         fast = _Ctx(checked=False)
@@ -924,12 +937,6 @@ class _Emitter:
             self.depth -= 1
         if tail:
             chunk_body(str(whole * chunk), tail)
-        if probe.guards:
-            self.depth -= 1
-            self.line("else:")
-            self.depth += 1
-            self._dot_generic(inst, out)
-            self.depth -= 1
 
     def _dot_int8_rows(self, inst: I.Dot, out: str, side: str, quad: Callable[..., str], c0: str, n: int) -> None:
         """The int8 dot of one row block (all BM rows' accumulators in registers) over the n quads from c0: per
@@ -1039,21 +1046,15 @@ class _Emitter:
         row of a. Two columns of b go together (2·BM independent FMA chains, each a-vector loaded once for
         both), then their accumulators' lanes are summed (`_sum_lanes`). Per element of b: its unpack and BM
         FMAs, nothing gathered. The fast path needs every load in bounds; otherwise the generic loops."""
+        self._guarded(inst, out, lambda: self._dot_inner_fast(inst, out))
+
+    def _dot_inner_fast(self, inst: I.Dot, out: str) -> None:
         a, b = inst.a, inst.b
         BM, KT = a.shape
         BN = b.shape[1]
         V = self.opt["inner_dot"]
         JU = 2 if BN % 2 == 0 else 1  # columns of b per step
         fa, fb = self.get(a), self.get(b)
-        probe = _Ctx(checked=False)
-        fa(("0", "0"), probe)
-        fb(("0", "0"), probe)
-        if probe.data_dependent:
-            self._dot_generic(inst, out)
-            return
-        if probe.guards:
-            self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
-            self.depth += 1
         fast = _Ctx(checked=False)
         vt = value_type(inst.acc_dtype)
         conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
@@ -1085,12 +1086,6 @@ class _Emitter:
         self.depth -= 2
         self._sum_lanes(out, accv, BM, JU, V, jo)
         self.depth -= 1
-        if probe.guards:
-            self.depth -= 1
-            self.line("else:")
-            self.depth += 1
-            self._dot_generic(inst, out)
-            self.depth -= 1
 
     def _sum_lanes(self, out: str, accv: str, BM: int, JU: int, V: int, jo: str) -> None:
         """out[ii, jo·JU + ju] += Σ lanes of accumulator (ju, ii). On x86 with 8 lanes and rows in fours: three
