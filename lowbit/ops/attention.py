@@ -320,12 +320,12 @@ def _auto_splits(backend: str, blocks: int, maxlen: int, BN: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _compiled_cached(kernel: Kernel, backend: str, consts: tuple[tuple[str, Any], ...]) -> Any:
-    return compile_program(kernel.trace(**dict(consts)), backend)
+    return compile_program(kernel.trace(**dict(consts)), backend, decode_kernels.compile_options(kernel, backend))
 
 
 @functools.lru_cache(maxsize=64)
 def _persistent_cached(kernel: Kernel, backend: str, consts: tuple[tuple[str, Any], ...]) -> Any:
-    return PersistentLauncher(kernel, dict(consts), backend)
+    return PersistentLauncher(kernel, dict(consts), backend, decode_kernels.compile_options(kernel, backend))
 
 
 def _compiled(kernel: Kernel, backend: str, consts: dict[str, Any]) -> Any:

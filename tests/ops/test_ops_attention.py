@@ -330,3 +330,17 @@ def test_decode_on_cuda_equals_the_reference(kv):
         backend="triton",
     )
     assert rel(out.float().cpu().numpy(), decode_attention(q, cache)) < 5e-3  # fp16 dots and output
+
+
+def test_tvm_decode_kernels_compile_with_their_options():
+    # the decode kernels are built with the dots' k loops not unrolled on TVM (smaller code, see
+    # kernels.attention_decode.compile_options); the ops path and the executor's launcher both pass it
+    from lowbit.kernels import attention_decode as kd
+    from lowbit.ops import attention as ops_attention
+
+    assert kd.compile_options(kd.paged_decode_attention, "tvm") == {"unroll": 1}
+    assert kd.compile_options(kd.paged_decode_attention, "triton") == {}
+    assert kd.compile_options(kd.attention_combine, "tvm") == {}
+    consts = dict(qdtype="float32", kvdtype="uint4", odtype="float32", D=64, PS=16, GQ=2, GP=2, BN=16, DC=16)
+    kernel = ops_attention._compiled(kd.paged_decode_attention, "tvm", consts)
+    assert kernel.options["unroll"] == 1
