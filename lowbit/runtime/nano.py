@@ -615,9 +615,11 @@ def _stop(workers: list[_Worker]) -> None:
 def _confine_kernel_threads(cores: tuple[int, ...], threads: int) -> bool:
     """Give the calling thread's TVM thread pool (TVM keeps one per calling thread, its workers bound to cores
     of TVM's choosing) `threads` threads sharing `cores`; True once done. TVM is configured only after
-    something else loaded it (a kernel call), so a process that never runs TVM kernels never imports it."""
+    something else loaded it (a kernel call), so a process that never runs TVM kernels never imports it. A
+    module another thread is still importing is in sys.modules half-initialized (no `get_global_func` yet:
+    two network threads of a tensor-parallel rank hit that once in the suite): not loaded yet, so False."""
     tvm = sys.modules.get("tvm")
-    if tvm is None:
+    if tvm is None or getattr(getattr(tvm, "__spec__", None), "_initializing", False):
         return False
     share_all = -3  # tvm::runtime::threading::ThreadGroup::kSpecifyThreadShareAllCore
     tvm.get_global_func("runtime.config_threadpool")(share_all, threads, [str(c) for c in cores])

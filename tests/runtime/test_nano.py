@@ -575,3 +575,21 @@ def test_graph_key_buckets_decode_steps_by_their_kv_splits(model):
         assert nano.graph_key(Batch([SeqChunk(0, (1,), 5, wide)], 16)) is None
     finally:
         nano.close()
+
+
+def test_kernel_threads_are_not_configured_while_tvm_is_still_importing(monkeypatch):
+    # another thread's `import tvm` in progress leaves a half-initialized module in sys.modules (no
+    # get_global_func yet): the worker must report "not yet" and retry later, not raise
+    import importlib.machinery
+    import sys
+    import types
+
+    from lowbit.runtime import nano
+
+    half = types.ModuleType("tvm")
+    half.__spec__ = importlib.machinery.ModuleSpec("tvm", None)
+    half.__spec__._initializing = True  # what importlib sets while the module body runs
+    monkeypatch.setitem(sys.modules, "tvm", half)
+    assert nano._confine_kernel_threads((0,), 1) is False
+    monkeypatch.delitem(sys.modules, "tvm")
+    assert nano._confine_kernel_threads((0,), 1) is False
