@@ -334,28 +334,19 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
-    from lowbit.ops.attention import decode_chunk, int8_scores_default, q8_consts
+    from lowbit.ops.attention import decode_chunk
 
     consts = {"DC": decode_chunk(backend, consts["D"]), **consts}  # V column chunks, as the ops layer sets them
     np_, _, hkv = (int(s) for s in k_cache.shape[:3])
     fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
     dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")
     qdtype, d = consts["qdtype"], consts["D"]
-    kv = {"uint8": "int8", "uint4": "int4"}.get(consts["kvdtype"], consts["kvdtype"])
-    if int8_scores_default(backend, kv, d):  # the scores on integer dots, as lowbit.ops.attention does
-        fixed["k_words"] = fixed.pop("k_cache").contiguous().view(torch.int32)
+    opts = compile_options(paged_decode_attention, backend)  # the fp32 kernel, lowbit.ops.attention's default
 
-        def trace(odtype: str) -> Any:
-            return paged_decode_attention_q8.trace(**q8_consts({**consts, "odtype": odtype}))
-    else:
+    def compiled(odtype: str) -> Any:
+        return bind(compile_program(paged_decode_attention.trace(**consts, odtype=odtype), backend, opts), fixed, dyn)
 
-        def trace(odtype: str) -> Any:
-            return paged_decode_attention.trace(**consts, odtype=odtype)
-
-    kernel = paged_decode_attention_q8 if "k_words" in fixed else paged_decode_attention
-    opts = compile_options(kernel, backend)
-    one = bind(compile_program(trace(qdtype), backend, opts), fixed, dyn)
-    many = bind(compile_program(trace("float32"), backend, opts), fixed, dyn)
+    one, many = compiled(qdtype), compiled("float32")
     combines: dict[int, Any] = {}
     tq = getattr(torch, qdtype)
 

@@ -53,14 +53,17 @@ def paged_decode_attention(
     v_layer_scale: float = 1.0,
     sm_scale: float | None = None,
     num_splits: int | None = None,
-    int8_scores: bool | None = None,
+    int8_scores: bool = False,
     backend: str = "auto",
 ) -> Any:
     """Decode attention: q [B, HQ, D] (one new token per sequence, its K/V already in the cache) attends to the
     context_lens[b] cached tokens of sequence b. Returns out [B, HQ, D] in q's dtype (softmax in fp32).
-    `int8_scores` (default off, see `int8_scores_default`; int8 / int4 caches may ask for it): the scores
-    q·k on 8-bit integer dots (`paged_decode_attention_q8`: q rounded to two int8 levels, |δq| <= max|q| /
-    64516 per element)."""
+    `int8_scores` (int8 / int4 caches): the scores q·k on 8-bit integer dots (`paged_decode_attention_q8`: q
+    rounded to two int8 levels, |δq| <= max|q| / 64516 per element). Off by default on every backend: since
+    the TVM lowering runs q·Kᵀ as inner products over contiguous codes and prefetches packed KV4 pages, the
+    fp32 kernel is the faster one on the 2-core AVX2 VM (B=8 ctx 4096, one thread, min over 4 alternating
+    rounds of 12 calls: KV4 fp32 24.5 ms vs q8 28.3 ms of CPU time; KV8, 2 threads, flushed: fp32 20-29 ms vs
+    q8 29-46 ms, 5 rounds)."""
     backend = select_backend(backend)
     qdtype = activation_dtype(q, "q")
     if len(q.shape) != 3:
@@ -98,8 +101,6 @@ def paged_decode_attention(
         )
     GQ = HQ // HKV
     GP, BN, CD = _decode_tiles(backend, GQ, PS, D, qdtype)
-    if int8_scores is None:
-        int8_scores = int8_scores_default(backend, kv_dtype, D)
     if int8_scores and (kv_dtype not in ("int8", "int4") or D % 16):
         raise ValueError(
             f"int8_scores needs an int8 / int4 cache and a head dim divisible by 16; got {kv_dtype}, D {D}"
@@ -269,16 +270,6 @@ def decode_chunk(backend: str, D: int) -> int:
     return 16 if backend == "tvm" and D % 16 == 0 else 0
 
 
-def int8_scores_default(backend: str, kv_dtype: str, D: int) -> bool:
-    """Whether decode over this cache takes `paged_decode_attention_q8` by default: no cache does now.
-    Since the TVM lowering runs q·Kᵀ as inner products over contiguous codes (`inner_dot`, no gathered
-    transpose) and prefetches packed KV4 pages, the fp32 kernel is the faster one on the 2-core AVX2 VM (B=8
-    ctx 4096, one thread, min over 4 alternating rounds of 12 calls: KV4 fp32 24.5 ms vs q8 28.3 ms of CPU
-    time; KV8 2 threads, flushed: fp32 21-25 ms vs q8 33-42 ms). `int8_scores=True` still takes q8."""
-    del backend, kv_dtype, D
-    return False
-
-
 def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     """`paged_decode_attention_q8`'s constants from `paged_decode_attention`'s (kvdtype uint8 / uint4): the K
     words' codes per word, V's storage (int32 words for KV4, uint8 codes for KV8), >= 4 query rows (2·GP
@@ -438,7 +429,6 @@ def _to_torch(x: Any, device: Any) -> Any:
 __all__ = [
     "KV_DTYPES",
     "decode_splits",
-    "int8_scores_default",
     "paged_decode_attention",
     "prefill_attention",
     "q8_consts",

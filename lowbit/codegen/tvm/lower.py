@@ -743,7 +743,7 @@ class _Emitter:
         narrower than a line count the lines they touch and hint once per line."""
         t, dist = inst.tensor, self.opt["prefetch"]
         packed = isinstance(t.layout, PackedLayout) and t.layout.word_bits == 32
-        if not dist or not self.loops or self.scope or (t.layout is not None and not packed) or t.name in self.stored:
+        if not dist or not self.loops or not self.cpu or (t.layout is not None and not packed) or t.name in self.stored:
             return
         if inst.mask is not None or t.dtype.is_bool or (t.dtype.is_subbyte and not packed):
             return
@@ -1056,9 +1056,7 @@ class _Emitter:
         JU = 2 if BN % 2 == 0 else 1  # columns of b per step
         fa, fb = self.get(a), self.get(b)
         fast = _Ctx(checked=False)
-        vt = value_type(inst.acc_dtype)
-        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
-        convb = (lambda e: e) if value_type(b.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        conv, convb = _to_value_type(a.dtype, inst.acc_dtype), _to_value_type(b.dtype, inst.acc_dtype)
         jo, ju, ko, v, ii = (self.fresh(x) for x in ("jo", "ju", "ko", "v", "ii"))
         accv, bv, av = self.fresh("accv"), self.fresh("bv"), self.fresh("av")
         j = f"{jo} * {JU} + {ju}"
@@ -1130,8 +1128,7 @@ class _Emitter:
         BN = b.shape[1]
         fa, fb = self.get(a), self.get(b)
         tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
-        vt = value_type(inst.acc_dtype)
-        conv = (lambda e: e) if value_type(a.dtype) == vt else (lambda e: f'T.Cast("{vt}", {e})')
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
         io, kk = self.fresh("io"), self.fresh("k")
         self._ii = self.fresh("ii")
 
@@ -1187,6 +1184,12 @@ class _Emitter:
             headers.append(f"for {kk} in T.serial({KT}):")
         headers.append(f"for {self._ii} in T.unroll({tm}):" if fast else f"for {self._ii} in T.serial({tm}):")
         self._loops(headers + j_loops, stmts)
+
+
+def _to_value_type(src: DataType, acc: DataType) -> Callable[[str], str]:
+    """An expression of `src`'s value type as one of `acc`'s (the identity when they are the same)."""
+    vt = value_type(acc)
+    return (lambda e: e) if value_type(src) == vt else (lambda e: f'T.Cast("{vt}", {e})')
 
 
 def _substitute(text: str, subst: dict[str, str]) -> str:
