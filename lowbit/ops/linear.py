@@ -35,7 +35,7 @@ from lowbit.codegen.tune.records import lookup as pinned_config
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8
+from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
@@ -245,6 +245,16 @@ def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
     return tiled
 
 
+def _group_tiles(qw: QuantizedWeight, field: str) -> np.ndarray:
+    """`qw.scales` / `qw.zeros` column-tiled for the a8 GEMV (`tile_group_rows`), made once per weight and
+    kept on it, so the plans of every row bucket share one copy."""
+    key = f"_a8_{field}_tiles"
+    tiles = qw.__dict__.get(key)
+    if tiles is None:
+        tiles = qw.__dict__[key] = tile_group_rows(getattr(qw, field), A8_BN)
+    return tiles
+
+
 class A8Plan:
     """The two kernels of the a8 path compiled for one weight and backend, with the weight's tensors ready for
     the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled backends,
@@ -277,9 +287,9 @@ class A8Plan:
         )  # fmt: skip
         self.gemv = compile_program(gemv, backend, opts)
         words = qw.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
-        self.fixed: dict[str, Any] = {"w": words, "scales": qw.scales}
+        self.fixed: dict[str, Any] = {"w": words, "scales": _group_tiles(qw, "scales")}
         if qw.zeros is not None and not biased:
-            self.fixed["zeros"] = qw.zeros
+            self.fixed["zeros"] = _group_tiles(qw, "zeros")
         self.sizes = {"N": self.n, "K": self.k} if m is None else {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
         self.direct = backend == "tvm"
         if self.direct:  # kernels called with their arguments bound (lowbit.kernels.launch.bind)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lowbit.dtypes import decode
-from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8
+from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
@@ -109,9 +109,16 @@ def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode)
     xq, xs, xsum = run_quantize(x, G, mp, "reference")
     tiled = retile_columns(qw, BN)
     y = np.full((M, N), np.nan, np.float32)
-    args = dict(xq=xq, xs=xs, xsum=xsum, w=tiled.words.view(np.int32).reshape(-1, K // 8, BN), scales=qw.scales, y=y)
+    args = dict(
+        xq=xq,
+        xs=xs,
+        xsum=xsum,
+        w=tiled.words.view(np.int32).reshape(-1, K // 8, BN),
+        scales=tile_group_rows(qw.scales, BN),
+        y=y,
+    )
     if qw.zeros is not None:
-        args["zeros"] = qw.zeros
+        args["zeros"] = tile_group_rows(qw.zeros, BN)
     quantized_gemv_a8.run(
         backend=backend, **args, M=M, MP=mp, N=N, K=K, wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN
     )
@@ -152,3 +159,15 @@ def test_a8_takes_a_group_size_equal_to_k():
     y = torch.full((2, 64), float("nan"))
     linear_launcher(qw, 2, "tvm", "float32", "quantized_gemv_a8")(torch.from_numpy(x), y)
     assert rel(y.numpy(), ref) < 2e-2
+
+
+def test_tile_group_rows_blocks_columns_and_pads_with_zeros():
+    a = np.arange(3 * 70, dtype=np.float16).reshape(3, 70)  # 3 groups, 70 columns: blocks of 32, 32, 6 + pad
+    t = tile_group_rows(a, 32)
+    assert t.shape == (3, 3, 32) and t.flags.c_contiguous
+    for j in range(3):
+        cols = a[:, j * 32 : min(70, j * 32 + 32)]
+        assert np.array_equal(t[j, :, : cols.shape[1]], cols)
+    assert not t[2, :, 6:].any()
+    with pytest.raises(ValueError, match="per-group rows"):
+        tile_group_rows(a[0], 32)
