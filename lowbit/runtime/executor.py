@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowbit.codegen.tune.records import attach, attached
 from lowbit.kernels.activation import silu_mul_launcher
 from lowbit.kernels.attention_decode import decode_launcher
 from lowbit.kernels.kv_append import append_kv, append_launcher
@@ -33,6 +34,7 @@ from lowbit.ops.linear import (
     A8_BN,
     A8_KERNEL,
     GEMV_MAX_M,
+    cpu_weight,
     linear_launcher,
     quantized_linear,
     quantized_linear_int8,
@@ -79,7 +81,7 @@ class Executor:
         self.graph = graph
         self.nodes = graph.nodes_in_order()
         self.linear_kernels = {n.name: _bucket_kernels(n) for n in self.nodes if n.op == "linear"}
-        self.params = _load_layouts(self.nodes, params)
+        self.params = _load_layouts(self.nodes, params, select_backend(backend))
         self.cache = cache
         self.backend = backend
         self.dtype = dtype
@@ -302,22 +304,32 @@ def step_info(batch: Batch) -> dict[str, Any]:
     return info
 
 
-def _load_layouts(nodes: list[Any], params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`params`, with the weights of linears that run `quantized_gemv_a8` re-tiled to its column-tiled layout
-    (the artifact stores the row layout; every other kernel reads any packed layout), int4 ones as the equal
-    offset-binary uint4 weight (`lowbit.ops.weight.offset_binary`: the kernel skips a xor per word). A new
-    mapping when something changed; the caller's is never modified."""
+def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str) -> Mapping[str, Any]:
+    """`params`, with the weights of linears re-tiled to the layout their CPU kernels stream (the artifact
+    stores the row layout): linears that run `quantized_gemv_a8` to its column-tiled layout, int4 ones as the
+    equal offset-binary uint4 weight (`lowbit.ops.weight.offset_binary`: the kernel skips a xor per word); on
+    the TVM backend every other w_a16 linear to `lowbit.ops.linear.cpu_weight`'s column tiles (one copy: the
+    row-layout original is not kept). Configs pinned to a weight (tuning.json) move to its copy. A new mapping
+    when something changed; the caller's is never modified."""
     out: dict[str, Any] | None = None
     for n in nodes:
-        if n.op != "linear" or not any(k == A8_KERNEL for _, k in _bucket_kernels(n)):
+        if n.op != "linear":
             continue
         name = n.attrs_dict["weight"]
         w = params.get(name)
-        if isinstance(w, QuantizedWeight):
+        if not isinstance(w, QuantizedWeight):
+            continue
+        if any(k == A8_KERNEL for _, k in _bucket_kernels(n)):
             tiled = offset_binary(retile_columns(w, A8_BN))
-            if tiled is not w:
-                out = dict(params) if out is None else out
-                out[name] = tiled
+        elif backend == "tvm":
+            tiled = cpu_weight(w)
+            w.__dict__.pop("_cpu_tiled", None)  # the copy replaces the weight; `w` must not keep it alive
+        else:
+            continue
+        if tiled is not w:
+            attach(tiled, attached(w))
+            out = dict(params) if out is None else out
+            out[name] = tiled
     return params if out is None else out
 
 
