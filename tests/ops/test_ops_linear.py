@@ -141,3 +141,30 @@ def test_linear_problem_is_what_quantized_linear_runs(scheme):
     compile_program(kernel.trace(**fixed, **cfg.constant_dict), "reference", cfg.option_dict)(args)
     want = quantized_linear(x, qw, backend="reference")
     assert np.isfinite(want).all() and np.array_equal(args["y"], want)
+
+
+@pytest.mark.parametrize(
+    "M,N,K,adtype", [(1, 96, 256, torch.float32), (3, 64, 128, torch.bfloat16), (20, 40, 128, torch.float32)]
+)
+def test_tvm_torch_calls_take_the_bound_launcher_and_match_the_dict_call(M, N, K, adtype):
+    """CPU torch activations on TVM run the weight's bound launcher (kept on the weight, column-tiled words);
+    the result equals the same kernel called with converted arguments (a NumPy x), and a second call reuses
+    the launcher."""
+    from lowbit.ops.linear import cpu_weight
+
+    rng = np.random.default_rng(M)
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), "int4", 64)
+    x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32)).to(adtype)
+    y = quantized_linear(x, qw, backend="tvm")
+    bound_keys = [k for k in qw.__dict__["_plans"] if k[0] == "bound"]
+    assert bound_keys == [("bound", M, str(adtype).removeprefix("torch."), False)]
+    assert cpu_weight(qw) is not qw and cpu_weight(qw).layout != qw.layout  # column-tiled copy
+    x_np = x.float().numpy() if adtype == torch.float32 else None
+    if x_np is not None:
+        assert np.array_equal(y.numpy(), quantized_linear(x_np, qw, backend="tvm"))
+    ref = x.double() @ torch.from_numpy(qw.dequantize()).double().T
+    assert torch.isfinite(y).all() and relative_error(y.double().numpy(), ref.numpy()) < (
+        1e-5 if adtype == torch.float32 else 2e-2
+    )
+    quantized_linear(x, qw, backend="tvm")
+    assert [k for k in qw.__dict__["_plans"] if k[0] == "bound"] == bound_keys
