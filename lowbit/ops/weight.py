@@ -223,8 +223,8 @@ def retile_columns(qw: QuantizedWeight, bn: int = 32) -> QuantizedWeight:
     tiled = column_tiled((k, n), bits, bn)
     if qw.layout == tiled:
         return qw
-    if qw.layout == row_packed((k, n), bits) and 32 % bits == 0:
-        rows = qw.words.reshape(-1, n)  # [K / per_word, N]
+    if qw.layout == row_packed((k, n), bits):  # a word permutation at every width (⌊32/bits⌋ codes a word)
+        rows = qw.words.reshape(-1, n)  # [⌈K / per_word⌉, N]
         nt = -(-n // bn)
         if nt * bn != n:
             rows = np.concatenate([rows, np.zeros((rows.shape[0], nt * bn - n), rows.dtype)], axis=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lowbit.dtypes import decode, dtype
 from lowbit.kernels.layouts import reordered_packed
@@ -116,3 +118,25 @@ def test_weight_errors():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="w has NaN or inf"):
         quantize(bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(["int1", "uint2", "int3", "int4", "uint5", "int6", "int7", "int8", "fp6_e3m2", "fp4_e2m1"]),
+    n=st.integers(1, 80),
+    k=st.integers(1, 90),
+    bn=st.sampled_from([8, 32, 64]),
+)
+def test_retile_columns_keeps_every_code_at_every_width(name, n, k, bn):
+    """The column-tiled copy (the CPU kernels' layout, a word permutation of the row layout) holds the same
+    codes, scales and zeros, for widths with unused word bits and K or N not a multiple of a word or a block."""
+    from lowbit.kernels.layouts import column_tiled
+    from lowbit.ops.weight import retile_columns
+
+    w = np.random.default_rng(n * 100 + k).standard_normal((n, k)).astype(np.float32)
+    qw = quantize(w, name, -1)
+    tiled = retile_columns(qw, bn)
+    assert tiled.layout == column_tiled((k, n), qw.dtype.bits, bn)
+    assert np.array_equal(tiled.codes(), qw.codes())
+    assert tiled.scales is qw.scales and tiled.zeros is qw.zeros
+    assert np.array_equal(tiled.dequantize(), qw.dequantize())
