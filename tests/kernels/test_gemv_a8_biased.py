@@ -53,8 +53,8 @@ def test_biased_kernel_equals_the_xor_kernel_bit_for_bit(M):
         y = np.full((M, N), np.nan, np.float32)
         words = w.words.view(np.int32).reshape(-1, K // 8, BN)
         quantized_gemv_a8.run(
-            backend="tvm", xq=xq, xs=xs, xsum=xsum, w=words, scales=tile_group_rows(w.scales, BN), y=y, M=M, MP=mp, N=N, K=K,
-            wdtype="int4", zero_mode="none", G=G, BM=bm, BN=BN, biased=biased,
+            backend="tvm", xq=xq, xs=xs, xsum=xsum, w=words, scales=tile_group_rows(w.scales, BN), y=y,
+            M=M, MP=mp, N=N, K=K, wdtype="int4", zero_mode="none", G=G, BM=bm, BN=BN, biased=biased,
         )  # fmt: skip
         out.append(y)
     assert np.isfinite(out[0]).all() and np.array_equal(out[0], out[1])
