@@ -168,3 +168,9 @@ def test_tvm_torch_calls_take_the_bound_launcher_and_match_the_dict_call(M, N, K
     )
     quantized_linear(x, qw, backend="tvm")
     assert [k for k in qw.__dict__["_plans"] if k[0] == "bound"] == bound_keys
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
+    out = torch.empty((M, N), dtype=adtype)
+    got = quantized_linear(x, qw, backend="tvm", bias=bias, out=out)
+    assert got is out and torch.equal(out, (y.float() + bias).to(adtype))
+    if x_np is not None:  # the NumPy path adds the bias the same way
+        assert np.array_equal(out.numpy(), quantized_linear(x_np, qw, backend="tvm", bias=bias.numpy()))
