@@ -265,7 +265,11 @@ def compile_model(
         for p in rank_params:
             tuning_mod.attach_results(p, tuned, backend)
         bar.set_postfix_str("build kernels", refresh=False)
-        warm.generate([[1, 2, 3]], _warmup_params(), ())  # prefill + decode: builds every kernel
+        # prefill + decode steps of 1, 2, 4, .. sequences: the GEMV row tiles the runtime picks (a power of two
+        # up to 16 rows) for decode batches and short prompts, built now rather than at a server's first
+        # request of that size (seconds each: a tiny model's first 2-prompt generate had spent 12 s compiling)
+        for seqs in warm_batch_sizes(int(cfg.target.max_num_seqs)):
+            warm.generate([[1, 2, 3]] * seqs, _warmup_params(), ())
         bar.update(1)
     used = tuning_mod.used_kernel_keys(rank_params[0])
     ship = [k for k in kernel_cache.compiled_kernels() if k not in trials or k in used]
@@ -384,6 +388,17 @@ def untied_for_rotation(cfg: Any, arch: Any, weights: Any) -> tuple[Any, Any]:
     return dataclasses.replace(arch, tie_word_embeddings=False), Overlay(weights, {"lm_head.weight": head})
 
 
+def warm_batch_sizes(max_num_seqs: int) -> list[int]:
+    """Sequence counts of the compile-time warm-up: 1, 2, 4, .. up to min(max_num_seqs, GEMV_MAX_M) (and that
+    bound itself). Decode runs one row per sequence and the prefill three per sequence, so every GEMV row tile
+    (the next power of two of M <= 16) is built."""
+    from lowbit.ops.linear import GEMV_MAX_M
+
+    top = max(1, min(int(max_num_seqs), GEMV_MAX_M))
+    sizes = [1 << i for i in range(top.bit_length()) if 1 << i <= top]
+    return sizes if sizes[-1] == top else [*sizes, top]
+
+
 def _warmup_params() -> Any:
     from lowbit.runtime.sampler import SamplingParams
 
@@ -398,4 +413,5 @@ __all__ = [
     "memory_estimate",
     "resolve_source",
     "untied_for_rotation",
+    "warm_batch_sizes",
 ]

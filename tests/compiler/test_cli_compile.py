@@ -87,3 +87,15 @@ def test_bad_recipes_fail_before_any_work(sets, field, tmp_path):
     with pytest.raises(ValueError, match=field):
         main(args)
     assert not (tmp_path / "x").exists()
+
+
+def test_warm_batch_sizes_cover_every_gemv_row_tile():
+    """The compile-time warm-up runs 1, 2, 4, .. sequences (decode M = seqs, prefill M = 3·seqs), so every
+    power-of-two GEMV row tile up to 16 that the runtime picks is built before serving."""
+    from lowbit.compiler.compile import warm_batch_sizes
+    from lowbit.ops.linear import GEMV_MAX_M
+
+    assert warm_batch_sizes(1) == [1] and warm_batch_sizes(2) == [1, 2]
+    assert warm_batch_sizes(12) == [1, 2, 4, 8, 12] and warm_batch_sizes(256) == [1, 2, 4, 8, 16]
+    tiles = {1 << max(0, (m - 1).bit_length()) for s in warm_batch_sizes(256) for m in (s, 3 * s) if m <= GEMV_MAX_M}
+    assert tiles == {1, 2, 4, 8, 16}
