@@ -172,7 +172,7 @@ def quantized_linear(
         # per-call argument conversion of a dict call (~0.1 ms a call, a fifth of a 4096x4096 M=1 GEMV)
         # and the result stays a torch tensor (no NumPy round trip: after a cache flush the ops layer's Python
         # path cost ~0.26 ms against ~0.03 ms warm)
-        ya = torch_empty((m, n), x)
+        ya = _torch_empty((m, n), x)
         bound_launcher(qweight, m, adtype)(x.reshape(m, k), ya)
         if bias is not None:  # in fp32 after the kernel's rounding, then rounded again (as below)
             import torch
@@ -427,7 +427,7 @@ def bound_launcher(qw: QuantizedWeight, m: int, adtype: str) -> Callable[[Any, A
     return launch
 
 
-def torch_empty(shape: tuple[int, ...], like: Any) -> Any:
+def _torch_empty(shape: tuple[int, ...], like: Any) -> Any:
     import torch
 
     return torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -649,6 +649,8 @@ __all__ = [
     "a8_plan",
     "a8_reason",
     "a8_weight",
+    "bound_launcher",
+    "cpu_weight",
     "default_linear_config",
     "linear_launcher",
     "linear_problem",
