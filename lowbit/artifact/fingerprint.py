@@ -70,6 +70,13 @@ def isa_flags() -> tuple[str, ...]:
     return tuple(f for f in ISA_FLAGS if f in flags)
 
 
+def fp32_lanes() -> int:
+    """fp32 lanes of one vector register of this CPU: 8 on x86 with AVX2 and no AVX-512, else 16 (AVX-512, and
+    the width the TVM backend assumes off x86)."""
+    flags = isa_flags()
+    return 8 if "avx2" in flags and "avx512f" not in flags else 16
+
+
 @functools.cache
 def cuda_device() -> dict[str, Any] | None:
     """{"name", "capability", "count"} of CUDA device 0 when torch sees one, else None."""
@@ -105,4 +112,4 @@ def differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
     return out
 
 
-__all__ = ["ISA_FLAGS", "cpu_model", "cuda_device", "differences", "fingerprint", "isa_flags"]
+__all__ = ["ISA_FLAGS", "cpu_model", "cuda_device", "differences", "fingerprint", "fp32_lanes", "isa_flags"]

@@ -264,6 +264,8 @@ def compile_model(
         trials = set(kernel_cache.compiled_kernels()) - before  # built while tuning: only the winners ship
         for p in rank_params:
             tuning_mod.attach_results(p, tuned, backend)
+        for built in {id(runner): runner, id(warm): warm}.values():  # their executors run re-tiled copies of
+            tuning_mod.attach_results(built.executor.params, tuned, backend)  # the weights, made before tuning
         bar.set_postfix_str("build kernels", refresh=False)
         # prefill + decode steps of 1, 2, 4, .. sequences: the GEMV row tiles the runtime picks (a power of two
         # up to 16 rows) for decode batches and short prompts, built now rather than at a server's first

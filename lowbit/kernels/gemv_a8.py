@@ -13,10 +13,10 @@ column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column 
 [n // BN, k // 8, n % BN], so a block of BN columns reads one contiguous run), read as unsigned nibbles u
 and, for signed int4, offset to u = q + 8 by one xor of the word with 0x88888888. The scales and zeros are
 column-tiled the same way (`tile_group_rows`: [⌈N / BN⌉, K // G, BN], the BN values of group g of a block
-contiguous), so a block's scale rows are one 1/32-sized run behind its words instead of one cache line K·2
+contiguous), so a block's scale rows are one 1/32-sized run behind its words instead of one cache line N·2
 bytes apart per group: the strided rows were a demand miss per group that the out-of-order window (shorter
-than a group's ~600 instructions) could not hide (measured: 5–23% of the GEMV's time on the 1.1B model's
-shapes streamed from DRAM, 2 threads). Per group g, column n:
+than a group's ~600 instructions) could not hide (measured on the 1.1B model's shapes streamed from DRAM, 2
+threads, alternating: 0.77–0.96x the time in 8 of 9 shape-runs, 1.05x in one). Per group g, column n:
 
     p    = Σ_k xq[k] · q[k, n]  = Σ xq·u − 8·xsum (int4) or Σ xq·u (uint4)     exact int32 (|p| < 2^24)
     zero_mode none:  y += fp32(p) · xs · s[g, n]

@@ -137,15 +137,6 @@ def space(kernel: str, backend: str) -> SearchSpace:
     )
 
 
-def cpu_lanes() -> int:
-    """fp32 lanes of one vector register of this CPU: 8 on AVX2 without AVX-512, else 16 (what the TVM
-    backend's `vector="auto"` resolves to)."""
-    from lowbit.artifact.fingerprint import isa_flags
-
-    flags = isa_flags()
-    return 8 if "avx2" in flags and "avx512f" not in flags else 16
-
-
 def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     """The TVM (CPU) default, sized to the register file: a dot keeps tm accumulator rows of BN / lanes
     vectors in registers, so tm · BN / lanes is held at 8 (16 registers on AVX2: the rest hold the broadcast
@@ -155,7 +146,9 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     threads, against the former 64-column / 16-lane / tm 4 default (32 accumulators, spilled): M = 1 0.70x the
     time, M = 4 0.47x, M = 16 0.44x, M = 64 0.38x."""
     m, g = int(problem.get("M", 16) or 16), _group(problem)
-    lanes = cpu_lanes()
+    from lowbit.artifact.fingerprint import fp32_lanes
+
+    lanes = fp32_lanes()
     opts = {**_DEFAULT_OPTIONS["tvm"], "vector": lanes}
     if kernel == "quantized_gemv":
         bm = 1 << max(0, (min(m, 16) - 1).bit_length())

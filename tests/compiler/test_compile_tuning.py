@@ -134,6 +134,14 @@ def test_artifact_ships_the_records_and_load_uses_them_without_tuning(runs, tmp_
 
     tuned = config_from_json(decode["config"])
     assert tuned != config_from_json(decode["default"])
+    # the compile's warm-up ran the tuned config too (its executor's re-tiled weights got the records), so the
+    # artifact ships that kernel: a GEMV with the tuned tile and options
+    tile = ", ".join(f"{k}={tuned.constant_dict[k]}" for k in ("BM", "BN", "BK"))
+    shipped_kernels = [json.loads(f.read_text()) for f in (art / "kernels").glob("*.json")]
+    assert any(
+        k["name"] == "quantized_gemv" and tile in k["program"] and tuned.option_dict.items() <= k["options"].items()
+        for k in shipped_kernels
+    ), f"no shipped quantized_gemv with {tile} {tuned.option_dict}"
 
     from lowbit.runtime.sampler import SamplingParams
 

@@ -49,7 +49,7 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     """`options` with "auto" choices made for `target`: int8_dot "avx2" for an LLVM (CPU) target when this
     x86 CPU has AVX2 (the kernels are built for the host's `mcpu`), else "none"; vector 16 lanes with AVX-512
     (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit register of fp32)."""
-    from lowbit.artifact.fingerprint import isa_flags
+    from lowbit.artifact.fingerprint import fp32_lanes, isa_flags
 
     out = dict(options)
     cpu = str(getattr(target, "kind", "")) == "llvm" or "llvm" in str(target)
@@ -57,7 +57,7 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     if out.get("int8_dot") == "auto":
         out["int8_dot"] = "avx2" if "avx2" in flags else "none"
     if out.get("vector") == "auto":
-        out["vector"] = 8 if "avx2" in flags and "avx512f" not in flags else 16
+        out["vector"] = fp32_lanes() if cpu else 16
     return out
 
 
