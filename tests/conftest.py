@@ -44,12 +44,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
-    """Tuning records, generated Triton sources and compiled kernels go to a session temp dir, never to
-    ~/.cache/lowbit. The disk cache of compiled TVM kernels is off (each library would cost a link for no
-    gain: one process compiles each kernel once anyway); tests/codegen/test_kernel_cache.py turns it on."""
+    """Tuning records, generated Triton sources and compiled kernels go to a temp dir of this test run, never to
+    ~/.cache/lowbit. Under xdist the workers share it (the parent of their base temps), so a kernel one worker
+    or subprocess (tensor-parallel ranks, `lowbit` CLIs) built is loaded by the others instead of rebuilt:
+    compiling kernels is most of the suite's time. Entries are written to temporary names and renamed
+    (lowbit.codegen.kernel_cache), so concurrent workers never read half files. Tests of the caches
+    themselves set their own LOWBIT_CACHE_DIR; LOWBIT_KERNEL_CACHE=0 in the environment turns the disk cache
+    off for the run."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = base.parent / "lowbit-cache"
+        root.mkdir(exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("lowbit-cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOWBIT_CACHE_DIR", str(tmp_path_factory.mktemp("lowbit-cache")))
-        mp.setenv("LOWBIT_KERNEL_CACHE", os.environ.get("LOWBIT_KERNEL_CACHE", "0"))
+        mp.setenv("LOWBIT_CACHE_DIR", str(root))
+        mp.setenv("LOWBIT_KERNEL_CACHE", os.environ.get("LOWBIT_KERNEL_CACHE", "1"))
         yield
 
 

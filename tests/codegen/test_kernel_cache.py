@@ -5,6 +5,8 @@ code generator versions; read-only directories (an artifact's kernels/) are sear
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 
 import numpy as np
@@ -61,6 +63,14 @@ def compile_fresh(program, options=None):
     return compile_program(program, "tvm", options)
 
 
+def replace_file(path, data):
+    """Damage a library as a new file under its name: this process still runs the kernel that was built from
+    it (a fresh build runs from its saved library), and rewriting a mapped library in place would crash it."""
+    tmp = path.with_suffix(".damaged")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def entry_files(directory):
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
@@ -73,6 +83,9 @@ def test_second_compile_loads_from_disk(cache):
     assert files == [f"{first.key}.json", f"{first.key}.so"]
     record = json.loads((kernel_cache.kernel_dir() / f"{first.key}.json").read_text())
     assert record["program"] == str(program) and record["options"] == first.options  # as traced: the key
+    # a fresh build runs from the library it just saved (LLVM generated code once, for the export, not also
+    # for a JIT), and exporting it again copies that file
+    assert first._from_file and first.library == str(kernel_cache.kernel_dir() / f"{first.key}.so")
     check_runs(first)
 
     second = compile_fresh(program)
@@ -89,7 +102,7 @@ def test_corrupt_library_is_rebuilt_with_a_warning(cache):
     so = kernel_cache.kernel_dir() / f"{key}.so"
     data = bytearray(so.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    so.write_bytes(bytes(data))
+    replace_file(so, bytes(data))
     with pytest.warns(kernel_cache.KernelCacheWarning, match="corrupt or modified; rebuilding"):
         kernel = compile_fresh(program)
     assert cache == ["build", "build"] and not kernel._loaded
@@ -97,12 +110,18 @@ def test_corrupt_library_is_rebuilt_with_a_warning(cache):
     assert kernel_cache.lookup(key) is not None, "the rebuilt kernel overwrote the corrupt entry"
 
 
-def test_library_that_does_not_load_is_rebuilt(cache):
-    """A record consistent with a garbage library (hash updated): dlopen fails, the kernel is rebuilt."""
+def test_library_that_does_not_load_is_rebuilt(cache, tmp_path, monkeypatch):
+    """A record consistent with a garbage library (hash updated): dlopen fails, the kernel is rebuilt. The
+    entry is damaged in a copy of the cache, as another process would find it: this process already runs the
+    first build from the original path, and dlopen hands a loaded path back without reading the file."""
     program = affine.trace(A=5)
     key = compile_fresh(program).key
+    other = tmp_path / "other-process"
+    shutil.copytree(kernel_cache.kernel_dir(), other / "kernels")
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(other))
     directory = kernel_cache.kernel_dir()
-    (directory / f"{key}.so").write_bytes(b"not an ELF file" * 10)
+    assert directory == other / "kernels"
+    replace_file(directory / f"{key}.so", b"not an ELF file" * 10)
     record = json.loads((directory / f"{key}.json").read_text())
     record["library_sha256"] = kernel_cache.file_sha256(directory / f"{key}.so")
     record["library_bytes"] = 150
