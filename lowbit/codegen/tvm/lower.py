@@ -620,16 +620,14 @@ class _Emitter:
             if last and vector_last and n > 1:
                 if n > vec and n % vec == 0:
                     chunks = n // vec
-                    u = math.gcd(chunks, MAX_UNROLLED_VECTORS)
-                    if chunks > MAX_UNROLLED_VECTORS and u > 1:  # a serial loop over unrolled groups
-                        headers.append(f"for {i}o in T.serial({chunks // u}):")
-                        headers.append(f"for {i}u in T.unroll({u}):")
-                        headers.append(f"for {i}v in T.vectorized({vec}):")
-                        idx.append(f"(({i}o * {u} + {i}u) * {vec} + {i}v)")
-                        continue
-                    headers.append(f"for {i}o in T.unroll({chunks}):")
+                    group = math.gcd(chunks, MAX_UNROLLED_VECTORS) if chunks > MAX_UNROLLED_VECTORS else chunks
+                    if group > 1 and group < chunks:  # a serial loop over unrolled groups
+                        headers += [f"for {i}o in T.serial({chunks // group}):", f"for {i}u in T.unroll({group}):"]
+                        idx.append(f"(({i}o * {group} + {i}u) * {vec} + {i}v)")
+                    else:  # a row of at most the cap, or one no group divides (e.g. 17 vectors): all unrolled
+                        headers.append(f"for {i}o in T.unroll({chunks}):")
+                        idx.append(f"({i}o * {vec} + {i}v)")
                     headers.append(f"for {i}v in T.vectorized({vec}):")
-                    idx.append(f"({i}o * {vec} + {i}v)")
                     continue
                 headers.append(f"for {i} in T.vectorized({n}):")
             else:

@@ -53,7 +53,7 @@ def test_long_rows_loop_over_unrolled_groups(C, N, vector):
     err = np.abs(out - want) / (np.abs(x * 3.0) + np.exp(x * 0.25))
     assert np.isfinite(out).all() and float(err.max()) < 2e-6
     unrolls = [int(n) for n in re.findall(r"T\.unroll\((\d+)\)", kernel.source)]
-    assert unrolls and max(unrolls) <= max(MAX_UNROLLED_VECTORS, 1)
+    assert unrolls and max(unrolls) <= MAX_UNROLLED_VECTORS
     chunks = C // vector
     if chunks > MAX_UNROLLED_VECTORS:
         group = np.gcd(chunks, MAX_UNROLLED_VECTORS)
