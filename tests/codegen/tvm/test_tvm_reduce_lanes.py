@@ -83,3 +83,22 @@ def test_too_few_lanes_take_the_serial_loop(C: int, vector: int):
     got, want, _, source = _run("int32", 2, C, 2, C - 3, 5, vector=vector)
     assert "T.serial(1, " not in source
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dt", ["int32", "float32"])
+@pytest.mark.parametrize("M, N", [(4, 64), (6, 80), (4, 63), (3, 64)])
+def test_in_bounds_tiles_take_the_unchecked_lane_loop(dt: str, M: int, N: int):
+    """The [4, 64] tile inside the tensor runs the lane loop on plain loads (a guarded branch); one that
+    crosses an edge (N = 63 or M = 3) runs the checked branch; both equal NumPy."""
+    got, want, abs_sum, source = _run(dt, 4, 64, M, N, 11, vector=8)
+    guarded = "if 0 + 4 <= M and 0 + 64 <= N:\n"
+    assert guarded in source  # the unchecked lane loop, under the tile's in-bounds guard ...
+    fast = source.split(guarded, 1)[1].split("else:", 1)[0]
+    assert "a_1[(0 + o0)*N + (0 + ro * 8 + rl)]" in fast and "T.if_then_else" not in fast
+    assert "T.if_then_else(0 + o0 < M" in source  # ... and the checked loop for a tile at an edge
+    if dt == "int32":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_array_equal(got[1:3], want[1:3])
+        eps = float(np.finfo(dt).eps)
+        assert np.all(np.abs(got[0].astype(np.float64) - want[0]) <= eps * abs(want[0]) + 64 * eps * abs_sum)
