@@ -334,7 +334,10 @@ def measure_llamacpp(
         "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--cache-dir", str(cache_dir),
         "--seed", str(seed), "--prompt-seed", str(prompt_seed), *(["--prepare-only"] if prepare_only else []),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    # llama.cpp as its users run it: `import lowbit` sets OMP_WAIT_POLICY=PASSIVE for torch's pool, and inherited,
+    # it put llama.cpp's OpenMP threads to sleep at every barrier (CPU share 0.5-0.67, tg 11-15 against 23-25)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode} (its error is on stderr above)")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
