@@ -194,3 +194,35 @@ def test_group_half_words_places_each_code_where_the_gemv_reads_it(G):
                 assert np.array_equal(nib[:, g * G // 8 + t, 2 * b + 1], codes[:, hi])
     with pytest.raises(ValueError, match="group size"):
         group_half_words(std.view(np.int32), 48)
+
+
+@pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", [CASES[1], CASES[2]])
+def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode):
+    """On an AVX-512 machine the TVM options resolve to 16 fp32 lanes (`fp32_lanes`); the int8-dot lowering and
+    the lane reductions then run at that width. LLVM legalizes 16 lanes on this AVX2 VM too, so the width the
+    other machine runs is checked here: the quantizer's codes equal NumPy's, the GEMV its fp64 formula."""
+    qw, x = gemv_problem(M, N, K, G, wdtype, zero_mode, seed=M + N)
+    bm = 1 << (M - 1).bit_length()
+    mp = -(-M // bm) * bm
+    wide = {"vector": 16}
+    xq = np.full((mp, K), 99, np.int8)
+    xs = np.full((mp, K // G), 9.0, np.float32)
+    xsum = np.full((mp, K // G), 9, np.int32)
+    quantize_groups_int8.run("tvm", wide, x=x, xq=xq, xs=xs, xsum=xsum, M=M, MP=mp, K=K, G=G, BM=mp)
+    oq, os_, osum, q = quantize_oracle(x, G)
+    assert np.array_equal(xq[:M], oq) and np.array_equal(xs[:M], os_) and np.array_equal(xsum[:M], osum)
+    tiled = retile_columns(qw, BN)
+    y = np.full((M, N), np.nan, np.float32)
+    args = dict(xq=xq, xs=xs, xsum=xsum, y=y, scales=tile_group_rows(qw.scales, BN))
+    args["w"] = group_half_words(tiled.words.view(np.int32).reshape(-1, K // 8, BN), G)
+    if qw.zeros is not None:
+        args["zeros"] = tile_group_rows(qw.zeros, BN)
+    quantized_gemv_a8.run(
+        "tvm", wide, **args, M=M, MP=mp, N=N, K=K, wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN
+    )
+    assert rel(y, gemv_oracle(q, xs[:M], xsum[:M], qw)) < 1e-5
+    from lowbit.codegen.backend import compile_program
+
+    traced = quantized_gemv_a8.trace(wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN)
+    source = compile_program(traced, "tvm", wide).source
+    assert "llvm.x86.avx2.pmadd.ub.sw" in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes
