@@ -4,16 +4,14 @@ Two kernels, run back to back by `lowbit.ops.linear.quantized_linear` when the g
 
 `quantize_groups_int8` — x [M, K] float -> per row and per group of G along K (the weight's groups):
     amax = max |x|,  xs = amax / 127,  q = floor(x · (127 / amax) + 1/2)  in [-127, 127]  (q = 0 when amax = 0)
-    xq   = the codes, in natural order (a contiguous store: the GEMV's words carry the order its dot needs)
+    xq   = the codes, stored per group as the G/2 codes of the even k, then the G/2 codes of the odd k
     xsum = Σ q over the group (int32)
 Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as zeros.
 
 `quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
-column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], so a block of BN columns reads one contiguous run)
-with the nibbles of each group in *group-half order* (`group_half_words`): word t of group g (t < G/8) holds
-in the low nibble of its byte b the code of k = g·G + 4t + b and in the high nibble that of k = g·G + G/2 +
-4t + b; read as unsigned nibbles u and, for signed int4, offset to u = q + 8 by one xor of the word with
-0x88888888. The scales and zeros are
+column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word
+[n // BN, k // 8, n % BN], so a block of BN columns reads one contiguous run), read as unsigned nibbles u
+and, for signed int4, offset to u = q + 8 by one xor of the word with 0x88888888. The scales and zeros are
 column-tiled the same way (`tile_group_rows`: [⌈N / BN⌉, K // G, BN], the BN values of group g of a block
 contiguous), so a block's scale rows are one 1/32-sized run behind its words instead of one cache line N·2
 bytes apart per group: the strided rows were a demand miss per group that the out-of-order window (shorter
@@ -25,12 +23,9 @@ threads, alternating: 0.77–0.96x the time in 8 of 9 shape-runs, 1.05x in one).
     zero_mode post:  y += (fp32(p) − fp32(xsum)·z[g, n]) · xs · s[g, n]       (ŵ = (q − z)·s)
     zero_mode pre:   y += (fp32(p)·s[g, n] − fp32(xsum)·z[g, n]) · xs          (ŵ = q·s − z)
 
-The dot runs on bytes: `words & 0x0F0F0F0F` holds the codes of the group's first half, k = 4t + {0, 1, 2, 3}
-as the 4 bytes of word t, `(words >> 4) & 0x0F0F0F0F` those of its second half, k = G/2 + 4t + {0, 1, 2, 3};
-viewed as bytes along K they are the rows of two [G/2, BN] int8 tiles whose values are 0..15, dotted with
-the two contiguous halves of the group's activation codes. (The standard order, code k % 8 at nibble k % 8,
-splits a group into its even and odd k instead: the activation quantizer then stored its codes permuted, a
-stride-2 gather per element that made it 13 µs for K = 2048, as long as a 2 MB GEMV's tail.) That is the
+The dot runs on bytes: `words & 0x0F0F0F0F` holds the codes of k = 8t + {0, 2, 4, 6} as the 4 bytes of word
+t, `(words >> 4) & 0x0F0F0F0F` those of k = 8t + {1, 3, 5, 7}; viewed as bytes along K they are the rows of
+two [G/2, BN] int8 tiles whose values are 0..15, dotted with the even / odd activation codes. That is the
 shape of x86's u8·i8 multiply-add (vpmaddubsw): the TVM backend lowers such a dot to it when the value
 ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`), four products per byte lane.
 
@@ -76,7 +71,8 @@ def quantize_groups_int8(
         amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
         q = T.cast(T.floor(v * inv + 0.5), T.int8)  # [BM, G] in [-127, 127]
-        T.store(xq, (pm * BM, k0), q)
+        even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+        T.store(xq, (pm * BM, k0), even_odd)
         T.store(xs, (pm * BM, k0 // G), amax / 127.0)
         T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
@@ -91,24 +87,6 @@ def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
     nb = -(-n // bn)
     padded = a if nb * bn == n else np.concatenate([a, np.zeros((rows, nb * bn - n), a.dtype)], axis=1)
     return np.ascontiguousarray(padded.reshape(rows, nb, bn).transpose(1, 0, 2))
-
-
-def group_half_words(words: np.ndarray, g: int) -> np.ndarray:
-    """4-bit words [..., K // 8, BN] in the standard order (code k % 8 of a column at bits 4·(k % 8) of word
-    k // 8) as `quantized_gemv_a8` reads them: per group of g codes along K, word t's byte b holds the code of
-    k = 4t + b in its low nibble and that of k = g/2 + 4t + b in its high nibble (a permutation of the
-    nibbles within each group's g/8 words; the column layout is kept)."""
-    w = np.ascontiguousarray(words).view(np.uint32)
-    if w.ndim < 2 or g % 8 or (w.shape[-2] * 8) % g:
-        raise ValueError(f"group_half_words: words {words.shape} must be [..., K // 8, BN] with K a multiple of "
-                         f"the group size {g} and g a multiple of 8")  # fmt: skip
-    *lead, kw, bn = w.shape
-    shifts = np.arange(8, dtype=np.uint32).reshape(8, 1) * 4
-    codes = (w[..., :, None, :] >> shifts) & 0xF  # [..., K/8, 8, BN]: code k = 8·word + nibble
-    codes = codes.reshape(*lead, kw * 8 // g, 2, g // 8, 4, bn)  # [..., group, half, t, b, BN]
-    nib = np.moveaxis(codes, -4, -2)  # [..., group, t, b, half, BN]: nibble 2b + half of word t
-    out = (nib.reshape(*lead, kw, 8, bn) << shifts).sum(axis=-2, dtype=np.uint32)
-    return out.view(np.int32) if words.dtype == np.int32 else out.astype(words.dtype)
 
 
 @T.kernel
@@ -140,11 +118,11 @@ def quantized_gemv_a8(
         words = T.reshape(T.load(w, (pn, k0 // 8, 0), (1, G // 8, BN)), (G // 8, BN))  # [G/8, BN] int32
         if wdtype == "int4" and not biased:
             words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
-        lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 4t + r
-        hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = H + 4t + r
+        lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
+        hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
         p = T.zeros((BM, BN), T.int32, name="p")
-        p += T.dot(T.load(xq, (pm * BM, k0), (BM, H)), lo, acc_dtype=T.int32)  # the group's first half
-        p += T.dot(T.load(xq, (pm * BM, k0 + H), (BM, H)), hi, acc_dtype=T.int32)  # its second half
+        p += T.dot(T.load(xq, (pm * BM, k0), (BM, H)), lo, acc_dtype=T.int32)  # even k
+        p += T.dot(T.load(xq, (pm * BM, k0 + H), (BM, H)), hi, acc_dtype=T.int32)  # odd k
         sx = T.load(xs, (pm * BM, k0 // G), (BM, 1))  # [BM, 1]
         asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
         s = T.reshape(T.cast(T.load(scales, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))
@@ -162,11 +140,4 @@ def quantized_gemv_a8(
     T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
 
 
-__all__ = [
-    "A8_DTYPES",
-    "A8_GROUPS",
-    "group_half_words",
-    "quantize_groups_int8",
-    "quantized_gemv_a8",
-    "tile_group_rows",
-]
+__all__ = ["A8_DTYPES", "A8_GROUPS", "quantize_groups_int8", "quantized_gemv_a8", "tile_group_rows"]

@@ -35,14 +35,7 @@ from lowbit.codegen.tune.records import lookup as pinned_config
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.gemv_a8 import (
-    A8_DTYPES,
-    A8_GROUPS,
-    group_half_words,
-    quantize_groups_int8,
-    quantized_gemv_a8,
-    tile_group_rows,
-)
+from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
@@ -297,18 +290,6 @@ def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
     return tiled
 
 
-def _a8_words(qw: QuantizedWeight, g: int) -> np.ndarray:
-    """The column-tiled words of `qw` (`a8_weight`'s) in the a8 GEMV's group-half nibble order
-    (`group_half_words`), made once per weight and group size and kept on it."""
-    key = f"_a8_words_{g}"
-    words = qw.__dict__.get(key)
-    if words is None:
-        n, k = qw.shape
-        tiled = qw.words.view(np.int32).reshape(-(-n // A8_BN), k // 8, A8_BN)
-        words = qw.__dict__[key] = group_half_words(tiled, g)
-    return words
-
-
 def _group_tiles(qw: QuantizedWeight, field: str) -> np.ndarray:
     """`qw.scales` / `qw.zeros` column-tiled for the a8 GEMV (`tile_group_rows`), made once per weight and
     kept on it, so the plans of every row bucket share one copy."""
@@ -350,7 +331,8 @@ class A8Plan:
             biased=biased,
         )  # fmt: skip
         self.gemv = compile_program(gemv, backend, opts)
-        self.fixed: dict[str, Any] = {"w": _a8_words(qw, g), "scales": _group_tiles(qw, "scales")}
+        words = qw.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
+        self.fixed: dict[str, Any] = {"w": words, "scales": _group_tiles(qw, "scales")}
         if qw.zeros is not None and not biased:
             self.fixed["zeros"] = _group_tiles(qw, "zeros")
         self.sizes = {"N": self.n, "K": self.k} if m is None else {"M": m, "MP": self.mp, "N": self.n, "K": self.k}

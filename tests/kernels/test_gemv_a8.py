@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lowbit.dtypes import decode
-from lowbit.kernels.gemv_a8 import group_half_words, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
+from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
@@ -31,13 +31,13 @@ def rel(a, b) -> float:
 
 
 def quantize_oracle(x: np.ndarray, G: int):
-    """(xq, xs, xsum, q) by the kernel's formula, in float32 (xq is q, stored in natural order)."""
+    """(xq in even/odd order, xs, xsum, q in natural order) by the kernel's formula, in float32."""
     m, k = x.shape
     xg = x.astype(np.float32).reshape(m, k // G, G)
     amax = np.abs(xg).max(-1)
     inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
     q = np.floor(xg * inv[..., None] + np.float32(0.5)).astype(np.int8)
-    xq = q.reshape(m, k)
+    xq = np.concatenate([q[..., 0::2], q[..., 1::2]], -1).reshape(m, k)
     return xq, (amax / np.float32(127)).astype(np.float32), q.astype(np.int32).sum(-1), q.reshape(m, k)
 
 
@@ -113,7 +113,7 @@ def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode)
         xq=xq,
         xs=xs,
         xsum=xsum,
-        w=group_half_words(tiled.words.view(np.int32).reshape(-1, K // 8, BN), G),
+        w=tiled.words.view(np.int32).reshape(-1, K // 8, BN),
         scales=tile_group_rows(qw.scales, BN),
         y=y,
     )
@@ -173,29 +173,6 @@ def test_tile_group_rows_blocks_columns_and_pads_with_zeros():
         tile_group_rows(a[0], 32)
 
 
-@pytest.mark.parametrize("G", [32, 64, 128, 256])
-def test_group_half_words_places_each_code_where_the_gemv_reads_it(G):
-    """Word t of a group holds k = 4t + b (low nibble of byte b) and k = G/2 + 4t + b (high nibble), for every
-    column and group; oracle: the codes of the standard packing, read back by NumPy."""
-    rng = np.random.default_rng(G)
-    nb, K = 3, 2 * 256
-    codes = rng.integers(0, 16, (nb, K, BN)).astype(np.uint32)  # code of (block, k, column)
-    std = np.zeros((nb, K // 8, BN), np.uint32)
-    for j in range(8):  # standard order: code k at nibble k % 8 of word k // 8
-        std |= codes[:, j::8, :] << np.uint32(4 * j)
-    out = group_half_words(std.view(np.int32), G).view(np.uint32)
-    assert out.shape == std.shape and out.dtype == np.uint32
-    nib = np.stack([(out >> np.uint32(4 * j)) & 0xF for j in range(8)], axis=2)  # [nb, K/8, 8, BN]
-    for g in range(K // G):
-        for t in range(G // 8):
-            for b in range(4):
-                lo, hi = g * G + 4 * t + b, g * G + G // 2 + 4 * t + b
-                assert np.array_equal(nib[:, g * G // 8 + t, 2 * b], codes[:, lo])
-                assert np.array_equal(nib[:, g * G // 8 + t, 2 * b + 1], codes[:, hi])
-    with pytest.raises(ValueError, match="group size"):
-        group_half_words(std.view(np.int32), 48)
-
-
 @pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", [CASES[1], CASES[2]])
 def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode):
     """On an AVX-512 machine the TVM options resolve to 16 fp32 lanes (`fp32_lanes`); the int8-dot lowering and
@@ -214,7 +191,7 @@ def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode):
     tiled = retile_columns(qw, BN)
     y = np.full((M, N), np.nan, np.float32)
     args = dict(xq=xq, xs=xs, xsum=xsum, y=y, scales=tile_group_rows(qw.scales, BN))
-    args["w"] = group_half_words(tiled.words.view(np.int32).reshape(-1, K // 8, BN), G)
+    args["w"] = tiled.words.view(np.int32).reshape(-1, K // 8, BN)
     if qw.zeros is not None:
         args["zeros"] = tile_group_rows(qw.zeros, BN)
     quantized_gemv_a8.run(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.kernels.gemv_a8 import group_half_words, quantized_gemv_a8, tile_group_rows
+from lowbit.kernels.gemv_a8 import quantized_gemv_a8, tile_group_rows
 from lowbit.ops.linear import A8_KERNEL, a8_weight, quantized_linear
 from lowbit.ops.weight import is_offset_binary, offset_binary, quantize, retile_columns
 
@@ -51,7 +51,7 @@ def test_biased_kernel_equals_the_xor_kernel_bit_for_bit(M):
     out = []
     for w, biased in ((qw, False), (ob, True)):
         y = np.full((M, N), np.nan, np.float32)
-        words = group_half_words(w.words.view(np.int32).reshape(-1, K // 8, BN), G)
+        words = w.words.view(np.int32).reshape(-1, K // 8, BN)
         quantized_gemv_a8.run(
             backend="tvm", xq=xq, xs=xs, xsum=xsum, w=words, scales=tile_group_rows(w.scales, BN), y=y,
             M=M, MP=mp, N=N, K=K, wdtype="int4", zero_mode="none", G=G, BM=bm, BN=BN, biased=biased,
