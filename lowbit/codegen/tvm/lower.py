@@ -1668,10 +1668,8 @@ def _reduce_lanes(
     slot = f"{lanes}[({flat}) * {vec} + {rl}]"
     over_outer([f"for {rl} in T.vectorized({vec}):", f"    {slot} = {init}"])
 
-    def accumulate(ctx: _Ctx) -> _Ctx:
-        r_o, r_l = (ro, rl) if not ctx.checked else (e.fresh("ro"), e.fresh("rl"))
+    def accumulate(r_o: str, r_l: str, value: str) -> None:
         at = f"{lanes}[({flat}) * {vec} + {r_l}]"
-        value = x((*outer_vars, f"{r_o} * {vec} + {r_l}"), ctx)
         over_outer(
             [
                 f"for {r_o} in T.serial({n // vec}):",
@@ -1679,22 +1677,24 @@ def _reduce_lanes(
                 f"        {at} = {combine(at, value)}",
             ]
         )
-        return ctx
 
     # like `nest`: unchecked loads under the operands' uniform in-bounds guards, the checked form (clamped
     # addresses, selects: LLVM scalarizes it, one element at a time) only for a tile that crosses a tensor edge
     # (the a8 activation quantizer's two reductions ran scalar on every group: 11-16 us for K = 2048, now 3-4)
-    mark = len(e.lines)
-    probe = accumulate(_Ctx(checked=False))
-    if probe.guards or probe.data_dependent:
-        fast = e.lines[mark:]
-        del e.lines[mark:]
+    probe = _Ctx(checked=False)
+    fast = x((*outer_vars, f"{ro} * {vec} + {rl}"), probe)
+    if not probe.guards and not probe.data_dependent:
+        accumulate(ro, rl, fast)
+    else:
         if not probe.data_dependent:
             e.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
-            e.lines.extend("    " + ln for ln in fast)
+            e.depth += 1
+            accumulate(ro, rl, fast)
+            e.depth -= 1
             e.line("else:")
             e.depth += 1
-        accumulate(_Ctx(checked=True))
+        r_o, r_l = e.fresh("ro"), e.fresh("rl")
+        accumulate(r_o, r_l, x((*outer_vars, f"{r_o} * {vec} + {r_l}"), _Ctx(checked=True)))
         if not probe.data_dependent:
             e.depth -= 1
     dst = f"{out}[{out_index(tuple(outer_vars))}]"
