@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from lowbit.artifact.fingerprint import isa_flags
 from lowbit.dtypes import decode
 from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
+INT8_INTRINSIC = {"avx2": "llvm.x86.avx2.pmadd.ub.sw", "vnni": "llvm.x86.avx512.vpdpbusd.512"}
+INT8_MODES = ["avx2"] + (["vnni"] if "avx512_vnni" in isa_flags() else [])  # the x86 int8 dot lowerings
 
 
 def rel(a, b) -> float:
@@ -173,15 +176,17 @@ def test_tile_group_rows_blocks_columns_and_pads_with_zeros():
         tile_group_rows(a[0], 32)
 
 
+@pytest.mark.parametrize("mode", INT8_MODES)
 @pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", [CASES[1], CASES[2]])
-def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode):
-    """On an AVX-512 machine the TVM options resolve to 16 fp32 lanes (`fp32_lanes`); the int8-dot lowering and
-    the lane reductions then run at that width. LLVM legalizes 16 lanes on this AVX2 VM too, so the width the
-    other machine runs is checked here: the quantizer's codes equal NumPy's, the GEMV its fp64 formula."""
+def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode, mode):
+    """On an AVX-512 machine the TVM options resolve to 16 fp32 lanes (`fp32_lanes`) and, with VNNI, to the
+    vpdpbusd dot; the lane reductions then run at that width. LLVM legalizes 16 lanes on an AVX2 CPU too, so
+    the width an AVX-512 machine runs is checked on either, with each int8 dot lowering this CPU has: the
+    quantizer's codes equal NumPy's, the GEMV its fp64 formula."""
     qw, x = gemv_problem(M, N, K, G, wdtype, zero_mode, seed=M + N)
     bm = 1 << (M - 1).bit_length()
     mp = -(-M // bm) * bm
-    wide = {"vector": 16}
+    wide = {"vector": 16, "int8_dot": mode}
     xq = np.full((mp, K), 99, np.int8)
     xs = np.full((mp, K // G), 9.0, np.float32)
     xsum = np.full((mp, K // G), 9, np.int32)
@@ -202,4 +207,4 @@ def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode):
 
     traced = quantized_gemv_a8.trace(wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN)
     source = compile_program(traced, "tvm", wide).source
-    assert "llvm.x86.avx2.pmadd.ub.sw" in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes
+    assert INT8_INTRINSIC[mode] in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes

@@ -65,9 +65,10 @@ OPTIONS: dict[str, Any] = {
     "parallel": "fused",  # "fused": one parallel loop over the whole grid; "none": serial blocks
     "unroll": 8,  # unroll factor of a dot's k loop (8 makes int4 shift amounts constants)
     "tm": 4,  # accumulator rows kept in registers by a dot
-    # 8-bit integer dots: "avx2" lowers them to vpmaddubsw/vpmaddwd when value ranges make that exact
-    # (see `_Emitter.int8_dot_plan`), "none" keeps the generic loops; "auto" = "avx2" on an x86 CPU that
-    # has it (resolved by lowbit.codegen.tvm.runtime for the build target)
+    # 8-bit integer dots: "avx2" lowers them to vpmaddubsw/vpmaddwd when value ranges make that exact,
+    # "vnni" to AVX-512 VNNI's vpdpbusd (u8·i8 quads into i32, 16 lanes; "avx2"'s form where a tile is not
+    # 16 columns wide) (see `_Emitter.int8_dot_plan`), "none" keeps the generic loops; "auto" = "vnni" on an
+    # x86 CPU with AVX-512 VNNI, else "avx2" where it has AVX2 (resolved by lowbit.codegen.tvm.runtime)
     "int8_dot": "auto",
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
@@ -76,7 +77,7 @@ OPTIONS: dict[str, Any] = {
     # row·column inner products over `inner_dot` contiguous lanes of k (see `_Emitter.dot_inner`; 0: off)
     "inner_dot": 8,
 }
-INT8_DOT = ("auto", "avx2", "none")
+INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
@@ -870,14 +871,20 @@ class _Emitter:
             return out
         return full
 
-    def int8_dot_plan(self, inst: I.Dot) -> tuple[str, int] | None:
-        """(the operand read as unsigned bytes, i16 chunk) when this dot can run on vpmaddubsw exactly, else
-        None. vpmaddubsw multiplies unsigned by signed bytes and adds adjacent pairs with i16 saturation;
-        with the unsigned operand in [0, U] and the signed one in [-128, 127] a pair is at most 256·U in
-        magnitude, so 32767 // (256·U) pair sums (`chunk` quads of K) add up in i16 exactly before vpmaddwd
-        widens them to i32."""
+    def int8_dot_plan(self, inst: I.Dot) -> tuple[str, int, str] | None:
+        """(the operand read as unsigned bytes, quads per unrolled chunk, "vnni" or "avx2") when this dot can
+        run on x86's u8·i8 multiply-adds exactly, else None.
+
+        "vnni" (vpdpbusd, AVX-512 VNNI): four u8·i8 products of a lane summed into its i32 accumulator, no
+        intermediate width, so it is exact whenever the unsigned operand's bytes are its values (a uint8 tile,
+        or an int8 one proven in [0, 127]) and the other one's are int8 patterns; 16 columns per vector, so b
+        must be a multiple of 16 columns wide (else the "avx2" form, which every AVX-512 CPU also runs).
+        "avx2" (vpmaddubsw + vpmaddwd): adjacent pairs summed in i16 with saturation; with the unsigned operand
+        in [0, U], U <= 127, and the signed one in [-128, 127] a pair is at most 256·U in magnitude, so
+        32767 // (256·U) pair sums (`chunk` quads of K) add up in i16 exactly before vpmaddwd widens them."""
         a, b = inst.a, inst.b
-        if self.opt["int8_dot"] != "avx2" or inst.acc_dtype.name != "int32" or a.dtype.bits != 8:
+        mode = self.opt["int8_dot"]
+        if mode not in ("avx2", "vnni") or inst.acc_dtype.name != "int32" or a.dtype.bits != 8:
             return None
         if not a.dtype.is_integer or b.shape[1] % 8 or a.shape[1] % 4:
             return None
@@ -886,14 +893,17 @@ class _Emitter:
         def signed_ok(t: Tile, m: int) -> bool:  # its values are the int8 patterns
             return t.dtype.is_signed or m <= 127
 
-        for side, u, t_s, m_s in (("b", mb, a, ma), ("a", ma, b, mb)):
+        vnni = mode == "vnni" and b.shape[1] % 16 == 0
+        for side, u, t_u, t_s, m_s in (("b", mb, b, a, ma), ("a", ma, a, b, mb)):
+            if vnni and (not t_u.dtype.is_signed or u <= 127) and signed_ok(t_s, m_s):
+                return side, min(16, a.shape[1] // 4), "vnni"
             # the unsigned operand's values are in [0, u] (u <= 127: nonnegative in either 8-bit dtype, and a
             # pair sum of at most 2·127·128 fits i16); the other one's are int8 patterns
             if u <= 127 and signed_ok(t_s, m_s):
-                return side, min(16, 32767 // (256 * max(u, 1)), a.shape[1] // 4)
+                return side, min(16, 32767 // (256 * max(u, 1)), a.shape[1] // 4), "avx2"
         return None
 
-    def dot_int8(self, inst: I.Dot, out: str, plan: tuple[str, int]) -> None:
+    def dot_int8(self, inst: I.Dot, out: str, plan: tuple[str, int, str]) -> None:
         """out[BM, BN] += a[BM, KT] @ b[KT, BN] on bytes: four consecutive k of a column of b form one i32
         lane (8 columns per vector), the same four k of a row of a are broadcast, vpmaddubsw gives i16 pair
         sums that accumulate for `chunk` quads, vpmaddwd with ones widens them into the i32 accumulators.
@@ -921,8 +931,8 @@ class _Emitter:
             self._dot_generic(inst, out)
             self.depth -= 1
 
-    def _dot_int8_fast(self, inst: I.Dot, out: str, plan: tuple[str, int]) -> None:
-        side, chunk = plan
+    def _dot_int8_fast(self, inst: I.Dot, out: str, plan: tuple[str, int, str]) -> None:
+        side, chunk, kind = plan
         BM = inst.a.shape[0]
         tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
         tm = min(tm, BM)
@@ -933,7 +943,9 @@ class _Emitter:
             return _fold("T.bitwise_or", parts)
 
         def chunk_body(c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1
-            if tm < BM:  # several row blocks share b's quads
+            if kind == "vnni":
+                self._dot_vnni(inst, out, side, tm, quad, c0, n)
+            elif tm < BM:  # several row blocks share b's quads
                 self._dot_int8_columns(inst, out, side, tm, quad, c0, n)
             else:
                 self._dot_int8_rows(inst, out, side, quad, c0, n)
@@ -979,6 +991,59 @@ class _Emitter:
         self.line(f"for {ii} in T.unroll({BM}):")
         self.line(f"    for {jv} in T.unroll({nv}):")
         self._widen_pairs(out, ii, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "        ")
+
+    def _dot_vnni(self, inst: I.Dot, out: str, side: str, tm: int, quad: Callable[..., str], c0: str, n: int) -> None:
+        """The int8 dot over the n quads from c0 on vpdpbusd, one column vector (16 columns) at a time. Each
+        row keeps `chains` i32 accumulators that take the quads in turn, so at least 4 independent vpdpbusd
+        chains are in flight (its latency is ~4-5 cycles; one chain per row left the M = 1 GEMV waiting on
+        it), summed into `out` at the end; a's quad is broadcast from memory (LLVM folds it into the
+        instruction's {1to16} operand). One row block (tm >= BM, the M = 1 GEMV): b's quads are used where
+        they are unpacked (a stack buffer of them was stored and reloaded); several (BM > tm): a column
+        vector's n quads are unpacked into a buffer once and every block of tm rows reuses them."""
+        a, b = inst.a, inst.b
+        BM, BN = a.shape[0], b.shape[1]
+        fa, fb = self.get(a), self.get(b)
+        tm = min(tm, BM)
+        chains = max(1, -(-4 // tm))
+        jv, j, tq, io, ii = (self.fresh(v) for v in ("jv", "j", "tq", "io", "ii"))
+        acc, bq = self.fresh("acc32"), self.fresh("bq")
+        self.line(f"for {jv} in T.unroll({BN // 16}):")
+        self.depth += 1
+        col = f"{jv} * 16 + {j}"
+        reuse = tm < BM
+        if reuse:
+            self.line(f'{bq} = T.decl_buffer(({n * 16},), "int32", {self.scope})')
+            self.line(f"for {tq} in T.unroll({n}):")
+            self.line(f"    for {j} in T.vectorized(16):")
+            self.line(f"        {bq}[{tq} * 16 + {j}] = " + quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col)))
+            bvec = f"{bq}[T.Ramp({tq} * 16, 1, 16)]"
+        else:  # one quad vector at a time, unpacked inside the quad loop below (64 bytes: LLVM keeps it in a register)
+            self.line(f'{bq} = T.decl_buffer((16,), "int32", {self.scope})')
+            bvec = f"{bq}[T.Ramp(0, 1, 16)]"
+        self.line(f"for {io} in T.serial({BM // tm}):")
+        self.depth += 1
+        self.line(f'{acc} = T.decl_buffer(({tm * chains * 16},), "int32", {self.scope})')
+        self.line(f"for {ii} in T.unroll({tm * chains}):")
+        self.line(f"    {acc}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)")
+        row = f"{io} * {tm} + {ii}"
+        self.line(f"for {tq} in T.unroll({n}):")
+        if not reuse:
+            self.line(f"    for {j} in T.vectorized(16):")
+            self.line(f"        {bq}[{j}] = " + quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col)))
+        self.line(f"    for {ii} in T.unroll({tm}):")
+        aq = f'T.reinterpret("int8x64", T.Broadcast({quad(fa, lambda r: (row, f"({c0} + {tq}) * 4 + {r}"))}, 16))'
+        bv = f'T.reinterpret("int8x64", {bvec})'
+        u, sg = (bv, aq) if side == "b" else (aq, bv)
+        lanes = f"T.Ramp(({ii} * {chains} + {tq} % {chains}) * 16, 1, 16)"
+        self.line(
+            f'        {acc}[{lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
+            f"{acc}[{lanes}], {u}, {sg})"
+        )
+        cols = f"T.Ramp({jv} * 16, 1, 16)"
+        total = " + ".join(f"{acc}[T.Ramp(({ii} * {chains} + {c}) * 16, 1, 16)]" for c in range(chains))
+        self.line(f"for {ii} in T.unroll({tm}):")
+        self.line(f"    {out}[{row}, {cols}] = {out}[{row}, {cols}] + {total}")
+        self.depth -= 2
 
     def _madd_pairs(self, acc16: str, lanes: str, u: str, sg: str, indent: str) -> None:
         """acc16[lanes] += vpmaddubsw(u, sg): the u8·i8 products, adjacent pairs summed in i16."""
@@ -1101,7 +1166,7 @@ class _Emitter:
         finishes them (~5 instructions per 4 sums instead of 4 trees of 7 adds and shuffles); else a tree."""
         ii, ju, r = self.fresh("ii"), self.fresh("ju"), self.fresh("r")
         col = f"{jo} * {JU} + {ju}"
-        if self.opt["int8_dot"] == "avx2" and V == 8 and BM % 4 == 0:
+        if self.opt["int8_dot"] in ("avx2", "vnni") and V == 8 and BM % 4 == 0:
             hb, h01, h23 = self.fresh("hb"), self.fresh("h01"), self.fresh("h23")
             self.line(f"for {ju} in T.unroll({JU}):")
             self.line(f"    for {ii} in T.unroll({BM // 4}):")

@@ -46,16 +46,17 @@ def cpu_target() -> Any:
 
 
 def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
-    """`options` with "auto" choices made for `target`: int8_dot "avx2" for an LLVM (CPU) target when this
-    x86 CPU has AVX2 (the kernels are built for the host's `mcpu`), else "none"; vector 16 lanes with AVX-512
-    (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit register of fp32)."""
+    """`options` with "auto" choices made for `target`: int8_dot "vnni" for an LLVM (CPU) target when this
+    x86 CPU has AVX-512 VNNI, else "avx2" when it has AVX2 (the kernels are built for the host's `mcpu`), else
+    "none"; vector 16 lanes with AVX-512 (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit
+    register of fp32)."""
     from lowbit.artifact.fingerprint import fp32_lanes, isa_flags
 
     out = dict(options)
     cpu = str(getattr(target, "kind", "")) == "llvm" or "llvm" in str(target)
     flags = isa_flags() if cpu else ()
     if out.get("int8_dot") == "auto":
-        out["int8_dot"] = "avx2" if "avx2" in flags else "none"
+        out["int8_dot"] = "vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "none"
     if out.get("vector") == "auto":
         out["vector"] = fp32_lanes() if cpu else 16
     return out
