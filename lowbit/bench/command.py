@@ -106,7 +106,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch and TVM threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="one 2048x2048 layer, M in {1,16}, 3 repeats (< 1 min)")
     p.add_argument("--tune", action="store_true", help="tune lowbit kernels before timing them")
-    p.add_argument("--no-flush", action="store_true", help="do not evict caches between samples (hot numbers)")
+    p.add_argument(
+        "--cache",
+        choices=sorted(gemm.CACHE_MODES),
+        default="rotate",
+        help="how samples miss the caches: rotate (default: a ring of weight copies, each streamed from DRAM as a "
+        "decode step streams a layer), flush (read-modify-write of 2x L3 before each sample), hot (no eviction)",
+    )
+    p.add_argument("--no-flush", action="store_true", help="the same as --cache hot (hot numbers)")
     p.add_argument("--out", type=Path, default=None, help="directory for the JSON (and plot) outputs")
     p.add_argument("--json", type=Path, default=None, help="JSON output path (default bench_gemm.json in --out or .)")
     p.add_argument("--plot", type=Path, default=None, help="PNG of speedup vs M (needs matplotlib)")
@@ -141,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         args.quick,
         threads=args.threads,
         tune=args.tune,
-        flush=not args.no_flush,
+        cache="hot" if args.no_flush else args.cache,
         naive_dtypes=args.naive_dtypes,
         log=_progress,
     )

@@ -13,9 +13,14 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
                  x @ dequant(W)^T includes that rounding (~0.7%)
-Timing: `lowbit.codegen.tune.timing.benchmark(flush=True)`: one untimed warm-up call (compiles lowbit kernels),
-then `repeats` samples, each after evicting the caches by a read-modify-write of a buffer twice the L3 size
-(a 4096^2 W4 layer is 9 MB and would otherwise be served from the 32 MiB L3). Threads are set once, first.
+Timing (`cache`): "rotate" (default): every method calls a ring of copies of its weight in turn
+(`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: the other copies move >= 2x the L3 between two
+uses of one), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
+weight after the other layers; one untimed pass over the ring (compiles, packs and re-tiles each copy), then
+>= `repeats` samples. "flush": one weight, each sample after a read-modify-write of a buffer twice the L3
+size (`benchmark(flush=True)`; it leaves the cache dirty and the TLBs cold, so a 9 MB layer's read is slower
+than the stream the roofline's bandwidth measures). "hot": no eviction (a 4096^2 W4 layer is 9 MB and is then
+served from the 32 MiB L3). Threads are set once, first.
 Each lowbit result is checked against x @ dequant(W)^T from the weight's reference dequantization
 (`rel_error`); a non-finite output raises, a relative error above `TOLERANCE` marks the row MISMATCH.
 """
@@ -34,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.bench.roofline import Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
-from lowbit.codegen.tune.timing import benchmark, set_threads
+from lowbit.codegen.tune.timing import benchmark, benchmark_ring, ring_copies, set_threads
 from lowbit.dtypes import dtype as lookup_dtype
 
 DTYPES = ("int4", "int3", "int2", "int8", "fp6_e3m2", "fp4_e2m1")
@@ -49,6 +54,11 @@ TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activatio
 TORCH = "torch"
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
+CACHE_MODES = {
+    "rotate": "a ring of weight copies moving >= 2x L3 between two uses of one (decode's stream of layers)",
+    "flush": "read-modify-write of 2x L3 before every sample",
+    "hot": "none (hot caches)",
+}
 
 
 class BenchError(RuntimeError):
@@ -153,6 +163,7 @@ class _Case:
     naive: dict[str, Any]
     lowbit: dict[str, Any]  # dtype -> QuantizedWeight
     lowbit_ref: dict[str, Any]  # dtype -> float [N, K] reference weight (or None)
+    rings: dict[str, list[Any]] = field(default_factory=dict)  # cache "rotate": key -> the weight's copies
 
 
 def run_report(
@@ -167,6 +178,7 @@ def run_report(
     threads: int | None = None,
     tune: bool = False,
     flush: bool = True,
+    cache: str = "rotate",
     naive_dtypes: Sequence[str] | None = None,
     device: str | None = None,
     machine: Machine | None = None,
@@ -174,8 +186,13 @@ def run_report(
 ) -> Report:
     """Run the benchmark (see the module docstring) and return the machine facts, rows and notes.
     `quick`: one 2048x2048 layer, M in {1, 16}, 3 repeats, quick machine measurements, unless the
-    corresponding argument is given explicitly (pass layers/Ms/repeats to override)."""
+    corresponding argument is given explicitly (pass layers/Ms/repeats to override). `cache`: "rotate",
+    "flush" or "hot" (the module docstring); flush=False is cache="hot"."""
     import torch
+
+    if cache not in CACHE_MODES:
+        raise BenchError(f"cache={cache!r} is not a cache mode; use one of {sorted(CACHE_MODES)}")
+    cache = cache if flush else "hot"
 
     n_threads = set_threads(threads)  # before torch runs anything and before TVM starts its pool
     device = device or default_device()
@@ -202,7 +219,8 @@ def run_report(
         "group_size": group_size,
         "repeats": repeats,
         "warmup": 1,
-        "flush": "read-modify-write of 2x L3 before every sample" if flush else "none (hot caches)",
+        "cache": cache,
+        "flush": CACHE_MODES[cache],
         "tune": tune,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -211,7 +229,7 @@ def run_report(
     ops = _load_ops()
     chosen = _choose_backends(backends, device, ops, report.notes)
     report.config["backends"] = list(chosen)
-    bench = _Bench(machine, device, repeats, flush, tune, group_size, ops, chosen, report.notes, say)
+    bench = _Bench(machine, device, repeats, cache, tune, group_size, ops, chosen, report.notes, say)
     gen = torch.Generator().manual_seed(0)
     for N, K in layers:
         say(f"preparing layer {N}x{K}")
@@ -315,7 +333,7 @@ class _Bench:
     machine: Machine
     device: str
     repeats: int
-    flush: bool
+    cache: str  # a CACHE_MODES key
     tune: bool
     group_size: int
     ops: Any
@@ -323,13 +341,26 @@ class _Bench:
     notes: list[str]
     say: Callable[[str], None]
 
-    def time(self, fn: Callable[[], Any]) -> tuple[float, float, float]:
-        t = benchmark(fn, repeats=self.repeats, warmup=1, flush=self.flush, device=self.device)
+    def time(self, fns: Sequence[Callable[[], Any]]) -> tuple[float, float, float]:
+        """Median, min and max ms of `fns[0]` (flush / hot) or of the ring `fns` (rotate)."""
+        if self.cache == "rotate":
+            t = benchmark_ring(fns, repeats=self.repeats, warmup=1, device=self.device)
+        else:
+            t = benchmark(fns[0], repeats=self.repeats, warmup=1, flush=self.cache == "flush", device=self.device)
         return t.median, t.min, t.max
 
-    def row(self, case: _Case, M: int, method: str, dt: str, backend: str, fn: Callable[[], Any], nbytes: int,
-            peak_dtype: str, rel: float | None = None, note: str = "") -> Row:  # fmt: skip
-        median, lo, hi = self.time(fn)
+    def copies(self, case: _Case, key: str, weight: Any, nbytes: int) -> list[Any]:
+        """`weight` and, with cache "rotate", its copies (`ring_copies` in all), made once per layer and key."""
+        if self.cache != "rotate":
+            return [weight]
+        ring = case.rings.get(key)
+        if ring is None:
+            ring = case.rings[key] = [weight] + [_copy(weight) for _ in range(ring_copies(nbytes, self.device) - 1)]
+        return ring
+
+    def row(self, case: _Case, M: int, method: str, dt: str, backend: str, fns: Sequence[Callable[[], Any]],
+            nbytes: int, peak_dtype: str, rel: float | None = None, note: str = "") -> Row:  # fmt: skip
+        median, lo, hi = self.time(fns)
         self.say(f"  M={M:<4} {method:<14}{dt:<10}{backend:<10}{median:10.3f} ms")
         return Row(M, case.N, case.K, method, dt, backend, median, lo, hi, nbytes, math.nan, math.nan,
                    rel_error=rel, note=note, peak_dtype=peak_dtype)  # fmt: skip
@@ -344,15 +375,19 @@ class _Bench:
         x16 = x32.to(torch.bfloat16)
         fp32 = layer_bytes(N, K, M, bits=32, group_size=None, act_bytes=4, out_bytes=4)
         bf16 = layer_bytes(N, K, M, bits=16, group_size=None, act_bytes=2, out_bytes=2)
+        w32s = self.copies(case, "torch_fp32", case.w32, N * K * 4)
+        w16s = self.copies(case, "torch_bf16", case.w16, N * K * 2)
         rows = [
-            self.row(case, M, "torch_fp32", "float32", TORCH, lambda: F.linear(x32, case.w32), fp32, "float32"),
-            self.row(case, M, "torch_bf16", "bfloat16", TORCH, lambda: F.linear(x16, case.w16), bf16, "bfloat16"),
-        ]
+            self.row(case, M, "torch_fp32", "float32", TORCH, [functools.partial(F.linear, x32, w) for w in w32s],
+                     fp32, "float32"),
+            self.row(case, M, "torch_bf16", "bfloat16", TORCH, [functools.partial(F.linear, x16, w) for w in w16s],
+                     bf16, "bfloat16"),
+        ]  # fmt: skip
         for dt, packed in case.naive.items():
             rel = _relative_error(naive_linear(x32, packed), x32.double() @ naive_dequantize(packed).double().T)
             nbytes = packed.nbytes + M * K * 4 + M * N * 4
-            fn = functools.partial(naive_linear, x32, packed)
-            rows.append(self.row(case, M, "torch_dequant", dt, TORCH, fn, nbytes, "float32", rel))
+            fns = [functools.partial(naive_linear, x32, p) for p in self.copies(case, f"naive_{dt}", packed, nbytes)]
+            rows.append(self.row(case, M, "torch_dequant", dt, TORCH, fns, nbytes, "float32", rel))
         cuda = self.device.startswith("cuda")
         x = x32.to(torch.float16) if cuda else x32  # lowbit rows: fp16 activations on GPU, fp32 on CPU
         for dt, qw in case.lowbit.items():
@@ -394,7 +429,26 @@ class _Bench:
         elem = x.element_size()
         act = "float16" if elem == 2 else "float32"
         method = "lowbit" if kernel is None else "lowbit_a8"
-        return self.row(case, M, method, dt, backend, fn, stored + M * K * elem + M * N * elem, act, rel, note)
+        fns = [
+            functools.partial(self.ops.quantized_linear, x, w, backend=backend, tune=self.tune, **extra)
+            for w in self.copies(case, f"lowbit_{dt}", qw, stored)
+        ]
+        return self.row(case, M, method, dt, backend, fns, stored + M * K * elem + M * N * elem, act, rel, note)
+
+
+def _copy(weight: Any) -> Any:
+    """A copy of a weight in its own memory: a torch tensor cloned, a dataclass (QuantizedWeight, the naive
+    packing) rebuilt with its arrays and tensors copied (so nothing a kernel cached on the original, such as a
+    re-tiled copy or a bound launcher, comes along)."""
+    if hasattr(weight, "clone"):
+        return weight.clone()
+    if dataclasses.is_dataclass(weight) and not isinstance(weight, type):
+        fields = {}
+        for f in dataclasses.fields(weight):
+            v = getattr(weight, f.name)
+            fields[f.name] = v.clone() if hasattr(v, "clone") else v.copy() if isinstance(v, np.ndarray) else v
+        return dataclasses.replace(weight, **fields)
+    raise BenchError(f"cannot copy a {type(weight).__name__} for the weight ring; use cache='flush'")
 
 
 def _a8_ineligible(qw: Any) -> str | None:

@@ -98,7 +98,8 @@ def format_table(report: Report, *, machine_header: bool = True) -> str:
     if c:
         lines.append(
             f"# group {c.get('group_size')} | repeats {c.get('repeats')} (median, warm-up {c.get('warmup')}) | "
-            f"flush: {c.get('flush')} | backends {c.get('backends') or 'none'} | tune {c.get('tune')}"
+            f"caches: {c.get('cache', 'flush')}: {c.get('flush')} | backends {c.get('backends') or 'none'} | "
+            f"tune {c.get('tune')}"
         )
     lines.append(
         "# MB: bytes the roofline counts (stored weight + scales + zeros + x + y); roof ms = max(MB/BW, flops/peak);"

@@ -159,6 +159,10 @@ def quantized_linear(
         why = a8_ineligible(qweight)
         if why:
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
+        if is_torch and backend != "reference" and m:  # the result stays a torch tensor, as below
+            ya = _torch_empty((m, n), x)
+            a8_plan(qweight, m, backend, adtype).run(x.reshape(m, k).contiguous(), ya)
+            return _torch_result(ya, bias, shape, out)
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
     elif (
         backend == "tvm"
@@ -174,16 +178,7 @@ def quantized_linear(
         # path cost ~0.26 ms against ~0.03 ms warm)
         ya = _torch_empty((m, n), x)
         bound_launcher(qweight, m, adtype)(x.reshape(m, k), ya)
-        if bias is not None:  # in fp32 after the kernel's rounding, then rounded again (as below)
-            import torch
-
-            b = bias if _is_torch(bias) else torch.from_numpy(np.asarray(bias, np.float32))
-            ya = (ya.float() + b.float()[None, :].to(ya.device)).to(ya.dtype)
-        result_t = ya.reshape(*shape[:-1], n)
-        if out is not None:
-            out[...] = result_t if _is_torch(out) else result_t.float().numpy()
-            return out
-        return result_t
+        return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
@@ -198,6 +193,21 @@ def quantized_linear(
     result = _like(y, x, is_torch)
     if out is not None:
         out[...] = result
+        return out
+    return result
+
+
+def _torch_result(ya: Any, bias: Any, shape: tuple[int, ...], out: Any) -> Any:
+    """A kernel's torch output ya [M, N] as `quantized_linear` returns it: plus the bias (in fp32 after the
+    kernel's rounding, then rounded again, as the NumPy path), shaped [..., N], written into `out` if given."""
+    if bias is not None:
+        import torch
+
+        b = bias if _is_torch(bias) else torch.from_numpy(np.asarray(bias, np.float32))
+        ya = (ya.float() + b.float()[None, :].to(ya.device)).to(ya.dtype)
+    result = ya.reshape(*shape[:-1], ya.shape[-1])
+    if out is not None:
+        out[...] = result if _is_torch(out) else result.float().numpy()
         return out
     return result
 

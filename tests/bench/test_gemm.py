@@ -25,7 +25,7 @@ def machine():
 
 @pytest.fixture(scope="module")
 def report(machine):
-    return gemm.run_report(MS, ((N, K),), ("int4",), 128, ("reference",), 2, threads=2, machine=machine, flush=True)
+    return gemm.run_report(MS, ((N, K),), ("int4",), 128, ("reference",), 2, threads=2, machine=machine, cache="flush")
 
 
 def test_every_expected_row(report):
@@ -125,3 +125,35 @@ def test_plot_is_written_or_skipped_without_matplotlib(report, tmp_path):
         assert path is None and not (tmp_path / "speedup.png").exists()
     else:
         assert path is not None and path.stat().st_size > 0
+
+
+def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
+    """cache="rotate": each method's weight is copied into a ring (`ring_copies` in all, own memory, same
+    values) once per layer, and every copy is called: the lowbit rows still match the reference."""
+    import numpy as np
+
+    from lowbit.codegen.tune import timing
+
+    monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 3)
+    called: list[int] = []
+    real = timing.benchmark_ring
+
+    def counting(fns, **kw):
+        called.append(len(fns))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(gemm, "benchmark_ring", counting)
+    r = gemm.run_report((1, 2), ((128, 256),), ("int4",), 128, ("tvm",), 1, threads=2, machine=machine, cache="rotate")
+    assert r.config["cache"] == "rotate" and "ring" in format_table(r)
+    assert called and set(called) == {3} and len(called) == len(r.rows)
+    assert not r.mismatches and all(row.median_ms > 0 for row in r.rows)
+    from lowbit.ops import quantize
+
+    qw = quantize(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), "int4", 64)
+    copy = gemm._copy(qw)
+    assert (
+        copy is not qw and not np.shares_memory(copy.words, qw.words) and not np.shares_memory(copy.scales, qw.scales)
+    )
+    assert np.array_equal(copy.dequantize(), qw.dequantize())
+    with pytest.raises(gemm.BenchError, match="cache"):
+        gemm.run_report((1,), ((128, 128),), ("int4",), 128, None, 1, machine=machine, cache="cold")

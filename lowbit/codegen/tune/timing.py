@@ -1,10 +1,17 @@
-"""Timing a kernel call: cache flushing, repeated samples, thread settings and the device's name.
+"""Timing a kernel call: cache flushing, weight rotation, repeated samples, thread settings and the device's name.
 
     t = benchmark(lambda: kernel(args), repeats=5)          # flushes the caches before every sample
+    t = benchmark_ring([lambda w=w: kernel(w) for w in copies], repeats=5)   # rotates weight copies
     print(t.median, t.iqr)                                   # milliseconds
 
-A 4096² W4 weight (9 MB) fits in a 32 MiB L3, so a hot loop overstates memory-bound speed; `benchmark`
-therefore writes and reads a buffer larger than the last-level cache before each sample (not timed).
+A 4096² W4 weight (9 MB) fits in a 32 MiB L3, so a hot loop overstates memory-bound speed. Two remedies:
+`benchmark` writes and reads a buffer larger than the last-level cache before each sample (not timed);
+`benchmark_ring` calls a ring of `ring_copies` copies of the operands in turn, so each call finds its weight
+evicted by the others, as a decode step finds a layer's weight after the other layers streamed through. The
+flush leaves the cache full of dirty lines and the TLBs cold: on the 2-core AVX-512 VM, torch's own 2-thread
+sum of a 9 MB buffer right after it read 20.8 GB/s against 40.5 GB/s streaming 512 MB, so a flushed sample of
+a 9 MB layer times the flush's aftermath as much as the kernel; a ring times the steady stream a model's
+layers make.
 CPU samples use `time.perf_counter_ns`; CUDA samples use `torch.cuda.Event` pairs and synchronize.
 """
 
@@ -16,7 +23,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +117,67 @@ def flush_cache(device: str = "cpu", nbytes: int | None = None) -> None:
     buf += 1  # read-modify-write of every cache line
 
 
+MAX_RING = 32  # copies at most: a smaller operand's ring may stay in the cache (its rows are then partly hot)
+
+
+def ring_copies(nbytes: int, device: str = "cpu") -> int:
+    """How many copies of an operand of `nbytes` a ring needs so that the copies called between two uses of
+    one copy move at least twice the last-level cache (CPU L3; CUDA L2): 1 + ceil(2·cache / nbytes), at most
+    `MAX_RING` (an operand under 1/16 of the cache then cycles through less than 2x of it)."""
+    if device.startswith("cuda"):
+        import torch
+
+        cache = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or CUDA_FLUSH_BYTES // 4
+    else:
+        cache = last_level_cache_bytes() or FALLBACK_FLUSH_BYTES // 2
+    return min(MAX_RING, 1 + -(-2 * cache // max(int(nbytes), 1)))
+
+
+def benchmark_ring(
+    fns: Sequence[Callable[[], Any]], *, repeats: int = 5, warmup: int = 1, device: str = "cpu"
+) -> Timing:
+    """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): `warmup`
+    untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then samples
+    of one call each, in ring order, at least `repeats` and a whole number of passes."""
+    if repeats < 1 or not fns:
+        raise ValueError(f"benchmark_ring: repeats={repeats} over {len(fns)} calls; use repeats >= 1 and >= 1 call")
+    sync = _synchronizer(device)
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    if sync is not None:
+        sync()
+    n = len(fns) * -(-repeats // len(fns))
+    return Timing(tuple(_sample(fns[i % len(fns)], sync) for i in range(n)))
+
+
+def _synchronizer(device: str) -> Callable[[], None] | None:
+    """torch.cuda.synchronize for a CUDA device, else None (CPU calls are synchronous)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return functools.partial(torch.cuda.synchronize, device)
+
+
+def _sample(fn: Callable[[], Any], sync: Callable[[], None] | None) -> float:
+    """One timed call in ms: CUDA events around it when `sync` (the device's synchronize) is given, else
+    `time.perf_counter_ns`."""
+    if sync is None:
+        t0 = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - t0) / 1e6
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    sync()
+    start.record()
+    fn()
+    end.record()
+    sync()
+    return float(start.elapsed_time(end))
+
+
 def benchmark(
     fn: Callable[[], Any],
     *,
@@ -123,31 +191,16 @@ def benchmark(
     to `min_time_ms`), flushing caches before each sample when `flush` (the flush is not timed)."""
     if repeats < 1:
         raise ValueError(f"benchmark: repeats={repeats}; use repeats >= 1")
-    cuda = device.startswith("cuda")
-    if cuda:
-        import torch
-
-        sync = functools.partial(torch.cuda.synchronize, device)
+    sync = _synchronizer(device)
     for _ in range(warmup):
         fn()
-    if cuda:
+    if sync is not None:
         sync()
     samples: list[float] = []
     while len(samples) < repeats or sum(samples) < min_time_ms:
         if flush:
             flush_cache(device)
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            sync()
-            start.record()
-            fn()
-            end.record()
-            sync()
-            samples.append(float(start.elapsed_time(end)))
-        else:
-            t0 = time.perf_counter_ns()
-            fn()
-            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        samples.append(_sample(fn, sync))
     return Timing(tuple(samples))
 
 
@@ -187,4 +240,14 @@ def device_name(device: str = "cpu") -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
-__all__ = ["Timing", "benchmark", "device_name", "flush_cache", "last_level_cache_bytes", "set_threads"]
+__all__ = [
+    "MAX_RING",
+    "Timing",
+    "benchmark",
+    "benchmark_ring",
+    "device_name",
+    "flush_cache",
+    "last_level_cache_bytes",
+    "ring_copies",
+    "set_threads",
+]

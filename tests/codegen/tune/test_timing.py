@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from lowbit.codegen.tune.timing import (
+    MAX_RING,
     Timing,
     benchmark,
+    benchmark_ring,
     device_name,
     flush_cache,
     last_level_cache_bytes,
+    ring_copies,
     set_threads,
 )
 
@@ -41,6 +44,28 @@ def test_benchmark_min_time_takes_more_samples() -> None:
 def test_benchmark_with_flush_still_measures_only_the_call() -> None:
     t = benchmark(lambda: time.sleep(0.001), repeats=2, warmup=0, flush=True)
     assert len(t.samples) == 2 and t.min >= 1.0
+
+
+def test_benchmark_ring_warms_every_copy_then_cycles_in_order() -> None:
+    calls: list[int] = []
+    fns = [lambda i=i: calls.append(i) for i in range(3)]
+    t = benchmark_ring(fns, repeats=4, warmup=1)
+    # one untimed pass, then whole passes covering >= 4 samples: 6 timed calls in ring order
+    assert calls == [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    assert len(t.samples) == 6 and all(s > 0 for s in t.samples)
+    with pytest.raises(ValueError, match="repeats"):
+        benchmark_ring(fns, repeats=0)
+    with pytest.raises(ValueError, match="call"):
+        benchmark_ring([], repeats=1)
+
+
+def test_ring_copies_moves_twice_the_cache_between_uses() -> None:
+    llc = last_level_cache_bytes() or 64 * 2**20
+    for nbytes in (llc // 3, llc, 3 * llc, llc // 7 + 1):
+        n = ring_copies(nbytes)
+        assert (n - 1) * nbytes >= 2 * llc or n == MAX_RING  # the others move >= 2x the cache
+        assert (n - 2) * nbytes < 2 * llc  # and no copy more than that needs
+    assert ring_copies(1) == MAX_RING
 
 
 def test_benchmark_rejects_zero_repeats() -> None:
