@@ -4,9 +4,13 @@ Two kernels, run back to back by `lowbit.ops.linear.quantized_linear` when the g
 
 `quantize_groups_int8` — x [M, K] float -> per row and per group of G along K (the weight's groups):
     amax = max |x|,  xs = amax / 127,  q = floor(x · (127 / amax) + 1/2)  in [-127, 127]  (q = 0 when amax = 0)
-    xq   = the codes, stored per group as the G/2 codes of the even k, then the G/2 codes of the odd k
+    xq   = the codes, group-major [K // G, MP, G]: group g of row m at xq[g, m], as the G/2 codes of the even k,
+           then the G/2 codes of the odd k
     xsum = Σ q over the group (int32)
-Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as zeros.
+Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as zeros. Group-major, the GEMV's
+row block reads one contiguous run of BM·G bytes per group; row-major [MP, K] with K = 4096 put the BM rows'
+codes 4096 bytes apart, in one L1 set (12 ways for 16 rows): the M = 16 GEMV ran ~1.3x slower at K = 4096 than
+at K = 4224 (more work) on the AVX-512 VM.
 
 `quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
 column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word
@@ -55,7 +59,7 @@ A8_DTYPES = ("int4", "uint4")
 @T.kernel
 def quantize_groups_int8(
     x: T.Tensor("adtype", ("M", "K")),
-    xq: T.Tensor("int8", ("MP", "K")),
+    xq: T.Tensor("int8", ("K // G", "MP", "G")),
     xs: T.Tensor("float32", ("MP", "K // G")),
     xsum: T.Tensor("int32", ("MP", "K // G")),
     M: T.int32,
@@ -72,7 +76,7 @@ def quantize_groups_int8(
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
         q = T.cast(T.floor(v * inv + 0.5), T.int8)  # [BM, G] in [-127, 127]
         even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
-        T.store(xq, (pm * BM, k0), even_odd)
+        T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
         T.store(xs, (pm * BM, k0 // G), amax / 127.0)
         T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
@@ -91,7 +95,7 @@ def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
 
 @T.kernel
 def quantized_gemv_a8(
-    xq: T.Tensor("int8", ("MP", "K")),
+    xq: T.Tensor("int8", ("K // G", "MP", "G")),
     xs: T.Tensor("float32", ("MP", "K // G")),
     xsum: T.Tensor("int32", ("MP", "K // G")),
     w: T.Tensor("int32", ("cdiv(N, BN)", "K // 8", "BN")),
@@ -121,8 +125,10 @@ def quantized_gemv_a8(
         lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
         hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
         p = T.zeros((BM, BN), T.int32, name="p")
-        p += T.dot(T.load(xq, (pm * BM, k0), (BM, H)), lo, acc_dtype=T.int32)  # even k
-        p += T.dot(T.load(xq, (pm * BM, k0 + H), (BM, H)), hi, acc_dtype=T.int32)  # odd k
+        xe = T.reshape(T.load(xq, (k0 // G, pm * BM, 0), (1, BM, H)), (BM, H))  # the even k's codes
+        xo = T.reshape(T.load(xq, (k0 // G, pm * BM, H), (1, BM, H)), (BM, H))  # the odd k's
+        p += T.dot(xe, lo, acc_dtype=T.int32)
+        p += T.dot(xo, hi, acc_dtype=T.int32)
         sx = T.load(xs, (pm * BM, k0 // G), (BM, 1))  # [BM, 1]
         asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
         s = T.reshape(T.cast(T.load(scales, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))

@@ -370,14 +370,14 @@ class A8Plan:
                     torch.empty(groups, dtype=torch.int32),
                 )
             return (
-                bufs[0][: mp * self.k].view(mp, self.k),
+                bufs[0][: mp * self.k].view(self.groups, mp, self.k // self.groups),
                 bufs[1][: mp * self.groups].view(mp, self.groups),
                 bufs[2][: mp * self.groups].view(mp, self.groups),
             )
         bufs = getattr(self._scratch, "bufs", None)
         if bufs is None:
             bufs = self._scratch.bufs = (
-                torch.empty((self.mp, self.k), dtype=torch.int8),
+                torch.empty((self.groups, self.mp, self.k // self.groups), dtype=torch.int8),  # group-major
                 torch.empty((self.mp, self.groups), dtype=torch.float32),
                 torch.empty((self.mp, self.groups), dtype=torch.int32),
             )
@@ -387,7 +387,7 @@ class A8Plan:
         m = int(x2.shape[0]) if self.m is None else self.m
         mp = -(-m // self.bm) * self.bm
         if not self.direct:
-            xq = np.zeros((mp, self.k), np.int8)
+            xq = np.zeros((self.groups, mp, self.k // self.groups), np.int8)
             xs = np.zeros((mp, self.groups), np.float32)
             xsum = np.zeros((mp, self.groups), np.int32)
             sizes = {**self.sizes, "M": m, "MP": mp}

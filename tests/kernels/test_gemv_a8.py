@@ -44,9 +44,14 @@ def quantize_oracle(x: np.ndarray, G: int):
     return xq, (amax / np.float32(127)).astype(np.float32), q.astype(np.int32).sum(-1), q.reshape(m, k)
 
 
+def rows(xq: np.ndarray) -> np.ndarray:
+    """The kernels' group-major codes [K // G, MP, G] as rows [MP, K] (the oracle's order)."""
+    return xq.transpose(1, 0, 2).reshape(xq.shape[1], -1)
+
+
 def run_quantize(x, G, MP, backend):
     m, k = x.shape
-    xq = np.full((MP, k), 99, np.int8)
+    xq = np.full((k // G, MP, G), 99, np.int8)  # group-major, as the kernels store it
     xs = np.full((MP, k // G), 9.0, np.float32)
     xsum = np.full((MP, k // G), 9, np.int32)
     quantize_groups_int8.run(backend=backend, x=x, xq=xq, xs=xs, xsum=xsum, M=m, MP=MP, K=k, G=G, BM=MP)
@@ -60,9 +65,9 @@ def test_quantize_groups_matches_formula_and_zero_pads(backend):
     x[1, :64] = 0.0  # an all-zero group: scale 0, codes 0
     xq, xs, xsum = run_quantize(x, 64, 4, backend)
     oq, os_, osum, _ = quantize_oracle(x, 64)
-    assert np.array_equal(xq[:3], oq) and np.array_equal(xsum[:3], osum)
+    assert np.array_equal(rows(xq)[:3], oq) and np.array_equal(xsum[:3], osum)
     assert np.array_equal(xs[:3], os_)
-    assert not xq[3].any() and not xs[3].any() and not xsum[3].any()  # the padding row
+    assert not rows(xq)[3].any() and not xs[3].any() and not xsum[3].any()  # the padding row
     assert np.abs(xq.astype(np.int32)).max() <= 127
 
 
@@ -187,12 +192,12 @@ def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode, mode):
     bm = 1 << (M - 1).bit_length()
     mp = -(-M // bm) * bm
     wide = {"vector": 16, "int8_dot": mode}
-    xq = np.full((mp, K), 99, np.int8)
+    xq = np.full((K // G, mp, G), 99, np.int8)
     xs = np.full((mp, K // G), 9.0, np.float32)
     xsum = np.full((mp, K // G), 9, np.int32)
     quantize_groups_int8.run("tvm", wide, x=x, xq=xq, xs=xs, xsum=xsum, M=M, MP=mp, K=K, G=G, BM=mp)
     oq, os_, osum, q = quantize_oracle(x, G)
-    assert np.array_equal(xq[:M], oq) and np.array_equal(xs[:M], os_) and np.array_equal(xsum[:M], osum)
+    assert np.array_equal(rows(xq)[:M], oq) and np.array_equal(xs[:M], os_) and np.array_equal(xsum[:M], osum)
     tiled = retile_columns(qw, BN)
     y = np.full((M, N), np.nan, np.float32)
     args = dict(xq=xq, xs=xs, xsum=xsum, y=y, scales=tile_group_rows(qw.scales, BN))

@@ -76,6 +76,9 @@ OPTIONS: dict[str, Any] = {
     # a float dot whose b operand is a transposed tile with few rows of a (decode attention's q·Kᵀ) runs as
     # row·column inner products over `inner_dot` contiguous lanes of k (see `_Emitter.dot_inner`; 0: off)
     "inner_dot": 8,
+    # independent i32 accumulator chains a vpdpbusd dot keeps in flight (rows of the block x chains per row);
+    # its latency is ~4.7 cycles at ~1.4 per cycle on Zen 5, so 8 are needed to issue at full rate
+    "vnni_chains": 8,
 }
 INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
@@ -97,7 +100,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inner_dot={out['inner_dot']!r} must be an int >= 0 (lanes; 0: off)")
     if out["vector"] != "auto" and not (isinstance(out["vector"], int) and out["vector"] >= 1):
         raise BackendError(f"tvm backend: option vector={out['vector']!r} must be 'auto' or a positive int (lanes)")
-    for name in ("unroll", "tm"):
+    for name in ("unroll", "tm", "vnni_chains"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
@@ -1004,7 +1007,7 @@ class _Emitter:
         BM, BN = a.shape[0], b.shape[1]
         fa, fb = self.get(a), self.get(b)
         tm = min(tm, BM)
-        chains = max(1, -(-4 // tm))
+        chains = max(1, -(-self.opt["vnni_chains"] // tm))
         jv, j, tq, io, ii = (self.fresh(v) for v in ("jv", "j", "tq", "io", "ii"))
         acc, bq = self.fresh("acc32"), self.fresh("bq")
         self.line(f"for {jv} in T.unroll({BN // 16}):")
