@@ -30,8 +30,9 @@ threads, alternating: 0.77–0.96x the time in 8 of 9 shape-runs, 1.05x in one).
 The dot runs on bytes: `words & 0x0F0F0F0F` holds the codes of k = 8t + {0, 2, 4, 6} as the 4 bytes of word
 t, `(words >> 4) & 0x0F0F0F0F` those of k = 8t + {1, 3, 5, 7}; viewed as bytes along K they are the rows of
 two [G/2, BN] int8 tiles whose values are 0..15, dotted with the even / odd activation codes. That is the
-shape of x86's u8·i8 multiply-add (vpmaddubsw): the TVM backend lowers such a dot to it when the value
-ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`), four products per byte lane.
+shape of x86's u8·i8 multiply-adds: the TVM backend lowers such a dot to AVX-512 VNNI's vpdpbusd (four
+products per i32 lane into the accumulator) where the CPU has it, else to AVX2's vpmaddubsw when the value
+ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`).
 
 `biased=True` (int4 only): the words already hold the offset-binary nibbles u = q + 8 (`lowbit.ops.weight.
 offset_binary` stores an int4 weight so, as the exactly equal uint4 weight with zero point 8), so the xor is
