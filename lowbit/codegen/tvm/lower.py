@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import sympy
 
 from lowbit.codegen.backend import BackendError
@@ -79,6 +80,11 @@ OPTIONS: dict[str, Any] = {
     # independent i32 accumulator chains a vpdpbusd dot keeps in flight (rows of the block x chains per row);
     # its latency is ~4.7 cycles at ~1.4 per cycle on Zen 5, so 8 are needed to issue at full rate
     "vnni_chains": 8,
+    # a float dot whose b operand is <= 4-bit codes cast to float, read as a packed tile whose 16 consecutive
+    # columns are 16 consecutive words (the column-tiled GEMV layouts), decodes each code with one vpermps
+    # from a 16-entry table of the dtype's values (`_Emitter.dot_lut`): "avx512", "none", or "auto" =
+    # "avx512" on an x86 CPU with AVX-512 (resolved by lowbit.codegen.tvm.runtime)
+    "lut": "auto",
 }
 INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
@@ -94,6 +100,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     out = {**OPTIONS, **options}
     if out["parallel"] not in ("fused", "none"):
         raise BackendError(f"tvm backend: parallel={out['parallel']!r}; use 'fused' or 'none'")
+    if out["lut"] not in ("auto", "avx512", "none"):
+        raise BackendError(f"tvm backend: lut={out['lut']!r}; use 'auto', 'avx512' or 'none'")
     if out["int8_dot"] not in INT8_DOT:
         raise BackendError(f"tvm backend: int8_dot={out['int8_dot']!r}; use one of {list(INT8_DOT)}")
     if not (isinstance(out["inner_dot"], int) and out["inner_dot"] >= 0):
@@ -738,6 +746,10 @@ class _Emitter:
         if self.inner_dot_applies(inst):
             self.dot_inner(inst, out)
             return
+        lut = self.lut_plan(inst)
+        if lut is not None:
+            self._guarded_lut(inst, out, lut)
+            return
         # operands reused across rows/columns are unpacked once into a local buffer
         for opnd, reuse in ((b, BM), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
@@ -1111,6 +1123,108 @@ class _Emitter:
         self.line(f"for {ii} in T.unroll({tm}):")
         self._widen_pairs(out, row, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "    ")
         self.depth -= 2
+
+    def lut_plan(self, inst: I.Dot) -> tuple[I.Load, list[float]] | None:
+        """(b's packed load, the 16-entry decode table) when `out += a @ cast(codes)` can decode b with vpermps
+        (`dot_lut`), else None: option lut "avx512" with 16 lanes, an fp32 accumulator, one row block (BM <=
+        tm: more rows decode b once into a buffer), b a cast to a float dtype of an unmasked load of <= 4-bit
+        word-aligned codes, and a layout in which, wherever the tile sits (checked numerically at aligned
+        origins), the codes of 16 consecutive columns of a row are one field of 16 consecutive words. vpermps
+        reads the low 4 bits of each lane, so table entry i is the value of code i mod 2^bits (a narrower
+        code's neighbour bits above it select the same value)."""
+        a, b = inst.a, inst.b
+        if self.opt["lut"] != "avx512" or self.opt["vector"] != 16 or inst.acc_dtype.name != "float32":
+            return None
+        if not a.dtype.is_float or a.shape[0] > self.opt["tm"] or b.shape[1] % 16:
+            return None
+        cast = self.defs.get(id(b))
+        if not isinstance(cast, I.Cast) or not b.dtype.is_float or id(cast.x) in self.buf:
+            return None
+        load = self.defs.get(id(cast.x))
+        if not isinstance(load, I.Load) or load.mask is not None:
+            return None
+        t = load.tensor
+        lay, dt = t.layout, t.dtype
+        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or dt.bits > 4 or len(t.shape) != 2:
+            return None
+        if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape)):
+            return None
+        rows, cols = (int(n) for n in load.shape)
+        shape = tuple(int(n) for n in lay.shape)  # the layout's (concrete) logical shape
+        for r0, c0 in {(0, 0), (rows, cols), (3 * rows, 2 * cols)}:
+            if r0 + rows > shape[0] or c0 + cols > shape[1]:
+                continue
+            k, j = np.meshgrid(np.arange(r0, r0 + rows), np.arange(c0, c0 + cols), indexing="ij")
+            word, bit = (np.broadcast_to(np.asarray(v, np.int64), k.shape) for v in lay.locate(k, j))
+            w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
+            if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
+                return None
+        from lowbit.dtypes.numerics import decode
+
+        values = decode(dt, np.arange(16) % (1 << dt.bits)).astype(np.float64)
+        if not np.isfinite(values).all() or (values.astype(np.float32) != values).any():
+            return None
+        return load, [float(v) for v in values]
+
+    def _guarded_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
+        """`dot_lut` under the uniform guard that b's tile and a's rows are in bounds, the generic loops in
+        the else branch."""
+        load, _ = plan
+        t = load.tensor
+        probe = _Ctx(checked=False)
+        self.get(inst.a)(("0", "0"), probe)
+        if probe.data_dependent:
+            self._dot_generic(inst, out)
+            return
+        guards = set(probe.guards)
+        for off, n, size in zip(load.offsets, load.shape, t.shape):
+            guards.add(f"{scalar(sympy.sympify(off) + n)} <= {scalar(size)}")
+        self.line(f"if {' and '.join(sorted(guards))}:")
+        self.depth += 1
+        self.dot_lut(inst, out, plan)
+        self.depth -= 1
+        self.line("else:")
+        self.depth += 1
+        self._dot_generic(inst, out)
+        self.depth -= 1
+
+    def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
+        """out[BM, BN] += a @ decode(b) with b's codes decoded 16 columns at a time by vpermps: per k and column
+        vector, one 16-word load (the word row of those columns), one shift by the codes' bit offset, one
+        vpermps from the dtype's table (`lut_plan`), then one FMA per row with a's element broadcast, instead
+        of per code two shifts and a convert (signed ints) or the float format's bit assembly."""
+        load, table = plan
+        a = inst.a
+        BM, KT = a.shape
+        BN = inst.b.shape[1]
+        t = load.tensor
+        fa = self.get(a)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
+        g = self.gbuf[t.name]
+        tbl, io, ko, ku, jv, ii = (self.fresh(v) for v in ("tbl", "io", "ko", "ku", "jv", "ii"))
+        unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
+        self.line(f'{tbl} = T.decl_buffer((16,), "float32", {self.scope})')
+        for i, v in enumerate(table):
+            self.line(f"{tbl}[{i}] = {f32(v)}")
+        k = sympy.Symbol(f"{ko}", integer=True) * unroll + sympy.Symbol(f"{ku}", integer=True)
+        j0 = sympy.Symbol(f"{jv}", integer=True) * 16
+        word, bit = t.layout.locate(sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + j0)
+        wvec = f"{g}[T.Ramp({scalar(word)}, 1, 16)]"
+        idx = f'T.shift_right({wvec}, T.Broadcast(T.Cast("int32", {scalar(bit)}), 16))'
+        dec = f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {tbl}[T.Ramp(0, 1, 16)], {idx})'
+        fast = _Ctx(checked=False)
+        self.line(f"for {io} in T.serial({BM // max(BM, 1)}):")
+        self.line(f"    for {ko} in T.serial({KT // unroll}):")
+        self.line(f"        for {ku} in T.unroll({unroll}):")
+        self.line(f"            for {jv} in T.unroll({BN // 16}):")
+        self.depth += 4
+        bv = self.fresh("bv")
+        self.line(f"{bv} = {dec}")
+        self.line(f"for {ii} in T.unroll({BM}):")
+        av = conv(fa((ii, scalar(k)), fast))
+        cols = f"T.Ramp({jv} * 16, 1, 16)"
+        self.line(f"    {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.Broadcast({av}, 16) * {bv}")
+        self.depth -= 4
 
     def inner_dot_applies(self, inst: I.Dot) -> bool:
         """Whether `out += a @ b` runs as inner products (`dot_inner`): on a CPU, a float dot into fp32 whose b

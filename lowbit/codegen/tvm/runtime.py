@@ -57,6 +57,8 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     flags = isa_flags() if cpu else ()
     if out.get("int8_dot") == "auto":
         out["int8_dot"] = "vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "none"
+    if out.get("lut") == "auto":
+        out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":
         out["vector"] = fp32_lanes() if cpu else 16
     return out
