@@ -151,6 +151,83 @@ def paged_decode_attention(
 paged_decode_attention_persistent = T.persistent(paged_decode_attention)
 
 
+@T.kernel
+def paged_decode_attention_kv4(
+    q: T.Tensor("qdtype", ("B", "HQ", "D")),
+    k_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // 8")),
+    v_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // 8")),
+    k_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
+    k_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
+    v_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
+    v_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
+    block_tables: T.Tensor("int32", ("B", "MAXP")),
+    context_lens: T.Tensor("int32", ("B",)),
+    out: T.Tensor("odtype", ("SPLITS", "B", "HQ", "D")),
+    lse: T.Tensor("float32", ("SPLITS", "B", "HQ")),
+    B: T.int32,
+    HQ: T.int32,
+    HKV: T.int32,
+    NP: T.int32,
+    MAXP: T.int32,
+    SPLITS: T.int32,
+    TPS: T.int32,
+    qdtype: T.constexpr = "float16",
+    odtype: T.constexpr = "float32",
+    D: T.constexpr = 128,
+    PS: T.constexpr = 16,
+    GQ: T.constexpr = 1,
+    GP: T.constexpr = 16,
+    BN: T.constexpr = 16,
+    sm_scale: T.constexpr = 0.08838834764831845,
+):
+    """`paged_decode_attention` for KV4 in nibble planes (the AVX-512 path).
+
+    A token's D codes are W = D / 8 int32 words, code d at bits 4·(d mod 8) of word d // 8. Plane j is
+    `(words >> 4j) & 15`: the W codes d = 8w + j (w = 0 .. W − 1), one contiguous vector of words with one
+    shift and one mask, where the natural order needs each code's word broadcast and shifted by its own
+    amount (at 16 lanes a 16-code vector spans two words and is gathered). Both dots run in plane order:
+    q is permuted once per block (column j·W + w of `qp` holds q_{8w+j}), the values dot keeps one [GP, W]
+    accumulator per plane, and the output is put back in d order once per block. Same algebra as
+    `paged_decode_attention` (dequantization folded into the dots), same fp32 numerics up to summation order."""
+    W = D // 8
+    b, h, sp = T.grid(B, HKV, SPLITS)
+    n = T.load_scalar(context_lens, (b,), name="n")
+    rows = T.arange(0, GP)[:, None] < GQ  # [GP, 1]
+    qt = T.reshape(T.load(q, (b, h * GQ, 0), (1, GP, D), mask=T.reshape(rows, (1, GP, 1))), (GP, D))
+    qs = T.cast(qt, T.float32) * sm_scale  # [GP, D]
+    qsum = T.sum(qs, axis=1, keepdims=True)  # [GP, 1]
+    qp = T.reshape(T.transpose(T.reshape(qs, (GP, W, 8)), (0, 2, 1)), (GP, D))  # [GP, 8·W], plane order
+    shifts = T.reshape(T.arange(0, 8) * 4, (1, 8, 1))
+    m = T.full((GP, 1), M_INIT, T.float32, name="m")
+    l = T.zeros((GP, 1), T.float32, name="l")
+    accs = [T.zeros((GP, W), T.float32, name=f"acc{j}") for j in T.static_range(8)]  # plane j: d = 8w + j
+    for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
+        page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
+        off = t0 % PS
+        valid = (t0 + T.arange(0, BN))[None, :] < n  # [1, BN]
+        kw = T.reshape(T.load(k_words, (page, off, h, 0), (1, BN, 1, W)), (BN, 1, W))
+        ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        kc = T.cast(T.reshape((kw >> shifts) & 15, (BN, D)), T.float32)  # [BN, 8·W], plane order
+        s = (T.dot(qp, T.transpose(kc)) - qsum * kz) * ks  # [GP, BN]
+        p, alpha, m_new = softmax_step(T.where(valid, s, NEG_INF), m, l)
+        vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
+        ps = p * vs  # [GP, BN]: p_t·s_t
+        psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
+        vw = T.reshape(T.load(v_words, (page, off, h, 0), (1, BN, 1, W)), (BN, W))
+        for j in T.static_range(8):
+            vc = T.cast((vw >> 4 * j) & 15, T.float32)  # [BN, W]: plane j, codes d = 8w + j
+            T.assign(accs[j], accs[j] * alpha + (T.dot(ps, vc) - psz))
+        T.assign(m, m_new)
+    # back to d order: o[i, w, j] = acc_j[i, w]
+    plane = T.reshape(T.arange(0, 8), (1, 1, 8))
+    o = T.where(plane == 0, T.reshape(accs[0], (GP, W, 1)), 0.0)
+    for j in T.static_range(1, 8):
+        o = o + T.where(plane == j, T.reshape(accs[j], (GP, W, 1)), 0.0)  # [GP, W, 8]
+    store_split(out, lse, [T.reshape(o, (GP, D))], l, m, rows, sp, b, h, GQ, GP, D, odtype)
+
+
 LOW_NIBBLES = 0x0F0F0F0F
 RESIDUAL = 254.0  # q = (q1 + q2 / RESIDUAL)·amax / 127 with q1, q2 int8: |error| <= amax / (127·2·254)
 
@@ -312,8 +389,9 @@ def compile_options(kernel: Any, backend: str) -> dict[str, Any]:
     (`unroll` 1). The tile loop body (8 unrolled value chunks, each with its fast and checked paths) is past
     the 32 KiB L1 instruction cache of the 2-core Zen 3 VM, so smaller code runs faster: B=8 ctx=4096, one
     thread, min of 4-5 alternating rounds of 10 calls: KV4 26.3 -> 23.0 ms, KV8 32.3 -> 29.8 ms of CPU
-    time (library 100 -> 88 KB). Other kernels and backends: the defaults."""
-    if backend == "tvm" and kernel in (paged_decode_attention, paged_decode_attention_q8):
+    time (library 100 -> 88 KB); the KV4 plane kernel likewise (unroll 8 measured the same on the Zen 5).
+    Other kernels and backends: the defaults."""
+    if backend == "tvm" and kernel in (paged_decode_attention, paged_decode_attention_q8, paged_decode_attention_kv4):
         return {"unroll": 1}
     return {}
 
@@ -334,17 +412,22 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
-    from lowbit.ops.attention import decode_chunk
+    from lowbit.ops.attention import decode_chunk, kv4_consts, kv4_planes
 
-    consts = {"DC": decode_chunk(backend, consts["D"]), **consts}  # V column chunks, as the ops layer sets them
-    np_, _, hkv = (int(s) for s in k_cache.shape[:3])
-    fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
-    dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")
     qdtype, d = consts["qdtype"], consts["D"]
-    opts = compile_options(paged_decode_attention, backend)  # the fp32 kernel, lowbit.ops.attention's default
+    np_, _, hkv = (int(s) for s in k_cache.shape[:3])
+    kernel = paged_decode_attention  # the kernels lowbit.ops.attention chooses by default
+    if consts["kvdtype"] == "uint4" and kv4_planes(backend, d):
+        kernel, consts = paged_decode_attention_kv4, kv4_consts(consts)
+        fixed = {"k_words": k_cache, "v_words": v_cache, **side, "HKV": hkv, "NP": np_}
+    else:
+        consts = {"DC": decode_chunk(backend, d), **consts}  # V column chunks, as the ops layer sets them
+        fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
+    dyn = ("q", "block_tables", "context_lens", "out", "lse", "B", "HQ", "MAXP", "SPLITS", "TPS")
+    opts = compile_options(kernel, backend)
 
     def compiled(odtype: str) -> Any:
-        return bind(compile_program(paged_decode_attention.trace(**consts, odtype=odtype), backend, opts), fixed, dyn)
+        return bind(compile_program(kernel.trace(**consts, odtype=odtype), backend, opts), fixed, dyn)
 
     one, many = compiled(qdtype), compiled("float32")
     combines: dict[int, Any] = {}
@@ -374,6 +457,7 @@ __all__ = [
     "compile_options",
     "decode_launcher",
     "paged_decode_attention",
+    "paged_decode_attention_kv4",
     "paged_decode_attention_persistent",
     "paged_decode_attention_q8",
 ]

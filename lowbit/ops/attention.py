@@ -63,7 +63,8 @@ def paged_decode_attention(
     the TVM lowering runs q·Kᵀ as inner products over contiguous codes and prefetches packed KV4 pages, the
     fp32 kernel is the faster one on the 2-core AVX2 VM (B=8 ctx 4096, one thread, min over 4 alternating
     rounds of 12 calls: KV4 fp32 24.5 ms vs q8 28.3 ms of CPU time; KV8, 2 threads, flushed: fp32 20-29 ms vs
-    q8 29-46 ms, 5 rounds)."""
+    q8 29-46 ms, 5 rounds), and on the AVX-512 VNNI Zen 5 (one thread, CPU time: KV4 q8 18.9-24.1 vs planes
+    11.5 ms, KV8 q8 25.1 vs fp32 14.6 ms; lowbit/kernels/README.md, session 16)."""
     backend = select_backend(backend)
     qdtype = activation_dtype(q, "q")
     if len(q.shape) != 3:
@@ -129,6 +130,9 @@ def paged_decode_attention(
     if int8_scores:
         kernel = decode_kernels.paged_decode_attention_q8
         consts = q8_consts(consts)
+    elif kv_dtype == "int4" and kv4_planes(backend, D):
+        kernel = decode_kernels.paged_decode_attention_kv4
+        consts = kv4_consts(consts)
     args = {
         "q": io.put(q),
         "k_cache": io.put_cache(k_cache, kv_dtype),
@@ -151,6 +155,8 @@ def paged_decode_attention(
         )
     if int8_scores:
         args["k_words"] = io.words(args.pop("k_cache"))
+    elif kernel is decode_kernels.paged_decode_attention_kv4:
+        args["k_words"], args["v_words"] = args.pop("k_cache"), args.pop("v_cache")
     _compiled(kernel, backend, consts)(args)
     if splits == 1:
         return io.result(part[0])
@@ -292,6 +298,23 @@ def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def kv4_planes(backend: str, D: int) -> bool:
+    """Whether KV4 decode runs `paged_decode_attention_kv4` (nibble planes) instead of the fp32 kernel: on TVM
+    where the lowering vectorizes with 16 fp32 lanes (AVX-512; `artifact.fingerprint.fp32_lanes`), at which a
+    natural-order vector of 16 codes spans two words and LLVM gathers it. B=8 ctx 4096, one thread, CPU time,
+    4 alternating rounds on the 2-core Zen 5: planes 11.5 ms, fp32 kernel 19.2 ms (at 8 lanes: 12.2 ms). On
+    AVX2 (8 lanes) the fp32 kernel stays, as measured there (lowbit/kernels/README.md, session 15)."""
+    from lowbit.artifact.fingerprint import fp32_lanes
+
+    return backend == "tvm" and D % 8 == 0 and fp32_lanes() >= 16
+
+
+def kv4_consts(consts: dict[str, Any]) -> dict[str, Any]:
+    """`paged_decode_attention_kv4`'s constants from `paged_decode_attention`'s (odtype if given)."""
+    keep = ("qdtype", "odtype", "D", "PS", "GQ", "GP", "BN", "sm_scale")
+    return {k: consts[k] for k in keep if k in consts}
+
+
 def decode_splits(backend: str, blocks: int, maxlen: int, BN: int, num_splits: int | None = None) -> tuple[int, int]:
     """(KV splits, tokens per split) of a decode over `blocks` (sequence, KV head) pairs whose longest
     context is `maxlen`: `num_splits` (default `_auto_splits`) rounded so each split is whole KV tiles of BN
@@ -429,6 +452,8 @@ def _to_torch(x: Any, device: Any) -> Any:
 __all__ = [
     "KV_DTYPES",
     "decode_splits",
+    "kv4_consts",
+    "kv4_planes",
     "paged_decode_attention",
     "prefill_attention",
     "q8_consts",
