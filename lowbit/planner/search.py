@@ -27,7 +27,7 @@ from lowbit.planner.cost import CostModel, gemm_config
 from lowbit.planner.nanoplan import NanoPlan, Placement, fractions_of_cuts
 from lowbit.planner.ops import ModelOps
 from lowbit.planner.schedules import ATTN_BLOCK, KIND_UNIT, NANOFLOW_ATTN, NANOFLOW_MLP, units_for
-from lowbit.planner.simulate import StepEstimate, simulate_step
+from lowbit.planner.simulate import SimResult, StepEstimate, simulate_step
 from lowbit.planner.tasks import op_cuts, op_stages
 from lowbit.planner.workload import Workload
 from lowbit.runtime.plan import nano_ranges
@@ -206,20 +206,90 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
 
 
 def _stage2(s: _Search, plan: NanoPlan, est: StepEstimate, limit: int) -> tuple[NanoPlan, StepEstimate]:
-    """Coordinate descent over the nano-ops' shares (interference on) while the simulated overlaps fit."""
+    """Coordinate descent over the nano-ops' shares (interference on) while the simulated overlaps fit. Each
+    round tries the fill moves of the current schedule first (`_fill_moves`; after one is taken the round starts
+    again from the new schedule, whose overlaps moved), then the grid moves (`_share_moves`)."""
     s.note("II:start", est.seconds)
     grid = s.cost.hw.share_grid()
     improved = True
     while improved and s.budget_left(limit):
         improved = False
-        for cand in _share_moves(plan, grid):
+        fills = _fill_moves(plan, est.window, grid)
+        for i, cand in enumerate([*fills, *_share_moves(plan, grid)]):
             if not s.budget_left(limit):
                 break
             e = s.evaluate(cand, s.cost)
             if e.window.peak_share <= 1.0 + 1e-9 and e.seconds < est.seconds - 1e-12:
                 plan, est, improved = cand, e, True
-                s.note("II:shares", e.seconds)
+                s.note("II:fill" if i < len(fills) else "II:shares", e.seconds)
+                if i < len(fills):
+                    break
     return plan, est
+
+
+def overlap_shares(res: SimResult, plan: NanoPlan | None = None) -> dict[tuple[str, int], float]:
+    """Per (op, nano-batch): the largest sum of the other tasks' shares at any moment while one of its nano-ops
+    runs (launch gap included), over the simulated layers — what it must leave to the tasks beside it. With
+    `plan`, the tasks' shares are read from it (the same schedule with other shares)."""
+    tasks, start, end = res.tasks, res.start, res.end
+    share = [t.share if plan is None else plan.placement(t.op).share_of(t.nano) for t in tasks]
+    out: dict[tuple[str, int], float] = {}
+    for t in tasks:
+        a, b = start[t.index], end[t.index]
+        beside = [u.index for u in tasks if u.index != t.index and start[u.index] < b and end[u.index] > a]
+        # the sum of shares changes only when a task starts, so its maximum is at a or at a start inside (a, b)
+        points = [a, *(start[j] for j in beside if start[j] > a)]
+        worst = max((sum(share[j] for j in beside if start[j] <= x < end[j]) for x in points), default=0.0)
+        key = (t.op, t.nano)
+        out[key] = max(out.get(key, 0.0), worst)
+    return out
+
+
+def _fill_moves(plan: NanoPlan, res: SimResult, grid: list[float]) -> list[NanoPlan]:
+    """Nano-ops raised to the largest grid share that fits beside what overlapped them in the schedule `res`
+    (`overlap_shares`): all of them, those on a compute unit, each op alone; then the squeezes: one op off the
+    compute units (or all of such a unit's ops) one grid step lower and the compute nano-ops filled into what it
+    frees. The schedule moves when shares change, so a candidate can overlap more than `res` did; the caller's
+    peak-share check rejects those."""
+    compute = {u.name for u in plan.units if u.kind == "compute"}
+
+    def filled(base: NanoPlan, only_compute: bool) -> dict[str, Placement]:
+        room = overlap_shares(res, base)
+        new = {}
+        for p in base.placements:
+            shares = []
+            for k in range(p.num_nano):
+                cur, free = p.share_of(k), 1.0 - room.get((p.op, k), 1.0)
+                up = not only_compute or p.unit_of(k) in compute
+                shares.append(max([cur, *(g for g in grid if up and g <= free + 1e-9)]))
+            if shares != [p.share_of(k) for k in range(p.num_nano)]:
+                new[p.op] = replace(p, shares=tuple(shares))
+        return new
+
+    def lowered(p: Placement) -> Placement | None:
+        shares = []
+        for k in range(p.num_nano):
+            i = min(range(len(grid)), key=lambda j: abs(grid[j] - p.share_of(k)))
+            if i == 0:
+                return None
+            shares.append(grid[i - 1])
+        return replace(p, shares=tuple(shares))
+
+    everything = filled(plan, False)
+    groups = [everything, filled(plan, True), *({op: q} for op, q in everything.items())]
+    others = [p for p in plan.placements if not compute & set(p.units)]
+    squeezes = [[p] for p in others] + [[p for p in others if u in p.units] for u in {x.units[0] for x in others}]
+    for ps in squeezes:
+        low = {p.op: q for p in ps if (q := lowered(p)) is not None}
+        if low and len(low) == len(ps):
+            base = plan.with_placements(low)
+            groups.append({**low, **filled(base, True)})
+    out: list[NanoPlan] = []
+    for g in groups:
+        cand = plan.with_placements(g) if g else None
+        if cand is not None and cand not in out:
+            out.append(cand)
+    return out
 
 
 def orders_from_schedule(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostModel, window: int = 3) -> NanoPlan:
@@ -403,5 +473,5 @@ def needs_research(plan: NanoPlan, wl: Workload, threshold: float = 0.25) -> boo
     return plan.workload is None or plan.workload.drift(wl) > threshold
 
 
-__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "orders_from_schedule", "pipelined_delays",
-           "search", "tune_shares"]  # fmt: skip
+__all__ = ["SearchConfig", "SearchResult", "equal_cuts", "needs_research", "orders_from_schedule", "overlap_shares",
+           "pipelined_delays", "search", "tune_shares"]  # fmt: skip

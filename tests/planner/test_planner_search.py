@@ -19,7 +19,15 @@ from lowbit.planner.models import get_arch
 from lowbit.planner.ops import model_ops
 from lowbit.planner.precision import get_precision
 from lowbit.planner.schedules import split_plan, unsplit_plan
-from lowbit.planner.search import SearchConfig, equal_cuts, needs_research, search, tune_shares
+from lowbit.planner.search import (
+    SearchConfig,
+    _fill_moves,
+    equal_cuts,
+    needs_research,
+    overlap_shares,
+    search,
+    tune_shares,
+)
 from lowbit.planner.simulate import optimal_tokens_per_s, simulate_step
 from lowbit.planner.workload import Workload
 
@@ -109,3 +117,48 @@ def test_tune_shares_keeps_the_structure_and_never_loses():
     assert res.estimate.window.peak_share <= 1.0 + 1e-9
     for p, q in zip(res.plan.placements, plan.placements, strict=True):
         assert (p.op, p.fractions, p.units) == (q.op, q.fractions, q.units)
+
+
+def _split_schedule():
+    model, hw, tp, wl = CONFIGS["llama-2-70b/8xa100"]
+    mo, cost = model_ops(get_arch(model), None, tp, model), CostModel(get_hardware(hw))
+    plan = split_plan(mo, wl)  # NanoFlow-like: three units at 0.75 / 0.15 / 0.10
+    return mo, wl, cost, plan, simulate_step(mo, plan, wl, cost).window
+
+
+def test_overlap_shares_equal_a_scan_of_every_moment():
+    """Oracle: at every task boundary inside a nano-op's run, the shares of the tasks running beside it; the
+    largest over its layers is what overlap_shares gives."""
+    _, _, _, _, res = _split_schedule()
+    room = overlap_shares(res)
+    want: dict[tuple[str, int], float] = {}
+    moments = sorted({*res.start, *res.end})
+    for t in res.tasks:
+        a, b = res.start[t.index], res.end[t.index]
+        sums = [sum(u.share for u in res.tasks if u.index != t.index and res.start[u.index] <= x < res.end[u.index])
+                for x in moments if a <= x < b]  # fmt: skip
+        want[(t.op, t.nano)] = max(want.get((t.op, t.nano), 0.0), max(sums, default=0.0))
+    assert room.keys() == want.keys()
+    for k, v in want.items():
+        assert room[k] == pytest.approx(v, abs=1e-12), k
+
+
+def test_fill_moves_raise_each_nano_op_into_the_room_beside_it():
+    """The first fill candidate gives every nano-op the largest grid share that fits beside what overlapped it
+    (never less than it had), so on the schedule it was read from no moment is oversubscribed; the squeezes
+    lower a non-compute op one grid step."""
+    _, _, cost, plan, res = _split_schedule()
+    grid, room = cost.hw.share_grid(), overlap_shares(res)
+    cands = _fill_moves(plan, res, grid)
+    filled = cands[0]
+    raised = 0
+    for p, q in zip(plan.placements, filled.placements, strict=True):
+        for k in range(p.num_nano):
+            free = 1.0 - room[(p.op, k)]
+            want = max([p.share_of(k), *(g for g in grid if g <= free + 1e-9)])
+            assert q.share_of(k) == pytest.approx(want)
+            raised += q.share_of(k) > p.share_of(k)
+            assert q.share_of(k) <= max(p.share_of(k), free + 1e-9)
+    assert raised  # the fixed 0.75 / 0.15 / 0.10 split leaves room beside some nano-ops
+    lowered = [(p.op, c) for c in cands for p in plan.placements if c.placement(p.op).share_of(0) < p.share_of(0)]
+    assert lowered and all(plan.placement(op).units[0] != "compute" for op, _ in lowered)

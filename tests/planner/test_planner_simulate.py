@@ -103,7 +103,9 @@ def test_more_interference_never_speeds_a_plan_up(data, mo, wl, hw, k, factor):
     low, high = CostModel(base.scaled_interference(k)), CostModel(base.scaled_interference(k * factor + 0.1))
     t_low = simulate_step(mo, plan, wl, low, window=2).seconds
     t_high = simulate_step(mo, plan, wl, high, window=2).seconds
-    assert t_high >= t_low * (1 - 1e-9)
+    # a task completes once its remaining work is <= 1e-9 of it (simulate), so a chain of tasks carries errors of
+    # ~1e-9 each: a hypothesis example measured 1.3e-8 relative; 1e-7 is far below any real effect of interference
+    assert t_high >= t_low * (1 - 1e-7)
 
 
 @settings(max_examples=25)
