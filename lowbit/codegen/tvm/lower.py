@@ -1201,7 +1201,7 @@ class _Emitter:
         fa = self.get(a)
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         g = self.gbuf[t.name]
-        tbl, io, ko, ku, jv, ii = (self.fresh(v) for v in ("tbl", "io", "ko", "ku", "jv", "ii"))
+        tbl, ko, ku, jv, ii = (self.fresh(v) for v in ("tbl", "ko", "ku", "jv", "ii"))
         unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
         self.line(f'{tbl} = T.decl_buffer((16,), "float32", {self.scope})')
         for i, v in enumerate(table):
@@ -1213,18 +1213,17 @@ class _Emitter:
         idx = f'T.shift_right({wvec}, T.Broadcast(T.Cast("int32", {scalar(bit)}), 16))'
         dec = f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {tbl}[T.Ramp(0, 1, 16)], {idx})'
         fast = _Ctx(checked=False)
-        self.line(f"for {io} in T.serial({BM // max(BM, 1)}):")
-        self.line(f"    for {ko} in T.serial({KT // unroll}):")
-        self.line(f"        for {ku} in T.unroll({unroll}):")
-        self.line(f"            for {jv} in T.unroll({BN // 16}):")
-        self.depth += 4
+        self.line(f"for {ko} in T.serial({KT // unroll}):")
+        self.line(f"    for {ku} in T.unroll({unroll}):")
+        self.line(f"        for {jv} in T.unroll({BN // 16}):")
+        self.depth += 3
         bv = self.fresh("bv")
         self.line(f"{bv} = {dec}")
         self.line(f"for {ii} in T.unroll({BM}):")
         av = conv(fa((ii, scalar(k)), fast))
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         self.line(f"    {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.Broadcast({av}, 16) * {bv}")
-        self.depth -= 4
+        self.depth -= 3
 
     def inner_dot_applies(self, inst: I.Dot) -> bool:
         """Whether `out += a @ b` runs as inner products (`dot_inner`): on a CPU, a float dot into fp32 whose b
