@@ -9,8 +9,8 @@ Two kernels, run back to back by `lowbit.ops.linear.quantized_linear` when the g
     xsum = Σ q over the group (int32)
 Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as zeros. Group-major, the GEMV's
 row block reads one contiguous run of BM·G bytes per group; row-major [MP, K] with K = 4096 put the BM rows'
-codes 4096 bytes apart, in one L1 set (12 ways for 16 rows): the M = 16 GEMV ran ~1.3x slower at K = 4096 than
-at K = 4224 (more work) on the AVX-512 VM.
+codes 4096 bytes apart, in one L1 set (12 ways for 16 rows): the M = 16 GEMV took 1.1-1.4x the time at K = 4096
+that it took at K = 4224 (more work) in alternating runs on the AVX-512 VM.
 
 `quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
 column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word

@@ -456,7 +456,8 @@ def a8_plan(qw: QuantizedWeight, m: int, backend: str, adtype: str) -> A8Plan:
 
 
 def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_torch: bool) -> np.ndarray:
-    # y2 [M, N] numpy (bf16 as ml_dtypes) of the a8 path for x [..., K]
+    # y2 [M, N] numpy (bf16 as ml_dtypes) of the a8 path for x [..., K]: NumPy x, the reference backend or
+    # M = 0 (torch x on a compiled backend stays torch in `quantized_linear`)
     n, k = qw.shape
     if m == 0:
         return np.zeros((0, n), _host(x, is_torch).dtype)
@@ -468,12 +469,10 @@ def _run_a8(x: Any, qw: QuantizedWeight, m: int, backend: str, adtype: str, is_t
         return y2
     import torch
 
-    if is_torch:
-        xt = x.reshape(m, k)
-    else:  # numpy in (bf16 as ml_dtypes): a torch copy in the activation dtype
-        xt = torch.from_numpy(np.asarray(x).reshape(m, k).astype(np.float32)).to(getattr(torch, adtype))
-    y = torch.empty((m, n), dtype=xt.dtype, device=xt.device)
-    plan.run(xt.contiguous(), y)
+    # NumPy in (bf16 as ml_dtypes): a torch copy in the activation dtype
+    xt = torch.from_numpy(np.asarray(x).reshape(m, k).astype(np.float32)).to(getattr(torch, adtype))
+    y = torch.empty((m, n), dtype=xt.dtype)
+    plan.run(xt, y)
     return _host(y, True)
 
 

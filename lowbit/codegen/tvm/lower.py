@@ -37,7 +37,7 @@ import numpy as np
 import sympy
 
 from lowbit.codegen.backend import BackendError
-from lowbit.dtypes import DataType
+from lowbit.dtypes import DataType, decode
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.layout.symbolic import SourcePrinter, xor
@@ -748,7 +748,7 @@ class _Emitter:
             return
         lut = self.lut_plan(inst)
         if lut is not None:
-            self._guarded_lut(inst, out, lut)
+            self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut))
             return
         # operands reused across rows/columns are unpacked once into a local buffer
         for opnd, reuse in ((b, BM), (a, BN)):
@@ -922,8 +922,9 @@ class _Emitter:
         """out[BM, BN] += a[BM, KT] @ b[KT, BN] on bytes: four consecutive k of a column of b form one i32
         lane (8 columns per vector), the same four k of a row of a are broadcast, vpmaddubsw gives i16 pair
         sums that accumulate for `chunk` quads, vpmaddwd with ones widens them into the i32 accumulators.
-        One row block (tm >= BM): `_dot_int8_rows`; several: `_dot_int8_columns`. The fast path needs every
-        load in bounds; the ragged case takes the generic loops."""
+        One row block (tm >= BM): `_dot_int8_rows`; several: `_dot_int8_columns`. A "vnni" plan runs
+        `_dot_vnni` instead (vpdpbusd, 16 columns per vector, no i16 stage). The fast path needs every load in
+        bounds; the ragged case takes the generic loops."""
         self._guarded(inst, out, lambda: self._dot_int8_fast(inst, out, plan))
 
     def _guarded(self, inst: I.Dot, out: str, fast_path: Callable[[], None]) -> None:
@@ -957,12 +958,14 @@ class _Emitter:
             parts = [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
             return _fold("T.bitwise_or", parts)
 
-        if kind == "vnni" and tm < BM and inst.b.shape[1] % 32 == 0:
-            chunk = min(chunk, 8)  # two column vectors' quads held in 16 registers (`_dot_vnni`)
+        # vpdpbusd with several row blocks: two column vectors per pass, their quads in 16 registers (`_dot_vnni`)
+        cv = 2 if kind == "vnni" and tm < BM and inst.b.shape[1] % 32 == 0 else 1
+        if cv == 2:
+            chunk = min(chunk, 8)
 
         def chunk_body(c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1
             if kind == "vnni":
-                self._dot_vnni(inst, out, side, tm, quad, c0, n)
+                self._dot_vnni(inst, out, side, tm, cv, quad, c0, n)
             elif tm < BM:  # several row blocks share b's quads
                 self._dot_int8_columns(inst, out, side, tm, quad, c0, n)
             else:
@@ -1010,22 +1013,23 @@ class _Emitter:
         self.line(f"    for {jv} in T.unroll({nv}):")
         self._widen_pairs(out, ii, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "        ")
 
-    def _dot_vnni(self, inst: I.Dot, out: str, side: str, tm: int, quad: Callable[..., str], c0: str, n: int) -> None:
+    def _dot_vnni(
+        self, inst: I.Dot, out: str, side: str, tm: int, cv: int, quad: Callable[..., str], c0: str, n: int
+    ) -> None:
         """The int8 dot over the n quads from c0 on vpdpbusd, `cv` column vectors (16 columns each) at a time.
         Each row keeps `chains` i32 accumulators per column vector that take the quads in turn, so that
         `vnni_chains` independent vpdpbusd chains are in flight (latency ~4.7 cycles at ~1.4 per cycle on Zen
         5), summed into `out` at the end; a's quad is broadcast (from memory: LLVM folds it into the
         instruction's {1to16} operand). One row block (tm >= BM, the M = 1 GEMV): b's quads are used where
         they are unpacked (a stack buffer of them was stored and reloaded). Several (BM > tm): the n quads of
-        two column vectors (cv = 2, n <= 8: 16 registers) are unpacked into a buffer once and every block of
-        tm rows reuses them, each broadcast of a's quad feeding two vpdpbusd (one column vector per pass: one
-        broadcast per vpdpbusd; a C loop of that shape ran 4.7 vs 6.1 per ns at 8 chains)."""
+        `cv` column vectors (2 where b is 32 columns wide, n <= 8: 16 registers) are unpacked into a buffer
+        once and every block of tm rows reuses them, each broadcast of a's quad feeding cv vpdpbusd (one column
+        vector per pass: one broadcast per vpdpbusd; a C loop of that shape ran 4.7 vs 6.1 per ns at 8
+        chains)."""
         a, b = inst.a, inst.b
         BM, BN = a.shape[0], b.shape[1]
         fa, fb = self.get(a), self.get(b)
-        tm = min(tm, BM)
         reuse = tm < BM
-        cv = 2 if reuse and BN % 32 == 0 else 1
         chains = max(1, -(-self.opt["vnni_chains"] // (tm * cv)))
         jv, j, tq, io, ii = (self.fresh(v) for v in ("jv", "j", "tq", "io", "ii"))
         acc, bq = self.fresh("acc32"), self.fresh("bq")
@@ -1159,34 +1163,10 @@ class _Emitter:
             w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
             if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
                 return None
-        from lowbit.dtypes.numerics import decode
-
         values = decode(dt, np.arange(16) % (1 << dt.bits)).astype(np.float64)
         if not np.isfinite(values).all() or (values.astype(np.float32) != values).any():
             return None
         return load, [float(v) for v in values]
-
-    def _guarded_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
-        """`dot_lut` under the uniform guard that b's tile and a's rows are in bounds, the generic loops in
-        the else branch."""
-        load, _ = plan
-        t = load.tensor
-        probe = _Ctx(checked=False)
-        self.get(inst.a)(("0", "0"), probe)
-        if probe.data_dependent:
-            self._dot_generic(inst, out)
-            return
-        guards = set(probe.guards)
-        for off, n, size in zip(load.offsets, load.shape, t.shape):
-            guards.add(f"{scalar(sympy.sympify(off) + n)} <= {scalar(size)}")
-        self.line(f"if {' and '.join(sorted(guards))}:")
-        self.depth += 1
-        self.dot_lut(inst, out, plan)
-        self.depth -= 1
-        self.line("else:")
-        self.depth += 1
-        self._dot_generic(inst, out)
-        self.depth -= 1
 
     def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
         """out[BM, BN] += a @ decode(b) with b's codes decoded 16 columns at a time by vpermps: per k and column
