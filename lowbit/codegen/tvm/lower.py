@@ -387,6 +387,12 @@ def _expand_helpers(text: str) -> str:
 # ---- the emitter -------------------------------------------------------------------------------------
 
 
+INLINE_CHARS = 4000  # the longest expression of a tile computed from loop-carried state that is inlined
+# consumers that read each element of an operand once (a tile inlined into anything else, a broadcast or a dot,
+# would be recomputed per element read)
+_ONCE_PER_ELEMENT = (I.Binary, I.Unary, I.Cast, I.Where, I.Reshape, I.Transpose, I.Reduce)
+
+
 @dataclass
 class _Ctx:
     """One loop nest being emitted: checked (ragged) or fast path, and the fast path's uniform guards."""
@@ -421,7 +427,12 @@ class _Emitter:
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
         self.buf: dict[int, str] = {}  # tile -> local buffer name (materialized tiles)
         self.names: set[str] = set()
-        self.reads_mutable: set[int] = set()  # tiles whose index fn reads a loop-carried buffer
+        # tiles computed from an assigned (T.assign-ed, loop-carried) tile, through buffers or not
+        self.from_state: set[int] = set()
+        # tile -> the assigned tiles its inlined index fn reads; such a tile stays inlined (`pending`) until
+        # one of those is written (`before_write`): then it is materialized first
+        self.mut_reads: dict[int, frozenset[int]] = {}
+        self.pending: dict[int, Tile] = {}
         self.defs: dict[int, I.Inst] = {}  # tile -> the instruction that defined it (value-range analysis)
         self.loops: list[For] = []  # the enclosing T.range loops while emitting (innermost last)
         self._analyse()
@@ -433,6 +444,7 @@ class _Emitter:
         self.scalar_vars = {s.var for s in walk(self.p.body) if isinstance(s, ScalarLoad)}
         self.uses: dict[int, int] = {}
         self.use_depth: dict[int, int] = {}
+        self.consumer: dict[int, Stmt] = {}  # tile -> the (last) statement reading it
 
         def visit(body: tuple[Stmt, ...], depth: int) -> None:
             for s in body:
@@ -440,6 +452,7 @@ class _Emitter:
                     self.assigned.add(id(s.dst))
                 for t in tiles_read(s):
                     self.uses[id(t)] = self.uses.get(id(t), 0) + 1
+                    self.consumer[id(t)] = s
                     self.use_depth[id(t)] = max(self.use_depth.get(id(t), 0), depth)
                 if isinstance(s, For):
                     visit(s.body, depth + 1)
@@ -451,9 +464,11 @@ class _Emitter:
         # the in-place accumulate pattern: `%r = dot a, b, %acc ; %acc <- %r`
         self.inplace: dict[int, Tile] = {}
         self._find_inplace(self.p.body)
+        self.writes_in: dict[int, set[int]] = {}  # For / If statement -> the tiles assigned in its bodies
         for s in walk(self.p.body):
             for body in child_bodies(s):
                 self._find_inplace(body)
+                self.writes_in.setdefault(id(s), set()).update(id(a.dst) for a in walk(body) if isinstance(a, Assign))
 
     def _find_inplace(self, body: tuple[Stmt, ...]) -> None:
         for a, b in itertools.pairwise(body):
@@ -553,10 +568,32 @@ class _Emitter:
         if fn is None:  # the rule materialised the tile itself
             return
         self.fn[id(t)] = fn
-        if inst.operands and any(id(o) in self.reads_mutable for o in inst.operands):
-            self.reads_mutable.add(id(t))
+        reads = frozenset().union(*(self.mut_reads.get(id(o), frozenset()) for o in inst.operands))
+        if reads:
+            self.mut_reads[id(t)] = reads
+            self.pending[id(t)] = t
+        if any(id(o) in self.from_state for o in inst.operands):
+            self.from_state.add(id(t))
         if self._must_materialize(t, inst, depth):
             self.materialize(t)
+
+    def _inline_once(self, t: Tile) -> bool:
+        # whether a tile computed from loop-carried state may stay inlined: one use that reads each element
+        # once, and a short expression. Anything else is stored when defined: shared subexpressions (online
+        # softmax's m, l, p) or rules reading an operand several times (kv_append's fp16 rounding chains)
+        # would be recomputed per use, exponentially along a chain
+        use = self.consumer.get(id(t))
+        if self.uses.get(id(t), 0) != 1:
+            return False
+        if isinstance(use, Let):
+            if not isinstance(use.inst, _ONCE_PER_ELEMENT):
+                return False
+            if isinstance(use.inst, (I.Binary, I.Unary, I.Cast, I.Where)) and use.tile.shape != t.shape:
+                return False
+        elif not isinstance(use, (Assign, Store)):
+            return False
+        probe = tuple(f"i{d}" for d in range(len(t.shape)))
+        return len(self.get(t)(probe, _Ctx(checked=True))) <= INLINE_CHARS
 
     def _must_materialize(self, t: Tile, inst: I.Inst, depth: int) -> bool:
         if id(t) in self.assigned:
@@ -565,7 +602,26 @@ class _Emitter:
             return True  # read it now: inlined into a consumer after a store to the tensor, it would see the store
         if self.use_depth.get(id(t), depth) > depth and not isinstance(inst, (I.Full, I.Arange)):
             return True  # read inside a deeper loop: compute once here
-        return id(t) in self.reads_mutable  # a later Assign could change what it reads
+        return id(t) in self.from_state and not self._inline_once(t)
+
+    def before_write(self, written: set[int], keep: int | None = None) -> None:
+        """Materialize the inlined tiles that read one of the `written` assigned tiles (but `keep`): an
+        assignment is about to change what their index functions would read. Deferred to here rather than
+        done at definition, an elementwise chain over an accumulator (`acc += f(p)·s`) stays one loop nest
+        instead of one buffer per op."""
+        for tid, t in list(self.pending.items()):
+            if tid != keep and tid in self.pending and self.mut_reads[tid] & written:
+                self.materialize(t)
+
+    def pointwise_in(self, t: Tile, dst: Tile) -> bool:
+        """Whether t's index fn reads dst only at t's own index (through elementwise ops of one shape), so
+        `dst <- t` can be written in place element by element."""
+        if t is dst or id(dst) not in self.mut_reads.get(id(t), frozenset()):
+            return True
+        inst = self.defs.get(id(t))
+        if id(t) in self.buf or not isinstance(inst, (I.Binary, I.Unary, I.Cast, I.Where)):
+            return False
+        return all(o.shape == t.shape and self.pointwise_in(o, dst) for o in inst.operands)
 
     def get(self, t: Tile) -> IndexFn:
         return self.fn[id(t)]
@@ -585,7 +641,11 @@ class _Emitter:
 
         self.fn[id(t)] = read
         if id(t) in self.assigned:
-            self.reads_mutable.add(id(t))
+            self.mut_reads[id(t)] = frozenset({id(t)})
+            self.from_state.add(id(t))
+        else:  # a copy: later assignments do not change it
+            self.mut_reads.pop(id(t), None)
+            self.pending.pop(id(t), None)
 
     def materialize(self, t: Tile, into: str | None = None) -> str:
         fn = self.get(t)
@@ -728,6 +788,7 @@ class _Emitter:
         BM, KT = a.shape
         BN = b.shape[1]
         if inst.c is not None and id(t) in self.inplace:
+            self.before_write({id(inst.c)})
             out = self.buf[id(inst.c)]
             self.bind_buffer(t, out)
         else:
@@ -1429,6 +1490,11 @@ def _let(e: _Emitter, s: Let, depth: int) -> None:
 def _assign(e: _Emitter, s: Assign, depth: int) -> None:
     if e.buf.get(id(s.src)) == e.buf.get(id(s.dst)):
         return  # updated in place (the dot wrote into the accumulator)
+    # an elementwise update of dst (`acc <- acc + f(p)`) is written in place; any other reader of dst is
+    # materialized first
+    in_place = e.uses.get(id(s.src)) == 1 and e.pointwise_in(s.src, s.dst)
+    e.before_write({id(s.dst)}, keep=id(s.src) if in_place else None)
+    e.pending.pop(id(s.src), None)  # read here only (in place, its index fn is stale afterwards)
     dst = e.buf[id(s.dst)]
     src = e.get(s.src)
     e.line(f"# %{s.dst.name} <- %{s.src.name}")
@@ -1477,6 +1543,7 @@ def _scalar_load(e: _Emitter, s: ScalarLoad, depth: int) -> None:
 
 @stmt_rule(For)
 def _for(e: _Emitter, s: For, depth: int) -> None:
+    e.before_write(e.writes_in.get(id(s), set()))  # an inlined tile read after the loop must not see its writes
     v = str(s.var)
     e.names.add(v)
     start, stop, step = scalar(s.start), scalar(s.stop), scalar(s.step)
@@ -1491,6 +1558,7 @@ def _for(e: _Emitter, s: For, depth: int) -> None:
 
 @stmt_rule(If)
 def _if(e: _Emitter, s: If, depth: int) -> None:
+    e.before_write(e.writes_in.get(id(s), set()))  # nor one read in either branch
     e.line(f"if {scalar(s.cond)}:")
     e.depth += 1
     e.body(s.then_body, depth)
