@@ -65,16 +65,25 @@ def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | Non
     the layout a linear layer uses (torch's CPU bf16 `a @ b` can be far slower). Operands: n x n when `n` is
     given; else the shape of a big linear layer (PEAK_SHAPE: CPU x [512, 4096] W [4096, 4096], whose bf16
     rate is ~10% above that of 1024^2 squares; CUDA 8192^3).
-    `dtype` is "float32", "bfloat16" or "float16"."""
+    `dtype` is "float32", "bfloat16", "float16" or "int8" (torch._int_mm: int8 x int8 -> int32, oneDNN's VNNI
+    kernel on x86; counted in GOP/s, the bound of the W4A8 rows' int8 main loop)."""
     import torch
     import torch.nn.functional as F
 
     kind = "cuda" if device.startswith("cuda") else "cpu"
     m, nn, k = (n, n, n) if n else PEAK_SHAPE[kind]
+    if dtype == "int8":
+        m = max(m, 32)  # _int_mm needs m > 16 and k, n multiples of 8
+        xi = torch.randint(-127, 128, (m, k), dtype=torch.int8, device=device)
+        wi = torch.randint(-127, 128, (k, nn), dtype=torch.int8, device=device)
+        ms = _best_ms(lambda: torch._int_mm(xi, wi), device, repeats)
+        return 2 * m * nn * k / (ms * 1e-3) / 1e9
     try:
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
-        raise ValueError(f"measure_peak_flops: dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
+        raise ValueError(
+            f"measure_peak_flops: dtype {dtype!r}; use 'float32', 'bfloat16', 'float16' or 'int8'"
+        ) from None
     x = torch.randn(m, k, device=device).to(tdtype)
     w = torch.randn(nn, k, device=device).to(tdtype)
     ms = _best_ms(lambda: F.linear(x, w), device, repeats)
@@ -163,20 +172,31 @@ class Machine:
 
 
 def measure_machine(device: str = "cpu", threads: int = 1, *, quick: bool = False) -> Machine:
-    """Measure bandwidth and matmul peaks (fp32 and bf16; bf16 only on CUDA). `quick` uses a 256 MiB
+    """Measure bandwidth and matmul peaks (fp32, bf16 and int8; bf16 and int8 on CUDA). `quick` uses a 256 MiB
     buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then rougher."""
     cuda = device.startswith("cuda")
     nbytes = (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
     n = (4096 if cuda else 1024) if quick else None  # quick: squares, ~5x cheaper on CPU
-    dtypes = ["bfloat16"] if cuda else ["float32", "bfloat16"]
+    dtypes = ["bfloat16", "int8"] if cuda else ["float32", "bfloat16", "int8"]
     return Machine(
         device=device,
         name=device_name(device),
         threads=threads,
         l3_bytes=None if cuda else last_level_cache_bytes(),
         bandwidth_gbs=measure_bandwidth(device, nbytes),
-        peak_gflops={d: measure_peak_flops(d, device, n) for d in dtypes},
+        peak_gflops=_peaks(dtypes, device, n),
     )
+
+
+def _peaks(dtypes: list[str], device: str, n: int | None) -> dict[str, float]:
+    peaks = {}
+    for d in dtypes:
+        try:
+            peaks[d] = measure_peak_flops(d, device, n)
+        except RuntimeError:  # no int8 matmul in this torch build / on this device: that peak stays unmeasured
+            if d != "int8":
+                raise
+    return peaks
 
 
 __all__ = [

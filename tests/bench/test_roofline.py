@@ -62,6 +62,8 @@ def test_measurements_are_finite_and_positive():
     bw = measure_bandwidth("cpu", nbytes=8 * 2**20, repeats=2)
     peak = measure_peak_flops("float32", "cpu", n=128, repeats=2)
     assert math.isfinite(bw) and bw > 0 and math.isfinite(peak) and peak > 0
+    int8 = measure_peak_flops("int8", "cpu", n=64, repeats=2)  # torch._int_mm: the a8 rows' bound
+    assert math.isfinite(int8) and int8 > 0
     with pytest.raises(ValueError, match="float32"):
         measure_peak_flops("int4", "cpu", n=8)
 
