@@ -141,9 +141,10 @@ def _quantize_rows(x, steps):
 
 
 def _keep(x):
-    # x as a tile written by T.assign: every backend holds such a tile (and what is computed from it) in a
-    # buffer. The TVM backend otherwise inlines a tile into each of its uses, and the where-chains below use
-    # each value several times: the generated expression would grow exponentially.
+    # x as a tile written by T.assign: every backend holds such a tile in a buffer, and the TVM backend also
+    # what is computed from it with more than one use (lowbit.codegen.tvm README). It otherwise inlines a tile
+    # into each of its uses, and the where-chains below use each value several times: the generated
+    # expression would grow exponentially.
     held = T.zeros(x.shape, x.dtype)
     T.assign(held, x)
     return held

@@ -565,6 +565,8 @@ class _Emitter:
             raise BackendError(f"tvm backend has no lowering rule for {type(inst).__name__}")
         self.defs[id(t)] = inst
         fn = rule(self, inst, t)
+        for o in inst.operands:  # a pending operand lives on inlined in t (or its rule read it just now)
+            self.pending.pop(id(o), None)
         if fn is None:  # the rule materialised the tile itself
             return
         self.fn[id(t)] = fn
@@ -1527,6 +1529,7 @@ def _store(e: _Emitter, s: Store, depth: int) -> None:
         return [f"if {cond}:", f"    {g}[{addr}] = {value}"]
 
     e.nest(s.tile.shape, body)
+    e.pending.pop(id(s.tile), None)  # read: nothing later needs it
 
 
 @stmt_rule(ScalarLoad)
