@@ -35,7 +35,7 @@ def save_then_update(
         if where == "update":
             acc += v
         elif where == "loop":
-            for j in T.range(0, 2, 1, name="j"):
+            for _j in T.range(0, 2, 1, name="j"):
                 acc += v
         else:
             with T.if_(k0 >= BC):
