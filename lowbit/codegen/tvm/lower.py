@@ -74,6 +74,10 @@ OPTIONS: dict[str, Any] = {
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
     "prefetch": 4096,
+    # int32 scalar parameters (the sizes) declared int64, so the address arithmetic is 64-bit (see `emit`). Off by
+    # default: measured per kernel (streamed M = 1 GEMVs, 4096x4096 int4, 2 threads): the a8 GEMV 0.92x the time
+    # (1 thread, hot: 0.87x), the W4A16 LUT GEMV 1.03-1.05x; decode attention unchanged
+    "index64": False,
     # a float dot whose b operand is a transposed tile with few rows of a (decode attention's q·Kᵀ) runs as
     # row·column inner products over `inner_dot` contiguous lanes of k (see `_Emitter.dot_inner`; 0: off)
     "inner_dot": 8,
@@ -506,7 +510,13 @@ class _Emitter:
         self.names.update(["T", "main"] + [q.name for q in p.params])
         self.names.update(str(s.var) for s in walk(p.body) if isinstance(s, (For, ScalarLoad)))
         tensors, scalars = p.tensor_params, p.scalar_params
-        args = [f"{t.name}_h: T.handle" for t in tensors] + [f"{s.name}: T.{value_type(s.dtype)}" for s in scalars]
+        # int32 scalars (sizes) as int64 when `index64`: every index computed from them is then 64-bit, so LLVM
+        # folds the constant parts of an address into the load's displacement instead of sign-extending each
+        # int32 sum (4 instructions per vector load, with the per-row offsets spilled to the stack)
+        wide = {s.name for s in scalars if self.opt["index64"] and value_type(s.dtype) == "int32"}
+        args = [f"{t.name}_h: T.handle" for t in tensors] + [
+            f"{s.name}: T.{'int64' if s.name in wide else value_type(s.dtype)}" for s in scalars
+        ]
         for s in scalars:
             if not s.dtype.is_integer:
                 raise BackendError(f"tvm backend: float scalar parameter {s.name} is not supported; pass a tensor")
@@ -729,7 +739,7 @@ class _Emitter:
         if isinstance(t.layout, PackedLayout):
             word, bit = t.layout.locate(*syms)
             w_expr = _substitute(scalar(word), subst)
-            b_expr = _substitute(scalar(bit), subst)
+            b_expr = f'T.Cast("int32", {_substitute(scalar(bit), subst)})'  # a shift amount: int32 under index64
             bits = t.dtype.bits
             raw = f"T.shift_right({g}[{w_expr}], {b_expr})"  # arithmetic: masked below
             if t.layout.dense and 32 % bits:  # a field may continue in the next word: logical shifts
@@ -1694,7 +1704,8 @@ def _view_ints(e: _Emitter, inst: I.View, x: IndexFn) -> IndexFn:
         def narrow(idx: tuple[str, ...], ctx: _Ctx) -> str:
             *lead, j = idx
             wide = x((*lead, f"T.floordiv({j}, {r})"), ctx)
-            code = f"T.bitwise_and(T.shift_right({wide}, T.floormod({j}, {r}) * {dst.bits}), {dst.code_mask})"
+            shift = f'T.Cast("int32", T.floormod({j}, {r}) * {dst.bits})'  # an index expression: int64 under index64
+            code = f"T.bitwise_and(T.shift_right({wide}, {shift}), {dst.code_mask})"
             return decode_code(code, dst)
 
         return narrow
