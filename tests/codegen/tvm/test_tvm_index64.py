@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from backend_harness import assert_same, check_gemm
 
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
 from lowbit.lang.kernel import infer_scalars
-from backend_harness import assert_same, check_gemm
 
 
 def _run(program, args, options):
