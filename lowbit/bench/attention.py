@@ -148,8 +148,11 @@ def pack_int4(codes: Any) -> Any:
     return words
 
 
-def _random_pages(shape: tuple[int, ...], kv_dtype: str, gen: Any) -> tuple[Any, tuple[Any, Any] | None, Any]:
-    """(stored cache, (scales, zeros) or None, dequantized values [NP, PS, HKV, D] fp32) of random data."""
+def _random_pages(
+    shape: tuple[int, ...], kv_dtype: str, gen: Any, keys: bool = False
+) -> tuple[Any, tuple[Any, Any] | None, Any]:
+    """(stored cache, (scales, zeros) or None, dequantized values [NP, PS, HKV, D] fp32) of random data; int4
+    keys (`keys`) stored as the kernels hold them, [NP, HKV, D // 8, PS] words (`pack_int4_keys`)."""
     import torch
 
     dev, d = gen.device, lookup_dtype(kv_dtype)
@@ -162,7 +165,10 @@ def _random_pages(shape: tuple[int, ...], kv_dtype: str, gen: Any) -> tuple[Any,
     scales = ((0.5 + torch.rand(shape[:3], generator=gen, device=dev)) * 4 / steps).half()  # ~ a unit-normal row
     zeros = (steps * (0.375 + 0.25 * torch.rand(shape[:3], generator=gen, device=dev))).half()  # mid-range, real
     pages = (codes.float() - zeros.float()[..., None]) * scales.float()[..., None]
-    return (pack_int4(codes) if d.bits == 4 else codes), (scales, zeros), pages
+    if d.bits == 4:
+        words = pack_int4(codes)
+        return (words.permute(0, 2, 3, 1).contiguous() if keys else words), (scales, zeros), pages
+    return codes, (scales, zeros), pages
 
 
 def _gather(pages: Any, tables: Any, context: int) -> Any:
@@ -184,7 +190,8 @@ def random_paged_cache(batch: int, context: int, heads: Heads, kv_dtype: str, ge
     args: dict[str, Any] = {"block_tables": tables, "context_lens": lens, "kv_dtype": kv_dtype}
     dense = []
     for name in ("k", "v"):
-        stored, side, pages = _random_pages((batch * per_seq, PS, heads.kv_heads, heads.head_dim), kv_dtype, gen)
+        shape = (batch * per_seq, PS, heads.kv_heads, heads.head_dim)
+        stored, side, pages = _random_pages(shape, kv_dtype, gen, keys=name == "k")
         args[f"{name}_cache"] = stored
         if side is not None:
             args[f"{name}_scales"], args[f"{name}_zeros"] = side

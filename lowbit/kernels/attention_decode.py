@@ -154,7 +154,7 @@ paged_decode_attention_persistent = T.persistent(paged_decode_attention)
 @T.kernel
 def paged_decode_attention_kv4(
     q: T.Tensor("qdtype", ("B", "HQ", "D")),
-    k_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // 8")),
+    k_words: T.Tensor("int32", ("NP", "HKV", "D // 8", "PS")),
     v_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // 8")),
     k_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
     k_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
@@ -180,15 +180,20 @@ def paged_decode_attention_kv4(
     BN: T.constexpr = 16,
     sm_scale: T.constexpr = 0.08838834764831845,
 ):
-    """`paged_decode_attention` for KV4 in nibble planes (the AVX-512 path).
+    """`paged_decode_attention` for KV4 (every backend), over the KV4 cache layout of `lowbit.reference.paged`:
+    keys `k_words [NP, HKV, D / 8, PS]` (per page and KV head, word w of its PS tokens side by side: vLLM's
+    key_cache [.., D / x, PS, x] with x = 8 codes per int32 word), values `v_words [NP, PS, HKV, D / 8]`,
+    code d of a token at bits 4·(d mod 8) of its word d // 8.
 
-    A token's D codes are W = D / 8 int32 words, code d at bits 4·(d mod 8) of word d // 8. Plane j is
-    `(words >> 4j) & 15`: the W codes d = 8w + j (w = 0 .. W − 1), one contiguous vector of words with one
-    shift and one mask, where the natural order needs each code's word broadcast and shifted by its own
-    amount (at 16 lanes a 16-code vector spans two words and is gathered). Both dots run in plane order:
-    q is permuted once per block (column j·W + w of `qp` holds q_{8w+j}), the values dot keeps one [GP, W]
-    accumulator per plane, and the output is put back in d order once per block. Same algebra as
-    `paged_decode_attention` (dequantization folded into the dots), same fp32 numerics up to summation order."""
+    Scores: plane j of a key word row, `(words[w, t] >> 4j) & 15`, is code d = 8w + j of PS tokens at once, so
+    q·Kᵀ is an ordinary [GP, D] x [D, BN] dot over the planes (q permuted once per block into plane order,
+    column j·W + w = q_{8w+j}): on a CPU each k step is one vector of BN tokens' codes (shift, mask, convert)
+    multiplied into GP accumulators, where token-major keys needed a horizontal sum per (row, token).
+    Values: per plane j, `(v_words[t, w] >> 4j) & 15` is code d = 8w + j of one token: one [GP, BN] x [BN, W]
+    dot per plane into its accumulator, put back in d order once per block. The softmax sum and the values'
+    zero-point term `Σ_t p_t·s_t·z_t` are carried as [GP, BN] vectors (rescaled by alpha like the
+    accumulators) and summed over the tokens once per block, not on every tile. Same algebra as
+    `paged_decode_attention` (dequantization folded into the dots), fp32 throughout."""
     W = D // 8
     b, h, sp = T.grid(B, HKV, SPLITS)
     n = T.load_scalar(context_lens, (b,), name="n")
@@ -197,34 +202,40 @@ def paged_decode_attention_kv4(
     qs = T.cast(qt, T.float32) * sm_scale  # [GP, D]
     qsum = T.sum(qs, axis=1, keepdims=True)  # [GP, 1]
     qp = T.reshape(T.transpose(T.reshape(qs, (GP, W, 8)), (0, 2, 1)), (GP, D))  # [GP, 8·W], plane order
-    shifts = T.reshape(T.arange(0, 8) * 4, (1, 8, 1))
+    shifts = T.reshape(T.arange(0, 8) * 4, (8, 1, 1))
     m = T.full((GP, 1), M_INIT, T.float32, name="m")
-    l = T.zeros((GP, 1), T.float32, name="l")
+    lvec = T.zeros((GP, BN), T.float32, name="lvec")  # Σ p per token lane (rescaled like the accumulators)
+    zvec = T.zeros((GP, BN), T.float32, name="zvec")  # Σ p·s·z per token lane
     accs = [T.zeros((GP, W), T.float32, name=f"acc{j}") for j in T.static_range(8)]  # plane j: d = 8w + j
     for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
         page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
         off = t0 % PS
         valid = (t0 + T.arange(0, BN))[None, :] < n  # [1, BN]
-        kw = T.reshape(T.load(k_words, (page, off, h, 0), (1, BN, 1, W)), (BN, 1, W))
+        kw = T.reshape(T.load(k_words, (page, h, 0, off), (1, 1, W, BN)), (1, W, BN))
         ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        kc = T.cast(T.reshape((kw >> shifts) & 15, (BN, D)), T.float32)  # [BN, 8·W], plane order
-        s = (T.dot(qp, T.transpose(kc)) - qsum * kz) * ks  # [GP, BN]
-        p, alpha, m_new = softmax_step(T.where(valid, s, NEG_INF), m, l)
+        kc = T.cast(T.reshape((kw >> shifts) & 15, (D, BN)), T.float32)  # [8·W, BN], plane order
+        s = T.where(valid, (T.dot(qp, kc) - qsum * kz) * ks, NEG_INF)  # [GP, BN]
+        m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))
+        p = T.exp(s - m_new)  # [GP, BN]
+        alpha = T.exp(m - m_new)  # [GP, 1]
         vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         ps = p * vs  # [GP, BN]: p_t·s_t
-        psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
+        T.assign(lvec, lvec * alpha + p)
+        T.assign(zvec, zvec * alpha + ps * vz)
         vw = T.reshape(T.load(v_words, (page, off, h, 0), (1, BN, 1, W)), (BN, W))
         for j in T.static_range(8):
             vc = T.cast((vw >> 4 * j) & 15, T.float32)  # [BN, W]: plane j, codes d = 8w + j
-            T.assign(accs[j], accs[j] * alpha + (T.dot(ps, vc) - psz))
+            T.assign(accs[j], accs[j] * alpha + T.dot(ps, vc))
         T.assign(m, m_new)
-    # back to d order: o[i, w, j] = acc_j[i, w]
+    l = T.sum(lvec, axis=1, keepdims=True)  # [GP, 1]
+    psz = T.sum(zvec, axis=1, keepdims=True)
+    # back to d order: o[i, w, j] = acc_j[i, w] − Σ p·s·z
     plane = T.reshape(T.arange(0, 8), (1, 1, 8))
-    o = T.where(plane == 0, T.reshape(accs[0], (GP, W, 1)), 0.0)
+    o = T.where(plane == 0, T.reshape(accs[0] - psz, (GP, W, 1)), 0.0)
     for j in T.static_range(1, 8):
-        o = o + T.where(plane == j, T.reshape(accs[j], (GP, W, 1)), 0.0)  # [GP, W, 8]
+        o = o + T.where(plane == j, T.reshape(accs[j] - psz, (GP, W, 1)), 0.0)  # [GP, W, 8]
     store_split(out, lse, [T.reshape(o, (GP, D))], l, m, rows, sp, b, h, GQ, GP, D, odtype)
 
 
@@ -389,9 +400,14 @@ def compile_options(kernel: Any, backend: str) -> dict[str, Any]:
     (`unroll` 1). The tile loop body (8 unrolled value chunks, each with its fast and checked paths) is past
     the 32 KiB L1 instruction cache of the 2-core Zen 3 VM, so smaller code runs faster: B=8 ctx=4096, one
     thread, min of 4-5 alternating rounds of 10 calls: KV4 26.3 -> 23.0 ms, KV8 32.3 -> 29.8 ms of CPU
-    time (library 100 -> 88 KB); the KV4 plane kernel likewise (unroll 8 measured the same on the Zen 5).
+    time (library 100 -> 88 KB). The KV4 kernel's dots are [4 heads, 16] blocks, 4 FMA chains: `fma_chains` 8
+    splits their k loops into two partial sums, and its [4, 16] lane sums fold as trees (`reduce_vectors` 1):
+    B=8 ctx=4096, one thread, CPU time, alternating rounds on the 2-core Zen 5 (session 23): 7.5-7.9 ms
+    against 10.1-11.6 ms for the token-major nibble-plane kernel it replaced (torch fp32 SDPA: 25.1-25.6).
     Other kernels and backends: the defaults."""
-    if backend == "tvm" and kernel in (paged_decode_attention, paged_decode_attention_q8, paged_decode_attention_kv4):
+    if backend == "tvm" and kernel is paged_decode_attention_kv4:
+        return {"unroll": 1, "fma_chains": 8, "reduce_vectors": 1}
+    if backend == "tvm" and kernel in (paged_decode_attention, paged_decode_attention_q8):
         return {"unroll": 1}
     return {}
 
@@ -412,12 +428,12 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
-    from lowbit.ops.attention import decode_chunk, kv4_consts, kv4_planes
+    from lowbit.ops.attention import decode_chunk, kv4_consts
 
     qdtype, d = consts["qdtype"], consts["D"]
-    np_, _, hkv = (int(s) for s in k_cache.shape[:3])
+    np_, _, hkv = (int(s) for s in v_cache.shape[:3])  # v: [NP, PS, HKV, ..] for every KV dtype
     kernel = paged_decode_attention  # the kernels lowbit.ops.attention chooses by default
-    if consts["kvdtype"] == "uint4" and kv4_planes(backend, d):
+    if consts["kvdtype"] == "uint4":
         kernel, consts = paged_decode_attention_kv4, kv4_consts(consts)
         fixed = {"k_words": k_cache, "v_words": v_cache, **side, "HKV": hkv, "NP": np_}
     else:

@@ -9,9 +9,11 @@ padding (skipped); every other slot of the cache is left as it was. Per kv_dtype
     fp8_e4m3             k_cache [NP, PS, Hkv, D] fp8_e4m3             e4m3(x / layer_scale), RNE, saturating
                          (layer_scales [2] float32: k's, v's)
     int8 (KV8)           k_cache [NP, PS, Hkv, D] uint8 codes          per token and head, asymmetric, with
-    int4 (KV4)           k_cache [NP, PS, Hkv, D // 8] int32 words     k_scales, k_zeros [NP, PS, Hkv] fp16
+    int4 (KV4)           v_cache [NP, PS, Hkv, D // 8] int32 words     k_scales, k_zeros [NP, PS, Hkv] fp16
+                         k_cache [NP, Hkv, D // 8, PS] int32 words
                          (8 codes per word, code j at bits 4j..4j+3: `lowbit.reference.paged.pack_int4`'s
-                         uint32 words, declared int32; the launcher takes either)
+                         uint32 words, the keys `pack_int4_keys`'s, declared int32; the launcher takes
+                         either)
 
 int4 words are declared int32 because the TVM backend passes uint32 arrays as int32 (`cache_dtype`); the
 launcher views the caller's arrays (fp8 as uint8 bit patterns or float8_e4m3fn, uint32 words) accordingly.
@@ -69,12 +71,22 @@ def cache_width(kv_dtype: str, D: Any) -> Any:
     return D // 8 if kv_dtype == "int4" else D
 
 
+def key_dim(kv_dtype: str, axis: int, PS: Any, H: Any, D: Any) -> Any:
+    """Dim `axis` (1..3) of the key cache: [NP, PS, H, width], or int4's [NP, H, D // 8, PS]
+    (`lowbit.reference.paged.pack_int4_keys`)."""
+    dims = (H, D // 8, PS) if kv_dtype == "int4" else (PS, H, cache_width(kv_dtype, D))
+    return dims[axis - 1]
+
+
 @T.kernel
 def kv_append(
     k: T.Tensor("dtype", ("NT", "H", "D")),
     v: T.Tensor("dtype", ("NT", "H", "D")),
     slot_mapping: T.Tensor("int32", ("NT",)),
-    k_cache: T.Tensor("cdtype", ("NP", "PS", "H", "cache_width(kv_dtype, D)")),
+    k_cache: T.Tensor(
+        "cdtype",
+        ("NP", "key_dim(kv_dtype, 1, PS, H, D)", "key_dim(kv_dtype, 2, PS, H, D)", "key_dim(kv_dtype, 3, PS, H, D)"),
+    ),
     v_cache: T.Tensor("cdtype", ("NP", "PS", "H", "cache_width(kv_dtype, D)")),
     k_scales: T.Tensor("float16", ("NP", "PS", "H")),
     k_zeros: T.Tensor("float16", ("NP", "PS", "H")),
@@ -109,7 +121,10 @@ def kv_append(
                 T.store(cache, (*at, 0), T.reshape(T.cast(fp8, kv_dtype), (1, 1, BH, D)))
             else:
                 codes, scale, zero = _quantize_rows(xv, (1 << KV_BITS[kv_dtype]) - 1)
-                if kv_dtype == "int4":  # 8 codes per little-endian uint32 word
+                if kv_dtype == "int4" and i == 0:  # keys: word w of the token at [page, head, w, offset]
+                    words = T.view(T.cast(codes, "uint4"), T.int32)  # [BH, D // 8]
+                    T.store(cache, (at[0], at[2], 0, at[1]), T.reshape(words, (1, BH, D // 8, 1)))
+                elif kv_dtype == "int4":  # 8 codes per little-endian uint32 word
                     words = T.view(T.cast(codes, "uint4"), T.int32)  # [BH, D // 8]
                     T.store(cache, (*at, 0), T.reshape(words, (1, 1, BH, D // 8)))
                 else:
@@ -230,8 +245,9 @@ def append_kv(
     slot_mapping [T] int32 (< 0: skipped), in place.
 
     k_cache, v_cache: [NP, PS, Hkv, D] of kv_dtype's storage (float16, bfloat16, fp8_e4m3 as uint8 bit
-    patterns or float8_e4m3fn, int8 as uint8 codes) or [NP, PS, Hkv, D // 8] uint32 (or int32) words for
-    int4, as `lowbit.reference.paged.PagedKVCache` holds them (int4: `pack_int4` of its codes). int8/int4
+    patterns or float8_e4m3fn, int8 as uint8 codes) or, for int4, uint32 (or int32) words: v_cache
+    [NP, PS, Hkv, D // 8] (`pack_int4` of `lowbit.reference.paged.PagedKVCache`'s codes), k_cache
+    [NP, Hkv, D // 8, PS] (`pack_int4_keys`). int8/int4
     also need k_scales, k_zeros, v_scales, v_zeros [NP, PS, Hkv] float16; fp8_e4m3 uses the layer scales.
     Raises ValueError naming the argument for a bad kv_dtype, shape or dtype."""
     if kv_dtype not in KV_DTYPES:
@@ -244,10 +260,14 @@ def append_kv(
     if tuple(slot_mapping.shape) != (nt,):
         raise ValueError(f"slot_mapping has shape {tuple(slot_mapping.shape)}; expected [T={nt}] int32")
     width = cache_width(kv_dtype, d)
-    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if len(c.shape) != 4 or tuple(c.shape[2:]) != (h, width) or tuple(c.shape) != tuple(k_cache.shape):
-            raise ValueError(f"{name} has shape {tuple(c.shape)}; expected [NP, PS, Hkv={h}, {width}] for {kv_dtype}")
-    np_, ps = int(k_cache.shape[0]), int(k_cache.shape[1])
+    if len(v_cache.shape) != 4 or tuple(v_cache.shape[2:]) != (h, width):
+        want = f"[NP, PS, Hkv={h}, {width}]"
+        raise ValueError(f"v_cache has shape {tuple(v_cache.shape)}; expected {want} for {kv_dtype}")
+    np_, ps = int(v_cache.shape[0]), int(v_cache.shape[1])
+    k_want = (np_, h, width, ps) if kv_dtype == "int4" else tuple(v_cache.shape)
+    if tuple(k_cache.shape) != k_want:
+        what = "[NP, Hkv, D // 8, PS] (pack_int4_keys)" if kv_dtype == "int4" else "v_cache's shape"
+        raise ValueError(f"k_cache has shape {tuple(k_cache.shape)}; expected {what} = {list(k_want)} for {kv_dtype}")
     args: dict[str, Any] = {"k": k_new, "v": v_new, "slot_mapping": slot_mapping}
     args.update(k_cache=_cache_view(k_cache, kv_dtype), v_cache=_cache_view(v_cache, kv_dtype))
     if kv_dtype in KV_BITS:
@@ -281,8 +301,8 @@ def append_launcher(
     """`launch(k_new, v_new, slot_mapping)` into this layer's caches (and `side`: the KV8/KV4 scales and zeros,
     as `append_kv` takes them), bound once: `append_kv` with no checks, the executor's hot path. k_new,
     v_new: contiguous [T, Hkv, D] tensors of `dtype`; slot_mapping [T] int32."""
-    np_, ps, h = (int(s) for s in k_cache.shape[:3])
-    d = int(k_cache.shape[3]) * (8 if kv_dtype == "int4" else 1)
+    np_, ps, h = (int(s) for s in v_cache.shape[:3])  # v: [NP, PS, Hkv, width] for every kv_dtype
+    d = int(v_cache.shape[3]) * (8 if kv_dtype == "int4" else 1)
     fixed: dict[str, Any] = {
         "k_cache": _cache_view(k_cache, kv_dtype), "v_cache": _cache_view(v_cache, kv_dtype),
         "H": h, "NP": np_, "PS": ps, **(side or {}),
@@ -330,4 +350,4 @@ def _cache_view(cache: Any, kv_dtype: str) -> Any:
     return cache.view(np.dtype(want.host_dtype))
 
 
-__all__ = ["append_kv", "append_launcher", "cache_dtype", "cache_width", "kv_append"]
+__all__ = ["append_kv", "append_launcher", "cache_dtype", "cache_width", "key_dim", "kv_append"]

@@ -58,7 +58,10 @@ def paged_decode_attention(
 ) -> Any:
     """Decode attention: q [B, HQ, D] (one new token per sequence, its K/V already in the cache) attends to the
     context_lens[b] cached tokens of sequence b. Returns out [B, HQ, D] in q's dtype (softmax in fp32).
-    `int8_scores` (int8 / int4 caches): the scores q·k on 8-bit integer dots (`paged_decode_attention_q8`: q
+    Caches (`lowbit.reference.paged`): [num_pages, page_size, HKV, D] of the KV dtype's storage, except int4:
+    keys `k_cache [num_pages, HKV, D // 8, page_size]` int32 words (per page and head, word w of every token
+    side by side: `pack_int4_keys`), values `v_cache [num_pages, page_size, HKV, D // 8]` (`pack_int4`).
+    `int8_scores` (int8 caches): the scores q·k on 8-bit integer dots (`paged_decode_attention_q8`: q
     rounded to two int8 levels, |δq| <= max|q| / 64516 per element). Off by default on every backend: since
     the TVM lowering runs q·Kᵀ as inner products over contiguous codes and prefetches packed KV4 pages, the
     fp32 kernel is the faster one on the 2-core AVX2 VM (B=8 ctx 4096, one thread, min over 4 alternating
@@ -73,14 +76,20 @@ def paged_decode_attention(
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype {kv_dtype!r} is not supported; use one of {list(KV_DTYPES)}")
     words = kv_dtype == "int4"
-    if len(k_cache.shape) != 4:
-        raise ValueError(f"k_cache has shape {list(k_cache.shape)}; expected [num_pages, page_size, HKV, D]")
-    NP, PS, HKV, DC = (int(s) for s in k_cache.shape)
+    if len(v_cache.shape) != 4:
+        raise ValueError(f"v_cache has shape {list(v_cache.shape)}; expected [num_pages, page_size, HKV, D]")
+    NP, PS, HKV, DC = (int(s) for s in v_cache.shape)
     if DC * (8 if words else 1) != D:
         want = f"D // 8 = {D // 8} int32 words" if words else f"D = {D}"
-        raise ValueError(f"k_cache's last dimension is {DC} but q's head dim {D} needs {want} (kv_dtype {kv_dtype})")
-    if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache has shape {list(v_cache.shape)}, k_cache {list(k_cache.shape)}; they must match")
+        raise ValueError(f"v_cache's last dimension is {DC} but q's head dim {D} needs {want} (kv_dtype {kv_dtype})")
+    k_want = (NP, HKV, DC, PS) if words else (NP, PS, HKV, DC)
+    if tuple(k_cache.shape) != k_want:
+        layout = (
+            "an int4 cache's keys are [num_pages, HKV, D // 8, page_size] words (lowbit.reference.paged.pack_int4_keys)"
+            if words
+            else "k_cache and v_cache must have the same shape"
+        )
+        raise ValueError(f"k_cache has shape {list(k_cache.shape)}, expected {list(k_want)}: {layout}")
     if HQ % HKV:
         raise ValueError(f"HQ = {HQ} query heads is not a multiple of HKV = {HKV} KV heads (GQA needs HQ % HKV == 0)")
     quantized = kv_dtype in ("int8", "int4")
@@ -102,9 +111,10 @@ def paged_decode_attention(
         )
     GQ = HQ // HKV
     GP, BN, CD = _decode_tiles(backend, GQ, PS, D, qdtype)
-    if int8_scores and (kv_dtype not in ("int8", "int4") or D % 16):
+    if int8_scores and (kv_dtype != "int8" or D % 16):
         raise ValueError(
-            f"int8_scores needs an int8 / int4 cache and a head dim divisible by 16; got {kv_dtype}, D {D}"
+            f"int8_scores needs an int8 cache and a head dim divisible by 16; got {kv_dtype}, D {D} (int4 caches "
+            f"run paged_decode_attention_kv4, whose scores are an fp32 dot over the key planes)"
         )
     splits, tps = decode_splits(backend, B * HKV, maxlen, BN, num_splits)
     odtype = qdtype if splits == 1 else "float32"
@@ -130,7 +140,7 @@ def paged_decode_attention(
     if int8_scores:
         kernel = decode_kernels.paged_decode_attention_q8
         consts = q8_consts(consts)
-    elif kv_dtype == "int4" and kv4_planes(backend, D):
+    elif kv_dtype == "int4":
         kernel = decode_kernels.paged_decode_attention_kv4
         consts = kv4_consts(consts)
     args = {
@@ -298,17 +308,6 @@ def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def kv4_planes(backend: str, D: int) -> bool:
-    """Whether KV4 decode runs `paged_decode_attention_kv4` (nibble planes) instead of the fp32 kernel: on TVM
-    where the lowering vectorizes with 16 fp32 lanes (AVX-512; `artifact.fingerprint.fp32_lanes`), at which a
-    natural-order vector of 16 codes spans two words and LLVM gathers it. B=8 ctx 4096, one thread, CPU time,
-    4 alternating rounds on the 2-core Zen 5: planes 11.5 ms, fp32 kernel 19.2 ms (at 8 lanes: 12.2 ms). On
-    AVX2 (8 lanes) the fp32 kernel stays, as measured there (lowbit/kernels/README.md, session 15)."""
-    from lowbit.artifact.fingerprint import fp32_lanes
-
-    return backend == "tvm" and D % 8 == 0 and fp32_lanes() >= 16
-
-
 def kv4_consts(consts: dict[str, Any]) -> dict[str, Any]:
     """`paged_decode_attention_kv4`'s constants from `paged_decode_attention`'s (odtype if given)."""
     keep = ("qdtype", "odtype", "D", "PS", "GQ", "GP", "BN", "sm_scale")
@@ -453,7 +452,6 @@ __all__ = [
     "KV_DTYPES",
     "decode_splits",
     "kv4_consts",
-    "kv4_planes",
     "paged_decode_attention",
     "prefill_attention",
     "q8_consts",

@@ -9,8 +9,10 @@ from lowbit.reference.paged import (
     build_paged_cache,
     gather_kv,
     pack_int4,
+    pack_int4_keys,
     token_slots,
     unpack_int4,
+    unpack_int4_keys,
 )
 from lowbit.reference.rope import ROPE_STYLES, apply_rope, rope_cos_sin, rope_inv_freq, rope_pairs
 
@@ -24,6 +26,7 @@ __all__ = [
     "decode_attention",
     "gather_kv",
     "pack_int4",
+    "pack_int4_keys",
     "paged_attention",
     "prefill_attention",
     "rms_norm",
@@ -33,4 +36,5 @@ __all__ = [
     "sequence_attention",
     "token_slots",
     "unpack_int4",
+    "unpack_int4_keys",
 ]

@@ -13,7 +13,8 @@ Layout (one layer; B sequences, H_kv KV heads, head dim D):
 Token at position i of sequence b lives in page block_table[b, i // page_size], offset i % page_size.
 
 Packed KV4 (`pack_int4`): 8 codes per little-endian uint32 word along D, code j of a word at bits
-4j..4j+3, so k_cache [P, S, H, D] uint8 -> [P, S, H, D // 8] uint32.
+4j..4j+3, so v_cache [P, S, H, D] uint8 -> [P, S, H, D // 8] uint32; the keys as the kernels hold them
+(`pack_int4_keys`) are those words with each page's tokens side by side: k_cache -> [P, H, D // 8, S].
 """
 
 from __future__ import annotations
@@ -226,6 +227,25 @@ def unpack_int4(words: np.ndarray) -> np.ndarray:
     shifts = np.arange(INT4_PER_WORD, dtype=np.uint32) * np.uint32(4)  # [8]
     nibbles = (words[..., None] >> shifts) & np.uint32(0xF)  # [..., W, 8]
     return nibbles.reshape(*words.shape[:-1], -1).astype(np.uint8)
+
+
+def pack_int4_keys(codes: np.ndarray) -> np.ndarray:
+    """The keys of a KV4 cache as the kernels store them: codes [P, S, H, D] -> uint32 words [P, H, D // 8, S]
+    (`pack_int4`'s words, each page's tokens side by side per head and word: vLLM's key_cache
+    [.., D / x, page_size, x] with x = 8 codes per word). Decode reads one word row of a page's tokens as one
+    vector (lowbit.kernels.attention_decode.paged_decode_attention_kv4); values stay token-major."""
+    codes = np.asarray(codes)
+    if codes.ndim != 4:
+        raise ValueError(f"KV4 key codes must be [num_pages, page_size, H_kv, D]; got shape {list(codes.shape)}")
+    return np.ascontiguousarray(pack_int4(codes).transpose(0, 2, 3, 1))
+
+
+def unpack_int4_keys(words: np.ndarray) -> np.ndarray:
+    """Inverse of `pack_int4_keys`: uint32 words [P, H, W, S] -> KV4 key codes [P, S, H, 8·W] uint8."""
+    words = np.asarray(words)
+    if words.ndim != 4:
+        raise ValueError(f"KV4 key words must be [num_pages, H_kv, D // 8, page_size]; got shape {list(words.shape)}")
+    return unpack_int4(np.ascontiguousarray(words.transpose(0, 3, 1, 2)))
 
 
 def _read(cache: PagedKVCache, which: str, slots: np.ndarray) -> np.ndarray:

@@ -584,7 +584,7 @@ def _decode_attention(
     layer = ex.cache.layers[a["layer"]]
     kv = ex.cache.kv_dtype
     hq, hkv, d = a["num_heads"], a["num_kv_heads"], a["head_dim"]
-    ps = int(layer.k.shape[1])
+    ps = int(layer.v.shape[1])  # v: [NP, PS, HKV, ..] (int4 keys are [NP, HKV, D // 8, PS])
     gp, bn, cd = _decode_tiles("tvm", hq // hkv, ps, d, ex.dtype_name)
 
     def build() -> tuple[Any, Any]:

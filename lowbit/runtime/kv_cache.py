@@ -2,7 +2,8 @@
 
 Layout (one layer; `lowbit.ops.attention`'s, vLLM's): k/v [num_pages, page_size, num_kv_heads, D] in the
 storage dtype of `kv_dtype` (float16 / bfloat16 / float32; fp8_e4m3 as torch.float8_e4m3fn with a per-layer
-scale; int8 as uint8 codes; int4 as int32 words [.., D // 8]); int8/int4 add k/v scales and zeros
+scale; int8 as uint8 codes; int4 as int32 words [.., D // 8], the keys [num_pages, num_kv_heads, D // 8,
+page_size]: `lowbit.reference.paged.pack_int4_keys`); int8/int4 add k/v scales and zeros
 [num_pages, page_size, num_kv_heads] float16. A token of a sequence lives at slot = page·page_size + offset,
 its page taken from the sequence's block table.
 """
@@ -70,6 +71,8 @@ class PagedKVCache:
             raise ValueError(f"num_pages {self.num_pages}: need at least 2 (page 0 is scratch)")
         d = self.head_dim // 8 if self.kv_dtype == "int4" else self.head_dim
         shape = (self.num_pages, self.page_size, self.num_kv_heads, d)
+        # int4 keys: per page and head, word w of its tokens side by side (lowbit.reference.paged.pack_int4_keys)
+        k_shape = (self.num_pages, self.num_kv_heads, d, self.page_size) if self.kv_dtype == "int4" else shape
         side = (self.num_pages, self.page_size, self.num_kv_heads)
         quantized = self.kv_dtype in ("int8", "int4")
         scales = self.layer_scales or [(1.0, 1.0)] * self.num_layers
@@ -81,7 +84,7 @@ class PagedKVCache:
             ks, vs = scales[i]
             self.layers.append(
                 LayerCache(
-                    torch.zeros(shape, dtype=KV_STORAGE[self.kv_dtype]),
+                    torch.zeros(k_shape, dtype=KV_STORAGE[self.kv_dtype]),
                     torch.zeros(shape, dtype=KV_STORAGE[self.kv_dtype]),
                     k_layer_scale=float(ks),
                     v_layer_scale=float(vs),

@@ -83,14 +83,16 @@ def test_bytes_model_by_hand(report):
 def test_random_cache_dequantizes_through_the_block_table():
     gen = torch.Generator().manual_seed(1)
     args, k, v = A.random_paged_cache(2, 20, HEADS, "int4", gen)
-    words, tables = args["k_cache"], args["block_tables"]
-    assert words.dtype == torch.int32 and tuple(words.shape) == (6, 8, 2, 2) and tables.dtype == torch.int32
+    words, tables = args["k_cache"], args["block_tables"]  # keys [NP, HKV, D // 8, PS] (pack_int4_keys)
+    assert words.dtype == torch.int32 and tuple(words.shape) == (6, 2, 2, 8) and tables.dtype == torch.int32
+    assert tuple(args["v_cache"].shape) == (6, 8, 2, 2)  # values [NP, PS, HKV, D // 8]
     assert sorted(tables.flatten().tolist()) == list(range(6)) and k.shape == v.shape == (2, 2, 20, 16)
     shifts = torch.arange(8, dtype=torch.int32) * 4
-    codes = ((words[..., None] >> shifts) & 15).reshape(6, 8, 2, 16).float()  # unpack by the documented layout
-    x = (codes - args["k_zeros"].float()[..., None]) * args["k_scales"].float()[..., None]
-    b, t, h = 1, 17, 1  # token 17 of sequence 1: page tables[1, 2], offset 1
-    assert torch.equal(k[b, h, t], x[tables[b, t // 8], t % 8, h])
+    for name, dense, tokens_major in (("k", k, words.permute(0, 3, 1, 2)), ("v", v, args["v_cache"])):
+        codes = ((tokens_major[..., None] >> shifts) & 15).reshape(6, 8, 2, 16).float()  # the documented layouts
+        x = (codes - args[f"{name}_zeros"].float()[..., None]) * args[f"{name}_scales"].float()[..., None]
+        b, t, h = 1, 17, 1  # token 17 of sequence 1: page tables[1, 2], offset 1
+        assert torch.equal(dense[b, h, t], x[tables[b, t // 8], t % 8, h]), name
 
 
 def test_pack_int4_puts_code_j_at_bits_4j():

@@ -25,7 +25,14 @@ from hypothesis import strategies as st
 from lowbit.dtypes import dtype
 from lowbit.kernels.kv_append import append_kv, cache_dtype, kv_append
 from lowbit.quant.kv import KV_BITS, dequantize_kv
-from lowbit.reference.paged import append_kv_reference, build_paged_cache, pack_int4, unpack_int4
+from lowbit.reference.paged import (
+    append_kv_reference,
+    build_paged_cache,
+    pack_int4,
+    pack_int4_keys,
+    unpack_int4,
+    unpack_int4_keys,
+)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "codegen"))
 from backend_harness import assert_same, run_both
@@ -67,19 +74,20 @@ def problem(nt, h, d, kv_dtype, adtype, seed):
     return cache, k, v, slots
 
 
-def storage(a: np.ndarray | None, kv_dtype: str, field: str):
-    """A reference cache array as the kernel stores it."""
+def storage(a: np.ndarray | None, kv_dtype: str, field: str, which: str = "v"):
+    """A reference cache array as the kernel stores it (int4 keys: `pack_int4_keys`'s layout)."""
     if a is None or field != "cache":
         return a
     if kv_dtype == "int4":
-        return pack_int4(a).view(np.int32)
+        return (pack_int4_keys(a) if which == "k" else pack_int4(a)).view(np.int32)
     return a.view(np.dtype(dtype(cache_dtype(kv_dtype)).host_dtype))
 
 
-def codes_of(a: np.ndarray, kv_dtype: str) -> np.ndarray:
+def codes_of(a: np.ndarray, kv_dtype: str, which: str = "v") -> np.ndarray:
     """The kernel's cache array as the reference holds it (int4 unpacked; others as integer bits)."""
     if kv_dtype == "int4":
-        return unpack_int4(a.view(np.uint32)).astype(np.int64)
+        unpack = unpack_int4_keys if which == "k" else unpack_int4
+        return unpack(a.view(np.uint32)).astype(np.int64)
     return a.view(np.dtype(f"uint{a.dtype.itemsize * 8}")).astype(np.int64)
 
 
@@ -104,7 +112,7 @@ def check_append(backend, nt, h, d, kv_dtype, adtype, seed, bh=2, rows_k=None):
     args = {"k": k, "v": v, "slot_mapping": slots, "layer_scales": np.asarray(LAYER_SCALES, np.float32)}
     for which in "kv":
         for field in fields:
-            args[f"{which}_{field}"] = storage(getattr(cache, f"{which}_{field}"), kv_dtype, field).copy()
+            args[f"{which}_{field}"] = storage(getattr(cache, f"{which}_{field}"), kv_dtype, field, which).copy()
     consts = dict(D=d, kv_dtype=kv_dtype, cdtype=cache_dtype(kv_dtype), dtype=adtype, BH=bh)
     ref, out = run_both(kv_append, consts, args, backend=backend)
     what = f"{backend} {kv_dtype} {adtype} T={nt} H={h} D={d}"
@@ -116,11 +124,11 @@ def check_append(backend, nt, h, d, kv_dtype, adtype, seed, bh=2, rows_k=None):
         want = getattr(expected, f"{which}_cache").reshape(NUM_PAGES * PS, h, d)
         want = want.astype(np.int64) if kv_dtype in KV_BITS else codes_of(want, kv_dtype)  # codes, bits
         if kv_dtype not in KV_BITS:  # float formats: the same bits
-            assert_same(codes_of(out[f"{which}_cache"], kv_dtype).reshape(want.shape), want, f"{what}: {which}")
+            assert_same(codes_of(out[f"{which}_cache"], kv_dtype, which).reshape(want.shape), want, f"{what}: {which}")
             continue
         for field in ("scales", "zeros"):
             assert_same(out[f"{which}_{field}"], getattr(expected, f"{which}_{field}"), f"{what}: {which} {field}")
-        got = codes_of(out[f"{which}_cache"], kv_dtype).reshape(want.shape)
+        got = codes_of(out[f"{which}_cache"], kv_dtype, which).reshape(want.shape)
         ties = tie_mask(x, slots[real], expected, which, want.shape)
         assert (np.abs(got - want) <= ties).all(), (
             f"{what}: {which} codes differ off ties at {np.argwhere(got != want)[:3]}"
@@ -170,8 +178,8 @@ def test_scale_is_exact_where_fp32_range_rounds(backend):
 def test_append_kv_launcher(backend, kv_dtype):
     cache, k, v, slots = problem(4, 2, 64, kv_dtype, "float16", seed=11)
     expected = append_kv_reference(cache, k, v, slots)
-    if kv_dtype == "int4":  # the attention kernels' layout: uint32 words
-        k_cache, v_cache = pack_int4(cache.k_cache), pack_int4(cache.v_cache)
+    if kv_dtype == "int4":  # the attention kernels' layout: uint32 words, the keys page-transposed
+        k_cache, v_cache = pack_int4_keys(cache.k_cache), pack_int4(cache.v_cache)
         extra = dict(k_scales=cache.k_scales.copy(), k_zeros=cache.k_zeros.copy(), v_scales=cache.v_scales.copy(),
                      v_zeros=cache.v_zeros.copy())  # fmt: skip
     else:  # uint8 bit patterns
@@ -180,7 +188,7 @@ def test_append_kv_launcher(backend, kv_dtype):
     append_kv(k, v, slots, k_cache, v_cache, kv_dtype, backend=backend, heads_per_block=2, **extra)
     if kv_dtype == "int4":
         assert k_cache.dtype == np.uint32
-        assert (np.abs(unpack_int4(k_cache).astype(int) - expected.k_cache) <= 1).all()
+        assert (np.abs(unpack_int4_keys(k_cache).astype(int) - expected.k_cache) <= 1).all()
         assert (np.abs(unpack_int4(v_cache).astype(int) - expected.v_cache) <= 1).all()
         assert_same(extra["k_scales"], expected.k_scales)
         assert_same(extra["v_zeros"], expected.v_zeros)
@@ -201,3 +209,11 @@ def test_append_kv_errors():
         append_kv(k, v, slots[:1], cache.k_cache, cache.v_cache, "int8", backend="reference")
     with pytest.raises(ValueError, match="cache holds"):
         append_kv(k, v, slots, cache.k_cache.astype(np.float32), cache.v_cache, "int8", backend="reference")
+
+
+def test_append_kv_refuses_token_major_int4_keys():
+    # int4 keys are [NP, Hkv, D // 8, PS] words; the values' token-major layout for the keys is named as the fix
+    cache, k, v, slots = problem(2, 2, 64, "int4", "float16", seed=0)
+    side = dict(k_scales=cache.k_scales, k_zeros=cache.k_zeros, v_scales=cache.v_scales, v_zeros=cache.v_zeros)
+    with pytest.raises(ValueError, match="pack_int4_keys"):
+        append_kv(k, v, slots, pack_int4(cache.k_cache), pack_int4(cache.v_cache), "int4", backend="reference", **side)

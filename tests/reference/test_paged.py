@@ -16,8 +16,10 @@ from lowbit.reference.paged import (
     build_paged_cache,
     gather_kv,
     pack_int4,
+    pack_int4_keys,
     token_slots,
     unpack_int4,
+    unpack_int4_keys,
 )
 
 
@@ -37,6 +39,20 @@ def test_pack_int4_round_trip_and_matches_pack_words(shape: list[int], words: in
     assert np.array_equal(unpack_int4(packed), codes)
     # oracle: lowbit.dtypes' word packing (slot s in word s // 8 at bit 4·(s % 8)) over the flat codes
     assert np.array_equal(packed.reshape(-1), pack_words(codes.reshape(-1), 4, word_bits=32, per_word=8))
+
+
+@settings(max_examples=10)
+@given(p=st.integers(1, 3), s=st.sampled_from([1, 16]), h=st.integers(1, 3), words=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_pack_int4_keys_puts_a_pages_tokens_side_by_side(p: int, s: int, h: int, words: int, seed: int) -> None:
+    codes = np.random.default_rng(seed).integers(0, 16, (p, s, h, 8 * words)).astype(np.uint8)  # [P, S, H, D]
+    keys = pack_int4_keys(codes)
+    assert keys.dtype == np.uint32 and keys.shape == (p, h, words, s) and keys.flags.c_contiguous
+    assert np.array_equal(unpack_int4_keys(keys), codes)
+    # oracle: element by element, word w of token t of page i, head j is pack_int4's word of that row
+    rows = pack_int4(codes)  # [P, S, H, W]
+    for i, t, j, w in np.ndindex(p, s, h, words):
+        assert keys[i, j, w, t] == rows[i, t, j, w]
 
 
 def test_pack_int4_bit_positions() -> None:

@@ -50,7 +50,9 @@ def test_short_block_table_is_refused():
 
 def test_page_pool():
     cache = PagedKVCache("int4", 2, 2, 16, 5, 16)
-    assert cache.layers[0].k.shape == (5, 16, 2, 2) and cache.layers[0].k_scales is not None
+    # int4: keys [NP, HKV, D // 8, PS] (pack_int4_keys), values [NP, PS, HKV, D // 8]
+    assert cache.layers[0].k.shape == (5, 2, 2, 16) and cache.layers[0].v.shape == (5, 16, 2, 2)
+    assert cache.layers[0].k_scales is not None
     a = cache.allocate(3)
     assert 0 not in a and cache.num_free_pages == 1
     with pytest.raises(OutOfPages):

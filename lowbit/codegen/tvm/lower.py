@@ -84,6 +84,13 @@ OPTIONS: dict[str, Any] = {
     # independent i32 accumulator chains a vpdpbusd dot keeps in flight (rows of the block x chains per row);
     # its latency is ~4.7 cycles at ~1.4 per cycle on Zen 5, so 8 are needed to issue at full rate
     "vnni_chains": 8,
+    # a float dot whose register block is fewer than `fma_chains` vectors (tm rows x the column vectors: decode
+    # attention's [4 heads, 16] tiles are 4) splits k into interleaved partial sums so that many independent FMA
+    # chains are in flight (FMA latency ~4 cycles x 2 pipes on Zen 5); 0 or 1: one chain per vector
+    "fma_chains": 1,
+    # a reduction along the last axis runs in vector lane partials (`_reduce_lanes`) from this many vectors of
+    # elements; shorter ones loop over the reduced axis with the kept axes vectorized
+    "reduce_vectors": 2,
     # a float dot whose b operand is <= 4-bit codes cast to float, read as a packed tile whose 16 consecutive
     # columns are 16 consecutive words (the column-tiled GEMV layouts), decodes each code with one vpermps
     # from a 16-entry table of the dtype's values (`_Emitter.dot_lut`): "avx512", "none", or "auto" =
@@ -112,7 +119,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inner_dot={out['inner_dot']!r} must be an int >= 0 (lanes; 0: off)")
     if out["vector"] != "auto" and not (isinstance(out["vector"], int) and out["vector"] >= 1):
         raise BackendError(f"tvm backend: option vector={out['vector']!r} must be 'auto' or a positive int (lanes)")
-    for name in ("unroll", "tm", "vnni_chains"):
+    for name in ("unroll", "tm", "vnni_chains", "fma_chains", "reduce_vectors"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
@@ -823,8 +830,16 @@ class _Emitter:
         if lut is not None:
             self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut))
             return
-        # operands reused across rows/columns are unpacked once into a local buffer
-        for opnd, reuse in ((b, BM), (a, BN)):
+        # operands reused across rows/columns are unpacked once into a local buffer; with `fma_chains` on, b is
+        # not when the dot's rows are one block of unrolled rows and its columns unrolled vectors: each b vector
+        # is then computed once per k in registers and used by every row (LLVM merges the identical unrolled
+        # reads), where the buffer cost a store and a reload per vector
+        tm = self.opt["tm"] if BM % self.opt["tm"] == 0 else 1
+        vec = self.opt["vector"]
+        col_vectors = -(-BN // vec)
+        one_block = BM // tm == 1 and (col_vectors == 1 or (BN % vec == 0 and col_vectors <= MAX_UNROLLED_VECTORS))
+        b_reuse = 1 if self.opt["fma_chains"] > 1 and one_block else BM
+        for opnd, reuse in ((b, b_reuse), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
                 self.materialize(opnd)
         self._dot_generic(inst, out, unroll=self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1)
@@ -1378,7 +1393,9 @@ class _Emitter:
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by
-        `unroll` (no operand materialisation here, so the bindings stay as they are)."""
+        `unroll` (no operand materialisation here, so the bindings stay as they are). A float dot whose block
+        holds fewer than `fma_chains` vectors accumulates its fast path in `parts` interleaved partial sums
+        (k mod parts), added into `out` after the k loop."""
         a, b = inst.a, inst.b
         BM, KT = a.shape
         BN = b.shape[1]
@@ -1387,29 +1404,75 @@ class _Emitter:
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         io, kk = self.fresh("io"), self.fresh("k")
         self._ii = self.fresh("ii")
+        parts = self._k_parts(inst, tm, BN, KT)
+        if parts > 1 and unroll % parts:
+            unroll = parts
+        accp = self.fresh("accp") if parts > 1 else ""
 
-        def body(idx: tuple[str, ...], k: str, ctx: _Ctx) -> list[str]:
+        def body(idx: tuple[str, ...], k: str, ctx: _Ctx, part: str | None = None) -> list[str]:
             _, j = idx
             row = f"{io} * {tm} + {self._ii}" if BM > 1 else "0"
             prod = f"({conv(fa((row, k), ctx))}) * ({conv(fb((k, j), ctx))})"
-            return [f"{out}[{row}, {j}] = {out}[{row}, {j}] + {prod}"]
+            acc = f"{out}[{row}, {j}]" if part is None else f"{accp}[{part}, {row}, {j}]"
+            return [f"{acc} = {acc} + {prod}"]
 
-        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body)
+        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body, (parts, accp, out, BM))
 
-    def _dot_loops(self, n_io: int, KT: int, unroll: int, io: str, kk: str, inner: tuple[int, int], body: Any) -> None:
+    def _k_parts(self, inst: I.Dot, tm: int, BN: int, KT: int) -> int:
+        """Interleaved partial sums of a float dot's k loop: `fma_chains` / (vectors in the register block),
+        at most 4, a power of two dividing KT; 1 when off or not a float dot."""
+        chains, vec = self.opt["fma_chains"], self.opt["vector"]
+        vectors = tm * -(-BN // vec)
+        if chains <= 1 or vectors >= chains or inst.acc_dtype.name != "float32" or not self.cpu:
+            return 1
+        parts = 1
+        while parts * 2 <= min(4, chains // vectors) and KT % (parts * 2) == 0:
+            parts *= 2
+        return parts
+
+    def _dot_loops(
+        self,
+        n_io: int,
+        KT: int,
+        unroll: int,
+        io: str,
+        kk: str,
+        inner: tuple[int, int],
+        body: Any,
+        split: tuple[int, str, str, int] = (1, "", "", 0),
+    ) -> None:
         """k outer (unrolled by `unroll`), TM accumulator rows unrolled, j vectorized; the fast/slow split
-        is uniform over the whole dot, so it is hoisted above the k loop."""
+        is uniform over the whole dot, so it is hoisted above the k loop. `split` = (parts, partial-sum buffer,
+        out, rows): the fast path accumulates k mod parts into partial sums (see `_dot_generic`)."""
         tm, BN = inner
         ii = self._ii
+        parts, accp, out, BM = split
         k_fast = f"({kk}o * {unroll} + {kk}u)" if unroll > 1 else kk
         j_loops, (j_fast,) = self._plan((BN,), vector_last=True)
         probe = _Ctx(checked=False)
-        fast = body((ii, j_fast), k_fast, probe)
+        fast = (
+            body((ii, j_fast), k_fast, probe, f"T.floormod({kk}u, {parts})")
+            if parts > 1
+            else body((ii, j_fast), k_fast, probe)
+        )
+
+        def fast_nest() -> None:
+            if parts > 1:
+                self.line(f'{accp} = T.decl_buffer(({parts}, {BM}, {BN}), "float32", {self.scope})')
+                self.nest((parts, BM, BN), lambda idx, ctx: [f"{accp}[{', '.join(idx)}] = T.float32(0)"])
+            self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
+            if parts > 1:
+                total = " + ".join(f"{accp}[{p}, {{0}}, {{1}}]" for p in range(parts))
+                self.nest(
+                    (BM, BN),
+                    lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {out}[{idx[0]}, {idx[1]}] + " + total.format(*idx)],
+                )
+
         if probe.data_dependent or probe.guards:
             if not probe.data_dependent:
                 self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
                 self.depth += 1
-                self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
+                fast_nest()
                 self.depth -= 1
                 self.line("else:")
                 self.depth += 1
@@ -1419,7 +1482,7 @@ class _Emitter:
             if not probe.data_dependent:
                 self.depth -= 1
         else:
-            self._dot_nest(n_io, KT, unroll, io, kk, tm, j_loops, fast, True)
+            fast_nest()
 
     def _dot_nest(
         self,
@@ -1864,7 +1927,13 @@ def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
         return f"T.{inst.op}({cur}, {v})"
 
     vec = int(e.opt["vector"])
-    if e.cpu and ax == len(inst.x.shape) - 1 and n % vec == 0 and n >= 2 * vec and dt.bits <= 32:
+    if (
+        e.cpu
+        and ax == len(inst.x.shape) - 1
+        and n % vec == 0
+        and n >= int(e.opt["reduce_vectors"]) * vec
+        and dt.bits <= 32
+    ):
         _reduce_lanes(e, inst, x, out, outer, init, combine, out_index)
     else:
         e.nest(outer, lambda idx, ctx: [f"{out}[{out_index(idx)}] = {init}"])
@@ -1912,9 +1981,11 @@ def _reduce_lanes(
     for v, s in zip(outer_vars, outer):
         flat = v if flat == "0" else f"({flat}) * {s} + {v}"
 
+    few = width <= 8  # a few rows (decode attention's 4 heads): unrolled, so the lane partials stay in registers
+
     def over_outer(lines: list[str]) -> None:
         for v, s in zip(outer_vars, outer):
-            e.line(f"for {v} in T.serial({s}):")
+            e.line(f"for {v} in T.unroll({s}):" if few else f"for {v} in T.serial({s}):")
             e.depth += 1
         for ln in lines:
             e.line(ln)
@@ -1953,9 +2024,27 @@ def _reduce_lanes(
         if not probe.data_dependent:
             e.depth -= 1
     dst = f"{out}[{out_index(tuple(outer_vars))}]"
-    over_outer(
-        [f"{dst} = {lanes}[({flat}) * {vec}]", f"for {rl} in T.serial(1, {vec}):", f"    {dst} = {combine(dst, slot)}"]
-    )
+    if vec & (vec - 1):
+        over_outer(
+            [
+                f"{dst} = {lanes}[({flat}) * {vec}]",
+                f"for {rl} in T.serial(1, {vec}):",
+                f"    {dst} = {combine(dst, slot)}",
+            ]
+        )
+        return
+    # the lanes folded as a tree, half onto half (log2(vector) vector ops; in order they were vector - 1 dependent
+    # scalar ops: decode attention's softmax reduces 4 rows of 16 scores on every tile)
+    fold: list[str] = []
+    h = vec // 2
+    while h >= 1:
+        lo, hi = f"{lanes}[({flat}) * {vec} + {rl}]", f"{lanes}[({flat}) * {vec} + {h} + {rl}]"
+        fold += [
+            f"for {rl} in T.vectorized({h}):" if h > 1 else f"for {rl} in T.serial(1):",
+            f"    {lo} = {combine(lo, hi)}",
+        ]
+        h //= 2
+    over_outer([*fold, f"{dst} = {lanes}[({flat}) * {vec}]"])
 
 
 @rule(I.Broadcast)
