@@ -55,7 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--input-len", type=int, help="with --output-len: the steady state of such requests")
     w.add_argument("--output-len", type=int)
     s = p.add_argument_group("search")
-    s.add_argument("--max-evals", type=int, default=400, help="simulations, both stages (default 400)")
+    s.add_argument("--max-evals", type=int, default=400,
+                   help="simulations, all stages (default 400); the first 400 go to the descents (stages I, II), "
+                        "the rest to stage III's annealing (the README's results use 4000)")  # fmt: skip
+    s.add_argument("--seed", type=int, default=0, help="stage III's random moves (default 0)")
     s.add_argument("--time-budget", type=float, default=60.0, help="seconds (default 60)")
     s.add_argument("--tile", type=int, default=None, help="row quantum of the cuts (default 128 GPU, 8 CPU)")
     s.add_argument("--window", type=int, default=3, help="layers simulated per evaluation (default 3)")
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> Any:
         print(f"  [{stage}] {evals} simulations: step {seconds * 1e3:.3f} ms", file=sys.stderr)
 
     cfg = SearchConfig(max_evals=args.max_evals, time_budget_s=args.time_budget, tile=tile, window=args.window,
-                       delays=args.delays, order=args.order,
+                       delays=args.delays, order=args.order, seed=args.seed,
                        progress=progress if args.progress else None)  # fmt: skip
     rep = plan_report(mo, wl, cost, cfg, arch=arch, notes=tuple(notes))
     if args.measure:

@@ -5,24 +5,30 @@ Stage I — structure, interference ignored (every interference factor 1): the n
 attention block (input norm, QKV, rope, attention) and of the rest of the layer, their row cuts (multiples of
 the tile, decode/prefill boundary included as a candidate), which unit the elementwise ops run on, and one share
 per unit kind. Stage II — resource shares per nano-op with interference on, under the constraint that the
-shares of nano-ops that overlap in the simulated schedule fit the device (peak sum <= 1).
+shares of nano-ops that overlap in the simulated schedule fit the device (peak sum <= 1). Stages I and II
+split the first `descent_evals` evaluations; stage III (anneal.py) spends the other max_evals - descent_evals on
+simulated annealing over structure, shares and order jointly from stage II's plan, then runs stage II's descent on its
+result.
 
     res = search(mo, wl, cost, SearchConfig(max_evals=400, time_budget_s=20))
     res.plan, res.estimate.tokens_per_s, res.history
 
 The objective is the simulated step time (simulate.simulate_step). Every candidate is simulated; the best so
 far is returned when the evaluation or time budget runs out. `progress(stage, evals, best_seconds)` is called
-after each improvement.
+after each improvement. With the evaluation budget binding (not the time budget) the result is a pure
+function of the inputs and the config (stage III draws from `random.Random(seed)`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from lowbit.planner.anneal import anneal
 from lowbit.planner.cost import CostModel, gemm_config
 from lowbit.planner.nanoplan import NanoPlan, Placement, fractions_of_cuts
 from lowbit.planner.ops import ModelOps
@@ -37,15 +43,21 @@ Progress = Callable[[str, int, float], None]
 
 @dataclass(frozen=True)
 class SearchConfig:
-    max_evals: int = 600  # simulations, both stages together
+    max_evals: int = 600  # simulations, all stages together
     time_budget_s: float = 60.0
     max_nano: int = 4  # nano-batches per block: 1..max_nano
     tile: int = 128  # row quantum of the cuts (NanoFlow: 128 on A100)
     window: int = 3  # layers simulated per evaluation
-    stage1_fraction: float = 0.5  # of max_evals for stage I
+    stage1_fraction: float = 0.5  # of the descents' evaluations (descent_evals) for stage I
     delays: bool = False  # search queue delays too (the runtime's executor does not honour them)
     order: bool = False  # plan the queue order (Placement.order; the runtime runs it as OpRule.order)
-    order_fraction: float = 0.25  # of max_evals for the order descent (with order)
+    order_fraction: float = 0.25  # of the descents' evaluations for the order descent (with order)
+    descent_evals: int = 400  # stages I and II split min(max_evals, this); stage III (anneal.py) the rest
+    anneal_t0: float = 0.002  # stage III's initial temperature (relative slowdown accepted with probability 1/e)
+    anneal_rounds: int = 3  # stage III restarts from its best plan this many times (reheats)
+    anneal_repair: bool = True  # after a structural move, the compute nano-ops' shares fitted to the new overlaps
+    polish_fraction: float = 0.1  # of stage III's evaluations: stage II's descent (and the order's) on its result
+    seed: int = 0  # stage III's random moves (same seed, same inputs, same budget: same plan)
     dispatch: str = "fifo"  # simulate.simulate: "fifo" (the runtime's workers) or "ready" (list scheduling)
     progress: Progress | None = field(default=None, compare=False)
 
@@ -129,7 +141,8 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     cfg = cfg or SearchConfig()
     t0 = time.perf_counter()
     s = _Search(mo, wl, cost, cfg, t0 + cfg.time_budget_s)
-    stage1_limit = max(1, int(cfg.max_evals * cfg.stage1_fraction))
+    descents = min(cfg.max_evals, cfg.descent_evals)  # stages I and II; stage III gets the rest
+    stage1_limit = max(1, int(descents * cfg.stage1_fraction))
     quiet = replace(cost, hw=cost.hw.scaled_interference(0.0))
     hw_name = cost.hw.name
 
@@ -196,11 +209,28 @@ def search(mo: ModelOps, wl: Workload, cost: CostModel, cfg: SearchConfig | None
     if cfg.order:  # freeze the list-scheduled order into FIFO queues, then descend over it
         ordered = orders_from_schedule(mo, stage1_plan, wl, cost, cfg.window)
         stage1_plan, stage1_est = _order_descent(
-            s, ordered, s.evaluate(ordered, cost), stage1_limit + int(cfg.max_evals * cfg.order_fraction)
+            s, ordered, s.evaluate(ordered, cost), stage1_limit + int(descents * cfg.order_fraction)
         )
 
     # -- stage II -------------------------------------------------------------------------------------------
-    plan, est = _stage2(s, stage1_plan, stage1_est, cfg.max_evals)
+    plan, est = _stage2(s, stage1_plan, stage1_est, max(1, int(descents)))
+
+    # -- stage III: annealing over structure, shares and order from there, then stage II's descent again ----
+    third = cfg.max_evals - descents  # its own evaluations (not what the descents left: they stop when converged)
+    if third > 0 and s.budget_left(cfg.max_evals):
+        limit = min(cfg.max_evals, s.evals + third)
+        polish = int(third * cfg.polish_fraction)
+        start = s.evals
+        s.note("III:start", est.seconds)
+        plan, est = anneal(
+            plan, est, lambda p: s.evaluate(p, cost), lambda: s.budget_left(limit - polish), mo, rows,
+            cost.hw.share_grid(), random.Random(cfg.seed), spent=lambda: (s.evals - start) / max(1, third - polish),
+            t0=cfg.anneal_t0, rounds=cfg.anneal_rounds, repair=cfg.anneal_repair, max_draws=20 * third,
+            note=lambda t: s.note("III:anneal", t),
+        )  # fmt: skip
+        plan, est = _stage2(s, plan, est, limit)
+        if plan.ordered:
+            plan, est = _order_descent(s, plan, est, limit)
     return SearchResult(_with_kernels(plan, mo, wl, cost), est, stage1_plan, stage1_est, s.evals,
                         time.perf_counter() - t0, tuple(s.history))  # fmt: skip
 
@@ -304,9 +334,13 @@ def orders_from_schedule(mo: ModelOps, plan: NanoPlan, wl: Workload, cost: CostM
     t0 = min(x for _, _, x in starts)
     period = est.layer_period if est.layer_period > 0 else res.makespan / w
     key = {(op, k): round((x - t0) / period, 4) for op, k, x in starts}
-    new = {o.name: replace(plan.placement(o.name),
-                           order=tuple(key[(o.name, k)] for k in range(plan.placement(o.name).num_nano)))
-           for o in mo.ops}  # fmt: skip
+    new = {}
+    for o in mo.ops:
+        p = plan.placement(o.name)
+        order: list[float] = []
+        for k in range(p.num_nano):  # a nano-batch whose rows snapped away (attention) has no task: any key
+            order.append(key.get((o.name, k), order[-1] if order else min(key.values(), default=0.0)))
+        new[o.name] = replace(p, order=tuple(order))
     return plan.with_placements(new)
 
 

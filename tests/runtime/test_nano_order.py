@@ -7,6 +7,7 @@ planner-ordered plan's logits equal the unsplit executor's on the tiny artifact.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from lowbit.graph import PassContext, build_graph, optimize
 from lowbit.models import ArchConfig
+from lowbit.planner.anneal import random_move
 from lowbit.planner.cost import CostModel
 from lowbit.planner.hardware import get_hardware
 from lowbit.planner.ops import model_ops
@@ -178,11 +180,18 @@ def test_any_planned_order_is_topological_and_deterministic(nodes, plan, inner):
 WL = Workload(dense_batch=64, decode_tokens=32, decode_context=40, prefill_chunk=16, prefill_context=0)
 
 
-@pytest.fixture(scope="module")
-def planned():
+@pytest.fixture(scope="module", params=["list-scheduled", "annealed"])
+def planned(request):
+    """The list-scheduled orders of the split plan; "annealed": then 200 of stage III's random moves (anneal.py:
+    per-op cuts, nano-batches split / merged, units per nano-batch, shares, queue keys)."""
     mo = model_ops(ARCH, None, 1, "tiny")
     cost = CostModel(get_hardware("h200"))
     plan = orders_from_schedule(mo, split_plan(mo, WL, tile=8), WL, cost)
+    if request.param == "annealed":
+        rng = random.Random(0)
+        for _ in range(200):
+            plan = random_move(plan, mo, WL.dense_batch, cost.hw.share_grid(), rng) or plan
+        assert len({p.fractions for p in plan.placements}) > 2 and any(len(set(p.units)) > 1 for p in plan.placements)
     return mo, cost, plan
 
 
@@ -226,14 +235,20 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return err
 
 
-def test_an_ordered_plan_equals_the_unsplit_executor_on_the_tiny_artifact(tiny_artifact):
+@pytest.mark.parametrize("moves", [0, 120])
+def test_an_ordered_plan_equals_the_unsplit_executor_on_the_tiny_artifact(tiny_artifact, moves):
+    """The list-scheduled plan, and (moves > 0) that plan after stage III's random moves (anneal.py)."""
     from lowbit.compiler.load import load_compiled
 
     model = load_compiled(tiny_artifact, verify="none")
     mo = model_ops(model.arch, None, 1, "tiny-llama")
     wl = Workload(dense_batch=24, decode_tokens=6, decode_context=12, prefill_chunk=9, prefill_context=0)
     cost = CostModel(get_hardware("h200"))
-    pp = orders_from_schedule(mo, split_plan(mo, wl, tile=2), wl, cost).to_pipeline_plan(mo)
+    plan = orders_from_schedule(mo, split_plan(mo, wl, tile=2), wl, cost)
+    rng = random.Random(0)
+    for _ in range(moves):
+        plan = random_move(plan, mo, wl.dense_batch, cost.hw.share_grid(), rng) or plan
+    pp = plan.to_pipeline_plan(mo)
     assert pp.ordered and pp.min_tokens == 0
     plain = model.runner(max_num_seqs=8)
     nano = model.runner(max_num_seqs=8, schedule="nano", plan=pp)
