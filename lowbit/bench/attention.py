@@ -151,8 +151,9 @@ def pack_int4(codes: Any) -> Any:
 def _random_pages(
     shape: tuple[int, ...], kv_dtype: str, gen: Any, keys: bool = False
 ) -> tuple[Any, tuple[Any, Any] | None, Any]:
-    """(stored cache, (scales, zeros) or None, dequantized values [NP, PS, HKV, D] fp32) of random data; int4
-    keys (`keys`) stored as the kernels hold them, [NP, HKV, D // 8, PS] words (`pack_int4_keys`)."""
+    """(stored cache, (scales, zeros) or None, dequantized values [NP, PS, HKV, D] fp32) of random data; int4 /
+    int8 keys (`keys`) stored as the kernels hold them, [NP, HKV, D // C, PS] int32 words (`pack_int4_keys` /
+    `pack_int8_keys`)."""
     import torch
 
     dev, d = gen.device, lookup_dtype(kv_dtype)
@@ -165,10 +166,10 @@ def _random_pages(
     scales = ((0.5 + torch.rand(shape[:3], generator=gen, device=dev)) * 4 / steps).half()  # ~ a unit-normal row
     zeros = (steps * (0.375 + 0.25 * torch.rand(shape[:3], generator=gen, device=dev))).half()  # mid-range, real
     pages = (codes.float() - zeros.float()[..., None]) * scales.float()[..., None]
-    if d.bits == 4:
-        words = pack_int4(codes)
-        return (words.permute(0, 2, 3, 1).contiguous() if keys else words), (scales, zeros), pages
-    return codes, (scales, zeros), pages
+    if keys:  # int32 words of C codes (int8: the little-endian bytes), each page's tokens side by side
+        words = pack_int4(codes) if d.bits == 4 else codes.contiguous().view(torch.int32)
+        return words.permute(0, 2, 3, 1).contiguous(), (scales, zeros), pages
+    return (pack_int4(codes) if d.bits == 4 else codes), (scales, zeros), pages
 
 
 def _gather(pages: Any, tables: Any, context: int) -> Any:

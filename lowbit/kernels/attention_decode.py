@@ -152,10 +152,10 @@ paged_decode_attention_persistent = T.persistent(paged_decode_attention)
 
 
 @T.kernel
-def paged_decode_attention_kv4(
+def paged_decode_attention_words(
     q: T.Tensor("qdtype", ("B", "HQ", "D")),
-    k_words: T.Tensor("int32", ("NP", "HKV", "D // 8", "PS")),
-    v_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // 8")),
+    k_words: T.Tensor("int32", ("NP", "HKV", "D * BITS // 32", "PS")),
+    v_words: T.Tensor("int32", ("NP", "PS", "HKV", "D * BITS // 32")),
     k_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
     k_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
     v_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
@@ -179,34 +179,39 @@ def paged_decode_attention_kv4(
     GP: T.constexpr = 16,
     BN: T.constexpr = 16,
     sm_scale: T.constexpr = 0.08838834764831845,
+    BITS: T.constexpr = 4,
+    VP: T.constexpr = 4,
 ):
-    """`paged_decode_attention` for KV4 (every backend), over the KV4 cache layout of `lowbit.reference.paged`:
-    keys `k_words [NP, HKV, D / 8, PS]` (per page and KV head, word w of its PS tokens side by side: vLLM's
-    key_cache [.., D / x, PS, x] with x = 8 codes per int32 word), values `v_words [NP, PS, HKV, D / 8]`,
-    code d of a token at bits 4·(d mod 8) of its word d // 8.
+    """`paged_decode_attention` for KV4 (BITS 4) and KV8 (BITS 8) on every backend, over the cache layout of
+    `lowbit.reference.paged`: codes packed C = 32 / BITS per int32 word, code d of a token at bits
+    BITS·(d mod C) of its word d // C; keys `k_words [NP, HKV, D / C, PS]` (per page and KV head, word w of its
+    PS tokens side by side: vLLM's key_cache [.., D / x, PS, x] with x = C codes per word), values
+    `v_words [NP, PS, HKV, D / C]` (token-major: KV8's uint8 codes viewed as words).
 
-    Scores: plane j of a key word row, `(words[w, t] >> 4j) & 15`, is code d = 8w + j of PS tokens at once, so
-    q·Kᵀ is an ordinary [GP, D] x [D, BN] dot over the planes (q permuted once per block into plane order,
-    column j·W + w = q_{8w+j}): on a CPU each k step is one vector of BN tokens' codes (shift, mask, convert)
-    multiplied into GP accumulators, where token-major keys needed a horizontal sum per (row, token).
-    Values: per plane j, `(v_words[t, w] >> 4j) & 15` is code d = 8w + j of one token: one [GP, BN] x [BN, W]
-    dot per plane into its accumulator, put back in d order once per block. The softmax sum and the values'
-    zero-point term `Σ_t p_t·s_t·z_t` are carried as [GP, BN] vectors (rescaled by alpha like the
-    accumulators) and summed over the tokens once per block, not on every tile. Same algebra as
-    `paged_decode_attention` (dequantization folded into the dots), fp32 throughout."""
-    W = D // 8
+    Scores: plane j of a key word row, `(words[w, t] >> BITS·j) & mask`, is code d = C·w + j of PS tokens at
+    once, so q·Kᵀ is an ordinary [GP, D] x [D, BN] dot over the planes (q permuted once per block into plane
+    order, column j·W + w = q_{Cw+j}): on a CPU each k step is one vector of BN tokens' codes (shift, mask,
+    convert) multiplied into GP accumulators, where token-major keys needed a horizontal sum per (row, token).
+    Values: plane j of a value word row is code d = C·w + j of one token; VP planes side by side are one
+    [GP, BN] x [BN, VP·W] dot into their group's accumulator, put back in d order once per block. The softmax
+    sum is carried as a [GP, BN] vector (rescaled by alpha like the accumulators) and summed over the tokens
+    once per block. Same algebra as `paged_decode_attention` (dequantization folded into the dots), fp32."""
+    C = 32 // BITS  # codes per word
+    W = D // C  # words per token
+    MASK = (1 << BITS) - 1
+    P = max(1, min(VP, C, 64 // W))  # planes per values dot: at most 64 columns (GP x 4 register accumulators)
     b, h, sp = T.grid(B, HKV, SPLITS)
     n = T.load_scalar(context_lens, (b,), name="n")
     rows = T.arange(0, GP)[:, None] < GQ  # [GP, 1]
     qt = T.reshape(T.load(q, (b, h * GQ, 0), (1, GP, D), mask=T.reshape(rows, (1, GP, 1))), (GP, D))
     qs = T.cast(qt, T.float32) * sm_scale  # [GP, D]
     qsum = T.sum(qs, axis=1, keepdims=True)  # [GP, 1]
-    qp = T.reshape(T.transpose(T.reshape(qs, (GP, W, 8)), (0, 2, 1)), (GP, D))  # [GP, 8·W], plane order
-    shifts = T.reshape(T.arange(0, 8) * 4, (8, 1, 1))
+    qp = T.reshape(T.transpose(T.reshape(qs, (GP, W, C)), (0, 2, 1)), (GP, D))  # [GP, C·W], plane order
+    shifts = T.reshape(T.arange(0, C) * BITS, (C, 1, 1))
     m = T.full((GP, 1), M_INIT, T.float32, name="m")
     lvec = T.zeros((GP, BN), T.float32, name="lvec")  # Σ p per token lane (rescaled like the accumulators)
-    zvec = T.zeros((GP, BN), T.float32, name="zvec")  # Σ p·s·z per token lane
-    accs = [T.zeros((GP, W), T.float32, name=f"acc{j}") for j in T.static_range(8)]  # plane j: d = 8w + j
+    # plane group g: P planes j = g·P + i side by side, column i·W + w holds d = C·w + j
+    accs = [T.zeros((GP, P * W), T.float32, name=f"acc{g}") for g in T.static_range(C // P)]
     for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
         page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
         off = t0 % PS
@@ -214,7 +219,7 @@ def paged_decode_attention_kv4(
         kw = T.reshape(T.load(k_words, (page, h, 0, off), (1, 1, W, BN)), (1, W, BN))
         ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        kc = T.cast(T.reshape((kw >> shifts) & 15, (D, BN)), T.float32)  # [8·W, BN], plane order
+        kc = T.cast(T.reshape((kw >> shifts) & MASK, (D, BN)), T.float32)  # [C·W, BN], plane order
         s = T.where(valid, (T.dot(qp, kc) - qsum * kz) * ks, NEG_INF)  # [GP, BN]
         m_new = T.maximum(m, T.max(s, axis=1, keepdims=True))
         p = T.exp(s - m_new)  # [GP, BN]
@@ -223,151 +228,24 @@ def paged_decode_attention_kv4(
         vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
         ps = p * vs  # [GP, BN]: p_t·s_t
         T.assign(lvec, lvec * alpha + p)
-        T.assign(zvec, zvec * alpha + ps * vz)
-        vw = T.reshape(T.load(v_words, (page, off, h, 0), (1, BN, 1, W)), (BN, W))
-        for j in T.static_range(8):
-            vc = T.cast((vw >> 4 * j) & 15, T.float32)  # [BN, W]: plane j, codes d = 8w + j
-            T.assign(accs[j], accs[j] * alpha + T.dot(ps, vc))
+        # the zero term per tile: Σ p·s·c and Σ p·s·z nearly cancel (z mid-range), so they meet at tile size
+        # (subtracted once per block, the cancellation over 4096 tokens cost ~8x the error: 8.5e-6 vs 1.1e-6)
+        psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
+        vw = T.reshape(T.load(v_words, (page, off, h, 0), (1, BN, 1, W)), (BN, 1, W))
+        for g in T.static_range(C // P):
+            vshift = T.reshape((T.arange(0, P) + g * P) * BITS, (1, P, 1))
+            vc = T.cast(T.reshape((vw >> vshift) & MASK, (BN, P * W)), T.float32)  # planes g·P .. g·P + P − 1
+            T.assign(accs[g], accs[g] * alpha + (T.dot(ps, vc) - psz))
         T.assign(m, m_new)
     l = T.sum(lvec, axis=1, keepdims=True)  # [GP, 1]
-    psz = T.sum(zvec, axis=1, keepdims=True)
-    # back to d order: o[i, w, j] = acc_j[i, w] − Σ p·s·z
-    plane = T.reshape(T.arange(0, 8), (1, 1, 8))
-    o = T.where(plane == 0, T.reshape(accs[0] - psz, (GP, W, 1)), 0.0)
-    for j in T.static_range(1, 8):
-        o = o + T.where(plane == j, T.reshape(accs[j] - psz, (GP, W, 1)), 0.0)  # [GP, W, 8]
+    # back to d order: o[i, w, g, v] = column v·W + w of group g (plane j = g·P + v)
+    group = T.reshape(T.arange(0, C // P), (1, 1, C // P, 1))
+    o = None
+    for g in T.static_range(C // P):
+        cols = T.reshape(T.transpose(T.reshape(accs[g], (GP, P, W)), (0, 2, 1)), (GP, W, 1, P))
+        term = T.where(group == g, cols, 0.0)
+        o = term if o is None else o + term  # [GP, W, C / P, P]
     store_split(out, lse, [T.reshape(o, (GP, D))], l, m, rows, sp, b, h, GQ, GP, D, odtype)
-
-
-LOW_NIBBLES = 0x0F0F0F0F
-RESIDUAL = 254.0  # q = (q1 + q2 / RESIDUAL)·amax / 127 with q1, q2 int8: |error| <= amax / (127·2·254)
-
-
-@T.kernel
-def paged_decode_attention_q8(
-    q: T.Tensor("qdtype", ("B", "HQ", "D")),
-    k_words: T.Tensor("int32", ("NP", "PS", "HKV", "D // KPW")),
-    v_cache: T.Tensor("vdtype", ("NP", "PS", "HKV", "D * 4 // (KPW * VW)")),
-    k_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
-    k_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
-    v_scales: T.Tensor("float16", ("NP", "PS", "HKV")),
-    v_zeros: T.Tensor("float16", ("NP", "PS", "HKV")),
-    block_tables: T.Tensor("int32", ("B", "MAXP")),
-    context_lens: T.Tensor("int32", ("B",)),
-    out: T.Tensor("odtype", ("SPLITS", "B", "HQ", "D")),
-    lse: T.Tensor("float32", ("SPLITS", "B", "HQ")),
-    B: T.int32,
-    HQ: T.int32,
-    HKV: T.int32,
-    NP: T.int32,
-    MAXP: T.int32,
-    SPLITS: T.int32,
-    TPS: T.int32,
-    qdtype: T.constexpr = "float16",
-    vdtype: T.constexpr = "int32",
-    VW: T.constexpr = 4,
-    odtype: T.constexpr = "float32",
-    D: T.constexpr = 128,
-    PS: T.constexpr = 16,
-    GQ: T.constexpr = 1,
-    GP: T.constexpr = 4,
-    BN: T.constexpr = 16,
-    KPW: T.constexpr = 8,
-    DC: T.constexpr = 16,
-    sm_scale: T.constexpr = 0.08838834764831845,
-):
-    """`paged_decode_attention` for KV8 / KV4 with the scores on 8-bit integer dots (the CPU fast path).
-
-    Query: the scaled row x = q·sm_scale·127 / amax (amax = max_d |q_d·sm_scale|, one scale per query head) is
-    rounded twice, q1 = round(x), q2 = round((x − q1)·254), both int8, so q = (q1 + q2 / 254)·amax / 127 to
-    within amax / 64516 per element. The 2·GP rows (q1 and q2 of the GP heads) are packed once per block into
-    int32 words [D / 4 or D / 8, 2·GP], 4 codes per word, as the columns of the integer dot.
-    Keys: `k_words` is the cache viewed as int32 (KPW = 8 codes per word for uint4, 4 for uint8); per token,
-    `w & 0x0F0F0F0F` and `(w >> 4) & 0x0F0F0F0F` viewed as bytes are 0..15: for uint4 the codes of the even
-    and of the odd d (q split into even / odd halves to match), for uint8 the low and high nibble of every
-    code (c = lo + 16·hi). Each is one u8·i8 dot [BN tokens, D'] x [D', 2·GP] (x86: vpmaddubsw, a token's
-    code bytes broadcast from its words in place, the query words one vector per 4 d), exact in int32; then
-
-        s_t = (Σ_d q_d·c_td − z_t·Σ_d q_d)·s_t·amax / 127
-
-    Values: the fp32 dot of `paged_decode_attention` on the V codes (`v_cache`: KV4 as int32 words, vdtype
-    "int32", VW = 4 bytes per element; KV8 as uint8 codes, VW = 1), cut into D / DC column chunks so each
-    chunk's accumulators stay in registers. Both caches are plain (not packed) tensors, so the TVM lowering
-    prefetches their pages ahead through the block table. Error vs fp32 attention over the same dequantized
-    cache: only the rounding of q, |δq_d| <= amax / 64516 (random data: ~5e-5 relative on the output)."""
-    b, h, sp = T.grid(B, HKV, SPLITS)
-    n = T.load_scalar(context_lens, (b,), name="n")
-    rows = T.arange(0, GP)[:, None] < GQ  # [GP, 1]
-    qt = T.reshape(T.load(q, (b, h * GQ, 0), (1, GP, D), mask=T.reshape(rows, (1, GP, 1))), (GP, D))
-    qs = T.cast(qt, T.float32) * sm_scale  # [GP, D]
-    amax = T.max(T.abs(qs), axis=1, keepdims=True)  # [GP, 1]
-    x = qs * T.where(amax > 0.0, 127.0 / amax, 0.0)  # in [-127, 127]
-    q1 = T.floor(x + 0.5)  # integers in [-127, 127], fp32
-    q2 = T.floor((x - q1) * RESIDUAL + 0.5)  # the rounding residual (in [-1/2, 1/2]) on 127 levels
-    qscale = amax / 127.0
-    qsum = T.sum(q1 + q2 * (1.0 / RESIDUAL), axis=1, keepdims=True)  # [GP, 1]: Σ_d q_d in units of qscale
-    level = T.reshape(T.arange(0, 2), (2, 1, 1)) == 0  # columns 0..GP-1: q1, GP..2GP-1: q2
-    qq = T.reshape(T.where(level, T.reshape(q1, (1, GP, D)), T.reshape(q2, (1, GP, D))), (2 * GP, D))
-    weight = T.where(level, 1.0, 1.0 / RESIDUAL)  # [2, 1, 1]
-    KD = 4 * D // KPW  # bytes per token in each nibble plane: the dots' reduction length
-    if KPW == 8:  # even / odd d, matching the low / high nibbles of each byte
-        pairs = T.reshape(qq, (2 * GP, D // 2, 2))
-        first = T.reshape(T.arange(0, 2), (1, 1, 2)) == 0
-        qa = T.sum(T.where(first, pairs, 0.0), axis=2)  # [2·GP, D/2]
-        qb = T.sum(T.where(first, 0.0, pairs), axis=2)
-    else:
-        qa = qq  # [2·GP, D]
-        qb = qq
-    shifts = T.reshape(T.arange(0, 4) * 8, (1, 1, 4))
-    wa = T.zeros((KD // 4, 2 * GP), T.int32, name="wa")  # 4 int8 codes per word, word t of column j
-    wb = T.zeros((KD // 4, 2 * GP), T.int32, name="wb")
-    for w, v in ((wa, qa), (wb, qb)):
-        codes = T.reshape(T.transpose(v), (KD // 4, 4, 2 * GP))  # [t, r, j]: code of d' = 4t + r, column j
-        quads = T.transpose(codes, (0, 2, 1))  # [t, j, r]
-        T.assign(w, T.sum((T.cast(quads, T.int32) & 255) << shifts, axis=2))
-    # the dots' query columns [KD, 2·GP], built once per block (inside the token loop they were rebuilt, through
-    # the byte view and transposes, with element inserts, on every tile: B=8 ctx=4096 int4, one thread, side by
-    # side: 46 / 40 ms of CPU time per call against 52 / 45 before)
-    cols_ab = [
-        T.reshape(T.transpose(T.reshape(T.view(w, T.int8), (KD // 4, 2 * GP, 4)), (0, 2, 1)), (KD, 2 * GP))
-        for w in (wa, wb)
-    ]
-    m = T.full((GP, 1), M_INIT, T.float32, name="m")
-    l = T.zeros((GP, 1), T.float32, name="l")
-    accs = [T.zeros((GP, DC), T.float32, name=f"acc{c}") for c in T.static_range(D // DC)]
-    for t0 in T.range(sp * TPS, sympy.Min(n, sp * TPS + TPS), BN, name="t0"):
-        page = T.load_scalar(block_tables, (b, t0 // PS), name="page")
-        off = t0 % PS
-        valid = (t0 + T.arange(0, BN))[None, :] < n  # [1, BN]
-        words = T.reshape(T.load(k_words, (page, off, h, 0), (1, BN, 1, D // KPW)), (BN, D // KPW))
-        lo = T.cast(T.view(words & LOW_NIBBLES, T.uint8), T.int8)  # [BN, KD], values 0..15
-        hi = T.cast(T.view((words >> 4) & LOW_NIBBLES, T.uint8), T.int8)
-        both = None
-        for cols, codes in ((cols_ab[0], lo), (cols_ab[1], hi)):
-            part = T.dot(codes, cols, acc_dtype=T.int32)  # [BN, 2·GP]
-            if both is None:
-                both = part
-            else:
-                both = both + (part if KPW == 8 else part * 16)
-        sq = T.sum(T.reshape(T.cast(T.transpose(both), T.float32), (2, GP, BN)) * weight, axis=0)  # [GP, BN]
-        ks = T.reshape(T.cast(T.load(k_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        kz = T.reshape(T.cast(T.load(k_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        s = (sq - qsum * kz) * (ks * qscale)  # [GP, BN]
-        p, alpha, m_new = softmax_step(T.where(valid, s, NEG_INF), m, l)
-        vs = T.reshape(T.cast(T.load(v_scales, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        vz = T.reshape(T.cast(T.load(v_zeros, (page, off, h), (1, BN, 1)), T.float32), (1, BN))
-        ps = p * vs  # [GP, BN]
-        psz = T.sum(ps * vz, axis=1, keepdims=True)  # [GP, 1]
-        for c in T.static_range(D // DC):
-            if KPW == 8:  # int32 words, code j of a word at bits 4j
-                vw = T.reshape(T.load(v_cache, (page, off, h, c * DC // 8), (1, BN, 1, DC // 8)), (BN, DC // 8, 1))
-                vcodes = T.reshape((vw >> T.reshape(T.arange(0, 8) * 4, (1, 1, 8))) & 15, (BN, DC))
-            else:  # uint8 codes
-                vcodes = T.reshape(T.load(v_cache, (page, off, h, c * DC), (1, BN, 1, DC)), (BN, DC))
-            vc = T.cast(vcodes, T.float32)
-            T.assign(accs[c], accs[c] * alpha + (T.dot(ps, vc) - psz))
-        T.assign(m, m_new)
-    store_split(out, lse, accs, l, m, rows, sp, b, h, GQ, GP, DC, odtype)
 
 
 @T.kernel
@@ -400,14 +278,15 @@ def compile_options(kernel: Any, backend: str) -> dict[str, Any]:
     (`unroll` 1). The tile loop body (8 unrolled value chunks, each with its fast and checked paths) is past
     the 32 KiB L1 instruction cache of the 2-core Zen 3 VM, so smaller code runs faster: B=8 ctx=4096, one
     thread, min of 4-5 alternating rounds of 10 calls: KV4 26.3 -> 23.0 ms, KV8 32.3 -> 29.8 ms of CPU
-    time (library 100 -> 88 KB). The KV4 kernel's dots are [4 heads, 16] blocks, 4 FMA chains: `fma_chains` 8
-    splits their k loops into two partial sums, and its [4, 16] lane sums fold as trees (`reduce_vectors` 1):
-    B=8 ctx=4096, one thread, CPU time, alternating rounds on the 2-core Zen 5 (session 23): 7.5-7.9 ms
-    against 10.1-11.6 ms for the token-major nibble-plane kernel it replaced (torch fp32 SDPA: 25.1-25.6).
+    time (library 100 -> 88 KB). The words kernel's dots are [4 heads, 16 tokens] blocks, 4 FMA chains:
+    `fma_chains` 8 splits their k loops into two partial sums, and its [4, 16] lane sums fold as trees
+    (`reduce_vectors` 1). B=8 ctx=4096, one thread, CPU time, alternating rounds on the 2-core Zen 5 (session
+    23): KV4 7.0-7.5 ms against 10.1-11.6 ms for the token-major nibble-plane kernel it replaced (torch fp32
+    SDPA 25.1-25.6 ms); KV8 10.5 ms against 12.1-12.8 ms for the fp32 kernel.
     Other kernels and backends: the defaults."""
-    if backend == "tvm" and kernel is paged_decode_attention_kv4:
+    if backend == "tvm" and kernel is paged_decode_attention_words:
         return {"unroll": 1, "fma_chains": 8, "reduce_vectors": 1}
-    if backend == "tvm" and kernel in (paged_decode_attention, paged_decode_attention_q8):
+    if backend == "tvm" and kernel is paged_decode_attention:
         return {"unroll": 1}
     return {}
 
@@ -428,14 +307,14 @@ def decode_launcher(
 
     from lowbit.codegen.backend import compile_program
     from lowbit.kernels.launch import bind
-    from lowbit.ops.attention import decode_chunk, kv4_consts
+    from lowbit.ops.attention import decode_chunk, words_consts
 
     qdtype, d = consts["qdtype"], consts["D"]
     np_, _, hkv = (int(s) for s in v_cache.shape[:3])  # v: [NP, PS, HKV, ..] for every KV dtype
     kernel = paged_decode_attention  # the kernels lowbit.ops.attention chooses by default
-    if consts["kvdtype"] == "uint4":
-        kernel, consts = paged_decode_attention_kv4, kv4_consts(consts)
-        fixed = {"k_words": k_cache, "v_words": v_cache, **side, "HKV": hkv, "NP": np_}
+    if consts["kvdtype"] in ("uint4", "uint8"):  # keys as page-transposed int32 words, values viewed as words
+        kernel, consts = paged_decode_attention_words, words_consts(consts)
+        fixed = {"k_words": k_cache, "v_words": v_cache.view(torch.int32), **side, "HKV": hkv, "NP": np_}
     else:
         consts = {"DC": decode_chunk(backend, d), **consts}  # V column chunks, as the ops layer sets them
         fixed = {"k_cache": k_cache, "v_cache": v_cache, **side, "HKV": hkv, "NP": np_}
@@ -473,7 +352,6 @@ __all__ = [
     "compile_options",
     "decode_launcher",
     "paged_decode_attention",
-    "paged_decode_attention_kv4",
     "paged_decode_attention_persistent",
-    "paged_decode_attention_q8",
+    "paged_decode_attention_words",
 ]

@@ -8,12 +8,13 @@ padding (skipped); every other slot of the cache is left as it was. Per kv_dtype
     bfloat16             k_cache [NP, PS, Hkv, D] bfloat16             round to nearest even
     fp8_e4m3             k_cache [NP, PS, Hkv, D] fp8_e4m3             e4m3(x / layer_scale), RNE, saturating
                          (layer_scales [2] float32: k's, v's)
-    int8 (KV8)           k_cache [NP, PS, Hkv, D] uint8 codes          per token and head, asymmetric, with
-    int4 (KV4)           v_cache [NP, PS, Hkv, D // 8] int32 words     k_scales, k_zeros [NP, PS, Hkv] fp16
+    int8 (KV8)           v_cache [NP, PS, Hkv, D] uint8 codes          per token and head, asymmetric, with
+                         k_cache [NP, Hkv, D // 4, PS] int32 words     k_scales, k_zeros [NP, PS, Hkv] fp16
+    int4 (KV4)           v_cache [NP, PS, Hkv, D // 8] int32 words     (likewise)
                          k_cache [NP, Hkv, D // 8, PS] int32 words
                          (8 codes per word, code j at bits 4j..4j+3: `lowbit.reference.paged.pack_int4`'s
-                         uint32 words, the keys `pack_int4_keys`'s, declared int32; the launcher takes
-                         either)
+                         uint32 words; keys: `pack_int4_keys` / `pack_int8_keys`, 4 int8 codes per
+                         word at bits 8j; declared int32, the launcher takes either)
 
 int4 words are declared int32 because the TVM backend passes uint32 arrays as int32 (`cache_dtype`); the
 launcher views the caller's arrays (fp8 as uint8 bit patterns or float8_e4m3fn, uint32 words) accordingly.
@@ -71,10 +72,15 @@ def cache_width(kv_dtype: str, D: Any) -> Any:
     return D // 8 if kv_dtype == "int4" else D
 
 
+def key_dtype(kv_dtype: str) -> str:
+    """The element dtype of the key cache: int32 words for int4 / int8 (page-transposed), else `cache_dtype`."""
+    return "int32" if kv_dtype in KV_BITS else cache_dtype(kv_dtype)
+
+
 def key_dim(kv_dtype: str, axis: int, PS: Any, H: Any, D: Any) -> Any:
-    """Dim `axis` (1..3) of the key cache: [NP, PS, H, width], or int4's [NP, H, D // 8, PS]
-    (`lowbit.reference.paged.pack_int4_keys`)."""
-    dims = (H, D // 8, PS) if kv_dtype == "int4" else (PS, H, cache_width(kv_dtype, D))
+    """Dim `axis` (1..3) of the key cache: [NP, PS, H, width], or int4 / int8's int32 words [NP, H, D // C, PS]
+    with C = 8 / 4 codes per word (`lowbit.reference.paged.pack_int4_keys` / `pack_int8_keys`)."""
+    dims = (H, D * KV_BITS[kv_dtype] // 32, PS) if kv_dtype in KV_BITS else (PS, H, cache_width(kv_dtype, D))
     return dims[axis - 1]
 
 
@@ -84,7 +90,7 @@ def kv_append(
     v: T.Tensor("dtype", ("NT", "H", "D")),
     slot_mapping: T.Tensor("int32", ("NT",)),
     k_cache: T.Tensor(
-        "cdtype",
+        "kdtype",
         ("NP", "key_dim(kv_dtype, 1, PS, H, D)", "key_dim(kv_dtype, 2, PS, H, D)", "key_dim(kv_dtype, 3, PS, H, D)"),
     ),
     v_cache: T.Tensor("cdtype", ("NP", "PS", "H", "cache_width(kv_dtype, D)")),
@@ -101,10 +107,13 @@ def kv_append(
     kv_dtype: T.constexpr = "int4",
     dtype: T.constexpr = "float16",
     BH: T.constexpr = 4,
-    cdtype: T.constexpr = "int32",  # the cache tensors' dtype: must be cache_dtype(kv_dtype)
+    cdtype: T.constexpr = "int32",  # the value cache's dtype: must be cache_dtype(kv_dtype)
+    kdtype: T.constexpr = "int32",  # the key cache's dtype: must be key_dtype(kv_dtype)
 ):
     if cdtype != cache_dtype(kv_dtype):
         raise T.DSLError(f"kv_append: cdtype {cdtype!r} for kv_dtype {kv_dtype!r}; pass cache_dtype(kv_dtype)")
+    if kdtype != key_dtype(kv_dtype):
+        raise T.DSLError(f"kv_append: kdtype {kdtype!r} for kv_dtype {kv_dtype!r}; pass key_dtype(kv_dtype)")
     t, j = T.grid(NT, T.cdiv(H, BH))
     slot = T.load_scalar(slot_mapping, (t,), name="slot")
     with T.if_(slot >= 0):
@@ -121,9 +130,10 @@ def kv_append(
                 T.store(cache, (*at, 0), T.reshape(T.cast(fp8, kv_dtype), (1, 1, BH, D)))
             else:
                 codes, scale, zero = _quantize_rows(xv, (1 << KV_BITS[kv_dtype]) - 1)
-                if kv_dtype == "int4" and i == 0:  # keys: word w of the token at [page, head, w, offset]
-                    words = T.view(T.cast(codes, "uint4"), T.int32)  # [BH, D // 8]
-                    T.store(cache, (at[0], at[2], 0, at[1]), T.reshape(words, (1, BH, D // 8, 1)))
+                if i == 0:  # keys: int32 words, word w of the token at [page, head, w, offset]
+                    words = T.view(T.cast(codes, "uint4" if kv_dtype == "int4" else T.uint8), T.int32)  # [BH, W]
+                    w = D * KV_BITS[kv_dtype] // 32
+                    T.store(cache, (at[0], at[2], 0, at[1]), T.reshape(words, (1, BH, w, 1)))
                 elif kv_dtype == "int4":  # 8 codes per little-endian uint32 word
                     words = T.view(T.cast(codes, "uint4"), T.int32)  # [BH, D // 8]
                     T.store(cache, (*at, 0), T.reshape(words, (1, 1, BH, D // 8)))
@@ -245,10 +255,11 @@ def append_kv(
     slot_mapping [T] int32 (< 0: skipped), in place.
 
     k_cache, v_cache: [NP, PS, Hkv, D] of kv_dtype's storage (float16, bfloat16, fp8_e4m3 as uint8 bit
-    patterns or float8_e4m3fn, int8 as uint8 codes) or, for int4, uint32 (or int32) words: v_cache
-    [NP, PS, Hkv, D // 8] (`pack_int4` of `lowbit.reference.paged.PagedKVCache`'s codes), k_cache
-    [NP, Hkv, D // 8, PS] (`pack_int4_keys`). int8/int4
-    also need k_scales, k_zeros, v_scales, v_zeros [NP, PS, Hkv] float16; fp8_e4m3 uses the layer scales.
+    patterns or float8_e4m3fn, int8 values as uint8 codes), int4 values as uint32 (or int32) words
+    [NP, PS, Hkv, D // 8] (`pack_int4` of `lowbit.reference.paged.PagedKVCache`'s codes); int4 / int8 keys as
+    uint32 (or int32) words [NP, Hkv, D // C, PS], C = 8 / 4 codes per word (`pack_int4_keys` /
+    `pack_int8_keys`). int8/int4 also need k_scales, k_zeros, v_scales, v_zeros [NP, PS, Hkv] float16;
+    fp8_e4m3 uses the layer scales.
     Raises ValueError naming the argument for a bad kv_dtype, shape or dtype."""
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype {kv_dtype!r} is not a KV cache format; use one of {', '.join(KV_DTYPES)}")
@@ -264,12 +275,12 @@ def append_kv(
         want = f"[NP, PS, Hkv={h}, {width}]"
         raise ValueError(f"v_cache has shape {tuple(v_cache.shape)}; expected {want} for {kv_dtype}")
     np_, ps = int(v_cache.shape[0]), int(v_cache.shape[1])
-    k_want = (np_, h, width, ps) if kv_dtype == "int4" else tuple(v_cache.shape)
+    k_want = (np_, h, d * KV_BITS[kv_dtype] // 32, ps) if kv_dtype in KV_BITS else tuple(v_cache.shape)
     if tuple(k_cache.shape) != k_want:
-        what = "[NP, Hkv, D // 8, PS] (pack_int4_keys)" if kv_dtype == "int4" else "v_cache's shape"
+        what = f"[NP, Hkv, D // C, PS] words (pack_{kv_dtype}_keys)" if kv_dtype in KV_BITS else "v_cache's shape"
         raise ValueError(f"k_cache has shape {tuple(k_cache.shape)}; expected {what} = {list(k_want)} for {kv_dtype}")
     args: dict[str, Any] = {"k": k_new, "v": v_new, "slot_mapping": slot_mapping}
-    args.update(k_cache=_cache_view(k_cache, kv_dtype), v_cache=_cache_view(v_cache, kv_dtype))
+    args.update(k_cache=_key_view(k_cache, kv_dtype), v_cache=_cache_view(v_cache, kv_dtype))
     if kv_dtype in KV_BITS:
         for name, a in (("k_scales", k_scales), ("k_zeros", k_zeros), ("v_scales", v_scales), ("v_zeros", v_zeros)):
             if a is None or tuple(a.shape) != (np_, ps, h) or "float16" not in str(a.dtype):
@@ -304,7 +315,7 @@ def append_launcher(
     np_, ps, h = (int(s) for s in v_cache.shape[:3])  # v: [NP, PS, Hkv, width] for every kv_dtype
     d = int(v_cache.shape[3]) * (8 if kv_dtype == "int4" else 1)
     fixed: dict[str, Any] = {
-        "k_cache": _cache_view(k_cache, kv_dtype), "v_cache": _cache_view(v_cache, kv_dtype),
+        "k_cache": _key_view(k_cache, kv_dtype), "v_cache": _cache_view(v_cache, kv_dtype),
         "H": h, "NP": np_, "PS": ps, **(side or {}),
     }  # fmt: skip
     if kv_dtype == "fp8_e4m3":
@@ -327,6 +338,7 @@ def _kernel(kv_dtype: str, d: int, h: int, dtype: str, backend: str, heads_per_b
         D=d,
         kv_dtype=kv_dtype,
         cdtype=cache_dtype(kv_dtype),
+        kdtype=key_dtype(kv_dtype),
         dtype=dtype,
         BH=1 << max(0, (min(heads_per_block, h) - 1).bit_length()),
     )
@@ -334,6 +346,13 @@ def _kernel(kv_dtype: str, d: int, h: int, dtype: str, backend: str, heads_per_b
     if key not in _COMPILED:
         _COMPILED[key] = compile_program(kv_append.trace(**consts), backend, serial_options(backend))
     return _COMPILED[key]
+
+
+def _key_view(cache: Any, kv_dtype: str) -> Any:
+    # int4 / int8 keys: 32-bit words (uint32 or int32) seen as int32; other formats as `_cache_view`
+    if kv_dtype not in KV_BITS:
+        return _cache_view(cache, kv_dtype)
+    return _cache_view(cache, "int4")
 
 
 def _cache_view(cache: Any, kv_dtype: str) -> Any:
@@ -350,4 +369,4 @@ def _cache_view(cache: Any, kv_dtype: str) -> Any:
     return cache.view(np.dtype(want.host_dtype))
 
 
-__all__ = ["append_kv", "append_launcher", "cache_dtype", "cache_width", "key_dim", "kv_append"]
+__all__ = ["append_kv", "append_launcher", "cache_dtype", "cache_width", "key_dim", "key_dtype", "kv_append"]

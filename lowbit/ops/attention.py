@@ -34,6 +34,7 @@ from lowbit.ops.linear import _cuda, _is_torch, select_backend
 from lowbit.quant.kv import KV_DTYPES
 
 _KERNEL_KV = {"int8": "uint8", "int4": "uint4"}  # cache dtype -> the kernel's code dtype
+CODES_PER_WORD = {"int4": 8, "int8": 4}  # KV dtypes whose keys are int32 words, page-transposed
 FLOAT_CACHES = ("float16", "bfloat16", "float32")
 
 
@@ -53,21 +54,15 @@ def paged_decode_attention(
     v_layer_scale: float = 1.0,
     sm_scale: float | None = None,
     num_splits: int | None = None,
-    int8_scores: bool = False,
     backend: str = "auto",
 ) -> Any:
     """Decode attention: q [B, HQ, D] (one new token per sequence, its K/V already in the cache) attends to the
     context_lens[b] cached tokens of sequence b. Returns out [B, HQ, D] in q's dtype (softmax in fp32).
-    Caches (`lowbit.reference.paged`): [num_pages, page_size, HKV, D] of the KV dtype's storage, except int4:
-    keys `k_cache [num_pages, HKV, D // 8, page_size]` int32 words (per page and head, word w of every token
-    side by side: `pack_int4_keys`), values `v_cache [num_pages, page_size, HKV, D // 8]` (`pack_int4`).
-    `int8_scores` (int8 caches): the scores q·k on 8-bit integer dots (`paged_decode_attention_q8`: q
-    rounded to two int8 levels, |δq| <= max|q| / 64516 per element). Off by default on every backend: since
-    the TVM lowering runs q·Kᵀ as inner products over contiguous codes and prefetches packed KV4 pages, the
-    fp32 kernel is the faster one on the 2-core AVX2 VM (B=8 ctx 4096, one thread, min over 4 alternating
-    rounds of 12 calls: KV4 fp32 24.5 ms vs q8 28.3 ms of CPU time; KV8, 2 threads, flushed: fp32 20-29 ms vs
-    q8 29-46 ms, 5 rounds), and on the AVX-512 VNNI Zen 5 (one thread, CPU time: KV4 q8 18.9-24.1 vs planes
-    11.5 ms, KV8 q8 25.1 vs fp32 14.6 ms; lowbit/kernels/README.md, session 16)."""
+    Caches (`lowbit.reference.paged`): [num_pages, page_size, HKV, D] of the KV dtype's storage, except the
+    keys of int4 / int8 caches: int32 words `[num_pages, HKV, D // C, page_size]` with C = 8 / 4 codes per word
+    (per page and head, word w of every token side by side: `pack_int4_keys` / `pack_int8_keys`); int4 values
+    are words too, `[num_pages, page_size, HKV, D // 8]` (`pack_int4`). Both run
+    `paged_decode_attention_words` (the scores an fp32 dot over the key planes)."""
     backend = select_backend(backend)
     qdtype = activation_dtype(q, "q")
     if len(q.shape) != 3:
@@ -76,17 +71,21 @@ def paged_decode_attention(
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype {kv_dtype!r} is not supported; use one of {list(KV_DTYPES)}")
     words = kv_dtype == "int4"
+    per_word = CODES_PER_WORD.get(kv_dtype)  # int4 / int8: keys in words, page-transposed
     if len(v_cache.shape) != 4:
         raise ValueError(f"v_cache has shape {list(v_cache.shape)}; expected [num_pages, page_size, HKV, D]")
     NP, PS, HKV, DC = (int(s) for s in v_cache.shape)
     if DC * (8 if words else 1) != D:
         want = f"D // 8 = {D // 8} int32 words" if words else f"D = {D}"
         raise ValueError(f"v_cache's last dimension is {DC} but q's head dim {D} needs {want} (kv_dtype {kv_dtype})")
-    k_want = (NP, HKV, DC, PS) if words else (NP, PS, HKV, DC)
+    if per_word and D % per_word:
+        raise ValueError(f"kv_dtype {kv_dtype} packs {per_word} codes per key word: head dim {D} must divide by it")
+    k_want = (NP, HKV, D // per_word, PS) if per_word else (NP, PS, HKV, DC)
     if tuple(k_cache.shape) != k_want:
         layout = (
-            "an int4 cache's keys are [num_pages, HKV, D // 8, page_size] words (lowbit.reference.paged.pack_int4_keys)"
-            if words
+            f"{kv_dtype} keys are [num_pages, HKV, D // {per_word}, page_size] int32 words "
+            f"(lowbit.reference.paged.pack_{kv_dtype}_keys)"
+            if per_word
             else "k_cache and v_cache must have the same shape"
         )
         raise ValueError(f"k_cache has shape {list(k_cache.shape)}, expected {list(k_want)}: {layout}")
@@ -111,11 +110,6 @@ def paged_decode_attention(
         )
     GQ = HQ // HKV
     GP, BN, CD = _decode_tiles(backend, GQ, PS, D, qdtype)
-    if int8_scores and (kv_dtype != "int8" or D % 16):
-        raise ValueError(
-            f"int8_scores needs an int8 cache and a head dim divisible by 16; got {kv_dtype}, D {D} (int4 caches "
-            f"run paged_decode_attention_kv4, whose scores are an fp32 dot over the key planes)"
-        )
     splits, tps = decode_splits(backend, B * HKV, maxlen, BN, num_splits)
     odtype = qdtype if splits == 1 else "float32"
     consts: dict[str, Any] = {
@@ -137,12 +131,9 @@ def paged_decode_attention(
     part = io.empty((splits, B, HQ, D), odtype)
     lse = io.empty((splits, B, HQ), "float32")
     kernel = decode_kernels.paged_decode_attention
-    if int8_scores:
-        kernel = decode_kernels.paged_decode_attention_q8
-        consts = q8_consts(consts)
-    elif kv_dtype == "int4":
-        kernel = decode_kernels.paged_decode_attention_kv4
-        consts = kv4_consts(consts)
+    if per_word:
+        kernel = decode_kernels.paged_decode_attention_words
+        consts = words_consts(consts)
     args = {
         "q": io.put(q),
         "k_cache": io.put_cache(k_cache, kv_dtype),
@@ -163,10 +154,8 @@ def paged_decode_attention(
         args.update(
             k_scales=io.put(k_scales), k_zeros=io.put(k_zeros), v_scales=io.put(v_scales), v_zeros=io.put(v_zeros)
         )
-    if int8_scores:
-        args["k_words"] = io.words(args.pop("k_cache"))
-    elif kernel is decode_kernels.paged_decode_attention_kv4:
-        args["k_words"], args["v_words"] = args.pop("k_cache"), args.pop("v_cache")
+    if per_word:
+        args["k_words"], args["v_words"] = io.words(args.pop("k_cache")), io.words(args.pop("v_cache"))
     _compiled(kernel, backend, consts)(args)
     if splits == 1:
         return io.result(part[0])
@@ -286,32 +275,11 @@ def decode_chunk(backend: str, D: int) -> int:
     return 16 if backend == "tvm" and D % 16 == 0 else 0
 
 
-def q8_consts(consts: dict[str, Any]) -> dict[str, Any]:
-    """`paged_decode_attention_q8`'s constants from `paged_decode_attention`'s (kvdtype uint8 / uint4): the K
-    words' codes per word, V's storage (int32 words for KV4, uint8 codes for KV8), >= 4 query rows (2·GP
-    columns of the integer dot fill a vector of 8), V column chunks of 8 (KV4: one word per token; B=8 ctx
-    4096: 35 ms vs 48 ms with chunks of 16)."""
-    four = consts["kvdtype"] == "uint4"
-    return {
-        "qdtype": consts["qdtype"],
-        "vdtype": "int32" if four else "uint8",
-        "VW": 4 if four else 1,
-        "odtype": consts["odtype"],
-        "D": consts["D"],
-        "PS": consts["PS"],
-        "GQ": consts["GQ"],
-        "GP": max(4, consts["GP"]),
-        "BN": consts["BN"],
-        "KPW": 8 if four else 4,
-        "DC": 8,
-        "sm_scale": consts["sm_scale"],
-    }
-
-
-def kv4_consts(consts: dict[str, Any]) -> dict[str, Any]:
-    """`paged_decode_attention_kv4`'s constants from `paged_decode_attention`'s (odtype if given)."""
+def words_consts(consts: dict[str, Any]) -> dict[str, Any]:
+    """`paged_decode_attention_words`' constants from `paged_decode_attention`'s (kvdtype uint4 / uint8 ->
+    BITS 4 / 8; odtype if given)."""
     keep = ("qdtype", "odtype", "D", "PS", "GQ", "GP", "BN", "sm_scale")
-    return {k: consts[k] for k in keep if k in consts}
+    return {**{k: consts[k] for k in keep if k in consts}, "BITS": 4 if consts["kvdtype"] == "uint4" else 8}
 
 
 def decode_splits(backend: str, blocks: int, maxlen: int, BN: int, num_splits: int | None = None) -> tuple[int, int]:
@@ -451,8 +419,7 @@ def _to_torch(x: Any, device: Any) -> Any:
 __all__ = [
     "KV_DTYPES",
     "decode_splits",
-    "kv4_consts",
     "paged_decode_attention",
     "prefill_attention",
-    "q8_consts",
+    "words_consts",
 ]

@@ -10,9 +10,11 @@ from lowbit.reference.paged import (
     gather_kv,
     pack_int4,
     pack_int4_keys,
+    pack_int8_keys,
     token_slots,
     unpack_int4,
     unpack_int4_keys,
+    unpack_int8_keys,
 )
 from lowbit.reference.rope import ROPE_STYLES, apply_rope, rope_cos_sin, rope_inv_freq, rope_pairs
 
@@ -27,6 +29,7 @@ __all__ = [
     "gather_kv",
     "pack_int4",
     "pack_int4_keys",
+    "pack_int8_keys",
     "paged_attention",
     "prefill_attention",
     "rms_norm",
@@ -37,4 +40,5 @@ __all__ = [
     "token_slots",
     "unpack_int4",
     "unpack_int4_keys",
+    "unpack_int8_keys",
 ]

@@ -15,6 +15,7 @@ Token at position i of sequence b lives in page block_table[b, i // page_size], 
 Packed KV4 (`pack_int4`): 8 codes per little-endian uint32 word along D, code j of a word at bits
 4j..4j+3, so v_cache [P, S, H, D] uint8 -> [P, S, H, D // 8] uint32; the keys as the kernels hold them
 (`pack_int4_keys`) are those words with each page's tokens side by side: k_cache -> [P, H, D // 8, S].
+KV8 keys likewise as words of 4 codes (`pack_int8_keys`): k_cache [P, S, H, D] -> [P, H, D // 4, S] uint32.
 """
 
 from __future__ import annotations
@@ -246,6 +247,34 @@ def unpack_int4_keys(words: np.ndarray) -> np.ndarray:
     if words.ndim != 4:
         raise ValueError(f"KV4 key words must be [num_pages, H_kv, D // 8, page_size]; got shape {list(words.shape)}")
     return unpack_int4(np.ascontiguousarray(words.transpose(0, 3, 1, 2)))
+
+
+def pack_int8_keys(codes: np.ndarray) -> np.ndarray:
+    """The keys of a KV8 cache as the kernels store them: codes [P, S, H, D] (integers in [0, 256)) -> uint32
+    words [P, H, D // 4, S], code 4w + j of a token at bits 8j..8j+7 of its word w (the bytes of D codes read
+    little-endian), each page's tokens side by side per head and word (as `pack_int4_keys`)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 4 or codes.shape[-1] % 4:
+        raise ValueError(
+            f"KV8 key codes must be [num_pages, page_size, H_kv, D] with D % 4 == 0; got {list(codes.shape)}"
+        )
+    if codes.size and (codes.min() < 0 or codes.max() > 255):
+        raise ValueError(f"int8 KV codes must lie in [0, 255]; got {codes.min()}..{codes.max()}")
+    b = codes.astype(np.uint32).reshape(*codes.shape[:-1], codes.shape[-1] // 4, 4)
+    words = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)  # [P, S, H, D // 4]
+    return np.ascontiguousarray(words.astype(np.uint32).transpose(0, 2, 3, 1))
+
+
+def unpack_int8_keys(words: np.ndarray) -> np.ndarray:
+    """Inverse of `pack_int8_keys`: uint32 words [P, H, W, S] -> KV8 key codes [P, S, H, 4·W] uint8."""
+    words = np.asarray(words)
+    if words.ndim != 4 or words.dtype != np.uint32:
+        raise ValueError(
+            f"KV8 key words must be uint32 [num_pages, H_kv, D // 4, page_size]; got {words.dtype}{list(words.shape)}"
+        )
+    w = np.ascontiguousarray(words.transpose(0, 3, 1, 2))  # [P, S, H, W]
+    shifts = np.arange(4, dtype=np.uint32) * np.uint32(8)
+    return ((w[..., None] >> shifts) & np.uint32(0xFF)).reshape(*w.shape[:-1], -1).astype(np.uint8)
 
 
 def _read(cache: PagedKVCache, which: str, slots: np.ndarray) -> np.ndarray:

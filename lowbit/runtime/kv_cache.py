@@ -2,8 +2,9 @@
 
 Layout (one layer; `lowbit.ops.attention`'s, vLLM's): k/v [num_pages, page_size, num_kv_heads, D] in the
 storage dtype of `kv_dtype` (float16 / bfloat16 / float32; fp8_e4m3 as torch.float8_e4m3fn with a per-layer
-scale; int8 as uint8 codes; int4 as int32 words [.., D // 8], the keys [num_pages, num_kv_heads, D // 8,
-page_size]: `lowbit.reference.paged.pack_int4_keys`); int8/int4 add k/v scales and zeros
+scale; int8 as uint8 codes; int4 as int32 words [.., D // 8]; the keys of int4 / int8 as int32 words
+[num_pages, num_kv_heads, D // C, page_size], C = 8 / 4 codes per word: `lowbit.reference.paged.pack_int4_keys` /
+`pack_int8_keys`); int8/int4 add k/v scales and zeros
 [num_pages, page_size, num_kv_heads] float16. A token of a sequence lives at slot = page·page_size + offset,
 its page taken from the sequence's block table.
 """
@@ -65,14 +66,20 @@ class PagedKVCache:
             raise ValueError(f"kv_dtype {self.kv_dtype!r} is not supported; use one of {list(KV_STORAGE)}")
         if self.page_size < 16 or self.page_size & (self.page_size - 1):
             raise ValueError(f"page_size {self.page_size}: the attention kernels need a power of two >= 16")
+        if self.kv_dtype == "int8" and self.head_dim % 4:
+            raise ValueError(
+                f"kv_dtype int8 keys pack 4 codes per word: head_dim {self.head_dim} must be a multiple of 4"
+            )
         if self.kv_dtype == "int4" and self.head_dim % 8:
             raise ValueError(f"kv_dtype int4 packs 8 codes per word: head_dim {self.head_dim} must be a multiple of 8")
         if self.num_pages < 2:
             raise ValueError(f"num_pages {self.num_pages}: need at least 2 (page 0 is scratch)")
         d = self.head_dim // 8 if self.kv_dtype == "int4" else self.head_dim
         shape = (self.num_pages, self.page_size, self.num_kv_heads, d)
-        # int4 keys: per page and head, word w of its tokens side by side (lowbit.reference.paged.pack_int4_keys)
-        k_shape = (self.num_pages, self.num_kv_heads, d, self.page_size) if self.kv_dtype == "int4" else shape
+        # int4 / int8 keys: int32 words, per page and head word w of its tokens side by side
+        # (lowbit.reference.paged.pack_int4_keys / pack_int8_keys)
+        words = {"int4": self.head_dim // 8, "int8": self.head_dim // 4}.get(self.kv_dtype)
+        k_shape = (self.num_pages, self.num_kv_heads, words, self.page_size) if words else shape
         side = (self.num_pages, self.page_size, self.num_kv_heads)
         quantized = self.kv_dtype in ("int8", "int4")
         scales = self.layer_scales or [(1.0, 1.0)] * self.num_layers
@@ -84,7 +91,7 @@ class PagedKVCache:
             ks, vs = scales[i]
             self.layers.append(
                 LayerCache(
-                    torch.zeros(k_shape, dtype=KV_STORAGE[self.kv_dtype]),
+                    torch.zeros(k_shape, dtype=torch.int32 if words else KV_STORAGE[self.kv_dtype]),
                     torch.zeros(shape, dtype=KV_STORAGE[self.kv_dtype]),
                     k_layer_scale=float(ks),
                     v_layer_scale=float(vs),

@@ -23,15 +23,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.dtypes import dtype
-from lowbit.kernels.kv_append import append_kv, cache_dtype, kv_append
+from lowbit.kernels.kv_append import append_kv, cache_dtype, key_dtype, kv_append
 from lowbit.quant.kv import KV_BITS, dequantize_kv
 from lowbit.reference.paged import (
     append_kv_reference,
     build_paged_cache,
     pack_int4,
     pack_int4_keys,
+    pack_int8_keys,
     unpack_int4,
     unpack_int4_keys,
+    unpack_int8_keys,
 )
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "codegen"))
@@ -78,16 +80,20 @@ def storage(a: np.ndarray | None, kv_dtype: str, field: str, which: str = "v"):
     """A reference cache array as the kernel stores it (int4 keys: `pack_int4_keys`'s layout)."""
     if a is None or field != "cache":
         return a
+    if kv_dtype in ("int4", "int8") and which == "k":  # keys: page-transposed int32 words
+        return (pack_int4_keys if kv_dtype == "int4" else pack_int8_keys)(a).view(np.int32)
     if kv_dtype == "int4":
-        return (pack_int4_keys(a) if which == "k" else pack_int4(a)).view(np.int32)
+        return pack_int4(a).view(np.int32)
     return a.view(np.dtype(dtype(cache_dtype(kv_dtype)).host_dtype))
 
 
 def codes_of(a: np.ndarray, kv_dtype: str, which: str = "v") -> np.ndarray:
     """The kernel's cache array as the reference holds it (int4 unpacked; others as integer bits)."""
-    if kv_dtype == "int4":
-        unpack = unpack_int4_keys if which == "k" else unpack_int4
+    if kv_dtype in ("int4", "int8") and which == "k":
+        unpack = unpack_int4_keys if kv_dtype == "int4" else unpack_int8_keys
         return unpack(a.view(np.uint32)).astype(np.int64)
+    if kv_dtype == "int4":
+        return unpack_int4(a.view(np.uint32)).astype(np.int64)
     return a.view(np.dtype(f"uint{a.dtype.itemsize * 8}")).astype(np.int64)
 
 
@@ -113,7 +119,7 @@ def check_append(backend, nt, h, d, kv_dtype, adtype, seed, bh=2, rows_k=None):
     for which in "kv":
         for field in fields:
             args[f"{which}_{field}"] = storage(getattr(cache, f"{which}_{field}"), kv_dtype, field, which).copy()
-    consts = dict(D=d, kv_dtype=kv_dtype, cdtype=cache_dtype(kv_dtype), dtype=adtype, BH=bh)
+    consts = dict(D=d, kv_dtype=kv_dtype, cdtype=cache_dtype(kv_dtype), kdtype=key_dtype(kv_dtype), dtype=adtype, BH=bh)
     ref, out = run_both(kv_append, consts, args, backend=backend)
     what = f"{backend} {kv_dtype} {adtype} T={nt} H={h} D={d}"
     real = slots >= 0
@@ -199,16 +205,20 @@ def test_append_kv_launcher(backend, kv_dtype):
 
 def test_append_kv_errors():
     cache, k, v, slots = problem(2, 1, 64, "int8", "float16", seed=0)
+    keys = pack_int8_keys(cache.k_cache)  # int8 keys: page-transposed words
     with pytest.raises(ValueError, match="kv_dtype"):
-        append_kv(k, v, slots, cache.k_cache, cache.v_cache, "int3", backend="reference")
+        append_kv(k, v, slots, keys, cache.v_cache, "int3", backend="reference")
     with pytest.raises(ValueError, match="k_scales"):
-        append_kv(k, v, slots, cache.k_cache, cache.v_cache, "int8", backend="reference")
+        append_kv(k, v, slots, keys, cache.v_cache, "int8", backend="reference")
     with pytest.raises(ValueError, match="k_cache"):
-        append_kv(k, v, slots, cache.k_cache[..., :32], cache.v_cache, "int8", backend="reference")
+        append_kv(k, v, slots, keys[:, :, :4], cache.v_cache, "int8", backend="reference")
+    with pytest.raises(ValueError, match="pack_int8_keys"):  # token-major keys
+        append_kv(k, v, slots, cache.k_cache, cache.v_cache, "int8", backend="reference")
     with pytest.raises(ValueError, match="slot_mapping"):
-        append_kv(k, v, slots[:1], cache.k_cache, cache.v_cache, "int8", backend="reference")
+        append_kv(k, v, slots[:1], keys, cache.v_cache, "int8", backend="reference")
+    side = dict(k_scales=cache.k_scales, k_zeros=cache.k_zeros, v_scales=cache.v_scales, v_zeros=cache.v_zeros)
     with pytest.raises(ValueError, match="cache holds"):
-        append_kv(k, v, slots, cache.k_cache.astype(np.float32), cache.v_cache, "int8", backend="reference")
+        append_kv(k, v, slots, keys, cache.v_cache.astype(np.float32), "int8", backend="reference", **side)
 
 
 def test_append_kv_refuses_token_major_int4_keys():

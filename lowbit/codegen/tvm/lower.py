@@ -102,6 +102,8 @@ INT8_DOT = ("auto", "vnni", "avx2", "none")
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
 MAX_UNROLLED_VECTORS = 8
+# instructions whose result is a constant tile when every operand is one (see `_Emitter.const_tiles`)
+_CONST_PRESERVING = (I.Binary, I.Unary, I.Cast, I.Reshape, I.Broadcast, I.Transpose, I.Where)
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -440,6 +442,11 @@ class _Emitter:
         self.names: set[str] = set()
         # tiles computed from an assigned (T.assign-ed, loop-carried) tile, through buffers or not
         self.from_state: set[int] = set()
+        # tiles computed from constants only (full / arange through elementwise and shape ops): never stored,
+        # so their values stay visible to TVM's simplifier and LLVM where they are used (a shift amount
+        # `arange(0, 8) * 4` read from a buffer inside the decode loop cost a load, a clamp and a range select
+        # per use)
+        self.const_tiles: set[int] = set()
         # tile -> the assigned tiles its inlined index fn reads; such a tile stays inlined (`pending`) until
         # one of those is written (`before_write`): then it is materialized first
         self.mut_reads: dict[int, frozenset[int]] = {}
@@ -593,6 +600,10 @@ class _Emitter:
             self.pending[id(t)] = t
         if any(id(o) in self.from_state for o in inst.operands):
             self.from_state.add(id(t))
+        if isinstance(inst, (I.Full, I.Arange)) or (
+            isinstance(inst, _CONST_PRESERVING) and all(id(o) in self.const_tiles for o in inst.operands)
+        ):
+            self.const_tiles.add(id(t))
         if self._must_materialize(t, inst, depth):
             self.materialize(t)
 
@@ -619,7 +630,7 @@ class _Emitter:
             return True
         if isinstance(inst, I.Load) and inst.tensor.name in self.stored:
             return True  # read it now: inlined into a consumer after a store to the tensor, it would see the store
-        if self.use_depth.get(id(t), depth) > depth and not isinstance(inst, (I.Full, I.Arange)):
+        if self.use_depth.get(id(t), depth) > depth and id(t) not in self.const_tiles:
             return True  # read inside a deeper loop: compute once here
         return id(t) in self.from_state and not self._inline_once(t)
 
