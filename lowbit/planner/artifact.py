@@ -125,7 +125,10 @@ def make_planner(
             precision = replace(precision, act_dtype="float32")  # the CPU runtime computes in fp32
     degree = tp if tp is not None else int(getattr(getattr(cfg, "target", None), "tensor_parallel", 1) or 1)
     ordered = hw.kind != "cpu" if order is None else order
-    config = SearchConfig(max_evals=10**6, time_budget_s=budget_s, tile=8 if hw.kind == "cpu" else 128, order=ordered)
+    # the descents until they converge or the time is up, as before stage III; no annealing (it would always
+    # spend the whole budget: lowbit compile stays as fast as it was)
+    config = SearchConfig(max_evals=10**6, time_budget_s=budget_s, tile=8 if hw.kind == "cpu" else 128, order=ordered,
+                          descent_evals=10**6)  # fmt: skip
     gain = CPU_MIN_GAIN if hw.kind == "cpu" else GPU_MIN_GAIN
     return Planner(model_ops(arch, precision, degree), CostModel(hw, profile=profile), config, gain)
 

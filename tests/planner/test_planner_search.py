@@ -2,11 +2,10 @@
 
 Llama-3-8B on one H200 (tp 1) at dense batch 2048: 768 decode rows over 1024 cached tokens + 1280 prefill rows
 (NanoFlow's Llama-3-8B search config, 384/640 of 1024, doubled). Goal: >= 80% of optimal; met.
-Llama-2-70B on 8xA100 (tp 8) at NanoFlow's batch (golden file): the issue's >= 80% is NOT reached under this
-cost model: per device the replicated norms and two ring all-reduces per layer add ~45% of the optimal layer time
-on top of the GEMMs, and the runtime's per-unit FIFO order exposes part of each nano-batch's all-reduce. The test
-asserts what the search does reach (>= 62%, > 1.2x sequential, > the NanoFlow-like fixed split) so a regression
-shows; NanoFlow measured 68.5% for its own MILP-ordered pipeline.
+Llama-2-70B on 8xA100 (tp 8) at NanoFlow's batch (golden file): the issue's >= 80% takes stage III (anneal.py)
+and 8000 evaluations (~1 min; lowbit/planner/README.md), too long for a test; at the 160 evaluations here the
+test asserts what the descents reach (>= 62%, > 1.2x sequential, > the NanoFlow-like fixed split) so a
+regression shows. Stage III's own laws are in test_planner_anneal.py.
 """
 
 from __future__ import annotations
