@@ -91,6 +91,9 @@ OPTIONS: dict[str, Any] = {
     # a reduction along the last axis runs in vector lane partials (`_reduce_lanes`) from this many vectors of
     # elements; shorter ones loop over the reduced axis with the kept axes vectorized
     "reduce_vectors": 2,
+    # tiles computed from constants only stay inline where used (see `_Emitter.const_tiles`); False: stored when
+    # read in a deeper loop, as other tiles
+    "inline_consts": True,
     # a float dot whose b operand is <= 4-bit codes cast to float, read as a packed tile whose 16 consecutive
     # columns are 16 consecutive words (the column-tiled GEMV layouts), decodes each code with one vpermps
     # from a 16-entry table of the dtype's values (`_Emitter.dot_lut`): "avx512", "none", or "auto" =
@@ -124,6 +127,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("unroll", "tm", "vnni_chains", "fma_chains", "reduce_vectors"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
+    if not isinstance(out["inline_consts"], bool):
+        raise BackendError(f"tvm backend: option inline_consts={out['inline_consts']!r} must be True or False")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
         raise BackendError(f"tvm backend: option prefetch={out['prefetch']!r} must be an int >= 0 (bytes ahead)")
     return out
@@ -600,8 +605,9 @@ class _Emitter:
             self.pending[id(t)] = t
         if any(id(o) in self.from_state for o in inst.operands):
             self.from_state.add(id(t))
-        if isinstance(inst, (I.Full, I.Arange)) or (
-            isinstance(inst, _CONST_PRESERVING) and all(id(o) in self.const_tiles for o in inst.operands)
+        if self.opt["inline_consts"] and (
+            isinstance(inst, (I.Full, I.Arange))
+            or (isinstance(inst, _CONST_PRESERVING) and all(id(o) in self.const_tiles for o in inst.operands))
         ):
             self.const_tiles.add(id(t))
         if self._must_materialize(t, inst, depth):
@@ -630,7 +636,8 @@ class _Emitter:
             return True
         if isinstance(inst, I.Load) and inst.tensor.name in self.stored:
             return True  # read it now: inlined into a consumer after a store to the tensor, it would see the store
-        if self.use_depth.get(id(t), depth) > depth and id(t) not in self.const_tiles:
+        constant = isinstance(inst, (I.Full, I.Arange)) or id(t) in self.const_tiles
+        if self.use_depth.get(id(t), depth) > depth and not constant:
             return True  # read inside a deeper loop: compute once here
         return id(t) in self.from_state and not self._inline_once(t)
 
