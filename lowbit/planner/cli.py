@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("search")
     s.add_argument("--max-evals", type=int, default=400,
                    help="simulations, all stages (default 400); the first 400 go to the descents (stages I, II), "
-                        "the rest to stage III's annealing (the README's results use 8000, ~1 min for 70B)")  # fmt: skip
+                        "the rest to stage III's annealing (the README's results: 8000, ~1 min for 70B)")  # fmt: skip
     s.add_argument("--seed", type=int, default=0, help="stage III's random moves (default 0)")
     s.add_argument("--time-budget", type=float, default=60.0, help="seconds (default 60)")
     s.add_argument("--tile", type=int, default=None, help="row quantum of the cuts (default 128 GPU, 8 CPU)")
