@@ -349,16 +349,14 @@ def _kernel(kv_dtype: str, d: int, h: int, dtype: str, backend: str, heads_per_b
 
 
 def _key_view(cache: Any, kv_dtype: str) -> Any:
-    # int4 / int8 keys: 32-bit words (uint32 or int32) seen as int32; other formats as `_cache_view`
-    if kv_dtype not in KV_BITS:
-        return _cache_view(cache, kv_dtype)
-    return _cache_view(cache, "int4")
+    # int4 / int8 keys: 32-bit words (uint32 or int32) seen as int32 (`key_dtype`); other formats as the values
+    return _cache_view(cache, kv_dtype, key_dtype(kv_dtype))
 
 
-def _cache_view(cache: Any, kv_dtype: str) -> Any:
-    # the same bits in the kernel's cache dtype (`cache_dtype`): int4 uint32 words as int32, fp8_e4m3 bit
-    # patterns (uint8, lowbit.reference.paged's convention) as float8
-    want = dtype_of(cache_dtype(kv_dtype))
+def _cache_view(cache: Any, kv_dtype: str, dtype: str | None = None) -> Any:
+    # the same bits in the kernel's cache dtype (`dtype`, default `cache_dtype`): int4 uint32 words as int32,
+    # fp8_e4m3 bit patterns (uint8, lowbit.reference.paged's convention) as float8
+    want = dtype_of(dtype or cache_dtype(kv_dtype))
     size = cache.element_size() if hasattr(cache, "element_size") else cache.dtype.itemsize
     if size * 8 != want.bits:
         raise ValueError(f"a {kv_dtype} cache holds {want.name} (or the same bits in another dtype); got {cache.dtype}")
