@@ -281,7 +281,7 @@ def compile_options(kernel: Any, backend: str) -> dict[str, Any]:
     time (library 100 -> 88 KB). The words kernel's dots are [4 heads, 16 tokens] blocks, 4 FMA chains:
     `fma_chains` 8 splits their k loops into two partial sums, and its [4, 16] lane sums fold as trees
     (`reduce_vectors` 1). B=8 ctx=4096, one thread, CPU time, alternating rounds on the 2-core Zen 5 (session
-    23): KV4 7.0-7.5 ms against 10.1-11.6 ms for the token-major nibble-plane kernel it replaced (torch fp32
+    23): KV4 6.9-7.5 ms against 10.1-11.6 ms for the token-major nibble-plane kernel it replaced (torch fp32
     SDPA 25.1-25.6 ms); KV8 10.5 ms against 12.1-12.8 ms for the fp32 kernel.
     Other kernels and backends: the defaults."""
     if backend == "tvm" and kernel is paged_decode_attention_words:

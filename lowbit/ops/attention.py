@@ -356,8 +356,6 @@ class _IO:
     def put_cache(self, x: Any, kv_dtype: str) -> Any:
         if kv_dtype == "fp8_e4m3" and _dtype_name(x) == "uint8":  # fp8 given as its codes
             x = x.view(np.dtype(as_dtype("fp8_e4m3").host_dtype)) if not _is_torch(x) else _fp8_view(x)
-        if kv_dtype == "int4":
-            x = x.view(np.int32) if not _is_torch(x) else x.view(_torch().int32)
         return self.put(x)
 
     def words(self, x: Any) -> Any:

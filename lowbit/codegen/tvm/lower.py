@@ -1434,7 +1434,7 @@ class _Emitter:
             acc = f"{out}[{row}, {j}]" if part is None else f"{accp}[{part}, {row}, {j}]"
             return [f"{acc} = {acc} + {prod}"]
 
-        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body, (parts, accp, out, BM))
+        self._dot_loops(BM // tm, KT, unroll, io, kk, (tm, BN), body, parts, accp, out, BM)
 
     def _k_parts(self, inst: I.Dot, tm: int, BN: int, KT: int) -> int:
         """Interleaved partial sums of a float dot's k loop: `fma_chains` / (vectors in the register block),
@@ -1457,22 +1457,20 @@ class _Emitter:
         kk: str,
         inner: tuple[int, int],
         body: Any,
-        split: tuple[int, str, str, int] = (1, "", "", 0),
+        parts: int,
+        accp: str,
+        out: str,
+        BM: int,
     ) -> None:
         """k outer (unrolled by `unroll`), TM accumulator rows unrolled, j vectorized; the fast/slow split
-        is uniform over the whole dot, so it is hoisted above the k loop. `split` = (parts, partial-sum buffer,
-        out, rows): the fast path accumulates k mod parts into partial sums (see `_dot_generic`)."""
+        is uniform over the whole dot, so it is hoisted above the k loop. With `parts` > 1 the fast path
+        accumulates k mod parts into the partial sums `accp` [parts, BM, BN], added into `out` after the loop."""
         tm, BN = inner
         ii = self._ii
-        parts, accp, out, BM = split
         k_fast = f"({kk}o * {unroll} + {kk}u)" if unroll > 1 else kk
         j_loops, (j_fast,) = self._plan((BN,), vector_last=True)
         probe = _Ctx(checked=False)
-        fast = (
-            body((ii, j_fast), k_fast, probe, f"T.floormod({kk}u, {parts})")
-            if parts > 1
-            else body((ii, j_fast), k_fast, probe)
-        )
+        fast = body((ii, j_fast), k_fast, probe, f"T.floormod({kk}u, {parts})" if parts > 1 else None)
 
         def fast_nest() -> None:
             if parts > 1:
