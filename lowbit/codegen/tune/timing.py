@@ -133,12 +133,26 @@ def ring_copies(nbytes: int, device: str = "cpu") -> int:
     return min(MAX_RING, 1 + -(-2 * cache // max(int(nbytes), 1)))
 
 
+# Untimed calls before a ring's samples: a decode step streams its layers back to back, and on the 2-core
+# AVX-512 VM the first ~20 calls of a 4096² W4 GEMV ring after other work (a torch op, a 50 ms sleep) ramp
+# from 0.33-0.47 ms down to 0.21-0.24 ms (torch's own 9 MB `sum` ring from 0.36-0.46 to 0.20-0.22 ms), so a
+# median of 9 samples taken at once timed that ramp: 0.287 ms against 0.213 ms with 45 samples, same run.
+RING_WARMUP_MS = 20.0
+
+
 def benchmark_ring(
-    fns: Sequence[Callable[[], Any]], *, repeats: int = 5, warmup: int = 1, device: str = "cpu"
+    fns: Sequence[Callable[[], Any]],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    warmup_ms: float = RING_WARMUP_MS,
 ) -> Timing:
     """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): `warmup`
-    untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then samples
-    of one call each, in ring order, at least `repeats` and a whole number of passes."""
+    untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then further
+    untimed passes until `warmup_ms` of them have run (the steady state of back-to-back calls,
+    `RING_WARMUP_MS`), then samples of one call each, in ring order, at least `repeats` and a whole number of
+    passes."""
     if repeats < 1 or not fns:
         raise ValueError(f"benchmark_ring: repeats={repeats} over {len(fns)} calls; use repeats >= 1 and >= 1 call")
     sync = _synchronizer(device)
@@ -147,6 +161,12 @@ def benchmark_ring(
             fn()
     if sync is not None:
         sync()
+    start = time.perf_counter()
+    while warmup and (time.perf_counter() - start) * 1e3 < warmup_ms:
+        for fn in fns:
+            fn()
+        if sync is not None:
+            sync()
     n = len(fns) * -(-repeats // len(fns))
     return Timing(tuple(_sample(fns[i % len(fns)], sync) for i in range(n)))
 

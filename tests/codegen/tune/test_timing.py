@@ -49,10 +49,18 @@ def test_benchmark_with_flush_still_measures_only_the_call() -> None:
 def test_benchmark_ring_warms_every_copy_then_cycles_in_order() -> None:
     calls: list[int] = []
     fns = [lambda i=i: calls.append(i) for i in range(3)]
-    t = benchmark_ring(fns, repeats=4, warmup=1)
+    t = benchmark_ring(fns, repeats=4, warmup=1, warmup_ms=0)
     # one untimed pass, then whole passes covering >= 4 samples: 6 timed calls in ring order
     assert calls == [0, 1, 2, 0, 1, 2, 0, 1, 2]
     assert len(t.samples) == 6 and all(s > 0 for s in t.samples)
+    calls.clear()
+    slow = [lambda i=i: (calls.append(i), time.sleep(0.002)) for i in range(3)]
+    t = benchmark_ring(slow, repeats=3, warmup=1, warmup_ms=10)
+    # the first pass, then whole untimed passes until 10 ms have run (>= 2 more of ~6 ms), then one timed pass
+    assert len(calls) >= 12 and len(calls) % 3 == 0 and calls[:3] == [0, 1, 2] and len(t.samples) == 3
+    calls.clear()
+    benchmark_ring(fns, repeats=1, warmup=0, warmup_ms=50)
+    assert calls == [0, 1, 2]  # warmup=0: no untimed calls at all
     with pytest.raises(ValueError, match="repeats"):
         benchmark_ring(fns, repeats=0)
     with pytest.raises(ValueError, match="call"):

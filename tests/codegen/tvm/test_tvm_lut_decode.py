@@ -67,3 +67,30 @@ def test_off_and_wide_codes_keep_the_generic_decode():
     assert LUT not in src and err < TOL
     err, src = run("int8", 1, 128, 256, 128, {"lut": "avx512"})  # 8-bit codes: 256 values, no 16-entry table
     assert LUT not in src and err < TOL
+
+
+@pytest.mark.parametrize(
+    ("dtype", "form"),
+    [("int2", "fields"), ("uint2", "fields"), ("int1", "fields"), ("int3", "words"), ("fp3_e2m0", "words"),
+     ("int4", "codes"), ("fp4_e2m1", "codes")],
+)
+@pytest.mark.parametrize("g", [32, 128])
+def test_each_width_takes_its_table_form(dtype, form, g):
+    """1-2-bit codes: several codes per 4-bit field, the table built from x per field (`rtbl`); ten codes per
+    word (3 bits), which never divide a group of 32 or 128: the walk over word rows (`for wr`, constant
+    shifts, out-of-tile codes against x = 0); 4 bits: one code per lookup. All equal the fp64 reference, and
+    every form prefetches its word stream (the weight buffer `w` in an llvm.prefetch)."""
+    err, src = run(dtype, 1, 128, 256, g, {"lut": "avx512"}, seed=g)
+    assert err < TOL
+    assert LUT in src
+    assert ("rtbl" in src) == (form == "fields")
+    assert ("for wr in" in src) == (form == "words")
+    assert any("llvm.prefetch" in line and "w_1[" in line for line in src.splitlines())
+
+
+def test_the_word_walk_handles_tiles_that_start_inside_a_word():
+    """K = 384 int3 with g = 128: the tiles start at k = 0, 128, 256, i.e. code 0, 8 and 6 of a word, and the
+    last tile's final word row reaches past K; zero points (post) on top. Ragged N = 100 adds the edge tile."""
+    for n in (128, 100):
+        err, src = run("int3", 2, n, 384, 128, {"lut": "avx512"}, seed=n, symmetric=False, zero_mode="post")
+        assert err < TOL and "for wr in" in src
