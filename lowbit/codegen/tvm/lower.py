@@ -201,6 +201,11 @@ def scalar(expr: Any) -> str:
     return _PRINTER.doprint(sympy.sympify(expr))
 
 
+def _permvar(table: str, idx: str) -> str:
+    """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
+    return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
+
+
 # ---- value representation ----------------------------------------------------------------------------
 
 
@@ -1325,8 +1330,7 @@ class _Emitter:
         if c == 1:
             self.line(f"for {jv} in T.unroll({BN // 16}):")
             bv = self.fresh("bv")
-            dec = f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {names[0]}[T.Ramp(0, 1, 16)], {idx})'
-            self.line(f"    {bv} = {dec}")
+            self.line(f"    {bv} = {_permvar(f'{names[0]}[T.Ramp(0, 1, 16)]', idx)}")
             self.line(f"    for {ii} in T.unroll({BM}):")
             av = conv(fa((ii, scalar(k)), fast))
             self.line(f"        {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + T.Broadcast({av}, 16) * {bv}")
@@ -1343,10 +1347,7 @@ class _Emitter:
             iv = self.fresh("iv")
             self.line(f"    {iv} = {idx}")
             self.line(f"    for {ii} in T.unroll({BM}):")
-            dec = (
-                f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", '
-                f"{rows}[T.Ramp({ii} * 16, 1, 16)], {iv})"
-            )
+            dec = _permvar(f"{rows}[T.Ramp({ii} * 16, 1, 16)]", iv)
             self.line(f"        {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + {dec}")
         self.depth -= 2
 
@@ -1382,7 +1383,7 @@ class _Emitter:
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         g = self.gbuf[t.name]
         off = sympy.sympify(load.offsets[0])
-        wr, ku, jv, ii = (self.fresh(v) for v in ("wr", "ku", "jv", "ii"))
+        wr, ku, jv = (self.fresh(v) for v in ("wr", "ku", "jv"))
         tbl = self.fresh("tbl")
         self.line(f'{tbl} = T.decl_buffer((16,), "float32", {self.scope})')
         for i, v in enumerate(table):
@@ -1407,9 +1408,9 @@ class _Emitter:
             self.line(f"{xv} = T.if_then_else({inside}, {conv(fa((str(i), clamped), fast))}, T.float32(0))")
             xs.append(xv)
         self.line(f"for {jv} in T.unroll({BN // 16}):")
-        idx = f'T.shift_right({g}[T.Ramp({scalar(word)}, 1, 16)], T.Broadcast({ku} * {lay.bits}, 16))'
+        idx = f"T.shift_right({g}[T.Ramp({scalar(word)}, 1, 16)], T.Broadcast({ku} * {lay.bits}, 16))"
         bv = self.fresh("bv")
-        self.line(f'    {bv} = T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {tbl}[T.Ramp(0, 1, 16)], {idx})')
+        self.line(f"    {bv} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         for i, xv in enumerate(xs):
             self.line(f"    {out}[{i}, {cols}] = {out}[{i}, {cols}] + T.Broadcast({xv}, 16) * {bv}")

@@ -71,8 +71,15 @@ def test_off_and_wide_codes_keep_the_generic_decode():
 
 @pytest.mark.parametrize(
     ("dtype", "form"),
-    [("int2", "fields"), ("uint2", "fields"), ("int1", "fields"), ("int3", "words"), ("fp3_e2m0", "words"),
-     ("int4", "codes"), ("fp4_e2m1", "codes")],
+    [
+        ("int2", "fields"),
+        ("uint2", "fields"),
+        ("int1", "fields"),
+        ("int3", "words"),
+        ("fp3_e2m0", "words"),
+        ("int4", "codes"),
+        ("fp4_e2m1", "codes"),
+    ],
 )
 @pytest.mark.parametrize("g", [32, 128])
 def test_each_width_takes_its_table_form(dtype, form, g):
