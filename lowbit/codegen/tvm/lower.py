@@ -201,6 +201,36 @@ def scalar(expr: Any) -> str:
     return _PRINTER.doprint(sympy.sympify(expr))
 
 
+def _nibble_tables(table: list[float], bits: int, per: int, word_bits: int) -> list[list[tuple[int, list[float]]]] | None:
+    """For a word of `per` codes of `bits` bits (code u at bit u·bits) whose value is linear in the bits
+    (value(c) = Σ_j bit_j(c)·value(2^j), value(0) = 0: two's complement and unsigned ints; not the float
+    formats): per 4-bit nibble n of the word, the codes u with bits in it and the constant vector C_{n,u}, C[i]
+    = the value that u's bits among i's 4 bits contribute. None when the decode is not linear or a nibble
+    would touch more than two codes."""
+    if 4 % bits == 0 or bits > 4:
+        return None
+    vals = [table[c] for c in range(1 << bits)]
+    if vals[0] != 0 or any(vals[c] != sum(vals[1 << j] for j in range(bits) if c >> j & 1) for c in range(1 << bits)):
+        return None
+    out = []
+    for n in range(word_bits // 4):
+        parts: dict[int, list[float]] = {}
+        for t in range(4):
+            b = 4 * n + t
+            u, j = divmod(b, bits)
+            if u >= per:
+                continue  # unused bits above the word's codes
+            col = parts.setdefault(u, [0.0] * 16)
+            for i in range(16):
+                if i >> t & 1:
+                    col[i] += vals[1 << j]
+        if len(parts) > 2:
+            return None
+        if parts:
+            out.append(sorted(parts.items()))
+    return out
+
+
 def _permvar(table: str, idx: str) -> str:
     """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
@@ -1403,6 +1433,11 @@ class _Emitter:
         self.line(f"for {wr} in T.serial({nw}):")
         self.depth += 1
         self._prefetch_lut(t, load, k0 - off, per, BN)
+        nibbles = _nibble_tables(table, lay.bits, per, lay.word_bits)
+        if nibbles is not None:
+            self._words_by_nibble(inst, out, k0 - off, word, nibbles, jv)
+            self.depth -= 1
+            return
         self.line(f"for {ku} in T.unroll({per}):")
         self.depth += 1
         rel = k0 + sympy.Symbol(ku, integer=True) - off  # the code's row in the tile
@@ -1421,6 +1456,65 @@ class _Emitter:
         for i, xv in enumerate(xs):
             self.line(f"    {out}[{i}, {cols}] = {out}[{i}, {cols}] + T.Broadcast({xv}, 16) * {bv}")
         self.depth -= 2
+
+    def _words_by_nibble(
+        self, inst: I.Dot, out: str, r0: Any, word: Any, nibbles: list[list[tuple[int, list[float]]]], jv: str
+    ) -> None:
+        """The body of one word row of `_dot_lut_words` for codes whose value is linear in their bits
+        (`_nibble_tables`): one vpermps per 4-bit nibble of the word instead of one per code. Nibble n's table
+        is built per row from a, T_n = Σ_u a[k_u]·C_{n,u} over the (at most two) codes u with bits in it
+        (C_{n,u}[i]: the value of u's bits among i's 4, constants), so the 32-bit word costs 8 lookups for its
+        ten 3-bit codes; each lookup accumulates through an FMA by 1.0, as the 1-2-bit fields do."""
+        a = inst.a
+        BM, KT = a.shape
+        BN = inst.b.shape[1]
+        fa = self.get(a)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
+        g = self.gbuf[self.defs[id(self.defs[id(inst.b)].x)].tensor.name]
+        fast = _Ctx(checked=False)
+        codes = sorted({u for parts in nibbles for u, _ in parts})
+        xs: dict[tuple[int, int], str] = {}
+        for i in range(BM):
+            for u in codes:
+                rel = r0 + u  # the code's row in the tile; outside it the code meets a = 0
+                xv = self.fresh("xv")
+                inside = f"0 <= {scalar(rel)} and {scalar(rel)} < {KT}"
+                clamped = f"T.max(T.min({scalar(rel)}, {KT - 1}), 0)"
+                self.line(f"{xv} = T.if_then_else({inside}, {conv(fa((str(i), clamped), fast))}, T.float32(0))")
+                xs[i, u] = xv
+        tabs = []
+        for n, parts in enumerate(nibbles):
+            terms_by_row = []
+            for u, vals in parts:
+                cname = self.fresh(f"c{n}_{u}")
+                self.line(f'{cname} = T.decl_buffer((16,), "float32", {self.scope})')
+                for i, v in enumerate(vals):
+                    self.line(f"{cname}[{i}] = {f32(v)}")
+                terms_by_row.append((u, cname))
+            tb = self.fresh(f"nt{n}")
+            self.line(f'{tb} = T.decl_buffer(({BM * 16},), "float32", {self.scope})')
+            for i in range(BM):
+                terms = [f"T.Broadcast({xs[i, u]}, 16) * {c}[T.Ramp(0, 1, 16)]" for u, c in terms_by_row]
+                self.line(f"{tb}[T.Ramp({i * 16}, 1, 16)] = {' + '.join(terms)}")
+            tabs.append(tb)
+        # the word row's column vectors first, then nibble by nibble across them: consecutive FMAs go to
+        # different accumulators (jv inner), not along one accumulator's chain
+        wv = self.fresh("wv")
+        self.line(f'{wv} = T.decl_buffer(({BN},), "int32", {self.scope})')
+        self.line(f"for {jv} in T.unroll({BN // 16}):")
+        self.line(f"    {wv}[T.Ramp({jv} * 16, 1, 16)] = {g}[T.Ramp({scalar(word)}, 1, 16)]")
+        cols = f"T.Ramp({jv} * 16, 1, 16)"
+        w16 = f"{wv}[T.Ramp({jv} * 16, 1, 16)]"
+        for n, tb in enumerate(tabs):
+            self.line(f"for {jv} in T.unroll({BN // 16}):")
+            idx = w16 if n == 0 else f"T.shift_right({w16}, T.Broadcast(T.int32({4 * n}), 16))"
+            for i in range(BM):
+                acc = f"{out}[{i}, {cols}]"
+                dec = _permvar(f"{tb}[T.Ramp({i * 16}, 1, 16)]", idx)
+                self.line(
+                    f'    {acc} = T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vfmadd.ps.512", {dec}, '
+                    f"T.Broadcast(T.float32(1), 16), {acc}, 4)"
+                )
 
     def _lut_codes(self, load: I.Load, KT: int) -> int:
         """Codes per 4-bit vpermps field for `dot_lut`: 4 / bits for 1- and 2-bit codes when, at aligned tile
