@@ -74,6 +74,9 @@ OPTIONS: dict[str, Any] = {
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
     "prefetch": 4096,
+    # ten-per-word linear int codes (int3) in `_Emitter._dot_lut_words`: 4 = one vpermps per 4-bit field of the
+    # word (`_words_by_field`), 0 = one per code
+    "lut_field": 4,
     # int32 scalar parameters (the sizes) declared int64, so the address arithmetic is 64-bit (see `emit`). Off by
     # default: measured per kernel (streamed M = 1 GEMVs, 4096x4096 int4, 2 threads): the a8 GEMV 0.92x the time
     # (1 thread, hot: 0.87x), the W4A16 LUT GEMV 1.03-1.05x; decode attention unchanged
@@ -131,6 +134,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inline_consts={out['inline_consts']!r} must be True or False")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
         raise BackendError(f"tvm backend: option prefetch={out['prefetch']!r} must be an int >= 0 (bytes ahead)")
+    if out["lut_field"] not in (0, 4):
+        raise BackendError(f"tvm backend: option lut_field={out['lut_field']!r}; use 4 (4-bit fields) or 0 (per code)")
     return out
 
 
@@ -201,33 +206,36 @@ def scalar(expr: Any) -> str:
     return _PRINTER.doprint(sympy.sympify(expr))
 
 
-def _nibble_tables(table: list[float], bits: int, per: int, word_bits: int) -> list[list[tuple[int, list[float]]]] | None:
+def _field_tables(
+    table: list[float], bits: int, per: int, word_bits: int, width: int = 4
+) -> list[tuple[int, list[tuple[int, list[float]]]]] | None:
     """For a word of `per` codes of `bits` bits (code u at bit u·bits) whose value is linear in the bits
     (value(c) = Σ_j bit_j(c)·value(2^j), value(0) = 0: two's complement and unsigned ints; not the float
-    formats): per 4-bit nibble n of the word, the codes u with bits in it and the constant vector C_{n,u}, C[i]
-    = the value that u's bits among i's 4 bits contribute. None when the decode is not linear or a nibble
-    would touch more than two codes."""
+    formats), cut into fields of `width` bits from bit 0 (the emitter uses 4, vpermps's index; 5-bit fields
+    through vpermi2ps, six lookups for ten int3 codes, measured 1.51x the time of 4-bit fields hot on the
+    Zen 5 VM and were dropped): per field, its first bit
+    and the codes u with bits in it, each with the constant vector C_{f,u} of 2^width entries, C[i] = the value
+    that u's bits among i's contribute. None when the decode is not linear or a field would touch more than
+    three codes."""
     if 4 % bits == 0 or bits > 4:
         return None
     vals = [table[c] for c in range(1 << bits)]
     if vals[0] != 0 or any(vals[c] != sum(vals[1 << j] for j in range(bits) if c >> j & 1) for c in range(1 << bits)):
         return None
     out = []
-    for n in range(word_bits // 4):
+    for start in range(0, per * bits, width):
         parts: dict[int, list[float]] = {}
-        for t in range(4):
-            b = 4 * n + t
-            u, j = divmod(b, bits)
-            if u >= per:
+        for t in range(width):
+            u, j = divmod(start + t, bits)
+            if u >= per or start + t >= word_bits:
                 continue  # unused bits above the word's codes
-            col = parts.setdefault(u, [0.0] * 16)
-            for i in range(16):
+            col = parts.setdefault(u, [0.0] * (1 << width))
+            for i in range(1 << width):
                 if i >> t & 1:
                     col[i] += vals[1 << j]
-        if len(parts) > 2:
+        if len(parts) > 3:
             return None
-        if parts:
-            out.append(sorted(parts.items()))
+        out.append((start, sorted(parts.items())))
     return out
 
 
@@ -1433,9 +1441,10 @@ class _Emitter:
         self.line(f"for {wr} in T.serial({nw}):")
         self.depth += 1
         self._prefetch_lut(t, load, k0 - off, per, BN)
-        nibbles = _nibble_tables(table, lay.bits, per, lay.word_bits)
-        if nibbles is not None:
-            self._words_by_nibble(inst, out, k0 - off, word, nibbles, jv)
+        width = self.opt["lut_field"]
+        fields = _field_tables(table, lay.bits, per, lay.word_bits, width) if width else None
+        if fields is not None:
+            self._words_by_field(inst, out, k0 - off, word, fields, jv)
             self.depth -= 1
             return
         self.line(f"for {ku} in T.unroll({per}):")
@@ -1457,14 +1466,22 @@ class _Emitter:
             self.line(f"    {out}[{i}, {cols}] = {out}[{i}, {cols}] + T.Broadcast({xv}, 16) * {bv}")
         self.depth -= 2
 
-    def _words_by_nibble(
-        self, inst: I.Dot, out: str, r0: Any, word: Any, nibbles: list[list[tuple[int, list[float]]]], jv: str
+    def _words_by_field(
+        self,
+        inst: I.Dot,
+        out: str,
+        r0: Any,
+        word: Any,
+        fields: list[tuple[int, list[tuple[int, list[float]]]]],
+        jv: str,
     ) -> None:
         """The body of one word row of `_dot_lut_words` for codes whose value is linear in their bits
-        (`_nibble_tables`): one vpermps per 4-bit nibble of the word instead of one per code. Nibble n's table
-        is built per row from a, T_n = Σ_u a[k_u]·C_{n,u} over the (at most two) codes u with bits in it
-        (C_{n,u}[i]: the value of u's bits among i's 4, constants), so the 32-bit word costs 8 lookups for its
-        ten 3-bit codes; each lookup accumulates through an FMA by 1.0, as the 1-2-bit fields do."""
+        (`_field_tables`): one vpermps per 4-bit field of the word instead of one per code. Field f's table is
+        built per row from a, T_f = Σ_u a[k_u]·C_{f,u} over the codes u with bits in it (constants C), so a
+        word of ten 3-bit codes costs 8 lookups. Each lookup accumulates through an FMA by 1.0
+        (the FMA pipes, not the adds', which the shifts and permutes share); the word row's column vectors are
+        loaded first and the lookups go field by field across them (consecutive FMAs into different
+        accumulators)."""
         a = inst.a
         BM, KT = a.shape
         BN = inst.b.shape[1]
@@ -1472,7 +1489,7 @@ class _Emitter:
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         g = self.gbuf[self.defs[id(self.defs[id(inst.b)].x)].tensor.name]
         fast = _Ctx(checked=False)
-        codes = sorted({u for parts in nibbles for u, _ in parts})
+        codes = sorted({u for _, parts in fields for u, _ in parts})
         xs: dict[tuple[int, int], str] = {}
         for i in range(BM):
             for u in codes:
@@ -1483,31 +1500,29 @@ class _Emitter:
                 self.line(f"{xv} = T.if_then_else({inside}, {conv(fa((str(i), clamped), fast))}, T.float32(0))")
                 xs[i, u] = xv
         tabs = []
-        for n, parts in enumerate(nibbles):
-            terms_by_row = []
+        for f, (_, parts) in enumerate(fields):
+            consts = []
             for u, vals in parts:
-                cname = self.fresh(f"c{n}_{u}")
-                self.line(f'{cname} = T.decl_buffer((16,), "float32", {self.scope})')
+                cname = self.fresh(f"c{f}_{u}")
+                self.line(f'{cname} = T.decl_buffer(({len(vals)},), "float32", {self.scope})')
                 for i, v in enumerate(vals):
                     self.line(f"{cname}[{i}] = {f32(v)}")
-                terms_by_row.append((u, cname))
-            tb = self.fresh(f"nt{n}")
+                consts.append((u, cname))
+            tb = self.fresh(f"ft{f}")
             self.line(f'{tb} = T.decl_buffer(({BM * 16},), "float32", {self.scope})')
             for i in range(BM):
-                terms = [f"T.Broadcast({xs[i, u]}, 16) * {c}[T.Ramp(0, 1, 16)]" for u, c in terms_by_row]
+                terms = [f"T.Broadcast({xs[i, u]}, 16) * {c}[T.Ramp(0, 1, 16)]" for u, c in consts]
                 self.line(f"{tb}[T.Ramp({i * 16}, 1, 16)] = {' + '.join(terms)}")
             tabs.append(tb)
-        # the word row's column vectors first, then nibble by nibble across them: consecutive FMAs go to
-        # different accumulators (jv inner), not along one accumulator's chain
         wv = self.fresh("wv")
         self.line(f'{wv} = T.decl_buffer(({BN},), "int32", {self.scope})')
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         self.line(f"    {wv}[T.Ramp({jv} * 16, 1, 16)] = {g}[T.Ramp({scalar(word)}, 1, 16)]")
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         w16 = f"{wv}[T.Ramp({jv} * 16, 1, 16)]"
-        for n, tb in enumerate(tabs):
+        for (start, _), tb in zip(fields, tabs):
             self.line(f"for {jv} in T.unroll({BN // 16}):")
-            idx = w16 if n == 0 else f"T.shift_right({w16}, T.Broadcast(T.int32({4 * n}), 16))"
+            idx = w16 if start == 0 else f"T.shift_right({w16}, T.Broadcast(T.int32({start}), 16))"
             for i in range(BM):
                 acc = f"{out}[{i}, {cols}]"
                 dec = _permvar(f"{tb}[T.Ramp({i * 16}, 1, 16)]", idx)

@@ -101,3 +101,18 @@ def test_the_word_walk_handles_tiles_that_start_inside_a_word():
     for n in (128, 100):
         err, src = run("int3", 2, n, 384, 128, {"lut": "avx512"}, seed=n, symmetric=False, zero_mode="post")
         assert err < TOL and "for wr in" in src
+
+
+@pytest.mark.parametrize("dtype", ["int3", "uint3"])
+def test_int3_fields_and_codes_both_equal_the_reference(dtype):
+    """Linear 3-bit ints take one vpermps per 4-bit field of the word (tables from x over the codes' bits,
+    `ft0`..); option lut_field 0 keeps one lookup per code. Both equal the fp64 reference; fp3 (not linear in
+    its bits) always looks up per code."""
+    err, src = run(dtype, 1, 128, 384, 128, {"lut": "avx512"}, seed=3)
+    assert err < TOL and "ft0" in src and "for wr in" in src
+    err, src = run(dtype, 1, 128, 384, 128, {"lut": "avx512", "lut_field": 0}, seed=3)
+    assert err < TOL and "ft0" not in src and "for wr in" in src
+    err, src = run("fp3_e2m0", 1, 128, 384, 128, {"lut": "avx512"}, seed=3)
+    assert err < TOL and "ft0" not in src and "for wr in" in src
+    with pytest.raises(Exception, match="lut_field"):
+        run(dtype, 1, 128, 256, 128, {"lut": "avx512", "lut_field": 5})
