@@ -145,7 +145,8 @@ def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     monkeypatch.setattr(gemm, "benchmark_ring", counting)
     r = gemm.run_report((1, 2), ((128, 256),), ("int4",), 128, ("tvm",), 1, threads=2, machine=machine, cache="rotate")
     assert r.config["cache"] == "rotate" and "ring" in format_table(r)
-    assert called and set(called) == {3} and len(called) == len(r.rows)
+    # every row's ring of 3 copies, timed once per round (gemm.ROUNDS alternating rounds per layer and M)
+    assert called and set(called) == {3} and len(called) == gemm.ROUNDS * len(r.rows)
     assert not r.mismatches and all(row.median_ms > 0 for row in r.rows)
     from lowbit.ops import quantize
 
@@ -157,3 +158,29 @@ def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     assert np.array_equal(copy.dequantize(), qw.dequantize())
     with pytest.raises(gemm.BenchError, match="cache"):
         gemm.run_report((1,), ((128, 128),), ("int4",), 128, None, 1, machine=machine, cache="cold")
+
+
+def test_rows_of_one_layer_and_m_are_timed_in_alternating_rounds(machine, monkeypatch):
+    """`_Bench.measure`: every row once per round, rows in order within a round (A B C A B C ...), samples
+    pooled per row (its median over all rounds); a row whose first round took longer than SLOW_ROUND_MS keeps
+    that round only; the first round warms each ring up with a pass, later rounds only for the warm-up time."""
+    from lowbit.codegen.tune.timing import Timing
+
+    order: list[tuple[str, int]] = []
+    times = {"a": 1.0, "b": 2.0, "slow": gemm.SLOW_ROUND_MS}
+
+    def fake_ring(fns, *, repeats, warmup, device):
+        name = fns[0]()
+        order.append((name, warmup))
+        return Timing((times[name],) * repeats)
+
+    monkeypatch.setattr(gemm, "benchmark_ring", fake_ring)
+    bench = gemm._Bench(machine, "cpu", 2, "rotate", False, 128, None, ("tvm",), [], lambda s: None)
+    case = gemm._Case(64, 64, None, None, {}, {}, {})
+    pending = [bench.row(case, 1, m, "int4", "tvm", [lambda m=m: m], 100, "float32") for m in ("a", "slow", "b")]
+    rows = bench.measure(pending)
+    rounds = [("a", 1), ("slow", 1), ("b", 1)] + [("a", 0), ("b", 0)] * (gemm.ROUNDS - 1)
+    assert order == rounds
+    assert [r.method for r in rows] == ["a", "slow", "b"]
+    assert [r.median_ms for r in rows] == [1.0, gemm.SLOW_ROUND_MS, 2.0]
+    assert all(math.isnan(r.roofline_ms) for r in rows)  # filled in by run_report, from the machine

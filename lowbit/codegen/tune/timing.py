@@ -148,25 +148,21 @@ def benchmark_ring(
     device: str = "cpu",
     warmup_ms: float = RING_WARMUP_MS,
 ) -> Timing:
-    """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): `warmup`
-    untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then further
-    untimed passes until `warmup_ms` of them have run (the steady state of back-to-back calls,
-    `RING_WARMUP_MS`), then samples of one call each, in ring order, at least `repeats` and a whole number of
-    passes."""
+    """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): untimed
+    passes over the whole ring, at least `warmup` of them (each copy's first call compiles, packs or re-tiles)
+    and until they have run `warmup_ms` (the steady state of back-to-back calls, `RING_WARMUP_MS`; a ring
+    slower than that warms up with its `warmup` passes alone), then samples of one call each, in ring order,
+    at least `repeats` and a whole number of passes."""
     if repeats < 1 or not fns:
         raise ValueError(f"benchmark_ring: repeats={repeats} over {len(fns)} calls; use repeats >= 1 and >= 1 call")
     sync = _synchronizer(device)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    if sync is not None:
-        sync()
-    start = time.perf_counter()
-    while warmup and (time.perf_counter() - start) * 1e3 < warmup_ms:
+    start, passes = time.perf_counter(), 0
+    while passes < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
         for fn in fns:
             fn()
         if sync is not None:
             sync()
+        passes += 1
     n = len(fns) * -(-repeats // len(fns))
     return Timing(tuple(_sample(fns[i % len(fns)], sync) for i in range(n)))
 

@@ -1444,7 +1444,7 @@ class _Emitter:
         width = self.opt["lut_field"]
         fields = _field_tables(table, lay.bits, per, lay.word_bits, width) if width else None
         if fields is not None:
-            self._words_by_field(inst, out, k0 - off, word, fields, jv)
+            self._words_by_field(inst, out, k0 - off, word, fields, g, jv)
             self.depth -= 1
             return
         self.line(f"for {ku} in T.unroll({per}):")
@@ -1473,6 +1473,7 @@ class _Emitter:
         r0: Any,
         word: Any,
         fields: list[tuple[int, list[tuple[int, list[float]]]]],
+        g: str,
         jv: str,
     ) -> None:
         """The body of one word row of `_dot_lut_words` for codes whose value is linear in their bits
@@ -1487,7 +1488,6 @@ class _Emitter:
         BN = inst.b.shape[1]
         fa = self.get(a)
         conv = _to_value_type(a.dtype, inst.acc_dtype)
-        g = self.gbuf[self.defs[id(self.defs[id(inst.b)].x)].tensor.name]
         fast = _Ctx(checked=False)
         codes = sorted({u for _, parts in fields for u, _ in parts})
         xs: dict[tuple[int, int], str] = {}

@@ -56,11 +56,14 @@ def test_benchmark_ring_warms_every_copy_then_cycles_in_order() -> None:
     calls.clear()
     slow = [lambda i=i: (calls.append(i), time.sleep(0.002)) for i in range(3)]
     t = benchmark_ring(slow, repeats=3, warmup=1, warmup_ms=10)
-    # the first pass, then whole untimed passes until 10 ms have run (>= 2 more of ~6 ms), then one timed pass
-    assert len(calls) >= 12 and len(calls) % 3 == 0 and calls[:3] == [0, 1, 2] and len(t.samples) == 3
+    # whole untimed passes of ~6 ms until 10 ms have run (two), then one timed pass
+    assert len(calls) >= 9 and len(calls) % 3 == 0 and calls[:3] == [0, 1, 2] and len(t.samples) == 3
     calls.clear()
-    benchmark_ring(fns, repeats=1, warmup=0, warmup_ms=50)
-    assert calls == [0, 1, 2]  # warmup=0: no untimed calls at all
+    benchmark_ring(slow, repeats=1, warmup=0, warmup_ms=1)
+    assert len(calls) == 6  # warmup=0 still warms up for warmup_ms: one pass, then the timed one
+    calls.clear()
+    benchmark_ring(fns, repeats=1, warmup=0, warmup_ms=0)
+    assert calls == [0, 1, 2]  # nothing untimed at all
     with pytest.raises(ValueError, match="repeats"):
         benchmark_ring(fns, repeats=0)
     with pytest.raises(ValueError, match="call"):
