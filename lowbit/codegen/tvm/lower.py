@@ -239,6 +239,13 @@ def _field_tables(
     return out
 
 
+def _accumulate(acc: str, x: str) -> str:
+    """acc + x for float32x16 vectors as an FMA x·1 + acc (the same single rounding): on the Zen 5 VM adds share
+    the vector pipes with the shifts and vpermps of a table decode, FMAs do not."""
+    one = "T.Broadcast(T.float32(1), 16)"
+    return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vfmadd.ps.512", {x}, {one}, {acc}, 4)'
+
+
 def _permvar(table: str, idx: str) -> str:
     """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
@@ -1325,9 +1332,10 @@ class _Emitter:
         ints) or the float format's bit assembly. Codes of 1-2 bits whose `c` = 4 / bits consecutive k sit
         side by side in a word (`_lut_codes`): one 4-bit field holds c codes, and the table is built per row
         from a, T[i] = Σ_t a[k + t]·decode(field t of i) (one multiply and c − 1 FMAs per c rows of k, shared
-        by all BN columns), so each field costs a shift, a vpermps and an add: per weight, 1/c of the
-        3-4-bit cost, so the work per byte of weights is the same at every width. T's entries are rounded
-        to fp32 once (a pair's sum) before the fp32 accumulation."""
+        by all BN columns), so each field costs a shift, a vpermps and an add (`_accumulate`): per weight,
+        1/c of the 3-4-bit cost, so the work per byte of weights is the same at every width. T's entries are
+        rounded to fp32 once (a pair's sum) before the fp32 accumulation. Codes whose per-word count does not
+        divide the tile's rows (ten 3-bit codes): `_dot_lut_words`."""
         load, table = plan
         a = inst.a
         BM, KT = a.shape
@@ -1387,12 +1395,8 @@ class _Emitter:
             self.line(f"    for {ii} in T.unroll({BM}):")
             # the add as an FMA by 1.0 (the same single rounding): adds share the vector pipes with the shifts and
             # vpermps, FMAs do not (Zen 5, 4096² int2 M = 1, hot, 2 threads: 0.091-0.092 vs 0.100-0.102 ms)
-            dec = _permvar(f"{rows}[T.Ramp({ii} * 16, 1, 16)]", iv)
             acc = f"{out}[{ii}, {cols}]"
-            self.line(
-                f'        {acc} = T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vfmadd.ps.512", {dec}, '
-                f"T.Broadcast(T.float32(1), 16), {acc}, 4)"
-            )
+            self.line(f"        {acc} = {_accumulate(acc, _permvar(f'{rows}[T.Ramp({ii} * 16, 1, 16)]', iv))}")
         self.depth -= 2
 
     def _whole_words(self, load: I.Load) -> bool:
@@ -1525,11 +1529,7 @@ class _Emitter:
             idx = w16 if start == 0 else f"T.shift_right({w16}, T.Broadcast(T.int32({start}), 16))"
             for i in range(BM):
                 acc = f"{out}[{i}, {cols}]"
-                dec = _permvar(f"{tb}[T.Ramp({i * 16}, 1, 16)]", idx)
-                self.line(
-                    f'    {acc} = T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vfmadd.ps.512", {dec}, '
-                    f"T.Broadcast(T.float32(1), 16), {acc}, 4)"
-                )
+                self.line(f"    {acc} = {_accumulate(acc, _permvar(f'{tb}[T.Ramp({i * 16}, 1, 16)]', idx))}")
 
     def _lut_codes(self, load: I.Load, KT: int) -> int:
         """Codes per 4-bit vpermps field for `dot_lut`: 4 / bits for 1- and 2-bit codes when, at aligned tile
