@@ -246,6 +246,20 @@ def _accumulate(acc: str, x: str) -> str:
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vfmadd.ps.512", {x}, {one}, {acc}, 4)'
 
 
+def _lut_decode(tbl: str, idx: str, entries: int) -> str:
+    """The float32x16 values of the codes in the low bits of `idx`'s lanes from the table buffer `tbl`: 16
+    entries: vpermps; 32: vpermi2ps (bits 0-4 pick from tbl[0:16] and tbl[16:32]); 64 (a sign-magnitude 6-bit
+    format, `tbl` holding the 32 magnitudes): vpermi2ps on bits 0-4, then bit 5 xor-ed onto the float's sign."""
+    if entries == 16:
+        return _permvar(f"{tbl}[T.Ramp(0, 1, 16)]", idx)
+    lo, hi = f"{tbl}[T.Ramp(0, 1, 16)]", f"{tbl}[T.Ramp(16, 1, 16)]"
+    mag = f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.vpermi2var.ps.512", {lo}, {idx}, {hi})'
+    if entries == 32:
+        return mag
+    sign = f"T.bitwise_and(T.shift_left({idx}, T.Broadcast(T.int32(26), 16)), T.Broadcast(T.int32(-2147483648), 16))"
+    return f'T.reinterpret("float32x16", T.bitwise_xor(T.reinterpret("int32x16", {mag}), {sign}))'
+
+
 def _permvar(table: str, idx: str) -> str:
     """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
@@ -1291,7 +1305,8 @@ class _Emitter:
         word-aligned codes, and a layout in which, wherever the tile sits (checked numerically at aligned
         origins), the codes of 16 consecutive columns of a row are one field of 16 consecutive words. vpermps
         reads the low 4 bits of each lane, so table entry i is the value of code i mod 2^bits (a narrower
-        code's neighbour bits above it select the same value)."""
+        code's neighbour bits above it select the same value). 5- and 6-bit codes: the table of all 2^bits
+        values, decoded by `_lut_decode` (vpermi2ps) in the word walk."""
         a, b = inst.a, inst.b
         if self.opt["lut"] != "avx512" or self.opt["vector"] != 16 or inst.acc_dtype.name != "float32":
             return None
@@ -1305,7 +1320,7 @@ class _Emitter:
             return None
         t = load.tensor
         lay, dt = t.layout, t.dtype
-        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or dt.bits > 4 or len(t.shape) != 2:
+        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or dt.bits > 6 or len(t.shape) != 2:
             return None
         if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape)):
             return None
@@ -1319,9 +1334,18 @@ class _Emitter:
             w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
             if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
                 return None
-        values = decode(dt, np.arange(16) % (1 << dt.bits)).astype(np.float64)
+        values = decode(dt, np.arange(max(16, 1 << dt.bits)) % (1 << dt.bits)).astype(np.float64)
         if not np.isfinite(values).all() or (values.astype(np.float32) != values).any():
             return None
+        if dt.bits > 4:
+            # 5 bits: vpermi2ps over 32 entries; 6 bits: only a sign-magnitude format (code i + 32 = −code i,
+            # bit for bit), its 5-bit magnitude through vpermi2ps and the sign bit moved onto the float's. Their
+            # five or six codes per word never divide a tile's rows: the word walk only.
+            bits32 = values.astype(np.float32).view(np.uint32)
+            if dt.bits == 6 and (bits32[32:] != bits32[:32] ^ np.uint32(0x80000000)).any():
+                return None
+            if int(load.shape[0]) % (lay.per_word or 1) == 0 or not self._whole_words(load):
+                return None
         return load, [float(v) for v in values]
 
     def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
@@ -1433,8 +1457,9 @@ class _Emitter:
         off = sympy.sympify(load.offsets[0])
         wr, ku, jv = (self.fresh(v) for v in ("wr", "ku", "jv"))
         tbl = self.fresh("tbl")
-        self.line(f'{tbl} = T.decl_buffer((16,), "float32", {self.scope})')
-        for i, v in enumerate(table):
+        entries = table[:32]  # a 6-bit table: the magnitudes (`_lut_decode` adds the sign)
+        self.line(f'{tbl} = T.decl_buffer(({len(entries)},), "float32", {self.scope})')
+        for i, v in enumerate(entries):
             self.line(f"{tbl}[{i}] = {f32(v)}")
         wrow = sympy.floor(off / per) + sympy.Symbol(wr, integer=True)
         k0 = per * wrow  # the first k of the word row
@@ -1464,7 +1489,7 @@ class _Emitter:
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         idx = f"T.shift_right({g}[T.Ramp({scalar(word)}, 1, 16)], T.Broadcast({ku} * {lay.bits}, 16))"
         bv = self.fresh("bv")
-        self.line(f"    {bv} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
+        self.line(f"    {bv} = {_lut_decode(tbl, idx, len(table))}")
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         for i, xv in enumerate(xs):
             self.line(f"    {out}[{i}, {cols}] = {out}[{i}, {cols}] + T.Broadcast({xv}, 16) * {bv}")
