@@ -1451,8 +1451,6 @@ class _Emitter:
         BN = inst.b.shape[1]
         t = load.tensor
         lay, per = t.layout, t.layout.per_word
-        fa = self.get(a)
-        conv = _to_value_type(a.dtype, inst.acc_dtype)
         g = self.gbuf[t.name]
         off = sympy.sympify(load.offsets[0])
         wr, ku, jv = (self.fresh(v) for v in ("wr", "ku", "jv"))
@@ -1465,27 +1463,30 @@ class _Emitter:
         k0 = per * wrow  # the first k of the word row
         j0 = sympy.Symbol(f"{jv}", integer=True) * 16
         word, _ = lay.locate(k0, sympy.sympify(load.offsets[1]) + j0)
-        fast = _Ctx(checked=False)
+        width = self.opt["lut_field"]
+        fields = _field_tables(table, lay.bits, per, lay.word_bits, width) if width else None
+        consts: list[list[tuple[int, str]]] = []  # per field: (code, its constant vector's buffer)
+        for f, (_, parts) in enumerate(fields or []):
+            consts.append([])
+            for u, vals in parts:
+                cname = self.fresh(f"c{f}_{u}")
+                self.line(f'{cname} = T.decl_buffer(({len(vals)},), "float32", {self.scope})')
+                for i, v in enumerate(vals):
+                    self.line(f"{cname}[{i}] = {f32(v)}")
+                consts[-1].append((u, cname))
         nw = (KT - 1) // per + 2
         self.line(f"for {wr} in T.serial({nw}):")
         self.depth += 1
         self._prefetch_lut(t, load, k0 - off, per, BN)
-        width = self.opt["lut_field"]
-        fields = _field_tables(table, lay.bits, per, lay.word_bits, width) if width else None
         if fields is not None:
-            self._words_by_field(inst, out, k0 - off, word, fields, g, jv)
+            starts = [start for start, _ in fields]
+            self._words_by_field(inst, out, k0 - off, word, starts, consts, g, jv)
             self.depth -= 1
             return
         self.line(f"for {ku} in T.unroll({per}):")
         self.depth += 1
         rel = k0 + sympy.Symbol(ku, integer=True) - off  # the code's row in the tile
-        xs = []
-        for i in range(BM):
-            xv = self.fresh("xv")
-            inside = f"0 <= {scalar(rel)} and {scalar(rel)} < {KT}"
-            clamped = f"T.max(T.min({scalar(rel)}, {KT - 1}), 0)"
-            self.line(f"{xv} = T.if_then_else({inside}, {conv(fa((str(i), clamped), fast))}, T.float32(0))")
-            xs.append(xv)
+        xs = [self._tile_element(inst, i, rel) for i in range(BM)]
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         idx = f"T.shift_right({g}[T.Ramp({scalar(word)}, 1, 16)], T.Broadcast({ku} * {lay.bits}, 16))"
         bv = self.fresh("bv")
@@ -1501,46 +1502,29 @@ class _Emitter:
         out: str,
         r0: Any,
         word: Any,
-        fields: list[tuple[int, list[tuple[int, list[float]]]]],
+        starts: list[int],
+        consts: list[list[tuple[int, str]]],
         g: str,
         jv: str,
     ) -> None:
         """The body of one word row of `_dot_lut_words` for codes whose value is linear in their bits
         (`_field_tables`): one vpermps per 4-bit field of the word instead of one per code. Field f's table is
-        built per row from a, T_f = Σ_u a[k_u]·C_{f,u} over the codes u with bits in it (constants C), so a
-        word of ten 3-bit codes costs 8 lookups. Each lookup accumulates through an FMA by 1.0
+        built per row from a, T_f = Σ_u a[k_u]·C_{f,u} over the codes u with bits in it (`consts`: per field,
+        the buffers of the constant vectors C, declared before the walk; `starts`: each field's first bit), so
+        a word of ten 3-bit codes costs 8 lookups. Each lookup accumulates through an FMA by 1.0
         (the FMA pipes, not the adds', which the shifts and permutes share); the word row's column vectors are
         loaded first and the lookups go field by field across them (consecutive FMAs into different
         accumulators)."""
-        a = inst.a
-        BM, KT = a.shape
+        BM = inst.a.shape[0]
         BN = inst.b.shape[1]
-        fa = self.get(a)
-        conv = _to_value_type(a.dtype, inst.acc_dtype)
-        fast = _Ctx(checked=False)
-        codes = sorted({u for _, parts in fields for u, _ in parts})
-        xs: dict[tuple[int, int], str] = {}
-        for i in range(BM):
-            for u in codes:
-                rel = r0 + u  # the code's row in the tile; outside it the code meets a = 0
-                xv = self.fresh("xv")
-                inside = f"0 <= {scalar(rel)} and {scalar(rel)} < {KT}"
-                clamped = f"T.max(T.min({scalar(rel)}, {KT - 1}), 0)"
-                self.line(f"{xv} = T.if_then_else({inside}, {conv(fa((str(i), clamped), fast))}, T.float32(0))")
-                xs[i, u] = xv
+        codes = sorted({u for parts in consts for u, _ in parts})
+        xs = {(i, u): self._tile_element(inst, i, r0 + u) for i in range(BM) for u in codes}
         tabs = []
-        for f, (_, parts) in enumerate(fields):
-            consts = []
-            for u, vals in parts:
-                cname = self.fresh(f"c{f}_{u}")
-                self.line(f'{cname} = T.decl_buffer(({len(vals)},), "float32", {self.scope})')
-                for i, v in enumerate(vals):
-                    self.line(f"{cname}[{i}] = {f32(v)}")
-                consts.append((u, cname))
+        for f, parts in enumerate(consts):
             tb = self.fresh(f"ft{f}")
             self.line(f'{tb} = T.decl_buffer(({BM * 16},), "float32", {self.scope})')
             for i in range(BM):
-                terms = [f"T.Broadcast({xs[i, u]}, 16) * {c}[T.Ramp(0, 1, 16)]" for u, c in consts]
+                terms = [f"T.Broadcast({xs[i, u]}, 16) * {c}[T.Ramp(0, 1, 16)]" for u, c in parts]
                 self.line(f"{tb}[T.Ramp({i * 16}, 1, 16)] = {' + '.join(terms)}")
             tabs.append(tb)
         wv = self.fresh("wv")
@@ -1549,12 +1533,24 @@ class _Emitter:
         self.line(f"    {wv}[T.Ramp({jv} * 16, 1, 16)] = {g}[T.Ramp({scalar(word)}, 1, 16)]")
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         w16 = f"{wv}[T.Ramp({jv} * 16, 1, 16)]"
-        for (start, _), tb in zip(fields, tabs):
+        for start, tb in zip(starts, tabs):
             self.line(f"for {jv} in T.unroll({BN // 16}):")
             idx = w16 if start == 0 else f"T.shift_right({w16}, T.Broadcast(T.int32({start}), 16))"
             for i in range(BM):
                 acc = f"{out}[{i}, {cols}]"
                 self.line(f"    {acc} = {_accumulate(acc, _permvar(f'{tb}[T.Ramp({i * 16}, 1, 16)]', idx))}")
+
+    def _tile_element(self, inst: I.Dot, row: int, rel: Any) -> str:
+        """A fresh scalar holding a[row, rel] of the dot's a tile, or 0 when `rel` (a code's row in the tile,
+        sympy) lies outside it: the word walk's codes before the tile's first k and after its last."""
+        KT = inst.a.shape[1]
+        conv = _to_value_type(inst.a.dtype, inst.acc_dtype)
+        xv = self.fresh("xv")
+        inside = f"0 <= {scalar(rel)} and {scalar(rel)} < {KT}"
+        clamped = f"T.max(T.min({scalar(rel)}, {KT - 1}), 0)"
+        value = conv(self.get(inst.a)((str(row), clamped), _Ctx(checked=False)))
+        self.line(f"{xv} = T.if_then_else({inside}, {value}, T.float32(0))")
+        return xv
 
     def _lut_codes(self, load: I.Load, KT: int) -> int:
         """Codes per 4-bit vpermps field for `dot_lut`: 4 / bits for 1- and 2-bit codes when, at aligned tile
