@@ -16,8 +16,8 @@ all of K and the scales/zeros are applied once at the end. Accumulation is fp32.
 Numerics differ from `quantized_gemm`, which rounds each dequantized weight to the activation dtype before
 its dot: here nothing is rounded before the fp32 accumulator, so the result is the fp32-accumulated
 x @ dequant(W) (in float64 terms, exact products, fp32 partial sums), then one rounding to y's dtype. (The TVM
-backend's table decode of 1-2-bit codes on AVX-512 adds the products of the 4 / bits codes of one 4-bit field
-in a table entry first, rounded to fp32 once: `lowbit/codegen/tvm/README.md`, "Table decode".)
+backend's table decode of 1-3-bit integer codes on AVX-512 adds the products of the codes sharing one 4-bit
+field of a word in a table entry first, rounded to fp32 once: `lowbit/codegen/tvm/README.md`, "Table decode".)
 
 Tiles: BK is a multiple of G (the body handles the BK // G groups of a tile one by one, unrolled at trace
 time) or divides G (several K steps share one group's scale row). SPLIT_K is not implemented: at M <= 16
