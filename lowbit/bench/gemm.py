@@ -357,13 +357,18 @@ class _Bench:
     say: Callable[[str], None]
 
     def measure(self, pending: list[_Pending]) -> list[Row]:
-        """Time the rows of one (layer, M): with cache "rotate", ROUNDS rounds over all of them (samples
-        pooled per row; the first round warms each ring up with a pass, later ones for RING_WARMUP_MS only);
+        """Time the rows of one (layer, M): with cache "rotate", ROUNDS rounds over all of them, each round
+        starting further along the rows (samples pooled per row; the first round warms each ring up with a
+        pass, later ones for RING_WARMUP_MS only);
         "flush" / "hot": each row once (`benchmark`)."""
         samples: list[list[float]] = [[] for _ in pending]
         rounds = ROUNDS if self.cache == "rotate" else 1
+        n = len(pending)
         for r in range(rounds):
-            for p, got in zip(pending, samples):
+            # round r starts r/rounds of the way along the rows: no row always runs right after torch's
+            start = r * -(-n // rounds) % max(n, 1)
+            for i in [*range(start, n), *range(start)]:
+                p, got = pending[i], samples[i]
                 if r and sum(got) > SLOW_ROUND_MS:
                     continue
                 if self.cache == "rotate":
