@@ -1,8 +1,11 @@
-"""The vpermps table decode of <= 4-bit dot operands (`lower._Emitter.lut_plan` / `dot_lut`, option lut
-"avx512"): the float GEMV on column-tiled weights of every <= 4-bit format (signed / unsigned ints, float
-formats, zero points) equals the fp64 `x @ dequant(W)` with the table path in the source, ragged N takes the
-guarded generic loops for the edge tile, and lut "none" or wider codes keep the generic decode. Needs AVX-512
-(vpermps on 16 fp32 lanes); elsewhere the option resolves to "none" and the module is skipped."""
+"""The table decode of <= 6-bit dot operands (`lower._Emitter.lut_plan` / `dot_lut`, option lut "avx512"): the
+float GEMV on column-tiled weights of every <= 4-bit format (signed / unsigned ints, float formats, zero
+points) equals the fp64 `x @ dequant(W)` with the table path in the source, ragged N takes the guarded generic
+loops for the edge tile, and lut "none" or 8-bit codes keep the generic decode. Each form is checked: one code
+per lookup (4 bits), several per 4-bit field with tables from x (1-2 bits), the word-row walk (ten 3-bit codes
+per word; 4-bit word fields for linear ints), vpermi2ps for 5-bit and sign-magnitude 6-bit codes, and the
+weight-stream prefetch. Needs AVX-512 (vpermps on 16 fp32 lanes); elsewhere the option resolves to "none"
+and the module is skipped."""
 
 from __future__ import annotations
 
