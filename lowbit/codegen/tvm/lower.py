@@ -1475,18 +1475,20 @@ class _Emitter:
                     self.line(f"{cname}[{i}] = {f32(v)}")
                 consts[-1].append((u, cname))
         nw = (KT - 1) // per + 2
+        # a's rows over the walk's code slots, 0 outside the tile: the walk reads its elements from memory
+        # (broadcast loads, no shuffle), not from per-code selects
+        xt = self._tile_rows(inst, per * sympy.floor(off / per) - off, nw * per)
         self.line(f"for {wr} in T.serial({nw}):")
         self.depth += 1
         self._prefetch_lut(t, load, k0 - off, per, BN)
         if fields is not None:
             starts = [start for start, _ in fields]
-            self._words_by_field(inst, out, k0 - off, word, starts, consts, g, jv)
+            self._words_by_field(inst, out, (xt, nw * per, f"{wr} * {per}"), word, starts, consts, g, jv)
             self.depth -= 1
             return
         self.line(f"for {ku} in T.unroll({per}):")
         self.depth += 1
-        rel = k0 + sympy.Symbol(ku, integer=True) - off  # the code's row in the tile
-        xs = [self._tile_element(inst, i, rel) for i in range(BM)]
+        xs = [f"{xt}[{i * nw * per} + {wr} * {per} + {ku}]" for i in range(BM)]
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         idx = f"T.shift_right({g}[T.Ramp({scalar(word)}, 1, 16)], T.Broadcast({ku} * {lay.bits}, 16))"
         bv = self.fresh("bv")
@@ -1500,7 +1502,7 @@ class _Emitter:
         self,
         inst: I.Dot,
         out: str,
-        r0: Any,
+        xrow: tuple[str, int, str],
         word: Any,
         starts: list[int],
         consts: list[list[tuple[int, str]]],
@@ -1518,7 +1520,8 @@ class _Emitter:
         BM = inst.a.shape[0]
         BN = inst.b.shape[1]
         codes = sorted({u for parts in consts for u, _ in parts})
-        xs = {(i, u): self._tile_element(inst, i, r0 + u) for i in range(BM) for u in codes}
+        xt, stride, at = xrow  # `_tile_rows`' buffer, its row stride, the word row's first slot
+        xs = {(i, u): f"{xt}[{i * stride} + {at} + {u}]" for i in range(BM) for u in codes}
         tabs = []
         for f, parts in enumerate(consts):
             tb = self.fresh(f"ft{f}")
@@ -1540,17 +1543,23 @@ class _Emitter:
                 acc = f"{out}[{i}, {cols}]"
                 self.line(f"    {acc} = {_accumulate(acc, _permvar(f'{tb}[T.Ramp({i * 16}, 1, 16)]', idx))}")
 
-    def _tile_element(self, inst: I.Dot, row: int, rel: Any) -> str:
-        """A fresh scalar holding a[row, rel] of the dot's a tile, or 0 when `rel` (a code's row in the tile,
-        sympy) lies outside it: the word walk's codes before the tile's first k and after its last."""
-        KT = inst.a.shape[1]
+    def _tile_rows(self, inst: I.Dot, rel0: Any, count: int) -> str:
+        """A local buffer [BM, count] of the dot's a tile read from column rel0 (sympy, may be negative) on,
+        0 where a column lies outside the tile: the word walk's code slots before the tile's first k and after
+        its last. Filled once per tile; returns its name."""
+        BM, KT = inst.a.shape
         conv = _to_value_type(inst.a.dtype, inst.acc_dtype)
-        xv = self.fresh("xv")
-        inside = f"0 <= {scalar(rel)} and {scalar(rel)} < {KT}"
-        clamped = f"T.max(T.min({scalar(rel)}, {KT - 1}), 0)"
-        value = conv(self.get(inst.a)((str(row), clamped), _Ctx(checked=False)))
-        self.line(f"{xv} = T.if_then_else({inside}, {value}, T.float32(0))")
-        return xv
+        fa = self.get(inst.a)
+        xt, s = self.fresh("xt"), self.fresh("s")
+        self.line(f'{xt} = T.decl_buffer(({BM * count},), "float32", {self.scope})')
+        rel = f"({scalar(rel0)} + {s})"
+        inside = f"0 <= {rel} and {rel} < {KT}"
+        clamped = f"T.max(T.min({rel}, {KT - 1}), 0)"
+        for i in range(BM):
+            value = conv(fa((str(i), clamped), _Ctx(checked=False)))
+            self.line(f"for {s} in T.serial({count}):")
+            self.line(f"    {xt}[{i * count} + {s}] = T.if_then_else({inside}, {value}, T.float32(0))")
+        return xt
 
     def _lut_codes(self, load: I.Load, KT: int) -> int:
         """Codes per 4-bit vpermps field for `dot_lut`: 4 / bits for 1- and 2-bit codes when, at aligned tile
