@@ -52,8 +52,8 @@ QUICK_REPEATS = 3
 # cache "rotate": the rows of one (layer, M) are timed in ROUNDS alternating rounds (every row once per round,
 # each round warmed up anew), their samples pooled, so that a change of the shared VM's speed over seconds
 # moves every row of the comparison, not one: 4096² int4 M = 1 on the 2-core VM timed one row after another
-# read 0.19-0.41 ms in five runs minutes apart while torch's fp32 row stayed within 10%. A row whose first round
-# took over SLOW_ROUND_MS (torch's dequantize-then-matmul, large M) keeps that round only.
+# read 0.19-0.41 ms in runs minutes apart while torch's fp32 row stayed within 15% (2.82-3.25 ms). A row
+# whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul, large M) keeps that round only.
 ROUNDS = 3
 SLOW_ROUND_MS = 250.0
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly

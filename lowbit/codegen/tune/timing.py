@@ -136,7 +136,7 @@ def ring_copies(nbytes: int, device: str = "cpu") -> int:
 # Untimed calls before a ring's samples: a decode step streams its layers back to back, and on the 2-core
 # AVX-512 VM the first ~20 calls of a 4096² W4 GEMV ring after other work (a torch op, a 50 ms sleep) ramp
 # from 0.33-0.47 ms down to 0.21-0.24 ms (torch's own 9 MB `sum` ring from 0.36-0.46 to 0.20-0.22 ms), so a
-# median of 9 samples taken at once timed that ramp: 0.287 ms against 0.213 ms with 45 samples, same run.
+# median of 9 samples taken at once timed that ramp: 0.287 ms, against 0.213 ms with 45 samples in the next run.
 RING_WARMUP_MS = 20.0
 
 
