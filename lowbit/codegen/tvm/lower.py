@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,20 @@ def _field_tables(
             return None
         out.append((start, sorted(parts.items())))
     return out
+
+
+def _tile_locations(load: I.Load) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(word, bit) [rows, cols] of every code of the packed tile `load` reads, with the tile placed at a few
+    aligned origins inside the layout's concrete shape: the numerical checks of the table decode's plans."""
+    lay = load.tensor.layout
+    rows, cols = (int(n) for n in load.shape)
+    shape = tuple(int(n) for n in lay.shape)
+    for r0, c0 in sorted({(0, 0), (rows, cols), (3 * rows, 2 * cols)}):
+        if r0 + rows > shape[0] or c0 + cols > shape[1]:
+            continue
+        k, j = np.meshgrid(np.arange(r0, r0 + rows), np.arange(c0, c0 + cols), indexing="ij")
+        word, bit = (np.broadcast_to(np.asarray(v, np.int64), k.shape) for v in lay.locate(k, j))
+        yield word, bit
 
 
 def _accumulate(acc: str, x: str) -> str:
@@ -1325,12 +1339,7 @@ class _Emitter:
         if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape)):
             return None
         rows, cols = (int(n) for n in load.shape)
-        shape = tuple(int(n) for n in lay.shape)  # the layout's (concrete) logical shape
-        for r0, c0 in {(0, 0), (rows, cols), (3 * rows, 2 * cols)}:
-            if r0 + rows > shape[0] or c0 + cols > shape[1]:
-                continue
-            k, j = np.meshgrid(np.arange(r0, r0 + rows), np.arange(c0, c0 + cols), indexing="ij")
-            word, bit = (np.broadcast_to(np.asarray(v, np.int64), k.shape) for v in lay.locate(k, j))
+        for word, bit in _tile_locations(load):
             w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
             if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
                 return None
@@ -1443,9 +1452,10 @@ class _Emitter:
         word, against a group of 128): a walk over the tile's word rows instead of its k. Word row r holds k
         = per_word·r + u, so every code's shift is the constant u·bits and its word address has no division;
         the codes of a word row outside the tile (the rows before its first k and after its last, at most one
-        word row's worth at each end) meet an a element of 0. Per word of a column vector: per_word shifts,
-        vpermps and FMAs, as the k walk, over ceil(KT / per_word) + 1 word rows (int3, KT 128: 140 codes
-        for 128, against per-k word and shift arithmetic on the k walk)."""
+        word row's worth at each end) meet an a element of 0 (a staged per tile, `_tile_rows`). Per word of a
+        column vector: one lookup (`_lut_decode`) and FMA per code, or, for linear integer codes, per 4-bit
+        field of the word (`_words_by_field`), over ceil(KT / per_word) + 1 word rows (int3, KT 128: 140
+        codes for 128, against per-k word and shift arithmetic on the k walk)."""
         a = inst.a
         BM, KT = a.shape
         BN = inst.b.shape[1]
@@ -1570,13 +1580,8 @@ class _Emitter:
         c = 4 // bits if bits in (1, 2) else 1
         if c == 1 or KT % c:
             return 1
-        shape = tuple(int(n) for n in lay.shape)
         rows, cols = (int(n) for n in load.shape)
-        for r0, c0 in {(0, 0), (rows, cols), (3 * rows, 2 * cols)}:
-            if r0 + rows > shape[0] or c0 + cols > shape[1]:
-                continue
-            k, j = np.meshgrid(np.arange(r0, r0 + rows), np.arange(c0, c0 + cols), indexing="ij")
-            word, bit = (np.broadcast_to(np.asarray(v, np.int64), k.shape) for v in lay.locate(k, j))
+        for word, bit in _tile_locations(load):
             w, b = word.reshape(rows // c, c, cols), bit.reshape(rows // c, c, cols)
             if (w != w[:, :1]).any() or (b - b[:, :1] != (np.arange(c) * bits)[None, :, None]).any():
                 return 1
