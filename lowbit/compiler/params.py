@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lowbit.dtypes import dtype as as_dtype
-from lowbit.kernels.layouts import reordered_packed, row_packed, weight_layout
+from lowbit.kernels.layouts import default_tile, reordered_packed, row_packed, weight_layout
 from lowbit.ops.weight import QuantizedWeight
 
 WEIGHTS_FILE = "weights/model.safetensors"
@@ -38,11 +38,16 @@ def weights_file(tensor_parallel: int = 1, rank: int = 0) -> str:
     return f"weights/rank{rank}.safetensors"
 
 
-def layout_name(qw: QuantizedWeight, tile: tuple[int, int] = (128, 32)) -> tuple[str, tuple[int, int]]:
+def layout_name(qw: QuantizedWeight, tile: tuple[int, int] | None = None) -> tuple[str, tuple[int, int]]:
+    """("row" | "reordered", tile) naming `qw.layout`; a reordered layout is matched against `tile` or, when
+    None, `default_tile(bits)` (what `quantize(layout="reordered")` builds; (128, 32) where 128 codes are
+    whole 16-byte fragments)."""
     n, k = qw.shape
-    if qw.layout == row_packed((k, n), qw.dtype.bits):
+    bits = qw.dtype.bits
+    tile = default_tile(bits) if tile is None else tile
+    if qw.layout == row_packed((k, n), bits):
         return "row", tile
-    if qw.layout == reordered_packed((k, n), qw.dtype.bits, tile):
+    if qw.layout == reordered_packed((k, n), bits, tile):
         return "reordered", tile
     raise ValueError(f"the layout of this weight ({qw.layout}) has no name; pack it 'row' or 'reordered'")
 

@@ -72,7 +72,7 @@ from lowbit.dtypes.instances import (
     uint32,
 )
 from lowbit.dtypes.names import dtype
-from lowbit.dtypes.numerics import decode, encode, round_to, wrap
+from lowbit.dtypes.numerics import decode, encode, holds_exactly, round_to, wrap
 from lowbit.dtypes.packing import (
     dense_nbytes,
     pack_dense,
@@ -97,6 +97,7 @@ __all__ = [  # noqa: RUF022 (grouped: the API, then every instance in declaratio
     "dtype",
     "encode",
     "float_type",
+    "holds_exactly",
     "int_type",
     "pack_dense",
     "pack_words",

@@ -1,4 +1,5 @@
-"""NumPy reference numerics: `encode` values to codes, `decode` codes to values, `round_to`, `wrap`.
+"""NumPy reference numerics: `encode` values to codes, `decode` codes to values, `round_to`, `wrap`,
+`holds_exactly`.
 
 Vectorised over arrays of any shape; no Python loop touches an element. Conventions (README.md):
 
@@ -13,6 +14,7 @@ Vectorised over arrays of any shape; no Python loop touches an element. Conventi
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -60,6 +62,24 @@ def round_to(dt: str | DataType, x: ArrayLike) -> np.ndarray:
     float32 for floats, int64 for integers (saturating round half-even), bool for boolean."""
     dt = dtype(dt)
     return decode(dt, encode(dt, x))
+
+
+def holds_exactly(container: str | DataType, dt: str | DataType) -> bool:
+    """Whether every value of `dt` (at most 16 bits; NaN aside) is also a value of `container`: e.g. every
+    int8 or fp8_e4m3 value is a float16 value, but fp8_e6m1's 2^32 and fp7_e5m1's 98304 are not.
+    Decided by decoding all of `dt`'s codes and rounding them to `container`."""
+    return _holds_exactly(dtype(container), dtype(dt))
+
+
+@functools.lru_cache(maxsize=256)
+def _holds_exactly(container: DataType, dt: DataType) -> bool:
+    if dt.bits > 16:
+        raise ValueError(f"holds_exactly enumerates the codes of dt; {dt.name} has {dt.bits} > 16 bits")
+    values = decode(dt, np.arange(1 << dt.bits, dtype=np.int64)).astype(np.float64)
+    values = values[~np.isnan(values)]
+    if container.is_integer:
+        return bool(np.all((values >= container.min) & (values <= container.max) & (values == np.round(values))))
+    return bool(np.array_equal(round_to(container, values).astype(np.float64), values))
 
 
 def wrap(dt: str | DataType, ints: ArrayLike) -> np.ndarray:

@@ -9,8 +9,10 @@ asum = Σ_k x[m, k]:
     zero_mode post:  Σ_k x·(q − z)·s  = (p − asum·z)·s
     zero_mode pre:   Σ_k x·(q·s − z)  = p·s − asum·z
 
-so a group costs one dot on codes cast to the activation dtype (exact: every code of <= 8 bits is
-representable in fp16/bf16/fp32) plus an O(BM·BN) epilogue. Per channel (G = -1) p and asum accumulate over
+so a group costs one dot on codes cast to the activation dtype plus an O(BM·BN) epilogue. The cast is exact
+for every int / uint code of <= 8 bits and every float code format in bf16 and fp32, and in fp16 for all
+but the wide-exponent formats (fp6_e5m0, fp7_e5m1, fp7_e6m0, fp8_e6m1, fp8_e7m0: values past 65504 or
+below fp16's subnormals); for those, with fp16 activations, the dot runs in fp32 (`dot_dtype`). Per channel (G = -1) p and asum accumulate over
 all of K and the scales/zeros are applied once at the end. Accumulation is fp32.
 
 Numerics differ from `quantized_gemm`, which rounds each dequantized weight to the activation dtype before
@@ -27,7 +29,14 @@ the grid over N already gives N / BN blocks; a split-K variant needs a second re
 from __future__ import annotations
 
 import lowbit.lang as T
+from lowbit.dtypes import holds_exactly
 from lowbit.kernels.quantized_gemm import ROW_PACKED, groups
+
+
+def dot_dtype(wdtype: str, adtype: str) -> str:
+    """The dtype the GEMV's dot multiplies codes in: the activation dtype when it holds every code of
+    `wdtype` exactly, else float32 (an fp16 x with fp7_e5m1 codes, whose 98304 is past fp16's range)."""
+    return adtype if holds_exactly(adtype, wdtype) else "float32"
 
 
 @T.kernel
@@ -52,11 +61,13 @@ def quantized_gemv(
 ):
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.float32, name="acc")
+    widen = dot_dtype(wdtype, adtype) != adtype  # trace time: codes past the activation dtype's range
     if G == -1:
         # per channel: p and asum over all of K, scales and zeros once in the epilogue
         asum = T.zeros((BM, 1), T.float32, name="asum")
         for k0 in T.range(0, K, BK, name="k0"):
             a = T.load(x, (pm * BM, k0), (BM, BK))  # [BM, BK]
+            a = T.cast(a, T.float32) if widen else a
             q = T.load(w, (k0, pn * BN), (BK, BN))  # [BK, BN] codes
             acc += T.dot(a, T.cast(q, a.dtype))  # p on raw codes
             if zero_mode != "none":
@@ -74,6 +85,7 @@ def quantized_gemv(
             for j in T.static_range(BK // step):
                 kk = k0 + j * step
                 a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
+                a = T.cast(a, T.float32) if widen else a
                 q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
                 p = T.dot(a, T.cast(q, a.dtype))  # [BM, BN] fp32
                 s = T.cast(T.load(scales, (kk // G, pn * BN), (1, BN)), T.float32)  # [1, BN]
@@ -89,4 +101,4 @@ def quantized_gemv(
         T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
 
 
-__all__ = ["groups", "quantized_gemv"]
+__all__ = ["dot_dtype", "groups", "quantized_gemv"]

@@ -45,18 +45,30 @@ def fragment_codes(bits: int, vector_bytes: int = 16) -> int:
     return vector_bytes // (WORD_BITS // 8) * (WORD_BITS // bits)
 
 
+DEFAULT_TILE = (128, 32)
+
+
+def default_tile(bits: int, vector_bytes: int = 16) -> tuple[int, int]:
+    """The reordered layout's tile when none is given: (128, 32) with BK rounded up to whole fragments
+    (3-bit codes come 40 to a 16-byte vector: BK = 160; 5-bit 24: 144; 6-bit 20: 140). The kernels take
+    their own tiles independently of it (they read the layout through its index map)."""
+    v = fragment_codes(bits, vector_bytes)
+    return (-(-DEFAULT_TILE[0] // v) * v, DEFAULT_TILE[1])
+
+
 def reordered_packed(
-    shape: tuple[int, int], bits: int, tile: tuple[int, int] = (128, 32), vector_bytes: int = 16
+    shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None, vector_bytes: int = 16
 ) -> PackedLayout:
     """The tile-reordered layout of a [K, N] code tensor (see the module docstring for the order).
 
     tile = (BK, BN): the kernel's K and N tile; BK must be a multiple of the fragment length
     `fragment_codes(bits, vector_bytes)`. Raises LayoutError naming the value and the fix otherwise.
+    None: `default_tile(bits)`.
     """
     k, n = (int(s) for s in shape)
-    bk, bn = (int(t) for t in tile)
     if not 1 <= bits <= 8:
         raise LayoutError(f"bits {bits} is not in 1..8; the reordered layout holds sub-byte or byte codes")
+    bk, bn = (int(t) for t in (default_tile(bits, vector_bytes) if tile is None else tile))
     v = fragment_codes(bits, vector_bytes)
     if bk <= 0 or bn <= 0 or bk % v:
         raise LayoutError(
@@ -80,8 +92,9 @@ def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32) -> PackedLayou
     return reordered_packed(shape, bits, (WORD_BITS // bits, bn), vector_bytes=WORD_BITS // 8)
 
 
-def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] = (128, 32)) -> PackedLayout:
-    """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes."""
+def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None) -> PackedLayout:
+    """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes
+    (tile: the reordered layout's, None for `default_tile(bits)`)."""
     if isinstance(kind, PackedLayout):
         if tuple(kind.shape) != tuple(shape) or kind.bits != bits:
             raise LayoutError(
@@ -96,4 +109,4 @@ def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int,
     raise LayoutError(f"layout {kind!r} is not known; use 'row', 'reordered' or a PackedLayout of the [K, N] codes")
 
 
-__all__ = ["column_tiled", "fragment_codes", "reordered_packed", "row_packed", "weight_layout"]
+__all__ = ["DEFAULT_TILE", "column_tiled", "default_tile", "fragment_codes", "reordered_packed", "row_packed", "weight_layout"]

@@ -140,7 +140,7 @@ def quantize(
     scheme: str = "w_a16",
     scale_dtype: str = "float16",
     layout: str | PackedLayout = "row",
-    tile: tuple[int, int] = (128, 32),
+    tile: tuple[int, int] | None = None,
 ) -> QuantizedWeight:
     """Quantize a linear weight w[N, K] (numpy array or torch tensor) round-to-nearest per group along K.
 
@@ -148,7 +148,8 @@ def quantize(
     symmetric: default True for signed ints of >= 2 bits and float formats (which must be symmetric), False
     for unsigned ints. zero_mode for asymmetric weights: "post" (default, integer zero) or "pre" (float zero).
     scheme: "w_a16" | "w4a8_group" | "w4a8_channel". scale_dtype: "float16" | "float32" (w_a16).
-    layout: "row" (packed along K), "reordered" (`lowbit.kernels.layouts.reordered_packed` with `tile`) or a
+    layout: "row" (packed along K), "reordered" (`lowbit.kernels.layouts.reordered_packed` with `tile`; None:
+    (128, 32) with BK rounded up to whole 16-byte fragments, `default_tile(bits)`) or a
     PackedLayout of the [K, N] codes. Everything is validated before any quantization work; errors are
     ValueErrors naming the argument, its value and a fix.
     """
@@ -276,7 +277,7 @@ def pack_quantized(
     channel_scales: Any = None,
     scale_dtype: str = "float16",
     layout: str | PackedLayout = "row",
-    tile: tuple[int, int] = (128, 32),
+    tile: tuple[int, int] | None = None,
 ) -> QuantizedWeight:
     """Build a `QuantizedWeight` from codes and parameters an algorithm already decided (GPTQ, AWQ, imports).
 

@@ -50,7 +50,7 @@ def slice_quantized(
     rows: np.ndarray | None = None,
     cols: tuple[int, int] | None = None,
     layout: str = "row",
-    tile: tuple[int, int] = (128, 32),
+    tile: tuple[int, int] | None = None,
 ) -> QuantizedWeight:
     """The sub-weight of `qw` (shape [N, K]) of output rows `rows` and input columns [k0, k1), packed in
     `layout`. Codes, scales, zeros and channel scales are sliced, never re-quantized: the result's

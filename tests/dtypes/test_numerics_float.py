@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import lowbit.dtypes as D
-from lowbit.dtypes import DataType, decode, encode, float_type, round_to
+from lowbit.dtypes import DataType, decode, encode, float_type, holds_exactly, round_to
 
 from .reference import brute_force_encoder, ref_decode, ref_nan_code
 
@@ -224,3 +224,24 @@ def test_decode_rejects_bad_codes():
         decode(D.fp4_e2m1, [-1])
     with pytest.raises(ValueError, match="integer codes"):
         decode(D.fp4_e2m1, [1.0])
+
+
+@pytest.mark.parametrize("dt", SMALL_FLOATS + [D.dtype(f"{s}int{b}") for s in ("", "u") for b in (1, 4, 8)], ids=str)
+def test_holds_exactly_matches_numpy_and_ml_dtypes_casts(dt: DataType):
+    """Oracle: NumPy's float16 cast and ml_dtypes' bfloat16 cast of every finite value of dt."""
+    v = decode(dt, np.arange(1 << dt.bits)).astype(np.float64)
+    v = v[np.isfinite(v)]
+    with np.errstate(over="ignore"):  # values past fp16's range become inf, which is the point
+        assert holds_exactly("float16", dt) == bool(np.all(v.astype(np.float16).astype(np.float64) == v))
+        assert holds_exactly("bfloat16", dt) == bool(np.all(v.astype(ml_dtypes.bfloat16).astype(np.float64) == v))
+    assert holds_exactly("float32", dt)
+
+
+def test_holds_exactly_known_cases():
+    assert [t.name for t in D.SMALL_FLOAT_TYPES if not holds_exactly("float16", t)] == [
+        "fp6_e5m0", "fp7_e5m1", "fp7_e6m0", "fp8_e6m1", "fp8_e7m0"
+    ]  # fmt: skip
+    assert holds_exactly("int8", "int4") and not holds_exactly("int4", "uint4") and holds_exactly("int8", "uint7")
+    assert not holds_exactly("int8", "fp4_e2m1")  # 0.5 is not an integer
+    with pytest.raises(ValueError, match="16 bits"):
+        holds_exactly("float32", "float32")

@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 from linear_reference import HOST, bound, reference, relative_error
 
 from lowbit.codegen.backend import Config
+from lowbit.dtypes import SMALL_FLOAT_TYPES, holds_exactly
 from lowbit.kernels import quantized_gemm, quantized_gemv, w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.ops import quantize, quantized_linear, select_backend, select_kernel
 
 INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
-FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
+FLOAT_DTYPES = [t.name for t in SMALL_FLOAT_TYPES]  # every eXmY format, fp2_e1m0 .. fp8_e7m0
+WIDE_FOR_FP16 = ["fp6_e5m0", "fp7_e5m1", "fp7_e6m0", "fp8_e6m1", "fp8_e7m0"]  # values fp16 does not hold
 
 
 def activations(shape, adtype, seed=0):
@@ -45,6 +47,19 @@ def test_matches_numpy_oracle(M, N, kg, name, zero, adtype, seed):
     assert y.dtype == x.dtype and y.shape == (M, N)
     err = relative_error(y, reference(x, qw))
     assert err <= bound(qw, M, adtype), f"{qw} M={M} {adtype}: {err}"
+
+
+@pytest.mark.parametrize("name", WIDE_FOR_FP16)
+@pytest.mark.parametrize("M,G", [(1, 32), (4, -1), (20, 64)])
+def test_wide_exponent_codes_with_fp16_activations(name, M, G):
+    """Codes fp16 cannot hold (fp7_e5m1's 98304, fp8_e7m0's 2^-63) meet fp16 activations: the GEMV widens its
+    dot to fp32 and the GEMM scales before rounding, so the result is finite and within the fp16 bound."""
+    assert not holds_exactly("float16", name)
+    qw = quantize(weight(24, 128, M), name, G)
+    x = activations((M, 128), "float16", M)
+    y = quantized_linear(x, qw, backend="reference")
+    err = relative_error(y, reference(x, qw))
+    assert err <= bound(qw, M, "float16"), f"{name} M={M}: {err}"
 
 
 @pytest.mark.parametrize("scheme,G", [("w4a8_group", 64), ("w4a8_group", 128), ("w4a8_channel", -1)])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lowbit.dtypes import decode, dtype
 from lowbit.kernels.layouts import reordered_packed
-from lowbit.ops import QuantizedWeight, quantize
+from lowbit.ops import QuantizedWeight, quantize, quantized_linear
 
 INT_DTYPES = [f"{s}int{b}" for s in ("", "u") for b in range(1, 9)]
 FLOAT_DTYPES = ["fp3_e1m1", "fp4_e2m1", "fp5_e2m2", "fp6_e2m3", "fp6_e3m2", "fp8_e4m3", "fp8_e5m2"]
@@ -82,6 +82,24 @@ def test_torch_input_and_reordered_layout_same_codes():
     explicit = quantize(w, "int4", 32, layout=re.layout)
     assert np.array_equal(explicit.words, re.words)
     assert isinstance(row, QuantizedWeight) and "int4 g32" in repr(row)
+
+
+@pytest.mark.parametrize("name,bk", [("int3", 160), ("uint5", 144), ("fp6_e3m2", 140), ("int7", 128), ("int2", 128)])
+def test_reordered_default_tile_takes_whole_fragments_at_any_width(name, bk):
+    """layout="reordered" without a tile works at every width: BK is 128 rounded up to whole 16-byte fragments
+    (40 3-bit codes, 24 5-bit, 20 6-bit), the codes are the row layout's, and the compiler names it back."""
+    from lowbit.compiler.params import layout_name
+
+    w = weight(24, 320, 5)
+    row = quantize(w, name, 64)
+    re = quantize(w, name, 64, layout="reordered")
+    assert re.layout == reordered_packed((320, 24), row.dtype.bits, (bk, 32))
+    assert np.array_equal(row.codes(), re.codes())
+    assert layout_name(re) == ("reordered", (bk, 32))
+    x = np.random.default_rng(0).standard_normal((2, 320)).astype(np.float32)
+    ref = x.astype(np.float64) @ re.dequantize().astype(np.float64).T
+    y = quantized_linear(x, re, backend="reference")
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-5
 
 
 @pytest.mark.parametrize(
