@@ -15,6 +15,7 @@ Vectorised over arrays of any shape; no Python loop touches an element. Conventi
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 from numpy.typing import ArrayLike
 

@@ -109,4 +109,12 @@ def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int,
     raise LayoutError(f"layout {kind!r} is not known; use 'row', 'reordered' or a PackedLayout of the [K, N] codes")
 
 
-__all__ = ["DEFAULT_TILE", "column_tiled", "default_tile", "fragment_codes", "reordered_packed", "row_packed", "weight_layout"]
+__all__ = [
+    "DEFAULT_TILE",
+    "column_tiled",
+    "default_tile",
+    "fragment_codes",
+    "reordered_packed",
+    "row_packed",
+    "weight_layout",
+]
