@@ -13,7 +13,8 @@ so a group costs one dot on codes cast to the activation dtype plus an O(BM·BN)
 for every int / uint code of <= 8 bits and every float code format in bf16 and fp32, and in fp16 for all
 but the wide-exponent formats (fp6_e5m0, fp7_e5m1, fp7_e6m0, fp8_e6m1, fp8_e7m0: values past 65504 or
 below fp16's subnormals); for those, with fp16 activations, the dot runs in fp32 (`dot_dtype`).
-Per channel (G = -1) p and asum accumulate over all of K and the scales/zeros are applied once at the end. Accumulation is fp32.
+Per channel (G = -1) p and asum accumulate over all of K and the scales/zeros are applied once at the end.
+Accumulation is fp32.
 
 Numerics differ from `quantized_gemm`, which rounds each dequantized weight to the activation dtype before
 its dot: here nothing is rounded before the fp32 accumulator, so the result is the fp32-accumulated
