@@ -57,13 +57,21 @@ def default_tile(bits: int, vector_bytes: int = 16) -> tuple[int, int]:
 
 
 def reordered_packed(
-    shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None, vector_bytes: int = 16
+    shape: tuple[int, int],
+    bits: int,
+    tile: tuple[int, int] | None = None,
+    vector_bytes: int = 16,
+    *,
+    pairs: bool = False,
 ) -> PackedLayout:
     """The tile-reordered layout of a [K, N] code tensor (see the module docstring for the order).
 
     tile = (BK, BN): the kernel's K and N tile; BK must be a multiple of the fragment length
     `fragment_codes(bits, vector_bytes)`. Raises LayoutError naming the value and the fix otherwise.
-    None: `default_tile(bits)`.
+    None: `default_tile(bits)`. pairs: within a fragment of V codes, k = 2s + h sits at slot h·V/2 + s (the
+    fragment Layout((2, V/2), (V/2, 1)) instead of Layout(V)): even k in the low half, odd k in the high
+    half, so a 16-bit half of an int4 word holds codes k, k+2, k+4, k+6 and its other half k+1 .. k+7, the
+    pair order of a bf16 pair dot (`column_tiled(pairs=True)`, lowbit/codegen/tvm README).
     """
     k, n = (int(s) for s in shape)
     if not 1 <= bits <= 8:
@@ -76,20 +84,24 @@ def reordered_packed(
             f"vector at {bits} bits); use BK={max(v, -(-bk // v) * v)}"
         )
     kt, nt = -(-k // bk), -(-n // bn)
-    kmode = logical_product(Layout(v), Layout(bk // v, bn))  # (V, BK/V):(1, BN·V)
+    if pairs and v % 2:
+        raise LayoutError(f"pairs=True needs an even fragment length; {bits}-bit fragments hold {v} codes")
+    frag = Layout((2, v // 2), (v // 2, 1)) if pairs else Layout(v)
+    kmode = logical_product(frag, Layout(bk // v, bn))  # (V, BK/V):(1, BN·V)
     tile_layout = make_layout(kmode, Layout(bn, v))  # ((V, BK/V), BN) -> slot in tile
     whole = logical_product(tile_layout, Layout((kt, nt), (1, kt)))  # (tile, grid) -> slot
     layout = make_layout(make_layout(whole[0][0], whole[1][0]), make_layout(whole[0][1], whole[1][1]))
     return PackedLayout(layout, bits, WORD_BITS, WORD_BITS // bits, shape=(k, n))
 
 
-def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32) -> PackedLayout:
+def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32, *, pairs: bool = False) -> PackedLayout:
     """The CPU decode layout of a [K, N] weight: the row layout's words (⌊32/bits⌋ consecutive k of one column
     each) regrouped into column blocks of `bn`, each block's [K / per_word, bn] words contiguous. As an array
     it is words[⌈N / bn⌉, K / per_word, bn] (padding columns hold code 0): a GEMV tile of bn columns reads one
     contiguous run, and one word row of the tile is one or more whole vectors. It is `reordered_packed` with
-    tile (per_word, bn) and one-word fragments, so every layout law (pack/unpack/locate) holds for it."""
-    return reordered_packed(shape, bits, (WORD_BITS // bits, bn), vector_bytes=WORD_BITS // 8)
+    tile (per_word, bn) and one-word fragments, so every layout law (pack/unpack/locate) holds for it.
+    pairs: each word's codes in pair order (`reordered_packed`), what the bf16 GEMV reads."""
+    return reordered_packed(shape, bits, (WORD_BITS // bits, bn), vector_bytes=WORD_BITS // 8, pairs=pairs)
 
 
 def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None) -> PackedLayout:

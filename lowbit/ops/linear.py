@@ -269,9 +269,11 @@ def quantized_linear_int8(
 # ---- the int8-activation decode path -------------------------------------------------------------------
 
 
-def cpu_weight(qw: QuantizedWeight) -> QuantizedWeight:
+def cpu_weight(qw: QuantizedWeight, adtype: str = "float32") -> QuantizedWeight:
     """`qw` as the TVM (CPU) float-activation kernels read it: a w_a16 weight in the row layout re-tiled to
-    `column_tiled(CPU_TILE_N)` (a copy kept on `qw`, like `a8_weight`'s); any other weight as it is.
+    `column_tiled(CPU_TILE_N)` (a copy kept on `qw`, like `a8_weight`'s); any other weight as it is. With
+    bfloat16 activations a 4-bit weight's copy has its codes in pair order (`column_tiled(pairs=True)`), what
+    the bf16 pair-dot GEMV reads (`lowbit/codegen/tvm` README, "bf16 dot"); the float kernels read it too.
 
     Why: in the row layout the words of a [K, N] weight run along N, so a GEMV tile of 64 columns walking K
     reads K / per_word separate 256-byte pieces N·4 bytes apart, a stream the hardware prefetcher cannot follow;
@@ -280,12 +282,14 @@ def cpu_weight(qw: QuantizedWeight) -> QuantizedWeight:
     it as fast (0.94x). Both kernels take any packed layout, so only the words move (scales and zeros stay)."""
     if qw.scheme != "w_a16":
         return qw
-    tiled = qw.__dict__.get("_cpu_tiled")
+    pairs = adtype == "bfloat16" and qw.dtype.bits == 4
+    slot = "_cpu_pairs" if pairs else "_cpu_tiled"
+    tiled = qw.__dict__.get(slot)
     if tiled is None:
         n, k = qw.shape
         if qw.layout != row_packed((k, n), qw.dtype.bits):  # already a kernel layout (column-tiled, reordered)
             return qw
-        tiled = qw.__dict__["_cpu_tiled"] = retile_columns(qw, CPU_TILE_N)
+        tiled = qw.__dict__[slot] = retile_columns(qw, CPU_TILE_N, pairs=pairs)
     return tiled
 
 
@@ -532,7 +536,7 @@ def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str,
     # fixed DSL constants and runtime arguments for the kernel that `select_kernel` picks;
     # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
     if backend == "tvm":
-        qw = cpu_weight(qw)
+        qw = cpu_weight(qw, adtype)
     n, k = qw.shape
     m = x2.shape[0]
     wlayout = _kernel_layout(qw)

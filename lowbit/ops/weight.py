@@ -213,18 +213,22 @@ def quantize(
     )
 
 
-def retile_columns(qw: QuantizedWeight, bn: int = 32) -> QuantizedWeight:
-    """The same weight in `lowbit.kernels.layouts.column_tiled(bn)` (the CPU decode GEMV's layout): a word
-    permutation of the row layout (same codes, scales and zeros); a weight already tiled so is returned as is.
-    Other layouts are unpacked and packed again (slow, exact)."""
+def retile_columns(qw: QuantizedWeight, bn: int = 32, *, pairs: bool = False) -> QuantizedWeight:
+    """The same weight in `lowbit.kernels.layouts.column_tiled(bn, pairs=pairs)` (the CPU decode GEMV's layout):
+    a word permutation of the row layout (same codes, scales and zeros), then with `pairs` each word's codes
+    in pair order (even k in the low half); a weight already tiled so is returned as is. Other layouts are
+    unpacked and packed again (slow, exact)."""
     from lowbit.kernels.layouts import column_tiled, row_packed
 
     n, k = qw.shape
     bits = qw.dtype.bits
-    tiled = column_tiled((k, n), bits, bn)
+    tiled = column_tiled((k, n), bits, bn, pairs=pairs)
     if qw.layout == tiled:
         return qw
-    if qw.layout == row_packed((k, n), bits):  # a word permutation at every width (⌊32/bits⌋ codes a word)
+    if pairs and qw.layout == row_packed((k, n), bits):
+        plain = retile_columns(qw, bn)
+        words = _pair_order(plain.words, bits)
+    elif qw.layout == row_packed((k, n), bits):  # a word permutation at every width (⌊32/bits⌋ codes a word)
         rows = qw.words.reshape(-1, n)  # [⌈K / per_word⌉, N]
         nt = -(-n // bn)
         if nt * bn != n:
@@ -236,6 +240,18 @@ def retile_columns(qw: QuantizedWeight, bn: int = 32) -> QuantizedWeight:
         qw.dtype, qw.group_size, qw.zero_mode, qw.shape, tiled, words, qw.scales, qw.zeros, qw.scheme,
         qw.channel_scales,
     )  # fmt: skip
+
+
+def _pair_order(words: np.ndarray, bits: int) -> np.ndarray:
+    """Words of per = ⌊32/bits⌋ codes (slot p = k mod per) with slot p = 2s + h moved to h·per/2 + s."""
+    per = 32 // bits
+    w = words.view(np.uint32)
+    mask = np.uint32((1 << bits) - 1)
+    out = np.zeros_like(w)
+    for p in range(per):
+        q = (p % 2) * (per // 2) + p // 2
+        out |= ((w >> np.uint32(p * bits)) & mask) << np.uint32(q * bits)
+    return out.view(words.dtype)
 
 
 def offset_binary(qw: QuantizedWeight) -> QuantizedWeight:

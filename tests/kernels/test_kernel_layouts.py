@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lowbit.dtypes import dtype
 from lowbit.ir.layout import LayoutError, packed_along
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.layouts import fragment_codes, reordered_packed, weight_layout
+from lowbit.kernels.layouts import column_tiled, fragment_codes, reordered_packed, weight_layout
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem
 
 BITS = list(range(1, 9))
@@ -98,3 +98,33 @@ def test_kernels_unchanged_on_reordered_layout(wdtype, G, zero_mode, shape, tile
         re_args = dict(p.args, w=reordered.pack(codes), y=np.zeros_like(p.args["y"]))
         kernel.run(**re_args, **p.constants, wlayout=reordered)
         assert np.array_equal(row_args["y"], re_args["y"]), kernel.name
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_column_tiled_pairs_puts_even_k_in_the_low_half(bits):
+    """pairs=True: k = 2s + h of a word's per codes at slot h·per/2 + s; the same codes as the plain layout,
+    and `retile_columns(pairs=True)`'s fast word shuffle equals packing through the layout."""
+    from lowbit.ops import quantize
+    from lowbit.ops.weight import retile_columns
+
+    k, n, per = 64, 96, 32 // bits
+    lay = column_tiled((k, n), bits, 64, pairs=True)
+    kk = np.arange(k)[:, None]
+    word, bit = (np.broadcast_to(np.asarray(v), (k, 3)) for v in lay.locate(kk, np.array([[0, 5, 70]])))
+    plain_word, _ = (
+        np.broadcast_to(np.asarray(v), (k, 3))
+        for v in column_tiled((k, n), bits, 64).locate(kk, np.array([[0, 5, 70]]))
+    )
+    assert (word == plain_word).all()
+    r = np.arange(k)[:, None] % per
+    assert (bit == bits * ((r % 2) * (per // 2) + r // 2)).all()
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, (k, n)).astype(np.uint8)
+    assert np.array_equal(lay.unpack(lay.pack(codes)), codes)
+    qw = quantize(np.random.default_rng(0).standard_normal((n, k)).astype(np.float32), f"int{bits}", 32)
+    tiled = retile_columns(qw, 64, pairs=True)
+    assert tiled.layout == lay and np.array_equal(tiled.words, lay.pack(qw.codes()))
+
+
+def test_pairs_need_an_even_fragment():
+    with pytest.raises(LayoutError, match="even fragment length"):
+        column_tiled((60, 32), 6, 32, pairs=True)  # 5 six-bit codes a word

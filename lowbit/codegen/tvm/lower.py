@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from lowbit.codegen.tvm.bf16_dot import stand_in
 from lowbit.codegen.backend import BackendError
 from lowbit.dtypes import DataType, decode
 from lowbit.ir import instructions as I
@@ -102,7 +103,13 @@ OPTIONS: dict[str, Any] = {
     # from a 16-entry table of the dtype's values (`_Emitter.dot_lut`): "avx512", "none", or "auto" =
     # "avx512" on an x86 CPU with AVX-512 (resolved by lowbit.codegen.tvm.runtime)
     "lut": "auto",
+    # a `dot_lut` GEMV with bfloat16 activations over 4-bit codes in pair order (`column_tiled(pairs=True)`)
+    # multiplies with AVX-512 BF16's vdpbf16ps, two products per lane, on codes decoded 32 at a time by vpermw
+    # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", or "auto" = "avx512bf16" on an x86 CPU
+    # with AVX-512 BF16 (resolved by lowbit.codegen.tvm.runtime)
+    "bf16_dot": "auto",
 }
+BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
@@ -121,6 +128,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: parallel={out['parallel']!r}; use 'fused' or 'none'")
     if out["lut"] not in ("auto", "avx512", "none"):
         raise BackendError(f"tvm backend: lut={out['lut']!r}; use 'auto', 'avx512' or 'none'")
+    if out["bf16_dot"] not in BF16_DOT:
+        raise BackendError(f"tvm backend: bf16_dot={out['bf16_dot']!r}; use one of {list(BF16_DOT)}")
     if out["int8_dot"] not in INT8_DOT:
         raise BackendError(f"tvm backend: int8_dot={out['int8_dot']!r}; use one of {list(INT8_DOT)}")
     if not (isinstance(out["inner_dot"], int) and out["inner_dot"] >= 0):
@@ -1382,6 +1391,9 @@ class _Emitter:
         if c == 1 and KT % per and self._whole_words(load):
             self._dot_lut_words(inst, out, load, table)
             return
+        if self._bf16_pairs(inst, load, table, c):
+            self._dot_lut_bf16(inst, out, load, table)
+            return
         unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
         if c > 1 and KT % math.lcm(unroll, per) == 0:
             unroll = math.lcm(unroll, per)  # one word row per k step: the fields' shifts are constants
@@ -1430,6 +1442,81 @@ class _Emitter:
             # vpermps, FMAs do not (Zen 5, 4096² int2 M = 1, hot, 2 threads: 0.091-0.092 vs 0.100-0.102 ms)
             acc = f"{out}[{ii}, {cols}]"
             self.line(f"        {acc} = {_accumulate(acc, _permvar(f'{rows}[T.Ramp({ii} * 16, 1, 16)]', iv))}")
+        self.depth -= 2
+
+    def _bf16_pairs(self, inst: I.Dot, load: I.Load, table: list[float], c: int) -> bool:
+        """Whether `_dot_lut_bf16` applies: option bf16_dot "avx512bf16", bfloat16 a, one 4-bit code per
+        table index (c = 1), whole word rows per tile (KT % 8 == 0), table values exact in bf16 (int4, uint4,
+        fp4: at most 8 significant bits), and words in pair order: wherever the tile sits (checked
+        numerically), k = 8w + 2s + h of a column sits in the word of k = 8w at bit 16h + 4s
+        (`column_tiled(pairs=True)`)."""
+        if self.opt["bf16_dot"] != "avx512bf16" or inst.a.dtype.name != "bfloat16" or c != 1:
+            return False
+        lay = load.tensor.layout
+        rows = int(load.shape[0])
+        if lay.bits != 4 or lay.per_word != 8 or rows % 8 or int(inst.a.shape[1]) != rows:
+            return False
+        if (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any():
+            return False
+        r = np.arange(rows)
+        want = 16 * (r % 2) + 4 * ((r % 8) // 2)
+        for word, bit in _tile_locations(load):
+            if (word != word[r - r % 8]).any() or (bit != want[:, None]).any():
+                return False
+        return True
+
+    def _dot_lut_bf16(self, inst: I.Dot, out: str, load: I.Load, table: list[float]) -> None:
+        """out[BM, BN] += a @ decode(b) for bf16 a and 4-bit codes in pair order, with AVX-512 BF16: per word
+        row (8 k) and 16 columns, the 16 words as 32 int16 lanes (lane 2j: codes k, k+2, k+4, k+6 of column
+        j; lane 2j+1: k+1, k+3, k+5, k+7); per pair step s, one 16-bit shift by 4s, one vpermw from a
+        32-entry table of the codes' bf16 bit patterns (entry i: the value of code i mod 16; vpermw reads 5
+        bits) and per row one vdpbf16ps with a's pair (k + 2s, k + 2s + 1) broadcast: 11 vector ops per 128
+        weights, against 23 for the fp32 form (shift, vpermps, FMA per 16). The products are exact (bf16 ×
+        bf16); each pair's sum and its add to the accumulator round to fp32 (`bf16_dot.py` on the
+        instruction's numerics). a's pairs are built once per word row: the two bf16 bit patterns of a row's
+        elements k + 2s and k + 2s + 1 in one int32."""
+        a = inst.a
+        BM, KT = a.shape
+        BN = inst.b.shape[1]
+        t = load.tensor
+        fa = self.get(a)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)  # bf16 -> fp32: exact, its bits are the bf16's << 16
+        g = self.gbuf[t.name]
+        ko, jv, ii, s = (self.fresh(v) for v in ("ko", "jv", "ii", "s"))
+        k = sympy.Symbol(ko, integer=True) * 8
+        word, _ = t.layout.locate(
+            sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + sympy.Symbol(jv, integer=True) * 16
+        )
+        tbl, xp = self.fresh("tblh"), self.fresh("xp")
+        patterns = np.asarray([table[i % 16] for i in range(32)], np.float32).view(np.uint32) >> 16
+        self.line(f'{tbl} = T.decl_buffer((32,), "int16", {self.scope})')
+        for i, v in enumerate(patterns.astype(np.int64)):
+            self.line(f"{tbl}[{i}] = T.int16({int(v) - 65536 if v >= 32768 else int(v)})")
+        self.line(f'{xp} = T.decl_buffer(({BM * 4},), "int32", {self.scope})')
+        fast = _Ctx(checked=False)
+        self.line(f"for {ko} in T.serial({KT // 8}):")
+        self.depth += 1
+        self._prefetch_lut(t, load, k, 8, BN)
+        for m in range(BM):
+            for p in range(4):
+                lo, hi = (f'T.reinterpret("int32", {conv(fa((str(m), scalar(k + 2 * p + h)), fast))})' for h in (0, 1))
+                pair = f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+                self.line(f"{xp}[{m * 4 + p}] = {pair}")
+        self.line(f"for {jv} in T.unroll({BN // 16}):")
+        self.depth += 1
+        wv = self.fresh("wv")
+        self.line(f'{wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
+        self.line(f"for {s} in T.unroll(4):")
+        dec = self.fresh("dec")
+        idx = f'T.shift_right({wv}, T.Broadcast(T.Cast("int16", {s} * 4), 32))'
+        self.line(
+            f'    {dec} = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", '
+            f"{tbl}[T.Ramp(0, 1, 32)], {idx})"
+        )
+        self.line(f"    for {ii} in T.unroll({BM}):")
+        acc = f"{out}[{ii}, T.Ramp({jv} * 16, 1, 16)]"
+        xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{ii} * 4 + {s}], 16))'
+        self.line(f"        {acc} = {stand_in(acc, dec, xpair)}")
         self.depth -= 2
 
     def _whole_words(self, load: I.Load) -> bool:

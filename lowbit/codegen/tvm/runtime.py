@@ -27,6 +27,7 @@ import numpy as np
 
 from lowbit.codegen import kernel_cache
 from lowbit.codegen.backend import BackendError
+from lowbit.codegen.tvm.bf16_dot import patch_module, uses_stand_in
 from lowbit.codegen.tvm.lower import check_options, lower
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
@@ -57,6 +58,8 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     flags = isa_flags() if cpu else ()
     if out.get("int8_dot") == "auto":
         out["int8_dot"] = "vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "none"
+    if out.get("bf16_dot") == "auto":
+        out["bf16_dot"] = "avx512bf16" if "avx512_bf16" in flags else "none"
     if out.get("lut") == "auto":
         out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":
@@ -91,6 +94,8 @@ class TvmKernel:
             raise BackendError(f"tvm backend produced TVMScript that does not parse: {e}\n{self.source}") from None
         self._module: Any = tvm.IRModule({"main": func})
         self.executable = tvm.compile(self._module, target=self.target)
+        if uses_stand_in(self.source):  # bf16 dots: the stand-in calls become vdpbf16ps (bf16_dot.py)
+            self.executable = patch_module(self.executable)
         self._function: Any = None  # JIT-compiled on first use, unless `use_library` loads an export first
         self._loaded = False  # True: a disk-cache hit, nothing was built in this process
         self._from_file = False  # True: `executable` is a loaded library (`library`), so exports copy it

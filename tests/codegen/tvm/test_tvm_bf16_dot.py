@@ -1,0 +1,139 @@
+"""The bf16 pair-dot GEMV (`lower._Emitter._dot_lut_bf16`, `bf16_dot.py`): bfloat16 activations against
+4-bit codes in pair order (`column_tiled(pairs=True)`) multiply with vdpbf16ps after the LLVM IR rewrite of
+the stand-in. Checked against the fp64 `x @ dequant(W)` of the same bf16 x (the products are exact; the
+pair sums and the accumulation round to fp32), with the stand-in in the source exactly when the CPU has
+AVX-512 BF16 and the layout/dtype qualify, through an exported and reloaded library, and the IR rewrite
+itself on text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.artifact.fingerprint import isa_flags
+from lowbit.codegen.backend import compile_program
+from lowbit.codegen.tvm.bf16_dot import DPBF16, STAND_IN, PatchError, patch_ir
+from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.layouts import column_tiled
+from lowbit.ops import quantize, quantized_linear
+from lowbit.ops.weight import retile_columns
+
+HAS_BF16 = "avx512_bf16" in isa_flags()
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="vdpbf16ps needs AVX-512 BF16")
+BN = 64
+TOL = 2e-6  # fp32 pair sums and accumulation over K = 256, relative to Σ|x|·(|w| + |z·s|)
+
+
+def run(dtype, M, N, K, G, options, pairs=True, seed=0, **quant):
+    rng = np.random.default_rng(seed)
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), dtype, G, **quant)
+    tiled = retile_columns(qw, BN, pairs=pairs)
+    assert tiled.layout == column_tiled((K, N), 4, BN, pairs=pairs)
+    x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32)).bfloat16()
+    y = torch.full((M, N), float("nan"), dtype=torch.float32)
+    consts = dict(wdtype=dtype, G=G, zero_mode=qw.zero_mode, adtype="bfloat16", sdtype=str(qw.scales.dtype))
+    consts.update(wlayout=tiled.layout, BM=M, BN=BN, BK=G if G > 0 else 128)
+    kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 4, "vector": 16, **options})
+    yb = torch.empty((M, N), dtype=torch.bfloat16)
+    args = dict(x=x, w=tiled.words, scales=qw.scales, y=yb, M=M, N=N, K=K)
+    args["zeros"] = qw.zeros if qw.zeros is not None else np.zeros_like(qw.scales)
+    kernel(args)
+    y = yb.double().numpy()
+    w = qw.dequantize().astype(np.float64).T
+    x64 = x.double().numpy()
+    ref = x64 @ w
+    rows = G if G > 0 else K
+    zs = 0.0 if qw.zeros is None else np.repeat(np.abs(qw.zeros * qw.scales).astype(np.float64), rows, axis=0)
+    scale = np.abs(x64) @ (np.abs(w) + zs)
+    # y is rounded to bf16 once (2^-9 relative): the bound is that rounding plus TOL
+    err = float(np.linalg.norm(y - ref) / np.linalg.norm(scale))
+    assert np.isfinite(y).all() and np.isfinite(err)
+    return err, float(np.linalg.norm(ref) / np.linalg.norm(scale)) * 2.0**-8 + TOL, kernel
+
+
+@needs_bf16
+@settings(max_examples=8, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    m=st.sampled_from([1, 3]),
+    n=st.sampled_from([64, 128, 100]),  # 100: a ragged last column tile (the guarded generic loops)
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+)
+def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    err, bound, kernel = run(dtype, m, n, 256, g, {}, seed=n + m, **quant)
+    assert STAND_IN in kernel.source
+    assert err < bound
+
+
+@pytest.mark.parametrize(
+    ("options", "pairs", "dtype"),
+    [({"bf16_dot": "none"}, True, "int4"), ({}, False, "int4"), ({}, True, "int8")],
+    ids=["option-off", "plain-word-order", "8-bit-codes"],
+)
+def test_other_cases_keep_the_fp32_table_decode(options, pairs, dtype):
+    """bf16_dot "none", words not in pair order or codes that are not 4-bit: no stand-in, same numerics."""
+    if dtype == "int8":
+        rng = np.random.default_rng(0)
+        qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int8", 128)
+        x = torch.from_numpy(rng.standard_normal((1, 256)).astype(np.float32)).bfloat16()
+        y = quantized_linear(x, qw, backend="tvm").double().numpy()
+        ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-8
+        src = "\n".join(getattr(k, "source", "") for k in qw.__dict__.get("_plans", {}).values())
+        assert src and STAND_IN not in src
+        return
+    err, bound, kernel = run(dtype, 1, 128, 256, 128, options, pairs=pairs)
+    assert STAND_IN not in kernel.source and err < bound
+
+
+@needs_bf16
+def test_patched_kernel_exports_and_reloads(tmp_path):
+    from lowbit.codegen.tvm.runtime import load_module
+
+    _, _, kernel = run("int4", 1, 64, 256, 128, {})
+    assert STAND_IN in kernel.source
+    path = str(tmp_path / "k.so")
+    kernel.export(path)
+    assert load_module(path)["main"] is not None
+
+
+@needs_bf16
+def test_quantized_linear_takes_the_pair_layout_for_bf16():
+    rng = np.random.default_rng(1)
+    qw = quantize(rng.standard_normal((96, 512)).astype(np.float32), "int4", 128)
+    x = torch.from_numpy(rng.standard_normal((2, 512)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm")
+    assert y.dtype == torch.bfloat16
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    assert np.linalg.norm(y.double().numpy() - ref) / np.linalg.norm(ref) < 2.0**-8
+    assert qw.__dict__["_cpu_pairs"].layout == column_tiled((512, 96), 4, 64, pairs=True)
+    src = "\n".join(getattr(k, "source", "") for k in qw.__dict__["_plans"].values())
+    assert STAND_IN in src
+
+
+IR = (
+    "  %7 = tail call <16 x i32> @llvm.x86.avx512.vpdpwssd.512(<16 x i32> %acc.1, <32 x i16> %4, <32 x i16> %6),"
+    " !dbg !9\n  ret void\n"
+)
+
+
+def test_patch_ir_rewrites_each_stand_in_call():
+    out, count = patch_ir(IR + IR.replace("%7", "%8"))
+    assert count == 2
+    assert out.count(f"call <16 x float> @{DPBF16}(") == 2 and f"declare <16 x float> @{DPBF16}" in out
+    assert "bitcast <32 x i16> %4 to <32 x bfloat>" in out and "%7 = bitcast <16 x float>" in out
+    assert f"@{STAND_IN}(" not in out
+    assert patch_ir("  ret void\n") == ("  ret void\n", 0)
+
+
+def test_patch_ir_takes_constant_operands_and_refuses_a_form_it_cannot_rewrite():
+    out, count = patch_ir(IR.replace("<16 x i32> %acc.1", "<16 x i32> zeroinitializer"))
+    assert count == 1 and "bitcast <16 x i32> zeroinitializer to <16 x float>" in out
+    odd = IR.replace("<32 x i16> %4", "<32 x i16> bitcast (<16 x i32> %3 to <32 x i16>)")
+    with pytest.raises(PatchError, match="bf16_dot='none'"):
+        patch_ir(odd)
