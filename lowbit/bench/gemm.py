@@ -8,7 +8,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   torch_bf16     F.linear with bf16 activations and weight
   torch_dequant  the packed weight dequantized in torch on every call, then fp32 F.linear (lowbit.bench.naive);
                  for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
-  lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for
+  lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for (activations:
+                 fp32 on the CPU, fp16 on a GPU)
+  lowbit_bf16    on the CPU (tvm), 4-bit weights, M <= BF16_MAX_M: the same with bfloat16 activations (as
+                 torch_bf16's), which run the vdpbf16ps pair-dot GEMV where the CPU has AVX-512 BF16
   lowbit_a8      on the CPU (tvm), 4-bit int4/uint4 weights: quantized_linear(kernel="quantized_gemv_a8"),
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
@@ -59,6 +62,7 @@ SLOW_ROUND_MS = 250.0
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
+BF16_MAX_M = 4  # lowbit_bf16 rows: the M the pair-dot GEMV serves (its rows fit the TVM dot's register block)
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 CACHE_MODES = {
@@ -87,7 +91,7 @@ class Row:
     M: int
     N: int
     K: int
-    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit | lowbit_a8
+    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit | lowbit_bf16 | lowbit_a8
     dtype: str  # weight dtype: float32, bfloat16, int4, fp6_e3m2, ...
     backend: str  # torch | tvm | triton | reference
     median_ms: float
@@ -431,6 +435,10 @@ class _Bench:
                 row = self.lowbit_row(case, x, dt, qw, backend)
                 if row is not None:
                     rows.append(row)
+                if not cuda and backend == "tvm" and lookup_dtype(dt).bits == 4 and M <= BF16_MAX_M:
+                    row = self.lowbit_row(case, x16, dt, qw, backend, method="lowbit_bf16")
+                    if row is not None:
+                        rows.append(row)
                 if not cuda and backend == "tvm" and _a8_ineligible(qw) is None:
                     row = self.lowbit_row(case, x, dt, qw, backend, kernel=A8)
                     if row is not None:
@@ -438,7 +446,7 @@ class _Bench:
         return self.measure(rows)
 
     def lowbit_row(
-        self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None
+        self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None, method: str = "lowbit"
     ) -> _Pending | None:
         """`quantized_linear` by its own rule, or (kernel=A8) the CPU decode GEMV with int8 activations
         (method lowbit_a8: the activations are quantized per row and group inside the timed call)."""
@@ -465,8 +473,8 @@ class _Bench:
             zero_bits = 0 if d.is_float else 8
             stored = layer_bytes(N, K, 0, bits=d.bits, group_size=self.group_size, zero_bits=zero_bits)
         elem = x.element_size()
-        act = "float16" if elem == 2 else "float32"
-        method = "lowbit" if kernel is None else "lowbit_a8"
+        act = str(x.dtype).removeprefix("torch.")  # the roofline's compute peak: this dtype's matmul rate
+        method = method if kernel is None else "lowbit_a8"
         if kernel is not None:
             act = "int8"  # the a8 main loop multiplies int8 codes: its compute bound is the int8 peak
         fns = [

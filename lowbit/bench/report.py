@@ -31,8 +31,9 @@ LEFT = {"method", "dtype", "backend"}
 
 
 # The GEMM goals (W4 = int4, group 128), judged on the rows of one run: (device, M range, method) ->
-# thresholds. A16 = the lowbit rows (float activations); A8 = lowbit_a8 (int8 activations, the CPU decode
-# path), reported beside them; W4A8 QoQ rows on a GPU are the lowbit rows of the w4a8 scheme (not benched).
+# thresholds. A16 = the lowbit rows (float activations; lowbit_bf16: bfloat16 ones); A8 = lowbit_a8 (int8
+# activations, the CPU decode path), reported beside them; W4A8 QoQ rows on a GPU are the lowbit rows of the
+# w4a8 scheme (not benched).
 CPU_GOALS = (  # (M values, min %roof, min x fp32, min x bf16)
     ((1,), 0.8, 7.0, 3.5),
     ((16,), None, 3.0, 1.0),
@@ -43,6 +44,7 @@ GPU_GOALS = (
     ((2, 4, 8, 16), None, None, 3.5),
     ((64,), None, None, 2.0),
 )
+ACTIVATIONS = {"lowbit": "A16", "lowbit_bf16": "A16 (bf16 x)", "lowbit_a8": "A8"}  # goal rows: method -> name
 PROPORTION_SLACK = 1.1  # W3 / W2 "faster than W4 in proportion to their bytes": time ratio <= 1.1 x byte ratio
 
 
@@ -55,12 +57,12 @@ def goals(report: Report) -> list[dict[str, Any]]:
     table = CPU_GOALS if not report.machine.device.startswith("cuda") else GPU_GOALS
     out = []
     for r in report.rows:
-        if r.method not in ("lowbit", "lowbit_a8") or r.dtype != "int4":
+        if r.method not in ACTIVATIONS or r.dtype != "int4":
             continue
         for ms, roof, fp32, bf16 in table:
             if r.M not in ms:
                 continue
-            name = f"W4{'A8' if r.method == 'lowbit_a8' else 'A16'} {r.backend} M={r.M} {r.N}x{r.K}"
+            name = f"W4{ACTIVATIONS[r.method]} {r.backend} M={r.M} {r.N}x{r.K}"
             for label, value, target in (
                 ("of the roofline", r.roofline_fraction, roof),
                 ("x torch fp32", r.speedup_fp32, fp32),

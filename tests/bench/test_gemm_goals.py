@@ -58,3 +58,10 @@ def test_w3_in_proportion_to_its_bytes(ms, met):
 def test_other_group_sizes_and_other_dtypes_are_not_judged():
     assert verdicts([row(1, "lowbit")], {"group_size": 64}) == {}
     assert verdicts([row(1, "lowbit", dtype="fp4_e2m1"), row(1, "torch_fp32", dtype="float32")]) == {}
+
+
+def test_bf16_activation_rows_are_judged_beside_the_fp32_ones():
+    got = verdicts([row(1, "lowbit", roof=0.7, x32=9.0, x16=4.0), row(1, "lowbit_bf16", roof=0.85, x32=10.0, x16=5.0)])
+    assert got["W4A16 tvm M=1 4096x4096 | 70% of the roofline (target >= 80%)"] is False
+    assert got["W4A16 (bf16 x) tvm M=1 4096x4096 | 85% of the roofline (target >= 80%)"] is True
+    assert len(got) == 6

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import sympy
 
-from lowbit.codegen.tvm.bf16_dot import stand_in
 from lowbit.codegen.backend import BackendError
+from lowbit.codegen.tvm.bf16_dot import stand_in
 from lowbit.dtypes import DataType, decode
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
