@@ -1333,7 +1333,7 @@ class _Emitter:
         a, b = inst.a, inst.b
         if self.opt["lut"] != "avx512" or self.opt["vector"] != 16 or inst.acc_dtype.name != "float32":
             return None
-        if not a.dtype.is_float or a.shape[0] > self.opt["tm"] or b.shape[1] % 16:
+        if not a.dtype.is_float or b.shape[1] % 16:
             return None
         cast = self.defs.get(id(b))
         if not isinstance(cast, I.Cast) or not b.dtype.is_float or id(cast.x) in self.buf:
@@ -1364,7 +1364,10 @@ class _Emitter:
                 return None
             if int(load.shape[0]) % (lay.per_word or 1) == 0 or not self._whole_words(load):
                 return None
-        return load, [float(v) for v in values]
+        table = [float(v) for v in values]
+        if a.shape[0] > self.opt["tm"] and not self._bf16_pairs(inst, load, table, self._lut_codes(load, a.shape[1])):
+            return None  # more rows than the register block: only the bf16 pair dot (its rows-outer order)
+        return load, table
 
     def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
         """out[BM, BN] += a @ decode(b) with b's codes decoded 16 columns at a time by vpermps, which reads the
@@ -1473,8 +1476,11 @@ class _Emitter:
         bits) and per row one vdpbf16ps with a's pair (k + 2s, k + 2s + 1) broadcast: 11 vector ops per 128
         weights, against 23 for the fp32 form (shift, vpermps, FMA per 16). The products are exact (bf16 ×
         bf16); each pair's sum and its add to the accumulator round to fp32 (`bf16_dot.py` on the
-        instruction's numerics). a's pairs are built once per word row: the two bf16 bit patterns of a row's
-        elements k + 2s and k + 2s + 1 in one int32."""
+        instruction's numerics). a's pairs are the two bf16 bit patterns of a row's elements k + 2s and
+        k + 2s + 1 in one int32. Up to `tm` rows: word rows outermost (the weight stream in order, prefetched),
+        all column vectors' accumulators in registers, pairs built per word row. More rows: the pairs of the
+        whole tile staged once, then per column vector its BM accumulators stay in registers over all of k
+        (the word-row-outer order would keep BM x BN/16 of them, which spill)."""
         a = inst.a
         BM, KT = a.shape
         BN = inst.b.shape[1]
@@ -1492,18 +1498,32 @@ class _Emitter:
         self.line(f'{tbl} = T.decl_buffer((32,), "int16", {self.scope})')
         for i, v in enumerate(patterns.astype(np.int64)):
             self.line(f"{tbl}[{i}] = T.int16({int(v) - 65536 if v >= 32768 else int(v)})")
-        self.line(f'{xp} = T.decl_buffer(({BM * 4},), "int32", {self.scope})')
         fast = _Ctx(checked=False)
-        self.line(f"for {ko} in T.serial({KT // 8}):")
-        self.depth += 1
-        self._prefetch_lut(t, load, k, 8, BN)
-        for m in range(BM):
-            for p in range(4):
-                lo, hi = (f'T.reinterpret("int32", {conv(fa((str(m), scalar(k + 2 * p + h)), fast))})' for h in (0, 1))
-                pair = f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
-                self.line(f"{xp}[{m * 4 + p}] = {pair}")
-        self.line(f"for {jv} in T.unroll({BN // 16}):")
-        self.depth += 1
+
+        def pair(row: str, k0: Any) -> str:  # int32: bf16 bits of a[row, k0] low, a[row, k0 + 1] high
+            lo, hi = (f'T.reinterpret("int32", {conv(fa((row, scalar(k0 + h)), fast))})' for h in (0, 1))
+            return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+
+        rows_outer = BM > self.opt["tm"]
+        per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
+        self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
+        if rows_outer:
+            q = self.fresh("q")
+            self.line(f"for {ii} in T.serial({BM}):")
+            self.line(f"    for {q} in T.serial({per_row}):")
+            self.line(f"        {xp}[{ii} * {per_row} + {q}] = {pair(ii, 2 * sympy.Symbol(q, integer=True))}")
+            self.line(f"for {jv} in T.serial({BN // 16}):")
+            self.line(f"    for {ko} in T.serial({KT // 8}):")
+            self.depth += 2
+        else:
+            self.line(f"for {ko} in T.serial({KT // 8}):")
+            self.depth += 1
+            self._prefetch_lut(t, load, k, 8, BN)
+            for m in range(BM):
+                for p in range(4):
+                    self.line(f"{xp}[{m * 4 + p}] = {pair(str(m), k + 2 * p)}")
+            self.line(f"for {jv} in T.unroll({BN // 16}):")
+            self.depth += 1
         wv = self.fresh("wv")
         self.line(f'{wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
         self.line(f"for {s} in T.unroll(4):")
@@ -1515,7 +1535,8 @@ class _Emitter:
         )
         self.line(f"    for {ii} in T.unroll({BM}):")
         acc = f"{out}[{ii}, T.Ramp({jv} * 16, 1, 16)]"
-        xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{ii} * 4 + {s}], 16))'
+        slot = f"{ii} * {per_row} + {ko} * 4 + {s}" if rows_outer else f"{ii} * 4 + {s}"
+        xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{slot}], 16))'
         self.line(f"        {acc} = {stand_in(acc, dec, xpair)}")
         self.depth -= 2
 
