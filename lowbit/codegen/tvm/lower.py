@@ -947,6 +947,9 @@ class _Emitter:
         for opnd, reuse in ((b, b_reuse), (a, BN)):
             if reuse > 1 and id(opnd) not in self.buf:
                 self.materialize(opnd)
+        if self._bf16_gemm_applies(inst):
+            self._dot_bf16_gemm(inst, out, tm)
+            return
         self._dot_generic(inst, out, unroll=self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1)
         if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
@@ -1504,7 +1507,7 @@ class _Emitter:
             lo, hi = (f'T.reinterpret("int32", {conv(fa((row, scalar(k0 + h)), fast))})' for h in (0, 1))
             return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
 
-        rows_outer = BM > self.opt["tm"]
+        rows_outer = self.opt["tm"] < BM
         per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
         self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
@@ -1817,6 +1820,66 @@ class _Emitter:
         self.line(f"for {ju} in T.unroll({JU}):")
         self.line(f"    for {ii} in T.unroll({BM}):")
         self.line(f"        {out}[{ii}, {col}] = {out}[{ii}, {col}] + {parts[0]}")
+
+    def _bf16_gemm_applies(self, inst: I.Dot) -> bool:
+        """Whether `_dot_bf16_gemm` runs this dot: option bf16_dot "avx512bf16" on a CPU, bfloat16 a and b
+        both in local buffers (materialized: every read in bounds), an fp32 accumulator, even KT and whole
+        16-column vectors."""
+        a, b = inst.a, inst.b
+        return (
+            self.cpu
+            and self.opt["bf16_dot"] == "avx512bf16"
+            and a.dtype.name == "bfloat16"
+            and b.dtype.name == "bfloat16"
+            and inst.acc_dtype.name == "float32"
+            and int(a.shape[1]) % 2 == 0
+            and int(b.shape[1]) % 16 == 0
+            and id(a) in self.buf
+            and id(b) in self.buf
+        )
+
+    def _dot_bf16_gemm(self, inst: I.Dot, out: str, tm: int) -> None:
+        """out[BM, BN] += a @ b for bf16 tiles in local buffers, with AVX-512 BF16 `vdpbf16ps` (two products
+        per fp32 lane and instruction; `bf16_dot.py`): a's pairs ap[i, q] = bits(a[i, 2q]) | bits(a[i, 2q+1])
+        << 16 and b's bp[q, j] = bits(b[2q, j]) | bits(b[2q+1, j]) << 16 (int32, built vectorized once per
+        tile), then per block of `tm` rows and per pair q, one load of each 16-column vector of bp, one
+        broadcast of each row's pair, and tm x BN/16 dpbf16ps into accumulators held over all of k. Exact
+        products, fp32 pair sums and accumulation (the generic loops: one rounding per product-add)."""
+        a, b = inst.a, inst.b
+        BM, KT = (int(n) for n in a.shape)
+        BN = int(b.shape[1])
+        fa, fb = self.get(a), self.get(b)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)  # bf16 -> fp32: exact, its bits are the bf16's << 16
+        fast = _Ctx(checked=False)
+        KP = KT // 2
+        ap, bp = self.fresh("ap"), self.fresh("bp")
+        i, q, j, io, ii, jv = (self.fresh(v) for v in ("i", "q", "j", "io", "ii", "jv"))
+
+        def pair(lo: str, hi: str) -> str:
+            lo, hi = (f'T.reinterpret("int32", {conv(v)})' for v in (lo, hi))
+            return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+
+        qs = sympy.Symbol(q, integer=True)
+        self.line(f'{ap} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
+        self.line(f'{bp} = T.decl_buffer(({KP * BN},), "int32", {self.scope})')
+        self.line(f"for {i} in T.serial({BM}):")
+        self.line(f"    for {q} in T.vectorized({KP}):")
+        a_pair = pair(fa((i, scalar(2 * qs)), fast), fa((i, scalar(2 * qs + 1)), fast))
+        self.line(f"        {ap}[{i} * {KP} + {q}] = {a_pair}")
+        self.line(f"for {q} in T.serial({KP}):")
+        self.line(f"    for {j} in T.vectorized({BN}):")
+        self.line(
+            f"        {bp}[{q} * {BN} + {j}] = {pair(fb((scalar(2 * qs), j), fast), fb((scalar(2 * qs + 1), j), fast))}"
+        )
+        self.line(f"for {io} in T.serial({BM // tm}):")
+        self.line(f"    for {q} in T.serial({KP}):")
+        self.line(f"        for {ii} in T.unroll({tm}):")
+        self.line(f"            for {jv} in T.unroll({BN // 16}):")
+        row = f"{io} * {tm} + {ii}"
+        acc = f"{out}[{row}, T.Ramp({jv} * 16, 1, 16)]"
+        bvec = f'T.reinterpret("int16x32", {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)])'
+        avec = f'T.reinterpret("int16x32", T.Broadcast({ap}[({row}) * {KP} + {q}], 16))'
+        self.line(f"                {acc} = {stand_in(acc, bvec, avec)}")
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by

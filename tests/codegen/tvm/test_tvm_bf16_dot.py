@@ -137,3 +137,21 @@ def test_patch_ir_takes_constant_operands_and_refuses_a_form_it_cannot_rewrite()
     odd = IR.replace("<32 x i16> %4", "<32 x i16> bitcast (<16 x i32> %3 to <32 x i16>)")
     with pytest.raises(PatchError, match="bf16_dot='none'"):
         patch_ir(odd)
+
+
+@needs_bf16
+@pytest.mark.parametrize("dtype,G", [("int4", 128), ("uint3", 64), ("fp6_e3m2", -1)])
+def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
+    """M > 16 runs `quantized_gemm`, whose dot of bf16 x and the bf16-rounded dequantized weight tile is
+    `_dot_bf16_gemm` (both operands in local buffers) at any code width: the stand-in in the source, the
+    error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's)."""
+    rng = np.random.default_rng(7)
+    qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
+    x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm").double().numpy()
+    yr = quantized_linear(x, qw, backend="reference").double().numpy()
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-6
+    assert np.linalg.norm(y - yr) / np.linalg.norm(yr) < 2.0**-7  # the same rounded weights, other sum order
+    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    assert kernel.program.name == "quantized_gemm" and STAND_IN in kernel.source
