@@ -1518,6 +1518,13 @@ class _Emitter:
             self.line(f"for {jv} in T.serial({BN // 16}):")
             self.line(f"    for {ko} in T.serial({KT // 8}):")
             self.depth += 2
+            # the column-vector-outer walk reads every 4th line of the tile's words per pass, a stream the
+            # hardware prefetcher does not follow: during the first pass, the word row `prefetch` bytes ahead
+            # (the next K tile) is hinted, each line once
+            self.line(f"if {jv} == 0:")
+            self.depth += 1
+            self._prefetch_lut(t, load, k, 8, BN)
+            self.depth -= 1
         else:
             self.line(f"for {ko} in T.serial({KT // 8}):")
             self.depth += 1

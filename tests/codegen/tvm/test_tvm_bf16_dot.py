@@ -67,6 +67,7 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
     quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
     err, bound, kernel = run(dtype, m, n, 256, g, {}, seed=n + m, **quant)
     assert STAND_IN in kernel.source
+    assert "llvm.prefetch.p0" in kernel.source  # both walk orders hint the weight stream ahead
     assert err < bound
 
 
