@@ -1513,7 +1513,7 @@ class _Emitter:
         if rows_outer:
             q = self.fresh("q")
             self.line(f"for {ii} in T.serial({BM}):")
-            self.line(f"    for {q} in T.serial({per_row}):")
+            self.line(f"    for {q} in T.vectorized({per_row}):")
             self.line(f"        {xp}[{ii} * {per_row} + {q}] = {pair(ii, 2 * sympy.Symbol(q, integer=True))}")
             self.line(f"for {jv} in T.serial({BN // 16}):")
             self.line(f"    for {ko} in T.serial({KT // 8}):")
