@@ -283,6 +283,13 @@ def _lut_decode(tbl: str, idx: str, entries: int) -> str:
     return f'T.reinterpret("float32x16", T.bitwise_xor(T.reinterpret("int32x16", {mag}), {sign}))'
 
 
+def _bf16_pair(lo: str, hi: str) -> str:
+    """int32 of two bf16 values given as fp32 expressions (exact: a bf16 value's fp32 bits are its own << 16):
+    lo's bf16 bits in the low half, hi's in the high half, the operand order of a vdpbf16ps pair."""
+    lo, hi = (f'T.reinterpret("int32", {v})' for v in (lo, hi))
+    return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+
+
 def _permvar(table: str, idx: str) -> str:
     """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
@@ -1503,9 +1510,8 @@ class _Emitter:
             self.line(f"{tbl}[{i}] = T.int16({int(v) - 65536 if v >= 32768 else int(v)})")
         fast = _Ctx(checked=False)
 
-        def pair(row: str, k0: Any) -> str:  # int32: bf16 bits of a[row, k0] low, a[row, k0 + 1] high
-            lo, hi = (f'T.reinterpret("int32", {conv(fa((row, scalar(k0 + h)), fast))})' for h in (0, 1))
-            return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+        def pair(row: str, k0: Any) -> str:  # a[row, k0] and a[row, k0 + 1]
+            return _bf16_pair(conv(fa((row, scalar(k0)), fast)), conv(fa((row, scalar(k0 + 1)), fast)))
 
         rows_outer = self.opt["tm"] < BM
         per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
@@ -1863,8 +1869,7 @@ class _Emitter:
         i, q, j, io, ii, jv = (self.fresh(v) for v in ("i", "q", "j", "io", "ii", "jv"))
 
         def pair(lo: str, hi: str) -> str:
-            lo, hi = (f'T.reinterpret("int32", {conv(v)})' for v in (lo, hi))
-            return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
+            return _bf16_pair(conv(lo), conv(hi))
 
         qs = sympy.Symbol(q, integer=True)
         self.line(f'{ap} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
