@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import Config, available_backends, compile_program, freeze
 from lowbit.codegen.tune.records import lookup as pinned_config
 from lowbit.dtypes import dtype as as_dtype
@@ -272,8 +273,9 @@ def quantized_linear_int8(
 def cpu_weight(qw: QuantizedWeight, adtype: str = "float32") -> QuantizedWeight:
     """`qw` as the TVM (CPU) float-activation kernels read it: a w_a16 weight in the row layout re-tiled to
     `column_tiled(CPU_TILE_N)` (a copy kept on `qw`, like `a8_weight`'s); any other weight as it is. With
-    bfloat16 activations a 4-bit weight's copy has its codes in pair order (`column_tiled(pairs=True)`), what
-    the bf16 pair-dot GEMV reads (`lowbit/codegen/tvm` README, "bf16 dot"); the float kernels read it too.
+    bfloat16 activations on a CPU with AVX-512 BF16, a 4-bit weight's copy has its codes in pair order
+    (`column_tiled(pairs=True)`), what the bf16 pair-dot GEMV reads (`lowbit/codegen/tvm` README, "bf16 dot");
+    the float kernels read it too. Elsewhere bf16 activations share the plain copy (no second copy unused).
 
     Why: in the row layout the words of a [K, N] weight run along N, so a GEMV tile of 64 columns walking K
     reads K / per_word separate 256-byte pieces N·4 bytes apart, a stream the hardware prefetcher cannot follow;
@@ -282,7 +284,7 @@ def cpu_weight(qw: QuantizedWeight, adtype: str = "float32") -> QuantizedWeight:
     it as fast (0.94x). Both kernels take any packed layout, so only the words move (scales and zeros stay)."""
     if qw.scheme != "w_a16":
         return qw
-    pairs = adtype == "bfloat16" and qw.dtype.bits == 4
+    pairs = adtype == "bfloat16" and qw.dtype.bits == 4 and "avx512_bf16" in isa_flags()
     slot = "_cpu_pairs" if pairs else "_cpu_tiled"
     tiled = qw.__dict__.get(slot)
     if tiled is None:
