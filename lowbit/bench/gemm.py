@@ -10,8 +10,9 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
   lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for (activations:
                  fp32 on the CPU, fp16 on a GPU)
-  lowbit_bf16    on the CPU (tvm), 4-bit weights, M <= BF16_MAX_M: the same with bfloat16 activations (as
-                 torch_bf16's), which run the vdpbf16ps pair-dot GEMV where the CPU has AVX-512 BF16
+  lowbit_bf16    on the CPU (tvm), 4-bit weights: the same with bfloat16 activations (as torch_bf16's), which
+                 run the vdpbf16ps pair dot where the CPU has AVX-512 BF16 (the GEMV at M <= 16, its
+                 register-blocked GEMM form above)
   lowbit_a8      on the CPU (tvm), 4-bit int4/uint4 weights: quantized_linear(kernel="quantized_gemv_a8"),
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
@@ -62,7 +63,6 @@ SLOW_ROUND_MS = 250.0
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
-BF16_MAX_M = 16  # lowbit_bf16 rows: the M the pair-dot GEMV serves (GEMV_MAX_M; more rows run the fp32 GEMM)
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 CACHE_MODES = {
@@ -435,7 +435,7 @@ class _Bench:
                 row = self.lowbit_row(case, x, dt, qw, backend)
                 if row is not None:
                     rows.append(row)
-                if not cuda and backend == "tvm" and lookup_dtype(dt).bits == 4 and M <= BF16_MAX_M:
+                if not cuda and backend == "tvm" and lookup_dtype(dt).bits == 4:
                     row = self.lowbit_row(case, x16, dt, qw, backend, method="lowbit_bf16")
                     if row is not None:
                         rows.append(row)

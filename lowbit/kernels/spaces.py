@@ -30,7 +30,7 @@ KERNELS = ("quantized_gemm", "quantized_gemv", "w4a8_gemm_per_group", "w4a8_gemm
 # tile axes per kernel; GEMV keeps BM small (M <= 16) and walks K in long steps
 _TILES: dict[str, dict[str, tuple[int, ...]]] = {
     "quantized_gemm": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
-    "quantized_gemv": {"BM": (1, 4, 16), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
+    "quantized_gemv": {"BM": (1, 4, 16, 64), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
     "w4a8_gemm_per_group": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
     "w4a8_gemm_per_channel": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
 }
@@ -153,12 +153,21 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     if kernel == "quantized_gemv":
         bm = 1 << max(0, (min(m, 16) - 1).bit_length())
         bk = g if g in (32, 64, 128, 256) else 128
+        if m > 16 and problem.get("adtype") == "bfloat16":  # the pair dot's GEMM form (lowbit.ops.linear.pair_dot)
+            return Config.make({"BM": pair_rows(m), "BN": 8 * lanes, "BK": bk}, {**opts, "tm": 2})
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, {**opts, "tm": tm})
     if kernel == "quantized_gemm":
         bk = 64 if g == -1 or g >= 64 else g
         return Config.make({"BM": 64, "BN": 4 * lanes, "BK": bk}, {**opts, "tm": 2})
     return None
+
+
+def pair_rows(m: int, most: int = 64, block: int = 8) -> int:
+    """Row tile of the bf16 pair-dot GEMM for M = m rows: at most `most`, a multiple of the register block
+    `block`, as few tiles as 64-row ones and the least padding (M = 17: 24, not 64; M = 100: two of 56)."""
+    tiles = -(-m // most)
+    return -(-(-(-m // tiles)) // block) * block
 
 
 def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:
@@ -181,4 +190,4 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
     )
 
 
-__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "space"]
+__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "pair_rows", "space"]

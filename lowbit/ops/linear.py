@@ -107,11 +107,29 @@ def scheme_kernel(scheme: str, m: int, a8: bool = False) -> Kernel:
     return quantized_gemm if m > GEMV_MAX_M else quantized_gemv
 
 
-def select_kernel(qweight: QuantizedWeight, m: int, decode_activations: str = "float") -> Kernel:
+def select_kernel(
+    qweight: QuantizedWeight,
+    m: int,
+    decode_activations: str = "float",
+    adtype: str | None = None,
+    backend: str | None = None,
+) -> Kernel:
     """The library kernel for `qweight`'s scheme and M rows (`scheme_kernel`); decode_activations "int8"
-    picks `quantized_gemv_a8` (any M) when the weight allows it."""
+    picks `quantized_gemv_a8` (any M) when the weight allows it. Given the activation dtype and backend: a
+    weight the bf16 pair dot reads (`pair_dot`) runs `quantized_gemv` at every M (past GEMV_MAX_M rows its
+    dot is a register-blocked GEMM on codes decoded once per tile)."""
     a8 = decode_activations == "int8" and a8_ineligible(qweight) is None
+    if not a8 and adtype is not None and backend is not None and pair_dot(qweight, backend, adtype):
+        return quantized_gemv
     return scheme_kernel(qweight.scheme, m, a8)
+
+
+def pair_dot(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
+    """Whether the TVM float kernels read `qweight` in pair order, the bf16 pair dot's layout
+    (`cpu_weight`): a 4-bit w_a16 weight in the row layout, bfloat16 activations, a CPU with AVX-512 BF16."""
+    if backend != "tvm" or adtype != "bfloat16" or qweight.scheme != "w_a16":
+        return False
+    return cpu_weight(qweight, adtype) is qweight.__dict__.get("_cpu_pairs")
 
 
 def quantized_linear(
@@ -223,7 +241,7 @@ def linear_problem(qweight: QuantizedWeight, x: Any, backend: str = "auto") -> t
     x2 = _host(x, is_torch).reshape(-1, qweight.shape[1])  # [M, K]
     xa, ya = _kernel_io(x, x2, is_torch, backend, qweight.shape[0])
     fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
-    return select_kernel(qweight, x2.shape[0]), fixed, args
+    return select_kernel(qweight, x2.shape[0], adtype=adtype, backend=backend), fixed, args
 
 
 def default_linear_config(kernel: Kernel, fixed: dict, args: dict, backend: str) -> Config:
@@ -501,7 +519,7 @@ def _compiled(
     key = (m, backend, io, bool(tune), config, persistent)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = select_kernel(qw, m)
+        kernel = select_kernel(qw, m, adtype=io, backend=backend)
         cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
         if persistent:
             compiled = PersistentLauncher(kernel, {**fixed, **cfg.constant_dict}, backend, cfg.option_dict)

@@ -108,6 +108,12 @@ OPTIONS: dict[str, Any] = {
     # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", or "auto" = "avx512bf16" on an x86 CPU
     # with AVX-512 BF16 (resolved by lowbit.codegen.tvm.runtime)
     "bf16_dot": "auto",
+    # the register block of a bf16 pair dot over more than 16 rows (`_Emitter._pair_block`): rows x 16-column
+    # vectors of fp32 accumulators held over all of k, each pair-order weight vector loaded once per block of
+    # rows and each row's pair broadcast once per block of vectors (vdpbf16ps: ~6 cycles latency, 2 per cycle
+    # on Zen 5, so >= 12 independent accumulators)
+    "bf16_rows": 8,
+    "bf16_vectors": 2,
 }
 BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
@@ -136,7 +142,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inner_dot={out['inner_dot']!r} must be an int >= 0 (lanes; 0: off)")
     if out["vector"] != "auto" and not (isinstance(out["vector"], int) and out["vector"] >= 1):
         raise BackendError(f"tvm backend: option vector={out['vector']!r} must be 'auto' or a positive int (lanes)")
-    for name in ("unroll", "tm", "vnni_chains", "fma_chains", "reduce_vectors"):
+    for name in ("unroll", "tm", "vnni_chains", "fma_chains", "reduce_vectors", "bf16_rows", "bf16_vectors"):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
     if not isinstance(out["inline_consts"], bool):
@@ -581,10 +587,17 @@ class _Emitter:
         # the in-place accumulate pattern: `%r = dot a, b, %acc ; %acc <- %r`
         self.inplace: dict[int, Tile] = {}
         self._find_inplace(self.p.body)
+        # the scaled accumulate pattern `%p = dot a, b ; %r = mul %p, %s ; %u = add %acc, %r ; %acc <- %u` (%s
+        # broadcasts a [1, BN] row defined before the dot): dot tile -> (that row, %acc, %r, %u), which a dot form may fuse
+        # (`_dot_lut_bf16`'s GEMM form: acc += its register block x s)
+        self.scaled: dict[int, tuple[Tile, Tile, Tile, Tile]] = {}
+        self.fused: dict[int, str] = {}  # tiles a fused dot computed: %r -> "" (never read), %u -> acc's buffer
         self.writes_in: dict[int, set[int]] = {}  # For / If statement -> the tiles assigned in its bodies
+        self._find_scaled(self.p.body)
         for s in walk(self.p.body):
             for body in child_bodies(s):
                 self._find_inplace(body)
+                self._find_scaled(body)
                 self.writes_in.setdefault(id(s), set()).update(id(a.dst) for a in walk(body) if isinstance(a, Assign))
 
     def _find_inplace(self, body: tuple[Stmt, ...]) -> None:
@@ -599,6 +612,36 @@ class _Emitter:
                 and self.uses.get(id(a.tile), 0) == 1
             ):
                 self.inplace[id(a.tile)] = a.inst.c
+
+    def _find_scaled(self, body: tuple[Stmt, ...]) -> None:
+        lets = {id(st.tile): (i, st.inst) for i, st in enumerate(body) if isinstance(st, Let)}
+        for i, st in enumerate(body):
+            if not (isinstance(st, Let) and isinstance(st.inst, I.Dot) and st.inst.c is None):
+                continue
+            p = st.tile
+            mul = self._only_use(p, body)
+            if not (isinstance(mul, Let) and isinstance(mul.inst, I.Binary) and mul.inst.op == "mul"):
+                continue
+            sc = mul.inst.b if mul.inst.a is p else mul.inst.a
+            bc = lets.get(id(sc))
+            if bc is None or not isinstance(bc[1], I.Broadcast) or bc[1].x.shape[0] != 1:
+                continue
+            if lets.get(id(bc[1].x), (-1,))[0] > i:  # the row of scales must exist when the dot is emitted
+                continue
+            add = self._only_use(mul.tile, body)
+            if not (isinstance(add, Let) and isinstance(add.inst, I.Binary) and add.inst.op == "add"):
+                continue
+            acc = add.inst.b if add.inst.a is mul.tile else add.inst.a
+            assign = self._only_use(add.tile, body)
+            if not (isinstance(assign, Assign) and assign.dst is acc and id(acc) in self.assigned):
+                continue
+            if acc.dtype.name == "float32" and acc.shape == p.shape and p.dtype.name == "float32":
+                self.scaled[id(p)] = (bc[1].x, acc, mul.tile, add.tile)
+
+    def _only_use(self, t: Tile, body: tuple[Stmt, ...]) -> Stmt | None:
+        """The statement of `body` reading `t`, when that is t's only use in the program, else None."""
+        use = self.consumer.get(id(t))
+        return use if self.uses.get(id(t), 0) == 1 and any(use is st for st in body) else None
 
     # ---- text ----
     def line(self, text: str) -> None:
@@ -687,6 +730,12 @@ class _Emitter:
         if rule is None:
             raise BackendError(f"tvm backend has no lowering rule for {type(inst).__name__}")
         self.defs[id(t)] = inst
+        if id(t) in self.fused:  # computed by a fused dot (`_dot_scaled`): the sum is the accumulator's buffer
+            for o in inst.operands:
+                self.pending.pop(id(o), None)
+            if self.fused[id(t)]:
+                self.bind_buffer(t, self.fused[id(t)])
+            return
         fn = rule(self, inst, t)
         for o in inst.operands:  # a pending operand lives on inlined in t (or its rule read it just now)
             self.pending.pop(id(o), None)
@@ -918,6 +967,12 @@ class _Emitter:
         a, b = inst.a, inst.b
         BM, KT = a.shape
         BN = b.shape[1]
+        scaled = self.scaled.get(id(t))
+        if scaled is not None:
+            lut = self.lut_plan(inst)
+            if lut is not None and self._pair_gemm(inst, *lut):
+                self._dot_scaled(inst, t, lut, scaled)
+                return
         if inst.c is not None and id(t) in self.inplace:
             self.before_write({id(inst.c)})
             out = self.buf[id(inst.c)]
@@ -940,7 +995,8 @@ class _Emitter:
             return
         lut = self.lut_plan(inst)
         if lut is not None:
-            self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut))
+            ragged = self._row_guard(inst) if self._pair_gemm(inst, *lut) else None
+            self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut, ragged), drop=ragged)
             return
         # operands reused across rows/columns are unpacked once into a local buffer; with `fma_chains` on, b is
         # not when the dot's rows are one block of unrolled rows and its columns unrolled vectors: each b vector
@@ -1130,15 +1186,25 @@ class _Emitter:
         bounds; the ragged case takes the generic loops."""
         self._guarded(inst, out, lambda: self._dot_int8_fast(inst, out, plan))
 
-    def _guarded(self, inst: I.Dot, out: str, fast_path: Callable[[], None]) -> None:
-        """Emit `fast_path` (loads unchecked) under the operands' uniform in-bounds guards, the generic
-        loops in the else branch; only the generic loops when a load is data-dependent (masked)."""
+    def _guarded(
+        self,
+        inst: I.Dot,
+        out: str,
+        fast_path: Callable[[], None],
+        slow_path: Callable[[], None] | None = None,
+        drop: str | None = None,
+    ) -> None:
+        """Emit `fast_path` (loads unchecked) under the operands' uniform in-bounds guards but `drop` (one the
+        fast path checks itself), `slow_path` (the generic loops) in the else branch; only `slow_path` when a
+        load is data-dependent (masked)."""
+        slow_path = slow_path or (lambda: self._dot_generic(inst, out))
         probe = _Ctx(checked=False)
         self.get(inst.a)(("0", "0"), probe)
         self.get(inst.b)(("0", "0"), probe)
         if probe.data_dependent:
-            self._dot_generic(inst, out)
+            slow_path()
             return
+        probe.guards = [g for g in probe.guards if g != drop]
         if probe.guards:
             self.line(f"if {' and '.join(sorted(set(probe.guards)))}:")
             self.depth += 1
@@ -1147,8 +1213,62 @@ class _Emitter:
             self.depth -= 1
             self.line("else:")
             self.depth += 1
-            self._dot_generic(inst, out)
+            slow_path()
             self.depth -= 1
+
+    def _row_guard(self, inst: I.Dot) -> str | None:
+        """The fast-path guard "the tile's rows lie inside a's tensor", when a is an unmasked load: the GEMM form
+        of `_dot_lut_bf16` stages a's pairs with checked reads on a ragged row tile instead (rows past the
+        tensor read 0; only their own output rows see them, and the store drops those), so the ragged last
+        row tile of any M runs the fast path (the generic loops there took ~200x the time)."""
+        load = self.defs.get(id(inst.a))
+        if not isinstance(load, I.Load) or load.mask is not None:
+            return None
+        return f"{scalar(load.offsets[0])} + {load.shape[0]} <= {scalar(load.tensor.shape[0])}"
+
+    def _pair_gemm(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
+        """Whether `_dot_lut_bf16` runs its GEMM form: pair-order codes (`_bf16_pairs`), more than 16 rows
+        (and `tm`) and a register block of more than one row (`_pair_block_shape`)."""
+        BM, KT = (int(n) for n in inst.a.shape)
+        return (
+            self._bf16_pairs(inst, load, table, self._lut_codes(load, KT))
+            and BM > max(16, self.opt["tm"])
+            and self._pair_block_shape(BM, int(inst.b.shape[1]))[0] > 1
+        )
+
+    def _dot_scaled(
+        self, inst: I.Dot, t: Tile, plan: tuple[I.Load, list[float]], scaled: tuple[Tile, Tile, Tile, Tile]
+    ) -> None:
+        """`acc += (a @ decode(b)) * s` (`self.scaled`: the GEMV's per-group update) as one fused dot: each
+        register block of the GEMM form adds its sums times the row of scales straight into the accumulator
+        (`_pair_block`), instead of storing [BM, BN] sums and a second pass reading them with acc. The ragged
+        edge runs the generic loops into a buffer and that second pass. Per-group 4096² int4 M = 256 bf16:
+        see lowbit/codegen/tvm/README.md ("bf16 dot")."""
+        row, acc, prod, total = scaled  # row: the [1, BN] tile of scales
+        load, table = plan
+        self.before_write({id(acc)})
+        accbuf = self.buf[id(acc)]
+        srow = self.buf.get(id(row)) or self.materialize(row)
+        out = self.alloc(t)
+        self.bind_buffer(t, out)
+
+        def slow() -> None:
+            zero = self.const(0, inst.acc_dtype)
+            self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
+            self._dot_generic(inst, out)
+            self.nest(
+                t.shape,
+                lambda idx, ctx: [
+                    f"{accbuf}[{idx[0]}, {idx[1]}] = {accbuf}[{idx[0]}, {idx[1]}] + {out}[{idx[0]}, {idx[1]}] * "
+                    f"{srow}[0, {idx[1]}]"
+                ],
+            )
+
+        ragged = self._row_guard(inst)
+        self.line(f"# fused: %{acc.name} += (dot) * %{row.name} (`_dot_scaled`)")
+        self._guarded(inst, out, lambda: self._dot_lut_bf16(inst, out, load, table, (accbuf, srow), ragged), slow, ragged)
+        self.fused[id(prod)] = ""
+        self.fused[id(total)] = accbuf
 
     def _dot_int8_fast(self, inst: I.Dot, out: str, plan: tuple[str, int, str]) -> None:
         side, chunk, kind = plan
@@ -1379,7 +1499,7 @@ class _Emitter:
             return None  # more rows than the register block: only the bf16 pair dot (its rows-outer order)
         return load, table
 
-    def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]]) -> None:
+    def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]], ragged: str | None = None) -> None:
         """out[BM, BN] += a @ decode(b) with b's codes decoded 16 columns at a time by vpermps, which reads the
         low 4 bits of each lane. Codes of 3-4 bits: per k and column vector, one 16-word load (the word row of
         those columns), one shift by the code's bit offset, one vpermps from the dtype's table (`lut_plan`),
@@ -1405,7 +1525,7 @@ class _Emitter:
             self._dot_lut_words(inst, out, load, table)
             return
         if self._bf16_pairs(inst, load, table, c):
-            self._dot_lut_bf16(inst, out, load, table)
+            self._dot_lut_bf16(inst, out, load, table, ragged=ragged)
             return
         unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
         if c > 1 and KT % math.lcm(unroll, per) == 0:
@@ -1478,7 +1598,15 @@ class _Emitter:
                 return False
         return True
 
-    def _dot_lut_bf16(self, inst: I.Dot, out: str, load: I.Load, table: list[float]) -> None:
+    def _dot_lut_bf16(
+        self,
+        inst: I.Dot,
+        out: str,
+        load: I.Load,
+        table: list[float],
+        scale: tuple[str, str] | None = None,
+        ragged: str | None = None,
+    ) -> None:
         """out[BM, BN] += a @ decode(b) for bf16 a and 4-bit codes in pair order, with AVX-512 BF16: per word
         row (8 k) and 16 columns, the 16 words as 32 int16 lanes (lane 2j: codes k, k+2, k+4, k+6 of column
         j; lane 2j+1: k+1, k+3, k+5, k+7); per pair step s, one 16-bit shift by 4s, one vpermw from a
@@ -1518,9 +1646,40 @@ class _Emitter:
         self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
             q = self.fresh("q")
+            qs = 2 * sympy.Symbol(q, integer=True)
+            if ragged is not None:  # the caller dropped the rows guard (`_row_guard`): checked reads past it
+                self.line(f"if {ragged}:")
+                self.depth += 1
             self.line(f"for {ii} in T.serial({BM}):")
             self.line(f"    for {q} in T.vectorized({per_row}):")
-            self.line(f"        {xp}[{ii} * {per_row} + {q}] = {pair(ii, 2 * sympy.Symbol(q, integer=True))}")
+            self.line(f"        {xp}[{ii} * {per_row} + {q}] = {pair(ii, qs)}")
+            if ragged is not None:
+                checked = _Ctx(checked=True)
+                lo, hi = (conv(fa((ii, scalar(qs + h)), checked)) for h in (0, 1))
+                self.depth -= 1
+                self.line("else:")
+                self.line(f"    for {ii} in T.serial({BM}):")
+                self.line(f"        for {q} in T.serial({per_row}):")
+                self.line(f"            {xp}[{ii} * {per_row} + {q}] = {_bf16_pair(lo, hi)}")
+        mr, nr = self._pair_block_shape(BM, BN)
+        if rows_outer and BM > 16 and mr > 1:
+            # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
+            bp = self.fresh("bp")
+            self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
+            self.line(f"for {ko} in T.serial({KT // 8}):")
+            self.depth += 1
+            self._prefetch_lut(t, load, k, 8, BN)
+            self.line(f"for {jv} in T.unroll({BN // 16}):")
+            wv = self.fresh("wv")
+            self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
+            self.line(f"    for {s} in T.unroll(4):")
+            idx = f'T.shift_right({wv}, T.Broadcast(T.Cast("int16", {s} * 4), 32))'
+            dec = f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", {tbl}[T.Ramp(0, 1, 32)], {idx})'
+            self.line(f'        {bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)] = T.reinterpret("int32x16", {dec})')
+            self.depth -= 1
+            self._pair_block(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
+            return
+        if rows_outer:
             self.line(f"for {jv} in T.serial({BN // 16}):")
             self.line(f"    for {ko} in T.serial({KT // 8}):")
             self.depth += 2
@@ -1866,7 +2025,7 @@ class _Emitter:
         fast = _Ctx(checked=False)
         KP = KT // 2
         ap, bp = self.fresh("ap"), self.fresh("bp")
-        i, q, j, io, ii, jv = (self.fresh(v) for v in ("i", "q", "j", "io", "ii", "jv"))
+        i, q, j = (self.fresh(v) for v in ("i", "q", "j"))
 
         def pair(lo: str, hi: str) -> str:
             return _bf16_pair(conv(lo), conv(hi))
@@ -1883,15 +2042,66 @@ class _Emitter:
         self.line(
             f"        {bp}[{q} * {BN} + {j}] = {pair(fb((scalar(2 * qs), j), fast), fb((scalar(2 * qs + 1), j), fast))}"
         )
-        self.line(f"for {io} in T.serial({BM // tm}):")
-        self.line(f"    for {q} in T.serial({KP}):")
-        self.line(f"        for {ii} in T.unroll({tm}):")
-        self.line(f"            for {jv} in T.unroll({BN // 16}):")
-        row = f"{io} * {tm} + {ii}"
-        acc = f"{out}[{row}, T.Ramp({jv} * 16, 1, 16)]"
-        bvec = f'T.reinterpret("int16x32", {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)])'
+        mr, nr = self._pair_block_shape(BM, BN)
+        if mr == 1:  # no row block of the option divides BM: tm rows, all vectors
+            mr, nr = tm, BN // 16
+        self._pair_block(out, ap, bp, BM, KP, BN, mr, nr)
+
+    def _pair_block_shape(self, BM: int, BN: int) -> tuple[int, int]:
+        """(rows, vectors) of `_pair_block`'s register block for a [BM, BN] output: options bf16_rows and
+        bf16_vectors, each cut to its greatest common divisor with the tile's rows / vectors."""
+        return math.gcd(self.opt["bf16_rows"], BM), math.gcd(self.opt["bf16_vectors"], BN // 16)
+
+    def _pair_block(
+        self,
+        out: str,
+        ap: str,
+        bp: str,
+        BM: int,
+        KP: int,
+        BN: int,
+        mr: int,
+        nr: int,
+        scale: tuple[str, str] | None = None,
+    ) -> None:
+        """out[BM, BN] += the pair dot of ap (int32 [BM, KP]: a row's bf16 pairs) and bp (int32 [KP, BN]: a
+        column's pairs, 16-column vectors contiguous), in register blocks of mr rows x nr vectors: per block and
+        pair q, nr vector loads of bp, mr broadcasts of ap and mr x nr vdpbf16ps into accumulators that stay in
+        registers over all of q (LLVM promotes the block's loop-invariant `out` vectors). With `scale` =
+        (acc, s): the block starts from zero in a register buffer and ends with acc[i, j] += sum · s[0, j]
+        (`out` is not touched)."""
+        io, jo, q, ii, jv = (self.fresh(v) for v in ("io", "jo", "q", "ii", "jv"))
+        row, col = f"{io} * {mr} + {ii}", f"({jo} * {nr} + {jv}) * 16"
+        self.line(f"for {io} in T.serial({BM // mr}):")
+        self.line(f"    for {jo} in T.serial({BN // (16 * nr)}):")
+        self.depth += 2
+        bvec = f'T.reinterpret("int16x32", {bp}[T.Ramp({q} * {BN} + {col}, 1, 16)])'
         avec = f'T.reinterpret("int16x32", T.Broadcast({ap}[({row}) * {KP} + {q}], 16))'
-        self.line(f"                {acc} = {stand_in(acc, bvec, avec)}")
+        if scale is None:
+            acc = f"{out}[{row}, T.Ramp({col}, 1, 16)]"
+            self.line(f"for {q} in T.serial({KP}):")
+            self.line(f"    for {ii} in T.unroll({mr}):")
+            self.line(f"        for {jv} in T.unroll({nr}):")
+            self.line(f"            {acc} = {stand_in(acc, bvec, avec)}")
+            self.depth -= 2
+            return
+        # one 64-byte buffer per accumulator (unrolled here): stack allocas that SROA turns into registers (a
+        # single [mr·nr·16] buffer of 1 KiB became workspace memory, its stores kept)
+        total, srow = scale
+        regs = [[self.fresh(f"r{i}_{j}") for j in range(nr)] for i in range(mr)]
+        blocks = [(i, j, {ii: str(i), jv: str(j)}) for i in range(mr) for j in range(nr)]
+        for i, j, _ in blocks:
+            self.line(f'{regs[i][j]} = T.decl_buffer((16,), "float32", {self.scope})')
+            self.line(f"{regs[i][j]}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
+        self.line(f"for {q} in T.serial({KP}):")
+        for i, j, sub in blocks:
+            r = f"{regs[i][j]}[T.Ramp(0, 1, 16)]"
+            self.line(f"    {r} = {stand_in(r, _substitute(bvec, sub), _substitute(avec, sub))}")
+        for i, j, sub in blocks:
+            dst = _substitute(f"{total}[{row}, T.Ramp({col}, 1, 16)]", sub)
+            scl = _substitute(f"{srow}[0, T.Ramp({col}, 1, 16)]", sub)
+            self.line(f"{dst} = {dst} + {regs[i][j]}[T.Ramp(0, 1, 16)] * {scl}")
+        self.depth -= 2
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by

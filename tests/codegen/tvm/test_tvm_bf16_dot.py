@@ -27,7 +27,7 @@ BN = 64
 TOL = 2e-6  # fp32 pair sums and accumulation over K = 256, relative to Σ|x|·(|w| + |z·s|)
 
 
-def run(dtype, M, N, K, G, options, pairs=True, seed=0, **quant):
+def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, **quant):
     rng = np.random.default_rng(seed)
     qw = quantize(rng.standard_normal((N, K)).astype(np.float32), dtype, G, **quant)
     tiled = retile_columns(qw, BN, pairs=pairs)
@@ -35,7 +35,7 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, **quant):
     x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32)).bfloat16()
     y = torch.full((M, N), float("nan"), dtype=torch.float32)
     consts = dict(wdtype=dtype, G=G, zero_mode=qw.zero_mode, adtype="bfloat16", sdtype=str(qw.scales.dtype))
-    consts.update(wlayout=tiled.layout, BM=M, BN=BN, BK=G if G > 0 else 128)
+    consts.update(wlayout=tiled.layout, BM=BM or M, BN=BN, BK=G if G > 0 else 128)
     kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 4, "vector": 16, **options})
     yb = torch.empty((M, N), dtype=torch.bfloat16)
     args = dict(x=x, w=tiled.words, scales=qw.scales, y=yb, M=M, N=N, K=K)
@@ -69,6 +69,48 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
     assert STAND_IN in kernel.source
     assert "llvm.prefetch.p0" in kernel.source  # both walk orders hint the weight stream ahead
     assert err < bound
+
+
+@needs_bf16
+@settings(max_examples=8, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    m=st.sampled_from([17, 40, 64, 100]),  # ragged row tiles: staged with checked reads, still the fast path
+    bm=st.sampled_from([24, 32, 64]),
+    n=st.sampled_from([128, 100]),  # 100: a ragged last column tile (the guarded generic loops)
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+    block=st.sampled_from([(8, 2), (4, 4), (3, 1)]),  # (3, 1) at 32 rows: no block divides, the rows-outer GEMV
+)
+def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, block):
+    """More than 16 rows: the GEMM form (codes decoded once per tile into pair-order vectors, register blocks
+    of bf16_rows x bf16_vectors), with the per-group `acc += dot · s` fused into the blocks (`_dot_scaled`)
+    when the weight has no zero points."""
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    options = {"bf16_rows": block[0], "bf16_vectors": block[1]}
+    err, bound, kernel = run(dtype, m, n, 256, g, options, seed=n + m, BM=bm, **quant)
+    assert STAND_IN in kernel.source
+    gemm_form = np.gcd(block[0], bm) > 1  # the block's rows cut to a divisor of the tile's (`_pair_block_shape`)
+    assert ("# fused:" in kernel.source) == (gemm_form and g != -1 and not quant)
+    assert err < bound
+
+
+@needs_bf16
+def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
+    """bf16 x with a 4-bit weight runs `quantized_gemv` at every M on the CPU: past 16 rows its GEMM form in
+    row tiles of `pair_rows(M)` (M = 40: one tile of 40 rows)."""
+    from lowbit.kernels.spaces import pair_rows
+
+    assert (pair_rows(17), pair_rows(40), pair_rows(64), pair_rows(100), pair_rows(256)) == (24, 40, 64, 56, 64)
+    rng = np.random.default_rng(3)
+    qw = quantize(rng.standard_normal((128, 512)).astype(np.float32), "int4", 128)
+    x = torch.from_numpy(rng.standard_normal((40, 512)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm").double().numpy()
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-8
+    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    assert kernel.program.name == "quantized_gemv" and dict(kernel.program.constants)["BM"] == 40
+    assert "# fused:" in kernel.source
 
 
 @pytest.mark.parametrize(
@@ -143,9 +185,10 @@ def test_patch_ir_takes_constant_operands_and_refuses_a_form_it_cannot_rewrite()
 @needs_bf16
 @pytest.mark.parametrize("dtype,G", [("int4", 128), ("uint3", 64), ("fp6_e3m2", -1)])
 def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
-    """M > 16 runs `quantized_gemm`, whose dot of bf16 x and the bf16-rounded dequantized weight tile is
-    `_dot_bf16_gemm` (both operands in local buffers) at any code width: the stand-in in the source, the
-    error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's)."""
+    """M > 16 with codes the pair layout does not take (3, 6 bits) runs `quantized_gemm`, whose dot of bf16 x
+    and the bf16-rounded dequantized weight tile is `_dot_bf16_gemm` (both operands in local buffers): the
+    stand-in in the source, the error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus
+    the output's). A 4-bit weight runs the pair GEMM (`quantized_gemv`), within the same bound."""
     rng = np.random.default_rng(7)
     qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
     x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
@@ -155,4 +198,5 @@ def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-6
     assert np.linalg.norm(y - yr) / np.linalg.norm(yr) < 2.0**-7  # the same rounded weights, other sum order
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
-    assert kernel.program.name == "quantized_gemm" and STAND_IN in kernel.source
+    want = "quantized_gemv" if dtype == "int4" else "quantized_gemm"
+    assert kernel.program.name == want and STAND_IN in kernel.source
