@@ -17,6 +17,7 @@ The `problem` mapping of a constraint holds the kernel's fixed values: M, N, K, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -166,8 +167,8 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
 def pair_rows(m: int, most: int = 64, block: int = 8) -> int:
     """Row tile of the bf16 pair-dot GEMM for M = m rows: at most `most`, a multiple of the register block
     `block`, as few tiles as 64-row ones and the least padding (M = 17: 24, not 64; M = 100: two of 56)."""
-    tiles = -(-m // most)
-    return -(-(-(-m // tiles)) // block) * block
+    tiles = math.ceil(m / most)
+    return math.ceil(math.ceil(m / tiles) / block) * block
 
 
 def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:

@@ -296,6 +296,14 @@ def _bf16_pair(lo: str, hi: str) -> str:
     return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
 
 
+def _pair_codes(table: str, words: str, step: str) -> str:
+    """vpermw: the bf16 bit patterns of pair step `step` (0..3) of 16 pair-order words (`words`, int16x32):
+    lane 2j the code k + 2·step of column j, lane 2j + 1 the code k + 2·step + 1, looked up in the 32-entry
+    int16 `table` (vpermw reads 5 bits; entry i is the value of code i mod 16)."""
+    idx = f'T.shift_right({words}, T.Broadcast(T.Cast("int16", {step} * 4), 32))'
+    return f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", {table}[T.Ramp(0, 1, 32)], {idx})'
+
+
 def _permvar(table: str, idx: str) -> str:
     """vpermps: lane i of the 16-float `table` vector at the low 4 bits of lane i of the int32x16 `idx`."""
     return f'T.call_llvm_pure_intrin("float32x16", "llvm.x86.avx512.permvar.sf.512", {table}, {idx})'
@@ -588,8 +596,8 @@ class _Emitter:
         self.inplace: dict[int, Tile] = {}
         self._find_inplace(self.p.body)
         # the scaled accumulate pattern `%p = dot a, b ; %r = mul %p, %s ; %u = add %acc, %r ; %acc <- %u` (%s
-        # broadcasts a [1, BN] row defined before the dot): dot tile -> (that row, %acc, %r, %u), which a dot form may fuse
-        # (`_dot_lut_bf16`'s GEMM form: acc += its register block x s)
+        # broadcasts a [1, BN] row defined before the dot): dot tile -> (that row, %acc, %r, %u), which a dot
+        # form may fuse (`_dot_lut_bf16`'s GEMM form: acc += its register block x s)
         self.scaled: dict[int, tuple[Tile, Tile, Tile, Tile]] = {}
         self.fused: dict[int, str] = {}  # tiles a fused dot computed: %r -> "" (never read), %u -> acc's buffer
         self.writes_in: dict[int, set[int]] = {}  # For / If statement -> the tiles assigned in its bodies
@@ -1266,7 +1274,8 @@ class _Emitter:
 
         ragged = self._row_guard(inst)
         self.line(f"# fused: %{acc.name} += (dot) * %{row.name} (`_dot_scaled`)")
-        self._guarded(inst, out, lambda: self._dot_lut_bf16(inst, out, load, table, (accbuf, srow), ragged), slow, ragged)
+        fast = lambda: self._dot_lut_bf16(inst, out, load, table, (accbuf, srow), ragged)  # noqa: E731
+        self._guarded(inst, out, fast, slow, ragged)
         self.fused[id(prod)] = ""
         self.fused[id(total)] = accbuf
 
@@ -1673,9 +1682,8 @@ class _Emitter:
             wv = self.fresh("wv")
             self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
             self.line(f"    for {s} in T.unroll(4):")
-            idx = f'T.shift_right({wv}, T.Broadcast(T.Cast("int16", {s} * 4), 32))'
-            dec = f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", {tbl}[T.Ramp(0, 1, 32)], {idx})'
-            self.line(f'        {bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)] = T.reinterpret("int32x16", {dec})')
+            dst = f"{bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)]"
+            self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
             self.depth -= 1
             self._pair_block(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
@@ -1703,11 +1711,7 @@ class _Emitter:
         self.line(f'{wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
         self.line(f"for {s} in T.unroll(4):")
         dec = self.fresh("dec")
-        idx = f'T.shift_right({wv}, T.Broadcast(T.Cast("int16", {s} * 4), 32))'
-        self.line(
-            f'    {dec} = T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", '
-            f"{tbl}[T.Ramp(0, 1, 32)], {idx})"
-        )
+        self.line(f"    {dec} = {_pair_codes(tbl, wv, s)}")
         self.line(f"    for {ii} in T.unroll({BM}):")
         acc = f"{out}[{ii}, T.Ramp({jv} * 16, 1, 16)]"
         slot = f"{ii} * {per_row} + {ko} * 4 + {s}" if rows_outer else f"{ii} * 4 + {s}"
