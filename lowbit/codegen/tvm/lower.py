@@ -1240,7 +1240,7 @@ class _Emitter:
         BM, KT = (int(n) for n in inst.a.shape)
         return (
             self._bf16_pairs(inst, load, table, self._lut_codes(load, KT))
-            and BM > max(16, self.opt["tm"])
+            and max(16, self.opt["tm"]) < BM
             and self._pair_block_shape(BM, int(inst.b.shape[1]))[0] > 1
         )
 
