@@ -25,10 +25,10 @@ def test_default_is_valid_and_traces(kernel, backend):
     elif kernel == "quantized_gemv":  # on the CPU the GEMV tile is exactly as tall as M (a power of two)
         for m, bm in ((1, 1), (3, 4), (16, 16), (40, 16)):
             assert default_config(kernel, backend, dict(problem, M=m)).constant_dict["BM"] == bm
-        # bf16 activations past 16 rows: the pair-dot GEMM form's row tile (`pair_rows`), 128 columns
-        for m, bm in ((17, 24), (40, 40), (64, 64), (100, 56)):
-            cfg = default_config(kernel, backend, dict(problem, M=m, adtype="bfloat16")).constant_dict
-            assert (cfg["BM"], cfg["BN"]) == (bm, 128)
+        # bf16 activations past 16 rows: the pair-dot GEMM form's tiles (`pair_rows`, `pair_columns`)
+        for m, n, bm, bn in ((17, 4096, 24, 256), (40, 384, 40, 128), (100, 11008, 104, 256), (256, 4000, 128, 64)):
+            cfg = default_config(kernel, backend, dict(problem, M=m, N=n, adtype="bfloat16")).constant_dict
+            assert (cfg["BM"], cfg["BN"]) == (bm, bn)
     assert sp.valid(problem)
     fixed = {"wdtype": problem["wdtype"]}
     if kernel != "w4a8_gemm_per_channel":

@@ -2076,8 +2076,11 @@ class _Emitter:
         (`out` is not touched)."""
         io, jo, q, ii, jv = (self.fresh(v) for v in ("io", "jo", "q", "ii", "jv"))
         row, col = f"{io} * {mr} + {ii}", f"({jo} * {nr} + {jv}) * 16"
-        self.line(f"for {io} in T.serial({BM // mr}):")
-        self.line(f"    for {jo} in T.serial({BN // (16 * nr)}):")
+        # column blocks outermost: a block's slice of bp (KP x nr vectors, 8 KiB at KP 64, nr 2) stays in L1
+        # while the rows' pairs stream past it; rows outermost streamed all of bp (64 KiB at BN 256) per row
+        # block (4096² int4 M = 256, hot, 2 threads: 0.93-0.98x the time)
+        self.line(f"for {jo} in T.serial({BN // (16 * nr)}):")
+        self.line(f"    for {io} in T.serial({BM // mr}):")
         self.depth += 2
         bvec = f'T.reinterpret("int16x32", {bp}[T.Ramp({q} * {BN} + {col}, 1, 16)])'
         avec = f'T.reinterpret("int16x32", T.Broadcast({ap}[({row}) * {KP} + {q}], 16))'
