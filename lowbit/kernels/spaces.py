@@ -164,13 +164,17 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     return None
 
 
-def pair_rows(m: int, most: int = 128, block: int = 8) -> int:
-    """Row tile of the bf16 pair-dot GEMM for M = m rows: at most `most`, a multiple of the register block
-    `block`, as few tiles as `most`-row ones and the least padding (M = 17: 24; M = 100: 104; M = 200: two of
-    104). Past 16 rows a tile re-decodes its weights, so taller tiles decode less: 4096² int4 M = 256, hot, 2
-    threads, 128 x 256 tiles against 64 x 128: 0.87-0.89x the time (805 -> 848 GFLOP/s at best)."""
-    tiles = math.ceil(m / most)
-    return math.ceil(math.ceil(m / tiles) / block) * block
+# the pair-dot GEMM's row tiles and their relative time per row (taller tiles decode each weight tile for
+# more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles 848 GFLOP/s against
+# 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights, so the kernels of every
+# prompt length are at most three compiles per weight shape.
+PAIR_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
+
+
+def pair_rows(m: int) -> int:
+    """Row tile of the bf16 pair-dot GEMM for M = m rows: of `PAIR_ROW_TILES`, the least padded rows times
+    cost per row (M = 17: 32; M = 40: 64; M = 100 or 256: 128)."""
+    return min(PAIR_ROW_TILES, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
 
 
 def pair_columns(n: int) -> int:

@@ -26,7 +26,7 @@ def test_default_is_valid_and_traces(kernel, backend):
         for m, bm in ((1, 1), (3, 4), (16, 16), (40, 16)):
             assert default_config(kernel, backend, dict(problem, M=m)).constant_dict["BM"] == bm
         # bf16 activations past 16 rows: the pair-dot GEMM form's tiles (`pair_rows`, `pair_columns`)
-        for m, n, bm, bn in ((17, 4096, 24, 256), (40, 384, 40, 128), (100, 11008, 104, 256), (256, 4000, 128, 64)):
+        for m, n, bm, bn in ((17, 4096, 32, 256), (40, 384, 64, 128), (100, 11008, 128, 256), (256, 4000, 128, 64)):
             cfg = default_config(kernel, backend, dict(problem, M=m, N=n, adtype="bfloat16")).constant_dict
             assert (cfg["BM"], cfg["BN"]) == (bm, bn)
     assert sp.valid(problem)
