@@ -2,7 +2,10 @@
 
 Kernel choice (documented rule):
   scheme w_a16:         M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
-                        M > 16       -> `quantized_gemm` (dequantize a tile, then dot).
+                        M > 16       -> `quantized_gemm` (dequantize a tile, then dot); but on the CPU (tvm)
+                        with bfloat16 x and a 4-bit weight the TVM kernels read in pair order (`pair_dot`: a
+                        CPU with AVX-512 BF16), `quantized_gemv` at every M: past 16 rows its dot is the
+                        register-blocked vdpbf16ps GEMM (lowbit/codegen/tvm/README.md, "bf16 pair GEMM").
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
