@@ -108,12 +108,16 @@ OPTIONS: dict[str, Any] = {
     # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", or "auto" = "avx512bf16" on an x86 CPU
     # with AVX-512 BF16 (resolved by lowbit.codegen.tvm.runtime)
     "bf16_dot": "auto",
-    # the register block of a bf16 pair dot over more than 16 rows (`_Emitter._pair_block`): rows x 16-column
+    # the register block of a bf16 pair dot's GEMM form (`_Emitter._pair_block`): rows x 16-column
     # vectors of fp32 accumulators held over all of k, each pair-order weight vector loaded once per block of
     # rows and each row's pair broadcast once per block of vectors (vdpbf16ps: ~6 cycles latency, 2 per cycle
     # on Zen 5, so >= 12 independent accumulators)
     "bf16_rows": 8,
     "bf16_vectors": 2,
+    # a bf16 pair dot of at least this many rows (and more than `tm`) runs its GEMM form (`_pair_gemm`): 4096²
+    # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
+    # 0.78, M = 4 0.44 vs 0.51
+    "pair_gemm_rows": 4,
 }
 BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
@@ -142,7 +146,16 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inner_dot={out['inner_dot']!r} must be an int >= 0 (lanes; 0: off)")
     if out["vector"] != "auto" and not (isinstance(out["vector"], int) and out["vector"] >= 1):
         raise BackendError(f"tvm backend: option vector={out['vector']!r} must be 'auto' or a positive int (lanes)")
-    for name in ("unroll", "tm", "vnni_chains", "fma_chains", "reduce_vectors", "bf16_rows", "bf16_vectors"):
+    for name in (
+        "unroll",
+        "tm",
+        "vnni_chains",
+        "fma_chains",
+        "reduce_vectors",
+        "bf16_rows",
+        "bf16_vectors",
+        "pair_gemm_rows",
+    ):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
     if not isinstance(out["inline_consts"], bool):
@@ -1235,12 +1248,13 @@ class _Emitter:
         return f"{scalar(load.offsets[0])} + {load.shape[0]} <= {scalar(load.tensor.shape[0])}"
 
     def _pair_gemm(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
-        """Whether `_dot_lut_bf16` runs its GEMM form: pair-order codes (`_bf16_pairs`), more than 16 rows
-        (and `tm`) and a register block of more than one row (`_pair_block_shape`)."""
+        """Whether `_dot_lut_bf16` runs its GEMM form: pair-order codes (`_bf16_pairs`), at least
+        `pair_gemm_rows` rows and more than `tm`, and a register block of more than one row
+        (`_pair_block_shape`)."""
         BM, KT = (int(n) for n in inst.a.shape)
         return (
             self._bf16_pairs(inst, load, table, self._lut_codes(load, KT))
-            and max(16, self.opt["tm"]) < BM
+            and max(self.opt["pair_gemm_rows"] - 1, self.opt["tm"]) < BM
             and self._pair_block_shape(BM, int(inst.b.shape[1]))[0] > 1
         )
 
@@ -1626,8 +1640,11 @@ class _Emitter:
         instruction's numerics). a's pairs are the two bf16 bit patterns of a row's elements k + 2s and
         k + 2s + 1 in one int32. Up to `tm` rows: word rows outermost (the weight stream in order, prefetched),
         all column vectors' accumulators in registers, pairs built per word row. More rows: the pairs of the
-        whole tile staged once, then per column vector its BM accumulators stay in registers over all of k
-        (the word-row-outer order would keep BM x BN/16 of them, which spill)."""
+        whole tile staged once (checked reads on a ragged row tile when the caller dropped that guard:
+        `_row_guard`); then, from `pair_gemm_rows` rows (`_pair_gemm`), the GEMM form: the tile's codes decoded
+        once into pair-order vectors and `_pair_block`'s register blocks over them (`scale`: the fused per-group
+        update of `_dot_scaled`); else per column vector its BM accumulators in registers over all of k (the
+        word-row-outer order would keep BM x BN/16 of them, which spill)."""
         a = inst.a
         BM, KT = a.shape
         BN = inst.b.shape[1]
@@ -1671,7 +1688,7 @@ class _Emitter:
                 self.line(f"        for {q} in T.serial({per_row}):")
                 self.line(f"            {xp}[{ii} * {per_row} + {q}] = {_bf16_pair(lo, hi)}")
         mr, nr = self._pair_block_shape(BM, BN)
-        if rows_outer and BM > 16 and mr > 1:
+        if rows_outer and self.opt["pair_gemm_rows"] <= BM and mr > 1:
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
             bp = self.fresh("bp")
             self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
@@ -2052,9 +2069,12 @@ class _Emitter:
         self._pair_block(out, ap, bp, BM, KP, BN, mr, nr)
 
     def _pair_block_shape(self, BM: int, BN: int) -> tuple[int, int]:
-        """(rows, vectors) of `_pair_block`'s register block for a [BM, BN] output: options bf16_rows and
-        bf16_vectors, each cut to its greatest common divisor with the tile's rows / vectors."""
-        return math.gcd(self.opt["bf16_rows"], BM), math.gcd(self.opt["bf16_vectors"], BN // 16)
+        """(rows, vectors) of `_pair_block`'s register block for a [BM, BN] output: option bf16_rows cut to its
+        greatest common divisor with BM; then bf16_vectors, or more when the rows are few (at least 16
+        accumulators in flight: M = 4 takes 4 x 4, 0.44 against 0.53 ms for 4 x 2), cut to a divisor of the
+        tile's vectors."""
+        mr = math.gcd(self.opt["bf16_rows"], BM)
+        return mr, math.gcd(max(self.opt["bf16_vectors"], 16 // mr), BN // 16)
 
     def _pair_block(
         self,

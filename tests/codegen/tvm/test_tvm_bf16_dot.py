@@ -58,7 +58,7 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, **quant):
 @settings(max_examples=10, deadline=None)
 @given(
     dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
-    m=st.sampled_from([1, 3, 16]),  # 16 > tm: the rows-outer order with the tile's pairs staged
+    m=st.sampled_from([1, 3, 8, 16]),  # 8, 16 > tm: the tile's pairs staged, the GEMM form (pair_gemm_rows 4)
     n=st.sampled_from([64, 128, 100]),  # 100: a ragged last column tile (the guarded generic loops)
     g=st.sampled_from([32, 128, -1]),
     asym=st.booleans(),
