@@ -154,7 +154,7 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     if kernel == "quantized_gemv":
         bm = 1 << max(0, (min(m, 16) - 1).bit_length())
         bk = g if g in (32, 64, 128, 256) else 128
-        if m > 16 and problem.get("adtype") == "bfloat16":  # the pair dot's GEMM form (lowbit.ops.linear.pair_dot)
+        if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
             return Config.make({"BM": pair_rows(m), "BN": pair_columns(int(problem["N"])), "BK": bk}, {**opts, "tm": 2})
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, {**opts, "tm": tm})

@@ -3,9 +3,9 @@
 Kernel choice (documented rule):
   scheme w_a16:         M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
                         M > 16       -> `quantized_gemm` (dequantize a tile, then dot); but on the CPU (tvm)
-                        with bfloat16 x and a 4-bit weight the TVM kernels read in pair order (`pair_dot`: a
-                        CPU with AVX-512 BF16), `quantized_gemv` at every M: past 16 rows its dot is the
-                        register-blocked vdpbf16ps GEMM (lowbit/codegen/tvm/README.md, "bf16 pair GEMM").
+                        a 4-bit weight read column-tiled (`gemv_serves`: AVX-512) runs `quantized_gemv` at
+                        every M: past 16 rows its dot is a GEMM form, register blocks of vdpbf16ps (bf16 x,
+                        AVX-512 BF16) or fp32 FMAs (lowbit/codegen/tvm/README.md, "bf16 pair GEMM").
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
@@ -36,6 +36,7 @@ import numpy as np
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import Config, available_backends, compile_program, freeze
 from lowbit.codegen.tune.records import lookup as pinned_config
+from lowbit.dtypes import decode
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
@@ -119,20 +120,26 @@ def select_kernel(
 ) -> Kernel:
     """The library kernel for `qweight`'s scheme and M rows (`scheme_kernel`); decode_activations "int8"
     picks `quantized_gemv_a8` (any M) when the weight allows it. Given the activation dtype and backend: a
-    weight the bf16 pair dot reads (`pair_dot`) runs `quantized_gemv` at every M (past GEMV_MAX_M rows its
-    dot is a register-blocked GEMM on codes decoded once per tile)."""
+    weight whose table-decoded dot has a GEMM form (`gemv_serves`) runs `quantized_gemv` at every M."""
     a8 = decode_activations == "int8" and a8_ineligible(qweight) is None
-    if not a8 and adtype is not None and backend is not None and pair_dot(qweight, backend, adtype):
+    if not a8 and adtype is not None and backend is not None and gemv_serves(qweight, backend, adtype):
         return quantized_gemv
     return scheme_kernel(qweight.scheme, m, a8)
 
 
-def pair_dot(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
-    """Whether the TVM float kernels read `qweight` in pair order, the bf16 pair dot's layout
-    (`cpu_weight`): a 4-bit w_a16 weight in the row layout, bfloat16 activations, a CPU with AVX-512 BF16."""
-    if backend != "tvm" or adtype != "bfloat16" or qweight.scheme != "w_a16":
+def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
+    """Whether `quantized_gemv` runs `qweight` at every M: on TVM, a w_a16 weight of 4-bit codes with finite
+    values that the kernels read column-tiled (`cpu_weight`: from the row layout), on a CPU with AVX-512 (the
+    table decode). Past GEMV_MAX_M rows the GEMV's dot is then a GEMM form (lowbit/codegen/tvm/README.md): the
+    tile's codes decoded once, register blocks of vdpbf16ps (bf16 x on AVX-512 BF16, pair order) or of fp32
+    FMAs. 4096² int4, weights streamed, 2 threads, fp32 x, against `quantized_gemm`: M = 64 5.71 vs 7.70 ms,
+    M = 256 21.9 vs 28.7 ms."""
+    if backend != "tvm" or qweight.scheme != "w_a16" or qweight.dtype.bits != 4 or "avx512f" not in isa_flags():
         return False
-    return cpu_weight(qweight, adtype) is qweight.__dict__.get("_cpu_pairs")
+    if not np.isfinite(decode(qweight.dtype, np.arange(16))).all():
+        return False
+    tiled = cpu_weight(qweight, adtype)
+    return tiled is not qweight and tiled.layout != qweight.layout
 
 
 def quantized_linear(

@@ -23,12 +23,13 @@ def test_default_is_valid_and_traces(kernel, backend):
     if backend != "tvm":
         assert chosen == sp.default
     elif kernel == "quantized_gemv":  # on the CPU the GEMV tile is exactly as tall as M (a power of two)
-        for m, bm in ((1, 1), (3, 4), (16, 16), (40, 16)):
+        for m, bm in ((1, 1), (3, 4), (16, 16)):
             assert default_config(kernel, backend, dict(problem, M=m)).constant_dict["BM"] == bm
-        # bf16 activations past 16 rows: the pair-dot GEMM form's tiles (`pair_rows`, `pair_columns`)
+        # past 16 rows (a weight `ops.linear.gemv_serves`): the GEMM form's tiles (`pair_rows`, `pair_columns`)
         for m, n, bm, bn in ((17, 4096, 32, 256), (40, 384, 64, 128), (100, 11008, 128, 256), (256, 4000, 128, 64)):
-            cfg = default_config(kernel, backend, dict(problem, M=m, N=n, adtype="bfloat16")).constant_dict
-            assert (cfg["BM"], cfg["BN"]) == (bm, bn)
+            for adtype in ("bfloat16", "float16"):
+                cfg = default_config(kernel, backend, dict(problem, M=m, N=n, adtype=adtype)).constant_dict
+                assert (cfg["BM"], cfg["BN"]) == (bm, bn)
     assert sp.valid(problem)
     fixed = {"wdtype": problem["wdtype"]}
     if kernel != "w4a8_gemm_per_channel":

@@ -114,7 +114,7 @@ OPTIONS: dict[str, Any] = {
     # on Zen 5, so >= 12 independent accumulators)
     "bf16_rows": 8,
     "bf16_vectors": 2,
-    # a bf16 pair dot of at least this many rows (and more than `tm`) runs its GEMM form (`_pair_gemm`): 4096²
+    # a bf16 pair dot of at least this many rows (and more than `tm`) runs its GEMM form (`_gemm_form`): 4096²
     # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
     # 0.78, M = 4 0.44 vs 0.51
     "pair_gemm_rows": 4,
@@ -991,7 +991,7 @@ class _Emitter:
         scaled = self.scaled.get(id(t))
         if scaled is not None:
             lut = self.lut_plan(inst)
-            if lut is not None and self._pair_gemm(inst, *lut):
+            if lut is not None and self._gemm_form(inst, *lut):
                 self._dot_scaled(inst, t, lut, scaled)
                 return
         if inst.c is not None and id(t) in self.inplace:
@@ -1016,7 +1016,7 @@ class _Emitter:
             return
         lut = self.lut_plan(inst)
         if lut is not None:
-            ragged = self._row_guard(inst) if self._pair_gemm(inst, *lut) else None
+            ragged = self._row_guard(inst) if self._gemm_form(inst, *lut) else None
             self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut, ragged), drop=ragged)
             return
         # operands reused across rows/columns are unpacked once into a local buffer; with `fma_chains` on, b is
@@ -1247,16 +1247,21 @@ class _Emitter:
             return None
         return f"{scalar(load.offsets[0])} + {load.shape[0]} <= {scalar(load.tensor.shape[0])}"
 
-    def _pair_gemm(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
-        """Whether `_dot_lut_bf16` runs its GEMM form: pair-order codes (`_bf16_pairs`), at least
-        `pair_gemm_rows` rows and more than `tm`, and a register block of more than one row
-        (`_pair_block_shape`)."""
+    def _gemm_form(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
+        """Whether a table-decoded dot runs a GEMM form (codes decoded once per tile into a buffer, then
+        `_block_dot`'s register blocks): at least `pair_gemm_rows` rows and more than `tm`, a register block of
+        more than one row (`_pair_block_shape`), and either pair-order codes (`_bf16_pairs`: `_dot_lut_bf16`)
+        or one 4-bit-or-narrower code per field with whole word rows per tile (`_dot_lut_gemm`, fp32 FMAs)."""
         BM, KT = (int(n) for n in inst.a.shape)
-        return (
-            self._bf16_pairs(inst, load, table, self._lut_codes(load, KT))
-            and max(self.opt["pair_gemm_rows"] - 1, self.opt["tm"]) < BM
-            and self._pair_block_shape(BM, int(inst.b.shape[1]))[0] > 1
-        )
+        if max(self.opt["pair_gemm_rows"] - 1, self.opt["tm"]) >= BM:
+            return False
+        if self._pair_block_shape(BM, int(inst.b.shape[1]))[0] < 2:
+            return False
+        c = self._lut_codes(load, KT)
+        if self._bf16_pairs(inst, load, table, c):
+            return True
+        per = load.tensor.layout.per_word or 1
+        return c == 1 and load.tensor.dtype.bits <= 4 and KT % per == 0 and self._whole_words(load)
 
     def _dot_scaled(
         self, inst: I.Dot, t: Tile, plan: tuple[I.Load, list[float]], scaled: tuple[Tile, Tile, Tile, Tile]
@@ -1267,7 +1272,6 @@ class _Emitter:
         edge runs the generic loops into a buffer and that second pass. Per-group 4096² int4 M = 256 bf16:
         see lowbit/codegen/tvm/README.md ("bf16 dot")."""
         row, acc, prod, total = scaled  # row: the [1, BN] tile of scales
-        load, table = plan
         self.before_write({id(acc)})
         accbuf = self.buf[id(acc)]
         srow = self.buf.get(id(row)) or self.materialize(row)
@@ -1288,7 +1292,7 @@ class _Emitter:
 
         ragged = self._row_guard(inst)
         self.line(f"# fused: %{acc.name} += (dot) * %{row.name} (`_dot_scaled`)")
-        fast = lambda: self._dot_lut_bf16(inst, out, load, table, (accbuf, srow), ragged)  # noqa: E731
+        fast = lambda: self.dot_lut(inst, out, plan, ragged, (accbuf, srow))  # noqa: E731
         self._guarded(inst, out, fast, slow, ragged)
         self.fused[id(prod)] = ""
         self.fused[id(total)] = accbuf
@@ -1518,11 +1522,20 @@ class _Emitter:
             if int(load.shape[0]) % (lay.per_word or 1) == 0 or not self._whole_words(load):
                 return None
         table = [float(v) for v in values]
-        if a.shape[0] > self.opt["tm"] and not self._bf16_pairs(inst, load, table, self._lut_codes(load, a.shape[1])):
-            return None  # more rows than the register block: only the bf16 pair dot (its rows-outer order)
+        if a.shape[0] > self.opt["tm"] and not (
+            self._bf16_pairs(inst, load, table, self._lut_codes(load, a.shape[1])) or self._gemm_form(inst, load, table)
+        ):
+            return None  # more rows than the register block: the bf16 pair dot or a GEMM form only
         return load, table
 
-    def dot_lut(self, inst: I.Dot, out: str, plan: tuple[I.Load, list[float]], ragged: str | None = None) -> None:
+    def dot_lut(
+        self,
+        inst: I.Dot,
+        out: str,
+        plan: tuple[I.Load, list[float]],
+        ragged: str | None = None,
+        scale: tuple[str, str] | None = None,
+    ) -> None:
         """out[BM, BN] += a @ decode(b) with b's codes decoded 16 columns at a time by vpermps, which reads the
         low 4 bits of each lane. Codes of 3-4 bits: per k and column vector, one 16-word load (the word row of
         those columns), one shift by the code's bit offset, one vpermps from the dtype's table (`lut_plan`),
@@ -1548,7 +1561,10 @@ class _Emitter:
             self._dot_lut_words(inst, out, load, table)
             return
         if self._bf16_pairs(inst, load, table, c):
-            self._dot_lut_bf16(inst, out, load, table, ragged=ragged)
+            self._dot_lut_bf16(inst, out, load, table, scale, ragged)
+            return
+        if self._gemm_form(inst, load, table):
+            self._dot_lut_gemm(inst, out, load, table, scale, ragged)
             return
         unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
         if c > 1 and KT % math.lcm(unroll, per) == 0:
@@ -1641,7 +1657,7 @@ class _Emitter:
         k + 2s + 1 in one int32. Up to `tm` rows: word rows outermost (the weight stream in order, prefetched),
         all column vectors' accumulators in registers, pairs built per word row. More rows: the pairs of the
         whole tile staged once (checked reads on a ragged row tile when the caller dropped that guard:
-        `_row_guard`); then, from `pair_gemm_rows` rows (`_pair_gemm`), the GEMM form: the tile's codes decoded
+        `_row_guard`); then, from `pair_gemm_rows` rows (`_gemm_form`), the GEMM form: the tile's codes decoded
         once into pair-order vectors and `_pair_block`'s register blocks over them (`scale`: the fused per-group
         update of `_dot_scaled`); else per column vector its BM accumulators in registers over all of k (the
         word-row-outer order would keep BM x BN/16 of them, which spill)."""
@@ -1704,6 +1720,7 @@ class _Emitter:
             self.depth -= 1
             self._pair_block(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
+        assert scale is None, "a fused scale needs the GEMM form (`_gemm_form`)"
         if rows_outer:
             self.line(f"for {jv} in T.serial({BN // 16}):")
             self.line(f"    for {ko} in T.serial({KT // 8}):")
@@ -1735,6 +1752,69 @@ class _Emitter:
         xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{slot}], 16))'
         self.line(f"        {acc} = {stand_in(acc, dec, xpair)}")
         self.depth -= 2
+
+    def _dot_lut_gemm(
+        self,
+        inst: I.Dot,
+        out: str,
+        load: I.Load,
+        table: list[float],
+        scale: tuple[str, str] | None = None,
+        ragged: str | None = None,
+    ) -> None:
+        """out[BM, BN] += a @ decode(b), the fp32 GEMM form of `dot_lut` (`_gemm_form`: more than `tm` rows,
+        codes of <= 4 bits, whole word rows): a's rows staged once as fp32 (checked reads on a ragged row tile:
+        `_row_guard`), the tile's codes decoded once into fp32 vectors (per word row and 16 columns: one load,
+        then per code a shift and a vpermps from the 16-entry table, stored), then `_pair_block`'s register
+        blocks of FMAs (`fp32`), `scale` fused as in `_dot_scaled`. The walks of `dot_lut` decode each code
+        again for every `tm` rows; this decodes it once per tile."""
+        a = inst.a
+        BM, KT = (int(n) for n in a.shape)
+        BN = int(inst.b.shape[1])
+        t = load.tensor
+        per = t.layout.per_word or 1
+        fa = self.get(a)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
+        g = self.gbuf[t.name]
+        ko, u, jv, ii, kk = (self.fresh(v) for v in ("ko", "u", "jv", "ii", "kk"))
+        k = sympy.Symbol(ko, integer=True) * per + sympy.Symbol(u, integer=True)
+        _, bit = t.layout.locate(
+            sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + sympy.Symbol(jv, integer=True) * 16
+        )
+        row_word, _ = t.layout.locate(
+            sympy.sympify(load.offsets[0]) + sympy.Symbol(ko, integer=True) * per,
+            sympy.sympify(load.offsets[1]) + sympy.Symbol(jv, integer=True) * 16,
+        )
+        tbl, xa, wd, wv = self.fresh("tbl"), self.fresh("xa"), self.fresh("wd"), self.fresh("wv")
+        self.line(f'{tbl} = T.decl_buffer((16,), "float32", {self.scope})')
+        for i, v in enumerate(table[:16]):
+            self.line(f"{tbl}[{i}] = {f32(v)}")
+        self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
+        if ragged is not None:
+            self.line(f"if {ragged}:")
+            self.depth += 1
+        self.line(f"for {ii} in T.serial({BM}):")
+        self.line(f"    for {kk} in T.vectorized({KT}):")
+        self.line(f"        {xa}[{ii} * {KT} + {kk}] = {conv(fa((ii, kk), _Ctx(checked=False)))}")
+        if ragged is not None:
+            self.depth -= 1
+            self.line("else:")
+            self.line(f"    for {ii} in T.serial({BM}):")
+            self.line(f"        for {kk} in T.serial({KT}):")
+            self.line(f"            {xa}[{ii} * {KT} + {kk}] = {conv(fa((ii, kk), _Ctx(checked=True)))}")
+        self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
+        self.line(f"for {ko} in T.serial({KT // per}):")
+        self.depth += 1
+        self._prefetch_lut(t, load, sympy.Symbol(ko, integer=True) * per, per, BN)
+        self.line(f"for {jv} in T.unroll({BN // 16}):")
+        self.line(f"    {wv} = {g}[T.Ramp({scalar(row_word)}, 1, 16)]")
+        self.line(f"    for {u} in T.unroll({per}):")
+        idx = f'T.shift_right({wv}, T.Broadcast(T.Cast("int32", {scalar(bit)}), 16))'
+        dst = f"{wd}[T.Ramp(({ko} * {per} + {u}) * {BN} + {jv} * 16, 1, 16)]"
+        self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
+        self.depth -= 1
+        mr, nr = self._pair_block_shape(BM, BN)
+        self._pair_block(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
 
     def _whole_words(self, load: I.Load) -> bool:
         """Whether, at word rows w and columns j (checked numerically), the per_word codes k = per_word·w + u
@@ -2087,13 +2167,15 @@ class _Emitter:
         mr: int,
         nr: int,
         scale: tuple[str, str] | None = None,
+        fp32: bool = False,
     ) -> None:
         """out[BM, BN] += the pair dot of ap (int32 [BM, KP]: a row's bf16 pairs) and bp (int32 [KP, BN]: a
         column's pairs, 16-column vectors contiguous), in register blocks of mr rows x nr vectors: per block and
         pair q, nr vector loads of bp, mr broadcasts of ap and mr x nr vdpbf16ps into accumulators that stay in
         registers over all of q (LLVM promotes the block's loop-invariant `out` vectors). With `scale` =
         (acc, s): the block starts from zero in a register buffer and ends with acc[i, j] += sum · s[0, j]
-        (`out` is not touched)."""
+        (`out` is not touched). `fp32`: ap [BM, KP] and bp [KP, BN] hold fp32 values (rows of a, decoded
+        weights), one FMA per row and vector instead of the pair dot (`_dot_lut_gemm`)."""
         io, jo, q, ii, jv = (self.fresh(v) for v in ("io", "jo", "q", "ii", "jv"))
         row, col = f"{io} * {mr} + {ii}", f"({jo} * {nr} + {jv}) * 16"
         # column blocks outermost: a block's slice of bp (KP x nr vectors, 8 KiB at KP 64, nr 2) stays in L1
@@ -2102,14 +2184,20 @@ class _Emitter:
         self.line(f"for {jo} in T.serial({BN // (16 * nr)}):")
         self.line(f"    for {io} in T.serial({BM // mr}):")
         self.depth += 2
-        bvec = f'T.reinterpret("int16x32", {bp}[T.Ramp({q} * {BN} + {col}, 1, 16)])'
-        avec = f'T.reinterpret("int16x32", T.Broadcast({ap}[({row}) * {KP} + {q}], 16))'
+        bvec = f"{bp}[T.Ramp({q} * {BN} + {col}, 1, 16)]"
+        avec = f"T.Broadcast({ap}[({row}) * {KP} + {q}], 16)"
+        if not fp32:
+            bvec, avec = (f'T.reinterpret("int16x32", {v})' for v in (bvec, avec))
+
+        def update(acc: str, b: str, a: str) -> str:
+            return f"{acc} + {a} * {b}" if fp32 else stand_in(acc, b, a)
+
         if scale is None:
             acc = f"{out}[{row}, T.Ramp({col}, 1, 16)]"
             self.line(f"for {q} in T.serial({KP}):")
             self.line(f"    for {ii} in T.unroll({mr}):")
             self.line(f"        for {jv} in T.unroll({nr}):")
-            self.line(f"            {acc} = {stand_in(acc, bvec, avec)}")
+            self.line(f"            {acc} = {update(acc, bvec, avec)}")
             self.depth -= 2
             return
         # one 64-byte buffer per accumulator (unrolled here): stack allocas that SROA turns into registers (a
@@ -2123,7 +2211,7 @@ class _Emitter:
         self.line(f"for {q} in T.serial({KP}):")
         for i, j, sub in blocks:
             r = f"{regs[i][j]}[T.Ramp(0, 1, 16)]"
-            self.line(f"    {r} = {stand_in(r, _substitute(bvec, sub), _substitute(avec, sub))}")
+            self.line(f"    {r} = {update(r, _substitute(bvec, sub), _substitute(avec, sub))}")
         for i, j, sub in blocks:
             dst = _substitute(f"{total}[{row}, T.Ramp({col}, 1, 16)]", sub)
             scl = _substitute(f"{srow}[0, T.Ramp({col}, 1, 16)]", sub)
