@@ -91,7 +91,8 @@ def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, bloc
     err, bound, kernel = run(dtype, m, n, 256, g, options, seed=n + m, BM=bm, **quant)
     assert STAND_IN in kernel.source
     gemm_form = np.gcd(block[0], bm) > 1  # the block's rows cut to a divisor of the tile's (`_pair_block_shape`)
-    assert ("# fused:" in kernel.source) == (gemm_form and g != -1 and not quant)
+    no_zeros = dict(kernel.program.constants)["zero_mode"] == "none"
+    assert ("# fused:" in kernel.source) == (gemm_form and g != -1 and no_zeros)
     assert err < bound
 
 

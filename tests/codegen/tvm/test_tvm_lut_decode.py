@@ -132,3 +132,76 @@ def test_five_and_six_bit_codes_decode_through_vpermi2ps(dtype, g):
     assert err < TOL and "vpermi2var" in src and "for wr in" in src
     err, src = run("int6", 1, 128, 384, g, {"lut": "avx512"}, seed=g)
     assert err < TOL and "vpermi2var" not in src and LUT not in src
+
+
+def run_rows(dtype, M, BM, N, K, G, options, adtype="float32", seed=0, **quant):
+    """The GEMV over M rows in row tiles of BM with `adtype` x; (error as `run`'s, the kernel's source, the
+    weight's zero mode)."""
+    rng = np.random.default_rng(seed)
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), dtype, G, **quant)
+    tiled = retile_columns(qw, BN)
+    x = rng.standard_normal((M, K)).astype(adtype)
+    y = np.full((M, N), np.nan, adtype)
+    consts = dict(wdtype=dtype, G=G, zero_mode=qw.zero_mode, adtype=adtype, sdtype=str(qw.scales.dtype))
+    consts.update(wlayout=tiled.layout, BM=BM, BN=BN, BK=G if G > 0 else 128)
+    kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 2, "vector": 16, **options})
+    args = dict(x=x, w=tiled.words, scales=qw.scales, y=y, M=M, N=N, K=K)
+    args["zeros"] = qw.zeros if qw.zeros is not None else np.zeros_like(qw.scales)
+    kernel(args)
+    w = qw.dequantize().astype(np.float64).T
+    x64 = x.astype(np.float64)
+    rows = G if G > 0 else K
+    zs = 0.0 if qw.zeros is None else np.repeat(np.abs(qw.zeros * qw.scales).astype(np.float64), rows, axis=0)
+    scale = np.abs(x64) @ (np.abs(w) + zs)
+    err = float(np.linalg.norm(y.astype(np.float64) - x64 @ w) / np.linalg.norm(scale))
+    assert np.isfinite(y).all() and np.isfinite(err)
+    out_rounding = 2.0**-11 if adtype == "float16" else 0.0  # y rounded to fp16 once
+    return err - out_rounding * float(np.linalg.norm(x64 @ w) / np.linalg.norm(scale)), kernel.source, qw.zero_mode
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    m=st.sampled_from([4, 16, 40, 100]),  # 40, 100: ragged row tiles (checked staging, the fast path kept)
+    bm=st.sampled_from([4, 16, 64]),
+    n=st.sampled_from([128, 100]),  # 100: a ragged last column tile (the generic loops)
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+    adtype=st.sampled_from(["float32", "float16"]),
+)
+def test_fp32_gemm_form_equals_the_fp64_reference(dtype, m, bm, n, g, asym, adtype):
+    """From `pair_gemm_rows` (4) rows, 4-bit codes: the GEMM form (`_dot_lut_gemm`: x rows staged as fp32, codes
+    decoded once per tile by vpermps into a buffer, register blocks of FMAs), the per-group `acc += dot · s`
+    fused into the blocks when there are no zero points."""
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    err, src, zero_mode = run_rows(dtype, m, bm, n, 256, g, {}, adtype, seed=n + m, **quant)
+    assert "wd = T.decl_buffer" in src and LUT in src
+    assert ("# fused:" in src) == (g != -1 and zero_mode == "none")
+    assert err < TOL
+
+
+def test_gemm_form_waits_for_pair_gemm_rows():
+    """Below `pair_gemm_rows` rows the GEMV keeps its walks (no decode buffer)."""
+    _, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"pair_gemm_rows": 16})
+    assert "wd = T.decl_buffer" not in src
+    err, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"pair_gemm_rows": 8})
+    assert "wd = T.decl_buffer" in src and err < TOL
+
+
+def test_quantized_linear_runs_the_gemv_at_every_m_for_4_bit_weights():
+    """`gemv_serves`: a 4-bit weight in the row layout runs `quantized_gemv` at M = 70 on TVM (fp32 x), an
+    8-bit one `quantized_gemm`."""
+    from lowbit.ops import quantized_linear
+    from lowbit.ops.linear import gemv_serves
+
+    rng = np.random.default_rng(5)
+    for dtype, want in (("int4", "quantized_gemv"), ("int8", "quantized_gemm")):
+        qw = quantize(rng.standard_normal((128, 256)).astype(np.float32), dtype, 128)
+        assert gemv_serves(qw, "tvm", "float32") == (want == "quantized_gemv")
+        assert not gemv_serves(qw, "reference", "float32")
+        x = rng.standard_normal((70, 256)).astype(np.float32)
+        y = quantized_linear(x, qw, backend="tvm")
+        ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-5
+        (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+        assert kernel.program.name == want
