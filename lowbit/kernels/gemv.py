@@ -1,4 +1,6 @@
-"""Weight-only quantized GEMV for small M (decode, M <= 16): y[M, N] = x[M, K] @ dequant(w)[K, N].
+"""Weight-only quantized GEMV for small M (decode, M <= 16): y[M, N] = x[M, K] @ dequant(w)[K, N]. On TVM
+with AVX-512 it also serves 4-bit weights at every M (`lowbit.ops.linear.gemv_serves`): its dot then has a
+GEMM form (lowbit/codegen/tvm/README.md, "GEMM forms of the table-decoded dot").
 
 Same arguments as `quantized_gemm` (codes [K, N] of `wdtype` in layout `wlayout`, scales/zeros
 [K // G, N]), but the dequantization is regrouped algebraically so that the inner loop never scales a

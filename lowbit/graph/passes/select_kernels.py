@@ -1,7 +1,10 @@
 """select_kernels: per linear and per token-count bucket, the kernel `lowbit.ops.linear.select_kernel` would
 run at M = the bucket's upper bound (the one rule, `lowbit.ops.linear.scheme_kernel`): w_a16 M <= GEMV_MAX_M
 (16) -> quantized_gemv, else quantized_gemm; W4A8 -> w4a8_gemm_per_group / w4a8_gemm_per_channel at every M;
-dense -> "dense" (torch matmul).
+dense -> "dense" (torch matmul). The names are the rule's by scheme and M only: on TVM with AVX-512 a 4-bit
+w_a16 weight runs `quantized_gemv` at every M (`lowbit.ops.linear.gemv_serves`, host-dependent, so kept out of
+the graph, which must re-derive the same on any machine); the executor follows `quantized_linear`'s own rule
+for the float kernels.
 
 ctx.decode_activations "int8" (off by default: it rounds activations to int8, ~0.7% relative error per
 linear): on the CPU, 4-bit int4/uint4 w_a16 linears with a group size the kernel takes run
