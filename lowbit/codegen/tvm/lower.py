@@ -1687,22 +1687,12 @@ class _Emitter:
         per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
         self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
-            q = self.fresh("q")
-            qs = 2 * sympy.Symbol(q, integer=True)
-            if ragged is not None:  # the caller dropped the rows guard (`_row_guard`): checked reads past it
-                self.line(f"if {ragged}:")
-                self.depth += 1
-            self.line(f"for {ii} in T.serial({BM}):")
-            self.line(f"    for {q} in T.vectorized({per_row}):")
-            self.line(f"        {xp}[{ii} * {per_row} + {q}] = {pair(ii, qs)}")
-            if ragged is not None:
-                checked = _Ctx(checked=True)
-                lo, hi = (conv(fa((ii, scalar(qs + h)), checked)) for h in (0, 1))
-                self.depth -= 1
-                self.line("else:")
-                self.line(f"    for {ii} in T.serial({BM}):")
-                self.line(f"        for {q} in T.serial({per_row}):")
-                self.line(f"            {xp}[{ii} * {per_row} + {q}] = {_bf16_pair(lo, hi)}")
+
+            def staged(row: str, q: str, ctx: _Ctx) -> str:
+                k0 = 2 * sympy.Symbol(q, integer=True)
+                return _bf16_pair(*(conv(fa((row, scalar(k0 + h)), ctx)) for h in (0, 1)))
+
+            self._stage_rows(xp, BM, per_row, staged, ragged)
         mr, nr = self._pair_block_shape(BM, BN)
         if rows_outer and self.opt["pair_gemm_rows"] <= BM and mr > 1:
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
@@ -1753,6 +1743,26 @@ class _Emitter:
         self.line(f"        {acc} = {stand_in(acc, dec, xpair)}")
         self.depth -= 2
 
+    def _stage_rows(
+        self, buf: str, BM: int, per_row: int, value: Callable[[str, str, _Ctx], str], ragged: str | None
+    ) -> None:
+        """buf[i * per_row + q] = value(i, q) for the tile's BM rows: one vectorized loop of unchecked reads;
+        with `ragged` (the rows guard a caller dropped, `_row_guard`) that loop under it and, past it, serial
+        checked reads (rows outside the tensor read 0)."""
+        ii, q = self.fresh("ii"), self.fresh("q")
+        if ragged is not None:
+            self.line(f"if {ragged}:")
+            self.depth += 1
+        self.line(f"for {ii} in T.serial({BM}):")
+        self.line(f"    for {q} in T.vectorized({per_row}):")
+        self.line(f"        {buf}[{ii} * {per_row} + {q}] = {value(ii, q, _Ctx(checked=False))}")
+        if ragged is not None:
+            self.depth -= 1
+            self.line("else:")
+            self.line(f"    for {ii} in T.serial({BM}):")
+            self.line(f"        for {q} in T.serial({per_row}):")
+            self.line(f"            {buf}[{ii} * {per_row} + {q}] = {value(ii, q, _Ctx(checked=True))}")
+
     def _dot_lut_gemm(
         self,
         inst: I.Dot,
@@ -1776,7 +1786,7 @@ class _Emitter:
         fa = self.get(a)
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         g = self.gbuf[t.name]
-        ko, u, jv, ii, kk = (self.fresh(v) for v in ("ko", "u", "jv", "ii", "kk"))
+        ko, u, jv = (self.fresh(v) for v in ("ko", "u", "jv"))
         k = sympy.Symbol(ko, integer=True) * per + sympy.Symbol(u, integer=True)
         _, bit = t.layout.locate(
             sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + sympy.Symbol(jv, integer=True) * 16
@@ -1790,18 +1800,7 @@ class _Emitter:
         for i, v in enumerate(table[:16]):
             self.line(f"{tbl}[{i}] = {f32(v)}")
         self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
-        if ragged is not None:
-            self.line(f"if {ragged}:")
-            self.depth += 1
-        self.line(f"for {ii} in T.serial({BM}):")
-        self.line(f"    for {kk} in T.vectorized({KT}):")
-        self.line(f"        {xa}[{ii} * {KT} + {kk}] = {conv(fa((ii, kk), _Ctx(checked=False)))}")
-        if ragged is not None:
-            self.depth -= 1
-            self.line("else:")
-            self.line(f"    for {ii} in T.serial({BM}):")
-            self.line(f"        for {kk} in T.serial({KT}):")
-            self.line(f"            {xa}[{ii} * {KT} + {kk}] = {conv(fa((ii, kk), _Ctx(checked=True)))}")
+        self._stage_rows(xa, BM, KT, lambda row, kk, ctx: conv(fa((row, kk), ctx)), ragged)
         self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
         self.line(f"for {ko} in T.serial({KT // per}):")
         self.depth += 1
