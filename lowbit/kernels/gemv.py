@@ -90,7 +90,7 @@ def quantized_gemv(
                 a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
                 a = T.cast(a, T.float32) if widen else a
                 q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
-                # the scales before the dot: a backend may fuse `acc += dot · s` (the TVM bf16 GEMM form does)
+                # the scales before the dot: a backend may fuse `acc += dot · s` (the TVM GEMM forms do)
                 s = T.cast(T.load(scales, (kk // G, pn * BN), (1, BN)), T.float32)  # [1, BN]
                 p = T.dot(a, T.cast(q, a.dtype))  # [BM, BN] fp32
                 if zero_mode == "none":

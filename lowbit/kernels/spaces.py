@@ -28,7 +28,7 @@ from lowbit.dtypes import dtype
 SHARED_MEMORY_BYTES = 227 * 1024
 KERNELS = ("quantized_gemm", "quantized_gemv", "w4a8_gemm_per_group", "w4a8_gemm_per_channel")
 
-# tile axes per kernel; GEMV keeps BM small (M <= 16) and walks K in long steps
+# tile axes per kernel; GEMV keeps BM small (M <= 16; 64: the TVM GEMM form past 16 rows) and walks K in long steps
 _TILES: dict[str, dict[str, tuple[int, ...]]] = {
     "quantized_gemm": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
     "quantized_gemv": {"BM": (1, 4, 16, 64), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
@@ -164,7 +164,7 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     return None
 
 
-# the pair-dot GEMM's row tiles and their relative time per row (taller tiles decode each weight tile for
+# the GEMV's GEMM form's row tiles (past 16 rows) and their relative time per row (taller tiles decode each weight tile for
 # more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles 848 GFLOP/s against
 # 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights, so the kernels of every
 # prompt length are at most three compiles per weight shape.
@@ -172,13 +172,14 @@ PAIR_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
 
 
 def pair_rows(m: int) -> int:
-    """Row tile of the bf16 pair-dot GEMM for M = m rows: of `PAIR_ROW_TILES`, the least padded rows times
+    """Row tile of the GEMV's GEMM form for M = m rows (bf16 x, pair order: the measurements above; fp32 x
+    takes the same): of `PAIR_ROW_TILES`, the least padded rows times
     cost per row (M = 17: 32; M = 40: 64; M = 100 or 256: 128)."""
     return min(PAIR_ROW_TILES, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
 
 
 def pair_columns(n: int) -> int:
-    """Column tile of the bf16 pair-dot GEMM: the widest of 256, 128, 64 dividing N (a ragged last column tile
+    """Column tile of the GEMV's GEMM form past 16 rows: the widest of 256, 128, 64 dividing N (a ragged last column tile
     runs the generic loops), 64 when none does."""
     return next((bn for bn in (256, 128) if n % bn == 0), 64)
 
