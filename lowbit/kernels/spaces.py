@@ -164,10 +164,10 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     return None
 
 
-# the GEMV's GEMM form's row tiles (past 16 rows) and their relative time per row (taller tiles decode each weight tile for
-# more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles 848 GFLOP/s against
-# 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights, so the kernels of every
-# prompt length are at most three compiles per weight shape.
+# the GEMV's GEMM form's row tiles (past 16 rows) and their relative time per row (taller tiles decode each
+# weight tile for more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles
+# 848 GFLOP/s against 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights,
+# so the kernels of every prompt length are at most three compiles per weight shape.
 PAIR_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
 
 
@@ -179,8 +179,8 @@ def pair_rows(m: int) -> int:
 
 
 def pair_columns(n: int) -> int:
-    """Column tile of the GEMV's GEMM form past 16 rows: the widest of 256, 128, 64 dividing N (a ragged last column tile
-    runs the generic loops), 64 when none does."""
+    """Column tile of the GEMV's GEMM form past 16 rows: the widest of 256, 128, 64 dividing N (a ragged last
+    column tile runs the generic loops), 64 when none does."""
     return next((bn for bn in (256, 128) if n % bn == 0), 64)
 
 
