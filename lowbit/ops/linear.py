@@ -5,7 +5,8 @@ Kernel choice (documented rule):
                         M > 16       -> `quantized_gemm` (dequantize a tile, then dot); but on the CPU (tvm)
                         a 4-bit weight read column-tiled (`gemv_serves`: AVX-512) runs `quantized_gemv` at
                         every M: past 16 rows its dot is a GEMM form, register blocks of vdpbf16ps (bf16 x,
-                        AVX-512 BF16) or fp32 FMAs (lowbit/codegen/tvm/README.md, "bf16 pair GEMM").
+                        AVX-512 BF16) or fp32 FMAs (lowbit/codegen/tvm/README.md, "GEMM forms of the
+                        table-decoded dot").
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode

@@ -108,13 +108,13 @@ OPTIONS: dict[str, Any] = {
     # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", or "auto" = "avx512bf16" on an x86 CPU
     # with AVX-512 BF16 (resolved by lowbit.codegen.tvm.runtime)
     "bf16_dot": "auto",
-    # the register block of a bf16 pair dot's GEMM form (`_Emitter._pair_block`): rows x 16-column
-    # vectors of fp32 accumulators held over all of k, each pair-order weight vector loaded once per block of
-    # rows and each row's pair broadcast once per block of vectors (vdpbf16ps: ~6 cycles latency, 2 per cycle
-    # on Zen 5, so >= 12 independent accumulators)
+    # the register block of the table-decoded dot's GEMM forms (`_Emitter._block_dot`): rows x 16-column
+    # vectors of fp32 accumulators held over all of k, each decoded weight vector loaded once per block of
+    # rows and each row's element (fp32) or pair (bf16) broadcast once per block of vectors (vdpbf16ps: ~6
+    # cycles latency, 2 per cycle on Zen 5, so >= 12 independent accumulators)
     "bf16_rows": 8,
     "bf16_vectors": 2,
-    # a bf16 pair dot of at least this many rows (and more than `tm`) runs its GEMM form (`_gemm_form`): 4096²
+    # a table-decoded dot of at least this many rows (and more than `tm`) runs a GEMM form (`_gemm_form`): 4096²
     # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
     # 0.78, M = 4 0.44 vs 0.51
     "pair_gemm_rows": 4,
@@ -610,7 +610,7 @@ class _Emitter:
         self._find_inplace(self.p.body)
         # the scaled accumulate pattern `%p = dot a, b ; %r = mul %p, %s ; %u = add %acc, %r ; %acc <- %u` (%s
         # broadcasts a [1, BN] row defined before the dot): dot tile -> (that row, %acc, %r, %u), which a dot
-        # form may fuse (`_dot_lut_bf16`'s GEMM form: acc += its register block x s)
+        # form may fuse (the GEMM forms, `_dot_scaled`: acc += each register block x s)
         self.scaled: dict[int, tuple[Tile, Tile, Tile, Tile]] = {}
         self.fused: dict[int, str] = {}  # tiles a fused dot computed: %r -> "" (never read), %u -> acc's buffer
         self.writes_in: dict[int, set[int]] = {}  # For / If statement -> the tiles assigned in its bodies
@@ -1238,8 +1238,8 @@ class _Emitter:
             self.depth -= 1
 
     def _row_guard(self, inst: I.Dot) -> str | None:
-        """The fast-path guard "the tile's rows lie inside a's tensor", when a is an unmasked load: the GEMM form
-        of `_dot_lut_bf16` stages a's pairs with checked reads on a ragged row tile instead (rows past the
+        """The fast-path guard "the tile's rows lie inside a's tensor", when a is an unmasked load: a GEMM form
+        (`_gemm_form`) stages a's rows with checked reads on a ragged row tile instead (rows past the
         tensor read 0; only their own output rows see them, and the store drops those), so the ragged last
         row tile of any M runs the fast path (the generic loops there took ~200x the time)."""
         load = self.defs.get(id(inst.a))
@@ -1250,12 +1250,12 @@ class _Emitter:
     def _gemm_form(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
         """Whether a table-decoded dot runs a GEMM form (codes decoded once per tile into a buffer, then
         `_block_dot`'s register blocks): at least `pair_gemm_rows` rows and more than `tm`, a register block of
-        more than one row (`_pair_block_shape`), and either pair-order codes (`_bf16_pairs`: `_dot_lut_bf16`)
+        more than one row (`_block_shape`), and either pair-order codes (`_bf16_pairs`: `_dot_lut_bf16`)
         or one 4-bit-or-narrower code per field with whole word rows per tile (`_dot_lut_gemm`, fp32 FMAs)."""
         BM, KT = (int(n) for n in inst.a.shape)
         if max(self.opt["pair_gemm_rows"] - 1, self.opt["tm"]) >= BM:
             return False
-        if self._pair_block_shape(BM, int(inst.b.shape[1]))[0] < 2:
+        if self._block_shape(BM, int(inst.b.shape[1]))[0] < 2:
             return False
         c = self._lut_codes(load, KT)
         if self._bf16_pairs(inst, load, table, c):
@@ -1268,9 +1268,9 @@ class _Emitter:
     ) -> None:
         """`acc += (a @ decode(b)) * s` (`self.scaled`: the GEMV's per-group update) as one fused dot: each
         register block of the GEMM form adds its sums times the row of scales straight into the accumulator
-        (`_pair_block`), instead of storing [BM, BN] sums and a second pass reading them with acc. The ragged
-        edge runs the generic loops into a buffer and that second pass. Per-group 4096² int4 M = 256 bf16:
-        see lowbit/codegen/tvm/README.md ("bf16 dot")."""
+        (`_block_dot`), instead of storing [BM, BN] sums and a second pass reading them with acc. The ragged
+        edge runs the generic loops into a buffer and that second pass. Measured in lowbit/codegen/tvm/README.md
+        ("GEMM forms of the table-decoded dot")."""
         row, acc, prod, total = scaled  # row: the [1, BN] tile of scales
         self.before_write({id(acc)})
         accbuf = self.buf[id(acc)]
@@ -1658,7 +1658,7 @@ class _Emitter:
         all column vectors' accumulators in registers, pairs built per word row. More rows: the pairs of the
         whole tile staged once (checked reads on a ragged row tile when the caller dropped that guard:
         `_row_guard`); then, from `pair_gemm_rows` rows (`_gemm_form`), the GEMM form: the tile's codes decoded
-        once into pair-order vectors and `_pair_block`'s register blocks over them (`scale`: the fused per-group
+        once into pair-order vectors and `_block_dot`'s register blocks over them (`scale`: the fused per-group
         update of `_dot_scaled`); else per column vector its BM accumulators in registers over all of k (the
         word-row-outer order would keep BM x BN/16 of them, which spill)."""
         a = inst.a
@@ -1693,7 +1693,7 @@ class _Emitter:
                 return _bf16_pair(*(conv(fa((row, scalar(k0 + h)), ctx)) for h in (0, 1)))
 
             self._stage_rows(xp, BM, per_row, staged, ragged)
-        mr, nr = self._pair_block_shape(BM, BN)
+        mr, nr = self._block_shape(BM, BN)
         if rows_outer and self.opt["pair_gemm_rows"] <= BM and mr > 1:
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
             bp = self.fresh("bp")
@@ -1708,7 +1708,7 @@ class _Emitter:
             dst = f"{bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)]"
             self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
             self.depth -= 1
-            self._pair_block(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
+            self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
         assert scale is None, "a fused scale needs the GEMM form (`_gemm_form`)"
         if rows_outer:
@@ -1775,7 +1775,7 @@ class _Emitter:
         """out[BM, BN] += a @ decode(b), the fp32 GEMM form of `dot_lut` (`_gemm_form`: more than `tm` rows,
         codes of <= 4 bits, whole word rows): a's rows staged once as fp32 (checked reads on a ragged row tile:
         `_row_guard`), the tile's codes decoded once into fp32 vectors (per word row and 16 columns: one load,
-        then per code a shift and a vpermps from the 16-entry table, stored), then `_pair_block`'s register
+        then per code a shift and a vpermps from the 16-entry table, stored), then `_block_dot`'s register
         blocks of FMAs (`fp32`), `scale` fused as in `_dot_scaled`. The walks of `dot_lut` decode each code
         again for every `tm` rows; this decodes it once per tile."""
         a = inst.a
@@ -1812,8 +1812,8 @@ class _Emitter:
         dst = f"{wd}[T.Ramp(({ko} * {per} + {u}) * {BN} + {jv} * 16, 1, 16)]"
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
-        mr, nr = self._pair_block_shape(BM, BN)
-        self._pair_block(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
+        mr, nr = self._block_shape(BM, BN)
+        self._block_dot(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
 
     def _whole_words(self, load: I.Load) -> bool:
         """Whether, at word rows w and columns j (checked numerically), the per_word codes k = per_word·w + u
@@ -2142,20 +2142,20 @@ class _Emitter:
         self.line(
             f"        {bp}[{q} * {BN} + {j}] = {pair(fb((scalar(2 * qs), j), fast), fb((scalar(2 * qs + 1), j), fast))}"
         )
-        mr, nr = self._pair_block_shape(BM, BN)
+        mr, nr = self._block_shape(BM, BN)
         if mr == 1:  # no row block of the option divides BM: tm rows, all vectors
             mr, nr = tm, BN // 16
-        self._pair_block(out, ap, bp, BM, KP, BN, mr, nr)
+        self._block_dot(out, ap, bp, BM, KP, BN, mr, nr)
 
-    def _pair_block_shape(self, BM: int, BN: int) -> tuple[int, int]:
-        """(rows, vectors) of `_pair_block`'s register block for a [BM, BN] output: option bf16_rows cut to its
+    def _block_shape(self, BM: int, BN: int) -> tuple[int, int]:
+        """(rows, vectors) of `_block_dot`'s register block for a [BM, BN] output: option bf16_rows cut to its
         greatest common divisor with BM; then bf16_vectors, or more when the rows are few (at least 16
         accumulators in flight: M = 4 takes 4 x 4, 0.44 against 0.53 ms for 4 x 2), cut to a divisor of the
         tile's vectors."""
         mr = math.gcd(self.opt["bf16_rows"], BM)
         return mr, math.gcd(max(self.opt["bf16_vectors"], 16 // mr), BN // 16)
 
-    def _pair_block(
+    def _block_dot(
         self,
         out: str,
         ap: str,

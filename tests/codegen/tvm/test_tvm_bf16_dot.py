@@ -90,7 +90,7 @@ def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, bloc
     options = {"bf16_rows": block[0], "bf16_vectors": block[1]}
     err, bound, kernel = run(dtype, m, n, 256, g, options, seed=n + m, BM=bm, **quant)
     assert STAND_IN in kernel.source
-    gemm_form = np.gcd(block[0], bm) > 1  # the block's rows cut to a divisor of the tile's (`_pair_block_shape`)
+    gemm_form = np.gcd(block[0], bm) > 1  # the block's rows cut to a divisor of the tile's (`_block_shape`)
     no_zeros = dict(kernel.program.constants)["zero_mode"] == "none"
     assert ("# fused:" in kernel.source) == (gemm_form and g != -1 and no_zeros)
     assert err < bound
