@@ -155,7 +155,9 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
         bm = 1 << max(0, (min(m, 16) - 1).bit_length())
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
-            return Config.make({"BM": pair_rows(m), "BN": pair_columns(int(problem["N"])), "BK": bk}, {**opts, "tm": 2})
+            return Config.make(
+                {"BM": gemm_row_tile(m), "BN": gemm_column_tile(int(problem["N"])), "BK": bk}, {**opts, "tm": 2}
+            )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, {**opts, "tm": tm})
     if kernel == "quantized_gemm":
@@ -168,17 +170,17 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
 # weight tile for more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles
 # 848 GFLOP/s against 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights,
 # so the kernels of every prompt length are at most three compiles per weight shape.
-PAIR_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
+GEMM_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
 
 
-def pair_rows(m: int) -> int:
+def gemm_row_tile(m: int) -> int:
     """Row tile of the GEMV's GEMM form for M = m rows (bf16 x, pair order: the measurements above; fp32 x
-    takes the same): of `PAIR_ROW_TILES`, the least padded rows times
+    takes the same): of `GEMM_ROW_TILES`, the least padded rows times
     cost per row (M = 17: 32; M = 40: 64; M = 100 or 256: 128)."""
-    return min(PAIR_ROW_TILES, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
+    return min(GEMM_ROW_TILES, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
 
 
-def pair_columns(n: int) -> int:
+def gemm_column_tile(n: int) -> int:
     """Column tile of the GEMV's GEMM form past 16 rows: the widest of 256, 128, 64 dividing N (a ragged last
     column tile runs the generic loops), 64 when none does."""
     return next((bn for bn in (256, 128) if n % bn == 0), 64)
@@ -204,4 +206,4 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
     )
 
 
-__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "pair_columns", "pair_rows", "space"]
+__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "gemm_column_tile", "gemm_row_tile", "space"]

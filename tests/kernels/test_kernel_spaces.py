@@ -25,7 +25,7 @@ def test_default_is_valid_and_traces(kernel, backend):
     elif kernel == "quantized_gemv":  # on the CPU the GEMV tile is exactly as tall as M (a power of two)
         for m, bm in ((1, 1), (3, 4), (16, 16)):
             assert default_config(kernel, backend, dict(problem, M=m)).constant_dict["BM"] == bm
-        # past 16 rows (a weight `ops.linear.gemv_serves`): the GEMM form's tiles (`pair_rows`, `pair_columns`)
+        # past 16 rows (a weight `ops.linear.gemv_serves`): the GEMM form's tiles (`gemm_row_tile`, `gemm_column_tile`)
         for m, n, bm, bn in ((17, 4096, 32, 256), (40, 384, 64, 128), (100, 11008, 128, 256), (256, 4000, 128, 64)):
             for adtype in ("bfloat16", "float16"):
                 cfg = default_config(kernel, backend, dict(problem, M=m, N=n, adtype=adtype)).constant_dict

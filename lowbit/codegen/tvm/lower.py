@@ -112,12 +112,12 @@ OPTIONS: dict[str, Any] = {
     # vectors of fp32 accumulators held over all of k, each decoded weight vector loaded once per block of
     # rows and each row's element (fp32) or pair (bf16) broadcast once per block of vectors (vdpbf16ps: ~6
     # cycles latency, 2 per cycle on Zen 5, so >= 12 independent accumulators)
-    "bf16_rows": 8,
-    "bf16_vectors": 2,
+    "block_rows": 8,
+    "block_vectors": 2,
     # a table-decoded dot of at least this many rows (and more than `tm`) runs a GEMM form (`_gemm_form`): 4096²
     # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
     # 0.78, M = 4 0.44 vs 0.51
-    "pair_gemm_rows": 4,
+    "gemm_rows": 4,
 }
 BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
@@ -152,9 +152,9 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "vnni_chains",
         "fma_chains",
         "reduce_vectors",
-        "bf16_rows",
-        "bf16_vectors",
-        "pair_gemm_rows",
+        "block_rows",
+        "block_vectors",
+        "gemm_rows",
     ):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
@@ -1249,11 +1249,11 @@ class _Emitter:
 
     def _gemm_form(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
         """Whether a table-decoded dot runs a GEMM form (codes decoded once per tile into a buffer, then
-        `_block_dot`'s register blocks): at least `pair_gemm_rows` rows and more than `tm`, a register block of
+        `_block_dot`'s register blocks): at least `gemm_rows` rows and more than `tm`, a register block of
         more than one row (`_block_shape`), and either pair-order codes (`_bf16_pairs`: `_dot_lut_bf16`)
         or one 4-bit-or-narrower code per field with whole word rows per tile (`_dot_lut_gemm`, fp32 FMAs)."""
         BM, KT = (int(n) for n in inst.a.shape)
-        if max(self.opt["pair_gemm_rows"] - 1, self.opt["tm"]) >= BM:
+        if max(self.opt["gemm_rows"] - 1, self.opt["tm"]) >= BM:
             return False
         if self._block_shape(BM, int(inst.b.shape[1]))[0] < 2:
             return False
@@ -1657,7 +1657,7 @@ class _Emitter:
         k + 2s + 1 in one int32. Up to `tm` rows: word rows outermost (the weight stream in order, prefetched),
         all column vectors' accumulators in registers, pairs built per word row. More rows: the pairs of the
         whole tile staged once (checked reads on a ragged row tile when the caller dropped that guard:
-        `_row_guard`); then, from `pair_gemm_rows` rows (`_gemm_form`), the GEMM form: the tile's codes decoded
+        `_row_guard`); then, from `gemm_rows` rows (`_gemm_form`), the GEMM form: the tile's codes decoded
         once into pair-order vectors and `_block_dot`'s register blocks over them (`scale`: the fused per-group
         update of `_dot_scaled`); else per column vector its BM accumulators in registers over all of k (the
         word-row-outer order would keep BM x BN/16 of them, which spill)."""
@@ -1693,9 +1693,9 @@ class _Emitter:
                 return _bf16_pair(*(conv(fa((row, scalar(k0 + h)), ctx)) for h in (0, 1)))
 
             self._stage_rows(xp, BM, per_row, staged, ragged)
-        mr, nr = self._block_shape(BM, BN)
-        if rows_outer and self.opt["pair_gemm_rows"] <= BM and mr > 1:
+        if self._gemm_form(inst, load, table):
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
+            mr, nr = self._block_shape(BM, BN)
             bp = self.fresh("bp")
             self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
             self.line(f"for {ko} in T.serial({KT // 8}):")
@@ -2148,12 +2148,12 @@ class _Emitter:
         self._block_dot(out, ap, bp, BM, KP, BN, mr, nr)
 
     def _block_shape(self, BM: int, BN: int) -> tuple[int, int]:
-        """(rows, vectors) of `_block_dot`'s register block for a [BM, BN] output: option bf16_rows cut to its
-        greatest common divisor with BM; then bf16_vectors, or more when the rows are few (at least 16
+        """(rows, vectors) of `_block_dot`'s register block for a [BM, BN] output: option block_rows cut to its
+        greatest common divisor with BM; then block_vectors, or more when the rows are few (at least 16
         accumulators in flight: M = 4 takes 4 x 4, 0.44 against 0.53 ms for 4 x 2), cut to a divisor of the
         tile's vectors."""
-        mr = math.gcd(self.opt["bf16_rows"], BM)
-        return mr, math.gcd(max(self.opt["bf16_vectors"], 16 // mr), BN // 16)
+        mr = math.gcd(self.opt["block_rows"], BM)
+        return mr, math.gcd(max(self.opt["block_vectors"], 16 // mr), BN // 16)
 
     def _block_dot(
         self,

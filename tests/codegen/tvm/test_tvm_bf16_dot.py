@@ -58,7 +58,7 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, **quant):
 @settings(max_examples=10, deadline=None)
 @given(
     dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
-    m=st.sampled_from([1, 3, 8, 16]),  # 8, 16 > tm: the tile's pairs staged, the GEMM form (pair_gemm_rows 4)
+    m=st.sampled_from([1, 3, 8, 16]),  # 8, 16 > tm: the tile's pairs staged, the GEMM form (gemm_rows 4)
     n=st.sampled_from([64, 128, 100]),  # 100: a ragged last column tile (the guarded generic loops)
     g=st.sampled_from([32, 128, -1]),
     asym=st.booleans(),
@@ -84,10 +84,10 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
 )
 def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, block):
     """More than 16 rows: the GEMM form (codes decoded once per tile into pair-order vectors, register blocks
-    of bf16_rows x bf16_vectors), with the per-group `acc += dot · s` fused into the blocks (`_dot_scaled`)
+    of block_rows x block_vectors), with the per-group `acc += dot · s` fused into the blocks (`_dot_scaled`)
     when the weight has no zero points."""
     quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
-    options = {"bf16_rows": block[0], "bf16_vectors": block[1]}
+    options = {"block_rows": block[0], "block_vectors": block[1]}
     err, bound, kernel = run(dtype, m, n, 256, g, options, seed=n + m, BM=bm, **quant)
     assert STAND_IN in kernel.source
     gemm_form = np.gcd(block[0], bm) > 1  # the block's rows cut to a divisor of the tile's (`_block_shape`)
@@ -99,10 +99,10 @@ def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, bloc
 @needs_bf16
 def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
     """bf16 x with a 4-bit weight runs `quantized_gemv` at every M on the CPU: past 16 rows its GEMM form in
-    row tiles of `pair_rows(M)` (M = 40: one tile of 64 rows, 24 of them padding)."""
-    from lowbit.kernels.spaces import pair_rows
+    row tiles of `gemm_row_tile(M)` (M = 40: one tile of 64 rows, 24 of them padding)."""
+    from lowbit.kernels.spaces import gemm_row_tile
 
-    assert [pair_rows(m) for m in (17, 40, 64, 100, 256)] == [32, 64, 64, 128, 128]
+    assert [gemm_row_tile(m) for m in (17, 40, 64, 100, 256)] == [32, 64, 64, 128, 128]
     rng = np.random.default_rng(3)
     qw = quantize(rng.standard_normal((128, 512)).astype(np.float32), "int4", 128)
     x = torch.from_numpy(rng.standard_normal((40, 512)).astype(np.float32)).bfloat16()

@@ -170,7 +170,7 @@ def run_rows(dtype, M, BM, N, K, G, options, adtype="float32", seed=0, **quant):
     adtype=st.sampled_from(["float32", "float16"]),
 )
 def test_fp32_gemm_form_equals_the_fp64_reference(dtype, m, bm, n, g, asym, adtype):
-    """From `pair_gemm_rows` (4) rows, 4-bit codes: the GEMM form (`_dot_lut_gemm`: x rows staged as fp32, codes
+    """From `gemm_rows` (4) rows, 4-bit codes: the GEMM form (`_dot_lut_gemm`: x rows staged as fp32, codes
     decoded once per tile by vpermps into a buffer, register blocks of FMAs), the per-group `acc += dot · s`
     fused into the blocks when there are no zero points."""
     quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
@@ -180,11 +180,11 @@ def test_fp32_gemm_form_equals_the_fp64_reference(dtype, m, bm, n, g, asym, adty
     assert err < TOL
 
 
-def test_gemm_form_waits_for_pair_gemm_rows():
-    """Below `pair_gemm_rows` rows the GEMV keeps its walks (no decode buffer)."""
-    _, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"pair_gemm_rows": 16})
+def test_gemm_form_waits_for_gemm_rows():
+    """Below `gemm_rows` rows the GEMV keeps its walks (no decode buffer)."""
+    _, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"gemm_rows": 16})
     assert "wd = T.decl_buffer" not in src
-    err, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"pair_gemm_rows": 8})
+    err, src, _ = run_rows("int4", 8, 8, 64, 256, 128, {"gemm_rows": 8})
     assert "wd = T.decl_buffer" in src and err < TOL
 
 
