@@ -17,6 +17,9 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
                  x @ dequant(W)^T includes that rounding (~0.7%)
+  stream         with cache "rotate", M <= STREAM_MAX_M: torch `sum` over the bytes of the int4 weight (a ring of
+                 buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
+                 bandwidth (the best of two measurements, at the run's start and end)
 Timing (`cache`): "rotate" (default): every method calls a ring of copies of its weight in turn
 (`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: the other copies move >= 2x the L3 between two
 uses of one), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
@@ -63,6 +66,8 @@ SLOW_ROUND_MS = 250.0
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
+STREAM = "stream"  # a plain read of the int4 weight's bytes in the same rounds (`_Bench.stream_row`)
+STREAM_MAX_M = 16  # stream rows up to this M, where a W4 layer's time is its weight's read
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 CACHE_MODES = {
@@ -263,6 +268,13 @@ def run_report(
             "roofline ceilings: best of the measurements before and after the timings; at start: "
             + machine.header().split(" | ", 3)[-1]
         )
+        streamed = max((r.bytes / r.min_ms / 1e6 for r in report.rows if r.method == STREAM), default=0.0)
+        if streamed > report.machine.bandwidth_gbs:  # a ceiling: the fastest plain read seen anywhere in the run
+            report.notes.append(
+                f"roofline bandwidth raised from {report.machine.bandwidth_gbs:.1f} to {streamed:.1f} GB/s: the "
+                "fastest sample of a stream row"
+            )
+            report.machine = dataclasses.replace(report.machine, bandwidth_gbs=streamed)
     report.rows = [_with_roofline(r, report.machine) for r in report.rows]
     return report
 
@@ -423,6 +435,8 @@ class _Bench:
             self.row(case, M, "torch_bf16", "bfloat16", TORCH, [functools.partial(F.linear, x16, w) for w in w16s],
                      bf16, "bfloat16"),
         ]  # fmt: skip
+        if self.cache == "rotate" and M <= STREAM_MAX_M:
+            rows.append(self.stream_row(case, M))
         for dt, packed in case.naive.items():
             rel = _relative_error(naive_linear(x32, packed), x32.double() @ naive_dequantize(packed).double().T)
             nbytes = packed.nbytes + M * K * 4 + M * N * 4
@@ -444,6 +458,19 @@ class _Bench:
                     if row is not None:
                         rows.append(row)
         return self.measure(rows)
+
+    def stream_row(self, case: _Case, M: int) -> _Pending:
+        """The `stream` row: torch `sum` over a ring of buffers of the int4 g128 weight's bytes (fp16 scales),
+        timed in the same rounds as the kernels, so the memory rate the machine gives a plain read right then
+        stands next to them (the roofline's bandwidth is the best of two measurements at the run's start and
+        end, and a shared VM's memory rate moves by up to 2x within a run)."""
+        import torch
+
+        nbytes = layer_bytes(case.N, case.K, 0, bits=4, group_size=self.group_size, scale_bytes=2)
+        buf = torch.ones(nbytes // 4, device=self.device)
+        fns = [b.sum for b in self.copies(case, "stream", buf, nbytes)]
+        note = "torch sum over the int4 weight's bytes, side by side"
+        return self.row(case, M, STREAM, "float32", TORCH, fns, nbytes, "float32", note=note)
 
     def lowbit_row(
         self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None, method: str = "lowbit"
@@ -518,7 +545,8 @@ def _finish(rows: list[Row]) -> list[Row]:
 
 def _with_roofline(r: Row, machine: Machine) -> Row:
     """Fill roofline_ms = max(bytes / BW, flops / peak(r.peak_dtype)) and roofline_fraction = roofline / median."""
-    roof = roofline_ms(r.bytes, linear_flops(r.M, r.N, r.K), machine.bandwidth_gbs, machine.peak(r.peak_dtype))
+    flops = 0 if r.method == STREAM else linear_flops(r.M, r.N, r.K)
+    roof = roofline_ms(r.bytes, flops, machine.bandwidth_gbs, machine.peak(r.peak_dtype))
     return dataclasses.replace(r, roofline_ms=roof, roofline_fraction=roof / r.median_ms)
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lowbit.bench.gemm import Report, Row
+from lowbit.bench.gemm import STREAM, Report, Row
 
 COLUMNS = (  # header, width, format of one row's value
     ("M", 5, lambda r: f"{r.M}"),
@@ -56,6 +56,7 @@ def goals(report: Report) -> list[dict[str, Any]]:
         return []
     table = CPU_GOALS if not report.machine.device.startswith("cuda") else GPU_GOALS
     out = []
+    streams = {(r.N, r.K, r.M): r for r in report.rows if r.method == STREAM}
     for r in report.rows:
         if r.method not in ACTIVATIONS or r.dtype != "int4":
             continue
@@ -73,7 +74,13 @@ def goals(report: Report) -> list[dict[str, Any]]:
                 shown = f"{100 * value:.0f}%" if label == "of the roofline" else f"{value:.2f}"
                 want = f"{100 * target:.0f}%" if label == "of the roofline" else f"{target:g}"
                 met = math.isfinite(value) and value >= target  # NaN never passes
-                out.append({"goal": f"{name}: {shown} {label} (target >= {want})", "value": value, "met": met})
+                goal = f"{name}: {shown} {label} (target >= {want})"
+                stream = streams.get((r.N, r.K, r.M))
+                if label == "of the roofline" and stream is not None:
+                    # beside it, not instead: the rate a plain read of the weight's bytes got in the same rounds
+                    rate = (r.bytes / r.median_ms) / (stream.bytes / stream.median_ms)
+                    goal += f" [{100 * rate:.0f}% of the stream row's bytes/s, side by side]"
+                out.append({"goal": goal, "value": value, "met": met})
     w4 = {(r.N, r.K, r.method, r.backend): r for r in report.rows if r.M == 1 and r.dtype == "int4"}
     for r in report.rows:
         base = w4.get((r.N, r.K, r.method, r.backend))

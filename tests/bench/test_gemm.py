@@ -148,6 +148,10 @@ def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     # every row's ring of 3 copies, timed once per round (gemm.ROUNDS alternating rounds per layer and M)
     assert called and set(called) == {3} and len(called) == gemm.ROUNDS * len(r.rows)
     assert not r.mismatches and all(row.median_ms > 0 for row in r.rows)
+    # a stream row per M (<= STREAM_MAX_M): the int4 g128 weight's bytes (fp16 scales), read by torch sum
+    streams = [row for row in r.rows if row.method == gemm.STREAM]
+    assert [row.M for row in streams] == [1, 2]
+    assert all(row.bytes == 128 * 256 // 2 + 128 * 2 * 2 and row.backend == "torch" for row in streams)
     from lowbit.ops import quantize
 
     qw = quantize(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), "int4", 64)
@@ -185,3 +189,17 @@ def test_rows_of_one_layer_and_m_are_timed_in_alternating_rounds(machine, monkey
     assert [r.method for r in rows] == ["a", "slow", "b"]
     assert [r.median_ms for r in rows] == [1.0, gemm.SLOW_ROUND_MS, 2.0]
     assert all(math.isnan(r.roofline_ms) for r in rows)  # filled in by run_report, from the machine
+
+
+def test_the_roofline_bandwidth_is_the_fastest_plain_read_of_the_run(monkeypatch):
+    """A measured run's roofline bandwidth is a ceiling: the best of the measurements at its start and end
+    and of the stream rows' fastest samples, with a note when a stream row raised it."""
+    low = Machine("cpu", "test cpu", 2, None, 0.001, {"float32": 1.0, "bfloat16": 1.0})  # 1 MB/s: any read beats it
+    monkeypatch.setattr(gemm, "measure_machine", lambda *a, **k: low)
+    monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 2)
+    r = gemm.run_report((1,), ((128, 256),), ("int4",), 128, ("reference",), 1, threads=2, cache="rotate")
+    (stream,) = [row for row in r.rows if row.method == gemm.STREAM]
+    assert r.machine.bandwidth_gbs == pytest.approx(stream.bytes / stream.min_ms / 1e6)
+    assert any("raised from 0.0" in n for n in r.notes)
+    assert stream.roofline_fraction == pytest.approx(stream.min_ms / stream.median_ms)  # its own best sample
+    assert all(row.roofline_fraction <= 1.0 + 1e-9 for row in r.rows if row.method == gemm.STREAM)

@@ -65,3 +65,17 @@ def test_bf16_activation_rows_are_judged_beside_the_fp32_ones():
     assert got["W4A16 tvm M=1 4096x4096 | 70% of the roofline (target >= 80%)"] is False
     assert got["W4A16 (bf16 x) tvm M=1 4096x4096 | 85% of the roofline (target >= 80%)"] is True
     assert len(got) == 6
+
+
+def test_the_stream_row_stands_beside_the_roofline_verdict():
+    """A stream row of the same layer and M (the weight's bytes read by torch `sum` in the same rounds): the M = 1
+    roofline goal names the kernel's bytes/s as a fraction of the stream's, and its verdict stays the
+    roofline's."""
+    stream = row(1, "stream", dtype="float32", ms=0.5, nbytes=900)
+    kernel = row(1, "lowbit", roof=0.7, x32=9.0, x16=4.0, ms=0.6, nbytes=1000)
+    report = Report(CPU, [stream, kernel], [], {"group_size": 128})
+    lines = {g["goal"]: g["met"] for g in goals(report)}
+    # (1000 / 0.6) / (900 / 0.5) = 0.926
+    want = "W4A16 tvm M=1 4096x4096: 70% of the roofline (target >= 80%) [93% of the stream row's bytes/s, side by side]"
+    assert lines[want] is False
+    assert sum("stream" in g for g in lines) == 1  # only the roofline line; the stream row itself is no goal

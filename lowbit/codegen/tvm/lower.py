@@ -125,6 +125,7 @@ INT8_DOT = ("auto", "vnni", "avx2", "none")
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
 MAX_UNROLLED_VECTORS = 8
+PREFETCH_MIN_BYTES = 512  # smallest tile `_Emitter.prefetch` hints
 # instructions whose result is a constant tile when every operand is one (see `_Emitter.const_tiles`)
 _CONST_PRESERVING = (I.Binary, I.Unary, I.Cast, I.Reshape, I.Broadcast, I.Transpose, I.Where)
 
@@ -1070,7 +1071,7 @@ class _Emitter:
             if not offsets[-1].is_Integer or (int(offsets[-1]) * bits) % 512:
                 return
             tile_bytes = len(rows) * 64
-        if tile_bytes < 512 or len(rows) > 64:
+        if tile_bytes < PREFETCH_MIN_BYTES or len(rows) > 64:
             return
         ahead = -(-dist // tile_bytes) * int(loop.step)
         moved = [o.subs(loop.var, loop.var + ahead) for o in offsets]
