@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from lowbit.codegen.backend import Config
@@ -59,3 +61,23 @@ def test_unknown_names():
         space("gemm", "tvm")
     with pytest.raises(ValueError, match="no options table"):
         space("quantized_gemm", "cuda")
+
+
+@pytest.mark.parametrize("flags", [("avx512f", "avx512_bf16"), ("avx512f",), ("avx2", "fma")])
+def test_m1_pair_dot_takes_256_column_tiles(flags, monkeypatch):
+    """TVM's M = 1 GEMV: 256-column tiles (16 accumulators) for the vdpbf16ps pair dot (bf16 x, 4-bit codes,
+    AVX-512 BF16) where they divide N; else 8 vectors of columns (128 on AVX-512, 64 on AVX2)."""
+    fingerprint = importlib.import_module("lowbit.artifact.fingerprint")  # the package re-exports a function of that name
+    monkeypatch.setattr(fingerprint, "isa_flags", lambda: flags)
+    pair = "avx512_bf16" in flags
+    wide = 128 if "avx512f" in flags else 64
+
+    def bn(**over):
+        return default_config("quantized_gemv", "tvm", dict(PROBLEM, **over)).constant_dict["BN"]
+
+    assert bn(adtype="bfloat16", N=4096) == (256 if pair else wide)
+    assert bn(adtype="bfloat16", N=11008) == (256 if pair else wide)  # 43 tiles of 256
+    assert bn(adtype="bfloat16", N=4224) == wide  # 256 does not divide it
+    assert bn(adtype="float32", N=4096) == wide  # the fp32 form would spill 16 accumulators
+    assert bn(adtype="bfloat16", N=4096, wdtype="int3") == wide  # no pair dot for 3-bit codes
+    assert bn(adtype="bfloat16", N=4096, M=4) == wide // 2  # M > 1: 4 vectors, tm 2

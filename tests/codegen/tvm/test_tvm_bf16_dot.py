@@ -27,7 +27,7 @@ BN = 64
 TOL = 2e-6  # fp32 pair sums and accumulation over K = 256, relative to Σ|x|·(|w| + |z·s|)
 
 
-def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, **quant):
+def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, tile_n=BN, **quant):
     rng = np.random.default_rng(seed)
     qw = quantize(rng.standard_normal((N, K)).astype(np.float32), dtype, G, **quant)
     tiled = retile_columns(qw, BN, pairs=pairs)
@@ -35,7 +35,7 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, **quant):
     x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32)).bfloat16()
     y = torch.full((M, N), float("nan"), dtype=torch.float32)
     consts = dict(wdtype=dtype, G=G, zero_mode=qw.zero_mode, adtype="bfloat16", sdtype=str(qw.scales.dtype))
-    consts.update(wlayout=tiled.layout, BM=BM or M, BN=BN, BK=G if G > 0 else 128)
+    consts.update(wlayout=tiled.layout, BM=BM or M, BN=tile_n, BK=G if G > 0 else 128)
     kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 4, "vector": 16, **options})
     yb = torch.empty((M, N), dtype=torch.bfloat16)
     args = dict(x=x, w=tiled.words, scales=qw.scales, y=yb, M=M, N=N, K=K)
@@ -68,6 +68,23 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
     err, bound, kernel = run(dtype, m, n, 256, g, {}, seed=n + m, **quant)
     assert STAND_IN in kernel.source
     assert "llvm.prefetch.p0" in kernel.source  # both walk orders hint the weight stream ahead
+    assert err < bound
+
+
+@needs_bf16
+@settings(max_examples=6, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    n=st.sampled_from([256, 512, 300]),  # 300: a ragged last column tile
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+)
+def test_m1_pair_dot_over_256_column_tiles(dtype, n, g, asym):
+    """M = 1 with the kernel's 256-column tile (spaces._pair_dot: 16 accumulators) over the layout's 64-column
+    blocks: four weight streams per tile."""
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    err, bound, kernel = run(dtype, 1, n, 256, g, {"tm": 1}, seed=n, tile_n=256, **quant)
+    assert STAND_IN in kernel.source
     assert err < bound
 
 
