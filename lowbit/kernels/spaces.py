@@ -170,9 +170,9 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
 
 def _pair_dot(problem: Mapping[str, Any]) -> bool:
     """Whether the GEMV's dot is the vdpbf16ps pair dot here (lowbit/codegen/tvm README, "bf16 dot"): bf16
-    activations, 4-bit codes, a CPU with AVX-512 BF16. At M = 1 its 256-column tiles keep 16 accumulators
-    (two chains of vdpbf16ps per column vector) where 128-column tiles keep 8: weights streamed (a ring of
-    copies), 2 threads, alternating in one process, 0.222 against 0.241-0.256 ms at 4096², 0.670-0.676
+    activations, 4-bit codes, a CPU with AVX-512 BF16. At M = 1 its 256-column tiles keep 16 accumulators (16
+    independent vdpbf16ps chains, one per column vector) where 128-column tiles keep 8. Weights streamed (a
+    ring of copies), 2 threads, alternating in one process: 0.222 against 0.241-0.256 ms at 4096², 0.670-0.676
     against 0.695-0.713 ms at 11008x4096 (the torch `sum` of the same bytes: 0.216 and 0.621 ms). The fp32
     form spills there (0.40 against 0.24 ms), so it keeps 128."""
     from lowbit.artifact.fingerprint import isa_flags
