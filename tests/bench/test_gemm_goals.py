@@ -26,9 +26,9 @@ def verdicts(rows, config=None):
 def test_m1_needs_80_percent_of_the_roofline_and_both_speedups():
     got = verdicts([row(1, "lowbit", roof=0.81, x32=7.2, x16=3.4), row(1, "lowbit_a8", roof=0.5, x32=8.0, x16=4.0)])
     assert got == {
-        "W4A16 tvm M=1 4096x4096 | 81% of the roofline (target >= 80%)": True,
-        "W4A16 tvm M=1 4096x4096 | 7.20 x torch fp32 (target >= 7)": True,
-        "W4A16 tvm M=1 4096x4096 | 3.40 x torch bf16 (target >= 3.5)": False,
+        "W4A32 (fp32 x) tvm M=1 4096x4096 | 81% of the roofline (target >= 80%)": True,
+        "W4A32 (fp32 x) tvm M=1 4096x4096 | 7.20 x torch fp32 (target >= 7)": True,
+        "W4A32 (fp32 x) tvm M=1 4096x4096 | 3.40 x torch bf16 (target >= 3.5)": False,
         "W4A8 tvm M=1 4096x4096 | 50% of the roofline (target >= 80%)": False,
         "W4A8 tvm M=1 4096x4096 | 8.00 x torch fp32 (target >= 7)": True,
         "W4A8 tvm M=1 4096x4096 | 4.00 x torch bf16 (target >= 3.5)": True,
@@ -38,10 +38,10 @@ def test_m1_needs_80_percent_of_the_roofline_and_both_speedups():
 def test_larger_m_targets_and_nan_never_passes():
     got = verdicts([row(16, "lowbit", x32=2.9, x16=1.2), row(64, "lowbit", x16=math.nan), row(256, "lowbit", x16=1.0)])
     assert got == {
-        "W4A16 tvm M=16 4096x4096 | 2.90 x torch fp32 (target >= 3)": False,
-        "W4A16 tvm M=16 4096x4096 | 1.20 x torch bf16 (target >= 1)": True,
-        "W4A16 tvm M=64 4096x4096 | nan x torch bf16 (target >= 1)": False,
-        "W4A16 tvm M=256 4096x4096 | 1.00 x torch bf16 (target >= 1)": True,
+        "W4A32 (fp32 x) tvm M=16 4096x4096 | 2.90 x torch fp32 (target >= 3)": False,
+        "W4A32 (fp32 x) tvm M=16 4096x4096 | 1.20 x torch bf16 (target >= 1)": True,
+        "W4A32 (fp32 x) tvm M=64 4096x4096 | nan x torch bf16 (target >= 1)": False,
+        "W4A32 (fp32 x) tvm M=256 4096x4096 | 1.00 x torch bf16 (target >= 1)": True,
     }
 
 
@@ -62,7 +62,7 @@ def test_other_group_sizes_and_other_dtypes_are_not_judged():
 
 def test_bf16_activation_rows_are_judged_beside_the_fp32_ones():
     got = verdicts([row(1, "lowbit", roof=0.7, x32=9.0, x16=4.0), row(1, "lowbit_bf16", roof=0.85, x32=10.0, x16=5.0)])
-    assert got["W4A16 tvm M=1 4096x4096 | 70% of the roofline (target >= 80%)"] is False
+    assert got["W4A32 (fp32 x) tvm M=1 4096x4096 | 70% of the roofline (target >= 80%)"] is False
     assert got["W4A16 (bf16 x) tvm M=1 4096x4096 | 85% of the roofline (target >= 80%)"] is True
     assert len(got) == 6
 
@@ -76,6 +76,19 @@ def test_the_stream_row_stands_beside_the_roofline_verdict():
     report = Report(CPU, [stream, kernel], [], {"group_size": 128})
     lines = {g["goal"]: g["met"] for g in goals(report)}
     # (1000 / 0.6) / (900 / 0.5) = 0.926
-    want = "W4A16 tvm M=1 4096x4096: 70% of the roofline (target >= 80%) [93% of the stream row's bytes/s, side by side]"
+    want = (
+        "W4A32 (fp32 x) tvm M=1 4096x4096: 70% of the roofline (target >= 80%) "
+        "[93% of the stream row's bytes/s, side by side]"
+    )
     assert lines[want] is False
     assert sum("stream" in g for g in lines) == 1  # only the roofline line; the stream row itself is no goal
+
+
+def test_gpu_lowbit_rows_are_w4a16():
+    """On a GPU the lowbit rows take fp16 activations: W4A16, judged by the GPU targets."""
+    gpu = Machine("cuda:0", "test gpu", 1, None, 4000.0, {"bfloat16": 900e3})
+    report = Report(gpu, [row(1, "lowbit", roof=0.9, x16=4.0)], [], {"group_size": 128})
+    assert {g["goal"]: g["met"] for g in goals(report)} == {
+        "W4A16 tvm M=1 4096x4096: 90% of the roofline (target >= 80%)": True,
+        "W4A16 tvm M=1 4096x4096: 4.00 x torch bf16 (target >= 3.5)": True,
+    }

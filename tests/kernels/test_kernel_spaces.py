@@ -67,7 +67,8 @@ def test_unknown_names():
 def test_m1_pair_dot_takes_256_column_tiles(flags, monkeypatch):
     """TVM's M = 1 GEMV: 256-column tiles (16 accumulators) for the vdpbf16ps pair dot (bf16 x, 4-bit codes,
     AVX-512 BF16) where they divide N; else 8 vectors of columns (128 on AVX-512, 64 on AVX2)."""
-    fingerprint = importlib.import_module("lowbit.artifact.fingerprint")  # the package re-exports a function of that name
+    # the module itself: the package re-exports a function of that name
+    fingerprint = importlib.import_module("lowbit.artifact.fingerprint")
     monkeypatch.setattr(fingerprint, "isa_flags", lambda: flags)
     pair = "avx512_bf16" in flags
     wide = 128 if "avx512f" in flags else 64
