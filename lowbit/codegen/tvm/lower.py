@@ -1824,12 +1824,11 @@ class _Emitter:
         if not per or per < 2:
             return False
         shape = tuple(int(n) for n in lay.shape)
-        rows = shape[0] // per
-        k = np.arange(rows * per)[:, None]
+        k = np.arange(shape[0])[:, None]  # every k, a last word row of fewer than per_word included (K = 8, int3)
         j = np.arange(shape[1])[None, :: max(1, shape[1] // 64)]
         word, bit = (np.broadcast_to(np.asarray(v, np.int64), (k.size, j.size)) for v in lay.locate(k, j))
-        w, b = word.reshape(rows, per, -1), bit.reshape(rows, per, -1)
-        return bool((w == w[:, :1]).all() and (b == (np.arange(per) * lay.bits)[None, :, None]).all())
+        first = k[:, 0] - k[:, 0] % per  # the first k of each k's word row
+        return bool((word == word[first]).all() and (bit == (k % per) * lay.bits).all())
 
     def _dot_lut_words(self, inst: I.Dot, out: str, load: I.Load, table: list[float]) -> None:
         """`dot_lut` for codes whose words hold a count that does not divide the tile's rows (int3: ten per

@@ -205,3 +205,26 @@ def test_quantized_linear_runs_the_gemv_at_every_m_for_4_bit_weights():
         assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-5
         (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
         assert kernel.program.name == want
+
+
+@pytest.mark.parametrize("dtype", ["int3", "uint3"])
+@pytest.mark.parametrize("k", [4, 8, 16])
+@pytest.mark.parametrize("layout", ["row", "reordered"])
+def test_fewer_k_than_one_word_of_3_bit_codes(dtype, k, layout):
+    """K below or not a multiple of the ten 3-bit codes per word (K = 4, 8, 16, per channel): `_whole_words`
+    checks the partial last word row too (K = 8 failed with a reshape error), through quantized_linear at M = 1."""
+    import torch
+
+    from lowbit.ops import quantized_linear
+
+    rng = np.random.default_rng(k)
+    qw = quantize(rng.standard_normal((33, k)).astype(np.float32), dtype, -1, layout=layout)
+    x = rng.standard_normal((1, k)).astype(np.float32)  # the M = 1 walk takes the word-row check
+    w = qw.dequantize().astype(np.float64).T
+    scale = np.abs(x.astype(np.float64)) @ np.abs(w)
+    for adtype, tol in (("float32", TOL), ("bfloat16", 2.0**-8)):
+        xt = torch.from_numpy(x).to(getattr(torch, adtype))
+        y = quantized_linear(xt, qw, backend="tvm").double().numpy()
+        ref = xt.double().numpy() @ w
+        err = float(np.linalg.norm(y - ref) / np.linalg.norm(scale))
+        assert np.isfinite(y).all() and err < tol, (adtype, err)
