@@ -156,7 +156,7 @@ def quantized_linear(
 ) -> Any:
     """y[..., N] = x[..., K] @ qweight.dequantize().T (+ bias), in x's dtype and framework (numpy or torch).
 
-    x: contiguous float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features.
+    x: float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features (a strided view is copied).
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
     kernel: None (the rule in the module docstring) or "quantized_gemv_a8" (int8 activations, any M).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
@@ -172,7 +172,8 @@ def quantized_linear(
             f"x has shape {list(shape)} but qweight has in_features K={k}; pass x of shape [..., {k}] "
             f"(qweight.shape is (out_features, in_features) = {qweight.shape})"
         )
-    _check_contiguous("x", x, is_torch)
+    if not (x.is_contiguous() if is_torch else x.flags.c_contiguous):
+        x = x.contiguous() if is_torch else np.ascontiguousarray(x)  # a strided view is copied, as F.linear reads any
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias has shape {list(bias.shape)}; pass a [{n}] bias (out_features) or None")
     if out is not None:

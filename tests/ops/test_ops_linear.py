@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from linear_reference import HOST, bound, reference, relative_error
 
-from lowbit.codegen.backend import Config
+from lowbit.codegen.backend import Config, available_backends
 from lowbit.dtypes import SMALL_FLOAT_TYPES, holds_exactly
 from lowbit.kernels import quantized_gemm, quantized_gemv, w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.ops import quantize, quantized_linear, select_backend, select_kernel
@@ -110,7 +110,7 @@ def test_unusual_group_size_falls_back_to_one_group_per_step():
     [
         ("k", r"x has shape \[3, 100\] but qweight has in_features K=128; pass x of shape \[\.\.\., 128\]"),
         ("dtype", r"x has dtype int32; activations must be one of \['float16', 'bfloat16', 'float32'\]"),
-        ("strided", "x is not contiguous.*contiguous"),
+        ("strided_out", r"out is not contiguous.*out\.contiguous\(\)"),
         ("qweight", "qweight is a ndarray; build it with lowbit.ops.quantize"),
         ("bias", r"bias has shape \[7\]; pass a \[24\] bias"),
         ("out_shape", r"out has shape \[3, 7\]; it must be \[3, 24\]"),
@@ -126,8 +126,8 @@ def test_validation_errors_name_the_field(case, match):
         x = activations((3, 100), "float16")
     elif case == "dtype":
         x = np.zeros((3, 128), np.int32)
-    elif case == "strided":
-        x = activations((128, 3), "float16").T
+    elif case == "strided_out":
+        kwargs["out"] = np.zeros((24, 3), np.float16).T
     elif case == "qweight":
         qw = np.zeros((24, 128))
     elif case == "bias":
@@ -189,3 +189,17 @@ def test_tvm_torch_calls_take_the_bound_launcher_and_match_the_dict_call(M, N, K
     assert got is out and torch.equal(out, (y.float() + bias).to(adtype))
     if x_np is not None:  # the NumPy path adds the bias the same way
         assert np.array_equal(out.numpy(), quantized_linear(x_np, qw, backend="tvm", bias=bias.numpy()))
+
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_strided_x_is_copied_not_refused(backend):
+    """A non-contiguous x (a transposed or sliced view, NumPy or torch) gives the contiguous x's result."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    qw = quantize(weight(24, 128), "int4", 32)
+    base = activations((128, 6), "float32")
+    views = [base.T[::2], torch.from_numpy(base).T[1::2]]
+    for x in views:
+        want = reference(np.ascontiguousarray(np.asarray(x)), qw)
+        got = quantized_linear(x, qw, backend=backend)
+        assert relative_error(np.asarray(got), want) <= 2e-5
