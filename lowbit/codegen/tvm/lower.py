@@ -125,7 +125,10 @@ INT8_DOT = ("auto", "vnni", "avx2", "none")
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
 MAX_UNROLLED_VECTORS = 8
-PREFETCH_MIN_BYTES = 512  # smallest tile `_Emitter.prefetch` hints
+# the smallest tile `_Emitter.prefetch` hints. At 256 the M = 1 GEMV's scale row (256 B per group, 8 KiB apart)
+# was hinted too: no change beyond noise (4096² int4 bf16 x, streamed, alternating: 0.235 / 0.235 ms against
+# 0.226 / 0.236 ms; an earlier noisier pair 0.269 / 0.271 against 0.275 / 0.285)
+PREFETCH_MIN_BYTES = 512
 # instructions whose result is a constant tile when every operand is one (see `_Emitter.const_tiles`)
 _CONST_PRESERVING = (I.Binary, I.Unary, I.Cast, I.Reshape, I.Broadcast, I.Transpose, I.Where)
 
