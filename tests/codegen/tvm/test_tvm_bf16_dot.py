@@ -54,6 +54,17 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, tile_n=BN, **qu
     return err, float(np.linalg.norm(ref) / np.linalg.norm(scale)) * 2.0**-8 + TOL, kernel
 
 
+def linear_bf16(dtype, m, n, k, seed):
+    """quantized_linear (tvm) of bf16 x [m, k] and a `dtype` g128 weight [n, k]: (weight, y, relative error
+    against the fp64 x @ dequant(W)^T)."""
+    rng = np.random.default_rng(seed)
+    qw = quantize(rng.standard_normal((n, k)).astype(np.float32), dtype, 128)
+    x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm")
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    return qw, y, float(np.linalg.norm(y.double().numpy() - ref) / np.linalg.norm(ref))
+
+
 @needs_bf16
 @settings(max_examples=10, deadline=None)
 @given(
@@ -120,12 +131,8 @@ def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
     from lowbit.kernels.spaces import gemm_row_tile
 
     assert [gemm_row_tile(m) for m in (17, 40, 64, 100, 256)] == [32, 64, 64, 128, 128]
-    rng = np.random.default_rng(3)
-    qw = quantize(rng.standard_normal((128, 512)).astype(np.float32), "int4", 128)
-    x = torch.from_numpy(rng.standard_normal((40, 512)).astype(np.float32)).bfloat16()
-    y = quantized_linear(x, qw, backend="tvm").double().numpy()
-    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
-    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-8
+    qw, _, err = linear_bf16("int4", 40, 128, 512, seed=3)
+    assert err < 2.0**-8
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
     assert kernel.program.name == "quantized_gemv" and dict(kernel.program.constants)["BM"] == 64
     assert "# fused:" in kernel.source
@@ -139,12 +146,8 @@ def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
 def test_other_cases_keep_the_fp32_table_decode(options, pairs, dtype):
     """bf16_dot "none", words not in pair order or codes that are not 4-bit: no stand-in, same numerics."""
     if dtype == "int8":
-        rng = np.random.default_rng(0)
-        qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int8", 128)
-        x = torch.from_numpy(rng.standard_normal((1, 256)).astype(np.float32)).bfloat16()
-        y = quantized_linear(x, qw, backend="tvm").double().numpy()
-        ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
-        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-8
+        qw, _, err = linear_bf16("int8", 1, 64, 256, seed=0)
+        assert err < 2.0**-8
         src = "\n".join(getattr(k, "source", "") for k in qw.__dict__.get("_plans", {}).values())
         assert src and STAND_IN not in src
         return
@@ -165,13 +168,9 @@ def test_patched_kernel_exports_and_reloads(tmp_path):
 
 @needs_bf16
 def test_quantized_linear_takes_the_pair_layout_for_bf16():
-    rng = np.random.default_rng(1)
-    qw = quantize(rng.standard_normal((96, 512)).astype(np.float32), "int4", 128)
-    x = torch.from_numpy(rng.standard_normal((2, 512)).astype(np.float32)).bfloat16()
-    y = quantized_linear(x, qw, backend="tvm")
+    qw, y, err = linear_bf16("int4", 2, 96, 512, seed=1)
     assert y.dtype == torch.bfloat16
-    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
-    assert np.linalg.norm(y.double().numpy() - ref) / np.linalg.norm(ref) < 2.0**-8
+    assert err < 2.0**-8
     assert qw.__dict__["_cpu_pairs"].layout == column_tiled((512, 96), 4, 64, pairs=True)
     src = "\n".join(getattr(k, "source", "") for k in qw.__dict__["_plans"].values())
     assert STAND_IN in src
