@@ -107,6 +107,7 @@ class Emitter:
         self.used |= {p.name for p in program.params} | {f"{p.name}_ptr" for p in program.tensor_params}
         self.used |= {str(s) for s in program.program_ids}
         self.used |= {str(s.var) for s in walk(program.body) if isinstance(s, (For, ScalarLoad))}
+        self.loops: dict[sympy.Symbol, tuple[Any, Any]] = {}  # the enclosing loops' (start, step) by variable
 
     def fresh(self, base: str) -> str:
         base = base if base.isidentifier() and not keyword.iskeyword(base) else f"t_{base}"
@@ -190,7 +191,9 @@ def _for(em: Emitter, s: For) -> None:
     em.used.add(str(s.var))
     em.emit(f"for {s.var} in range({expr(s.start)}, {expr(s.stop)}, {expr(s.step)}):")
     outer, em.indent = em.indent, em.indent + "    "
+    em.loops[s.var] = (s.start, s.step)
     em.body(s.body) if s.body else em.emit("pass")
+    del em.loops[s.var]
     em.indent = outer
 
 

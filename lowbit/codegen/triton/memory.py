@@ -11,6 +11,7 @@ share a word never lose each other's bits.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -98,7 +99,11 @@ def _load(em: Emitter, inst: I.Load, out: str) -> None:
     plain = other == 0 and not (dt.is_float and math.copysign(1.0, other) < 0)
     target = out if plain else f"{out}_v"
     if isinstance(p.layout, PackedLayout):
-        value = _load_packed(em, p, coords, inside, target)
+        run = _word_run(em, p.layout, inst.offsets, inst.shape)
+        if run is not None:
+            value = _load_words(em, p, inst, run, inside, target)
+        else:
+            value = _load_packed(em, p, coords, inside, target)
     else:
         offset = expr(_element_offset(p, coords))
         raw = em.let(f"{out}_raw", f"tl.load({p.name}_ptr + ({offset}), mask={inside}, other=0)")
@@ -114,6 +119,81 @@ def _words(em: Emitter, p: TensorParam, word: str, mask: str, base: str) -> str:
     if layout.word_bits == 32:
         return em.let(f"{base}_u", f"{raw}.to(tl.uint32, bitcast=True)")
     return em.let(f"{base}_u", f"{raw}.to(tl.int32) & {hex((1 << layout.word_bits) - 1)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _runs(layout: PackedLayout) -> tuple[tuple[int, int], ...]:
+    """The axes d along which `layout` packs runs of per_word consecutive codes into one word in order: with
+    c_d = p·U + v (v < p) and every other coordinate fixed, the word does not depend on v and the bit is
+    v·bits. (axis, p) pairs, p a power of two; checked on the closed form with symbolic coordinates."""
+    bits, wb = layout.bits, layout.word_bits
+    p = layout.per_word if layout.per_word is not None else (wb // bits if wb % bits == 0 else None)
+    if p is None or p < 2 or p & (p - 1):
+        return ()
+    rank = len(layout.shape)
+    syms = [sympy.Symbol(f"_c{d}", integer=True, nonnegative=True) for d in range(rank)]
+    u = sympy.Symbol("_u", integer=True, nonnegative=True)
+    found = []
+    for d in range(rank):
+        at = [[*syms[:d], p * u + v, *syms[d + 1 :]] for v in range(p)]
+        locs = [layout.locate(*c) for c in at]
+        word0 = sympy.sympify(locs[0][0])
+        if all(
+            sympy.simplify(sympy.sympify(w) - word0) == 0 and sympy.simplify(sympy.sympify(b) - v * bits) == 0
+            for v, (w, b) in enumerate(locs)
+        ):
+            found.append((d, p))
+    return tuple(found)
+
+
+def _multiple_of(em: Emitter, e: Any, p: int) -> bool:
+    """Whether offset `e` is a multiple of p for every value its loop variables take (each loop variable
+    is start + step·i)."""
+    e = sympy.sympify(e)
+    subs = {
+        v: sympy.sympify(start) + sympy.sympify(step) * sympy.Symbol(f"_i_{v}", integer=True, nonnegative=True)
+        for v, (start, step) in em.loops.items()
+        if v in e.free_symbols
+    }
+    return sympy.expand(e.subs(subs) / p).is_integer is True
+
+
+def _word_run(em: Emitter, layout: PackedLayout, offsets: tuple[Any, ...], shape: tuple[int, ...]):
+    """(axis, p) when a tile at `offsets` of `shape` is whole words along a run axis of the layout: the
+    tile's extent there a multiple of p and its offset provably one. Such a tile loads each word once."""
+    for d, p in _runs(layout):
+        if shape[d] % p == 0 and _multiple_of(em, offsets[d], p):
+            return d, p
+    return None
+
+
+def _load_words(em: Emitter, p: TensorParam, inst: I.Load, run: tuple[int, int], inside: str, target: str) -> str:
+    """A packed tile that is whole words along axis d: load its [.., n_d / per, ..] words once (not once per
+    code: per int4 word one load where the per-code form has eight), split each word into its per codes
+    along a new axis right after d by one shift and mask, and reshape the codes to the tile (the new axis
+    is the code's place in its word, so the row-major merge is c_d). Codes outside the tensor along d (a
+    last word's spare slots) and outside the user's mask read as 0."""
+    out = target.removesuffix("_v")
+    layout: PackedLayout = p.layout
+    d, per = run
+    rank, shape = len(inst.shape), inst.shape
+    wshape = tuple(n // per if i == d else n for i, n in enumerate(shape))
+    wsyms = []
+    for i, (o, n) in enumerate(zip(inst.offsets, wshape)):
+        index = "" if rank == 1 else "[" + ", ".join(":" if j == i else "None" for j in range(rank)) + "]"
+        start = expr(sympy.floor(sympy.sympify(o) / per) if i == d else o)
+        arange = f"tl.arange(0, {n}){index}"
+        wsyms.append(index_symbol(em.let(f"{out}_j{i}", arange if start == "0" else f"{start} + {arange}")))
+    at = [per * s if i == d else s for i, s in enumerate(wsyms)]
+    word, _ = layout.locate(*at)
+    terms = [f"({expr(c)} < {expr(extent)})" for c, extent in zip(at, p.shape)]
+    words = _words(em, p, expr(word), em.let(f"{out}_win", " & ".join(terms)), f"{out}_w")
+    spread = "[" + ", ".join("None" if j == d + 1 else ":" for j in range(rank + 1)) + "]"
+    place = "[" + ", ".join(":" if j == d + 1 else "None" for j in range(rank + 1)) + "]"
+    split = f"({words}{spread} >> (tl.arange(0, {per}) * {layout.bits}){place}) & {hex((1 << layout.bits) - 1)}"
+    codes = em.let(f"{out}_codes", f"tl.reshape(({split}).to(tl.int32), ({', '.join(map(str, shape))}))")
+    code = em.let(f"{out}_code", f"tl.where({inside}, {codes}, 0)")
+    return nx.value_of(em, p.dtype, code, target)
 
 
 def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str, target: str) -> str:
