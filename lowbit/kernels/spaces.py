@@ -18,7 +18,7 @@ The `problem` mapping of a constraint holds the kernel's fixed values: M, N, K, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lowbit.codegen.backend import Config
@@ -202,6 +202,42 @@ def gemm_column_tile(n: int) -> int:
     return next((bn for bn in (256, 128) if n % bn == 0), 64)
 
 
+def _native_triton() -> bool:
+    from lowbit.codegen.triton.runtime import INTERPRET
+
+    return not INTERPRET
+
+
+def _widest(columns: tuple[int, ...], tiles: Callable[[int], int], units: int) -> int:
+    """The widest column tile whose grid gives every SM at least two programs, else the narrowest."""
+    return next((bn for bn in columns if tiles(bn) >= 2 * units), columns[-1])
+
+
+def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config | None:
+    """The native Triton (CUDA) default, for a GPU of `units` SMs, used when nothing was tuned (`--tune`
+    measures the space instead). Reasoned, not measured (no GPU has run lowbit yet): a memory-bound kernel
+    needs about bandwidth x latency in flight (H200: 4.8 TB/s x ~0.6 us = ~3 MB, ~22 KB per SM), and the
+    interpreter-sized default (a [16, 32] tile, K steps of 128, 3 stages) keeps ~4 KB per program in flight.
+
+    * GEMV (M <= 16): K steps of 256 and 4 stages (3 in flight: 4 KB of int4 words per 16-column step),
+      columns as wide as keep >= 2 programs per SM (8192 columns: 16; 28672: 64);
+    * GEMM (fp16 tensor-core dot of dequantized tiles): 64 or 128 rows (by M), 128 columns narrowed until
+      >= 2 programs per SM, K steps of 64, 4 / 8 warps, 3 stages;
+    * W4A8 (int8 dot): 128 x 128 tiles (narrower for small grids), K steps of 128, 8 warps, 3 stages."""
+    m, n = int(problem.get("M", 16) or 16), int(problem.get("N", 4096) or 4096)
+    rows = 1 << max(0, (min(m, 128) - 1).bit_length())  # M rounded up to a power of two, at most 128
+    if kernel == "quantized_gemv":
+        bn = _widest((64, 32, 16), lambda bn: math.ceil(n / bn), units)
+        return Config.make({"BM": 16, "BN": bn, "BK": 256}, {"num_warps": 4, "num_stages": 4})
+    if kernel in KERNELS:
+        bm = 64 if rows <= 64 else 128
+        bk = 64 if kernel == "quantized_gemm" else 128
+        bn = _widest((128, 64, 32), lambda bn: math.ceil(m / bm) * math.ceil(n / bn), units)
+        warps = 8 if bm * bn >= 128 * 128 else 4
+        return Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": warps, "num_stages": 3})
+    return None
+
+
 def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:
     """The space's default point if valid for `problem`, else the first valid point (ValueError if none).
     On the TVM backend the default depends on M (see `_cpu_default`)."""
@@ -211,6 +247,12 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
         cpu = _cpu_default(kernel, problem)
         if cpu is not None and sp.check(cpu, problem) is None:
             return cpu
+    if backend == "triton" and _native_triton():
+        from lowbit.kernels.launch import device_units
+
+        gpu = gpu_default(kernel, problem, device_units())
+        if gpu is not None and sp.check(gpu, problem) is None:
+            return gpu
     if sp.check(sp.default, problem) is None:
         return sp.default
     for cfg in sp:
@@ -222,4 +264,12 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
     )
 
 
-__all__ = ["KERNELS", "SHARED_MEMORY_BYTES", "default_config", "gemm_column_tile", "gemm_row_tile", "space"]
+__all__ = [
+    "KERNELS",
+    "SHARED_MEMORY_BYTES",
+    "default_config",
+    "gemm_column_tile",
+    "gemm_row_tile",
+    "gpu_default",
+    "space",
+]

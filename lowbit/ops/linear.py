@@ -195,6 +195,15 @@ def quantized_linear(
             a8_plan(qweight, m, backend, adtype).run(x.reshape(m, k).contiguous(), ya)
             return _torch_result(ya, bias, shape, out)
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
+    elif is_torch and m and _on_launch_device(x, backend):
+        # torch activations on the Triton launch device (a CUDA GPU; the CPU under the interpreter): the weight's
+        # arrays are copied there once and kept on the weight (`device_weight`), x and y never leave it, and the
+        # call launches the kernel directly (no host round trip: a per-call copy of a 32 MB weight over PCIe
+        # would be what a GPU benchmark timed), so it can be captured in a CUDA graph
+        ya = _torch_empty((m, n), x)
+        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
+        _compiled(qweight, m, backend, adtype, fixed, args, tune, config)(args)
+        return _torch_result(ya, bias, shape, out)
     elif (
         backend == "tvm"
         and is_torch
@@ -564,44 +573,118 @@ def _kernel_layout(qw: QuantizedWeight) -> PackedLayout | Any:
     return wlayout
 
 
+def _on_launch_device(x: Any, backend: str) -> bool:
+    """Whether torch tensor `x` lies where the Triton backend launches (cuda natively, cpu interpreted)."""
+    if backend != "triton":
+        return False
+    from lowbit.codegen.triton.runtime import DEVICE
+
+    return bool(x.device.type == DEVICE)
+
+
+def device_weight(qw: QuantizedWeight, device: Any) -> dict[str, Any]:
+    """`qw`'s arrays as torch tensors on `device` in the kernels' element form (words as signed ints of the
+    word width), copied once and kept on the weight: {"words", "scales", "zeros", "channel_scales"} (None
+    where the weight has none)."""
+    import torch
+
+    slot = f"_on_{torch.device(device)}"
+    cached = qw.__dict__.get(slot)
+    if cached is None:
+        signed = {np.dtype(np.uint8): np.int8, np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}
+
+        def put(a: Any) -> Any:
+            if a is None:
+                return None
+            if hasattr(a, "detach"):  # already torch
+                a = a.detach().cpu().numpy()
+            a = np.ascontiguousarray(a)
+            a = a.view(signed[a.dtype]) if a.dtype in signed else a
+            return torch.from_numpy(a).to(device)
+
+        cached = {
+            "words": put(qw.words),
+            "scales": put(qw.scales),
+            "zeros": put(qw.zeros),
+            "channel_scales": put(qw.channel_scales),
+        }
+        qw.__dict__[slot] = cached
+    return cached
+
+
+def quantize_per_token_int8_torch(x: Any) -> tuple[Any, Any]:
+    """`lowbit.quant.quantize_per_token_int8` on a torch tensor where it lies, bit for bit: (qa [M, K] int8,
+    sa [M] float16). The scale's rounding and guards are storage_scale's (0 -> 1, an fp16 underflow -> the
+    smallest subnormal, overflow -> 65504); no finiteness check (it would synchronize the device): a row
+    with NaN gives NaN, as F.linear would."""
+    import torch
+
+    x32 = x.float()
+    raw = x32.abs().amax(dim=-1).double() / 127.0  # [M]
+    s = raw.to(torch.float16)
+    s = torch.where(raw == 0, torch.ones_like(s), s)
+    s = torch.where(s == 0, torch.full_like(s, 2.0**-24), s)
+    s = torch.minimum(s, torch.full_like(s, 65504.0))
+    qa = torch.clamp(torch.round(x32 / s.float()[:, None]), -127, 127).to(torch.int8)
+    return qa, s
+
+
+def _device_arguments(qw: QuantizedWeight, x: Any, y: Any, adtype: str) -> tuple[dict, dict]:
+    # `_arguments` for torch x [M, K] and y [M, N] on the launch device, with the weight's device copy
+    arrays = device_weight(qw, x.device)
+    if qw.scheme == "w_a16":
+        n, k = qw.shape
+        args = {"x": x, "w": arrays["words"], "scales": arrays["scales"], "y": y, "M": x.shape[0], "N": n, "K": k}
+        if qw.zeros is not None:
+            args["zeros"] = arrays["zeros"]
+        return _a16_fixed(qw, adtype), args
+    qa, sa = quantize_per_token_int8_torch(x)
+    return _w4a8_arguments(qw, qa, sa.float(), y, adtype, arrays)
+
+
+def _a16_fixed(qw: QuantizedWeight, adtype: str) -> dict:
+    return {
+        "wdtype": qw.dtype.name,
+        "G": qw.group_size,
+        "zero_mode": qw.zero_mode,
+        "adtype": adtype,
+        "sdtype": str(qw.scales.dtype),
+        "wlayout": _kernel_layout(qw),
+    }
+
+
 def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str, backend: str) -> tuple[dict, dict]:
     # fixed DSL constants and runtime arguments for the kernel that `select_kernel` picks;
     # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
     if backend == "tvm":
         qw = cpu_weight(qw, adtype)
     n, k = qw.shape
-    m = x2.shape[0]
-    wlayout = _kernel_layout(qw)
-    sizes = {"M": m, "N": n, "K": k}
+    sizes = {"M": x2.shape[0], "N": n, "K": k}
     if qw.scheme == "w_a16":
-        fixed = {
-            "wdtype": qw.dtype.name,
-            "G": qw.group_size,
-            "zero_mode": qw.zero_mode,
-            "adtype": adtype,
-            "sdtype": str(qw.scales.dtype),
-            "wlayout": wlayout,
-        }
         args = {"x": x, "w": qw.words, "scales": qw.scales, "y": y, **sizes}
         if qw.zeros is not None:
             args["zeros"] = qw.zeros
-        return fixed, args
+        return _a16_fixed(qw, adtype), args
     qa, sa = quantize_per_token_int8(x2.astype(np.float32))  # [M, K] int8, [M] fp16
     return _w4a8_arguments(qw, qa, sa, y, adtype)
 
 
-def _w4a8_arguments(qw: QuantizedWeight, qa: np.ndarray, sa: np.ndarray, y: Any, ydtype: str) -> tuple[dict, dict]:
+def _w4a8_arguments(
+    qw: QuantizedWeight, qa: Any, sa: Any, y: Any, ydtype: str, arrays: dict[str, Any] | None = None
+) -> tuple[dict, dict]:
+    # `arrays`: the weight's arrays where the kernel reads them (`device_weight`), else its NumPy ones
     n, k = qw.shape
-    wlayout = _kernel_layout(qw)
+    a = arrays or {"words": qw.words, "scales": qw.scales, "zeros": qw.zeros, "channel_scales": qw.channel_scales}
     sizes = {"M": qa.shape[0], "N": n, "K": k}
-    fixed = {"wdtype": qw.dtype.name, "ydtype": ydtype, "sdtype": "float16", "wlayout": wlayout}
-    args = {"xq": qa, "sx": sa.astype(np.float32), "w": qw.words, "y": y, **sizes}
-    assert qw.zeros is not None
+    fixed = {"wdtype": qw.dtype.name, "ydtype": ydtype, "sdtype": "float16", "wlayout": _kernel_layout(qw)}
+    sx = sa if arrays is not None else sa.astype(np.float32)
+    args = {"xq": qa, "sx": sx, "w": a["words"], "y": y, **sizes}
+    assert a["zeros"] is not None
     if qw.scheme == "w4a8_group":
         fixed["G"] = qw.group_size
-        args.update(s2=qw.scales, z2=qw.zeros, s1=qw.channel_scales)
+        args.update(s2=a["scales"], z2=a["zeros"], s1=a["channel_scales"])
     else:
-        args.update(zeros=qw.zeros[0], scales=qw.scales[0])
+        args.update(zeros=a["zeros"][0], scales=a["scales"][0])
     return fixed, args
 
 

@@ -82,3 +82,63 @@ def test_m1_pair_dot_takes_256_column_tiles(flags, monkeypatch):
     assert bn(adtype="float32", N=4096) == wide  # the fp32 form would spill 16 accumulators
     assert bn(adtype="bfloat16", N=4096, wdtype="int3") == wide  # no pair dot for 3-bit codes
     assert bn(adtype="bfloat16", N=4096, M=4) == wide // 2  # M > 1: 4 vectors, tm 2
+
+
+GPU_SHAPES = [(m, n, 8192) for m in (1, 16, 64, 256, 1024, 4096) for n in (8192, 28672)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_gpu_defaults_fit_the_space_and_feed_every_sm(kernel):
+    """The native Triton defaults for an H200 (132 SMs) at the benchmark's GPU layers: valid in the space
+    (shared memory, dot K, groups, words) for every bit width, at least 2 programs per SM unless the column
+    tile is already the narrowest, and the GEMV's K steps of 256."""
+    import math
+
+    from lowbit.kernels.spaces import gpu_default
+
+    wdtypes = ("uint4", "uint8", "uint2") if kernel.startswith("w4a8") else ("int4", "int3", "int8", "fp6_e3m2")
+    for (m, n, k), wdtype in ((s, w) for s in GPU_SHAPES for w in wdtypes):
+        if (kernel == "quantized_gemv") != (m <= 16):
+            continue
+        problem = {"M": m, "N": n, "K": k, "G": -1 if kernel == "w4a8_gemm_per_channel" else 128, "wdtype": wdtype}
+        problem["adtype"] = "int8" if kernel.startswith("w4a8") else "float16"
+        cfg = gpu_default(kernel, problem, 132)
+        assert cfg is not None and space(kernel, "triton").check(cfg, problem) is None, (problem, cfg)
+        c = cfg.constant_dict
+        narrowest = 16 if kernel == "quantized_gemv" else 32
+        assert math.ceil(m / c["BM"]) * math.ceil(n / c["BN"]) >= 2 * 132 or c["BN"] == narrowest, (problem, c)
+        if kernel == "quantized_gemv":
+            assert c["BK"] == 256 and cfg.option_dict["num_stages"] == 4
+
+
+def test_gpu_defaults_apply_only_to_native_triton(monkeypatch):
+    spaces = importlib.import_module("lowbit.kernels.spaces")
+    problem = dict(PROBLEM, N=8192, K=8192)
+    assert default_config("quantized_gemv", "triton", problem) == space("quantized_gemv", "triton").default
+    monkeypatch.setattr(spaces, "_native_triton", lambda: True)
+    monkeypatch.setattr(importlib.import_module("lowbit.kernels.launch"), "device_units", lambda: 132)
+    cfg = default_config("quantized_gemv", "triton", problem)
+    assert cfg == spaces.gpu_default("quantized_gemv", problem, 132) and cfg.constant_dict["BN"] == 16
+
+
+@pytest.mark.parametrize(
+    "kernel,m,n,wdtype",
+    [
+        ("quantized_gemv", 1, 8192, "int4"),
+        ("quantized_gemm", 64, 8192, "int4"),
+        ("w4a8_gemm_per_group", 4096, 28672, "uint4"),
+    ],
+)
+def test_gpu_defaults_compile_for_sm90(kernel, m, n, wdtype):
+    """What the default picks on an H200 compiles for sm_90 (registers, shared memory, dot shapes)."""
+    import lowbit.codegen.triton as triton_backend
+    import lowbit.kernels as K
+    from lowbit.codegen.backend import compile_program
+    from lowbit.kernels.spaces import gpu_default
+
+    problem = {"M": m, "N": n, "K": 8192, "G": 128, "wdtype": wdtype, "adtype": "float16"}
+    cfg = gpu_default(kernel, problem, 132)
+    fixed = {"wdtype": wdtype, "G": 128} | ({} if kernel.startswith("w4a8") else {"adtype": "float16"})
+    program = getattr(K, kernel).trace(**fixed, **cfg.constant_dict)
+    stages = triton_backend.compile_sm90(compile_program(program, "triton", cfg.option_dict), aligned=True)
+    assert stages["cubin"]

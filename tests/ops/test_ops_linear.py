@@ -203,3 +203,60 @@ def test_strided_x_is_copied_not_refused(backend):
         want = reference(np.ascontiguousarray(np.asarray(x)), qw)
         got = quantized_linear(x, qw, backend=backend)
         assert relative_error(np.asarray(got), want) <= 2e-5
+
+
+@pytest.mark.parametrize(
+    "scheme,name,G,M,adtype",
+    [
+        ("w_a16", "int4", 32, 3, torch.float16),
+        ("w_a16", "fp4_e2m1", -1, 20, torch.bfloat16),
+        ("w4a8_group", "uint4", 64, 20, torch.float16),
+        ("w4a8_channel", "uint4", -1, 3, torch.float32),
+    ],
+)
+def test_triton_torch_calls_stay_on_the_launch_device(scheme, name, G, M, adtype, monkeypatch):
+    """Torch activations where the Triton backend launches (cuda natively, the CPU under the interpreter): the
+    weight is copied there once and kept on it, nothing is converted through NumPy per call, and the result
+    equals the NumPy call of the same kernel bit for bit (W4A8: the torch per-token quantizer is NumPy's)."""
+    from lowbit.codegen.triton import runtime
+    from lowbit.ops.linear import device_weight
+
+    if "triton" not in available_backends():
+        pytest.skip("triton is not installed")
+    K = 256 if scheme == "w4a8_group" else 128
+    qw = quantize(weight(40, K, M), name, G, scheme=scheme)
+    xt = torch.from_numpy(activations((M, K), "float32", M)).to(adtype).to(runtime.DEVICE)
+    x_np = xt.float().cpu().numpy().astype(HOST[str(adtype).removeprefix("torch.")])
+    expected = quantized_linear(x_np, qw, backend="triton")
+
+    def no_conversion(a):
+        raise AssertionError("a device call converted an argument through NumPy")
+
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "_to_numpy", no_conversion)
+        y = quantized_linear(xt, qw, backend="triton")
+        arrays = device_weight(qw, xt.device)
+        again = quantized_linear(xt, qw, backend="triton")
+    assert device_weight(qw, xt.device) is arrays and torch.equal(y, again)
+    assert isinstance(y, torch.Tensor) and y.dtype == adtype and y.device == xt.device and y.shape == (M, 40)
+    assert torch.isfinite(y.float()).all()
+    assert np.array_equal(y.float().cpu().numpy(), np.asarray(expected, np.float32))
+
+
+@settings(max_examples=25)
+@given(
+    M=st.integers(1, 6),
+    K=st.integers(1, 70),
+    scale=st.sampled_from([0.0, 1e-9, 1e-3, 1.0, 1e6]),
+    seed=st.integers(0, 2**16),
+)
+def test_torch_per_token_quantizer_is_numpys(M, K, scale, seed):
+    from lowbit.ops.linear import quantize_per_token_int8_torch
+    from lowbit.quant import quantize_per_token_int8
+
+    x = (np.random.default_rng(seed).standard_normal((M, K)) * scale).astype(np.float32)
+    x[0] = 0.0  # an all-zero row: scale 1
+    qa, sa = quantize_per_token_int8(x)
+    qt, st_ = quantize_per_token_int8_torch(torch.from_numpy(x))
+    assert qt.dtype == torch.int8 and st_.dtype == torch.float16
+    assert np.array_equal(qt.numpy(), qa) and np.array_equal(st_.numpy(), sa)
