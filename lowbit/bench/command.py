@@ -86,7 +86,9 @@ def positive_int(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `lowbit bench gemm`."""
-    p.add_argument("--M", type=parse_ms, default=None, help="token counts, e.g. 1,4,16 (default 1,4,16,64,256)")
+    p.add_argument(
+        "--M", type=parse_ms, default=None, help="token counts, e.g. 1,4,16 (default 1,4,16,64,256; GPU: +1024,4096)"
+    )
     p.add_argument(
         "--layers",
         type=parse_layers,
@@ -128,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `lowbit bench gemm` with parsed arguments; 1 if any lowbit row mismatched its reference."""
     from lowbit.bench.report import format_table, write_json, write_plot
 
-    Ms = args.M or (gemm.QUICK_MS if args.quick else gemm.MS)
+    Ms = args.M or (gemm.QUICK_MS if args.quick else None)  # None: the device's default (gemm.default_ms)
     repeats = args.repeats or (gemm.QUICK_REPEATS if args.quick else 5)
     layers = args.layers or (gemm.QUICK_LAYERS if args.quick else None)
     for N, K in layers or ():

@@ -17,6 +17,9 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
                  x @ dequant(W)^T includes that rounding (~0.7%)
+  lowbit_w4a8    with triton (a GPU's backend): the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`:
+                 uint4 codes, int8 group scales, per-channel fp16 scales) on fp16 x quantized per token inside
+                 the timed call, int8 tensor-core dots; on a GPU the Ms include 1024 and 4096 (`CUDA_MS`)
   stream         with cache "rotate", M <= STREAM_MAX_M: torch `sum` over the bytes of the int4 weight (a ring of
                  buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
                  bandwidth (the best of two measurements, at the run's start and end)
@@ -27,7 +30,8 @@ weight after the other layers; one untimed pass over the ring (compiles, packs a
 >= `repeats` samples. "flush": one weight, each sample after a read-modify-write of a buffer twice the L3
 size (`benchmark(flush=True)`; it leaves the cache dirty and the TLBs cold, so a 9 MB layer's read is slower
 than the stream the roofline's bandwidth measures). "hot": no eviction (a 4096^2 W4 layer is 9 MB and is then
-served from the 32 MiB L3). Threads are set once, first.
+served from the 32 MiB L3). Threads are set once, first. On a GPU each ring is captured in one CUDA graph and a
+sample is a replay's time over its calls (`benchmark_ring(graph=True)`): no host launch cost in any row.
 Each lowbit result is checked against x @ dequant(W)^T from the weight's reference dequantization
 (`rel_error`); a non-finite output raises, a relative error above `TOLERANCE` marks the row MISMATCH.
 """
@@ -51,6 +55,7 @@ from lowbit.dtypes import dtype as lookup_dtype
 
 DTYPES = ("int4", "int3", "int2", "int8", "fp6_e3m2", "fp4_e2m1")
 MS = (1, 4, 16, 64, 256)
+CUDA_MS = (*MS, 1024, 4096)  # the GPU's W4A8 goal is at M >= 1024
 CPU_LAYERS = ((4096, 4096), (11008, 4096))  # Llama-2-7B q/o/k/v and up/gate
 CUDA_LAYERS = ((8192, 8192), (28672, 8192))  # Llama-3-70B q/o and up/gate
 QUICK_LAYERS = ((2048, 2048),)
@@ -63,13 +68,15 @@ QUICK_REPEATS = 3
 # whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul, large M) keeps that round only.
 ROUNDS = 3
 SLOW_ROUND_MS = 250.0
-FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton", "tvm")}  # "reference" only when asked for explicitly
+# "reference" only when asked for explicitly; on a GPU only triton: lowbit's TVM kernels are built for the CPU
+FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton",)}
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
 STREAM = "stream"  # a plain read of the int4 weight's bytes in the same rounds (`_Bench.stream_row`)
 STREAM_MAX_M = 16  # stream rows up to this M, where a W4 layer's time is its weight's read
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
+W4A8 = "lowbit_w4a8"  # with triton (the GPU's backend): the QoQ w4a8_group weight, int8 x per token
 CACHE_MODES = {
     "rotate": "a ring of weight copies moving >= 2x L3 between two uses of one (decode's stream of layers)",
     "flush": "read-modify-write of 2x L3 before every sample",
@@ -187,11 +194,17 @@ class _Case:
     naive: dict[str, Any]
     lowbit: dict[str, Any]  # dtype -> QuantizedWeight
     lowbit_ref: dict[str, Any]  # dtype -> float [N, K] reference weight (or None)
+    w4a8: Any = None  # with triton: the w4a8_group QuantizedWeight (uint4, group_size) of the same weight
+    w4a8_ref: Any = None  # its float [N, K] reference weight
     rings: dict[str, list[Any]] = field(default_factory=dict)  # cache "rotate": key -> the weight's copies
 
 
+def default_ms(device: str) -> tuple[int, ...]:
+    return CUDA_MS if device.startswith("cuda") else MS
+
+
 def run_report(
-    Ms: Sequence[int] = MS,
+    Ms: Sequence[int] | None = None,
     layers: Sequence[tuple[int, int]] | None = None,
     dtypes: Sequence[str] = DTYPES,
     group_size: int = 128,
@@ -210,7 +223,8 @@ def run_report(
 ) -> Report:
     """Run the benchmark (see the module docstring) and return the machine facts, rows and notes.
     `quick`: one 2048x2048 layer, M in {1, 16}, 3 repeats, quick machine measurements, unless the
-    corresponding argument is given explicitly (pass layers/Ms/repeats to override). `cache`: "rotate",
+    corresponding argument is given explicitly (pass layers/Ms/repeats to override). Ms default: `MS` on the
+    CPU, `CUDA_MS` on a GPU. `cache`: "rotate",
     "flush" or "hot" (the module docstring); flush=False is cache="hot"."""
     import torch
 
@@ -222,8 +236,8 @@ def run_report(
     device = device or default_device()
     if layers is None:
         layers = QUICK_LAYERS if quick else default_layers(device)
-    if quick and tuple(Ms) == MS:
-        Ms = QUICK_MS
+    if Ms is None:
+        Ms = QUICK_MS if quick else default_ms(device)
     if quick and repeats == 5:
         repeats = QUICK_REPEATS
     naive_dtypes = tuple(dtypes[:1]) if naive_dtypes is None else tuple(naive_dtypes)
@@ -257,7 +271,8 @@ def run_report(
     gen = torch.Generator().manual_seed(0)
     for N, K in layers:
         say(f"preparing layer {N}x{K}")
-        case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen, say)
+        qoq = "triton" in chosen  # the W4A8 (QoQ) rows: a GPU kernel (the interpreter when asked for on a CPU)
+        case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen, say, qoq)
         for M in Ms:
             x = torch.randn(M, K, generator=gen).to(device)  # x: [M, K] fp32
             report.rows.extend(_finish(bench.rows(case, x)))
@@ -282,7 +297,7 @@ def run_report(
 
 
 def run(
-    Ms: Sequence[int] = MS,
+    Ms: Sequence[int] | None = None,
     layers: Sequence[tuple[int, int]] | None = None,
     dtypes: Sequence[str] = DTYPES,
     group_size: int = 128,
@@ -310,12 +325,13 @@ def _choose_backends(asked: Sequence[str] | None, device: str, ops: Any, notes: 
             if asked is not None:
                 notes.append(f"backend {b!r} skipped: its toolchain is not installed here (available: {have})")
             continue
-        if b == "triton" and kind == "cpu":
-            notes.append("triton skipped on CPU: it would run in the Triton interpreter, far too slow to benchmark")
-            continue
+        if b == "triton" and kind == "cpu":  # asked for: its rows are checked, their times mean nothing
+            notes.append("triton on the CPU runs in the Triton interpreter: its rows check numerics, not speed")
         chosen.append(b)
     if kind == "cpu" and asked is None:
         notes.append("triton skipped on CPU: it would run in the Triton interpreter, far too slow to benchmark")
+    if kind == "cuda" and asked is None:
+        notes.append("tvm not run on the GPU: lowbit's TVM kernels are built for the CPU (pass --backends to add it)")
     return tuple(chosen)
 
 
@@ -329,6 +345,7 @@ def _prepare(
     device: str,
     gen: Any,
     say: Callable[[str], None],
+    qoq: bool = False,
 ) -> _Case:
     import torch
 
@@ -345,7 +362,12 @@ def _prepare(
             lowbit[dt] = _to_device(qw, device)
             ref = _reference_weight(ops, qw)
             lowbit_ref[dt] = None if ref is None else torch.as_tensor(np.asarray(ref, dtype=np.float32))
-    return _Case(N, K, w.to(device), w.to(torch.bfloat16).to(device), naive, lowbit, lowbit_ref)
+    case = _Case(N, K, w.to(device), w.to(torch.bfloat16).to(device), naive, lowbit, lowbit_ref)
+    if ops is not None and qoq:
+        say(f"  quantizing {N}x{K} to uint4 w4a8_group (QoQ) with lowbit.ops.quantize")
+        case.w4a8 = ops.quantize(w.numpy(), "uint4", group_size, scheme="w4a8_group")
+        case.w4a8_ref = torch.as_tensor(np.asarray(case.w4a8.dequantize(), dtype=np.float32))
+    return case
 
 
 def _to_device(obj: Any, device: str) -> Any:
@@ -390,7 +412,12 @@ class _Bench:
                 if r and sum(got) > SLOW_ROUND_MS:
                     continue
                 if self.cache == "rotate":
-                    t = benchmark_ring(p.fns, repeats=self.repeats, warmup=1 if r == 0 else 0, device=self.device)
+                    cuda = self.device.startswith("cuda")
+                    warm = 1 if r == 0 else 0
+                    t = benchmark_ring(p.fns, repeats=self.repeats, warmup=warm, device=self.device, graph=cuda)
+                    if cuda and not t.graphed:
+                        what = f"{p.row.method} {p.row.dtype} M={p.row.M} {p.row.N}x{p.row.K}"
+                        self.notes.append(f"{what}: not capturable in a CUDA graph; eager calls timed (launch cost in)")
                 else:
                     t = benchmark(
                         p.fns[0], repeats=self.repeats, warmup=1, flush=self.cache == "flush", device=self.device
@@ -459,6 +486,10 @@ class _Bench:
                     row = self.lowbit_row(case, x, dt, qw, backend, kernel=A8)
                     if row is not None:
                         rows.append(row)
+        for backend in self.backends if case.w4a8 is not None else ():
+            row = self.lowbit_row(case, x, "uint4", case.w4a8, backend, method=W4A8)
+            if row is not None:
+                rows.append(row)
         return self.measure(rows)
 
     def stream_row(self, case: _Case, M: int) -> _Pending:
@@ -478,7 +509,8 @@ class _Bench:
         self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None, method: str = "lowbit"
     ) -> _Pending | None:
         """`quantized_linear` by its own rule, or (kernel=A8) the CPU decode GEMV with int8 activations
-        (method lowbit_a8: the activations are quantized per row and group inside the timed call)."""
+        (method lowbit_a8: the activations are quantized per row and group inside the timed call); method
+        W4A8: the GPU's w4a8_group weight (its activations quantized per token inside the timed call)."""
         M, N, K = x.shape[0], case.N, case.K
         extra = {} if kernel is None else {"kernel": kernel}
         fn = functools.partial(self.ops.quantized_linear, x, qw, backend=backend, tune=self.tune, **extra)
@@ -489,12 +521,13 @@ class _Bench:
             return None
         if not bool(np.isfinite(_to_numpy(y)).all()):
             raise BenchError(f"lowbit.ops.quantized_linear({dt}, backend={backend!r}) gave NaN/inf at M={M} {N}x{K}")
-        w_ref = case.lowbit_ref[dt]
+        qoq = method == W4A8
+        w_ref = case.w4a8_ref if qoq else case.lowbit_ref[dt]
         rel = None if w_ref is None else _relative_error(y, x.double().cpu() @ w_ref.double().T)
         if rel is None:
             note = "unchecked: no reference dequantization"
         else:
-            tol = TOLERANCE if kernel is None else A8_TOLERANCE
+            tol = TOLERANCE if kernel is None and not qoq else A8_TOLERANCE
             note = "" if rel <= tol else f"MISMATCH rel err {rel:.2e} > {tol:g}"
         stored = _stored_bytes(qw)
         if stored is None:  # dense bit packing, fp32 scales, uint8 zeros for integer dtypes
@@ -504,11 +537,11 @@ class _Bench:
         elem = x.element_size()
         act = str(x.dtype).removeprefix("torch.")  # the roofline's compute peak: this dtype's matmul rate
         method = method if kernel is None else "lowbit_a8"
-        if kernel is not None:
+        if kernel is not None or qoq:
             act = "int8"  # the a8 main loop multiplies int8 codes: its compute bound is the int8 peak
         fns = [
             functools.partial(self.ops.quantized_linear, x, w, backend=backend, tune=self.tune, **extra)
-            for w in self.copies(case, f"lowbit_{dt}", qw, stored)
+            for w in self.copies(case, f"{method}_{dt}", qw, stored)
         ]
         return self.row(case, M, method, dt, backend, fns, stored + M * K * elem + M * N * elem, act, rel, note)
 

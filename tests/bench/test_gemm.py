@@ -174,10 +174,13 @@ def test_rows_of_one_layer_and_m_are_timed_in_alternating_rounds(machine, monkey
     order: list[tuple[str, int]] = []
     times = {"a": 1.0, "b": 2.0, "slow": gemm.SLOW_ROUND_MS}
 
-    def fake_ring(fns, *, repeats, warmup, device):
+    graphs: list[bool] = []
+
+    def fake_ring(fns, *, repeats, warmup, device, graph=False):
         name = fns[0]()
         order.append((name, warmup))
-        return Timing((times[name],) * repeats)
+        graphs.append(graph)
+        return Timing((times[name],) * repeats, graphed=name == "a" and graph)
 
     monkeypatch.setattr(gemm, "benchmark_ring", fake_ring)
     bench = gemm._Bench(machine, "cpu", 2, "rotate", False, 128, None, ("tvm",), [], lambda s: None)
@@ -189,6 +192,13 @@ def test_rows_of_one_layer_and_m_are_timed_in_alternating_rounds(machine, monkey
     assert [r.method for r in rows] == ["a", "slow", "b"]
     assert [r.median_ms for r in rows] == [1.0, gemm.SLOW_ROUND_MS, 2.0]
     assert all(math.isnan(r.roofline_ms) for r in rows)  # filled in by run_report, from the machine
+    assert not any(graphs)
+    # on a GPU the rings are captured in CUDA graphs; a row whose calls could not be is named in a note
+    notes: list[str] = []
+    gpu = gemm._Bench(machine, "cuda", 2, "rotate", False, 128, None, ("triton",), notes, lambda s: None)
+    gpu.measure([gpu.row(case, 1, m, "int4", "triton", [lambda m=m: m], 100, "float16") for m in ("a", "b")])
+    assert graphs[-1] and all(graphs[len(order) - 6 :])
+    assert notes and all("b int4 M=1 64x64: not capturable in a CUDA graph" in n for n in notes)
 
 
 def test_the_roofline_bandwidth_is_the_fastest_plain_read_of_the_run(monkeypatch):
@@ -202,3 +212,24 @@ def test_the_roofline_bandwidth_is_the_fastest_plain_read_of_the_run(monkeypatch
     assert r.machine.bandwidth_gbs == pytest.approx(stream.bytes / stream.median_ms / 1e6)
     assert any("raised from 0.0" in n for n in r.notes)
     assert stream.roofline_fraction == pytest.approx(1.0)  # the stream row that set the bandwidth
+
+
+def test_triton_rows_include_w4a8_and_run_on_the_launch_device(machine, monkeypatch):
+    """With the triton backend (the GPU's; the interpreter here, asked for explicitly) the lowbit rows run
+    torch activations where Triton launches (no per-call weight copies), and the QoQ W4A8 rows
+    (`lowbit_w4a8`: w4a8_group uint4 weights, int8 x per token in the call) stand beside them, checked against
+    their own dequantized weight within the int8 tolerance."""
+    from lowbit.codegen.triton import runtime
+
+    monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 2)
+    converted: list[str] = []
+    real = runtime._to_numpy
+    monkeypatch.setattr(runtime, "_to_numpy", lambda a: converted.append(type(a).__name__) or real(a))
+    r = gemm.run_report((1, 20), ((64, 256),), ("int4",), 128, ("triton",), 1, threads=2, machine=machine)
+    got = {(row.method, row.dtype, row.M): row for row in r.rows if row.method.startswith("lowbit")}
+    assert set(got) == {(m, d, M) for m, d in (("lowbit", "int4"), (gemm.W4A8, "uint4")) for M in (1, 20)}
+    for row in got.values():
+        assert row.median_ms > 0 and row.rel_error is not None and "MISMATCH" not in row.note, row
+        assert row.rel_error <= (gemm.A8_TOLERANCE if row.method == gemm.W4A8 else gemm.TOLERANCE)
+    assert got[(gemm.W4A8, "uint4", 20)].peak_dtype == "int8"
+    assert converted == []  # every lowbit call launched on torch tensors in place

@@ -92,3 +92,20 @@ def test_gpu_lowbit_rows_are_w4a16():
         "W4A16 tvm M=1 4096x4096: 90% of the roofline (target >= 80%)": True,
         "W4A16 tvm M=1 4096x4096: 4.00 x torch bf16 (target >= 3.5)": True,
     }
+
+
+def test_gpu_w4a8_rows_are_judged_at_m_1024_and_up_only():
+    """The GPU's lowbit_w4a8 rows (QoQ w4a8_group, uint4): >= 1.3x torch bf16 from M = 1024; no W4A16 target
+    applies to them at small M, and the CPU has no such goal."""
+    gpu = Machine("cuda:0", "test gpu", 1, None, 4000.0, {"bfloat16": 900e3})
+    rows = [
+        row(1, "lowbit_w4a8", dtype="uint4", roof=0.3, x16=1.0),
+        row(1024, "lowbit_w4a8", dtype="uint4", x16=1.4),
+        row(4096, "lowbit_w4a8", dtype="uint4", x16=1.2),
+        row(4096, "lowbit", x16=0.9),  # W4A16 rows have no target past M = 64
+    ]
+    assert {g["goal"]: g["met"] for g in goals(Report(gpu, rows, [], {"group_size": 128}))} == {
+        "W4A8 (QoQ) tvm M=1024 4096x4096: 1.40 x torch bf16 (target >= 1.3)": True,
+        "W4A8 (QoQ) tvm M=4096 4096x4096: 1.20 x torch bf16 (target >= 1.3)": False,
+    }
+    assert goals(Report(CPU, rows, [], {"group_size": 128})) == []

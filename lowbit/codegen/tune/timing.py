@@ -12,7 +12,8 @@ flush leaves the cache full of dirty lines and the TLBs cold: on the 2-core AVX-
 sum of a 9 MB buffer right after it read 20.8 GB/s against 40.5 GB/s streaming 512 MB, so a flushed sample of
 a 9 MB layer times the flush's aftermath as much as the kernel; a ring times the steady stream a model's
 layers make.
-CPU samples use `time.perf_counter_ns`; CUDA samples use `torch.cuda.Event` pairs and synchronize.
+CPU samples use `time.perf_counter_ns`; CUDA samples use `torch.cuda.Event` pairs and synchronize (a ring with
+`graph=True`: one replay of the ring captured in a CUDA graph per sample, its time over the calls).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Timing:
     """Samples of one measurement, in milliseconds."""
 
     samples: tuple[float, ...]
+    graphed: bool = False  # CUDA: each sample is one replay of the ring captured in a CUDA graph, per call
 
     @property
     def median(self) -> float:
@@ -140,6 +142,31 @@ def ring_copies(nbytes: int, device: str = "cpu") -> int:
 RING_WARMUP_MS = 20.0
 
 
+def capture_ring(fns: Sequence[Callable[[], Any]], device: str) -> Callable[[], None] | None:
+    """The calls of `fns`, in order, captured in one CUDA graph: its `replay` (one launch runs them back to
+    back, as a decode step's graph runs its layers), or None when a call cannot be captured (it synchronizes
+    or copies to the host). Each call runs once first on a side stream (compiles, copies weights, warms the
+    allocator), as torch.cuda.graph requires."""
+    import torch
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for fn in fns:
+                fn()
+    except Exception:  # not capturable: the caller times eager calls
+        torch.cuda.synchronize(device)
+        return None
+    return graph.replay
+
+
 def benchmark_ring(
     fns: Sequence[Callable[[], Any]],
     *,
@@ -147,15 +174,25 @@ def benchmark_ring(
     warmup: int = 1,
     device: str = "cpu",
     warmup_ms: float = RING_WARMUP_MS,
+    graph: bool = False,
 ) -> Timing:
     """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): untimed
     passes over the whole ring, at least `warmup` of them (each copy's first call compiles, packs or re-tiles)
     and until they have run `warmup_ms` (the steady state of back-to-back calls, `RING_WARMUP_MS`; a ring
     slower than that warms up with its `warmup` passes alone), then samples of one call each, in ring order,
-    at least `repeats` and a whole number of passes."""
+    at least `repeats` and a whole number of passes.
+
+    `graph=True` on a CUDA device: the ring is captured in one CUDA graph (`capture_ring`) and each sample is
+    one replay's time over the number of calls, so the host's launch cost (Python dispatch, tens of us, more
+    than a 9 us GEMV) is not timed, for torch's calls and lowbit's alike; where capture fails the eager
+    samples are taken (`Timing.graphed` False)."""
     if repeats < 1 or not fns:
         raise ValueError(f"benchmark_ring: repeats={repeats} over {len(fns)} calls; use repeats >= 1 and >= 1 call")
     sync = _synchronizer(device)
+    if graph and sync is not None:
+        replay = capture_ring(fns, device)
+        if replay is not None:
+            return _replays(replay, len(fns), repeats, warmup, warmup_ms, sync)
     start, passes = time.perf_counter(), 0
     while passes < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
         for fn in fns:
@@ -165,6 +202,17 @@ def benchmark_ring(
         passes += 1
     n = len(fns) * -(-repeats // len(fns))
     return Timing(tuple(_sample(fns[i % len(fns)], sync) for i in range(n)))
+
+
+def _replays(
+    replay: Callable[[], None], calls: int, repeats: int, warmup: int, warmup_ms: float, sync: Callable[[], None]
+) -> Timing:
+    start, passes = time.perf_counter(), 0
+    while passes < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
+        replay()
+        sync()
+        passes += 1
+    return Timing(tuple(_sample(replay, sync) / calls for _ in range(repeats)), graphed=True)
 
 
 def _synchronizer(device: str) -> Callable[[], None] | None:
