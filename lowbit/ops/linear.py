@@ -458,7 +458,8 @@ _ROW_SCRATCH = threading.local()  # the prefill plans' (xq, xs, xsum) scratch, o
 def linear_launcher(
     qw: QuantizedWeight, m: int, backend: str, adtype: str, kernel: str | None = None
 ) -> Callable[[Any, Any], None]:
-    """`launch(x2, y2)`: y2 [m, N] = x2 [m, K] @ Ŵᵀ (no bias) for contiguous CPU torch tensors of `adtype`,
+    """`launch(x2, y2)`: y2 [m, N] = x2 [m, K] @ Ŵᵀ (no bias) for contiguous torch tensors of `adtype` (on the
+    CPU; with triton, where it launches: CUDA, or the CPU under the interpreter),
     with the compiled kernel and the weight's tensors bound once (what `quantized_linear` runs for these
     arguments, minus its per-call checks and conversions: the executor's hot path). w_a16 weights and the
     int8-activation GEMV (`kernel`); W4A8 schemes go through `quantized_linear_int8`."""
@@ -469,6 +470,13 @@ def linear_launcher(
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
     x0 = np.zeros((m, qw.shape[1]), np.float32)
     fixed, args = _arguments(qw, x0, None, None, adtype, backend)
+    if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
+        from lowbit.codegen.triton.runtime import DEVICE
+
+        arrays = device_weight(qw, DEVICE)
+        args.update(w=arrays["words"], scales=arrays["scales"])
+        if qw.zeros is not None:
+            args["zeros"] = arrays["zeros"]
     bound = {name: v for name, v in args.items() if name not in ("x", "y")}
     return bind(_compiled(qw, m, backend, adtype, fixed, args), bound, ("x", "y"))
 

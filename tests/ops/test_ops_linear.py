@@ -260,3 +260,24 @@ def test_torch_per_token_quantizer_is_numpys(M, K, scale, seed):
     qt, st_ = quantize_per_token_int8_torch(torch.from_numpy(x))
     assert qt.dtype == torch.int8 and st_.dtype == torch.float16
     assert np.array_equal(qt.numpy(), qa) and np.array_equal(st_.numpy(), sa)
+
+
+def test_triton_linear_launcher_binds_the_device_weight(monkeypatch):
+    """The executor's bound launcher on triton reads the weight's device copy: a call converts nothing and
+    equals quantized_linear's."""
+    from lowbit.codegen.triton import runtime
+    from lowbit.ops.linear import linear_launcher
+
+    if "triton" not in available_backends():
+        pytest.skip("triton is not installed")
+    qw = quantize(weight(40, 128, 5), "int4", 64, symmetric=False)
+    x = torch.from_numpy(activations((4, 128), "float32", 5)).to(torch.float16)
+    launch = linear_launcher(qw, 4, "triton", "float16")
+    y = torch.empty((4, 40), dtype=torch.float16)
+
+    def no_conversion(a):
+        raise AssertionError("the bound launcher converted an argument through NumPy")
+
+    monkeypatch.setattr(runtime, "_to_numpy", no_conversion)
+    launch(x, y)
+    assert torch.isfinite(y.float()).all() and torch.equal(y, quantized_linear(x, qw, backend="triton"))
