@@ -293,7 +293,7 @@ def quantized_linear_int8(
 
         y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
     if m:
-        fixed, args = _w4a8_arguments(qweight, qa, sa, y, out_dtype)
+        fixed, args = _w4a8_arguments(qweight, _host_arrays(qweight), qa, sa.astype(np.float32), y, out_dtype)
         _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
     y2 = y if isinstance(y, np.ndarray) else _host(y, True)
     if bias is not None:
@@ -468,15 +468,12 @@ def linear_launcher(
         return a8_plan(qw, m, backend, adtype).run
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
-    x0 = np.zeros((m, qw.shape[1]), np.float32)
-    fixed, args = _arguments(qw, x0, None, None, adtype, backend)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 
-        arrays = device_weight(qw, DEVICE)
-        args.update(w=arrays["words"], scales=arrays["scales"])
-        if qw.zeros is not None:
-            args["zeros"] = arrays["zeros"]
+        fixed, args = _a16_arguments(qw, device_weight(qw, DEVICE), None, None, m, adtype)
+    else:
+        fixed, args = _arguments(qw, np.zeros((m, qw.shape[1]), np.float32), None, None, adtype, backend)
     bound = {name: v for name, v in args.items() if name not in ("x", "y")}
     return bind(_compiled(qw, m, backend, adtype, fixed, args), bound, ("x", "y"))
 
@@ -604,8 +601,6 @@ def device_weight(qw: QuantizedWeight, device: Any) -> dict[str, Any]:
         def put(a: Any) -> Any:
             if a is None:
                 return None
-            if hasattr(a, "detach"):  # already torch
-                a = a.detach().cpu().numpy()
             a = np.ascontiguousarray(a)
             a = a.view(signed[a.dtype]) if a.dtype in signed else a
             return torch.from_numpy(a).to(device)
@@ -641,17 +636,20 @@ def _device_arguments(qw: QuantizedWeight, x: Any, y: Any, adtype: str) -> tuple
     # `_arguments` for torch x [M, K] and y [M, N] on the launch device, with the weight's device copy
     arrays = device_weight(qw, x.device)
     if qw.scheme == "w_a16":
-        n, k = qw.shape
-        args = {"x": x, "w": arrays["words"], "scales": arrays["scales"], "y": y, "M": x.shape[0], "N": n, "K": k}
-        if qw.zeros is not None:
-            args["zeros"] = arrays["zeros"]
-        return _a16_fixed(qw, adtype), args
+        return _a16_arguments(qw, arrays, x, y, x.shape[0], adtype)
     qa, sa = quantize_per_token_int8_torch(x)
-    return _w4a8_arguments(qw, qa, sa.float(), y, adtype, arrays)
+    return _w4a8_arguments(qw, arrays, qa, sa.float(), y, adtype)
 
 
-def _a16_fixed(qw: QuantizedWeight, adtype: str) -> dict:
-    return {
+def _host_arrays(qw: QuantizedWeight) -> dict[str, Any]:
+    """`qw`'s NumPy arrays under `device_weight`'s names."""
+    return {"words": qw.words, "scales": qw.scales, "zeros": qw.zeros, "channel_scales": qw.channel_scales}
+
+
+def _a16_arguments(qw: QuantizedWeight, a: dict[str, Any], x: Any, y: Any, m: int, adtype: str) -> tuple[dict, dict]:
+    # a w_a16 kernel's constants and arguments, the weight's arrays `a` where the kernel reads them
+    n, k = qw.shape
+    fixed = {
         "wdtype": qw.dtype.name,
         "G": qw.group_size,
         "zero_mode": qw.zero_mode,
@@ -659,6 +657,10 @@ def _a16_fixed(qw: QuantizedWeight, adtype: str) -> dict:
         "sdtype": str(qw.scales.dtype),
         "wlayout": _kernel_layout(qw),
     }
+    args = {"x": x, "w": a["words"], "scales": a["scales"], "y": y, "M": m, "N": n, "K": k}
+    if qw.zeros is not None:
+        args["zeros"] = a["zeros"]
+    return fixed, args
 
 
 def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str, backend: str) -> tuple[dict, dict]:
@@ -666,26 +668,18 @@ def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str,
     # x2 is x as numpy (for the activation quantizer), x and y what the backend reads and writes
     if backend == "tvm":
         qw = cpu_weight(qw, adtype)
-    n, k = qw.shape
-    sizes = {"M": x2.shape[0], "N": n, "K": k}
     if qw.scheme == "w_a16":
-        args = {"x": x, "w": qw.words, "scales": qw.scales, "y": y, **sizes}
-        if qw.zeros is not None:
-            args["zeros"] = qw.zeros
-        return _a16_fixed(qw, adtype), args
+        return _a16_arguments(qw, _host_arrays(qw), x, y, x2.shape[0], adtype)
     qa, sa = quantize_per_token_int8(x2.astype(np.float32))  # [M, K] int8, [M] fp16
-    return _w4a8_arguments(qw, qa, sa, y, adtype)
+    return _w4a8_arguments(qw, _host_arrays(qw), qa, sa.astype(np.float32), y, adtype)
 
 
-def _w4a8_arguments(
-    qw: QuantizedWeight, qa: Any, sa: Any, y: Any, ydtype: str, arrays: dict[str, Any] | None = None
-) -> tuple[dict, dict]:
-    # `arrays`: the weight's arrays where the kernel reads them (`device_weight`), else its NumPy ones
+def _w4a8_arguments(qw: QuantizedWeight, a: dict[str, Any], qa: Any, sx: Any, y: Any, ydtype: str) -> tuple[dict, dict]:
+    # a W4A8 kernel's constants and arguments: the weight's arrays `a` (`_host_arrays` / `device_weight`),
+    # int8 activations qa [M, K] and their float32 scales sx [M]
     n, k = qw.shape
-    a = arrays or {"words": qw.words, "scales": qw.scales, "zeros": qw.zeros, "channel_scales": qw.channel_scales}
     sizes = {"M": qa.shape[0], "N": n, "K": k}
     fixed = {"wdtype": qw.dtype.name, "ydtype": ydtype, "sdtype": "float16", "wlayout": _kernel_layout(qw)}
-    sx = sa if arrays is not None else sa.astype(np.float32)
     args = {"xq": qa, "sx": sx, "w": a["words"], "y": y, **sizes}
     assert a["zeros"] is not None
     if qw.scheme == "w4a8_group":
