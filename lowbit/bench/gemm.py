@@ -523,7 +523,8 @@ class _Bench:
             raise BenchError(f"lowbit.ops.quantized_linear({dt}, backend={backend!r}) gave NaN/inf at M={M} {N}x{K}")
         qoq = method == W4A8
         w_ref = case.w4a8_ref if qoq else case.lowbit_ref[dt]
-        rel = None if w_ref is None else _relative_error(y, x.double().cpu() @ w_ref.double().T)
+        # the fp64 reference where x lies (a GPU's fp64 GEMM: seconds less per large-M row than the host's)
+        rel = None if w_ref is None else _relative_error(y, x.double() @ w_ref.to(x.device).double().T)
         if rel is None:
             note = "unchecked: no reference dequantization"
         else:
