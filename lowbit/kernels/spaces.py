@@ -156,7 +156,8 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
             return Config.make(
-                {"BM": gemm_row_tile(m), "BN": gemm_column_tile(int(problem["N"])), "BK": bk}, {**opts, "tm": 2}
+                {"BM": gemm_row_tile(m, _pair_dot(problem)), "BN": gemm_column_tile(int(problem["N"])), "BK": bk},
+                {**opts, "tm": 2},
             )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
         if bm == 1 and _pair_dot(problem) and int(problem["N"]) % (2 * bn) == 0:
@@ -184,16 +185,22 @@ def _pair_dot(problem: Mapping[str, Any]) -> bool:
 
 # the GEMV's GEMM form's row tiles (past 16 rows) and their relative time per row (taller tiles decode each
 # weight tile for more rows). Measured, 4096² int4, hot, 2 threads, 256-column tiles: M = 256 128-row tiles
-# 848 GFLOP/s against 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights,
-# so the kernels of every prompt length are at most three compiles per weight shape.
+# 848 GFLOP/s against 64-row 805 (1.05x); M = 64 64-row 784 against 32-row 713 (1.10x more). Three heights (four
+# with the pair form's 256), so the kernels of every prompt length are at most three (four) compiles per weight shape.
 GEMM_ROW_TILES = ((128, 1.0), (64, 1.05), (32, 1.15))
+# the bf16 pair form also takes 256-row tiles: each weight tile's codes are decoded (and its scales read) once
+# per row tile, so half as often as with 128 rows. Measured (session 28), weights in a ring, 2 threads,
+# alternating in one process, M = 256: 11008x4096 32.5 against 35.3 ms, 4096² 12.8 against 13.9 ms (0.92x
+# both). The fp32 form gained nothing there (52.6 against 50.2 ms, within noise), so it keeps 128.
+PAIR_GEMM_ROW_TILES = ((256, 0.92), *GEMM_ROW_TILES)
 
 
-def gemm_row_tile(m: int) -> int:
-    """Row tile of the GEMV's GEMM form for M = m rows (bf16 x, pair order: the measurements above; fp32 x
-    takes the same): of `GEMM_ROW_TILES`, the least padded rows times
-    cost per row (M = 17: 32; M = 40: 64; M = 100 or 256: 128)."""
-    return min(GEMM_ROW_TILES, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
+def gemm_row_tile(m: int, pair: bool = False) -> int:
+    """Row tile of the GEMV's GEMM form for M = m rows: of `GEMM_ROW_TILES` (`PAIR_GEMM_ROW_TILES` for the
+    bf16 pair dot, `pair`), the tile with the fewest padded rows times the cost per row (M = 17: 32; M = 40:
+    64; M = 100: 128; M = 256: 128, or 256 with the pair dot)."""
+    tiles = PAIR_GEMM_ROW_TILES if pair else GEMM_ROW_TILES
+    return min(tiles, key=lambda t: (math.ceil(m / t[0]) * t[0] * t[1], -t[0]))[0]
 
 
 def gemm_column_tile(n: int) -> int:

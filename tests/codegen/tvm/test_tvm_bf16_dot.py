@@ -127,15 +127,28 @@ def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, bloc
 @needs_bf16
 def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
     """bf16 x with a 4-bit weight runs `quantized_gemv` at every M on the CPU: past 16 rows its GEMM form in
-    row tiles of `gemm_row_tile(M)` (M = 40: one tile of 64 rows, 24 of them padding)."""
+    row tiles of `gemm_row_tile(M, pair=True)` (M = 40: one tile of 64 rows, 24 of them padding; M = 256: one
+    of 256 rows, where the fp32 form takes two of 128)."""
     from lowbit.kernels.spaces import gemm_row_tile
 
     assert [gemm_row_tile(m) for m in (17, 40, 64, 100, 256)] == [32, 64, 64, 128, 128]
+    assert [gemm_row_tile(m, pair=True) for m in (17, 40, 64, 100, 200, 256)] == [32, 64, 64, 128, 256, 256]
     qw, _, err = linear_bf16("int4", 40, 128, 512, seed=3)
     assert err < 2.0**-8
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
     assert kernel.program.name == "quantized_gemv" and dict(kernel.program.constants)["BM"] == 64
     assert "# fused:" in kernel.source
+
+
+@needs_bf16
+@pytest.mark.parametrize("m", [200, 256])
+def test_pair_gemm_takes_256_row_tiles(m):
+    """From ~200 rows the pair GEMM runs one 256-row tile (M = 200: 56 padding rows, staged as zeros and
+    dropped at the store) and equals the fp64 reference."""
+    qw, y, err = linear_bf16("int4", m, 256, 256, seed=m)
+    assert err < 2.0**-8 and bool(torch.isfinite(y).all())
+    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    assert dict(kernel.program.constants)["BM"] == 256 and "# fused:" in kernel.source
 
 
 @pytest.mark.parametrize(
