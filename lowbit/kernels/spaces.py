@@ -226,18 +226,17 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
     needs about bandwidth x latency in flight (H200: 4.8 TB/s x ~0.6 us = ~3 MB, ~22 KB per SM), and the
     interpreter-sized default (a [16, 32] tile, K steps of 128, 3 stages) keeps ~4 KB per program in flight.
 
-    * GEMV (M <= 16): K steps of 256 and 4 stages (3 in flight: 4 KB of int4 words per 16-column step),
-      columns as wide as keep >= 2 programs per SM (8192 columns: 16; 28672: 64);
+    * GEMV (M <= 16): K steps of 256 and 4 stages (3 in flight; a step's int4 words: 2 KB at 16 columns,
+      8 KB at 64), columns as wide as keep >= 2 programs per SM (8192 columns: 16; 28672: 64);
     * GEMM (fp16 tensor-core dot of dequantized tiles): 64 or 128 rows (by M), 128 columns narrowed until
       >= 2 programs per SM, K steps of 64, 4 / 8 warps, 3 stages;
     * W4A8 (int8 dot): 128 x 128 tiles (narrower for small grids), K steps of 128, 8 warps, 3 stages."""
     m, n = int(problem.get("M", 16) or 16), int(problem.get("N", 4096) or 4096)
-    rows = 1 << max(0, (min(m, 128) - 1).bit_length())  # M rounded up to a power of two, at most 128
     if kernel == "quantized_gemv":
         bn = _widest((64, 32, 16), lambda bn: math.ceil(n / bn), units)
         return Config.make({"BM": 16, "BN": bn, "BK": 256}, {"num_warps": 4, "num_stages": 4})
     if kernel in KERNELS:
-        bm = 64 if rows <= 64 else 128
+        bm = 64 if m <= 64 else 128
         bk = 64 if kernel == "quantized_gemm" else 128
         bn = _widest((128, 64, 32), lambda bn: math.ceil(m / bm) * math.ceil(n / bn), units)
         warps = 8 if bm * bn >= 128 * 128 else 4
