@@ -172,8 +172,9 @@ class Machine:
 
 
 def measure_machine(device: str = "cpu", threads: int = 1, *, quick: bool = False) -> Machine:
-    """Measure bandwidth and matmul peaks (fp32, bf16 and int8; fp32 bounds the torch_fp32 rows on CUDA too). `quick` uses a 256 MiB
-    buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then rougher."""
+    """Measure bandwidth and matmul peaks (fp32, bf16 and int8, on CUDA too: fp32 bounds the torch_fp32 rows).
+    `quick` uses a 256 MiB buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then
+    rougher."""
     cuda = device.startswith("cuda")
     nbytes = (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
     n = (4096 if cuda else 1024) if quick else None  # quick: squares, ~5x cheaper on CPU
