@@ -280,11 +280,24 @@ def quantized_linear_int8(
     if qweight.scheme == "w_a16":
         raise ValueError("qweight has scheme 'w_a16' (float activations); call quantized_linear with float x")
     is_torch = _is_torch(xq)
-    qa, sa = _host(xq, is_torch), _host(sx, _is_torch(sx))
     n, k = qweight.shape
+    backend = select_backend(backend)
+    if is_torch and _is_torch(sx) and _on_launch_device(xq, backend):
+        # on the Triton launch device: the weight's device copy, y allocated there, no host round trip
+        import torch
+
+        m = int(xq.shape[0]) if xq.ndim == 2 else -1
+        if xq.dtype != torch.int8 or m < 0 or xq.shape[1] != k or tuple(sx.shape) != (m,):
+            raise ValueError(f"xq {xq.dtype}{list(xq.shape)}, sx {list(sx.shape)}: expected int8 [M, {k}] and [M]")
+        yd = torch.empty((m, n), dtype=getattr(torch, out_dtype), device=xq.device)
+        if m:
+            arrays = device_weight(qweight, xq.device)
+            fixed, args = _w4a8_arguments(qweight, arrays, xq.contiguous(), sx.float(), yd, out_dtype)
+            _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
+        return _torch_result(yd, bias, (m, k), None)
+    qa, sa = _host(xq, is_torch), _host(sx, _is_torch(sx))
     if qa.dtype != np.int8 or qa.ndim != 2 or qa.shape[1] != k or sa.shape != (qa.shape[0],):
         raise ValueError(f"xq {qa.dtype}{list(qa.shape)}, sx {list(sa.shape)}: expected int8 [M, {k}] and [M]")
-    backend = select_backend(backend)
     m = qa.shape[0]
     host = as_dtype(out_dtype).host_dtype
     y: Any = np.zeros((m, n), host)

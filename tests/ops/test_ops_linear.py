@@ -281,3 +281,34 @@ def test_triton_linear_launcher_binds_the_device_weight(monkeypatch):
     monkeypatch.setattr(runtime, "_to_numpy", no_conversion)
     launch(x, y)
     assert torch.isfinite(y.float()).all() and torch.equal(y, quantized_linear(x, qw, backend="triton"))
+
+
+@pytest.mark.parametrize("scheme,G", [("w4a8_group", 64), ("w4a8_channel", -1)])
+def test_triton_int8_activations_stay_on_the_launch_device(scheme, G, monkeypatch):
+    """`quantized_linear_int8` (the W4A8 executor's call: activations already quantized per token) on torch
+    tensors where Triton launches: no conversion through NumPy, the result and the bias equal the NumPy
+    call's bit for bit, and both agree with the reference backend."""
+    from lowbit.codegen.triton import runtime
+    from lowbit.ops.linear import quantized_linear_int8
+    from lowbit.quant import quantize_per_token_int8
+
+    if "triton" not in available_backends():
+        pytest.skip("triton is not installed")
+    qw = quantize(weight(40, 256, 7), scheme=scheme, group_size=G)
+    qa, sa = quantize_per_token_int8(activations((5, 256), "float32", 7))
+    bias = np.linspace(-1, 1, 40).astype(np.float32)
+    expected = quantized_linear_int8(qa, sa, qw, out_dtype="float16", backend="triton", bias=bias)
+    reference_y = quantized_linear_int8(qa, sa, qw, out_dtype="float16", backend="reference", bias=bias)
+
+    def no_conversion(a):
+        raise AssertionError("a device call converted an argument through NumPy")
+
+    xq, sx = torch.from_numpy(qa).to(runtime.DEVICE), torch.from_numpy(sa).to(runtime.DEVICE)
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "_to_numpy", no_conversion)
+        y = quantized_linear_int8(xq, sx, qw, out_dtype="float16", backend="triton", bias=torch.from_numpy(bias))
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float16 and y.shape == (5, 40)
+    assert np.array_equal(y.float().cpu().numpy(), expected.astype(np.float32))
+    assert relative_error(expected, reference_y) <= 1e-3
+    with pytest.raises(ValueError, match="expected int8"):
+        quantized_linear_int8(xq.float(), sx, qw, backend="triton")
