@@ -259,8 +259,13 @@ def linear_problem(qweight: QuantizedWeight, x: Any, backend: str = "auto") -> t
     backend = select_backend(backend)
     is_torch = _is_torch(x)
     adtype = activation_dtype(x, "x")
-    x2 = _host(x, is_torch).reshape(-1, qweight.shape[1])  # [M, K]
-    xa, ya = _kernel_io(x, x2, is_torch, backend, qweight.shape[0])
+    n, k = qweight.shape
+    if is_torch and _on_launch_device(x, backend):  # what quantized_linear launches there: the device copy
+        x2d = x.reshape(-1, k).contiguous()
+        fixed, args = _device_arguments(qweight, x2d, _torch_empty((x2d.shape[0], n), x2d), adtype)
+        return select_kernel(qweight, x2d.shape[0], adtype=adtype, backend=backend), fixed, args
+    x2 = _host(x, is_torch).reshape(-1, k)  # [M, K]
+    xa, ya = _kernel_io(x, x2, is_torch, backend, n)
     fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
     return select_kernel(qweight, x2.shape[0], adtype=adtype, backend=backend), fixed, args
 

@@ -158,6 +158,27 @@ def test_linear_problem_is_what_quantized_linear_runs(scheme):
     assert np.isfinite(want).all() and np.array_equal(args["y"], want)
 
 
+@pytest.mark.parametrize("scheme", ["w_a16", "w4a8_group"])
+def test_linear_problem_on_the_triton_launch_device_is_the_device_call(scheme, monkeypatch):
+    """For torch x where Triton launches, the tuner's arguments are the device call's (the weight's device
+    copy, y there): timing them converts nothing through NumPy, and they compute quantized_linear's y."""
+    from lowbit.codegen.backend import compile_program
+    from lowbit.codegen.triton import runtime
+    from lowbit.ops.linear import default_linear_config, device_weight, linear_problem
+
+    if "triton" not in available_backends():
+        pytest.skip("triton is not installed")
+    qw = quantize(weight(24, 64), scheme=scheme, group_size=32)
+    x = torch.from_numpy(activations((3, 64), "float32", seed=5)).to(torch.float16).to(runtime.DEVICE)
+    kernel, fixed, args = linear_problem(qw, x, backend="triton")
+    assert args["w"] is device_weight(qw, x.device)["words"] and isinstance(args["y"], torch.Tensor)
+    cfg = default_linear_config(kernel, fixed, args, "triton")
+    monkeypatch.setattr(runtime, "_to_numpy", lambda a: pytest.fail("the tuner's call converted an argument"))
+    compile_program(kernel.trace(**fixed, **cfg.constant_dict), "triton", cfg.option_dict)(args)
+    want = quantized_linear(x, qw, backend="triton")
+    assert torch.isfinite(want.float()).all() and torch.equal(args["y"], want)
+
+
 @pytest.mark.parametrize(
     "M,N,K,adtype", [(1, 96, 256, torch.float32), (3, 64, 128, torch.bfloat16), (20, 40, 128, torch.float32)]
 )
