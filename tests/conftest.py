@@ -9,8 +9,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per cor
     for _var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
+import importlib.util
+
 import pytest
 from hypothesis import HealthCheck, settings
+
+# lowbit.codegen.triton chooses the interpreter (no CUDA) when it is imported, and that must happen before
+# anything imports triton: torch._dynamo does (a test that compiles a model reaches it), and a worker that ran
+# such a test first failed every later Triton kernel with a reduction ("Cannot call @triton.jit'd outside of
+# the scope of a kernel"). So the suite imports it first, in every worker.
+if importlib.util.find_spec("triton") is not None:
+    import lowbit.codegen.triton  # noqa: F401
 
 # `ci` is derandomized so CI is deterministic; `dev` explores more.
 settings.register_profile(
