@@ -1,5 +1,5 @@
-"""Run a DSL kernel on a backend (triton or tvm) and on the reference interpreter; triton kernels are also
-compiled for sm_90."""
+"""Run a DSL kernel on a backend (triton, tvm, or tvm-cuda: TVM's CUDA lowering run through `simulate()`) and on
+the reference interpreter; triton kernels are also compiled for sm_90."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ def run_both(
     args = {k: v for k, v in args.items() if k in {p.name for p in program.params}}  # the DSL drops unused tensors
     ref, tri = copy.deepcopy(args), copy.deepcopy(args)
     compile_program(program, "reference")(infer_scalars(program, ref))
-    compiled = compile_program(program, backend, options)
+    if backend == "tvm-cuda":  # the TVM CUDA lowering, built for sm_90, its code run on the CPU (`simulate`)
+        compiled = compile_program(program, "tvm", {"target": "cuda", **(options or {})}).simulate()
+    else:
+        compiled = compile_program(program, backend, options)
     compiled(infer_scalars(program, tri))
     if backend == "triton" and compiled.source not in _COMPILED:
         stages = triton_backend.compile_sm90(compiled)

@@ -118,7 +118,16 @@ OPTIONS: dict[str, Any] = {
     # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
     # 0.78, M = 4 0.44 vs 0.51
     "gemm_rows": 4,
+    # the build target: "cpu" (LLVM for this CPU) or "cuda" (`arch`): on CUDA every grid program is a thread
+    # block of `threads` threads, each tile op a loop over the tile's elements strided across the threads,
+    # tiles in shared memory (see `_Emitter.gpu_nest`)
+    "target": "cpu",
+    "arch": "sm_90",
+    "threads": 128,
 }
+TARGETS = ("cpu", "cuda")
+# shared memory a CUDA block may declare statically (larger needs the dynamic opt-in)
+SHARED_BYTES = 48 * 1024
 BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
@@ -166,6 +175,13 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise BackendError(f"tvm backend: option inline_consts={out['inline_consts']!r} must be True or False")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
         raise BackendError(f"tvm backend: option prefetch={out['prefetch']!r} must be an int >= 0 (bytes ahead)")
+    if out["target"] not in TARGETS:
+        raise BackendError(f"tvm backend: option target={out['target']!r}; use one of {list(TARGETS)}")
+    if not (isinstance(out["arch"], str) and re.fullmatch(r"sm_\d+a?", out["arch"])):
+        raise BackendError(f"tvm backend: option arch={out['arch']!r}; use a CUDA arch such as 'sm_90'")
+    threads = out["threads"]
+    if not (isinstance(threads, int) and 32 <= threads <= 1024 and threads % 32 == 0):
+        raise BackendError(f"tvm backend: option threads={threads!r} must be a multiple of 32 in 32..1024")
     if out["lut_field"] not in (0, 4):
         raise BackendError(f"tvm backend: option lut_field={out['lut_field']!r}; use 4 (4-bit fields) or 0 (per code)")
     return out
@@ -563,8 +579,11 @@ class _Emitter:
         # where tile buffers live: on a CPU a "local"-scope buffer becomes a TVMBackendAllocWorkspace call per
         # parallel iteration (heap memory LLVM cannot keep in registers); default-scope ones up to 1 KiB are
         # stack allocas that SROA turns into registers
-        self.scope = "" if cpu else 'scope="local"'
+        self.scope = "" if cpu else 'scope="shared"'
         self.cpu = cpu
+        # GPU: every tile buffer is block-shared (the threads of a block split each tile op's elements)
+        self.gpu = not cpu
+        self.shared_bytes = 0
         self.lines: list[str] = []
         self.depth = 0
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
@@ -589,6 +608,9 @@ class _Emitter:
     def _analyse(self) -> None:
         self.assigned: set[int] = set()
         self.stored = {s.tensor.name for s in walk(self.p.body) if isinstance(s, Store)}
+        self.loaded = {s.tensor.name for s in walk(self.p.body) if isinstance(s, ScalarLoad)} | {
+            s.inst.tensor.name for s in walk(self.p.body) if isinstance(s, Let) and isinstance(s.inst, I.Load)
+        }
         self.scalar_vars = {s.var for s in walk(self.p.body) if isinstance(s, ScalarLoad)}
         self.uses: dict[int, int] = {}
         self.use_depth: dict[int, int] = {}
@@ -722,8 +744,11 @@ class _Emitter:
         pids = [str(s) for s in p.program_ids]
         self.names.update(pids)
         total = " * ".join(f"({g})" for g in grid)
-        kind = "T.parallel" if self.opt["parallel"] == "fused" else "T.serial"
-        self.line(f"for blk in {kind}({total}):")
+        if self.gpu:
+            self.line(f'for blk in T.thread_binding({total}, thread="blockIdx.x"):')
+        else:
+            kind = "T.parallel" if self.opt["parallel"] == "fused" else "T.serial"
+            self.line(f"for blk in {kind}({total}):")
         self.depth += 1
         stride = "1"
         for pid, g in reversed(list(zip(pids, grid))):
@@ -734,6 +759,11 @@ class _Emitter:
             )
             stride = f"{stride} * ({g})" if stride != "1" else f"({g})"
         self.body(p.body, 0)
+        if self.shared_bytes > SHARED_BYTES:
+            raise BackendError(
+                f"tvm backend (cuda): the tiles of {p.name} need {self.shared_bytes} bytes of shared memory, over "
+                f"the {SHARED_BYTES} a block declares statically; use smaller tiles (BM, BN, BK)"
+            )
         return LoweredTir(
             _expand_helpers("\n".join(self.lines)) + "\n",
             tuple(t.name for t in tensors) + tuple(s.name for s in scalars),
@@ -834,6 +864,8 @@ class _Emitter:
     def alloc(self, t: Tile, name: str | None = None) -> str:
         name = name or self.tile_name(t)
         shape = ", ".join(str(s) for s in t.shape) or "1"
+        if self.gpu:
+            self.shared_bytes += math.prod(int(n) for n in t.shape) * max(t.dtype.bits, 8) // 8
         self.line(f'{name} = T.decl_buffer(({shape},), "{buffer_type(t.dtype)}", {self.scope})')
         return name
 
@@ -866,7 +898,11 @@ class _Emitter:
         body: Callable[[tuple[str, ...], _Ctx], list[str]],
         vector_last: bool = True,
     ) -> None:
-        """Emit `for idx in shape: body(idx)`, twice when loads can run past tensor edges."""
+        """Emit `for idx in shape: body(idx)`, twice when loads can run past tensor edges (on a GPU: once,
+        checked, the elements strided across the block's threads)."""
+        if self.gpu:
+            self.gpu_nest(shape, body)
+            return
         fast_loops, fast_idx = self._plan(shape, vector_last)
         probe = _Ctx(checked=False)
         fast = body(fast_idx, probe)
@@ -919,6 +955,82 @@ class _Emitter:
         for s in stmts:
             self.line(s)
         self.depth -= len(headers)
+
+    # ---- GPU: tile ops strided across a block's threads ----
+    def gpu_nest(self, shape: tuple[int, ...], body: Callable[[tuple[str, ...], _Ctx], list[str]]) -> None:
+        """`for idx in shape: body(idx)` on a CUDA block: element f of the row-major tile goes to thread
+        f mod threads, in full rounds of all threads and then one round of the first (size mod threads)
+        threads under a guard; the checked form (clamped addresses, selects) always. Each such loop is one
+        `T.thread_binding` of threadIdx.x (the same extent in every loop of the kernel); TVM's ThreadSync pass
+        puts a __syncthreads() between loops where a shared tile written by one is read by another (and across
+        iterations of an enclosing loop), which is where the tile program's order needs it. No loop reads the
+        shared tile it writes (dots and reductions accumulate in registers and write a fresh tile, an update
+        of an assigned tile reads a copy: `dot`, `_reduce`, `_assign`): ThreadSync cannot tell one thread's
+        element from another's and would want a barrier between such a read and write, under the guard of
+        the last round, which TVM refuses ("Cannot insert syncs inside condition") rather than deadlock.
+        Statements outside these loops (scalars, `For` / `If` of the program) run in every thread alike.
+        """
+        nt = int(self.opt["threads"])
+        total = math.prod(int(n) for n in shape)
+        full, tail = divmod(total, nt)
+        tx = self.fresh("tx")
+        self.line(f'for {tx} in T.thread_binding({nt}, thread="threadIdx.x"):')
+        self.depth += 1
+
+        def elements(flat: str) -> None:
+            # the coordinates as expressions of the thread and round, not let-bound names: TVMScript binds an
+            # assigned name as a one-element buffer, whose loads hide from ThreadSync that each thread reads and
+            # writes its own elements
+            idx: list[str] = []
+            for d, n in enumerate(shape):
+                stride = math.prod(int(m) for m in shape[d + 1 :])
+                value = flat if stride == 1 else f"T.floordiv({flat}, {stride})"
+                idx.append(f"({value})" if d == 0 else f"T.floormod({value}, {n})")
+            for st in body(tuple(idx), _Ctx(checked=True)):
+                self.line(st)
+
+        if full == 1:
+            elements(tx)
+        elif full > 1:
+            e = self.fresh("e")
+            self.line(f"for {e} in T.serial({full}):")
+            self.depth += 1
+            elements(f"({e} * {nt} + {tx})")
+            self.depth -= 1
+        if tail:
+            self.line(f"if {tx} < {tail}:")
+            self.depth += 1
+            elements(f"({full * nt} + {tx})" if full else tx)
+            self.depth -= 1
+        self.depth -= 1
+
+    def dot_gpu(self, inst: I.Dot, out: str) -> None:
+        """`out = c + a @ b` (c: the dot's accumulator operand, else 0) on a CUDA block: each thread takes output
+        elements (`gpu_nest`) and runs their k loop in a register, reading a and b from shared tiles (operands
+        reused across rows / columns were materialized by `dot`) or from their inlined index functions (a
+        GEMV's codes, decoded in place)."""
+        a, b = inst.a, inst.b
+        BM, KT = a.shape
+        BN = b.shape[1]
+        fa, fb = self.get(a), self.get(b)
+        fc = self.get(inst.c) if inst.c is not None else None
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
+        k, acc = self.fresh("k"), self.fresh("acc")
+        vt = buffer_type(inst.acc_dtype)
+
+        def body(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+            i, j = idx
+            prod = f"({conv(fa((i, k), ctx))}) * ({conv(fb((k, j), ctx))})"
+            init = fc(idx, ctx) if fc is not None else self.const(0, inst.acc_dtype)
+            return [
+                f'{acc} = T.decl_buffer((1,), "{vt}", scope="local")',
+                f"{acc}[0] = {init}",
+                f"for {k} in T.serial({KT}):",
+                f"    {acc}[0] = {acc}[0] + {prod}",
+                f"{out}[{i}, {j}] = {acc}[0]",
+            ]
+
+        self.gpu_nest((BM, BN), body)
 
     # ---- memory ----
     def tensor_read(self, t: TensorParam, coords: list[str], ctx: _Ctx, inside: str | None, other: Any) -> str:
@@ -998,6 +1110,14 @@ class _Emitter:
             if lut is not None and self._gemm_form(inst, *lut):
                 self._dot_scaled(inst, t, lut, scaled)
                 return
+        if self.gpu:  # a fresh tile (see `gpu_nest`); operands read by more than one row / column staged once
+            out = self.alloc(t)
+            for opnd, reuse in ((b, BM), (a, BN)):
+                if reuse > 1 and id(opnd) not in self.buf:
+                    self.materialize(opnd)
+            self.dot_gpu(inst, out)
+            self.bind_buffer(t, out)
+            return
         if inst.c is not None and id(t) in self.inplace:
             self.before_write({id(inst.c)})
             out = self.buf[id(inst.c)]
@@ -2395,6 +2515,9 @@ def _assign(e: _Emitter, s: Assign, depth: int) -> None:
     # an elementwise update of dst (`acc <- acc + f(p)`) is written in place; any other reader of dst is
     # materialized first
     in_place = e.uses.get(id(s.src)) == 1 and e.pointwise_in(s.src, s.dst)
+    if e.gpu and id(s.dst) in e.mut_reads.get(id(s.src), frozenset()) and id(s.src) not in e.buf:
+        e.materialize(s.src)  # no loop reads the shared tile it writes (`gpu_nest`): the update from a copy
+        in_place = False
     e.before_write({id(s.dst)}, keep=id(s.src) if in_place else None)
     e.pending.pop(id(s.src), None)  # read here only (in place, its index fn is stale afterwards)
     dst = e.buf[id(s.dst)]
@@ -2428,7 +2551,14 @@ def _store(e: _Emitter, s: Store, depth: int) -> None:
         cond = " and ".join(conds + ([mask(idx, ctx)] if mask is not None else []))
         return [f"if {cond}:", f"    {g}[{addr}] = {value}"]
 
+    # a CUDA block's threads store and load global memory in loops of their own: a tensor the program also
+    # reads gets a barrier on each side of the store (ThreadSync orders shared memory only)
+    barrier = e.gpu and t.name in e.loaded
+    if barrier:
+        e.line('T.tvm_storage_sync("shared")')
     e.nest(s.tile.shape, body)
+    if barrier:
+        e.line('T.tvm_storage_sync("shared")')
     e.pending.pop(id(s.tile), None)  # read: nothing later needs it
 
 
@@ -2762,6 +2892,23 @@ def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
         and dt.bits <= 32
     ):
         _reduce_lanes(e, inst, x, out, outer, init, combine, out_index)
+    elif e.gpu:  # a thread per kept element, the reduced axis in its own loop, in a register
+        red = e.fresh("red")
+        rounded = inst.op == "sum" and dt.is_float and dt.name != "float32"
+
+        def per_thread(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+            total = round_float(f"{red}[0]", dt) if rounded else f"{red}[0]"
+            return [
+                f'{red} = T.decl_buffer((1,), "{buffer_type(dt)}", scope="local")',
+                f"{red}[0] = {init}",
+                f"for {r} in T.serial({n}):",
+                f"    {red}[0] = {combine(f'{red}[0]', x(full_index(idx), ctx))}",
+                f"{out}[{out_index(idx)}] = {total}",
+            ]
+
+        e.gpu_nest(outer, per_thread)
+        e.bind_buffer(t, out)
+        return None
     else:
         e.nest(outer, lambda idx, ctx: [f"{out}[{out_index(idx)}] = {init}"])
         e.line(f"for {r} in T.serial({n}):")
@@ -2916,8 +3063,8 @@ assert set(STATEMENTS) == set(_STMT_RULES), "every IR statement needs a tvm lowe
 
 
 def lower(program: Program, options: Mapping[str, Any] | None = None, cpu: bool = True) -> LoweredTir:
-    """TVMScript text of `program` (PrimFunc `main`) and its argument order; `cpu` False for GPU targets
-    (tile buffers in "local" scope)."""
+    """TVMScript text of `program` (PrimFunc `main`) and its argument order; `cpu` False for a CUDA target
+    (blocks and threads bound, tile buffers in shared memory: `_Emitter.gpu_nest`)."""
     return _Emitter(program, options or {}, cpu).emit()
 
 

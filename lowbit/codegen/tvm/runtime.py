@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import threading
 import warnings
@@ -64,11 +65,39 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
         out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":
         out["vector"] = fp32_lanes() if cpu else 16
+    if not cpu:  # the x86 forms (VNNI, vpermps tables, vdpbf16ps, prefetch hints, SIMD lanes) are CPU-only
+        out.update(int8_dot="none", lut="none", bf16_dot="none", inner_dot=0, prefetch=0, vector=1, fma_chains=1)
     return out
 
 
-def cuda_target(arch: str = "sm_90") -> Any:
-    return tvm.target.Target({"kind": "cuda", "arch": arch})
+def cuda_target(arch: str = "sm_90", threads: int = 1024) -> Any:
+    return tvm.target.Target({"kind": "cuda", "arch": arch, "max_num_threads": threads})
+
+
+def option_target(options: Mapping[str, Any]) -> Any:
+    """The TVM target the options name: this CPU, or CUDA for option target "cuda" (option `arch`)."""
+    opts = check_options(options)
+    return cuda_target(opts["arch"]) if opts["target"] == "cuda" else cpu_target()
+
+
+def is_cuda(target: Any) -> bool:
+    return str(getattr(target, "kind", "")) == "cuda"
+
+
+_THREAD_LOOP = re.compile(r'T\.thread_binding\((.*?), thread="threadIdx\.x"\)')
+_BLOCK_LOOP = re.compile(r'T\.thread_binding\((.*?), thread="blockIdx\.x"\)')
+
+
+def cpu_simulation_source(source: str) -> str:
+    """The TVMScript of a CUDA-lowered kernel rewritten to run on the CPU with the same semantics: each
+    thread loop (`gpu_nest`) a serial loop (so every loop of a block's threads finishes before the next one
+    starts: what the __syncthreads() TVM inserts between them guarantees on the GPU), the block loop parallel,
+    shared and local buffers ordinary ones. Everything else, the element-to-thread arithmetic included, is the
+    CUDA kernel's own text."""
+    text = _THREAD_LOOP.sub(r"T.serial(\1)", source)
+    text = _BLOCK_LOOP.sub(r"T.parallel(\1)", text)
+    text = text.replace('T.tvm_storage_sync("shared")', "T.evaluate(0)")
+    return text.replace(', scope="shared"', "").replace(', scope="local"', "")
 
 
 class TvmKernel:
@@ -80,9 +109,9 @@ class TvmKernel:
     def __init__(self, program: Program, options: Mapping[str, Any], target: Any = None):
         self.program = program
         self.options = check_options(options)
-        self.target = target or cpu_target()
-        cpu = "llvm" in str(self.target)
-        lowered = lower(program, resolve_options(self.options, self.target), cpu=cpu)
+        self.target = target or option_target(self.options)
+        self.cuda = is_cuda(self.target)
+        lowered = lower(program, resolve_options(self.options, self.target), cpu=not self.cuda)
         self.source = lowered.source
         self.arg_names = lowered.arg_names
         self.key: str | None = None
@@ -94,6 +123,8 @@ class TvmKernel:
             raise BackendError(f"tvm backend produced TVMScript that does not parse: {e}\n{self.source}") from None
         self._module: Any = tvm.IRModule({"main": func})
         self.executable = tvm.compile(self._module, target=self.target)
+        if self.cuda and len(self.executable.mod.imports) != 1:  # TVM builds an unbound function host-only, silently
+            raise BackendError(f"tvm backend: {program.name} built for CUDA has no device module")
         if uses_stand_in(self.source):  # bf16 dots: the stand-in calls become vdpbf16ps (bf16_dot.py)
             self.executable = patch_module(self.executable)
         self._function: Any = None  # JIT-compiled on first use, unless `use_library` loads an export first
@@ -114,6 +145,7 @@ class TvmKernel:
         self.library = library
         _dump(program.name, self.source)
         self.target = target
+        self.cuda = False
         self._module = None
         self.executable = load_module(library)
         self._function = self.executable["main"]
@@ -121,8 +153,40 @@ class TvmKernel:
         return self
 
     @property
+    def cuda_source(self) -> str:
+        """The CUDA C TVM generated (a kernel built for a CUDA target)."""
+        if not self.cuda:
+            raise BackendError(f"kernel {self.program.name} was built for {self.target}, not CUDA")
+        return str(self.executable.mod.imports[0].inspect_source("cuda"))
+
+    def cubin(self) -> bytes:
+        """`cuda_source` compiled for the kernel's arch by NVRTC (`nvrtc_cubin`): the GPU compiler's verdict on
+        the generated code, on a machine without a GPU."""
+        return nvrtc_cubin(self.cuda_source, self.options["arch"], self.program.name)
+
+    def simulate(self) -> TvmKernel:
+        """This CUDA kernel's code run on the CPU (`cpu_simulation_source`): the thread-level index arithmetic,
+        guards and staging checked against the reference interpreter on a machine without a GPU."""
+        if not self.cuda:
+            raise BackendError(f"kernel {self.program.name} is a CPU kernel; simulate() runs CUDA kernels on the CPU")
+        done: TvmKernel | None = getattr(self, "_simulated", None)
+        if done is not None:
+            return done
+        sim = TvmKernel.__new__(TvmKernel)
+        self._simulated = sim
+        sim.program, sim.options, sim.arg_names = self.program, self.options, self.arg_names
+        sim.target, sim.cuda, sim.key, sim.library = cpu_target(), False, None, None
+        sim.source = cpu_simulation_source(self.source)
+        sim._module = tvm.IRModule({"main": tvm.script.from_source(sim.source)})
+        sim.executable = tvm.compile(sim._module, target=sim.target)
+        sim._function, sim._loaded, sim._from_file = None, False, False
+        return sim
+
+    @property
     def function(self) -> Any:
         """The callable kernel: from the loaded library, else JIT-compiled from the executable (once)."""
+        if self.cuda:
+            _need_cuda(self.program.name)
         if self._function is None:
             self._function = self.executable["main"]
         return self._function
@@ -153,9 +217,11 @@ class TvmKernel:
         shutil.copyfile(self.library, path)
 
     def __call__(self, args: Mapping[str, Any]) -> None:
-
+        if self.cuda:
+            _need_cuda(self.program.name)
         call_args: list[Any] = []
         copies: list[tuple[Any, Any]] = []
+        on_device: list[tuple[Any, Any]] = []
         params = {p.name: p for p in self.program.params}
         for name in self.arg_names:
             if name not in args:
@@ -168,8 +234,14 @@ class TvmKernel:
             t, back = _as_torch(v, isinstance(p.layout, PackedLayout))
             if back is not None:
                 copies.append(back)
+            if self.cuda and not t.is_cuda:  # host data for a CUDA kernel: a device copy, copied back after
+                device = t.cuda()
+                on_device.append((t, device))
+                t = device
             call_args.append(t.reshape(-1))
         self.function(*call_args)
+        for host, device in on_device:
+            host.copy_(device)
         for dst, src in copies:
             np.copyto(dst, src.reshape(dst.shape).view(dst.dtype))
 
@@ -191,6 +263,8 @@ class TvmKernel:
                 t, back = _as_torch(fixed[name], isinstance(getattr(params[name], "layout", None), PackedLayout))
                 if back is not None:
                     raise BackendError(f"kernel {self.program.name}: bound argument {name} is not contiguous")
+                if self.cuda and not t.is_cuda:
+                    t = t.cuda()
                 template.append(t.reshape(-1))
         # (argument position, is a tensor) per dynamic name; -1 for a name the compiled kernel does not take
         where = [
@@ -248,6 +322,59 @@ def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
     return t, None
 
 
+def _include_dir(package: str) -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "include")
+    return path if os.path.isdir(path) else None
+
+
+def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes:
+    """Compile CUDA C `source` to a cubin for `arch` with NVRTC, no GPU or CUDA toolkit needed: the headers
+    come from the nvidia-cuda-runtime / -cccl wheels (`pip install 'lowbit[cuda-aot]'`). Written here rather
+    than through `tvm.support.nvcc`, which looks for a toolkit directory (CUDA_PATH or nvcc). IEEE division,
+    square roots and denormals (no --use_fast_math), as the reference interpreter computes."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError:
+        raise BackendError(
+            "compiling CUDA without a toolkit needs NVRTC: pip install 'lowbit[cuda-aot]' (cuda-bindings and the "
+            "nvidia-cuda-nvrtc / -runtime / -cccl wheels)"
+        ) from None
+    includes = [_include_dir("nvidia.cuda_cccl"), _include_dir("nvidia.cuda_runtime")]
+    if None in includes:
+        raise BackendError("NVRTC needs the CUDA headers: pip install 'lowbit[cuda-aot]'")
+    opts = [f"--gpu-architecture={arch}", "-default-device", "--std=c++17", *(f"-I{d}" for d in includes)]
+    _, prog = nvrtc.nvrtcCreateProgram(source.encode(), f"{name}.cu".encode(), 0, [], [])
+    try:
+        (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            errors = [ln for ln in log.decode(errors="replace").splitlines() if "error" in ln]
+            raise BackendError(f"NVRTC rejected the CUDA source of {name} for {arch}: " + " | ".join(errors[:5]))
+        _, size = nvrtc.nvrtcGetCUBINSize(prog)
+        cubin = b" " * size
+        nvrtc.nvrtcGetCUBIN(prog, cubin)
+        return cubin
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _need_cuda(name: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError(
+            f"kernel {name} was built for CUDA and this machine has no CUDA device; run it on a GPU, or call "
+            "kernel.simulate() to run its code on the CPU"
+        )
+
+
 def load_module(path: str) -> Any:
     """Reload an exported kernel library (`TvmKernel.export`); call its `["main"]` with torch tensors."""
     return tvm.runtime.load_module(path)
@@ -302,7 +429,9 @@ def compile_tvm(program: Program, options: Mapping[str, Any], target: Any = None
     loaded from the cache keeps `program` as given (its parameters are those of the optimized one)."""
     from lowbit.ir.passes import run_pipeline
 
-    target = target or cpu_target()
+    target = target or option_target(options)
+    if is_cuda(target):  # not in the disk cache: its libraries load only where CUDA does
+        return TvmKernel(run_pipeline(program), options, target)
     parts = kernel_key_parts(program, options, target)
     key = kernel_cache.kernel_key(parts)
     found = kernel_cache.lookup(key)  # None when the disk cache is off (LOWBIT_KERNEL_CACHE=0)
@@ -354,10 +483,14 @@ def regenerate(record: Mapping[str, Any]) -> TvmKernel:
 __all__ = [
     "TvmKernel",
     "compile_tvm",
+    "cpu_simulation_source",
     "cpu_target",
     "cuda_target",
+    "is_cuda",
     "kernel_key_parts",
     "load_module",
+    "nvrtc_cubin",
+    "option_target",
     "regenerate",
     "resolve_options",
 ]

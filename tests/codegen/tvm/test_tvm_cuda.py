@@ -1,0 +1,140 @@
+"""The TVM backend's CUDA lowering (option target "cuda"): grid programs as thread blocks, each tile op strided
+across the block's threads, tiles in shared memory. Without a GPU its code is checked three ways: the same
+TVMScript run on the CPU (`TvmKernel.simulate`, thread loops as serial loops) equals the reference interpreter
+and `x @ dequant(W)`; TVM builds a device module and NVRTC compiles its CUDA C to an sm_90 cubin; TVM's
+ThreadSync accepts it (no barrier under a thread-dependent branch). On a CUDA machine the `gpu` test runs it."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from backend_harness import FLOAT_DTYPES, INT_DTYPES, check_gemm, run_both
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.codegen.backend import BackendError, compile_program
+from lowbit.codegen.tvm.runtime import cpu_simulation_source
+from lowbit.ir.layout import packed_along
+from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
+from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
+from lowbit.lang.kernel import infer_scalars
+from lowbit.quant import quantize_per_token_int8, quantize_qoq, quantize_w4a8_per_channel
+
+CUDA = {"target": "cuda"}
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    M=st.integers(1, 40),
+    N=st.integers(1, 80),
+    kg=st.sampled_from([(64, 32), (96, 32), (128, 64), (100, -1)]),
+    wdtype=st.sampled_from(INT_DTYPES + FLOAT_DTYPES),
+    zero_mode=st.sampled_from(["none", "post", "pre"]),
+    adtype=st.sampled_from(["float16", "float32", "bfloat16"]),
+    # 16x32 tiles: whole rounds of 128 threads; 8x20: a guarded last round; 1x64: fewer elements than threads
+    tiles=st.sampled_from([dict(BM=16, BN=32, BK=32), dict(BM=8, BN=20, BK=32), dict(BM=1, BN=64, BK=32)]),
+    threads=st.sampled_from([128, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_equals_the_reference(M, N, kg, wdtype, zero_mode, adtype, tiles, threads, seed):
+    K, G = kg
+    if G != -1 and not (tiles["BK"] % G == 0 or G % tiles["BK"] == 0):
+        tiles = dict(tiles, BK=G)
+    check_gemm("tvm-cuda", M, N, K, wdtype, G, zero_mode, adtype, seed, {"threads": threads}, **tiles)
+
+
+@pytest.mark.parametrize("wdtype,zero_mode", [("int4", "post"), ("uint3", "pre"), ("fp4_e2m1", "none")])
+def test_gemv_equals_the_reference(wdtype, zero_mode):
+    p = random_problem(3, 70, 256, wdtype, G=128, zero_mode=zero_mode, seed=1, BM=4, BN=32, BK=128)
+    consts = {**p.constants, "adtype": "float16"}
+    ref, out = run_both(quantized_gemv, consts, dict(p.args), backend="tvm-cuda")
+    assert not np.isnan(out["y"]).any()
+    assert relative_error(out["y"].astype(np.float64), ref["y"].astype(np.float64)) <= 2e-3
+    assert relative_error(out["y"].astype(np.float64), p.expected) <= 1e-2
+
+
+@pytest.mark.parametrize("per_group", [True, False])
+def test_w4a8_equals_the_reference(per_group):
+    rng = np.random.default_rng(3)
+    M, N, K = 5, 40, 256
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    qa, sa = quantize_per_token_int8(rng.standard_normal((M, K)).astype(np.float32))
+    layout = packed_along((K, N), 4, 0)
+    args = dict(xq=qa, sx=sa.astype(np.float32), y=np.zeros((M, N), np.float32))
+    if per_group:
+        qw = quantize_qoq(w, bits=4, group_size=128)
+        args.update(w=layout.pack(qw.codes.T), s2=qw.s2.T.astype(np.int8), z2=qw.zeros.T.astype(np.int8), s1=qw.s1)
+        kernel, consts = w4a8_gemm_per_group, dict(wdtype="uint4", G=128, BM=16, BN=32, BK=128)
+    else:
+        gq = quantize_w4a8_per_channel(w, bits=4)
+        args.update(w=layout.pack(gq.codes.T.astype(np.uint8)), zeros=gq.zeros[:, 0].astype(np.int32))
+        args.update(scales=gq.scales[:, 0])
+        kernel, consts = w4a8_gemm_per_channel, dict(wdtype="uint4", BM=16, BN=32, BK=64)
+    ref, out = run_both(kernel, {**consts, "ydtype": "float32", "wlayout": layout}, args, backend="tvm-cuda")
+    assert np.isfinite(out["y"]).all()
+    # the int32 dot is exact on both sides and the fp32 epilogue the same ops: equal up to reassociation
+    assert relative_error(out["y"].astype(np.float64), ref["y"].astype(np.float64)) <= 1e-6
+
+
+def test_cuda_source_cubin_and_launch_shape():
+    p = random_problem(20, 40, 128, "int4", G=32, zero_mode="post", BM=16, BN=32, BK=32)
+    kernel = compile_program(quantized_gemm.trace(**p.constants), "tvm", {**CUDA, "threads": 64})
+    src = kernel.cuda_source
+    assert "__global__ void __launch_bounds__(64) main_kernel" in src
+    assert "__shared__" in src and "__syncthreads();" in src
+    assert "threadIdx.x" in src and "blockIdx.x" in src
+    cubin = kernel.cubin()  # NVRTC: the GPU compiler accepts the generated C for sm_90
+    assert cubin[:4] == b"\x7fELF" and len(cubin) > 1000
+    sim = cpu_simulation_source(kernel.source)
+    assert "thread_binding" not in sim and "scope=" not in sim and "tvm_storage_sync" not in sim
+    assert sim.count("T.parallel(") == 1  # the grid; every thread loop is serial on the CPU
+
+
+def test_cuda_kernel_without_a_gpu_says_what_to_do():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    p = random_problem(4, 32, 64, "int4", G=32, zero_mode="none", BM=4, BN=32, BK=32)
+    program = quantized_gemm.trace(**p.constants)
+    kernel = compile_program(program, "tvm", CUDA)
+    with pytest.raises(BackendError, match="simulate"):
+        kernel(infer_scalars(program, copy.deepcopy(p.args)))
+    cpu = compile_program(program, "tvm")
+    with pytest.raises(BackendError, match="CPU kernel"):
+        cpu.simulate()
+    with pytest.raises(BackendError, match="not CUDA"):
+        _ = cpu.cuda_source
+
+
+def test_tiles_over_the_shared_memory_of_a_block_are_refused():
+    p = random_problem(4, 32, 256, "int8", G=128, zero_mode="none", BM=64, BN=128, BK=128)
+    with pytest.raises(BackendError, match=r"shared memory.*smaller tiles \(BM, BN, BK\)"):
+        compile_program(quantized_gemm.trace(**p.constants), "tvm", CUDA)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [({"target": "gpu"}, "target='gpu'"), ({"threads": 100}, "multiple of 32"), ({"arch": "90"}, "arch='90'")],
+)
+def test_bad_options_name_the_fix(options, match):
+    p = random_problem(4, 32, 64, "int4", G=32, zero_mode="none", BM=4, BN=32, BK=32)
+    with pytest.raises(BackendError, match=match):
+        compile_program(quantized_gemm.trace(**p.constants), "tvm", {**CUDA, **options})
+
+
+@pytest.mark.gpu
+def test_runs_on_the_gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    p = random_problem(33, 70, 256, "int4", G=128, zero_mode="post", BM=16, BN=32, BK=32)
+    program = quantized_gemm.trace(**p.constants)
+    kernel = compile_program(program, "tvm", CUDA)
+    args = copy.deepcopy(p.args)
+    kernel(infer_scalars(program, args))  # NumPy arguments: copied to the device and back
+    assert relative_error(args["y"].astype(np.float64), p.expected) <= 1e-2
