@@ -126,8 +126,11 @@ OPTIONS: dict[str, Any] = {
     "threads": 128,
 }
 TARGETS = ("cpu", "cuda")
-# shared memory a CUDA block may declare statically (larger needs the dynamic opt-in)
+# shared memory a CUDA block declares statically. Not more: TVM's ThreadSync takes every dynamic ("shared.dyn")
+# buffer for an alias of every other and then wants barriers under the last round's guard (`gpu_nest`), and
+# merging static buffers (tirx.merge_static_smem) reuses memory across loops without barriers of its own
 SHARED_BYTES = 48 * 1024
+
 BF16_DOT = ("auto", "avx512bf16", "none")
 INT8_DOT = ("auto", "vnni", "avx2", "none")
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
@@ -764,8 +767,9 @@ class _Emitter:
                 f"tvm backend (cuda): the tiles of {p.name} need {self.shared_bytes} bytes of shared memory, over "
                 f"the {SHARED_BYTES} a block declares statically; use smaller tiles (BM, BN, BK)"
             )
+        text = "\n".join(self.lines)
         return LoweredTir(
-            _expand_helpers("\n".join(self.lines)) + "\n",
+            _expand_helpers(text) + "\n",
             tuple(t.name for t in tensors) + tuple(s.name for s in scalars),
         )
 
@@ -2592,6 +2596,17 @@ def _for(e: _Emitter, s: For, depth: int) -> None:
 @stmt_rule(If)
 def _if(e: _Emitter, s: If, depth: int) -> None:
     e.before_write(e.writes_in.get(id(s), set()))  # nor one read in either branch
+    if e.gpu:
+        # a branch of the program is block-uniform (its condition is scalars), but TVM's ThreadSync takes any
+        # `if` on loaded values for a divergent one and refuses the barriers its body needs ("Cannot insert
+        # syncs inside condition"): each branch is a loop of 0 or 1 iterations instead, the same in every thread
+        for branch, taken in ((s.then_body, "1, 0"), (s.else_body, "0, 1")):
+            if branch:
+                e.line(f"for {e.fresh('once')} in T.serial(T.Select({scalar(s.cond)}, {taken})):")
+                e.depth += 1
+                e.body(branch, depth)
+                e.depth -= 1
+        return
     e.line(f"if {scalar(s.cond)}:")
     e.depth += 1
     e.body(s.then_body, depth)

@@ -97,7 +97,9 @@ def cpu_simulation_source(source: str) -> str:
     text = _THREAD_LOOP.sub(r"T.serial(\1)", source)
     text = _BLOCK_LOOP.sub(r"T.parallel(\1)", text)
     text = text.replace('T.tvm_storage_sync("shared")', "T.evaluate(0)")
-    return text.replace(', scope="shared"', "").replace(', scope="local"', "")
+    for scope in ("shared", "local"):
+        text = text.replace(f', scope="{scope}"', "")
+    return text
 
 
 class TvmKernel:
