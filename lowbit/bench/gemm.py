@@ -331,7 +331,10 @@ def _choose_backends(asked: Sequence[str] | None, device: str, ops: Any, notes: 
     if kind == "cpu" and asked is None:
         notes.append("triton skipped on CPU: it would run in the Triton interpreter, far too slow to benchmark")
     if kind == "cuda" and asked is None:
-        notes.append("tvm not run on the GPU: lowbit's TVM kernels are built for the CPU (pass --backends to add it)")
+        notes.append(
+            "tvm not run on the GPU by default: its CUDA lowering is a plain SIMT form (scalar FMAs over shared-memory"
+            " tiles, no tensor cores); the Triton kernels are the GPU path (--backends triton,tvm adds it)"
+        )
     return tuple(chosen)
 
 

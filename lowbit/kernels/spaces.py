@@ -244,6 +244,30 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
     return None
 
 
+def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
+    """Tiles for the TVM backend's CUDA lowering (option target "cuda": every tile in a block's static shared
+    memory, 48 KiB): GEMV rows the next power of two >= M (<= 16) by 32 columns, one group per K step (<= 128);
+    GEMMs 32 x 64 tiles, K steps of 32 (the group when smaller), W4A8 K steps of one group (or 64). Reasoned
+    from the shared-memory budget, not measured (no GPU here); the first valid point of the space otherwise."""
+    kernel = getattr(kernel, "name", kernel)
+    m, g = int(problem.get("M", 16) or 16), _group(problem)
+    group_k = g if g in (32, 64, 128) else (64 if g == -1 or g > 128 else 32)
+    if kernel == "quantized_gemv":
+        tiles = {"BM": 1 << max(0, (min(m, 16) - 1).bit_length()), "BN": 32, "BK": group_k}
+    elif kernel == "quantized_gemm":
+        tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}
+    else:
+        tiles = {"BM": 32, "BN": 64, "BK": group_k if kernel == "w4a8_gemm_per_group" else 64}
+    sp = space(kernel, "tvm")
+    cfg = Config.make(tiles, {"target": "cuda"})
+    if sp.check(cfg, problem) is None:
+        return cfg
+    for point in sp:
+        if sp.check(point, problem) is None:
+            return Config.make(point.constant_dict, {"target": "cuda"})
+    raise ValueError(f"no configuration of {kernel} on tvm (cuda) is valid for {dict(problem)}")
+
+
 def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Config:
     """The space's default point if valid for `problem`, else the first valid point (ValueError if none).
     On the TVM backend the default depends on M (see `_cpu_default`)."""
@@ -278,4 +302,5 @@ __all__ = [
     "gemm_row_tile",
     "gpu_default",
     "space",
+    "tvm_cuda_default",
 ]

@@ -45,7 +45,7 @@ from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, q
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
-from lowbit.kernels.spaces import default_config, space
+from lowbit.kernels.spaces import default_config, space, tvm_cuda_default
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, retile_columns
@@ -203,6 +203,13 @@ def quantized_linear(
         ya = _torch_empty((m, n), x)
         fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
         _compiled(qweight, m, backend, adtype, fixed, args, tune, config)(args)
+        return _torch_result(ya, bias, shape, out)
+    elif is_torch and m and backend == "tvm" and x.device.type == "cuda":
+        # torch CUDA activations with backend "tvm": the TVM backend's CUDA kernels (`tvm_cuda_kernel`), on the
+        # weight's device copy, x and y where they lie
+        ya = _torch_empty((m, n), x)
+        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
+        tvm_cuda_kernel(qweight, m, adtype, fixed, args, config)(args)
         return _torch_result(ya, bias, shape, out)
     elif (
         backend == "tvm"
@@ -570,6 +577,23 @@ def _compiled(
         else:
             compiled = compile_program(kernel.trace(**fixed, **cfg.constant_dict), backend, cfg.option_dict)
         plans[key] = compiled
+    return compiled
+
+
+def tvm_cuda_kernel(qw: QuantizedWeight, m: int, io: str, fixed: dict, args: dict, config: Config | None = None) -> Any:
+    """The TVM backend's CUDA build of the kernel `scheme_kernel` picks for `qw` and M rows (the GPU's rule:
+    the GEMV up to 16 rows, else the GEMM; W4A8 schemes their kernels), on the weight's row layout, with
+    `spaces.tvm_cuda_default` tiles unless `config` is given (option target "cuda" added); kept on the weight.
+    `fixed` / `args` as `_device_arguments` builds them (their sizes choose the tiles)."""
+    plans = qw.__dict__.setdefault("_plans", {})
+    key = (m, "tvm:cuda", io, config)
+    compiled = plans.get(key)
+    if compiled is None:
+        kernel = scheme_kernel(qw.scheme, m)
+        problem = {"M": m, "N": args["N"], "K": args["K"], "G": fixed.get("G", -1), "wdtype": fixed["wdtype"]}
+        cfg = config or tvm_cuda_default(kernel.name, problem)
+        options = {**cfg.option_dict, "target": "cuda"}
+        compiled = plans[key] = compile_program(kernel.trace(**fixed, **cfg.constant_dict), "tvm", options)
     return compiled
 
 

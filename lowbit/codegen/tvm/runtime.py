@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -127,6 +128,8 @@ class TvmKernel:
         self.executable = tvm.compile(self._module, target=self.target)
         if self.cuda and len(self.executable.mod.imports) != 1:  # TVM builds an unbound function host-only, silently
             raise BackendError(f"tvm backend: {program.name} built for CUDA has no device module")
+        if self.cuda:  # the device module holds CUDA C, compiled when it is loaded (on a GPU)
+            use_nvrtc_for_tvm()
         if uses_stand_in(self.source):  # bf16 dots: the stand-in calls become vdpbf16ps (bf16_dot.py)
             self.executable = patch_module(self.executable)
         self._function: Any = None  # JIT-compiled on first use, unless `use_library` loads an export first
@@ -367,6 +370,33 @@ def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+@functools.cache
+def use_nvrtc_for_tvm() -> bool:
+    """Point TVM's `tvm_callback_cuda_compile` (what its CUDA runtime calls to turn a module's CUDA C into a
+    binary when it loads it) at `nvrtc_cubin`, for the arch of this process's GPU (sm_90 without one): TVM's
+    own NVRTC path looks for a CUDA toolkit directory, the wheels of lowbit[cuda-aot] need none. False, and
+    TVM's callback kept, when NVRTC is not installed."""
+    if importlib.util.find_spec("cuda") is None or _include_dir("nvidia.cuda_cccl") is None:
+        return False
+    import tvm_ffi
+
+    arch = "sm_90"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            arch = f"sm_{major}{minor}"
+    except ImportError:
+        pass
+
+    def compile_for_device(code: str, *_: Any) -> bytearray:
+        return bytearray(nvrtc_cubin(code, arch, "tvm_kernels"))
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_for_device, override=True)
+    return True
+
+
 def _need_cuda(name: str) -> None:
     import torch
 
@@ -495,4 +525,5 @@ __all__ = [
     "option_target",
     "regenerate",
     "resolve_options",
+    "use_nvrtc_for_tvm",
 ]
