@@ -1,11 +1,13 @@
 """Static sm_90 report of the GPU GEMM kernels as a default run would launch them, made without a GPU.
 
     python benchmarks/sm90_static.py            # the H200 defaults (132 SMs) at the bench's GPU layers
+    python benchmarks/sm90_static.py --tvm      # the TVM backend's CUDA lowering (NVRTC's ptxas) instead
 
 For each case, the config `lowbit.kernels.spaces.gpu_default` picks is compiled for sm_90 with the JIT's
 aligned specialization (`compile_sm90(aligned=True)`). The report gives ptxas's registers and spill bytes,
 and counts the PTX's asynchronous copies by size and its tensor-core instructions. These are facts about the
-code, not timings: no GPU runs here.
+code, not timings: no GPU runs here. `--tvm`: the same cases through the TVM backend's CUDA lowering with
+`spaces.tvm_cuda_default` tiles, compiled by NVRTC (`lowbit[cuda-aot]`): registers, static shared memory, spills.
 """
 
 from __future__ import annotations
@@ -71,7 +73,26 @@ def report(kernel: str, m: int, n: int, wdtype: str) -> str:
     )
 
 
+def report_tvm(kernel: str, m: int, n: int, wdtype: str) -> str:
+    import lowbit.kernels as K
+    from lowbit.codegen.backend import compile_program
+    from lowbit.codegen.tvm.runtime import nvrtc_resources
+    from lowbit.kernels.spaces import tvm_cuda_default
+
+    problem = {"M": m, "N": n, "K": 8192, "G": 128, "wdtype": wdtype, "adtype": "float16"}
+    cfg = tvm_cuda_default(kernel, problem)
+    fixed = {"wdtype": wdtype, "G": 128} | ({} if kernel.startswith("w4a8") else {"adtype": "float16"})
+    kernel_obj = compile_program(getattr(K, kernel).trace(**fixed, **cfg.constant_dict), "tvm", cfg.option_dict)
+    res = nvrtc_resources(kernel_obj.cuda_source, "sm_90", kernel)
+    tiles = " ".join(f"{k}={v}" for k, v in cfg.constant_dict.items())
+    return (
+        f"{kernel:20s} M={m:<5} N={n:<6} {wdtype:6s} | {tiles} threads 128 | regs {res['registers']} smem "
+        f"{res['shared_bytes']} B | spill {res['spill_stores']} / {res['spill_loads']} B | stack {res['stack_bytes']} B"
+    )
+
+
 if __name__ == "__main__":
+    run = report_tvm if "--tvm" in sys.argv[1:] else report
     for case in CASES:
-        print(report(*case), flush=True)
+        print(run(*case), flush=True)
     sys.exit(0)

@@ -246,18 +246,20 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
 
 def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
     """Tiles for the TVM backend's CUDA lowering (option target "cuda": every tile in a block's static shared
-    memory, 48 KiB): GEMV rows the next power of two >= M (<= 16) by 32 columns, one group per K step (<= 128);
-    GEMMs 32 x 64 tiles, K steps of 32 (the group when smaller), W4A8 K steps of one group (or 64). Reasoned
-    from the shared-memory budget, not measured (no GPU here); the first valid point of the space otherwise."""
+    memory, 48 KiB; tiles stored as float32 / int32): GEMV rows the next power of two >= M (<= 16) by 128 / BM
+    columns (>= 32: every thread of 128 has an output), one group per K step (<= 128); GEMMs and W4A8 32 x 64
+    tiles in K steps of 32 (the group when smaller). Reasoned from the shared-memory budget and the thread
+    count, not measured (no GPU here); the first valid point of the space otherwise."""
     kernel = getattr(kernel, "name", kernel)
     m, g = int(problem.get("M", 16) or 16), _group(problem)
     group_k = g if g in (32, 64, 128) else (64 if g == -1 or g > 128 else 32)
     if kernel == "quantized_gemv":
-        tiles = {"BM": 1 << max(0, (min(m, 16) - 1).bit_length()), "BN": 32, "BK": group_k}
+        bm = 1 << max(0, (min(m, 16) - 1).bit_length())
+        tiles = {"BM": bm, "BN": max(32, 128 // bm), "BK": group_k}
     elif kernel == "quantized_gemm":
         tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}
-    else:
-        tiles = {"BM": 32, "BN": 64, "BK": group_k if kernel == "w4a8_gemm_per_group" else 64}
+    else:  # W4A8: the int8 tiles live as int32 in shared memory
+        tiles = {"BM": 32, "BN": 64, "BK": 32}
     sp = space(kernel, "tvm")
     cfg = Config.make(tiles, {"target": "cuda"})
     if sp.check(cfg, problem) is None:

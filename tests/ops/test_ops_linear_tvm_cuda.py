@@ -43,6 +43,7 @@ def test_w_a16_kernels_it_picks(m, n, dtype, g, adtype, seed):
     fixed, args = _a16_arguments(qw, _host_arrays(qw), x, y, m, adtype)
     kernel = tvm_cuda_kernel(qw, m, adtype, fixed, args)
     assert kernel.cuda and kernel.program.name == ("quantized_gemv" if m <= 16 else "quantized_gemm")
+    assert kernel.cubin()[:4] == b"\x7fELF"  # within a block's shared memory: ptxas accepts it for sm_90
     kernel.simulate()(args)
     assert np.isfinite(y).all()
     assert relative_error(y.astype(np.float64), _reference(qw, x)) <= BOUND[adtype]
@@ -59,6 +60,7 @@ def test_w4a8_kernels_it_picks(scheme):
     fixed, args = _w4a8_arguments(qw, _host_arrays(qw), qa, sa.astype(np.float32), y, "float32")
     kernel = tvm_cuda_kernel(qw, m, "int8->float32", fixed, args)
     assert kernel.cuda and kernel.program.name.startswith("w4a8_gemm")
+    assert kernel.cubin()[:4] == b"\x7fELF"
     kernel.simulate()(args)
     ref = ops.quantized_linear(x, qw, backend="reference")  # the same int8 activations, the interpreter
     assert relative_error(y.astype(np.float64), np.asarray(ref, np.float64)) <= 1e-5

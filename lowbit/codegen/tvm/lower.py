@@ -868,8 +868,9 @@ class _Emitter:
     def alloc(self, t: Tile, name: str | None = None) -> str:
         name = name or self.tile_name(t)
         shape = ", ".join(str(s) for s in t.shape) or "1"
-        if self.gpu:
-            self.shared_bytes += math.prod(int(n) for n in t.shape) * max(t.dtype.bits, 8) // 8
+        if self.gpu:  # the buffer's element type (floats as float32, ints as int32 or int64, booleans as int8)
+            elem = int(re.sub(r"\D", "", buffer_type(t.dtype))) // 8
+            self.shared_bytes += math.prod(int(n) for n in t.shape) * elem
         self.line(f'{name} = T.decl_buffer(({shape},), "{buffer_type(t.dtype)}", {self.scope})')
         return name
 

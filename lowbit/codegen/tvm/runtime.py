@@ -337,7 +337,24 @@ def _include_dir(package: str) -> str | None:
     return path if os.path.isdir(path) else None
 
 
-def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes:
+def nvrtc_resources(source: str, arch: str = "sm_90", name: str = "kernel") -> dict[str, int]:
+    """What ptxas (inside NVRTC) reports for `source` on `arch`: registers per thread, static shared memory
+    bytes, spill stores / loads bytes and the local stack frame, from its `-v` log (`nvrtc_cubin`)."""
+    log = nvrtc_cubin(source, arch, name, verbose=True)[1]
+    out = {"registers": 0, "shared_bytes": 0, "spill_stores": 0, "spill_loads": 0, "stack_bytes": 0}
+    for key, pattern in (
+        ("registers", r"Used (\d+) registers"),
+        ("shared_bytes", r"(\d+) bytes smem"),
+        ("spill_stores", r"(\d+) bytes spill stores"),
+        ("spill_loads", r"(\d+) bytes spill loads"),
+        ("stack_bytes", r"(\d+) bytes stack frame"),
+    ):
+        found = re.findall(pattern, log)
+        out[key] = max((int(v) for v in found), default=0)
+    return out
+
+
+def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel", verbose: bool = False) -> Any:
     """Compile CUDA C `source` to a cubin for `arch` with NVRTC, no GPU or CUDA toolkit needed: the headers
     come from the nvidia-cuda-runtime / -cccl wheels (`pip install 'lowbit[cuda-aot]'`). Written here rather
     than through `tvm.support.nvcc`, which looks for a toolkit directory (CUDA_PATH or nvcc). IEEE division,
@@ -353,6 +370,8 @@ def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes
     if None in includes:
         raise BackendError("NVRTC needs the CUDA headers: pip install 'lowbit[cuda-aot]'")
     opts = [f"--gpu-architecture={arch}", "-default-device", "--std=c++17", *(f"-I{d}" for d in includes)]
+    if verbose:  # (cubin, log): ptxas's resource lines land in the program log
+        opts.append("--ptxas-options=-v")
     _, prog = nvrtc.nvrtcCreateProgram(source.encode(), f"{name}.cu".encode(), 0, [], [])
     try:
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
@@ -365,7 +384,12 @@ def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes
         _, size = nvrtc.nvrtcGetCUBINSize(prog)
         cubin = b" " * size
         nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin
+        if not verbose:
+            return cubin
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        return cubin, log.decode(errors="replace")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -522,6 +546,7 @@ __all__ = [
     "kernel_key_parts",
     "load_module",
     "nvrtc_cubin",
+    "nvrtc_resources",
     "option_target",
     "regenerate",
     "resolve_options",
