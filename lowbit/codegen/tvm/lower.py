@@ -584,9 +584,7 @@ class _Emitter:
         # stack allocas that SROA turns into registers
         self.scope = "" if cpu else 'scope="shared"'
         self.cpu = cpu
-        # GPU: every tile buffer is block-shared (the threads of a block split each tile op's elements)
-        self.gpu = not cpu
-        self.shared_bytes = 0
+        self.shared_bytes = 0  # GPU: the bytes of the tile buffers, all block-shared
         self.lines: list[str] = []
         self.depth = 0
         self.fn: dict[int, IndexFn] = {}  # tile -> index function
@@ -606,6 +604,11 @@ class _Emitter:
         self.defs: dict[int, I.Inst] = {}  # tile -> the instruction that defined it (value-range analysis)
         self.loops: list[For] = []  # the enclosing T.range loops while emitting (innermost last)
         self._analyse()
+
+    @property
+    def gpu(self) -> bool:
+        """A CUDA target: the threads of a block split each tile op's elements (`gpu_nest`)."""
+        return not self.cpu
 
     # ---- analysis ----
     def _analyse(self) -> None:
@@ -767,9 +770,8 @@ class _Emitter:
                 f"tvm backend (cuda): the tiles of {p.name} need {self.shared_bytes} bytes of shared memory, over "
                 f"the {SHARED_BYTES} a block declares statically; use smaller tiles (BM, BN, BK)"
             )
-        text = "\n".join(self.lines)
         return LoweredTir(
-            _expand_helpers(text) + "\n",
+            _expand_helpers("\n".join(self.lines)) + "\n",
             tuple(t.name for t in tensors) + tuple(s.name for s in scalars),
         )
 

@@ -328,8 +328,6 @@ def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
 
 
 def _include_dir(package: str) -> str | None:
-    import importlib.util
-
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -340,8 +338,8 @@ def _include_dir(package: str) -> str | None:
 def nvrtc_resources(source: str, arch: str = "sm_90", name: str = "kernel") -> dict[str, int]:
     """What ptxas (inside NVRTC) reports for `source` on `arch`: registers per thread, static shared memory
     bytes, spill stores / loads bytes and the local stack frame, from its `-v` log (`nvrtc_cubin`)."""
-    log = nvrtc_cubin(source, arch, name, verbose=True)[1]
-    out = {"registers": 0, "shared_bytes": 0, "spill_stores": 0, "spill_loads": 0, "stack_bytes": 0}
+    log = _nvrtc(source, arch, name, verbose=True)[1]
+    out = {}
     for key, pattern in (
         ("registers", r"Used (\d+) registers"),
         ("shared_bytes", r"(\d+) bytes smem"),
@@ -349,16 +347,20 @@ def nvrtc_resources(source: str, arch: str = "sm_90", name: str = "kernel") -> d
         ("spill_loads", r"(\d+) bytes spill loads"),
         ("stack_bytes", r"(\d+) bytes stack frame"),
     ):
-        found = re.findall(pattern, log)
-        out[key] = max((int(v) for v in found), default=0)
+        out[key] = max((int(v) for v in re.findall(pattern, log)), default=0)
     return out
 
 
-def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel", verbose: bool = False) -> Any:
+def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel") -> bytes:
     """Compile CUDA C `source` to a cubin for `arch` with NVRTC, no GPU or CUDA toolkit needed: the headers
     come from the nvidia-cuda-runtime / -cccl wheels (`pip install 'lowbit[cuda-aot]'`). Written here rather
     than through `tvm.support.nvcc`, which looks for a toolkit directory (CUDA_PATH or nvcc). IEEE division,
     square roots and denormals (no --use_fast_math), as the reference interpreter computes."""
+    return _nvrtc(source, arch, name, verbose=False)[0]
+
+
+def _nvrtc(source: str, arch: str, name: str, verbose: bool) -> tuple[bytes, str]:
+    """(cubin, NVRTC's program log); `verbose` adds ptxas's resource lines to the log."""
     try:
         from cuda.bindings import nvrtc
     except ImportError:
@@ -370,26 +372,22 @@ def nvrtc_cubin(source: str, arch: str = "sm_90", name: str = "kernel", verbose:
     if None in includes:
         raise BackendError("NVRTC needs the CUDA headers: pip install 'lowbit[cuda-aot]'")
     opts = [f"--gpu-architecture={arch}", "-default-device", "--std=c++17", *(f"-I{d}" for d in includes)]
-    if verbose:  # (cubin, log): ptxas's resource lines land in the program log
+    if verbose:
         opts.append("--ptxas-options=-v")
     _, prog = nvrtc.nvrtcCreateProgram(source.encode(), f"{name}.cu".encode(), 0, [], [])
     try:
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        text = log.decode(errors="replace")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            errors = [ln for ln in log.decode(errors="replace").splitlines() if "error" in ln]
+            errors = [ln for ln in text.splitlines() if "error" in ln]
             raise BackendError(f"NVRTC rejected the CUDA source of {name} for {arch}: " + " | ".join(errors[:5]))
         _, size = nvrtc.nvrtcGetCUBINSize(prog)
         cubin = b" " * size
         nvrtc.nvrtcGetCUBIN(prog, cubin)
-        if not verbose:
-            return cubin
-        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
-        nvrtc.nvrtcGetProgramLog(prog, log)
-        return cubin, log.decode(errors="replace")
+        return cubin, text
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
