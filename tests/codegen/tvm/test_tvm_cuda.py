@@ -138,3 +138,13 @@ def test_runs_on_the_gpu():
     args = copy.deepcopy(p.args)
     kernel(infer_scalars(program, args))  # NumPy arguments: copied to the device and back
     assert relative_error(args["y"].astype(np.float64), p.expected) <= 1e-2
+
+
+def test_cuda_kernel_exports_a_library_with_its_device_code(tmp_path):
+    p = random_problem(4, 32, 64, "int4", G=32, zero_mode="none", BM=4, BN=32, BK=32)
+    kernel = compile_program(quantized_gemm.trace(**p.constants), "tvm", CUDA)
+    path = tmp_path / "gemm_cuda.so"
+    kernel.export(str(path))
+    data = path.read_bytes()
+    assert data[:4] == b"\x7fELF" and b"main_kernel" in data  # the host stub
+    assert b"__global__" in data and b"__syncthreads" in data  # the device module's CUDA C, compiled where it loads
