@@ -207,6 +207,11 @@ def quantized_linear(
     elif is_torch and m and backend == "tvm" and x.device.type == "cuda":
         # torch CUDA activations with backend "tvm": the TVM backend's CUDA kernels (`tvm_cuda_kernel`), on the
         # weight's device copy, x and y where they lie
+        if tune:
+            raise ValueError(
+                "tune=True: the TVM backend's CUDA kernels have no tuner yet; pass config=Config.make(tiles) "
+                "or use backend='triton' (tuned on the GPU)"
+            )
         ya = _torch_empty((m, n), x)
         fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
         tvm_cuda_kernel(qweight, m, adtype, fixed, args, config)(args)

@@ -87,3 +87,5 @@ def test_quantized_linear_on_cuda(m):
     assert y.device.type == "cuda" and y.dtype == torch.float16
     ref = _reference(qw, x.float().cpu().numpy())
     assert relative_error(y.double().cpu().numpy(), ref) <= BOUND["float16"]
+    with pytest.raises(ValueError, match="tune=True"):
+        ops.quantized_linear(x, qw, backend="tvm", tune=True)

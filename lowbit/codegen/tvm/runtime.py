@@ -71,8 +71,8 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     return out
 
 
-def cuda_target(arch: str = "sm_90", threads: int = 1024) -> Any:
-    return tvm.target.Target({"kind": "cuda", "arch": arch, "max_num_threads": threads})
+def cuda_target(arch: str = "sm_90") -> Any:
+    return tvm.target.Target({"kind": "cuda", "arch": arch, "max_num_threads": 1024})
 
 
 def option_target(options: Mapping[str, Any]) -> Any:
@@ -189,10 +189,11 @@ class TvmKernel:
 
     @property
     def function(self) -> Any:
-        """The callable kernel: from the loaded library, else JIT-compiled from the executable (once)."""
-        if self.cuda:
-            _need_cuda(self.program.name)
+        """The callable kernel: from the loaded library, else JIT-compiled from the executable (once; a CUDA
+        kernel only where CUDA is)."""
         if self._function is None:
+            if self.cuda:
+                _need_cuda(self.program.name)
             self._function = self.executable["main"]
         return self._function
 
@@ -222,8 +223,7 @@ class TvmKernel:
         shutil.copyfile(self.library, path)
 
     def __call__(self, args: Mapping[str, Any]) -> None:
-        if self.cuda:
-            _need_cuda(self.program.name)
+        fn = self.function  # first: a CUDA kernel on a machine without CUDA says so before any copy
         call_args: list[Any] = []
         copies: list[tuple[Any, Any]] = []
         on_device: list[tuple[Any, Any]] = []
@@ -244,7 +244,7 @@ class TvmKernel:
                 on_device.append((t, device))
                 t = device
             call_args.append(t.reshape(-1))
-        self.function(*call_args)
+        fn(*call_args)
         for host, device in on_device:
             host.copy_(device)
         for dst, src in copies:

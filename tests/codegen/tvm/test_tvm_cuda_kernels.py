@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import lowbit.codegen.backend as backend_module
-from lowbit.codegen.backend import clear_compile_cache
 
 TESTS = pathlib.Path(__file__).resolve().parents[2]
 _CUBINS: set[str] = set()
@@ -30,17 +29,17 @@ def _module(relpath: str):
     return sys.modules[name]
 
 
-def _caches() -> list:
-    from lowbit.ops import attention
-
-    return [attention._compiled_cached, attention._persistent_cached]
-
-
 @pytest.fixture
 def tvm_runs_cuda_code(monkeypatch):
     """compile_program(program, "tvm", options) -> the CUDA build's CPU simulation; each distinct kernel is
-    also compiled to an sm_90 cubin once. In-process kernel caches are cleared before and after."""
+    also compiled to an sm_90 cubin once. The kernel caches of the ops (the launchers' `_COMPILED` dicts,
+    attention's lru caches) are swapped for empty ones during the test, so it never runs a CPU kernel built
+    before it, and no later test runs one of its simulations; the test must have built at least one."""
+    from lowbit.kernels import activation, kv_append, norm, rope
+    from lowbit.ops import attention
+
     real = backend_module._compile_cached.__wrapped__
+    built: list[str] = []
 
     @functools.cache
     def compile_cuda(program, backend, options):
@@ -50,17 +49,17 @@ def tvm_runs_cuda_code(monkeypatch):
         if kernel.source not in _CUBINS:
             assert kernel.cubin()[:4] == b"\x7fELF"
             _CUBINS.add(kernel.source)
+        built.append(program.name)
         return kernel.simulate()
 
-    for cache in _caches():
-        cache.cache_clear()
-    clear_compile_cache()
     monkeypatch.setattr(backend_module, "_compile_cached", compile_cuda)
+    for module in (activation, kv_append, norm, rope):
+        monkeypatch.setattr(module, "_COMPILED", {})
+    for name in ("_compiled_cached", "_persistent_cached"):
+        cached = getattr(attention, name)
+        monkeypatch.setattr(attention, name, functools.lru_cache(maxsize=None)(cached.__wrapped__))
     yield
-    monkeypatch.undo()
-    for cache in _caches():
-        cache.cache_clear()
-    clear_compile_cache()
+    assert built, "no kernel was built for CUDA: the test ran cached CPU kernels"
 
 
 def test_rms_norm(tvm_runs_cuda_code):
