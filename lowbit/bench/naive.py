@@ -90,7 +90,7 @@ def naive_dequantize(p: NaivePacked) -> torch.Tensor:
     import torch
 
     N, K = p.shape
-    shifts = torch.arange(p.per_word, dtype=torch.int32) * p.bits
+    shifts = torch.arange(p.per_word, dtype=torch.int32, device=p.words.device) * p.bits  # where the words lie
     codes = (p.words.unsqueeze(-1) >> shifts) & ((1 << p.bits) - 1)  # [N, Kw, per_word]
     codes = codes.reshape(N, -1)[:, :K]
     values = p.lut[codes.long()] if p.lut is not None else codes.float()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -577,12 +577,25 @@ def _compiled(
     if compiled is None:
         kernel = select_kernel(qw, m, adtype=io, backend=backend)
         cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
+        options = {**cfg.option_dict, **inbounds_option(cfg, args, backend)}
         if persistent:
-            compiled = PersistentLauncher(kernel, {**fixed, **cfg.constant_dict}, backend, cfg.option_dict)
+            compiled = PersistentLauncher(kernel, {**fixed, **cfg.constant_dict}, backend, options)
         else:
-            compiled = compile_program(kernel.trace(**fixed, **cfg.constant_dict), backend, cfg.option_dict)
+            compiled = compile_program(kernel.trace(**fixed, **cfg.constant_dict), backend, options)
         plans[key] = compiled
     return compiled
+
+
+def inbounds_option(cfg: Config, args: Mapping[str, Any], backend: str) -> dict[str, Any]:
+    """Triton's `inbounds` option for a library GEMM/GEMV launch: the sizes among M, N, K that their tiles
+    (BM, BN, BK) divide. Every library linear kernel walks K in whole BK steps from 0 and tiles M and N from 0,
+    so no tile crosses those sizes' ends and their masks are left out (lowbit.codegen.triton.lower, OPTIONS).
+    Empty for other backends, or when the config sets it itself."""
+    if backend != "triton" or "inbounds" in cfg.option_dict:
+        return {}
+    tiles = cfg.constant_dict
+    even = tuple(s for s, t in (("M", "BM"), ("N", "BN"), ("K", "BK")) if t in tiles and int(args[s]) % tiles[t] == 0)
+    return {"inbounds": even}
 
 
 def tvm_cuda_kernel(qw: QuantizedWeight, m: int, io: str, fixed: dict, args: dict, config: Config | None = None) -> Any:

@@ -27,7 +27,13 @@ from lowbit.ir.statements import STATEMENTS, Assign, For, If, Let, ScalarLoad, S
 from lowbit.ir.values import Tile
 
 CODEGEN_VERSION = "1"
-OPTIONS = {"num_warps": 4, "num_stages": 2, "allow_tf32": False}
+# inbounds: names of the program's size symbols (e.g. ("N", "K")) along which the caller guarantees no tile
+#   crosses the tensor's end (every extent divisible by its tile); a mask term `i < extent` whose extent is
+#   built from these symbols alone is left out (the per-element compares and selects of a packed tile's codes
+#   cost as much ALU work as their decode). lowbit.ops passes it for divisible shapes (`ops.linear`).
+# magic_cast: an integer code of <= 10 bits becomes fp16 by placing it in the mantissa of 1024.0 (an add, a
+#   bitcast and an fp16 subtract, exact) instead of a int->fp16 conversion (a quarter-rate instruction on sm_90).
+OPTIONS = {"num_warps": 4, "num_stages": 2, "allow_tf32": False, "inbounds": (), "magic_cast": True}
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +261,8 @@ def _dot(em: Emitter, inst: I.Dot, out: str) -> None:
                 f"only as int8 x int8 -> int32; cast the operands to int8 or float16"
             )
         c = "" if inst.c is None else f", {em.tile(inst.c)}.to(tl.int32)"
-        raw = em.let(f"{out}_raw", f"tl.dot({a}.to(tl.int8), {b}.to(tl.int8){c})")
+        # out_dtype explicit: Triton 3.6 defaults it to float32 and rejects an int32 accumulator
+        raw = em.let(f"{out}_raw", f"tl.dot({a}.to(tl.int8), {b}.to(tl.int8){c}, out_dtype=tl.int32)")
         em.emit(f"{out} = {nx.wrap_int(acc, f'{raw}.to({nx.holder(acc)})')}")
         return
     if not acc.is_float:
@@ -280,7 +287,13 @@ def _cast(em: Emitter, inst: I.Cast, out: str) -> None:
         if src == dst:
             em.emit(f"{out} = {x}")
         elif dst.bits == 16 and nx.is_native_float(dst) and src.is_integer:
-            em.emit(f"{out} = {x}.to(tl.float16)")
+            if em.options["magic_cast"] and src.bits <= 10:
+                # v + bias in [1024, 2048): its fp16 bits are 0x6400 + (v + bias - 1024); minus bias is v, exactly
+                bias = 1024 + (1 << (src.bits - 1) if src.is_signed else 0)
+                bits = f"({x}.to(tl.int32) + {0x6400 + bias - 1024}).to(tl.int16)"
+                em.emit(f"{out} = {bits}.to(tl.float16, bitcast=True) - {float(bias)}")
+            else:
+                em.emit(f"{out} = {x}.to(tl.float16)")
         else:
             nx.round_float(em, dst, _f32(em, inst.x), out)
     elif src.is_float:  # truncate toward zero, saturate, NaN -> 0

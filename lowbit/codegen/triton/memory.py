@@ -67,15 +67,34 @@ def _coordinates(em: Emitter, base: str, offsets: tuple[Any, ...], shape: tuple[
     return symbols
 
 
-def _inside(em: Emitter, base: str, p: TensorParam, offsets: tuple[Any, ...], coords: list[Any], mask: Tile | None):
+def assumed_inside(em: Emitter, extent: Any) -> bool:
+    """Whether the caller guarantees that no tile crosses `extent` (option `inbounds`: the extent is built
+    from those size symbols alone, e.g. N, K, K // 128), so its mask term can be left out."""
+    names = {str(s) for s in sympy.sympify(extent).free_symbols}
+    return bool(names) and names <= set(em.options["inbounds"])
+
+
+def _bound_terms(em: Emitter, coords: list[Any], extents: Any, offsets: tuple[Any, ...] | None = None) -> list[str]:
     terms = []
-    for o, c, extent in zip(offsets, coords, p.shape):
-        if not sympy.sympify(o).is_nonnegative:
+    for d, (c, extent) in enumerate(zip(coords, extents)):
+        if offsets is not None and not sympy.sympify(offsets[d]).is_nonnegative:
             terms.append(f"({c} >= 0)")
-        terms.append(f"({c} < {expr(extent)})")
+        if not assumed_inside(em, extent):
+            terms.append(f"({c} < {expr(extent)})")
+    return terms
+
+
+def _inside(em: Emitter, base: str, p: TensorParam, offsets: tuple[Any, ...], coords: list[Any], mask: Tile | None):
+    """The tile's mask as a let-bound name, or None when every element is inside (no terms left)."""
+    terms = _bound_terms(em, coords, p.shape, offsets)
     if mask is not None:
         terms.append(em.tile(mask))
-    return em.let(f"{base}_in", " & ".join(terms))
+    return em.let(f"{base}_in", " & ".join(terms)) if terms else None
+
+
+def _masked(inside: str | None) -> str:
+    """The mask arguments of a tl.load (with other=0) or tl.store: none for an unmasked tile."""
+    return "" if inside is None else f", mask={inside}, other=0"
 
 
 def _element_offset(p: TensorParam, coords: list[sympy.Symbol]) -> Any:
@@ -106,16 +125,17 @@ def _load(em: Emitter, inst: I.Load, out: str) -> None:
             value = _load_packed(em, p, coords, inside, target)
     else:
         offset = expr(_element_offset(p, coords))
-        raw = em.let(f"{out}_raw", f"tl.load({p.name}_ptr + ({offset}), mask={inside}, other=0)")
+        raw = em.let(f"{out}_raw", f"tl.load({p.name}_ptr + ({offset}){_masked(inside)})")
         value = nx.from_raw(em, dt, raw, target)
     if not plain:
-        em.emit(f"{out} = tl.where({inside}, {value}, {nx.const_value(dt, other)}).to({holder(dt)})")
+        fill = value if inside is None else f"tl.where({inside}, {value}, {nx.const_value(dt, other)})"
+        em.emit(f"{out} = {fill}.to({holder(dt)})")
 
 
-def _words(em: Emitter, p: TensorParam, word: str, mask: str, base: str) -> str:
-    """Words at `word` as nonnegative int32 (word_bits < 32) or uint32."""
+def _words(em: Emitter, p: TensorParam, word: str, mask: str | None, base: str) -> str:
+    """Words at `word` as nonnegative int32 (word_bits < 32) or uint32 (`mask` None: unmasked)."""
     layout: PackedLayout = p.layout
-    raw = em.let(base, f"tl.load({p.name}_ptr + ({word}), mask={mask}, other=0)")
+    raw = em.let(base, f"tl.load({p.name}_ptr + ({word}){_masked(mask)})")
     if layout.word_bits == 32:
         return em.let(f"{base}_u", f"{raw}.to(tl.uint32, bitcast=True)")
     return em.let(f"{base}_u", f"{raw}.to(tl.int32) & {hex((1 << layout.word_bits) - 1)}")
@@ -167,7 +187,9 @@ def _word_run(em: Emitter, layout: PackedLayout, offsets: tuple[Any, ...], shape
     return None
 
 
-def _load_words(em: Emitter, p: TensorParam, inst: I.Load, run: tuple[int, int], inside: str, target: str) -> str:
+def _load_words(
+    em: Emitter, p: TensorParam, inst: I.Load, run: tuple[int, int], inside: str | None, target: str
+) -> str:
     """A packed tile that is whole words along axis d: load its [.., n_d / per, ..] words once (not once per
     code: per int4 word one load where the per-code form has eight), split each word into its per codes
     along a new axis right after d by one shift and mask, and reshape the codes to the tile (the new axis
@@ -186,17 +208,17 @@ def _load_words(em: Emitter, p: TensorParam, inst: I.Load, run: tuple[int, int],
         wsyms.append(index_symbol(em.let(f"{out}_j{i}", arange if start == "0" else f"{start} + {arange}")))
     at = [per * s if i == d else s for i, s in enumerate(wsyms)]
     word, _ = layout.locate(*at)
-    terms = [f"({expr(c)} < {expr(extent)})" for c, extent in zip(at, p.shape)]
-    words = _words(em, p, expr(word), em.let(f"{out}_win", " & ".join(terms)), f"{out}_w")
+    terms = _bound_terms(em, [expr(c) for c in at], p.shape)
+    words = _words(em, p, expr(word), em.let(f"{out}_win", " & ".join(terms)) if terms else None, f"{out}_w")
     spread = "[" + ", ".join("None" if j == d + 1 else ":" for j in range(rank + 1)) + "]"
     place = "[" + ", ".join(":" if j == d + 1 else "None" for j in range(rank + 1)) + "]"
     split = f"({words}{spread} >> (tl.arange(0, {per}) * {layout.bits}){place}) & {hex((1 << layout.bits) - 1)}"
     codes = em.let(f"{out}_codes", f"tl.reshape(({split}).to(tl.int32), ({', '.join(map(str, shape))}))")
-    code = em.let(f"{out}_code", f"tl.where({inside}, {codes}, 0)")
+    code = codes if inside is None else em.let(f"{out}_code", f"tl.where({inside}, {codes}, 0)")
     return nx.value_of(em, p.dtype, code, target)
 
 
-def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str, target: str) -> str:
+def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str | None, target: str) -> str:
     out = target.removesuffix("_v")
     layout: PackedLayout = p.layout
     bits, wb = layout.bits, layout.word_bits
@@ -206,7 +228,7 @@ def _load_packed(em: Emitter, p: TensorParam, coords: list[Any], inside: str, ta
     lo = _words(em, p, word, inside, f"{out}_w")
     code = f"({lo} >> {bit})"
     if layout.dense and wb % bits != 0:  # an element may continue into the next word
-        straddle = f"{inside} & ({bit} + {bits} > {wb})"
+        straddle = f"({bit} + {bits} > {wb})" if inside is None else f"{inside} & ({bit} + {bits} > {wb})"
         hi = _words(em, p, f"{word} + 1", straddle, f"{out}_w_next")
         code = f"({code} | ({hi} << (({wb} - {bit}) % {wb})))"
     code = em.let(f"{out}_code", f"({code} & {hex((1 << bits) - 1)}).to(tl.int32)")
@@ -240,11 +262,15 @@ def _store(em: Emitter, s: Store) -> None:
         return
     raw = nx.to_raw(em, dt, value, f"{base}_code")
     offset = expr(_element_offset(p, coords))
-    em.emit(f"tl.store({p.name}_ptr + ({offset}), {raw}.to({p.name}_ptr.dtype.element_ty), mask={inside})")
+    mask = "" if inside is None else f", mask={inside}"
+    em.emit(f"tl.store({p.name}_ptr + ({offset}), {raw}.to({p.name}_ptr.dtype.element_ty){mask})")
 
 
-def _store_packed(em: Emitter, p: TensorParam, dt: DataType, coords: list[Any], inside: str, value: str, base: str):
+def _store_packed(
+    em: Emitter, p: TensorParam, dt: DataType, coords: list[Any], inside: str | None, value: str, base: str
+):
     layout: PackedLayout = p.layout
+    mask = "" if inside is None else f", mask={inside}"
     bits, wb = layout.bits, layout.word_bits
     if wb != 32:
         raise BackendError(
@@ -255,10 +281,11 @@ def _store_packed(em: Emitter, p: TensorParam, dt: DataType, coords: list[Any], 
     bit = em.let(f"{base}_bit", expr(bit_expr)) if sympy.sympify(bit_expr).free_symbols else expr(bit_expr)
     code = nx.code_of(em, dt, value, f"{base}_code")
     field = hex((1 << bits) - 1)
-    em.emit(f"tl.atomic_and({p.name}_ptr + {word}, ~({field} << {bit}), mask={inside})")
-    em.emit(f"tl.atomic_or({p.name}_ptr + {word}, {code} << {bit}, mask={inside})")
+    em.emit(f"tl.atomic_and({p.name}_ptr + {word}, ~({field} << {bit}){mask})")
+    em.emit(f"tl.atomic_or({p.name}_ptr + {word}, {code} << {bit}{mask})")
     if layout.dense and wb % bits != 0:  # the high part of a straddling element goes into the next word
-        straddle = em.let(f"{base}_straddle", f"{inside} & ({bit} + {bits} > {wb})")
+        cross = f"({bit} + {bits} > {wb})"
+        straddle = em.let(f"{base}_straddle", cross if inside is None else f"{inside} & {cross}")
         rest = f"(({wb} - {bit}) % {wb})"
         em.emit(f"tl.atomic_and({p.name}_ptr + {word} + 1, ~({field} >> {rest}), mask={straddle})")
         em.emit(f"tl.atomic_or({p.name}_ptr + {word} + 1, {code} >> {rest}, mask={straddle})")

@@ -419,6 +419,14 @@ def use_nvrtc_for_tvm() -> bool:
     return True
 
 
+def tvm_has_cuda_runtime() -> bool:
+    """Whether this TVM build can load and launch CUDA modules. The apache-tvm wheel from PyPI is built
+    without CUDA (`tvm.runtime.enabled("cuda")` is False; seen with 0.27 on an H200 machine, 2026-11-23): its
+    CUDA kernels build and compile (`cuda_source`, `cubin()`), but only a TVM built with USE_CUDA runs them."""
+    enabled = getattr(getattr(tvm, "runtime", None), "enabled", None)  # None: not TVM (a stray `tvm` folder)
+    return bool(enabled is not None and enabled("cuda"))
+
+
 def _need_cuda(name: str) -> None:
     import torch
 
@@ -426,6 +434,12 @@ def _need_cuda(name: str) -> None:
         raise BackendError(
             f"kernel {name} was built for CUDA and this machine has no CUDA device; run it on a GPU, or call "
             "kernel.simulate() to run its code on the CPU"
+        )
+    if not tvm_has_cuda_runtime():
+        raise BackendError(
+            f"kernel {name} was built for CUDA, but this TVM build has no CUDA runtime (the apache-tvm wheel is "
+            "built without USE_CUDA): install a TVM built with CUDA to launch it, use backend='triton' on the "
+            "GPU, or kernel.simulate() / kernel.cubin() to check its code without one"
         )
 
 

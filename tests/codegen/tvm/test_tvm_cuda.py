@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.codegen.backend import BackendError, compile_program
-from lowbit.codegen.tvm.runtime import cpu_simulation_source
+from lowbit.codegen.tvm.runtime import cpu_simulation_source, tvm_has_cuda_runtime
 from lowbit.ir.layout import packed_along
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
@@ -132,12 +132,26 @@ def test_runs_on_the_gpu():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    if not tvm_has_cuda_runtime():
+        pytest.skip("this TVM build has no CUDA runtime (the apache-tvm wheel); its kernels run with a CUDA TVM")
     p = random_problem(33, 70, 256, "int4", G=128, zero_mode="post", BM=16, BN=32, BK=32)
     program = quantized_gemm.trace(**p.constants)
     kernel = compile_program(program, "tvm", CUDA)
     args = copy.deepcopy(p.args)
     kernel(infer_scalars(program, args))  # NumPy arguments: copied to the device and back
     assert relative_error(args["y"].astype(np.float64), p.expected) <= 1e-2
+
+
+def test_cuda_kernel_on_a_tvm_without_cuda_says_what_to_do(monkeypatch):
+    torch = pytest.importorskip("torch")
+    if tvm_has_cuda_runtime():
+        pytest.skip("this TVM build has a CUDA runtime")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine with the CUDA-less TVM wheel
+    p = random_problem(4, 32, 64, "int4", G=32, zero_mode="none", BM=4, BN=32, BK=32)
+    program = quantized_gemm.trace(**p.constants)
+    kernel = compile_program(program, "tvm", CUDA)
+    with pytest.raises(BackendError, match=r"no CUDA runtime.*backend='triton'"):
+        kernel(infer_scalars(program, copy.deepcopy(p.args)))
 
 
 def test_cuda_kernel_exports_a_library_with_its_device_code(tmp_path):

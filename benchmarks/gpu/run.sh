@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device-machine call (H200, the `device` tool): install the carried wheels (.whl: packages lowbit needs
+# that the machine's image lacks), then run the stages named in $STAGES, each under its own time limit, logs
+# and JSON under $OUT. The machine's python3 (torch 2.11, triton 3.6) runs lowbit from the working tree.
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD LOWBIT_CACHE_DIR=/tmp/lowbit-cache
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PWD:/tmp/site
+fi
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "=== $name rc=$rc $((SECONDS - t0))s"; tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+for s in ${STAGES:-env}; do
+  case $s in
+    env) stage env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; python3 -c "import lowbit.ops, lowbit.codegen.triton as b; print(\"lowbit ok, interpret\", b.INTERPRET)"' ;;
+    gputests) stage gputests 150 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -rl 'mark.gpu' tests) ;;
+    bench_int4) stage bench_int4 330 python3 -m lowbit.cli bench gemm --dtypes int4 --out "$OUT" --json "$OUT/bench_int4.json" ;;
+    bench_bits) stage bench_bits 200 python3 -m lowbit.cli bench gemm --layers 8192x8192 --M 1,16 --dtypes int4,int3,int2,int8,fp6_e3m2,fp4_e2m1 --json "$OUT/bench_bits.json" ;;
+    sweep) stage sweep $(( ${SWEEP_S:-400} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --budget ${SWEEP_S:-400} ;;
+    *) echo "unknown stage $s" ;;
+  esac
+done
