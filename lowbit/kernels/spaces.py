@@ -216,31 +216,33 @@ def _native_triton() -> bool:
 
 
 def _widest(columns: tuple[int, ...], tiles: Callable[[int], int], units: int) -> int:
-    """The widest column tile whose grid gives every SM at least two programs, else the narrowest."""
-    return next((bn for bn in columns if tiles(bn) >= 2 * units), columns[-1])
+    """The widest column tile whose grid gives every SM a program, else the narrowest."""
+    return next((bn for bn in columns if tiles(bn) >= units), columns[-1])
 
 
 def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config | None:
     """The native Triton (CUDA) default, for a GPU of `units` SMs, used when nothing was tuned (`--tune`
-    measures the space instead). Reasoned, not measured (no GPU has run lowbit yet): a memory-bound kernel
-    needs about bandwidth x latency in flight (H200: 4.8 TB/s x ~0.6 us = ~3 MB, ~22 KB per SM), and the
-    interpreter-sized default (a [16, 32] tile, K steps of 128, 3 stages) keeps ~4 KB per program in flight.
+    measures the space instead). Measured (benchmarks/gpu/sweep.py, H200, fp16 x, int4 / QoQ uint4 g128,
+    weights streamed, CUDA graphs; benchmarks/README.md, session 30): over the grid BN x BK x warps x stages,
+    the best configs of 8192² and 28672x8192 follow one rule, the widest column tile that still gives every
+    SM a program, 4 warps (8 were slower in every GEMV and W4A8 case, by up to 1.9x), 3 stages (4 gained
+    nothing anywhere):
 
-    * GEMV (M <= 16): K steps of 256 and 4 stages (3 in flight; a step's int4 words: 2 KB at 16 columns,
-      8 KB at 64), columns as wide as keep >= 2 programs per SM (8192 columns: 16; 28672: 64);
-    * GEMM (fp16 tensor-core dot of dequantized tiles): 64 or 128 rows (by M), 128 columns narrowed until
-      >= 2 programs per SM, K steps of 64, 4 / 8 warps, 3 stages;
-    * W4A8 (int8 dot): 128 x 128 tiles (narrower for small grids), K steps of 128, 8 warps, 3 stages."""
+    * GEMV (M <= 16): BN 32 at N = 8192 (41 us against 71 for the former 16-column default), 128 at 28672
+      (109 against 158); K steps of 256 with 32 or 64 columns, 128 with 128 (one step's tile <= 16K codes);
+    * GEMM (fp16 tensor-core dot of dequantized tiles): 64 rows to M = 64, else 128; K steps of 128 at 64
+      rows and 64 at 128 rows;
+    * W4A8 (int8 dot): K steps of 128 (128 x 128 x 128 at M >= 1024: 456 / 1130 us against 712 / 2031 for the
+      former 8-warp default)."""
     m, n = int(problem.get("M", 16) or 16), int(problem.get("N", 4096) or 4096)
     if kernel == "quantized_gemv":
-        bn = _widest((64, 32, 16), lambda bn: math.ceil(n / bn), units)
-        return Config.make({"BM": 16, "BN": bn, "BK": 256}, {"num_warps": 4, "num_stages": 4})
+        bn = _widest((128, 64, 32), lambda bn: math.ceil(n / bn), units)
+        return Config.make({"BM": 16, "BN": bn, "BK": 256 if bn <= 64 else 128}, {"num_warps": 4, "num_stages": 3})
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128
-        bk = 64 if kernel == "quantized_gemm" else 128
+        bk = (128 if bm == 64 else 64) if kernel == "quantized_gemm" else 128
         bn = _widest((128, 64, 32), lambda bn: math.ceil(m / bm) * math.ceil(n / bn), units)
-        warps = 8 if bm * bn >= 128 * 128 else 4
-        return Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": warps, "num_stages": 3})
+        return Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": 4, "num_stages": 3})
     return None
 
 

@@ -54,7 +54,8 @@ def w4a8_gemm_per_group(
             q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] uint codes
             s = T.cast(T.load(s2, (kk // G, pn * BN), (1, BN)), T.int32)  # [1, BN]
             z = T.cast(T.load(z2, (kk // G, pn * BN), (1, BN)), T.int32)  # [1, BN]
-            w8 = T.cast((T.cast(q, T.int32) - z) * s, T.int8)  # [step, BN], in int8 range by QoQ
+            # (q - z)·s as q·s - z·s: z·s is one [1, BN] row per group, so each code costs one multiply-add
+            w8 = T.cast(T.cast(q, T.int32) * s - z * s, T.int8)  # [step, BN], in int8 range by QoQ
             acc += T.dot(a, w8, acc_dtype=T.int32)
     sa = T.reshape(T.load(sx, (pm * BM,), (BM,)), (BM, 1))  # [BM, 1]
     sw = T.cast(T.reshape(T.load(s1, (pn * BN,), (BN,)), (1, BN)), T.float32)  # [1, BN]

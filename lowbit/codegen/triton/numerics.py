@@ -185,6 +185,11 @@ def value_of(em: LineSink, dt: DataType, code: str, base: str) -> str:
     if dt.is_bool:
         return em.let(base, f"{code} != 0")
     if dt.is_integer:
+        if dt.bits < 32 and dt.is_signed:
+            # the code is the field alone (0 <= code < 2^bits): (code ^ h) - h sign-extends it, and a consumer's
+            # constant add (magic_cast's) folds into it, leaving one LOP3 per code after the shift on sm_90
+            h = 1 << (dt.bits - 1)
+            return em.let(base, f"(({code}.to(tl.int32) ^ {h}) - {h})")
         if dt.bits < 32:
             return em.let(base, wrap_int(dt, f"{code}.to(tl.int32)"))
         return em.let(base, f"{code}.to({holder(dt)})")
