@@ -23,6 +23,20 @@ for s in ${STAGES:-env}; do
     bench_int4) stage bench_int4 330 python3 -m lowbit.cli bench gemm --dtypes int4 --out "$OUT" --json "$OUT/bench_int4.json" ;;
     bench_bits) stage bench_bits 200 python3 -m lowbit.cli bench gemm --layers 8192x8192 --M 1,16 --dtypes int4,int3,int2,int8,fp6_e3m2,fp4_e2m1 --json "$OUT/bench_bits.json" ;;
     sweep) stage sweep $(( ${SWEEP_S:-400} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --budget ${SWEEP_S:-400} ;;
+    ab) stage ab 200 python3 benchmarks/gpu/sweep.py --out "$OUT" --grid ab --layers 8192x8192 --budget 150 ;;
+    deep) stage deep 300 python3 benchmarks/gpu/sweep.py --out "$OUT" --grid deep --budget 240 ;;
+    int8peak) stage int8peak 60 python3 -c "
+import torch
+from lowbit.bench.roofline import measure_peak_flops
+x = torch.randint(-127, 128, (8192, 8192), dtype=torch.int8, device='cuda')
+w = torch.randint(-127, 128, (8192, 8192), dtype=torch.int8, device='cuda')
+for name, b in (('row-major W', w), ('W.t() (TN)', w.t())):
+    torch._int_mm(x, b); torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record(); [torch._int_mm(x, b) for _ in range(10)]; e1.record(); torch.cuda.synchronize()
+    print(name, round(2 * 8192**3 * 10 / (e0.elapsed_time(e1) * 1e-3) / 1e12), 'TOP/s')
+print('measure_peak_flops int8', round(measure_peak_flops('int8', 'cuda') / 1e3), 'TOP/s')
+" ;;
     *) echo "unknown stage $s" ;;
   esac
 done

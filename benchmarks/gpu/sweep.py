@@ -48,6 +48,35 @@ def grid(kind: str, m: int) -> list[Config]:
     return out
 
 
+def deep_grid(kind: str, m: int) -> list[Config]:
+    """Long K steps (--grid deep): does a program's chain of dependent K steps, not the bytes, bound the GEMV?
+    (K = 8192 in steps of 256 is 32 loads each waited for in turn; num_stages changed nothing in the first
+    sweep.) Fewer, longer steps for the same grid; the GEMM at M = 64 likewise."""
+    if kind == "gemv":
+        return [
+            Config.make({"BM": 16, "BN": bn, "BK": bk}, {"num_warps": w, "num_stages": 3})
+            for bn, bk, w in itertools.product((32, 64, 128), (256, 512, 1024), (4, 8))
+        ]
+    if kind == "gemm" and m == 64:
+        return [
+            Config.make({"BM": 64, "BN": bn, "BK": bk}, {"num_warps": w, "num_stages": 3})
+            for bn, bk, w in itertools.product((64, 128), (128, 256), (4, 8))
+        ]
+    return []
+
+
+def ab_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
+    """--grid ab: the default config (`spaces.gpu_default`) with and without the codegen option codes_last
+    (a packed tile split along its last axis by a tree of tl.join), side by side."""
+    from lowbit.kernels.launch import device_units
+    from lowbit.kernels.spaces import gpu_default
+
+    name = {"gemv": "quantized_gemv", "gemm": "quantized_gemm", "w4a8": "w4a8_gemm_per_group"}[kind]
+    problem = {"M": m, "N": n, "K": k, "G": GROUP, "wdtype": "uint4" if kind == "w4a8" else "int4"}
+    cfg = gpu_default(name, problem, device_units())
+    return [Config.make(cfg.constant_dict, {**cfg.option_dict, "codes_last": v}) for v in (True, False)]
+
+
 def variants(cfg: Config) -> list[Config]:
     """The codegen-option A/B of a config: the int->fp16 conversion instruction, and the tile masks kept."""
     o = cfg.option_dict
@@ -86,6 +115,7 @@ def main() -> int:
     ap.add_argument("--out", default=".")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; sections still to run are skipped after")
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
+    ap.add_argument("--grid", choices=("tiles", "deep", "ab"), default="tiles", help="deep: long K steps (`deep_grid`)")
     a = ap.parse_args()
     t_start = time.perf_counter()
     layers = [tuple(int(v) for v in s.split("x")) for s in a.layers.split(",")]
@@ -114,6 +144,10 @@ def main() -> int:
         w16 = w.to(torch.bfloat16).cuda()
         bf16_ring = [w16] + [w16.clone() for _ in range(ring_copies(n * k * 2, "cuda") - 1)]
         sections = [("gemv", 1), ("gemv", 16), ("gemm", 64), ("gemm", 256), ("w4a8", 1024), ("w4a8", 4096)]
+        if a.grid == "deep":
+            sections = [("gemv", 1), ("gemm", 64)]
+        if a.grid == "ab":
+            sections = [("gemv", 1), ("gemv", 16), ("gemm", 64), ("gemm", 256), ("w4a8", 1024), ("w4a8", 4096)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -136,13 +170,16 @@ def main() -> int:
 
             t_default, e_default, why = run(None)
             rows = []
-            for cfg in grid(kind, m):
+            configs = ab_grid(kind, m, n, k) if a.grid == "ab" else (deep_grid if a.grid == "deep" else grid)(kind, m)
+            for cfg in configs:
                 t, err, why = run(cfg)
                 rows.append((t, err, cfg, why))
+                if a.grid == "ab":
+                    print(f"  {kind} M={m} {cfg}: {t * 1e3:.1f} us (err {err:.1e}) {why}", flush=True)
                 trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(cfg), "ms": t, "rel_err": err,
                                "error": why})  # fmt: skip
             ok = sorted((r for r in rows if r[1] <= 1e-2), key=lambda r: r[0])
-            for t, _err, cfg, _ in ok[:2]:
+            for t, _err, cfg, _ in ok[: 2 if a.grid == "tiles" else 0]:
                 for v in variants(cfg):
                     tv, ev, why = run(v)
                     trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(v), "ms": tv, "rel_err": ev,

@@ -33,7 +33,16 @@ CODEGEN_VERSION = "1"
 #   cost as much ALU work as their decode). lowbit.ops passes it for divisible shapes (`ops.linear`).
 # magic_cast: an integer code of <= 10 bits becomes fp16 by placing it in the mantissa of 1024.0 (an add, a
 #   bitcast and an fp16 subtract, exact) instead of a int->fp16 conversion (a quarter-rate instruction on sm_90).
-OPTIONS = {"num_warps": 4, "num_stages": 2, "allow_tf32": False, "inbounds": (), "magic_cast": True}
+# codes_last: a packed tile whose words run along a leading axis (int4 codes along K of a [BK, BN] tile) is
+#   split with that axis permuted last (`memory._load_words`).
+OPTIONS = {
+    "num_warps": 4,
+    "num_stages": 2,
+    "allow_tf32": False,
+    "inbounds": (),
+    "magic_cast": True,
+    "codes_last": True,
+}
 
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -210,10 +210,28 @@ def _load_words(
     word, _ = layout.locate(*at)
     terms = _bound_terms(em, [expr(c) for c in at], p.shape)
     words = _words(em, p, expr(word), em.let(f"{out}_win", " & ".join(terms)) if terms else None, f"{out}_w")
-    spread = "[" + ", ".join("None" if j == d + 1 else ":" for j in range(rank + 1)) + "]"
-    place = "[" + ", ".join(":" if j == d + 1 else "None" for j in range(rank + 1)) + "]"
-    split = f"({words}{spread} >> (tl.arange(0, {per}) * {layout.bits}){place}) & {hex((1 << layout.bits) - 1)}"
-    codes = em.let(f"{out}_codes", f"tl.reshape(({split}).to(tl.int32), ({', '.join(map(str, shape))}))")
+    mask = hex((1 << layout.bits) - 1)
+    if em.options["codes_last"] and d != rank - 1:
+        # the run axis moved last (a permute only relabels the layout): each word's codes become the innermost,
+        # contiguous axis of the split, so the merge is a row-major reshape of the last two axes and a thread's
+        # codes of one word stay adjacent along d (the form a dot operand's shared-memory copy can store whole)
+        perm = [*(i for i in range(rank) if i != d), d]
+        inverse = [perm.index(i) for i in range(rank)]
+        moved = em.let(f"{out}_wt", f"tl.permute({words}, {tuple(perm)})")
+        parts = [f"(({moved} >> {c * layout.bits}) & {mask}).to(tl.int32)" for c in range(per)]
+        # a tree of tl.join (each adds a last axis of 2 that one thread holds): level l pairs the codes whose
+        # index differs by per / 2^(l+1), so the row-major merge of the new axes is the code index
+        while len(parts) > 1:
+            half = len(parts) // 2
+            parts = [f"tl.join({parts[i]}, {parts[i + half]})" for i in range(half)]
+        last = tuple(shape[i] for i in perm)
+        flat = em.let(f"{out}_ct", f"tl.reshape({parts[0]}, ({', '.join(map(str, last))}))")
+        codes = em.let(f"{out}_codes", f"tl.permute({flat}, {tuple(inverse)})")
+    else:
+        spread = "[" + ", ".join("None" if j == d + 1 else ":" for j in range(rank + 1)) + "]"
+        place = "[" + ", ".join(":" if j == d + 1 else "None" for j in range(rank + 1)) + "]"
+        split = f"({words}{spread} >> (tl.arange(0, {per}) * {layout.bits}){place}) & {mask}"
+        codes = em.let(f"{out}_codes", f"tl.reshape(({split}).to(tl.int32), ({', '.join(map(str, shape))}))")
     code = codes if inside is None else em.let(f"{out}_code", f"tl.where({inside}, {codes}, 0)")
     return nx.value_of(em, p.dtype, code, target)
 
