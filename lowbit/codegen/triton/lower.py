@@ -34,14 +34,18 @@ CODEGEN_VERSION = "1"
 # magic_cast: an integer code of <= 10 bits becomes fp16 by placing it in the mantissa of 1024.0 (an add, a
 #   bitcast and an fp16 subtract, exact) instead of a int->fp16 conversion (a quarter-rate instruction on sm_90).
 # codes_last: a packed tile whose words run along a leading axis (int4 codes along K of a [BK, BN] tile) is
-#   split with that axis permuted last (`memory._load_words`).
+#   split with that axis permuted last, by a tree of tl.join (`memory._load_words`). Fewer instructions (the
+#   8192² GEMV's sm_90 PTX 511 against 778: bfe.s32, f16x2 math, 16-byte shared stores), but measured on an
+#   H200 (session 30, 8192², streamed): GEMV 63.8 against 42.1 us, GEMM M = 256 136.8 against 121.1 us, W4A8
+#   M = 4096 1673 against 1672; only the 64-row GEMM gains (57.1 against 70.9 us), so off except there
+#   (`kernels.spaces.gpu_default`).
 OPTIONS = {
     "num_warps": 4,
     "num_stages": 2,
     "allow_tf32": False,
     "inbounds": (),
     "magic_cast": True,
-    "codes_last": True,
+    "codes_last": False,
 }
 
 
