@@ -23,3 +23,15 @@ def test_naive_roundtrip(name, tol):
 def test_naive_rejects_group_that_does_not_divide_k():
     with pytest.raises(ValueError, match="group_size 96 does not divide K=256"):
         pack_naive(torch.zeros(4, 256), "int4", group_size=96)
+
+
+def test_naive_dequantize_stays_on_the_words_device():
+    # the GPU bench moves the packing to CUDA: every tensor the dequantization makes must be made there too
+    # (a CPU shift table stopped the first H200 run); the meta device stands in for CUDA here
+    import dataclasses
+
+    p = pack_naive(torch.randn(8, 128, generator=torch.Generator().manual_seed(1)), "int4", group_size=64)
+    moved = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    moved = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
+    wd = naive_dequantize(dataclasses.replace(p, **moved))
+    assert wd.device.type == "meta" and tuple(wd.shape) == (8, 128)

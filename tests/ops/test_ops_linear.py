@@ -333,3 +333,15 @@ def test_triton_int8_activations_stay_on_the_launch_device(scheme, G, monkeypatc
     assert relative_error(expected, reference_y) <= 1e-3
     with pytest.raises(ValueError, match="expected int8"):
         quantized_linear_int8(xq.float(), sx, qw, backend="triton")
+
+
+def test_triton_launches_drop_the_masks_of_sizes_their_tiles_divide():
+    from lowbit.codegen.backend import Config
+    from lowbit.ops.linear import inbounds_option
+
+    cfg = Config.make({"BM": 16, "BN": 32, "BK": 256}, {"num_warps": 4})
+    assert inbounds_option(cfg, {"M": 1, "N": 8192, "K": 8192}, "triton") == {"inbounds": ("N", "K")}
+    assert inbounds_option(cfg, {"M": 32, "N": 8200, "K": 8192}, "triton") == {"inbounds": ("M", "K")}
+    assert inbounds_option(cfg, {"M": 32, "N": 8192, "K": 8192}, "tvm") == {}
+    pinned = Config.make(cfg.constant_dict, {"inbounds": ()})
+    assert inbounds_option(pinned, {"M": 16, "N": 64, "K": 256}, "triton") == {}  # the config's own choice stays
