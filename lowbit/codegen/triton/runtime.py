@@ -58,6 +58,28 @@ INTERPRET = _select_mode()
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 
+def interpreter_conflict() -> str | None:
+    """Why this Triton's interpreter cannot run lowbit's kernels here, or None. Triton 3.6's interpreter
+    turns a scalar argument into an index with int() of a one-element array, which NumPy 2.4 refuses
+    (`range(0, K, BK)` fails: "only 0-dimensional arrays can be converted"); 3.7 squeezes it first. Seen in
+    session 30 (Triton 3.6 with NumPy 2.4.6 against 2.3.5). Native CUDA compiles are not affected."""
+    import numpy
+    import triton
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in text.split("+")[0].split(".")[:2] if p.isdigit())
+
+    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (
+            f"the Triton {triton.__version__} interpreter fails with NumPy {numpy.__version__} (scalar kernel "
+            "arguments as loop bounds); install triton>=3.7 or numpy<2.4 to run Triton kernels on the CPU"
+        )
+    return None
+
+
+INTERPRETER_CONFLICT = interpreter_conflict() if INTERPRET else None
+
+
 def cache_dir() -> Path:
     root = Path(os.environ.get("LOWBIT_CACHE_DIR", Path.home() / ".cache" / "lowbit"))
     path = root / "triton"
@@ -167,6 +189,8 @@ class TritonKernel:
     def __call__(self, args: Mapping[str, Any]) -> None:
         import torch
 
+        if INTERPRETER_CONFLICT:
+            raise BackendError(f"kernel {self.program.name}: {INTERPRETER_CONFLICT}")
         program = self.program
         missing = [p.name for p in program.params if p.name not in args]
         if missing:

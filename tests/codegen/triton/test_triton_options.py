@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_triton_packed_words import packed_tiles as tile_copy
 
 import lowbit.lang as T
-from lowbit.codegen.backend import compile_program
+from lowbit.codegen.backend import BackendError, compile_program
 from lowbit.dtypes import decode, dtype, encode
 from lowbit.ir.layout import packed_along
 from lowbit.kernels.gemv import quantized_gemv
@@ -121,3 +121,24 @@ def test_magic_cast_is_exact_and_only_for_codes_of_ten_bits_or_fewer(dt, magic):
     assert_same(tri["h"], values.astype(np.float16), dt)
     src = compile_program(half_cast.trace(DT=dt), "triton").source
     assert bool(re.search(r"bitcast=True\) - \d", src)) == magic
+
+
+def test_an_interpreter_that_cannot_run_here_says_what_to_install(monkeypatch):
+    # Triton 3.6's interpreter with NumPy 2.4 (measured: every kernel with a scalar loop bound fails there)
+    import numpy
+    import triton
+
+    from lowbit.codegen.triton import runtime
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    assert "triton>=3.7 or numpy<2.4" in runtime.interpreter_conflict()
+    monkeypatch.setattr(numpy, "__version__", "2.3.5")
+    assert runtime.interpreter_conflict() is None
+    monkeypatch.setattr(triton, "__version__", "3.9.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    assert runtime.interpreter_conflict() is None
+    monkeypatch.setattr(runtime, "INTERPRETER_CONFLICT", "the Triton 3.6.0 interpreter fails with NumPy 2.4.6 ...")
+    kernel = compile_program(half_cast.trace(DT="int8"), "triton")
+    with pytest.raises(BackendError, match="interpreter fails"):
+        kernel({"x": np.zeros(4, np.int8), "h": np.zeros(4, np.float16), "N": 4})
