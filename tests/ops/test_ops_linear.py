@@ -345,3 +345,31 @@ def test_triton_launches_drop_the_masks_of_sizes_their_tiles_divide():
     assert inbounds_option(cfg, {"M": 32, "N": 8192, "K": 8192}, "tvm") == {}
     pinned = Config.make(cfg.constant_dict, {"inbounds": ()})
     assert inbounds_option(pinned, {"M": 16, "N": 64, "K": 256}, "triton") == {}  # the config's own choice stays
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wdtype", ["int4", "uint3", "int2", "int8", "fp4_e2m1", "fp6_e3m2"])
+@pytest.mark.parametrize("m, n, k", [(1, 256, 512), (16, 384, 1024), (64, 256, 512), (37, 200, 384), (300, 512, 256)])
+def test_quantized_linear_on_cuda_equals_numpy(wdtype, m, n, k):
+    # the GPU path as a user calls it: the kernel ops picks, its gpu_default tiles, the inbounds option where
+    # the tiles divide (ragged n = 200 and m = 37 keep their masks), x and y on the device
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(m * 7 + n)
+    qw = quantize((rng.standard_normal((n, k)) * 0.02).astype(np.float32), wdtype, 128)
+    x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+    y = quantized_linear(x, qw, backend="triton")
+    assert y.device.type == "cuda" and y.dtype == torch.float16 and y.shape == (m, n)
+    assert relative_error(y.double().cpu().numpy(), reference(x.float().cpu().numpy(), qw)) <= bound(qw, m, "float16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 64, 1024])
+def test_w4a8_on_cuda_equals_numpy(m):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(m)
+    qw = quantize((rng.standard_normal((384, 512)) * 0.02).astype(np.float32), "uint4", 128, scheme="w4a8_group")
+    x = torch.randn(m, 512, dtype=torch.float16, device="cuda")
+    y = quantized_linear(x, qw, backend="triton")
+    assert relative_error(y.double().cpu().numpy(), reference(x.float().cpu().numpy(), qw)) <= bound(qw, m, "float16")
