@@ -146,8 +146,6 @@ def main() -> int:
         sections = [("gemv", 1), ("gemv", 16), ("gemm", 64), ("gemm", 256), ("w4a8", 1024), ("w4a8", 4096)]
         if a.grid == "deep":
             sections = [("gemv", 1), ("gemm", 64)]
-        if a.grid == "ab":
-            sections = [("gemv", 1), ("gemv", 16), ("gemm", 64), ("gemm", 256), ("w4a8", 1024), ("w4a8", 4096)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)

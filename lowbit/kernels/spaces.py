@@ -224,9 +224,11 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
     """The native Triton (CUDA) default, for a GPU of `units` SMs, used when nothing was tuned (`--tune`
     measures the space instead). Measured (benchmarks/gpu/sweep.py, H200, fp16 x, int4 / QoQ uint4 g128,
     weights streamed, CUDA graphs; benchmarks/README.md, session 30): over the grid BN x BK x warps x stages,
-    the best configs of 8192² and 28672x8192 follow one rule, the widest column tile that still gives every
-    SM a program, 4 warps (8 were slower in every GEMV and W4A8 case, by up to 1.9x), 3 stages (4 gained
-    nothing anywhere):
+    the best config of every swept shape has the widest column tile that still gives every SM a program, 4
+    warps (8 won only on tiles that were not the best, e.g. 64-column GEMV tiles at 8192², 45.5 against 64.5
+    us; in W4A8 4 won everywhere, by up to 1.9x) and 3 stages (4 at most 3% faster, up to 1.6x slower). One
+    shape was not covered by the sweep: its grid had no 32-column GEMM tile, so the 64-row GEMM at 8192² was
+    best at 64 columns there (78.5 us); the rule's 32 columns ran 70.9 us in a later run:
 
     * GEMV (M <= 16): BN 32 at N = 8192 (41 us against 71 for the former 16-column default), 128 at 28672
       (109 against 158); K steps of 256 with 32 or 64 columns, 128 with 128 (one step's tile <= 16K codes);
