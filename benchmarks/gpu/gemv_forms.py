@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -50,8 +48,17 @@ def _pair_f32(words, SHIFT: tl.constexpr):
 
 @triton.jit
 def gemv_words(
-    x_ptr, w_ptr, s_ptr, y_ptr, N, K,
-    M: tl.constexpr, BN: tl.constexpr, NG: tl.constexpr, G: tl.constexpr, SPLIT: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    s_ptr,
+    y_ptr,
+    N,
+    K,
+    M: tl.constexpr,
+    BN: tl.constexpr,
+    NG: tl.constexpr,
+    G: tl.constexpr,
+    SPLIT: tl.constexpr,
     FORM: tl.constexpr,
 ):
     """Program (pn, ps): columns pn*BN.., K range ps*K/SPLIT.. in steps of NG groups; acc [NG, BN] per row,
@@ -88,8 +95,11 @@ def gemv_words(
             x0 = tl.load(x_ptr + kk).to(tl.float32)
             if FORM == 2:
                 sh = 19 - 4 * j  # nibble j to mantissa bits 19..22: f = 1 + u/16, exact times an fp16 x
-                t = tl.where(sh[None, :, None, None] >= 0, words[:, None, :, :] << tl.maximum(sh, 0)[None, :, None, None],
-                             words[:, None, :, :] >> tl.maximum(-sh, 0)[None, :, None, None])
+                t = tl.where(
+                    sh[None, :, None, None] >= 0,
+                    words[:, None, :, :] << tl.maximum(sh, 0)[None, :, None, None],
+                    words[:, None, :, :] >> tl.maximum(-sh, 0)[None, :, None, None],
+                )
                 f = ((t & 0x00780000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
                 sx = tl.sum(tl.sum(x0, axis=0), axis=0)  # [NG]
                 p = tl.sum(tl.sum(f * x0[:, :, :, None], axis=0), axis=0)  # [NG, BN]
@@ -156,15 +166,27 @@ def ptx_report() -> None:
     ]:
         consts = {"M": f["M"], "BN": f["BN"], "NG": f["NG"], "G": 128, "SPLIT": f["SPLIT"], "FORM": f["FORM"]}
         s = dict(sig, **{k: "constexpr" for k in consts})
-        src = ASTSource(fn=gemv_words, signature=s, constexprs=consts,
-                        attrs={(i,): [["tt.divisibility", 16]] for i in range(6)})
+        src = ASTSource(
+            fn=gemv_words, signature=s, constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in range(6)}
+        )
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": f["num_warps"]})
         ptx = k.asm["ptx"]
         body = [ln for ln in ptx.splitlines() if ln.strip() and not ln.strip().startswith(("//", ".", "$", "{", "}"))]
         codes = f["NG"] * 128 * f["BN"]
         ttgir = k.asm["ttgir"]
-        print(f, "instr", len(body), "cvt_layout", ttgir.count("convert_layout"),
-              "shared", k.metadata.shared, "regs?", "cvt.rn.f32.s32" in ptx, "codes/iter", codes)
+        print(
+            f,
+            "instr",
+            len(body),
+            "cvt_layout",
+            ttgir.count("convert_layout"),
+            "shared",
+            k.metadata.shared,
+            "regs?",
+            "cvt.rn.f32.s32" in ptx,
+            "codes/iter",
+            codes,
+        )
         Path(f"/tmp/gemv_{f['M']}_{f['BN']}_{f['NG']}_{f['SPLIT']}_{f['FORM']}.ptx").write_text(ptx)
         Path(f"/tmp/gemv_{f['M']}_{f['BN']}_{f['NG']}_{f['SPLIT']}_{f['FORM']}.ttgir").write_text(ttgir)
         print("   SASS", sass_mix(k.asm["cubin"]))
@@ -222,7 +244,7 @@ def main() -> int:
         words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
         scales = (torch.rand(k // 128, n, device="cuda") * 0.02 + 0.001).half()
         x = torch.randn(m, k, device="cuda").half()
-        wdq = (codes.double() * scales.double().repeat_interleave(128, 0))  # [K, N]
+        wdq = codes.double() * scales.double().repeat_interleave(128, 0)  # [K, N]
         ref = x.double() @ wdq
         wbf = wdq.t().contiguous().bfloat16()
         nbytes = words.numel() * 4 + scales.numel() * 2
@@ -231,7 +253,7 @@ def main() -> int:
         ring_s = [scales.clone() for _ in range(copies)]
         ring_b = [wbf.clone() for _ in range(ring_copies(wbf.numel() * 2, "cuda"))]
         xb = x.bfloat16()
-        tb = t([lambda w=w: F.linear(xb, w) for w in ring_b])
+        tb = t([lambda w=w, xb=xb: F.linear(xb, w) for w in ring_b])
         row0 = {"N": n, "K": k, "M": m, "form": "torch bf16", "us": tb, "GBs": wbf.numel() * 2 / tb / 1e3}
         rows.append(row0)
         print(row0, flush=True)
@@ -242,11 +264,26 @@ def main() -> int:
             y = torch.zeros(m, n, device="cuda", dtype=torch.float32)
             grid = (n // f["BN"], f["SPLIT"])
 
-            def run(w, s, f=f, y=y, grid=grid):
+            def run(w, s, f=f, y=y, grid=grid, x=x, n=n, k=k):
                 if f["SPLIT"] > 1:
                     y.zero_()
-                gemv_words[grid](x, w, s, y, n, k, M=f["M"], BN=f["BN"], NG=f["NG"], G=128, SPLIT=f["SPLIT"],
-                                 FORM=f["FORM"], num_warps=f["num_warps"], num_stages=1)
+                gemv_words[grid](
+                    x,
+                    w,
+                    s,
+                    y,
+                    n,
+                    k,
+                    M=f["M"],
+                    BN=f["BN"],
+                    NG=f["NG"],
+                    G=128,
+                    SPLIT=f["SPLIT"],
+                    FORM=f["FORM"],
+                    num_warps=f["num_warps"],
+                    num_stages=1,
+                )
+
             try:
                 run(words, scales)
                 torch.cuda.synchronize()

@@ -9,6 +9,7 @@ import pytest
 
 from lowbit.bench.gemm import Report, Row
 from lowbit.bench.report import format_table, goals, to_json
+from lowbit.bench.report import verdicts as issue_verdicts
 from lowbit.bench.roofline import Machine
 
 CPU = Machine("cpu", "test cpu", 2, None, 25.0, {"float32": 100.0, "bfloat16": 20.0})
@@ -109,3 +110,47 @@ def test_gpu_w4a8_rows_are_judged_at_m_1024_and_up_only():
         "W4A8 (QoQ) tvm M=4096 4096x4096: 1.20 x torch bf16 (target >= 1.3)": False,
     }
     assert goals(Report(CPU, rows, [], {"group_size": 128})) == []
+
+
+def by_target(rows, machine=CPU):
+    judged = goals(Report(machine, rows, [], {"group_size": 128}))
+    return {v["target"]: v for v in issue_verdicts(judged)}
+
+
+def test_verdicts_judge_m1_and_m16_by_the_a16_path_only():
+    """The issue's M = 1 and M = 16 targets are W4A16's: an A8 or fp32-x row meeting them does not meet the goal,
+    and it is listed beside the verdict, not hidden."""
+    got = by_target(
+        [row(1, "lowbit_a8", roof=0.9, x32=8.0, x16=4.0), row(1, "lowbit_bf16", roof=0.79, x32=8.0, x16=4.0)]
+    )
+    roof = got["M=1 4096x4096: roofline >= 80%"]
+    assert roof["met"] is False and roof["best"] == "A16 (bf16 x)" and roof["value"] == pytest.approx(0.79)
+    assert roof["paths"] == "A16 (bf16 x) 79%" and roof["others"] == "A8 90%"
+    assert got["M=1 4096x4096: x torch bf16 >= 3.5"]["met"] is True
+    got16 = by_target([row(16, "lowbit", x32=3.5, x16=1.2), row(16, "lowbit_bf16", x32=3.2, x16=0.9)])
+    assert got16["M=16 4096x4096: x torch bf16 >= 1"]["met"] is False  # the fp32-x row's 1.2 is not W4A16
+    assert "M=16 4096x4096: x torch fp32 >= 3" in got16
+
+
+def test_verdicts_take_the_best_path_from_m64_and_nan_never_passes():
+    """From M = 64 the issue names the int8 (W4A8) and bf16 paths: the best of them decides. A NaN is never best."""
+    got = by_target([row(64, "lowbit_bf16", x16=0.9), row(64, "lowbit_a8", x16=1.3), row(64, "lowbit", x16=math.nan)])
+    v = got["M=64 4096x4096: x torch bf16 >= 1"]
+    assert v["met"] is True and v["best"] == "A8" and v["others"] == ""
+    assert "A32 (fp32 x) nan" in v["paths"]
+    (only_nan,) = by_target([row(256, "lowbit_a8", x16=math.nan)]).values()
+    assert only_nan["met"] is False
+
+
+def test_verdicts_on_a_gpu_name_the_fp16_rows_and_print_in_the_table():
+    gpu = Machine("cuda:0", "test gpu", 1, None, 4000.0, {"bfloat16": 900e3})
+    got = by_target([row(1, "lowbit", roof=0.5, x16=2.0)], gpu)
+    assert got["M=1 4096x4096: roofline >= 80%"]["met"] is False
+    assert got["M=1 4096x4096: x torch bf16 >= 3.5"]["paths"] == "A16 2.00"
+    report = Report(gpu, [row(1, "lowbit", roof=0.5, x16=2.0)], [], {"group_size": 128})
+    lines = [ln for ln in format_table(report).splitlines() if ln.startswith("verdict:")]
+    assert lines == [
+        "verdict: M=1 4096x4096: roofline >= 80%: NOT met (A16 50%)",
+        "verdict: M=1 4096x4096: x torch bf16 >= 3.5: NOT met (A16 2.00)",
+    ]
+    assert [v["met"] for v in to_json(report)["verdicts"]] == [False, False]
