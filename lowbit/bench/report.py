@@ -210,13 +210,14 @@ def _clean(v: Any) -> Any:
 
 
 def to_json(report: Report) -> dict[str, Any]:
+    judged = goals(report)
     return _clean(
         {
             "machine": report.machine.to_json(),
             "config": report.config,
             "rows": [dataclasses.asdict(r) for r in report.rows],
-            "goals": goals(report),
-            "verdicts": verdicts(goals(report)),
+            "goals": judged,
+            "verdicts": verdicts(judged),
             "notes": report.notes,
         }
     )
