@@ -27,6 +27,8 @@ from lowbit.dtypes import dtype
 
 SHARED_MEMORY_BYTES = 227 * 1024
 KERNELS = ("quantized_gemm", "quantized_gemv", "w4a8_gemm_per_group", "w4a8_gemm_per_channel")
+FMA = "quantized_gemv_fma"  # the dot-free GEMV (lowbit.kernels.gemv_fma): asked for by name, M <= 4
+FMA_ACCUMULATORS = 64  # fp32 accumulators per thread the FMA GEMV may keep (BM · BN · K sub-step / threads)
 
 # tile axes per kernel; GEMV keeps BM small (M <= 16; 64: the TVM GEMM form past 16 rows) and walks K in long steps
 _TILES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -34,13 +36,18 @@ _TILES: dict[str, dict[str, tuple[int, ...]]] = {
     "quantized_gemv": {"BM": (1, 4, 16, 64), "BN": (16, 32, 64, 128, 256), "BK": (32, 64, 128, 256)},
     "w4a8_gemm_per_group": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
     "w4a8_gemm_per_channel": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
+    FMA: {"BM": (1, 2, 4), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
 }
 _DEFAULT_TILES: dict[str, dict[str, int]] = {
     "quantized_gemm": {"BM": 16, "BN": 32, "BK": 64},
     "quantized_gemv": {"BM": 16, "BN": 32, "BK": 128},
     "w4a8_gemm_per_group": {"BM": 16, "BN": 32, "BK": 128},
     "w4a8_gemm_per_channel": {"BM": 16, "BN": 32, "BK": 128},
+    FMA: {"BM": 1, "BN": 32, "BK": 128},
 }
+# options a kernel adds on a backend: the FMA GEMV transposes its codes tile to its accumulator's [BN, K]
+# orientation, free only when the packed codes are split inside each thread (lowbit.kernels.gemv_fma)
+_KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {(FMA, "triton"): {"codes_last": (True,)}}
 _OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
     "reference": {},
     "triton": {"num_warps": (4, 8), "num_stages": (2, 3, 4)},
@@ -66,7 +73,7 @@ def _bits(problem: Mapping[str, Any], kernel: str) -> int:
 def _dot_k(config: Config, problem: Mapping[str, Any], kernel: str) -> int:
     # the K extent of one T.dot: GEMV and per-group W4A8 dot one group (slice) at a time
     bk, g = config.constant_dict["BK"], _group(problem)
-    if kernel in ("quantized_gemv", "w4a8_gemm_per_group") and g != -1:
+    if kernel in ("quantized_gemv", "w4a8_gemm_per_group", FMA) and g != -1:
         return min(bk, g)
     return bk
 
@@ -120,20 +127,38 @@ def triton_shared_memory(kernel: str) -> Constraint:
     return check
 
 
+def fma_registers(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        c = config.constant_dict
+        threads = 32 * int(config.option_dict.get("num_warps", 4))
+        held = c["BM"] * c["BN"] * _dot_k(config, problem, kernel) // threads
+        if held > FMA_ACCUMULATORS:
+            return (
+                f"BM·BN·K step / threads = {held} fp32 accumulators per thread > {FMA_ACCUMULATORS} (they would "
+                "spill); use a smaller BN or BK, or more warps"
+            )
+        return None
+
+    return check
+
+
 def space(kernel: str, backend: str) -> SearchSpace:
     """The search space of library kernel `kernel` (a name in KERNELS, or the Kernel itself) on `backend`."""
     kernel = getattr(kernel, "name", kernel)
     if kernel not in _TILES:
-        raise ValueError(f"kernel {kernel!r} has no search space; use one of {list(KERNELS)}")
+        raise ValueError(f"kernel {kernel!r} has no search space; use one of {[*KERNELS, FMA]}")
     if backend not in _OPTIONS:
         raise ValueError(f"backend {backend!r} has no options table; use one of {sorted(_OPTIONS)}")
     constraints: tuple[Constraint, ...] = (group_fits(kernel), whole_words(kernel))
-    if backend == "triton":
+    if backend == "triton" and kernel == FMA:  # no tensor-core dot: its limit is the register file
+        constraints += (fma_registers(kernel), triton_shared_memory(kernel))
+    elif backend == "triton":
         constraints += (triton_dot_k(kernel), triton_shared_memory(kernel))
+    extra = _KERNEL_OPTIONS.get((kernel, backend), {})
     return SearchSpace.make(
         _TILES[kernel],
-        _OPTIONS[backend],
-        default={**_DEFAULT_TILES[kernel], **_DEFAULT_OPTIONS[backend]},
+        {**_OPTIONS[backend], **extra},
+        default={**_DEFAULT_TILES[kernel], **_DEFAULT_OPTIONS[backend], **{k: v[0] for k, v in extra.items()}},
         constraints=constraints,
     )
 
@@ -166,7 +191,13 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     if kernel == "quantized_gemm":
         bk = 64 if g == -1 or g >= 64 else g
         return Config.make({"BM": 64, "BN": 4 * lanes, "BK": bk}, {**opts, "tm": 2})
+    if kernel == FMA:  # a GPU form; on the CPU it runs (generic loops), it is not the CPU's fast path
+        return Config.make({"BM": _fma_rows(m), "BN": 4 * lanes, "BK": g if g in (32, 64, 128) else 64}, opts)
     return None
+
+
+def _fma_rows(m: int) -> int:
+    return min(4, 1 << max(0, (m - 1).bit_length()))
 
 
 def _pair_dot(problem: Mapping[str, Any]) -> bool:
@@ -240,6 +271,17 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
     if kernel == "quantized_gemv":
         bn = _widest((128, 64, 32), lambda bn: math.ceil(n / bn), units)
         return Config.make({"BM": 16, "BN": bn, "BK": 256 if bn <= 64 else 128}, {"num_warps": 4, "num_stages": 3})
+    if kernel == FMA:
+        # not measured yet (no GPU since it was written): the GEMV's rule for the column tile (every SM a
+        # program), K steps as long as FMA_ACCUMULATORS allows (<= 256, whole groups or one group's slice)
+        bm = _fma_rows(m)
+        bn = _widest((128, 64, 32), lambda bn: math.ceil(n / bn), units)
+        g = _group(problem)
+        step = max(32, min(256, FMA_ACCUMULATORS * 128 // (bm * bn)))
+        bk = step if g == -1 or step <= g else (g if g in (32, 64, 128) else step)
+        if g != -1 and step >= g and 2 * g <= 256:
+            bk = 256 // g * g  # several groups per step: more loads in flight, accumulators of one group
+        return Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": 4, "num_stages": 3, "codes_last": True})
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128
         bk = (128 if bm == 64 else 64) if kernel == "quantized_gemm" else 128
@@ -265,6 +307,8 @@ def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
         tiles = {"BM": bm, "BN": max(32, 128 // bm), "BK": group_k}
     elif kernel == "quantized_gemm":
         tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}
+    elif kernel == FMA:  # each intermediate [BN, BK] tile is its own shared buffer: keep them at 2 KiB
+        tiles = {"BM": _fma_rows(m), "BN": 16, "BK": 32}
     else:  # W4A8: the int8 tiles live as int32 in shared memory
         tiles = {"BM": 32, "BN": 64, "BK": 32}
     sp = space(kernel, "tvm")
@@ -304,6 +348,7 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
 
 
 __all__ = [
+    "FMA",
     "KERNELS",
     "SHARED_MEMORY_BYTES",
     "default_config",

@@ -15,6 +15,10 @@ Kernel choice (documented rule):
                         `quantized_gemv_a8` runs u8·i8 dot products on the column-tiled words (`retile_columns`;
                         a row-layout weight is re-tiled once and the copy kept on it). Not the default: it adds
                         the int8 rounding of x (~0.7% relative on y).
+  kernel="quantized_gemv_fma" (asked for by name): w_a16 weights, the dot-free GEMV
+                        (`lowbit.kernels.gemv_fma`: fp32 FMAs of decoded weights into register tiles, one
+                        reduction after the K loop; tiles of up to 4 rows), a GPU form for decode at M <= 4
+                        written for CUDA cores; it runs on every backend.
 Backend "auto": "triton" when torch sees CUDA and the Triton backend is present, else "tvm" when TVM and the
 TVM backend are present, else "reference" (the NumPy interpreter: exact but slow).
 Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
@@ -41,6 +45,7 @@ from lowbit.dtypes import decode
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
+from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
@@ -53,6 +58,8 @@ from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
 A8_KERNEL = quantized_gemv_a8.name
+FMA_KERNEL = quantized_gemv_fma.name
+NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 CPU_TILE_N = 64  # the CPU float GEMV's default column tile (lowbit.kernels.spaces): cpu_weight's block
 _TUNED: dict[tuple[Any, ...], Config] = {}
@@ -158,7 +165,8 @@ def quantized_linear(
 
     x: float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features (a strided view is copied).
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
-    kernel: None (the rule in the module docstring) or "quantized_gemv_a8" (int8 activations, any M).
+    kernel: None (the rule in the module docstring), "quantized_gemv_a8" (int8 activations, any M) or
+    "quantized_gemv_fma" (w_a16 weights: the dot-free GEMV, any M in tiles of up to 4 rows).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
     """
     if not isinstance(qweight, QuantizedWeight):
@@ -184,8 +192,13 @@ def quantized_linear(
         _check_contiguous("out", out, _is_torch(out))
     m = math.prod(shape[:-1])
     backend = select_backend(backend)
-    if kernel is not None and kernel != A8_KERNEL:
-        raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or {A8_KERNEL!r}")
+    if kernel is not None and kernel not in NAMED_KERNELS:
+        raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or one of {list(NAMED_KERNELS)}")
+    if kernel == FMA_KERNEL and qweight.scheme != "w_a16":
+        raise ValueError(
+            f"kernel {FMA_KERNEL} runs w_a16 weights; this weight's scheme is {qweight.scheme!r} (int8 "
+            "activations): pass kernel=None"
+        )
     if kernel == A8_KERNEL:
         why = a8_ineligible(qweight)
         if why:
@@ -202,7 +215,7 @@ def quantized_linear(
         # would be what a GPU benchmark timed), so it can be captured in a CUDA graph
         ya = _torch_empty((m, n), x)
         fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
-        _compiled(qweight, m, backend, adtype, fixed, args, tune, config)(args)
+        _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
         return _torch_result(ya, bias, shape, out)
     elif is_torch and m and backend == "tvm" and x.device.type == "cuda":
         # torch CUDA activations with backend "tvm": the TVM backend's CUDA kernels (`tvm_cuda_kernel`), on the
@@ -214,13 +227,13 @@ def quantized_linear(
             )
         ya = _torch_empty((m, n), x)
         fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
-        tvm_cuda_kernel(qweight, m, adtype, fixed, args, config)(args)
+        tvm_cuda_kernel(qweight, m, adtype, fixed, args, config, kernel)(args)
         return _torch_result(ya, bias, shape, out)
     elif (
         backend == "tvm"
         and is_torch
         and x.device.type == "cpu"
-        and not (tune or config)
+        and not (tune or config or kernel)
         and qweight.scheme == "w_a16"
         and m
     ):
@@ -236,7 +249,7 @@ def quantized_linear(
         xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
         if m:
             fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
-            _compiled(qweight, m, backend, adtype, fixed, args, tune, config)(args)
+            _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
         y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
@@ -566,16 +579,18 @@ def _compiled(
     args: dict,
     tune: bool = False,
     config: Config | None = None,
+    named: str | None = None,
 ) -> Any:
-    # the compiled `select_kernel(qw, m)` for this backend and io dtypes ("float16", "int8->float32", ...),
+    # the compiled `select_kernel(qw, m)` (or the kernel `named`: FMA_KERNEL) for this backend and io dtypes
+    # ("float16", "int8->float32", ...),
     # looked up once and kept on the weight (a decode step calls this per layer per token: Python overhead
     # must stay far below the kernel); under a nano-batch plan's share the persistent form (`runs_persistent`)
     persistent = runs_persistent(backend)
     plans = qw.__dict__.setdefault("_plans", {})
-    key = (m, backend, io, bool(tune), config, persistent)
+    key = (m, backend, io, bool(tune), config, persistent, named)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = select_kernel(qw, m, adtype=io, backend=backend)
+        kernel = quantized_gemv_fma if named == FMA_KERNEL else select_kernel(qw, m, adtype=io, backend=backend)
         cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
         options = {**cfg.option_dict, **inbounds_option(cfg, args, backend)}
         if persistent:
@@ -598,16 +613,19 @@ def inbounds_option(cfg: Config, args: Mapping[str, Any], backend: str) -> dict[
     return {"inbounds": even}
 
 
-def tvm_cuda_kernel(qw: QuantizedWeight, m: int, io: str, fixed: dict, args: dict, config: Config | None = None) -> Any:
+def tvm_cuda_kernel(
+    qw: QuantizedWeight, m: int, io: str, fixed: dict, args: dict, config: Config | None = None, named: str | None = None
+) -> Any:
     """The TVM backend's CUDA build of the kernel `scheme_kernel` picks for `qw` and M rows (the GPU's rule:
-    the GEMV up to 16 rows, else the GEMM; W4A8 schemes their kernels), on the weight's row layout, with
+    the GEMV up to 16 rows, else the GEMM; W4A8 schemes their kernels; `named` FMA_KERNEL: the dot-free
+    GEMV), on the weight's row layout, with
     `spaces.tvm_cuda_default` tiles unless `config` is given (option target "cuda" added); kept on the weight.
     `fixed` / `args` as `_device_arguments` builds them (their sizes choose the tiles)."""
     plans = qw.__dict__.setdefault("_plans", {})
-    key = (m, "tvm:cuda", io, config)
+    key = (m, "tvm:cuda", io, config, named)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = scheme_kernel(qw.scheme, m)
+        kernel = quantized_gemv_fma if named == FMA_KERNEL else scheme_kernel(qw.scheme, m)
         problem = {"M": m, "N": args["N"], "K": args["K"], "G": fixed.get("G", -1), "wdtype": fixed["wdtype"]}
         cfg = config or tvm_cuda_default(kernel.name, problem)
         options = {**cfg.option_dict, "target": "cuda"}
