@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import lowbit.lang as T
 from lowbit.dtypes import dtype as as_dtype
-from lowbit.kernels.quantized_gemm import ROW_PACKED, groups
+from lowbit.kernels.quantized_gemm import ROW_PACKED, groups  # noqa: F401  (groups: named in a shape entry)
 
 MAGIC = 0x4B000000  # the bits of 2^23: OR-ing u < 2^23 into its mantissa makes the float 2^23 + u
 MAGIC_BITS = 16  # integer codes up to this width decode by the magic (u < 2^16: far inside the mantissa)

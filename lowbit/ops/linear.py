@@ -45,8 +45,8 @@ from lowbit.dtypes import decode
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
+from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
@@ -614,7 +614,13 @@ def inbounds_option(cfg: Config, args: Mapping[str, Any], backend: str) -> dict[
 
 
 def tvm_cuda_kernel(
-    qw: QuantizedWeight, m: int, io: str, fixed: dict, args: dict, config: Config | None = None, named: str | None = None
+    qw: QuantizedWeight,
+    m: int,
+    io: str,
+    fixed: dict,
+    args: dict,
+    config: Config | None = None,
+    named: str | None = None,
 ) -> Any:
     """The TVM backend's CUDA build of the kernel `scheme_kernel` picks for `qw` and M rows (the GPU's rule:
     the GEMV up to 16 rows, else the GEMM; W4A8 schemes their kernels; `named` FMA_KERNEL: the dot-free
