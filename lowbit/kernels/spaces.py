@@ -273,14 +273,13 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
         return Config.make({"BM": 16, "BN": bn, "BK": 256 if bn <= 64 else 128}, {"num_warps": 4, "num_stages": 3})
     if kernel == FMA:
         # not measured yet (no GPU since it was written): the GEMV's rule for the column tile (every SM a
-        # program), K steps as long as FMA_ACCUMULATORS allows (<= 256, whole groups or one group's slice)
-        bm = _fma_rows(m)
-        bn = _widest((128, 64, 32), lambda bn: math.ceil(n / bn), units)
-        g = _group(problem)
-        step = max(32, min(256, FMA_ACCUMULATORS * 128 // (bm * bn)))
-        bk = step if g == -1 or step <= g else (g if g in (32, 64, 128) else step)
-        if g != -1 and step >= g and 2 * g <= 256:
-            bk = 256 // g * g  # several groups per step: more loads in flight, accumulators of one group
+        # program) among the widths whose shortest K sub-step (32) fits FMA_ACCUMULATORS, then the longest
+        # sub-step that fits (<= 256); with groups, K steps of whole groups up to 256 (more loads in flight)
+        bm, g = _fma_rows(m), _group(problem)
+        fits = tuple(bn for bn in (128, 64, 32) if bm * bn * 32 // 128 <= FMA_ACCUMULATORS)
+        bn = _widest(fits, lambda bn: math.ceil(n / bn), units)
+        step = 1 << (min(256, FMA_ACCUMULATORS * 128 // (bm * bn))).bit_length() - 1
+        bk = step if g == -1 or step <= g else max(g, 256 // g * g)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": 4, "num_stages": 3, "codes_last": True})
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128

@@ -133,6 +133,8 @@ def test_gpu_defaults_apply_only_to_native_triton(monkeypatch):
         ("quantized_gemv", 1, 8192, "int4"),
         ("quantized_gemm", 64, 8192, "int4"),
         ("w4a8_gemm_per_group", 4096, 28672, "uint4"),
+        ("quantized_gemv_fma", 1, 28672, "int4"),
+        ("quantized_gemv_fma", 4, 8192, "int3"),
     ],
 )
 def test_gpu_defaults_compile_for_sm90(kernel, m, n, wdtype):
@@ -148,3 +150,28 @@ def test_gpu_defaults_compile_for_sm90(kernel, m, n, wdtype):
     program = getattr(K, kernel).trace(**fixed, **cfg.constant_dict)
     stages = triton_backend.compile_sm90(compile_program(program, "triton", cfg.option_dict), aligned=True)
     assert stages["cubin"]
+
+
+def test_fma_gemv_space_bounds_its_registers():
+    """The dot-free GEMV keeps BM·BN·(K sub-step) fp32 accumulators per thread: the space refuses what would
+    spill, with the reason; its Triton points carry codes_last (the free transpose of the codes tile); every
+    GPU default is in budget."""
+    from lowbit.kernels.spaces import FMA, FMA_ACCUMULATORS, gpu_default
+
+    sp = space(FMA, "triton")
+    assert sp.default.option_dict["codes_last"] is True and all(c.option_dict["codes_last"] for c in sp)
+    problem = dict(PROBLEM, G=128, M=4)
+    big = Config.make({"BM": 4, "BN": 128, "BK": 128}, {"num_warps": 4, "num_stages": 3, "codes_last": True})
+    assert "512 fp32 accumulators per thread > 64" in sp.check(big, problem)
+    sub = Config.make({"BM": 1, "BN": 64, "BK": 256}, {"num_warps": 4, "num_stages": 3, "codes_last": True})
+    assert sp.check(sub, dict(problem, G=32)) is None  # K sub-steps of one group: 64·32 / 128 = 16
+    for m in (1, 2, 4):
+        for n in (4096, 8192, 28672):
+            for g in (32, 128, -1):
+                prob = dict(PROBLEM, M=m, N=n, K=8192, G=g)
+                cfg = gpu_default(FMA, prob, 132)
+                assert sp.check(cfg, prob) is None, (m, n, g, cfg)
+                c = cfg.constant_dict
+                assert c["BM"] == min(4, 1 << (m - 1).bit_length())
+                held = c["BM"] * c["BN"] * (c["BK"] if g == -1 else min(c["BK"], g)) // 128
+                assert held <= FMA_ACCUMULATORS
