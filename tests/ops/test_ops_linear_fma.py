@@ -63,7 +63,7 @@ def test_tvm_cuda_build_of_the_named_kernel():
 
 def test_int8_activation_schemes_are_refused():
     qw = quantize(np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32), scheme="w4a8_group")
-    with pytest.raises(ValueError, match="quantized_gemv_fma runs w_a16 weights; .*'w4a8_group'.*pass kernel=None"):
+    with pytest.raises(ValueError, match=r"quantized_gemv_fma runs w_a16 weights; .*'w4a8_group'.*pass kernel=None"):
         quantized_linear(np.zeros((1, 128), np.float32), qw, backend="reference", kernel=FMA_KERNEL)
     with pytest.raises(ValueError, match=r"kernel 'gemv' is not selectable by name; pass None or one of"):
         quantized_linear(np.zeros((1, 128), np.float32), qw, backend="reference", kernel="gemv")
