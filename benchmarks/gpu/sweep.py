@@ -37,6 +37,17 @@ GROUP = 128
 def grid(kind: str, m: int) -> list[Config]:
     """The configs tried for `kind` ("gemv", "gemm", "w4a8") at M = m."""
     out = []
+    if kind == "fma":  # the dot-free GEMV (kernel="quantized_gemv_fma"): only points its space keeps
+        from lowbit.kernels.spaces import FMA, space
+
+        sp = space(FMA, "triton")
+        problem = {"M": m, "N": 8192, "K": 8192, "G": GROUP, "wdtype": "int4", "adtype": "float16"}
+        bm = min(4, 1 << (m - 1).bit_length())
+        for bn, bk, w, s in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3, 4)):
+            cfg = Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": w, "num_stages": s, "codes_last": True})
+            if sp.check(cfg, problem) is None:
+                out.append(cfg)
+        return out
     if kind == "gemv":
         for bn, bk, w, s in itertools.product((32, 64, 128), (128, 256), (4, 8), (3, 4)):
             out.append(Config.make({"BM": 16, "BN": bn, "BK": bk}, {"num_warps": w, "num_stages": s}))
@@ -115,7 +126,12 @@ def main() -> int:
     ap.add_argument("--out", default=".")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; sections still to run are skipped after")
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
-    ap.add_argument("--grid", choices=("tiles", "deep", "ab"), default="tiles", help="deep: long K steps (`deep_grid`)")
+    ap.add_argument(
+        "--grid",
+        choices=("tiles", "deep", "ab", "fma"),
+        default="tiles",
+        help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4",
+    )
     a = ap.parse_args()
     t_start = time.perf_counter()
     layers = [tuple(int(v) for v in s.split("x")) for s in a.layers.split(",")]
@@ -146,6 +162,8 @@ def main() -> int:
         sections = [("gemv", 1), ("gemv", 16), ("gemm", 64), ("gemm", 256), ("w4a8", 1024), ("w4a8", 4096)]
         if a.grid == "deep":
             sections = [("gemv", 1), ("gemm", 64)]
+        if a.grid == "fma":
+            sections = [("fma", 1), ("gemv", 1), ("fma", 4), ("gemv", 4)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -156,19 +174,30 @@ def main() -> int:
             ref = x.double() @ refs[key].double().T
             t_bf16 = time_ring([functools.partial(F.linear, xb, wb) for wb in bf16_ring])
 
-            def run(cfg, ring=rings[key], x=x, ref=ref):
+            named = {"kernel": "quantized_gemv_fma"} if kind == "fma" else {}
+
+            def run(cfg, ring=rings[key], x=x, ref=ref, named=named):
                 try:
-                    y = quantized_linear(x, ring[0], backend="triton", config=cfg)
+                    y = quantized_linear(x, ring[0], backend="triton", config=cfg, **named)
                     torch.cuda.synchronize()
                     err = rel_error(y, ref)
-                    fns = [functools.partial(quantized_linear, x, q, backend="triton", config=cfg) for q in ring]
+                    fns = [
+                        functools.partial(quantized_linear, x, q, backend="triton", config=cfg, **named) for q in ring
+                    ]
                     return time_ring(fns), err, ""
                 except Exception as e:  # a config the compiler rejects: a row, not the end of the sweep
                     return math.inf, math.inf, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
             t_default, e_default, why = run(None)
             rows = []
-            configs = ab_grid(kind, m, n, k) if a.grid == "ab" else (deep_grid if a.grid == "deep" else grid)(kind, m)
+            if a.grid == "ab":
+                configs = ab_grid(kind, m, n, k)
+            elif a.grid == "deep":
+                configs = deep_grid(kind, m)
+            elif a.grid == "fma" and kind == "gemv":
+                configs = []  # the GEMV's default only: the reference the dot-free form is measured against
+            else:
+                configs = grid(kind, m)
             for cfg in configs:
                 t, err, why = run(cfg)
                 rows.append((t, err, cfg, why))
@@ -177,7 +206,7 @@ def main() -> int:
                 trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(cfg), "ms": t, "rel_err": err,
                                "error": why})  # fmt: skip
             ok = sorted((r for r in rows if r[1] <= 1e-2), key=lambda r: r[0])
-            for t, _err, cfg, _ in ok[: 2 if a.grid == "tiles" else 0]:
+            for t, _err, cfg, _ in ok[: 2 if a.grid == "tiles" and kind != "fma" else 0]:
                 for v in variants(cfg):
                     tv, ev, why = run(v)
                     trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(v), "ms": tv, "rel_err": ev,

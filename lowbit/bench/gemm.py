@@ -17,6 +17,9 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
                  x @ dequant(W)^T includes that rounding (~0.7%)
+  lowbit_fma     with triton on a GPU, M <= FMA_MAX_M: quantized_linear(kernel="quantized_gemv_fma"), the
+                 dot-free GEMV (lowbit.kernels.gemv_fma: CUDA-core FMAs into register tiles, no tensor-core operand
+                 staging) on the same fp16 x and weight as the lowbit rows, side by side with the default GEMV
   lowbit_w4a8    with triton (a GPU's backend): the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`:
                  uint4 codes, int8 group scales, per-channel fp16 scales) on fp16 x quantized per token inside
                  the timed call, int8 tensor-core dots; on a GPU the Ms include 1024 and 4096 (`CUDA_MS`)
@@ -75,6 +78,8 @@ TORCH = "torch"
 STREAM = "stream"  # a plain read of the int4 weight's bytes in the same rounds (`_Bench.stream_row`)
 STREAM_MAX_M = 16  # stream rows up to this M, where a W4 layer's time is its weight's read
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
+FMA = "quantized_gemv_fma"  # the dot-free GEMV (lowbit.kernels.gemv_fma): lowbit_fma rows on a GPU
+FMA_MAX_M = 4  # its tiles hold up to 4 rows; decode's batch sizes where a GEMV's time is its weight's read
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 W4A8 = "lowbit_w4a8"  # with triton (the GPU's backend): the QoQ w4a8_group weight, int8 x per token
 CACHE_MODES = {
@@ -103,7 +108,7 @@ class Row:
     M: int
     N: int
     K: int
-    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit | lowbit_bf16 | lowbit_a8
+    method: str  # torch_fp32 | torch_bf16 | torch_dequant | lowbit | lowbit_bf16 | lowbit_a8 | lowbit_fma | ...
     dtype: str  # weight dtype: float32, bfloat16, int4, fp6_e3m2, ...
     backend: str  # torch | tvm | triton | reference
     median_ms: float
@@ -485,6 +490,10 @@ class _Bench:
                     row = self.lowbit_row(case, x16, dt, qw, backend, method="lowbit_bf16")
                     if row is not None:
                         rows.append(row)
+                if cuda and backend == "triton" and M <= FMA_MAX_M:
+                    row = self.lowbit_row(case, x, dt, qw, backend, kernel=FMA, method="lowbit_fma")
+                    if row is not None:
+                        rows.append(row)
                 if not cuda and backend == "tvm" and _a8_ineligible(qw) is None:
                     row = self.lowbit_row(case, x, dt, qw, backend, kernel=A8)
                     if row is not None:
@@ -512,8 +521,9 @@ class _Bench:
         self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None, method: str = "lowbit"
     ) -> _Pending | None:
         """`quantized_linear` by its own rule, or (kernel=A8) the CPU decode GEMV with int8 activations
-        (method lowbit_a8: the activations are quantized per row and group inside the timed call); method
-        W4A8: the GPU's w4a8_group weight (its activations quantized per token inside the timed call)."""
+        (method lowbit_a8: the activations are quantized per row and group inside the timed call), or
+        (kernel=FMA, method lowbit_fma) the dot-free GEMV; method W4A8: the GPU's w4a8_group weight (its
+        activations quantized per token inside the timed call)."""
         M, N, K = x.shape[0], case.N, case.K
         extra = {} if kernel is None else {"kernel": kernel}
         fn = functools.partial(self.ops.quantized_linear, x, qw, backend=backend, tune=self.tune, **extra)
@@ -531,7 +541,7 @@ class _Bench:
         if rel is None:
             note = "unchecked: no reference dequantization"
         else:
-            tol = TOLERANCE if kernel is None and not qoq else A8_TOLERANCE
+            tol = A8_TOLERANCE if kernel == A8 or qoq else TOLERANCE
             note = "" if rel <= tol else f"MISMATCH rel err {rel:.2e} > {tol:g}"
         stored = _stored_bytes(qw)
         if stored is None:  # dense bit packing, fp32 scales, uint8 zeros for integer dtypes
@@ -540,8 +550,8 @@ class _Bench:
             stored = layer_bytes(N, K, 0, bits=d.bits, group_size=self.group_size, zero_bits=zero_bits)
         elem = x.element_size()
         act = str(x.dtype).removeprefix("torch.")  # the roofline's compute peak: this dtype's matmul rate
-        method = method if kernel is None else "lowbit_a8"
-        if kernel is not None or qoq:
+        method = "lowbit_a8" if kernel == A8 else method
+        if kernel == A8 or qoq:
             act = "int8"  # the a8 main loop multiplies int8 codes: its compute bound is the int8 peak
         fns = [
             functools.partial(self.ops.quantized_linear, x, w, backend=backend, tune=self.tune, **extra)

@@ -31,8 +31,8 @@ LEFT = {"method", "dtype", "backend"}
 
 
 # The issue's GEMM goals (W4 = int4 / uint4, group 128), judged on the rows of one run: (device, M range, method) ->
-# thresholds. A16 = the lowbit rows on a GPU (fp16 activations) and lowbit_bf16 (bfloat16 ones); A32 = the
-# CPU's lowbit rows (fp32); A8 = lowbit_a8 (int8 activations, the CPU decode path), reported beside them; W4A8
+# thresholds. A16 = the lowbit and lowbit_fma rows on a GPU (fp16 activations) and lowbit_bf16 (bfloat16 ones);
+# A32 = the CPU's lowbit rows (fp32); A8 = lowbit_a8 (int8 activations, the CPU decode path), reported beside them; W4A8
 # (QoQ) = the GPU's lowbit_w4a8 rows (w4a8_group uint4 weights, int8 x per token), judged at M >= 1024 only.
 CPU_GOALS = (  # (M values, min %roof, min x fp32, min x bf16)
     ((1,), 0.8, 7.0, 3.5),
@@ -47,7 +47,13 @@ GPU_GOALS = (
 GPU_W4A8_GOALS = (((1024, 2048, 4096, 8192), None, None, 1.3),)
 # goal rows: method -> name. The CPU's `lowbit` rows take fp32 activations (W4A32: an fp32 FMA loop, which the issue
 # says cannot meet the M >= 64 goal); they are judged by the same targets and named for what they are
-ACTIVATIONS = {"lowbit": "A16", "lowbit_bf16": "A16 (bf16 x)", "lowbit_a8": "A8", "lowbit_w4a8": "A8 (QoQ)"}
+ACTIVATIONS = {
+    "lowbit": "A16",
+    "lowbit_fma": "A16 (dot-free GEMV)",
+    "lowbit_bf16": "A16 (bf16 x)",
+    "lowbit_a8": "A8",
+    "lowbit_w4a8": "A8 (QoQ)",
+}
 CPU_ACTIVATIONS = {**ACTIVATIONS, "lowbit": "A32 (fp32 x)"}
 PROPORTION_SLACK = 1.1  # W3 / W2 "faster than W4 in proportion to their bytes": time ratio <= 1.1 x byte ratio
 
@@ -123,11 +129,11 @@ def goals(report: Report) -> list[dict[str, Any]]:
 
 def _goal_path(method: str, m: int, cuda: bool) -> bool:
     """Whether a row's path is one the issue's goal at M = m names: W4A16 at M = 1 and 16 (bf16 activations on
-    the CPU, the GPU's fp16 rows), any lowbit path from M = 64 ("the VNNI int8 path of W4A8 or a bf16 dot"),
-    and QoQ's W4A8 rows for their own goal."""
+    the CPU, the GPU's fp16 rows: the default GEMV and the dot-free one), any lowbit path from M = 64 ("the
+    VNNI int8 path of W4A8 or a bf16 dot"), and QoQ's W4A8 rows for their own goal."""
     if method == "lowbit_w4a8" or m >= 64:
         return True
-    return method == "lowbit_bf16" or (cuda and method == "lowbit")
+    return method == "lowbit_bf16" or (cuda and method in ("lowbit", "lowbit_fma"))
 
 
 def verdicts(judged: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -154,3 +154,17 @@ def test_verdicts_on_a_gpu_name_the_fp16_rows_and_print_in_the_table():
         "verdict: M=1 4096x4096: x torch bf16 >= 3.5: NOT met (A16 2.00)",
     ]
     assert [v["met"] for v in to_json(report)["verdicts"]] == [False, False]
+
+
+def test_gpu_dot_free_gemv_rows_are_a16_paths_beside_the_default_gemv():
+    """The GPU's lowbit_fma rows (kernel quantized_gemv_fma on the same fp16 x) are W4A16 paths: a verdict at
+    M = 1 is met by the better of the two GEMVs, and both values are listed."""
+    gpu = Machine("cuda:0", "test gpu", 1, None, 4000.0, {"bfloat16": 900e3})
+    rows = [row(1, "lowbit", roof=0.2, x16=0.9), row(1, "lowbit_fma", roof=0.85, x16=3.6)]
+    got = by_target(rows, gpu)
+    assert got["M=1 4096x4096: x torch bf16 >= 3.5"]["met"] is True
+    assert got["M=1 4096x4096: x torch bf16 >= 3.5"]["best"] == "A16 (dot-free GEMV)"
+    assert got["M=1 4096x4096: x torch bf16 >= 3.5"]["paths"] == "A16 0.90, A16 (dot-free GEMV) 3.60"
+    assert got["M=1 4096x4096: roofline >= 80%"]["met"] is True
+    slow = by_target([row(1, "lowbit", roof=0.2, x16=0.9), row(1, "lowbit_fma", roof=0.3, x16=1.2)], gpu)
+    assert slow["M=1 4096x4096: x torch bf16 >= 3.5"]["met"] is False
