@@ -17,7 +17,7 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
                  x @ dequant(W)^T includes that rounding (~0.7%)
-  lowbit_fma     with triton on a GPU, M <= FMA_MAX_M: quantized_linear(kernel="quantized_gemv_fma"), the
+  lowbit_fma     with triton (a GPU's backend), M <= FMA_MAX_M: quantized_linear(kernel="quantized_gemv_fma"), the
                  dot-free GEMV (lowbit.kernels.gemv_fma: CUDA-core FMAs into register tiles, no tensor-core operand
                  staging) on the same fp16 x and weight as the lowbit rows, side by side with the default GEMV
   lowbit_w4a8    with triton (a GPU's backend): the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`:
@@ -490,7 +490,7 @@ class _Bench:
                     row = self.lowbit_row(case, x16, dt, qw, backend, method="lowbit_bf16")
                     if row is not None:
                         rows.append(row)
-                if cuda and backend == "triton" and M <= FMA_MAX_M:
+                if backend == "triton" and M <= FMA_MAX_M:  # the GPU's backend (the interpreter if asked)
                     row = self.lowbit_row(case, x, dt, qw, backend, kernel=FMA, method="lowbit_fma")
                     if row is not None:
                         rows.append(row)

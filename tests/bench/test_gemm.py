@@ -218,7 +218,8 @@ def test_triton_rows_include_w4a8_and_run_on_the_launch_device(machine, monkeypa
     """With the triton backend (the GPU's; the interpreter here, asked for explicitly) the lowbit rows run
     torch activations where Triton launches (no per-call weight copies), and the QoQ W4A8 rows
     (`lowbit_w4a8`: w4a8_group uint4 weights, int8 x per token in the call) stand beside them, checked against
-    their own dequantized weight within the int8 tolerance."""
+    their own dequantized weight within the int8 tolerance; up to 4 rows the dot-free GEMV's rows too
+    (`lowbit_fma`, the same x and weight)."""
     from lowbit.codegen.triton import runtime
 
     monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 2)
@@ -227,7 +228,8 @@ def test_triton_rows_include_w4a8_and_run_on_the_launch_device(machine, monkeypa
     monkeypatch.setattr(runtime, "_to_numpy", lambda a: converted.append(type(a).__name__) or real(a))
     r = gemm.run_report((1, 20), ((64, 256),), ("int4",), 128, ("triton",), 1, threads=2, machine=machine)
     got = {(row.method, row.dtype, row.M): row for row in r.rows if row.method.startswith("lowbit")}
-    assert set(got) == {(m, d, M) for m, d in (("lowbit", "int4"), (gemm.W4A8, "uint4")) for M in (1, 20)}
+    want = {(m, d, M) for m, d in (("lowbit", "int4"), (gemm.W4A8, "uint4")) for M in (1, 20)}
+    assert set(got) == want | {("lowbit_fma", "int4", 1)}
     for row in got.values():
         assert row.median_ms > 0 and row.rel_error is not None and "MISMATCH" not in row.note, row
         assert row.rel_error <= (gemm.A8_TOLERANCE if row.method == gemm.W4A8 else gemm.TOLERANCE)
