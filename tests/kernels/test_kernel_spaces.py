@@ -173,5 +173,6 @@ def test_fma_gemv_space_bounds_its_registers():
                 assert sp.check(cfg, prob) is None, (m, n, g, cfg)
                 c = cfg.constant_dict
                 assert c["BM"] == min(4, 1 << (m - 1).bit_length())
-                held = c["BM"] * c["BN"] * (c["BK"] if g == -1 else min(c["BK"], g)) // 128
+                threads = 32 * cfg.option_dict["num_warps"]
+                held = c["BM"] * c["BN"] * (c["BK"] if g == -1 else min(c["BK"], g)) // threads
                 assert held <= FMA_ACCUMULATORS

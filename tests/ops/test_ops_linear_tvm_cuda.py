@@ -73,6 +73,11 @@ def test_tvm_compiles_cuda_with_nvrtc():
     compile_cuda = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
     cubin = bytes(compile_cuda('extern "C" __global__ void k(float* a) { a[threadIdx.x] *= 2.0f; }'))
     assert cubin[:4] == b"\x7fELF"
+    # NVRTC writes its (here empty: one NUL) log into the buffer it is given; that buffer was once
+    # `b" " * 1`, CPython's shared b" ", and every b" " of the process became b"\x00" after this call (the
+    # safetensors writer's header padding with it: every later artifact compile in the process failed)
+    assert b" "[0] == 0x20
+    assert list(b" " * 3) == [0x20, 0x20, 0x20]
 
 
 @pytest.mark.gpu

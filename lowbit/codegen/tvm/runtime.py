@@ -377,17 +377,20 @@ def _nvrtc(source: str, arch: str, name: str, verbose: bool) -> tuple[bytes, str
     _, prog = nvrtc.nvrtcCreateProgram(source.encode(), f"{name}.cu".encode(), 0, [], [])
     try:
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        # NVRTC writes into the buffers it is given: fresh bytearrays, never `b" " * size`, which for a
+        # 1-byte log (just the NUL) is CPython's shared b" " object: NVRTC then turned every b" " of the
+        # process into b"\x00" (safetensors headers padded with NULs failed to parse later in the process)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
+        log = bytearray(size)
         nvrtc.nvrtcGetProgramLog(prog, log)
-        text = log.decode(errors="replace")
+        text = bytes(log).rstrip(b"\x00").decode(errors="replace")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             errors = [ln for ln in text.splitlines() if "error" in ln]
             raise BackendError(f"NVRTC rejected the CUDA source of {name} for {arch}: " + " | ".join(errors[:5]))
         _, size = nvrtc.nvrtcGetCUBINSize(prog)
-        cubin = b" " * size
+        cubin = bytearray(size)
         nvrtc.nvrtcGetCUBIN(prog, cubin)
-        return cubin, text
+        return bytes(cubin), text
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
