@@ -53,6 +53,12 @@ def _unsigned(codes: T.TileValue, wdtype: str) -> T.TileValue:
     return T.cast(T.view(codes, f"uint{dt.bits}"), T.int32) ^ (1 << (dt.bits - 1))
 
 
+def _value(v: T.TileValue, base: float) -> T.TileValue:
+    """The codes' values from their decode: v − (2^23 + offset) after the magic, v itself after a cast
+    (base 0)."""
+    return v - base if base else v
+
+
 @T.kernel
 def quantized_gemv_fma(
     x: T.Tensor("adtype", ("M", "K")),
@@ -79,6 +85,10 @@ def quantized_gemv_fma(
     per_channel = G == -1
     step = BK if per_channel or BK <= G else G  # K per sub-step: one scale row each
     accs = [T.zeros((BN, step), T.float32, name=f"acc{r}") for r in range(BM)]
+    # per channel with a zero: Σx per row, summed elementwise in the loop (from the x rows it loads anyway)
+    # and reduced once after it
+    zsum = per_channel and zero_mode != "none"
+    xsums = [T.zeros((1, step), T.float32, name=f"xsum{r}") for r in range(BM)] if zsum else []
     for k0 in T.range(0, K, BK, name="k0"):
         for j in T.static_range(BK // step):
             kk = k0 + j * step
@@ -90,20 +100,22 @@ def quantized_gemv_fma(
             else:
                 v = T.view(_unsigned(qt, wdtype) | MAGIC, T.float32)  # 2^23 + u, exact
             if per_channel:
-                wq = v - base if offset is not None else v  # raw q; s and z after the loop
+                wq = _value(v, base)  # raw q; s and z after the loop
             else:
                 g = kk // G
                 s = T.transpose(T.cast(T.load(scales, (g, pn * BN), (1, BN)), T.float32))  # [BN, 1]
                 if zero_mode == "none":
-                    wq = (v - base) * s if offset is not None else v * s
+                    wq = _value(v, base) * s
                 else:
                     z = T.transpose(T.cast(T.load(zeros, (g, pn * BN), (1, BN)), T.float32))  # [BN, 1]
                     if zero_mode == "post":
                         wq = (v - (z + base)) * s  # (q - z)·s, one subtraction per code
                     else:
-                        wq = (v - base) * s - z if offset is not None else v * s - z  # q·s - z
+                        wq = _value(v, base) * s - z  # q·s - z
             for r in T.static_range(BM):
                 accs[r] += xs[r] * wq
+                if zsum:
+                    xsums[r] += xs[r]
     for r in T.static_range(BM):
         p = T.sum(accs[r], axis=1, keepdims=True)  # [BN, 1]
         if per_channel:
@@ -112,10 +124,8 @@ def quantized_gemv_fma(
                 out = p * s
             else:
                 zc = T.transpose(T.cast(T.load(zeros, (0, pn * BN), (1, BN)), T.float32))  # [BN, 1]
-                # per channel the zero is applied with Σx: post (p - z·Σx)·s, pre p·s - z·Σx (p on raw q)
-                asum = T.zeros((1, 1), T.float32, name=f"asum{r}")
-                for k1 in T.range(0, K, BK, name="k1"):
-                    asum += T.sum(T.cast(T.load(x, (pm * BM + r, k1), (1, BK)), T.float32), axis=1, keepdims=True)
+                asum = T.sum(xsums[r], axis=1, keepdims=True)  # [1, 1]
+                # p on raw q: post (p - z·Σx)·s, pre p·s - z·Σx
                 out = (p - zc * asum) * s if zero_mode == "post" else p * s - zc * asum
         else:
             out = p

@@ -127,11 +127,16 @@ def triton_shared_memory(kernel: str) -> Constraint:
     return check
 
 
+def fma_accumulators(bm: int, bn: int, step: int, warps: int) -> int:
+    """fp32 accumulators per thread of the FMA GEMV: BM rows of a [BN, K sub-step] tile over the block's threads."""
+    return bm * bn * step // (32 * int(warps))
+
+
 def fma_registers(kernel: str) -> Constraint:
     def check(config: Config, problem: Mapping[str, Any]) -> str | None:
         c = config.constant_dict
-        threads = 32 * int(config.option_dict.get("num_warps", 4))
-        held = c["BM"] * c["BN"] * _dot_k(config, problem, kernel) // threads
+        warps = config.option_dict.get("num_warps", 4)
+        held = fma_accumulators(c["BM"], c["BN"], _dot_k(config, problem, kernel), warps)
         if held > FMA_ACCUMULATORS:
             return (
                 f"BM·BN·K step / threads = {held} fp32 accumulators per thread > {FMA_ACCUMULATORS} (they would "
@@ -278,12 +283,12 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
         # 128-column tiles take 8 warps: with 4, sm_90's loop converted x's row through shared memory (32
         # barriers per step, 9.0 SASS instructions per code against 6.6 for 8 warps; tests/kernels/test_gemv_fma.py)
         bm, g = _fma_rows(m), _group(problem)
-        threads = lambda bn: 32 * (8 if bn >= 128 else 4)  # noqa: E731
-        fits = tuple(bn for bn in (128, 64, 32) if bm * bn * 32 // threads(bn) <= FMA_ACCUMULATORS)
+        warps = {128: 8, 64: 4, 32: 4}
+        fits = tuple(bn for bn in warps if fma_accumulators(bm, bn, 32, warps[bn]) <= FMA_ACCUMULATORS)
         bn = _widest(fits, lambda bn: math.ceil(n / bn), units)
-        step = 1 << (min(256, FMA_ACCUMULATORS * threads(bn) // (bm * bn))).bit_length() - 1
+        step = next(s for s in (256, 128, 64, 32) if fma_accumulators(bm, bn, s, warps[bn]) <= FMA_ACCUMULATORS)
         bk = step if g == -1 or step <= g else max(g, 256 // g * g)
-        options = {"num_warps": threads(bn) // 32, "num_stages": 3, "codes_last": True}
+        options = {"num_warps": warps[bn], "num_stages": 3, "codes_last": True}
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, options)
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128

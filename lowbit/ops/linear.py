@@ -59,7 +59,8 @@ from lowbit.quant import quantize_per_token_int8
 GEMV_MAX_M = 16
 A8_KERNEL = quantized_gemv_a8.name
 FMA_KERNEL = quantized_gemv_fma.name
-NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for
+NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for (A8 runs through `A8Plan`)
+_BY_NAME = {FMA_KERNEL: quantized_gemv_fma}  # the named kernels `_compiled` / `tvm_cuda_kernel` build
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 CPU_TILE_N = 64  # the CPU float GEMV's default column tile (lowbit.kernels.spaces): cpu_weight's block
 _TUNED: dict[tuple[Any, ...], Config] = {}
@@ -582,15 +583,15 @@ def _compiled(
     named: str | None = None,
 ) -> Any:
     # the compiled `select_kernel(qw, m)` (or the kernel `named`: FMA_KERNEL) for this backend and io dtypes
-    # ("float16", "int8->float32", ...),
-    # looked up once and kept on the weight (a decode step calls this per layer per token: Python overhead
-    # must stay far below the kernel); under a nano-batch plan's share the persistent form (`runs_persistent`)
+    # ("float16", "int8->float32", ...), looked up once and kept on the weight (a decode step calls this per
+    # layer per token: Python overhead must stay far below the kernel); under a nano-batch plan's share the
+    # persistent form (`runs_persistent`)
     persistent = runs_persistent(backend)
     plans = qw.__dict__.setdefault("_plans", {})
     key = (m, backend, io, bool(tune), config, persistent, named)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = quantized_gemv_fma if named == FMA_KERNEL else select_kernel(qw, m, adtype=io, backend=backend)
+        kernel = _BY_NAME.get(named) or select_kernel(qw, m, adtype=io, backend=backend)
         cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
         options = {**cfg.option_dict, **inbounds_option(cfg, args, backend)}
         if persistent:
@@ -624,14 +625,14 @@ def tvm_cuda_kernel(
 ) -> Any:
     """The TVM backend's CUDA build of the kernel `scheme_kernel` picks for `qw` and M rows (the GPU's rule:
     the GEMV up to 16 rows, else the GEMM; W4A8 schemes their kernels; `named` FMA_KERNEL: the dot-free
-    GEMV), on the weight's row layout, with
-    `spaces.tvm_cuda_default` tiles unless `config` is given (option target "cuda" added); kept on the weight.
+    GEMV), on the weight's row layout, with `spaces.tvm_cuda_default` tiles unless `config` is given (option
+    target "cuda" added); kept on the weight.
     `fixed` / `args` as `_device_arguments` builds them (their sizes choose the tiles)."""
     plans = qw.__dict__.setdefault("_plans", {})
     key = (m, "tvm:cuda", io, config, named)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = quantized_gemv_fma if named == FMA_KERNEL else scheme_kernel(qw.scheme, m)
+        kernel = _BY_NAME.get(named) or scheme_kernel(qw.scheme, m)
         problem = {"M": m, "N": args["N"], "K": args["K"], "G": fixed.get("G", -1), "wdtype": fixed["wdtype"]}
         cfg = config or tvm_cuda_default(kernel.name, problem)
         options = {**cfg.option_dict, "target": "cuda"}

@@ -92,9 +92,12 @@ def _inside(em: Emitter, base: str, p: TensorParam, offsets: tuple[Any, ...], co
     return em.let(f"{base}_in", " & ".join(terms)) if terms else None
 
 
-def _masked(inside: str | None) -> str:
-    """The mask arguments of a tl.load (with other=0) or tl.store: none for an unmasked tile."""
-    return "" if inside is None else f", mask={inside}, other=0"
+def _masked(inside: str | None, load: bool = True) -> str:
+    """The mask arguments of a tl.load (with other=0) or, `load` False, a tl.store / atomic: none for an
+    unmasked tile."""
+    if inside is None:
+        return ""
+    return f", mask={inside}, other=0" if load else f", mask={inside}"
 
 
 def _element_offset(p: TensorParam, coords: list[sympy.Symbol]) -> Any:
@@ -280,15 +283,14 @@ def _store(em: Emitter, s: Store) -> None:
         return
     raw = nx.to_raw(em, dt, value, f"{base}_code")
     offset = expr(_element_offset(p, coords))
-    mask = "" if inside is None else f", mask={inside}"
-    em.emit(f"tl.store({p.name}_ptr + ({offset}), {raw}.to({p.name}_ptr.dtype.element_ty){mask})")
+    em.emit(f"tl.store({p.name}_ptr + ({offset}), {raw}.to({p.name}_ptr.dtype.element_ty){_masked(inside, False)})")
 
 
 def _store_packed(
     em: Emitter, p: TensorParam, dt: DataType, coords: list[Any], inside: str | None, value: str, base: str
 ):
     layout: PackedLayout = p.layout
-    mask = "" if inside is None else f", mask={inside}"
+    mask = _masked(inside, False)
     bits, wb = layout.bits, layout.word_bits
     if wb != 32:
         raise BackendError(
