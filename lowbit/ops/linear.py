@@ -60,7 +60,8 @@ GEMV_MAX_M = 16
 A8_KERNEL = quantized_gemv_a8.name
 FMA_KERNEL = quantized_gemv_fma.name
 NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for (A8 runs through `A8Plan`)
-_BY_NAME = {FMA_KERNEL: quantized_gemv_fma}  # the named kernels `_compiled` / `tvm_cuda_kernel` build
+# the named kernels `_compiled` / `tvm_cuda_kernel` build (keyed by `named`, None: the rule's kernel)
+_BY_NAME: dict[str | None, Kernel] = {FMA_KERNEL: quantized_gemv_fma}
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 CPU_TILE_N = 64  # the CPU float GEMV's default column tile (lowbit.kernels.spaces): cpu_weight's block
 _TUNED: dict[tuple[Any, ...], Config] = {}
