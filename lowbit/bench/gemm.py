@@ -27,9 +27,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
                  bandwidth (the best of two measurements, at the run's start and end)
 Timing (`cache`): "rotate" (default): every method calls a ring of copies of its weight in turn
-(`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: the other copies move >= 2x the L3 between two
-uses of one), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
-weight after the other layers; one untimed pass over the ring (compiles, packs and re-tiles each copy), then
+(`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: between two uses of one copy the others move
+>= 256 MiB on a CPU (`RING_MIN_BYTES`: 2x the reported L3 left part of a ring in a VM's caches) and >= 2x the
+L2 on a GPU), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
+weight after the other layers (torch's dequantize-then-matmul, bound by its dequantization, rotates 2 copies); one untimed pass over the ring (compiles, packs and re-tiles each copy), then
 >= `repeats` samples. "flush": one weight, each sample after a read-modify-write of a buffer twice the L3
 size (`benchmark(flush=True)`; it leaves the cache dirty and the TLBs cold, so a 9 MB layer's read is slower
 than the stream the roofline's bandwidth measures). "hot": no eviction (a 4096^2 W4 layer is 9 MB and is then
@@ -53,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.bench.roofline import Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
-from lowbit.codegen.tune.timing import benchmark, benchmark_ring, ring_copies, set_threads
+from lowbit.codegen.tune.timing import MAX_RING, benchmark, benchmark_ring, ring_copies, set_threads
 from lowbit.dtypes import dtype as lookup_dtype
 
 DTYPES = ("int4", "int3", "int2", "int8", "fp6_e3m2", "fp4_e2m1")
@@ -68,9 +69,10 @@ QUICK_REPEATS = 3
 # each round warmed up anew), their samples pooled, so that a change of the shared VM's speed over seconds
 # moves every row of the comparison, not one: 4096² int4 M = 1 on the 2-core VM timed one row after another
 # read 0.19-0.41 ms in runs minutes apart while torch's fp32 row stayed within 15% (2.82-3.25 ms). A row
-# whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul, large M) keeps that round only.
+# whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul at large M) keeps that round only;
+# a 64-copy ring of a 4096² W4 weight at M = 256 takes ~0.7 s a round and keeps all three.
 ROUNDS = 3
-SLOW_ROUND_MS = 250.0
+SLOW_ROUND_MS = 2000.0
 # "reference" only when asked for explicitly; on a GPU only triton: lowbit's TVM kernels are built for the CPU
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton",)}
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
@@ -83,7 +85,7 @@ FMA_MAX_M = 4  # its tiles hold up to 4 rows; decode's batch sizes where a GEMV'
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
 W4A8 = "lowbit_w4a8"  # with triton (the GPU's backend): the QoQ w4a8_group weight, int8 x per token
 CACHE_MODES = {
-    "rotate": "a ring of weight copies moving >= 2x L3 between two uses of one (decode's stream of layers)",
+    "rotate": "a ring of weight copies moving >= 256 MiB (GPU: 2x L2) between two uses of one (decode's layers)",
     "flush": "read-modify-write of 2x L3 before every sample",
     "hot": "none (hot caches)",
 }
@@ -438,13 +440,15 @@ class _Bench:
             rows.append(row)
         return rows
 
-    def copies(self, case: _Case, key: str, weight: Any, nbytes: int) -> list[Any]:
-        """`weight` and, with cache "rotate", its copies (`ring_copies` in all), made once per layer and key."""
+    def copies(self, case: _Case, key: str, weight: Any, nbytes: int, most: int | None = None) -> list[Any]:
+        """`weight` and, with cache "rotate", its copies (`ring_copies` in all, at most `most`), made once per
+        layer and key."""
         if self.cache != "rotate":
             return [weight]
         ring = case.rings.get(key)
         if ring is None:
-            ring = case.rings[key] = [weight] + [_copy(weight) for _ in range(ring_copies(nbytes, self.device) - 1)]
+            n = min(ring_copies(nbytes, self.device), most or MAX_RING)
+            ring = case.rings[key] = [weight] + [_copy(weight) for _ in range(n - 1)]
         return ring
 
     def row(self, case: _Case, M: int, method: str, dt: str, backend: str, fns: Sequence[Callable[[], Any]],
@@ -477,7 +481,10 @@ class _Bench:
         for dt, packed in case.naive.items():
             rel = _relative_error(naive_linear(x32, packed), x32.double() @ naive_dequantize(packed).double().T)
             nbytes = packed.nbytes + M * K * 4 + M * N * 4
-            fns = [functools.partial(naive_linear, x32, p) for p in self.copies(case, f"naive_{dt}", packed, nbytes)]
+            # two copies: this row is bound by torch's dequantization (~130 ms for a 9 MB 4096^2 layer), not by
+            # its read, and a full ring's pass would take seconds
+            ring = self.copies(case, f"naive_{dt}", packed, nbytes, most=2)
+            fns = [functools.partial(naive_linear, x32, p) for p in ring]
             rows.append(self.row(case, M, "torch_dequant", dt, TORCH, fns, nbytes, "float32", rel))
         cuda = self.device.startswith("cuda")
         x = x32.to(torch.float16) if cuda else x32  # lowbit rows: fp16 activations on GPU, fp32 on CPU

@@ -119,20 +119,32 @@ def flush_cache(device: str = "cpu", nbytes: int | None = None) -> None:
     buf += 1  # read-modify-write of every cache line
 
 
-MAX_RING = 32  # copies at most: a smaller operand's ring may stay in the cache (its rows are then partly hot)
+MAX_RING = 64  # copies at most: a smaller operand's ring may stay in the cache (its rows are then partly hot)
+# The bytes a CPU ring moves between two uses of one copy, at least. Twice the L3 that /sys reports is not
+# enough on a VM: on the 2-core Zen 5 VM (32 MiB L3 reported) a C `sum` over rings of 8.65 MB buffers (2
+# threads, best of 5) read 55 GB/s with 69 MB in the ring, 49 at 138 MB, 47.7 at 277 MB, 45.7 at 554 MB and
+# 44.9 at 1 GB: the two vCPUs' caches (or the host's) held part of a 2x-L3 ring, and the M = 1 GEMV rows of
+# `lowbit bench gemm` read up to 109% of the roofline. 256 MiB: within ~5% of the 512 MiB stream that
+# measures the roofline's bandwidth, at half the bench's memory (its rings of every row of a layer: a peak
+# RSS of 16.5 GB with 512 MiB); the bench's `stream` row reads the same ring and raises the roofline when it
+# is faster.
+RING_MIN_BYTES = 256 * 2**20
 
 
 def ring_copies(nbytes: int, device: str = "cpu") -> int:
     """How many copies of an operand of `nbytes` a ring needs so that the copies called between two uses of
-    one copy move at least twice the last-level cache (CPU L3; CUDA L2): 1 + ceil(2·cache / nbytes), at most
-    `MAX_RING` (an operand under 1/16 of the cache then cycles through less than 2x of it)."""
+    one copy move at least twice the last-level cache (CUDA L2) or, on a CPU, the larger of that and
+    `RING_MIN_BYTES`: 1 + ceil(moved / nbytes), at most `MAX_RING` (a CPU operand under 8 MiB then cycles
+    through less than that)."""
     if device.startswith("cuda"):
         import torch
 
         cache = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or CUDA_FLUSH_BYTES // 4
+        moved = 2 * cache
     else:
         cache = last_level_cache_bytes() or FALLBACK_FLUSH_BYTES // 2
-    return min(MAX_RING, 1 + -(-2 * cache // max(int(nbytes), 1)))
+        moved = max(2 * cache, RING_MIN_BYTES)
+    return min(MAX_RING, 1 + -(-moved // max(int(nbytes), 1)))
 
 
 # Untimed calls before a ring's samples: a decode step streams its layers back to back, and on the 2-core
@@ -306,6 +318,7 @@ def device_name(device: str = "cpu") -> str:
 
 __all__ = [
     "MAX_RING",
+    "RING_MIN_BYTES",
     "Timing",
     "benchmark",
     "benchmark_ring",
