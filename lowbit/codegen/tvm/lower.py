@@ -1801,9 +1801,9 @@ class _Emitter:
         g = self.gbuf[t.name]
         ko, jv, ii, s = (self.fresh(v) for v in ("ko", "jv", "ii", "s"))
         k = sympy.Symbol(ko, integer=True) * 8
-        word, _ = t.layout.locate(
-            sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + sympy.Symbol(jv, integer=True) * 16
-        )
+        jv_sym = sympy.Symbol(jv, integer=True)
+        word, _ = t.layout.locate(sympy.sympify(load.offsets[0]) + k, sympy.sympify(load.offsets[1]) + jv_sym * 16)
+        word = sympy.sympify(word)
         tbl, xp = self.fresh("tblh"), self.fresh("xp")
         patterns = np.asarray([table[i % 16] for i in range(32)], np.float32).view(np.uint32) >> 16
         self.line(f'{tbl} = T.decl_buffer((32,), "int16", {self.scope})')
@@ -1854,14 +1854,35 @@ class _Emitter:
             self._prefetch_lut(t, load, k, 8, BN)
             self.depth -= 1
         else:
+            # the sums in one 64-byte buffer per row and column vector, indexed by constants only, which LLVM
+            # keeps in registers over the k loop; accumulated in `out` (whose zeroing and readers loop over
+            # it) they were loaded and stored around every column vector's four vdpbf16ps
+            regs = [[self.fresh(f"r{m}_{v}") for v in range(BN // 16)] for m in range(BM)]
+            for row in regs:
+                for r in row:
+                    self.line(f'{r} = T.decl_buffer((16,), "float32", {self.scope})')
+                    self.line(f"{r}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
             self.line(f"for {ko} in T.serial({KT // 8}):")
             self.depth += 1
             self._prefetch_lut(t, load, k, 8, BN)
             for m in range(BM):
                 for p in range(4):
                     self.line(f"{xp}[{m * 4 + p}] = {pair(str(m), k + 2 * p)}")
-            self.line(f"for {jv} in T.unroll({BN // 16}):")
-            self.depth += 1
+            for v in range(BN // 16):  # unrolled here: each column vector's accumulators by name
+                # the words and their decode inline, not named: TVM 0.27 gives each named value a workspace
+                # buffer (heap memory), and each column vector's own name kept its stores in the loop
+                wv = f'T.reinterpret("int16x32", {g}[T.Ramp({scalar(word.subs(jv_sym, v))}, 1, 16)])'
+                self.line(f"for {s} in T.unroll(4):")
+                for m in range(BM):
+                    acc = f"{regs[m][v]}[T.Ramp(0, 1, 16)]"
+                    xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{m * 4} + {s}], 16))'
+                    self.line(f"    {acc} = {stand_in(acc, _pair_codes(tbl, wv, s), xpair)}")
+            self.depth -= 1
+            for m in range(BM):
+                for v in range(BN // 16):
+                    o = f"{out}[{m}, T.Ramp({v * 16}, 1, 16)]"
+                    self.line(f"{o} = {o} + {regs[m][v]}[T.Ramp(0, 1, 16)]")
+            return
         wv = self.fresh("wv")
         self.line(f'{wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
         self.line(f"for {s} in T.unroll(4):")
@@ -2120,9 +2141,19 @@ class _Emitter:
             return
         ahead = -(-int(-(-dist // step_bytes)) // unroll) * unroll  # whole k steps, >= dist bytes ahead
         g = self.gbuf[t.name]
-        for jvi in range(BN // 16):
-            word, _ = lay.locate(k0s + kk + ahead, j0s + jvi * 16)
-            addr = f"T.min({scalar(word)}, {scalar(lay.num_words)} - 1)"
+        words = [sympy.sympify(lay.locate(k0s + kk + ahead, j0s + jvi * 16)[0]) for jvi in range(BN // 16)]
+        offs = [sympy.simplify(w - words[0]) for w in words]
+        if all(o.is_Integer for o in offs):
+            # one clamp per step, the hints at constant offsets from it: clamped one by one, LLVM packed the
+            # clamps into vectors and took each address out again (vpextrd, movslq: ~3 instructions a hint, 48 a
+            # step of the M = 1 GEMV next to its 64 vdpbf16ps)
+            # (inline: a named value would be a workspace buffer, `_dot_lut_bf16`; LLVM computes it once)
+            top = max(int(o) for o in offs)
+            base = f"T.max(T.min({scalar(words[0])}, {scalar(lay.num_words)} - {top + 1}), 0)"
+            addrs = [f"{base} + {int(o)}" for o in offs]
+        else:
+            addrs = [f"T.min({scalar(w)}, {scalar(lay.num_words)} - 1)" for w in words]
+        for addr in addrs:
             self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))')
 
     def inner_dot_applies(self, inst: I.Dot) -> bool:

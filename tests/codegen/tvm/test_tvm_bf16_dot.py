@@ -100,6 +100,28 @@ def test_m1_pair_dot_over_256_column_tiles(dtype, n, g, asym):
 
 
 @needs_bf16
+@pytest.mark.parametrize("m, tile_n, tm", [(1, 256, 1), (2, 128, 2)])
+def test_pair_dot_sums_stay_in_registers(m, tile_n, tm):
+    """Up to `tm` rows the sums are one 64-byte buffer per row and column vector (SROA keeps them in
+    registers over the k loop), no word vector or decode is a named value (TVM 0.27 gives each a heap
+    workspace buffer, stored in the loop), and each k step clamps its prefetch row once."""
+    import re
+
+    import tvm
+
+    err, bound, kernel = run("int4", m, 512, 256, 128, {"tm": tm}, seed=m, tile_n=tile_n)
+    assert err < bound
+    src = kernel.source
+    assert src.count('T.decl_buffer((16,), "float32"') == m * tile_n // 16
+    assert not re.search(r"^\s*(wv|dec)\w* = ", src, re.M)
+    hints = re.findall(r"address_of\(w_1\[(T\.max\(T\.min\(.*\)) \+ \d+\]\)", src)
+    assert len(hints) == tile_n // 16 and len(set(hints)) == 1  # one line per column vector, one clamp
+    ll = getattr(ex := tvm.compile(kernel.module, target=kernel.target), "mod", ex).inspect_source("ll")
+    sizes = re.findall(r"tail call ptr %\w+\(i32 1, i32 %dev_id, i64 (\d+),", ll)  # TVMBackendAllocWorkspace
+    assert sizes and all(int(b) != 64 for b in sizes), sizes  # 64 bytes: a named int16x32 / an accumulator
+
+
+@needs_bf16
 @settings(max_examples=8, deadline=None)
 @given(
     dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
