@@ -30,7 +30,8 @@ Timing (`cache`): "rotate" (default): every method calls a ring of copies of its
 (`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: between two uses of one copy the others move
 >= 256 MiB on a CPU (`RING_MIN_BYTES`: 2x the reported L3 left part of a ring in a VM's caches) and >= 2x the
 L2 on a GPU), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
-weight after the other layers (torch's dequantize-then-matmul, bound by its dequantization, rotates 2 copies); one untimed pass over the ring (compiles, packs and re-tiles each copy), then
+weight after the other layers (torch's dequantize-then-matmul, bound by its dequantization, rotates 2
+copies); one untimed pass over the ring (compiles, packs and re-tiles each copy), then
 >= `repeats` samples. "flush": one weight, each sample after a read-modify-write of a buffer twice the L3
 size (`benchmark(flush=True)`; it leaves the cache dirty and the TLBs cold, so a 9 MB layer's read is slower
 than the stream the roofline's bandwidth measures). "hot": no eviction (a 4096^2 W4 layer is 9 MB and is then
