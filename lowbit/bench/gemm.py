@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from lowbit.bench.roofline import Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
-from lowbit.codegen.tune.timing import MAX_RING, benchmark, benchmark_ring, ring_copies, set_threads
+from lowbit.codegen.tune.timing import benchmark, benchmark_ring, ring_copies, set_threads
 from lowbit.dtypes import dtype as lookup_dtype
 
 DTYPES = ("int4", "int3", "int2", "int8", "fp6_e3m2", "fp4_e2m1")
@@ -71,7 +71,7 @@ QUICK_REPEATS = 3
 # moves every row of the comparison, not one: 4096² int4 M = 1 on the 2-core VM timed one row after another
 # read 0.19-0.41 ms in runs minutes apart while torch's fp32 row stayed within 15% (2.82-3.25 ms). A row
 # whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul at large M) keeps that round only;
-# a 64-copy ring of a 4096² W4 weight at M = 256 takes ~0.7 s a round and keeps all three.
+# the 33-copy ring of a 4096² W4 weight at M = 256 (10-20 ms a call) takes 0.3-0.7 s a round and keeps all three.
 ROUNDS = 3
 SLOW_ROUND_MS = 2000.0
 # "reference" only when asked for explicitly; on a GPU only triton: lowbit's TVM kernels are built for the CPU
@@ -448,7 +448,7 @@ class _Bench:
             return [weight]
         ring = case.rings.get(key)
         if ring is None:
-            n = min(ring_copies(nbytes, self.device), most or MAX_RING)
+            n = ring_copies(nbytes, self.device) if most is None else min(most, ring_copies(nbytes, self.device))
             ring = case.rings[key] = [weight] + [_copy(weight) for _ in range(n - 1)]
         return ring
 

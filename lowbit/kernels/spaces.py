@@ -182,7 +182,7 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     lanes = fp32_lanes()
     opts = {**_DEFAULT_OPTIONS["tvm"], "vector": lanes}
     if kernel == "quantized_gemv":
-        bm = 1 << max(0, (min(m, 16) - 1).bit_length())
+        bm = _row_tile(m, 16)
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
             return Config.make(
@@ -201,8 +201,13 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     return None
 
 
+def _row_tile(m: int, most: int) -> int:
+    """A GEMV's row tile for M rows: M rounded up to a power of two, at most `most`."""
+    return min(most, 1 << max(0, (m - 1).bit_length()))
+
+
 def _fma_rows(m: int) -> int:
-    return min(4, 1 << max(0, (m - 1).bit_length()))
+    return _row_tile(m, 4)
 
 
 def _pair_dot(problem: Mapping[str, Any]) -> bool:
@@ -311,7 +316,7 @@ def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
     m, g = int(problem.get("M", 16) or 16), _group(problem)
     group_k = g if g in (32, 64, 128) else (64 if g == -1 or g > 128 else 32)
     if kernel == "quantized_gemv":
-        bm = 1 << max(0, (min(m, 16) - 1).bit_length())
+        bm = _row_tile(m, 16)
         tiles = {"BM": bm, "BN": max(32, 128 // bm), "BK": group_k}
     elif kernel == "quantized_gemm":
         tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}

@@ -134,8 +134,8 @@ RING_MIN_BYTES = 256 * 2**20
 def ring_copies(nbytes: int, device: str = "cpu") -> int:
     """How many copies of an operand of `nbytes` a ring needs so that the copies called between two uses of
     one copy move at least twice the last-level cache (CUDA L2) or, on a CPU, the larger of that and
-    `RING_MIN_BYTES`: 1 + ceil(moved / nbytes), at most `MAX_RING` (a CPU operand under 8 MiB then cycles
-    through less than that)."""
+    `RING_MIN_BYTES`: 1 + ceil(moved / nbytes), at most `MAX_RING` (a CPU operand under RING_MIN_BYTES / 63,
+    ~4 MiB, then cycles through less than that)."""
     if device.startswith("cuda"):
         import torch
 

@@ -1842,47 +1842,41 @@ class _Emitter:
             self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
         assert scale is None, "a fused scale needs the GEMM form (`_gemm_form`)"
-        if rows_outer:
-            self.line(f"for {jv} in T.serial({BN // 16}):")
-            self.line(f"    for {ko} in T.serial({KT // 8}):")
-            self.depth += 2
-            # the column-vector-outer walk reads every 4th line of the tile's words per pass, a stream the
-            # hardware prefetcher does not follow: during the first pass, the word row `prefetch` bytes ahead
-            # (the next K tile) is hinted, each line once
-            self.line(f"if {jv} == 0:")
-            self.depth += 1
-            self._prefetch_lut(t, load, k, 8, BN)
-            self.depth -= 1
-        else:
-            # the sums in one 64-byte buffer per row and column vector, indexed by constants only, which LLVM
-            # keeps in registers over the k loop; accumulated in `out` (whose zeroing and readers loop over
-            # it) they were loaded and stored around every column vector's four vdpbf16ps
-            regs = [[self.fresh(f"r{m}_{v}") for v in range(BN // 16)] for m in range(BM)]
-            for row in regs:
-                for r in row:
-                    self.line(f'{r} = T.decl_buffer((16,), "float32", {self.scope})')
-                    self.line(f"{r}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
+        if not rows_outer:
+            # word rows outermost, every column vector's sums in registers (`_register_sums`; accumulated in
+            # `out`, whose zeroing and readers loop over it, they were loaded and stored around each column
+            # vector's four vdpbf16ps)
+            regs = self._register_sums(BM, BN // 16)
             self.line(f"for {ko} in T.serial({KT // 8}):")
             self.depth += 1
             self._prefetch_lut(t, load, k, 8, BN)
             for m in range(BM):
                 for p in range(4):
                     self.line(f"{xp}[{m * 4 + p}] = {pair(str(m), k + 2 * p)}")
-            for v in range(BN // 16):  # unrolled here: each column vector's accumulators by name
+            for v in range(BN // 16):  # unrolled here: each column vector's sums by name
                 # the words and their decode inline, not named: TVM 0.27 gives each named value a workspace
                 # buffer (heap memory), and each column vector's own name kept its stores in the loop
                 wv = f'T.reinterpret("int16x32", {g}[T.Ramp({scalar(word.subs(jv_sym, v))}, 1, 16)])'
                 self.line(f"for {s} in T.unroll(4):")
                 for m in range(BM):
-                    acc = f"{regs[m][v]}[T.Ramp(0, 1, 16)]"
                     xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{m * 4} + {s}], 16))'
-                    self.line(f"    {acc} = {stand_in(acc, _pair_codes(tbl, wv, s), xpair)}")
+                    self.line(f"    {regs[m][v]} = {stand_in(regs[m][v], _pair_codes(tbl, wv, s), xpair)}")
             self.depth -= 1
             for m in range(BM):
                 for v in range(BN // 16):
                     o = f"{out}[{m}, T.Ramp({v * 16}, 1, 16)]"
-                    self.line(f"{o} = {o} + {regs[m][v]}[T.Ramp(0, 1, 16)]")
+                    self.line(f"{o} = {o} + {regs[m][v]}")
             return
+        self.line(f"for {jv} in T.serial({BN // 16}):")
+        self.line(f"    for {ko} in T.serial({KT // 8}):")
+        self.depth += 2
+        # the column-vector-outer walk reads every 4th line of the tile's words per pass, a stream the
+        # hardware prefetcher does not follow: during the first pass, the word row `prefetch` bytes ahead
+        # (the next K tile) is hinted, each line once
+        self.line(f"if {jv} == 0:")
+        self.depth += 1
+        self._prefetch_lut(t, load, k, 8, BN)
+        self.depth -= 1
         wv = self.fresh("wv")
         self.line(f'{wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
         self.line(f"for {s} in T.unroll(4):")
@@ -1890,8 +1884,7 @@ class _Emitter:
         self.line(f"    {dec} = {_pair_codes(tbl, wv, s)}")
         self.line(f"    for {ii} in T.unroll({BM}):")
         acc = f"{out}[{ii}, T.Ramp({jv} * 16, 1, 16)]"
-        slot = f"{ii} * {per_row} + {ko} * 4 + {s}" if rows_outer else f"{ii} * 4 + {s}"
-        xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{slot}], 16))'
+        xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{ii} * {per_row} + {ko} * 4 + {s}], 16))'
         self.line(f"        {acc} = {stand_in(acc, dec, xpair)}")
         self.depth -= 2
 
@@ -2144,10 +2137,10 @@ class _Emitter:
         words = [sympy.sympify(lay.locate(k0s + kk + ahead, j0s + jvi * 16)[0]) for jvi in range(BN // 16)]
         offs = [sympy.simplify(w - words[0]) for w in words]
         if all(o.is_Integer for o in offs):
-            # one clamp per step, the hints at constant offsets from it: clamped one by one, LLVM packed the
-            # clamps into vectors and took each address out again (vpextrd, movslq: ~3 instructions a hint, 48 a
-            # step of the M = 1 GEMV next to its 64 vdpbf16ps)
-            # (inline: a named value would be a workspace buffer, `_dot_lut_bf16`; LLVM computes it once)
+            # one clamp per step (written inline, a named value being a workspace buffer; LLVM computes it
+            # once), the hints at constant offsets from it: clamped one by one, LLVM packed the clamps into
+            # vectors and took each address out again (vpextrd, movslq: ~3 instructions a hint, 48 a step of
+            # the M = 1 GEMV next to its 64 vdpbf16ps)
             top = max(int(o) for o in offs)
             base = f"T.max(T.min({scalar(words[0])}, {scalar(lay.num_words)} - {top + 1}), 0)"
             addrs = [f"{base} + {int(o)}" for o in offs]
@@ -2363,20 +2356,27 @@ class _Emitter:
         # one 64-byte buffer per accumulator (unrolled here): stack allocas that SROA turns into registers (a
         # single [mr·nr·16] buffer of 1 KiB became workspace memory, its stores kept)
         total, srow = scale
-        regs = [[self.fresh(f"r{i}_{j}") for j in range(nr)] for i in range(mr)]
+        regs = self._register_sums(mr, nr)
         blocks = [(i, j, {ii: str(i), jv: str(j)}) for i in range(mr) for j in range(nr)]
-        for i, j, _ in blocks:
-            self.line(f'{regs[i][j]} = T.decl_buffer((16,), "float32", {self.scope})')
-            self.line(f"{regs[i][j]}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
         self.line(f"for {q} in T.serial({KP}):")
         for i, j, sub in blocks:
-            r = f"{regs[i][j]}[T.Ramp(0, 1, 16)]"
+            r = regs[i][j]
             self.line(f"    {r} = {update(r, _substitute(bvec, sub), _substitute(avec, sub))}")
         for i, j, sub in blocks:
             dst = _substitute(f"{total}[{row}, T.Ramp({col}, 1, 16)]", sub)
             scl = _substitute(f"{srow}[0, T.Ramp({col}, 1, 16)]", sub)
-            self.line(f"{dst} = {dst} + {regs[i][j]}[T.Ramp(0, 1, 16)] * {scl}")
+            self.line(f"{dst} = {dst} + {regs[i][j]} * {scl}")
         self.depth -= 2
+
+    def _register_sums(self, rows: int, vectors: int) -> list[list[str]]:
+        """rows x vectors fp32 sums of 16 lanes, zeroed: one 64-byte buffer each (the name's full vector
+        returned), which SROA keeps in registers when every access is by a constant index; a single buffer
+        of them, indexed by a loop, stays in memory (1 KiB or more: TVM's heap workspace)."""
+        regs = [[self.fresh(f"r{i}_{j}") for j in range(vectors)] for i in range(rows)]
+        for r in (r for row in regs for r in row):
+            self.line(f'{r} = T.decl_buffer((16,), "float32", {self.scope})')
+            self.line(f"{r}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
+        return [[f"{r}[T.Ramp(0, 1, 16)]" for r in row] for row in regs]
 
     def _dot_generic(self, inst: I.Dot, out: str, unroll: int = 1) -> None:
         """The scalar-operand dot loops, `out += a @ b` with rows in blocks of `tm` and the K loop unrolled by
