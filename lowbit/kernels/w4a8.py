@@ -44,6 +44,8 @@ def w4a8_gemm_per_group(
     BN: T.constexpr = 32,
     BK: T.constexpr = 128,
 ):
+    if G < 1:  # the ops layer passes K for one group per channel (a weight's group_size -1)
+        raise ValueError(f"w4a8_gemm_per_group: G={G}; pass the group size in rows (K for one group per channel)")
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.int32, name="acc")
     step = G if BK >= G else BK  # rows sharing one (s2, z) row: a group, or a slice of one

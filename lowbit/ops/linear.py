@@ -769,7 +769,7 @@ def _w4a8_arguments(qw: QuantizedWeight, a: dict[str, Any], qa: Any, sx: Any, y:
     args = {"xq": qa, "sx": sx, "w": a["words"], "y": y, **sizes}
     assert a["zeros"] is not None
     if qw.scheme == "w4a8_group":
-        fixed["G"] = qw.group_size
+        fixed["G"] = _a8_group(qw.group_size, k)  # per channel (-1): one group of K rows, the kernel's G = K
         args.update(s2=a["scales"], z2=a["zeros"], s1=a["channel_scales"])
     else:
         args.update(zeros=a["zeros"][0], scales=a["scales"][0])

@@ -25,6 +25,7 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.layouts import weight_layout
 from lowbit.quant import (
+    IntGrid,
     ZeroConvention,
     quantize_groupwise,
     quantize_qoq,
@@ -171,6 +172,8 @@ def quantize(
         raise ValueError(f"scale_dtype {scale_dtype!r} is not supported; use one of {list(SCALE_DTYPES)}")
     mode = _zero_mode(dt, scheme, symmetric, zero_mode)
     lay = weight_layout(layout, (k, n), dt.bits, tile)  # validates the layout before the heavy work
+    if scheme == "w_a16":
+        _check_parameter_range(arr, dt, g, mode, np.dtype(scale_dtype))
 
     scales: np.ndarray
     zeros: np.ndarray | None = None
@@ -450,6 +453,36 @@ def _zero_mode(dt: DataType, scheme: str, symmetric: bool | None, zero_mode: str
     if zero_mode == "none":
         raise ValueError("symmetric=False needs a zero point; use zero_mode='post' or 'pre'")
     return zero_mode or "post"
+
+
+def _check_parameter_range(w: np.ndarray, dt: DataType, g: int, mode: str, sdt: np.dtype) -> None:
+    """Refuse a weight whose group scales (or "pre" float zeros) `sdt` cannot hold: `storage_scale` would
+    saturate them at the dtype's largest value, and the weight would come back as something else, with no sign.
+    (Tiny scales are kept: `storage_scale` floors them at the smallest subnormal, and `dequantize` and every
+    kernel agree on what that gives.) The parameters are those `quantize` computes (min-max per group), in
+    float64; one pass over w."""
+    big = float(np.finfo(sdt).max)
+    n, k = w.shape
+    wg = w.reshape(n, k // g, g)
+    hi, lo = wg.max(axis=-1).astype(np.float64), wg.min(axis=-1).astype(np.float64)
+    if dt.is_float:
+        scale, what = np.maximum(hi, -lo) / float(dt.max), "scale"
+    elif mode == "none":
+        scale, what = np.maximum(hi, -lo) / IntGrid.of(dt).qmax, "scale"
+    else:
+        grid = IntGrid.of(dt)
+        scale, what = (hi - lo) / grid.steps, "scale"
+        if mode == "pre":  # z' = qmin·s − min(w): a group far from 0 needs a big float zero
+            zero = np.abs(grid.qmin * scale - lo)
+            if zero.max() > big:
+                scale, what = zero, "float zero point"
+    if scale.max() > big:
+        r, j = np.unravel_index(int(np.argmax(scale)), scale.shape)
+        raise ValueError(
+            f"w: row {r}, group {j} (|w| up to {max(abs(hi[r, j]), abs(lo[r, j])):.3g}) needs a {what} of "
+            f"{scale[r, j]:.3g}, beyond scale_dtype {sdt.name}'s largest value {big:.6g}; pass "
+            f"scale_dtype='float32'" + (" or zero_mode='post'" if what != "scale" else "")
+        )
 
 
 def _quantize_float(w: np.ndarray, dt: DataType, g: int, sdt: np.dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,10 @@ Per group (ANCHORS, AWQ/GPTQ/Marlin):
                POST_SCALE  z  = clip(qmin − rint(min / s), qmin, qmax)    x̂ = (q − z)·s   (AWQ; qmin = 0 on uint)
                PRE_SCALE   z' = qmin·s − min                              x̂ = q·s − z'   (covers [min, max])
 Options: `integer_scales` rounds s to an integer ≥ 1 (QoQ level 2 style); `scale_dtype` float16 rounds s
-to fp16 like real checkpoints. Zeros and codes are always computed from the *stored* scale, so the
-stored (codes, scales, zeros) reproduce `dequantize()` exactly.
+to fp16 like real checkpoints, and a PRE_SCALE float zero z' with it. Zeros and codes are always computed
+from the *stored* scale (and codes from the stored z'), so the stored (codes, scales, zeros) reproduce
+`dequantize()` exactly and every code is round-to-nearest for them: within s/2 inside the grid, whose ends
+an fp16 z' moves by at most |z'|·2^-11 (what a value past them is clipped by).
 
 Note the AWQ zero is clipped to the grid, so the grid always contains 0: a group that does not straddle
 0 (all weights > 0, say) is clipped. That is AWQ's behaviour and real weight groups straddle 0; the
@@ -106,7 +108,13 @@ def quantize_groupwise(
     if zero_convention == ZeroConvention.POST_SCALE:
         zeros = np.clip(grid.qmin - np.rint(lo / s), grid.qmin, grid.qmax).astype(np.int32)
     elif zero_convention == ZeroConvention.PRE_SCALE:
-        zeros = (grid.qmin * s - lo).astype(np.float32)
+        # the zero in its storage dtype before the codes are taken: they are then round-to-nearest for the
+        # stored (s, z'), not for a float32 z' that a float16 weight never holds
+        # (a z' past the storage dtype's range stays float32: `lowbit.ops.quantize` refuses to store it so)
+        z = (grid.qmin * s - lo).astype(np.float32)
+        with np.errstate(over="ignore"):
+            stored = z.astype(scale_dtype).astype(np.float32)
+        zeros = np.where(np.isfinite(stored), stored, z)
     else:
         raise ValueError(f"zero_convention {zero_convention!r} is not a ZeroConvention; use POST_SCALE or PRE_SCALE")
     codes = quantize(w, scales, zeros, bits=grid.bits, signed=grid.signed, convention=zero_convention, group_size=g)

@@ -10,6 +10,7 @@ relative (the fp16 output rounding) with fp16 output.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,26 @@ def test_per_group_fp16_output_and_reordered_layout():
     reordered = reordered_packed((K, N), 4, (128, 32))
     y = run_per_group(qa, sa, qw, layout=reordered, BK=128, BN=32)
     assert np.array_equal(y, run_per_group(qa, sa, qw, BK=128, BN=32))
+
+
+def test_per_group_refuses_a_group_size_below_one():
+    """G = -1 (a weight's per-channel marker) once traced to an empty K loop (zeros on TVM); the ops layer
+    passes K, and the kernel names the fix for anything below one row."""
+    w, qa, sa = inputs(2, 8, 64, 0)
+    qw = quantize_qoq(w, bits=4, group_size=64)
+    with pytest.raises(ValueError, match=r"G=-1; pass the group size in rows \(K for one group per channel\)"):
+        w4a8_gemm_per_group.run(
+            xq=qa,
+            sx=sa.astype(np.float32),
+            w=packed_along((64, 8), 4, 0).pack(qw.codes.T),
+            s2=qw.s2.T.astype(np.int8),
+            z2=qw.zeros.T.astype(np.int8),
+            s1=qw.s1,
+            y=np.zeros((2, 8), np.float32),
+            wdtype="uint4",
+            G=-1,
+            ydtype="float32",
+        )
 
 
 @settings(max_examples=20)

@@ -24,6 +24,8 @@ CASES = [
     ("w_a16", "fp7_e5m1", 32, None, 1, "float16"),
     ("w_a16", "fp8_e7m0", -1, None, 3, "float16"),
     ("w4a8_group", "uint4", 64, None, 5, "float16"),
+    # one QoQ group per channel (group_size -1): the kernel's G is K (it once ran with G = -1: zeros on TVM)
+    ("w4a8_group", "uint4", -1, None, 2, "float32"),
     ("w4a8_channel", "uint4", -1, None, 18, "float32"),
 ]
 

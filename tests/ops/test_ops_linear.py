@@ -62,7 +62,9 @@ def test_wide_exponent_codes_with_fp16_activations(name, M, G):
     assert err <= bound(qw, M, "float16"), f"{name} M={M}: {err}"
 
 
-@pytest.mark.parametrize("scheme,G", [("w4a8_group", 64), ("w4a8_group", 128), ("w4a8_channel", -1)])
+@pytest.mark.parametrize(
+    "scheme,G", [("w4a8_group", 64), ("w4a8_group", 128), ("w4a8_group", -1), ("w4a8_group", 256), ("w4a8_channel", -1)]
+)
 @pytest.mark.parametrize("M", [3, 20])
 @pytest.mark.parametrize("adtype", ["float16", "float32"])
 def test_w4a8_schemes(scheme, G, M, adtype):

@@ -158,3 +158,35 @@ def test_retile_columns_keeps_every_code_at_every_width(name, n, k, bn):
     assert np.array_equal(tiled.codes(), qw.codes())
     assert tiled.scales is qw.scales and tiled.zeros is qw.zeros
     assert np.array_equal(tiled.dequantize(), qw.dequantize())
+
+
+@pytest.mark.parametrize(
+    "kwargs,magnitude,what",
+    [
+        (dict(dtype="int4"), 1e6, "scale"),
+        (dict(dtype="fp4_e2m1"), 1e6, "scale"),
+        (dict(dtype="uint4", symmetric=False), 1e6, "scale"),
+        # "pre": the float zero z' = qmin·s − min(w) overflows float16 long before the scale does
+        (dict(dtype="uint4", symmetric=False, zero_mode="pre"), 1e5, "float zero point"),
+    ],
+)
+def test_parameters_past_float16_are_refused_not_saturated(kwargs, magnitude, what):
+    """A group whose scale (or "pre" zero) float16 cannot hold was saturated (or stored as inf) in silence; it
+    is refused, naming the group, the value and the fix, and float32 scales take the same weight."""
+    w = weight(8, 128) * np.float32(magnitude)
+    with pytest.raises(
+        ValueError, match=rf"w: row \d+, group \d+ .* needs a {what} of .* 65504; pass scale_dtype='float32'"
+    ):
+        quantize(w, group_size=32, **kwargs)
+    qw = quantize(w, group_size=32, scale_dtype="float32", **kwargs)
+    d = qw.dequantize().astype(np.float64)
+    assert np.isfinite(d).all() and np.linalg.norm(d - w) / np.linalg.norm(w) < 0.2
+
+
+def test_pre_zero_codes_are_round_to_nearest_for_the_stored_float16_zero():
+    """Codes are taken with the zero as stored (float16), so a group far from 0 stays within half a step."""
+    w = (100 + np.random.default_rng(0).random((4, 64))).astype(np.float32)
+    qw = quantize(w, "uint4", group_size=32, symmetric=False, zero_mode="pre")
+    s = np.repeat(qw.scales.astype(np.float64), 32, axis=0).T
+    err = np.abs(qw.dequantize().astype(np.float64) - w)
+    assert (err <= s / 2 * (1 + 1e-3)).all(), (err / (s / 2)).max()

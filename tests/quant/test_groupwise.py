@@ -82,6 +82,8 @@ def test_groupwise_properties(cfg: dict, n: int, groups: int, g: int, per_channe
         wg = w.reshape(n, -1, gq.group_size)
         straddles = np.repeat((wg.min(-1) <= 0) & (wg.max(-1) >= 0), gq.group_size, axis=-1)
         covered = (straddles if conv == POST else True) & unsaturated
+        if conv == PRE and cfg["scale_dtype"] == np.float16:  # z' rounded to fp16 moves the grid's ends
+            slack = slack + np.repeat(np.abs(gq.zeros).astype(np.float32) * FP16_ULP, gq.group_size, axis=-1)
         assert np.all(err[covered] <= s[covered] / 2 + slack[covered])
     if cfg["symmetric"] and not cfg["integer_scales"]:  # amax maps to ±qmax: nothing is clipped
         assert np.all(err[unsaturated] <= s[unsaturated] / 2 + slack[unsaturated])
