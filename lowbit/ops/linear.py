@@ -804,7 +804,19 @@ def _choose_config(
     except ValueError:  # an unusual group size (e.g. 40): one group per K step always fits
         g = problem["G"]
         base = space(kernel.name, backend).default
-        return Config.make({**base.constant_dict, "BK": g if g != -1 else 32}, base.option_dict)
+        bk = g if g != -1 else 32
+        if backend == "triton" and g != -1:
+            # Triton tiles are powers of two: K steps of the largest one dividing the group (slices of a group
+            # share its scale), if the dot takes it (the tensor-core minimum K)
+            bk, least = g & -g, 32 if kernel.name.startswith("w4a8") else 16
+            if bk < least:
+                raise ValueError(
+                    f"group_size {g} on backend 'triton': its largest power-of-two divisor {bk} is below the "
+                    f"dot's minimum K of {least} (Triton tiles are powers of two); use a group size that is a "
+                    f"multiple of {least} (e.g. {', '.join(str(least * i) for i in (1, 2, 3, 4))}) or "
+                    "backend='tvm' / 'reference'"
+                ) from None
+        return Config.make({**base.constant_dict, "BK": bk}, base.option_dict)
 
 
 # ---- numpy / torch plumbing ---------------------------------------------------------------------------

@@ -45,6 +45,35 @@ def test_backend_matches_oracle(backend, scheme, name, G, zero_mode, M, adtype):
 
 
 @pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize(
+    "scheme,name,G,M", [("w_a16", "uint4", 48, 1), ("w_a16", "fp4_e2m1", 80, 20), ("w4a8_group", "uint4", 96, 3)]
+)
+def test_backend_runs_group_sizes_that_are_not_powers_of_two(backend, scheme, name, G, M):
+    """A group size quantize accepts (any divisor of K) runs everywhere: Triton, whose tiles are powers of two,
+    steps K in the largest one dividing the group (16 for 48, 32 for 96) with the group's scale on each slice."""
+    rng = np.random.default_rng(G)
+    N, K = 24, 2 * G
+    qw = quantize(rng.standard_normal((N, K)).astype(np.float32), name, G, scheme=scheme)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    err = relative_error(quantized_linear(x, qw, backend=backend), reference(x, qw))
+    assert err <= bound(qw, M, "float32"), f"{backend} {qw} M={M}: {err}"
+
+
+def test_triton_names_the_fix_for_a_group_without_a_power_of_two_slice():
+    """Group 40's largest power-of-two divisor (8) is below the dot's minimum K (16): a ValueError naming the
+    group size and the fix, not a lowering error from deep in the backend."""
+    if "triton" not in available_backends():
+        pytest.skip("triton is not installed")
+    qw = quantize(np.random.default_rng(0).standard_normal((8, 80)).astype(np.float32), "int4", 40)
+    x = np.ones((1, 80), np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"group_size 40 on backend 'triton'.*multiple of 16 \(e\.g\. 16, 32, 48, 64\) or backend='tvm'",
+    ):
+        quantized_linear(x, qw, backend="triton")
+
+
+@pytest.mark.parametrize("backend", available_backends())
 def test_backend_runs_reordered_layout(backend):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 256)).astype(np.float32)
