@@ -57,6 +57,9 @@ A8_GROUPS = (32, 64, 128, 256)  # group sizes the kernels take (G/2 codes per ha
 A8_DTYPES = ("int4", "uint4")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @T.kernel
 def quantize_groups_int8(
     x: T.Tensor("adtype", ("M", "K")),
@@ -74,11 +77,14 @@ def quantize_groups_int8(
     for k0 in T.range(0, K, G, name="k0"):
         v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
         amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
+        # 1 where the group holds a NaN or an inf (a backend's max may drop NaN): its scale is NaN, so the
+        # row's output is NaN, as F.linear's would be non-finite, not a finite value from the other codes
+        bad = T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)  # [BM, 1]
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
-        q = T.cast(T.floor(v * inv + 0.5), T.int8)  # [BM, G] in [-127, 127]
+        q = T.cast(T.floor(T.where(bad > 0.0, 0.0, v * inv) + 0.5), T.int8)  # [BM, G] in [-127, 127]
         even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
         T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
-        T.store(xs, (pm * BM, k0 // G), amax / 127.0)
+        T.store(xs, (pm * BM, k0 // G), T.where(bad > 0.0, float("nan"), amax / 127.0))
         T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
 

@@ -705,7 +705,8 @@ def quantize_per_token_int8_torch(x: Any) -> tuple[Any, Any]:
     """`lowbit.quant.quantize_per_token_int8` on a torch tensor where it lies, bit for bit: (qa [M, K] int8,
     sa [M] float16). The scale's rounding and guards are storage_scale's (0 -> 1, an fp16 underflow -> the
     smallest subnormal, overflow -> 65504); no finiteness check (it would synchronize the device): a row
-    with NaN gives NaN, as F.linear would."""
+    with NaN or inf gets a NaN scale, so its output is NaN (F.linear's is non-finite too), not the finite
+    result of a clamped scale."""
     import torch
 
     x32 = x.float()
@@ -714,6 +715,7 @@ def quantize_per_token_int8_torch(x: Any) -> tuple[Any, Any]:
     s = torch.where(raw == 0, torch.ones_like(s), s)
     s = torch.where(s == 0, torch.full_like(s, 2.0**-24), s)
     s = torch.minimum(s, torch.full_like(s, 65504.0))
+    s = torch.where(torch.isinf(raw), torch.full_like(s, float("nan")), s)  # NaN stays NaN through the above
     qa = torch.clamp(torch.round(x32 / s.float()[:, None]), -127, 127).to(torch.int8)
     return qa, s
 
@@ -756,8 +758,22 @@ def _arguments(qw: QuantizedWeight, x2: np.ndarray, x: Any, y: Any, adtype: str,
         qw = cpu_weight(qw, adtype)
     if qw.scheme == "w_a16":
         return _a16_arguments(qw, _host_arrays(qw), x, y, x2.shape[0], adtype)
-    qa, sa = quantize_per_token_int8(x2.astype(np.float32))  # [M, K] int8, [M] fp16
-    return _w4a8_arguments(qw, _host_arrays(qw), qa, sa.astype(np.float32), y, adtype)
+    qa, sa = _quantize_tokens(x2)
+    return _w4a8_arguments(qw, _host_arrays(qw), qa, sa, y, adtype)
+
+
+def _quantize_tokens(x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`quantize_per_token_int8` of x [M, K] (int8 codes, float32 scales), but a row holding a NaN or an inf gets
+    codes 0 and a NaN scale: its output row is NaN, as on the device (`quantize_per_token_int8_torch`) and in
+    F.linear, where the quantizer alone would refuse the whole batch."""
+    x32 = x2.astype(np.float32)
+    bad = ~np.isfinite(x32).all(axis=1)
+    if bad.any():
+        x32 = np.where(bad[:, None], np.float32(0), x32)
+    qa, sa = quantize_per_token_int8(x32)  # [M, K] int8, [M] fp16
+    sa32 = sa.astype(np.float32)
+    sa32[bad] = np.nan
+    return qa, sa32
 
 
 def _w4a8_arguments(qw: QuantizedWeight, a: dict[str, Any], qa: Any, sx: Any, y: Any, ydtype: str) -> tuple[dict, dict]:

@@ -103,3 +103,27 @@ def test_triton_under_a_plan_share_runs_persistent_with_the_same_result(scheme, 
     kinds = {type(c).__name__ for c in qw.__dict__["_plans"].values()}
     assert PersistentLauncher.__name__ in kinds and len(kinds) == 2  # the grid plan and the persistent one
     assert relative_error(got, reference(x, qw)) <= bound(qw, M, "float32")
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize(
+    "scheme,kernel", [("w_a16", None), ("w_a16", "quantized_gemv_a8"), ("w4a8_group", None), ("w4a8_channel", None)]
+)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_activation_row_gives_a_nan_row_and_leaves_the_others(backend, scheme, kernel, bad):
+    """Every path, the int8-activation ones included (whose quantizers once clamped inf to a finite scale, or
+    whose max dropped NaN, and returned finite rows), answers a row holding NaN or inf with a non-finite row
+    (NaN from the int8 paths; ±inf or NaN from the float ones, as F.linear); the others are the clean batch's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    qw = quantize(rng.standard_normal((24, 128)).astype(np.float32), None, 64, scheme=scheme)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    clean = quantized_linear(x, qw, backend=backend, kernel=kernel)
+    dirty = x.copy()
+    dirty[1, 5] = bad
+    for xin in (dirty, torch.from_numpy(dirty)):
+        y = np.asarray(quantized_linear(xin, qw, backend=backend, kernel=kernel), np.float64)
+        assert not np.isfinite(y[1]).any(), f"{type(xin).__name__}: {y[1, :4]}"
+        if kernel or scheme != "w_a16":
+            assert np.isnan(y[1]).all()
+        np.testing.assert_array_equal(y[[0, 2]], np.asarray(clean, np.float64)[[0, 2]])
