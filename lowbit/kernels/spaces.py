@@ -81,6 +81,9 @@ def _dot_k(config: Config, problem: Mapping[str, Any], kernel: str) -> int:
 def group_fits(kernel: str) -> Constraint:
     def check(config: Config, problem: Mapping[str, Any]) -> str | None:
         bk, g = config.constant_dict["BK"], _group(problem)
+        if g != -1 and g >= int(problem.get("K") or 0) > 0:  # one group spans all of K (W4A8 per channel, G = K)
+            # any K step up to G lies inside it (a step past G would be one group of G rows: not a power of two)
+            return None if bk <= g else f"BK={bk} exceeds the single group G={g} (= K); use BK <= {g}"
         if g != -1 and bk % g and g % bk:
             return f"BK={bk} is neither a multiple nor a divisor of the group size G={g}; use BK in {{{g}, {2 * g}}}"
         return None
@@ -250,7 +253,8 @@ def gemm_column_tile(n: int) -> int:
     return next((bn for bn in (256, 128) if n % bn == 0), 64)
 
 
-def _native_triton() -> bool:
+def native_triton() -> bool:
+    """Whether Triton kernels compile for a GPU (False under TRITON_INTERPRET=1, the CPU interpreter)."""
     from lowbit.codegen.triton.runtime import INTERPRET
 
     return not INTERPRET
@@ -343,7 +347,7 @@ def default_config(kernel: str, backend: str, problem: Mapping[str, Any]) -> Con
         cpu = _cpu_default(kernel, problem)
         if cpu is not None and sp.check(cpu, problem) is None:
             return cpu
-    if backend == "triton" and _native_triton():
+    if backend == "triton" and native_triton():
         from lowbit.kernels.launch import device_units
 
         gpu = gpu_default(kernel, problem, device_units())
@@ -368,6 +372,7 @@ __all__ = [
     "gemm_column_tile",
     "gemm_row_tile",
     "gpu_default",
+    "native_triton",
     "space",
     "tvm_cuda_default",
 ]

@@ -50,7 +50,7 @@ from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
-from lowbit.kernels.spaces import default_config, space, tvm_cuda_default
+from lowbit.kernels.spaces import default_config, native_triton, space, tvm_cuda_default
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, retile_columns
@@ -184,6 +184,11 @@ def quantized_linear(
         )
     if not (x.is_contiguous() if is_torch else x.flags.c_contiguous):
         x = x.contiguous() if is_torch else np.ascontiguousarray(x)  # a strided view is copied, as F.linear reads any
+    if bias is not None and not hasattr(bias, "shape"):
+        try:  # a list or tuple of numbers
+            bias = np.asarray(bias, np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bias of type {type(bias).__name__} is not numeric; pass a [{n}] array or None") from e
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias has shape {list(bias.shape)}; pass a [{n}] bias (out_features) or None")
     if out is not None:
@@ -823,9 +828,9 @@ def _choose_config(
         bk = g if g != -1 else 32
         if backend == "triton" and g != -1:
             # Triton tiles are powers of two: K steps of the largest one dividing the group (slices of a group
-            # share its scale), if the dot takes it (the tensor-core minimum K)
+            # share its scale), if the GPU's dot takes it (the tensor-core minimum K; the interpreter takes any)
             bk, least = g & -g, 32 if kernel.name.startswith("w4a8") else 16
-            if bk < least:
+            if bk < least and native_triton():
                 raise ValueError(
                     f"group_size {g} on backend 'triton': its largest power-of-two divisor {bk} is below the "
                     f"dot's minimum K of {least} (Triton tiles are powers of two); use a group size that is a "

@@ -107,6 +107,8 @@ def _weight_array(w: Any) -> np.ndarray:
         raise ValueError(f"w of type {type(w).__name__} is not an array; pass a [N, K] numpy array or tensor") from e
     if arr.ndim != 2:
         raise ValueError(f"w has shape {arr.shape}; pass a 2-D weight [out_features, in_features] (N, K)")
+    if arr.size == 0:
+        raise ValueError(f"w has shape {arr.shape}; a weight needs at least one output and one input feature")
     if not np.isfinite(arr).all():
         raise ValueError("w has NaN or inf entries; quantize finite weights")
     return arr
@@ -174,6 +176,8 @@ def quantize(
     lay = weight_layout(layout, (k, n), dt.bits, tile)  # validates the layout before the heavy work
     if scheme == "w_a16":
         _check_parameter_range(arr, dt, g, mode, np.dtype(scale_dtype))
+    else:
+        _check_w4a8_range(arr, dt, scheme)
 
     scales: np.ndarray
     zeros: np.ndarray | None = None
@@ -482,6 +486,24 @@ def _check_parameter_range(w: np.ndarray, dt: DataType, g: int, mode: str, sdt: 
             f"w: row {r}, group {j} (|w| up to {max(abs(hi[r, j]), abs(lo[r, j])):.3g}) needs a {what} of "
             f"{scale[r, j]:.3g}, beyond scale_dtype {sdt.name}'s largest value {big:.6g}; pass "
             f"scale_dtype='float32'" + (" or zero_mode='post'" if what != "scale" else "")
+        )
+
+
+def _check_w4a8_range(w: np.ndarray, dt: DataType, scheme: str) -> None:
+    """`_check_parameter_range` for the W4A8 schemes, whose per-channel scale is float16 by format: QoQ's
+    level-1 s1 = max|w| / 127 (w4a8_group), QServe's (max − min) / (2^b − 1) (w4a8_channel)."""
+    big = float(np.finfo(np.float16).max)
+    hi, lo = w.max(axis=1).astype(np.float64), w.min(axis=1).astype(np.float64)
+    if scheme == "w4a8_group":
+        scale = np.maximum(hi, -lo) / 127
+    else:
+        scale = (hi - lo) / IntGrid.of(dt).steps
+    if scale.max() > big:
+        r = int(np.argmax(scale))
+        raise ValueError(
+            f"w: row {r} (|w| up to {max(abs(hi[r]), abs(lo[r])):.3g}) needs a per-channel scale of {scale[r]:.3g}, "
+            f"beyond float16's {big:.6g}, which scheme {scheme!r} stores it in; rescale the weight (e.g. fold a "
+            "factor into the next layer) or use scheme='w_a16' with scale_dtype='float32'"
         )
 
 

@@ -121,7 +121,7 @@ def test_gpu_defaults_apply_only_to_native_triton(monkeypatch):
     spaces = importlib.import_module("lowbit.kernels.spaces")
     problem = dict(PROBLEM, N=8192, K=8192)
     assert default_config("quantized_gemv", "triton", problem) == space("quantized_gemv", "triton").default
-    monkeypatch.setattr(spaces, "_native_triton", lambda: True)
+    monkeypatch.setattr(spaces, "native_triton", lambda: True)
     monkeypatch.setattr(importlib.import_module("lowbit.kernels.launch"), "device_units", lambda: 132)
     cfg = default_config("quantized_gemv", "triton", problem)
     assert cfg == spaces.gpu_default("quantized_gemv", problem, 132) and cfg.constant_dict["BN"] == 32
@@ -176,3 +176,14 @@ def test_fma_gemv_space_bounds_its_registers():
                 threads = 32 * cfg.option_dict["num_warps"]
                 held = c["BM"] * c["BN"] * (c["BK"] if g == -1 else min(c["BK"], g)) // threads
                 assert held <= FMA_ACCUMULATORS
+
+
+def test_one_group_spanning_k_takes_any_k_step_up_to_it():
+    """W4A8 per channel runs with G = K: any BK <= G lies in the one group (K = 100: no power of two divides
+    it past 4, and BK 32 / 64 are the steps Triton can take); a BK past G is refused with the reason."""
+    sp = space("w4a8_gemm_per_group", "triton")
+    problem = {"M": 3, "N": 24, "K": 100, "G": 100, "wdtype": "uint4"}
+    cfg = default_config("w4a8_gemm_per_group", "triton", problem)
+    assert cfg.constant_dict["BK"] <= 100
+    too_big = Config.make({**cfg.constant_dict, "BK": 128}, cfg.option_dict)
+    assert "exceeds the single group G=100" in (sp.check(too_big, problem) or "")

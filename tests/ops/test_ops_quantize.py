@@ -190,3 +190,25 @@ def test_pre_zero_codes_are_round_to_nearest_for_the_stored_float16_zero():
     s = np.repeat(qw.scales.astype(np.float64), 32, axis=0).T
     err = np.abs(qw.dequantize().astype(np.float64) - w)
     assert (err <= s / 2 * (1 + 1e-3)).all(), (err / (s / 2)).max()
+
+
+@pytest.mark.parametrize("scheme,magnitude", [("w4a8_group", 1e7), ("w4a8_channel", 1e6)])
+def test_w4a8_per_channel_scale_past_float16_is_refused(scheme, magnitude):
+    """The W4A8 formats store their per-channel scale in float16: a channel that needs more is refused."""
+    with pytest.raises(ValueError, match=rf"w: row \d+ .* needs a per-channel scale of .* which scheme '{scheme}'"):
+        quantize(weight(8, 128) * np.float32(magnitude), scheme=scheme)
+
+
+@pytest.mark.parametrize("shape", [(4, 0), (0, 128)])
+def test_an_empty_weight_is_refused(shape):
+    with pytest.raises(ValueError, match=r"w has shape .*; a weight needs at least one output and one input feature"):
+        quantize(np.zeros(shape, np.float32))
+
+
+def test_bias_as_a_list_is_taken():
+    qw = quantize(weight(4, 128), "int4", 32)
+    x = np.ones((2, 128), np.float32)
+    y = quantized_linear(x, qw, backend="reference", bias=[1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(y, quantized_linear(x, qw, backend="reference") + np.arange(1, 5), rtol=1e-6)
+    with pytest.raises(ValueError, match="bias of type list is not numeric"):
+        quantized_linear(x, qw, backend="reference", bias=["a", "b", "c", "d"])
