@@ -772,7 +772,7 @@ def _quantize_tokens(x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes 0 and a NaN scale: its output row is NaN, as on the device (`quantize_per_token_int8_torch`) and in
     F.linear, where the quantizer alone would refuse the whole batch."""
     x32 = x2.astype(np.float32)
-    bad = ~np.isfinite(x32).all(axis=1)
+    bad = np.asarray(~np.isfinite(x32).all(axis=1))  # [M]
     if bad.any():
         x32 = np.where(bad[:, None], np.float32(0), x32)
     qa, sa = quantize_per_token_int8(x32)  # [M, K] int8, [M] fp16
