@@ -46,12 +46,21 @@ def test_backend_matches_oracle(backend, scheme, name, G, zero_mode, M, adtype):
 
 @pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize(
-    "scheme,name,G,M", [("w_a16", "uint4", 48, 1), ("w_a16", "fp4_e2m1", 80, 20), ("w4a8_group", "uint4", 96, 3)]
+    "scheme,name,G,M",
+    [
+        ("w_a16", "uint4", 48, 1),
+        ("w_a16", "fp4_e2m1", 80, 20),
+        ("w4a8_group", "uint4", 96, 3),
+        ("w_a16", "int4", 8, 2),  # small powers of two: the interpreter's dot takes any K
+        ("w4a8_group", "uint4", 16, 3),
+        ("w4a8_group", "uint4", -1, 2),  # one group per channel (G = K = 100)
+    ],
 )
 def test_backend_runs_group_sizes_that_are_not_powers_of_two(backend, scheme, name, G, M):
     """A group size quantize accepts (any divisor of K) runs everywhere: Triton, whose tiles are powers of two,
-    steps K in the largest one dividing the group (16 for 48, 32 for 96) with the group's scale on each slice."""
-    rng = np.random.default_rng(G)
+    steps K in the largest one dividing the group (16 for 48, 32 for 96) with the group's scale on each slice;
+    W4A8 per channel at K = 100 steps K in any power of two up to K."""
+    rng = np.random.default_rng(abs(G))
     N, K = 24, 2 * G if G > 0 else 100  # per channel: a K that no power of two divides past 4
     qw = quantize(rng.standard_normal((N, K)).astype(np.float32), name, G, scheme=scheme)
     x = rng.standard_normal((M, K)).astype(np.float32)
