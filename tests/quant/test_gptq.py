@@ -65,6 +65,19 @@ def test_diagonal_hessian_is_rtn(spec: LinearSpec, seed: int, act_order: bool) -
     np.testing.assert_array_equal(r.weights, fake_quantize(w, spec))
 
 
+def _gptq_rtn_ratios(seed: int, bits: int, group: int, zero: str, act_order: bool) -> tuple[float, float]:
+    """(GPTQ / RTN output error on the 128 calibration tokens, the same on 256 held-out tokens of the same
+    distribution: same outlier channels) for one random weight and outlier source."""
+    rng = np.random.default_rng(seed)
+    spec = LinearSpec("gptq", f"{'u' if zero == 'post' else ''}int{bits}", group, zero)
+    draw = outlier_source(rng, 128)
+    x, w = draw(rng, 128), rng.standard_normal((32, 128)) * 0.05
+    gptq = gptq_quantize(w, x, spec, act_order=act_order).dequantize()
+    rtn = fake_quantize(w, spec)
+    x_test = draw(rng, 256)
+    return _out_err(x, w, gptq) / _out_err(x, w, rtn), _out_err(x_test, w, gptq) / _out_err(x_test, w, rtn)
+
+
 @settings(max_examples=12)
 @given(
     st.integers(0, 2**16),
@@ -73,17 +86,22 @@ def test_diagonal_hessian_is_rtn(spec: LinearSpec, seed: int, act_order: bool) -
     st.sampled_from(["none", "post"]),
     st.booleans(),
 )
-def test_gptq_beats_rtn_on_outlier_activations(seed: int, bits: int, group: int, zero: str, act_order: bool) -> None:
-    rng = np.random.default_rng(seed)
-    spec = LinearSpec("gptq", f"{'u' if zero == 'post' else ''}int{bits}", group, zero)
-    draw = outlier_source(rng, 128)
-    x, w = draw(rng, 128), rng.standard_normal((32, 128)) * 0.05
-    gptq = gptq_quantize(w, x, spec, act_order=act_order).dequantize()
-    rtn = fake_quantize(w, spec)
-    assert _out_err(x, w, gptq) < 0.8 * _out_err(x, w, rtn)
-    # and on held-out tokens of the same distribution (same outlier channels)
-    x_test = draw(rng, 256)
-    assert _out_err(x_test, w, gptq) < 0.9 * _out_err(x_test, w, rtn)
+def test_gptq_never_loses_to_rtn_on_outlier_activations(
+    seed: int, bits: int, group: int, zero: str, act_order: bool
+) -> None:
+    # per draw the gain varies (400 draws: calibration ratio 0.08-0.87, held-out 0.10-0.91): every draw must
+    # at least not lose, on the calibration tokens and on held-out ones
+    train, held_out = _gptq_rtn_ratios(seed, bits, group, zero, act_order)
+    assert train < 0.95 and held_out < 1.0, (train, held_out)
+
+
+@pytest.mark.parametrize("bits,group,zero", [(3, 32, "none"), (4, 128, "post"), (3, 64, "post"), (4, 32, "none")])
+def test_gptq_beats_rtn_on_outlier_activations(bits: int, group: int, zero: str) -> None:
+    # GPTQ's claim is about the typical draw: the median over 16 fixed seeds (both act orders) cuts the output
+    # error by more than 2x against RTN (400 draws here: mean calibration ratio 0.37, held-out 0.44)
+    ratios = np.array([_gptq_rtn_ratios(seed, bits, group, zero, ao) for seed in range(8) for ao in (False, True)])
+    train, held_out = np.median(ratios, axis=0)
+    assert train < 0.5 and held_out < 0.6, (train, held_out)
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
