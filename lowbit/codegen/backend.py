@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import sympy
+
 from lowbit.ir.program import Program
 
 
@@ -119,20 +121,71 @@ def _compile_cached(program: Program, backend: str, options: tuple[tuple[str, An
 def compile_program(program: Program, backend: str, options: Mapping[str, Any] | None = None) -> CompiledKernel:
     """Run the pass pipeline on `program` and compile it with `backend` (cached per program, backend and
     options in this process; TVM kernels are also cached on disk across processes, see
-    `lowbit.codegen.kernel_cache`)."""
-    return _compile_cached(program, backend, freeze(options))
+    `lowbit.codegen.kernel_cache`).
+
+    One option belongs to every backend: `split_k` (an int >= 1, default 1). Above 1 the program's reduction
+    loop `k0` is split over that many programs (`lowbit.ir.passes.split_k`) and the call runs two kernels:
+    the split form into an fp32 [split_k, M, N] buffer, then their sum, rounded once into the output. The
+    call's arguments stay the original program's."""
+    opts = dict(options or {})
+    split = opts.pop("split_k", 1)
+    if not isinstance(split, int) or isinstance(split, bool) or split < 1:
+        raise BackendError(f"option split_k={split!r}: pass an int >= 1 (1: no split)")
+    if split > 1:
+        return _split_cached(program, backend, freeze(opts), split)
+    return _compile_cached(program, backend, freeze(opts))
+
+
+class SplitKKernel:
+    """`program` compiled as its split-K form plus the partial sum (`compile_program`'s option split_k)."""
+
+    def __init__(self, program: Program, backend: str, options: tuple[tuple[str, Any], ...], splits: int):
+        from lowbit.ir.passes.split_k import SPLIT, make_split_k, output_name, split_k_sum
+
+        self.program, self.backend, self.splits = program, backend, splits
+        self.out = output_name(program)
+        self._part, self._split_name = f"{self.out}_part", SPLIT
+        y = program.param(self.out)
+        self._shape = y.shape
+        self.main = _compile_cached(make_split_k(program), backend, options)
+        sum_options = tuple((k, v) for k, v in options if k == "target")  # the device, nothing tuned
+        self.sum = _compile_cached(split_k_sum(y), backend, sum_options)  # type: ignore[arg-type]
+        self.source = f"{self.main.source}\n\n{self.sum.source}"
+
+    def __call__(self, args: Mapping[str, Any]) -> None:
+        y = args[self.out]
+        shape = (self.splits, *tuple(y.shape))
+        if hasattr(y, "device"):  # torch: the partials beside y (a buffer per call: concurrent calls never share)
+            import torch
+
+            part = torch.empty(shape, dtype=torch.float32, device=y.device)
+        else:
+            import numpy as np
+
+            part = np.empty(shape, np.float32)
+        main = {k: v for k, v in args.items() if k != self.out}
+        self.main({**main, self._part: part, self._split_name: self.splits})
+        sizes = {str(e): int(v) for e, v in zip(self._shape, y.shape) if isinstance(e, sympy.Symbol)}
+        self.sum({self._part: part, self.out: y, self._split_name: self.splits, **sizes})
+
+
+@functools.lru_cache(maxsize=128)
+def _split_cached(program: Program, backend: str, options: tuple[tuple[str, Any], ...], splits: int) -> SplitKKernel:
+    return SplitKKernel(program, backend, options, splits)
 
 
 def clear_compile_cache() -> None:
     """Forget the kernels compiled in this process (the disk cache is kept): the next `compile_program`
     goes to the backend again."""
     _compile_cached.cache_clear()
+    _split_cached.cache_clear()
 
 
 __all__ = [
     "BackendError",
     "CompiledKernel",
     "Config",
+    "SplitKKernel",
     "available_backends",
     "clear_compile_cache",
     "compile_program",
