@@ -88,6 +88,26 @@ def ab_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
     return [Config.make(cfg.constant_dict, {**cfg.option_dict, "codes_last": v}) for v in (True, False)]
 
 
+def split_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
+    """--grid split: the default config (`spaces.gpu_default`) of the GEMV (M <= 16), the dot-free GEMV and the
+    64-row GEMM, and its column tile halved and doubled, each with the reduction split over 1-16 programs
+    (compile option split_k: `lowbit.ir.passes.split_k`, partials summed by a second kernel). At 8192² the
+    default GEMV grid is 256 programs (two per SM): is it short of warps in flight?"""
+    from lowbit.kernels.launch import device_units
+    from lowbit.kernels.spaces import FMA, gpu_default, space
+
+    name = {"gemv": "quantized_gemv", "gemm": "quantized_gemm", "fma": FMA}[kind]
+    problem = {"M": m, "N": n, "K": k, "G": GROUP, "wdtype": "int4", "adtype": "float16"}
+    base = gpu_default(name, problem, device_units())
+    sp, out = space(name, "triton"), []
+    for bn in sorted({max(32, base.constant_dict["BN"] // 2), base.constant_dict["BN"], base.constant_dict["BN"] * 2}):
+        for split in (1, 2, 4, 8, 16) if kind != "gemm" else (1, 2, 4):
+            cfg = Config.make({**base.constant_dict, "BN": bn}, {**base.option_dict, "split_k": split})
+            if sp.check(cfg, problem) is None:
+                out.append(cfg)
+    return out
+
+
 def variants(cfg: Config) -> list[Config]:
     """The codegen-option A/B of a config: the int->fp16 conversion instruction, and the tile masks kept."""
     o = cfg.option_dict
@@ -128,9 +148,10 @@ def main() -> int:
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
     ap.add_argument(
         "--grid",
-        choices=("tiles", "deep", "ab", "fma"),
+        choices=("tiles", "deep", "ab", "fma", "split"),
         default="tiles",
-        help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4",
+        help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4; "
+        "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`)",
     )
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -164,6 +185,8 @@ def main() -> int:
             sections = [("gemv", 1), ("gemm", 64)]
         if a.grid == "fma":
             sections = [("fma", 1), ("gemv", 1), ("fma", 4), ("gemv", 4)]
+        if a.grid == "split":
+            sections = [("gemv", 1), ("fma", 1), ("gemv", 16), ("gemm", 64)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -194,6 +217,8 @@ def main() -> int:
                 configs = ab_grid(kind, m, n, k)
             elif a.grid == "deep":
                 configs = deep_grid(kind, m)
+            elif a.grid == "split":
+                configs = split_grid(kind, m, n, k)
             elif a.grid == "fma" and kind == "gemv":
                 configs = []  # the GEMV's default only: the reference the dot-free form is measured against
             else:
@@ -201,7 +226,7 @@ def main() -> int:
             for cfg in configs:
                 t, err, why = run(cfg)
                 rows.append((t, err, cfg, why))
-                if a.grid == "ab":
+                if a.grid in ("ab", "split"):
                     print(f"  {kind} M={m} {cfg}: {t * 1e3:.1f} us (err {err:.1e}) {why}", flush=True)
                 trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(cfg), "ms": t, "rel_err": err,
                                "error": why})  # fmt: skip

@@ -47,7 +47,13 @@ _DEFAULT_TILES: dict[str, dict[str, int]] = {
 }
 # options a kernel adds on a backend: the FMA GEMV transposes its codes tile to its accumulator's [BN, K]
 # orientation, free only when the packed codes are split inside each thread (lowbit.kernels.gemv_fma)
-_KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {(FMA, "triton"): {"codes_last": (True,)}}
+# The GEMVs on a GPU also take split-K (`lowbit.ir.passes.split_k`, the compile option split_k): at M <= 16 an
+# 8192-column layer in 32-column tiles is 256 programs, two per H200 SM; splitting K multiplies the grid.
+SPLITS = (1, 2, 4, 8)
+_KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
+    (FMA, "triton"): {"codes_last": (True,), "split_k": SPLITS},
+    ("quantized_gemv", "triton"): {"split_k": SPLITS},
+}
 _OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
     "reference": {},
     "triton": {"num_warps": (4, 8), "num_stages": (2, 3, 4)},
@@ -130,6 +136,18 @@ def triton_shared_memory(kernel: str) -> Constraint:
     return check
 
 
+def split_fits(kernel: str) -> Constraint:
+    def check(config: Config, problem: Mapping[str, Any]) -> str | None:
+        split = int(config.option_dict.get("split_k", 1))
+        steps = math.ceil(int(problem.get("K") or 0) / config.constant_dict["BK"])
+        if split > 1 and steps < split:
+            k = problem.get("K")
+            return f"split_k={split} leaves splits without a K step (K={k} is {steps} steps of BK); use <= {steps}"
+        return None
+
+    return check
+
+
 def fma_accumulators(bm: int, bn: int, step: int, warps: int) -> int:
     """fp32 accumulators per thread of the FMA GEMV: BM rows of a [BN, K sub-step] tile over the block's threads."""
     return bm * bn * step // (32 * int(warps))
@@ -163,6 +181,8 @@ def space(kernel: str, backend: str) -> SearchSpace:
     elif backend == "triton":
         constraints += (triton_dot_k(kernel), triton_shared_memory(kernel))
     extra = _KERNEL_OPTIONS.get((kernel, backend), {})
+    if "split_k" in extra:
+        constraints += (split_fits(kernel),)
     return SearchSpace.make(
         _TILES[kernel],
         {**_OPTIONS[backend], **extra},
@@ -368,6 +388,7 @@ __all__ = [
     "FMA",
     "KERNELS",
     "SHARED_MEMORY_BYTES",
+    "SPLITS",
     "default_config",
     "gemm_column_tile",
     "gemm_row_tile",

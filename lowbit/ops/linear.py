@@ -600,7 +600,8 @@ def _compiled(
         kernel = _BY_NAME.get(named) or select_kernel(qw, m, adtype=io, backend=backend)
         cfg = config or _choose_config(kernel, fixed, args, backend, tune, m, qw)
         options = {**cfg.option_dict, **inbounds_option(cfg, args, backend)}
-        if persistent:
+        if persistent:  # the plan's share of the device bounds the programs: no split-K grid on top of it
+            options.pop("split_k", None)
             compiled = PersistentLauncher(kernel, {**fixed, **cfg.constant_dict}, backend, options)
         else:
             compiled = compile_program(kernel.trace(**fixed, **cfg.constant_dict), backend, options)
