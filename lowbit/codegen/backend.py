@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import sympy
 
 from lowbit.ir.program import Program
+from lowbit.ir.values import TensorParam
 
 
 class BackendError(RuntimeError):
@@ -146,15 +147,17 @@ class SplitKKernel:
         self.out = output_name(program)
         self._part, self._split_name = f"{self.out}_part", SPLIT
         y = program.param(self.out)
+        assert isinstance(y, TensorParam)
         self._shape = y.shape
         self.main = _compile_cached(make_split_k(program), backend, options)
         sum_options = tuple((k, v) for k, v in options if k == "target")  # the device, nothing tuned
-        self.sum = _compile_cached(split_k_sum(y), backend, sum_options)  # type: ignore[arg-type]
+        self.sum = _compile_cached(split_k_sum(y), backend, sum_options)
         self.source = f"{self.main.source}\n\n{self.sum.source}"
 
     def __call__(self, args: Mapping[str, Any]) -> None:
         y = args[self.out]
         shape = (self.splits, *tuple(y.shape))
+        part: Any
         if hasattr(y, "device"):  # torch: the partials beside y (a buffer per call: concurrent calls never share)
             import torch
 

@@ -124,7 +124,13 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
     assert isinstance(fl, For)
     linear = _check_accumulators(program, before, fl)
     rounded: dict[int, Tile] = {}  # a rounded value's id -> its float32 counterpart
-    store: Store | None = None
+    y: TensorParam | None = None  # the output tensor (every store after the loop writes it: one per row, say)
+    s_sym = ScalarParam(splits, int32).symbol
+    pid = program_id_symbol(len(program.grid))
+
+    def part_of(t: TensorParam) -> TensorParam:
+        return TensorParam(f"{t.name}_part", float32, (s_sym, *t.shape))
+
     out: list[Stmt] = []
     for s in after:
         if isinstance(s, Let):
@@ -159,34 +165,44 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
                     )
             out.append(s)
         elif isinstance(s, Store):
-            if store is not None:
+            if y is not None and s.tensor.name != y.name:
                 raise _refuse(
-                    program,
-                    f"it stores twice after the loop ({store.tensor.name}, {s.tensor.name}); a split kernel has one "
-                    "output",
+                    program, f"it stores to {y.name} and {s.tensor.name} after the loop; a split kernel has one output"
                 )
-            store = s
+            y = s.tensor
+            out += _partial_store(program, s, rounded, linear, part_of(y), pid)
         else:
             raise _refuse(
                 program, f"a {type(s).__name__} follows the loop ({s.location}); the epilogue must be straight-line"
             )
-    if store is None:
+    if y is None:
         raise _refuse(program, "nothing is stored after the loop")
-    value = rounded.get(id(store.tile), store.tile)
-    if id(store.tile) not in rounded and id(store.tile) not in linear:
-        raise _refuse(program, f"the value stored to {store.tensor.name} ({store.loc}) does not depend on the loop")
-    if value.dtype != float32:  # an accumulator of another dtype stored as it is (int32): as float32
-        t = Tile(TileType(float32, value.shape), value.name)
-        out.append(Let(t, I.Cast(value, float32), store.loc))
-        value = t
-    y = store.tensor
-    s_sym = ScalarParam(splits, int32).symbol
-    part = TensorParam(f"{y.name}_part", float32, (s_sym, *y.shape))
-    pid = program_id_symbol(len(program.grid))
     step = sympy.Integer(fl.step)
     ks = step * sympy.ceiling(fl.stop / (step * s_sym))
     start = pid * ks
     loop_stmt = dataclasses.replace(fl, start=start, stop=sympy.Min(fl.stop, start + ks))
+    part = part_of(y)
+    params = tuple(part if p is y or (isinstance(p, TensorParam) and p.name == y.name) else p for p in program.params)
+    return program.replace(
+        name=f"{program.name}_split_k",
+        params=(*params, ScalarParam(splits, int32)),
+        grid=(*program.grid, s_sym),
+        body=(*before, loop_stmt, *out),
+    )
+
+
+def _partial_store(
+    program: Program, store: Store, rounded: dict[int, Tile], linear: set[int], part: TensorParam, pid: sympy.Expr
+) -> list[Stmt]:
+    """`store` of the output as a store of its float32 value (before the rounding cast) into `part[pid, ...]`."""
+    value = rounded.get(id(store.tile), store.tile)
+    if id(store.tile) not in rounded and id(store.tile) not in linear:
+        raise _refuse(program, f"the value stored to {store.tensor.name} ({store.loc}) does not depend on the loop")
+    out: list[Stmt] = []
+    if value.dtype != float32:  # an accumulator of another dtype stored as it is (int32): as float32
+        t = Tile(TileType(float32, value.shape), value.name)
+        out.append(Let(t, I.Cast(value, float32), store.loc))
+        value = t
     v3 = Tile(TileType(float32, (1, *value.shape)), value.name)
     out.append(Let(v3, I.Reshape(value, (1, *value.shape)), store.loc))
     mask = store.mask
@@ -195,13 +211,7 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
         out.append(Let(m3, I.Reshape(mask, (1, *mask.shape)), store.loc))
         mask = m3
     out.append(Store(part, (pid, *store.offsets), v3, mask, store.loc))
-    params = tuple(part if p is y or (isinstance(p, TensorParam) and p.name == y.name) else p for p in program.params)
-    return program.replace(
-        name=f"{program.name}_split_k",
-        params=(*params, ScalarParam(splits, int32)),
-        grid=(*program.grid, s_sym),
-        body=(*before, loop_stmt, *out),
-    )
+    return out
 
 
 def split_k_sum(y: TensorParam, block: int = 256, splits: str = SPLIT) -> Program:
@@ -247,10 +257,10 @@ def split_k_sum(y: TensorParam, block: int = 256, splits: str = SPLIT) -> Progra
 
 def output_name(program: Program) -> str:
     """The tensor the split form of `program` replaces: the one its epilogue stores to."""
-    stores = [s for s in program.body if isinstance(s, Store)]
-    if len(stores) != 1:
-        raise _refuse(program, f"it has {len(stores)} top-level stores, not one")
-    return stores[0].tensor.name
+    names = {s.tensor.name for s in program.body if isinstance(s, Store)}
+    if len(names) != 1:
+        raise _refuse(program, f"it stores to {len(names)} tensors at the top level, not one")
+    return names.pop()
 
 
 __all__ = ["SPLIT", "SplitKError", "make_split_k", "output_name", "split_k_sum"]
