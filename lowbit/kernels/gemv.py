@@ -25,8 +25,8 @@ backend's table decode of 1-3-bit integer codes on AVX-512 adds the products of 
 field of a word in a table entry first, rounded to fp32 once: `lowbit/codegen/tvm/README.md`, "Table decode".)
 
 Tiles: BK is a multiple of G (the body handles the BK // G groups of a tile one by one, unrolled at trace
-time) or divides G (several K steps share one group's scale row). SPLIT_K is not implemented: at M <= 16
-the grid over N already gives N / BN blocks; a split-K variant needs a second reduction kernel (future work).
+time) or divides G (several K steps share one group's scale row). Split-K: the compile option `split_k`
+(`lowbit.ir.passes.split_k`) splits the K loop over more programs and sums their fp32 partials afterwards.
 """
 
 from __future__ import annotations

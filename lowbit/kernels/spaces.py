@@ -2,8 +2,10 @@
 
 Constants (change the IR): BM, BN, BK. Options (do not): Triton `num_warps`, `num_stages`; TVM `vector`,
 `parallel` ("fused": one parallel loop over the grid, "none": serial — the values lowbit.codegen.tvm
-accepts), `unroll`; the reference interpreter has none. Constraints return a reason naming the value:
+accepts), `unroll`; the reference interpreter has none; the GEMVs on Triton also `split_k` (every backend's
+option: the K loop split over more programs, `lowbit.ir.passes.split_k`). Constraints return a reason naming the value:
 
+* split_k leaves no split without a K step (split_k <= ceil(K / BK));
 * BK is a multiple of the group size G or divides it (a K tile holds whole groups or sits in one group);
 * BK is a multiple of the codes per 32-bit word (32/bits, the row layout packs along K), so a K tile is
   whole words; BN needs no packing constraint in the row layout (N is not packed). For 3/5/6/7 bits
