@@ -8,7 +8,8 @@ inside one device call's time limit. Every config's output is checked against x 
 
 Weights are streamed: each timed call reads another copy of the weight from a ring larger than the L2
 (`ring_copies`), and each sample is a CUDA-graph replay of the ring (no launch cost), as in the bench.
-Writes DIR/sweep.json (every trial) and prints the table of the best configs last.
+Writes DIR/sweep.json (`--grid tiles`; other grids DIR/sweep_<grid>.json: every trial) and prints the table of
+the best configs last.
 """
 
 from __future__ import annotations
@@ -108,6 +109,19 @@ def split_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
     return out
 
 
+def w4a8_grid(kind: str, m: int) -> list[Config]:
+    """--grid w4a8: taller and wider int8 tiles for the W4A8 GEMM at M >= 1024 (session 30: 0.38-0.61x torch
+    bf16 at 128 x 128 x 128). Each decoded [BK, BN] weight tile (shift, mask, multiply, subtract per code)
+    feeds BM rows of int8 MMA: 256 rows halve the decode per MMA. Shared memory at 3 stages, 256 x 256 x 128:
+    3 x (32 + 16) KiB."""
+    if kind != "w4a8":
+        return []
+    return [
+        Config.make({"BM": bm, "BN": bn, "BK": bk}, {"num_warps": w, "num_stages": 3})
+        for bm, bn, bk, w in itertools.product((128, 256), (128, 256), (64, 128), (4, 8))
+    ]
+
+
 def variants(cfg: Config) -> list[Config]:
     """The codegen-option A/B of a config: the int->fp16 conversion instruction, and the tile masks kept."""
     o = cfg.option_dict
@@ -148,10 +162,10 @@ def main() -> int:
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
     ap.add_argument(
         "--grid",
-        choices=("tiles", "deep", "ab", "fma", "split"),
+        choices=("tiles", "deep", "ab", "fma", "split", "w4a8"),
         default="tiles",
         help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4; "
-        "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`)",
+        "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`); w4a8: big int8 tiles (`w4a8_grid`)",
     )
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -187,6 +201,8 @@ def main() -> int:
             sections = [("fma", 1), ("gemv", 1), ("fma", 4), ("gemv", 4)]
         if a.grid == "split":
             sections = [("gemv", 1), ("fma", 1), ("gemv", 16), ("gemm", 64)]
+        if a.grid == "w4a8":
+            sections = [("w4a8", 1024), ("w4a8", 4096)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -219,6 +235,8 @@ def main() -> int:
                 configs = deep_grid(kind, m)
             elif a.grid == "split":
                 configs = split_grid(kind, m, n, k)
+            elif a.grid == "w4a8":
+                configs = w4a8_grid(kind, m)
             elif a.grid == "fma" and kind == "gemv":
                 configs = []  # the GEMV's default only: the reference the dot-free form is measured against
             else:
@@ -226,7 +244,7 @@ def main() -> int:
             for cfg in configs:
                 t, err, why = run(cfg)
                 rows.append((t, err, cfg, why))
-                if a.grid in ("ab", "split"):
+                if a.grid in ("ab", "split", "w4a8"):
                     print(f"  {kind} M={m} {cfg}: {t * 1e3:.1f} us (err {err:.1e}) {why}", flush=True)
                 trials.append({"layer": [n, k], "kind": kind, "M": m, "config": str(cfg), "ms": t, "rel_err": err,
                                "error": why})  # fmt: skip
@@ -255,7 +273,9 @@ def main() -> int:
             )
             for f in row["failures"]:
                 print(f"    failure: {f}", flush=True)
-            Path(a.out, "sweep.json").write_text(json.dumps({"bandwidth_gbs": bw, "best": best_rows, "trials": trials}))
+            Path(a.out, "sweep.json" if a.grid == "tiles" else f"sweep_{a.grid}.json").write_text(
+                json.dumps({"bandwidth_gbs": bw, "best": best_rows, "trials": trials})
+            )
         del rings, bf16_ring, refs
         torch.cuda.empty_cache()
     print("\n| layer | kernel | M | torch bf16 us | default us | best us | x bf16 (best) | % roof (best) | best |")
