@@ -154,6 +154,13 @@ class SplitKKernel:
         self.sum = _compile_cached(split_k_sum(y), backend, sum_options)
         self.source = f"{self.main.source}\n\n{self.sum.source}"
 
+    def simulate(self) -> SplitKKernel:
+        """Both CUDA kernels' code run on the CPU (TVM's `simulate`, for a machine without a GPU)."""
+        sim = SplitKKernel.__new__(SplitKKernel)
+        sim.__dict__.update(self.__dict__)
+        sim.main, sim.sum = self.main.simulate(), self.sum.simulate()  # type: ignore[attr-defined]
+        return sim
+
     def __call__(self, args: Mapping[str, Any]) -> None:
         y = args[self.out]
         shape = (self.splits, *tuple(y.shape))

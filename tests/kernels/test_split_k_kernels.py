@@ -1,7 +1,8 @@
-"""Split-K forms of the library's linear kernels (compile option `split_k`, `lowbit.ir.passes.split_k`): the GEMV,
-the dot-free GEMV, the GEMM and both W4A8 GEMMs, split 1-9 ways, equal float64 x @ dequant(W) within the unsplit
-kernels' bounds on the reference interpreter, Triton (interpreter; both kernels of the split also compiled for
-sm_90) and TVM; through `quantized_linear(config=...)` too. Small shapes: the Triton interpreter is slow."""
+"""Split-K forms of the library's linear kernels (compile option `split_k`, `lowbit.ir.passes.split_k`): the
+GEMV, the dot-free GEMV, the GEMM and both W4A8 GEMMs, split 1-9 ways, equal float64 x @ dequant(W) within the
+unsplit kernels' bounds on the reference interpreter, Triton (interpreter; both kernels of the split also
+compiled for sm_90), TVM (CPU, and its CUDA lowering run through `simulate`); through
+`quantized_linear(config=...)` too. Small shapes: the Triton interpreter is slow."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def run_split(kind, M, N, K, wdtype, G, zero_mode, adtype, split, backend, seed=
     program = KERNELS[kind].trace(**consts, **TILES[kind])
     args = {k: v for k, v in p.args.items() if k in {q.name for q in program.params}}
     options = {"split_k": split, **({"codes_last": True} if kind == "fma" and backend == "triton" else {})}
-    compiled = compile_program(program, backend, options)
+    if backend == "tvm-cuda":  # the TVM CUDA lowering of both kernels, their code run on the CPU (`simulate`)
+        compiled = compile_program(program, "tvm", {**options, "target": "cuda"}).simulate()
+    else:
+        compiled = compile_program(program, backend, options)
     compiled(infer_scalars(program, args))
     if backend == "triton" and split > 1:
         assert isinstance(compiled, SplitKKernel)
@@ -75,7 +79,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["triton", "tvm"])
+@pytest.mark.parametrize("backend", ["triton", "tvm", "tvm-cuda"])
 @pytest.mark.parametrize("kind,wdtype,G,zero_mode,adtype,M", CASES)
 def test_compiled_backends(backend, kind, wdtype, G, zero_mode, adtype, M):
     for split in (2, 5):  # K = 160: five K steps of 32, so 5 splits of one step, 2 of three and two
