@@ -141,13 +141,13 @@ class SplitKKernel:
     """`program` compiled as its split-K form plus the partial sum (`compile_program`'s option split_k)."""
 
     def __init__(self, program: Program, backend: str, options: tuple[tuple[str, Any], ...], splits: int):
-        from lowbit.ir.passes.split_k import SPLIT, make_split_k, output_name, split_k_sum
+        from lowbit.ir.passes.split_k import SPLIT, make_split_k, output_name, partial_param, split_k_sum
 
         self.program, self.backend, self.splits = program, backend, splits
         self.out = output_name(program)
-        self._part, self._split_name = f"{self.out}_part", SPLIT
         y = program.param(self.out)
         assert isinstance(y, TensorParam)
+        self._part, self._split_name = partial_param(y).name, SPLIT
         self._shape = y.shape
         self.main = _compile_cached(make_split_k(program), backend, options)
         sum_options = tuple((k, v) for k, v in options if k == "target")  # the device, nothing tuned

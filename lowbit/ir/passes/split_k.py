@@ -127,10 +127,6 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
     y: TensorParam | None = None  # the output tensor (every store after the loop writes it: one per row, say)
     s_sym = ScalarParam(splits, int32).symbol
     pid = program_id_symbol(len(program.grid))
-
-    def part_of(t: TensorParam) -> TensorParam:
-        return TensorParam(f"{t.name}_part", float32, (s_sym, *t.shape))
-
     out: list[Stmt] = []
     for s in after:
         if isinstance(s, Let):
@@ -170,7 +166,7 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
                     program, f"it stores to {y.name} and {s.tensor.name} after the loop; a split kernel has one output"
                 )
             y = s.tensor
-            out += _partial_store(program, s, rounded, linear, part_of(y), pid)
+            out += _partial_store(program, s, rounded, linear, partial_param(y, splits), pid)
         else:
             raise _refuse(
                 program, f"a {type(s).__name__} follows the loop ({s.location}); the epilogue must be straight-line"
@@ -181,7 +177,7 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
     ks = step * sympy.ceiling(fl.stop / (step * s_sym))
     start = pid * ks
     loop_stmt = dataclasses.replace(fl, start=start, stop=sympy.Min(fl.stop, start + ks))
-    part = part_of(y)
+    part = partial_param(y, splits)
     params = tuple(part if p is y or (isinstance(p, TensorParam) and p.name == y.name) else p for p in program.params)
     return program.replace(
         name=f"{program.name}_split_k",
@@ -189,6 +185,11 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
         grid=(*program.grid, s_sym),
         body=(*before, loop_stmt, *out),
     )
+
+
+def partial_param(y: TensorParam, splits: str = SPLIT) -> TensorParam:
+    """The split form's partials of output `y`: `<y>_part`, float32 [splits, *y.shape]."""
+    return TensorParam(f"{y.name}_part", float32, (ScalarParam(splits, int32).symbol, *y.shape))
 
 
 def _partial_store(
@@ -221,7 +222,7 @@ def split_k_sum(y: TensorParam, block: int = 256, splits: str = SPLIT) -> Progra
     if y.rank != 2:
         raise SplitKError(f"split_k_sum: output {y.name} has rank {y.rank}; split forms of rank-2 outputs only")
     s_sym = ScalarParam(splits, int32).symbol
-    part = TensorParam(f"{y.name}_part", float32, (s_sym, *y.shape))
+    part = partial_param(y, splits)
     sizes = [ScalarParam(str(e), int32) for e in y.shape if isinstance(e, sympy.Symbol)]
     pid0, pid1 = program_id_symbol(0), program_id_symbol(1)
     k = sympy.Symbol("s", integer=True, nonnegative=True)
@@ -263,4 +264,4 @@ def output_name(program: Program) -> str:
     return names.pop()
 
 
-__all__ = ["SPLIT", "SplitKError", "make_split_k", "output_name", "split_k_sum"]
+__all__ = ["SPLIT", "SplitKError", "make_split_k", "output_name", "partial_param", "split_k_sum"]
