@@ -21,8 +21,8 @@ after the loop, a value depending on the accumulators is built only by add / sub
 (or div by) a value that does not depend on them, neg, sum reductions, casts to float32, broadcast, reshape,
 transpose. Numerics: the same products, summed in a different order (per split, then across splits in fp32).
 
-Not in the pass pipeline: a caller asks for it (`lowbit.lang.split_k(kernel)`, or the compile option
-`split_k`, which `lowbit.codegen.backend.compile_program` applies to any program with such a loop).
+Not in the pass pipeline: a caller asks for it, directly or through the compile option `split_k`, which
+`lowbit.codegen.backend.compile_program` applies to any program with such a loop.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def make_split_k(program: Program, loop: str = "k0", splits: str = SPLIT) -> Pro
     start = pid * ks
     loop_stmt = dataclasses.replace(fl, start=start, stop=sympy.Min(fl.stop, start + ks))
     part = partial_param(y, splits)
-    params = tuple(part if p is y or (isinstance(p, TensorParam) and p.name == y.name) else p for p in program.params)
+    params = tuple(part if p.name == y.name else p for p in program.params)
     return program.replace(
         name=f"{program.name}_split_k",
         params=(*params, ScalarParam(splits, int32)),
