@@ -29,7 +29,9 @@ def run_both(
     ref, tri = copy.deepcopy(args), copy.deepcopy(args)
     compile_program(program, "reference")(infer_scalars(program, ref))
     if backend == "tvm-cuda":  # the TVM CUDA lowering, built for sm_90, its code run on the CPU (`simulate`)
-        compiled = compile_program(program, "tvm", {"target": "cuda", **(options or {})}).simulate()
+        built = compile_program(program, "tvm", {"target": "cuda", **(options or {})})
+        built.driver_launch()  # every device parameter a program argument: launchable without TVM's CUDA runtime
+        compiled = built.simulate()
     else:
         compiled = compile_program(program, backend, options)
     compiled(infer_scalars(program, tri))

@@ -571,6 +571,7 @@ IndexFn = Callable[[tuple[str, ...], _Ctx], str]
 class LoweredTir:
     source: str  # TVMScript text of the PrimFunc `main`
     arg_names: tuple[str, ...]  # call order: tensors then scalars
+    buffers: tuple[tuple[str, str], ...] = ()  # (TIR buffer name, tensor parameter) of each tensor argument
 
 
 class _Emitter:
@@ -745,7 +746,10 @@ class _Emitter:
                 size, dt = t.layout.cosize, storage_type(t.dtype)
             else:
                 size, dt = sympy.Mul(*t.shape), storage_type(t.dtype)
-            self.line(f'{name} = T.match_buffer({t.name}_h, ({scalar(size)},), "{dt}", align=4, offset_factor=1)')
+            # a CUDA build takes no element offsets: a kernel launched through the driver (`cuda_launch`) gets
+            # exactly the program's pointers and sizes, with nothing for TVM's host code to compute
+            offset = "" if self.gpu else ", offset_factor=1"
+            self.line(f'{name} = T.match_buffer({t.name}_h, ({scalar(size)},), "{dt}", align=4{offset})')
         grid = [scalar(g) for g in p.grid]
         pids = [str(s) for s in p.program_ids]
         self.names.update(pids)
@@ -773,6 +777,7 @@ class _Emitter:
         return LoweredTir(
             _expand_helpers("\n".join(self.lines)) + "\n",
             tuple(t.name for t in tensors) + tuple(s.name for s in scalars),
+            tuple((self.gbuf[t.name], t.name) for t in tensors),
         )
 
     def body(self, stmts: tuple[Stmt, ...], depth: int) -> None:

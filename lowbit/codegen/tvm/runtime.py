@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import sympy
 
 from lowbit.codegen import kernel_cache
 from lowbit.codegen.backend import BackendError
@@ -117,6 +118,7 @@ class TvmKernel:
         lowered = lower(program, resolve_options(self.options, self.target), cpu=not self.cuda)
         self.source = lowered.source
         self.arg_names = lowered.arg_names
+        self._buffers = lowered.buffers
         self.key: str | None = None
         self.library: str | None = None
         _dump(program.name, self.source)
@@ -125,7 +127,10 @@ class TvmKernel:
         except Exception as e:  # a lowering bug: show the generated text with the parser's message
             raise BackendError(f"tvm backend produced TVMScript that does not parse: {e}\n{self.source}") from None
         self._module: Any = tvm.IRModule({"main": func})
-        self.executable = tvm.compile(self._module, target=self.target)
+        # CUDA: no common-subexpression pass, which would pass the device function values computed on the host
+        # (ceil(N / BN), ...) and keep it from being launched without TVM's host code (`cuda_launch`)
+        with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True} if self.cuda else {}):
+            self.executable = tvm.compile(self._module, target=self.target)
         if self.cuda and len(self.executable.mod.imports) != 1:  # TVM builds an unbound function host-only, silently
             raise BackendError(f"tvm backend: {program.name} built for CUDA has no device module")
         if self.cuda:  # the device module holds CUDA C, compiled when it is loaded (on a GPU)
@@ -146,6 +151,7 @@ class TvmKernel:
         self.options = check_options(options)
         self.source = str(record["source"])
         self.arg_names = tuple(record["arg_names"])
+        self._buffers = ()  # a CPU kernel (CUDA builds are not cached)
         self.key = str(record["key"])
         self.library = library
         _dump(program.name, self.source)
@@ -194,8 +200,39 @@ class TvmKernel:
         if self._function is None:
             if self.cuda:
                 _need_cuda(self.program.name)
+                if not tvm_has_cuda_runtime():  # the PyPI wheel: the device function launched by the driver
+                    self._function = self.driver_launch()
+                    return self._function
             self._function = self.executable["main"]
         return self._function
+
+    def driver_launch(self) -> Any:
+        """This CUDA kernel as a `cuda_launch.DriverLaunch`: NVRTC's cubin of `cuda_source` for the device's
+        arch, launched through the CUDA driver with one block per grid program (what runs it where TVM has no
+        CUDA runtime; built without touching a GPU, launched on the first call)."""
+        from lowbit.codegen.tvm.cuda_launch import DriverLaunch, device_entry
+
+        if not self.cuda:
+            raise BackendError(f"kernel {self.program.name} is a CPU kernel; driver_launch() runs CUDA kernels")
+        entry = device_entry(self.cuda_source, self.arg_names, self._buffers)
+        grid = sympy.Mul(*self.program.grid)
+        symbols = sorted(grid.free_symbols, key=str)
+        missing = [str(x) for x in symbols if str(x) not in self.arg_names]
+        if missing:
+            raise BackendError(f"kernel {self.program.name}: its grid depends on {missing}, which it does not take")
+        where = [self.arg_names.index(str(x)) for x in symbols]
+
+        @functools.lru_cache(maxsize=64)
+        def blocks_at(values: tuple[int, ...]) -> int:
+            return int(grid.subs(dict(zip(symbols, values))))
+
+        source, name = self.cuda_source, self.program.name
+        return DriverLaunch(
+            entry,
+            lambda arch: nvrtc_cubin(source, arch, name),
+            lambda args: blocks_at(tuple(int(args[i]) for i in where)),
+            name,
+        )
 
     def use_library(self, library: str) -> None:
         """Run this kernel from `library`, its own export (the disk cache's copy): LLVM's code generation ran
@@ -430,6 +467,12 @@ def tvm_has_cuda_runtime() -> bool:
     return bool(enabled is not None and enabled("cuda"))
 
 
+def driver_launch_available() -> bool:
+    """Whether a CUDA kernel can run without TVM's CUDA runtime (`TvmKernel.driver_launch`): cuda-bindings and
+    the NVRTC headers of lowbit[cuda-aot] are installed (the GPU and its driver are checked at the launch)."""
+    return importlib.util.find_spec("cuda") is not None and _include_dir("nvidia.cuda_cccl") is not None
+
+
 def _need_cuda(name: str) -> None:
     import torch
 
@@ -438,11 +481,12 @@ def _need_cuda(name: str) -> None:
             f"kernel {name} was built for CUDA and this machine has no CUDA device; run it on a GPU, or call "
             "kernel.simulate() to run its code on the CPU"
         )
-    if not tvm_has_cuda_runtime():
+    if not tvm_has_cuda_runtime() and not driver_launch_available():
         raise BackendError(
             f"kernel {name} was built for CUDA, but this TVM build has no CUDA runtime (the apache-tvm wheel is "
-            "built without USE_CUDA): install a TVM built with CUDA to launch it, use backend='triton' on the "
-            "GPU, or kernel.simulate() / kernel.cubin() to check its code without one"
+            "built without USE_CUDA) and NVRTC / cuda-bindings are not installed to launch it through the driver: "
+            "pip install 'lowbit[cuda-aot]', install a TVM built with CUDA, use backend='triton' on the GPU, or "
+            "kernel.simulate() / kernel.cubin() to check its code without one"
         )
 
 

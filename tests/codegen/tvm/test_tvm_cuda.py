@@ -7,6 +7,8 @@ ThreadSync accepts it (no barrier under a thread-dependent branch). On a CUDA ma
 from __future__ import annotations
 
 import copy
+import ctypes
+import types
 
 import numpy as np
 import pytest
@@ -15,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.codegen.backend import BackendError, compile_program
-from lowbit.codegen.tvm.runtime import cpu_simulation_source, tvm_has_cuda_runtime
+from lowbit.codegen.tvm import cuda_launch
+from lowbit.codegen.tvm import runtime as tvm_runtime
+from lowbit.codegen.tvm.runtime import cpu_simulation_source, driver_launch_available, tvm_has_cuda_runtime
 from lowbit.ir.layout import packed_along
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
@@ -132,8 +136,8 @@ def test_runs_on_the_gpu():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    if not tvm_has_cuda_runtime():
-        pytest.skip("this TVM build has no CUDA runtime (the apache-tvm wheel); its kernels run with a CUDA TVM")
+    if not tvm_has_cuda_runtime() and not driver_launch_available():
+        pytest.skip("no CUDA runtime in this TVM build and no lowbit[cuda-aot] to launch through the driver")
     p = random_problem(33, 70, 256, "int4", G=128, zero_mode="post", BM=16, BN=32, BK=32)
     program = quantized_gemm.trace(**p.constants)
     kernel = compile_program(program, "tvm", CUDA)
@@ -147,11 +151,85 @@ def test_cuda_kernel_on_a_tvm_without_cuda_says_what_to_do(monkeypatch):
     if tvm_has_cuda_runtime():
         pytest.skip("this TVM build has a CUDA runtime")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine with the CUDA-less TVM wheel
+    monkeypatch.setattr(tvm_runtime, "_include_dir", lambda package: None)  # ... and without lowbit[cuda-aot]
     p = random_problem(4, 32, 64, "int4", G=32, zero_mode="none", BM=4, BN=32, BK=32)
     program = quantized_gemm.trace(**p.constants)
     kernel = compile_program(program, "tvm", CUDA)
-    with pytest.raises(BackendError, match=r"no CUDA runtime.*backend='triton'"):
+    with pytest.raises(BackendError, match=r"no CUDA runtime.*lowbit\[cuda-aot\].*backend='triton'"):
         kernel(infer_scalars(program, copy.deepcopy(p.args)))
+
+
+class _FakeCudaTensor:
+    """What the driver launch reads of a CUDA tensor: its device and address."""
+
+    is_cuda = True
+
+    def __init__(self, address: int, device: int = 0):
+        self.address, self.device = address, types.SimpleNamespace(index=device)
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+def test_driver_launch_passes_the_device_signature(monkeypatch):
+    """Where TVM has no CUDA runtime, a CUDA kernel runs through `cuda_launch.DriverLaunch`: the parameters
+    reach cuLaunchKernel as the driver reads them (an array of addresses of the values, in the device function's
+    order: pointers, then the sizes as 32-bit ints), one block per grid program of `threads` threads."""
+    torch = pytest.importorskip("torch")
+    if tvm_has_cuda_runtime():
+        pytest.skip("this TVM build has a CUDA runtime")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    p = random_problem(37, 70, 128, "int4", G=32, zero_mode="post", BM=16, BN=32, BK=32)
+    program = quantized_gemm.trace(**p.constants)
+    kernel = compile_program(program, "tvm", {**CUDA, "threads": 64})
+    launch = kernel.function
+    assert isinstance(launch, cuda_launch.DriverLaunch)
+    params = launch.entry.params
+    assert [q.c_name for q in params if q.is_pointer] == [
+        "scales_1_ptr",
+        "w_1_ptr",
+        "x_1_ptr",
+        "y_1_ptr",
+        "zeros_1_ptr",
+    ]
+    launched = []
+
+    def launch_kernel(fn, gx, gy, gz, bx, by, bz, shared, stream, addresses, extra):
+        slots = (ctypes.c_void_p * len(params)).from_address(addresses)
+        values = [
+            ctypes.c_void_p.from_address(slots[i]).value
+            if q.is_pointer
+            else ctypes.c_int32.from_address(slots[i]).value
+            for i, q in enumerate(params)
+        ]
+        launched.append((fn, (gx, gy, gz), (bx, by, bz), shared, stream, values, extra))
+        return (0,)
+
+    monkeypatch.setattr(cuda_launch, "_driver", lambda: types.SimpleNamespace(cuLaunchKernel=launch_kernel))
+    monkeypatch.setattr(cuda_launch.DriverLaunch, "function", lambda self, device: f"function on cuda:{device}")
+    monkeypatch.setattr(cuda_launch.DriverLaunch, "stream", staticmethod(lambda device: 77))
+    args = {"x": 0x1000, "w": 0x2000, "scales": 0x3000, "zeros": 0x4000, "y": 0x5000}
+    sizes = {"M": 37, "N": 70, "K": 128}
+    values = [_FakeCudaTensor(args[n]) if n in args else sizes[n] for n in kernel.arg_names]
+    launch(*values)
+    expected = [args[q.arg] if q.is_pointer else sizes[q.arg] for q in params]
+    assert launched == [
+        ("function on cuda:0", (3 * 3, 1, 1), (64, 1, 1), 0, 77, expected, 0)
+    ]  # cdiv(37,16)·cdiv(70,32)
+    with pytest.raises(BackendError, match="argument x must be a CUDA tensor"):
+        launch(*[np.zeros(4) if n == "x" else v for n, v in zip(kernel.arg_names, values)])
+    with pytest.raises(BackendError, match="argument y is on cuda:1"):
+        launch(*[_FakeCudaTensor(1, device=1) if n == "y" else v for n, v in zip(kernel.arg_names, values)])
+    with pytest.raises(BackendError, match="K=4294967296 does not fit"):
+        launch(*[2**32 if n == "K" else v for n, v in zip(kernel.arg_names, values)])
+
+
+def test_device_entry_refuses_a_host_computed_parameter():
+    head = 'extern "C" __global__ void __launch_bounds__(128) main_kernel'
+    src = head + "(float* __restrict__ y_1_ptr, int N, int cse_v1) {"
+    assert cuda_launch.device_entry(src.replace(", int cse_v1", ""), ("y", "N"), (("y_1", "y"),)).threads == 128
+    with pytest.raises(BackendError, match=r"'int cse_v1' is not one of the program's arguments.*TVM built with CUDA"):
+        cuda_launch.device_entry(src, ("y", "N"), (("y_1", "y"),))
 
 
 def test_cuda_kernel_exports_a_library_with_its_device_code(tmp_path):

@@ -48,6 +48,9 @@ def tvm_runs_cuda_code(monkeypatch):
         kernel = real(program, "tvm", tuple(sorted({**dict(options), "target": "cuda"}.items())))
         if kernel.source not in _CUBINS:
             assert kernel.cubin()[:4] == b"\x7fELF"
+            # launchable without TVM's CUDA runtime: every device parameter is one of the program's arguments
+            entry = kernel.driver_launch().entry
+            assert sorted(p.arg for p in entry.params) == sorted(kernel.arg_names)
             _CUBINS.add(kernel.source)
         built.append(program.name)
         return kernel.simulate()
