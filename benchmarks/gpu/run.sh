@@ -29,6 +29,7 @@ for s in ${STAGES:-env}; do
     w4a8) stage w4a8 $(( ${W4A8_S:-200} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid w4a8 --budget ${W4A8_S:-200} ;;
     fma) stage fma $(( ${FMA_S:-240} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid fma --budget ${FMA_S:-240} ;;
     forms) stage forms $(( ${FORMS_S:-300} + 60 )) python3 benchmarks/gpu/gemv_forms.py --out "$OUT" --budget ${FORMS_S:-300} ;;
+    tvmcuda) stage tvmcuda 120 python3 benchmarks/gpu/tvm_cuda_pack.py --run .tvmcuda/kernels.pkl ;;
     int8peak) stage int8peak 60 python3 -c "
 import torch
 from lowbit.bench.roofline import measure_peak_flops
