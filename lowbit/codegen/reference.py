@@ -6,17 +6,23 @@ Numerics (what "exact" means here):
 - every instruction computes in float64 / int64 and rounds once to its result dtype (floats: round to nearest
   even via `lowbit.dtypes.round_to`; integers: two's complement wrap), so a dot product is the exactly
   rounded sum of its float64 products (backends differ only by summation order);
-- integer `floordiv`/`mod` follow Python (floor) semantics, like the scalar index expressions;
+- integer `floordiv`/`mod` follow Python (floor) semantics, like the scalar index expressions; division by
+  zero gives 0 for both (NumPy's answer, which Triton's CPU interpreter shares) and never raises, so padding
+  lanes of a ragged tile (loads outside a tensor read 0) run through. Stored lanes get 0 too, but the
+  compiled backends promise nothing there (GPUs give all ones, x86 traps): a kernel should not store them;
 - float->int casts truncate toward zero and saturate (NaN -> 0); int->int casts wrap; shifts by >= bits
   give 0 (shl, shr of non-negative) or -1 (shr of negative).
 
 Memory: a tensor argument is a NumPy array in host form: the logical shape and host dtype for row-major
 byte-sized tensors; a flat buffer indexed by the layout for a CuTe `Layout`; the words produced by
-`PackedLayout.pack` for sub-byte tensors. Outputs are written back in place.
+`PackedLayout.pack` for sub-byte tensors. Outputs are written back in place. Torch tensors are taken too
+(`ReferenceKernel`): through `.numpy()`, with the float types NumPy lacks (bfloat16, float8) viewed as
+their bits and then as the ml_dtypes type, and GPU tensors copied to the host and back.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +34,7 @@ from lowbit.dtypes import DataType, decode, encode, round_to, wrap
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store, walk
 from lowbit.ir.values import TensorParam, Tile, index_symbol
 
 
@@ -430,9 +436,9 @@ def _binary(b: _Block, inst: I.Binary) -> np.ndarray:
         with np.errstate(all="ignore"):
             return round_float64(dt, _FLOAT_BINARY[op](x.astype(np.float64), y.astype(np.float64)))
     if op in ("floordiv", "mod", "div"):
-        if (y == 0).any():
-            raise ZeroDivisionError(f"integer {op} by zero in the reference interpreter")
-        return wrap(dt, np.floor_divide(x, y) if op != "mod" else np.mod(x, y))
+        zero = y == 0
+        y = np.where(zero, 1, y)
+        return wrap(dt, np.where(zero, 0, np.floor_divide(x, y) if op != "mod" else np.mod(x, y)))
     if op in ("shl", "shr"):
         return wrap(dt, _shift(x, y, op == "shl", dt.bits))
     return wrap(dt, _INT_BINARY[op](x, y))
@@ -487,14 +493,40 @@ class ReferenceKernel:
         self.program = program
 
     def __call__(self, args: Any) -> None:
-        # torch CPU tensors share memory with .numpy(), so outputs still land in the caller's tensors
-        run_reference(self.program, {k: _as_numpy(v) for k, v in args.items()})
+        # torch CPU tensors share memory with their NumPy views, so outputs land in the caller's tensors;
+        # tensors on a device are copied to the host and, when the program stores into them, back
+        converted = {k: _as_numpy(v) for k, v in args.items()}
+        run_reference(self.program, {k: a for k, (a, _) in converted.items()})
+        stored = {s.tensor.name for s in walk(self.program.body) if isinstance(s, Store)}
+        for name, (_, copy_back) in converted.items():
+            if copy_back is not None and name in stored:
+                copy_back()
 
 
-def _as_numpy(v: Any) -> Any:
-    if hasattr(v, "detach") and hasattr(v, "numpy"):
-        return v.detach().numpy()
-    return v
+@functools.cache
+def _torch_bits_types() -> dict[Any, tuple[Any, Any]]:
+    """torch float dtypes NumPy has no type for -> (torch int dtype of their width, ml_dtypes type)."""
+    import ml_dtypes
+    import torch
+
+    names = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    out = {}
+    for name in names:
+        if hasattr(torch, name) and hasattr(ml_dtypes, name):
+            t = getattr(torch, name)
+            out[t] = (torch.int16 if t.itemsize == 2 else torch.int8, getattr(ml_dtypes, name))
+    return out
+
+
+def _as_numpy(v: Any) -> tuple[Any, Callable[[], Any] | None]:
+    """(the NumPy form of argument `v`, how to copy results back into `v` when they do not share memory)."""
+    if not (hasattr(v, "detach") and hasattr(v, "numpy")):
+        return v, None
+    t = v.detach()
+    host = t if t.device.type == "cpu" else t.cpu()
+    bits = _torch_bits_types().get(t.dtype)
+    array = host.view(bits[0]).numpy().view(bits[1]) if bits else host.numpy()
+    return array, None if host is t else (lambda: t.copy_(host))
 
 
 def _register() -> None:

@@ -92,7 +92,8 @@ class Full(Inst):
 
 @dataclass(frozen=True)
 class Dot(Inst):
-    """acc_dtype[M, N] = a[M, K] @ b[K, N] (+ c[M, N]); products and sums exact, rounded once to acc_dtype."""
+    """acc_dtype[M, N] = a[M, K] @ b[K, N] (+ c[M, N]); products and sums exact, rounded once to acc_dtype.
+    Float operands accumulate in a float dtype; an integer accumulator takes integer operands only."""
 
     opname: ClassVar[str] = "dot"
     a: Tile
@@ -108,6 +109,11 @@ class Dot(Inst):
         _check(
             not a.dtype.is_subbyte and a.dtype.bits >= 8,
             f"dot on {a.dtype.name} tiles: dequantize or cast sub-byte tiles to a compute dtype first",
+        )
+        _check(
+            self.acc_dtype.is_float or not a.dtype.is_float,
+            f"dot of {a.dtype.name} tiles with acc_dtype {self.acc_dtype.name} would truncate every product; "
+            f"accumulate float operands in float32 (acc_dtype=float32) and cast the result",
         )
         out = TileType(self.acc_dtype, (a.shape[0], b.shape[1]))
         if self.c is not None:
@@ -184,10 +190,19 @@ class Dequantize(Inst):
         _check(0 <= self.axis < q.rank, f"dequantize axis {self.axis} out of range for {q}")
         _check(self.dtype.is_float, f"dequantize output must be a float dtype, got {self.dtype.name}")
         _check(self.group_size > 0, f"group_size {self.group_size} must be positive")
+        extent = q.shape[self.axis]
         _check(
-            q.shape[self.axis] % self.group_size == 0,
-            f"group_size {self.group_size} does not divide the tile extent {q.shape[self.axis]} along axis "
-            f"{self.axis}; make the tile a multiple of the group or the group a multiple of the tile",
+            extent % self.group_size == 0,
+            f"group_size {self.group_size} does not divide the tile extent {extent} along axis {self.axis}: "
+            f"a dequantize tile holds whole groups, so its extent must be a multiple of group_size"
+            + (
+                f"; for a tile inside one group (groups of {self.group_size} cut into tiles of {extent}), pass "
+                f"group_size={extent} with the one scale of the tile's group (scales tile extent 1, loaded at "
+                f"offset // {self.group_size})"
+                if self.group_size % extent == 0
+                else f"; use a group_size that divides {extent} or a tile extent that is a multiple of "
+                f"{self.group_size}"
+            ),
         )
         groups = list(q.shape)
         groups[self.axis] //= self.group_size
@@ -292,6 +307,9 @@ REDUCE_OPS = ("sum", "max", "min")
 
 @dataclass(frozen=True)
 class Reduce(Inst):
+    """`op` (sum, max, min) along `axis`, in x's dtype. There is no sum of a boolean tile (a count is a sum
+    of the tile cast to int32)."""
+
     opname: ClassVar[str] = "reduce"
     op: str
     x: Tile
@@ -301,6 +319,10 @@ class Reduce(Inst):
     def result_type(self) -> TileType:
         _check(self.op in REDUCE_OPS, f"unknown reduction {self.op!r}; use one of {REDUCE_OPS}")
         _check(0 <= self.axis < self.x.type.rank, f"reduce axis {self.axis} out of range for {self.x.type}")
+        _check(
+            not (self.op == "sum" and self.x.dtype.is_bool),
+            "sum of a boolean tile is not defined; to count the true elements, cast the tile to int32 first",
+        )
         shape = list(self.x.shape)
         if self.keepdims:
             shape[self.axis] = 1

@@ -489,7 +489,7 @@ class _ProgramBuilder:
             if str(tok) in self.tiles:
                 self.fail(tok, f"tile {tok} is defined twice (first on line {self.tiles[str(tok)][1]}); rename one")
             name = str(tok)[1:]
-            tile = Tile(ty, name if name.isidentifier() else "")  # `%3` is an unnamed tile
+            tile = Tile(ty, name if name.isidentifier() or name.isdigit() else "")  # keeps `%3` for messages
             self.tiles[str(tok)] = (tile, tok.line or 0)
             return Let(tile, inst)
         if tree.data == "assign":

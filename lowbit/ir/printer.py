@@ -36,7 +36,7 @@ from lowbit.ir.instructions import (
 )
 from lowbit.ir.layout.symbolic import to_source
 from lowbit.ir.layout.text import layout_to_text
-from lowbit.ir.program import Program
+from lowbit.ir.program import Program, constant_text
 from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.types import TileType
 from lowbit.ir.values import ScalarParam, TensorParam, Tile
@@ -92,8 +92,9 @@ def param_text(p: TensorParam | ScalarParam) -> str:
     return f"{p.name}: tensor<{p.dtype.name}, {shape_text(p.shape)}{layout}>"
 
 
-class _Namer:
-    """Readable, unique tile names: the hint the DSL recorded, else a number."""
+class Namer:
+    """Readable, unique tile names, given in order of first mention: the hint the DSL recorded (or the name
+    the text had: `%acc`, `%3`), else a number."""
 
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
@@ -102,7 +103,8 @@ class _Namer:
     def __call__(self, tile: Tile) -> str:
         name = self.names.get(id(tile))
         if name is None:
-            base = tile.name if tile.name and tile.name.isidentifier() else str(len(self.names))
+            named = tile.name and (tile.name.isidentifier() or tile.name.isdigit())
+            base = tile.name if named else str(len(self.names))
             name, n = base, 1
             while name in self.used:
                 name, n = f"{base}_{n}", n + 1
@@ -111,7 +113,10 @@ class _Namer:
         return "%" + name
 
 
-def inst_text(inst: Inst, name: _Namer) -> str:
+_Namer = Namer  # the name lowbit.codegen.triton imports
+
+
+def inst_text(inst: Inst, name: Namer) -> str:
     """The right-hand side of `%t = ...` (without the result type)."""
     if isinstance(inst, Load):
         s = f"load {inst.tensor.name}[{exprs_text(inst.offsets)}] {shape_text(inst.shape)}"
@@ -148,7 +153,7 @@ def inst_text(inst: Inst, name: _Namer) -> str:
     raise NotImplementedError(f"printer has no rule for {type(inst).__name__}; add one in lowbit/ir/printer.py")
 
 
-def stmt_lines(stmt: Stmt, name: _Namer, indent: str, with_locs: bool) -> list[str]:
+def stmt_lines(stmt: Stmt, name: Namer, indent: str, with_locs: bool) -> list[str]:
     loc = f"  # {stmt.location}" if with_locs and stmt.location else ""
     if isinstance(stmt, Let):
         return [f"{indent}{name(stmt.tile)} = {inst_text(stmt.inst, name)} : {type_text(stmt.tile.type)}{loc}"]
@@ -171,29 +176,20 @@ def stmt_lines(stmt: Stmt, name: _Namer, indent: str, with_locs: bool) -> list[s
     raise NotImplementedError(f"printer has no rule for {type(stmt).__name__}")
 
 
-def body_lines(body: tuple[Stmt, ...], name: _Namer, indent: str, with_locs: bool) -> list[str]:
+def body_lines(body: tuple[Stmt, ...], name: Namer, indent: str, with_locs: bool) -> list[str]:
     return [line for stmt in body for line in stmt_lines(stmt, name, indent, with_locs)]
 
 
-def print_stmt(stmt: Stmt) -> str:
-    """One statement (its first line for loops and branches), for diagnostics."""
-    return stmt_lines(stmt, _Namer(), "", False)[0]
+def print_stmt(stmt: Stmt, name: Namer | None = None) -> str:
+    """One statement (its first line for loops and branches), for diagnostics. Pass the `Namer` that named
+    the whole program to name its tiles as `print_program` does."""
+    return stmt_lines(stmt, name or Namer(), "", False)[0]
 
 
 def print_program(program: Program, with_locs: bool = False) -> str:
     params = ",\n    ".join(param_text(p) for p in program.params)
     header = f"kernel {program.name}(\n    {params}\n) grid({exprs_text(program.grid)})"
     if program.constants:
-        header += " constants(" + ", ".join(f"{k}={_const_text(v)}" for k, v in program.constants) + ")"
-    lines = [header + " {", *body_lines(program.body, _Namer(), "  ", with_locs), "}"]
+        header += " constants(" + ", ".join(f"{k}={constant_text(v)}" for k, v in program.constants) + ")"
+    lines = [header + " {", *body_lines(program.body, Namer(), "  ", with_locs), "}"]
     return "\n".join(lines) + "\n"
-
-
-def _const_text(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if hasattr(v, "bits") and hasattr(v, "name"):  # a DataType
-        return v.name
-    return repr(str(v))

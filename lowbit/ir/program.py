@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,7 +21,9 @@ class Program:
 
     `constants` records the compile-time values the kernel was specialised with (documentation: they are
     already folded into the body). Equality is alpha-equivalence: programs that differ only in the identity
-    or names of their tiles are equal, so `parse(print(p)) == p`.
+    or names of their tiles are equal, so `parse(print(p)) == p`. Constants compare by their text form
+    (`constant_text`: a `T.packed(...)` spec and the string it prints as are the same constant), and NaN
+    constants in the body are equal to each other (the text form has one `nan`).
     """
 
     name: str
@@ -69,16 +72,32 @@ class Program:
         return print_program(self)
 
 
+def constant_text(v: Any) -> str:
+    """A compile-time constant as the text form writes it: numbers and booleans as literals, a dtype by
+    name, anything else (a string, a layout spec) as a quoted string of its `str`."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if hasattr(v, "bits") and hasattr(v, "name"):  # a DataType
+        return str(v.name)
+    return repr(str(v))
+
+
 def structural_key(node: Any) -> Any:
-    """A hashable value equal for alpha-equivalent IR: tiles become their definition order."""
+    """A hashable value equal for alpha-equivalent IR: tiles become their definition order, constants
+    their text, NaNs one value."""
     numbering: dict[int, int] = {}
 
     def key(x: Any) -> Any:
         if isinstance(x, Tile):
             n = numbering.setdefault(id(x), len(numbering))
             return ("%", n, x.type)
+        if isinstance(x, float) and math.isnan(x):
+            return ("nan",)
         if isinstance(x, Program):
-            return ("Program", x.name, key(x.params), x.grid, key(x.body), x.constants)
+            constants = tuple((k, constant_text(v)) for k, v in x.constants)
+            return ("Program", x.name, key(x.params), x.grid, key(x.body), constants)
         if isinstance(x, (Stmt, Inst)):
             return (type(x).__name__, *(key(getattr(x, f.name)) for f in fields(x) if f.compare))
         if isinstance(x, tuple):

@@ -39,3 +39,23 @@ class TileType:
 
     def __str__(self) -> str:
         return f"tile<{self.dtype.name}, [{', '.join(map(str, self.shape))}]>"
+
+
+def non_integer_part(e: Any) -> Any:
+    """The part of index expression `e` that makes it non-integer (a float, a true division `N/2`, a real
+    symbol), or None when `e` is an integer expression. Offsets, loop bounds, grid extents and tensor
+    dimensions must be integers: `//` is floor division, `/` is not."""
+    if isinstance(e, int):  # bool included
+        return None
+    if not isinstance(e, sympy.Basic):
+        return e  # a Python float (or anything else that is not an index)
+    if e.is_Integer or isinstance(e, (sympy.floor, sympy.ceiling)):
+        return None
+    if e.is_Number or e.is_Symbol:  # a Float or a fraction; a symbol of a float parameter
+        return None if e.is_integer else e
+    if isinstance(e, sympy.Pow) and not (e.exp.is_Integer and e.exp >= 0):
+        return e  # 1/x
+    for arg in e.args:  # sums, products, Mod, Min, Max, xor of integers are integers
+        if non_integer_part(arg) is not None:
+            return e
+    return None

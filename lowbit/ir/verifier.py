@@ -6,18 +6,26 @@ Rules (each failure becomes a `Diagnostic` naming the statement, its source line
 - `Assign` writes a visible tile of the same dtype and shape;
 - `Store` writes a tile of the tensor's dtype and rank, with one offset per dimension;
 - scalar expressions mention only scalar parameters, block indices and enclosing loop variables;
+- offsets, indices, loop bounds, grid extents and tensor dimensions are integer expressions (`//`, not `/`);
 - sub-byte tensors carry a packed layout of their bit width.
+
+Tiles are named in messages as the printer names them in the whole program (`print_program`), so a message
+and the statement it shows agree, and so do they with the program's text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import sympy
 
 from lowbit.ir.instructions import IRTypeError, Load
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store, tiles_read
+from lowbit.ir.types import non_integer_part
 from lowbit.ir.values import TensorParam, Tile
 
 
@@ -40,6 +48,12 @@ class VerificationError(ValueError):
         super().__init__(f"kernel {program_name} failed verification:\n{lines}")
 
 
+def loop_text(loop: For) -> str:
+    from lowbit.ir.printer import print_stmt
+
+    return f"`{print_stmt(loop).rstrip(' {')}`"
+
+
 def verify(program: Program) -> Program:
     """Return `program` unchanged if it is well formed; raise VerificationError listing every problem."""
     diagnostics = _Checker(program).run()
@@ -54,6 +68,17 @@ class _Checker:
         self.diagnostics: list[Diagnostic] = []
         self.defined: set[int] = set()  # every tile defined so far (to tell "out of scope" from "undefined")
         self.where_defined: dict[int, Stmt] = {}
+        self.ended_loops: dict[sympy.Symbol, For] = {}  # loops already left, by variable
+
+    @functools.cached_property
+    def namer(self) -> Any:
+        """Tile names as `print_program` gives them (made on the first error: it prints the program)."""
+        from lowbit.ir.printer import Namer, body_lines
+
+        namer = Namer()
+        with contextlib.suppress(Exception):  # a statement it cannot print: later tiles are named on first use
+            body_lines(self.program.body, namer, "", False)
+        return namer
 
     def run(self) -> list[Diagnostic]:
         p = self.program
@@ -71,8 +96,11 @@ class _Checker:
     def error(self, message: str, stmt: Stmt | None = None) -> None:
         from lowbit.ir.printer import print_stmt
 
-        text = print_stmt(stmt) if stmt is not None else ""
+        text = print_stmt(stmt, self.namer) if stmt is not None else ""
         self.diagnostics.append(Diagnostic(message, text, stmt.location if stmt else ""))
+
+    def name(self, tile: Tile) -> str:
+        return self.namer(tile)
 
     def check_tensor(self, t: TensorParam, scalars: set) -> None:
         for i, s in enumerate(t.shape):
@@ -86,17 +114,31 @@ class _Checker:
                     f"{t.dtype.bits}, axis))"
                 )
 
-    def check_expr(self, e: object, allowed: set, what: str, stmt: Stmt | None = None) -> None:
+    def check_expr(self, e: object, allowed: set, what: str, stmt: Stmt | None = None, integer: bool = True) -> None:
         if not isinstance(e, sympy.Basic):
             if not isinstance(e, (int, float)):
                 self.error(f"{what} is {e!r} of type {type(e).__name__}, expected an integer expression", stmt)
+            elif integer and non_integer_part(e) is not None:
+                self.error(f"{what} is {e!r}, not an integer; indices are integers (use an int)", stmt)
             return
         unknown = {s for s in e.free_symbols if s not in allowed}
         if unknown:
             names = ", ".join(sorted(map(str, unknown)))
+            ended = [
+                f"{s} is the variable of the loop at {loop.location or loop_text(loop)}, which has ended"
+                for s in sorted(unknown, key=str)
+                if (loop := self.ended_loops.get(s)) is not None
+            ]
             self.error(
                 f"{what} mentions {names}, which is not a scalar parameter, block index, enclosing loop "
-                f"variable or loaded scalar here",
+                f"variable or loaded scalar here" + (f" ({'; '.join(ended)})" if ended else ""),
+                stmt,
+            )
+        elif integer and (bad := non_integer_part(e)) is not None:
+            part = f" ({bad} is not)" if bad != e else ""
+            self.error(
+                f"{what} is {e}, which is not an integer{part}; index expressions are integers: floor division "
+                f"is //, not /",
                 stmt,
             )
 
@@ -107,13 +149,13 @@ class _Checker:
             src = self.where_defined[id(tile)]
             where = f" at {src.location}" if src.location else ""
             self.error(
-                f"tile {tile.name or tile.uid} is used outside the block that defines it{where}; to carry a value "
+                f"tile {self.name(tile)} is used outside the block that defines it{where}; to carry a value "
                 f"out of a loop or branch, create it before and update it in place (`acc += ...` or "
                 f"`T.assign(acc, value)`)",
                 stmt,
             )
         else:
-            self.error(f"tile {tile.name or tile.uid} is used before it is defined", stmt)
+            self.error(f"tile {self.name(tile)} is used before it is defined", stmt)
 
     def block(self, body: tuple[Stmt, ...], scalars: set, visible: frozenset[int]) -> None:
         for stmt in body:
@@ -142,8 +184,9 @@ class _Checker:
                 if isinstance(stmt.step, (int, sympy.Integer)) and int(stmt.step) <= 0:
                     self.error(f"loop step {stmt.step} must be positive", stmt)
                 self.block(stmt.body, scalars | {stmt.var}, visible)
+                self.ended_loops[stmt.var] = stmt
             elif isinstance(stmt, If):
-                self.check_expr(stmt.cond, scalars, "branch condition", stmt)
+                self.check_expr(stmt.cond, scalars, "branch condition", stmt, integer=False)
                 self.block(stmt.then_body, scalars, visible)
                 self.block(stmt.else_body, scalars, visible)
             else:
@@ -151,7 +194,7 @@ class _Checker:
 
     def let(self, stmt: Let, scalars: set) -> None:
         if id(stmt.tile) in self.defined:
-            self.error(f"tile {stmt.tile.name or stmt.tile.uid} is defined twice; use Assign to update it", stmt)
+            self.error(f"tile {self.name(stmt.tile)} is defined twice; use Assign to update it", stmt)
         self.defined.add(id(stmt.tile))
         self.where_defined[id(stmt.tile)] = stmt
         try:

@@ -7,6 +7,7 @@ builds tile IR. Errors are reported at the kernel author's source line.
 from __future__ import annotations
 
 import builtins
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeAlias
@@ -27,7 +28,7 @@ from lowbit.dtypes import (
 from lowbit.ir.statements import For, If
 from lowbit.ir.values import program_id_symbol
 from lowbit.lang import semantic as _s
-from lowbit.lang.builder import DSLError, current, user_location
+from lowbit.lang.builder import DSLError, current, for_target, user_location
 from lowbit.lang.kernel import Kernel, Tensor, TensorHandle, cdiv, constexpr, kernel, packed, persistent
 from lowbit.lang.semantic import TileValue
 
@@ -38,30 +39,40 @@ Scalar: TypeAlias = int | float | sympy.Expr
 
 
 def grid(*extents: Scalar) -> tuple[sympy.Symbol, ...]:
-    """Declare the grid of blocks (up to 3 dims; runtime expressions allowed, e.g. `T.cdiv(M, BM)`) and
-    return this block's indices `(pid0, pid1, ...)`. Call once, before anything else."""
+    """Declare the grid of blocks (up to 3 integer extents; runtime expressions allowed, e.g.
+    `T.cdiv(M, BM)`) and return this block's indices `(pid0, pid1, ...)`. Call once, before anything else
+    (DSLError otherwise)."""
     b = current()
     if b.grid is not None:
         raise DSLError("T.grid(...) was already called; declare the grid once")
+    if len(b.blocks) > 1 or b.blocks[0]:
+        raise DSLError("T.grid(...) must come first, before any load, store, loop or tile; move it to the top")
     if not 1 <= len(extents) <= 3:
         raise DSLError(f"T.grid takes 1 to 3 extents, got {len(extents)}")
-    b.grid = tuple(sympy.sympify(e) for e in extents)
+    b.grid = tuple(_s.index(e, f"T.grid extent {i}") for i, e in enumerate(extents))
     return tuple(program_id_symbol(i) for i in builtins.range(len(extents)))
 
 
-def range(start: Scalar, stop: Scalar | None = None, step: Scalar = 1, name: str = "k") -> Iterator[sympy.Symbol]:
-    """A loop in the kernel: `for k in T.range(0, K, BK): ...` (bounds may be runtime expressions).
+def range(
+    start: Scalar, stop: Scalar | None = None, step: Scalar = 1, name: str | None = None
+) -> Iterator[sympy.Symbol]:
+    """A loop in the kernel: `for k in T.range(0, K, BK): ...` (integer bounds; they may be runtime
+    expressions). The loop variable is named in the IR and in messages as in the `for` statement (`k`
+    when that cannot be read, e.g. a tuple target), or `name`.
 
     The body is traced once. Values that live across iterations are tiles created before the loop and
     updated in place (`acc += T.dot(a, b)` or `T.assign(acc, value)`)."""
     if stop is None:
         start, stop = 0, start
+    first, last, stride = (_s.index(v, f"T.range {w}") for v, w in ((start, "start"), (stop, "stop"), (step, "step")))
+    if stride.is_number and stride <= 0:
+        raise DSLError(f"T.range step {step!r} must be positive (the loop counts up from start to stop)")
     b = current()
-    var = b.fresh_symbol(name)
+    var = b.fresh_symbol(name or for_target(sys._getframe(1)) or "k")
     loc = user_location()
     with b.block() as body:
         yield var
-    b.emit(For(var, sympy.sympify(start), sympy.sympify(stop), sympy.sympify(step), tuple(body), loc))
+    b.emit(For(var, first, last, stride, tuple(body), loc))
 
 
 def static_range(*args: int) -> builtins.range:
@@ -119,7 +130,8 @@ def zeros(shape: Any, dtype: Any = float32, name: str = "", layout: Any = None) 
 
 
 def full(shape: Any, value: Scalar, dtype: Any = float32, name: str = "", layout: Any = None) -> TileValue:
-    """A tile filled with `value` (a number or a scalar expression); `layout` as for T.zeros."""
+    """A tile filled with `value` (a number of `dtype`, else DSLError, or a scalar expression); `layout` as
+    for T.zeros."""
     return _s.full(shape, value, dtype, name, layout)
 
 
@@ -152,7 +164,8 @@ def store(tensor: TensorHandle, offsets: Any, value: TileValue, mask: TileValue 
 
 
 def assign(dst: TileValue, value: Any) -> TileValue:
-    """Overwrite tile `dst` with `value` in place (what `dst += x` does for `+`)."""
+    """Overwrite tile `dst` with `value` in place (what `dst += x` does for `+`), cast to dst's dtype;
+    a float value into an integer tile is a DSLError (write the T.cast)."""
     return _s.assign(dst, value)
 
 
@@ -161,7 +174,8 @@ def assign(dst: TileValue, value: Any) -> TileValue:
 
 def dot(a: TileValue, b: TileValue, acc_dtype: Any = float32) -> TileValue:
     """Matrix product a[M, K] @ b[K, N] -> acc_dtype[M, N]. Operands share a dtype of >= 8 bits
-    (int8 x int8 -> int32 for W4A8; fp16/bf16/fp32 -> fp32). Accumulate with `acc += T.dot(a, b)`."""
+    (int8 x int8 -> int32 for W4A8; fp16/bf16/fp32 -> fp32). Float operands need a float acc_dtype (an
+    integer accumulator would truncate: DSLError). Accumulate with `acc += T.dot(a, b)`."""
     return _s.dot(a, b, acc_dtype)
 
 
@@ -194,7 +208,8 @@ def dequantize(
 
 
 def where(cond: TileValue, a: Any, b: Any) -> TileValue:
-    """Elementwise `a if cond else b` (broadcasting)."""
+    """Elementwise `a if cond else b` (broadcasting). A Python scalar branch takes the other branch's dtype,
+    as in arithmetic (`T.where(c, fp16_tile, 0.0)` is fp16)."""
     return _s.where(cond, a, b)
 
 
@@ -232,7 +247,8 @@ abs = _unary("abs", "Elementwise absolute value.")
 
 
 def sum(x: TileValue, axis: int = -1, keepdims: bool = False) -> TileValue:
-    """Sum along `axis` in x's dtype (cast first to accumulate wider)."""
+    """Sum along `axis` in x's dtype (cast first to accumulate wider). Not for boolean tiles: count with
+    `T.sum(T.cast(mask, T.int32))`."""
     return _s.reduce("sum", x, axis, keepdims)
 
 
@@ -257,9 +273,11 @@ def broadcast_to(x: TileValue, shape: Any) -> TileValue:
 
 
 def expand_dims(x: TileValue, axis: int) -> TileValue:
-    """Insert a size-1 axis at `axis` (also written `x[:, None]`)."""
-    shape = list(x.shape)
-    shape.insert(axis if axis >= 0 else len(shape) + 1 + axis, 1)
+    """Insert a size-1 axis at `axis` (-rank-1 <= axis <= rank; also written `x[:, None]`)."""
+    shape, rank = list(x.shape), len(x.shape)
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -rank - 1 <= axis <= rank:
+        raise DSLError(f"T.expand_dims: axis {axis!r} is out of range for a rank-{rank} tile; use {-rank - 1}..{rank}")
+    shape.insert(axis % (rank + 1), 1)
     return _s.reshape(x, tuple(shape))
 
 

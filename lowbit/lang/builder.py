@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dis
+import functools
+import keyword
 import linecache
 import os
 import sys
@@ -9,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import CodeType, FrameType
 
 import sympy
 
@@ -41,6 +45,35 @@ def user_location() -> str:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return ""
+
+
+# names a loop variable does not take from the `for` statement: the IR text form's expression words
+# (lowbit.ir.parser), block indices, and the module and builtin names generated Triton / TVM code uses
+_RESERVED = frozenset(
+    {"cdiv", "min", "max", "math", "inf", "nan", "true", "false", "not", "_"}
+    | {"tl", "triton", "T", "tvm", "range", "float", "int", "INF", "NAN"}
+)
+
+
+def for_target(frame: FrameType) -> str | None:
+    """The variable of the `for` statement that `frame` is starting (`k0` in `for k0 in T.range(...)`), read
+    off its bytecode: the store right after the FOR_ITER it is executing. None for any other target."""
+    name = _stores_after_for_iter(frame.f_code).get(frame.f_lasti)
+    if name is None or not name.isidentifier() or keyword.iskeyword(name) or name in _RESERVED:
+        return None
+    if name.startswith("pid") and name[3:].isdigit():
+        return None
+    return name
+
+
+@functools.lru_cache(maxsize=256)
+def _stores_after_for_iter(code: CodeType) -> dict[int, str]:
+    out, prev = {}, None
+    for ins in dis.get_instructions(code):
+        if prev is not None and prev.opname == "FOR_ITER" and ins.opname.startswith("STORE_"):
+            out[prev.offset] = str(ins.argval)
+        prev = ins
+    return out
 
 
 @dataclass

@@ -28,6 +28,7 @@ from lowbit.ir.layout import packed_along
 from lowbit.ir.passes.persistent import make_persistent
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Let, ScalarLoad, Store, walk
+from lowbit.ir.types import non_integer_part
 from lowbit.ir.values import ScalarParam, TensorParam
 from lowbit.ir.verifier import verify
 from lowbit.lang.builder import Builder, DSLError, tracing
@@ -199,7 +200,7 @@ class Kernel:
             d = dtype(d)
         except (ValueError, TypeError) as e:
             raise DSLError(f"kernel {self.name}: dtype of tensor {name!r}: {e}", loc=self._loc) from None
-        shape = tuple(self._shape_entry(name, s, ns) for s in ann.shape)
+        shape = tuple(self._shape_entry(name, i, s, ns) for i, s in enumerate(ann.shape))
         layout = ns.get(ann.layout, ann.layout) if isinstance(ann.layout, str) else ann.layout
         if isinstance(layout, packed):
             layout = layout.resolve(shape, d)
@@ -209,7 +210,8 @@ class Kernel:
             layout = packed().resolve(shape, d)
         return TensorParam(name, d, shape, layout)
 
-    def _shape_entry(self, name: str, s: Any, ns: dict[str, Any]) -> sympy.Expr:
+    def _shape_entry(self, name: str, i: int, s: Any, ns: dict[str, Any]) -> sympy.Expr:
+        text = s
         if isinstance(s, str):
             try:
                 s = eval(s, self.fn.__globals__, ns)  # the kernel's parameters and module-level helpers
@@ -219,6 +221,13 @@ class Kernel:
                     f"ints, parameter names or expressions over them",
                     loc=self._loc,
                 ) from None
+        if non_integer_part(s) is not None:
+            raise DSLError(
+                f"kernel {self.name}: dimension {i} of tensor {name!r} is {s}"
+                + (f" ({text!r})" if isinstance(text, str) else "")
+                + ", which is not an integer; use // for floor division",
+                loc=self._loc,
+            )
         return sympy.sympify(s)
 
     def run(self, backend: str = "reference", options: dict[str, Any] | None = None, **kwargs: Any) -> None:

@@ -7,6 +7,7 @@ every failure into a `DSLError` at the user's source line.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, TypeAlias
 
 import sympy
@@ -14,9 +15,10 @@ import sympy
 from lowbit.dtypes import DataType, boolean, dtype, float32, int32
 from lowbit.ir import instructions as I
 from lowbit.ir.statements import Assign, Let, ScalarLoad, Store
-from lowbit.ir.types import TileType
+from lowbit.ir.types import TileType, non_integer_part
 from lowbit.ir.values import TensorParam, Tile, scalar_symbol
 from lowbit.lang.builder import DSLError, current, user_location
+from lowbit.lang.scalars import OP_TEXT, holder, number, unrepresentable
 
 Scalar: TypeAlias = int | float | sympy.Expr
 
@@ -194,10 +196,15 @@ def as_shape(shape: Any, what: str = "shape") -> tuple[int, ...]:
     shape = (shape,) if isinstance(shape, (int, sympy.Integer)) else tuple(shape)
     out = []
     for s in shape:
-        if isinstance(s, sympy.Basic) and not s.is_Integer:
+        if isinstance(s, sympy.Basic) and not s.is_Number:
             raise DSLError(
                 f"{what} {list(shape)} has the runtime value {s}; tile shapes are compile-time: make it a "
                 f"T.constexpr parameter"
+            )
+        if isinstance(s, bool) or not isinstance(s, (numbers.Integral, sympy.Integer)):
+            raise DSLError(
+                f"{what} {list(shape)} has the non-integer extent {s!r}; tile extents are ints: use // for "
+                f"floor division (or an int T.constexpr)"
             )
         if int(s) <= 0:
             raise DSLError(f"{what} {list(shape)} must be positive")
@@ -211,6 +218,25 @@ def _scalar_dtype(v: Scalar) -> DataType:
     if isinstance(v, int) or (isinstance(v, sympy.Basic) and v.is_integer):
         return int32
     return float32
+
+
+def scalar_operand(v: Any, like: DataType, shape: tuple[int, ...], op: str) -> TileValue:
+    """The Python scalar operand `v` of an elementwise op whose tile operand has dtype `like`, as a tile of
+    `shape`. The scalar takes that dtype (an fp16 tile times 0.5 stays fp16), except that a float scalar
+    with an integer or boolean tile makes the operation float32. A scalar that is not a value of the dtype
+    is an error, never wrapped or rounded to infinity."""
+    if not isinstance(v, (numbers.Real, sympy.Basic)):
+        raise DSLError(f"`{OP_TEXT.get(op, op)}`: expected a tile or a scalar, got {type(v).__name__} {v!r}")
+    n = number(v)
+    v = v if n is None else n
+    d = float32 if not like.is_float and _scalar_dtype(v).is_float else like
+    problem = unrepresentable(v, d)
+    if problem:
+        raise DSLError(
+            f"the constant {v!r} of `{OP_TEXT.get(op, op)}` with the {like.name} tile: {problem} (a Python scalar "
+            f"takes the tile's dtype); T.cast the tile to a type that holds it first, e.g. T.cast(x, {holder(v)})"
+        )
+    return full(shape, v, d)
 
 
 def _promote(a: DataType, b: DataType, op: str) -> DataType:
@@ -267,15 +293,8 @@ def cast(x: TileValue, d: Any) -> TileValue:
 def binary(op: str, a: Any, b: Any) -> TileValue:
     if not isinstance(a, TileValue) and not isinstance(b, TileValue):
         raise DSLError(f"{op} needs at least one tile operand")
-    ta = a if isinstance(a, TileValue) else None
-    tb = b if isinstance(b, TileValue) else None
-    # a scalar takes the tile's dtype unless it would lose information (a float with an int tile)
-    if ta is None:
-        d = tb.dtype if not (tb.dtype.is_integer and _scalar_dtype(a).is_float) else float32  # type: ignore[union-attr]
-        ta = to_tile(a, tb, d)
-    if tb is None:
-        d = ta.dtype if not (ta.dtype.is_integer and _scalar_dtype(b).is_float) else float32
-        tb = to_tile(b, ta, d)
+    ta = a if isinstance(a, TileValue) else scalar_operand(a, b.dtype, b.shape, op)
+    tb = b if isinstance(b, TileValue) else scalar_operand(b, ta.dtype, ta.shape, op)
     shape = broadcast_shapes(ta.shape, tb.shape, op)
     ta, tb = broadcast_to(ta, shape), broadcast_to(tb, shape)
     d = _promote(ta.dtype, tb.dtype, op)
@@ -296,10 +315,12 @@ def unary(op: str, x: Any) -> TileValue:
 def where(cond: TileValue, a: Any, b: Any) -> TileValue:
     if not isinstance(cond, TileValue) or not cond.dtype.is_bool:
         raise DSLError("where: the condition must be a boolean tile (e.g. a comparison)")
-    like = a if isinstance(a, TileValue) else b if isinstance(b, TileValue) else cond
-    da, db = (v.dtype if isinstance(v, TileValue) else _scalar_dtype(v) for v in (a, b))
-    d = _promote(da, db, "where")
-    ta, tb = to_tile(a, like, d), to_tile(b, like, d)
+    if not isinstance(a, TileValue) and not isinstance(b, TileValue):  # two scalars: the wider of their types
+        d = _promote(_scalar_dtype(a), _scalar_dtype(b), "where")
+        a = scalar_operand(a, d, cond.shape, "where")
+    ta = a if isinstance(a, TileValue) else scalar_operand(a, b.dtype, b.shape, "where")  # as in binary()
+    tb = b if isinstance(b, TileValue) else scalar_operand(b, ta.dtype, ta.shape, "where")
+    d = _promote(ta.dtype, tb.dtype, "where")
     shape = broadcast_shapes(broadcast_shapes(cond.shape, ta.shape, "where"), tb.shape, "where")
     c, ta, tb = broadcast_to(cond, shape), broadcast_to(cast(ta, d), shape), broadcast_to(cast(tb, d), shape)
     return _emit(I.Where(c.ir, ta.ir, tb.ir))
@@ -307,10 +328,13 @@ def where(cond: TileValue, a: Any, b: Any) -> TileValue:
 
 def full(shape: Any, value: Scalar, d: Any = float32, name: str = "", layout: Any = None) -> TileValue:
     d = as_dtype(d)
-    if isinstance(value, sympy.Basic) and value.is_Number:
-        value = int(value) if value.is_Integer else float(value)
-    if isinstance(value, bool):
-        value = int(value)
+    if not isinstance(value, (numbers.Real, sympy.Basic)):
+        raise DSLError(f"T.full: the value must be a number or a scalar expression, got {type(value).__name__}")
+    n = number(value)
+    value = value if n is None else n
+    problem = unrepresentable(value, d)
+    if problem:
+        raise DSLError(f"T.full of {d.name}: {problem}; pick a dtype that holds it")
     return _emit(I.Full(as_shape(shape), value, d), name, layout)
 
 
@@ -318,8 +342,11 @@ def arange(start: int, stop: int | None = None) -> TileValue:
     if stop is None:
         start, stop = 0, start
     for v in (start, stop):
-        if not isinstance(v, (int, sympy.Integer)):
-            raise DSLError(f"arange bounds must be compile-time integers, got {v}; add an offset afterwards")
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, sympy.Integer)):
+            raise DSLError(
+                f"arange bounds must be compile-time integers, got {v!r} ({type(v).__name__}); add a runtime "
+                f"offset afterwards (`pid * B + T.arange(B)`)"
+            )
     return _emit(I.Arange(int(start), int(stop)))
 
 
@@ -327,14 +354,26 @@ def _offsets(tensor: TensorParam, offsets: Any, what: str) -> tuple[sympy.Expr, 
     offsets = offsets if isinstance(offsets, (tuple, list)) else (offsets,)
     if len(offsets) != tensor.rank:
         raise DSLError(f"{what} {tensor.name}: {len(offsets)} offsets for a rank-{tensor.rank} tensor")
-    out = []
-    for o in offsets:
-        if isinstance(o, TileValue):
-            raise DSLError(f"{what} {tensor.name}: offsets are scalars (block-uniform); got a tile")
-        if isinstance(o, float) or (isinstance(o, sympy.Basic) and o.is_integer is False):
-            raise DSLError(f"{what} {tensor.name}: offset {o} is not an integer")
-        out.append(sympy.sympify(o))
-    return tuple(out)
+    return tuple(index(o, f"{what} {tensor.name}: offset {i}") for i, o in enumerate(offsets))
+
+
+def index(v: Any, what: str) -> sympy.Expr:
+    """A scalar index (offset, loop bound, grid extent) as a sympy integer expression; anything else is an
+    error that suggests `//`."""
+    if isinstance(v, TileValue):
+        raise DSLError(f"{what}: indices are scalars (block-uniform); got a tile")
+    if isinstance(v, numbers.Integral):
+        return sympy.Integer(int(v))
+    if not isinstance(v, (numbers.Real, sympy.Basic)):
+        raise DSLError(f"{what} is {v!r} of type {type(v).__name__}; expected an integer expression")
+    bad = non_integer_part(v)
+    if bad is not None:
+        part = f" ({bad} is not)" if bad is not v else ""
+        raise DSLError(
+            f"{what} is {v}, which is not an integer{part}; indices are integers: use // for floor division "
+            f"(`N // 2`) and int T.constexpr values (64, not 64.0)"
+        )
+    return sympy.sympify(v)
 
 
 def load(
@@ -343,7 +382,16 @@ def load(
     t = _tensor(tensor, "load")
     shape = as_shape(shape, "load shape")
     m = None if mask is None else broadcast_to(mask, shape).ir
-    return _emit(I.Load(t, _offsets(t, offsets, "load"), shape, m, other), layout=layout)
+    if not isinstance(other, (numbers.Real, sympy.Basic)):
+        raise DSLError(f"load from {t.name}: other must be a number, got {type(other).__name__} {other!r}")
+    n = number(other)
+    problem = unrepresentable(other, t.dtype)
+    if problem:
+        raise DSLError(
+            f"load from {t.name} ({t.dtype.name}): other={other!r}, what masked-off elements read: {problem}; "
+            f"pass a value of {t.dtype.name}"
+        )
+    return _emit(I.Load(t, _offsets(t, offsets, "load"), shape, m, other if n is None else n), layout=layout)
 
 
 def load_scalar(tensor: Any, indices: Any, name: str) -> sympy.Symbol:
@@ -382,6 +430,9 @@ def _tensor(x: Any, what: str) -> TensorParam:
 
 
 def dot(a: TileValue, b: TileValue, acc_dtype: Any = float32) -> TileValue:
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, TileValue):
+            raise DSLError(f"T.dot: operand {name} must be a tile, got {type(x).__name__} {x!r}")
     return _emit(I.Dot(a.ir, b.ir, None, as_dtype(acc_dtype)))
 
 
@@ -400,7 +451,7 @@ def dequantize(
 ) -> TileValue:
     if zero_mode is None:
         zero_mode = "none" if zeros is None else "post"
-    axis = axis + len(codes.shape) if axis < 0 else axis
+    axis = normalize_axis(axis, len(codes.shape), "T.dequantize")
     return _emit(
         I.Dequantize(
             codes.ir, scales.ir, None if zeros is None else zeros.ir, axis, int(group_size), zero_mode, as_dtype(d)
@@ -408,8 +459,18 @@ def dequantize(
     )
 
 
+def normalize_axis(axis: Any, rank: int, what: str) -> int:
+    """`axis` (negative counts from the end) as 0..rank-1; out of range is an error naming the axis given."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise DSLError(f"{what}: axis must be an int, got {axis!r}")
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise DSLError(f"{what}: axis {axis} is out of range for a rank-{rank} tile; use 0..{rank - 1} or -{rank}..-1")
+    return axis % rank
+
+
 def reduce(op: str, x: TileValue, axis: int, keepdims: bool) -> TileValue:
-    axis = axis + len(x.shape) if axis < 0 else axis
+    axis = normalize_axis(axis, len(x.shape), f"T.{op}")
     return _emit(I.Reduce(op, x.ir, axis, keepdims))
 
 
@@ -423,8 +484,15 @@ def transpose(x: TileValue, perm: tuple[int, ...]) -> TileValue:
 
 
 def assign(dst: TileValue, value: Any) -> TileValue:
-    """Overwrite `dst` with `value` (cast and broadcast to dst's dtype and shape); returns dst."""
-    src = broadcast_to(cast(to_tile(value, dst, dst.dtype), dst.dtype), dst.shape)
+    """Overwrite `dst` with `value` (cast and broadcast to dst's dtype and shape); returns dst. A float value
+    into an integer or boolean tile would truncate: that cast must be written (T.cast)."""
+    src = value if isinstance(value, TileValue) else scalar_operand(value, dst.dtype, dst.shape, "assign")
+    if src.dtype.is_float and not dst.dtype.is_float:
+        raise DSLError(
+            f"assign a {src.dtype.name} value to the {dst.dtype.name} tile (`+=` and friends included) would "
+            f"truncate it; write T.cast(value, T.{dst.dtype.name}) to mean that, or keep the tile float"
+        )
+    src = broadcast_to(cast(src, dst.dtype), dst.shape)
     if src.shape != dst.shape:
         raise DSLError(f"assign a {list(src.shape)} tile to a {list(dst.shape)} tile")
     current().emit(Assign(dst.ir, src.ir, user_location()))

@@ -215,3 +215,43 @@ def test_argument_errors_name_the_parameter():
         fp16_add.run(a=np.zeros(32, np.float16), b=np.zeros(32, np.float16), c=np.zeros(3, np.float16).reshape(3))
     with pytest.raises(KernelArgumentError, match=r"missing tensor arguments \['b'\]"):
         fp16_add.run(a=np.zeros(32, np.float16), c=np.zeros(32, np.float16))
+
+
+def test_torch_bfloat16_tensors_in_and_out():
+    torch = pytest.importorskip("torch")
+
+    @T.kernel
+    def scale(a: T.Tensor("bfloat16", (8,)), c: T.Tensor("bfloat16", (8,)), f: T.Tensor("float32", (8,))):
+        T.grid(1)
+        v = T.load(a, (0,), (8,))
+        T.store(c, (0,), v * 3.0)
+        T.store(f, (0,), T.cast(v, "float32"))
+
+    values = [1.5, -2.25, 1e38, 1e-39, 0.0, 7.0, 0.1, -0.1]
+    a = torch.tensor(values, dtype=torch.bfloat16)
+    c = torch.zeros(8, dtype=torch.bfloat16)
+    f = torch.zeros(8, dtype=torch.float32)
+    scale.run(a=a, c=c, f=f)
+    bf = np.array(values, np.float32).astype(ml_dtypes.bfloat16)  # the oracle: ml_dtypes' bfloat16 arithmetic
+    with np.errstate(over="ignore"):
+        expected = (bf.astype(np.float32) * np.float32(3)).astype(ml_dtypes.bfloat16)
+    assert c.view(torch.int16).numpy().tolist() == expected.view(np.int16).tolist()
+    assert f.numpy().tolist() == bf.astype(np.float32).tolist()
+
+
+@T.kernel
+def ragged_divmod(x: T.Tensor("int32", ("N",)), y: T.Tensor("int32", ("N",)), N: T.int32, B: T.constexpr = 8):
+    (pid,) = T.grid(T.cdiv(N, B))
+    d = T.load(x, (pid * B,), (B,))  # reads 0 past the end of x: the padding lanes divide by zero
+    T.store(y, (pid * B,), (100 // d) * 1000 + 100 % d)
+
+
+@settings(max_examples=20)
+@given(st.lists(st.integers(-50, 50), min_size=1, max_size=20))
+def test_integer_division_by_zero_gives_zero_and_never_raises(values):
+    x = np.array(values, np.int32)
+    y = np.full_like(x, -7)
+    ragged_divmod.run(x=x, y=y)
+    # Python's floor // and %, and 0 for both where the divisor is 0 (those lanes are stored here too)
+    expected = [(100 // v) * 1000 + 100 % v if v else 0 for v in values]
+    assert y.tolist() == expected

@@ -5,13 +5,16 @@ every statement, instruction and layout kind, and on random well-typed programs.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import pkgutil
 
 import pytest
 import sympy
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lowbit.kernels
 from lowbit.dtypes import ALL_TYPES, DataType, boolean, dtype, float16, float32, int4, int32, uint8, uint32
 from lowbit.ir.instructions import (
     ARITH_OPS,
@@ -48,11 +51,13 @@ from lowbit.ir.layout import (
 )
 from lowbit.ir.layout.text import layout_from_text, layout_to_text
 from lowbit.ir.parser import IRParseError, parse
+from lowbit.ir.passes import run_pipeline
 from lowbit.ir.printer import print_program
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.types import TileType
 from lowbit.ir.values import ScalarParam, TensorParam, Tile, index_symbol, program_id_symbol, scalar_symbol
+from lowbit.lang import Kernel
 
 
 def assert_round_trip(p: Program) -> str:
@@ -667,3 +672,78 @@ def test_generated_expressions_round_trip(e: sympy.Expr) -> None:
         (For(index_symbol("i"), sympy.Integer(0), M.symbol, sympy.Integer(1), (*one.stmts, Store(x, (e,), tile))),),
     )
     assert_round_trip(p)
+
+
+# ---- what the DSL traces: NaN constants, constexpr layout specs, the library kernels -----------------------
+
+
+def test_nan_constants_made_anew_round_trip() -> None:
+    # float("nan") is a new object each time (and nan != nan): equality treats every NaN constant as one value
+    x = TensorParam("x", float32, (Ms,))
+    b = Body()
+    t = b.let(Load(x, (pid0 * 16,), (16,), None, float("nan")))
+    u = b.let(Full((16,), float("nan"), float32))
+    b.add(Store(x, (pid0 * 16,), b.let(Binary("add", t, u))))
+    p = Program("nan", (x, M), (Ms,), tuple(b.stmts), (("fill", float("nan")),))
+    assert_round_trip(p)
+
+
+@functools.cache
+def _library() -> dict[str, tuple[Kernel, st.SearchStrategy[dict[str, object]]]]:
+    """Every kernel of lowbit.kernels, by module:name, with a strategy for constants its tests vary."""
+    kv_append = importlib.import_module("lowbit.kernels.kv_append")
+    weights = st.sampled_from(["int4", "uint3", "int8", "uint1", "fp4_e2m1", "fp6_e3m2", "fp8_e4m3"])
+    floats = st.sampled_from(["float16", "bfloat16", "float32"])
+    zero_mode = st.sampled_from(["none", "post", "pre"])
+    quantized = dict(wdtype=weights, G=st.sampled_from([32, 128, -1]), zero_mode=zero_mode, adtype=floats)
+    flag = st.booleans()
+    table: dict[str, dict[str, st.SearchStrategy[object]]] = {
+        "quantized_gemm:quantized_gemm": quantized,
+        "quantized_gemm:quantized_gemm_persistent": quantized,
+        "gemv:quantized_gemv": quantized,
+        "gemv_fma:quantized_gemv_fma": quantized,
+        "gemv_a8:quantized_gemv_a8": dict(wdtype=weights, zero_mode=zero_mode, biased=flag, ydtype=floats),
+        "gemv_a8:quantize_groups_int8": dict(G=st.sampled_from([32, 128]), adtype=floats),
+        "w4a8:w4a8_gemm_per_group": dict(G=st.sampled_from([32, 64, 128]), ydtype=floats),
+        "w4a8:w4a8_gemm_per_group_persistent": {},
+        "w4a8:w4a8_gemm_per_channel": dict(ydtype=floats),
+        "w4a8:w4a8_gemm_per_channel_persistent": {},
+        "attention_decode:paged_decode_attention": dict(
+            qdtype=floats, kvdtype=st.sampled_from(["float16", "int8", "int4", "fp8_e4m3"]), GQ=st.sampled_from([1, 4])
+        ),
+        "attention_decode:paged_decode_attention_persistent": {},
+        "attention_decode:paged_decode_attention_words": dict(BITS=st.sampled_from([4, 8]), qdtype=floats),
+        "attention_decode:attention_combine": dict(odtype=floats),
+        "attention_prefill:prefill_attention": dict(CAUSAL=flag, dtype=floats),
+        "attention_prefill:prefill_attention_persistent": dict(CAUSAL=flag),
+        "activation:silu_mul": dict(dtype=floats),
+        "kv_append:kv_append": dict(dtype=floats),  # with kv_dtype and its cache dtypes, below
+        "norm:rms_norm_kernel": dict(add_residual=flag, inplace=flag, single_pass=flag, dtype=floats),
+        "rope:rope": dict(style=st.sampled_from(["neox", "interleaved"]), inplace=flag, dtype=floats),
+    }
+    kv = st.sampled_from(["int4", "int8", "fp8_e4m3"]).map(
+        lambda d: dict(kv_dtype=d, cdtype=kv_append.cache_dtype(d), kdtype=kv_append.key_dtype(d))
+    )
+    strategies = {k: st.fixed_dictionaries(v) for k, v in table.items()}
+    strategies["kv_append:kv_append"] = st.tuples(strategies["kv_append:kv_append"], kv).map(lambda p: {**p[0], **p[1]})
+    # import_module: lowbit/kernels/__init__.py rebinds some module names to the kernels they define
+    kernel = {k: getattr(importlib.import_module(f"lowbit.kernels.{k.split(':')[0]}"), k.split(":")[1]) for k in table}
+    return {k: (kernel[k], strategies[k]) for k in table}
+
+
+def test_the_library_table_covers_every_kernel() -> None:
+    found = set()
+    for m in pkgutil.iter_modules(lowbit.kernels.__path__):
+        module = importlib.import_module(f"lowbit.kernels.{m.name}")
+        found |= {id(v) for v in vars(module).values() if isinstance(v, Kernel)}
+    assert found == {id(k) for k, _ in _library().values()}
+
+
+@pytest.mark.parametrize("name", sorted(_library()))
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_library_kernels_round_trip(name: str, data: st.DataObject) -> None:
+    kernel, constants = _library()[name]
+    p = kernel.trace(**data.draw(constants))
+    assert_round_trip(p)  # constants included: a `T.packed(...)` layout spec prints as its text
+    assert_round_trip(run_pipeline(p))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -64,7 +66,17 @@ def test_dump_ir_writes_every_changed_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("LOWBIT_DUMP_IR", str(tmp_path))
     run_pipeline(messy.trace())
     names = sorted(f.name for f in tmp_path.iterdir())
-    assert names[0] == "messy.00.input.lbir"
+    assert re.fullmatch(r"messy\.[0-9a-f]{10}\.00\.input\.lbir", names[0])
+    assert len({n.split(".")[1] for n in names}) == 1  # one run's stages share the hash
     assert any("simplify_exprs" in n for n in names) and any("eliminate_dead_code" in n for n in names)
     assert not any("fuse_dot_accumulate" in n for n in names)  # unchanged stages are not dumped
     assert all((tmp_path / n).read_text().startswith("kernel messy(") for n in names)
+
+
+def test_dumps_of_two_specialisations_do_not_overwrite_each_other(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_DUMP_IR", str(tmp_path))
+    for b in (8, 16):
+        run_pipeline(messy.trace(B=b))
+    inputs = sorted(f for f in tmp_path.iterdir() if f.name.endswith(".00.input.lbir"))
+    assert len(inputs) == 2
+    assert {"constants(B=8)" in f.read_text() for f in inputs} == {True, False}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import sympy
 
-from lowbit.dtypes import float16, float32, int4, int32
-from lowbit.ir.instructions import Binary, Dot, Full, Load
+from lowbit.dtypes import boolean, float16, float32, int4, int32
+from lowbit.ir.instructions import Binary, Dot, Full, Load, Reduce
+from lowbit.ir.parser import parse
+from lowbit.ir.printer import print_program
 from lowbit.ir.program import Program
 from lowbit.ir.statements import Assign, For, Let, ScalarLoad, Store
 from lowbit.ir.types import TileType
@@ -108,3 +110,57 @@ def test_scalar_loads_are_checked_and_scoped():
             verify(prog(*body, params=(X, Y, lens, N)))
         for w in words:
             assert w in str(e.value), (w, str(e.value))
+
+
+def test_messages_name_tiles_as_the_printed_program_does():
+    # a tile used outside its loop: the message and the statement it shows use one name, print_program's
+    k = index_symbol("k")
+    first, s0 = let(Full((8,), 0.0, float32))
+    inner, s1 = let(Binary("add", first, first))
+    loop = For(k, sympy.Integer(0), sympy.Integer(2), sympy.Integer(1), (s1,))
+    p = prog(s0, loop, Store(Y, (sympy.Integer(0),), inner, None, "kernel.py:9"))
+    with pytest.raises(VerificationError) as e:
+        verify(p)
+    assert "%1 = add %0, %0" in print_program(p)
+    d = e.value.diagnostics[0]
+    assert d.message.startswith("tile %1 is used outside") and d.statement == "store y[0], %1"
+
+
+def test_parsed_text_keeps_its_tile_numbers_in_diagnostics():
+    text = """kernel f(
+    x: tensor<float32, [N]>,
+    y: tensor<float32, [N]>,
+    N: int32
+) grid(cdiv(N, 16)) {
+  %0 = load x[pid0*16] [16] other 0 : float32[16]
+  %1 = exp %0 : float16[16]
+  store y[pid0*16], %1
+}
+"""
+    with pytest.raises(VerificationError) as e:
+        verify(parse(text))
+    statements = [d.statement for d in e.value.diagnostics]
+    assert statements == ["%1 = exp %0 : float16[16]", "store y[pid0*16], %1"]
+
+
+def test_index_expressions_must_be_integers():
+    n = N.symbol
+    t, s = let(Load(X, (n / 2,), (8,)))
+    loop = For(index_symbol("k"), sympy.Integer(0), n, sympy.Float(64.0), ())
+    with pytest.raises(VerificationError) as e:
+        verify(prog(s, Store(Y, (sympy.Integer(0),), t), loop))
+    msg = str(e.value)
+    assert "load offset 0 is N/2, which is not an integer" in msg and "//" in msg
+    assert "loop step is 64.0" in msg
+
+
+def test_typing_rejects_float_dots_into_integer_accumulators_and_boolean_sums():
+    a, s1 = let(Full((8, 8), 0.5, float16))
+    acc = Tile(TileType(int32, (8, 8)))
+    m, s2 = let(Binary("lt", a, a))
+    total = Tile(TileType(boolean, (8,)))
+    with pytest.raises(VerificationError) as e:
+        verify(prog(s1, Let(acc, Dot(a, a, None, int32)), s2, Let(total, Reduce("sum", m, 0, keepdims=False))))
+    msg = str(e.value)
+    assert "dot of float16 tiles with acc_dtype int32" in msg and "float32" in msg
+    assert "sum of a boolean tile" in msg and "int32" in msg

@@ -78,7 +78,7 @@ def test_trace_structure_and_specialisation_cache():
     kinds = [type(s).__name__ for s in walk(p1.body)]
     assert "If" in kinds and "For" in kinds
     loop = next(s for s in walk(p1.body) if isinstance(s, For))
-    assert str(loop.var) == "k"  # loop variables get readable unique names
+    assert str(loop.var) == "i"  # the loop variable keeps the name of the `for` statement
     assert next(s for s in walk(p1.body) if isinstance(s, If)).else_body
 
 

@@ -6,7 +6,8 @@
     compile_sm90(kernel)         # {"ttir": ..., "ptx": ..., "cubin": ...} without a GPU (lowbit.codegen.triton.aot)
 
 Files: lower.py (rules for statements and instructions), memory.py (Load/Store), numerics.py (value
-representation, float formats by bit manipulation), runtime.py (module cache, launch), aot.py (sm_90).
+representation, float formats by bit manipulation), runtime.py (module cache, launch), arguments.py (the
+checks of tensor arguments), aot.py (sm_90).
 """
 
 from lowbit.codegen.backend import register_backend

@@ -11,6 +11,7 @@ Representation of values: numerics.py. Memory access: memory.py.
 from __future__ import annotations
 
 import keyword
+import linecache
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from lowbit.ir.program import Program
 from lowbit.ir.statements import STATEMENTS, Assign, For, If, Let, ScalarLoad, Stmt, walk
 from lowbit.ir.values import Tile
 
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "2"
 # inbounds: names of the program's size symbols (e.g. ("N", "K")) along which the caller guarantees no tile
 #   crosses the tensor's end (every extent divisible by its tile); a mask term `i < extent` whose extent is
 #   built from these symbols alone is left out (the per-element compares and selects of a packed tile's codes
@@ -123,6 +124,8 @@ class Emitter:
         self.ir_names = _Namer()  # the IR printer's names, for the comments
         self.names: dict[int, str] = {}
         self.used: set[str] = {"tl", "triton", "INF", "NAN", "range", "min", "max", "float", "int"}
+        self.used |= {name for name, _ in COMBINE_HELPERS.values()}
+        self.helpers: set[str] = set()  # ops of COMBINE_HELPERS the kernel reduces with (defined before it)
         self.used |= {p.name for p in program.params} | {f"{p.name}_ptr" for p in program.tensor_params}
         self.used |= {str(s) for s in program.program_ids}
         self.used |= {str(s.var) for s in walk(program.body) if isinstance(s, (For, ScalarLoad))}
@@ -172,11 +175,36 @@ def rule(cls: type) -> Callable[[Rule], Rule]:
     return register
 
 
+class LoweringError(BackendError):
+    """A statement the triton backend cannot lower, reported at the user's source line (as `DSLError` is):
+    `file:line: op: why` and the line itself, then the statement's IR."""
+
+    def __init__(self, message: str, stmt: Stmt, ir_line: str, kernel: str):
+        loc, what = stmt.location, stmt.inst.opname if isinstance(stmt, Let) else type(stmt).__name__.lower()
+        file, _, line = loc.rpartition(":")
+        src = linecache.getline(file, int(line)).strip() if line.isdigit() else ""
+        where = f"{loc}: {what}" if loc else f"{what} (no source line: a statement the passes made)"
+        text = (
+            f"{where}: {message}" + (f"\n    {src}" if src else "") + f"\n    IR of kernel {kernel}: {ir_line.strip()}"
+        )
+        super().__init__(text)
+        self.loc = loc
+
+
 def lower_node(em: Emitter, node: Any, out: str = "") -> None:
     fn = RULES.get(type(node))
     if fn is None:
         raise BackendError(f"the triton backend has no lowering rule for {type(node).__name__}; add one in {__name__}")
-    fn(em, node, out) if out else fn(em, node)
+    if out:
+        fn(em, node, out)
+        return
+    try:
+        fn(em, node)
+    except LoweringError:
+        raise  # a statement inside this one (a loop's or branch's body), located already
+    except BackendError as e:
+        ir_line = stmt_lines(node, em.ir_names, "", False)[0].rstrip(" {")
+        raise LoweringError(str(e), node, ir_line, em.program.name) from None
 
 
 def _pow2(n: int) -> bool:
@@ -192,8 +220,8 @@ def _let(em: Emitter, s: Let) -> None:
     bad = [n for n in s.tile.shape if not _pow2(n)]
     if bad:
         raise BackendError(
-            f"tile %{em.ir_names(s.tile)[1:]} has shape {list(s.tile.shape)}: Triton tiles need power-of-two "
-            f"extents; choose tile sizes (or group sizes) that are powers of two"
+            f"the tile it makes has shape {list(s.tile.shape)}: Triton tiles need power-of-two extents "
+            f"({', '.join(map(str, bad))} is not); choose tile sizes (or group sizes) that are powers of two"
         )
     lower_node(em, s.inst, em.tile(s.tile))
 
@@ -350,7 +378,7 @@ def _view(em: Emitter, inst: I.View, out: str) -> None:
 
 def _need_pow2(r: int, inst: I.Inst) -> None:
     if not _pow2(r):
-        raise BackendError(f"{inst.opname}: a ratio of {r} codes per word is not a power of two (Triton aranges)")
+        raise BackendError(f"a ratio of {r} codes per word is not a power of two (Triton aranges)")
 
 
 @rule(I.Dequantize)
@@ -472,10 +500,24 @@ def _where(em: Emitter, inst: I.Where, out: str) -> None:
     em.emit(f"{out} = tl.where({em.tile(inst.cond)}, {em.tile(inst.a)}, {em.tile(inst.b)})")
 
 
+# float max / min reductions combine with NaN propagation, as the reference's np.max does: tl.max / tl.min
+# combine with tl.maximum's default (arith.maxnumf, which drops a NaN; the interpreter uses np.nanmax). One
+# `max.NaN.f32` per step on sm_90 where tl.max has one `max.f32` (the interpreter calls the combine per element).
+COMBINE_HELPERS = {
+    "max": ("max_propagate_nan", "tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
+    "min": ("min_propagate_nan", "tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)"),
+}
+
+
 @rule(I.Reduce)
 def _reduce(em: Emitter, inst: I.Reduce, out: str) -> None:
     dt, x = inst.x.dtype, em.tile(inst.x)
     args = f"axis={inst.axis}, keep_dims={inst.keepdims}"
+    if dt.is_float and inst.op in COMBINE_HELPERS:
+        combine = COMBINE_HELPERS[inst.op][0]
+        em.helpers.add(inst.op)
+        em.emit(f"{out} = tl.reduce({x}, {inst.axis}, {combine}, keep_dims={inst.keepdims})")
+        return
     if inst.op == "sum":
         if dt.is_float:
             raw = em.let(f"{out}_f32", f"tl.sum({_f32(em, inst.x)}, {args})")
@@ -534,7 +576,9 @@ def lower(program: Program, options: dict[str, Any] | None = None) -> str:
         'NAN = tl.constexpr(float("nan"))',
         "",
         "",
-        "@triton.jit",
-        f"def {kernel_name(program)}({', '.join(params)}):",
     ]
+    for op in sorted(em.helpers):
+        name, body = COMBINE_HELPERS[op]
+        header += ["@triton.jit", f"def {name}(a, b):", f"    return {body}", "", ""]
+    header += ["@triton.jit", f"def {kernel_name(program)}({', '.join(params)}):"]
     return "\n".join(header + em.lines) + "\n"

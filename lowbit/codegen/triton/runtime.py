@@ -19,9 +19,11 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import sympy
 
 from lowbit.codegen.backend import BackendError
 from lowbit.codegen.scalar_eval import evaluate
+from lowbit.codegen.triton.arguments import ArgumentCheck
 from lowbit.codegen.triton.lower import CODEGEN_VERSION, check_options, kernel_name, lower
 from lowbit.codegen.triton.memory import host_element
 from lowbit.dtypes import encode
@@ -116,17 +118,36 @@ def load_module(source: str) -> tuple[ModuleType, Path]:
 # ---- arguments -------------------------------------------------------------------------------------
 
 
+def _raw_bits(t: Any) -> Any:
+    """Torch tensor `t` with the dtypes NumPy lacks (bfloat16, float8, uint16/32/64) viewed as signed ints of
+    their width."""
+    import torch
+
+    if t.dtype.itemsize <= 2 and t.dtype.is_floating_point and t.dtype != torch.float16:
+        t = t.view(torch.int8 if t.dtype.itemsize == 1 else torch.int16)
+    if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        t = t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+    return t
+
+
 def _to_numpy(arg: Any) -> np.ndarray:
     if hasattr(arg, "detach"):  # torch: non-NumPy dtypes (bfloat16, float8) as raw bits
-        import torch
-
-        t = arg.detach()
-        if t.dtype.itemsize <= 2 and t.dtype.is_floating_point and t.dtype != torch.float16:
-            t = t.view(torch.int8 if t.dtype.itemsize == 1 else torch.int16)
-        if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
-            t = t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
+        t = _raw_bits(arg.detach())
         return t.cpu().numpy() if t.device.type != "cpu" else t.numpy()
     return np.asarray(arg)
+
+
+def _host_dtype(arg: Any) -> np.dtype:
+    """The dtype `_to_numpy(arg)` has, without converting `arg`."""
+    if hasattr(arg, "detach"):
+        import torch
+
+        return _raw_bits(torch.empty(0, dtype=arg.dtype)).numpy().dtype
+    return arg.dtype if isinstance(arg, np.ndarray) else np.asarray(arg).dtype
+
+
+def _numel(arg: Any) -> int:
+    return int(arg.numel()) if hasattr(arg, "numel") else int(np.size(arg))
 
 
 def _canonical(p: TensorParam, a: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -145,19 +166,22 @@ def _canonical(p: TensorParam, a: np.ndarray) -> tuple[np.ndarray, Callable[[np.
     return a.astype(want), lambda r: r.astype(a.dtype)
 
 
-def _direct(p: TensorParam, arg: Any) -> Any:
+def _torch_element(p: TensorParam) -> Any:
+    import torch
+
+    return torch.from_numpy(np.empty(0, host_element(p)[0])).dtype
+
+
+def _direct(p: TensorParam, arg: Any, want: Any = None) -> Any:
     """`arg` itself (or a same-bits view) when it is a contiguous torch tensor on the launch device already in
-    the device element form of `p` (what `_canonical` would produce without converting values); else None."""
+    the device element form of `p` (what `_canonical` would produce without converting values); else None.
+    `want`: `_torch_element(p)`, when the caller has it at hand."""
     import torch
 
     if not isinstance(arg, torch.Tensor) or arg.device.type != DEVICE or not arg.is_contiguous():
         return None
-    t = arg
-    if t.dtype.itemsize <= 2 and t.dtype.is_floating_point and t.dtype != torch.float16:  # raw bits, as _to_numpy
-        t = t.view(torch.int8 if t.dtype.itemsize == 1 else torch.int16)
-    if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
-        t = t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.dtype.itemsize])
-    want = torch.from_numpy(np.empty(0, host_element(p)[0])).dtype
+    t = _raw_bits(arg)
+    want = _torch_element(p) if want is None else want
     if t.dtype == want:
         return t
     integer = not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
@@ -178,6 +202,7 @@ class TritonKernel:
         self._module: ModuleType | None = None
         self.path: Path | None = None
         self.outputs = {s.tensor.name for s in walk(program.body) if isinstance(s, Store)}
+        self.checks = [ArgumentCheck(program.name, p) for p in program.tensor_params]  # one per tensor, in order
 
     @property
     def fn(self) -> Any:
@@ -185,6 +210,13 @@ class TritonKernel:
         if self._module is None:
             self._module, self.path = load_module(self.source)
         return getattr(self._module, kernel_name(self.program))
+
+    def _grid(self, scalars: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(int(evaluate(g, scalars)) for g in self.program.grid)
+
+    def _launch(self, grid: tuple[int, ...], args: list[Any]) -> None:
+        if 0 not in grid:
+            self.fn[grid](*args, num_warps=self.options["num_warps"], num_stages=self.options["num_stages"])
 
     def __call__(self, args: Mapping[str, Any]) -> None:
         import torch
@@ -198,20 +230,21 @@ class TritonKernel:
         extra = sorted(set(args) - {p.name for p in program.params})
         if extra:
             raise BackendError(f"kernel {program.name}: unknown arguments {extra}")
-        env = {p.name: int(args[p.name]) if p.dtype.is_integer else float(args[p.name]) for p in program.scalar_params}
-        grid = tuple(int(evaluate(g, env)) for g in program.grid)
+        env = {p.name: _scalar(p, args[p.name]) for p in program.scalar_params}
+        scalars = [env[p.name] for p in program.scalar_params]
         direct = [_direct(p, args[p.name]) for p in program.tensor_params]
         if all(t is not None for t in direct):  # device tensors in place: no copies (and capturable in a CUDA graph)
-            if 0 not in grid:
-                scalars = [env[p.name] for p in program.scalar_params]
-                self.fn[grid](
-                    *direct, *scalars, num_warps=self.options["num_warps"], num_stages=self.options["num_stages"]
-                )
+            for check, t in zip(self.checks, direct):
+                check.size(t.numel(), env)
+            self._launch(self._grid(env), [*direct, *scalars])
             return
+        hosts = [_to_numpy(args[p.name]) for p in program.tensor_params]
+        for check, host in zip(self.checks, hosts):  # every argument checked before any is converted
+            check.dtype(host.dtype)
+            check.size(host.size, env)
         launch: list[Any] = []
         write_back: list[tuple[Any, np.ndarray, Any, Callable[[np.ndarray], np.ndarray]]] = []
-        for p in program.tensor_params:
-            host = _to_numpy(args[p.name])
+        for p, host in zip(program.tensor_params, hosts):
             dev_np, back = _canonical(p, host)
             if not dev_np.flags.c_contiguous:
                 dev_np = np.ascontiguousarray(dev_np)
@@ -222,16 +255,87 @@ class TritonKernel:
             shared = DEVICE == "cpu" and np.shares_memory(dev_np, host)
             if p.name in self.outputs and not shared:
                 write_back.append((args[p.name], host, tensor, back))
-        launch += [env[p.name] for p in program.scalar_params]
+        grid = self._grid(env)
         if 0 in grid:
             return
-        self.fn[grid](*launch, num_warps=self.options["num_warps"], num_stages=self.options["num_stages"])
+        self._launch(grid, [*launch, *scalars])
         for original, host, tensor, back in write_back:
             result = back(tensor.cpu().numpy()).reshape(host.shape)
             if hasattr(original, "detach"):
                 original.copy_(torch.from_numpy(np.ascontiguousarray(result)).view(original.dtype))
             else:
                 host[...] = result
+
+    def bind(self, fixed: Mapping[str, Any], dynamic: tuple[str, ...]) -> Callable[..., None]:
+        """A positional caller for repeated launches (`lowbit.kernels.launch.bind`): `call(*values)` runs the
+        kernel with `fixed` and `values` for the `dynamic` names (names the kernel does not take are ignored, as
+        in TVM's bind). The fixed tensors are checked here, once: dtype, and size where it follows fixed scalars
+        only. A call whose tensors are all on the launch device in the element form (`_direct`: contiguous
+        torch) launches them as they are after one numel comparison per dynamic tensor (and per fixed tensor
+        whose size follows a dynamic scalar); any other call goes through `__call__` (conversion, write-back,
+        every check)."""
+        program = self.program
+        tensors, scalars = program.tensor_params, program.scalar_params
+        names = {p.name for p in program.params}
+        missing = names - set(fixed) - set(dynamic)
+        if missing:
+            raise BackendError(f"kernel {program.name}: bind lacks arguments {sorted(missing)}")
+        fixed = {k: v for k, v in fixed.items() if k in names and k not in dynamic}
+        fixed_env = {p.name: _scalar(p, fixed[p.name]) for p in scalars if p.name in fixed}
+        late: list[tuple[int, ArgumentCheck, int | None]] = []  # (position, check, numel of a fixed tensor)
+        for i, (p, check) in enumerate(zip(tensors, self.checks)):
+            if p.name not in fixed:
+                late.append((i, check, None))
+                continue
+            check.dtype(_host_dtype(fixed[p.name]))
+            if set(check.names) <= set(fixed_env):
+                check.size(_numel(fixed[p.name]), fixed_env)
+            else:
+                late.append((i, check, _numel(fixed[p.name])))
+
+        def converting(*values: Any) -> None:
+            self({**fixed, **{n: v for n, v in zip(dynamic, values) if n in names}})
+
+        template: list[Any] = [_direct(p, fixed[p.name]) if p.name in fixed else None for p in tensors]
+        if INTERPRETER_CONFLICT or any(t is None for p, t in zip(tensors, template) if p.name in fixed):
+            return converting
+        template += [fixed_env.get(p.name) for p in scalars]
+        params: dict[str, Any] = {p.name: p for p in program.params}
+        order = [p.name for p in tensors] + [p.name for p in scalars]
+        # per dynamic value: (launch position, parameter, torch element dtype; None for a scalar), position -1 for
+        # a name this kernel does not take
+        slots: list[tuple[int, Any, Any]] = []
+        for n in dynamic:
+            i = order.index(n) if n in params else -1
+            slots.append((i, params.get(n), _torch_element(params[n]) if 0 <= i < len(tensors) else None))
+        grid = (
+            self._grid(fixed_env)
+            if all(str(s) in fixed_env for g in program.grid for s in sympy.sympify(g).free_symbols)
+            else None
+        )
+
+        def call(*values: Any) -> None:
+            args, env = template.copy(), dict(fixed_env)
+            for (i, p, want), v in zip(slots, values):
+                if i < 0:
+                    continue
+                if want is None:
+                    env[p.name] = args[i] = _scalar(p, v)
+                    continue
+                t = _direct(p, v, want)
+                if t is None:
+                    converting(*values)
+                    return
+                args[i] = t
+            for i, check, numel in late:
+                check.size(args[i].numel() if numel is None else numel, env)
+            self._launch(self._grid(env) if grid is None else grid, args)
+
+        return call
+
+
+def _scalar(p: Any, v: Any) -> int | float:
+    return int(v) if p.dtype.is_integer else float(v)
 
 
 def compile_triton(program: Program, options: Mapping[str, Any]) -> TritonKernel:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,6 +372,53 @@ def is_nan(x: str) -> str:
     return f'(T.bitwise_and(T.reinterpret("int32", {x}), 2147483647) > 2139095040)'
 
 
+# IEEE 754 semantics of float32 values in TIR. TVM's arithmetic simplifier treats floats as reals: it folds
+# `x == x` to true and `x != x` to false and rewrites `not (a < b)` as `a >= b` (true where a NaN made the
+# compare false); its LLVM code generator emits `!=` as an ordered compare (false with a NaN operand) and
+# `max` / `min` as `select(a > b, a, b)`, which returns b when a is NaN (CUDA C's fmaxf drops a NaN on either
+# side). LLVM itself keeps IEEE semantics (no fast-math flags). So: `==`, `<`, `<=`, `>`, `>=` of two
+# expressions as they are (ordered compares: false with a NaN, on the CPU and in CUDA C); `!=` and a boolean
+# `not` as a select of the compare (`select(a == b, false, true)`: unordered, left alone by the simplifier); a
+# compare of an expression with itself by `T.isnan` (an unordered compare on the CPU, `x != x` in CUDA C,
+# never simplified); max / min by LLVM's NaN-propagating `llvm.maximum` / `llvm.minimum` on the CPU, a select
+# on CUDA. None of these repeats an operand on the CPU, so chains of them (kv_append's rounding) do not grow.
+_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def float_compare(op: str, a: str, b: str) -> str:
+    """`a op b` for float32 values, IEEE: false when either is NaN, except `ne` (true)."""
+    if a == b:  # one expression on both sides: ordered compares are true iff it is not NaN (<, >: never)
+        return {"eq": "not T.isnan({})", "le": "not T.isnan({})", "ge": "not T.isnan({})", "ne": "T.isnan({})"}.get(
+            op, "False"
+        ).format(a)
+    if op == "ne":
+        return f"T.Select({a} == {b}, False, True)"
+    return f"({a} {_CMP[op]} {b})"
+
+
+def logical_not(v: str) -> str:
+    """`not v` for a boolean expression; a select, because the simplifier would turn `not (a < b)` of floats
+    into `a >= b`."""
+    return f"T.Select({v}, False, True)"
+
+
+def float_extreme(op: str, a: str, b: str, cpu: bool) -> str:
+    """max / min of float32 values, NaN if either is NaN (NumPy's maximum / minimum). On CUDA (`cpu` False) a
+    select that reads a three times and b twice (`_Emitter.repeatable`)."""
+    if cpu:
+        return f'T.call_llvm_pure_intrin("float32", "llvm.{op}imum", {a}, {b})'
+    return f"T.Select(({a} {'>=' if op == 'max' else '<='} {b}) or T.isnan({a}), {a}, {b})"
+
+
+def reduce_extreme(op: str, acc: str, v: str) -> str:
+    """One step `acc = max(acc, v)` (or min) of a float reduction, NaN-propagating: v replaces acc when it is
+    larger or NaN, so a NaN enters and, as nothing compares larger than it, stays. The NaN test is on v,
+    off the loop-carried chain (compare, or, blend); `float_extreme`'s select tests acc and was 2.2x slower
+    on the a8 quantizer's group maxima, `llvm.maximum` (seven vector ops) ~2x. Reads v twice: the callers
+    pass a buffer element."""
+    return f"T.Select(({v} {'>' if op == 'max' else '<'} {acc}) or T.isnan({v}), {v}, {acc})"
+
+
 def storage_type(dt: DataType) -> str:
     """The TIR element type of a global (non-packed) tensor of `dt`."""
     if dt.is_bool:
@@ -550,6 +597,7 @@ def _expand_helpers(text: str) -> str:
 
 
 INLINE_CHARS = 4000  # the longest expression of a tile computed from loop-carried state that is inlined
+REPEAT_CHARS = 400  # the longest operand expression a form that reads it twice repeats (`_Emitter.repeatable`)
 # consumers that read each element of an operand once (a tile inlined into anything else, a broadcast or a dot,
 # would be recomputed per element read)
 _ONCE_PER_ELEMENT = (I.Binary, I.Unary, I.Cast, I.Where, I.Reshape, I.Transpose, I.Reduce)
@@ -604,6 +652,8 @@ class _Emitter:
         self.pending: dict[int, Tile] = {}
         self.defs: dict[int, I.Inst] = {}  # tile -> the instruction that defined it (value-range analysis)
         self.loops: list[For] = []  # the enclosing T.range loops while emitting (innermost last)
+        # scalar symbols an enclosing branch condition proves nonnegative (`nonnegative_in`)
+        self.nonnegative: set[sympy.Symbol] = set()
         self._analyse()
 
     @property
@@ -790,6 +840,14 @@ class _Emitter:
         if len(self.lines) == n0:
             self.line("T.evaluate(0)")
 
+    def branch_body(self, stmts: tuple[Stmt, ...], depth: int, facts: set[sympy.Symbol]) -> None:
+        """`body` of an If branch, with the symbols its condition proves nonnegative (`nonnegative_in`) known
+        to be so (tile offsets through them need no lower-bound test)."""
+        outer = self.nonnegative
+        self.nonnegative = outer | facts
+        self.body(stmts, depth)
+        self.nonnegative = outer
+
     # ---- tiles ----
     def define(self, t: Tile, inst: I.Inst, depth: int) -> None:
         rule = _RULES.get(type(inst))
@@ -871,6 +929,16 @@ class _Emitter:
 
     def get(self, t: Tile) -> IndexFn:
         return self.fn[id(t)]
+
+    def repeatable(self, t: Tile) -> None:
+        """Materialize t if its inlined expression (helpers expanded) is longer than `REPEAT_CHARS`: a form that
+        reads an operand more than once (CUDA's NaN-propagating max / min) would otherwise repeat that text,
+        and along a chain of such ops (kv_append's rounding) the source grows exponentially."""
+        if id(t) in self.buf or id(t) in self.const_tiles:
+            return
+        probe = tuple(f"i{d}" for d in range(len(t.shape)))
+        if len(_expand_helpers(self.get(t)(probe, _Ctx(checked=True)))) > REPEAT_CHARS:
+            self.materialize(t)
 
     def alloc(self, t: Tile, name: str | None = None) -> str:
         name = name or self.tile_name(t)
@@ -1045,14 +1113,25 @@ class _Emitter:
         self.gpu_nest((BM, BN), body)
 
     # ---- memory ----
-    def tensor_read(self, t: TensorParam, coords: list[str], ctx: _Ctx, inside: str | None, other: Any) -> str:
-        """Read element `coords` of global tensor t as a value (checked: clamped address + select)."""
+    def tensor_read(
+        self,
+        t: TensorParam,
+        coords: list[str],
+        ctx: _Ctx,
+        inside: str | None,
+        other: Any,
+        signed: Sequence[bool] = (),
+    ) -> str:
+        """Read element `coords` of global tensor t as a value (checked: clamped address + select). `signed`:
+        per axis, whether its coordinate may be negative (`may_be_negative`); the checked address of such an
+        axis is clamped at 0 as well."""
         g = self.gbuf[t.name]
         syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
         clamp = ctx.checked and inside is not None
         subst = {}
         for d, (s, c) in enumerate(zip(syms, coords)):
-            subst[str(s)] = f"T.min({c}, {scalar(t.shape[d])} - 1)" if clamp else c
+            top = f"T.min({c}, {scalar(t.shape[d])} - 1)"
+            subst[str(s)] = (f"T.max({top}, 0)" if d < len(signed) and signed[d] else top) if clamp else c
         if isinstance(t.layout, PackedLayout):
             word, bit = t.layout.locate(*syms)
             w_expr = _substitute(scalar(word), subst)
@@ -2507,6 +2586,60 @@ def _substitute(text: str, subst: dict[str, str]) -> str:
     return text
 
 
+def may_be_negative(offset: Any, nonnegative: Iterable[sympy.Symbol] = ()) -> bool:
+    """Whether a tile offset (sympy) can be negative: not provably nonnegative. Program ids, loop variables and
+    sizes are nonnegative symbols, so `pid0 * BN + k` needs no lower-bound test; `pid1 * B - 1` or an offset
+    through a scalar read from memory does, unless an enclosing branch proved that scalar `nonnegative`
+    (kv_append's `slot // PS` under `if slot >= 0`)."""
+    e = sympy.sympify(offset)
+    known = {x: sympy.Symbol(x.name, integer=True, nonnegative=True) for x in nonnegative if x in e.free_symbols}
+    return not (e.subs(known) if known else e).is_nonnegative
+
+
+def nonnegative_in(cond: Any) -> set[sympy.Symbol]:
+    """The integer symbols that branch condition `cond` proves nonnegative: the atoms `x >= c` (c > -1) and
+    `x > c` (c >= -1) of its top-level conjunction, either way round."""
+    atoms = cond.args if isinstance(cond, sympy.And) else (cond,)
+    out = set()
+    for a in atoms:
+        if isinstance(a, (sympy.GreaterThan, sympy.StrictGreaterThan)):
+            big, small = a.lhs, a.rhs
+        elif isinstance(a, (sympy.LessThan, sympy.StrictLessThan)):
+            big, small = a.rhs, a.lhs
+        else:
+            continue
+        if not (isinstance(big, sympy.Symbol) and big.is_integer and small.is_number):
+            continue
+        strict = isinstance(a, (sympy.StrictGreaterThan, sympy.StrictLessThan))
+        if (small >= -1) if strict else (small > -1):  # integer x: x > c means x >= floor(c) + 1
+            out.add(big)
+    return out
+
+
+def _inside_terms(coords: list[str], extents: tuple[Any, ...], signed: Sequence[bool]) -> list[str]:
+    """The checked form's per-element bounds test at `coords`: below each extent, and at least 0 on the axes
+    whose offset may be negative (`signed`)."""
+    terms = []
+    for c, n, neg in zip(coords, extents, signed):
+        if neg:
+            terms.append(f"{c} >= 0")
+        terms.append(f"{c} < {scalar(n)}")
+    return terms
+
+
+def _tile_guards(
+    offsets: tuple[Any, ...], shape: tuple[int, ...], extents: tuple[Any, ...], signed: Sequence[bool]
+) -> list[str]:
+    """The fast path's uniform guards for a tile of `shape` at `offsets`: it ends inside each extent and, on the
+    axes that may be negative (`signed`), starts at or after 0."""
+    guards = []
+    for o, n, ext, neg in zip(offsets, shape, extents, signed):
+        if neg:
+            guards.append(f"{scalar(o)} >= 0")
+        guards.append(f"{scalar(o)} + {n} <= {scalar(ext)}")
+    return guards
+
+
 def _flat_address(t: TensorParam, coords: list[str]) -> str:
     """TIR text of the buffer offset of element `coords` (TIR expressions) of a non-packed tensor."""
     syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(coords))]
@@ -2579,17 +2712,17 @@ def _store(e: _Emitter, s: Store, depth: int) -> None:
     if isinstance(t.layout, PackedLayout):
         raise BackendError(f"tvm backend: stores into packed tensor {t.name} are not supported")
 
+    signed = [may_be_negative(o, e.nonnegative) for o in s.offsets]
+
     def body(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
         coords = [f"{scalar(o)} + {i}" for o, i in zip(s.offsets, idx)]
         addr = _flat_address(t, coords)
         value = e.to_storage(fn(idx, ctx), t.dtype)
-        conds = [f"{c} < {scalar(n)}" for c, n in zip(coords, t.shape)]
+        conds = _inside_terms(coords, t.shape, signed)
         if mask is not None:
             ctx.data_dependent = True
         if not ctx.checked:
-            ctx.guards.extend(
-                f"{scalar(o)} + {n} <= {scalar(ext)}" for o, n, ext in zip(s.offsets, s.tile.shape, t.shape)
-            )
+            ctx.guards.extend(_tile_guards(s.offsets, s.tile.shape, t.shape, signed))
             return [f"{g}[{addr}] = {value}"]
         cond = " and ".join(conds + ([mask(idx, ctx)] if mask is not None else []))
         return [f"if {cond}:", f"    {g}[{addr}] = {value}"]
@@ -2635,25 +2768,26 @@ def _for(e: _Emitter, s: For, depth: int) -> None:
 @stmt_rule(If)
 def _if(e: _Emitter, s: If, depth: int) -> None:
     e.before_write(e.writes_in.get(id(s), set()))  # nor one read in either branch
+    then_facts, else_facts = nonnegative_in(s.cond), nonnegative_in(sympy.Not(s.cond))
     if e.gpu:
         # a branch of the program is block-uniform (its condition is scalars), but TVM's ThreadSync takes any
         # `if` on loaded values for a divergent one and refuses the barriers its body needs ("Cannot insert
         # syncs inside condition"): each branch is a loop of 0 or 1 iterations instead, the same in every thread
-        for branch, taken in ((s.then_body, "1, 0"), (s.else_body, "0, 1")):
+        for branch, taken, facts in ((s.then_body, "1, 0", then_facts), (s.else_body, "0, 1", else_facts)):
             if branch:
                 e.line(f"for {e.fresh('once')} in T.serial(T.Select({scalar(s.cond)}, {taken})):")
                 e.depth += 1
-                e.body(branch, depth)
+                e.branch_body(branch, depth, facts)
                 e.depth -= 1
         return
     e.line(f"if {scalar(s.cond)}:")
     e.depth += 1
-    e.body(s.then_body, depth)
+    e.branch_body(s.then_body, depth, then_facts)
     e.depth -= 1
     if s.else_body:
         e.line("else:")
         e.depth += 1
-        e.body(s.else_body, depth)
+        e.branch_body(s.else_body, depth, else_facts)
         e.depth -= 1
 
 
@@ -2672,17 +2806,17 @@ def _load(e: _Emitter, inst: I.Load, t: Tile) -> IndexFn:
     tensor = inst.tensor
     mask = e.get(inst.mask) if inst.mask is not None else None
 
+    signed = [may_be_negative(o, e.nonnegative) for o in inst.offsets]
+
     def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
         coords = [f"{scalar(o)} + {i}" for o, i in zip(inst.offsets, idx)]
-        inside = " and ".join(f"{c} < {scalar(n)}" for c, n in zip(coords, tensor.shape))
+        inside = " and ".join(_inside_terms(coords, tensor.shape, signed))
         if mask is not None:
             ctx.data_dependent = True
             inside = f"{inside} and {mask(idx, ctx)}"
         if not ctx.checked:
-            ctx.guards.extend(
-                f"{scalar(o)} + {n} <= {scalar(ext)}" for o, n, ext in zip(inst.offsets, inst.shape, tensor.shape)
-            )
-        return e.tensor_read(tensor, coords, ctx, inside, inst.other)
+            ctx.guards.extend(_tile_guards(inst.offsets, inst.shape, tensor.shape, signed))
+        return e.tensor_read(tensor, coords, ctx, inside, inst.other, signed)
 
     return fn
 
@@ -2721,7 +2855,7 @@ def _cast(e: _Emitter, inst: I.Cast, t: Tile) -> IndexFn:
 
 def cast_expr(v: str, src: DataType, dst: DataType) -> str:
     if dst.is_bool:
-        return f"({v} != {f32(0) if src.is_float else 0})"
+        return float_compare("ne", v, f32(0)) if src.is_float else f"({v} != 0)"
     if dst.is_float:
         if src.is_float:
             return round_float(v, dst)
@@ -2758,6 +2892,8 @@ def _view(e: _Emitter, inst: I.View, t: Tile) -> IndexFn:
     if src.is_float:  # float value -> its bits as an int
         if src.bits == 32:
             return lambda idx, ctx: wrap_int(f'T.reinterpret("int32", {x(idx, ctx)})', dst)
+        if src.name == "bfloat16":  # the value is exact in bf16: float32's top half, NaN as the reference encodes it
+            return lambda idx, ctx: wrap_int(_bf16_bits(x(idx, ctx)), dst)
         return lambda idx, ctx: wrap_int(
             f'T.Cast("int32", T.reinterpret("uint16", T.Cast("{src.name}", {x(idx, ctx)})))', dst
         )
@@ -2766,6 +2902,15 @@ def _view(e: _Emitter, inst: I.View, t: Tile) -> IndexFn:
     return lambda idx, ctx: (
         f'T.Cast("float32", T.reinterpret("{dst.name}", T.Cast("uint16", T.bitwise_and({x(idx, ctx)}, 65535))))'
     )
+
+
+def _bf16_bits(v: str) -> str:
+    """The bfloat16 bit pattern (int32, sign-extended from 16 bits) of a float32 value exact in bfloat16: its top
+    16 bits, NaN as the quiet NaN with v's sign (0x7FC0 / 0xFFC0, what `lowbit.dtypes.encode` gives). Not through
+    a bfloat16 cast: TVM legalizes bfloat16 vectors to twice their lanes and refused the reinterpret ("Cannot
+    broadcast lanes=8 to 16")."""
+    top = f'T.shift_right(T.reinterpret("int32", {v}), 16)'
+    return f"T.Select({is_nan(v)}, T.bitwise_or(T.bitwise_and({top}, -32768), 32704), {top})"
 
 
 def _view_ints(e: _Emitter, inst: I.View, x: IndexFn) -> IndexFn:
@@ -2844,7 +2989,7 @@ def _unary(e: _Emitter, inst: I.Unary, t: Tile) -> IndexFn:
     def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
         v = x(idx, ctx)
         if dt.is_bool:
-            return f"not ({v})" if op == "not" else v
+            return logical_not(v) if op == "not" else v
         if dt.is_float:
             return round_float(_UNARY_FLOAT[op].format(v), dt)
         vt = value_type(dt)
@@ -2861,23 +3006,26 @@ def _unary(e: _Emitter, inst: I.Unary, t: Tile) -> IndexFn:
     return fn
 
 
-_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-
-
 @rule(I.Binary)
 def _binary(e: _Emitter, inst: I.Binary, t: Tile) -> IndexFn:
-    fa, fb, dt, op = e.get(inst.a), e.get(inst.b), inst.a.dtype, inst.op
+    dt, op = inst.a.dtype, inst.op
+    if dt.is_float and e.gpu and op in ("max", "min"):  # a select that reads its operands again
+        e.repeatable(inst.a)
+        e.repeatable(inst.b)
+    fa, fb = e.get(inst.a), e.get(inst.b)
     vt = value_type(dt)
 
     def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
         a, b = fa(idx, ctx), fb(idx, ctx)
         if op in _CMP:
+            if dt.is_float:
+                return float_compare(op, a, b) if inst.a is not inst.b else float_compare(op, a, a)
             return f"({a} {_CMP[op]} {b})"
         if dt.is_bool:
             return {"and": f"({a} and {b})", "or": f"({a} or {b})", "xor": f"({a} != {b})"}[op]
         if dt.is_float:
             arith = {"add": f"{a} + {b}", "sub": f"{a} - {b}", "mul": f"{a} * {b}", "div": f"{a} / {b}",
-                     "max": f"T.max({a}, {b})", "min": f"T.min({a}, {b})"}  # fmt: skip
+                     "max": float_extreme("max", a, b, e.cpu), "min": float_extreme("min", a, b, e.cpu)}  # fmt: skip
             if op not in arith:
                 raise BackendError(f"tvm backend: {op} on float tiles")
             return round_float(f"({arith[op]})", dt)
@@ -2935,7 +3083,7 @@ def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
     def combine(cur: str, v: str) -> str:
         if inst.op == "sum":
             return f"{cur} + {v}" if dt.is_float else wrap_int(f"({cur} + {v})", dt)
-        return f"T.{inst.op}({cur}, {v})"
+        return reduce_extreme(inst.op, cur, v) if dt.is_float else f"T.{inst.op}({cur}, {v})"
 
     vec = int(e.opt["vector"])
     if (
@@ -2950,13 +3098,21 @@ def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
         red = e.fresh("red")
         rounded = inst.op == "sum" and dt.is_float and dt.name != "float32"
 
+        # a float max / min reads the element twice (`float_extreme`): through a register
+        val = e.fresh("val") if dt.is_float and inst.op != "sum" else None
+
         def per_thread(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
             total = round_float(f"{red}[0]", dt) if rounded else f"{red}[0]"
+            element = x(full_index(idx), ctx)
+            step = [f"    {red}[0] = {combine(f'{red}[0]', element)}"]
+            if val is not None:
+                step = [f"    {val}[0] = {element}", f"    {red}[0] = {combine(f'{red}[0]', f'{val}[0]')}"]
             return [
                 f'{red} = T.decl_buffer((1,), "{buffer_type(dt)}", scope="local")',
+                *([f'{val} = T.decl_buffer((1,), "float32", scope="local")'] if val else []),
                 f"{red}[0] = {init}",
                 f"for {r} in T.serial({n}):",
-                f"    {red}[0] = {combine(f'{red}[0]', x(full_index(idx), ctx))}",
+                *step,
                 f"{out}[{out_index(idx)}] = {total}",
             ]
 
@@ -2965,15 +3121,34 @@ def _reduce(e: _Emitter, inst: I.Reduce, t: Tile) -> None:
         return None
     else:
         e.nest(outer, lambda idx, ctx: [f"{out}[{out_index(idx)}] = {init}"])
+        # a float max / min: plain max / min on the chain and the last NaN element kept beside it, merged after
+        # the loop (as in `_reduce_lanes`; decode attention's score maxima, 16 per row)
+        nan = e.fresh("nan") if dt.is_float and inst.op != "sum" else None
+        elem = e.fresh("elem")
+        shape = ", ".join(str(s) for s in outer) or "1"
+        if nan is not None:
+            e.line(f'{nan} = T.decl_buffer(({shape},), "float32", {e.scope})')
+            e.line(f'{elem} = T.decl_buffer(({shape},), "float32", {e.scope})')
+            e.nest(outer, lambda idx, ctx: [f"{nan}[{', '.join(idx) or '0'}] = {f32(0)}"])
+
+        def step(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+            acc, value = f"{out}[{out_index(idx)}]", x(full_index(idx), ctx)
+            if nan is None:
+                return [f"{acc} = {combine(acc, value)}"]
+            at, seen = f"{elem}[{', '.join(idx) or '0'}]", f"{nan}[{', '.join(idx) or '0'}]"
+            return [f"{at} = {value}", f"{acc} = T.{inst.op}({acc}, {at})", f"{seen} = T.Select(T.isnan({at}), {at}, {seen})"]
+
         e.line(f"for {r} in T.serial({n}):")
         e.depth += 1
-        e.nest(
-            outer,
-            lambda idx, ctx: [
-                f"{out}[{out_index(idx)}] = {combine(f'{out}[{out_index(idx)}]', x(full_index(idx), ctx))}"
-            ],
-        )
+        e.nest(outer, step)
         e.depth -= 1
+        if nan is not None:
+
+            def merge(idx: tuple[str, ...], ctx: _Ctx) -> list[str]:
+                acc, seen = f"{out}[{out_index(idx)}]", f"{nan}[{', '.join(idx) or '0'}]"
+                return [f"{acc} = T.Select(T.isnan({seen}), {seen}, {acc})"]
+
+            e.nest(outer, merge)
     if inst.op == "sum" and dt.is_float and dt.name != "float32":
         e.nest(
             t.shape,
@@ -3022,15 +3197,31 @@ def _reduce_lanes(
     slot = f"{lanes}[({flat}) * {vec} + {rl}]"
     over_outer([f"for {rl} in T.vectorized({vec}):", f"    {slot} = {init}"])
 
+    # a float max / min keeps NaN out of the loop-carried chain: the lanes take plain max / min (`T.max`:
+    # vmaxps, which lets a NaN element in but not keep it) and a second set of lanes keeps the last NaN
+    # element seen (an unordered compare of the element and a masked move, off the chain); they are merged
+    # before the fold. Three vector ops per vector of elements, one dependent; a NaN-propagating select on the
+    # chain (`reduce_extreme`) made the a8 quantizer's group maxima 2.2x slower, `llvm.maximum` ~2x. The
+    # element goes through a vector of its own (registers): repeated in the step, TVM's CSE bound it inside
+    # the vector loop, which TVM then did not vectorize (gathers)
+    nan = e.fresh("nan") if inst.x.dtype.is_float and inst.op != "sum" else None
+    elem = e.fresh("elem")
+    if nan is not None:
+        e.line(f'{nan} = T.decl_buffer(({width * vec},), "float32", {e.scope})')
+        e.line(f'{elem} = T.decl_buffer(({vec},), "float32", {e.scope})')
+        over_outer([f"for {rl} in T.vectorized({vec}):", f"    {nan}[({flat}) * {vec} + {rl}] = {f32(0)}"])
+
     def accumulate(r_o: str, r_l: str, value: str) -> None:
         at = f"{lanes}[({flat}) * {vec} + {r_l}]"
-        over_outer(
-            [
-                f"for {r_o} in T.serial({n // vec}):",
-                f"    for {r_l} in T.vectorized({vec}):",
-                f"        {at} = {combine(at, value)}",
+        step = [f"        {at} = {combine(at, value)}"]
+        if nan is not None:
+            v, seen = f"{elem}[{r_l}]", f"{nan}[({flat}) * {vec} + {r_l}]"
+            step = [
+                f"        {v} = {value}",
+                f"        {at} = T.{inst.op}({at}, {v})",
+                f"        {seen} = T.Select(T.isnan({v}), {v}, {seen})",
             ]
-        )
+        over_outer([f"for {r_o} in T.serial({n // vec}):", f"    for {r_l} in T.vectorized({vec}):", *step])
 
     # like `nest`: unchecked loads under the operands' uniform in-bounds guards, the checked form (clamped
     # addresses, selects: LLVM scalarizes it, one element at a time) only for a tile that crosses a tensor edge
@@ -3052,14 +3243,23 @@ def _reduce_lanes(
         if not probe.data_dependent:
             e.depth -= 1
     dst = f"{out}[{out_index(tuple(outer_vars))}]"
+    if nan is not None:
+        # the NaN lanes hold NaN or 0: their sum is NaN exactly when one is (a float max / min row is NaN then),
+        # so both fold with plain ops (a NaN-propagating select in the fold made the quantizer 1.7x slower)
+        step = f"T.{inst.op}"
+        seen = f"{nan}[({flat}) * {vec}]"
+        result = f"T.Select(T.isnan({seen}), {seen}, {lanes}[({flat}) * {vec}])"
+    else:
+        step, seen, result = "", "", f"{lanes}[({flat}) * {vec}]"
+
     if vec & (vec - 1):
-        over_outer(
-            [
-                f"{dst} = {lanes}[({flat}) * {vec}]",
-                f"for {rl} in T.serial(1, {vec}):",
-                f"    {dst} = {combine(dst, slot)}",
-            ]
-        )
+        folds = [f"{dst} = {lanes}[({flat}) * {vec}]", f"for {rl} in T.serial(1, {vec}):"]
+        if nan is None:
+            over_outer([*folds, f"    {dst} = {combine(dst, slot)}"])
+            return
+        tail = f"{nan}[({flat}) * {vec} + {rl}]"
+        over_outer([*folds, f"    {dst} = {step}({dst}, {slot})", f"    {seen} = {seen} + {tail}"])
+        over_outer([f"{dst} = T.Select(T.isnan({seen}), {seen}, {dst})"])
         return
     # the lanes folded as a tree, half onto half (log2(vector) vector ops; in order they were vector - 1 dependent
     # scalar ops: decode attention's softmax reduces 4 rows of 16 scores on every tile)
@@ -3067,12 +3267,13 @@ def _reduce_lanes(
     h = vec // 2
     while h >= 1:
         lo, hi = f"{lanes}[({flat}) * {vec} + {rl}]", f"{lanes}[({flat}) * {vec} + {h} + {rl}]"
-        fold += [
-            f"for {rl} in T.vectorized({h}):" if h > 1 else f"for {rl} in T.serial(1):",
-            f"    {lo} = {combine(lo, hi)}",
-        ]
+        fold.append(f"for {rl} in T.vectorized({h}):" if h > 1 else f"for {rl} in T.serial(1):")
+        fold.append(f"    {lo} = {step}({lo}, {hi})" if nan is not None else f"    {lo} = {combine(lo, hi)}")
+        if nan is not None:
+            nlo, nhi = f"{nan}[({flat}) * {vec} + {rl}]", f"{nan}[({flat}) * {vec} + {h} + {rl}]"
+            fold.append(f"    {nlo} = {nlo} + {nhi}")
         h //= 2
-    over_outer([*fold, f"{dst} = {lanes}[({flat}) * {vec}]"])
+    over_outer([*fold, f"{dst} = {result}"])
 
 
 @rule(I.Broadcast)

@@ -1,8 +1,11 @@
 """Named passes and the pipeline. Each pass is a pure function Program -> Program that returns its input
-object when nothing changed. `LOWBIT_DUMP_IR=dir` writes the IR after every stage that changed it."""
+object when nothing changed. `LOWBIT_DUMP_IR=dir` writes the IR after every stage that changed it, as
+`<kernel>.<hash>.<NN>.<stage>.lbir`: the hash (the first 10 hex digits of the SHA-256 of the input IR's text)
+keeps the dumps of two specialisations of one kernel apart, and a run's stages together."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,21 +32,24 @@ def run_pipeline(
 ) -> Program:
     dump = dump_dir if dump_dir is not None else os.environ.get("LOWBIT_DUMP_IR")
     verify(program)
+    prefix = ""  # <kernel>.<hash of the input IR>
     if dump:
-        _dump(program, Path(dump), 0, "input")
+        text = str(program)
+        prefix = f"{program.name}.{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+        _dump(text, Path(dump), f"{prefix}.00.input")
     for i, p in enumerate(pipeline, start=1):
         new = p(program)
         if new is not program:
             verify(new)
             if dump:
-                _dump(new, Path(dump), i, p.__name__)
+                _dump(str(new), Path(dump), f"{prefix}.{i:02d}.{p.__name__}")
         program = new
     return program
 
 
-def _dump(program: Program, directory: Path, index: int, stage: str) -> None:
+def _dump(text: str, directory: Path, stem: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{program.name}.{index:02d}.{stage}.lbir").write_text(str(program))
+    (directory / f"{stem}.lbir").write_text(text)
 
 
 __all__ = [
