@@ -22,18 +22,19 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import sympy
 
 from lowbit.codegen import kernel_cache
 from lowbit.codegen.backend import BackendError
+from lowbit.codegen.tvm.arguments import element, tensor_argument
 from lowbit.codegen.tvm.bf16_dot import patch_module, uses_stand_in
 from lowbit.codegen.tvm.lower import check_options, lower
-from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
+from lowbit.ir.statements import Store, walk
+from lowbit.ir.values import TensorParam
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 # TVM pins its pool's workers to cores by default; on a shared VM a pinned worker whose core is busy holds up
@@ -259,23 +260,28 @@ class TvmKernel:
             raise BackendError(f"kernel {self.program.name} was loaded from {self.library}; it exports only as .so")
         shutil.copyfile(self.library, path)
 
+    @functools.cached_property
+    def outputs(self) -> frozenset[str]:
+        """The tensors the program stores to (arguments converted for the launch are written back)."""
+        return frozenset(s.tensor.name for s in walk(self.program.body) if isinstance(s, Store))
+
     def __call__(self, args: Mapping[str, Any]) -> None:
         fn = self.function  # first: a CUDA kernel on a machine without CUDA says so before any copy
         call_args: list[Any] = []
-        copies: list[tuple[Any, Any]] = []
+        write_backs: list[Callable[[], None]] = []
         on_device: list[tuple[Any, Any]] = []
         params = {p.name: p for p in self.program.params}
-        for name in self.arg_names:
+        for name in self.arg_names:  # every argument converted (and checked) before the launch
             if name not in args:
                 raise BackendError(f"kernel {self.program.name}: missing argument {name!r}")
             v = args[name]
             p = params[name]
-            if not hasattr(p, "layout"):  # scalar
+            if not isinstance(p, TensorParam):  # scalar
                 call_args.append(int(v))
                 continue
-            t, back = _as_torch(v, isinstance(p.layout, PackedLayout))
+            t, back = tensor_argument(self.program.name, p, v, name in self.outputs)
             if back is not None:
-                copies.append(back)
+                write_backs.append(back)
             if self.cuda and not t.is_cuda:  # host data for a CUDA kernel: a device copy, copied back after
                 device = t.cuda()
                 on_device.append((t, device))
@@ -284,8 +290,8 @@ class TvmKernel:
         fn(*call_args)
         for host, device in on_device:
             host.copy_(device)
-        for dst, src in copies:
-            np.copyto(dst, src.reshape(dst.shape).view(dst.dtype))
+        for back in write_backs:
+            back()
 
     def bind(self, fixed: Mapping[str, Any], dynamic: tuple[str, ...]) -> Any:
         """A positional caller for repeated launches: `call(*values)` runs the kernel with `fixed` (converted
@@ -299,12 +305,15 @@ class TvmKernel:
         for name in self.arg_names:
             if name in dynamic:
                 template.append(None)
-            elif not hasattr(params[name], "layout"):
+            elif not isinstance(p := params[name], TensorParam):
                 template.append(int(fixed[name]))
             else:
-                t, back = _as_torch(fixed[name], isinstance(getattr(params[name], "layout", None), PackedLayout))
+                t, back = tensor_argument(self.program.name, p, fixed[name], output=True)
                 if back is not None:
-                    raise BackendError(f"kernel {self.program.name}: bound argument {name} is not contiguous")
+                    raise BackendError(
+                        f"kernel {self.program.name}: bound argument {name} would be a converted copy; pass a "
+                        f"contiguous array of {element(p)}"
+                    )
                 if self.cuda and not t.is_cuda:
                     t = t.cuda()
                 template.append(t.reshape(-1))
@@ -333,35 +342,6 @@ class TvmKernel:
 # final arguments) to it, so the step can be replayed as plain calls on the same buffers, and its kernel's
 # name to `RECORDING.names` (for profiles)
 RECORDING = threading.local()
-
-
-def _as_torch(v: Any, packed: bool) -> tuple[Any, Any]:
-    """A contiguous CPU torch tensor for argument `v`, and the NumPy array to copy it back into (if any)."""
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        if not v.is_contiguous():
-            raise BackendError("tvm backend: pass contiguous tensors (call .contiguous())")
-        if v.dtype == torch.uint32:
-            return v.view(torch.int32), None
-        if v.dtype.is_floating_point and v.element_size() == 1:  # fp8 tensors: their codes (storage_type)
-            return v.view(torch.uint8), None
-        return v, None
-    a = np.asarray(v)
-    if packed or a.dtype == np.uint32:
-        a = a.view(np.int32)
-    if a.dtype.kind in "fV" and a.dtype.itemsize == 1:  # ml_dtypes fp8 arrays: their codes (storage_type)
-        a = a.view(np.uint8)
-    bf16 = a.dtype.name == "bfloat16"  # ml_dtypes: torch cannot wrap it, but shares the bits as int16
-    if bf16 or (a.dtype.kind == "u" and a.dtype.itemsize == 2):
-        a = a.view(np.int16)
-    src = np.ascontiguousarray(a)
-    t = torch.from_numpy(src)
-    if bf16:
-        t = t.view(torch.bfloat16)
-    if isinstance(v, np.ndarray) and not np.shares_memory(src, v):
-        return t, (v, src)  # a contiguous copy was made: outputs are copied back
-    return t, None
 
 
 def _include_dir(package: str) -> str | None:
@@ -495,11 +475,19 @@ def load_module(path: str) -> Any:
     return tvm.runtime.load_module(path)
 
 
+def dump_path(directory: str, name: str, source: str) -> str:
+    """Where `LOWBIT_DUMP_TVM` writes a kernel's TVMScript: `<name>.<hash>.tvm.py`, the hash (12 hex digits of
+    the source's sha256) telling specialisations of one kernel apart (fp16 and fp32 softmax overwrote each other
+    as `<name>.tvm.py`), as the Triton dumps are named by theirs."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return os.path.join(directory, f"{name}.{digest}.tvm.py")
+
+
 def _dump(name: str, source: str) -> None:
     dump = os.environ.get("LOWBIT_DUMP_TVM")
     if dump:
         os.makedirs(dump, exist_ok=True)
-        with open(os.path.join(dump, f"{name}.tvm.py"), "w") as f:
+        with open(dump_path(dump, name, source), "w") as f:
             f.write(source)
 
 

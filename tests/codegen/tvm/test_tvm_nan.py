@@ -22,16 +22,16 @@ SPECIAL = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -2.5]
 CMP_OPS = ["eq", "ne", "lt", "le", "gt", "ge"]
 
 
-def _kernel(program, backend):
+def _kernel(program, backend, options=None):
     if backend == "tvm-cuda":  # the CUDA lowering's own TVMScript, run on the CPU
-        return compile_program(program, "tvm", {"target": "cuda"}).simulate()
-    return compile_program(program, backend)
+        return compile_program(program, "tvm", {"target": "cuda", **(options or {})}).simulate()
+    return compile_program(program, backend, options)
 
 
-def _both(program, backend, args):
+def _both(program, backend, args, options=None):
     """(reference outputs, backend outputs) for copies of `args`."""
     out = []
-    for kernel in (compile_program(program, "reference"), _kernel(program, backend)):
+    for kernel in (compile_program(program, "reference"), _kernel(program, backend, options)):
         a = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in args.items()}
         kernel(a)
         out.append(a)
@@ -105,10 +105,8 @@ def test_where_maximum_and_minimum_propagate_nan(backend):
     n = x.size
     ref, out = _both(elementwise.trace(), backend, {"x": x, "y": y, "z": np.zeros((6, n), np.float32), "N": n})
     with np.errstate(invalid="ignore"):
-        expected = np.stack(
-            [np.where(x != x, 0, x), np.maximum(x, 0), np.maximum(x, y), np.maximum(y, x), np.minimum(x, y)]
-            + [np.minimum(y, x)]
-        )
+        rows = [np.where(x != x, 0, x), np.maximum(x, 0), np.maximum(x, y), np.maximum(y, x), np.minimum(x, y)]
+        expected = np.stack([*rows, np.minimum(y, x)])
     assert_same(ref["z"], expected.astype(np.float32), "reference")
     names = ("where(v != v, 0, v)", "maximum(a, 0)", "maximum(a, b)", "maximum(b, a)", "minimum(a, b)", "min(b, a)")
     for row, what in enumerate(names):
@@ -116,8 +114,9 @@ def test_where_maximum_and_minimum_propagate_nan(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("BN", [8, 32, 64])  # one vector or less (serial form); 2 and 4 vectors (lane partials)
-def test_max_and_min_reductions_return_nan_wherever_it_sits(backend, BN):
+# one vector or less (serial form); 2 and 4 vectors (lane partials); lanes of 12 (not a power of two: no tree)
+@pytest.mark.parametrize("BN,vector", [(8, 16), (32, 16), (64, 16), (48, 12)])
+def test_max_and_min_reductions_return_nan_wherever_it_sits(backend, BN, vector):
     # row r has a NaN at column r (every position of the row, so every lane and every vector of the partials),
     # the last rows none; finite values and infinities elsewhere
     M = BN + 3
@@ -126,7 +125,8 @@ def test_max_and_min_reductions_return_nan_wherever_it_sits(backend, BN):
     x[::5, -1], x[1::7, 0] = np.inf, -np.inf
     x[np.arange(BN), np.arange(BN)] = np.nan
     program = row_extremes.trace(BN=BN)
-    ref, out = _both(program, backend, {"x": x, "z": np.zeros((M, 4), np.float32), "M": M, "N": BN})
+    args = {"x": x, "z": np.zeros((M, 4), np.float32), "M": M, "N": BN}
+    ref, out = _both(program, backend, args, {"vector": vector})
     assert np.isnan(ref["z"][:BN, :2]).all() and not np.isnan(ref["z"][BN:, :2]).any()  # the oracle's NaNs
     for col, what in enumerate(("max(axis=1)", "min(axis=1)", "max(axis=0) of a tile", "min(axis=0) of a tile")):
         assert_same(out["z"][:, col], ref["z"][:, col], f"{backend} BN={BN}: {what}")

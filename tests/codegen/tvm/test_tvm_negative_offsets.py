@@ -69,8 +69,27 @@ def packed_load(
     OR: T.constexpr = -3,
     OC: T.constexpr = 0,
 ):
-    (p,) = T.grid(1)
+    T.grid(1)
     T.store(y, (0, 0), T.cast(T.load(w, (OR, OC), (8, 8)), T.float32))
+
+
+@T.kernel
+def scattered_rows(
+    rows: T.Tensor("int32", ("R",)),
+    w: T.Tensor("float32", ("R", 8)),
+    y: T.Tensor("float32", ("K", 8)),
+    R: T.int32,
+    K: T.int32,
+    GUARDED: T.constexpr = True,
+):
+    (p,) = T.grid(R)
+    row = T.load_scalar(rows, (p,), name="row")  # a row of y from memory: may be negative
+    v = T.load(w, (p, 0), (1, 8))
+    if GUARDED:
+        with T.if_(row >= 0):
+            T.store(y, (row, 0), v)
+    else:
+        T.store(y, (row, 0), v)
 
 
 def _padded(a: np.ndarray, fill) -> tuple[np.ndarray, np.ndarray]:
@@ -172,3 +191,19 @@ def test_only_offsets_that_may_be_negative_get_a_lower_bound_test():
     plain = compile_program(shifted_store.trace(), "tvm").source  # its load is at (pk*B, pn*B): provably >= 0
     load = [ln for ln in plain.splitlines() if "= w_1[" in ln or "w_1[T.min" in ln]
     assert load and not any("T.max(" in ln for ln in load), load
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("guarded", [True, False])
+def test_rows_read_from_memory_are_bounded_unless_a_branch_proves_them(backend, guarded):
+    # rows -1 and -3 (and 9, past K) write nothing; under `if row >= 0` (kv_append's slot) the store's fast path
+    # needs no lower-bound test (`nonnegative_in`), without it the guard keeps the store inside y
+    program = scattered_rows.trace(GUARDED=guarded)
+    rows = np.array([2, -1, 0, -3, 5, 9], np.int32)
+    w = (np.arange(6 * 8).reshape(6, 8) + 1).astype(np.float32)
+    args = {"rows": rows, "w": w, "y": _padded(np.full((6, 8), -7, np.float32), -9.0), "R": 6, "K": 6}
+    ref, out = (_run(k, args) for k in (compile_program(program, "reference"), _kernel(program, backend)))
+    assert_same(out["y"][0], ref["y"][0], f"{backend}: rows {rows} (sentinels included)")
+    if backend == "tvm":
+        source = compile_program(program, "tvm").source
+        assert ("row >= 0 and" in source or "and row >= 0" in source) is not guarded, source
