@@ -31,11 +31,10 @@ BOUND = 2e-3  # fp16 outputs of fp32 accumulations: the same ops, another summat
 
 def _cases() -> list[tuple[str, object, dict, dict, dict]]:
     """(label, kernel, constants, compile options, arguments) of the kernels checked."""
-    from lowbit.ir.layout import packed_along
     from lowbit.kernels.gemv import quantized_gemv
     from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem
+    from lowbit.kernels.w4a8 import random_problem as w4a8_random_problem
     from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
-    from lowbit.quant import quantize_per_token_int8, quantize_qoq, quantize_w4a8_per_channel
 
     cases = []
     for wdtype, zero_mode, g, m, n, k in [
@@ -48,27 +47,15 @@ def _cases() -> list[tuple[str, object, dict, dict, dict]]:
         cases.append((f"gemm {wdtype} {zero_mode} M={m}", quantized_gemm, p.constants, {"threads": 128}, dict(p.args)))
     p = random_problem(3, 70, 256, "int4", G=128, zero_mode="post", seed=2, BM=4, BN=32, BK=128)
     cases.append(("gemv int4 M=3", quantized_gemv, {**p.constants, "adtype": "float16"}, {}, dict(p.args)))
-    rng = np.random.default_rng(3)
-    m, n, k = 5, 40, 256
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    qa, sa = quantize_per_token_int8(rng.standard_normal((m, k)).astype(np.float32))
-    layout = packed_along((k, n), 4, 0)
-    base = dict(xq=qa, sx=sa.astype(np.float32), y=np.zeros((m, n), np.float32))
-    qw = quantize_qoq(w, bits=4, group_size=128)
-    args = dict(base, w=layout.pack(qw.codes.T), s2=qw.s2.T.astype(np.int8), z2=qw.zeros.T.astype(np.int8), s1=qw.s1)
-    consts = dict(wdtype="uint4", G=128, BM=16, BN=32, BK=128, ydtype="float32", wlayout=layout)
-    cases.append(("w4a8 per group", w4a8_gemm_per_group, consts, {}, args))
-    gq = quantize_w4a8_per_channel(w, bits=4)
-    args = dict(base, w=layout.pack(gq.codes.T.astype(np.uint8)), zeros=gq.zeros[:, 0].astype(np.int32))
-    args["scales"] = gq.scales[:, 0]
-    consts = dict(wdtype="uint4", BM=16, BN=32, BK=64, ydtype="float32", wlayout=layout)
-    cases.append(("w4a8 per channel", w4a8_gemm_per_channel, consts, {}, args))
+    for per_group, kernel, bk in ((True, w4a8_gemm_per_group, 128), (False, w4a8_gemm_per_channel, 64)):
+        q = w4a8_random_problem(5, 40, 256, per_group=per_group, G=128, seed=3)
+        label = f"w4a8 per {'group' if per_group else 'channel'}"
+        cases.append((label, kernel, {**q.constants, "BM": 16, "BN": 32, "BK": bk}, {}, q.args))
     return cases
 
 
 def pack(path: Path) -> None:
     from lowbit.codegen.backend import compile_program
-    from lowbit.ir.statements import Store, walk
     from lowbit.lang.kernel import infer_scalars
 
     records = []
@@ -81,7 +68,7 @@ def pack(path: Path) -> None:
         launch = built.driver_launch()
         call = infer_scalars(program, copy.deepcopy(args))
         values = [call[a] for a in built.arg_names]
-        outputs = sorted({s.tensor.name for s in walk(program.body) if isinstance(s, Store)})
+        outputs = sorted(program.stored)
         records.append(
             {
                 "label": label,

@@ -34,7 +34,7 @@ from lowbit.dtypes import DataType, decode, encode, round_to, wrap
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store, walk
+from lowbit.ir.statements import Assign, For, If, Let, ScalarLoad, Stmt, Store
 from lowbit.ir.values import TensorParam, Tile, index_symbol
 
 
@@ -497,9 +497,8 @@ class ReferenceKernel:
         # tensors on a device are copied to the host and, when the program stores into them, back
         converted = {k: _as_numpy(v) for k, v in args.items()}
         run_reference(self.program, {k: a for k, (a, _) in converted.items()})
-        stored = {s.tensor.name for s in walk(self.program.body) if isinstance(s, Store)}
         for name, (_, copy_back) in converted.items():
-            if copy_back is not None and name in stored:
+            if copy_back is not None and name in self.program.stored:
                 copy_back()
 
 

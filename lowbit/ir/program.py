@@ -10,7 +10,7 @@ from typing import Any
 import sympy
 
 from lowbit.ir.instructions import Inst
-from lowbit.ir.statements import Stmt
+from lowbit.ir.statements import Stmt, Store, walk
 from lowbit.ir.types import Expr
 from lowbit.ir.values import Param, ScalarParam, TensorParam, Tile, program_id_symbol
 
@@ -44,6 +44,12 @@ class Program:
     @property
     def program_ids(self) -> tuple[sympy.Symbol, ...]:
         return tuple(program_id_symbol(i) for i in range(len(self.grid)))
+
+    @functools.cached_property
+    def stored(self) -> frozenset[str]:
+        """The tensors the body stores to, at any depth: the kernel's outputs (a backend writes back only these
+        of the arguments it converted)."""
+        return frozenset(s.tensor.name for s in walk(self.body) if isinstance(s, Store))
 
     def param(self, name: str) -> Param:
         for p in self.params:

@@ -19,6 +19,11 @@ weight up to three fp32 roundings. int32 cannot overflow while 127·K·max|w8| <
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 import lowbit.lang as T
 from lowbit.kernels.quantized_gemm import ROW_PACKED, groups
 
@@ -108,3 +113,43 @@ __all__ = [
     "w4a8_gemm_per_group",
     "w4a8_gemm_per_group_persistent",
 ]
+
+
+@dataclass(frozen=True, eq=False)
+class W4A8Problem:
+    """Kernel arguments of one random W4A8 problem, the weight-side constants (`wdtype`, `G` per group,
+    `ydtype`, `wlayout`, `sdtype`; the tiles are the caller's), and the quantized operands for a reference
+    (`lowbit.quant.w4a8_gemm_per_group` / `_per_channel`)."""
+
+    args: dict[str, Any]
+    constants: dict[str, Any]
+    xq: np.ndarray
+    sx: np.ndarray
+    weight: Any  # QoQWeight (per group) or GroupQuant (per channel)
+
+
+def random_problem(M: int, N: int, K: int, *, per_group: bool = True, G: int = 128, seed: int = 0) -> W4A8Problem:
+    """A standard normal weight [N, K] quantized to 4 bits (QoQ per group of G, or per channel) and standard normal
+    activations [M, K] quantized per token, as the arguments of `w4a8_gemm_per_group` / `_per_channel` (weight
+    codes packed along K, y float32 zeros)."""
+    from lowbit.ir.layout import packed_along
+    from lowbit.quant import quantize_per_token_int8, quantize_qoq, quantize_w4a8_per_channel
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    xq, sx = quantize_per_token_int8(rng.standard_normal((M, K)).astype(np.float32))
+    layout = packed_along((K, N), 4, 0)
+    args: dict[str, Any] = dict(xq=xq, sx=sx.astype(np.float32), y=np.zeros((M, N), np.float32))
+    constants: dict[str, Any] = dict(wdtype="uint4", ydtype="float32", wlayout=layout)
+    weight: Any
+    if per_group:
+        weight = quantize_qoq(w, bits=4, group_size=G)
+        args.update(w=layout.pack(weight.codes.T), s2=weight.s2.T.astype(np.int8), z2=weight.zeros.T.astype(np.int8))
+        args["s1"] = weight.s1
+        constants.update(G=G, sdtype=str(weight.s1.dtype))
+    else:
+        weight = quantize_w4a8_per_channel(w, bits=4)
+        args.update(w=layout.pack(weight.codes.T.astype(np.uint8)), zeros=weight.zeros[:, 0].astype(np.int32))
+        args["scales"] = weight.scales[:, 0]
+        constants["sdtype"] = str(weight.scales.dtype)
+    return W4A8Problem(args, constants, xq, sx, weight)

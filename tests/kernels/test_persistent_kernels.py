@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 import lowbit.codegen.triton as triton_backend
 import lowbit.lang as T
 from lowbit.codegen.backend import compile_program
-from lowbit.ir.layout import packed_along
 from lowbit.kernels.attention_decode import paged_decode_attention, paged_decode_attention_persistent
 from lowbit.kernels.attention_prefill import prefill_attention, prefill_attention_persistent
 from lowbit.kernels.launch import PersistentLauncher, budget, current_share, num_programs, resource_share
 from lowbit.kernels.quantized_gemm import quantized_gemm, quantized_gemm_persistent, random_problem, relative_error
+from lowbit.kernels.w4a8 import random_problem as w4a8_random_problem
 from lowbit.kernels.w4a8 import (
     w4a8_gemm_per_channel,
     w4a8_gemm_per_channel_persistent,
@@ -29,7 +29,6 @@ from lowbit.kernels.w4a8 import (
     w4a8_gemm_per_group_persistent,
 )
 from lowbit.lang.kernel import infer_scalars
-from lowbit.quant import quantize_per_token_int8, quantize_qoq, quantize_w4a8_per_channel
 from lowbit.quant import w4a8_gemm_per_channel as ref_per_channel
 from lowbit.quant import w4a8_gemm_per_group as ref_per_group
 from lowbit.reference.attention import sequence_attention
@@ -119,38 +118,20 @@ def test_gemm_persistent_on_triton(M, N, b, seed):
 # ---- W4A8 -------------------------------------------------------------------------------------------------
 
 
-def w4a8_group_problem(M: int, N: int, K: int, G: int, seed: int) -> tuple[dict, dict, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((N, K)).astype(np.float32)
-    qa, sa = quantize_per_token_int8(rng.standard_normal((M, K)).astype(np.float32))
-    qw = quantize_qoq(w, bits=4, group_size=G)
-    layout = packed_along((K, N), 4, 0)
-    args = dict(xq=qa, sx=sa.astype(np.float32), w=layout.pack(qw.codes.T), y=np.zeros((M, N), np.float32))
-    args.update(s2=qw.s2.T.astype(np.int8), z2=qw.zeros.T.astype(np.int8), s1=qw.s1)
-    consts = dict(wdtype="uint4", G=G, ydtype="float32", sdtype=str(qw.s1.dtype), BM=16, BN=32, BK=64)
-    return args, consts, ref_per_group(qa, sa, qw)
-
-
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_w4a8_per_group_persistent(backend):
-    args, consts, expected = w4a8_group_problem(20, 70, 128, 64, seed=1)
-    want = check_persistent(w4a8_gemm_per_group, w4a8_gemm_per_group_persistent, consts, args, ["y"], backend)
-    assert relative_error(want["y"], expected) <= 1e-6
+    p = w4a8_random_problem(20, 70, 128, G=64, seed=1)
+    consts = {**p.constants, "BM": 16, "BN": 32, "BK": 64}
+    want = check_persistent(w4a8_gemm_per_group, w4a8_gemm_per_group_persistent, consts, p.args, ["y"], backend)
+    assert relative_error(want["y"], ref_per_group(p.xq, p.sx, p.weight)) <= 1e-6
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_w4a8_per_channel_persistent(backend):
-    rng = np.random.default_rng(2)
-    M, N, K = 18, 40, 128
-    qa, sa = quantize_per_token_int8(rng.standard_normal((M, K)).astype(np.float32))
-    qw = quantize_w4a8_per_channel(rng.standard_normal((N, K)).astype(np.float32), bits=4)
-    layout = packed_along((K, N), 4, 0)
-    codes = layout.pack(qw.codes.T.astype(np.uint8))
-    args = dict(xq=qa, sx=sa.astype(np.float32), w=codes, y=np.zeros((M, N), np.float32))
-    args.update(zeros=qw.zeros[:, 0].astype(np.int32), scales=qw.scales[:, 0])
-    consts = dict(wdtype="uint4", ydtype="float32", sdtype=str(qw.scales.dtype), BM=16, BN=16, BK=64)
-    want = check_persistent(w4a8_gemm_per_channel, w4a8_gemm_per_channel_persistent, consts, args, ["y"], backend)
-    assert relative_error(want["y"], ref_per_channel(qa, sa, qw)) <= 1e-6
+    p = w4a8_random_problem(18, 40, 128, per_group=False, seed=2)
+    consts = {**p.constants, "BM": 16, "BN": 16, "BK": 64}
+    want = check_persistent(w4a8_gemm_per_channel, w4a8_gemm_per_channel_persistent, consts, p.args, ["y"], backend)
+    assert relative_error(want["y"], ref_per_channel(p.xq, p.sx, p.weight)) <= 1e-6
 
 
 # ---- attention ----------------------------------------------------------------------------------------------

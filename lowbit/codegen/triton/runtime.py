@@ -28,7 +28,6 @@ from lowbit.codegen.triton.lower import CODEGEN_VERSION, check_options, kernel_n
 from lowbit.codegen.triton.memory import host_element
 from lowbit.dtypes import encode
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Store, walk
 from lowbit.ir.values import TensorParam
 
 
@@ -201,7 +200,6 @@ class TritonKernel:
         self.source = lower(program, self.options)
         self._module: ModuleType | None = None
         self.path: Path | None = None
-        self.outputs = {s.tensor.name for s in walk(program.body) if isinstance(s, Store)}
         self.checks = [ArgumentCheck(program.name, p) for p in program.tensor_params]  # one per tensor, in order
 
     @property
@@ -253,7 +251,7 @@ class TritonKernel:
                 tensor = tensor.to(DEVICE)
             launch.append(tensor)
             shared = DEVICE == "cpu" and np.shares_memory(dev_np, host)
-            if p.name in self.outputs and not shared:
+            if p.name in program.stored and not shared:
                 write_back.append((args[p.name], host, tensor, back))
         grid = self._grid(env)
         if 0 in grid:

@@ -191,7 +191,7 @@ class DriverLaunch:
         return int(torch.cuda.current_stream(device).cuda_stream)
 
     def __call__(self, *args: Any) -> None:
-        addresses, storage, device = self.parameters(args)
+        addresses, _storage, device = self.parameters(args)  # _storage: what `addresses` point into, kept alive
         blocks = int(self.blocks(args))
         if blocks <= 0:
             return
@@ -206,4 +206,3 @@ class DriverLaunch:
             ),
             f"launching {self.name}",
         )
-        del storage  # the driver copied the parameters at the launch

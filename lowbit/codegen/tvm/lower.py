@@ -662,7 +662,7 @@ class _Emitter:
     # ---- analysis ----
     def _analyse(self) -> None:
         self.assigned: set[int] = set()
-        self.stored = {s.tensor.name for s in walk(self.p.body) if isinstance(s, Store)}
+        self.stored = self.p.stored
         self.loaded = {s.tensor.name for s in walk(self.p.body) if isinstance(s, ScalarLoad)} | {
             s.inst.tensor.name for s in walk(self.p.body) if isinstance(s, Let) and isinstance(s.inst, I.Load)
         }

@@ -29,11 +29,11 @@ import sympy
 
 from lowbit.codegen import kernel_cache
 from lowbit.codegen.backend import BackendError
+from lowbit.codegen.scalar_eval import compile_expr
 from lowbit.codegen.tvm.arguments import element, tensor_argument
 from lowbit.codegen.tvm.bf16_dot import patch_module, uses_stand_in
 from lowbit.codegen.tvm.lower import check_options, lower
 from lowbit.ir.program import Program
-from lowbit.ir.statements import Store, walk
 from lowbit.ir.values import TensorParam
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
@@ -216,22 +216,16 @@ class TvmKernel:
         if not self.cuda:
             raise BackendError(f"kernel {self.program.name} is a CPU kernel; driver_launch() runs CUDA kernels")
         entry = device_entry(self.cuda_source, self.arg_names, self._buffers)
-        grid = sympy.Mul(*self.program.grid)
-        symbols = sorted(grid.free_symbols, key=str)
-        missing = [str(x) for x in symbols if str(x) not in self.arg_names]
+        blocks, names = compile_expr(sympy.Mul(*self.program.grid))  # the grid programs, flattened
+        missing = [n for n in names if n not in self.arg_names]
         if missing:
             raise BackendError(f"kernel {self.program.name}: its grid depends on {missing}, which it does not take")
-        where = [self.arg_names.index(str(x)) for x in symbols]
-
-        @functools.lru_cache(maxsize=64)
-        def blocks_at(values: tuple[int, ...]) -> int:
-            return int(grid.subs(dict(zip(symbols, values))))
-
+        where = [self.arg_names.index(n) for n in names]
         source, name = self.cuda_source, self.program.name
         return DriverLaunch(
             entry,
             lambda arch: nvrtc_cubin(source, arch, name),
-            lambda args: blocks_at(tuple(int(args[i]) for i in where)),
+            lambda args: int(blocks(*(int(args[i]) for i in where))),
             name,
         )
 
@@ -260,11 +254,6 @@ class TvmKernel:
             raise BackendError(f"kernel {self.program.name} was loaded from {self.library}; it exports only as .so")
         shutil.copyfile(self.library, path)
 
-    @functools.cached_property
-    def outputs(self) -> frozenset[str]:
-        """The tensors the program stores to (arguments converted for the launch are written back)."""
-        return frozenset(s.tensor.name for s in walk(self.program.body) if isinstance(s, Store))
-
     def __call__(self, args: Mapping[str, Any]) -> None:
         fn = self.function  # first: a CUDA kernel on a machine without CUDA says so before any copy
         call_args: list[Any] = []
@@ -279,7 +268,7 @@ class TvmKernel:
             if not isinstance(p, TensorParam):  # scalar
                 call_args.append(int(v))
                 continue
-            t, back = tensor_argument(self.program.name, p, v, name in self.outputs)
+            t, back = tensor_argument(self.program.name, p, v, name in self.program.stored)
             if back is not None:
                 write_backs.append(back)
             if self.cuda and not t.is_cuda:  # host data for a CUDA kernel: a device copy, copied back after

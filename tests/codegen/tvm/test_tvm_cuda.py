@@ -20,12 +20,11 @@ from lowbit.codegen.backend import BackendError, compile_program
 from lowbit.codegen.tvm import cuda_launch
 from lowbit.codegen.tvm import runtime as tvm_runtime
 from lowbit.codegen.tvm.runtime import cpu_simulation_source, driver_launch_available, tvm_has_cuda_runtime
-from lowbit.ir.layout import packed_along
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem, relative_error
+from lowbit.kernels.w4a8 import random_problem as w4a8_random_problem
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang.kernel import infer_scalars
-from lowbit.quant import quantize_per_token_int8, quantize_qoq, quantize_w4a8_per_channel
 
 CUDA = {"target": "cuda"}
 
@@ -62,22 +61,10 @@ def test_gemv_equals_the_reference(wdtype, zero_mode):
 
 @pytest.mark.parametrize("per_group", [True, False])
 def test_w4a8_equals_the_reference(per_group):
-    rng = np.random.default_rng(3)
-    M, N, K = 5, 40, 256
-    w = rng.standard_normal((N, K)).astype(np.float32)
-    qa, sa = quantize_per_token_int8(rng.standard_normal((M, K)).astype(np.float32))
-    layout = packed_along((K, N), 4, 0)
-    args = dict(xq=qa, sx=sa.astype(np.float32), y=np.zeros((M, N), np.float32))
-    if per_group:
-        qw = quantize_qoq(w, bits=4, group_size=128)
-        args.update(w=layout.pack(qw.codes.T), s2=qw.s2.T.astype(np.int8), z2=qw.zeros.T.astype(np.int8), s1=qw.s1)
-        kernel, consts = w4a8_gemm_per_group, dict(wdtype="uint4", G=128, BM=16, BN=32, BK=128)
-    else:
-        gq = quantize_w4a8_per_channel(w, bits=4)
-        args.update(w=layout.pack(gq.codes.T.astype(np.uint8)), zeros=gq.zeros[:, 0].astype(np.int32))
-        args.update(scales=gq.scales[:, 0])
-        kernel, consts = w4a8_gemm_per_channel, dict(wdtype="uint4", BM=16, BN=32, BK=64)
-    ref, out = run_both(kernel, {**consts, "ydtype": "float32", "wlayout": layout}, args, backend="tvm-cuda")
+    p = w4a8_random_problem(5, 40, 256, per_group=per_group, G=128, seed=3)
+    kernel = w4a8_gemm_per_group if per_group else w4a8_gemm_per_channel
+    consts = {**p.constants, "BM": 16, "BN": 32, "BK": 128 if per_group else 64}
+    ref, out = run_both(kernel, consts, p.args, backend="tvm-cuda")
     assert np.isfinite(out["y"]).all()
     # the int32 dot is exact on both sides and the fp32 epilogue the same ops: equal up to reassociation
     assert relative_error(out["y"].astype(np.float64), ref["y"].astype(np.float64)) <= 1e-6
