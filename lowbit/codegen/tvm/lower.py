@@ -1782,6 +1782,10 @@ class _Emitter:
         unroll = self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1
         if c > 1 and KT % math.lcm(unroll, per) == 0:
             unroll = math.lcm(unroll, per)  # one word row per k step: the fields' shifts are constants
+        elif unroll % c:
+            # a k step takes whole fields of c codes (KT % c == 0: `_lut_codes`); an unroll below c made the
+            # inner loop empty (a 2-bit tile of 4 rows under unroll 1 summed nothing: all-zero output)
+            unroll = math.lcm(unroll, c) if KT % math.lcm(unroll, c) == 0 else c
         ko, ku, jv, ii = (self.fresh(v) for v in ("ko", "ku", "jv", "ii"))
         k = sympy.Symbol(f"{ko}", integer=True) * unroll + sympy.Symbol(f"{ku}", integer=True) * c
         j0 = sympy.Symbol(f"{jv}", integer=True) * 16

@@ -98,6 +98,16 @@ def test_each_width_takes_its_table_form(dtype, form, g):
     assert any("llvm.prefetch" in line and "w_1[" in line for line in src.splitlines())
 
 
+@pytest.mark.parametrize(("dtype", "g"), [("int2", 2), ("int2", 4), ("uint2", 4), ("int1", 4), ("int1", 8)])
+def test_field_tables_on_tiles_shorter_than_the_unroll(dtype, g):
+    """Groups of 2-8 rows of 1-2-bit codes: the tile (BK = G) is shorter than the unroll (8) and than one word's
+    codes, so the k step falls back to one field of c = 4 / bits codes. Unroll 1 under c once gave an empty
+    inner loop (all-zero output, found by an outside quantized_linear fuzz at int2 g = 4)."""
+    err, src = run(dtype, 2, 64, 64, g, {"lut": "avx512", "unroll": 8}, seed=g)
+    assert err < TOL
+    assert LUT in src and ("rtbl" in src) == (g % (4 // int(dtype[-1])) == 0)
+
+
 def test_the_word_walk_handles_tiles_that_start_inside_a_word():
     """K = 384 int3 with g = 128: the tiles start at k = 0, 128, 256, i.e. code 0, 8 and 6 of a word, and the
     last tile's final word row reaches past K; zero points (post) on top. Ragged N = 100 adds the edge tile."""
