@@ -7,6 +7,9 @@ Kernel choice (documented rule):
                         every M: past 16 rows its dot is a GEMM form, register blocks of vdpbf16ps (bf16 x,
                         AVX-512 BF16) or fp32 FMAs (lowbit/codegen/tvm/README.md, "GEMM forms of the
                         table-decoded dot").
+                        With float16 x, a weight whose dequantized values float16 cannot hold
+                        (`QuantizedWeight.fits_float16`: |ŵ| past 65504, or channels in its subnormals) runs
+                        `quantized_gemv` at every M (the GEMM rounds its dequantized tile to x's dtype).
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
@@ -134,7 +137,17 @@ def select_kernel(
     a8 = decode_activations == "int8" and a8_ineligible(qweight) is None
     if not a8 and adtype is not None and backend is not None and gemv_serves(qweight, backend, adtype):
         return quantized_gemv
-    return scheme_kernel(qweight.scheme, m, a8)
+    return _half_safe(scheme_kernel(qweight.scheme, m, a8), qweight, adtype)
+
+
+def _half_safe(kernel: Kernel, qweight: QuantizedWeight, adtype: str | None) -> Kernel:
+    """`kernel`, or `quantized_gemv` in place of `quantized_gemm` for float16 activations and a weight whose
+    dequantized values float16 cannot hold (`QuantizedWeight.fits_float16`: past 65504, or channels down in
+    its subnormals): the GEMM rounds its dequantized tile to x's dtype before the dot, the GEMV applies the
+    scales to its fp32 accumulator."""
+    if kernel is quantized_gemm and adtype == "float16" and not qweight.fits_float16:
+        return quantized_gemv
+    return kernel
 
 
 def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
@@ -639,7 +652,7 @@ def tvm_cuda_kernel(
     key = (m, "tvm:cuda", io, config, named)
     compiled = plans.get(key)
     if compiled is None:
-        kernel = _BY_NAME.get(named) or scheme_kernel(qw.scheme, m)
+        kernel = _BY_NAME.get(named) or _half_safe(scheme_kernel(qw.scheme, m), qw, io)
         problem = {"M": m, "N": args["N"], "K": args["K"], "G": fixed.get("G", -1), "wdtype": fixed["wdtype"]}
         cfg = config or tvm_cuda_default(kernel.name, problem)
         options = {**cfg.option_dict, "target": "cuda"}

@@ -16,6 +16,7 @@ G = -1). Schemes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -77,18 +78,69 @@ class QuantizedWeight:
 
     def dequantize(self) -> np.ndarray:
         """Ŵ[N, K] float32, computed in float64 by NumPy from the stored codes and parameters (no kernel)."""
+        return np.ascontiguousarray(self._dequantized(self.codes()).T).astype(np.float32)  # [N, K]
+
+    def _dequantized(self, codes: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+        """Ŵᵀ[K, columns] float64 of the [K, N] `codes` restricted to `cols`."""
         k = self.in_features
         rows = k if self.group_size == -1 else self.group_size
-        q = decode(self.dtype, self.codes()).astype(np.float64)  # q: [K, N]
-        s = np.repeat(self.scales.astype(np.float64), rows, axis=0)  # s: [K, N]
-        z = 0.0 if self.zeros is None else np.repeat(self.zeros.astype(np.float64), rows, axis=0)
-        if self.zero_mode == "pre":
-            w = q * s - z
-        else:
-            w = (q - z) * s
+        q = decode(self.dtype, codes[:, cols]).astype(np.float64)  # q: [K, n]
+        s = np.repeat(self.scales[:, cols].astype(np.float64), rows, axis=0)  # s: [K, n]
+        z = 0.0 if self.zeros is None else np.repeat(self.zeros[:, cols].astype(np.float64), rows, axis=0)
+        w = q * s - z if self.zero_mode == "pre" else (q - z) * s
         if self.channel_scales is not None:
-            w = w * self.channel_scales.astype(np.float64)[None, :]
-        return np.ascontiguousarray(w.T).astype(np.float32)  # [N, K]
+            w = w * self.channel_scales[cols].astype(np.float64)[None, :]
+        return w
+
+    @cached_property
+    def fits_float16(self) -> bool:
+        """Whether Ŵ survives rounding to float16, what `quantized_gemm` does to a dequantized tile before its
+        dot with float16 activations: no |ŵ| past 65504 (it would be inf), and per output channel the rounding
+        error's L1 norm at most 2^-10 of the channel's (float16's normal range rounds within 2^-11 of each
+        value; channels of weights below ~6e-5 lose their bits to float16's subnormals). `quantized_linear`
+        runs a weight that fails on the GEMV, which rounds nothing before its fp32 accumulator. Decided from
+        the parameters alone when every value a group can take is 0 or in float16's normal range (`_value_range`:
+        no rounding past 2^-11 anywhere); else one pass over the codes, in column chunks. Computed once."""
+        big = float(np.finfo(np.float16).max)
+        hi, lo = self._value_range()
+        if hi.max(initial=0.0) > big or not np.isfinite(hi).all():
+            return False
+        if lo.min(initial=np.inf) >= 2.0**-14:
+            return True
+        codes = self.codes()
+        k, n = codes.shape
+        step = max(1, (1 << 22) // max(k, 1))
+        for c0 in range(0, n, step):
+            w = self._dequantized(codes, slice(c0, c0 + step)).astype(np.float32)
+            err = np.abs(w.astype(np.float16).astype(np.float32) - w).sum(axis=0, dtype=np.float64)
+            if (err > np.abs(w).sum(axis=0, dtype=np.float64) * 2.0**-10).any():
+                return False
+        return True
+
+    def _value_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group and column [groups, N]: the largest |ŵ| any code can give, and the smallest nonzero one
+        (float64, from the parameters and the dtype's finite values; w_a16 only, else (inf, 0): unknown). Integer
+        codes are a run of integers q, and ŵ = (q − c)·s with c = z (post) or z / s (pre), so the extremes sit at
+        the grid's ends and the smallest nonzero |ŵ| at the q next to c."""
+        if self.scheme != "w_a16" or self.channel_scales is not None:
+            return np.full(1, np.inf), np.zeros(1)
+        s = self.scales.astype(np.float64)
+        z = np.zeros_like(s) if self.zeros is None else self.zeros.astype(np.float64)
+        if self.dtype.is_float:
+            v = np.abs(decode(self.dtype, np.arange(1 << self.dtype.bits)).astype(np.float64))
+            v = v[np.isfinite(v)]
+            return np.abs(s) * v.max(initial=0.0), np.abs(s) * v[v > 0].min(initial=np.inf)
+        grid = IntGrid.of(self.dtype)
+        c = z / np.where(s == 0, 1.0, s) if self.zero_mode == "pre" else z
+        q = np.clip(np.floor(c)[..., None] + np.arange(-1, 3), grid.qmin, grid.qmax)  # the codes nearest c
+        ends = np.array([grid.qmin, grid.qmax], np.float64)
+
+        def value(q: np.ndarray) -> np.ndarray:  # exactly as `_dequantized` computes it
+            sq, zq = s[..., None], z[..., None]
+            return np.abs(q * sq - zq if self.zero_mode == "pre" else (q - zq) * sq)
+
+        near = value(q)
+        return value(ends).max(axis=-1), np.where(near > 0, near, np.inf).min(axis=-1)
 
     def __repr__(self) -> str:
         g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"

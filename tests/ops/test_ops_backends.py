@@ -12,7 +12,8 @@ import pytest
 from linear_reference import HOST, bound, reference, relative_error
 
 from lowbit.codegen.backend import available_backends
-from lowbit.ops import quantize, quantized_linear
+from lowbit.kernels import quantized_gemm, quantized_gemv
+from lowbit.ops import quantize, quantized_linear, select_kernel
 
 CASES = [
     # (scheme, dtype, group size, zero_mode, M, activation dtype)
@@ -94,6 +95,27 @@ def test_triton_names_the_fix_for_a_group_without_a_power_of_two_slice(monkeypat
             False,
             1,
         )
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize(
+    "name,magnitude,x_scale,scale_dtype",
+    [("int8", 3e4, 1e-2, "float16"), ("int4", 3e4, 1e-2, "float16"), ("int8", 1e-7, 300.0, "float32")],
+)
+def test_fp16_gemm_rows_with_weights_float16_cannot_hold(backend, name, magnitude, x_scale, scale_dtype):
+    """M > 16 with fp16 x and dequantized weights past 65504 (or down in fp16's subnormals): the GEMM would
+    round its dequantized tile to fp16 (inf, or 17% error), so the rule runs the GEMV, whose result is finite
+    and within the GEMV's bound (found by an outside quantized_linear fuzz: NaN on every backend)."""
+    rng = np.random.default_rng(7)
+    qw = quantize((rng.standard_normal((24, 128)) * magnitude).astype(np.float32), name, 64, scale_dtype=scale_dtype)
+    assert not qw.fits_float16 and select_kernel(qw, 17, adtype="float16", backend=backend) is quantized_gemv
+    assert select_kernel(qw, 17) is quantized_gemm  # the scheme's rule, without the activation dtype
+    x = (rng.standard_normal((17, 128)) * x_scale).astype(np.float16)
+    ref = reference(x, qw)
+    assert np.abs(ref).max() < 60000  # the output itself fits fp16
+    y = quantized_linear(x, qw, backend=backend)
+    err = relative_error(y, ref)
+    assert np.isfinite(y).all() and err <= bound(qw, 1, "float16"), f"{backend} {name}: {err}"
 
 
 @pytest.mark.parametrize("backend", available_backends())

@@ -212,3 +212,24 @@ def test_bias_as_a_list_is_taken():
     np.testing.assert_allclose(y, quantized_linear(x, qw, backend="reference") + np.arange(1, 5), rtol=1e-6)
     with pytest.raises(ValueError, match="bias of type list is not numeric"):
         quantized_linear(x, qw, backend="reference", bias=["a", "b", "c", "d"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(["int8", "int4", "uint4", "int2", "fp8_e4m3", "fp4_e2m1", "fp6_e3m2", "fp8_e5m2"]),
+    zero=st.sampled_from(["none", "post", "pre"]),
+    exponent=st.integers(-9, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_fits_float16_agrees_with_rounding_the_dequantized_weight(name, zero, exponent, seed):
+    """`fits_float16` (decided from the parameters when it can) equals the oracle: round Ŵ to float16 and
+    check no value overflows and each channel's L1 rounding error is within 2^-10 of its L1 norm."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((6, 128)) * 10.0**exponent).astype(np.float32)
+    kw = dict(symmetric=False, zero_mode=zero) if zero != "none" and not name.startswith("fp") else {}
+    qw = quantize(w, name, 32, scale_dtype="float32", **kw)
+    wh = qw.dequantize().astype(np.float64)
+    with np.errstate(over="ignore"):
+        r = wh.astype(np.float16).astype(np.float64)
+    want = bool(np.isfinite(r).all() and (np.abs(r - wh).sum(axis=1) <= np.abs(wh).sum(axis=1) * 2.0**-10).all())
+    assert qw.fits_float16 == want
