@@ -32,6 +32,7 @@ from lowbit.quant import (
     quantize_qoq,
     quantize_w4a8_per_channel,
     resolve_group_size,
+    format_scale,
     storage_scale,
 )
 
@@ -563,8 +564,9 @@ def _quantize_float(w: np.ndarray, dt: DataType, g: int, sdt: np.dtype) -> tuple
     # symmetric per group: s = amax / max(dtype), codes = encode(w / s) (RNE, saturating)
     n, k = w.shape
     wg = w.reshape(n, k // g, g)  # [N, K // G, G]
-    scales = storage_scale(np.abs(wg).max(axis=-1).astype(np.float64) / float(dt.max), sdt)  # [N, K // G]
-    codes = encode(dt, (wg / scales.astype(np.float32)[..., None]).reshape(n, k))  # [N, K]
+    scales = format_scale(np.abs(wg).max(axis=-1), float(dt.max), sdt)  # [N, K // G]
+    big = float(dt.max)  # saturate: an IEEE format would encode past its largest value as inf
+    codes = encode(dt, np.clip((wg / scales.astype(np.float32)[..., None]).reshape(n, k), -big, big))  # [N, K]
     return codes.T, scales.T
 
 

@@ -85,6 +85,23 @@ def storage_scale(raw: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     return np.minimum(s, finfo.max).astype(dtype)
 
 
+def format_scale(amax: np.ndarray, largest: float, dtype: Any = np.float32) -> np.ndarray:
+    """Stored symmetric scales of a float code format whose largest value is `largest`: amax / largest through
+    `storage_scale`, then stepped up one unit of `dtype` at a time (at most 8) wherever the stored scale sits
+    below the raw one far enough that amax / s passes `largest` (rounded to nearest, or floored at a subnormal:
+    an fp8_e5m2 group of |w| <= 0.0048 with float16 scales stores 8.4e-8 as 6e-8, and its extreme then
+    encoded as inf). Codes taken with these scales saturate at most by a rounding of the last step."""
+    amax = np.asarray(amax, np.float64)
+    dtype = np.dtype(dtype)
+    s = storage_scale(amax / largest, dtype)
+    for _ in range(8):
+        over = amax / s.astype(np.float64) > largest
+        if not over.any():
+            break
+        s = np.where(over, np.nextafter(s, dtype.type(np.inf)), s).astype(dtype)
+    return s
+
+
 def check_finite(x: np.ndarray, name: str) -> None:
     """Reject NaN/inf inputs up front: a quantizer cannot give them a meaningful code."""
     if not np.all(np.isfinite(x)):

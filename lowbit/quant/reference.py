@@ -7,7 +7,7 @@ only re-exports them so tests and kernels can `from lowbit.quant import referenc
 from lowbit.quant.activation import dequantize_per_token, quantize_per_token_int8
 from lowbit.quant.affine import ZeroConvention, dequantize, expand_groups, quantize, resolve_group_size
 from lowbit.quant.gemm import w4a8_gemm_per_channel, w4a8_gemm_per_group
-from lowbit.quant.grid import IntGrid, storage_scale
+from lowbit.quant.grid import IntGrid, format_scale, storage_scale
 from lowbit.quant.groupwise import GroupQuant, quantize_groupwise
 from lowbit.quant.kv import KVQuant, dequantize_kv, quantize_kv
 from lowbit.quant.qoq import (
@@ -29,6 +29,7 @@ __all__ = [
     "dequantize_kv",
     "dequantize_per_token",
     "expand_groups",
+    "format_scale",
     "protective_range",
     "qoq_level1",
     "qoq_level2",

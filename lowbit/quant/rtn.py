@@ -29,7 +29,7 @@ from lowbit.ir.layout import PackedLayout
 from lowbit.ops.weight import QuantizedWeight, _code_dtype, _zero_mode
 from lowbit.ops.weight import quantize as quantize_weight
 from lowbit.quant.affine import ZeroConvention, quantize, resolve_group_size
-from lowbit.quant.grid import IntGrid, storage_scale
+from lowbit.quant.grid import IntGrid, format_scale, storage_scale
 from lowbit.quant.groupwise import quantize_groupwise
 from lowbit.quant.qoq import protective_range, qoq_level2
 
@@ -125,7 +125,7 @@ class SpecQuantizer:
             return s2.astype(np.float64), z.astype(np.float64)
         if self.kind == "float":
             amax = np.abs(np.asarray(block, np.float32)).max(axis=-1, keepdims=True).astype(np.float64)
-            return storage_scale(amax / float(self.dtype.max), self.scale_dtype).astype(np.float64), None
+            return format_scale(amax, float(self.dtype.max), self.scale_dtype).astype(np.float64), None
         gq = quantize_groupwise(
             np.asarray(block, np.float32),
             bits=self.dtype,
@@ -152,7 +152,8 @@ class SpecQuantizer:
         if self.kind == "float":
             with np.errstate(over="ignore"):
                 x = np.asarray(cols, np.float32) / scales.astype(np.float32)
-            return decode(self.dtype, encode(self.dtype, x)).astype(np.float64)
+            big = float(self.dtype.max)  # saturate: an IEEE format would encode past its largest value as inf
+            return decode(self.dtype, encode(self.dtype, np.clip(x, -big, big))).astype(np.float64)
         q = quantize(
             np.asarray(cols, np.float32),
             scales,

@@ -50,6 +50,22 @@ def test_float_formats_symmetric_bound(name):
     assert np.all(np.abs(qw.dequantize() - w) <= bound + 1e-6)
 
 
+@pytest.mark.parametrize("name", FLOAT_DTYPES)
+@pytest.mark.parametrize("magnitude", [1e-3, 3e-5])
+def test_float_formats_with_subnormal_float16_scales_stay_finite_and_bounded(name, magnitude):
+    """Small weights give float16 scales in its subnormals (rounded, or floored at 6e-8), which can sit below
+    the raw amax / max: the scale steps up until the group's extreme is representable, and codes saturate,
+    so no IEEE format encodes inf (fp8_e5m2 at |w| = 0.0048 dequantized to inf before). The bound is the
+    same as above, against the stored scale."""
+    w = weight(seed=3) * np.float32(magnitude)
+    qw = quantize(w, name, 64)
+    dt = dtype(name)
+    wh = qw.dequantize()
+    assert np.isfinite(wh).all()
+    bound = expand(qw.scales, qw).astype(np.float64) * float(dt.max) * 2.0 ** -(dt.mantissa_bits + 1)
+    assert np.all(np.abs(wh.astype(np.float64) - w) <= bound * (1 + 1e-6) + 1e-12)
+
+
 def test_pre_zero_and_float32_scales():
     w = weight(seed=2)
     qw = quantize(w, "uint4", 32, zero_mode="pre", scale_dtype="float32")
