@@ -204,7 +204,17 @@ def quantized_linear(
             raise ValueError(f"bias of type {type(bias).__name__} is not numeric; pass a [{n}] array or None") from e
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias has shape {list(bias.shape)}; pass a [{n}] bias (out_features) or None")
+    if config is not None and not isinstance(config, Config):
+        raise ValueError(
+            f"config is a {type(config).__name__} ({config!r}); pass a lowbit.codegen.backend.Config (e.g. "
+            "lowbit.kernels.spaces.space(kernel, backend).default) or None for the default"
+        )
     if out is not None:
+        if _is_torch(out) != is_torch:
+            raise ValueError(
+                f"out is a {'torch tensor' if _is_torch(out) else type(out).__name__} but x is a "
+                f"{'torch tensor' if is_torch else type(x).__name__}; pass out of x's kind (or out=None)"
+            )
         if tuple(out.shape) != (*shape[:-1], n):
             raise ValueError(f"out has shape {list(out.shape)}; it must be {[*shape[:-1], n]} (x's rows by N)")
         if activation_dtype(out, "out") != adtype:

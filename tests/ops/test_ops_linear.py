@@ -118,6 +118,8 @@ def test_unusual_group_size_falls_back_to_one_group_per_step():
         ("out_shape", r"out has shape \[3, 7\]; it must be \[3, 24\]"),
         ("out_dtype", "out must have x's dtype float16"),
         ("backend", "backend 'gpu' is not known"),
+        ("out_kind", "out is a torch tensor but x is a ndarray; pass out of x's kind"),
+        ("config", r"config is a str \('abc'\); pass a lowbit.codegen.backend.Config"),
     ],
 )
 def test_validation_errors_name_the_field(case, match):
@@ -140,6 +142,10 @@ def test_validation_errors_name_the_field(case, match):
         kwargs["out"] = np.zeros((3, 24), np.float32)
     elif case == "backend":
         kwargs["backend"] = "gpu"
+    elif case == "out_kind":
+        kwargs["out"] = torch.zeros((3, 24), dtype=torch.float16)
+    elif case == "config":
+        kwargs["config"] = "abc"
     with pytest.raises(ValueError, match=match):
         quantized_linear(x, qw, **kwargs)
 

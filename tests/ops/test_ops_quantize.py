@@ -138,6 +138,7 @@ def test_reordered_default_tile_takes_whole_fragments_at_any_width(name, bk):
         (dict(scale_dtype="int8"), "scale_dtype 'int8' is not supported"),
         (dict(layout="tiles"), "layout 'tiles' is not known"),
         (dict(layout="reordered", tile=(48, 32)), "BK=48 must be a positive multiple of 32"),
+        (dict(layout="row", tile=(7, 3)), r"tile \(7, 3\) sets the 'reordered' layout's tile; layout 'row' takes none"),
     ],
 )
 def test_validation_errors_name_the_field(kwargs, match):
