@@ -45,25 +45,82 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 import tvm
 
 
+# /proc/cpuinfo flags the lowering emits intrinsics for (or vectorizes with), as LLVM feature names. A VM's
+# CPUID model can name an older CPU than the one it runs on (LLVM reads "rocketlake" on a Sapphire Rapids VM
+# whose cpuinfo lists avx512_bf16): the target adds what the host has and its mcpu lacks, so a kernel built
+# for it may use the instruction. avx512_fp16 is left out on purpose: with it LLVM does half arithmetic
+# natively instead of in fp32, which would change results.
+_LLVM_FEATURES = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512_vnni": "avx512vnni",
+    "avx512_bf16": "avx512bf16",
+    "avx_vnni": "avxvnni",
+}
+
+
+@functools.cache
 def cpu_target() -> Any:
+    """This CPU as an LLVM target: LLVM's host mcpu plus the `_LLVM_FEATURES` cpuinfo lists and mcpu lacks."""
+    from lowbit.artifact.fingerprint import isa_flags
+
     cpu = tvm.target.codegen.llvm_get_system_cpu()
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
+    spec: dict[str, Any] = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
+    base = tvm.target.Target(spec)
+    extra = [
+        f"+{_LLVM_FEATURES[f]}"
+        for f in isa_flags()
+        if f in _LLVM_FEATURES and not tvm.target.codegen.llvm_cpu_has_features([_LLVM_FEATURES[f]], base)
+    ]
+    return tvm.target.Target({**spec, "mattr": extra}) if extra else base
+
+
+_FEATURES: dict[str, frozenset[str]] = {}
+
+# explicit x86 forms and the LLVM feature each needs
+_OPTION_FEATURES = {
+    ("int8_dot", "vnni"): "avx512vnni",
+    ("int8_dot", "avx2"): "avx2",
+    ("bf16_dot", "avx512bf16"): "avx512bf16",
+    ("lut", "avx512"): "avx512f",
+}
+
+
+def _target_features(target: Any) -> frozenset[str]:
+    """The `_LLVM_FEATURES` an LLVM target can encode (its mcpu and mattr)."""
+    key = str(target)
+    if key not in _FEATURES:
+        has = tvm.target.codegen.llvm_cpu_has_features
+        _FEATURES[key] = frozenset(f for f in _LLVM_FEATURES.values() if has([f], target))
+    return _FEATURES[key]
 
 
 def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
-    """`options` with "auto" choices made for `target`: int8_dot "vnni" for an LLVM (CPU) target when this
-    x86 CPU has AVX-512 VNNI, else "avx2" when it has AVX2 (the kernels are built for the host's `mcpu`), else
-    "none"; vector 16 lanes with AVX-512 (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit
+    """`options` with "auto" choices made for `target`: int8_dot "vnni" for an LLVM (CPU) target that has
+    AVX-512 VNNI, else "avx2" when it has AVX2, else "none" (likewise bf16_dot and lut; an explicit x86 form
+    the target lacks raises BackendError); vector 16 lanes with AVX-512 (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit
     register of fp32)."""
-    from lowbit.artifact.fingerprint import fp32_lanes, isa_flags
+    from lowbit.artifact.fingerprint import fp32_lanes
 
     out = dict(options)
     cpu = str(getattr(target, "kind", "")) == "llvm" or "llvm" in str(target)
-    flags = isa_flags() if cpu else ()
+    # what the target can encode (its mcpu and mattr), not /proc/cpuinfo: an intrinsic the target lacks
+    # aborts the process inside LLVM ("Do not know how to split this operator's operand")
+    flags = _target_features(target) if cpu else frozenset()
+    for (name, form), feature in _OPTION_FEATURES.items():
+        if cpu and out.get(name) == form and feature not in flags:
+            raise BackendError(
+                f'TVM option {name}="{form}" needs the LLVM feature {feature}, which target {target} lacks; '
+                f'use {name}="auto" (the best form this target has) or "none"'
+            )
     if out.get("int8_dot") == "auto":
-        out["int8_dot"] = "vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "none"
+        out["int8_dot"] = "vnni" if "avx512vnni" in flags else "avx2" if "avx2" in flags else "none"
     if out.get("bf16_dot") == "auto":
-        out["bf16_dot"] = "avx512bf16" if "avx512_bf16" in flags else "none"
+        out["bf16_dot"] = "avx512bf16" if "avx512bf16" in flags else "none"
     if out.get("lut") == "auto":
         out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":
