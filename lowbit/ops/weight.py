@@ -28,12 +28,11 @@ from lowbit.kernels.layouts import weight_layout
 from lowbit.quant import (
     IntGrid,
     ZeroConvention,
+    format_scale,
     quantize_groupwise,
     quantize_qoq,
     quantize_w4a8_per_channel,
     resolve_group_size,
-    format_scale,
-    storage_scale,
 )
 
 SCHEMES = ("w_a16", "w4a8_group", "w4a8_channel")

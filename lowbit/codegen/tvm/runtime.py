@@ -44,7 +44,6 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 import tvm
 
-
 # /proc/cpuinfo flags the lowering emits intrinsics for (or vectorizes with), as LLVM feature names. A VM's
 # CPUID model can name an older CPU than the one it runs on (LLVM reads "rocketlake" on a Sapphire Rapids VM
 # whose cpuinfo lists avx512_bf16): the target adds what the host has and its mcpu lacks, so a kernel built
@@ -102,8 +101,8 @@ def _target_features(target: Any) -> frozenset[str]:
 def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     """`options` with "auto" choices made for `target`: int8_dot "vnni" for an LLVM (CPU) target that has
     AVX-512 VNNI, else "avx2" when it has AVX2, else "none" (likewise bf16_dot and lut; an explicit x86 form
-    the target lacks raises BackendError); vector 16 lanes with AVX-512 (or off x86 and on GPUs), 8 on an AVX2 CPU without it (one 256-bit
-    register of fp32)."""
+    the target lacks raises BackendError); vector 16 lanes with AVX-512 (or off x86 and on GPUs), 8 on an
+    AVX2 CPU without it (one 256-bit register of fp32)."""
     from lowbit.artifact.fingerprint import fp32_lanes
 
     out = dict(options)
