@@ -106,13 +106,7 @@ def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32, *, pairs: bool
 
 def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None) -> PackedLayout:
     """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes
-    (tile: the reordered layout's, None for `default_tile(bits)`; refused with any other layout, which has no
-    tile to take it)."""
-    if tile is not None and not (isinstance(kind, str) and kind == "reordered"):
-        raise LayoutError(
-            f"tile {tile} sets the 'reordered' layout's tile; layout {kind!r} takes none: drop tile or pass "
-            "layout='reordered'"
-        )
+    (tile: the reordered layout's, None for `default_tile(bits)`)."""
     if isinstance(kind, PackedLayout):
         if tuple(kind.shape) != tuple(shape) or kind.bits != bits:
             raise LayoutError(

@@ -225,6 +225,11 @@ def quantize(
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"scale_dtype {scale_dtype!r} is not supported; use one of {list(SCALE_DTYPES)}")
     mode = _zero_mode(dt, scheme, symmetric, zero_mode)
+    if tile is not None and not (isinstance(layout, str) and layout == "reordered"):
+        raise ValueError(
+            f"tile {tile} sets the 'reordered' layout's tile; layout {layout!r} takes none: drop tile or pass "
+            "layout='reordered'"
+        )
     lay = weight_layout(layout, (k, n), dt.bits, tile)  # validates the layout before the heavy work
     if scheme == "w_a16":
         _check_parameter_range(arr, dt, g, mode, np.dtype(scale_dtype))
