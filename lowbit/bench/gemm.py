@@ -449,6 +449,15 @@ class _Bench:
         ring = case.rings.get(key)
         if ring is None:
             n = ring_copies(nbytes, self.device) if most is None else min(most, ring_copies(nbytes, self.device))
+            size = _held_bytes(weight)
+            free = _free_host_bytes() if not self.device.startswith("cuda") else None
+            if free is not None and size and n > 1 and (n - 1) * size > free - RING_RESERVE_BYTES:
+                fit = max(1, 1 + (free - RING_RESERVE_BYTES) // size)
+                self.notes.append(
+                    f"{key} {case.N}x{case.K}: ring cut from {n} to {fit} copies of {size / 2**20:.1f} MiB "
+                    f"({free / 2**30:.1f} GiB of memory available): its rows may be partly served from caches"
+                )
+                n = fit
             ring = case.rings[key] = [weight] + [_copy(weight) for _ in range(n - 1)]
         return ring
 
@@ -566,6 +575,36 @@ class _Bench:
             for w in self.copies(case, f"{method}_{dt}", qw, stored)
         ]
         return self.row(case, M, method, dt, backend, fns, stored + M * K * elem + M * N * elem, act, rel, note)
+
+
+# memory a ring leaves free for the rest of the run (the next rows' rings, activations, outputs, TVM builds)
+RING_RESERVE_BYTES = 4 * 2**30
+
+
+def _free_host_bytes() -> int | None:
+    """Memory available to this process (psutil, which the TVM extra installs), None when unknown."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def _held_bytes(weight: Any) -> int:
+    """The bytes `_copy(weight)` allocates: a tensor's, or the arrays and tensors of a dataclass's fields."""
+    if hasattr(weight, "clone"):
+        parts = [weight]
+    elif dataclasses.is_dataclass(weight) and not isinstance(weight, type):
+        parts = [getattr(weight, f.name) for f in dataclasses.fields(weight)]
+    else:
+        return 0
+    total = 0
+    for v in parts:
+        if isinstance(v, np.ndarray):
+            total += v.nbytes
+        elif hasattr(v, "element_size") and hasattr(v, "numel"):
+            total += v.element_size() * v.numel()
+    return total
 
 
 def _copy(weight: Any) -> Any:

@@ -127,6 +127,30 @@ def test_plot_is_written_or_skipped_without_matplotlib(report, tmp_path):
         assert path is not None and path.stat().st_size > 0
 
 
+def test_rings_shrink_to_the_memory_available(machine, monkeypatch):
+    """A ring that would leave less than RING_RESERVE_BYTES of memory is cut (to one copy here, with 1 byte
+    to spare) and says so in the notes; every row is still timed and checked. (A VM reporting its host's 480
+    MiB L3 made the rings of an 11008x4096 layer take all of its 24 GiB before RING_MAX_BYTES and this cut.)"""
+    from lowbit.codegen.tune import timing
+
+    monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 3)
+    monkeypatch.setattr(gemm, "_free_host_bytes", lambda: gemm.RING_RESERVE_BYTES + 1)
+    called: list[int] = []
+    real = timing.benchmark_ring
+
+    def counting(fns, **kw):
+        called.append(len(fns))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(gemm, "benchmark_ring", counting)
+    r = gemm.run_report((1,), ((128, 256),), ("int4",), 128, ("tvm",), 1, threads=2, machine=machine, cache="rotate")
+    assert called and set(called) == {1}
+    cut = [n for n in r.notes if "ring cut from" in n]
+    assert any(n.startswith("torch_fp32 128x256: ring cut from 3 to 1 copies of 0.1 MiB") for n in cut), cut
+    assert all("available" in n for n in cut)
+    assert not r.mismatches and all(row.median_ms > 0 for row in r.rows)
+
+
 def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     """cache="rotate": each method's weight is copied into a ring (`ring_copies` in all, own memory, same
     values) once per layer, and every copy is called: the lowbit rows still match the reference."""

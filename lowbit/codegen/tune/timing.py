@@ -129,13 +129,19 @@ MAX_RING = 64  # copies at most: a smaller operand's ring may stay in the cache 
 # RSS of 16.5 GB with 512 MiB); the bench's `stream` row reads the same ring and raises the roofline when it
 # is faster.
 RING_MIN_BYTES = 256 * 2**20
+# ... and at most this much: a VM can report its host's L3 (480 MiB on the 2-core Xeon VM with AMX), whose
+# 2x made every ring of a layer move 960 MiB, and the bench's rings of an 11008x4096 layer took its 24 GiB
+# (killed by the OOM killer at M = 256). There a torch `sum` over rings of 8.65 MB buffers read 51-52 GB/s
+# with 32-64 MiB in the ring, 30 at 128 MiB and 25.6 / 26.5 / 25.6 at 256 / 512 / 1024 MiB: the cache that
+# held part of a ring was ~100 MiB, not 480.
+RING_MAX_BYTES = 512 * 2**20
 
 
 def ring_copies(nbytes: int, device: str = "cpu") -> int:
     """How many copies of an operand of `nbytes` a ring needs so that the copies called between two uses of
     one copy move at least twice the last-level cache (CUDA L2) or, on a CPU, the larger of that and
-    `RING_MIN_BYTES`: 1 + ceil(moved / nbytes), at most `MAX_RING` (a CPU operand under RING_MIN_BYTES / 63,
-    ~4 MiB, then cycles through less than that)."""
+    `RING_MIN_BYTES`, capped at `RING_MAX_BYTES`: 1 + ceil(moved / nbytes), at most `MAX_RING` (a CPU
+    operand under RING_MIN_BYTES / 63, ~4 MiB, then cycles through less than that)."""
     if device.startswith("cuda"):
         import torch
 
@@ -143,7 +149,7 @@ def ring_copies(nbytes: int, device: str = "cpu") -> int:
         moved = 2 * cache
     else:
         cache = last_level_cache_bytes() or FALLBACK_FLUSH_BYTES // 2
-        moved = max(2 * cache, RING_MIN_BYTES)
+        moved = min(max(2 * cache, RING_MIN_BYTES), RING_MAX_BYTES)
     return min(MAX_RING, 1 + -(-moved // max(int(nbytes), 1)))
 
 
@@ -318,6 +324,7 @@ def device_name(device: str = "cpu") -> str:
 
 __all__ = [
     "MAX_RING",
+    "RING_MAX_BYTES",
     "RING_MIN_BYTES",
     "Timing",
     "benchmark",

@@ -10,6 +10,7 @@ import pytest
 
 from lowbit.codegen.tune.timing import (
     MAX_RING,
+    RING_MAX_BYTES,
     RING_MIN_BYTES,
     Timing,
     benchmark,
@@ -73,7 +74,7 @@ def test_benchmark_ring_warms_every_copy_then_cycles_in_order() -> None:
 
 def test_ring_copies_moves_the_ring_minimum_between_uses() -> None:
     llc = last_level_cache_bytes() or 64 * 2**20
-    moved = max(2 * llc, RING_MIN_BYTES)
+    moved = min(max(2 * llc, RING_MIN_BYTES), RING_MAX_BYTES)
     for nbytes in (llc // 3, llc, 3 * llc, moved // 7 + 1, moved + 1):
         n = ring_copies(nbytes)
         assert (n - 1) * nbytes >= moved or n == MAX_RING  # the others move >= the ring minimum
