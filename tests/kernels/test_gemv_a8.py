@@ -17,13 +17,19 @@ import pytest
 import torch
 
 from lowbit.artifact.fingerprint import isa_flags
+from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.dtypes import decode
 from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, tile_group_rows
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
-INT8_INTRINSIC = {"avx2": "llvm.x86.avx2.pmadd.ub.sw", "vnni": "llvm.x86.avx512.vpdpbusd.512"}
-INT8_MODES = ["avx2"] + (["vnni"] if "avx512_vnni" in isa_flags() else [])  # the x86 int8 dot lowerings
+INT8_INTRINSIC = {
+    "avx2": "llvm.x86.avx2.pmadd.ub.sw",
+    "vnni": "llvm.x86.avx512.vpdpbusd.512",
+    "amx": "llvm.x86.tdpbssd",
+}
+# the x86 int8 dot lowerings this CPU runs
+INT8_MODES = ["avx2"] + (["vnni"] if "avx512_vnni" in isa_flags() else []) + (["amx"] if amx_permitted() else [])
 
 
 def rel(a, b) -> float:
@@ -182,7 +188,7 @@ def test_tile_group_rows_blocks_columns_and_pads_with_zeros():
 
 
 @pytest.mark.parametrize("mode", INT8_MODES)
-@pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", [CASES[1], CASES[2]])
+@pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", [CASES[1], CASES[2], (20, 100, 256, 128, "int4", "pre")])
 def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode, mode):
     """On an AVX-512 machine the TVM options resolve to 16 fp32 lanes (`fp32_lanes`) and, with VNNI, to the
     vpdpbusd dot; the lane reductions then run at that width. LLVM legalizes 16 lanes on an AVX2 CPU too, so
@@ -212,4 +218,7 @@ def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode, mode):
 
     traced = quantized_gemv_a8.trace(wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN)
     source = compile_program(traced, "tvm", wide).source
-    assert INT8_INTRINSIC[mode] in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes
+    # "amx" takes row tiles of whole 16-row AMX tiles; smaller ones run "vnni"'s form
+    want = "vnni" if mode == "amx" and bm % 16 else mode
+    assert INT8_INTRINSIC[want] in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes
+    assert (INT8_INTRINSIC["amx"] in source) == (want == "amx")

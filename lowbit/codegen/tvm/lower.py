@@ -70,7 +70,10 @@ OPTIONS: dict[str, Any] = {
     # 8-bit integer dots: "avx2" lowers them to vpmaddubsw/vpmaddwd when value ranges make that exact,
     # "vnni" to AVX-512 VNNI's vpdpbusd (u8·i8 quads into i32, 16 lanes; "avx2"'s form where a tile is not
     # 16 columns wide) (see `_Emitter.int8_dot_plan`), "none" keeps the generic loops; "auto" = "vnni" on an
-    # x86 CPU with AVX-512 VNNI, else "avx2" where it has AVX2 (resolved by lowbit.codegen.tvm.runtime)
+    # x86 CPU with AVX-512 VNNI, else "avx2" where it has AVX2 (resolved by lowbit.codegen.tvm.runtime);
+    # "amx": AMX's tdpbssd on 16x64-byte tiles where a dot's tile is whole AMX tiles (rows and columns in
+    # 16s, K in 64s), "vnni"'s form elsewhere; "auto" picks it where the target has AMX-INT8 and the OS
+    # grants the tile state (`runtime.amx_permitted`)
     "int8_dot": "auto",
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
@@ -132,7 +135,8 @@ TARGETS = ("cpu", "cuda")
 SHARED_BYTES = 48 * 1024
 
 BF16_DOT = ("auto", "avx512bf16", "none")
-INT8_DOT = ("auto", "vnni", "avx2", "none")
+INT8_DOT = ("auto", "amx", "vnni", "avx2", "none")
+AMX_TILES = 8  # AMX tile registers (palette 1), each configured as 16 rows x 64 bytes
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
@@ -631,6 +635,7 @@ class _Emitter:
         # stack allocas that SROA turns into registers
         self.scope = "" if cpu else 'scope="shared"'
         self.cpu = cpu
+        self.amx = False  # an AMX dot was emitted: the block loads the tile configuration first
         self.shared_bytes = 0  # GPU: the bytes of the tile buffers, all block-shared
         self.lines: list[str] = []
         self.depth = 0
@@ -816,7 +821,15 @@ class _Emitter:
                 else f"{pid} = T.floormod(blk, {g})"
             )
             stride = f"{stride} * ({g})" if stride != "1" else f"({g})"
+        block_start, block_depth = len(self.lines), self.depth
         self.body(p.body, 0)
+        if self.amx:  # the tile configuration, per block: a block runs on one worker thread
+            self.depth = block_depth
+            self.line('T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))')
+            tail = self.lines[block_start:]
+            del self.lines[block_start:]
+            self._amx_config()
+            self.lines.extend(tail)
         if self.shared_bytes > SHARED_BYTES:
             raise BackendError(
                 f"tvm backend (cuda): the tiles of {p.name} need {self.shared_bytes} bytes of shared memory, over "
@@ -1392,8 +1405,10 @@ class _Emitter:
         32767 // (256·U) pair sums (`chunk` quads of K) add up in i16 exactly before vpmaddwd widens them."""
         a, b = inst.a, inst.b
         mode = self.opt["int8_dot"]
-        if mode not in ("avx2", "vnni") or inst.acc_dtype.name != "int32" or a.dtype.bits != 8:
+        if mode not in ("avx2", "vnni", "amx") or inst.acc_dtype.name != "int32" or a.dtype.bits != 8:
             return None
+        amx = mode == "amx" and self.cpu and a.shape[0] % 16 == 0 and b.shape[1] % 16 == 0 and a.shape[1] % 64 == 0
+        mode = "vnni" if mode == "amx" else mode
         if not a.dtype.is_integer or b.shape[1] % 8 or a.shape[1] % 4:
             return None
         ma, mb = self.maybe_bits(a), self.maybe_bits(b)
@@ -1403,6 +1418,9 @@ class _Emitter:
 
         vnni = mode == "vnni" and b.shape[1] % 16 == 0
         for side, u, t_u, t_s, m_s in (("b", mb, b, a, ma), ("a", ma, a, b, mb)):
+            # tdpbssd: both operands' bytes read as int8, so the unsigned one's values must be <= 127 too
+            if amx and u <= 127 and signed_ok(t_s, m_s):
+                return side, 16, "amx"
             if vnni and (not t_u.dtype.is_signed or u <= 127) and signed_ok(t_s, m_s):
                 return side, min(16, a.shape[1] // 4), "vnni"
             # the unsigned operand's values are in [0, u] (u <= 127: nonnegative in either 8-bit dtype, and a
@@ -1521,6 +1539,9 @@ class _Emitter:
             parts = [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
             return _fold("T.bitwise_or", parts)
 
+        if kind == "amx":
+            self._dot_amx(inst, out, quad)
+            return
         # vpdpbusd with several row blocks: two column vectors per pass, their quads in 16 registers (`_dot_vnni`)
         cv = 2 if kind == "vnni" and tm < BM and inst.b.shape[1] % 32 == 0 else 1
         if cv == 2:
@@ -1638,6 +1659,84 @@ class _Emitter:
             parts = [f"{acc}[T.Ramp((({ii} * {cv} + {c}) * {chains} + {h}) * 16, 1, 16)]" for h in range(chains)]
             self.line(f"    {out}[{row}, {cols}] = {out}[{row}, {cols}] + {' + '.join(parts)}")
         self.depth -= 2
+
+    def _dot_amx(self, inst: I.Dot, out: str, quad: Callable[..., str]) -> None:
+        """out[BM, BN] += a[BM, KT] @ b[KT, BN] on AMX (BM, BN multiples of 16, KT of 64): a's rows and b's
+        quads (four consecutive k of a column as one i32, AMX's "VNNI" B layout) are written to two stack
+        buffers, then per 16x16 block of out: tile 0 loads the block (i32, 64-byte rows), and per 64 k tile 1
+        takes a's 16 rows, tile 2 b's 16 quad rows, and tdpbssd adds their int8 products to tile 0, which is
+        stored back. The tile configuration (`_amx_config`) is loaded at the start of each grid block (a
+        block runs on one worker thread) and released at its end (a thread holding tile state makes every
+        context switch save 8 KiB more)."""
+        a, b = inst.a, inst.b
+        BM, KT, BN = int(a.shape[0]), int(a.shape[1]), int(b.shape[1])
+        fa, fb = self.get(a), self.get(b)
+        self.amx = True
+        ab, bb = self.fresh("amxa"), self.fresh("amxb")
+        i, t, j, mi, ni, kc = (self.fresh(v) for v in ("i", "t", "j", "mi", "ni", "kc"))
+        fast = _Ctx(checked=False)
+        self.line(f'{ab} = T.decl_buffer(({BM}, {KT}), "int8", {self.scope})')
+        self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
+        self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
+        self.line(f"    for {t} in T.vectorized({KT}):")
+        self.line(f'        {ab}[{i}, {t}] = T.Cast("int8", {fa((i, t), fast)})')
+        self.line(f"for {t} in T.serial({KT // 4}):")
+        self.line(f"    for {j} in T.vectorized({BN}):")
+        self.line(f"        {bb}[{t}, {j}] = " + quad(fb, lambda r: (f"{t} * 4 + {r}", j)))
+
+        def tile(op: str, reg: int, addr: str, stride: int) -> None:
+            self.line(
+                f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{op}", T.int8({reg}), {addr}, T.int64({stride})))'
+            )
+
+        def tdp(c: int, a_: int, b_: int) -> None:
+            self.line(
+                f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbssd", T.int8({c}), T.int8({a_}), T.int8({b_})))'
+            )
+
+        nb, kcn = BN // 16, KT // 64
+        if nb * kcn + 1 + nb <= AMX_TILES:
+            # b's tiles loaded once (registers 1 .. nb·kcn); per 16 rows, a's tile (register 0) per 64 k and one
+            # accumulator register per 16 columns, so consecutive tdpbssd do not wait on each other
+            acc0 = 1 + nb * kcn
+            for kk in range(kcn):
+                for n_ in range(nb):
+                    tile("tileloadd64", 1 + kk * nb + n_, f"T.address_of({bb}[{kk * 16}, {n_ * 16}])", BN * 4)
+            self.line(f"for {mi} in T.serial({BM // 16}):")
+            self.depth += 1
+            for n_ in range(nb):
+                tile("tileloadd64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
+            for kk in range(kcn):
+                tile("tileloadd64", 0, f"T.address_of({ab}[{mi} * 16, {kk * 64}])", KT)
+                for n_ in range(nb):
+                    tdp(acc0 + n_, 0, 1 + kk * nb + n_)
+            for n_ in range(nb):
+                tile("tilestored64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
+            self.depth -= 1
+            return
+        self.line(f"for {mi} in T.serial({BM // 16}):")
+        self.line(f"    for {ni} in T.serial({BN // 16}):")
+        self.depth += 2
+        tile("tileloadd64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
+        self.line(f"for {kc} in T.serial({KT // 64}):")
+        self.depth += 1
+        tile("tileloadd64", 1, f"T.address_of({ab}[{mi} * 16, {kc} * 64])", KT)
+        tile("tileloadd64", 2, f"T.address_of({bb}[{kc} * 16, {ni} * 16])", BN * 4)
+        tdp(0, 1, 2)
+        self.depth -= 1
+        tile("tilestored64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
+        self.depth -= 2
+
+    def _amx_config(self) -> None:
+        """Load AMX's tile configuration: palette 1, all AMX_TILES tiles of 16 rows x 64 bytes (the 64-byte
+        config as 16 int32: byte 0 the palette, bytes 16-31 the tiles' bytes per row as u16, 48-55 their rows)."""
+        cfg = self.fresh("amxcfg")
+        words = {0: 1, **{4 + w: 64 | 64 << 16 for w in range(AMX_TILES // 2)}}
+        words.update({12 + w: 0x10101010 for w in range(AMX_TILES // 4)})
+        self.line(f'{cfg} = T.decl_buffer((16,), "int32", {self.scope})')
+        for w in range(16):
+            self.line(f"{cfg}[{w}] = T.int32({words.get(w, 0)})")
+        self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of({cfg}[0])))')
 
     def _madd_pairs(self, acc16: str, lanes: str, u: str, sg: str, indent: str) -> None:
         """acc16[lanes] += vpmaddubsw(u, sg): the u8·i8 products, adjacent pairs summed in i16."""
@@ -2304,7 +2403,7 @@ class _Emitter:
         finishes them (~5 instructions per 4 sums instead of 4 trees of 7 adds and shuffles); else a tree."""
         ii, ju, r = self.fresh("ii"), self.fresh("ju"), self.fresh("r")
         col = f"{jo} * {JU} + {ju}"
-        if self.opt["int8_dot"] in ("avx2", "vnni") and V == 8 and BM % 4 == 0:
+        if self.opt["int8_dot"] in ("avx2", "vnni", "amx") and V == 8 and BM % 4 == 0:
             hb, h01, h23 = self.fresh("hb"), self.fresh("h01"), self.fresh("h23")
             self.line(f"for {ju} in T.unroll({JU}):")
             self.line(f"    for {ii} in T.unroll({BM // 4}):")

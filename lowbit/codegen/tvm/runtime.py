@@ -59,7 +59,32 @@ _LLVM_FEATURES = {
     "avx512_vnni": "avx512vnni",
     "avx512_bf16": "avx512bf16",
     "avx_vnni": "avxvnni",
+    "amx_tile": "amx-tile",
+    "amx_int8": "amx-int8",
 }
+
+# Linux hands a process AMX's 8 KiB tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
+# XFEATURE_XTILEDATA); a tile instruction before that raises SIGILL
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
+_AMX_OP = "llvm.x86.tdpbssd"
+
+
+@functools.cache
+def amx_permitted() -> bool:
+    """Whether this process may run AMX tile instructions (asks Linux once; False off x86-64 Linux or when
+    the CPU lacks AMX)."""
+    import ctypes
+    import platform
+
+    from lowbit.artifact.fingerprint import isa_flags
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or "amx_int8" not in isa_flags():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 @functools.cache
@@ -82,6 +107,7 @@ _FEATURES: dict[str, frozenset[str]] = {}
 
 # explicit x86 forms and the LLVM feature each needs
 _OPTION_FEATURES = {
+    ("int8_dot", "amx"): "amx-int8",
     ("int8_dot", "vnni"): "avx512vnni",
     ("int8_dot", "avx2"): "avx2",
     ("bf16_dot", "avx512bf16"): "avx512bf16",
@@ -116,8 +142,11 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
                 f'TVM option {name}="{form}" needs the LLVM feature {feature}, which target {target} lacks; '
                 f'use {name}="auto" (the best form this target has) or "none"'
             )
+    if cpu and out.get("int8_dot") == "amx" and not amx_permitted():
+        raise BackendError('TVM option int8_dot="amx": Linux did not grant this process the AMX tile state; use "auto"')
     if out.get("int8_dot") == "auto":
-        out["int8_dot"] = "vnni" if "avx512vnni" in flags else "avx2" if "avx2" in flags else "none"
+        amx = "amx-int8" in flags and "amx-tile" in flags and amx_permitted()
+        out["int8_dot"] = "amx" if amx else "vnni" if "avx512vnni" in flags else "avx2" if "avx2" in flags else "none"
     if out.get("bf16_dot") == "auto":
         out["bf16_dot"] = "avx512bf16" if "avx512bf16" in flags else "none"
     if out.get("lut") == "auto":
@@ -212,6 +241,8 @@ class TvmKernel:
         self.key = str(record["key"])
         self.library = library
         _dump(program.name, self.source)
+        if _AMX_OP in self.source and not amx_permitted():  # the cache's key covers the ISA, not the OS grant
+            raise BackendError(f"cached kernel {program.name} runs AMX tiles, which Linux did not grant this process")
         self.target = target
         self.cuda = False
         self._module = None
