@@ -446,8 +446,8 @@ class A8Plan:
     m <= GEMV_MAX_M (decode): every call has m rows, bound once, row tile the next power of two >= m; each
     thread has its own scratch (the nano-batch executor runs row ranges of one linear concurrently).
     m = None (prefill): any number of rows per call in row tiles of GEMV_MAX_M (A8_AMX_ROWS where its dots run
-    on AMX), the scratch shared by every such plan of the thread (`_ROW_SCRATCH`, grown to the largest call) so prompts of many lengths keep one
-    copy, not one per weight and length."""
+    on AMX), the scratch shared by every such plan of the thread (`_ROW_SCRATCH`, grown to the largest call)
+    so prompts of many lengths keep one copy, not one per weight and length."""
 
     def __init__(self, qw: QuantizedWeight, m: int | None, backend: str, adtype: str):
         self.n, self.k = qw.shape
