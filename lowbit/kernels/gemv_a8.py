@@ -131,10 +131,9 @@ def quantized_gemv_a8(
             words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
         lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
         hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
-        p = T.zeros((BM, BN), T.int32, name="p")
         xe = T.reshape(T.load(xq, (k0 // G, pm * BM, 0), (1, BM, H)), (BM, H))  # the even k's codes
         xo = T.reshape(T.load(xq, (k0 // G, pm * BM, H), (1, BM, H)), (BM, H))  # the odd k's
-        p += T.dot(xe, lo, acc_dtype=T.int32)
+        p = T.dot(xe, lo, acc_dtype=T.int32)  # no accumulator: AMX starts from zeroed tiles, nothing filled
         p += T.dot(xo, hi, acc_dtype=T.int32)
         sx = T.load(xs, (pm * BM, k0 // G), (BM, 1))  # [BM, 1]
         asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32

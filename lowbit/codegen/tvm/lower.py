@@ -1226,11 +1226,21 @@ class _Emitter:
             self.bind_buffer(t, out)
         else:
             out = self.alloc(t)
+            zero = self.const(0, inst.acc_dtype)
+            plan = self.int8_dot_plan(inst)
             if inst.c is not None:
                 cf = self.get(inst.c)
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {cf(idx, ctx)}"])
+            elif plan is not None and plan[2] == "amx":  # AMX starts from zeroed tiles: only the slow path fills
+                self.bind_buffer(t, out)
+
+                def slow() -> None:
+                    self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
+                    self._dot_generic(inst, out)
+
+                self._guarded(inst, out, lambda: self._dot_amx(inst, out, zeroed=True), slow_path=slow)
+                return
             else:
-                zero = self.const(0, inst.acc_dtype)
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
             self.bind_buffer(t, out)
         plan = self.int8_dot_plan(inst)
@@ -1540,7 +1550,7 @@ class _Emitter:
             return _fold("T.bitwise_or", parts)
 
         if kind == "amx":
-            self._dot_amx(inst, out, quad)
+            self._dot_amx(inst, out)
             return
         # vpdpbusd with several row blocks: two column vectors per pass, their quads in 16 registers (`_dot_vnni`)
         cv = 2 if kind == "vnni" and tm < BM and inst.b.shape[1] % 32 == 0 else 1
@@ -1660,14 +1670,15 @@ class _Emitter:
             self.line(f"    {out}[{row}, {cols}] = {out}[{row}, {cols}] + {' + '.join(parts)}")
         self.depth -= 2
 
-    def _dot_amx(self, inst: I.Dot, out: str, quad: Callable[..., str]) -> None:
+    def _dot_amx(self, inst: I.Dot, out: str, zeroed: bool = False) -> None:
         """out[BM, BN] += a[BM, KT] @ b[KT, BN] on AMX (BM, BN multiples of 16, KT of 64): a's rows and b's
         quads (four consecutive k of a column as one i32, AMX's "VNNI" B layout) are written to two stack
-        buffers, then per 16x16 block of out: tile 0 loads the block (i32, 64-byte rows), and per 64 k tile 1
-        takes a's 16 rows, tile 2 b's 16 quad rows, and tdpbssd adds their int8 products to tile 0, which is
-        stored back. The tile configuration (`_amx_config`) is loaded at the start of each grid block (a
-        block runs on one worker thread) and released at its end (a thread holding tile state makes every
-        context switch save 8 KiB more)."""
+        buffers, then per 16x16 block of out an accumulator tile loads the block (i32, 64-byte rows; `zeroed`:
+        a dot without accumulator, whose out was not filled, starts from `tilezero`), per 64 k a's 16 rows and
+        b's 16 quad rows are tiles too, and tdpbssd adds their int8 products; the block is stored back (see
+        the register assignment below). The tile configuration (`_amx_config`) is loaded at the start of each
+        grid block (a block runs on one worker thread) and released at its end (a thread holding tile state
+        makes every context switch save 8 KiB more)."""
         a, b = inst.a, inst.b
         BM, KT, BN = int(a.shape[0]), int(a.shape[1]), int(b.shape[1])
         fa, fb = self.get(a), self.get(b)
@@ -1675,6 +1686,12 @@ class _Emitter:
         ab, bb = self.fresh("amxa"), self.fresh("amxb")
         i, t, j, mi, ni, kc = (self.fresh(v) for v in ("i", "t", "j", "mi", "ni", "kc"))
         fast = _Ctx(checked=False)
+
+        def quad(f: IndexFn, idx: Callable[[int], tuple[str, str]]) -> str:  # four bytes along k as one i32
+            return _fold(
+                "T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
+            )
+
         self.line(f'{ab} = T.decl_buffer(({BM}, {KT}), "int8", {self.scope})')
         self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
         self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
@@ -1705,7 +1722,10 @@ class _Emitter:
             self.line(f"for {mi} in T.serial({BM // 16}):")
             self.depth += 1
             for n_ in range(nb):
-                tile("tileloadd64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
+                if zeroed:
+                    self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8({acc0 + n_})))')
+                else:
+                    tile("tileloadd64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
             for kk in range(kcn):
                 tile("tileloadd64", 0, f"T.address_of({ab}[{mi} * 16, {kk * 64}])", KT)
                 for n_ in range(nb):
@@ -1717,7 +1737,10 @@ class _Emitter:
         self.line(f"for {mi} in T.serial({BM // 16}):")
         self.line(f"    for {ni} in T.serial({BN // 16}):")
         self.depth += 2
-        tile("tileloadd64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
+        if zeroed:
+            self.line('T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))')
+        else:
+            tile("tileloadd64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
         self.line(f"for {kc} in T.serial({KT // 64}):")
         self.depth += 1
         tile("tileloadd64", 1, f"T.address_of({ab}[{mi} * 16, {kc} * 64])", KT)

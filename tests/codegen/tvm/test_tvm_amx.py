@@ -1,0 +1,103 @@
+"""int8 dots on AMX (`int8_dot="amx"`, `_Emitter._dot_amx`): whole 16x16 / 64-k tiles run `tdpbssd`, others
+the VNNI form; a dot without accumulator starts from `tilezero` (its ragged tiles fill zeros in the slow
+path), one with an accumulator loads and stores it. Exact int32 results against NumPy at the operands'
+extremes and on random data, over aligned and ragged shapes (the ragged tiles take the generic loops).
+Runs where Linux grants this process AMX's tile state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowbit.lang as T
+from lowbit.codegen.backend import compile_program
+from lowbit.codegen.tvm.runtime import amx_permitted
+
+pytestmark = pytest.mark.skipif(not amx_permitted(), reason="needs AMX-INT8 and Linux's grant of the tile state")
+
+
+@T.kernel
+def amx_dot(
+    a: T.Tensor("int8", ("M", "K")),
+    b: T.Tensor("uint8", ("K", "N")),
+    y: T.Tensor("int32", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    BM: T.constexpr = 32,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 64,
+    fresh: T.constexpr = True,
+):
+    """y = a @ (b & 15), K a multiple of 2·BK. `fresh`: per 2·BK, a dot without accumulator and a second
+    one accumulating into it, their sum added to the running total (the a8 GEMV's shape); else every dot
+    accumulates into the total."""
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.int32)
+    for k0 in T.range(0, K, 2 * BK):
+        x0 = T.load(a, (pm * BM, k0), (BM, BK))
+        w0 = T.cast(T.load(b, (k0, pn * BN), (BK, BN)) & 15, T.int8)
+        x1 = T.load(a, (pm * BM, k0 + BK), (BM, BK))
+        w1 = T.cast(T.load(b, (k0 + BK, pn * BN), (BK, BN)) & 15, T.int8)
+        if fresh:
+            p = T.dot(x0, w0, acc_dtype=T.int32)
+            p += T.dot(x1, w1, acc_dtype=T.int32)
+            acc += p
+        else:
+            acc += T.dot(x0, w0, acc_dtype=T.int32)
+            acc += T.dot(x1, w1, acc_dtype=T.int32)
+    T.store(y, (pm * BM, pn * BN), acc)
+
+
+def run(a, b, **consts):
+    M, K = a.shape
+    N = b.shape[1]
+    y = np.full((M, N), -7, np.int32)
+    kernel = compile_program(amx_dot.trace(**consts), "tvm", {"int8_dot": "amx"})
+    kernel({"a": a, "b": b, "y": y, "M": M, "N": N, "K": K})
+    return y, kernel.source
+
+
+def exact(a, b):
+    return (a.astype(np.int64) @ (b.astype(np.int64) & 15)).astype(np.int32)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("BM,BN,BK", [(16, 16, 64), (32, 32, 64), (32, 48, 128), (64, 32, 192)])
+def test_amx_tiles_are_exact_at_the_extremes(BM, BN, BK, fresh):
+    M, N, K = 2 * BM, 2 * BN, 4 * BK
+    a = np.full((M, K), -128, np.int8)
+    b = np.full((K, N), 255, np.uint8)
+    y, src = run(a, b, BM=BM, BN=BN, BK=BK, fresh=fresh)
+    assert "llvm.x86.tdpbssd" in src and "llvm.x86.ldtilecfg" in src and "llvm.x86.tilerelease" in src
+    assert ("llvm.x86.tilezero" in src) == fresh
+    assert np.array_equal(y, exact(a, b))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    m=st.integers(1, 70),
+    n=st.integers(1, 70),
+    kt=st.integers(1, 3),
+    fresh=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_amx_dot_equals_numpy_on_ragged_shapes(m, n, kt, fresh, seed):
+    """M and N not multiples of the tile: the last row / column tiles are masked loads, which take the
+    generic loops (and, for a fresh dot, fill the zeros AMX's tilezero gives the fast path)."""
+    rng = np.random.default_rng(seed)
+    K = 128 * kt
+    a = rng.integers(-128, 128, (m, K)).astype(np.int8)
+    b = rng.integers(0, 256, (K, n)).astype(np.uint8)
+    y, _ = run(a, b, BM=32, BN=32, BK=64, fresh=fresh)
+    assert np.array_equal(y, exact(a, b))
+
+
+def test_tiles_that_are_not_whole_amx_tiles_take_the_vnni_form():
+    a = np.full((8, 128), -128, np.int8)
+    b = np.full((128, 32), 255, np.uint8)
+    y, src = run(a, b, BM=8, BN=32, BK=64)  # 8 rows: not a 16-row tile
+    assert "tdpbssd" not in src and "vpdpbusd" in src
+    assert np.array_equal(y, exact(a, b))
