@@ -193,6 +193,17 @@ def space(kernel: str, backend: str) -> SearchSpace:
     )
 
 
+# Float weight formats whose GEMV dot the TVM backend runs only as the table decode of one row block (no GEMM
+# form, no bit-twiddled decode): with tm < BM their dot took the generic loops, 10-30x slower. One row block
+# (tm = BM, BN = 16 accumulator vectors / BM) instead, measured on the 2-core Xeon VM (AVX-512), 4096x4096
+# g128, hot, 2 threads: fp5_e2m2 M = 4 / 8 / 16 23.95 / 24.75 / 25.85 -> 0.88 / 1.72 / 4.20 ms, fp6_e3m2 8.62 /
+# 6.71 / 8.05 -> 0.97 / 1.72 / 4.26, fp3_e1m1 23.7 / 27.5 / 26.0 -> 0.91 / 1.65 / 5.69 (fp7_e4m2: no change).
+# Integer codes of 2, 3, 5 and 6 bits take 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30,
+# int5 1.40 -> 0.92, int6 1.47 -> 1.20; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2
+# has a faster form with two rows at M = 16: 3.21 vs 6.35 ms).
+TABLE_ONLY_FLOAT_BITS = (3, 5, 6)
+
+
 def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     """The TVM (CPU) default, sized to the register file: a dot keeps tm accumulator rows of BN / lanes
     vectors in registers, so tm · BN / lanes is held at 8 (16 registers on AVX2: the rest hold the broadcast
@@ -215,6 +226,11 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
                 {**opts, "tm": 2},
             )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
+        wd = dtype(problem.get("wdtype", "int4"))
+        if bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
+            bn, tm = lanes * max(1, 16 // bm), bm  # one row block: the table decode (TABLE_ONLY_FLOAT_BITS)
+        elif bm == 4 and wd.bits in (2, 3, 5, 6):
+            tm = 4
         if bm == 1 and _pair_dot(problem) and int(problem["N"]) % (2 * bn) == 0:
             bn *= 2  # the pair dot: 16 accumulators (`_pair_dot`)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, {**opts, "tm": tm})

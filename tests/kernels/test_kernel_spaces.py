@@ -88,6 +88,38 @@ def test_m1_pair_dot_takes_256_column_tiles(flags, monkeypatch):
     assert bn(adtype="bfloat16", N=4096, M=4) == wide // 2  # M > 1: 4 vectors, tm 2
 
 
+@pytest.mark.parametrize("wdtype", ["fp3_e1m1", "fp5_e2m2", "fp6_e3m2", "int4", "int2", "int7"])
+@pytest.mark.parametrize("m", [2, 4, 8, 16])
+def test_table_decoded_float_gemvs_take_one_row_block(wdtype, m):
+    """TVM GEMV defaults: float formats the backend decodes only by table in one row block (3, 5, 6 bits)
+    get tm = BM (16 accumulator vectors); 2-, 3-, 5- and 6-bit codes take 4 rows per block at M = 4; others
+    keep two. The chosen config runs and equals x @ dequant(W)."""
+    import numpy as np
+    import torch
+
+    from lowbit.artifact.fingerprint import fp32_lanes
+    from lowbit.dtypes import dtype
+    from lowbit.ops import quantize, quantized_linear
+
+    problem = dict(PROBLEM, M=m, wdtype=wdtype, N=64, K=256, adtype="float32")
+    cfg = default_config("quantized_gemv", "tvm", problem)
+    bm, bn, tm = cfg.constant_dict["BM"], cfg.constant_dict["BN"], cfg.option_dict["tm"]
+    d = dtype(wdtype)
+    if d.is_float and d.bits in (3, 5, 6):
+        assert tm == bm and bn * bm // fp32_lanes() <= 16
+    elif m == 4 and d.bits in (2, 3, 5, 6):
+        assert tm == 4
+    else:
+        assert tm == 2
+    rng = np.random.default_rng(m)
+    qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), wdtype, 128)
+    x = torch.from_numpy(rng.standard_normal((m, 256)).astype(np.float32))
+    y = quantized_linear(x, qw, backend="tvm", config=cfg).double().numpy()
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+    assert np.isfinite(err) and err < 1e-5, err
+
+
 GPU_SHAPES = [(m, n, 8192) for m in (1, 16, 64, 256, 1024, 4096) for n in (8192, 28672)]
 
 
