@@ -34,6 +34,12 @@ shape of x86's u8·i8 multiply-adds: the TVM backend lowers such a dot to AVX-51
 products per i32 lane into the accumulator) where the CPU has it, else to AVX2's vpmaddubsw when the value
 ranges prove every 16-bit partial sum exact (`lowbit.codegen.tvm`).
 
+`signed_dot=True` (int4 without zeros; for AMX's signed x signed `tdpbssd`, which the TVM backend takes for
+tiles of whole 16-row tiles): the bytes are `(words << 4) & 0xF0F0F0F0` and `words & 0xF0F0F0F0`, i.e. 16·q
+as int8 (each two's complement nibble in its byte's top half; a biased word is xor-ed back first), so
+p = 16·Σ xq·q exactly (|16·q| <= 128, int32 sums) and y += fp32(p)·xs·(s/16): no per-output xsum term, the
+same fp32 values as the unsigned form (1/16 is exact).
+
 `biased=True` (int4 only): the words already hold the offset-binary nibbles u = q + 8 (`lowbit.ops.weight.
 offset_binary` stores an int4 weight so, as the exactly equal uint4 weight with zero point 8), so the xor is
 skipped: one vector instruction fewer per 8 weight words, which the instruction-bound M = 1 GEMV feels.
@@ -53,6 +59,7 @@ from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 OFFSET_BINARY = -0x77777778  # 0x88888888 as int32: xor turns each two's complement nibble q into q + 8
 LOW_NIBBLES = 0x0F0F0F0F
+HIGH_NIBBLES = -0x0F0F0F10  # 0xF0F0F0F0 as int32
 A8_GROUPS = (32, 64, 128, 256)  # group sizes the kernels take (G/2 codes per half: whole words and quads)
 A8_DTYPES = ("int4", "uint4")
 
@@ -121,34 +128,44 @@ def quantized_gemv_a8(
     BM: T.constexpr = 1,
     BN: T.constexpr = 32,
     biased: T.constexpr = False,
+    signed_dot: T.constexpr = False,
 ):
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     H = G // 2
     acc = T.zeros((BM, BN), T.float32, name="acc")
     for k0 in T.range(0, K, G, name="k0"):
         words = T.reshape(T.load(w, (pn, k0 // 8, 0), (1, G // 8, BN)), (G // 8, BN))  # [G/8, BN] int32
-        if wdtype == "int4" and not biased:
-            words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
-        lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
-        hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
+        if signed_dot:  # int4, no zeros: bytes 16·q (each nibble in its byte's top half), a signed x signed dot
+            if biased:
+                words = words ^ OFFSET_BINARY  # back to two's complement nibbles
+            lo = T.view(T.transpose((words << 4) & HIGH_NIBBLES), T.int8).T  # [H, BN]: 16·q, k = 8t + 2r
+            hi = T.view(T.transpose(words & HIGH_NIBBLES), T.int8).T  # k = 8t + 2r + 1
+        else:
+            if wdtype == "int4" and not biased:
+                words = words ^ OFFSET_BINARY  # nibbles u = q + 8 in 0..15
+            lo = T.cast(T.view(T.transpose(words & LOW_NIBBLES), T.uint8).T, T.int8)  # [H, BN]: k = 8t + 2r
+            hi = T.cast(T.view(T.transpose((words >> 4) & LOW_NIBBLES), T.uint8).T, T.int8)  # k = 8t + 2r + 1
         xe = T.reshape(T.load(xq, (k0 // G, pm * BM, 0), (1, BM, H)), (BM, H))  # the even k's codes
         xo = T.reshape(T.load(xq, (k0 // G, pm * BM, H), (1, BM, H)), (BM, H))  # the odd k's
         p = T.dot(xe, lo, acc_dtype=T.int32)  # no accumulator: AMX starts from zeroed tiles, nothing filled
         p += T.dot(xo, hi, acc_dtype=T.int32)
         sx = T.load(xs, (pm * BM, k0 // G), (BM, 1))  # [BM, 1]
-        asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
         s = T.reshape(T.cast(T.load(scales, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))
-        if wdtype == "int4":
-            p = p - asum * 8  # Σ xq·q, exact
-        if zero_mode == "none":
-            acc += T.cast(p, T.float32) * sx * s
+        if signed_dot:
+            acc += T.cast(p, T.float32) * sx * (s * 0.0625)  # p = 16·Σ xq·q; 1/16 is exact
         else:
-            z = T.reshape(T.cast(T.load(zeros, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))
-            zsum = T.cast(asum, T.float32) * z
-            if zero_mode == "post":
-                acc += (T.cast(p, T.float32) - zsum) * sx * s
+            asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
+            if wdtype == "int4":
+                p = p - asum * 8  # Σ xq·q, exact
+            if zero_mode == "none":
+                acc += T.cast(p, T.float32) * sx * s
             else:
-                acc += (T.cast(p, T.float32) * s - zsum) * sx
+                z = T.reshape(T.cast(T.load(zeros, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))
+                zsum = T.cast(asum, T.float32) * z
+                if zero_mode == "post":
+                    acc += (T.cast(p, T.float32) - zsum) * sx * s
+                else:
+                    acc += (T.cast(p, T.float32) * s - zsum) * sx
     T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
 
 

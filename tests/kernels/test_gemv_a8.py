@@ -140,6 +140,34 @@ def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode)
     assert rel(y, gemv_oracle(q, xs[:M], xsum[:M], qw)) < 1e-5
 
 
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+@pytest.mark.parametrize("M,biased", [(16, False), (32, True), (20, True)])
+def test_signed_dot_form_equals_its_fp64_formula(backend, M, biased):
+    """`signed_dot=True` (int4 codes as 16·q bytes, the AMX form): the same fp64 formula as the unsigned form,
+    from two's complement words and from offset-binary (biased) ones; on TVM it runs AMX where granted."""
+    from lowbit.codegen.backend import compile_program
+    from lowbit.codegen.tvm.runtime import amx_permitted
+    from lowbit.ops.weight import offset_binary
+
+    N, K, G = 96, 512, 128
+    qw, x = gemv_problem(M, N, K, G, "int4", "none", seed=M)
+    bm = 32 if M > 16 else 16
+    mp = -(-M // bm) * bm
+    xq, xs, xsum = run_quantize(x, G, mp, "reference")
+    stored = offset_binary(qw) if biased else qw
+    tiled = retile_columns(stored, BN)
+    y = np.full((M, N), np.nan, np.float32)
+    args = dict(xq=xq, xs=xs, y=y, scales=tile_group_rows(qw.scales, BN))  # no xsum: the form does not read it
+    args["w"] = tiled.words.view(np.int32).reshape(-1, K // 8, BN)
+    consts = dict(wdtype="int4", zero_mode="none", G=G, BM=bm, BN=BN, biased=biased, signed_dot=True)
+    quantized_gemv_a8.run(backend, **args, M=M, MP=mp, N=N, K=K, **consts)
+    _, _, _, q = quantize_oracle(x, G)
+    assert rel(y, gemv_oracle(q, xs[:M], xsum[:M], qw)) < 1e-5
+    if backend == "tvm":
+        source = compile_program(quantized_gemv_a8.trace(**consts), "tvm", {}).source
+        assert ("llvm.x86.tdpbssd" in source) == amx_permitted()
+
+
 def test_a8_is_close_to_float_activations_and_extremes_are_exact():
     """Against float x @ Ŵ the a8 GEMV only adds the activation rounding (bounded, module docstring). With
     the extreme codes (q = -8, 7 and activations ±127) every 16-bit partial sum sits at its bound, which a

@@ -1427,10 +1427,10 @@ class _Emitter:
             return t.dtype.is_signed or m <= 127
 
         vnni = mode == "vnni" and b.shape[1] % 16 == 0
+        # tdpbssd reads both operands' bytes as int8: exact when both tiles' values are int8 patterns
+        if amx and signed_ok(a, ma) and signed_ok(b, mb):
+            return "b", 16, "amx"
         for side, u, t_u, t_s, m_s in (("b", mb, b, a, ma), ("a", ma, a, b, mb)):
-            # tdpbssd: both operands' bytes read as int8, so the unsigned one's values must be <= 127 too
-            if amx and u <= 127 and signed_ok(t_s, m_s):
-                return side, 16, "amx"
             if vnni and (not t_u.dtype.is_signed or u <= 127) and signed_ok(t_s, m_s):
                 return side, min(16, a.shape[1] // 4), "vnni"
             # the unsigned operand's values are in [0, u] (u <= 127: nonnegative in either 8-bit dtype, and a
