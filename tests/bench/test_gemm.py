@@ -127,14 +127,11 @@ def test_plot_is_written_or_skipped_without_matplotlib(report, tmp_path):
         assert path is not None and path.stat().st_size > 0
 
 
-def test_rings_shrink_to_the_memory_available(machine, monkeypatch):
-    """A ring that would leave less than RING_RESERVE_BYTES of memory is cut (to one copy here, with 1 byte
-    to spare) and says so in the notes; every row is still timed and checked. (A VM reporting its host's 480
-    MiB L3 made the rings of an 11008x4096 layer take all of its 24 GiB before RING_MAX_BYTES and this cut.)"""
+def _ring_sizes(monkeypatch) -> list[int]:
+    """Rings of 3 copies (`ring_copies`), and the list the size of every ring `benchmark_ring` times goes to."""
     from lowbit.codegen.tune import timing
 
     monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 3)
-    monkeypatch.setattr(gemm, "_free_host_bytes", lambda: gemm.RING_RESERVE_BYTES + 1)
     called: list[int] = []
     real = timing.benchmark_ring
 
@@ -143,6 +140,15 @@ def test_rings_shrink_to_the_memory_available(machine, monkeypatch):
         return real(fns, **kw)
 
     monkeypatch.setattr(gemm, "benchmark_ring", counting)
+    return called
+
+
+def test_rings_shrink_to_the_memory_available(machine, monkeypatch):
+    """A ring that would leave less than RING_RESERVE_BYTES of memory is cut (to one copy here, with 1 byte
+    to spare) and says so in the notes; every row is still timed and checked. (A VM reporting its host's 480
+    MiB L3 made the rings of an 11008x4096 layer take all of its 24 GiB before RING_MAX_BYTES and this cut.)"""
+    called = _ring_sizes(monkeypatch)
+    monkeypatch.setattr(gemm, "_free_host_bytes", lambda: gemm.RING_RESERVE_BYTES + 1)
     r = gemm.run_report((1,), ((128, 256),), ("int4",), 128, ("tvm",), 1, threads=2, machine=machine, cache="rotate")
     assert called and set(called) == {1}
     cut = [n for n in r.notes if "ring cut from" in n]
@@ -156,17 +162,7 @@ def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     values) once per layer, and every copy is called: the lowbit rows still match the reference."""
     import numpy as np
 
-    from lowbit.codegen.tune import timing
-
-    monkeypatch.setattr(gemm, "ring_copies", lambda nbytes, device="cpu": 3)
-    called: list[int] = []
-    real = timing.benchmark_ring
-
-    def counting(fns, **kw):
-        called.append(len(fns))
-        return real(fns, **kw)
-
-    monkeypatch.setattr(gemm, "benchmark_ring", counting)
+    called = _ring_sizes(monkeypatch)
     r = gemm.run_report((1, 2), ((128, 256),), ("int4",), 128, ("tvm",), 1, threads=2, machine=machine, cache="rotate")
     assert r.config["cache"] == "rotate" and "ring" in format_table(r)
     # every row's ring of 3 copies (torch's dequantize-then-matmul: 2, its dequantization bounds it), timed
