@@ -473,7 +473,7 @@ class A8Plan:
         self.quant = compile_program(quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, qopts)
         wdtype, zero_mode = ("int4", "none") if biased else (qw.dtype.name, qw.zero_mode)
         # AMX's signed x signed dot takes int4 codes as 16·q bytes: no offset correction per output (M = 64 / 256:
-        # 0.86-0.91x the time of the unsigned form, the same sums; `quantized_gemv_a8`)
+        # 0.86-0.96x the time of the unsigned form, hot, same process, the same sums; `quantized_gemv_a8`)
         signed_dot = amx and self.bm % 16 == 0 and wdtype == "int4" and zero_mode == "none"
         gemv = quantized_gemv_a8.trace(
             wdtype=wdtype, zero_mode=zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN,
