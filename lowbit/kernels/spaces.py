@@ -196,11 +196,12 @@ def space(kernel: str, backend: str) -> SearchSpace:
 # Float weight formats whose GEMV dot the TVM backend runs only as the table decode of one row block (no GEMM
 # form, no bit-twiddled decode): with tm < BM their dot took the generic loops, 10-30x slower. One row block
 # (tm = BM, BN = 16 accumulator vectors / BM) instead, measured on the 2-core Xeon VM (AVX-512), 4096x4096
-# g128, hot, 2 threads: fp5_e2m2 M = 4 / 8 / 16 23.95 / 24.75 / 25.85 -> 0.88 / 1.72 / 4.20 ms, fp6_e3m2 8.62 /
-# 6.71 / 8.05 -> 0.97 / 1.72 / 4.26, fp3_e1m1 23.7 / 27.5 / 26.0 -> 0.91 / 1.65 / 5.69 (fp7_e4m2: no change).
-# Integer codes of 2, 3, 5 and 6 bits take 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30,
-# int5 1.40 -> 0.92, int6 1.47 -> 1.20; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2
-# has a faster form with two rows at M = 16: 3.21 vs 6.35 ms).
+# g128, hot, 2 threads: fp5_e2m2 M = 4 / 8 / 16 23.95 / 24.75 / 25.85 -> 0.88 / 1.72 / 4.20 ms, fp6_e3m2
+# 8.62 / 6.71 / 8.05 -> 0.97 / 1.72 / 4.26, fp3_e1m1 23.7 / 27.5 / 26.0 -> 0.91 / 1.65 / 5.69 (fp7_e4m2 has
+# a faster form: one row block moved it by 0.94-1.17x, so it keeps two). Integer codes of 2, 3, 5 and 6 bits
+# take 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30, int5 1.40 -> 0.92, int6 1.47 ->
+# 1.20; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two
+# rows at M = 16: 3.21 vs 6.35 ms).
 TABLE_ONLY_FLOAT_BITS = (3, 5, 6)
 
 

@@ -473,8 +473,11 @@ class A8Plan:
         self.quant = compile_program(quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, qopts)
         wdtype, zero_mode = ("int4", "none") if biased else (qw.dtype.name, qw.zero_mode)
         # AMX's signed x signed dot takes int4 codes as 16·q bytes: no offset correction per output (M = 64 / 256:
-        # 0.86-0.96x the time of the unsigned form, hot, same process, the same sums; `quantized_gemv_a8`)
-        signed_dot = amx and self.bm % 16 == 0 and wdtype == "int4" and zero_mode == "none"
+        # 0.86-0.96x the time of the unsigned form, hot, same process, the same sums; `quantized_gemv_a8`). Only
+        # where the dots are whole AMX tiles (16-row tiles, G / 2 codes in 64s): VNNI's form needs one unsigned
+        # operand, so elsewhere the signed form would take the generic loops
+        whole_tiles = self.bm % 16 == 0 and (g // 2) % 64 == 0
+        signed_dot = amx and whole_tiles and wdtype == "int4" and zero_mode == "none"
         gemv = quantized_gemv_a8.trace(
             wdtype=wdtype, zero_mode=zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN,
             biased=biased, signed_dot=signed_dot,

@@ -168,6 +168,20 @@ def test_signed_dot_form_equals_its_fp64_formula(backend, M, biased):
         assert ("llvm.x86.tdpbssd" in source) == amx_permitted()
 
 
+@pytest.mark.parametrize("G", [32, 64, 128, 256])
+def test_a8_plans_run_a_fast_int8_dot_at_every_group_size(G):
+    """The a8 path's GEMV (decode M = 16 and prefill) lowers its dots to this CPU's int8 form at every group
+    size, never to the generic loops: the signed AMX form only where the dots are whole AMX tiles (G = 32 and
+    64 put 16 / 32 codes per dot, which VNNI's form runs, and VNNI needs one unsigned operand)."""
+    from lowbit.ops import quantize as quantize_op
+    from lowbit.ops.linear import a8_plan
+
+    qw = quantize_op(np.random.default_rng(G).standard_normal((64, 512)).astype(np.float32), "int4", G)
+    for m in (16, 64):
+        source = a8_plan(qw, m, "tvm", "float32").gemv.source
+        assert any(INT8_INTRINSIC[mode] in source for mode in INT8_MODES), (G, m)
+
+
 def test_a8_is_close_to_float_activations_and_extremes_are_exact():
     """Against float x @ Ŵ the a8 GEMV only adds the activation rounding (bounded, module docstring). With
     the extreme codes (q = -8, 7 and activations ±127) every 16-bit partial sum sits at its bound, which a

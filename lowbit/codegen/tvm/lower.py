@@ -243,6 +243,11 @@ class _TirPrinter(SourcePrinter):
         return f"not ({self._print(expr.args[0])})"
 
 
+def _quad(f: Any, idx: Callable[[int], tuple[str, str]], ctx: Any) -> str:
+    """The four bytes f(idx(0)) .. f(idx(3)) (four consecutive k of an 8-bit operand) as one i32 lane."""
+    return _fold("T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), ctx)}, 255), {8 * r})" for r in range(4)])
+
+
 def _fold(fn: str, args: list[str]) -> str:
     out = args[0]
     for a in args[1:]:
@@ -1220,6 +1225,7 @@ class _Emitter:
             self.dot_gpu(inst, out)
             self.bind_buffer(t, out)
             return
+        plan = self.int8_dot_plan(inst)
         if inst.c is not None and id(t) in self.inplace:
             self.before_write({id(inst.c)})
             out = self.buf[id(inst.c)]
@@ -1227,7 +1233,6 @@ class _Emitter:
         else:
             out = self.alloc(t)
             zero = self.const(0, inst.acc_dtype)
-            plan = self.int8_dot_plan(inst)
             if inst.c is not None:
                 cf = self.get(inst.c)
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {cf(idx, ctx)}"])
@@ -1243,7 +1248,6 @@ class _Emitter:
             else:
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
             self.bind_buffer(t, out)
-        plan = self.int8_dot_plan(inst)
         if plan is not None:
             self.dot_int8(inst, out, plan)
             return
@@ -1546,8 +1550,7 @@ class _Emitter:
         fast = _Ctx(checked=False)
 
         def quad(f: IndexFn, idx: Callable[[int], tuple[str, str]]) -> str:
-            parts = [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
-            return _fold("T.bitwise_or", parts)
+            return _quad(f, idx, fast)
 
         if kind == "amx":
             self._dot_amx(inst, out)
@@ -1686,12 +1689,6 @@ class _Emitter:
         ab, bb = self.fresh("amxa"), self.fresh("amxb")
         i, t, j, mi, ni, kc = (self.fresh(v) for v in ("i", "t", "j", "mi", "ni", "kc"))
         fast = _Ctx(checked=False)
-
-        def quad(f: IndexFn, idx: Callable[[int], tuple[str, str]]) -> str:  # four bytes along k as one i32
-            return _fold(
-                "T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), fast)}, 255), {8 * r})" for r in range(4)]
-            )
-
         self.line(f'{ab} = T.decl_buffer(({BM}, {KT}), "int8", {self.scope})')
         self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
         self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
@@ -1699,7 +1696,7 @@ class _Emitter:
         self.line(f'        {ab}[{i}, {t}] = T.Cast("int8", {fa((i, t), fast)})')
         self.line(f"for {t} in T.serial({KT // 4}):")
         self.line(f"    for {j} in T.vectorized({BN}):")
-        self.line(f"        {bb}[{t}, {j}] = " + quad(fb, lambda r: (f"{t} * 4 + {r}", j)))
+        self.line(f"        {bb}[{t}, {j}] = " + _quad(fb, lambda r: (f"{t} * 4 + {r}", j), fast))
 
         def tile(op: str, reg: int, addr: str, stride: int) -> None:
             self.line(
