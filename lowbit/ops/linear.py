@@ -67,6 +67,9 @@ NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for (A8 runs t
 _BY_NAME: dict[str | None, Kernel] = {FMA_KERNEL: quantized_gemv_fma}
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 A8_AMX_ROWS = 32  # the a8 GEMV's prefill row tile where its int8 dots run on AMX
+# ... and its wide row tile, taken where it pads no more rows (M = 256 at 4096²: 0.90x the time of 32-row tiles,
+# hot, 2 threads, the Xeon VM with AMX; 128-row tiles took 1.17x)
+A8_AMX_WIDE_ROWS = 64
 
 
 def _tvm_int8_dot() -> str:
@@ -478,11 +481,17 @@ class A8Plan:
         # operand, so elsewhere the signed form would take the generic loops
         whole_tiles = self.bm % 16 == 0 and (g // 2) % 64 == 0
         signed_dot = amx and whole_tiles and wdtype == "int4" and zero_mode == "none"
-        gemv = quantized_gemv_a8.trace(
-            wdtype=wdtype, zero_mode=zero_mode, G=g, ydtype=adtype, sdtype=sdtype, BM=self.bm, BN=A8_BN,
-            biased=biased, signed_dot=signed_dot,
-        )  # fmt: skip
-        self.gemv = compile_program(gemv, backend, opts)
+        self._trace = {
+            "wdtype": wdtype, "zero_mode": zero_mode, "G": g, "ydtype": adtype, "sdtype": sdtype, "BN": A8_BN,
+            "biased": biased, "signed_dot": signed_dot,
+        }  # fmt: skip
+        self._opts = opts
+        self.gemv = compile_program(quantized_gemv_a8.trace(**self._trace, BM=self.bm), backend, opts)
+        # prefill on AMX: rows in tiles of A8_AMX_WIDE_ROWS where that pads no more rows than A8_AMX_ROWS would
+        # (compiled on first use): each decoded weight tile then feeds four 16-row tiles, not two
+        self.wide = amx and m is None
+        self._wide_gemv: Any = None
+        self._wide_lock = threading.Lock()  # the executor's threads may run one prefill plan at once
         words = qw.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
         self.fixed: dict[str, Any] = {"w": words, "scales": _group_tiles(qw, "scales")}
         if qw.zeros is not None and not biased:
@@ -495,6 +504,19 @@ class A8Plan:
             self._quant = bind(self.quant, quant_sizes, ("x", "xq", "xs", "xsum", *rows))
             self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y", *rows))
             self._scratch = threading.local()
+
+    def _wide(self) -> Callable[..., None]:
+        """The prefill GEMV bound with row tiles of A8_AMX_WIDE_ROWS (compiled on the first call that takes it)."""
+        if self._wide_gemv is not None:
+            return self._wide_gemv
+        with self._wide_lock:
+            if self._wide_gemv is not None:
+                return self._wide_gemv
+            kernel = compile_program(
+                quantized_gemv_a8.trace(**self._trace, BM=A8_AMX_WIDE_ROWS), self.backend, self._opts
+            )
+            self._wide_gemv = bind(kernel, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y", "M", "MP"))
+            return self._wide_gemv
 
     def _buffers(self, mp: int | None = None) -> tuple[Any, Any, Any]:
         """The thread's (xq, xs, xsum) scratch for mp padded rows (this plan's own for a fixed m)."""
@@ -541,7 +563,8 @@ class A8Plan:
                 return
             xq, xs, xsum = self._buffers(mp)
             self._quant(x2, xq, xs, xsum, m, mp)
-            self._gemv(xq, xs, xsum, y2, m, mp)
+            wide = self.wide and mp >= A8_AMX_WIDE_ROWS and mp % A8_AMX_WIDE_ROWS == 0
+            (self._wide() if wide else self._gemv)(xq, xs, xsum, y2, m, mp)
             return
         xq, xs, xsum = self._buffers()
         self._quant(x2, xq, xs, xsum)

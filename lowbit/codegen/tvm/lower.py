@@ -705,11 +705,16 @@ class _Emitter:
         self.scaled: dict[int, tuple[Tile, Tile, Tile, Tile]] = {}
         self.fused: dict[int, str] = {}  # tiles a fused dot computed: %r -> "" (never read), %u -> acc's buffer
         self.writes_in: dict[int, set[int]] = {}  # For / If statement -> the tiles assigned in its bodies
+        # dot chains `%p1 = dot a1, b1 [, %c] ; %p2 = dot a2, b2, %p1 ; ...` (each sum read only by the next dot):
+        # first dot tile -> the later dots, which an AMX dot runs with its sums kept in tile registers
+        self.chains: dict[int, list[Let]] = {}
         self._find_scaled(self.p.body)
+        self._find_chains(self.p.body)
         for s in walk(self.p.body):
             for body in child_bodies(s):
                 self._find_inplace(body)
                 self._find_scaled(body)
+                self._find_chains(body)
                 self.writes_in.setdefault(id(s), set()).update(id(a.dst) for a in walk(body) if isinstance(a, Assign))
 
     def _find_inplace(self, body: tuple[Stmt, ...]) -> None:
@@ -749,6 +754,39 @@ class _Emitter:
                 continue
             if acc.dtype.name == "float32" and acc.shape == p.shape and p.dtype.name == "float32":
                 self.scaled[id(p)] = (bc[1].x, acc, mul.tile, add.tile)
+
+    def _find_chains(self, body: tuple[Stmt, ...]) -> None:
+        """Runs of dots where each adds to the previous one's sum: `%q = dot a2, b2, %p` right after %p's dot,
+        either in place (`%p <- %q` follows, `_find_inplace`) or with %p read by nothing else."""
+        i = 0
+        while i < len(body):
+            st = body[i]
+            if not (isinstance(st, Let) and isinstance(st.inst, I.Dot)):
+                i += 1
+                continue
+            # the tile holding the sum so far, and the statement after the dot (and its write-back, if in place)
+            acc, j = (self.inplace[id(st.tile)], i + 2) if id(st.tile) in self.inplace else (st.tile, i + 1)
+            run: list[Let] = []
+            while j < len(body):
+                nx = body[j]
+                if not (
+                    isinstance(nx, Let)
+                    and isinstance(nx.inst, I.Dot)
+                    and nx.inst.c is acc
+                    and nx.tile.shape == st.tile.shape
+                    and nx.inst.acc_dtype == st.inst.acc_dtype
+                ):
+                    break
+                if self.inplace.get(id(nx.tile)) is acc:
+                    j += 2
+                elif self.uses.get(id(acc), 0) == 1:
+                    acc, j = nx.tile, j + 1
+                else:
+                    break
+                run.append(nx)
+            if run:
+                self.chains[id(st.tile)] = run
+            i = max(j, i + 1)
 
     def _only_use(self, t: Tile, body: tuple[Stmt, ...]) -> Stmt | None:
         """The statement of `body` reading `t`, when that is t's only use in the program, else None."""
@@ -1228,9 +1266,11 @@ class _Emitter:
         plan = self.int8_dot_plan(inst)
         if inst.c is not None and id(t) in self.inplace:
             self.before_write({id(inst.c)})
+            chain = self._amx_chain(inst, t, plan)  # after the write: operands that read the sum are copies now
             out = self.buf[id(inst.c)]
             self.bind_buffer(t, out)
         else:
+            chain = self._amx_chain(inst, t, plan)
             out = self.alloc(t)
             zero = self.const(0, inst.acc_dtype)
             if inst.c is not None:
@@ -1241,13 +1281,24 @@ class _Emitter:
 
                 def slow() -> None:
                     self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
-                    self._dot_generic(inst, out)
+                    for d in chain:
+                        self._dot_generic(d, out)
 
-                self._guarded(inst, out, lambda: self._dot_amx(inst, out, zeroed=True), slow_path=slow)
+                self._guarded(chain, out, lambda: self._dot_amx(chain, out, zeroed=True), slow_path=slow)
+                self._bind_chain(t, out)
                 return
             else:
                 self.nest(t.shape, lambda idx, ctx: [f"{out}[{idx[0]}, {idx[1]}] = {zero}"])
             self.bind_buffer(t, out)
+        if len(chain) > 1:
+
+            def slow_chain() -> None:
+                for d in chain:
+                    self._dot_generic(d, out)
+
+            self._guarded(chain, out, lambda: self._dot_amx(chain, out), slow_path=slow_chain)
+            self._bind_chain(t, out)
+            return
         if plan is not None:
             self.dot_int8(inst, out, plan)
             return
@@ -1277,6 +1328,29 @@ class _Emitter:
         self._dot_generic(inst, out, unroll=self.opt["unroll"] if KT % self.opt["unroll"] == 0 else 1)
         if not inst.acc_dtype.is_float and inst.acc_dtype.bits < 32:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
+
+    def _amx_chain(self, inst: I.Dot, t: Tile, plan: tuple[str, int, str] | None) -> list[I.Dot]:
+        """The dots an AMX dot runs at once: `inst` and the rest of its chain (`_find_chains`) when every one
+        of them is an AMX dot whose operands are defined by now (their sums then stay in tile registers from
+        dot to dot, with no store and reload between them), else `inst` alone."""
+        later = self.chains.get(id(t), [])
+        if plan is None or plan[2] != "amx" or not later:
+            return [inst]
+        sums = {id(t), *(id(let.tile) for let in later), *(id(let.inst.c) for let in later)}  # type: ignore[attr-defined]
+        for let in later:
+            d = let.inst
+            assert isinstance(d, I.Dot)
+            p = self.int8_dot_plan(d)
+            if p is None or p[2] != "amx" or not all(id(o) in self.fn for o in (d.a, d.b)):
+                return [inst]
+            if any(self.mut_reads.get(id(o), frozenset()) & sums for o in (d.a, d.b)):
+                return [inst]  # an operand reads a sum of the chain: it must see the dots before it
+        return [inst, *(let.inst for let in later)]  # type: ignore[misc]
+
+    def _bind_chain(self, t: Tile, out: str) -> None:
+        """The later dots of t's chain, run by t's AMX dot: their sums are `out` (see `define`'s `fused`)."""
+        for let in self.chains.get(id(t), []):
+            self.fused[id(let.tile)] = out
 
     # ---- software prefetch ----
     def prefetch(self, inst: I.Load) -> None:
@@ -1454,19 +1528,21 @@ class _Emitter:
 
     def _guarded(
         self,
-        inst: I.Dot,
+        inst: I.Dot | Sequence[I.Dot],
         out: str,
         fast_path: Callable[[], None],
         slow_path: Callable[[], None] | None = None,
         drop: str | None = None,
     ) -> None:
-        """Emit `fast_path` (loads unchecked) under the operands' uniform in-bounds guards but `drop` (one the
-        fast path checks itself), `slow_path` (the generic loops) in the else branch; only `slow_path` when a
-        load is data-dependent (masked)."""
-        slow_path = slow_path or (lambda: self._dot_generic(inst, out))
+        """Emit `fast_path` (loads unchecked) under the operands' uniform in-bounds guards (of every dot of a
+        chain) but `drop` (one the fast path checks itself), `slow_path` (the generic loops; given for a
+        chain) in the else branch; only `slow_path` when a load is data-dependent (masked)."""
+        dots = [inst] if isinstance(inst, I.Dot) else list(inst)
+        slow_path = slow_path or (lambda: self._dot_generic(dots[0], out))
         probe = _Ctx(checked=False)
-        self.get(inst.a)(("0", "0"), probe)
-        self.get(inst.b)(("0", "0"), probe)
+        for d in dots:
+            self.get(d.a)(("0", "0"), probe)
+            self.get(d.b)(("0", "0"), probe)
         if probe.data_dependent:
             slow_path()
             return
@@ -1553,7 +1629,7 @@ class _Emitter:
             return _quad(f, idx, fast)
 
         if kind == "amx":
-            self._dot_amx(inst, out)
+            self._dot_amx([inst], out)
             return
         # vpdpbusd with several row blocks: two column vectors per pass, their quads in 16 registers (`_dot_vnni`)
         cv = 2 if kind == "vnni" and tm < BM and inst.b.shape[1] % 32 == 0 else 1
@@ -1673,79 +1749,132 @@ class _Emitter:
             self.line(f"    {out}[{row}, {cols}] = {out}[{row}, {cols}] + {' + '.join(parts)}")
         self.depth -= 2
 
-    def _dot_amx(self, inst: I.Dot, out: str, zeroed: bool = False) -> None:
-        """out[BM, BN] += a[BM, KT] @ b[KT, BN] on AMX (BM, BN multiples of 16, KT of 64): a's rows and b's
-        quads (four consecutive k of a column as one i32, AMX's "VNNI" B layout) are written to two stack
-        buffers, then per 16x16 block of out an accumulator tile loads the block (i32, 64-byte rows; `zeroed`:
-        a dot without accumulator, whose out was not filled, starts from `tilezero`), per 64 k a's 16 rows and
-        b's 16 quad rows are tiles too, and tdpbssd adds their int8 products; the block is stored back (see
-        the register assignment below). The tile configuration (`_amx_config`) is loaded at the start of each
-        grid block (a block runs on one worker thread) and released at its end (a thread holding tile state
-        makes every context switch save 8 KiB more)."""
-        a, b = inst.a, inst.b
-        BM, KT, BN = int(a.shape[0]), int(a.shape[1]), int(b.shape[1])
-        fa, fb = self.get(a), self.get(b)
+    def _dot_amx(self, dots: Sequence[I.Dot], out: str, zeroed: bool = False) -> None:
+        """out[BM, BN] += Σ_d a_d[BM, KT_d] @ b_d[KT_d, BN] on AMX (BM, BN multiples of 16, each KT of 64) for a
+        dot or a chain of dots (`_amx_chain`) summing into one tile. Per dot, a's rows are read in place where
+        they are rows of an int8 tensor (`_direct_rows`), else copied byte by byte to a stack buffer, and b's
+        quads (four consecutive k of a column as one i32, AMX's "VNNI" B layout) are written to one; then per
+        16x16 block of out an accumulator tile loads the block (i32, 64-byte rows; `zeroed`: a first dot without
+        accumulator, whose out was not filled, starts from `tilezero`), each dot's 16-row a tiles and 16 quad-row
+        b tiles per 64 k are tiles too, tdpbssd adds their int8 products, and the block is stored back once
+        after the whole chain (see the register assignment below). The tile configuration (`_amx_config`) is
+        loaded at the start of each grid block (a block runs on one worker thread) and released at its end (a
+        thread holding tile state makes every context switch save 8 KiB more)."""
+        BM, BN = int(dots[0].a.shape[0]), int(dots[0].b.shape[1])
         self.amx = True
-        ab, bb = self.fresh("amxa"), self.fresh("amxb")
-        i, t, j, mi, ni, kc = (self.fresh(v) for v in ("i", "t", "j", "mi", "ni", "kc"))
         fast = _Ctx(checked=False)
-        self.line(f'{ab} = T.decl_buffer(({BM}, {KT}), "int8", {self.scope})')
-        self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
-        self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
-        self.line(f"    for {t} in T.vectorized({KT}):")
-        self.line(f'        {ab}[{i}, {t}] = T.Cast("int8", {fa((i, t), fast)})')
-        self.line(f"for {t} in T.serial({KT // 4}):")
-        self.line(f"    for {j} in T.vectorized({BN}):")
-        self.line(f"        {bb}[{t}, {j}] = " + _quad(fb, lambda r: (f"{t} * 4 + {r}", j), fast))
+        mi, ni, kc = (self.fresh(v) for v in ("mi", "ni", "kc"))
+        a_rows: list[Callable[[str, str], str]] = []  # dot -> (row, k) -> the address of a's byte there
+        a_stride: list[str] = []  # dot -> bytes from one of a's rows to the next
+        b_tile: list[Callable[[Any, Any], str]] = []  # dot -> (quad row, column) -> the address in b's quads
+        for d in dots:
+            KT = int(d.a.shape[1])
+            direct = self._direct_rows(d.a)
+            if direct is not None:
+                a_rows.append(direct[0])
+                a_stride.append(direct[1])
+            else:
+                fa, ab, i, t = self.get(d.a), self.fresh("amxa"), self.fresh("i"), self.fresh("t")
+                self.line(f'{ab} = T.decl_buffer(({BM}, {KT}), "int8", {self.scope})')
+                self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
+                self.line(f"    for {t} in T.vectorized({KT}):")
+                self.line(f'        {ab}[{i}, {t}] = T.Cast("int8", {fa((i, t), fast)})')
+                a_rows.append(lambda r, k, ab=ab: f"T.address_of({ab}[{r}, {k}])")
+                a_stride.append(f"T.int64({KT})")
+            fb, bb, t, j = self.get(d.b), self.fresh("amxb"), self.fresh("t"), self.fresh("j")
+            self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
+            self.line(f"for {t} in T.serial({KT // 4}):")
+            self.line(f"    for {j} in T.vectorized({BN}):")
+            self.line(f"        {bb}[{t}, {j}] = " + _quad(fb, lambda r, t=t, j=j: (f"{t} * 4 + {r}", j), fast))
+            b_tile.append(lambda q, n, bb=bb: f"T.address_of({bb}[{q}, {n}])")
 
-        def tile(op: str, reg: int, addr: str, stride: int) -> None:
-            self.line(
-                f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{op}", T.int8({reg}), {addr}, T.int64({stride})))'
-            )
+        def tile(op: str, reg: int, addr: str, stride: str) -> None:
+            self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{op}", T.int8({reg}), {addr}, {stride}))')
 
         def tdp(c: int, a_: int, b_: int) -> None:
             self.line(
                 f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbssd", T.int8({c}), T.int8({a_}), T.int8({b_})))'
             )
 
-        nb, kcn = BN // 16, KT // 64
-        if nb * kcn + 1 + nb <= AMX_TILES:
-            # b's tiles loaded once (registers 1 .. nb·kcn); per 16 rows, a's tile (register 0) per 64 k and one
-            # accumulator register per 16 columns, so consecutive tdpbssd do not wait on each other
-            acc0 = 1 + nb * kcn
-            for kk in range(kcn):
+        def start(reg: int, r: str, c: str) -> None:  # the accumulator tile of out's block (r, c)
+            if zeroed:
+                self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8({reg})))')
+            else:
+                tile("tileloadd64", reg, f"T.address_of({out}[{r}, {c}])", f"T.int64({BN * 4})")
+
+        nb = BN // 16
+        steps = [(di, kk) for di, d in enumerate(dots) for kk in range(int(d.a.shape[1]) // 64)]  # (dot, 64 k)
+        b_stride = f"T.int64({BN * 4})"
+        if nb * len(steps) + 1 + nb <= AMX_TILES:
+            # b's tiles loaded once (registers 1 .. nb·steps); per 16 rows, a's tile (register 0) per dot and 64 k
+            # and one accumulator register per 16 columns, so consecutive tdpbssd do not wait on each other
+            acc0 = 1 + nb * len(steps)
+            for s_, (di, kk) in enumerate(steps):
                 for n_ in range(nb):
-                    tile("tileloadd64", 1 + kk * nb + n_, f"T.address_of({bb}[{kk * 16}, {n_ * 16}])", BN * 4)
+                    tile("tileloadd64", 1 + s_ * nb + n_, b_tile[di](kk * 16, n_ * 16), b_stride)
             self.line(f"for {mi} in T.serial({BM // 16}):")
             self.depth += 1
             for n_ in range(nb):
-                if zeroed:
-                    self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8({acc0 + n_})))')
-                else:
-                    tile("tileloadd64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
-            for kk in range(kcn):
-                tile("tileloadd64", 0, f"T.address_of({ab}[{mi} * 16, {kk * 64}])", KT)
+                start(acc0 + n_, f"{mi} * 16", str(n_ * 16))
+            for s_, (di, kk) in enumerate(steps):
+                tile("tileloadd64", 0, a_rows[di](f"{mi} * 16", str(kk * 64)), a_stride[di])
                 for n_ in range(nb):
-                    tdp(acc0 + n_, 0, 1 + kk * nb + n_)
+                    tdp(acc0 + n_, 0, 1 + s_ * nb + n_)
             for n_ in range(nb):
-                tile("tilestored64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", BN * 4)
+                tile("tilestored64", acc0 + n_, f"T.address_of({out}[{mi} * 16, {n_ * 16}])", b_stride)
             self.depth -= 1
             return
         self.line(f"for {mi} in T.serial({BM // 16}):")
         self.line(f"    for {ni} in T.serial({BN // 16}):")
         self.depth += 2
-        if zeroed:
-            self.line('T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(0)))')
-        else:
-            tile("tileloadd64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
-        self.line(f"for {kc} in T.serial({KT // 64}):")
-        self.depth += 1
-        tile("tileloadd64", 1, f"T.address_of({ab}[{mi} * 16, {kc} * 64])", KT)
-        tile("tileloadd64", 2, f"T.address_of({bb}[{kc} * 16, {ni} * 16])", BN * 4)
-        tdp(0, 1, 2)
-        self.depth -= 1
-        tile("tilestored64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", BN * 4)
+        start(0, f"{mi} * 16", f"{ni} * 16")
+        for di, d in enumerate(dots):
+            self.line(f"for {kc} in T.serial({int(d.a.shape[1]) // 64}):")
+            self.depth += 1
+            tile("tileloadd64", 1, a_rows[di](f"{mi} * 16", f"{kc} * 64"), a_stride[di])
+            tile("tileloadd64", 2, b_tile[di](f"{kc} * 16", f"{ni} * 16"), b_stride)
+            tdp(0, 1, 2)
+            self.depth -= 1
+        tile("tilestored64", 0, f"T.address_of({out}[{mi} * 16, {ni} * 16])", b_stride)
         self.depth -= 2
+
+    def _direct_rows(self, t: Tile) -> tuple[Callable[[str, str], str], str] | None:
+        """(row, k) -> the address of element (row, k) of tile t, and the int64 bytes from a row to the next,
+        when t is a load of an int8 tensor (possibly reshaped: unit axes dropped or added) whose elements along
+        k are adjacent in memory and whose rows are a constant stride apart, unmasked: AMX loads its tiles
+        from there, with no copy. None otherwise."""
+        inst = self.defs.get(id(t))
+        keep: list[int] | None = None  # the load's axes that are t's rows and columns
+        if isinstance(inst, I.Reshape):
+            src = inst.x.shape
+            keep = [ax for ax, n in enumerate(src) if n != 1]
+            if [src[ax] for ax in keep] != [n for n in t.shape if n != 1] or len(keep) != 2 or 1 in t.shape:
+                return None
+            inst = self.defs.get(id(inst.x))
+        if not isinstance(inst, I.Load) or inst.mask is not None or id(t) in self.buf:
+            return None
+        tensor = inst.tensor
+        if tensor.dtype.name != "int8" or isinstance(tensor.layout, PackedLayout) or tensor.name in self.stored:
+            return None
+        keep = keep if keep is not None else [0, 1]
+        if len(inst.shape) != len(tensor.shape) or len(keep) != 2:
+            return None
+        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(tensor.shape))]
+        offset = tensor.layout(*syms) if tensor.layout is not None else _row_major(syms, tensor.shape)
+        r_ax, k_ax = keep
+        row = sympy.simplify(offset.subs(syms[r_ax], syms[r_ax] + 1) - offset)
+        col = sympy.simplify(offset.subs(syms[k_ax], syms[k_ax] + 1) - offset)
+        if col != 1 or row.free_symbols & set(syms):
+            return None
+        g = self.gbuf[tensor.name]
+
+        def address(r: str, k: str) -> str:
+            idx = ["0"] * len(tensor.shape)
+            idx[r_ax], idx[k_ax] = r, k
+            coords = [f"{scalar(o)} + {i}" for o, i in zip(inst.offsets, idx)]
+            return f"T.address_of({g}[{_flat_address(tensor, coords)}])"
+
+        return address, f'T.Cast("int64", {scalar(row)})'
 
     def _amx_config(self) -> None:
         """Load AMX's tile configuration: palette 1, all AMX_TILES tiles of 16 rows x 64 bytes (the 64-byte

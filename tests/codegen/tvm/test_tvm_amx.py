@@ -101,3 +101,60 @@ def test_tiles_that_are_not_whole_amx_tiles_take_the_vnni_form():
     y, src = run(a, b, BM=8, BN=32, BK=64)  # 8 rows: not a 16-row tile
     assert "tdpbssd" not in src and "vpdpbusd" in src
     assert np.array_equal(y, exact(a, b))
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_chain_of_dots_keeps_its_sums_in_tile_registers(fresh):
+    """Two dots adding into one sum (a fresh one and its `+=`, or two in-place `acc +=`) run as one AMX
+    sequence: each 16x16 block of the sum is stored once (not stored and reloaded between the dots), and a's
+    rows, an int8 tensor's rows, are tile-loaded in place (no stack copy)."""
+    a = np.random.default_rng(3).integers(-128, 128, (64, 256)).astype(np.int8)
+    b = np.random.default_rng(4).integers(0, 256, (256, 64)).astype(np.uint8)
+    y, src = run(a, b, BM=32, BN=32, BK=64, fresh=fresh)
+    assert np.array_equal(y, exact(a, b))
+    assert src.count("llvm.x86.tilestored64") == 2  # one per 16 columns of the chain's sum
+    assert src.count("llvm.x86.tdpbssd") == 4  # both dots' tiles, in one row loop
+    assert "amxa" not in src and "amxb" in src
+
+
+@T.kernel
+def amx_dependent_dots(
+    a: T.Tensor("int8", ("M", "K")),
+    b: T.Tensor("uint8", ("K", "N")),
+    y: T.Tensor("int32", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+):
+    """Per 128 k: acc += a[:, k:k+64] @ b[k:k+64] and acc += (acc & 63, taken before both) @ b[k+64:k+128]."""
+    pm, pn = T.grid(T.cdiv(M, 16), T.cdiv(N, 64))
+    acc = T.zeros((16, 64), T.int32)
+    for k0 in T.range(0, K, 128):
+        q = T.cast(acc & 63, T.int8)
+        x0 = T.load(a, (pm * 16, k0), (16, 64))
+        w0 = T.cast(T.load(b, (k0, pn * 64), (64, 64)) & 15, T.int8)
+        w1 = T.cast(T.load(b, (k0 + 64, pn * 64), (64, 64)) & 15, T.int8)
+        acc += T.dot(x0, w0, acc_dtype=T.int32)
+        acc += T.dot(q, w1, acc_dtype=T.int32)
+    T.store(y, (pm * 16, pn * 64), acc)
+
+
+def test_a_chained_dot_reads_its_operand_as_it_was_before_the_chain():
+    """The second dot's a is computed from the sum before the first dot: run as one chain, it must still
+    see that value, not the first dot's result."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (32, 384)).astype(np.int8)
+    b = rng.integers(0, 256, (384, 128)).astype(np.uint8)
+    y = np.zeros((32, 128), np.int32)
+    kernel = compile_program(amx_dependent_dots.trace(), "tvm", {"int8_dot": "amx"})
+    kernel({"a": a, "b": b, "y": y, "M": 32, "N": 128, "K": 384})
+    w = b.astype(np.int64) & 15
+    want = np.zeros((32, 128), np.int64)
+    for k0 in range(0, 384, 128):
+        for j in (0, 64):
+            old = want[:, j : j + 64].copy()
+            want[:, j : j + 64] += a[:, k0 : k0 + 64].astype(np.int64) @ w[k0 : k0 + 64, j : j + 64]
+            want[:, j : j + 64] += (old & 63) @ w[k0 + 64 : k0 + 128, j : j + 64]
+    assert np.array_equal(y, want.astype(np.int32))
+    # one chain: both dots in one loop over 16x16 blocks, each block stored once (unchained: one store per dot)
+    assert kernel.source.count("llvm.x86.tilestored64") == 1
