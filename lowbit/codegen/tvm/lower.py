@@ -108,8 +108,10 @@ OPTIONS: dict[str, Any] = {
     "lut": "auto",
     # a `dot_lut` GEMV with bfloat16 activations over 4-bit codes in pair order (`column_tiled(pairs=True)`)
     # multiplies with AVX-512 BF16's vdpbf16ps, two products per lane, on codes decoded 32 at a time by vpermw
-    # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", or "auto" = "avx512bf16" on an x86 CPU
-    # with AVX-512 BF16 (resolved by lowbit.codegen.tvm.runtime)
+    # (`_Emitter._dot_lut_bf16`, `bf16_dot.py`): "avx512bf16", "none", "amx" (its GEMM form's whole 16x16
+    # tiles on AMX-BF16's tdpbf16ps, `_Emitter._amx_bf16_block`; the rest as "avx512bf16"), or "auto" = "amx"
+    # where the CPU has AMX-BF16 and Linux grants its tile state, else "avx512bf16" on an x86 CPU with AVX-512
+    # BF16 (resolved by lowbit.codegen.tvm.runtime)
     "bf16_dot": "auto",
     # the register block of the table-decoded dot's GEMM forms (`_Emitter._block_dot`): rows x 16-column
     # vectors of fp32 accumulators held over all of k, each decoded weight vector loaded once per block of
@@ -134,9 +136,10 @@ TARGETS = ("cpu", "cuda")
 # merging static buffers (tirx.merge_static_smem) reuses memory across loops without barriers of its own
 SHARED_BYTES = 48 * 1024
 
-BF16_DOT = ("auto", "avx512bf16", "none")
+BF16_DOT = ("auto", "amx", "avx512bf16", "none")
 INT8_DOT = ("auto", "amx", "vnni", "avx2", "none")
 AMX_TILES = 8  # AMX tile registers (palette 1), each configured as 16 rows x 64 bytes
+AMX_BF16_SUMS = 4  # accumulator tiles `_amx_bf16_block` holds per pass (registers 3 .. 6)
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
@@ -1840,7 +1843,7 @@ class _Emitter:
 
     def _direct_rows(self, t: Tile) -> tuple[Callable[[str, str], str], str] | None:
         """(row, k) -> the address of element (row, k) of tile t, and the int64 bytes from a row to the next,
-        when t is a load of an int8 tensor (possibly reshaped: unit axes dropped or added) whose elements along
+        when t is a load of an int8 or bf16 tensor (possibly reshaped: unit axes dropped or added) whose elements along
         k are adjacent in memory and whose rows are a constant stride apart, unmasked: AMX loads its tiles
         from there, with no copy. None otherwise."""
         inst = self.defs.get(id(t))
@@ -1854,7 +1857,10 @@ class _Emitter:
         if not isinstance(inst, I.Load) or inst.mask is not None or id(t) in self.buf:
             return None
         tensor = inst.tensor
-        if tensor.dtype.name != "int8" or isinstance(tensor.layout, PackedLayout) or tensor.name in self.stored:
+        size = {"int8": 1, "bfloat16": 2}.get(tensor.dtype.name)
+        if size is None or tensor.dtype != t.dtype or isinstance(tensor.layout, PackedLayout):
+            return None
+        if tensor.name in self.stored:
             return None
         keep = keep if keep is not None else [0, 1]
         if len(inst.shape) != len(tensor.shape) or len(keep) != 2:
@@ -1874,7 +1880,7 @@ class _Emitter:
             coords = [f"{scalar(o)} + {i}" for o, i in zip(inst.offsets, idx)]
             return f"T.address_of({g}[{_flat_address(tensor, coords)}])"
 
-        return address, f'T.Cast("int64", {scalar(row)})'
+        return address, f'T.Cast("int64", {scalar(row * size)})'
 
     def _amx_config(self) -> None:
         """Load AMX's tile configuration: palette 1, all AMX_TILES tiles of 16 rows x 64 bytes (the 64-byte
@@ -2087,7 +2093,7 @@ class _Emitter:
         fp4: at most 8 significant bits), and words in pair order: wherever the tile sits (checked
         numerically), k = 8w + 2s + h of a column sits in the word of k = 8w at bit 16h + 4s
         (`column_tiled(pairs=True)`)."""
-        if self.opt["bf16_dot"] != "avx512bf16" or inst.a.dtype.name != "bfloat16" or c != 1:
+        if self.opt["bf16_dot"] not in ("avx512bf16", "amx") or inst.a.dtype.name != "bfloat16" or c != 1:
             return False
         lay = load.tensor.layout
         rows = int(load.shape[0])
@@ -2150,6 +2156,11 @@ class _Emitter:
 
         rows_outer = self.opt["tm"] < BM
         per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
+        gemm = self._gemm_form(inst, load, table)
+        amx = gemm and self.opt["bf16_dot"] == "amx" and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+        # AMX reads a's rows where they lie (a bf16 tensor's rows are A tiles as they are); staged only for a
+        # ragged row tile, with checked reads (rows past the tensor read 0)
+        direct = self._direct_rows(a) if amx else None
         self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
 
@@ -2157,8 +2168,15 @@ class _Emitter:
                 k0 = 2 * sympy.Symbol(q, integer=True)
                 return _bf16_pair(*(conv(fa((row, scalar(k0 + h)), ctx)) for h in (0, 1)))
 
-            self._stage_rows(xp, BM, per_row, staged, ragged)
-        if self._gemm_form(inst, load, table):
+            if direct is None:
+                self._stage_rows(xp, BM, per_row, staged, ragged)
+            elif ragged is not None:
+                i_, q_ = self.fresh("ii"), self.fresh("q")
+                self.line(f"if not ({ragged}):")
+                self.line(f"    for {i_} in T.serial({BM}):")
+                self.line(f"        for {q_} in T.serial({per_row}):")
+                self.line(f"            {xp}[{i_} * {per_row} + {q_}] = {staged(i_, q_, _Ctx(checked=True))}")
+        if gemm:
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
             mr, nr = self._block_shape(BM, BN)
             bp = self.fresh("bp")
@@ -2173,7 +2191,23 @@ class _Emitter:
             dst = f"{bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)]"
             self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
             self.depth -= 1
-            self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
+            if amx:
+                kp = KT // 2
+                in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
+                staged_rows = (lambda r, kc: f"T.address_of({xp}[({r}) * {kp} + {kc} * 16])", f"T.int64({kp * 4})")
+                if in_place is not None and ragged is not None:
+                    self.line(f"if {ragged}:")
+                    self.depth += 1
+                    self._amx_bf16_block(out, in_place, bp, BM, kp, BN, scale)
+                    self.depth -= 1
+                    self.line("else:")
+                    self.depth += 1
+                    self._amx_bf16_block(out, staged_rows, bp, BM, kp, BN, scale)
+                    self.depth -= 1
+                else:
+                    self._amx_bf16_block(out, in_place or staged_rows, bp, BM, kp, BN, scale)
+            else:
+                self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
         assert scale is None, "a fused scale needs the GEMM form (`_gemm_form`)"
         if not rows_outer:
@@ -2588,7 +2622,7 @@ class _Emitter:
         a, b = inst.a, inst.b
         return (
             self.cpu
-            and self.opt["bf16_dot"] == "avx512bf16"
+            and self.opt["bf16_dot"] in ("avx512bf16", "amx")
             and a.dtype.name == "bfloat16"
             and b.dtype.name == "bfloat16"
             and inst.acc_dtype.name == "float32"
@@ -2700,6 +2734,70 @@ class _Emitter:
             dst = _substitute(f"{total}[{row}, T.Ramp({col}, 1, 16)]", sub)
             scl = _substitute(f"{srow}[0, T.Ramp({col}, 1, 16)]", sub)
             self.line(f"{dst} = {dst} + {regs[i][j]} * {scl}")
+        self.depth -= 2
+
+    def _amx_bf16_block(
+        self,
+        out: str,
+        a_rows: tuple[Callable[[str, str], str], str],
+        bp: str,
+        BM: int,
+        KP: int,
+        BN: int,
+        scale: tuple[str, str] | None = None,
+    ) -> None:
+        """`_block_dot`'s pair dot on AMX-BF16. a_rows = ((row, c) -> the address of a's bf16 element (row,
+        32·c), the int64 bytes from a row to the next): a's rows in k order, 16 of them an A tile of 32 k (a
+        bf16 tensor's rows where they lie, or the staged pairs); bp (int32 [KP, BN], a column's pairs: 16 pair
+        rows x 16 columns are a B tile in AMX's pair layout); tdpbf16ps adds 16x16x32 products into fp32 tiles
+        (each pair's two exact products and the accumulator rounded to fp32 by the instruction, as vdpbf16ps
+        does). Columns outermost: a pass's AMX_BF16_SUMS x 16 columns of bp (16 KiB at KP 64) stay in L1 while
+        every 16-row A tile streams past (rows outermost re-read all of bp, 64 KiB at BN 256, from L2 per
+        16 rows). Per 16 rows the pass's sums are held over all of k: register 0 a's tile, 1 and 2 b's tiles in
+        turn, 3 .. the sums. Without `scale` they start from `out` and are stored back; with `scale` = (acc,
+        s) they start from zero and each is stored to a 1 KiB stack tile, then acc[i, j] += sum · s[0, j]
+        (`out` is not touched)."""
+        self.amx = True
+        a_tile, a_stride = a_rows
+        nb = BN // 16
+        cols = max(c for c in range(1, AMX_BF16_SUMS + 1) if nb % c == 0)  # accumulator tiles per pass
+        mi, nj, kc, ii = (self.fresh(v) for v in ("mi", "nj", "kc", "ii"))
+
+        def call(op: str, *regs: Any) -> None:
+            self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{op}", {", ".join(str(r) for r in regs)}))')
+
+        def reg(r: int) -> str:
+            return f"T.int8({r})"
+
+        tmp = self.fresh("amxc") if scale is not None else None
+        if tmp is not None:
+            self.line(f'{tmp} = T.decl_buffer((16, 16), "float32", {self.scope})')
+        self.line(f"for {nj} in T.serial({nb // cols}):")
+        self.line(f"    for {mi} in T.serial({BM // 16}):")
+        self.depth += 2
+        col = lambda c: f"({nj} * {cols} + {c}) * 16"  # noqa: E731
+        for c in range(cols):
+            if scale is None:
+                call("tileloadd64", reg(3 + c), f"T.address_of({out}[{mi} * 16, {col(c)}])", f"T.int64({BN * 4})")
+            else:
+                call("tilezero", reg(3 + c))
+        self.line(f"for {kc} in T.serial({KP // 16}):")
+        self.depth += 1
+        call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
+        for c in range(cols):
+            b = 1 + c % 2
+            call("tileloadd64", reg(b), f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])", f"T.int64({BN * 4})")
+            call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
+        self.depth -= 1
+        for c in range(cols):
+            if tmp is None:
+                call("tilestored64", reg(3 + c), f"T.address_of({out}[{mi} * 16, {col(c)}])", f"T.int64({BN * 4})")
+                continue
+            total, srow = scale  # type: ignore[misc]
+            call("tilestored64", reg(3 + c), f"T.address_of({tmp}[0, 0])", "T.int64(64)")
+            dst = f"{total}[{mi} * 16 + {ii}, T.Ramp({col(c)}, 1, 16)]"
+            self.line(f"for {ii} in T.serial(16):")
+            self.line(f"    {dst} = {dst} + {tmp}[{ii}, T.Ramp(0, 1, 16)] * {srow}[0, T.Ramp({col(c)}, 1, 16)]")
         self.depth -= 2
 
     def _register_sums(self, rows: int, vectors: int) -> list[list[str]]:

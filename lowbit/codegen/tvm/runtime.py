@@ -61,12 +61,13 @@ _LLVM_FEATURES = {
     "avx_vnni": "avxvnni",
     "amx_tile": "amx-tile",
     "amx_int8": "amx-int8",
+    "amx_bf16": "amx-bf16",
 }
 
 # Linux hands a process AMX's 8 KiB tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
 # XFEATURE_XTILEDATA); a tile instruction before that raises SIGILL
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
-_AMX_OP = "llvm.x86.tdpbssd"
+_AMX_OP = "llvm.x86.ldtilecfg"  # every kernel with AMX tiles loads their configuration
 
 
 @functools.cache
@@ -111,6 +112,7 @@ _OPTION_FEATURES = {
     ("int8_dot", "vnni"): "avx512vnni",
     ("int8_dot", "avx2"): "avx2",
     ("bf16_dot", "avx512bf16"): "avx512bf16",
+    ("bf16_dot", "amx"): "amx-bf16",
     ("lut", "avx512"): "avx512f",
 }
 
@@ -142,13 +144,19 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
                 f'TVM option {name}="{form}" needs the LLVM feature {feature}, which target {target} lacks; '
                 f'use {name}="auto" (the best form this target has) or "none"'
             )
-    if cpu and out.get("int8_dot") == "amx" and not amx_permitted():
-        raise BackendError('TVM option int8_dot="amx": Linux did not grant this process the AMX tile state; use "auto"')
+    for name in ("int8_dot", "bf16_dot"):
+        if cpu and out.get(name) == "amx" and not amx_permitted():
+            raise BackendError(
+                f'TVM option {name}="amx": Linux did not grant this process the AMX tile state; use "auto"'
+            )
+    if cpu and out.get("bf16_dot") == "amx" and "avx512bf16" not in flags:  # its other forms run vdpbf16ps
+        raise BackendError(f'TVM option bf16_dot="amx" needs avx512bf16 too, which target {target} lacks; use "auto"')
     if out.get("int8_dot") == "auto":
         amx = "amx-int8" in flags and "amx-tile" in flags and amx_permitted()
         out["int8_dot"] = "amx" if amx else "vnni" if "avx512vnni" in flags else "avx2" if "avx2" in flags else "none"
     if out.get("bf16_dot") == "auto":
-        out["bf16_dot"] = "avx512bf16" if "avx512bf16" in flags else "none"
+        amx = {"amx-bf16", "amx-tile", "avx512bf16"} <= flags and amx_permitted()
+        out["bf16_dot"] = "amx" if amx else "avx512bf16" if "avx512bf16" in flags else "none"
     if out.get("lut") == "auto":
         out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":

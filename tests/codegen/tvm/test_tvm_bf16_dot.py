@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
 from lowbit.codegen.tvm.bf16_dot import DPBF16, STAND_IN, PatchError, patch_ir
+from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.layouts import column_tiled
 from lowbit.ops import quantize, quantized_linear
 from lowbit.ops.weight import retile_columns
 
 HAS_BF16 = "avx512_bf16" in isa_flags()
+AMX_BF16 = HAS_BF16 and "amx_bf16" in isa_flags() and amx_permitted()
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="vdpbf16ps needs AVX-512 BF16")
 BN = 64
 TOL = 2e-6  # fp32 pair sums and accumulation over K = 256, relative to Σ|x|·(|w| + |z·s|)
@@ -36,7 +38,9 @@ def run(dtype, M, N, K, G, options, pairs=True, seed=0, BM=None, tile_n=BN, **qu
     y = torch.full((M, N), float("nan"), dtype=torch.float32)
     consts = dict(wdtype=dtype, G=G, zero_mode=qw.zero_mode, adtype="bfloat16", sdtype=str(qw.scales.dtype))
     consts.update(wlayout=tiled.layout, BM=BM or M, BN=tile_n, BK=G if G > 0 else 128)
-    kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 4, "vector": 16, **options})
+    # the vdpbf16ps forms unless asked otherwise ("auto" takes AMX's tiles where the CPU has them)
+    form = {"bf16_dot": "avx512bf16"} if HAS_BF16 else {}
+    kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 4, "vector": 16, **form, **options})
     yb = torch.empty((M, N), dtype=torch.bfloat16)
     args = dict(x=x, w=tiled.words, scales=qw.scales, y=yb, M=M, N=N, K=K)
     args["zeros"] = qw.zeros if qw.zeros is not None else np.zeros_like(qw.scales)
@@ -146,6 +150,41 @@ def test_bf16_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym, bloc
     assert err < bound
 
 
+needs_amx_bf16 = pytest.mark.skipif(not AMX_BF16, reason="needs AMX-BF16 and Linux's grant of the tile state")
+
+
+@needs_amx_bf16
+@settings(max_examples=8, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    m=st.sampled_from([16, 17, 40, 64, 100]),  # ragged row tiles: a's rows staged with checked reads
+    bm=st.sampled_from([16, 32, 64]),
+    n=st.sampled_from([128, 100]),  # 100: a ragged last column tile (the guarded generic loops)
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+)
+def test_amx_pair_gemm_equals_the_fp64_reference(dtype, m, bm, n, g, asym):
+    """bf16_dot "amx": the GEMM form's whole 16x16 tiles run tdpbf16ps (a's rows tile-loaded from x where the
+    row tile lies inside it, else from the staged pairs), with or without the fused per-group scale; the same
+    bound as the vdpbf16ps form, and the same sums to fp32 rounding."""
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    err, bound, kernel = run(dtype, m, n, 256, g, {"bf16_dot": "amx"}, seed=n + m, BM=bm, **quant)
+    assert "llvm.x86.tdpbf16ps" in kernel.source and "llvm.x86.ldtilecfg" in kernel.source
+    assert err < bound
+    ref, _, _ = run(dtype, m, n, 256, g, {"bf16_dot": "avx512bf16"}, seed=n + m, BM=bm, **quant)
+    assert "llvm.x86.tdpbf16ps" not in _.source
+    assert abs(err - ref) < 1e-5
+
+
+@needs_amx_bf16
+def test_amx_pair_gemm_reads_x_in_place_and_stages_only_a_ragged_row_tile():
+    _, _, whole = run("int4", 64, 128, 256, 128, {"bf16_dot": "amx"}, BM=64)
+    loads = [ln for ln in whole.source.splitlines() if "tileloadd64" in ln and "T.int8(0)" in ln]
+    assert loads and all("x_1[" in ln or "xp[" in ln for ln in loads) and any("x_1[" in ln for ln in loads)
+    err, bound, ragged = run("int4", 40, 128, 256, 128, {"bf16_dot": "amx"}, BM=64)  # one tile, 24 rows past x
+    assert err < bound and "if not (" in ragged.source
+
+
 @needs_bf16
 def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
     """bf16 x with a 4-bit weight runs `quantized_gemv` at every M on the CPU: past 16 rows its GEMM form in
@@ -251,4 +290,5 @@ def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
     assert np.linalg.norm(y - yr) / np.linalg.norm(yr) < 2.0**-7  # the same rounded weights, other sum order
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
     want = "quantized_gemv" if dtype == "int4" else "quantized_gemm"
-    assert kernel.program.name == want and STAND_IN in kernel.source
+    dot = "llvm.x86.tdpbf16ps" if dtype == "int4" and AMX_BF16 else STAND_IN  # AMX's tiles where "auto" has them
+    assert kernel.program.name == want and dot in kernel.source

@@ -45,7 +45,12 @@ def test_auto_forms_follow_the_target_not_the_cpu():
 
 @pytest.mark.parametrize(
     "name,form,feature",
-    [("bf16_dot", "avx512bf16", "avx512bf16"), ("int8_dot", "vnni", "avx512vnni"), ("int8_dot", "amx", "amx-int8")],
+    [
+        ("bf16_dot", "avx512bf16", "avx512bf16"),
+        ("bf16_dot", "amx", "amx-bf16"),
+        ("int8_dot", "vnni", "avx512vnni"),
+        ("int8_dot", "amx", "amx-int8"),
+    ],
 )
 def test_an_explicit_form_the_target_lacks_is_a_clear_error(name, form, feature):
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 1})
@@ -77,8 +82,10 @@ def test_bf16_gemv_builds_and_is_exact_for_a_target_without_avx512_bf16():
 
 def test_auto_picks_amx_where_the_target_has_it_and_linux_grants_it():
     sapphire = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1})
-    got = runtime.resolve_options({"int8_dot": "auto"}, sapphire)["int8_dot"]
-    assert got == ("amx" if runtime.amx_permitted() else "vnni")
+    got = runtime.resolve_options({"int8_dot": "auto", "bf16_dot": "auto"}, sapphire)
+    assert got["int8_dot"] == ("amx" if runtime.amx_permitted() else "vnni")
+    assert got["bf16_dot"] == ("amx" if runtime.amx_permitted() else "avx512bf16")
+    assert runtime.resolve_options({"bf16_dot": "auto"}, NO_BF16)["bf16_dot"] == "none"
     assert runtime.resolve_options({"int8_dot": "auto"}, NO_BF16)["int8_dot"] == "vnni"  # no AMX in its mcpu
     if "amx_int8" in isa_flags():
         assert runtime.amx_permitted()  # Linux >= 5.16 grants it; the AMX kernels are then tested for real
