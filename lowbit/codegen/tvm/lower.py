@@ -2638,7 +2638,8 @@ class _Emitter:
         << 16 and b's bp[q, j] = bits(b[2q, j]) | bits(b[2q+1, j]) << 16 (int32, built vectorized once per
         tile), then per block of `tm` rows and per pair q, one load of each 16-column vector of bp, one
         broadcast of each row's pair, and tm x BN/16 dpbf16ps into accumulators held over all of k. Exact
-        products, fp32 pair sums and accumulation (the generic loops: one rounding per product-add)."""
+        products, fp32 pair sums and accumulation (the generic loops: one rounding per product-add). With
+        bf16_dot "amx" and whole AMX tiles, ap and bp are AMX's A and B tiles as they are (`_amx_bf16_block`)."""
         a, b = inst.a, inst.b
         BM, KT = (int(n) for n in a.shape)
         BN = int(b.shape[1])
@@ -2664,6 +2665,11 @@ class _Emitter:
         self.line(
             f"        {bp}[{q} * {BN} + {j}] = {pair(fb((scalar(2 * qs), j), fast), fb((scalar(2 * qs + 1), j), fast))}"
         )
+        if self.opt["bf16_dot"] == "amx" and BM % 16 == 0 and KP % 16 == 0:  # whole AMX tiles (BN: 16s)
+            self._amx_bf16_block(
+                out, (lambda r, c: f"T.address_of({ap}[({r}) * {KP} + {c} * 16])", f"T.int64({KP * 4})"), bp, BM, KP, BN
+            )
+            return
         mr, nr = self._block_shape(BM, BN)
         if mr == 1:  # no row block of the option divides BM: tm rows, all vectors
             mr, nr = tm, BN // 16
