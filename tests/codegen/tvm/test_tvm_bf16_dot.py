@@ -279,7 +279,8 @@ def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
     """M > 16 with codes the pair layout does not take (3, 6 bits) runs `quantized_gemm`, whose dot of bf16 x
     and the bf16-rounded dequantized weight tile is `_dot_bf16_gemm` (both operands in local buffers): the
     stand-in in the source (AMX-BF16's tdpbf16ps over the same staged pairs where "auto" picks AMX), the
-    error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's). A 4-bit weight runs the pair GEMM (`quantized_gemv`), within the same bound."""
+    error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's). A 4-bit weight
+    runs the pair GEMM (`quantized_gemv`), within the same bound."""
     rng = np.random.default_rng(7)
     qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
     x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
