@@ -251,6 +251,16 @@ def _quad(f: Any, idx: Callable[[int], tuple[str, str]], ctx: Any) -> str:
     return _fold("T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), ctx)}, 255), {8 * r})" for r in range(4)])
 
 
+def _quad_rows(t: str, j: str) -> Callable[[int], tuple[str, str]]:
+    """r -> the index (4·t + r, j): the four k of quad t of column j (`_quad`)."""
+    return lambda r: (f"{t} * 4 + {r}", j)
+
+
+def _element_address(buf: str) -> Callable[[Any, Any], str]:
+    """(row, column) -> the address of that element of the 2-D local buffer `buf`."""
+    return lambda r, c: f"T.address_of({buf}[{r}, {c}])"
+
+
 def _fold(fn: str, args: list[str]) -> str:
     out = args[0]
     for a in args[1:]:
@@ -1336,19 +1346,17 @@ class _Emitter:
         """The dots an AMX dot runs at once: `inst` and the rest of its chain (`_find_chains`) when every one
         of them is an AMX dot whose operands are defined by now (their sums then stay in tile registers from
         dot to dot, with no store and reload between them), else `inst` alone."""
-        later = self.chains.get(id(t), [])
-        if plan is None or plan[2] != "amx" or not later:
+        later = [let.inst for let in self.chains.get(id(t), []) if isinstance(let.inst, I.Dot)]
+        if plan is None or plan[2] != "amx" or not later or len(later) != len(self.chains[id(t)]):
             return [inst]
-        sums = {id(t), *(id(let.tile) for let in later), *(id(let.inst.c) for let in later)}  # type: ignore[attr-defined]
-        for let in later:
-            d = let.inst
-            assert isinstance(d, I.Dot)
+        sums = {id(t), *(id(let.tile) for let in self.chains[id(t)]), *(id(d.c) for d in later)}
+        for d in later:
             p = self.int8_dot_plan(d)
             if p is None or p[2] != "amx" or not all(id(o) in self.fn for o in (d.a, d.b)):
                 return [inst]
             if any(self.mut_reads.get(id(o), frozenset()) & sums for o in (d.a, d.b)):
                 return [inst]  # an operand reads a sum of the chain: it must see the dots before it
-        return [inst, *(let.inst for let in later)]  # type: ignore[misc]
+        return [inst, *later]
 
     def _bind_chain(self, t: Tile, out: str) -> None:
         """The later dots of t's chain, run by t's AMX dot: their sums are `out` (see `define`'s `fused`)."""
@@ -1782,14 +1790,14 @@ class _Emitter:
                 self.line(f"for {i} in T.serial({BM}):")  # a's rows byte by byte: 64-byte vector copies
                 self.line(f"    for {t} in T.vectorized({KT}):")
                 self.line(f'        {ab}[{i}, {t}] = T.Cast("int8", {fa((i, t), fast)})')
-                a_rows.append(lambda r, k, ab=ab: f"T.address_of({ab}[{r}, {k}])")
+                a_rows.append(_element_address(ab))
                 a_stride.append(f"T.int64({KT})")
             fb, bb, t, j = self.get(d.b), self.fresh("amxb"), self.fresh("t"), self.fresh("j")
             self.line(f'{bb} = T.decl_buffer(({KT // 4}, {BN}), "int32", {self.scope})')
             self.line(f"for {t} in T.serial({KT // 4}):")
             self.line(f"    for {j} in T.vectorized({BN}):")
-            self.line(f"        {bb}[{t}, {j}] = " + _quad(fb, lambda r, t=t, j=j: (f"{t} * 4 + {r}", j), fast))
-            b_tile.append(lambda q, n, bb=bb: f"T.address_of({bb}[{q}, {n}])")
+            self.line(f"        {bb}[{t}, {j}] = " + _quad(fb, _quad_rows(t, j), fast))
+            b_tile.append(_element_address(bb))
 
         def tile(op: str, reg: int, addr: str, stride: str) -> None:
             self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.x86.{op}", T.int8({reg}), {addr}, {stride}))')
