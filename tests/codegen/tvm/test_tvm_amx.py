@@ -30,16 +30,19 @@ def amx_dot(
     BN: T.constexpr = 32,
     BK: T.constexpr = 64,
     fresh: T.constexpr = True,
+    dependent: T.constexpr = False,
 ):
     """y = a @ (b & 15), K a multiple of 2·BK. `fresh`: per 2·BK, a dot without accumulator and a second
     one accumulating into it, their sum added to the running total (the a8 GEMV's shape); else every dot
-    accumulates into the total."""
+    accumulates into the total. `dependent` (BN = BK): the second dot's a is (total & 63) as it was before
+    both dots, not a's rows."""
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.int32)
     for k0 in T.range(0, K, 2 * BK):
+        q = T.cast(acc & 63, T.int8) if dependent else None
         x0 = T.load(a, (pm * BM, k0), (BM, BK))
         w0 = T.cast(T.load(b, (k0, pn * BN), (BK, BN)) & 15, T.int8)
-        x1 = T.load(a, (pm * BM, k0 + BK), (BM, BK))
+        x1 = q if dependent else T.load(a, (pm * BM, k0 + BK), (BM, BK))
         w1 = T.cast(T.load(b, (k0 + BK, pn * BN), (BK, BN)) & 15, T.int8)
         if fresh:
             p = T.dot(x0, w0, acc_dtype=T.int32)
@@ -117,37 +120,13 @@ def test_a_chain_of_dots_keeps_its_sums_in_tile_registers(fresh):
     assert "amxa" not in src and "amxb" in src
 
 
-@T.kernel
-def amx_dependent_dots(
-    a: T.Tensor("int8", ("M", "K")),
-    b: T.Tensor("uint8", ("K", "N")),
-    y: T.Tensor("int32", ("M", "N")),
-    M: T.int32,
-    N: T.int32,
-    K: T.int32,
-):
-    """Per 128 k: acc += a[:, k:k+64] @ b[k:k+64] and acc += (acc & 63, taken before both) @ b[k+64:k+128]."""
-    pm, pn = T.grid(T.cdiv(M, 16), T.cdiv(N, 64))
-    acc = T.zeros((16, 64), T.int32)
-    for k0 in T.range(0, K, 128):
-        q = T.cast(acc & 63, T.int8)
-        x0 = T.load(a, (pm * 16, k0), (16, 64))
-        w0 = T.cast(T.load(b, (k0, pn * 64), (64, 64)) & 15, T.int8)
-        w1 = T.cast(T.load(b, (k0 + 64, pn * 64), (64, 64)) & 15, T.int8)
-        acc += T.dot(x0, w0, acc_dtype=T.int32)
-        acc += T.dot(q, w1, acc_dtype=T.int32)
-    T.store(y, (pm * 16, pn * 64), acc)
-
-
 def test_a_chained_dot_reads_its_operand_as_it_was_before_the_chain():
     """The second dot's a is computed from the sum before the first dot: run as one chain, it must still
     see that value, not the first dot's result."""
     rng = np.random.default_rng(5)
     a = rng.integers(-128, 128, (32, 384)).astype(np.int8)
     b = rng.integers(0, 256, (384, 128)).astype(np.uint8)
-    y = np.zeros((32, 128), np.int32)
-    kernel = compile_program(amx_dependent_dots.trace(), "tvm", {"int8_dot": "amx"})
-    kernel({"a": a, "b": b, "y": y, "M": 32, "N": 128, "K": 384})
+    y, src = run(a, b, BM=16, BN=64, BK=64, fresh=False, dependent=True)
     w = b.astype(np.int64) & 15
     want = np.zeros((32, 128), np.int64)
     for k0 in range(0, 384, 128):
@@ -157,4 +136,4 @@ def test_a_chained_dot_reads_its_operand_as_it_was_before_the_chain():
             want[:, j : j + 64] += (old & 63) @ w[k0 + 64 : k0 + 128, j : j + 64]
     assert np.array_equal(y, want.astype(np.int32))
     # one chain: both dots in one loop over 16x16 blocks, each block stored once (unchained: one store per dot)
-    assert kernel.source.count("llvm.x86.tilestored64") == 1
+    assert src.count("llvm.x86.tilestored64") == 1
