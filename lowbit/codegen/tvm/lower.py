@@ -140,6 +140,7 @@ BF16_DOT = ("auto", "amx", "avx512bf16", "none")
 INT8_DOT = ("auto", "amx", "vnni", "avx2", "none")
 AMX_TILES = 8  # AMX tile registers (palette 1), each configured as 16 rows x 64 bytes
 AMX_BF16_SUMS = 4  # accumulator tiles `_amx_bf16_block` holds per pass (registers 3 .. 6)
+AMX_FP32_ROWS = 64  # the fp32 table-decoded GEMM form runs on AMX-BF16 (three bf16 parts of x) from this row tile
 # an elementwise loop over a tile's last axis is unrolled into at most this many vectors; longer rows run a
 # serial loop over such groups. Fully unrolled rows of 1024 elements (silu_mul's block) made TVM's
 # CommonSubexprElim and StmtSimplify take ~40 s for one bf16 kernel and the body outgrew the L1 i-cache
@@ -251,6 +252,30 @@ def _quad(f: Any, idx: Callable[[int], tuple[str, str]], ctx: Any) -> str:
     return _fold("T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), ctx)}, 255), {8 * r})" for r in range(4)])
 
 
+def _bf16_parts(x: str, lanes: int) -> list[str]:
+    """Three fp32 vector expressions (`lanes` wide), each exact in bf16, that sum to the fp32 vector x exactly:
+    hi (x truncated to its top 16 bits), mid (x − hi truncated likewise) and lo (the rest: at most 8
+    significant bits). A non-finite x has hi = x and zero parts (x − hi would be NaN for an infinity)."""
+    fty, ity = f"float32x{lanes}", f"int32x{lanes}"
+
+    def top(v: str) -> str:
+        return (
+            f'T.reinterpret("{fty}", T.bitwise_and(T.reinterpret("{ity}", {v}), T.Broadcast(T.int32(-65536), {lanes})))'
+        )
+
+    exp = f'T.bitwise_and(T.reinterpret("{ity}", {x}), T.Broadcast(T.int32(2139095040), {lanes}))'
+    finite = f"{exp} != T.Broadcast(T.int32(2139095040), {lanes})"
+    hi = top(x)
+    rest = f"T.Select({finite}, {x} - {hi}, T.Broadcast(T.float32(0), {lanes}))"
+    mid = top(rest)
+    return [hi, mid, top(f"{rest} - {mid}")]
+
+
+def _pair_rows(buf: str, kp: int) -> Callable[[str, str], str]:
+    """(row, c) -> the address of pair 16·c of `row` in the staged pairs `buf` [rows, kp] (int32)."""
+    return lambda r, c: f"T.address_of({buf}[({r}) * {kp} + {c} * 16])"
+
+
 def _quad_rows(t: str, j: str) -> Callable[[int], tuple[str, str]]:
     """r -> the index (4·t + r, j): the four k of quad t of column j (`_quad`)."""
     return lambda r: (f"{t} * 4 + {r}", j)
@@ -347,10 +372,12 @@ def _lut_decode(tbl: str, idx: str, entries: int) -> str:
     return f'T.reinterpret("float32x16", T.bitwise_xor(T.reinterpret("int32x16", {mag}), {sign}))'
 
 
-def _bf16_pair(lo: str, hi: str) -> str:
+def _bf16_pair(lo: str, hi: str, lanes: int = 1) -> str:
     """int32 of two bf16 values given as fp32 expressions (exact: a bf16 value's fp32 bits are its own << 16):
-    lo's bf16 bits in the low half, hi's in the high half, the operand order of a vdpbf16ps pair."""
-    lo, hi = (f'T.reinterpret("int32", {v})' for v in (lo, hi))
+    lo's bf16 bits in the low half, hi's in the high half, the operand order of a vdpbf16ps pair (`lanes`: of
+    vectors of that many fp32)."""
+    ty = "int32" if lanes == 1 else f"int32x{lanes}"
+    lo, hi = (f'T.reinterpret("{ty}", {v})' for v in (lo, hi))
     return f"T.bitwise_or(T.shift_right({lo}, 16) & T.int32(65535), {hi} & T.int32(-65536))"
 
 
@@ -2174,7 +2201,7 @@ class _Emitter:
 
             def staged(row: str, q: str, ctx: _Ctx) -> str:
                 k0 = 2 * sympy.Symbol(q, integer=True)
-                return _bf16_pair(*(conv(fa((row, scalar(k0 + h)), ctx)) for h in (0, 1)))
+                return _bf16_pair(conv(fa((row, scalar(k0)), ctx)), conv(fa((row, scalar(k0 + 1)), ctx)))
 
             if direct is None:
                 self._stage_rows(xp, BM, per_row, staged, ragged)
@@ -2202,7 +2229,7 @@ class _Emitter:
             if amx:
                 kp = KT // 2
                 in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
-                staged_rows = (lambda r, kc: f"T.address_of({xp}[({r}) * {kp} + {kc} * 16])", f"T.int64({kp * 4})")
+                staged_rows = (_pair_rows(xp, kp), f"T.int64({kp * 4})")
                 if in_place is not None and ragged is not None:
                     self.line(f"if {ragged}:")
                     self.depth += 1
@@ -2333,8 +2360,52 @@ class _Emitter:
         dst = f"{wd}[T.Ramp(({ko} * {per} + {u}) * {BN} + {jv} * 16, 1, 16)]"
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
+        exact = not (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any()  # codes exact in bf16
+        amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+        # fp32 rows on AMX from 64 rows (4096², M = 64 / 256: 0.59x / 0.50x the FMA form's time; M = 16: 1.05x)
+        if amx and BM >= AMX_FP32_ROWS and a.dtype.name == "float32" and inst.acc_dtype.name == "float32":
+            self._amx_fp32_rows(out, xa, wd, BM, KT, BN, scale)
+            return
         mr, nr = self._block_shape(BM, BN)
         self._block_dot(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
+
+    def _amx_fp32_rows(
+        self, out: str, xa: str, wd: str, BM: int, KT: int, BN: int, scale: tuple[str, str] | None
+    ) -> None:
+        """`_dot_lut_gemm`'s dot of fp32 rows xa [BM, KT] and decoded codes wd [KT, BN] (values exact in bf16) on
+        AMX-BF16: the codes as bf16 pairs (their fp32 bits' top halves), each fp32 x as three bf16 parts, x =
+        hi + mid + lo exactly (hi: x's top 16 bits, mid the top 16 of x − hi, lo the rest, which has at most 8
+        significant bits; a non-finite x keeps hi = x and zero parts), and `_amx_bf16_block` sums the three
+        parts' dots against the same pair tiles: every product exact, the sums rounded to fp32 (3x the
+        roundings of one pass, within fp32's bounds), 3x the tile products of a bf16 x."""
+        KP = KT // 2
+        bp, q, jv, i = self.fresh("bp"), self.fresh("q"), self.fresh("jv"), self.fresh("i")
+        self.line(f'{bp} = T.decl_buffer(({KP * BN},), "int32", {self.scope})')
+        self.line(f"for {q} in T.serial({KP}):")
+        self.line(f"    for {jv} in T.unroll({BN // 16}):")
+        lo, hi = (f"{wd}[T.Ramp(({q} * 2 + {h}) * {BN} + {jv} * 16, 1, 16)]" for h in (0, 1))
+        self.line(f"        {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)] = {_bf16_pair(lo, hi, 16)}")
+        parts = [self.fresh(f"xp{n}") for n in range(3)]
+        for name in parts:
+            self.line(f'{name} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
+        # the odd int16 lanes of two vectors of fp32 bits: the bf16 halves of 32 consecutive k as 16 pairs
+        odd = self.fresh("odd")
+        self.line(f'{odd} = T.decl_buffer((32,), "int16", {self.scope})')
+        for n in range(32):
+            self.line(f"{odd}[{n}] = T.int16({2 * n + 1})")
+        v = self.fresh("v")
+        self.line(f"for {i} in T.serial({BM}):")
+        self.line(f"    for {v} in T.serial({KT // 32}):")
+        halves = [f"{xa}[T.Ramp({i} * {KT} + {v} * 32 + {h * 16}, 1, 16)]" for h in (0, 1)]
+        for name, p0, p1 in zip(parts, _bf16_parts(halves[0], 16), _bf16_parts(halves[1], 16)):
+            a16, b16 = (f'T.reinterpret("int16x32", T.reinterpret("int32x16", {p}))' for p in (p0, p1))
+            pairs = (
+                f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.vpermi2var.hi.512", {a16}, '
+                f"{odd}[T.Ramp(0, 1, 32)], {b16})"
+            )
+            self.line(f'        {name}[T.Ramp({i} * {KP} + {v} * 16, 1, 16)] = T.reinterpret("int32x16", {pairs})')
+        sources = [(_pair_rows(name, KP), f"T.int64({KP * 4})") for name in parts]
+        self._amx_bf16_block(out, sources, bp, BM, KP, BN, scale)
 
     def _whole_words(self, load: I.Load) -> bool:
         """Whether, at word rows w and columns j (checked numerically), the per_word codes k = per_word·w + u
@@ -2674,9 +2745,7 @@ class _Emitter:
             f"        {bp}[{q} * {BN} + {j}] = {pair(fb((scalar(2 * qs), j), fast), fb((scalar(2 * qs + 1), j), fast))}"
         )
         if self.opt["bf16_dot"] == "amx" and BM % 16 == 0 and KP % 16 == 0:  # whole AMX tiles (BN: 16s)
-            self._amx_bf16_block(
-                out, (lambda r, c: f"T.address_of({ap}[({r}) * {KP} + {c} * 16])", f"T.int64({KP * 4})"), bp, BM, KP, BN
-            )
+            self._amx_bf16_block(out, (_pair_rows(ap, KP), f"T.int64({KP * 4})"), bp, BM, KP, BN)
             return
         mr, nr = self._block_shape(BM, BN)
         if mr == 1:  # no row block of the option divides BM: tm rows, all vectors
@@ -2753,7 +2822,7 @@ class _Emitter:
     def _amx_bf16_block(
         self,
         out: str,
-        a_rows: tuple[Callable[[str, str], str], str],
+        a_rows: tuple[Callable[[str, str], str], str] | list[tuple[Callable[[str, str], str], str]],
         bp: str,
         BM: int,
         KP: int,
@@ -2770,11 +2839,14 @@ class _Emitter:
         16 rows). Per 16 rows the pass's sums are held over all of k: register 0 a's tile, 1 and 2 b's tiles in
         turn, 3 .. the sums. Without `scale` they start from `out` and are stored back; with `scale` = (acc,
         s) they start from zero and each is stored to a 1 KiB stack tile, then acc[i, j] += sum · s[0, j]
-        (`out` is not touched)."""
+        (`out` is not touched). A list of a_rows: several a operands against the same b, summed (`_dot_lut_gemm`'s
+        fp32 rows as three bf16 parts)."""
         self.amx = True
-        a_tile, a_stride = a_rows
+        sources = a_rows if isinstance(a_rows, list) else [a_rows]
         nb = BN // 16
-        cols = max(c for c in range(1, AMX_BF16_SUMS + 1) if nb % c == 0)  # accumulator tiles per pass
+        # accumulator tiles per pass: AMX_BF16_SUMS, or 2 for several sources (b's tiles then stay in registers)
+        most = AMX_BF16_SUMS if len(sources) == 1 else 2
+        cols = max(c for c in range(1, most + 1) if nb % c == 0)
         mi, nj, kc, ii = (self.fresh(v) for v in ("mi", "nj", "kc", "ii"))
 
         def call(op: str, *regs: Any) -> None:
@@ -2797,11 +2869,22 @@ class _Emitter:
                 call("tilezero", reg(3 + c))
         self.line(f"for {kc} in T.serial({KP // 16}):")
         self.depth += 1
-        call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
-        for c in range(cols):
-            b = 1 + c % 2
-            call("tileloadd64", reg(b), f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])", f"T.int64({BN * 4})")
-            call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
+        b_addr = lambda c: f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])"  # noqa: E731
+        if len(sources) == 1:  # a's tile once, b's tiles in turn through registers 1 and 2
+            a_tile, a_stride = sources[0]
+            call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
+            for c in range(cols):
+                b = 1 + c % 2
+                call("tileloadd64", reg(b), b_addr(c), f"T.int64({BN * 4})")
+                call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
+        else:  # b's tiles held (registers 1, 2), the sources' a tiles in turn through registers 0 and 7
+            for c in range(cols):
+                call("tileloadd64", reg(1 + c), b_addr(c), f"T.int64({BN * 4})")
+            for n, (a_tile, a_stride) in enumerate(sources):
+                a = 0 if n % 2 == 0 else 7
+                call("tileloadd64", reg(a), a_tile(f"{mi} * 16", kc), a_stride)
+                for c in range(cols):
+                    call("tdpbf16ps", reg(3 + c), reg(a), reg(1 + c))
         self.depth -= 1
         for c in range(cols):
             if tmp is None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
+from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.layouts import column_tiled
 from lowbit.ops.weight import quantize, retile_columns
@@ -188,6 +189,56 @@ def test_fp32_gemm_form_equals_the_fp64_reference(dtype, m, bm, n, g, asym, adty
     assert "wd = T.decl_buffer" in src and LUT in src
     assert ("# fused:" in src) == (g != -1 and zero_mode == "none")
     assert err < TOL
+
+
+AMX_BF16 = {"amx_bf16", "avx512_bf16"} <= set(isa_flags()) and amx_permitted()
+needs_amx_bf16 = pytest.mark.skipif(not AMX_BF16, reason="needs AMX-BF16 and Linux's grant of the tile state")
+
+
+@needs_amx_bf16
+@settings(max_examples=6, deadline=None)
+@given(
+    dtype=st.sampled_from(["int4", "uint4", "fp4_e2m1"]),
+    m=st.sampled_from([64, 100, 130]),  # 100, 130: ragged row tiles
+    bm=st.sampled_from([64, 128]),
+    g=st.sampled_from([32, 128, -1]),
+    asym=st.booleans(),
+)
+def test_fp32_gemm_form_on_amx_equals_the_fp64_reference(dtype, m, bm, g, asym):
+    """From AMX_FP32_ROWS rows with bf16_dot "amx": fp32 x as three bf16 parts (exact), the codes as bf16
+    pairs, tdpbf16ps: within the fp32 form's bound; the FMA form (bf16_dot "avx512bf16") has no tiles."""
+    quant = dict(symmetric=False, zero_mode="post") if asym and dtype == "int4" else {}
+    err, src, _ = run_rows(dtype, m, bm, 128, 256, g, {"bf16_dot": "amx"}, seed=m + bm, **quant)
+    assert "llvm.x86.tdpbf16ps" in src and "llvm.x86.avx512.vpermi2var.hi.512" in src
+    assert err < TOL
+    fma, src, _ = run_rows(dtype, m, bm, 128, 256, g, {"bf16_dot": "avx512bf16"}, seed=m + bm, **quant)
+    assert "llvm.x86.tdpbf16ps" not in src and abs(err - fma) < TOL
+
+
+@needs_amx_bf16
+def test_fp32_rows_on_amx_keep_infinities_and_nans_where_the_fma_form_has_them():
+    """An infinite x is its own top part (its other parts zero, not inf - inf): the outputs are non-finite
+    exactly where the FMA form's are, and equal to fp32 rounding elsewhere (a row of tiny values too)."""
+    qw = quantize(np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32), "int4", 128)
+    tiled = retile_columns(qw, BN)
+    x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    x[3, 5], x[7, 9], x[9, 11] = np.inf, -np.inf, np.nan
+    x[12] *= 1e-30
+    consts = dict(wdtype="int4", G=128, zero_mode="none", adtype="float32", sdtype=str(qw.scales.dtype))
+    consts.update(wlayout=tiled.layout, BM=64, BN=BN, BK=128)
+    ys = []
+    for form in ("amx", "avx512bf16"):
+        kernel = compile_program(quantized_gemv.trace(**consts), "tvm", {"tm": 2, "bf16_dot": form})
+        y = np.full((64, 128), 7.0, np.float32)
+        kernel(dict(x=x, w=tiled.words, scales=qw.scales, zeros=np.zeros_like(qw.scales), y=y, M=64, N=128, K=256))
+        ys.append(y.astype(np.float64))
+    amx, fma = ys
+    assert (np.isnan(amx) == np.isnan(fma)).all() and (np.isinf(amx) == np.isinf(fma)).all()
+    assert np.isnan(amx).any() and np.isinf(amx).any()
+    fin = np.isfinite(fma)
+    for rows in (fin.all(axis=1), np.arange(64) == 12):
+        a, f = amx[rows], fma[rows]
+        assert np.linalg.norm(a - f) <= 1e-6 * np.linalg.norm(f)
 
 
 def test_gemm_form_waits_for_gemm_rows():
