@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.bench.roofline import Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
+from lowbit.bench.roofline import BF16X3, Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
 from lowbit.codegen.tune.timing import benchmark, benchmark_ring, ring_copies, set_threads
 from lowbit.dtypes import dtype as lookup_dtype
 
@@ -570,6 +570,8 @@ class _Bench:
         method = "lowbit_a8" if kernel == A8 else method
         if kernel == A8 or qoq:
             act = "int8"  # the a8 main loop multiplies int8 codes: its compute bound is the int8 peak
+        elif act == "float32" and _runs_tdpbf16ps(qw, M):
+            act = BF16X3  # fp32 x as three bf16 parts on AMX-BF16: a third of the bf16 peak bounds it
         fns = [
             functools.partial(self.ops.quantized_linear, x, w, backend=backend, tune=self.tune, **extra)
             for w in self.copies(case, f"{method}_{dt}", qw, stored)
@@ -620,6 +622,15 @@ def _copy(weight: Any) -> Any:
             fields[f.name] = v.clone() if hasattr(v, "clone") else v.copy() if isinstance(v, np.ndarray) else v
         return dataclasses.replace(weight, **fields)
     raise BenchError(f"cannot copy a {type(weight).__name__} for the weight ring; use cache='flush'")
+
+
+def _runs_tdpbf16ps(qw: Any, M: int) -> bool:
+    """Whether the kernel `quantized_linear` compiled for `qw` at M rows (kept on the weight) runs AMX-BF16."""
+    plans = getattr(qw, "__dict__", {}).get("_plans", {})
+    return any(
+        isinstance(k, tuple) and k and k[0] == M and "llvm.x86.tdpbf16ps" in str(getattr(v, "source", ""))
+        for k, v in plans.items()
+    )
 
 
 def _a8_ineligible(qw: Any) -> str | None:

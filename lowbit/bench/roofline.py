@@ -25,6 +25,11 @@ BANDWIDTH_BYTES = 512 * MiB  # 16x a 32 MiB L3: the sum streams from DRAM
 PEAK_SHAPE = {"cpu": (512, 4096, 4096), "cuda": (8192, 8192, 8192)}  # (M, N, K) of the peak's F.linear
 
 
+# the compute "dtype" of fp32 rows multiplied as three exact bf16 parts on the bf16 units (AMX-BF16 in the TVM
+# backend, `_Emitter._amx_fp32_rows`): `Machine.peak` gives a third of the bfloat16 peak
+BF16X3 = "bfloat16x3"
+
+
 def _best_ms(fn: Any, device: str, repeats: int) -> float:
     """Shortest wall time of `fn()` in ms over `repeats` calls after one warm-up (synchronizing on CUDA).
     The roofline is a ceiling, so it takes the best sample: a median would fold the noise of a shared
@@ -151,7 +156,10 @@ class Machine:
     peak_gflops: dict[str, float] = field(default_factory=dict)  # "float32" / "bfloat16" -> GFLOP/s
 
     def peak(self, dtype: str) -> float:
-        """Peak for the dtype a kernel computes in; float16 falls back to bfloat16's, unknown to fp32's."""
+        """Peak for the dtype a kernel computes in; float16 falls back to bfloat16's, unknown to fp32's;
+        BF16X3 (fp32 operands as three bf16 parts, three bf16 products per fp32 one) a third of bfloat16's."""
+        if dtype == BF16X3 and "bfloat16" in self.peak_gflops:
+            return self.peak_gflops["bfloat16"] / 3
         if dtype in self.peak_gflops:
             return self.peak_gflops[dtype]
         if dtype == "float16" and "bfloat16" in self.peak_gflops:

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lowbit.bench.roofline import (
+    BF16X3,
     Machine,
     layer_bytes,
     linear_flops,
@@ -56,6 +57,22 @@ def test_machine_peak_falls_back():
     m = Machine("cuda", "gpu", 1, None, 100.0, {"bfloat16": 500.0})
     assert m.peak("float16") == 500.0 and m.peak("float32") == 500.0
     assert "100.0 GB/s" in m.header()
+
+
+def test_fp32_rows_as_three_bf16_parts_are_bounded_by_a_third_of_the_bf16_peak():
+    m = Machine("cpu", "cpu", 2, None, 30.0, {"float32": 350.0, "bfloat16": 2100.0})
+    assert m.peak(BF16X3) == 700.0 and m.peak("float32") == 350.0
+
+
+def test_the_bench_finds_the_amx_bf16_kernel_of_its_row():
+    from types import SimpleNamespace
+
+    from lowbit.bench.gemm import _runs_tdpbf16ps
+
+    amx = SimpleNamespace(source='T.call_llvm_intrin("void", "llvm.x86.tdpbf16ps", ...)')
+    fma = SimpleNamespace(source="vfmadd")
+    qw = SimpleNamespace(_plans={(64, "tvm", "float32"): amx, (16, "tvm", "float32"): fma, "other": amx})
+    assert _runs_tdpbf16ps(qw, 64) and not _runs_tdpbf16ps(qw, 16) and not _runs_tdpbf16ps(qw, 256)
 
 
 def test_measurements_are_finite_and_positive():
