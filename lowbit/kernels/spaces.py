@@ -220,6 +220,8 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     opts = {**_DEFAULT_OPTIONS["tvm"], "vector": lanes}
     if kernel == "quantized_gemv":
         bm = _row_tile(m, 16)
+        if 1 < m <= 16 and _amx_pair_rows(problem):
+            bm = 16  # one AMX tile of rows: the pair GEMM form on AMX-BF16 (`_amx_pair_rows`)
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
             return Config.make(
@@ -264,6 +266,20 @@ def _pair_dot(problem: Mapping[str, Any]) -> bool:
     return (
         problem.get("adtype") == "bfloat16" and _bits(problem, "quantized_gemv") == 4 and "avx512_bf16" in isa_flags()
     )
+
+
+def _amx_pair_rows(problem: Mapping[str, Any]) -> bool:
+    """Whether the pair dot (`_pair_dot`) runs on AMX-BF16 here (TVM's bf16_dot "auto" = "amx": the CPU has it
+    and Linux grants the tile state). Then 2-16 rows take one 16-row tile, the GEMM form's `tdpbf16ps` (rows
+    past M are padding the store drops, and AMX's products cost little next to the decode): 4096² int4, hot,
+    2 threads, alternating: M = 2 0.45 -> 0.41 ms, M = 3 0.98 -> 0.43, M = 4 0.80 -> 0.44, M = 8 1.44 -> 0.52."""
+    from lowbit.artifact.fingerprint import isa_flags
+
+    if not (_pair_dot(problem) and "amx_bf16" in isa_flags()):
+        return False
+    from lowbit.codegen.tvm.runtime import amx_permitted
+
+    return amx_permitted()
 
 
 # the GEMV's GEMM form's row tiles (past 16 rows) and their relative time per row (taller tiles decode each
@@ -360,6 +376,8 @@ def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
     group_k = g if g in (32, 64, 128) else (64 if g == -1 or g > 128 else 32)
     if kernel == "quantized_gemv":
         bm = _row_tile(m, 16)
+        if 1 < m <= 16 and _amx_pair_rows(problem):
+            bm = 16  # one AMX tile of rows: the pair GEMM form on AMX-BF16 (`_amx_pair_rows`)
         tiles = {"BM": bm, "BN": max(32, 128 // bm), "BK": group_k}
     elif kernel == "quantized_gemm":
         tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}

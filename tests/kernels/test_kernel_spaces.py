@@ -120,6 +120,31 @@ def test_table_decoded_float_gemvs_take_one_row_block(wdtype, m):
     assert np.isfinite(err) and err < 1e-5, err
 
 
+@pytest.mark.parametrize("m", [2, 3, 8])
+def test_bf16_pair_gemvs_take_one_amx_tile_of_rows_where_amx_runs_them(m):
+    """bf16 x, 4-bit codes, 2-16 rows: one 16-row tile (the pair GEMM form on tdpbf16ps, padding rows dropped
+    at the store) where TVM runs AMX-BF16, else M rounded up to a power of two; either equals x @ dequant(W)."""
+    import numpy as np
+    import torch
+
+    from lowbit.kernels.spaces import _amx_pair_rows
+    from lowbit.ops import quantize, quantized_linear
+
+    problem = dict(PROBLEM, M=m, N=128, K=256, adtype="bfloat16", wdtype="int4")
+    amx = _amx_pair_rows(problem)
+    cfg = default_config("quantized_gemv", "tvm", problem)
+    assert cfg.constant_dict["BM"] == (16 if amx else 1 << (m - 1).bit_length())
+    rng = np.random.default_rng(m)
+    qw = quantize(rng.standard_normal((128, 256)).astype(np.float32), "int4", 128)
+    x = torch.from_numpy(rng.standard_normal((m, 256)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm").double().numpy()
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+    assert np.isfinite(err) and err < 2.0**-7, err
+    sources = [getattr(k, "source", "") for k in qw.__dict__["_plans"].values()]
+    assert any("llvm.x86.tdpbf16ps" in src for src in sources) == amx
+
+
 GPU_SHAPES = [(m, n, 8192) for m in (1, 16, 64, 256, 1024, 4096) for n in (8192, 28672)]
 
 
