@@ -2196,7 +2196,8 @@ class _Emitter:
         # AMX reads a's rows where they lie (a bf16 tensor's rows are A tiles as they are); staged only for a
         # ragged row tile, with checked reads (rows past the tensor read 0)
         direct = self._direct_rows(a) if amx else None
-        self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
+        if direct is None or ragged is not None:  # else AMX reads every row tile in place: no staging buffer
+            self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
 
             def staged(row: str, q: str, ctx: _Ctx) -> str:
