@@ -220,17 +220,21 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     opts = {**_DEFAULT_OPTIONS["tvm"], "vector": lanes}
     if kernel == "quantized_gemv":
         bm = _row_tile(m, 16)
-        if 1 < m <= 16 and _amx_pair_rows(problem):
-            bm = 16  # one AMX tile of rows: the pair GEMM form on AMX-BF16 (`_amx_pair_rows`)
+        amx_rows = _amx_bf16_rows(problem)
+        if 1 < m <= 16 and amx_rows:
+            bm = 16  # one AMX tile of rows: the GEMM form on AMX-BF16 (`_amx_bf16_rows`)
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
+            tall = _pair_dot(problem) or amx_rows
             return Config.make(
-                {"BM": gemm_row_tile(m, _pair_dot(problem)), "BN": gemm_column_tile(int(problem["N"])), "BK": bk},
+                {"BM": gemm_row_tile(m, tall), "BN": gemm_column_tile(int(problem["N"])), "BK": bk},
                 {**opts, "tm": 2},
             )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
         wd = dtype(problem.get("wdtype", "int4"))
-        if bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
+        if amx_rows and bm > 1:
+            pass  # the GEMM form's AMX tile (`_amx_bf16_rows`), not a register block of the table decode
+        elif bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
             bn, tm = lanes * max(1, 16 // bm), bm  # one row block: the table decode (TABLE_ONLY_FLOAT_BITS)
         elif bm == 4 and wd.bits in (2, 3, 5, 6):
             tm = 4
@@ -268,14 +272,20 @@ def _pair_dot(problem: Mapping[str, Any]) -> bool:
     )
 
 
-def _amx_pair_rows(problem: Mapping[str, Any]) -> bool:
-    """Whether the pair dot (`_pair_dot`) runs on AMX-BF16 here (TVM's bf16_dot "auto" = "amx": the CPU has it
-    and Linux grants the tile state). Then 2-16 rows take one 16-row tile, the GEMM form's `tdpbf16ps` (rows
-    past M are padding the store drops, and AMX's products cost little next to the decode): 4096² int4, hot,
-    2 threads, alternating: M = 2 0.45 -> 0.41 ms, M = 3 0.98 -> 0.43, M = 4 0.80 -> 0.44, M = 8 1.44 -> 0.52."""
+def _amx_bf16_rows(problem: Mapping[str, Any]) -> bool:
+    """Whether bf16 GEMVs of this weight run their GEMM forms on AMX-BF16 here (TVM's bf16_dot "auto" = "amx":
+    the CPU has AMX-BF16 and AVX-512 BF16 and Linux grants the tile state): 4-bit codes through the pair dot
+    (`_pair_dot`), codes of any other width up to 8 bits through the decoded GEMM form
+    (`lowbit.codegen.tvm.lower._Emitter._dot_decoded_gemm`). Then 2-16 rows take one 16-row tile (rows past M
+    are padding the store drops, and AMX's products cost little next to the decode), and more rows the tall
+    tiles of `PAIR_GEMM_ROW_TILES`. Measured, 4096², hot, 2 threads, alternating: int4 M = 2 0.45 -> 0.41 ms,
+    M = 3 0.98 -> 0.43, M = 4 0.80 -> 0.44, M = 8 1.44 -> 0.52; int8 M = 256 with 256-row tiles 5.28 against
+    6.09 ms with 128."""
     from lowbit.artifact.fingerprint import isa_flags
 
-    if not (_pair_dot(problem) and "amx_bf16" in isa_flags()):
+    flags = isa_flags()
+    bf16 = problem.get("adtype") == "bfloat16" and "avx512_bf16" in flags and "amx_bf16" in flags
+    if not (bf16 and _bits(problem, "quantized_gemv") <= 8):
         return False
     from lowbit.codegen.tvm.runtime import amx_permitted
 
@@ -376,8 +386,6 @@ def tvm_cuda_default(kernel: str, problem: Mapping[str, Any]) -> Config:
     group_k = g if g in (32, 64, 128) else (64 if g == -1 or g > 128 else 32)
     if kernel == "quantized_gemv":
         bm = _row_tile(m, 16)
-        if 1 < m <= 16 and _amx_pair_rows(problem):
-            bm = 16  # one AMX tile of rows: the pair GEMM form on AMX-BF16 (`_amx_pair_rows`)
         tiles = {"BM": bm, "BN": max(32, 128 // bm), "BK": group_k}
     elif kernel == "quantized_gemm":
         tiles = {"BM": 32, "BN": 64, "BK": min(32, group_k)}

@@ -3,10 +3,11 @@
 Kernel choice (documented rule):
   scheme w_a16:         M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
                         M > 16       -> `quantized_gemm` (dequantize a tile, then dot); but on the CPU (tvm)
-                        a 4-bit weight read column-tiled (`gemv_serves`: AVX-512) runs `quantized_gemv` at
-                        every M: past 16 rows its dot is a GEMM form, register blocks of vdpbf16ps (bf16 x,
-                        AVX-512 BF16) or fp32 FMAs (lowbit/codegen/tvm/README.md, "GEMM forms of the
-                        table-decoded dot").
+                        a weight of 1-8-bit codes read column-tiled (`gemv_serves`: AVX-512) runs
+                        `quantized_gemv` at every M: past 16 rows its dot is a GEMM form, the tile's codes
+                        decoded once (4-bit: the table decode; other widths: `_dot_decoded_gemm`), then AMX-BF16
+                        tiles, register blocks of vdpbf16ps (bf16 x, AVX-512 BF16) or fp32 FMAs
+                        (lowbit/codegen/tvm/README.md, "GEMM forms of the table-decoded dot", "Decoded GEMM form").
                         With float16 x, a weight whose dequantized values float16 cannot hold
                         (`QuantizedWeight.fits_float16`: |ŵ| past 65504, or channels in its subnormals) runs
                         `quantized_gemv` at every M (the GEMM rounds its dequantized tile to x's dtype).
@@ -18,6 +19,8 @@ Kernel choice (documented rule):
                         `quantized_gemv_a8` runs u8·i8 dot products on the column-tiled words (`retile_columns`;
                         a row-layout weight is re-tiled once and the copy kept on it). Not the default: it adds
                         the int8 rounding of x (~0.7% relative on y).
+  kernel="quantized_gemm" (asked for by name): w_a16 weights, the tiled GEMM at any M (where the rule picks
+                        the GEMV's GEMM forms instead: a comparison, or a backend without them).
   kernel="quantized_gemv_fma" (asked for by name): w_a16 weights, the dot-free GEMV
                         (`lowbit.kernels.gemv_fma`: fp32 FMAs of decoded weights into register tiles, one
                         reduction after the K loop; tiles of up to 4 rows), a GPU form for decode at M <= 4
@@ -44,7 +47,6 @@ import numpy as np
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import Config, available_backends, compile_program, freeze
 from lowbit.codegen.tune.records import lookup as pinned_config
-from lowbit.dtypes import decode
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
@@ -62,9 +64,11 @@ from lowbit.quant import quantize_per_token_int8
 GEMV_MAX_M = 16
 A8_KERNEL = quantized_gemv_a8.name
 FMA_KERNEL = quantized_gemv_fma.name
-NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL)  # what `kernel=` may ask for (A8 runs through `A8Plan`)
+GEMM_KERNEL = quantized_gemm.name
+NAMED_KERNELS = (A8_KERNEL, FMA_KERNEL, GEMM_KERNEL)  # what `kernel=` may ask for (A8 runs through `A8Plan`)
+A16_KERNELS = (FMA_KERNEL, GEMM_KERNEL)  # named kernels of w_a16 weights only
 # the named kernels `_compiled` / `tvm_cuda_kernel` build (keyed by `named`, None: the rule's kernel)
-_BY_NAME: dict[str | None, Kernel] = {FMA_KERNEL: quantized_gemv_fma}
+_BY_NAME: dict[str | None, Kernel] = {FMA_KERNEL: quantized_gemv_fma, GEMM_KERNEL: quantized_gemm}
 A8_BN = 32  # the a8 GEMV's column tile = the column_tiled layout's block
 A8_AMX_ROWS = 32  # the a8 GEMV's prefill row tile where its int8 dots run on AMX
 # ... and its wide row tile, taken where it pads no more rows (M = 256 at 4096²: 0.90x the time of 32-row tiles,
@@ -164,15 +168,15 @@ def _half_safe(kernel: Kernel, qweight: QuantizedWeight, adtype: str | None) -> 
 
 
 def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
-    """Whether `quantized_gemv` runs `qweight` at every M: on TVM, a w_a16 weight of 4-bit codes with finite
-    values that the kernels read column-tiled (`cpu_weight`: from the row layout), on a CPU with AVX-512 (the
-    table decode). Past GEMV_MAX_M rows the GEMV's dot is then a GEMM form (lowbit/codegen/tvm/README.md): the
-    tile's codes decoded once, register blocks of vdpbf16ps (bf16 x on AVX-512 BF16, pair order) or of fp32
-    FMAs. 4096² int4, weights streamed, 2 threads, fp32 x, against `quantized_gemm`: M = 64 5.71 vs 7.70 ms,
-    M = 256 21.9 vs 28.7 ms."""
-    if backend != "tvm" or qweight.scheme != "w_a16" or qweight.dtype.bits != 4 or "avx512f" not in isa_flags():
-        return False
-    if not np.isfinite(decode(qweight.dtype, np.arange(16))).all():
+    """Whether `quantized_gemv` runs `qweight` at every M: on TVM, a w_a16 weight of codes of at most 8 bits
+    that the kernels read column-tiled (`cpu_weight`: from the row layout), on a CPU with AVX-512. Past
+    GEMV_MAX_M rows the GEMV's dot is then a GEMM form (lowbit/codegen/tvm/README.md): the tile's codes decoded
+    once (4-bit codes by the table decode, other widths by `_dot_decoded_gemm`), AMX-BF16 tiles, register
+    blocks of vdpbf16ps (bf16 x on AVX-512 BF16) or of fp32 FMAs. 4096² int4, weights streamed, 2 threads,
+    fp32 x, against `quantized_gemm`: M = 64 5.71 vs 7.70 ms, M = 256 21.9 vs 28.7 ms; int8 and int3 on the
+    AMX Xeon, hot, alternating: bf16 x M = 64 7.4 / 7.2 -> 3.3 / 2.9 ms, M = 256 29.4 / 27.4 -> 8.0 / 7.5 ms
+    (then 5.3 ms with 256-row tiles, int8), fp32 x M = 256 35.5 / 34.9 -> 14.9 / 14.1 ms."""
+    if backend != "tvm" or qweight.scheme != "w_a16" or qweight.dtype.bits > 8 or "avx512f" not in isa_flags():
         return False
     tiled = cpu_weight(qweight, adtype)
     return tiled is not qweight and tiled.layout != qweight.layout
@@ -193,8 +197,9 @@ def quantized_linear(
 
     x: float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features (a strided view is copied).
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
-    kernel: None (the rule in the module docstring), "quantized_gemv_a8" (int8 activations, any M) or
-    "quantized_gemv_fma" (w_a16 weights: the dot-free GEMV, any M in tiles of up to 4 rows).
+    kernel: None (the rule in the module docstring), "quantized_gemv_a8" (int8 activations, any M),
+    "quantized_gemv_fma" (w_a16 weights: the dot-free GEMV, any M in tiles of up to 4 rows) or
+    "quantized_gemm" (w_a16 weights: the GEMM that dequantizes a tile to x's dtype before its dot, any M).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
     """
     if not isinstance(qweight, QuantizedWeight):
@@ -237,9 +242,9 @@ def quantized_linear(
     backend = select_backend(backend)
     if kernel is not None and kernel not in NAMED_KERNELS:
         raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or one of {list(NAMED_KERNELS)}")
-    if kernel == FMA_KERNEL and qweight.scheme != "w_a16":
+    if kernel in A16_KERNELS and qweight.scheme != "w_a16":
         raise ValueError(
-            f"kernel {FMA_KERNEL} runs w_a16 weights; this weight's scheme is {qweight.scheme!r} (int8 "
+            f"kernel {kernel} runs w_a16 weights; this weight's scheme is {qweight.scheme!r} (int8 "
             "activations): pass kernel=None"
         )
     if kernel == A8_KERNEL:

@@ -127,11 +127,11 @@ def test_bf16_pair_gemvs_take_one_amx_tile_of_rows_where_amx_runs_them(m):
     import numpy as np
     import torch
 
-    from lowbit.kernels.spaces import _amx_pair_rows
+    from lowbit.kernels.spaces import _amx_bf16_rows
     from lowbit.ops import quantize, quantized_linear
 
     problem = dict(PROBLEM, M=m, N=128, K=256, adtype="bfloat16", wdtype="int4")
-    amx = _amx_pair_rows(problem)
+    amx = _amx_bf16_rows(problem)
     cfg = default_config("quantized_gemv", "tvm", problem)
     assert cfg.constant_dict["BM"] == (16 if amx else 1 << (m - 1).bit_length())
     rng = np.random.default_rng(m)

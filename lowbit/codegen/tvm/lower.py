@@ -38,7 +38,8 @@ import sympy
 
 from lowbit.codegen.backend import BackendError
 from lowbit.codegen.tvm.bf16_dot import stand_in
-from lowbit.dtypes import DataType, decode
+from lowbit.dtypes import DataType, decode, holds_exactly
+from lowbit.dtypes import dtype as lookup_dtype
 from lowbit.ir import instructions as I
 from lowbit.ir.layout import PackedLayout
 from lowbit.ir.layout.symbolic import SourcePrinter, xor
@@ -123,6 +124,11 @@ OPTIONS: dict[str, Any] = {
     # int4 bf16 x, weights streamed, 2 threads, against the GEMV walks: M = 16 1.00 vs 1.30 ms, M = 8 0.71 vs
     # 0.78, M = 4 0.44 vs 0.51
     "gemm_rows": 4,
+    # a dot of codes of any other width (1-8 bits: 5-8-bit, 3-bit codes whose ten per word do not divide a tile,
+    # 1-2-bit, float formats with inf/NaN codes) cast to float, read as `lut`'s column-tiled words, with as many
+    # rows as a GEMM form takes: its tile's codes decoded once into fp32 (shift, sign or mask, convert; floats by
+    # their bit assembly) and the GEMM form's dot over them (`_Emitter._dot_decoded_gemm`); False: the generic loops
+    "decode_gemm": True,
     # the build target: "cpu" (LLVM for this CPU) or "cuda" (`arch`): on CUDA every grid program is a thread
     # block of `threads` threads, each tile op a loop over the tile's elements strided across the threads,
     # tiles in shared memory (see `_Emitter.gpu_nest`)
@@ -182,8 +188,9 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
-    if not isinstance(out["inline_consts"], bool):
-        raise BackendError(f"tvm backend: option inline_consts={out['inline_consts']!r} must be True or False")
+    for name in ("inline_consts", "decode_gemm"):
+        if not isinstance(out[name], bool):
+            raise BackendError(f"tvm backend: option {name}={out[name]!r} must be True or False")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
         raise BackendError(f"tvm backend: option prefetch={out['prefetch']!r} must be an int >= 0 (bytes ahead)")
     if out["target"] not in TARGETS:
@@ -526,17 +533,22 @@ def decode_code(c: str, dt: DataType) -> str:
 
 
 def _decode_float_expr(c: str, dt: DataType) -> str:
-    """A float code -> float32, exactly, in integer ops and one multiply, with no select for finite codes:
-    the magnitude bits go where float32 keeps its exponent and mantissa, the sign bit to bit 31, and
-    2^(127 - bias) re-biases the exponent. A subnormal code lands on a float32 subnormal (exponent field
-    0) which the exact power-of-two multiply turns into its normal value (this assumes the FPU does not
-    treat subnormal inputs as zero: DAZ is off unless torch.set_flush_denormal(True) was called). Only
-    formats with inf/NaN codes select those out."""
+    """A float code -> float32, exactly, in integer ops, with no float32 subnormal on the way and no select for
+    finite codes but one blend: the magnitude bits go under float32's exponent field and an integer add
+    re-biases the exponent (normal codes: exact); a code whose exponent field is zero (zero and the format's
+    subnormals, 0.m · 2^(1 − bias)) takes exponent field 1 instead, 1.m · 2^(1 − bias), less its implicit one
+    (an exact subtraction); then the sign bit goes to bit 31. A subnormal float32 operand would cost an x86 core
+    a microcode assist per instruction (~100+ cycles): placing the bits with exponent field 0 and scaling by
+    2^(127 − bias), the former form, took fp6_e3m2's decode (one code in 16 lanes subnormal in most vectors of
+    Gaussian weights) to ~7x its time. Only formats with inf/NaN codes select those out."""
     m, mag_mask = dt.mantissa_bits, dt.sign_mask - 1
     mag = f"T.bitwise_and({c}, {mag_mask})"
     sign = f"T.bitwise_and(T.shift_left({c}, {32 - dt.bits}), T.int32(-2147483648))"
-    placed = f'T.reinterpret("float32", T.bitwise_or(T.shift_left({mag}, {23 - m}), {sign}))'
-    value = f"{placed} * {f32(math.ldexp(1.0, 127 - dt.bias))}"
+    placed = f"T.shift_left({mag}, {23 - m}) + {(127 - dt.bias) << 23}"
+    normal = f'T.reinterpret("float32", {placed})'
+    low = f'T.reinterpret("float32", {placed} + {1 << 23}) - {f32(math.ldexp(1.0, 1 - dt.bias))}'
+    magnitude = f"T.Select({mag} < {1 << m}, {low}, {normal})"
+    value = f'T.reinterpret("float32", T.bitwise_or(T.reinterpret("int32", {magnitude}), {sign}))'
     if dt.has_inf:  # IEEE: all-ones exponent is ±inf (mantissa 0) or NaN
         signed_inf = f"T.Select(T.bitwise_and({c}, {dt.sign_mask}) != 0, {f32(-math.inf)}, {f32(math.inf)})"
         special = f"T.Select(T.bitwise_and({c}, {dt.mantissa_mask}) == 0, {signed_inf}, {f32(math.nan)})"
@@ -1293,7 +1305,13 @@ class _Emitter:
         if scaled is not None:
             lut = self.lut_plan(inst)
             if lut is not None and self._gemm_form(inst, *lut):
-                self._dot_scaled(inst, t, lut, scaled)
+                table = lut
+                self._dot_scaled(inst, t, lambda out, rg, sc: self.dot_lut(inst, out, table, rg, sc), scaled)
+                return
+            words = self.decoded_plan(inst) if lut is None else None
+            if words is not None:
+                fast_words = lambda out, rg, sc: self._dot_decoded_gemm(inst, out, words, sc, rg)  # noqa: E731
+                self._dot_scaled(inst, t, fast_words, scaled)
                 return
         if self.gpu:  # a fresh tile (see `gpu_nest`); operands read by more than one row / column staged once
             out = self.alloc(t)
@@ -1349,6 +1367,11 @@ class _Emitter:
         if lut is not None:
             ragged = self._row_guard(inst) if self._gemm_form(inst, *lut) else None
             self._guarded(inst, out, lambda: self.dot_lut(inst, out, lut, ragged), drop=ragged)
+            return
+        words = self.decoded_plan(inst)
+        if words is not None:
+            ragged = self._row_guard(inst)
+            self._guarded(inst, out, lambda: self._dot_decoded_gemm(inst, out, words, None, ragged), drop=ragged)
             return
         # operands reused across rows/columns are unpacked once into a local buffer; with `fma_chains` on, b is
         # not when the dot's rows are one block of unrolled rows and its columns unrolled vectors: each b vector
@@ -1623,12 +1646,17 @@ class _Emitter:
         return c == 1 and load.tensor.dtype.bits <= 4 and KT % per == 0 and self._whole_words(load)
 
     def _dot_scaled(
-        self, inst: I.Dot, t: Tile, plan: tuple[I.Load, list[float]], scaled: tuple[Tile, Tile, Tile, Tile]
+        self,
+        inst: I.Dot,
+        t: Tile,
+        fast_path: Callable[[str, str | None, tuple[str, str]], None],
+        scaled: tuple[Tile, Tile, Tile, Tile],
     ) -> None:
         """`acc += (a @ decode(b)) * s` (`self.scaled`: the GEMV's per-group update) as one fused dot: each
         register block of the GEMM form adds its sums times the row of scales straight into the accumulator
         (`_block_dot`), instead of storing [BM, BN] sums and a second pass reading them with acc. The ragged
-        edge runs the generic loops into a buffer and that second pass. Measured in lowbit/codegen/tvm/README.md
+        edge runs the generic loops into a buffer and that second pass. `fast_path(out, ragged, (acc, s))`
+        emits the GEMM form (`dot_lut` or `_dot_decoded_gemm`). Measured in lowbit/codegen/tvm/README.md
         ("GEMM forms of the table-decoded dot")."""
         row, acc, prod, total = scaled  # row: the [1, BN] tile of scales
         self.before_write({id(acc)})
@@ -1651,7 +1679,7 @@ class _Emitter:
 
         ragged = self._row_guard(inst)
         self.line(f"# fused: %{acc.name} += (dot) * %{row.name} (`_dot_scaled`)")
-        fast = lambda: self.dot_lut(inst, out, plan, ragged, (accbuf, srow))  # noqa: E731
+        fast = lambda: fast_path(out, ragged, (accbuf, srow))  # noqa: E731
         self._guarded(inst, out, fast, slow, ragged)
         self.fused[id(prod)] = ""
         self.fused[id(total)] = accbuf
@@ -2228,20 +2256,7 @@ class _Emitter:
             self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
             self.depth -= 1
             if amx:
-                kp = KT // 2
-                in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
-                staged_rows = (_pair_rows(xp, kp), f"T.int64({kp * 4})")
-                if in_place is not None and ragged is not None:
-                    self.line(f"if {ragged}:")
-                    self.depth += 1
-                    self._amx_bf16_block(out, in_place, bp, BM, kp, BN, scale)
-                    self.depth -= 1
-                    self.line("else:")
-                    self.depth += 1
-                    self._amx_bf16_block(out, staged_rows, bp, BM, kp, BN, scale)
-                    self.depth -= 1
-                else:
-                    self._amx_bf16_block(out, in_place or staged_rows, bp, BM, kp, BN, scale)
+                self._amx_rows_block(out, direct, xp, bp, BM, KT // 2, BN, scale, ragged)
             else:
                 self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
@@ -2362,30 +2377,37 @@ class _Emitter:
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
         exact = not (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any()  # codes exact in bf16
+        self._fp32_rows_dot(inst, out, xa, wd, exact, scale)
+
+    def _fp32_rows_dot(
+        self, inst: I.Dot, out: str, xa: str, wd: str, exact: bool, scale: tuple[str, str] | None
+    ) -> None:
+        """The dot of a's rows staged as fp32 (xa [BM, KT]) and the tile's decoded codes (wd [KT, BN] fp32),
+        the last step of the fp32 GEMM forms: on AMX-BF16 from AMX_FP32_ROWS rows of fp32 x when the codes'
+        values are exact in bf16 (`exact`), else `_block_dot`'s register blocks of FMAs; `scale` fused as in
+        `_dot_scaled`."""
+        a = inst.a
+        BM, KT = (int(n) for n in a.shape)
+        BN = int(inst.b.shape[1])
         amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
         # fp32 rows on AMX from 64 rows (4096², M = 64 / 256: 0.59x / 0.50x the FMA form's time; M = 16: 1.05x)
         if amx and BM >= AMX_FP32_ROWS and a.dtype.name == "float32" and inst.acc_dtype.name == "float32":
-            self._amx_fp32_rows(out, xa, wd, BM, KT, BN, scale)
+            self._amx_fp32_rows(out, xa, self._pair_tile(wd, KT // 2, BN), BM, KT, BN, scale)
             return
         mr, nr = self._block_shape(BM, BN)
         self._block_dot(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
 
     def _amx_fp32_rows(
-        self, out: str, xa: str, wd: str, BM: int, KT: int, BN: int, scale: tuple[str, str] | None
+        self, out: str, xa: str, bp: str, BM: int, KT: int, BN: int, scale: tuple[str, str] | None
     ) -> None:
-        """`_dot_lut_gemm`'s dot of fp32 rows xa [BM, KT] and decoded codes wd [KT, BN] (values exact in bf16) on
-        AMX-BF16: the codes as bf16 pairs (their fp32 bits' top halves), each fp32 x as three bf16 parts, x =
+        """The GEMM forms' dot of fp32 rows xa [BM, KT] and decoded codes bp (int32 [KT / 2, BN]: bf16 pairs,
+        `_pair_tile`; values exact in bf16) on AMX-BF16: each fp32 x as three bf16 parts, x =
         hi + mid + lo exactly (hi: x's top 16 bits, mid the top 16 of x − hi, lo the rest, which has at most 8
         significant bits; a non-finite x keeps hi = x and zero parts), and `_amx_bf16_block` sums the three
         parts' dots against the same pair tiles: every product exact, the sums rounded to fp32 (3x the
         roundings of one pass, within fp32's bounds), 3x the tile products of a bf16 x."""
         KP = KT // 2
-        bp, q, jv, i = self.fresh("bp"), self.fresh("q"), self.fresh("jv"), self.fresh("i")
-        self.line(f'{bp} = T.decl_buffer(({KP * BN},), "int32", {self.scope})')
-        self.line(f"for {q} in T.serial({KP}):")
-        self.line(f"    for {jv} in T.unroll({BN // 16}):")
-        lo, hi = (f"{wd}[T.Ramp(({q} * 2 + {h}) * {BN} + {jv} * 16, 1, 16)]" for h in (0, 1))
-        self.line(f"        {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)] = {_bf16_pair(lo, hi, 16)}")
+        i = self.fresh("i")
         parts = [self.fresh(f"xp{n}") for n in range(3)]
         for name in parts:
             self.line(f'{name} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
@@ -2407,6 +2429,212 @@ class _Emitter:
             self.line(f'        {name}[T.Ramp({i} * {KP} + {v} * 16, 1, 16)] = T.reinterpret("int32x16", {pairs})')
         sources = [(_pair_rows(name, KP), f"T.int64({KP * 4})") for name in parts]
         self._amx_bf16_block(out, sources, bp, BM, KP, BN, scale)
+
+    def _pair_tile(self, wd: str, KP: int, BN: int) -> str:
+        """bp (int32 [KP, BN]): the decoded codes wd (fp32 [2·KP, BN], values exact in bf16) as bf16 pairs, k
+        = 2q in the low half and 2q + 1 in the high half of entry (q, j): AMX's B tiles as they are."""
+        bp, q, jv = self.fresh("bp"), self.fresh("q"), self.fresh("jv")
+        self.line(f'{bp} = T.decl_buffer(({KP * BN},), "int32", {self.scope})')
+        self.line(f"for {q} in T.serial({KP}):")
+        self.line(f"    for {jv} in T.unroll({BN // 16}):")
+        lo, hi = (f"{wd}[T.Ramp(({q} * 2 + {h}) * {BN} + {jv} * 16, 1, 16)]" for h in (0, 1))
+        self.line(f"        {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)] = {_bf16_pair(lo, hi, 16)}")
+        return bp
+
+    def _amx_rows_block(
+        self,
+        out: str,
+        direct: tuple[Callable[[str, str], str], str] | None,
+        xp: str,
+        bp: str,
+        BM: int,
+        KP: int,
+        BN: int,
+        scale: tuple[str, str] | None,
+        ragged: str | None,
+    ) -> None:
+        """`_amx_bf16_block` over a's bf16 rows: in place where `_direct_rows` found them (`direct`), else the
+        staged pairs xp [BM, KP]; with both and `ragged` (the rows guard), in place under it and the staged
+        pairs (checked reads) past it."""
+        in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
+        staged_rows = (_pair_rows(xp, KP), f"T.int64({KP * 4})")
+        if in_place is None or ragged is None:
+            self._amx_bf16_block(out, in_place or staged_rows, bp, BM, KP, BN, scale)
+            return
+        self.line(f"if {ragged}:")
+        self.depth += 1
+        self._amx_bf16_block(out, in_place, bp, BM, KP, BN, scale)
+        self.depth -= 1
+        self.line("else:")
+        self.depth += 1
+        self._amx_bf16_block(out, staged_rows, bp, BM, KP, BN, scale)
+        self.depth -= 1
+
+    def decoded_plan(self, inst: I.Dot) -> I.Load | None:
+        """b's packed load when `_dot_decoded_gemm` runs the dot (option decode_gemm, where `lut_plan` has no
+        GEMM form for it): a CPU with 16 fp32 lanes, an fp32 accumulator, float a, b a cast to a float dtype
+        that holds every code's value exactly of an unmasked load of word-aligned codes of at most 8 bits whose
+        16 consecutive columns of a row are one field of 16 consecutive words (checked numerically at aligned
+        origins, as `lut_plan`) and whose words hold whole runs of k (`_whole_words`), and rows enough for a
+        GEMM form (more than `tm`, at least `gemm_rows`, a register block of two or more rows)."""
+        a, b = inst.a, inst.b
+        if not (self.cpu and self.opt["decode_gemm"] and self.opt["vector"] == 16):
+            return None
+        if inst.acc_dtype.name != "float32" or not a.dtype.is_float or not b.dtype.is_float:
+            return None
+        cast = self.defs.get(id(b))
+        if not isinstance(cast, I.Cast) or id(cast.x) in self.buf:
+            return None
+        load = self.defs.get(id(cast.x))
+        if not isinstance(load, I.Load) or load.mask is not None:
+            return None
+        t = load.tensor
+        lay, dt = t.layout, t.dtype
+        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or len(t.shape) != 2:
+            return None
+        if dt.is_bool or dt.bits > 8 or not holds_exactly(b.dtype, dt):
+            return None
+        if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape, *a.shape)):
+            return None
+        BM, BN = int(a.shape[0]), int(b.shape[1])
+        if BN % 16 or max(self.opt["gemm_rows"] - 1, self.opt["tm"]) >= BM or self._block_shape(BM, BN)[0] < 2:
+            return None
+        rows, cols = (int(n) for n in load.shape)
+        for word, bit in _tile_locations(load):
+            w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
+            if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
+                return None
+        return load if self._whole_words(load) else None
+
+    def _dot_decoded_gemm(
+        self, inst: I.Dot, out: str, load: I.Load, scale: tuple[str, str] | None, ragged: str | None
+    ) -> None:
+        """out[BM, BN] += a @ decode(b), the GEMM form of a dot over codes of any width (`decoded_plan`): the
+        tile's codes decoded once into fp32 (`_decode_words`), then the dot of a's rows with them: bf16 a on
+        AMX-BF16 (whole tiles) as one pass of `tdpbf16ps` over a's rows in place (staged pairs on a ragged row
+        tile), otherwise a's rows staged as fp32 and `_fp32_rows_dot` (AMX-BF16 from AMX_FP32_ROWS rows, FMAs
+        below). Every code's value is exact in bf16 and fp32 (at most 8 significant bits), so the products are
+        exact and only the fp32 sums round. `scale`: the fused per-group update (`_dot_scaled`)."""
+        a = inst.a
+        BM, KT = (int(n) for n in a.shape)
+        BN = int(inst.b.shape[1])
+        dt = load.tensor.dtype
+        values = decode(dt, np.arange(1 << dt.bits)).astype(np.float32)
+        exact = not (values.view(np.uint32) & 0xFFFF).any()  # NaN's canonical bits included
+        fa = self.get(a)
+        conv = _to_value_type(a.dtype, inst.acc_dtype)
+        amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+        if amx and a.dtype.name == "bfloat16":
+            direct = self._direct_rows(a)
+            xp = self.fresh("xp")
+            KP = KT // 2
+            if direct is None or ragged is not None:
+
+                def pair(row: str, q: str, ctx: _Ctx) -> str:
+                    k0 = 2 * sympy.Symbol(q, integer=True)
+                    return _bf16_pair(conv(fa((row, scalar(k0)), ctx)), conv(fa((row, scalar(k0 + 1)), ctx)))
+
+                self.line(f'{xp} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
+                if direct is None:
+                    self._stage_rows(xp, BM, KP, pair, ragged)
+                else:
+                    i_, q_ = self.fresh("ii"), self.fresh("q")
+                    self.line(f"if not ({ragged}):")
+                    self.line(f"    for {i_} in T.serial({BM}):")
+                    self.line(f"        for {q_} in T.serial({KP}):")
+                    self.line(f"            {xp}[{i_} * {KP} + {q_}] = {pair(i_, q_, _Ctx(checked=True))}")
+            bp = self._decoded_pairs(load, KT, BN)
+            self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged)
+            return
+        xa = self.fresh("xa")
+        self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
+        self._stage_rows(xa, BM, KT, lambda row, kk, ctx: conv(fa((row, kk), ctx)), ragged)
+        if amx and BM >= AMX_FP32_ROWS and a.dtype.name == "float32":
+            self._amx_fp32_rows(out, xa, self._decoded_pairs(load, KT, BN), BM, KT, BN, scale)
+            return
+        mr, nr = self._block_shape(BM, BN)
+        self._block_dot(out, xa, self._decode_words(load, KT, BN), BM, KT, BN, mr, nr, scale, fp32=True)
+
+    def _decode_words(self, load: I.Load, KT: int, BN: int) -> str:
+        """wd (fp32 [KT, BN]): the values of the packed tile `load`'s codes, decoded once (`decoded_plan`'s
+        layouts) by `_word_walk`, one code slot at a time."""
+        wd = self.fresh("wd")
+        self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
+        self._word_walk(load, KT, BN, 1, lambda kk, at, vals: [f"{wd}[({kk}) * {BN} + {at}] = {vals[0]}"])
+        return wd
+
+    def _decoded_pairs(self, load: I.Load, KT: int, BN: int) -> str:
+        """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, values exact
+        in bf16). Where a word holds an even number of codes and the tile starts at an even k (every code
+        pair k = 2q, 2q + 1 in one word), straight from the words: per word, two code slots decoded and packed
+        into one int32 lane (no fp32 tile stored and read again); else through `_decode_words`."""
+        per = load.tensor.layout.per_word
+        if per % 2 or KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
+            return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN)
+        bp = self.fresh("bp")
+        self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
+
+        def store(kk: str, at: str, vals: list[str]) -> list[str]:
+            return [f"{bp}[T.floordiv({kk}, 2) * {BN} + {at}] = {_bf16_pair(vals[0], vals[1])}"]
+
+        self._word_walk(load, KT, BN, 2, store)
+        return bp
+
+    def _multiple_of(self, expr: Any, m: int) -> bool:
+        """Whether `expr` (sympy) is a multiple of m wherever it is evaluated: the variables of the enclosing
+        loops taken as start + step·i (integer start and step), every other symbol as any integer."""
+        subs = {}
+        for loop in self.loops:
+            start, step = sympy.sympify(loop.start), sympy.sympify(loop.step)
+            if start.is_Integer and step.is_Integer:
+                var = str(loop.var)
+                for sym in expr.free_symbols:
+                    if sym.name == var:
+                        subs[sym] = start + step * sympy.Symbol(f"{var}__i", integer=True)
+        return bool(sympy.Mod(expr.subs(subs), m) == 0)
+
+    def _word_walk(
+        self, load: I.Load, KT: int, BN: int, step: int, store: Callable[[str, str, list[str]], list[str]]
+    ) -> None:
+        """Decode the packed tile `load`'s codes (`decoded_plan`'s layouts) by a walk over its word rows (per_word
+        consecutive k of 16 columns in 16 consecutive words): per word row, column vector and run of `step`
+        code slots from slot u, the codes (shift by u·bits, mask) and their fp32 values (`decode_code`: sign
+        extension and a convert for ints, the bit assembly for floats), 16 lanes at a time, passed to `store`(k
+        of slot u in the tile, the column offset in the tile, the values) for the lines that keep them. When
+        per_word does not provably divide the tile's first k (int3: ten a word against groups of 128), the walk
+        covers the word rows the tile overlaps and keeps only its own k (a run of `step` lies inside or outside
+        the tile as a whole: the callers' k and `step` are even together)."""
+        t = load.tensor
+        lay, dt = t.layout, t.dtype
+        per = lay.per_word
+        g = self.gbuf[t.name]
+        off, col0 = sympy.sympify(load.offsets[0]), sympy.sympify(load.offsets[1])
+        aligned = KT % per == 0 and self._multiple_of(off, per)
+        wr, u, jv, ln = (self.fresh(v) for v in ("wr", "u", "jv", "ln"))
+        wrow = (off / per if aligned else sympy.floor(off / per)) + sympy.Symbol(wr, integer=True)
+        nw = KT // per if aligned else (KT - 1) // per + 2
+        word, _ = lay.locate(per * wrow, col0 + sympy.Symbol(jv, integer=True) * 16)
+        us = sympy.Symbol(u, integer=True) * step
+        kk = scalar(sympy.simplify(per * wrow + us - off))
+        fp32 = _to_value_type(dt, lookup_dtype("float32"))
+        words = f"{g}[{scalar(word)} + {ln}]"
+        vals = []
+        for h in range(step):
+            code = f"T.bitwise_and(T.shift_right({words}, ({u} * {step} + {h}) * {dt.bits}), {dt.code_mask})"
+            vals.append(fp32(decode_code(code, dt)))
+        self.line(f"for {wr} in T.serial({nw}):")
+        self.depth += 1
+        self._prefetch_lut(t, load, per * wrow - off, per, BN)
+        self.line(f"for {jv} in T.serial({BN // 16}):")
+        self.line(f"    for {u} in T.unroll({per // step}):")
+        self.depth += 2
+        if not aligned:
+            self.line(f"if 0 <= {kk} and {kk} < {KT}:")
+            self.depth += 1
+        self.line(f"for {ln} in T.vectorized(16):")
+        for text in store(kk, f"{jv} * 16 + {ln}", vals):
+            self.line(f"    {text}")
+        self.depth -= 3 if aligned else 4
 
     def _whole_words(self, load: I.Load) -> bool:
         """Whether, at word rows w and columns j (checked numerically), the per_word codes k = per_word·w + u

@@ -274,22 +274,38 @@ def test_patch_ir_takes_constant_operands_and_refuses_a_form_it_cannot_rewrite()
 
 
 @needs_bf16
-@pytest.mark.parametrize("dtype,G", [("int4", 128), ("uint3", 64), ("fp6_e3m2", -1)])
-def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
-    """M > 16 with codes the pair layout does not take (3, 6 bits) runs `quantized_gemm`, whose dot of bf16 x
-    and the bf16-rounded dequantized weight tile is `_dot_bf16_gemm` (both operands in local buffers): the
-    stand-in in the source (AMX-BF16's tdpbf16ps over the same staged pairs where "auto" picks AMX), the
-    error within the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's). A 4-bit weight
-    runs the pair GEMM (`quantized_gemv`), within the same bound."""
+@pytest.mark.parametrize("dtype,G", [("int4", 128), ("uint3", 64), ("fp6_e3m2", -1), ("int8", 32), ("fp8_e4m3", 128)])
+def test_bf16_gemms_of_every_width_take_a_gemm_form_and_match_the_oracle(dtype, G):
+    """M > 16, bf16 x: every code width runs `quantized_gemv`'s GEMM form (4-bit codes the pair form, others the
+    decoded form, `_dot_decoded_gemm`) with the bf16 dot in the source (AMX-BF16's tdpbf16ps where "auto" picks
+    AMX); nothing is rounded before the fp32 sums, so the error is the output's bf16 rounding (2^-8 bound)."""
     rng = np.random.default_rng(7)
     qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
     x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
     y = quantized_linear(x, qw, backend="tvm").double().numpy()
+    ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
+    err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert np.isfinite(err) and err < 2.0**-8, err
+    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else ("llvm.x86.avx512.dpbf16ps.512" if dtype == "int4" else "")
+    assert kernel.program.name == "quantized_gemv" and dot in kernel.source
+
+
+@needs_bf16
+@pytest.mark.parametrize("dtype,G", [("uint3", 64), ("fp6_e3m2", -1)])
+def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
+    """`quantized_gemm` asked for by name (the GEMM with the dequantization in the IR): its dot of bf16 x and
+    the bf16-rounded dequantized weight tile is `_dot_bf16_gemm` (both operands in local buffers), the stand-in
+    in the source (AMX-BF16's tdpbf16ps over the same staged pairs where "auto" picks AMX), the error within
+    the GEMM's bf16 bound (each weight rounded to bf16, 2^-9, plus the output's)."""
+    rng = np.random.default_rng(7)
+    qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
+    x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
+    y = quantized_linear(x, qw, backend="tvm", kernel="quantized_gemm").double().numpy()
     yr = quantized_linear(x, qw, backend="reference").double().numpy()
     ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-6
     assert np.linalg.norm(y - yr) / np.linalg.norm(yr) < 2.0**-7  # the same rounded weights, other sum order
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
-    want = "quantized_gemv" if dtype == "int4" else "quantized_gemm"
     dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN  # AMX's tiles where "auto" has them (whole tiles here)
-    assert kernel.program.name == want and dot in kernel.source
+    assert kernel.program.name == "quantized_gemm" and dot in kernel.source
