@@ -10,9 +10,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
                  for `naive_dtypes` (default: the first weight dtype), since its cost hardly depends on the dtype
   lowbit         lowbit.ops.quantized_linear for each weight dtype and each backend asked for (activations:
                  fp32 on the CPU, fp16 on a GPU)
-  lowbit_bf16    on the CPU (tvm), 4-bit weights: the same with bfloat16 activations (as torch_bf16's), which
-                 run the vdpbf16ps pair dot where the CPU has AVX-512 BF16 (the GEMV at M <= 16, its
-                 register-blocked GEMM form above)
+  lowbit_bf16    on the CPU (tvm), every weight dtype: the same with bfloat16 activations (as torch_bf16's):
+                 4-bit codes run the pair dot (vdpbf16ps where the CPU has AVX-512 BF16, the GEMV at M <= 16
+                 and its GEMM form above, AMX-BF16 tiles where it has AMX), other widths the decoded GEMM form
+                 (each tile's codes decoded once, then AMX-BF16 tiles or FMA blocks) from a few rows on
   lowbit_a8      on the CPU (tvm), 4-bit int4/uint4 weights: quantized_linear(kernel="quantized_gemv_a8"),
                  the W4A8 GEMV with int8 activations (quantized per row and group in the timed call; M > 16 in
                  row tiles of 16, as a prefill with decode_activations int8 runs); its error vs
@@ -503,7 +504,7 @@ class _Bench:
                 row = self.lowbit_row(case, x, dt, qw, backend)
                 if row is not None:
                     rows.append(row)
-                if not cuda and backend == "tvm" and lookup_dtype(dt).bits == 4:
+                if not cuda and backend == "tvm":
                     row = self.lowbit_row(case, x16, dt, qw, backend, method="lowbit_bf16")
                     if row is not None:
                         rows.append(row)

@@ -2565,14 +2565,35 @@ class _Emitter:
 
     def _decoded_pairs(self, load: I.Load, KT: int, BN: int) -> str:
         """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, values exact
-        in bf16). Where a word holds an even number of codes and the tile starts at an even k (every code
-        pair k = 2q, 2q + 1 in one word), straight from the words: per word, two code slots decoded and packed
-        into one int32 lane (no fp32 tile stored and read again); else through `_decode_words`."""
-        per = load.tensor.layout.per_word
-        if per % 2 or KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
+        in bf16). Where the tile starts at an even k, straight from the words (`_word_walk` by pairs: an odd
+        per_word walks two word rows a step): each pair of codes decoded and packed into one int32 lane (no
+        fp32 tile stored and read again); else through `_decode_words`."""
+        if KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
             return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN)
         bp = self.fresh("bp")
         self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
+        dt = load.tensor.dtype
+        if dt.bits <= 6:
+            # one vpermi2w per 16 pairs: the pair's two codes as the two int16 halves of a lane index the
+            # 64-entry table of the values' bf16 bits (entry i: code i mod 2^bits), which yields the pair as is
+            tbl = self.fresh("tblp")
+            values = decode(dt, np.arange(64) % (1 << dt.bits)).astype(np.float32)
+            patterns = (values.view(np.uint32) >> 16).astype(np.int64)
+            self.line(f'{tbl} = T.decl_buffer((64,), "int16", {self.scope})')
+            for i, v in enumerate(patterns):
+                self.line(f"{tbl}[{i}] = T.int16({int(v) - 65536 if v >= 32768 else int(v)})")
+
+            def lookup(kk: str, at: str, codes: list[str]) -> list[str]:
+                high = f"T.shift_left({codes[1]}, T.Broadcast(T.int32(16), 16))"
+                idx = f'T.reinterpret("int16x32", T.bitwise_or({codes[0]}, {high}))'
+                pair = (
+                    f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.vpermi2var.hi.512", '
+                    f"{tbl}[T.Ramp(0, 1, 32)], {idx}, {tbl}[T.Ramp(32, 1, 32)])"
+                )
+                return [f'{bp}[T.Ramp(T.floordiv({kk}, 2) * {BN} + {at}, 1, 16)] = T.reinterpret("int32x16", {pair})']
+
+            self._word_walk(load, KT, BN, 2, lookup, codes=True)
+            return bp
 
         def store(kk: str, at: str, vals: list[str]) -> list[str]:
             return [f"{bp}[T.floordiv({kk}, 2) * {BN} + {at}] = {_bf16_pair(vals[0], vals[1])}"]
@@ -2594,47 +2615,68 @@ class _Emitter:
         return bool(sympy.Mod(expr.subs(subs), m) == 0)
 
     def _word_walk(
-        self, load: I.Load, KT: int, BN: int, step: int, store: Callable[[str, str, list[str]], list[str]]
+        self,
+        load: I.Load,
+        KT: int,
+        BN: int,
+        step: int,
+        store: Callable[[str, str, list[str]], list[str]],
+        codes: bool = False,
     ) -> None:
         """Decode the packed tile `load`'s codes (`decoded_plan`'s layouts) by a walk over its word rows (per_word
-        consecutive k of 16 columns in 16 consecutive words): per word row, column vector and run of `step`
-        code slots from slot u, the codes (shift by u·bits, mask) and their fp32 values (`decode_code`: sign
-        extension and a convert for ints, the bit assembly for floats), 16 lanes at a time, passed to `store`(k
-        of slot u in the tile, the column offset in the tile, the values) for the lines that keep them. When
-        per_word does not provably divide the tile's first k (int3: ten a word against groups of 128), the walk
-        covers the word rows the tile overlaps and keeps only its own k (a run of `step` lies inside or outside
-        the tile as a whole: the callers' k and `step` are even together)."""
+        consecutive k of 16 columns in 16 consecutive words), `rows` = step / gcd(per_word, step) of them a
+        step (a run of `step` codes never straddles two steps: five 6-bit codes a word, pairs over two words):
+        per step, column vector and run of `step` code slots, the codes (shift, mask) and their fp32 values
+        (`decode_code`: sign extension and a convert for ints, the bit assembly for floats), 16 lanes at a time,
+        passed to `store`(k of the run's first slot in the tile, the column offset in the tile, the values) for
+        the lines that keep them. When a step's k count does not provably divide the tile's first k (int3: ten a
+        word against groups of 128), the walk covers the steps the tile overlaps and keeps only its own k (a
+        run lies inside or outside the tile as a whole: the callers' first k and `step` are even together).
+        `codes`: `store` gets the codes themselves as int32x16 vectors and the column offset of the vector (no
+        vectorized loop: the caller writes vector expressions)."""
         t = load.tensor
         lay, dt = t.layout, t.dtype
         per = lay.per_word
+        rows = step // math.gcd(per, step)
+        span = per * rows  # k a step covers
         g = self.gbuf[t.name]
         off, col0 = sympy.sympify(load.offsets[0]), sympy.sympify(load.offsets[1])
-        aligned = KT % per == 0 and self._multiple_of(off, per)
-        wr, u, jv, ln = (self.fresh(v) for v in ("wr", "u", "jv", "ln"))
-        wrow = (off / per if aligned else sympy.floor(off / per)) + sympy.Symbol(wr, integer=True)
-        nw = KT // per if aligned else (KT - 1) // per + 2
-        word, _ = lay.locate(per * wrow, col0 + sympy.Symbol(jv, integer=True) * 16)
-        us = sympy.Symbol(u, integer=True) * step
-        kk = scalar(sympy.simplify(per * wrow + us - off))
+        aligned = KT % span == 0 and self._multiple_of(off, span)
+        wr, jv, ln = (self.fresh(v) for v in ("wr", "jv", "ln"))
+        first = (off / span if aligned else sympy.floor(off / span)) + sympy.Symbol(wr, integer=True)
+        nw = KT // span if aligned else (KT - 1) // span + 2
+        jcol = col0 + sympy.Symbol(jv, integer=True) * 16
+        addrs = [scalar(lay.locate(span * first + per * r, jcol)[0]) for r in range(rows)]
+        words = [f"{g}[T.Ramp({a}, 1, 16)]" if codes else f"{g}[{a} + {ln}]" for a in addrs]
         fp32 = _to_value_type(dt, lookup_dtype("float32"))
-        words = f"{g}[{scalar(word)} + {ln}]"
-        vals = []
-        for h in range(step):
-            code = f"T.bitwise_and(T.shift_right({words}, ({u} * {step} + {h}) * {dt.bits}), {dt.code_mask})"
-            vals.append(fp32(decode_code(code, dt)))
         self.line(f"for {wr} in T.serial({nw}):")
         self.depth += 1
-        self._prefetch_lut(t, load, per * wrow - off, per, BN)
+        self._prefetch_lut(t, load, span * first - off, span, BN)
         self.line(f"for {jv} in T.serial({BN // 16}):")
-        self.line(f"    for {u} in T.unroll({per // step}):")
-        self.depth += 2
-        if not aligned:
-            self.line(f"if 0 <= {kk} and {kk} < {KT}:")
-            self.depth += 1
-        self.line(f"for {ln} in T.vectorized(16):")
-        for text in store(kk, f"{jv} * 16 + {ln}", vals):
-            self.line(f"    {text}")
-        self.depth -= 3 if aligned else 4
+        self.depth += 1
+        for u in range(0, span, step):  # unrolled here: each slot's word row and shift are constants
+            vals = []
+            for slot in range(u, u + step):
+                if codes:
+                    shift, mask = (f"T.Broadcast(T.int32({v}), 16)" for v in (slot % per * dt.bits, dt.code_mask))
+                    vals.append(f"T.bitwise_and(T.shift_right({words[slot // per]}, {shift}), {mask})")
+                    continue
+                code = f"T.bitwise_and(T.shift_right({words[slot // per]}, {slot % per * dt.bits}), {dt.code_mask})"
+                vals.append(fp32(decode_code(code, dt)))
+            kk = scalar(sympy.simplify(span * first + u - off))
+            depth = self.depth
+            if not aligned:
+                self.line(f"if 0 <= {kk} and {kk} < {KT}:")
+                self.depth += 1
+            if codes:
+                for text in store(kk, f"{jv} * 16", vals):
+                    self.line(text)
+            else:
+                self.line(f"for {ln} in T.vectorized(16):")
+                for text in store(kk, f"{jv} * 16 + {ln}", vals):
+                    self.line(f"    {text}")
+            self.depth = depth
+        self.depth -= 2
 
     def _whole_words(self, load: I.Load) -> bool:
         """Whether, at word rows w and columns j (checked numerically), the per_word codes k = per_word·w + u
