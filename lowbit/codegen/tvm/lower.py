@@ -2017,28 +2017,14 @@ class _Emitter:
         reads the low 4 bits of each lane, so table entry i is the value of code i mod 2^bits (a narrower
         code's neighbour bits above it select the same value). 5- and 6-bit codes: the table of all 2^bits
         values, decoded by `_lut_decode` (vpermi2ps) in the word walk."""
-        a, b = inst.a, inst.b
-        if self.opt["lut"] != "avx512" or self.opt["vector"] != 16 or inst.acc_dtype.name != "float32":
+        a = inst.a
+        if self.opt["lut"] != "avx512" or self.opt["vector"] != 16:
             return None
-        if not a.dtype.is_float or b.shape[1] % 16:
-            return None
-        cast = self.defs.get(id(b))
-        if not isinstance(cast, I.Cast) or not b.dtype.is_float or id(cast.x) in self.buf:
-            return None
-        load = self.defs.get(id(cast.x))
-        if not isinstance(load, I.Load) or load.mask is not None:
+        load = self._column_codes(inst)
+        if load is None or load.tensor.dtype.bits > 6:
             return None
         t = load.tensor
         lay, dt = t.layout, t.dtype
-        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or dt.bits > 6 or len(t.shape) != 2:
-            return None
-        if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape)):
-            return None
-        rows, cols = (int(n) for n in load.shape)
-        for word, bit in _tile_locations(load):
-            w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
-            if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
-                return None
         values = decode(dt, np.arange(max(16, 1 << dt.bits)) % (1 << dt.bits)).astype(np.float64)
         if not np.isfinite(values).all() or (values.astype(np.float32) != values).any():
             return None
@@ -2480,7 +2466,24 @@ class _Emitter:
         a, b = inst.a, inst.b
         if not (self.cpu and self.opt["decode_gemm"] and self.opt["vector"] == 16):
             return None
-        if inst.acc_dtype.name != "float32" or not a.dtype.is_float or not b.dtype.is_float:
+        load = self._column_codes(inst)
+        if load is None or not all(sympy.sympify(n).is_Integer for n in a.shape):
+            return None
+        dt = load.tensor.dtype
+        if dt.is_bool or dt.bits > 8 or not holds_exactly(b.dtype, dt):
+            return None
+        BM, BN = int(a.shape[0]), int(b.shape[1])
+        if max(self.opt["gemm_rows"] - 1, self.opt["tm"]) >= BM or self._block_shape(BM, BN)[0] < 2:
+            return None
+        return load if self._whole_words(load) else None
+
+    def _column_codes(self, inst: I.Dot) -> I.Load | None:
+        """b's packed load when the dot is float a times b = a cast to a float dtype of an unmasked load (not
+        staged) of word-aligned codes in 32-bit words (2-D, concrete shapes) whose 16 consecutive columns of a
+        row are one field of 16 consecutive words wherever the tile sits (checked numerically at aligned
+        origins), into fp32: the column-tiled words the table decode and the decoded GEMM form read."""
+        a, b = inst.a, inst.b
+        if inst.acc_dtype.name != "float32" or not a.dtype.is_float or not b.dtype.is_float or b.shape[1] % 16:
             return None
         cast = self.defs.get(id(b))
         if not isinstance(cast, I.Cast) or id(cast.x) in self.buf:
@@ -2488,23 +2491,17 @@ class _Emitter:
         load = self.defs.get(id(cast.x))
         if not isinstance(load, I.Load) or load.mask is not None:
             return None
-        t = load.tensor
-        lay, dt = t.layout, t.dtype
-        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or len(t.shape) != 2:
+        lay = load.tensor.layout
+        if not isinstance(lay, PackedLayout) or lay.dense or lay.word_bits != 32 or len(load.tensor.shape) != 2:
             return None
-        if dt.is_bool or dt.bits > 8 or not holds_exactly(b.dtype, dt):
-            return None
-        if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape, *a.shape)):
-            return None
-        BM, BN = int(a.shape[0]), int(b.shape[1])
-        if BN % 16 or max(self.opt["gemm_rows"] - 1, self.opt["tm"]) >= BM or self._block_shape(BM, BN)[0] < 2:
+        if any(not sympy.sympify(n).is_Integer for n in (*lay.shape, *load.shape)):
             return None
         rows, cols = (int(n) for n in load.shape)
         for word, bit in _tile_locations(load):
             w16, b16 = word.reshape(rows, cols // 16, 16), bit.reshape(rows, cols // 16, 16)
             if (w16 - w16[..., :1] != np.arange(16)).any() or (b16 != b16[..., :1]).any():
                 return None
-        return load if self._whole_words(load) else None
+        return load
 
     def _dot_decoded_gemm(
         self, inst: I.Dot, out: str, load: I.Load, scale: tuple[str, str] | None, ragged: str | None
