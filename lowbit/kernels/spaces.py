@@ -201,7 +201,9 @@ def space(kernel: str, backend: str) -> SearchSpace:
 # a faster form: one row block moved it by 0.94-1.17x, so it keeps two). Integer codes of 2, 3, 5 and 6 bits
 # take 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30, int5 1.40 -> 0.92, int6 1.47 ->
 # 1.20; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two
-# rows at M = 16: 3.21 vs 6.35 ms).
+# rows at M = 16: 3.21 vs 6.35 ms). Since the decoded GEMM form (lowbit/codegen/tvm README), 16 rows take it
+# (tm 2): fp32 x, hot, 2 threads, alternating: fp6_e3m2 M = 16 3.64 -> 2.38 ms, fp3_e1m1 3.98 -> 2.20; at M = 4
+# and 8 the table walk stays faster (fp6 0.79 / 1.40 against 1.20 / 1.57 ms).
 TABLE_ONLY_FLOAT_BITS = (3, 5, 6)
 
 
@@ -220,8 +222,10 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     opts = {**_DEFAULT_OPTIONS["tvm"], "vector": lanes}
     if kernel == "quantized_gemv":
         bm = _row_tile(m, 16)
+        wd = dtype(problem.get("wdtype", "int4"))
         amx_rows = _amx_bf16_rows(problem)
-        if 1 < m <= 16 and amx_rows:
+        amx_tile = 1 < m <= 16 and amx_rows and (m > 4 or wd.bits == 4 or wd.bits > 6)
+        if amx_tile:
             bm = 16  # one AMX tile of rows: the GEMM form on AMX-BF16 (`_amx_bf16_rows`)
         bk = g if g in (32, 64, 128, 256) else 128
         if m > 16:  # the dot's GEMM form (lowbit.ops.linear.gemv_serves)
@@ -231,9 +235,8 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
                 {**opts, "tm": 2},
             )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
-        wd = dtype(problem.get("wdtype", "int4"))
-        if amx_rows and bm > 1:
-            pass  # the GEMM form's AMX tile (`_amx_bf16_rows`), not a register block of the table decode
+        if amx_tile or (bm == 16 and lanes == 16):
+            pass  # the GEMM forms (`_amx_bf16_rows`; AVX-512's decoded form, FMA blocks: `TABLE_ONLY_FLOAT_BITS`)
         elif bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
             bn, tm = lanes * max(1, 16 // bm), bm  # one row block: the table decode (TABLE_ONLY_FLOAT_BITS)
         elif bm == 4 and wd.bits in (2, 3, 5, 6):
@@ -277,10 +280,12 @@ def _amx_bf16_rows(problem: Mapping[str, Any]) -> bool:
     the CPU has AMX-BF16 and AVX-512 BF16 and Linux grants the tile state): 4-bit codes through the pair dot
     (`_pair_dot`), codes of any other width up to 8 bits through the decoded GEMM form
     (`lowbit.codegen.tvm.lower._Emitter._dot_decoded_gemm`). Then 2-16 rows take one 16-row tile (rows past M
-    are padding the store drops, and AMX's products cost little next to the decode), and more rows the tall
-    tiles of `PAIR_GEMM_ROW_TILES`. Measured, 4096², hot, 2 threads, alternating: int4 M = 2 0.45 -> 0.41 ms,
-    M = 3 0.98 -> 0.43, M = 4 0.80 -> 0.44, M = 8 1.44 -> 0.52; int8 M = 256 with 256-row tiles 5.28 against
-    6.09 ms with 128."""
+    are padding the store drops, and AMX's products cost little next to the decode; codes of <= 6 bits other
+    than 4 from 5 rows: below, the table walk's few rows cost less than a 16-row tile's decode, 4096², hot:
+    int3 M = 2 / 4 0.42 / 0.87 against 1.15 / 1.21 ms; int8 M = 2 / 4 on AMX 0.75 / 0.67 against 1.76 / 0.84),
+    and more rows the tall tiles of `PAIR_GEMM_ROW_TILES`. Measured, 4096², hot, 2 threads, alternating: int4
+    M = 2 0.45 -> 0.41 ms, M = 3 0.98 -> 0.43, M = 4 0.80 -> 0.44, M = 8 1.44 -> 0.52; int8 M = 256 with 256-row
+    tiles 5.28 against 6.09 ms with 128."""
     from lowbit.artifact.fingerprint import isa_flags
 
     flags = isa_flags()

@@ -92,8 +92,9 @@ def test_m1_pair_dot_takes_256_column_tiles(flags, monkeypatch):
 @pytest.mark.parametrize("m", [2, 4, 8, 16])
 def test_table_decoded_float_gemvs_take_one_row_block(wdtype, m):
     """TVM GEMV defaults: float formats the backend decodes only by table in one row block (3, 5, 6 bits)
-    get tm = BM (16 accumulator vectors); 2-, 3-, 5- and 6-bit codes take 4 rows per block at M = 4; others
-    keep two. The chosen config runs and equals x @ dequant(W)."""
+    get tm = BM (16 accumulator vectors) up to 8 rows (16 rows: tm 2, the decoded GEMM form, on AVX-512);
+    2-, 3-, 5- and 6-bit codes take 4 rows per block at M = 4; others keep two. The chosen config runs and
+    equals x @ dequant(W)."""
     import numpy as np
     import torch
 
@@ -105,7 +106,7 @@ def test_table_decoded_float_gemvs_take_one_row_block(wdtype, m):
     cfg = default_config("quantized_gemv", "tvm", problem)
     bm, bn, tm = cfg.constant_dict["BM"], cfg.constant_dict["BN"], cfg.option_dict["tm"]
     d = dtype(wdtype)
-    if d.is_float and d.bits in (3, 5, 6):
+    if d.is_float and d.bits in (3, 5, 6) and (m < 16 or fp32_lanes() != 16):
         assert tm == bm and bn * bm // fp32_lanes() <= 16
     elif m == 4 and d.bits in (2, 3, 5, 6):
         assert tm == 4
@@ -120,22 +121,23 @@ def test_table_decoded_float_gemvs_take_one_row_block(wdtype, m):
     assert np.isfinite(err) and err < 1e-5, err
 
 
-@pytest.mark.parametrize("m", [2, 3, 8])
-def test_bf16_pair_gemvs_take_one_amx_tile_of_rows_where_amx_runs_them(m):
-    """bf16 x, 4-bit codes, 2-16 rows: one 16-row tile (the pair GEMM form on tdpbf16ps, padding rows dropped
-    at the store) where TVM runs AMX-BF16, else M rounded up to a power of two; either equals x @ dequant(W)."""
+@pytest.mark.parametrize("m,wdtype", [(2, "int4"), (3, "int4"), (8, "int4"), (2, "int8"), (3, "int3"), (8, "int3")])
+def test_bf16_gemvs_take_one_amx_tile_of_rows_where_amx_runs_them(m, wdtype):
+    """bf16 x, 2-16 rows: one 16-row tile (the pair GEMM form of 4-bit codes, the decoded GEMM form of others,
+    on tdpbf16ps; padding rows dropped at the store) where TVM runs AMX-BF16 (codes of <= 6 bits other than 4
+    from 5 rows), else M rounded up to a power of two; either equals x @ dequant(W)."""
     import numpy as np
     import torch
 
     from lowbit.kernels.spaces import _amx_bf16_rows
     from lowbit.ops import quantize, quantized_linear
 
-    problem = dict(PROBLEM, M=m, N=128, K=256, adtype="bfloat16", wdtype="int4")
-    amx = _amx_bf16_rows(problem)
+    problem = dict(PROBLEM, M=m, N=128, K=256, adtype="bfloat16", wdtype=wdtype)
+    amx = _amx_bf16_rows(problem) and (m > 4 or wdtype in ("int4", "int8"))
     cfg = default_config("quantized_gemv", "tvm", problem)
     assert cfg.constant_dict["BM"] == (16 if amx else 1 << (m - 1).bit_length())
     rng = np.random.default_rng(m)
-    qw = quantize(rng.standard_normal((128, 256)).astype(np.float32), "int4", 128)
+    qw = quantize(rng.standard_normal((128, 256)).astype(np.float32), wdtype, 128)
     x = torch.from_numpy(rng.standard_normal((m, 256)).astype(np.float32)).bfloat16()
     y = quantized_linear(x, qw, backend="tvm").double().numpy()
     ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
