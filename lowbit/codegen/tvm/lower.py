@@ -2507,10 +2507,11 @@ class _Emitter:
         self, inst: I.Dot, out: str, load: I.Load, scale: tuple[str, str] | None, ragged: str | None
     ) -> None:
         """out[BM, BN] += a @ decode(b), the GEMM form of a dot over codes of any width (`decoded_plan`): the
-        tile's codes decoded once into fp32 (`_decode_words`), then the dot of a's rows with them: bf16 a on
-        AMX-BF16 (whole tiles) as one pass of `tdpbf16ps` over a's rows in place (staged pairs on a ragged row
-        tile), otherwise a's rows staged as fp32 and `_fp32_rows_dot` (AMX-BF16 from AMX_FP32_ROWS rows, FMAs
-        below). Every code's value is exact in bf16 and fp32 (at most 8 significant bits), so the products are
+        tile's codes decoded once (`_decoded_pairs`: bf16 pairs; `_decode_words`: fp32), then the dot of a's
+        rows with them: bf16 a on AMX-BF16 (whole tiles) as one pass of `tdpbf16ps` over a's rows in place
+        (staged pairs on a ragged row tile), or with AVX-512 BF16 as `vdpbf16ps` register blocks over staged
+        pairs; otherwise a's rows staged as fp32, then AMX-BF16 from AMX_FP32_ROWS rows (`_amx_fp32_rows`) or
+        fp32 FMA blocks. Every code's value is exact in bf16 and fp32 (at most 8 significant bits), so the products are
         exact and only the fp32 sums round. `scale`: the fused per-group update (`_dot_scaled`)."""
         a = inst.a
         BM, KT = (int(n) for n in a.shape)
@@ -2521,8 +2522,9 @@ class _Emitter:
         fa = self.get(a)
         conv = _to_value_type(a.dtype, inst.acc_dtype)
         amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
-        if amx and a.dtype.name == "bfloat16":
-            direct = self._direct_rows(a)
+        pairs = self.opt["bf16_dot"] in ("avx512bf16", "amx") and exact and KT % 2 == 0
+        if pairs and a.dtype.name == "bfloat16":
+            direct = self._direct_rows(a) if amx else None
             xp = self.fresh("xp")
             KP = KT // 2
             if direct is None or ragged is not None:
@@ -2541,7 +2543,11 @@ class _Emitter:
                     self.line(f"        for {q_} in T.serial({KP}):")
                     self.line(f"            {xp}[{i_} * {KP} + {q_}] = {pair(i_, q_, _Ctx(checked=True))}")
             bp = self._decoded_pairs(load, KT, BN)
-            self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged)
+            if amx:
+                self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged)
+            else:  # AVX-512 BF16: vdpbf16ps register blocks over the same pairs
+                mr, nr = self._block_shape(BM, BN)
+                self._block_dot(out, xp, bp, BM, KP, BN, mr, nr, scale)
             return
         xa = self.fresh("xa")
         self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')

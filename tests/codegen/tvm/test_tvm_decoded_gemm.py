@@ -88,6 +88,18 @@ def test_each_path_of_the_form(dtype, adtype, BM):
     assert marker(adtype, BM) in src
 
 
+@pytest.mark.skipif("avx512_bf16" not in isa_flags(), reason="vdpbf16ps needs AVX-512 BF16")
+@pytest.mark.parametrize("dtype", ["int8", "int3", "fp6_e3m2"])
+def test_bf16_rows_without_amx_take_the_pair_dot(dtype):
+    """bf16_dot "avx512bf16" (a CPU with AVX-512 BF16 but no AMX): the same decoded pairs, dotted by vdpbf16ps
+    register blocks (the stand-in in the source, no AMX tiles), within the output's bf16 rounding."""
+    from lowbit.codegen.tvm.bf16_dot import uses_stand_in
+
+    err, src = run(dtype, 21, 128, "bfloat16", 16, {"bf16_dot": "avx512bf16"})
+    assert err < TOL["bfloat16"], err
+    assert uses_stand_in(src) and "tdpbf16ps" not in src
+
+
 def test_off_keeps_the_generic_loops():
     err, src = run("int8", 32, 128, "float32", 32, {"decode_gemm": False})
     assert err < TOL["float32"]

@@ -20,14 +20,15 @@ ROWS = 256
 
 
 @T.kernel
-def decode_all(
+def cast_codes(
     w: T.Tensor("WD", (ROWS, 16), layout="LAYOUT"),
     y: T.Tensor("float32", (ROWS, 16)),
     WD: T.constexpr,
     LAYOUT: T.constexpr,
+    TO: T.constexpr,
 ):
     T.grid(1)
-    T.store(y, (0, 0), T.cast(T.load(w, (0, 0), (ROWS, 16)), "float32"))
+    T.store(y, (0, 0), T.cast(T.cast(T.load(w, (0, 0), (ROWS, 16)), TO), "float32"))
 
 
 def test_formats_cover_every_width():
@@ -40,25 +41,13 @@ def test_every_code_decodes_bit_for_bit(name):
     dt = dtypes.dtype(name)
     codes = (np.arange(ROWS * 16) % (1 << dt.bits)).reshape(ROWS, 16).astype(dt.code_dtype)
     layout = packed_along((ROWS, 16), dt.bits, 0)
-    kernel = compile_program(decode_all.trace(WD=name, LAYOUT=layout), "tvm")
+    kernel = compile_program(cast_codes.trace(WD=name, LAYOUT=layout, TO="float32"), "tvm")
     y = np.full((ROWS, 16), 7.0, np.float32)
     kernel({"w": layout.pack(codes), "y": y})
     want = dtypes.decode(dt, codes).astype(np.float32)
     nan = np.isnan(want)
     assert (np.isnan(y) == nan).all(), name
     assert (y[~nan].view(np.uint32) == want[~nan].view(np.uint32)).all(), (name, y[~nan][:8], want[~nan][:8])
-
-
-@T.kernel
-def cast_codes(
-    w: T.Tensor("WD", (ROWS, 16), layout="LAYOUT"),
-    y: T.Tensor("float32", (ROWS, 16)),
-    WD: T.constexpr,
-    LAYOUT: T.constexpr,
-    TO: T.constexpr,
-):
-    T.grid(1)
-    T.store(y, (0, 0), T.cast(T.cast(T.load(w, (0, 0), (ROWS, 16)), TO), "float32"))
 
 
 @pytest.mark.parametrize(
