@@ -235,11 +235,12 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
                 {**opts, "tm": 2},
             )
         bn, tm = (8 * lanes, 1) if bm == 1 else (4 * lanes, 2)
-        if amx_tile or (bm == 16 and lanes == 16):
-            pass  # the GEMM forms (`_amx_bf16_rows`; AVX-512's decoded form, FMA blocks: `TABLE_ONLY_FLOAT_BITS`)
-        elif bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
+        # a GEMM form's tile (the AMX tile of `_amx_bf16_rows`, or 16 rows of AVX-512's decoded form) keeps tm 2;
+        # smaller tiles of the table decode take their measured register blocks
+        walk = not (amx_tile or (bm == 16 and lanes == 16))
+        if walk and bm > 1 and wd.is_float and wd.bits in TABLE_ONLY_FLOAT_BITS:
             bn, tm = lanes * max(1, 16 // bm), bm  # one row block: the table decode (TABLE_ONLY_FLOAT_BITS)
-        elif bm == 4 and wd.bits in (2, 3, 5, 6):
+        elif walk and bm == 4 and wd.bits in (2, 3, 5, 6):
             tm = 4
         if bm == 1 and _pair_dot(problem) and int(problem["N"]) % (2 * bn) == 0:
             bn *= 2  # the pair dot: 16 accumulators (`_pair_dot`)
