@@ -174,7 +174,7 @@ def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
     once (4-bit codes by the table decode, other widths by `_dot_decoded_gemm`), AMX-BF16 tiles, register
     blocks of vdpbf16ps (bf16 x on AVX-512 BF16) or of fp32 FMAs. 4096² int4, weights streamed, 2 threads,
     fp32 x, against `quantized_gemm`: M = 64 5.71 vs 7.70 ms, M = 256 21.9 vs 28.7 ms; int8 and int3 on the
-    AMX Xeon, hot, alternating: bf16 x M = 64 7.4 / 7.2 -> 3.3 / 2.9 ms, M = 256 29.4 / 27.4 -> 8.0 / 7.5 ms
+    AMX Xeon, hot, alternating: bf16 x M = 64 7.7 / 6.9 -> 3.3 / 2.9 ms, M = 256 29.4 / 27.4 -> 8.0 / 7.5 ms
     (then 5.3 ms with 256-row tiles, int8), fp32 x M = 256 35.5 / 34.9 -> 14.9 / 14.1 ms."""
     if backend != "tvm" or qweight.scheme != "w_a16" or qweight.dtype.bits > 8 or "avx512f" not in isa_flags():
         return False

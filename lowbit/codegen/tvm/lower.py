@@ -538,9 +538,10 @@ def _decode_float_expr(c: str, dt: DataType) -> str:
     re-biases the exponent (normal codes: exact); a code whose exponent field is zero (zero and the format's
     subnormals, 0.m · 2^(1 − bias)) takes exponent field 1 instead, 1.m · 2^(1 − bias), less its implicit one
     (an exact subtraction); then the sign bit goes to bit 31. A subnormal float32 operand would cost an x86 core
-    a microcode assist per instruction (~100+ cycles): placing the bits with exponent field 0 and scaling by
-    2^(127 − bias), the former form, took fp6_e3m2's decode (one code in 16 lanes subnormal in most vectors of
-    Gaussian weights) to ~7x its time. Only formats with inf/NaN codes select those out."""
+    a microcode assist per instruction: with the former form (the bits placed with exponent field 0, then a
+    multiply by 2^(127 − bias)), the decoded GEMM form of Gaussian fp6_e3m2 weights (one code in 16 lanes
+    subnormal in most vectors) took 6.7 ms at M = 16 (4096², hot), 2.1 ms with this one. Only formats with
+    inf/NaN codes select those out."""
     m, mag_mask = dt.mantissa_bits, dt.sign_mask - 1
     mag = f"T.bitwise_and({c}, {mag_mask})"
     sign = f"T.bitwise_and(T.shift_left({c}, {32 - dt.bits}), T.int32(-2147483648))"
@@ -2206,26 +2207,14 @@ class _Emitter:
         rows_outer = self.opt["tm"] < BM
         per_row = KT // 2 if rows_outer else 4  # pairs staged per row: the whole tile's, or one word row's
         gemm = self._gemm_form(inst, load, table)
-        amx = gemm and self.opt["bf16_dot"] == "amx" and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+        amx = gemm and self._amx_tiles(BM, KT, BN)
         # AMX reads a's rows where they lie (a bf16 tensor's rows are A tiles as they are); staged only for a
         # ragged row tile, with checked reads (rows past the tensor read 0)
         direct = self._direct_rows(a) if amx else None
         if direct is None or ragged is not None:  # else AMX reads every row tile in place: no staging buffer
             self.line(f'{xp} = T.decl_buffer(({BM * per_row},), "int32", {self.scope})')
         if rows_outer:
-
-            def staged(row: str, q: str, ctx: _Ctx) -> str:
-                k0 = 2 * sympy.Symbol(q, integer=True)
-                return _bf16_pair(conv(fa((row, scalar(k0)), ctx)), conv(fa((row, scalar(k0 + 1)), ctx)))
-
-            if direct is None:
-                self._stage_rows(xp, BM, per_row, staged, ragged)
-            elif ragged is not None:
-                i_, q_ = self.fresh("ii"), self.fresh("q")
-                self.line(f"if not ({ragged}):")
-                self.line(f"    for {i_} in T.serial({BM}):")
-                self.line(f"        for {q_} in T.serial({per_row}):")
-                self.line(f"            {xp}[{i_} * {per_row} + {q_}] = {staged(i_, q_, _Ctx(checked=True))}")
+            self._stage_pairs(inst, xp, direct, ragged)
         if gemm:
             # the GEMM form: the tile's codes decoded once into pair-order bf16 vectors, then register blocks
             mr, nr = self._block_shape(BM, BN)
@@ -2363,25 +2352,61 @@ class _Emitter:
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
         exact = not (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any()  # codes exact in bf16
-        self._fp32_rows_dot(inst, out, xa, wd, exact, scale)
+        self._fp32_rows_dot(inst, out, xa, lambda: wd, lambda: self._pair_tile(wd, KT // 2, BN), exact, scale)
 
     def _fp32_rows_dot(
-        self, inst: I.Dot, out: str, xa: str, wd: str, exact: bool, scale: tuple[str, str] | None
+        self,
+        inst: I.Dot,
+        out: str,
+        xa: str,
+        words: Callable[[], str],
+        pairs: Callable[[], str],
+        exact: bool,
+        scale: tuple[str, str] | None,
     ) -> None:
-        """The dot of a's rows staged as fp32 (xa [BM, KT]) and the tile's decoded codes (wd [KT, BN] fp32),
-        the last step of the fp32 GEMM forms: on AMX-BF16 from AMX_FP32_ROWS rows of fp32 x when the codes'
-        values are exact in bf16 (`exact`), else `_block_dot`'s register blocks of FMAs; `scale` fused as in
+        """The dot of a's rows staged as fp32 (xa [BM, KT]) and the tile's decoded codes, the last step of the
+        fp32 GEMM forms: on AMX-BF16 from AMX_FP32_ROWS rows of fp32 x when the codes' values are exact in bf16
+        (`exact`), over `pairs()` (int32 [KT / 2, BN] bf16 pairs), else `_block_dot`'s register blocks of FMAs
+        over `words()` (fp32 [KT, BN]); each emits the form's decode when called. `scale` fused as in
         `_dot_scaled`."""
         a = inst.a
         BM, KT = (int(n) for n in a.shape)
         BN = int(inst.b.shape[1])
-        amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
         # fp32 rows on AMX from 64 rows (4096², M = 64 / 256: 0.59x / 0.50x the FMA form's time; M = 16: 1.05x)
-        if amx and BM >= AMX_FP32_ROWS and a.dtype.name == "float32" and inst.acc_dtype.name == "float32":
-            self._amx_fp32_rows(out, xa, self._pair_tile(wd, KT // 2, BN), BM, KT, BN, scale)
+        fp32 = a.dtype.name == "float32" and inst.acc_dtype.name == "float32"
+        if exact and self._amx_tiles(BM, KT, BN) and BM >= AMX_FP32_ROWS and fp32:
+            self._amx_fp32_rows(out, xa, pairs(), BM, KT, BN, scale)
             return
         mr, nr = self._block_shape(BM, BN)
-        self._block_dot(out, xa, wd, BM, KT, BN, mr, nr, scale, fp32=True)
+        self._block_dot(out, xa, words(), BM, KT, BN, mr, nr, scale, fp32=True)
+
+    def _amx_tiles(self, BM: int, KT: int, BN: int) -> bool:
+        """Whether a [BM, KT] x [KT, BN] bf16 dot runs on AMX-BF16 here: option bf16_dot "amx" and whole tiles
+        (rows and columns in 16s, k in 32s)."""
+        return self.opt["bf16_dot"] == "amx" and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+
+    def _stage_pairs(
+        self, inst: I.Dot, xp: str, direct: tuple[Callable[[str, str], str], str] | None, ragged: str | None
+    ) -> None:
+        """xp[i, q] (int32 [BM, KT / 2]) = the bf16 pair (a[i, 2q], a[i, 2q + 1]) of the dot's a rows: every row
+        staged (`_stage_rows`, checked reads past `ragged`) where AMX cannot read them in place (`direct` None),
+        else only a ragged row tile's, with checked reads (the in-place tiles run under `ragged`)."""
+        a = inst.a
+        BM, KT = (int(n) for n in a.shape)
+        fa, conv = self.get(a), _to_value_type(a.dtype, inst.acc_dtype)
+
+        def pair(row: str, q: str, ctx: _Ctx) -> str:
+            k0 = 2 * sympy.Symbol(q, integer=True)
+            return _bf16_pair(conv(fa((row, scalar(k0)), ctx)), conv(fa((row, scalar(k0 + 1)), ctx)))
+
+        if direct is None:
+            self._stage_rows(xp, BM, KT // 2, pair, ragged)
+        elif ragged is not None:
+            i_, q_ = self.fresh("ii"), self.fresh("q")
+            self.line(f"if not ({ragged}):")
+            self.line(f"    for {i_} in T.serial({BM}):")
+            self.line(f"        for {q_} in T.serial({KT // 2}):")
+            self.line(f"            {xp}[{i_} * {KT // 2} + {q_}] = {pair(i_, q_, _Ctx(checked=True))}")
 
     def _amx_fp32_rows(
         self, out: str, xa: str, bp: str, BM: int, KT: int, BN: int, scale: tuple[str, str] | None
@@ -2521,27 +2546,15 @@ class _Emitter:
         exact = not (values.view(np.uint32) & 0xFFFF).any()  # NaN's canonical bits included
         fa = self.get(a)
         conv = _to_value_type(a.dtype, inst.acc_dtype)
-        amx = self.opt["bf16_dot"] == "amx" and exact and BM % 16 == 0 and BN % 16 == 0 and KT % 32 == 0
+        amx = exact and self._amx_tiles(BM, KT, BN)
         pairs = self.opt["bf16_dot"] in ("avx512bf16", "amx") and exact and KT % 2 == 0
         if pairs and a.dtype.name == "bfloat16":
             direct = self._direct_rows(a) if amx else None
             xp = self.fresh("xp")
             KP = KT // 2
             if direct is None or ragged is not None:
-
-                def pair(row: str, q: str, ctx: _Ctx) -> str:
-                    k0 = 2 * sympy.Symbol(q, integer=True)
-                    return _bf16_pair(conv(fa((row, scalar(k0)), ctx)), conv(fa((row, scalar(k0 + 1)), ctx)))
-
                 self.line(f'{xp} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
-                if direct is None:
-                    self._stage_rows(xp, BM, KP, pair, ragged)
-                else:
-                    i_, q_ = self.fresh("ii"), self.fresh("q")
-                    self.line(f"if not ({ragged}):")
-                    self.line(f"    for {i_} in T.serial({BM}):")
-                    self.line(f"        for {q_} in T.serial({KP}):")
-                    self.line(f"            {xp}[{i_} * {KP} + {q_}] = {pair(i_, q_, _Ctx(checked=True))}")
+                self._stage_pairs(inst, xp, direct, ragged)
             bp = self._decoded_pairs(load, KT, BN)
             if amx:
                 self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged)
@@ -2552,11 +2565,8 @@ class _Emitter:
         xa = self.fresh("xa")
         self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
         self._stage_rows(xa, BM, KT, lambda row, kk, ctx: conv(fa((row, kk), ctx)), ragged)
-        if amx and BM >= AMX_FP32_ROWS and a.dtype.name == "float32":
-            self._amx_fp32_rows(out, xa, self._decoded_pairs(load, KT, BN), BM, KT, BN, scale)
-            return
-        mr, nr = self._block_shape(BM, BN)
-        self._block_dot(out, xa, self._decode_words(load, KT, BN), BM, KT, BN, mr, nr, scale, fp32=True)
+        words = lambda: self._decode_words(load, KT, BN)  # noqa: E731
+        self._fp32_rows_dot(inst, out, xa, words, lambda: self._decoded_pairs(load, KT, BN), exact, scale)
 
     def _decode_words(self, load: I.Load, KT: int, BN: int) -> str:
         """wd (fp32 [KT, BN]): the values of the packed tile `load`'s codes, decoded once (`decoded_plan`'s
@@ -3113,7 +3123,7 @@ class _Emitter:
         16 rows). Per 16 rows the pass's sums are held over all of k: register 0 a's tile, 1 and 2 b's tiles in
         turn, 3 .. the sums. Without `scale` they start from `out` and are stored back; with `scale` = (acc,
         s) they start from zero and each is stored to a 1 KiB stack tile, then acc[i, j] += sum · s[0, j]
-        (`out` is not touched). A list of a_rows: several a operands against the same b, summed (`_dot_lut_gemm`'s
+        (`out` is not touched). A list of a_rows: several a operands against the same b, summed (`_amx_fp32_rows`:
         fp32 rows as three bf16 parts)."""
         self.amx = True
         sources = a_rows if isinstance(a_rows, list) else [a_rows]

@@ -278,7 +278,8 @@ def test_patch_ir_takes_constant_operands_and_refuses_a_form_it_cannot_rewrite()
 def test_bf16_gemms_of_every_width_take_a_gemm_form_and_match_the_oracle(dtype, G):
     """M > 16, bf16 x: every code width runs `quantized_gemv`'s GEMM form (4-bit codes the pair form, others the
     decoded form, `_dot_decoded_gemm`) with the bf16 dot in the source (AMX-BF16's tdpbf16ps where "auto" picks
-    AMX); nothing is rounded before the fp32 sums, so the error is the output's bf16 rounding (2^-8 bound)."""
+    AMX, else the vdpbf16ps stand-in); nothing is rounded before the fp32 sums, so the error is the output's
+    bf16 rounding (2^-8 bound)."""
     rng = np.random.default_rng(7)
     qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, G)
     x = torch.from_numpy(rng.standard_normal((40, 256)).astype(np.float32)).bfloat16()
@@ -287,7 +288,7 @@ def test_bf16_gemms_of_every_width_take_a_gemm_form_and_match_the_oracle(dtype, 
     err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
     assert np.isfinite(err) and err < 2.0**-8, err
     (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
-    dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else ("llvm.x86.avx512.dpbf16ps.512" if dtype == "int4" else "")
+    dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN  # AMX's tiles, else vdpbf16ps blocks (both forms)
     assert kernel.program.name == "quantized_gemv" and dot in kernel.source
 
 
