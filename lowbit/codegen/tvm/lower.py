@@ -278,6 +278,17 @@ def _bf16_parts(x: str, lanes: int) -> list[str]:
     return [hi, mid, top(f"{rest} - {mid}")]
 
 
+def _pair_vector(q: str, jv: str, BN: int, tiled: bool) -> str:
+    """The flat index in a decoded pair tile bp ([KP, BN] bf16 pairs) of the 16 lanes of pair row q and column
+    vector jv: row-major (q·BN + 16·jv, what `_block_dot`'s vectors read) or, `tiled`, AMX B tiles one after
+    another (tile (q / 16, jv) of 1 KiB, its 16 pair rows 64 bytes apart). Row-major rows of BN = 256 columns lie
+    1 KiB apart, so one B tile's 16 rows fell in 4 of L1's 64 sets and a pass's 64 pair rows x 4 tiles in 16
+    lines a set (12 ways): every 16-row block of a re-read the pass's B tiles from L2."""
+    if not tiled:
+        return f"({q}) * {BN} + ({jv}) * 16"
+    return f"(T.floordiv({q}, 16) * {BN // 16} + {jv}) * 256 + T.floormod({q}, 16) * 16"
+
+
 def _pair_rows(buf: str, kp: int) -> Callable[[str, str], str]:
     """(row, c) -> the address of pair 16·c of `row` in the staged pairs `buf` [rows, kp] (int32)."""
     return lambda r, c: f"T.address_of({buf}[({r}) * {kp} + {c} * 16])"
@@ -2227,11 +2238,11 @@ class _Emitter:
             wv = self.fresh("wv")
             self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
             self.line(f"    for {s} in T.unroll(4):")
-            dst = f"{bp}[T.Ramp(({ko} * 4 + {s}) * {BN} + {jv} * 16, 1, 16)]"
+            dst = f"{bp}[T.Ramp({_pair_vector(f'{ko} * 4 + {s}', jv, BN, amx)}, 1, 16)]"
             self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
             self.depth -= 1
             if amx:
-                self._amx_rows_block(out, direct, xp, bp, BM, KT // 2, BN, scale, ragged)
+                self._amx_rows_block(out, direct, xp, bp, BM, KT // 2, BN, scale, ragged, tiled=True)
             else:
                 self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
@@ -2352,7 +2363,7 @@ class _Emitter:
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
         exact = not (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any()  # codes exact in bf16
-        self._fp32_rows_dot(inst, out, xa, lambda: wd, lambda: self._pair_tile(wd, KT // 2, BN), exact, scale)
+        self._fp32_rows_dot(inst, out, xa, lambda: wd, lambda: self._pair_tile(wd, KT // 2, BN, tiled=True), exact, scale)
 
     def _fp32_rows_dot(
         self,
@@ -2375,7 +2386,7 @@ class _Emitter:
         # fp32 rows on AMX from 64 rows (4096², M = 64 / 256: 0.59x / 0.50x the FMA form's time; M = 16: 1.05x)
         fp32 = a.dtype.name == "float32" and inst.acc_dtype.name == "float32"
         if exact and self._amx_tiles(BM, KT, BN) and BM >= AMX_FP32_ROWS and fp32:
-            self._amx_fp32_rows(out, xa, pairs(), BM, KT, BN, scale)
+            self._amx_fp32_rows(out, xa, pairs(), BM, KT, BN, scale)  # pairs(): AMX B tiles (`_pair_vector`)
             return
         mr, nr = self._block_shape(BM, BN)
         self._block_dot(out, xa, words(), BM, KT, BN, mr, nr, scale, fp32=True)
@@ -2439,17 +2450,18 @@ class _Emitter:
             )
             self.line(f'        {name}[T.Ramp({i} * {KP} + {v} * 16, 1, 16)] = T.reinterpret("int32x16", {pairs})')
         sources = [(_pair_rows(name, KP), f"T.int64({KP * 4})") for name in parts]
-        self._amx_bf16_block(out, sources, bp, BM, KP, BN, scale)
+        self._amx_bf16_block(out, sources, bp, BM, KP, BN, scale, tiled=True)
 
-    def _pair_tile(self, wd: str, KP: int, BN: int) -> str:
+    def _pair_tile(self, wd: str, KP: int, BN: int, tiled: bool) -> str:
         """bp (int32 [KP, BN]): the decoded codes wd (fp32 [2·KP, BN], values exact in bf16) as bf16 pairs, k
-        = 2q in the low half and 2q + 1 in the high half of entry (q, j): AMX's B tiles as they are."""
+        = 2q in the low half and 2q + 1 in the high half of entry (q, j), AMX's pair layout; `tiled`: stored as
+        whole B tiles (`_pair_vector`)."""
         bp, q, jv = self.fresh("bp"), self.fresh("q"), self.fresh("jv")
         self.line(f'{bp} = T.decl_buffer(({KP * BN},), "int32", {self.scope})')
         self.line(f"for {q} in T.serial({KP}):")
         self.line(f"    for {jv} in T.unroll({BN // 16}):")
         lo, hi = (f"{wd}[T.Ramp(({q} * 2 + {h}) * {BN} + {jv} * 16, 1, 16)]" for h in (0, 1))
-        self.line(f"        {bp}[T.Ramp({q} * {BN} + {jv} * 16, 1, 16)] = {_bf16_pair(lo, hi, 16)}")
+        self.line(f"        {bp}[T.Ramp({_pair_vector(q, jv, BN, tiled)}, 1, 16)] = {_bf16_pair(lo, hi, 16)}")
         return bp
 
     def _amx_rows_block(
@@ -2463,22 +2475,23 @@ class _Emitter:
         BN: int,
         scale: tuple[str, str] | None,
         ragged: str | None,
+        tiled: bool,
     ) -> None:
-        """`_amx_bf16_block` over a's bf16 rows: in place where `_direct_rows` found them (`direct`), else the
+        """`_amx_bf16_block` (bp `tiled` or not) over a's bf16 rows: in place where `_direct_rows` found them (`direct`), else the
         staged pairs xp [BM, KP]; with both and `ragged` (the rows guard), in place under it and the staged
         pairs (checked reads) past it."""
         in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
         staged_rows = (_pair_rows(xp, KP), f"T.int64({KP * 4})")
         if in_place is None or ragged is None:
-            self._amx_bf16_block(out, in_place or staged_rows, bp, BM, KP, BN, scale)
+            self._amx_bf16_block(out, in_place or staged_rows, bp, BM, KP, BN, scale, tiled)
             return
         self.line(f"if {ragged}:")
         self.depth += 1
-        self._amx_bf16_block(out, in_place, bp, BM, KP, BN, scale)
+        self._amx_bf16_block(out, in_place, bp, BM, KP, BN, scale, tiled)
         self.depth -= 1
         self.line("else:")
         self.depth += 1
-        self._amx_bf16_block(out, staged_rows, bp, BM, KP, BN, scale)
+        self._amx_bf16_block(out, staged_rows, bp, BM, KP, BN, scale, tiled)
         self.depth -= 1
 
     def decoded_plan(self, inst: I.Dot) -> I.Load | None:
@@ -2555,9 +2568,9 @@ class _Emitter:
             if direct is None or ragged is not None:
                 self.line(f'{xp} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
                 self._stage_pairs(inst, xp, direct, ragged)
-            bp = self._decoded_pairs(load, KT, BN)
+            bp = self._decoded_pairs(load, KT, BN, tiled=amx)
             if amx:
-                self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged)
+                self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged, tiled=True)
             else:  # AVX-512 BF16: vdpbf16ps register blocks over the same pairs
                 mr, nr = self._block_shape(BM, BN)
                 self._block_dot(out, xp, bp, BM, KP, BN, mr, nr, scale)
@@ -2566,23 +2579,23 @@ class _Emitter:
         self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
         self._stage_rows(xa, BM, KT, lambda row, kk, ctx: conv(fa((row, kk), ctx)), ragged)
         words = lambda: self._decode_words(load, KT, BN)  # noqa: E731
-        self._fp32_rows_dot(inst, out, xa, words, lambda: self._decoded_pairs(load, KT, BN), exact, scale)
+        self._fp32_rows_dot(inst, out, xa, words, lambda: self._decoded_pairs(load, KT, BN, tiled=True), exact, scale)
 
     def _decode_words(self, load: I.Load, KT: int, BN: int) -> str:
         """wd (fp32 [KT, BN]): the values of the packed tile `load`'s codes, decoded once (`decoded_plan`'s
         layouts) by `_word_walk`, one code slot at a time."""
         wd = self.fresh("wd")
         self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
-        self._word_walk(load, KT, BN, 1, lambda kk, at, vals: [f"{wd}[({kk}) * {BN} + {at}] = {vals[0]}"])
+        self._word_walk(load, KT, BN, 1, lambda kk, jv, ln, vals: [f"{wd}[({kk}) * {BN} + {jv} * 16 + {ln}] = {vals[0]}"])
         return wd
 
-    def _decoded_pairs(self, load: I.Load, KT: int, BN: int) -> str:
-        """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, values exact
-        in bf16). Where the tile starts at an even k, straight from the words (`_word_walk` by pairs: an odd
+    def _decoded_pairs(self, load: I.Load, KT: int, BN: int, tiled: bool) -> str:
+        """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, `tiled` as
+        there; values exact in bf16). Where the tile starts at an even k, straight from the words (`_word_walk` by pairs: an odd
         per_word walks two word rows a step): each pair of codes decoded and packed into one int32 lane (no
         fp32 tile stored and read again); else through `_decode_words`."""
         if KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
-            return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN)
+            return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN, tiled)
         bp = self.fresh("bp")
         self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
         dt = load.tensor.dtype
@@ -2596,20 +2609,21 @@ class _Emitter:
             for i, v in enumerate(patterns):
                 self.line(f"{tbl}[{i}] = T.int16({int(v) - 65536 if v >= 32768 else int(v)})")
 
-            def lookup(kk: str, at: str, codes: list[str]) -> list[str]:
+            def lookup(kk: str, jv: str, ln: str | None, codes: list[str]) -> list[str]:
                 high = f"T.shift_left({codes[1]}, T.Broadcast(T.int32(16), 16))"
                 idx = f'T.reinterpret("int16x32", T.bitwise_or({codes[0]}, {high}))'
                 pair = (
                     f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.vpermi2var.hi.512", '
                     f"{tbl}[T.Ramp(0, 1, 32)], {idx}, {tbl}[T.Ramp(32, 1, 32)])"
                 )
-                return [f'{bp}[T.Ramp(T.floordiv({kk}, 2) * {BN} + {at}, 1, 16)] = T.reinterpret("int32x16", {pair})']
+                at = _pair_vector(f"T.floordiv({kk}, 2)", jv, BN, tiled)
+                return [f'{bp}[T.Ramp({at}, 1, 16)] = T.reinterpret("int32x16", {pair})']
 
             self._word_walk(load, KT, BN, 2, lookup, codes=True)
             return bp
 
-        def store(kk: str, at: str, vals: list[str]) -> list[str]:
-            return [f"{bp}[T.floordiv({kk}, 2) * {BN} + {at}] = {_bf16_pair(vals[0], vals[1])}"]
+        def store(kk: str, jv: str, ln: str | None, vals: list[str]) -> list[str]:
+            return [f"{bp}[{_pair_vector(f'T.floordiv({kk}, 2)', jv, BN, tiled)} + {ln}] = {_bf16_pair(vals[0], vals[1])}"]
 
         self._word_walk(load, KT, BN, 2, store)
         return bp
@@ -2633,7 +2647,7 @@ class _Emitter:
         KT: int,
         BN: int,
         step: int,
-        store: Callable[[str, str, list[str]], list[str]],
+        store: Callable[[str, str, str | None, list[str]], list[str]],
         codes: bool = False,
     ) -> None:
         """Decode the packed tile `load`'s codes (`decoded_plan`'s layouts) by a walk over its word rows (per_word
@@ -2682,11 +2696,11 @@ class _Emitter:
                 self.line(f"if 0 <= {kk} and {kk} < {KT}:")
                 self.depth += 1
             if codes:
-                for text in store(kk, f"{jv} * 16", vals):
+                for text in store(kk, jv, None, vals):
                     self.line(text)
             else:
                 self.line(f"for {ln} in T.vectorized(16):")
-                for text in store(kk, f"{jv} * 16 + {ln}", vals):
+                for text in store(kk, jv, ln, vals):
                     self.line(f"    {text}")
             self.depth = depth
         self.depth -= 2
@@ -3112,11 +3126,14 @@ class _Emitter:
         KP: int,
         BN: int,
         scale: tuple[str, str] | None = None,
+        tiled: bool = False,
     ) -> None:
         """`_block_dot`'s pair dot on AMX-BF16. a_rows = ((row, c) -> the address of a's bf16 element (row,
         32·c), the int64 bytes from a row to the next): a's rows in k order, 16 of them an A tile of 32 k (a
         bf16 tensor's rows where they lie, or the staged pairs); bp (int32 [KP, BN], a column's pairs: 16 pair
-        rows x 16 columns are a B tile in AMX's pair layout); tdpbf16ps adds 16x16x32 products into fp32 tiles
+        rows x 16 columns are a B tile in AMX's pair layout; row-major, or `tiled`: whole B tiles one after
+        another, `_pair_vector`: 4096², int4, M = 256 / 64, hot, alternating: 5.46 / 1.84 ms against 6.00 /
+        2.03 row-major, int8 5.89 / 1.69 against 6.14 / 1.82); tdpbf16ps adds 16x16x32 products into fp32 tiles
         (each pair's two exact products and the accumulator rounded to fp32 by the instruction, as vdpbf16ps
         does). Columns outermost: a pass's AMX_BF16_SUMS x 16 columns of bp (16 KiB at KP 64) stay in L1 while
         every 16-row A tile streams past (rows outermost re-read all of bp, 64 KiB at BN 256, from L2 per
@@ -3153,17 +3170,22 @@ class _Emitter:
                 call("tilezero", reg(3 + c))
         self.line(f"for {kc} in T.serial({KP // 16}):")
         self.depth += 1
-        b_addr = lambda c: f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])"  # noqa: E731
+        if tiled:  # bp's B tiles one after another (`_pair_vector`): 64 bytes from a pair row to the next
+            b_addr = lambda c: f"T.address_of({bp}[({kc} * {nb} + {nj} * {cols} + {c}) * 256])"  # noqa: E731
+            b_stride = "T.int64(64)"
+        else:
+            b_addr = lambda c: f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])"  # noqa: E731
+            b_stride = f"T.int64({BN * 4})"
         if len(sources) == 1:  # a's tile once, b's tiles in turn through registers 1 and 2
             a_tile, a_stride = sources[0]
             call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
             for c in range(cols):
                 b = 1 + c % 2
-                call("tileloadd64", reg(b), b_addr(c), f"T.int64({BN * 4})")
+                call("tileloadd64", reg(b), b_addr(c), b_stride)
                 call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
         else:  # b's tiles held (registers 1, 2), the sources' a tiles in turn through registers 0 and 7
             for c in range(cols):
-                call("tileloadd64", reg(1 + c), b_addr(c), f"T.int64({BN * 4})")
+                call("tileloadd64", reg(1 + c), b_addr(c), b_stride)
             for n, (a_tile, a_stride) in enumerate(sources):
                 a = 0 if n % 2 == 0 else 7
                 call("tileloadd64", reg(a), a_tile(f"{mi} * 16", kc), a_stride)

@@ -181,6 +181,9 @@ def test_amx_pair_gemm_reads_x_in_place_and_stages_only_a_ragged_row_tile():
     _, _, whole = run("int4", 64, 128, 256, 128, {"bf16_dot": "amx"}, BM=64)
     loads = [ln for ln in whole.source.splitlines() if "tileloadd64" in ln and "T.int8(0)" in ln]
     assert loads and all("x_1[" in ln or "xp[" in ln for ln in loads) and any("x_1[" in ln for ln in loads)
+    # b's decoded pairs are stored as whole B tiles, 64 bytes from a pair row to the next (`_pair_vector`)
+    b_loads = [ln for ln in whole.source.splitlines() if "tileloadd64" in ln and "bp" in ln]
+    assert b_loads and all(ln.rstrip().endswith("T.int64(64)))") for ln in b_loads)
     err, bound, ragged = run("int4", 40, 128, 256, 128, {"bf16_dot": "amx"}, BM=64)  # one tile, 24 rows past x
     assert err < bound and "if not (" in ragged.source
 
