@@ -381,3 +381,18 @@ def test_w4a8_on_cuda_equals_numpy(m):
     x = torch.randn(m, 512, dtype=torch.float16, device="cuda")
     y = quantized_linear(x, qw, backend="triton")
     assert relative_error(y.double().cpu().numpy(), reference(x.float().cpu().numpy(), qw)) <= bound(qw, m, "float16")
+
+
+@pytest.mark.parametrize("backend", [b for b in ("reference", "tvm") if b in available_backends()])
+@pytest.mark.parametrize("name,M", [("int1", 1), ("uint1", 1), ("int1", 20)])
+def test_per_channel_zeros_where_most_codes_sit_at_the_zero(backend, name, M):
+    """1-bit per-channel weights with zeros quantize Gaussian weights to mostly the zero code, so y is ~50x
+    smaller than both p = Σ x·q and asum·z: the GEMV takes their difference per K tile (`quantized_gemv`), not
+    once over all of K, where the fp32 sums' errors reached 1.0e-4 of y at K = 4096 (TVM, fp32 x)."""
+    K = 4096
+    qw = quantize(weight(64, K, 7), name, -1, symmetric=False, zero_mode="post")
+    x = activations((M, K), "float32", 7)
+    ref = reference(x, qw)
+    assert np.abs(x.astype(np.float64)).sum(1).mean() > 30 * np.abs(ref).mean()  # the cancellation is there
+    err = relative_error(quantized_linear(x, qw, backend=backend), ref)
+    assert err <= bound(qw, M, "float32"), f"{name} M={M} {backend}: {err}"
