@@ -2424,7 +2424,9 @@ class _Emitter:
         self.line(f"        {dst} = {_permvar(f'{tbl}[T.Ramp(0, 1, 16)]', idx)}")
         self.depth -= 1
         exact = not (np.asarray(table[:16], np.float32).view(np.uint32) & 0xFFFF).any()  # codes exact in bf16
-        self._fp32_rows_dot(inst, out, xa, lambda: wd, lambda: self._pair_tile(wd, KT // 2, BN, tiled=True), exact, scale)
+        self._fp32_rows_dot(
+            inst, out, xa, lambda: wd, lambda: self._pair_tile(wd, KT // 2, BN, tiled=True), exact, scale
+        )
 
     def _fp32_rows_dot(
         self,
@@ -2464,7 +2466,7 @@ class _Emitter:
         staged (`_stage_rows`, checked reads past `ragged`) where AMX cannot read them in place (`direct` None),
         else only a ragged row tile's, with checked reads (the in-place tiles run under `ragged`)."""
         a = inst.a
-        BM, KT = (int(n) for n in a.shape)
+        KT = int(a.shape[1])
         fa, conv = self.get(a), _to_value_type(a.dtype, inst.acc_dtype)
 
         def pair(row: str, q: str, ctx: _Ctx) -> str:
@@ -2537,9 +2539,9 @@ class _Emitter:
         ragged: str | None,
         tiled: bool,
     ) -> None:
-        """`_amx_bf16_block` (bp `tiled` or not) over a's bf16 rows: in place where `_direct_rows` found them (`direct`), else the
-        staged pairs xp [BM, KP]; with both and `ragged` (the rows guard), in place under it and the staged
-        pairs (checked reads) past it."""
+        """`_amx_bf16_block` (bp `tiled` or not) over a's bf16 rows: in place where `_direct_rows` found them
+        (`direct`), else the staged pairs xp [BM, KP]; with both and `ragged` (the rows guard), in place under it
+        and the staged pairs (zero rows past the tensor) past it."""
         in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
         staged_rows = (_pair_rows(xp, KP), f"T.int64({KP * 4})")
         if in_place is None or ragged is None:
@@ -2646,14 +2648,16 @@ class _Emitter:
         layouts) by `_word_walk`, one code slot at a time."""
         wd = self.fresh("wd")
         self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
-        self._word_walk(load, KT, BN, 1, lambda kk, jv, ln, vals: [f"{wd}[({kk}) * {BN} + {jv} * 16 + {ln}] = {vals[0]}"])
+        self._word_walk(
+            load, KT, BN, 1, lambda kk, jv, ln, vals: [f"{wd}[({kk}) * {BN} + {jv} * 16 + {ln}] = {vals[0]}"]
+        )
         return wd
 
     def _decoded_pairs(self, load: I.Load, KT: int, BN: int, tiled: bool) -> str:
         """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, `tiled` as
-        there; values exact in bf16). Where the tile starts at an even k, straight from the words (`_word_walk` by pairs: an odd
-        per_word walks two word rows a step): each pair of codes decoded and packed into one int32 lane (no
-        fp32 tile stored and read again); else through `_decode_words`."""
+        there; values exact in bf16). Where the tile starts at an even k, straight from the words (`_word_walk`
+        by pairs: an odd per_word walks two word rows a step): each pair of codes decoded and packed into one
+        int32 lane (no fp32 tile stored and read again); else through `_decode_words`."""
         if KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
             return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN, tiled)
         bp = self.fresh("bp")
@@ -2683,7 +2687,9 @@ class _Emitter:
             return bp
 
         def store(kk: str, jv: str, ln: str | None, vals: list[str]) -> list[str]:
-            return [f"{bp}[{_pair_vector(f'T.floordiv({kk}, 2)', jv, BN, tiled)} + {ln}] = {_bf16_pair(vals[0], vals[1])}"]
+            return [
+                f"{bp}[{_pair_vector(f'T.floordiv({kk}, 2)', jv, BN, tiled)} + {ln}] = {_bf16_pair(vals[0], vals[1])}"
+            ]
 
         self._word_walk(load, KT, BN, 2, store)
         return bp
