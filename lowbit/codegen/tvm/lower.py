@@ -762,6 +762,9 @@ class _Emitter:
         visit(self.p.body, 0)
         # the in-place accumulate pattern: `%r = dot a, b, %acc ; %acc <- %r`
         self.inplace: dict[int, Tile] = {}
+        # tiles read from a staged copy of their rows while `_ragged_rows` emits a fast path over them: AMX
+        # must not tile-load them from their tensor (`_direct_rows`)
+        self.restaged: set[int] = set()
         self._find_inplace(self.p.body)
         # the scaled accumulate pattern `%p = dot a, b ; %r = mul %p, %s ; %u = add %acc, %r ; %acc <- %u` (%s
         # broadcasts a [1, BN] row defined before the dot): dot tile -> (that row, %acc, %r, %u), which a dot
@@ -1354,7 +1357,10 @@ class _Emitter:
                     for d in chain:
                         self._dot_generic(d, out)
 
-                self._guarded(chain, out, lambda: self._dot_amx(chain, out, zeroed=True), slow_path=slow)
+                # a ragged row tile of one dot: AMX over a staged copy of its rows (`_ragged_rows`)
+                ragged = self._row_guard(inst) if len(chain) == 1 and int(BM) > 1 else None
+                amx = lambda: self._dot_amx(chain, out, zeroed=True)  # noqa: E731
+                self._guarded(chain, out, lambda: self._ragged_rows(inst, ragged, amx), slow_path=slow, drop=ragged)
                 self._bind_chain(t, out)
                 return
             else:
@@ -1602,8 +1608,10 @@ class _Emitter:
         sums that accumulate for `chunk` quads, vpmaddwd with ones widens them into the i32 accumulators.
         One row block (tm >= BM): `_dot_int8_rows`; several: `_dot_int8_columns`. A "vnni" plan runs
         `_dot_vnni` instead (vpdpbusd, 16 columns per vector, no i16 stage). The fast path needs every load in
-        bounds; the ragged case takes the generic loops."""
-        self._guarded(inst, out, lambda: self._dot_int8_fast(inst, out, plan))
+        bounds but a's rows: a ragged row tile runs over a staged copy of them (`_ragged_rows`)."""
+        ragged = self._row_guard(inst) if int(inst.a.shape[0]) > 1 else None
+        fast = lambda: self._ragged_rows(inst, ragged, lambda: self._dot_int8_fast(inst, out, plan))  # noqa: E731
+        self._guarded(inst, out, fast, drop=ragged)
 
     def _guarded(
         self,
@@ -1690,10 +1698,12 @@ class _Emitter:
         self.line(f'{staged} = T.decl_buffer(({BM * KT},), "{buffer_type(a.dtype)}", {self.scope})')
         self._stage_checked_rows(inst, staged, KT, lambda i, q, ctx: fa((i, q), ctx), self.const(0, a.dtype))
         self.fn[id(a)] = lambda idx, ctx: f"{staged}[{idx[0]} * {KT} + {idx[1]}]"
+        self.restaged.add(id(a))
         try:
             body()
         finally:
             self.fn[id(a)] = fa
+            self.restaged.discard(id(a))
         self.depth -= 1
 
     def _gemm_form(self, inst: I.Dot, load: I.Load, table: list[float]) -> bool:
@@ -1984,7 +1994,7 @@ class _Emitter:
             if [src[ax] for ax in keep] != [n for n in t.shape if n != 1] or len(keep) != 2 or 1 in t.shape:
                 return None
             inst = self.defs.get(id(inst.x))
-        if not isinstance(inst, I.Load) or inst.mask is not None or id(t) in self.buf:
+        if not isinstance(inst, I.Load) or inst.mask is not None or id(t) in self.buf or id(t) in self.restaged:
             return None
         tensor = inst.tensor
         size = {"int8": 1, "bfloat16": 2}.get(tensor.dtype.name)

@@ -137,3 +137,48 @@ def test_a_chained_dot_reads_its_operand_as_it_was_before_the_chain():
     assert np.array_equal(y, want.astype(np.int32))
     # one chain: both dots in one loop over 16x16 blocks, each block stored once (unchained: one store per dot)
     assert src.count("llvm.x86.tilestored64") == 1
+
+
+@T.kernel
+def amx_single_dot(
+    a: T.Tensor("int8", ("M", "K")),
+    b: T.Tensor("int8", ("K", "N")),
+    y: T.Tensor("int32", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    BM: T.constexpr = 32,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 64,
+    fresh: T.constexpr = True,
+):
+    """y = a @ b, one int8 dot per K step: a fresh dot added to the total, or one accumulating into it."""
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.int32)
+    for k0 in T.range(0, K, BK):
+        x = T.load(a, (pm * BM, k0), (BM, BK))
+        w = T.load(b, (k0, pn * BN), (BK, BN))
+        if fresh:
+            p = T.dot(x, w, acc_dtype=T.int32)
+            acc += p
+        else:
+            acc += T.dot(x, w, acc_dtype=T.int32)
+    T.store(y, (pm * BM, pn * BN), acc)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+@pytest.mark.parametrize("m", [40, 7, 64])
+def test_a_ragged_row_tile_runs_amx_over_a_staged_copy_of_its_rows(fresh, m):
+    """M = 40 / 7 rows in 32-row tiles: where the tile's rows run past a, the dot runs AMX over a copy of
+    them staged with zero rows (`_ragged_rows`), not the generic loops (W4A8 per group, 4096², M = 13 / 100:
+    27.0 / 28.8 -> 2.7 / 13.7 ms), so both branches carry tdpbssd; exact at the operands' extremes."""
+    rng = np.random.default_rng(m)
+    K, N = 256, 64
+    a = rng.choice(np.array([-128, 127, -1, 0], np.int8), (m, K))
+    b = rng.choice(np.array([-128, 127, 1], np.int8), (K, N))
+    y = np.full((m, N), -7, np.int32)
+    kernel = compile_program(amx_single_dot.trace(BM=32, BN=32, BK=64, fresh=fresh), "tvm", {"int8_dot": "amx"})
+    kernel({"a": a, "b": b, "y": y, "M": m, "N": N, "K": K})
+    assert np.array_equal(y, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+    src = kernel.source
+    assert src.count("llvm.x86.tdpbssd") >= 2 and "ar = T.decl_buffer" in src
