@@ -121,17 +121,17 @@ def test_the_word_walk_handles_tiles_that_start_inside_a_word():
 
 @pytest.mark.parametrize("dtype", ["int3", "int2", "int1", "int4", "uint4", "fp4_e2m1", "int5", "fp6_e3m2"])
 def test_a_ragged_row_tile_walks_a_staged_copy_of_its_rows(dtype):
-    """A 4-row tile over M = 3 rows (M is a runtime argument: one kernel serves both): the walk reads x where
-    it lies while the tile is whole, else a copy of its rows staged with zero rows past x (`_ragged_rows`), so
-    both branches carry the table decode; a ragged tile used to take the generic loops (int3 / fp6 M = 3,
-    4096², 36 / 51 ms against 1.0 / 0.96 ms now)."""
+    """A 4-row tile over M = 3 rows (M is a runtime argument: one kernel serves both): the walk reads a copy
+    of the tile's rows, staged with zero rows past x on a ragged tile (`_ragged_rows`), and keeps its table
+    decode; a ragged tile used to take the generic loops (int3 / fp6 M = 3, 4096², 36 / 51 ms against 1.0 /
+    0.96 ms now)."""
     quant = dict(symmetric=False, zero_mode="post") if dtype.startswith("uint") else {}
     for m in (3, 4, 1):
         err, src = run(dtype, m, 64, 256, 128, {"lut": "avx512", "tm": 4}, seed=m, rows=4, **quant)
         assert err < TOL, (dtype, m, err)
     lookups = [ln for ln in src.splitlines() if re.search(r"llvm\.x86\.avx512\.(perm|vpermi2)", ln)]
     staged = [ln for ln in src.splitlines() if re.search(r"\bar(_\d+)? = T.decl_buffer", ln)]
-    assert staged and lookups and len(lookups) % 2 == 0, (len(staged), len(lookups))
+    assert staged and lookups, (len(staged), len(lookups))
 
 
 @pytest.mark.parametrize("dtype", ["int3", "uint3"])
