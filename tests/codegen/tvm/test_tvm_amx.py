@@ -32,17 +32,25 @@ def amx_dot(
     BK: T.constexpr = 64,
     fresh: T.constexpr = True,
     dependent: T.constexpr = False,
+    single: T.constexpr = False,
 ):
     """y = a @ (b & 15), K a multiple of 2·BK. `fresh`: per 2·BK, a dot without accumulator and a second
     one accumulating into it, their sum added to the running total (the a8 GEMV's shape); else every dot
     accumulates into the total. `dependent` (BN = BK): the second dot's a is (total & 63) as it was before
-    both dots, not a's rows."""
+    both dots, not a's rows. `single`: one dot per BK (no chain), fresh or accumulating."""
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.int32)
-    for k0 in T.range(0, K, 2 * BK):
+    for k0 in T.range(0, K, BK if single else 2 * BK):
         q = T.cast(acc & 63, T.int8) if dependent else None
         x0 = T.load(a, (pm * BM, k0), (BM, BK))
         w0 = T.cast(T.load(b, (k0, pn * BN), (BK, BN)) & 15, T.int8)
+        if single:
+            if fresh:
+                p = T.dot(x0, w0, acc_dtype=T.int32)
+                acc += p
+            else:
+                acc += T.dot(x0, w0, acc_dtype=T.int32)
+            continue
         x1 = q if dependent else T.load(a, (pm * BM, k0 + BK), (BM, BK))
         w1 = T.cast(T.load(b, (k0 + BK, pn * BN), (BK, BN)) & 15, T.int8)
         if fresh:
@@ -141,33 +149,6 @@ def test_a_chained_dot_reads_its_operand_as_it_was_before_the_chain():
     assert src.count("llvm.x86.tilestored64") == 1
 
 
-@T.kernel
-def amx_single_dot(
-    a: T.Tensor("int8", ("M", "K")),
-    b: T.Tensor("int8", ("K", "N")),
-    y: T.Tensor("int32", ("M", "N")),
-    M: T.int32,
-    N: T.int32,
-    K: T.int32,
-    BM: T.constexpr = 32,
-    BN: T.constexpr = 32,
-    BK: T.constexpr = 64,
-    fresh: T.constexpr = True,
-):
-    """y = a @ b, one int8 dot per K step: a fresh dot added to the total, or one accumulating into it."""
-    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
-    acc = T.zeros((BM, BN), T.int32)
-    for k0 in T.range(0, K, BK):
-        x = T.load(a, (pm * BM, k0), (BM, BK))
-        w = T.load(b, (k0, pn * BN), (BK, BN))
-        if fresh:
-            p = T.dot(x, w, acc_dtype=T.int32)
-            acc += p
-        else:
-            acc += T.dot(x, w, acc_dtype=T.int32)
-    T.store(y, (pm * BM, pn * BN), acc)
-
-
 @pytest.mark.parametrize("fresh", [True, False])
 @pytest.mark.parametrize("m", [40, 7, 64])
 def test_a_ragged_row_tile_runs_amx_over_a_staged_copy_of_its_rows(fresh, m):
@@ -175,12 +156,8 @@ def test_a_ragged_row_tile_runs_amx_over_a_staged_copy_of_its_rows(fresh, m):
     them staged with zero rows (`_ragged_rows`), not the generic loops (W4A8 per group, 4096², M = 13 / 100:
     27.0 / 28.8 -> 2.7 / 13.7 ms); exact at the operands' extremes."""
     rng = np.random.default_rng(m)
-    K, N = 256, 64
-    a = rng.choice(np.array([-128, 127, -1, 0], np.int8), (m, K))
-    b = rng.choice(np.array([-128, 127, 1], np.int8), (K, N))
-    y = np.full((m, N), -7, np.int32)
-    kernel = compile_program(amx_single_dot.trace(BM=32, BN=32, BK=64, fresh=fresh), "tvm", {"int8_dot": "amx"})
-    kernel({"a": a, "b": b, "y": y, "M": m, "N": N, "K": K})
-    assert np.array_equal(y, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
-    src = kernel.source
+    a = rng.choice(np.array([-128, 127, -1, 0], np.int8), (m, 256))
+    b = rng.choice(np.array([255, 15, 1, 0], np.uint8), (256, 64))
+    y, src = run(a, b, BM=32, BN=32, BK=64, fresh=fresh, single=True)
+    assert np.array_equal(y, exact(a, b))
     assert "llvm.x86.tdpbssd" in src and "ar = T.decl_buffer" in src
