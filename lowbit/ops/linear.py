@@ -74,6 +74,10 @@ A8_AMX_ROWS = 32  # the a8 GEMV's prefill row tile where its int8 dots run on AM
 # ... and its wide row tile, taken where it pads no more rows (M = 256 at 4096²: 0.90x the time of 32-row tiles,
 # hot, 2 threads, the Xeon VM with AMX; 128-row tiles took 1.17x)
 A8_AMX_WIDE_ROWS = 64
+# column tiles per program of the a8 GEMV's decode plans (`quantized_gemv_a8`'s TILES): each thread then reads
+# two weight streams, not one. 4096² int4, bf16 x, weights streamed (a ring of copies), 2 threads, the Xeon VM,
+# alternating in one process, medians: M = 1 0.397 / 0.408 vs 0.427 / 0.444 ms (two runs), M = 4 0.480 vs 0.519
+A8_DECODE_TILES = 2
 
 
 def _tvm_int8_dot() -> str:
@@ -488,7 +492,7 @@ class A8Plan:
         signed_dot = amx and whole_tiles and wdtype == "int4" and zero_mode == "none"
         self._trace = {
             "wdtype": wdtype, "zero_mode": zero_mode, "G": g, "ydtype": adtype, "sdtype": sdtype, "BN": A8_BN,
-            "biased": biased, "signed_dot": signed_dot,
+            "biased": biased, "signed_dot": signed_dot, "TILES": A8_DECODE_TILES if m is not None else 1,
         }  # fmt: skip
         self._opts = opts
         self.gemv = compile_program(quantized_gemv_a8.trace(**self._trace, BM=self.bm), backend, opts)

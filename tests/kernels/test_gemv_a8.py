@@ -116,7 +116,8 @@ CASES = [
 
 @pytest.mark.parametrize("backend", ["reference", "tvm"])
 @pytest.mark.parametrize("M,N,K,G,wdtype,zero_mode", CASES)
-def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode):
+@pytest.mark.parametrize("tiles", [1, 2])  # 2: decode's programs of two column tiles, the last one past N at N = 32
+def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode, tiles):
     qw, x = gemv_problem(M, N, K, G, wdtype, zero_mode, seed=M * N)
     bm = 1 << (M - 1).bit_length()
     mp = -(-M // bm) * bm
@@ -134,8 +135,9 @@ def test_gemv_a8_equals_its_fp64_formula(backend, M, N, K, G, wdtype, zero_mode)
     if qw.zeros is not None:
         args["zeros"] = tile_group_rows(qw.zeros, BN)
     quantized_gemv_a8.run(
-        backend=backend, **args, M=M, MP=mp, N=N, K=K, wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN
-    )
+        backend=backend, **args, M=M, MP=mp, N=N, K=K, wdtype=wdtype, zero_mode=zero_mode, G=G, BM=bm, BN=BN,
+        TILES=tiles,
+    )  # fmt: skip
     _, _, _, q = quantize_oracle(x, G)
     assert rel(y, gemv_oracle(q, xs[:M], xsum[:M], qw)) < 1e-5
 
