@@ -21,9 +21,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   lowbit_fma     with triton (a GPU's backend), M <= FMA_MAX_M: quantized_linear(kernel="quantized_gemv_fma"), the
                  dot-free GEMV (lowbit.kernels.gemv_fma: CUDA-core FMAs into register tiles, no tensor-core operand
                  staging) on the same fp16 x and weight as the lowbit rows, side by side with the default GEMV
-  lowbit_w4a8    with triton (a GPU's backend): the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`:
-                 uint4 codes, int8 group scales, per-channel fp16 scales) on fp16 x quantized per token inside
-                 the timed call, int8 tensor-core dots; on a GPU the Ms include 1024 and 4096 (`CUDA_MS`)
+  lowbit_w4a8    the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`: uint4 codes, int8 group
+                 scales, per-channel fp16 scales) on x quantized per token inside the timed call: with triton (a
+                 GPU's backend) fp16 x and int8 tensor-core dots, the Ms including 1024 and 4096 (`CUDA_MS`); with
+                 tvm fp32 x (NumPy's quantizer) and the a8 GEMV's u8·i8 dots at every M
   stream         with cache "rotate", M <= STREAM_MAX_M: torch `sum` over the bytes of the int4 weight (a ring of
                  buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
                  bandwidth (the best of two measurements, at the run's start and end)
@@ -85,7 +86,7 @@ A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.ke
 FMA = "quantized_gemv_fma"  # the dot-free GEMV (lowbit.kernels.gemv_fma): lowbit_fma rows on a GPU
 FMA_MAX_M = 4  # its tiles hold up to 4 rows; decode's batch sizes where a GEMV's time is its weight's read
 A8_TOLERANCE = 2e-2  # lowbit_a8: plus the int8 rounding of x (~0.7% relative for Gaussian x, groups of 128)
-W4A8 = "lowbit_w4a8"  # with triton (the GPU's backend): the QoQ w4a8_group weight, int8 x per token
+W4A8 = "lowbit_w4a8"  # the QoQ w4a8_group weight, int8 x per token (a GPU kernel with triton, the a8 GEMV with tvm)
 CACHE_MODES = {
     "rotate": "a ring of weight copies moving >= 256 MiB (GPU: 2x L2) between two uses of one (decode's layers)",
     "flush": "read-modify-write of 2x L3 before every sample",
@@ -203,7 +204,7 @@ class _Case:
     naive: dict[str, Any]
     lowbit: dict[str, Any]  # dtype -> QuantizedWeight
     lowbit_ref: dict[str, Any]  # dtype -> float [N, K] reference weight (or None)
-    w4a8: Any = None  # with triton: the w4a8_group QuantizedWeight (uint4, group_size) of the same weight
+    w4a8: Any = None  # with triton or tvm: the w4a8_group QuantizedWeight (uint4, group_size) of the same weight
     w4a8_ref: Any = None  # its float [N, K] reference weight
     rings: dict[str, list[Any]] = field(default_factory=dict)  # cache "rotate": key -> the weight's copies
 
@@ -280,7 +281,9 @@ def run_report(
     gen = torch.Generator().manual_seed(0)
     for N, K in layers:
         say(f"preparing layer {N}x{K}")
-        qoq = "triton" in chosen  # the W4A8 (QoQ) rows: a GPU kernel (the interpreter when asked for on a CPU)
+        # the W4A8 (QoQ) rows: a GPU kernel with triton (the interpreter when asked for on a CPU); with tvm, the a8
+        # GEMV at every M (`lowbit.ops.linear.w4a8_runs_a8`)
+        qoq = "triton" in chosen or "tvm" in chosen
         case = _prepare(N, K, dtypes, naive_dtypes, group_size, ops if chosen else None, device, gen, say, qoq)
         for M in Ms:
             x = torch.randn(M, K, generator=gen).to(device)  # x: [M, K] fp32

@@ -99,6 +99,32 @@ def quantize_groups_int8(
         T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
 
+@T.kernel
+def regroup_int8(
+    codes: T.Tensor("int8", ("M", "K")),
+    scale: T.Tensor("float32", ("M",)),
+    xq: T.Tensor("int8", ("K // G", "MP", "G")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    M: T.int32,
+    MP: T.int32,
+    K: T.int32,
+    G: T.constexpr = 128,
+    BM: T.constexpr = 1,
+):
+    """Activations already quantized per token (W4A8: codes [M, K] int8, one scale [M] a row) laid out as
+    `quantize_groups_int8` writes them for `quantized_gemv_a8`: the codes group-major, even k then odd k per
+    group, each group's scale the row's, the group's code sum. Rows M..MP-1 come out zero."""
+    (pm,) = T.grid(T.cdiv(MP, BM))
+    s = T.reshape(T.load(scale, (pm * BM,), (BM,)), (BM, 1))  # [BM, 1]; rows >= M read 0
+    for k0 in T.range(0, K, G, name="k0"):
+        q = T.load(codes, (pm * BM, k0), (BM, G))  # [BM, G]
+        even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+        T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
+        T.store(xs, (pm * BM, k0 // G), s)
+        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
+
+
 def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
     """Per-group rows [K // G, N] (scales or zeros) as the a8 GEMV reads them: [⌈N / bn⌉, K // G, bn], block
     j holding columns j·bn .. j·bn + bn − 1 (padding columns 0), contiguous."""
@@ -178,4 +204,4 @@ def quantized_gemv_a8(
         T.store(y, (pm * BM, (pb * TILES + t) * BN), T.cast(accs[t], y.dtype))
 
 
-__all__ = ["A8_DTYPES", "A8_GROUPS", "quantize_groups_int8", "quantized_gemv_a8", "tile_group_rows"]
+__all__ = ["A8_DTYPES", "A8_GROUPS", "quantize_groups_int8", "quantized_gemv_a8", "regroup_int8", "tile_group_rows"]

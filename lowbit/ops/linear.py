@@ -12,7 +12,11 @@ Kernel choice (documented rule):
                         (`QuantizedWeight.fits_float16`: |ŵ| past 65504, or channels in its subnormals) runs
                         `quantized_gemv` at every M (the GEMM rounds its dequantized tile to x's dtype).
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
-                        (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant).
+                        (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant); on
+                        TVM (the CPU), `quantized_gemv_a8` at every M (`w4a8_runs_a8`; row tiles past 16):
+                        the per-token codes regrouped (`regroup_int8`), scales s2·s1 and zero points per
+                        group (`_w4a8_gemv_operands`), the GEMM's integer sums scaled per group in fp32 (no
+                        int8 dequantization of the weight); 4096², hot: M = 1 0.4 vs 5 ms, M = 256 ~5 vs 29.
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
                         bucket): 4-bit w_a16 weights, any M (row tiles up to 16: a prefill runs it too); x is
                         quantized to int8 per row and per weight group (`quantize_groups_int8`), then
@@ -50,7 +54,14 @@ from lowbit.codegen.tune.records import lookup as pinned_config
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.gemv_a8 import A8_DTYPES, A8_GROUPS, quantize_groups_int8, quantized_gemv_a8, tile_group_rows
+from lowbit.kernels.gemv_a8 import (
+    A8_DTYPES,
+    A8_GROUPS,
+    quantize_groups_int8,
+    quantized_gemv_a8,
+    regroup_int8,
+    tile_group_rows,
+)
 from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
@@ -298,10 +309,19 @@ def quantized_linear(
         return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
-        xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
-        if m:
-            fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
-            _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
+        if m and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
+            import torch
+
+            # y not from `_kernel_io`: no zero fill, a parallel torch op whose OpenMP workers, unless they wait
+            # passively (lowbit/__init__.py), spin on the cores TVM's pool then needs (4096² M = 16: 4.0 vs 0.4 ms)
+            qa, sa = _quantize_tokens(x2)  # per token, as the W4A8 GEMM's callers quantize
+            ya = torch.empty((m, n), dtype=getattr(torch, adtype))
+            a8_plan(qweight, m, backend, adtype).run_int8(torch.from_numpy(qa), torch.from_numpy(sa), ya)
+        else:
+            xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
+            if m:
+                fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
+                _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
         y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
@@ -383,11 +403,19 @@ def quantized_linear_int8(
     m = qa.shape[0]
     host = as_dtype(out_dtype).host_dtype
     y: Any = np.zeros((m, n), host)
-    if backend != "reference" and (is_torch or out_dtype == "bfloat16"):
+    gemv = w4a8_runs_a8(qweight, m, backend)
+    if gemv:
+        import torch
+
+        # y not zero-filled by torch right before the kernel (see `quantized_linear`)
+        y = torch.empty((m, n), dtype=getattr(torch, out_dtype))
+        codes, scale = torch.from_numpy(np.ascontiguousarray(qa)), torch.from_numpy(sa.astype(np.float32))
+        a8_plan(qweight, m, backend, out_dtype).run_int8(codes, scale, y)
+    elif backend != "reference" and (is_torch or out_dtype == "bfloat16"):
         import torch
 
         y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
-    if m:
+    if m and not gemv:
         fixed, args = _w4a8_arguments(qweight, _host_arrays(qweight), qa, sa.astype(np.float32), y, out_dtype)
         _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
     y2 = y if isinstance(y, np.ndarray) else _host(y, True)
@@ -440,6 +468,42 @@ def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
     return tiled
 
 
+def w4a8_runs_a8(qw: QuantizedWeight, m: int, backend: str) -> bool:
+    """Whether a W4A8 weight's M rows run `quantized_gemv_a8` (module docstring): on TVM, M > 0, a weight the
+    GEMV takes (`w4a8_gemv_group`); past GEMV_MAX_M rows in row tiles, as a w_a16 prefill with int8 x."""
+    return backend == "tvm" and m > 0 and w4a8_gemv_group(qw) is not None
+
+
+def w4a8_gemv_group(qw: QuantizedWeight) -> int | None:
+    """The group size at which `quantized_gemv_a8` runs a W4A8 weight (None: it cannot; the W4A8 GEMM does):
+    its group size where the GEMV takes it (`A8_GROUPS`), else, for one scale row per channel (w4a8_channel,
+    group -1) or a larger group, the largest of A8_GROUPS dividing it (the rows repeated)."""
+    k = qw.in_features
+    if qw.scheme == "w_a16" or qw.dtype.name not in A8_DTYPES or qw.zeros is None or qw.zero_mode != "post":
+        return None
+    gw = k if qw.group_size == -1 else qw.group_size
+    return next((g for g in sorted(A8_GROUPS, reverse=True) if gw % g == 0), None)
+
+
+def _w4a8_gemv_operands(qw: QuantizedWeight, g: int) -> tuple[QuantizedWeight, np.ndarray, np.ndarray]:
+    """A W4A8 weight as `quantized_gemv_a8` reads it at group size g (made once, kept on the weight): its codes
+    column-tiled, float32 scales and zero points column-tiled (`tile_group_rows`), a row per group of g.
+    w4a8_group: ŵ = (q − z)·s2·s1, so the scale is s2·s1 (int8 times float16: exact in float32) and the GEMV's
+    per-group (p − z·Σxq)·sx·s sums what the W4A8 GEMM's int32 dot scales once; w4a8_channel: s and z."""
+    key = f"_a8_w4a8_{g}"
+    ops = qw.__dict__.get(key)
+    if ops is None:
+        k = qw.in_features
+        assert qw.zeros is not None  # `w4a8_gemv_group` took the weight
+        s = qw.scales.astype(np.float32)
+        if qw.channel_scales is not None:
+            s = s * qw.channel_scales.astype(np.float32)[None, :]
+        reps = (k if qw.group_size == -1 else qw.group_size) // g
+        s, z = np.repeat(s, reps, axis=0), np.repeat(qw.zeros.astype(np.float32), reps, axis=0)
+        ops = qw.__dict__[key] = (retile_columns(qw, A8_BN), tile_group_rows(s, A8_BN), tile_group_rows(z, A8_BN))
+    return ops
+
+
 def _group_tiles(qw: QuantizedWeight, field: str) -> np.ndarray:
     """`qw.scales` / `qw.zeros` column-tiled for the a8 GEMV (`tile_group_rows`), made once per weight and
     kept on it, so the plans of every row bucket share one copy."""
@@ -464,9 +528,21 @@ class A8Plan:
     def __init__(self, qw: QuantizedWeight, m: int | None, backend: str, adtype: str):
         self.n, self.k = qw.shape
         self.m, self.backend = m, backend
-        g = _a8_group(qw.group_size, self.k)
-        qw = a8_weight(qw)  # column-tiled; an int4 weight as offset binary
-        biased = is_offset_binary(qw)  # int4 stored as u = q + 8: the kernel skips its xor and the zero points
+        # a W4A8 weight: activations arrive quantized per token (`run_int8`), regrouped rather than quantized
+        self.int8_input = qw.scheme != "w_a16"
+        zeros: np.ndarray | None
+        if self.int8_input:
+            g = w4a8_gemv_group(qw)
+            if g is None:
+                raise ValueError(f"A8Plan: this {qw.scheme} weight has no group size the a8 GEMV takes")
+            qw, scales, zeros = _w4a8_gemv_operands(qw, g)
+            biased = False
+        else:
+            g = _a8_group(qw.group_size, self.k)
+            qw = a8_weight(qw)  # column-tiled; an int4 weight as offset binary
+            biased = is_offset_binary(qw)  # int4 stored as u = q + 8: the kernel skips its xor and the zero points
+            scales = _group_tiles(qw, "scales")
+            zeros = _group_tiles(qw, "zeros") if qw.zeros is not None and not biased else None
         amx = backend == "tvm" and _tvm_int8_dot() == "amx"
         # prefill row tiles: 32 on AMX (two 16-row tiles share each decoded weight tile: M = 64 / 256 took 0.83x
         # / 0.79x the time of 16-row tiles, hot, 2 threads, on the Xeon VM with AMX)
@@ -478,11 +554,16 @@ class A8Plan:
         opts: dict[str, Any] = {"tm": 2, "index64": True} if backend == "tvm" else {}
         if amx and self.bm >= 16:  # AMX tiles: no software prefetch (0.80x / 0.89x the time at M = 16 / 64)
             opts["prefetch"] = 0
-        sdtype = str(qw.scales.dtype)
+        sdtype = str(scales.dtype)
         # decode rows quantize on the calling thread (`serial_options`); a prefill's row blocks in parallel (M =
         # 256, K = 4096: 1.1 ms serially, next to a 5.2 ms AMX GEMV)
         qopts = serial_options(backend) if m is not None else {}
-        self.quant = compile_program(quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm), backend, qopts)
+        first = (
+            regroup_int8.trace(G=g, BM=self.bm)
+            if self.int8_input
+            else quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm)
+        )
+        self.quant = compile_program(first, backend, qopts)
         wdtype, zero_mode = ("int4", "none") if biased else (qw.dtype.name, qw.zero_mode)
         # AMX's signed x signed dot takes int4 codes as 16·q bytes: no offset correction per output (M = 64 / 256:
         # 0.86-0.96x the time of the unsigned form, hot, same process, the same sums; `quantized_gemv_a8`). Only
@@ -490,9 +571,12 @@ class A8Plan:
         # operand, so elsewhere the signed form would take the generic loops
         whole_tiles = self.bm % 16 == 0 and (g // 2) % 64 == 0
         signed_dot = amx and whole_tiles and wdtype == "int4" and zero_mode == "none"
+        # two column tiles per program at decode, but not for row tiles of 2-8 rows with zero points: their
+        # registers spill (4096² M = 4, hot: 0.59 vs 0.28 ms)
+        tiles = A8_DECODE_TILES if m is not None and (self.bm == 1 or zeros is None) else 1
         self._trace = {
             "wdtype": wdtype, "zero_mode": zero_mode, "G": g, "ydtype": adtype, "sdtype": sdtype, "BN": A8_BN,
-            "biased": biased, "signed_dot": signed_dot, "TILES": A8_DECODE_TILES if m is not None else 1,
+            "biased": biased, "signed_dot": signed_dot, "TILES": tiles,
         }  # fmt: skip
         self._opts = opts
         self.gemv = compile_program(quantized_gemv_a8.trace(**self._trace, BM=self.bm), backend, opts)
@@ -502,15 +586,16 @@ class A8Plan:
         self._wide_gemv: Any = None
         self._wide_lock = threading.Lock()  # the executor's threads may run one prefill plan at once
         words = qw.words.view(np.int32).reshape(-(-self.n // A8_BN), self.k // 8, A8_BN)
-        self.fixed: dict[str, Any] = {"w": words, "scales": _group_tiles(qw, "scales")}
-        if qw.zeros is not None and not biased:
-            self.fixed["zeros"] = _group_tiles(qw, "zeros")
+        self.fixed: dict[str, Any] = {"w": words, "scales": scales}
+        if zeros is not None:
+            self.fixed["zeros"] = zeros
         self.sizes = {"N": self.n, "K": self.k} if m is None else {"M": m, "MP": self.mp, "N": self.n, "K": self.k}
         self.direct = backend == "tvm"
         if self.direct:  # kernels called with their arguments bound (lowbit.kernels.launch.bind)
             rows = ("M", "MP") if m is None else ()
             quant_sizes = {"K": self.k} if m is None else {"M": m, "MP": self.mp, "K": self.k}
-            self._quant = bind(self.quant, quant_sizes, ("x", "xq", "xs", "xsum", *rows))
+            inputs = ("codes", "scale") if self.int8_input else ("x",)
+            self._quant = bind(self.quant, quant_sizes, (*inputs, "xq", "xs", "xsum", *rows))
             self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y", *rows))
             self._scratch = threading.local()
 
@@ -557,26 +642,38 @@ class A8Plan:
         return bufs
 
     def run(self, x2: Any, y2: Any) -> None:
-        m = int(x2.shape[0]) if self.m is None else self.m
+        """y2 [M, N] from float activations x2 [M, K] (a w_a16 weight's plan)."""
+        if self.int8_input:
+            raise ValueError("A8Plan.run: this W4A8 plan takes activations quantized per token; call run_int8")
+        self._launch({"x": x2}, y2, int(x2.shape[0]))
+
+    def run_int8(self, codes: Any, scale: Any, y2: Any) -> None:
+        """A W4A8 weight's y2 [M, N] from activations quantized per token: codes [M, K] int8, scale [M] float32."""
+        if not self.int8_input:
+            raise ValueError("A8Plan.run_int8: this plan quantizes float activations; call run(x2, y2)")
+        self._launch({"codes": codes, "scale": scale}, y2, int(codes.shape[0]))
+
+    def _launch(self, inputs: dict[str, Any], y2: Any, rows: int) -> None:
+        m = rows if self.m is None else self.m
         mp = -(-m // self.bm) * self.bm
         if not self.direct:
             xq = np.zeros((self.groups, mp, self.k // self.groups), np.int8)
             xs = np.zeros((mp, self.groups), np.float32)
             xsum = np.zeros((mp, self.groups), np.int32)
             sizes = {**self.sizes, "M": m, "MP": mp}
-            self.quant({"x": x2, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": self.k})
+            self.quant({**inputs, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": self.k})
             self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **sizes})
             return
         if self.m is None:
             if m == 0:
                 return
             xq, xs, xsum = self._buffers(mp)
-            self._quant(x2, xq, xs, xsum, m, mp)
+            self._quant(*inputs.values(), xq, xs, xsum, m, mp)
             wide = self.wide and mp >= A8_AMX_WIDE_ROWS and mp % A8_AMX_WIDE_ROWS == 0
             (self._wide() if wide else self._gemv)(xq, xs, xsum, y2, m, mp)
             return
         xq, xs, xsum = self._buffers()
-        self._quant(x2, xq, xs, xsum)
+        self._quant(*inputs.values(), xq, xs, xsum)
         self._gemv(xq, xs, xsum, y2)
 
 

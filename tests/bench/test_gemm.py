@@ -175,6 +175,12 @@ def test_rotate_times_a_ring_of_independent_weight_copies(machine, monkeypatch):
     streams = [row for row in r.rows if row.method == gemm.STREAM]
     assert [row.M for row in streams] == [1, 2]
     assert all(row.bytes == 128 * 256 // 2 + 128 * 2 * 2 and row.backend == "torch" for row in streams)
+    # the QoQ W4A8 rows on tvm (the a8 GEMV), checked against the weight's own dequantization with x's rounding
+    qoq = [row for row in r.rows if row.method == gemm.W4A8]
+    assert [(row.M, row.dtype, row.backend, row.peak_dtype) for row in qoq] == [
+        (m, "uint4", "tvm", "int8") for m in (1, 2)
+    ]
+    assert all(row.rel_error is not None and row.rel_error <= gemm.A8_TOLERANCE for row in qoq)
     from lowbit.ops import quantize
 
     qw = quantize(np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32), "int4", 64)

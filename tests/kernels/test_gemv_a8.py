@@ -19,7 +19,7 @@ import torch
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.dtypes import decode
-from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, tile_group_rows
+from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, regroup_int8, tile_group_rows
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
@@ -266,3 +266,27 @@ def test_a8_path_at_avx512_width(M, N, K, G, wdtype, zero_mode, mode):
     want = "vnni" if mode == "amx" and bm % 16 else mode
     assert INT8_INTRINSIC[want] in source and "T.vectorized(16)" in source  # the fast dot, 16 lanes
     assert (INT8_INTRINSIC["amx"] in source) == (want == "amx")
+
+
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+@pytest.mark.parametrize("M,MP,G,BM", [(3, 4, 64, 4), (1, 1, 128, 1), (16, 16, 32, 16)])
+def test_regroup_lays_out_per_token_codes_as_the_quantizer_does(backend, M, MP, G, BM):
+    """W4A8 codes quantized per token, regrouped: group-major, even k then odd k, the row's scale per group,
+    the group's code sum; padding rows zero (the outputs start as garbage)."""
+    rng = np.random.default_rng(M * G)
+    K = 4 * G
+    codes = rng.integers(-127, 128, (M, K)).astype(np.int8)
+    scale = rng.random(M).astype(np.float32)
+    xq = np.full((K // G, MP, G), 99, np.int8)
+    xs = np.full((MP, K // G), np.nan, np.float32)
+    xsum = np.full((MP, K // G), 7, np.int32)
+    regroup_int8.run(backend=backend, codes=codes, scale=scale, xq=xq, xs=xs, xsum=xsum, M=M, MP=MP, K=K, G=G, BM=BM)
+    assert (xq[:, :M] == rows_to_groups(codes, G)).all() and (xq[:, M:] == 0).all()
+    assert (xs[:M] == scale[:, None]).all() and (xs[M:] == 0).all()
+    assert (xsum[:M] == codes.astype(np.int32).reshape(M, K // G, G).sum(-1)).all() and (xsum[M:] == 0).all()
+
+
+def rows_to_groups(codes: np.ndarray, G: int) -> np.ndarray:
+    """[M, K] codes as [K // G, M, G], each group's even-k codes then its odd-k codes."""
+    m, k = codes.shape
+    return codes.reshape(m, k // G, G // 2, 2).transpose(1, 0, 3, 2).reshape(k // G, m, G)
