@@ -384,15 +384,20 @@ def quantized_linear_int8(
     is_torch = _is_torch(xq)
     n, k = qweight.shape
     backend = select_backend(backend)
-    if is_torch and _is_torch(sx) and _on_launch_device(xq, backend):
-        # on the Triton launch device: the weight's device copy, y allocated there, no host round trip
+    rows = int(xq.shape[0]) if is_torch and xq.ndim == 2 else -1
+    cpu_a8 = is_torch and _is_torch(sx) and xq.device.type == "cpu" and w4a8_runs_a8(qweight, rows, backend)
+    if cpu_a8 or (is_torch and _is_torch(sx) and _on_launch_device(xq, backend)):
+        # on the Triton launch device (the weight's device copy) or the CPU's a8 path: y allocated where x lies
+        # (not zero-filled: see `quantized_linear`), no NumPy round trip
         import torch
 
         m = int(xq.shape[0]) if xq.ndim == 2 else -1
         if xq.dtype != torch.int8 or m < 0 or xq.shape[1] != k or tuple(sx.shape) != (m,):
             raise ValueError(f"xq {xq.dtype}{list(xq.shape)}, sx {list(sx.shape)}: expected int8 [M, {k}] and [M]")
         yd = torch.empty((m, n), dtype=getattr(torch, out_dtype), device=xq.device)
-        if m:
+        if cpu_a8:
+            a8_plan(qweight, m, backend, out_dtype).run_int8(xq.contiguous(), sx.float().contiguous(), yd)
+        elif m:
             arrays = device_weight(qweight, xq.device)
             fixed, args = _w4a8_arguments(qweight, arrays, xq.contiguous(), sx.float(), yd, out_dtype)
             _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
