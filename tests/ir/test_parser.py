@@ -702,8 +702,11 @@ def _library() -> dict[str, tuple[Kernel, st.SearchStrategy[dict[str, object]]]]
         "quantized_gemm:quantized_gemm_persistent": quantized,
         "gemv:quantized_gemv": quantized,
         "gemv_fma:quantized_gemv_fma": quantized,
-        "gemv_a8:quantized_gemv_a8": dict(wdtype=weights, zero_mode=zero_mode, biased=flag, ydtype=floats),
+        "gemv_a8:quantized_gemv_a8": dict(
+            wdtype=weights, zero_mode=zero_mode, biased=flag, ydtype=floats, TILES=st.sampled_from([1, 2])
+        ),
         "gemv_a8:quantize_groups_int8": dict(G=st.sampled_from([32, 128]), adtype=floats),
+        "gemv_a8:regroup_int8": dict(G=st.sampled_from([32, 128]), BM=st.sampled_from([1, 4])),
         "w4a8:w4a8_gemm_per_group": dict(G=st.sampled_from([32, 64, 128]), ydtype=floats),
         "w4a8:w4a8_gemm_per_group_persistent": {},
         "w4a8:w4a8_gemm_per_channel": dict(ydtype=floats),
