@@ -307,6 +307,14 @@ def quantized_linear(
         ya = _torch_empty((m, n), x)
         bound_launcher(qweight, m, adtype)(x.reshape(m, k), ya)
         return _torch_result(ya, bias, shape, out)
+    elif is_torch and x.device.type == "cpu" and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
+        # CPU torch activations of a W4A8 weight: quantized per token, the a8 plan, the result stays torch
+        import torch
+
+        qa, sa = _quantize_tokens(_host(x, True).reshape(m, k))
+        ya = _torch_empty((m, n), x)
+        a8_plan(qweight, m, backend, adtype).run_int8(torch.from_numpy(qa), torch.from_numpy(sa), ya)
+        return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         if m and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
