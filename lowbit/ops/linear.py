@@ -16,7 +16,7 @@ Kernel choice (documented rule):
                         TVM (the CPU), `quantized_gemv_a8` at every M (`w4a8_runs_a8`; row tiles past 16):
                         the per-token codes regrouped (`regroup_int8`), scales s2·s1 and zero points per
                         group (`_w4a8_gemv_operands`), the GEMM's integer sums scaled per group in fp32 (no
-                        int8 dequantization of the weight); 4096², hot: M = 1 0.4 vs 5 ms, M = 256 ~5 vs 29.
+                        int8 dequantization of the weight); 4096², streamed: M = 1 0.44 vs 5.3 ms, M = 256 5.9 vs 28.9.
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
                         bucket): 4-bit w_a16 weights, any M (row tiles up to 16: a prefill runs it too); x is
                         quantized to int8 per row and per weight group (`quantize_groups_int8`), then
@@ -530,7 +530,8 @@ def _group_tiles(qw: QuantizedWeight, field: str) -> np.ndarray:
 class A8Plan:
     """The two kernels of the a8 path compiled for one weight and backend, with the weight's tensors ready for
     the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled backends,
-    NumPy for the reference interpreter).
+    NumPy for the reference interpreter). A W4A8 weight's plan takes activations already quantized per token,
+    `run_int8(codes, scale, y2)`: its first kernel regroups them (`regroup_int8`) instead of quantizing.
 
     m <= GEMV_MAX_M (decode): every call has m rows, bound once, row tile the next power of two >= m; each
     thread has its own scratch (the nano-batch executor runs row ranges of one linear concurrently).
