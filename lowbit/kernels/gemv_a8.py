@@ -56,6 +56,8 @@ group, so an fp64 oracle of the same formula agrees to ~1e-6 relative.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 import lowbit.lang as T
@@ -69,6 +71,15 @@ A8_DTYPES = ("int4", "uint4")
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _store_group(xq: Any, xs: Any, xsum: Any, q: Any, scale: Any, k0: Any, pm: Any, BM: int, G: int) -> None:
+    """Traced into both first kernels: group k0 // G of the row block's codes q [BM, G] stored group-major as
+    the GEMV reads them (even k, then odd k), its scale [BM, 1] and its code sum."""
+    even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+    T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
+    T.store(xs, (pm * BM, k0 // G), scale)
+    T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
 
 @T.kernel
@@ -93,10 +104,7 @@ def quantize_groups_int8(
         bad = T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)  # [BM, 1]
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
         q = T.cast(T.floor(T.where(bad > 0.0, 0.0, v * inv) + 0.5), T.int8)  # [BM, G] in [-127, 127]
-        even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
-        T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
-        T.store(xs, (pm * BM, k0 // G), T.where(bad > 0.0, float("nan"), amax / 127.0))
-        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
+        _store_group(xq, xs, xsum, q, T.where(bad > 0.0, float("nan"), amax / 127.0), k0, pm, BM, G)
 
 
 @T.kernel
@@ -118,11 +126,7 @@ def regroup_int8(
     (pm,) = T.grid(T.cdiv(MP, BM))
     s = T.reshape(T.load(scale, (pm * BM,), (BM,)), (BM, 1))  # [BM, 1]; rows >= M read 0
     for k0 in T.range(0, K, G, name="k0"):
-        q = T.load(codes, (pm * BM, k0), (BM, G))  # [BM, G]
-        even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
-        T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
-        T.store(xs, (pm * BM, k0 // G), s)
-        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
+        _store_group(xq, xs, xsum, T.load(codes, (pm * BM, k0), (BM, G)), s, k0, pm, BM, G)
 
 
 def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
