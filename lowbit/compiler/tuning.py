@@ -3,8 +3,8 @@
 One job per distinct (kernel, fixed constants, N, K, token-count bucket) the optimized graph selected for a
 quantized linear (node attr `kernels`: ((bucket, kernel), ...); bucket b serves previous bucket < M <= b),
 tuned at M = min(b, the most tokens one step carries), buckets wholly above that skipped; only the library
-kernels with a search space (`lowbit.kernels.spaces.KERNELS`) that `quantized_linear` picks by itself. Per
-policy:
+kernels with a search space (`lowbit.kernels.spaces.KERNELS`) that `quantized_linear` picks by itself (not a
+W4A8 weight's on TVM: it runs the a8 GEMV, `lowbit.ops.linear.w4a8_runs_a8`). Per policy:
 
     tune     `lowbit.codegen.tune.tune` on the real backend, the job's share of what is left of
              `target.tuning.budget_s`; the runtime's default config is the first candidate (so "time vs the
@@ -77,7 +77,7 @@ class JobResult:
 def tuning_jobs(graph: Any, params: Mapping[str, Any], backend: str, dtype: str, max_tokens: int) -> list[TuningJob]:
     """The jobs of the graph's quantized linears (see the module docstring), in graph order."""
     from lowbit.kernels.spaces import KERNELS
-    from lowbit.ops.linear import select_kernel
+    from lowbit.ops.linear import select_kernel, w4a8_runs_a8
 
     jobs: dict[tuple[Any, ...], list[str]] = {}
     for node in graph.nodes_in_order():
@@ -96,6 +96,8 @@ def tuning_jobs(graph: Any, params: Mapping[str, Any], backend: str, dtype: str,
             m = min(int(bucket), max_tokens)
             if kernel not in KERNELS or select_kernel(qw, m).name != kernel:
                 continue  # a kernel with no search space, or one the executor asks for by name: its default
+            if w4a8_runs_a8(qw, m, backend):
+                continue  # a W4A8 weight on TVM runs the a8 GEMV at its default, not the W4A8 GEMM selected
             fixed, _ = _problem(qw, 1, backend, dtype)
             key = (kernel, fixed_key(fixed), qw.shape[0], qw.shape[1], m, rng)
             jobs.setdefault(key, []).append(name)

@@ -178,3 +178,25 @@ def test_inspect_shows_the_tuning(runs, capsys) -> None:
     text = capsys.readouterr().out
     assert "tuning (policy tune, budget 60 s, backend tvm" in text and f"{JOBS} tuned configs pinned" in text
     assert "quantized_gemv  128x128  (0, 1]" in text and "2.00x  cache" in text
+
+
+def test_w4a8_weights_on_tvm_are_not_tuned_as_the_gemm_they_no_longer_run() -> None:
+    """A W4A8 weight the a8 GEMV takes runs it on TVM at every M (`w4a8_runs_a8`): no job tunes the W4A8 GEMM
+    the graph selected; elsewhere (the reference backend, a weight the GEMV cannot take) the jobs stay."""
+    import numpy as np
+
+    from lowbit.ops import quantize
+
+    class Node:
+        op = "linear"
+        attrs = (("weight", "w"), ("kernels", ((16, "w4a8_gemm_per_group"), (256, "w4a8_gemm_per_group"))))
+
+    class Graph:
+        def nodes_in_order(self) -> list:
+            return [Node()]
+
+    rng = np.random.default_rng(0)
+    w = quantize(rng.standard_normal((64, 256)).astype(np.float32), "uint4", 128, scheme="w4a8_group")
+    assert tuning_mod.tuning_jobs(Graph(), {"w": w}, "tvm", "float32", 256) == []
+    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "reference", "float32", 256)
+    assert [(j.kernel, j.m) for j in jobs] == [("w4a8_gemm_per_group", 16), ("w4a8_gemm_per_group", 256)]
