@@ -15,6 +15,8 @@ Per channel (`w4a8_gemm_per_channel`): one integer zero z [N] (int32) and fp sca
 Σ x is over the *quantized* activations (lowbit.quant.gemm's default convention), applied in exact int32
 arithmetic before the single float conversion, so y equals dequantize-then-matmul of (xq·sx) and the
 weight up to three fp32 roundings. int32 cannot overflow while 127·K·max|w8| < 2^31 (K < 132k).
+These are the GPU's (Triton) W4A8 kernels; on TVM (the CPU) `lowbit.ops.linear` runs 4-bit W4A8 weights through
+`gemv_a8.quantized_gemv_a8` instead (`w4a8_runs_a8`: the same integer sums, scaled per group, no int8 weight).
 """
 
 from __future__ import annotations
