@@ -307,29 +307,20 @@ def quantized_linear(
         ya = _torch_empty((m, n), x)
         bound_launcher(qweight, m, adtype)(x.reshape(m, k), ya)
         return _torch_result(ya, bias, shape, out)
-    elif is_torch and x.device.type == "cpu" and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
-        # CPU torch activations of a W4A8 weight: quantized per token, the a8 plan, the result stays torch
-        import torch
-
-        qa, sa = _quantize_tokens(_host(x, True).reshape(m, k))
-        ya = _torch_empty((m, n), x)
-        a8_plan(qweight, m, backend, adtype).run_int8(torch.from_numpy(qa), torch.from_numpy(sa), ya)
-        return _torch_result(ya, bias, shape, out)
+    elif (not is_torch or x.device.type == "cpu") and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
+        # a W4A8 weight on the CPU: x quantized per token (as the W4A8 GEMM's callers do), then its a8 plan;
+        # torch activations get a torch result (no NumPy round trip)
+        qa, sa = _quantize_tokens(_host(x, is_torch).reshape(m, k))
+        ya = _run_w4a8_a8(qweight, qa, sa, adtype, backend)
+        if is_torch:
+            return _torch_result(ya, bias, shape, out)
+        y2 = _host(ya, True)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
-        if m and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
-            import torch
-
-            # y not from `_kernel_io`: no zero fill, a parallel torch op whose OpenMP workers, unless they wait
-            # passively (lowbit/__init__.py), spin on the cores TVM's pool then needs (4096² M = 16: 4.0 vs 0.4 ms)
-            qa, sa = _quantize_tokens(x2)  # per token, as the W4A8 GEMM's callers quantize
-            ya = torch.empty((m, n), dtype=getattr(torch, adtype))
-            a8_plan(qweight, m, backend, adtype).run_int8(torch.from_numpy(qa), torch.from_numpy(sa), ya)
-        else:
-            xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
-            if m:
-                fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
-                _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
+        xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
+        if m:
+            fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
+            _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
         y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
@@ -395,17 +386,17 @@ def quantized_linear_int8(
     rows = int(xq.shape[0]) if is_torch and xq.ndim == 2 else -1
     cpu_a8 = is_torch and _is_torch(sx) and xq.device.type == "cpu" and w4a8_runs_a8(qweight, rows, backend)
     if cpu_a8 or (is_torch and _is_torch(sx) and _on_launch_device(xq, backend)):
-        # on the Triton launch device (the weight's device copy) or the CPU's a8 path: y allocated where x lies
-        # (not zero-filled: see `quantized_linear`), no NumPy round trip
+        # on the Triton launch device (the weight's device copy) or the CPU's a8 path: y allocated where x lies,
+        # no NumPy round trip
         import torch
 
         m = int(xq.shape[0]) if xq.ndim == 2 else -1
         if xq.dtype != torch.int8 or m < 0 or xq.shape[1] != k or tuple(sx.shape) != (m,):
             raise ValueError(f"xq {xq.dtype}{list(xq.shape)}, sx {list(sx.shape)}: expected int8 [M, {k}] and [M]")
-        yd = torch.empty((m, n), dtype=getattr(torch, out_dtype), device=xq.device)
         if cpu_a8:
-            a8_plan(qweight, m, backend, out_dtype).run_int8(xq.contiguous(), sx.float().contiguous(), yd)
-        elif m:
+            return _torch_result(_run_w4a8_a8(qweight, xq, sx, out_dtype, backend), bias, (m, k), None)
+        yd = torch.empty((m, n), dtype=getattr(torch, out_dtype), device=xq.device)
+        if m:
             arrays = device_weight(qweight, xq.device)
             fixed, args = _w4a8_arguments(qweight, arrays, xq.contiguous(), sx.float(), yd, out_dtype)
             _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
@@ -416,19 +407,13 @@ def quantized_linear_int8(
     m = qa.shape[0]
     host = as_dtype(out_dtype).host_dtype
     y: Any = np.zeros((m, n), host)
-    gemv = w4a8_runs_a8(qweight, m, backend)
-    if gemv:
-        import torch
+    if w4a8_runs_a8(qweight, m, backend):
+        y = _run_w4a8_a8(qweight, qa, sa, out_dtype, backend)
+    elif m:
+        if backend != "reference" and (is_torch or out_dtype == "bfloat16"):
+            import torch
 
-        # y not zero-filled by torch right before the kernel (see `quantized_linear`)
-        y = torch.empty((m, n), dtype=getattr(torch, out_dtype))
-        codes, scale = torch.from_numpy(np.ascontiguousarray(qa)), torch.from_numpy(sa.astype(np.float32))
-        a8_plan(qweight, m, backend, out_dtype).run_int8(codes, scale, y)
-    elif backend != "reference" and (is_torch or out_dtype == "bfloat16"):
-        import torch
-
-        y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
-    if m and not gemv:
+            y = torch.zeros((m, n), dtype=getattr(torch, out_dtype))
         fixed, args = _w4a8_arguments(qweight, _host_arrays(qweight), qa, sa.astype(np.float32), y, out_dtype)
         _compiled(qweight, m, backend, "int8->" + out_dtype, fixed, args)(args)
     y2 = y if isinstance(y, np.ndarray) else _host(y, True)
@@ -479,6 +464,19 @@ def a8_weight(qw: QuantizedWeight) -> QuantizedWeight:
         if tiled is not qw:
             qw.__dict__["_a8_tiled"] = tiled
     return tiled
+
+
+def _run_w4a8_a8(qw: QuantizedWeight, codes: Any, scale: Any, ydtype: str, backend: str) -> Any:
+    """y [M, N] (a torch tensor of `ydtype`) of a W4A8 weight on its a8 plan (`w4a8_runs_a8`), from activations
+    quantized per token: codes [M, K] int8 and scales [M] (NumPy or CPU torch). y is not zero-filled: that
+    would be a parallel torch op right before the kernel, and torch's OpenMP workers, unless they wait
+    passively (lowbit/__init__.py), then spin on the cores TVM's pool needs (4096² M = 16: 4.0 vs 0.4 ms)."""
+    import torch
+
+    codes, scale = torch.as_tensor(codes).contiguous(), torch.as_tensor(scale).float().contiguous()
+    y = torch.empty((int(codes.shape[0]), qw.shape[0]), dtype=getattr(torch, ydtype))
+    a8_plan(qw, int(codes.shape[0]), backend, ydtype).run_int8(codes, scale, y)
+    return y
 
 
 def w4a8_runs_a8(qw: QuantizedWeight, m: int, backend: str) -> bool:
