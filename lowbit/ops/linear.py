@@ -217,6 +217,13 @@ def quantized_linear(
     "quantized_gemm" (w_a16 weights: the GEMM that dequantizes a tile to x's dtype before its dot, any M).
     Raises ValueError naming the argument, its value and the fix for bad inputs.
     """
+    if bias is None and out is None and config is None and kernel in (None, A8_KERNEL) and not tune:
+        # a call whose arguments' kind was seen before on this weight: its launcher straight away (`_FAST`)
+        seen = getattr(qweight, "__dict__", _NONE).get(_FAST)
+        if seen is not None and type(x) is seen[_TENSOR]:
+            hit = seen.get((backend, kernel, x.dtype, x.shape, x.device))
+            if hit is not None and x.is_contiguous():
+                return hit(x)
     if not isinstance(qweight, QuantizedWeight):
         raise ValueError(f"qweight is a {type(qweight).__name__}; build it with lowbit.ops.quantize(w, ...)")
     is_torch = _is_torch(x)
@@ -254,7 +261,7 @@ def quantized_linear(
             raise ValueError(f"out must have x's dtype {adtype}; allocate it with that dtype or pass out=None")
         _check_contiguous("out", out, _is_torch(out))
     m = math.prod(shape[:-1])
-    backend = select_backend(backend)
+    backend_arg, backend = backend, select_backend(backend)
     if kernel is not None and kernel not in NAMED_KERNELS:
         raise ValueError(f"kernel {kernel!r} is not selectable by name; pass None or one of {list(NAMED_KERNELS)}")
     if kernel in A16_KERNELS and qweight.scheme != "w_a16":
@@ -268,7 +275,9 @@ def quantized_linear(
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
         if is_torch and backend != "reference" and m:  # the result stays a torch tensor, as below
             ya = _torch_empty((m, n), x)
-            a8_plan(qweight, m, backend, adtype).run(x.reshape(m, k).contiguous(), ya)
+            plan = a8_plan(qweight, m, backend, adtype)
+            plan.run(x.reshape(m, k).contiguous(), ya)
+            _remember(qweight, x, backend_arg, kernel, plan.run, m, n)
             return _torch_result(ya, bias, shape, out)
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
     elif is_torch and m and _on_launch_device(x, backend):
@@ -305,7 +314,9 @@ def quantized_linear(
         # and the result stays a torch tensor (no NumPy round trip: after a cache flush the ops layer's Python
         # path cost ~0.26 ms against ~0.03 ms warm)
         ya = _torch_empty((m, n), x)
-        bound_launcher(qweight, m, adtype)(x.reshape(m, k), ya)
+        launch = bound_launcher(qweight, m, adtype)
+        launch(x.reshape(m, k), ya)
+        _remember(qweight, x, backend_arg, kernel, launch, m, n)
         return _torch_result(ya, bias, shape, out)
     elif (not is_torch or x.device.type == "cpu") and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
         # a W4A8 weight on the CPU: x quantized per token (as the W4A8 GEMM's callers do), then its a8 plan;
@@ -331,6 +342,48 @@ def quantized_linear(
         out[...] = result
         return out
     return result
+
+
+# `quantized_linear`'s fast path: per weight (its __dict__ slot `_FAST`), the launches of the CPU torch calls it
+# has seen, keyed by (the backend and kernel asked for, x's dtype, shape and device; x a torch.Tensor proper),
+# each taking x and returning a new y. A call that finds its key (no bias, out, config or tune; x contiguous)
+# skips the checks and the dispatch it already passed with these arguments: Python work that a decode GEMV
+# streaming its weight from DRAM pays with cold caches. 4096² M = 1 bf16 x, a ring of 32 weights, 2 threads,
+# alternating: int4 0.310 vs 0.326 ms, int2 0.170 vs 0.181; 11008x4096 int4 0.812 vs 0.831.
+_FAST = "_fast_launches"
+_TENSOR = "tensor type"  # the key of torch.Tensor in a `_FAST` table
+_FAST_MOST = 64  # keys kept per weight (a prompt length is a shape: past this many the table starts again)
+_NONE: dict[str, Any] = {}
+
+
+def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, launch: Callable, m: int, n: int) -> None:
+    """Record `launch` (y2 [m, n] from x2 [m, K], torch tensors) for calls with x's kind (`_FAST`)."""
+    import torch
+
+    seen = qw.__dict__.setdefault(_FAST, {_TENSOR: torch.Tensor})
+    if len(seen) > _FAST_MOST:
+        seen.clear()
+        seen[_TENSOR] = torch.Tensor
+    if type(x) is not torch.Tensor:  # a subclass (nn.Parameter, a tensor wrapper) takes the checked path
+        return
+    k = int(x.shape[-1])
+    shape = (*x.shape[:-1], n)
+    dtype, device = x.dtype, x.device
+    if x.dim() == 2:
+
+        def run(x2: Any) -> Any:
+            y = torch.empty((m, n), dtype=dtype, device=device)
+            launch(x2, y)
+            return y
+
+    else:
+
+        def run(x2: Any) -> Any:
+            y = torch.empty((m, n), dtype=dtype, device=device)
+            launch(x2.view(m, k), y)
+            return y.view(shape)
+
+    seen[(backend, kernel, dtype, x.shape, device)] = run
 
 
 def _torch_result(ya: Any, bias: Any, shape: tuple[int, ...], out: Any) -> Any:

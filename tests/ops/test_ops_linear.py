@@ -220,6 +220,62 @@ def test_tvm_torch_calls_take_the_bound_launcher_and_match_the_dict_call(M, N, K
         assert np.array_equal(out.numpy(), quantized_linear(x_np, qw, backend="tvm", bias=bias.numpy()))
 
 
+@pytest.mark.skipif("tvm" not in available_backends(), reason="tvm is not installed")
+@pytest.mark.parametrize("kernel", [None, "quantized_gemv_a8"])
+def test_repeated_torch_calls_take_the_fast_path_and_equal_the_checked_one(kernel, monkeypatch):
+    """A CPU torch call whose (backend, kernel, x dtype / shape / device) this weight has seen runs the
+    remembered launch (`_FAST`) and returns a new tensor equal to the checked path's; anything else (bias, out,
+    a strided x, another dtype, a subclass, a copied weight) takes the checked path, bad inputs still fail
+    with their message, and the table stays bounded."""
+    import lowbit.ops.linear as L
+
+    rng = np.random.default_rng(7)
+    qw = quantize(rng.standard_normal((48, 128)).astype(np.float32), "int4", 32)
+    shapes = [(1, 128), (2, 3, 128), (128,), (5, 128)]
+    xs = {s: torch.from_numpy(rng.standard_normal(s).astype(np.float32)).to(torch.bfloat16) for s in shapes}
+    first = {s: quantized_linear(x, qw, backend="tvm", kernel=kernel) for s, x in xs.items()}
+    table = qw.__dict__[L._FAST]
+    assert {k[3] for k in table if k != L._TENSOR} == set(shapes) and all(
+        k[1] == kernel for k in table if k != L._TENSOR
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast path ran the checked path")
+
+    with monkeypatch.context() as mp:  # the checked path's dispatch would fail now: hits never reach it
+        mp.setattr(L, "select_backend", refuse)
+        again = {s: quantized_linear(x, qw, backend="tvm", kernel=kernel) for s, x in xs.items()}
+    for s, y in again.items():
+        assert y.shape == (*s[:-1], 48) and y.dtype == torch.bfloat16 and y is not first[s]
+        assert torch.isfinite(y.float()).all() and torch.equal(y, first[s])
+        ref = reference(xs[s].float().numpy(), qw)
+        assert relative_error(y.float().numpy(), ref) < (1e-2 if kernel else 2e-2)
+    x = xs[(5, 128)]
+    bias = torch.from_numpy(rng.standard_normal(48).astype(np.float32))
+    assert torch.equal(
+        quantized_linear(x, qw, backend="tvm", kernel=kernel, bias=bias),
+        (first[(5, 128)].float() + bias).to(torch.bfloat16),
+    )
+    strided = torch.from_numpy(rng.standard_normal((128, 10)).astype(np.float32)).to(torch.bfloat16).T[::2]
+    assert torch.equal(
+        quantized_linear(strided, qw, backend="tvm", kernel=kernel),
+        quantized_linear(strided.contiguous(), qw, backend="tvm", kernel=kernel),
+    )
+    with pytest.raises(ValueError, match="in_features K=128"):
+        quantized_linear(torch.zeros(1, 64, dtype=torch.bfloat16), qw, backend="tvm", kernel=kernel)
+    with pytest.raises(ValueError, match="not known"):
+        quantized_linear(x, qw, backend="tvmm", kernel=kernel)
+    param = torch.nn.Parameter(x.float(), requires_grad=False)
+    quantized_linear(param, qw, backend="tvm", kernel=kernel)
+    assert not any(k[2] == torch.float32 and k[3] == (5, 128) for k in qw.__dict__[L._FAST] if k != L._TENSOR)
+    from lowbit.bench.gemm import _copy
+
+    assert L._FAST not in _copy(qw).__dict__  # a copy in its own memory starts with no launches
+    for m in range(17, L._FAST_MOST + 25):  # prompt lengths: the table starts again past _FAST_MOST keys
+        quantized_linear(torch.zeros(m, 128, dtype=torch.bfloat16), qw, backend="tvm", kernel=kernel)
+        assert len(qw.__dict__[L._FAST]) <= L._FAST_MOST + 1
+
+
 @pytest.mark.parametrize("backend", ["reference", "tvm"])
 def test_strided_x_is_copied_not_refused(backend):
     """A non-contiguous x (a transposed or sliced view, NumPy or torch) gives the contiguous x's result."""
