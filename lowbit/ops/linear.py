@@ -369,7 +369,15 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
     k = int(x.shape[-1])
     shape = (*x.shape[:-1], n)
     dtype, device = x.dtype, x.device
-    if x.dim() == 2:
+    flat = getattr(launch, "flat", None)  # a TVM bound launch taking flat tensors (`TvmKernel.bind`)
+    if flat is not None:
+
+        def run(x2: Any) -> Any:
+            y = torch.empty(m * n, dtype=dtype, device=device)
+            flat(x2.view(-1), y)
+            return y.view(shape)
+
+    elif x.dim() == 2:
 
         def run(x2: Any) -> Any:
             y = torch.empty((m, n), dtype=dtype, device=device)

@@ -419,6 +419,20 @@ class TvmKernel:
                 RECORDING.names.append(name)
             fn(*args)
 
+        def flat(*values: Any) -> None:
+            """`call` with the tensors already flat (1-D views): one torch view fewer per tensor, what the
+            cold-cache Python path of a DRAM-streamed GEMV feels (`lowbit.ops.linear`'s fast path)."""
+            args = template.copy()
+            for (i, _), v in zip(where, values):
+                if i >= 0:
+                    args[i] = v
+            calls = getattr(RECORDING, "calls", None)
+            if calls is not None:
+                calls.append((fn, tuple(args)))
+                RECORDING.names.append(name)
+            fn(*args)
+
+        call.flat = flat  # type: ignore[attr-defined]
         return call
 
 

@@ -114,3 +114,18 @@ def test_packed_words_as_uint32_and_bound_copies():
     bf16 = compile_program(twice.trace(dt="bfloat16"), "tvm")
     with pytest.raises(BackendError, match="bound argument x would be a converted copy; pass a contiguous array"):
         bf16.bind({"x": X.astype(np.float32)}, ("y", "N"))
+
+
+def test_bound_call_and_its_flat_form_write_the_same():
+    """`bind`'s caller views each dynamic tensor flat; its `flat` form takes them flat already (the ops fast
+    path): both give the dict call's result, and a 2-D output is written in row-major order."""
+    kernel = compile_program(twice.trace(dt="float32"), "tvm")
+    x = torch.tensor(X, dtype=torch.float32)
+    want = torch.zeros(X.size)
+    kernel({"x": x, "y": want, "N": X.size})
+    call = kernel.bind({"x": x}, ("y", "N"))
+    y2 = torch.full((2, X.size // 2), -1.0)
+    call(y2, X.size)
+    y1 = torch.full((X.size,), -1.0)
+    call.flat(y1, X.size)
+    assert torch.equal(want, 2 * x) and torch.equal(y1, want) and torch.equal(y2.view(-1), want)
