@@ -11,6 +11,9 @@ Rows M..MP-1 of the outputs (padding up to the GEMV's row tile) are written as z
 row block reads one contiguous run of BM·G bytes per group; row-major [MP, K] with K = 4096 put the BM rows'
 codes 4096 bytes apart, in one L1 set (12 ways for 16 rows): the M = 16 GEMV took 1.1-1.4x the time at K = 4096
 that it took at K = 4224 (more work) in alternating runs on the AVX-512 VM.
+A W4A8 weight's activations take one of two other first kernels, with the same outputs' layout: float x
+`quantize_tokens_int8` (per token, one fp16 scale a row, bit for bit as `lowbit.quant.quantize_per_token_int8`),
+int8 codes already quantized per token `regroup_int8`.
 
 `quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
 column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word
@@ -129,6 +132,56 @@ def regroup_int8(
         _store_group(xq, xs, xsum, T.load(codes, (pm * BM, k0), (BM, G)), s, k0, pm, BM, G)
 
 
+FLOAT16_MAX = 65504.0
+FLOAT16_TINY = 2.0**-24  # float16's smallest subnormal
+
+
+@T.kernel
+def quantize_tokens_int8(
+    x: T.Tensor("adtype", ("M", "K")),
+    xq: T.Tensor("int8", ("K // G", "MP", "G")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    M: T.int32,
+    MP: T.int32,
+    K: T.int32,
+    G: T.constexpr = 128,
+    adtype: T.constexpr = "float32",
+    BM: T.constexpr = 1,
+):
+    """W4A8's per-token quantization of float activations (`lowbit.quant.quantize_per_token_int8`, bit for
+    bit) laid out as `regroup_int8` lays out its codes: per row, amax = max |x| over all of K, the float16
+    scale sa = fp16(amax / 127) with `storage_scale`'s guards (0 -> 1, underflow -> the smallest subnormal,
+    overflow -> 65504), codes q = clip(rint(x / sa), -127, 127), every group's scale sa and code sum. A row
+    holding a NaN or an inf gets codes 0 and a NaN scale (its output row is NaN, as F.linear's).
+
+    Exactness: amax / 127 rounded to float32 and then to float16 is the float16 rounding of the exact
+    quotient (a double rounding could differ only if the float32 result were a float16 midpoint m while the
+    quotient is not; m·127 has at most 19 significant bits, so amax would equal it: the quotient is m).
+    rint is floor(t + 1/2), less 1 where t sat exactly halfway and the floor is odd (ties to even); t + 1/2
+    and r − t are exact for |t| < 2^22, and past that (an overflowed scale) the codes saturate either way."""
+    (pm,) = T.grid(T.cdiv(MP, BM))
+    amax = T.zeros((BM, 1), T.float32, name="amax")
+    bad = T.zeros((BM, 1), T.float32, name="bad")
+    for k0 in T.range(0, K, G, name="k0"):
+        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
+        T.assign(amax, T.maximum(amax, T.max(T.abs(v), axis=1, keepdims=True)))
+        # a backend's max may drop NaN: non-finite values are flagged on their own
+        T.assign(bad, T.maximum(bad, T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)))
+    half = T.cast(T.cast(T.minimum(amax / 127.0, FLOAT16_MAX), T.float16), T.float32)
+    sa = T.where(amax == 0.0, 1.0, T.where(half == 0.0, FLOAT16_TINY, half))  # [BM, 1]
+    real = T.reshape(pm * BM + T.arange(0, BM), (BM, 1)) < M  # rows M..MP-1 (padding) store scale 0, as regroup
+    scale = T.where(bad > 0.0, float("nan"), T.where(real, sa, 0.0))
+    for k0 in T.range(0, K, G, name="k0"):
+        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)
+        t = T.where(bad > 0.0, 0.0, v) / sa  # [BM, G]
+        r = T.floor(t + 0.5)
+        odd = r - 2.0 * T.floor(r * 0.5)
+        r = T.where(r - t == 0.5, r - odd, r)  # a tie rounds to the even neighbour
+        q = T.cast(T.minimum(T.maximum(r, -127.0), 127.0), T.int8)
+        _store_group(xq, xs, xsum, q, scale, k0, pm, BM, G)
+
+
 def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
     """Per-group rows [K // G, N] (scales or zeros) as the a8 GEMV reads them: [⌈N / bn⌉, K // G, bn], block
     j holding columns j·bn .. j·bn + bn − 1 (padding columns 0), contiguous."""
@@ -208,4 +261,12 @@ def quantized_gemv_a8(
         T.store(y, (pm * BM, (pb * TILES + t) * BN), T.cast(accs[t], y.dtype))
 
 
-__all__ = ["A8_DTYPES", "A8_GROUPS", "quantize_groups_int8", "quantized_gemv_a8", "regroup_int8", "tile_group_rows"]
+__all__ = [
+    "A8_DTYPES",
+    "A8_GROUPS",
+    "quantize_groups_int8",
+    "quantize_tokens_int8",
+    "quantized_gemv_a8",
+    "regroup_int8",
+    "tile_group_rows",
+]

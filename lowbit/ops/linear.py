@@ -14,7 +14,8 @@ Kernel choice (documented rule):
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant); on
                         TVM (the CPU), `quantized_gemv_a8` at every M (`w4a8_runs_a8`; row tiles past 16):
-                        the per-token codes regrouped (`regroup_int8`), scales s2·s1 and zero points per
+                        float x quantized per token by its first kernel (`quantize_tokens_int8`, bit for bit
+                        as lowbit.quant), int8 x regrouped (`regroup_int8`), scales s2·s1 and zero points per
                         group (`_w4a8_gemv_operands`), the GEMM's integer sums scaled per group in fp32 (no
                         int8 dequantization of the weight); 4096², streamed: M = 1 0.44 vs 5.3 ms, M = 256 5.9 vs 28.9.
   kernel="quantized_gemv_a8" (asked for by name, e.g. by the executor when the graph chose it for a CPU decode
@@ -58,6 +59,7 @@ from lowbit.kernels.gemv_a8 import (
     A8_DTYPES,
     A8_GROUPS,
     quantize_groups_int8,
+    quantize_tokens_int8,
     quantized_gemv_a8,
     regroup_int8,
     tile_group_rows,
@@ -319,13 +321,17 @@ def quantized_linear(
         _remember(qweight, x, backend_arg, kernel, launch, m, n)
         return _torch_result(ya, bias, shape, out)
     elif (not is_torch or x.device.type == "cpu") and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
-        # a W4A8 weight on the CPU: x quantized per token (as the W4A8 GEMM's callers do), then its a8 plan;
-        # torch activations get a torch result (no NumPy round trip)
-        qa, sa = _quantize_tokens(_host(x, is_torch).reshape(m, k))
-        ya = _run_w4a8_a8(qweight, qa, sa, adtype, backend)
-        if is_torch:
+        # a W4A8 weight on the CPU: its a8 plan, whose first kernel quantizes x per token bit for bit as the
+        # W4A8 GEMM's callers do (`quantize_tokens_int8`: no NumPy pass over x); torch activations get a torch
+        # result (no NumPy round trip)
+        if not is_torch:
+            y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)
+        else:
+            ya = _torch_empty((m, n), x)
+            plan = a8_plan(qweight, m, backend, adtype)
+            plan.run(x.reshape(m, k), ya)
+            _remember(qweight, x, backend_arg, kernel, plan.run, m, n)
             return _torch_result(ya, bias, shape, out)
-        y2 = _host(ya, True)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
@@ -589,8 +595,10 @@ def _group_tiles(qw: QuantizedWeight, field: str) -> np.ndarray:
 class A8Plan:
     """The two kernels of the a8 path compiled for one weight and backend, with the weight's tensors ready for
     the calls. `run(x2, y2)`: x2 [M, K] activations, y2 [M, N] output (torch tensors for compiled backends,
-    NumPy for the reference interpreter). A W4A8 weight's plan takes activations already quantized per token,
-    `run_int8(codes, scale, y2)`: its first kernel regroups them (`regroup_int8`) instead of quantizing.
+    NumPy for the reference interpreter); its first kernel quantizes x2 (`quantize_groups_int8`, or for a
+    W4A8 weight per token as `quantize_per_token_int8` does, bit for bit: `quantize_tokens_int8`). A W4A8
+    weight's plan also takes activations already quantized per token, `run_int8(codes, scale, y2)`: its first
+    kernel then regroups them (`regroup_int8`). Each first kernel is compiled on its first use.
 
     m <= GEMV_MAX_M (decode): every call has m rows, bound once, row tile the next power of two >= m; each
     thread has its own scratch (the nano-batch executor runs row ranges of one linear concurrently).
@@ -601,10 +609,10 @@ class A8Plan:
     def __init__(self, qw: QuantizedWeight, m: int | None, backend: str, adtype: str):
         self.n, self.k = qw.shape
         self.m, self.backend = m, backend
-        # a W4A8 weight: activations arrive quantized per token (`run_int8`), regrouped rather than quantized
-        self.int8_input = qw.scheme != "w_a16"
+        # a W4A8 weight: activations quantized per token (`run`: by the first kernel; `run_int8`: already)
+        self.w4a8 = qw.scheme != "w_a16"
         zeros: np.ndarray | None
-        if self.int8_input:
+        if self.w4a8:
             g = w4a8_gemv_group(qw)
             if g is None:
                 raise ValueError(f"A8Plan: this {qw.scheme} weight has no group size the a8 GEMV takes")
@@ -630,13 +638,10 @@ class A8Plan:
         sdtype = str(scales.dtype)
         # decode rows quantize on the calling thread (`serial_options`); a prefill's row blocks in parallel (M =
         # 256, K = 4096: 1.1 ms serially, next to a 5.2 ms AMX GEMV)
-        qopts = serial_options(backend) if m is not None else {}
-        first = (
-            regroup_int8.trace(G=g, BM=self.bm)
-            if self.int8_input
-            else quantize_groups_int8.trace(G=g, adtype=adtype, BM=self.bm)
-        )
-        self.quant = compile_program(first, backend, qopts)
+        self._qopts = serial_options(backend) if m is not None else {}
+        self._g, self._adtype = g, adtype
+        self._firsts: dict[str, tuple[Any, Any]] = {}  # "x" / "codes" -> (compiled first kernel, its bound caller)
+        self._first_lock = threading.Lock()
         wdtype, zero_mode = ("int4", "none") if biased else (qw.dtype.name, qw.zero_mode)
         # AMX's signed x signed dot takes int4 codes as 16·q bytes: no offset correction per output (M = 64 / 256:
         # 0.86-0.96x the time of the unsigned form, hot, same process, the same sums; `quantized_gemv_a8`). Only
@@ -666,11 +671,33 @@ class A8Plan:
         self.direct = backend == "tvm"
         if self.direct:  # kernels called with their arguments bound (lowbit.kernels.launch.bind)
             rows = ("M", "MP") if m is None else ()
-            quant_sizes = {"K": self.k} if m is None else {"M": m, "MP": self.mp, "K": self.k}
-            inputs = ("codes", "scale") if self.int8_input else ("x",)
-            self._quant = bind(self.quant, quant_sizes, (*inputs, "xq", "xs", "xsum", *rows))
             self._gemv = bind(self.gemv, {**self.fixed, **self.sizes}, ("xq", "xs", "xsum", "y", *rows))
             self._scratch = threading.local()
+
+    def _first(self, inputs: str) -> tuple[Any, Any]:
+        """(compiled, bound caller or None) of the first kernel for `inputs`: "x" (float activations) or
+        "codes" (a W4A8 weight's activations already quantized per token), compiled on first use."""
+        first = self._firsts.get(inputs)
+        if first is not None:
+            return first
+        with self._first_lock:
+            if inputs not in self._firsts:
+                g, bm = self._g, self.bm
+                if inputs == "codes":
+                    program = regroup_int8.trace(G=g, BM=bm)
+                elif self.w4a8:
+                    program = quantize_tokens_int8.trace(G=g, adtype=self._adtype, BM=bm)
+                else:
+                    program = quantize_groups_int8.trace(G=g, adtype=self._adtype, BM=bm)
+                kernel = compile_program(program, self.backend, self._qopts)
+                bound = None
+                if self.direct:
+                    names = ("codes", "scale") if inputs == "codes" else ("x",)
+                    rows = ("M", "MP") if self.m is None else ()
+                    sizes = {"K": self.k} if self.m is None else {"M": self.m, "MP": self.mp, "K": self.k}
+                    bound = bind(kernel, sizes, (*names, "xq", "xs", "xsum", *rows))
+                self._firsts[inputs] = (kernel, bound)
+        return self._firsts[inputs]
 
     def _wide(self) -> Callable[..., None]:
         """The prefill GEMV bound with row tiles of A8_AMX_WIDE_ROWS (compiled on the first call that takes it)."""
@@ -715,38 +742,37 @@ class A8Plan:
         return bufs
 
     def run(self, x2: Any, y2: Any) -> None:
-        """y2 [M, N] from float activations x2 [M, K] (a w_a16 weight's plan)."""
-        if self.int8_input:
-            raise ValueError("A8Plan.run: this W4A8 plan takes activations quantized per token; call run_int8")
-        self._launch({"x": x2}, y2, int(x2.shape[0]))
+        """y2 [M, N] from float activations x2 [M, K] (quantized by the first kernel)."""
+        self._launch("x", {"x": x2}, y2, int(x2.shape[0]))
 
     def run_int8(self, codes: Any, scale: Any, y2: Any) -> None:
         """A W4A8 weight's y2 [M, N] from activations quantized per token: codes [M, K] int8, scale [M] float32."""
-        if not self.int8_input:
-            raise ValueError("A8Plan.run_int8: this plan quantizes float activations; call run(x2, y2)")
-        self._launch({"codes": codes, "scale": scale}, y2, int(codes.shape[0]))
+        if not self.w4a8:
+            raise ValueError("A8Plan.run_int8: this w_a16 plan quantizes float activations; call run(x2, y2)")
+        self._launch("codes", {"codes": codes, "scale": scale}, y2, int(codes.shape[0]))
 
-    def _launch(self, inputs: dict[str, Any], y2: Any, rows: int) -> None:
+    def _launch(self, kind: str, inputs: dict[str, Any], y2: Any, rows: int) -> None:
         m = rows if self.m is None else self.m
         mp = -(-m // self.bm) * self.bm
+        quant, bound = self._first(kind)
         if not self.direct:
             xq = np.zeros((self.groups, mp, self.k // self.groups), np.int8)
             xs = np.zeros((mp, self.groups), np.float32)
             xsum = np.zeros((mp, self.groups), np.int32)
             sizes = {**self.sizes, "M": m, "MP": mp}
-            self.quant({**inputs, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": self.k})
+            quant({**inputs, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": self.k})
             self.gemv({"xq": xq, "xs": xs, "xsum": xsum, "y": y2, **self.fixed, **sizes})
             return
         if self.m is None:
             if m == 0:
                 return
             xq, xs, xsum = self._buffers(mp)
-            self._quant(*inputs.values(), xq, xs, xsum, m, mp)
+            bound(*inputs.values(), xq, xs, xsum, m, mp)
             wide = self.wide and mp >= A8_AMX_WIDE_ROWS and mp % A8_AMX_WIDE_ROWS == 0
             (self._wide() if wide else self._gemv)(xq, xs, xsum, y2, m, mp)
             return
         xq, xs, xsum = self._buffers()
-        self._quant(*inputs.values(), xq, xs, xsum)
+        bound(*inputs.values(), xq, xs, xsum)
         self._gemv(xq, xs, xsum, y2)
 
 

@@ -15,11 +15,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.dtypes import decode
-from lowbit.kernels.gemv_a8 import quantize_groups_int8, quantized_gemv_a8, regroup_int8, tile_group_rows
+from lowbit.kernels.gemv_a8 import (
+    quantize_groups_int8,
+    quantize_tokens_int8,
+    quantized_gemv_a8,
+    regroup_int8,
+    tile_group_rows,
+)
 from lowbit.ops.weight import pack_quantized, quantize, retile_columns
 
 BN = 32
@@ -290,3 +298,57 @@ def rows_to_groups(codes: np.ndarray, G: int) -> np.ndarray:
     """[M, K] codes as [K // G, M, G], each group's even-k codes then its odd-k codes."""
     m, k = codes.shape
     return codes.reshape(m, k // G, G // 2, 2).transpose(1, 0, 3, 2).reshape(k // G, m, G)
+
+
+def token_rows(rng: np.random.Generator, M: int, K: int, kind: str) -> np.ndarray:
+    """Activations [M, K] float32 of one kind: gaussian at a random scale (1e-9 .. 1e8), halves (x / sa lands
+    on .5 ties), a zero row, a row with an inf / a NaN, a value past float16's range of scales."""
+    x = rng.standard_normal((M, K)).astype(np.float32) * np.float32(10.0 ** rng.uniform(-9, 8))
+    if kind == "halves":  # amax 127 -> sa 1, so every x / sa is its own half: ties to even
+        x = rng.integers(-254, 255, (M, K)).astype(np.float32) / 2
+        x[:, 0] = 127.0
+    elif kind == "zero":
+        x[rng.integers(0, M)] = 0.0
+    elif kind == "nonfinite":
+        x[rng.integers(0, M), rng.integers(0, K)] = rng.choice([np.inf, -np.inf, np.nan])
+    elif kind == "huge":
+        x[0, 0] = 3e38  # sa saturates at 65504: x / sa past 127, codes clip
+    return x
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    M=st.integers(1, 20),
+    groups=st.integers(1, 4),
+    G=st.sampled_from([32, 64, 128]),
+    BM=st.sampled_from([1, 2, 4, 16]),
+    kind=st.sampled_from(["gauss", "halves", "zero", "nonfinite", "huge"]),
+    adtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_token_quantizer_is_quantize_per_token_int8_bit_for_bit(backend, M, groups, G, BM, kind, adtype, seed):
+    """`quantize_tokens_int8` (W4A8's float activations on the a8 path) against `lowbit.quant`'s per-token
+    quantizer laid out by `regroup_int8`'s oracle: the same codes, scales and code sums, bit for bit (a
+    non-finite row: codes 0 and a NaN scale, as `ops.linear._quantize_tokens`); padding rows zero."""
+    check_token_quantizer(backend, M, groups, G, BM, kind, adtype, seed)
+
+
+def check_token_quantizer(backend, M, groups, G, BM, kind, adtype, seed):
+    from lowbit.dtypes import dtype as as_dtype
+    from lowbit.ops.linear import _quantize_tokens
+
+    rng = np.random.default_rng(seed)
+    K, MP = G * groups, -(-M // BM) * BM
+    x = token_rows(rng, M, K, kind)
+    if adtype == "bfloat16":
+        x = x.astype(as_dtype("bfloat16").host_dtype)
+    qa, sa = _quantize_tokens(x.astype(np.float32))
+    xq = np.full((K // G, MP, G), 99, np.int8)
+    xs = np.full((MP, K // G), -5.0, np.float32)
+    xsum = np.full((MP, K // G), 7, np.int32)
+    args = dict(x=x, xq=xq, xs=xs, xsum=xsum, M=M, MP=MP, K=K, G=G, BM=BM, adtype=adtype)
+    quantize_tokens_int8.run(backend=backend, **args)
+    assert (xq[:, :M] == rows_to_groups(qa, G)).all() and (xq[:, M:] == 0).all()
+    assert np.array_equal(xs[:M], np.repeat(sa[:, None], K // G, 1), equal_nan=True) and (xs[M:] == 0).all()
+    assert (xsum[:M] == qa.astype(np.int32).reshape(M, K // G, G).sum(-1)).all() and (xsum[M:] == 0).all()
