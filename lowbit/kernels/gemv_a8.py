@@ -13,7 +13,8 @@ codes 4096 bytes apart, in one L1 set (12 ways for 16 rows): the M = 16 GEMV too
 that it took at K = 4224 (more work) in alternating runs on the AVX-512 VM.
 A W4A8 weight's activations take one of two other first kernels, with the same outputs' layout: float x
 `quantize_tokens_int8` (per token, one fp16 scale a row, bit for bit as `lowbit.quant.quantize_per_token_int8`),
-int8 codes already quantized per token `regroup_int8`.
+int8 codes already quantized per token `regroup_int8`. `quantize_rows_int8` is the same per-token quantizer
+with row-major outputs, the W4A8 GEMMs' operands where Triton launches them.
 
 `quantized_gemv_a8` — the codes of a 4-bit weight in the column-tiled layout (`lowbit.kernels.layouts.
 column_tiled(BN)`: int32 words [⌈N / BN⌉, K // 8, BN], code k % 8 of column n at bits 4·(k % 8) of word
@@ -136,6 +137,43 @@ FLOAT16_MAX = 65504.0
 FLOAT16_TINY = 2.0**-24  # float16's smallest subnormal
 
 
+def _token_scale(amax: Any, bad: Any, real: Any = None) -> tuple[Any, Any]:
+    """Traced into the per-token quantizers: from a row's amax and non-finite flag [BM, 1], (sa, stored): the
+    float16 scale fp16(amax / 127) with `storage_scale`'s guards (0 -> 1, underflow -> the smallest subnormal,
+    overflow -> 65504) as float32, and what is stored for the row (NaN for a non-finite row, 0 where `real`,
+    when given, is false: padding rows).
+
+    Exactness: amax / 127 rounded to float32 and then to float16 is the float16 rounding of the exact quotient
+    (a double rounding could differ only if the float32 result were a float16 midpoint m while the quotient is
+    not; m·127 has at most 19 significant bits, so amax would equal it: the quotient is m)."""
+    half = T.cast(T.cast(T.minimum(amax / 127.0, FLOAT16_MAX), T.float16), T.float32)
+    sa = T.where(amax == 0.0, 1.0, T.where(half == 0.0, FLOAT16_TINY, half))
+    return sa, T.where(bad > 0.0, float("nan"), sa if real is None else T.where(real, sa, 0.0))
+
+
+def _token_codes(v: Any, bad: Any, sa: Any) -> Any:
+    """Traced into the per-token quantizers: q = clip(rint(v / sa), -127, 127) as int8 (0 on a non-finite row).
+    rint is floor(t + 1/2), less 1 where t sat exactly halfway and the floor is odd (ties to even); t + 1/2 and
+    r − t are exact for |t| < 2^22, and past that (an overflowed scale) the codes saturate either way."""
+    t = T.where(bad > 0.0, 0.0, v) / sa
+    r = T.floor(t + 0.5)
+    odd = r - 2.0 * T.floor(r * 0.5)
+    r = T.where(r - t == 0.5, r - odd, r)  # a tie rounds to the even neighbour
+    return T.cast(T.minimum(T.maximum(r, -127.0), 127.0), T.int8)
+
+
+def _row_extremes(x: Any, row0: Any, K: Any, BM: int, BK: int) -> tuple[Any, Any]:
+    """Traced: (amax, bad) [BM, 1] over all of K of rows row0.. of x, BK columns a step; a backend's max may
+    drop NaN, so non-finite values are flagged on their own."""
+    amax = T.zeros((BM, 1), T.float32, name="amax")
+    bad = T.zeros((BM, 1), T.float32, name="bad")
+    for k0 in T.range(0, K, BK, name="k0"):
+        v = T.cast(T.load(x, (row0, k0), (BM, BK)), T.float32)  # rows >= M and columns >= K read 0
+        T.assign(amax, T.maximum(amax, T.max(T.abs(v), axis=1, keepdims=True)))
+        T.assign(bad, T.maximum(bad, T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)))
+    return amax, bad
+
+
 @T.kernel
 def quantize_tokens_int8(
     x: T.Tensor("adtype", ("M", "K")),
@@ -150,36 +188,40 @@ def quantize_tokens_int8(
     BM: T.constexpr = 1,
 ):
     """W4A8's per-token quantization of float activations (`lowbit.quant.quantize_per_token_int8`, bit for
-    bit) laid out as `regroup_int8` lays out its codes: per row, amax = max |x| over all of K, the float16
-    scale sa = fp16(amax / 127) with `storage_scale`'s guards (0 -> 1, underflow -> the smallest subnormal,
-    overflow -> 65504), codes q = clip(rint(x / sa), -127, 127), every group's scale sa and code sum. A row
-    holding a NaN or an inf gets codes 0 and a NaN scale (its output row is NaN, as F.linear's).
-
-    Exactness: amax / 127 rounded to float32 and then to float16 is the float16 rounding of the exact
-    quotient (a double rounding could differ only if the float32 result were a float16 midpoint m while the
-    quotient is not; m·127 has at most 19 significant bits, so amax would equal it: the quotient is m).
-    rint is floor(t + 1/2), less 1 where t sat exactly halfway and the floor is odd (ties to even); t + 1/2
-    and r − t are exact for |t| < 2^22, and past that (an overflowed scale) the codes saturate either way."""
+    bit: `_token_scale`, `_token_codes`) laid out as `regroup_int8` lays out its codes: per row, amax = max
+    |x| over all of K, the float16 scale sa, codes q = clip(rint(x / sa), -127, 127), every group's scale sa
+    and code sum. A row holding a NaN or an inf gets codes 0 and a NaN scale (its output row is NaN, as
+    F.linear's); padding rows M..MP-1 come out zero."""
     (pm,) = T.grid(T.cdiv(MP, BM))
-    amax = T.zeros((BM, 1), T.float32, name="amax")
-    bad = T.zeros((BM, 1), T.float32, name="bad")
+    amax, bad = _row_extremes(x, pm * BM, K, BM, G)
+    real = T.reshape(pm * BM + T.arange(0, BM), (BM, 1)) < M
+    sa, scale = _token_scale(amax, bad, real)
     for k0 in T.range(0, K, G, name="k0"):
-        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
-        T.assign(amax, T.maximum(amax, T.max(T.abs(v), axis=1, keepdims=True)))
-        # a backend's max may drop NaN: non-finite values are flagged on their own
-        T.assign(bad, T.maximum(bad, T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)))
-    half = T.cast(T.cast(T.minimum(amax / 127.0, FLOAT16_MAX), T.float16), T.float32)
-    sa = T.where(amax == 0.0, 1.0, T.where(half == 0.0, FLOAT16_TINY, half))  # [BM, 1]
-    real = T.reshape(pm * BM + T.arange(0, BM), (BM, 1)) < M  # rows M..MP-1 (padding) store scale 0, as regroup
-    scale = T.where(bad > 0.0, float("nan"), T.where(real, sa, 0.0))
-    for k0 in T.range(0, K, G, name="k0"):
-        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)
-        t = T.where(bad > 0.0, 0.0, v) / sa  # [BM, G]
-        r = T.floor(t + 0.5)
-        odd = r - 2.0 * T.floor(r * 0.5)
-        r = T.where(r - t == 0.5, r - odd, r)  # a tie rounds to the even neighbour
-        q = T.cast(T.minimum(T.maximum(r, -127.0), 127.0), T.int8)
+        q = _token_codes(T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32), bad, sa)
         _store_group(xq, xs, xsum, q, scale, k0, pm, BM, G)
+
+
+@T.kernel
+def quantize_rows_int8(
+    x: T.Tensor("adtype", ("M", "K")),
+    qa: T.Tensor("int8", ("M", "K")),
+    sa: T.Tensor("float32", ("M",)),
+    M: T.int32,
+    K: T.int32,
+    adtype: T.constexpr = "float32",
+    BM: T.constexpr = 1,
+    BK: T.constexpr = 128,
+):
+    """`lowbit.quant.quantize_per_token_int8` bit for bit, row-major, as the W4A8 GEMMs read it: qa [M, K]
+    int8, sa [M] the float16 scales as float32 (a non-finite row: codes 0 and a NaN scale). One pass for the
+    row extremes, one for the codes: on a GPU the one fused kernel in place of torch's chain of a dozen
+    elementwise launches over x (`ops.linear.quantize_per_token_int8_torch`). Any K (ragged BK steps read 0)."""
+    (pm,) = T.grid(T.cdiv(M, BM))
+    amax, bad = _row_extremes(x, pm * BM, K, BM, BK)
+    s, scale = _token_scale(amax, bad)
+    for k0 in T.range(0, K, BK, name="k0"):
+        T.store(qa, (pm * BM, k0), _token_codes(T.cast(T.load(x, (pm * BM, k0), (BM, BK)), T.float32), bad, s))
+    T.store(sa, (pm * BM,), T.reshape(scale, (BM,)))
 
 
 def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
@@ -265,6 +307,7 @@ __all__ = [
     "A8_DTYPES",
     "A8_GROUPS",
     "quantize_groups_int8",
+    "quantize_rows_int8",
     "quantize_tokens_int8",
     "quantized_gemv_a8",
     "regroup_int8",

@@ -59,6 +59,7 @@ from lowbit.kernels.gemv_a8 import (
     A8_DTYPES,
     A8_GROUPS,
     quantize_groups_int8,
+    quantize_rows_int8,
     quantize_tokens_int8,
     quantized_gemv_a8,
     regroup_int8,
@@ -288,7 +289,7 @@ def quantized_linear(
         # call launches the kernel directly (no host round trip: a per-call copy of a 32 MB weight over PCIe
         # would be what a GPU benchmark timed), so it can be captured in a CUDA graph
         ya = _torch_empty((m, n), x)
-        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
+        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype, backend)
         _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
         return _torch_result(ya, bias, shape, out)
     elif is_torch and m and backend == "tvm" and x.device.type == "cuda":
@@ -300,7 +301,7 @@ def quantized_linear(
                 "or use backend='triton' (tuned on the GPU)"
             )
         ya = _torch_empty((m, n), x)
-        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype)
+        fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype, backend)
         tvm_cuda_kernel(qweight, m, adtype, fixed, args, config, kernel)(args)
         return _torch_result(ya, bias, shape, out)
     elif (
@@ -425,7 +426,7 @@ def linear_problem(qweight: QuantizedWeight, x: Any, backend: str = "auto") -> t
     n, k = qweight.shape
     if is_torch and _on_launch_device(x, backend):  # what quantized_linear launches there: the device copy
         x2d = x.reshape(-1, k).contiguous()
-        fixed, args = _device_arguments(qweight, x2d, _torch_empty((x2d.shape[0], n), x2d), adtype)
+        fixed, args = _device_arguments(qweight, x2d, _torch_empty((x2d.shape[0], n), x2d), adtype, backend)
         return select_kernel(qweight, x2d.shape[0], adtype=adtype, backend=backend), fixed, args
     x2 = _host(x, is_torch).reshape(-1, k)  # [M, K]
     xa, ya = _kernel_io(x, x2, is_torch, backend, n)
@@ -1000,13 +1001,44 @@ def quantize_per_token_int8_torch(x: Any) -> tuple[Any, Any]:
     return qa, s
 
 
-def _device_arguments(qw: QuantizedWeight, x: Any, y: Any, adtype: str) -> tuple[dict, dict]:
-    # `_arguments` for torch x [M, K] and y [M, N] on the launch device, with the weight's device copy
+_ROW_QUANTIZERS: dict[tuple[str, int], Any] = {}  # `quantize_rows_int8` compiled for Triton, by (x dtype, BK)
+
+
+def quantize_rows_triton(x: Any) -> tuple[Any, Any]:
+    """`lowbit.quant.quantize_per_token_int8` of torch x [M, K] where Triton launches (a CUDA GPU; the CPU
+    under the interpreter), bit for bit, by one fused kernel (`kernels.quantize_rows_int8`: a pass for each
+    row's extremes, one for its codes) instead of `quantize_per_token_int8_torch`'s dozen elementwise launches,
+    each a full pass over x: (qa [M, K] int8, sa [M] float32 holding the float16 scales; a non-finite row:
+    codes 0 and a NaN scale)."""
+    import torch
+
+    m, k = (int(n) for n in x.shape)
+    adtype = str(x.dtype).removeprefix("torch.")
+    bk = min(2048, 1 << max(4, (k - 1).bit_length()))  # a power of two (Triton's tiles): all of K up to 2048
+    kernel = _ROW_QUANTIZERS.get((adtype, bk))
+    if kernel is None:
+        kernel = _ROW_QUANTIZERS[adtype, bk] = compile_program(
+            quantize_rows_int8.trace(adtype=adtype, BM=1, BK=bk), "triton"
+        )
+    qa = torch.empty((m, k), dtype=torch.int8, device=x.device)
+    sa = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m:
+        kernel({"x": x, "qa": qa, "sa": sa, "M": m, "K": k})
+    return qa, sa
+
+
+def _device_arguments(qw: QuantizedWeight, x: Any, y: Any, adtype: str, backend: str) -> tuple[dict, dict]:
+    # `_arguments` for torch x [M, K] and y [M, N] on the launch device, with the weight's device copy; W4A8
+    # activations quantized per token there (Triton: one fused kernel; TVM's CUDA kernels: torch's ops)
     arrays = device_weight(qw, x.device)
     if qw.scheme == "w_a16":
         return _a16_arguments(qw, arrays, x, y, x.shape[0], adtype)
-    qa, sa = quantize_per_token_int8_torch(x)
-    return _w4a8_arguments(qw, arrays, qa, sa.float(), y, adtype)
+    if backend == "triton":
+        qa, sa = quantize_rows_triton(x)
+    else:
+        qa, sa16 = quantize_per_token_int8_torch(x)
+        sa = sa16.float()
+    return _w4a8_arguments(qw, arrays, qa, sa, y, adtype)
 
 
 def _host_arrays(qw: QuantizedWeight) -> dict[str, Any]:

@@ -708,6 +708,7 @@ def _library() -> dict[str, tuple[Kernel, st.SearchStrategy[dict[str, object]]]]
         "gemv_a8:quantize_groups_int8": dict(G=st.sampled_from([32, 128]), adtype=floats),
         "gemv_a8:regroup_int8": dict(G=st.sampled_from([32, 128]), BM=st.sampled_from([1, 4])),
         "gemv_a8:quantize_tokens_int8": dict(G=st.sampled_from([32, 128]), BM=st.sampled_from([1, 4]), adtype=floats),
+        "gemv_a8:quantize_rows_int8": dict(BK=st.sampled_from([64, 2048]), BM=st.sampled_from([1, 2]), adtype=floats),
         "w4a8:w4a8_gemm_per_group": dict(G=st.sampled_from([32, 64, 128]), ydtype=floats),
         "w4a8:w4a8_gemm_per_group_persistent": {},
         "w4a8:w4a8_gemm_per_channel": dict(ydtype=floats),

@@ -23,6 +23,7 @@ from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.dtypes import decode
 from lowbit.kernels.gemv_a8 import (
     quantize_groups_int8,
+    quantize_rows_int8,
     quantize_tokens_int8,
     quantized_gemv_a8,
     regroup_int8,
@@ -352,3 +353,65 @@ def check_token_quantizer(backend, M, groups, G, BM, kind, adtype, seed):
     assert (xq[:, :M] == rows_to_groups(qa, G)).all() and (xq[:, M:] == 0).all()
     assert np.array_equal(xs[:M], np.repeat(sa[:, None], K // G, 1), equal_nan=True) and (xs[M:] == 0).all()
     assert (xsum[:M] == qa.astype(np.int32).reshape(M, K // G, G).sum(-1)).all() and (xsum[M:] == 0).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    M=st.integers(1, 12),
+    K=st.integers(1, 400),
+    BM=st.sampled_from([1, 2, 4]),
+    BK=st.sampled_from([32, 128, 256]),
+    kind=st.sampled_from(["gauss", "halves", "zero", "nonfinite", "huge"]),
+    adtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+def test_row_quantizer_is_quantize_per_token_int8_bit_for_bit(backend, M, K, BM, BK, kind, adtype, seed):
+    """`quantize_rows_int8` (W4A8's activations where Triton launches) against `lowbit.quant`'s per-token
+    quantizer: the same codes and float16 scales, bit for bit, at any K (ragged K steps); a non-finite row:
+    codes 0 and a NaN scale."""
+    check_row_quantizer(backend, M, K, BM, BK, kind, adtype, seed)
+
+
+def check_row_quantizer(backend, M, K, BM, BK, kind, adtype, seed):
+    from lowbit.dtypes import dtype as as_dtype
+    from lowbit.ops.linear import _quantize_tokens
+
+    x = token_rows(np.random.default_rng(seed), M, max(K, 2), kind)[:, :K]
+    if kind == "halves":
+        x[:, 0] = 127.0
+    if adtype == "bfloat16":
+        x = x.astype(as_dtype("bfloat16").host_dtype)
+    qa, sa = _quantize_tokens(x.astype(np.float32))
+    q = np.full((M, K), 99, np.int8)
+    s = np.full((M,), -5.0, np.float32)
+    quantize_rows_int8.run(backend=backend, x=x, qa=q, sa=s, M=M, K=K, BM=BM, BK=BK, adtype=adtype)
+    assert np.array_equal(q, qa) and np.array_equal(s, sa, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind,adtype", [("halves", "float32"), ("nonfinite", "bfloat16")])
+def test_row_quantizer_on_triton_and_for_sm90(kind, adtype):
+    """Through the Triton interpreter, bit for bit, and compiled ahead of time for sm_90 as the GPU runs it
+    (`ops.linear.quantize_rows_triton`: BM 1, BK up to 2048, fp16 / bf16 x)."""
+    import lowbit.codegen.triton as triton_backend
+    from lowbit.codegen.backend import compile_program
+
+    check_row_quantizer("triton", 3, 200, 1, 128, kind, adtype, 11)
+    for dt in ("float16", "bfloat16"):
+        compiled = compile_program(quantize_rows_int8.trace(adtype=dt, BM=1, BK=2048), "triton")
+        assert triton_backend.compile_sm90(compiled)["cubin"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(1, 4096), (37, 1000), (1024, 8192)])
+def test_row_quantizer_on_cuda_is_the_torch_quantizer(m, k):
+    """On the GPU the fused kernel gives `quantize_per_token_int8_torch`'s codes and scales bit for bit."""
+    from lowbit.ops.linear import quantize_per_token_int8_torch, quantize_rows_triton
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
+    x[0, : k // 2] = torch.arange(k // 2, device="cuda", dtype=torch.float16) % 255 / 2  # ties
+    if m > 1:
+        x[1, 5] = float("inf")
+    qa, sa = quantize_rows_triton(x)
+    ta, ts = quantize_per_token_int8_torch(x)
+    assert torch.equal(qa, ta) and torch.equal(torch.nan_to_num(sa, 7.0), torch.nan_to_num(ts.float(), 7.0))
