@@ -98,6 +98,7 @@ def test_gemv_a8(tvm_runs_cuda_code):
     a8.test_regroup_lays_out_per_token_codes_as_the_quantizer_does("tvm", 3, 4, 64, 4)
     for kind in ("halves", "nonfinite"):
         a8.check_token_quantizer("tvm", 3, 2, 64, 4, kind, "bfloat16", 5)
+        a8.check_row_quantizer("tvm", 3, 200, 1, 128, kind, "float32", 5)
 
 
 def test_decode_attention(tvm_runs_cuda_code):
