@@ -86,6 +86,13 @@ def _store_group(xq: Any, xs: Any, xsum: Any, q: Any, scale: Any, k0: Any, pm: A
     T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
 
 
+def _extremes(v: Any) -> tuple[Any, Any]:
+    """Traced: (max |v|, 1 where the row holds a NaN or an inf else 0) over the last axis of v [BM, G], both
+    [BM, 1]; a backend's max may drop NaN, so non-finite values are flagged on their own."""
+    flags = T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0)
+    return T.max(T.abs(v), axis=1, keepdims=True), T.max(flags, axis=1, keepdims=True)
+
+
 @T.kernel
 def quantize_groups_int8(
     x: T.Tensor("adtype", ("M", "K")),
@@ -102,10 +109,9 @@ def quantize_groups_int8(
     (pm,) = T.grid(T.cdiv(MP, BM))
     for k0 in T.range(0, K, G, name="k0"):
         v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
-        amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
-        # 1 where the group holds a NaN or an inf (a backend's max may drop NaN): its scale is NaN, so the
-        # row's output is NaN, as F.linear's would be non-finite, not a finite value from the other codes
-        bad = T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)  # [BM, 1]
+        # a group holding a NaN or an inf gets a NaN scale, so the row's output is NaN, as F.linear's would be
+        # non-finite, not a finite value from the other codes
+        amax, bad = _extremes(v)  # [BM, 1]
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
         q = T.cast(T.floor(T.where(bad > 0.0, 0.0, v * inv) + 0.5), T.int8)  # [BM, G] in [-127, 127]
         _store_group(xq, xs, xsum, q, T.where(bad > 0.0, float("nan"), amax / 127.0), k0, pm, BM, G)
@@ -163,14 +169,13 @@ def _token_codes(v: Any, bad: Any, sa: Any) -> Any:
 
 
 def _row_extremes(x: Any, row0: Any, K: Any, BM: int, BK: int) -> tuple[Any, Any]:
-    """Traced: (amax, bad) [BM, 1] over all of K of rows row0.. of x, BK columns a step; a backend's max may
-    drop NaN, so non-finite values are flagged on their own."""
+    """Traced: `_extremes` [BM, 1] over all of K of rows row0.. of x, BK columns a step."""
     amax = T.zeros((BM, 1), T.float32, name="amax")
     bad = T.zeros((BM, 1), T.float32, name="bad")
     for k0 in T.range(0, K, BK, name="k0"):
-        v = T.cast(T.load(x, (row0, k0), (BM, BK)), T.float32)  # rows >= M and columns >= K read 0
-        T.assign(amax, T.maximum(amax, T.max(T.abs(v), axis=1, keepdims=True)))
-        T.assign(bad, T.maximum(bad, T.max(T.where(T.abs(v) <= FLOAT32_MAX, 0.0, 1.0), axis=1, keepdims=True)))
+        step_amax, step_bad = _extremes(T.cast(T.load(x, (row0, k0), (BM, BK)), T.float32))  # past M, K: 0
+        T.assign(amax, T.maximum(amax, step_amax))
+        T.assign(bad, T.maximum(bad, step_bad))
     return amax, bad
 
 
