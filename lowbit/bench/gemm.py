@@ -24,7 +24,7 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   lowbit_w4a8    the QoQ W4A8 weight (`quantize(..., "uint4", scheme="w4a8_group")`: uint4 codes, int8 group
                  scales, per-channel fp16 scales) on x quantized per token inside the timed call: with triton (a
                  GPU's backend) fp16 x and int8 tensor-core dots, the Ms including 1024 and 4096 (`CUDA_MS`); with
-                 tvm fp32 x (NumPy's quantizer) and the a8 GEMV's u8·i8 dots at every M
+                 tvm fp32 x (quantize_tokens_int8) and the a8 GEMV's u8·i8 dots at every M
   stream         with cache "rotate", M <= STREAM_MAX_M: torch `sum` over the bytes of the int4 weight (a ring of
                  buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
                  bandwidth (the best of two measurements, at the run's start and end)

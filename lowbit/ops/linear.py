@@ -223,7 +223,7 @@ def quantized_linear(
     if bias is None and out is None and config is None and kernel in (None, A8_KERNEL) and not tune:
         # a call whose arguments' kind was seen before on this weight: its launcher straight away (`_FAST`)
         seen = getattr(qweight, "__dict__", _NONE).get(_FAST)
-        if seen is not None and type(x) is seen[_TENSOR]:
+        if seen is not None and type(x) is _TORCH_TENSOR[0]:
             hit = seen.get((backend, kernel, x.dtype, x.shape, x.device))
             if hit is not None and x.is_contiguous():
                 return hit(x)
@@ -358,7 +358,7 @@ def quantized_linear(
 # streaming its weight from DRAM pays with cold caches. 4096² M = 1 bf16 x, a ring of 32 weights, 2 threads,
 # alternating: int4 0.310 vs 0.326 ms, int2 0.170 vs 0.181; 11008x4096 int4 0.812 vs 0.831.
 _FAST = "_fast_launches"
-_TENSOR = "tensor type"  # the key of torch.Tensor in a `_FAST` table
+_TORCH_TENSOR: list[Any] = [None]  # torch.Tensor, set by the first `_remember` (torch is imported lazily here)
 _FAST_MOST = 64  # keys kept per weight (a prompt length is a shape: past this many the table starts again)
 _NONE: dict[str, Any] = {}
 
@@ -367,10 +367,10 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
     """Record `launch` (y2 [m, n] from x2 [m, K], torch tensors) for calls with x's kind (`_FAST`)."""
     import torch
 
-    seen = qw.__dict__.setdefault(_FAST, {_TENSOR: torch.Tensor})
-    if len(seen) > _FAST_MOST:
+    _TORCH_TENSOR[0] = torch.Tensor
+    seen = qw.__dict__.setdefault(_FAST, {})
+    if len(seen) >= _FAST_MOST:
         seen.clear()
-        seen[_TENSOR] = torch.Tensor
     if type(x) is not torch.Tensor:  # a subclass (nn.Parameter, a tensor wrapper) takes the checked path
         return
     k = int(x.shape[-1])

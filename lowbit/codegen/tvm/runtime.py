@@ -408,29 +408,21 @@ class TvmKernel:
         ]
         fn, name = self.function, self.program.name
 
-        def call(*values: Any) -> None:
-            args = list(template)
-            for (i, tensor), v in zip(where, values):
+        def flat(*values: Any) -> None:
+            """The launch with the dynamic tensors already flat (1-D views): `call` without its views, one torch
+            op fewer per tensor (`lowbit.ops.linear`'s fast path)."""
+            args = template.copy()
+            for (i, _), v in zip(where, values):
                 if i >= 0:
-                    args[i] = v.view(-1) if tensor else v
+                    args[i] = v
             calls = getattr(RECORDING, "calls", None)
             if calls is not None:  # a step being recorded for replay (lowbit.runtime.executor's decode plans)
                 calls.append((fn, tuple(args)))
                 RECORDING.names.append(name)
             fn(*args)
 
-        def flat(*values: Any) -> None:
-            """`call` with the tensors already flat (1-D views): one torch view fewer per tensor, what the
-            cold-cache Python path of a DRAM-streamed GEMV feels (`lowbit.ops.linear`'s fast path)."""
-            args = template.copy()
-            for (i, _), v in zip(where, values):
-                if i >= 0:
-                    args[i] = v
-            calls = getattr(RECORDING, "calls", None)
-            if calls is not None:
-                calls.append((fn, tuple(args)))
-                RECORDING.names.append(name)
-            fn(*args)
+        def call(*values: Any) -> None:
+            flat(*[v.view(-1) if tensor else v for (_, tensor), v in zip(where, values)])
 
         call.flat = flat  # type: ignore[attr-defined]
         return call
