@@ -35,8 +35,9 @@ TVM backend are present, else "reference" (the NumPy interpreter: exact but slow
 Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
 backend, fixed constants and shape); else a config pinned to the weight for this M by a compiled artifact
 (`lowbit.codegen.tune.records`); else the search space's default (lowbit.kernels.spaces).
-Output dtype = x's dtype (float16, bfloat16, float32). A bias is added in fp32 after the kernel's rounding
-to the output dtype, then rounded again (one extra rounding; not fused yet).
+Output dtype = x's dtype (float16, bfloat16, float32; float64 x runs rounded to float32, y widened back). A
+bias is added in fp32 after the kernel's rounding to the output dtype, then rounded again (one extra rounding;
+not fused yet).
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def quantized_linear(
 ) -> Any:
     """y[..., N] = x[..., K] @ qweight.dequantize().T (+ bias), in x's dtype and framework (numpy or torch).
 
-    x: float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features (a strided view is copied).
+    x: float16/bfloat16/float32 array or tensor with last dim K = qweight.in_features (a strided view is copied);
+    float64 x runs as float32 and y comes back in float64 (`_linear_float64`).
     bias: [N] or None. out: a contiguous [..., N] array/tensor of x's dtype to write into (returned).
     kernel: None (the rule in the module docstring), "quantized_gemv_a8" (int8 activations, any M),
     "quantized_gemv_fma" (w_a16 weights: the dot-free GEMV, any M in tiles of up to 4 rows) or
@@ -230,6 +232,8 @@ def quantized_linear(
     if not isinstance(qweight, QuantizedWeight):
         raise ValueError(f"qweight is a {type(qweight).__name__}; build it with lowbit.ops.quantize(w, ...)")
     is_torch = _is_torch(x)
+    if str(getattr(x, "dtype", "")).removeprefix("torch.") == "float64":
+        return _linear_float64(x, qweight, backend, bias, out, tune, config, kernel)
     adtype = activation_dtype(x, "x")
     n, k = qweight.shape
     shape = tuple(x.shape)
@@ -399,6 +403,37 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
             return y.view(shape)
 
     seen[(backend, kernel, dtype, x.shape, device)] = run
+
+
+def _linear_float64(
+    x: Any, qw: QuantizedWeight, backend: str, bias: Any, out: Any, tune: bool, config: Any, kernel: Any
+) -> Any:
+    """`quantized_linear` for float64 x (NumPy's default float): the kernels' widest activation type runs it,
+    x rounded to float32; y comes back in float64 (a float32 result widened), the bias added in float64.
+    So y carries float32's rounding (~1e-7 relative per element), not float64's: a user who wants the
+    weight's exact product in float64 multiplies by `qw.dequantize()` themselves."""
+    is_torch = _is_torch(x)
+    n = qw.shape[0]
+    if bias is not None:
+        b = _host(bias, _is_torch(bias)) if hasattr(bias, "shape") else np.asarray(bias)
+        if b.shape != (n,):
+            raise ValueError(f"bias has shape {list(b.shape)}; pass a [{n}] bias (out_features) or None")
+        bias = _like(b.astype(np.float64), x, is_torch)
+    want = [*tuple(x.shape)[:-1], n]
+    if out is not None and (_is_torch(out) != is_torch or list(out.shape) != want or "float64" not in str(out.dtype)):
+        raise ValueError(
+            f"out is a {type(out).__name__} of shape {list(out.shape)} and dtype {out.dtype}; for float64 x pass a "
+            f"float64 {'tensor' if is_torch else 'array'} of shape {want} (or out=None)"
+        )
+    x32 = x.float() if is_torch else np.asarray(x, np.float32)
+    y = quantized_linear(x32, qw, backend=backend, tune=tune, config=config, kernel=kernel)
+    y = y.double() if is_torch else y.astype(np.float64)
+    if bias is not None:
+        y = y + bias
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def _torch_result(ya: Any, bias: Any, shape: tuple[int, ...], out: Any) -> Any:

@@ -107,6 +107,30 @@ def test_unusual_group_size_falls_back_to_one_group_per_step():
     assert relative_error(quantized_linear(x, qw, backend="reference"), reference(x, qw)) <= 2e-5
 
 
+@pytest.mark.parametrize("backend", ["reference", "tvm"])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_float64_x_runs_as_float32_and_returns_float64(backend, kind):
+    """NumPy's default float: x rounded to float32 runs the kernels, y widened to float64 (with bias, out)."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} backend not installed")
+    qw = quantize(weight(24, 256), "int3", 64)
+    x = np.random.default_rng(3).standard_normal((2, 3, 256))
+    b = np.random.default_rng(4).standard_normal(24)
+    wrap = torch.from_numpy if kind == "torch" else np.asarray
+    y = quantized_linear(wrap(x), qw, backend=backend)
+    assert str(y.dtype).removeprefix("torch.") == "float64" and tuple(y.shape) == (2, 3, 24)
+    assert relative_error(y, reference(x, qw)) <= 2e-6
+    y32 = quantized_linear(wrap(x.astype(np.float32)), qw, backend=backend)
+    assert np.array_equal(np.asarray(y), np.asarray(y32).astype(np.float64))  # the float32 run, widened
+    out = wrap(np.empty((2, 3, 24)))
+    assert quantized_linear(wrap(x), qw, backend=backend, bias=wrap(b), out=out) is out
+    assert relative_error(out, reference(x, qw) + b) <= 2e-6
+    with pytest.raises(ValueError, match=r"for float64 x pass a float64 .* of shape \[2, 3, 24\]"):
+        quantized_linear(wrap(x), qw, backend=backend, out=wrap(np.empty((2, 3, 24), np.float32)))
+    with pytest.raises(ValueError, match=r"bias has shape \[5\]; pass a \[24\] bias"):
+        quantized_linear(wrap(x), qw, backend=backend, bias=np.zeros(5))
+
+
 @pytest.mark.parametrize(
     "case,match",
     [
