@@ -5,6 +5,7 @@ Per group (ANCHORS, AWQ/GPTQ/Marlin):
   symmetric:   s = amax / qmax on a signed grid, no zero                 x̂ = q·s
   asymmetric:  s = (max − min).clip(1e-5) / (2^b − 1)
                POST_SCALE  z  = clip(qmin − rint(min / s), qmin, qmax)    x̂ = (q − z)·s   (AWQ; qmin = 0 on uint)
+                           with min = min(w, 0), max = max(w, 0)          (GPTQ's range: it holds 0)
                PRE_SCALE   z' = qmin·s − min                              x̂ = q·s − z'   (covers [min, max])
 Options: `integer_scales` rounds s to an integer ≥ 1 (QoQ level 2 style); `scale_dtype` float16 rounds s
 to fp16 like real checkpoints, and a PRE_SCALE float zero z' with it. Zeros and codes are always computed
@@ -12,9 +13,10 @@ from the *stored* scale (and codes from the stored z'), so the stored (codes, sc
 `dequantize()` exactly and every code is round-to-nearest for them: within s/2 inside the grid, whose ends
 an fp16 z' moves by at most |z'|·2^-11 (what a value past them is clipped by).
 
-Note the AWQ zero is clipped to the grid, so the grid always contains 0: a group that does not straddle
-0 (all weights > 0, say) is clipped. That is AWQ's behaviour and real weight groups straddle 0; the
-pre-scale convention has no such clip.
+An integer zero puts 0 on the grid, so the post-scale range is widened to hold 0 (GPTQ's rule). On a group
+that straddles 0, as real weight groups do, this is AWQ's formula exactly. AWQ's own min-max instead
+clips the zero, which loses a one-sided group: a constant group of 0.7 came back as 1e-5, and a group of
+0.70 and 0.75 came back as 0.05 throughout. The pre-scale convention covers [min, max] as it is.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def quantize_groupwise(
 
     lo = wg.min(axis=-1).astype(np.float64)  # lo, hi: [..., K // G]
     hi = wg.max(axis=-1).astype(np.float64)
+    if zero_convention == ZeroConvention.POST_SCALE:  # an integer zero: the range holds 0 (GPTQ's rule)
+        lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
     raw = np.clip(hi - lo, AWQ_MIN_RANGE, None) / grid.steps
     scales = _finish_scales(raw, integer_scales, scale_dtype)
     s = scales.astype(np.float64)

@@ -76,12 +76,10 @@ def test_groupwise_properties(cfg: dict, n: int, groups: int, g: int, per_channe
     slack = s * FP16_ULP * grid.steps + 8 * EPS32 * (np.abs(w) + np.abs(xhat) + np.abs(lo) + np.abs(hi))
     inside = (w >= lo) & (w <= hi)
     assert np.all(err[inside] <= s[inside] / 2 + slack[inside])
-    # float min-max scales cover the whole group unless the AWQ zero clip bites (a group not straddling 0)
+    # float min-max scales cover the whole group, one-sided groups too (the post-scale range holds 0)
     unsaturated = s < np.finfo(cfg["scale_dtype"]).max  # a saturated scale (huge fp16 range) clips
     if not cfg["integer_scales"] and not cfg["symmetric"]:
-        wg = w.reshape(n, -1, gq.group_size)
-        straddles = np.repeat((wg.min(-1) <= 0) & (wg.max(-1) >= 0), gq.group_size, axis=-1)
-        covered = (straddles if conv == POST else True) & unsaturated
+        covered = unsaturated
         if conv == PRE and cfg["scale_dtype"] == np.float16:  # z' rounded to fp16 moves the grid's ends
             slack = slack + np.repeat(np.abs(gq.zeros).astype(np.float32) * FP16_ULP, gq.group_size, axis=-1)
         assert np.all(err[covered] <= s[covered] / 2 + slack[covered])
@@ -102,6 +100,7 @@ def _awq_pseudo_quantize(w: np.ndarray, group_size: int, bits: int = 4) -> tuple
 
 @given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([2, 3, 4, 8]), kind=st.sampled_from(["normal", "outliers"]))
 def test_matches_awq_pseudo_quantization(seed: int, bits: int, kind: str) -> None:
+    """On groups that straddle 0 (these, of 128 values each), the post-scale rule is AWQ's formula."""
     w = sample(np.random.default_rng(seed), (8, 256), kind)
     ours = quantize_groupwise(w, bits=bits, group_size=128).dequantize()
     awq, ratio = _awq_pseudo_quantize(w, 128, bits)
@@ -124,6 +123,16 @@ def test_constant_and_zero_weights_give_no_nan(kind: str, symmetric: bool, scale
         assert np.array_equal(xhat, w)
     if symmetric:  # a constant group is ±amax: exact on the symmetric grid (amax = qmax·s)
         assert np.allclose(xhat, w, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("bits,signed", [(1, False), (2, False), (4, False), (4, True), (8, False)])
+def test_post_scale_keeps_one_sided_groups(bits: int, signed: bool) -> None:
+    """AWQ's clipped zero turned a group of 0.70 and 0.75 into 0.05 and a constant 0.7 into 1e-5; with 0 in
+    the range every value is within half a step."""
+    w = np.array([[0.75] * 16 + [0.7] * 16, [0.7] * 32, [-3.0] * 31 + [-2.5]], np.float32)
+    gq = quantize_groupwise(w, bits=bits, signed=signed, group_size=32)
+    s = np.repeat(gq.scales.astype(np.float32), 32, axis=-1)
+    assert np.all(np.abs(gq.dequantize() - w) <= s / 2 * (1 + 1e-6))
 
 
 def test_pre_scale_reconstructs_a_constant_group_exactly() -> None:
