@@ -26,8 +26,9 @@ def expand(p, qw):
 
 @pytest.mark.parametrize("name", INT_DTYPES)
 @pytest.mark.parametrize("group_size", [32, -1])
-def test_int_round_to_nearest_bound(name, group_size):
-    w = weight()
+@pytest.mark.parametrize("offset", [0.0, 5.0, -40.0])  # groups that straddle 0, and one-sided ones
+def test_int_round_to_nearest_bound(name, group_size, offset):
+    w = weight() + np.float32(offset)
     qw = quantize(w, name, group_size)
     dt = dtype(name)
     assert qw.zero_mode == ("none" if dt.is_signed and dt.bits >= 2 else "post")
