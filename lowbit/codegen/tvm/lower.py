@@ -114,6 +114,10 @@ OPTIONS: dict[str, Any] = {
     # where the CPU has AMX-BF16 and Linux grants its tile state, else "avx512bf16" on an x86 CPU with AVX-512
     # BF16 (resolved by lowbit.codegen.tvm.runtime)
     "bf16_dot": "auto",
+    # the M = 1 pair dot over int4/uint4 codes (values one apart, `_affine_codes`) builds each bf16 weight as
+    # 1 + u/16 with a shift and one vpternlogd instead of vpermw's table lookup (two uops on Intel cores),
+    # then removes the 1 with the tile's Σa (`_affine_pair_codes`); False: the table lookup
+    "bf16_affine": True,
     # the register block of the table-decoded dot's GEMM forms (`_Emitter._block_dot`): rows x 16-column
     # vectors of fp32 accumulators held over all of k, each decoded weight vector loaded once per block of
     # rows and each row's element (fp32) or pair (bf16) broadcast once per block of vectors (vdpbf16ps: ~6
@@ -188,7 +192,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     ):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
-    for name in ("inline_consts", "decode_gemm"):
+    for name in ("inline_consts", "decode_gemm", "bf16_affine"):
         if not isinstance(out[name], bool):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be True or False")
     if not (isinstance(out["prefetch"], int) and out["prefetch"] >= 0):
@@ -405,6 +409,33 @@ def _pair_codes(table: str, words: str, step: str) -> str:
     int16 `table` (vpermw reads 5 bits; entry i is the value of code i mod 16)."""
     idx = f'T.shift_right({words}, T.Broadcast(T.Cast("int16", {step} * 4), 32))'
     return f'T.call_llvm_pure_intrin("int16x32", "llvm.x86.avx512.permvar.hi.512", {table}[T.Ramp(0, 1, 32)], {idx})'
+
+
+def _affine_codes(table: list[float]) -> tuple[int, float] | None:
+    """(flip, β) when the 16 codes' values are q = (code ^ flip) + β, integers one apart (int4: flip 8, β = -8,
+    two's complement read as an offset binary; uint4: 0, 0): what `_affine_pair_codes` decodes without a
+    table. None for any other table (fp4's values)."""
+    t = np.asarray(table[:16], np.float64)
+    u = np.arange(16)
+    for flip in (0, 8):
+        if np.array_equal(t[u ^ flip], u + t[flip]):
+            return flip, float(t[flip])
+    return None
+
+
+def _affine_pair_codes(words: str, step: int, flip: int) -> str:
+    """The bf16 bit patterns of 1 + u'/16 for pair step `step` (0..3) of 16 pair-order words (as `_pair_codes`),
+    u' = code ^ flip placed in the mantissa's top 4 bits: one 16-bit shift and one vpternlogd ((w ^ flip·8) &
+    0x78 | 0x3F80, a function of the shifted words and two constants), where the table form's vpermw costs
+    two uops on Intel cores. Exact in bf16 (5 significant bits); the dot's caller removes the 1 with Σa."""
+    shifted = (
+        f"T.shift_left({words}, T.Broadcast(T.int16(3), 32))"
+        if step == 0
+        else f"T.shift_right({words}, T.Broadcast(T.int16({4 * step - 3}), 32))"
+    )
+    if flip:
+        shifted = f"T.bitwise_xor({shifted}, T.Broadcast(T.int16({flip << 3}), 32))"
+    return f"T.bitwise_or(T.bitwise_and({shifted}, T.Broadcast(T.int16(120), 32)), T.Broadcast(T.int16(16256), 32))"
 
 
 def _permvar(table: str, idx: str) -> str:
@@ -2330,6 +2361,21 @@ class _Emitter:
             # `out`, whose zeroing and readers loop over it, they were loaded and stored around each column
             # vector's four vdpbf16ps)
             regs = self._register_sums(BM, BN // 16)
+            affine = _affine_codes(table) if self.opt["bf16_affine"] and KT % 16 == 0 else None
+            sums = [self.fresh("sx") for _ in range(BM)] if affine else []
+            for m, name in enumerate(sums):  # Σ a[m, :KT]: the affine decode's offset (`_affine_pair_codes`)
+                # in 16 lanes (vector loads and adds, once per tile), then a tree over the lanes
+                kv, lane = self.fresh("kv"), self.fresh("l")
+                self.line(f'{name} = T.decl_buffer((16,), "float32", {self.scope})')
+                self.line(f"{name}[T.Ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)")
+                self.line(f"for {kv} in T.serial({KT // 16}):")
+                self.line(f"    for {lane} in T.vectorized(16):")
+                read = conv(fa((str(m), f"{kv} * 16 + {lane}"), fast))
+                self.line(f"        {name}[{lane}] = {name}[{lane}] + {read}")
+                terms = [f"{name}[{i}]" for i in range(16)]
+                while len(terms) > 1:
+                    terms = [f"({terms[i]} + {terms[i + 1]})" for i in range(0, len(terms), 2)]
+                self.line(f"{name}[0] = {terms[0]}")
             self.line(f"for {ko} in T.serial({KT // 8}):")
             self.depth += 1
             self._prefetch_lut(t, load, k, 8, BN)
@@ -2340,6 +2386,13 @@ class _Emitter:
                 # the words and their decode inline, not named: TVM 0.27 gives each named value a workspace
                 # buffer (heap memory), and each column vector's own name kept its stores in the loop
                 wv = f'T.reinterpret("int16x32", {g}[T.Ramp({scalar(word.subs(jv_sym, v))}, 1, 16)])'
+                if affine:  # the steps unrolled here: each one's shift is a constant of its own direction
+                    for step in range(4):
+                        codes = _affine_pair_codes(wv, step, affine[0])
+                        for m in range(BM):
+                            xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{m * 4 + step}], 16))'
+                            self.line(f"{regs[m][v]} = {stand_in(regs[m][v], codes, xpair)}")
+                    continue
                 self.line(f"for {s} in T.unroll(4):")
                 for m in range(BM):
                     xpair = f'T.reinterpret("int16x32", T.Broadcast({xp}[{m * 4} + {s}], 16))'
@@ -2348,7 +2401,11 @@ class _Emitter:
             for m in range(BM):
                 for v in range(BN // 16):
                     o = f"{out}[{m}, T.Ramp({v * 16}, 1, 16)]"
-                    self.line(f"{o} = {o} + {regs[m][v]}")
+                    if affine:  # Σ a·q = 16·Σ a·(1 + u'/16) + (β − 16)·Σ a, with q = u' + β
+                        off = f"T.Broadcast({sums[m]}[0] * {f32(affine[1] - 16)}, 16)"
+                        self.line(f"{o} = {o} + ({regs[m][v]} * T.Broadcast(T.float32(16), 16) + {off})")
+                    else:
+                        self.line(f"{o} = {o} + {regs[m][v]}")
             return
         self.line(f"for {jv} in T.serial({BN // 16}):")
         self.line(f"    for {ko} in T.serial({KT // 8}):")

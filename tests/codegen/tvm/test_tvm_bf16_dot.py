@@ -103,6 +103,33 @@ def test_m1_pair_dot_over_256_column_tiles(dtype, n, g, asym):
     assert err < bound
 
 
+def test_affine_codes_finds_tables_one_apart():
+    from lowbit.codegen.tvm.lower import _affine_codes
+
+    u = np.arange(16)
+    assert _affine_codes(list(np.where(u < 8, u, u - 16))) == (8, -8.0)  # int4: two's complement
+    assert _affine_codes(list(u)) == (0, 0.0)  # uint4
+    assert _affine_codes(list(u - 3.0)) == (0, -3.0)
+    assert _affine_codes(list(2.0 * u)) is None  # two apart
+    assert _affine_codes([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]) is None  # fp4_e2m1
+
+
+@needs_bf16
+@pytest.mark.parametrize("dtype, asym", [("int4", False), ("int4", True), ("uint4", True), ("fp4_e2m1", False)])
+@pytest.mark.parametrize("g", [8, 24, 32, -1])  # 8, 24: tiles of K whose lanes do not fill 16 (the table form)
+def test_m1_affine_decode_where_codes_are_one_apart(dtype, asym, g):
+    """int4 / uint4 codes at M = 1 decode as 1 + u/16 with a shift and a vpternlogd, the tile's Σa removed
+    after (`lower._affine_codes`); fp4's values are not one apart and keep the table; both within the bound."""
+    quant = dict(symmetric=False, zero_mode="post") if asym else {}
+    k = 96 if g in (8, 24) else 256
+    err, bound, kernel = run(dtype, 1, 128, k, g, {"tm": 1}, seed=g % 7, **quant)
+    off, bound_off, table = run(dtype, 1, 128, k, g, {"tm": 1, "bf16_affine": False}, seed=g % 7, **quant)
+    assert err < bound and off < bound_off
+    affine = dtype != "fp4_e2m1" and g not in (8, 24)
+    assert ("T.int16(120)" in kernel.source) == affine and "T.int16(120)" not in table.source  # the mask 0x78
+    assert ("permvar.hi" in kernel.source) != affine
+
+
 @needs_bf16
 @pytest.mark.parametrize("m, tile_n, tm", [(1, 256, 1), (2, 128, 2)])
 def test_pair_dot_sums_stay_in_registers(m, tile_n, tm):
@@ -116,7 +143,9 @@ def test_pair_dot_sums_stay_in_registers(m, tile_n, tm):
     err, bound, kernel = run("int4", m, 512, 256, 128, {"tm": tm}, seed=m, tile_n=tile_n)
     assert err < bound
     src = kernel.source
-    assert src.count('T.decl_buffer((16,), "float32"') == m * tile_n // 16
+    # the sums, and per row the 16 lanes of Σa that the affine decode of int4 codes removes (`_affine_codes`)
+    assert src.count('T.decl_buffer((16,), "float32"') == m * tile_n // 16 + m * (tm == m)
+    assert ("T.int16(120)" in src) == (tm == m)  # (w & 0x78) | 0x3F80: the affine decode in the M = 1 form
     assert not re.search(r"^\s*(wv|dec)\w* = ", src, re.M)
     hints = re.findall(r"address_of\(w_1\[(T\.max\(T\.min\(.*\)) \+ \d+\]\)", src)
     assert len(hints) == tile_n // 16 and len(set(hints)) == 1  # one line per column vector, one clamp
