@@ -381,7 +381,14 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
     shape = (*x.shape[:-1], n)
     dtype, device = x.dtype, x.device
     flat = getattr(launch, "flat", None)  # a TVM bound launch taking flat tensors (`TvmKernel.bind`)
-    if flat is not None:
+    if flat is not None and device.type == "cpu":  # no device argument: torch parses each keyword per call
+
+        def run(x2: Any) -> Any:
+            y = torch.empty(m * n, dtype=dtype)
+            flat(x2.view(-1), y)
+            return y.view(shape)
+
+    elif flat is not None:
 
         def run(x2: Any) -> Any:
             y = torch.empty(m * n, dtype=dtype, device=device)

@@ -407,14 +407,14 @@ class TvmKernel:
             for n in dynamic
         ]
         fn, name = self.function, self.program.name
+        slots = [(j, i) for j, (i, _) in enumerate(where) if i >= 0]  # (value position, argument position)
 
         def flat(*values: Any) -> None:
             """The launch with the dynamic tensors already flat (1-D views): `call` without its views, one torch
             op fewer per tensor (`lowbit.ops.linear`'s fast path)."""
             args = template.copy()
-            for (i, _), v in zip(where, values):
-                if i >= 0:
-                    args[i] = v
+            for j, i in slots:
+                args[i] = values[j]
             calls = getattr(RECORDING, "calls", None)
             if calls is not None:  # a step being recorded for replay (lowbit.runtime.executor's decode plans)
                 calls.append((fn, tuple(args)))
