@@ -381,17 +381,11 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
     shape = (*x.shape[:-1], n)
     dtype, device = x.dtype, x.device
     flat = getattr(launch, "flat", None)  # a TVM bound launch taking flat tensors (`TvmKernel.bind`)
-    if flat is not None and device.type == "cpu":  # no device argument: torch parses each keyword per call
+    if flat is not None:
+        at = {} if device.type == "cpu" else {"device": device}  # torch parses each keyword, on every call
 
         def run(x2: Any) -> Any:
-            y = torch.empty(m * n, dtype=dtype)
-            flat(x2.view(-1), y)
-            return y.view(shape)
-
-    elif flat is not None:
-
-        def run(x2: Any) -> Any:
-            y = torch.empty(m * n, dtype=dtype, device=device)
+            y = torch.empty(m * n, dtype=dtype, **at)
             flat(x2.view(-1), y)
             return y.view(shape)
 
