@@ -42,6 +42,7 @@ not fused yet).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import threading
@@ -280,10 +281,15 @@ def quantized_linear(
         why = a8_ineligible(qweight)
         if why:
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
+    if kernel == A8_KERNEL or (
+        (not is_torch or x.device.type == "cpu") and not (tune or config) and w4a8_runs_a8(qweight, m, backend)
+    ):
+        # the a8 GEMV's plan: asked for by name, or a W4A8 weight on the CPU, whose first kernel quantizes x per
+        # token bit for bit as the W4A8 GEMM's callers do (`quantize_tokens_int8`: no NumPy pass over x)
         if is_torch and backend != "reference" and m:  # the result stays a torch tensor, as below
             ya = _torch_empty((m, n), x)
             plan = a8_plan(qweight, m, backend, adtype)
-            plan.run(x.reshape(m, k).contiguous(), ya)
+            plan.run(x.reshape(m, k), ya)
             _remember(qweight, x, backend_arg, kernel, plan.run, m, n)
             return _torch_result(ya, bias, shape, out)
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
@@ -325,18 +331,6 @@ def quantized_linear(
         launch(x.reshape(m, k), ya)
         _remember(qweight, x, backend_arg, kernel, launch, m, n)
         return _torch_result(ya, bias, shape, out)
-    elif (not is_torch or x.device.type == "cpu") and not (tune or config) and w4a8_runs_a8(qweight, m, backend):
-        # a W4A8 weight on the CPU: its a8 plan, whose first kernel quantizes x per token bit for bit as the
-        # W4A8 GEMM's callers do (`quantize_tokens_int8`: no NumPy pass over x); torch activations get a torch
-        # result (no NumPy round trip)
-        if not is_torch:
-            y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)
-        else:
-            ya = _torch_empty((m, n), x)
-            plan = a8_plan(qweight, m, backend, adtype)
-            plan.run(x.reshape(m, k), ya)
-            _remember(qweight, x, backend_arg, kernel, plan.run, m, n)
-            return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
@@ -382,7 +376,8 @@ def _remember(qw: QuantizedWeight, x: Any, backend: str, kernel: str | None, lau
     dtype, device = x.dtype, x.device
     flat = getattr(launch, "flat", None)  # a TVM bound launch taking flat tensors (`TvmKernel.bind`)
     if flat is not None:
-        at = {} if device.type == "cpu" else {"device": device}  # torch parses each keyword, on every call
+        # torch parses each keyword on every call: the CPU's allocation passes no device
+        at: dict[str, Any] = {} if device.type == "cpu" else {"device": device}
 
         def run(x2: Any) -> Any:
             y = torch.empty(m * n, dtype=dtype, **at)
@@ -1037,7 +1032,10 @@ def quantize_per_token_int8_torch(x: Any) -> tuple[Any, Any]:
     return qa, s
 
 
-_ROW_QUANTIZERS: dict[tuple[str, int], Any] = {}  # `quantize_rows_int8` compiled for Triton, by (x dtype, BK)
+@functools.cache
+def _row_quantizer(adtype: str, bk: int) -> Any:
+    """`quantize_rows_int8` traced and compiled for Triton, once per (x dtype, BK)."""
+    return compile_program(quantize_rows_int8.trace(adtype=adtype, BM=1, BK=bk), "triton")
 
 
 def quantize_rows_triton(x: Any) -> tuple[Any, Any]:
@@ -1051,11 +1049,7 @@ def quantize_rows_triton(x: Any) -> tuple[Any, Any]:
     m, k = (int(n) for n in x.shape)
     adtype = str(x.dtype).removeprefix("torch.")
     bk = min(2048, 1 << max(4, (k - 1).bit_length()))  # a power of two (Triton's tiles): all of K up to 2048
-    kernel = _ROW_QUANTIZERS.get((adtype, bk))
-    if kernel is None:
-        kernel = _ROW_QUANTIZERS[adtype, bk] = compile_program(
-            quantize_rows_int8.trace(adtype=adtype, BM=1, BK=bk), "triton"
-        )
+    kernel = _row_quantizer(adtype, bk)
     qa = torch.empty((m, k), dtype=torch.int8, device=x.device)
     sa = torch.empty((m,), dtype=torch.float32, device=x.device)
     if m:
