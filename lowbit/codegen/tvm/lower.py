@@ -79,6 +79,15 @@ OPTIONS: dict[str, Any] = {
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
     "prefetch": 4096,
+    # the cache level that the table GEMM forms' word prefetches aim at (`_Emitter._prefetch_lut` in the decode
+    # loop of `_dot_lut_bf16`'s and `_dot_lut_gemm`'s GEMM forms), as llvm.prefetch's locality: 3 = L1
+    # (prefetcht0), 2 = L2 (prefetcht1). Such a form decodes its tile in a burst, then runs its dot (AMX, FMA
+    # blocks) over the decoded tile; the hints for the next tile are all issued in the burst. One ring of
+    # streamed weights for both settings, 2 threads, alternating in one process, 4096² int4: bf16 x (16-row
+    # AMX tile) M = 4 / 8 / 16 0.531 / 0.944 / 0.653 -> 0.515 / 0.659 / 0.595 ms, fp32 x M = 16 2.23 -> 2.18.
+    # The M = 1 walks keep 3 (2 there: int4 bf16 0.340 against 0.332 ms, int2 0.210 against 0.203), and so does
+    # the decoded GEMM form's word walk (int3 bf16 M = 16: 1.195 against 1.173 ms)
+    "gemm_prefetch_locality": 2,
     # ten-per-word linear int codes (int3) in `_Emitter._dot_lut_words`: 4 = one vpermps per 4-bit field of the
     # word (`_words_by_field`), 0 = one per code
     "lut_field": 4,
@@ -204,6 +213,11 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     threads = out["threads"]
     if not (isinstance(threads, int) and 32 <= threads <= 1024 and threads % 32 == 0):
         raise BackendError(f"tvm backend: option threads={threads!r} must be a multiple of 32 in 32..1024")
+    if out["gemm_prefetch_locality"] not in (0, 1, 2, 3):
+        raise BackendError(
+            f"tvm backend: option gemm_prefetch_locality={out['gemm_prefetch_locality']!r}; use 0..3 "
+            "(llvm.prefetch's locality: 3 = L1, 2 = L2)"
+        )
     if out["lut_field"] not in (0, 4):
         raise BackendError(f"tvm backend: option lut_field={out['lut_field']!r}; use 4 (4-bit fields) or 0 (per code)")
     return out
@@ -333,7 +347,8 @@ def _field_tables(
     (value(c) = Σ_j bit_j(c)·value(2^j), value(0) = 0: two's complement and unsigned ints; not the float
     formats), cut into fields of `width` bits from bit 0 (the emitter uses 4, vpermps's index; 5-bit fields
     through vpermi2ps, six lookups for ten int3 codes, measured 1.51x the time of 4-bit fields hot on the
-    Zen 5 VM and were dropped): per field, its first bit
+    Zen 5 VM and were dropped; on the AMX Xeon VM, 4096x1024 fp32 x M = 1 hot, 69.3 against 59.9 us, and
+    streamed 4096² 0.328 / 0.317 ms fp32 / bf16 x against 0.317 / 0.309): per field, its first bit
     and the codes u with bits in it, each with the constant vector C_{f,u} of 2^width entries, C[i] = the value
     that u's bits among i's contribute. None when the decode is not linear or a field would touch more than
     three codes."""
@@ -2342,7 +2357,7 @@ class _Emitter:
             self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
             self.line(f"for {ko} in T.serial({KT // 8}):")
             self.depth += 1
-            self._prefetch_lut(t, load, k, 8, BN)
+            self._prefetch_lut(t, load, k, 8, BN, self.opt["gemm_prefetch_locality"])
             self.line(f"for {jv} in T.unroll({BN // 16}):")
             wv = self.fresh("wv")
             self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
@@ -2495,7 +2510,7 @@ class _Emitter:
         self.line(f'{wd} = T.decl_buffer(({KT * BN},), "float32", {self.scope})')
         self.line(f"for {ko} in T.serial({KT // per}):")
         self.depth += 1
-        self._prefetch_lut(t, load, sympy.Symbol(ko, integer=True) * per, per, BN)
+        self._prefetch_lut(t, load, sympy.Symbol(ko, integer=True) * per, per, BN, self.opt["gemm_prefetch_locality"])
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         self.line(f"    {wv} = {g}[T.Ramp({scalar(row_word)}, 1, 16)]")
         self.line(f"    for {u} in T.unroll({per}):")
@@ -3007,7 +3022,7 @@ class _Emitter:
                 return 1
         return c
 
-    def _prefetch_lut(self, t: Any, load: I.Load, kk: Any, unroll: int, BN: int) -> None:
+    def _prefetch_lut(self, t: Any, load: I.Load, kk: Any, unroll: int, BN: int, locality: int = 3) -> None:
         """Software prefetch of the word stream `dot_lut` walks: per step of the k loop, one hint per 16-word
         vector (one 64-byte line) of the word row `prefetch` bytes ahead along the layout's k direction. The
         distance in steps comes from the layout: the words one word's worth of k (per_word rows) moves at the
@@ -3038,7 +3053,9 @@ class _Emitter:
         else:
             addrs = [f"T.min({scalar(w)}, {scalar(lay.num_words)} - 1)" for w in words]
         for addr in addrs:
-            self.line(f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))')
+            self.line(
+                f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, {locality}, 1))'
+            )
 
     def inner_dot_applies(self, inst: I.Dot) -> bool:
         """Whether `out += a @ b` runs as inner products (`dot_inner`): on a CPU, a float dot into fp32 whose b

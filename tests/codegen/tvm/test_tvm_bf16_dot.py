@@ -86,6 +86,36 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
     assert err < bound
 
 
+def prefetch_localities(source):
+    """The locality argument of each llvm.prefetch hint on the weight words `w` in a TVMScript source."""
+    hints = [line for line in source.splitlines() if "llvm.prefetch.p0" in line and "w_1[" in line]
+    return {int(line.rsplit(",", 2)[-2]) for line in hints}
+
+
+@needs_bf16
+@pytest.mark.parametrize("bf16_dot", ["avx512bf16", "amx"])
+def test_gemm_form_prefetches_the_next_tile_to_l2(bf16_dot):
+    """The pair GEMM form (16 rows > tm) hints its word stream with locality 2 (prefetcht1, the option
+    gemm_prefetch_locality's default) and the M = 1 walk with 3; the hint's level changes no result."""
+    if bf16_dot == "amx" and not AMX_BF16:
+        pytest.skip("AMX-BF16 tiles are not available (CPU or kernel permission)")
+    forms = {"bf16_dot": bf16_dot, "tm": 2}
+    err, bound, l2 = run("int4", 16, 128, 256, 128, forms, seed=3)
+    _, _, l1 = run("int4", 16, 128, 256, 128, {**forms, "gemm_prefetch_locality": 3}, seed=3)
+    assert err < bound
+    assert prefetch_localities(l2.source) == {2} and prefetch_localities(l1.source) == {3}
+    _, _, walk = run("int4", 1, 128, 256, 128, {"bf16_dot": bf16_dot, "tm": 1}, seed=3)
+    assert prefetch_localities(walk.source) == {3}
+
+
+def test_gemm_prefetch_locality_is_checked():
+    from lowbit.codegen.tvm.lower import check_options
+    from lowbit.codegen.backend import BackendError
+
+    with pytest.raises(BackendError, match="gemm_prefetch_locality=7"):
+        check_options({"gemm_prefetch_locality": 7})
+
+
 @needs_bf16
 @settings(max_examples=6, deadline=None)
 @given(
