@@ -3053,9 +3053,8 @@ class _Emitter:
         else:
             addrs = [f"T.min({scalar(w)}, {scalar(lay.num_words)} - 1)" for w in words]
         for addr in addrs:
-            self.line(
-                f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, {locality}, 1))'
-            )
+            hint = f'T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, {locality}, 1)'
+            self.line(f"T.evaluate({hint})")
 
     def inner_dot_applies(self, inst: I.Dot) -> bool:
         """Whether `out += a @ b` runs as inner products (`dot_inner`): on a CPU, a float dot into fp32 whose b

@@ -109,8 +109,8 @@ def test_gemm_form_prefetches_the_next_tile_to_l2(bf16_dot):
 
 
 def test_gemm_prefetch_locality_is_checked():
-    from lowbit.codegen.tvm.lower import check_options
     from lowbit.codegen.backend import BackendError
+    from lowbit.codegen.tvm.lower import check_options
 
     with pytest.raises(BackendError, match="gemm_prefetch_locality=7"):
         check_options({"gemm_prefetch_locality": 7})
