@@ -42,6 +42,13 @@ def run_both(
     return ref, tri
 
 
+def prefetch_localities(source: str, buffer: str = "w_1") -> set[int]:
+    """The locality argument (llvm.prefetch's: 3 = L1, 2 = L2) of each prefetch hint on `buffer` in a TVMScript
+    source."""
+    hints = [line for line in source.splitlines() if "llvm.prefetch.p0" in line and f"{buffer}[" in line]
+    return {int(line.rsplit(",", 2)[-2]) for line in hints}
+
+
 def assert_same(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
     """Bit-for-bit equal values (NaN equal to NaN)."""
     a, b = np.asarray(a), np.asarray(b)

@@ -213,7 +213,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     threads = out["threads"]
     if not (isinstance(threads, int) and 32 <= threads <= 1024 and threads % 32 == 0):
         raise BackendError(f"tvm backend: option threads={threads!r} must be a multiple of 32 in 32..1024")
-    if out["gemm_prefetch_locality"] not in (0, 1, 2, 3):
+    if not (type(out["gemm_prefetch_locality"]) is int and 0 <= out["gemm_prefetch_locality"] <= 3):
         raise BackendError(
             f"tvm backend: option gemm_prefetch_locality={out['gemm_prefetch_locality']!r}; use 0..3 "
             "(llvm.prefetch's locality: 3 = L1, 2 = L2)"

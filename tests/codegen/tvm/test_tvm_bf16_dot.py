@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from backend_harness import prefetch_localities
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,12 +87,6 @@ def test_bf16_pair_dot_equals_the_fp64_reference(dtype, m, n, g, asym):
     assert err < bound
 
 
-def prefetch_localities(source):
-    """The locality argument of each llvm.prefetch hint on the weight words `w` in a TVMScript source."""
-    hints = [line for line in source.splitlines() if "llvm.prefetch.p0" in line and "w_1[" in line]
-    return {int(line.rsplit(",", 2)[-2]) for line in hints}
-
-
 @needs_bf16
 @pytest.mark.parametrize("bf16_dot", ["avx512bf16", "amx"])
 def test_gemm_form_prefetches_the_next_tile_to_l2(bf16_dot):
@@ -112,8 +107,9 @@ def test_gemm_prefetch_locality_is_checked():
     from lowbit.codegen.backend import BackendError
     from lowbit.codegen.tvm.lower import check_options
 
-    with pytest.raises(BackendError, match="gemm_prefetch_locality=7"):
-        check_options({"gemm_prefetch_locality": 7})
+    for bad in (7, -1, 2.0, True):  # a float or bool would be printed into the intrinsic call as it is
+        with pytest.raises(BackendError, match=f"gemm_prefetch_locality={bad!r}"):
+            check_options({"gemm_prefetch_locality": bad})
 
 
 @needs_bf16

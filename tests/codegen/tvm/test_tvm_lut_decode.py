@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+from backend_harness import prefetch_localities
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -206,6 +207,15 @@ def test_fp32_gemm_form_equals_the_fp64_reference(dtype, m, bm, n, g, asym, adty
     assert "wd = T.decl_buffer" in src and LUT in src
     assert ("# fused:" in src) == (g != -1 or zero_mode != "none")  # per channel: fused with zeros (K tiles)
     assert err < TOL
+
+
+def test_fp32_gemm_form_prefetches_the_next_tile_to_l2():
+    """The fp32 GEMM form decodes a tile in a burst, then runs its FMA blocks: its word hints go to L2 (option
+    gemm_prefetch_locality, default 2), 3 puts them back in L1; the level changes no result."""
+    err, src, _ = run_rows("int4", 16, 16, 128, 256, 128, {})
+    err_l1, src_l1, _ = run_rows("int4", 16, 16, 128, 256, 128, {"gemm_prefetch_locality": 3})
+    assert "wd = T.decl_buffer" in src and err < TOL and err_l1 == err
+    assert prefetch_localities(src) == {2} and prefetch_localities(src_l1) == {3}
 
 
 AMX_BF16 = {"amx_bf16", "avx512_bf16"} <= set(isa_flags()) and amx_permitted()
