@@ -199,8 +199,8 @@ def space(kernel: str, backend: str) -> SearchSpace:
 # g128, hot, 2 threads: fp5_e2m2 M = 4 / 8 / 16 23.95 / 24.75 / 25.85 -> 0.88 / 1.72 / 4.20 ms, fp6_e3m2
 # 8.62 / 6.71 / 8.05 -> 0.97 / 1.72 / 4.26, fp3_e1m1 23.7 / 27.5 / 26.0 -> 0.91 / 1.65 / 5.69 (fp7_e4m2 has
 # a faster form: one row block moved it by 0.94-1.17x, so it keeps two). Integer codes of 2, 3, 5 and 6 bits
-# take 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30, int5 1.40 -> 0.92, int6 1.47 ->
-# 1.20; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two
+# took 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30, int5 1.40 -> 0.92, int6 1.47 ->
+# 1.20; 5 bits still do, 2, 3 and 6 take the AMX tile on AMX machines now: `_amx_at_four`; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two
 # rows at M = 16: 3.21 vs 6.35 ms). Since the decoded GEMM form (lowbit/codegen/tvm README), 16 rows take it
 # (tm 2): fp32 x, hot, 2 threads, alternating: fp6_e3m2 M = 16 3.64 -> 2.38 ms, fp3_e1m1 3.98 -> 2.20; at M = 4
 # and 8 the table walk stays faster (fp6 0.79 / 1.40 against 1.20 / 1.57 ms).
@@ -224,7 +224,7 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
         bm = _row_tile(m, 16)
         wd = dtype(problem.get("wdtype", "int4"))
         amx_rows = _amx_bf16_rows(problem)
-        amx_tile = 1 < m <= 16 and amx_rows and (m > 4 or wd.bits == 4 or wd.bits > 6)
+        amx_tile = 1 < m <= 16 and amx_rows and (m > 4 or wd.bits == 4 or wd.bits > 6 or _amx_at_four(m, wd))
         if amx_tile:
             bm = 16  # one AMX tile of rows: the GEMM form on AMX-BF16 (`_amx_bf16_rows`)
         bk = g if g in (32, 64, 128, 256) else 128
@@ -251,6 +251,15 @@ def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:
     if kernel == FMA:  # a GPU form; on the CPU it runs (generic loops), it is not the CPU's fast path
         return Config.make({"BM": _fma_rows(m), "BN": 4 * lanes, "BK": g if g in (32, 64, 128) else 64}, opts)
     return None
+
+
+def _amx_at_four(m: int, wd: Any) -> bool:
+    """Whether M = 4 rows of these codes take the 16-row AMX tile (the decoded GEMM form, decoded and multiplied
+    in parts) rather than the table walk of one 4-row block: 2-, 3- and 6-bit integer codes. Measured on the
+    2-core Xeon VM, 4096² g128, bf16 x, weights streamed, 2 threads, one ring, alternating: int3 0.785 -> 0.565
+    ms, int2 0.506 -> 0.389, int6 1.86 -> 1.40; int5 0.757 against 0.876 (its walk stays), and at M = 2 the walk
+    stays faster for int2 / int3 / int5 (0.291 / 0.530 / 0.612 against 0.368 / 0.639 / 0.802 ms)."""
+    return m == 4 and not wd.is_float and wd.bits in (2, 3, 6)
 
 
 def _row_tile(m: int, most: int) -> int:

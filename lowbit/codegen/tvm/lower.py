@@ -91,6 +91,10 @@ OPTIONS: dict[str, Any] = {
     # ten-per-word linear int codes (int3) in `_Emitter._dot_lut_words`: 4 = one vpermps per 4-bit field of the
     # word (`_words_by_field`), 0 = one per code
     "lut_field": 4,
+    # parts of k in which the AMX GEMM forms of one pass (16 rows, <= 64 columns: the GEMV at M <= 16) decode
+    # their tile and run its tile products, part by part (`_Emitter._amx_bf16_block`'s `decode`); 1: the whole
+    # tile decoded, then multiplied
+    "amx_parts": 2,
     # int32 scalar parameters (the sizes) declared int64, so the address arithmetic is 64-bit (see `emit`). Off by
     # default: measured per kernel (streamed M = 1 GEMVs, 4096x4096 int4, 2 threads): the a8 GEMV 0.92x the time
     # (1 thread, hot: 0.87x), the W4A16 LUT GEMV 1.03-1.05x; decode attention unchanged
@@ -127,6 +131,13 @@ OPTIONS: dict[str, Any] = {
     # 1 + u/16 with a shift and one vpternlogd instead of vpermw's table lookup (two uops on Intel cores),
     # then removes the 1 with the tile's Σa (`_affine_pair_codes`); False: the table lookup
     "bf16_affine": True,
+    # AVX-512 VBMI's vpmultishiftqb, which places any byte-wide field of a qword in any byte: the decoded GEMM
+    # form on AMX (`_Emitter._dot_decoded_gemm`) builds a pair of integer codes of up to 7 bits as the bf16 pair
+    # (1 + u/2^bits, 1 + u'/2^bits) with it and one vpternlogd (`_multishift_pairs`; with `bf16_affine`, the
+    # tile's Σa removing the 1), where the table form shifts and masks each code and looks the pair up with
+    # vpermi2w: "avx512vbmi", "none", or "auto" = "avx512vbmi" where the build target has it (resolved by
+    # lowbit.codegen.tvm.runtime)
+    "multishift": "auto",
     # the register block of the table-decoded dot's GEMM forms (`_Emitter._block_dot`): rows x 16-column
     # vectors of fp32 accumulators held over all of k, each decoded weight vector loaded once per block of
     # rows and each row's element (fp32) or pair (bf16) broadcast once per block of vectors (vdpbf16ps: ~6
@@ -157,6 +168,7 @@ SHARED_BYTES = 48 * 1024
 
 BF16_DOT = ("auto", "amx", "avx512bf16", "none")
 INT8_DOT = ("auto", "amx", "vnni", "avx2", "none")
+MULTISHIFT = ("auto", "avx512vbmi", "none")
 AMX_TILES = 8  # AMX tile registers (palette 1), each configured as 16 rows x 64 bytes
 AMX_BF16_SUMS = 4  # accumulator tiles `_amx_bf16_block` holds per pass (registers 3 .. 6)
 AMX_FP32_ROWS = 64  # the fp32 table-decoded GEMM form runs on AMX-BF16 (three bf16 parts of x) from this row tile
@@ -198,6 +210,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "block_rows",
         "block_vectors",
         "gemm_rows",
+        "amx_parts",
     ):
         if not (isinstance(out[name], int) and out[name] >= 1):
             raise BackendError(f"tvm backend: option {name}={out[name]!r} must be a positive int")
@@ -218,6 +231,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
             f"tvm backend: option gemm_prefetch_locality={out['gemm_prefetch_locality']!r}; use 0..3 "
             "(llvm.prefetch's locality: 3 = L1, 2 = L2)"
         )
+    if out["multishift"] not in MULTISHIFT:
+        raise BackendError(f"tvm backend: multishift={out['multishift']!r}; use one of {list(MULTISHIFT)}")
     if out["lut_field"] not in (0, 4):
         raise BackendError(f"tvm backend: option lut_field={out['lut_field']!r}; use 4 (4-bit fields) or 0 (per code)")
     return out
@@ -374,6 +389,19 @@ def _field_tables(
     return out
 
 
+def _walk_steps(KT: int, span: int, steps: int, aligned: bool, c: int, n: int) -> int:
+    """The steps (word rows of `span` k) of a word walk over a tile of KT k that parts 0 .. c of n cover: enough
+    that every k before KT·(c + 1)/n is decoded (a step holds tile k span·w − lead .. span·w − lead + span − 1,
+    lead 0 when `aligned`, else at most span − 1), at most `steps`; 0 for c < 0."""
+    if c < 0:
+        return 0
+    if c == n - 1:
+        return steps
+    end = KT * (c + 1) // n  # the k before this are the parts' own
+    lead = 0 if aligned else span - 1
+    return min(steps, (end - 1 + lead) // span + 1)
+
+
 def _tile_locations(load: I.Load) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(word, bit) [rows, cols] of every code of the packed tile `load` reads, with the tile placed at a few
     aligned origins inside the layout's concrete shape: the numerical checks of the table decode's plans."""
@@ -430,12 +458,40 @@ def _affine_codes(table: list[float]) -> tuple[int, float] | None:
     """(flip, β) when the 16 codes' values are q = (code ^ flip) + β, integers one apart (int4: flip 8, β = -8,
     two's complement read as an offset binary; uint4: 0, 0): what `_affine_pair_codes` decodes without a
     table. None for any other table (fp4's values)."""
-    t = np.asarray(table[:16], np.float64)
-    u = np.arange(16)
-    for flip in (0, 8):
+    return _affine_values(np.asarray(table[:16], np.float64), 4)
+
+
+def _affine_values(values: np.ndarray, bits: int) -> tuple[int, float] | None:
+    """(flip, β) when the 2^bits codes' values (`values`, indexed by code) are (code ^ flip) + β, integers one
+    apart: two's complement read as an offset binary (flip 2^(bits-1), β = -2^(bits-1)) or unsigned (0, 0).
+    None for any other values (the float formats)."""
+    t = np.asarray(values[: 1 << bits], np.float64)
+    u = np.arange(1 << bits)
+    for flip in (0, 1 << (bits - 1)):
         if np.array_equal(t[u ^ flip], u + t[flip]):
             return flip, float(t[flip])
     return None
+
+
+def _multishift_pairs(words: str, first: int, bits: int, flip: int) -> str:
+    """int32x16: per 32-bit word of `words` (int32x16), the bf16 pair (1 + u/2^bits, 1 + v/2^bits) of its two
+    codes of `bits` (<= 7) bits at bit `first` (u = code ^ flip, the low half) and `first + bits` (v, the high
+    half), each code in its half's top mantissa bits: one vpmultishiftqb (AVX-512 VBMI: each byte of a qword
+    takes the 8 bits of that qword from any bit offset on, wrapping past bit 63; here bytes 0 and 2 of each
+    dword take the windows whose top bits are its two codes) and one vpternlogd ((picked & fields) ^ const: the
+    flip inside the fields, 0x3F80, the exponent of 1, outside them). Exact in bf16 (at most 8 significant
+    bits); the dot's caller removes the 1 with Σa (`_amx_bf16_block`'s `affine`)."""
+    top = 7 - bits  # the code's lowest bit within its half's low byte (mantissa bits top .. 6)
+    lo, hi = (first - top) % 64, (first + bits - top) % 64
+    ctl = lo | hi << 16 | (lo + 32) % 64 << 32 | (hi + 32) % 64 << 48  # the odd dword of a qword: bits 32 on
+    field = ((1 << bits) - 1) << top
+    const = 0x3F80 | flip << top
+    picked = (
+        'T.reinterpret("int32x16", T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.pmultishift.qb.512", '
+        f'T.reinterpret("int8x64", T.Broadcast(T.int64({ctl}), 8)), T.reinterpret("int8x64", {words})))'
+    )
+    fields, consts = (f"T.Broadcast(T.int32({v | v << 16}), 16)" for v in (field, const))
+    return f"T.bitwise_xor(T.bitwise_and({picked}, {fields}), {consts})"
 
 
 def _affine_pair_codes(words: str, step: int, flip: int) -> str:
@@ -2355,19 +2411,24 @@ class _Emitter:
             mr, nr = self._block_shape(BM, BN)
             bp = self.fresh("bp")
             self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
-            self.line(f"for {ko} in T.serial({KT // 8}):")
-            self.depth += 1
-            self._prefetch_lut(t, load, k, 8, BN, self.opt["gemm_prefetch_locality"])
-            self.line(f"for {jv} in T.unroll({BN // 16}):")
-            wv = self.fresh("wv")
-            self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
-            self.line(f"    for {s} in T.unroll(4):")
-            dst = f"{bp}[T.Ramp({_pair_vector(f'{ko} * 4 + {s}', jv, BN, amx)}, 1, 16)]"
-            self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
-            self.depth -= 1
+
+            def decode(c: int, n: int) -> None:  # word rows (8 k) of part c of n
+                rows = KT // 8 // n
+                self.line(f"for {ko} in T.serial({c * rows}, {(c + 1) * rows}):")
+                self.depth += 1
+                self._prefetch_lut(t, load, k, 8, BN, self.opt["gemm_prefetch_locality"])
+                self.line(f"for {jv} in T.unroll({BN // 16}):")
+                wv = self.fresh("wv")
+                self.line(f'    {wv} = T.reinterpret("int16x32", {g}[T.Ramp({scalar(word)}, 1, 16)])')
+                self.line(f"    for {s} in T.unroll(4):")
+                dst = f"{bp}[T.Ramp({_pair_vector(f'{ko} * 4 + {s}', jv, BN, amx)}, 1, 16)]"
+                self.line(f'        {dst} = T.reinterpret("int32x16", {_pair_codes(tbl, wv, s)})')
+                self.depth -= 1
+
             if amx:
-                self._amx_rows_block(out, direct, xp, bp, BM, KT // 2, BN, scale, ragged, tiled=True)
+                self._amx_rows_block(out, direct, xp, bp, BM, KT // 2, BN, scale, ragged, True, None, decode)
             else:
+                decode(0, 1)
                 self._block_dot(out, xp, bp, BM, KT // 2, BN, mr, nr, scale)
             return
         assert scale is None, "a fused scale needs the GEMM form (`_gemm_form`)"
@@ -2633,22 +2694,24 @@ class _Emitter:
         scale: tuple[str, str] | None,
         ragged: str | None,
         tiled: bool,
+        affine: tuple[float, float] | None = None,
+        decode: Callable[[int, int], None] | None = None,
     ) -> None:
-        """`_amx_bf16_block` (bp `tiled` or not) over a's bf16 rows: in place where `_direct_rows` found them
-        (`direct`), else the staged pairs xp [BM, KP]; with both and `ragged` (the rows guard), in place under it
-        and the staged pairs (zero rows past the tensor) past it."""
+        """`_amx_bf16_block` (bp `tiled` or not, `affine` and `decode` as there) over a's bf16 rows: in place where
+        `_direct_rows` found them (`direct`), else the staged pairs xp [BM, KP]; with both and `ragged` (the rows
+        guard), in place under it and the staged pairs (zero rows past the tensor) past it."""
         in_place = (lambda r, kc: direct[0](r, f"{kc} * 32"), direct[1]) if direct is not None else None
         staged_rows = (_pair_rows(xp, KP), f"T.int64({KP * 4})")
         if in_place is None or ragged is None:
-            self._amx_bf16_block(out, in_place or staged_rows, bp, BM, KP, BN, scale, tiled)
+            self._amx_bf16_block(out, in_place or staged_rows, bp, BM, KP, BN, scale, tiled, affine, decode)
             return
         self.line(f"if {ragged}:")
         self.depth += 1
-        self._amx_bf16_block(out, in_place, bp, BM, KP, BN, scale, tiled)
+        self._amx_bf16_block(out, in_place, bp, BM, KP, BN, scale, tiled, affine, decode)
         self.depth -= 1
         self.line("else:")
         self.depth += 1
-        self._amx_bf16_block(out, staged_rows, bp, BM, KP, BN, scale, tiled)
+        self._amx_bf16_block(out, staged_rows, bp, BM, KP, BN, scale, tiled, affine, decode)
         self.depth -= 1
 
     def decoded_plan(self, inst: I.Dot) -> I.Load | None:
@@ -2725,10 +2788,15 @@ class _Emitter:
             if direct is None or ragged is not None:
                 self.line(f'{xp} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
                 self._stage_pairs(inst, xp, direct, ragged)
-            bp = self._decoded_pairs(load, KT, BN, tiled=amx)
+            shifted = self._multishift_plan(load, KT) if amx else None
+            bp, decode_part = self._decoded_pairs(load, KT, BN, tiled=amx, multishift=shifted)
             if amx:
-                self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged, tiled=True)
+                # the multishift pairs hold 1 + u/2^bits for the value u + β: a·value = 2^bits·(a·pair) +
+                # (β − 2^bits)·a, the second term from the tile's Σa
+                affine = (float(1 << dt.bits), shifted[1] - (1 << dt.bits)) if shifted is not None else None
+                self._amx_rows_block(out, direct, xp, bp, BM, KP, BN, scale, ragged, True, affine, decode_part)
             else:  # AVX-512 BF16: vdpbf16ps register blocks over the same pairs
+                decode_part(0, 1)
                 mr, nr = self._block_shape(BM, BN)
                 self._block_dot(out, xp, bp, BM, KP, BN, mr, nr, scale)
             return
@@ -2736,7 +2804,13 @@ class _Emitter:
         self.line(f'{xa} = T.decl_buffer(({BM * KT},), "float32", {self.scope})')
         self._stage_rows(inst, xa, KT, lambda row, kk, ctx: conv(fa((row, kk), ctx)), ragged, "T.float32(0)")
         words = lambda: self._decode_words(load, KT, BN)  # noqa: E731
-        self._fp32_rows_dot(inst, out, xa, words, lambda: self._decoded_pairs(load, KT, BN, tiled=True), exact, scale)
+        self._fp32_rows_dot(inst, out, xa, words, lambda: self._whole_pairs(load, KT, BN), exact, scale)
+
+    def _whole_pairs(self, load: I.Load, KT: int, BN: int) -> str:
+        """`_decoded_pairs` as AMX B tiles, the whole tile decoded here."""
+        bp, decode_part = self._decoded_pairs(load, KT, BN, tiled=True)
+        decode_part(0, 1)
+        return bp
 
     def _decode_words(self, load: I.Load, KT: int, BN: int) -> str:
         """wd (fp32 [KT, BN]): the values of the packed tile `load`'s codes, decoded once (`decoded_plan`'s
@@ -2748,16 +2822,44 @@ class _Emitter:
         )
         return wd
 
-    def _decoded_pairs(self, load: I.Load, KT: int, BN: int, tiled: bool) -> str:
+    def _multishift_plan(self, load: I.Load, KT: int) -> tuple[int, float] | None:
+        """(flip, β) when `_decoded_pairs` builds the tile's pairs with `_multishift_pairs`: options multishift
+        "avx512vbmi" and bf16_affine, integer codes of at most 7 bits whose values are (code ^ flip) + β
+        (`_affine_values`), an even count of them a word (a pair never straddles two words) and a tile that
+        starts at an even k and has an even count of them; else None."""
+        dt = load.tensor.dtype
+        if self.opt["multishift"] != "avx512vbmi" or not self.opt["bf16_affine"] or dt.is_float or dt.bits > 7:
+            return None
+        per = load.tensor.layout.per_word
+        if not per or per % 2 or KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
+            return None
+        return _affine_values(decode(dt, np.arange(1 << dt.bits)).astype(np.float64), dt.bits)
+
+    def _decoded_pairs(
+        self, load: I.Load, KT: int, BN: int, tiled: bool, multishift: tuple[int, float] | None = None
+    ) -> tuple[str, Callable[[int, int], None]]:
         """bp (int32 [KT / 2, BN]): the tile's decoded codes as bf16 pairs (`_pair_tile`'s layout, `tiled` as
         there; values exact in bf16). Where the tile starts at an even k, straight from the words (`_word_walk`
         by pairs: an odd per_word walks two word rows a step): each pair of codes decoded and packed into one
-        int32 lane (no fp32 tile stored and read again); else through `_decode_words`."""
+        int32 lane (no fp32 tile stored and read again); else through `_decode_words`. With `multishift` =
+        `_multishift_plan`'s (flip, β): each pair is (1 + u/2^bits, 1 + v/2^bits) for the values u + β and
+        v + β, built from its word by `_multishift_pairs` (two vector ops per 32 codes, where the table form
+        takes six and a two-source permute); the caller's dot removes the affine map. Returns bp (declared)
+        and decode(c, n), which emits the decode of part c of n of the tile's k (`_word_walk`'s `part`: the
+        AMX form runs each part's tile products while the next part decodes), or all of it at (0, 1)."""
         if KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
-            return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN, tiled)
+            return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN, tiled), lambda c, n: None
         bp = self.fresh("bp")
         self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
         dt = load.tensor.dtype
+        if multishift is not None:
+            flip = multishift[0]
+
+            def build(kk: str, jv: str, ln: str | None, vals: list[str]) -> list[str]:
+                at = _pair_vector(f"T.floordiv({kk}, 2)", jv, BN, tiled)
+                return [f"{bp}[T.Ramp({at}, 1, 16)] = {_multishift_pairs(vals[0], int(vals[1]), dt.bits, flip)}"]
+
+            return bp, lambda c, n: self._word_walk(load, KT, BN, 2, build, codes=True, raw=True, part=(c, n))
         if dt.bits <= 6:
             # one vpermi2w per 16 pairs: the pair's two codes as the two int16 halves of a lane index the
             # 64-entry table of the values' bf16 bits (entry i: code i mod 2^bits), which yields the pair as is
@@ -2778,16 +2880,14 @@ class _Emitter:
                 at = _pair_vector(f"T.floordiv({kk}, 2)", jv, BN, tiled)
                 return [f'{bp}[T.Ramp({at}, 1, 16)] = T.reinterpret("int32x16", {pair})']
 
-            self._word_walk(load, KT, BN, 2, lookup, codes=True)
-            return bp
+            return bp, lambda c, n: self._word_walk(load, KT, BN, 2, lookup, codes=True, part=(c, n))
 
         def store(kk: str, jv: str, ln: str | None, vals: list[str]) -> list[str]:
             return [
                 f"{bp}[{_pair_vector(f'T.floordiv({kk}, 2)', jv, BN, tiled)} + {ln}] = {_bf16_pair(vals[0], vals[1])}"
             ]
 
-        self._word_walk(load, KT, BN, 2, store)
-        return bp
+        return bp, lambda c, n: self._word_walk(load, KT, BN, 2, store, part=(c, n))
 
     def _multiple_of(self, expr: Any, m: int) -> bool:
         """Whether `expr` (sympy) is a multiple of m wherever it is evaluated: the variables of the enclosing
@@ -2810,6 +2910,8 @@ class _Emitter:
         step: int,
         store: Callable[[str, str, str | None, list[str]], list[str]],
         codes: bool = False,
+        raw: bool = False,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         """Decode the packed tile `load`'s codes (`decoded_plan`'s layouts) by a walk over its word rows (per_word
         consecutive k of 16 columns in 16 consecutive words), `rows` = step / gcd(per_word, step) of them a
@@ -2821,7 +2923,10 @@ class _Emitter:
         word against groups of 128), the walk covers the steps the tile overlaps and keeps only its own k (a
         run lies inside or outside the tile as a whole: the callers' first k and `step` are even together).
         `codes`: `store` gets the codes themselves as int32x16 vectors and the column offset of the vector (no
-        vectorized loop: the caller writes vector expressions)."""
+        vectorized loop: the caller writes vector expressions). `raw` (with `codes`, a run inside one word):
+        `store` gets the run's word vector (int32x16) and its first code's bit offset instead. `part` = (c, n):
+        only the steps of part c of n (`_walk_steps`), every k of the tile's first KT·(c + 1)/n decoded once
+        parts 0 .. c have run."""
         t = load.tensor
         lay, dt = t.layout, t.dtype
         per = lay.per_word
@@ -2837,14 +2942,20 @@ class _Emitter:
         addrs = [scalar(lay.locate(span * first + per * r, jcol)[0]) for r in range(rows)]
         words = [f"{g}[T.Ramp({a}, 1, 16)]" if codes else f"{g}[{a} + {ln}]" for a in addrs]
         fp32 = _to_value_type(dt, lookup_dtype("float32"))
-        self.line(f"for {wr} in T.serial({nw}):")
+        lo, hi = (_walk_steps(KT, span, nw, aligned, part[0] + d, part[1]) for d in (-1, 0))
+        if hi <= lo:
+            return
+        self.line(f"for {wr} in T.serial({lo}, {hi}):" if lo else f"for {wr} in T.serial({hi}):")
         self.depth += 1
         self._prefetch_lut(t, load, span * first - off, span, BN)
         self.line(f"for {jv} in T.serial({BN // 16}):")
         self.depth += 1
         for u in range(0, span, step):  # unrolled here: each slot's word row and shift are constants
             vals = []
-            for slot in range(u, u + step):
+            if raw:
+                assert codes and rows == 1, "a raw run lies inside one word of 16 columns"
+                vals = [words[u // per], str(u % per * dt.bits)]
+            for slot in range(u, u + step) if not raw else ():
                 if codes:
                     shift, mask = (f"T.Broadcast(T.int32({v}), 16)" for v in (slot % per * dt.bits, dt.code_mask))
                     vals.append(f"T.bitwise_and(T.shift_right({words[slot // per]}, {shift}), {mask})")
@@ -3289,6 +3400,8 @@ class _Emitter:
         BN: int,
         scale: tuple[str, str] | None = None,
         tiled: bool = False,
+        affine: tuple[float, float] | None = None,
+        decode: Callable[[int, int], None] | None = None,
     ) -> None:
         """`_block_dot`'s pair dot on AMX-BF16. a_rows = ((row, c) -> the address of a's bf16 element (row,
         32·c), the int64 bytes from a row to the next): a's rows in k order, 16 of them an A tile of 32 k (a
@@ -3303,9 +3416,16 @@ class _Emitter:
         turn, 3 .. the sums. Without `scale` they start from `out` and are stored back; with `scale` = (acc,
         s) they start from zero and each is stored to a 1 KiB stack tile, then acc[i, j] += sum · s[0, j]
         (`out` is not touched). A list of a_rows: several a operands against the same b, summed (`_amx_fp32_rows`:
-        fp32 rows as three bf16 parts)."""
+        fp32 rows as three bf16 parts). `affine` = (α, γ) (one a operand): bp holds w' with w = α·w' + γ
+        (`_multishift_pairs`), so the sums start from zero, register 7 sums each row's a against a B tile of
+        ones (Σa in every column of the row), and the epilogue adds α·sum + γ·Σa (times s with `scale`).
+        `decode(c, n)` emits the decode of bp's part c of n (its pair rows 16·KP/n·c on, `_decoded_pairs`). One
+        pass (BN <= 64 and 16 rows): option amx_parts parts, each decoded right before its tile products, so that
+        the AMX unit multiplies part c while the vector units decode part c + 1 (tdpbf16ps waits for the stores
+        it reads; a decode-then-multiply tile left the two in series). More passes: all decoded first."""
         self.amx = True
         sources = a_rows if isinstance(a_rows, list) else [a_rows]
+        assert affine is None or len(sources) == 1, "the affine form's Σa takes register 7, one a operand"
         nb = BN // 16
         # accumulator tiles per pass: AMX_BF16_SUMS, or 2 for several sources (b's tiles then stay in registers)
         most = AMX_BF16_SUMS if len(sources) == 1 else 2
@@ -3318,51 +3438,83 @@ class _Emitter:
         def reg(r: int) -> str:
             return f"T.int8({r})"
 
-        tmp = self.fresh("amxc") if scale is not None else None
+        tmp = self.fresh("amxc") if scale is not None or affine is not None else None
         if tmp is not None:
             self.line(f'{tmp} = T.decl_buffer((16, 16), "float32", {self.scope})')
+        ones = sums = None
+        if affine is not None:  # a B tile of bf16 pairs (1, 1), and the stored Σa tile
+            ones, sums, q = self.fresh("ones"), self.fresh("asum"), self.fresh("q")
+            self.line(f'{ones} = T.decl_buffer((256,), "int32", {self.scope})')
+            self.line(f'{sums} = T.decl_buffer((16, 16), "float32", {self.scope})')
+            self.line(f"for {q} in T.serial(16):")
+            self.line(f"    {ones}[T.Ramp({q} * 16, 1, 16)] = T.Broadcast(T.int32({0x3F803F80}), 16)")
+        parts = math.gcd(self.opt["amx_parts"], KP // 16) if nb == cols and BM == 16 else 1
+        if decode is not None and parts == 1:
+            decode(0, 1)
         self.line(f"for {nj} in T.serial({nb // cols}):")
         self.line(f"    for {mi} in T.serial({BM // 16}):")
         self.depth += 2
         col = lambda c: f"({nj} * {cols} + {c}) * 16"  # noqa: E731
+        if affine is not None:
+            call("tilezero", reg(7))
         for c in range(cols):
-            if scale is None:
+            if scale is None and affine is None:
                 call("tileloadd64", reg(3 + c), f"T.address_of({out}[{mi} * 16, {col(c)}])", f"T.int64({BN * 4})")
             else:
                 call("tilezero", reg(3 + c))
-        self.line(f"for {kc} in T.serial({KP // 16}):")
-        self.depth += 1
-        if tiled:  # bp's B tiles one after another (`_pair_vector`): 64 bytes from a pair row to the next
-            b_addr = lambda c: f"T.address_of({bp}[({kc} * {nb} + {nj} * {cols} + {c}) * 256])"  # noqa: E731
-            b_stride = "T.int64(64)"
-        else:
-            b_addr = lambda c: f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])"  # noqa: E731
-            b_stride = f"T.int64({BN * 4})"
-        if len(sources) == 1:  # a's tile once, b's tiles in turn through registers 1 and 2
-            a_tile, a_stride = sources[0]
-            call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
-            for c in range(cols):
-                b = 1 + c % 2
-                call("tileloadd64", reg(b), b_addr(c), b_stride)
-                call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
-        else:  # b's tiles held (registers 1, 2), the sources' a tiles in turn through registers 0 and 7
-            for c in range(cols):
-                call("tileloadd64", reg(1 + c), b_addr(c), b_stride)
-            for n, (a_tile, a_stride) in enumerate(sources):
-                a = 0 if n % 2 == 0 else 7
-                call("tileloadd64", reg(a), a_tile(f"{mi} * 16", kc), a_stride)
+        per_part = KP // 16 // parts
+        for part in range(parts):
+            if decode is not None and parts > 1:
+                decode(part, parts)
+            lo = part * per_part
+            self.line(f"for {kc} in T.serial({lo}, {lo + per_part}):" if lo else f"for {kc} in T.serial({per_part}):")
+            self.depth += 1
+            if tiled:  # bp's B tiles one after another (`_pair_vector`): 64 bytes from a pair row to the next
+                b_addr = lambda c: f"T.address_of({bp}[({kc} * {nb} + {nj} * {cols} + {c}) * 256])"  # noqa: E731
+                b_stride = "T.int64(64)"
+            else:
+                b_addr = lambda c: f"T.address_of({bp}[{kc} * {16 * BN} + {col(c)}])"  # noqa: E731
+                b_stride = f"T.int64({BN * 4})"
+            if len(sources) == 1:  # a's tile once, b's tiles in turn through registers 1 and 2
+                a_tile, a_stride = sources[0]
+                call("tileloadd64", reg(0), a_tile(f"{mi} * 16", kc), a_stride)
                 for c in range(cols):
-                    call("tdpbf16ps", reg(3 + c), reg(a), reg(1 + c))
-        self.depth -= 1
+                    b = 1 + c % 2
+                    call("tileloadd64", reg(b), b_addr(c), b_stride)
+                    call("tdpbf16ps", reg(3 + c), reg(0), reg(b))
+                if ones is not None:  # Σa: a's tile against the ones, into register 7
+                    b = 1 + cols % 2
+                    call("tileloadd64", reg(b), f"T.address_of({ones}[0])", "T.int64(64)")
+                    call("tdpbf16ps", reg(7), reg(0), reg(b))
+            else:  # b's tiles held (registers 1, 2), the sources' a tiles in turn through registers 0 and 7
+                for c in range(cols):
+                    call("tileloadd64", reg(1 + c), b_addr(c), b_stride)
+                for n, (a_tile, a_stride) in enumerate(sources):
+                    a = 0 if n % 2 == 0 else 7
+                    call("tileloadd64", reg(a), a_tile(f"{mi} * 16", kc), a_stride)
+                    for c in range(cols):
+                        call("tdpbf16ps", reg(3 + c), reg(a), reg(1 + c))
+            self.depth -= 1
+        if sums is not None:
+            call("tilestored64", reg(7), f"T.address_of({sums}[0, 0])", "T.int64(64)")
         for c in range(cols):
             if tmp is None:
                 call("tilestored64", reg(3 + c), f"T.address_of({out}[{mi} * 16, {col(c)}])", f"T.int64({BN * 4})")
                 continue
-            total, srow = scale  # type: ignore[misc]
             call("tilestored64", reg(3 + c), f"T.address_of({tmp}[0, 0])", "T.int64(64)")
+            value = f"{tmp}[{ii}, T.Ramp(0, 1, 16)]"
+            if affine is not None:
+                alpha, gamma = (f"T.Broadcast({f32(v)}, 16)" for v in affine)
+                value = f"({value} * {alpha} + {sums}[{ii}, T.Ramp(0, 1, 16)] * {gamma})"
+            if scale is None:
+                dst = f"{out}[{mi} * 16 + {ii}, T.Ramp({col(c)}, 1, 16)]"
+                self.line(f"for {ii} in T.serial(16):")
+                self.line(f"    {dst} = {dst} + {value}")
+                continue
+            total, srow = scale
             dst = f"{total}[{mi} * 16 + {ii}, T.Ramp({col(c)}, 1, 16)]"
             self.line(f"for {ii} in T.serial(16):")
-            self.line(f"    {dst} = {dst} + {tmp}[{ii}, T.Ramp(0, 1, 16)] * {srow}[0, T.Ramp({col(c)}, 1, 16)]")
+            self.line(f"    {dst} = {dst} + {value} * {srow}[0, T.Ramp({col(c)}, 1, 16)]")
         self.depth -= 2
 
     def _register_sums(self, rows: int, vectors: int) -> list[list[str]]:

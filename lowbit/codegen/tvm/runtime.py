@@ -62,6 +62,9 @@ _LLVM_FEATURES = {
     "amx_tile": "amx-tile",
     "amx_int8": "amx-int8",
     "amx_bf16": "amx-bf16",
+    # read from the target only (`_target_features`): not in lowbit.artifact.fingerprint.ISA_FLAGS, so a target
+    # whose mcpu lacks it is not given it (the decoded GEMM form then keeps its table decode)
+    "avx512vbmi": "avx512vbmi",
 }
 
 # Linux hands a process AMX's 8 KiB tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
@@ -114,6 +117,7 @@ _OPTION_FEATURES = {
     ("bf16_dot", "avx512bf16"): "avx512bf16",
     ("bf16_dot", "amx"): "amx-bf16",
     ("lut", "avx512"): "avx512f",
+    ("multishift", "avx512vbmi"): "avx512vbmi",
 }
 
 
@@ -157,12 +161,17 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
     if out.get("bf16_dot") == "auto":
         amx = {"amx-bf16", "amx-tile", "avx512bf16"} <= flags and amx_permitted()
         out["bf16_dot"] = "amx" if amx else "avx512bf16" if "avx512bf16" in flags else "none"
+    if out.get("multishift") == "auto":
+        out["multishift"] = "avx512vbmi" if "avx512vbmi" in flags else "none"
     if out.get("lut") == "auto":
         out["lut"] = "avx512" if "avx512f" in flags else "none"
     if out.get("vector") == "auto":
         out["vector"] = fp32_lanes() if cpu else 16
     if not cpu:  # the x86 forms (VNNI, vpermps tables, vdpbf16ps, prefetch hints, SIMD lanes) are CPU-only
-        out.update(int8_dot="none", lut="none", bf16_dot="none", inner_dot=0, prefetch=0, vector=1, fma_chains=1)
+        out.update(
+            int8_dot="none", lut="none", bf16_dot="none", multishift="none", inner_dot=0, prefetch=0, vector=1,
+            fma_chains=1,
+        )
     return out
 
 

@@ -16,12 +16,16 @@ from hypothesis import strategies as st
 
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
-from lowbit.codegen.tvm.runtime import amx_permitted
+from lowbit.codegen.tvm.runtime import amx_permitted, cpu_target, resolve_options
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.ops.weight import quantize, retile_columns
 
 pytestmark = pytest.mark.skipif("avx512f" not in isa_flags(), reason="the decoded GEMM form needs AVX-512")
 AMX_BF16 = "amx_bf16" in isa_flags() and "avx512_bf16" in isa_flags() and amx_permitted()
+VBMI = resolve_options({"multishift": "auto"}, cpu_target())["multishift"] == "avx512vbmi"
+needs_amx_vbmi = pytest.mark.skipif(not (AMX_BF16 and VBMI), reason="the multishift pairs need AMX-BF16 and VBMI")
+# integer codes an even count a word (a pair inside one word): the ones `_multishift_pairs` builds
+EVEN_INTS = ["int1", "uint1", "int2", "uint2", "int3", "uint3", "int5", "uint5", "int7", "uint7"]
 BN = 64
 # fp32 sums over K = 256 (the AMX form's three parts: 3x the roundings); bf16 / fp16 x: the output's rounding
 TOL = {"float32": 4e-6, "bfloat16": 2.0**-8, "float16": 2.0**-10}
@@ -134,3 +138,102 @@ def test_non_finite_codes_decode_to_their_values():
     assert np.isposinf(out[:, 3]).all() and np.isnan(out[:, 7]).all()
     others = np.delete(out, [3, 7], axis=1)
     assert np.isfinite(others).all()
+
+
+@needs_amx_vbmi
+@settings(max_examples=10, deadline=None)
+@given(
+    dtype=st.sampled_from(EVEN_INTS),
+    g=st.sampled_from([32, 64, 128, -1]),
+    rows=st.sampled_from([(16, 16), (5, 16), (40, 32), (70, 64)]),
+    zero=st.booleans(),
+)
+def test_multishift_pairs_match_the_table_pairs(dtype, g, rows, zero):
+    """bf16 x on AMX: integer codes built as 1 + u/2^bits by vpmultishiftqb and one vpternlogd, the tile's Σa
+    (a tile product against ones, register 7) removing the offset, against the vpermi2w table pairs: both within
+    the bf16 output's rounding of the fp64 reference, on aligned and guarded walks (int3 ten a word, int5 six,
+    against groups of 32..128), ragged row tiles and passes over several row tiles (70 rows, 64 a tile)."""
+    M, BM = rows
+    zero_mode = "post" if zero and dtype.startswith("int") else None
+    err, src = run(dtype, M, g, "bfloat16", BM, {"multishift": "avx512vbmi"}, seed=M, zero_mode=zero_mode)
+    ref_err, ref_src = run(dtype, M, g, "bfloat16", BM, {"multishift": "none"}, seed=M, zero_mode=zero_mode)
+    assert err < TOL["bfloat16"] and ref_err < TOL["bfloat16"], (err, ref_err)
+    assert "pmultishift" in src and "pmultishift" not in ref_src
+    assert src.count("tdpbf16ps") > ref_src.count("tdpbf16ps")  # the Σa products
+
+
+@needs_amx_vbmi
+def test_multishift_needs_the_affine_option_and_integer_codes():
+    """bf16_affine False, float codes and odd per_word (int6: five a word) keep the table pairs."""
+    _, src = run("int3", 16, 128, "bfloat16", 16, {"multishift": "avx512vbmi", "bf16_affine": False})
+    assert "pmultishift" not in src
+    for dtype in ("fp6_e3m2", "int6", "int8"):
+        err, src = run(dtype, 16, 128, "bfloat16", 16, {"multishift": "avx512vbmi"})
+        assert err < TOL["bfloat16"] and "pmultishift" not in src, dtype
+
+
+@pytest.mark.skipif(not AMX_BF16, reason="the parts are the AMX form's")
+@pytest.mark.parametrize("dtype", ["int3", "int7", "uint2", "fp6_e3m2", "int4", "fp4_e2m1"])
+def test_amx_parts_give_the_same_sums(dtype):
+    """amx_parts 1, 2 and 4: the tile decoded whole, or part by part, each part's tile products right after its
+    decode. The same tile products in the same order: bit-identical outputs; the source alternates decode loops
+    (word walks `wr`; the 4-bit pair-order table form's word rows `ko`) and tile-product loops (`kc`)."""
+    import torch
+
+    outs, blocks = [], 0
+    for parts in (1, 2, 4):
+        rng = np.random.default_rng(7)
+        qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), dtype, 128)
+        tiled = retile_columns(qw, BN, pairs=qw.dtype.bits == 4)
+        x = torch.from_numpy(rng.standard_normal((16, 256)).astype(np.float32)).bfloat16()
+        y = torch.zeros((16, 64), dtype=torch.bfloat16)
+        consts = dict(wdtype=dtype, G=128, zero_mode=qw.zero_mode, adtype="bfloat16", sdtype=str(qw.scales.dtype))
+        consts.update(wlayout=tiled.layout, BM=16, BN=BN, BK=128)
+        opts = {"tm": 2, "vector": 16, "amx_parts": parts}
+        kernel = compile_program(quantized_gemv.trace(**consts), "tvm", opts)
+        kernel(dict(x=x, w=tiled.words, scales=qw.scales, zeros=np.zeros_like(qw.scales), y=y, M=16, N=64, K=256))
+        outs.append(y.float().numpy())
+        lines = kernel.source.split("\n")
+        walks = [i for i, line in enumerate(lines) if line.lstrip().startswith(("for wr", "for ko"))]
+        products = [i for i, line in enumerate(lines) if line.lstrip().startswith("for kc")]
+        blocks = blocks or len(products)  # AMX blocks (a ragged-rows guard emits two), each with `parts` loops
+        assert len(products) == blocks * parts and len(walks) >= parts
+        assert all(any(w < p for w in walks) for p in products)  # each part's products follow a decode
+        if parts > 1:
+            assert walks[-1] > products[0]  # a later part decodes after the first part's products
+    if qw.dtype.bits != 4:  # `run`'s layout is the plain column tiling
+        assert run(dtype, 16, 128, "bfloat16", 16)[0] < TOL["bfloat16"]
+    assert np.isfinite(outs[0]).all()
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("bad", [{"amx_parts": 0}, {"multishift": "vbmi"}, {"amx_parts": 2.0}])
+def test_bad_part_and_multishift_options_are_clear_errors(bad):
+    from lowbit.codegen.backend import BackendError
+
+    name = next(iter(bad))
+    with pytest.raises(BackendError, match=name):
+        run("int3", 16, 128, "bfloat16", 16, bad)
+
+
+@pytest.mark.parametrize("span", [4, 6, 10, 16, 32])
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_walk_parts_cover_their_k(span, n, aligned):
+    """`_walk_steps`: for every lead the walk may start with (0 when aligned, else any even lead below span),
+    the steps of parts 0 .. c hold every tile k before KT·(c + 1)/n, and the last part ends at the walk's end."""
+    from lowbit.codegen.tvm.lower import _walk_steps
+
+    KT = 128
+    steps = KT // span if aligned and KT % span == 0 else (KT - 1) // span + 2
+    if aligned and KT % span:
+        return
+    for lead in [0] if aligned else range(0, span, 2):
+        prev = 0
+        for c in range(n):
+            hi = _walk_steps(KT, span, steps, aligned, c, n)
+            assert prev <= hi <= steps
+            covered = span * hi - lead  # tile k below this are decoded
+            assert covered >= KT * (c + 1) // n or hi == steps, (lead, c, hi)
+            prev = hi
+        assert prev == steps

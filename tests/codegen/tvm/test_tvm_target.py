@@ -50,6 +50,7 @@ def test_auto_forms_follow_the_target_not_the_cpu():
         ("bf16_dot", "amx", "amx-bf16"),
         ("int8_dot", "vnni", "avx512vnni"),
         ("int8_dot", "amx", "amx-int8"),
+        ("multishift", "avx512vbmi", "avx512vbmi"),
     ],
 )
 def test_an_explicit_form_the_target_lacks_is_a_clear_error(name, form, feature):
@@ -89,3 +90,12 @@ def test_auto_picks_amx_where_the_target_has_it_and_linux_grants_it():
     assert runtime.resolve_options({"int8_dot": "auto"}, NO_BF16)["int8_dot"] == "vnni"  # no AMX in its mcpu
     if "amx_int8" in isa_flags():
         assert runtime.amx_permitted()  # Linux >= 5.16 grants it; the AMX kernels are then tested for real
+
+
+def test_auto_multishift_follows_the_target():
+    """vpmultishiftqb (AVX-512 VBMI) is picked where the target encodes it: Sapphire Rapids has it, Cascade
+    Lake (AVX-512 without VBMI) does not, and a GPU build never does."""
+    sapphire = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 1})
+    assert runtime.resolve_options({"multishift": "auto"}, sapphire)["multishift"] == "avx512vbmi"
+    assert runtime.resolve_options({"multishift": "auto"}, NO_BF16)["multishift"] == "none"
+    assert runtime.resolve_options({"multishift": "avx512vbmi"}, runtime.cuda_target())["multishift"] == "none"
