@@ -200,8 +200,9 @@ def space(kernel: str, backend: str) -> SearchSpace:
 # 8.62 / 6.71 / 8.05 -> 0.97 / 1.72 / 4.26, fp3_e1m1 23.7 / 27.5 / 26.0 -> 0.91 / 1.65 / 5.69 (fp7_e4m2 has
 # a faster form: one row block moved it by 0.94-1.17x, so it keeps two). Integer codes of 2, 3, 5 and 6 bits
 # took 4 rows per block at M = 4 (int2 1.77 -> 0.71 ms, int3 1.83 -> 1.30, int5 1.40 -> 0.92, int6 1.47 ->
-# 1.20; 5 bits still do, 2, 3 and 6 take the AMX tile on AMX machines now: `_amx_at_four`; at M = 8 and 16 two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two
-# rows at M = 16: 3.21 vs 6.35 ms). Since the decoded GEMM form (lowbit/codegen/tvm README), 16 rows take it
+# 1.20; 5 bits still do, 2, 3 and 6 take the AMX tile on AMX machines now: `_amx_at_four`; at M = 8 and 16
+# two rows stay faster, 4-, 7- and 8-bit codes too; fp2 has a faster form with two rows at M = 16: 3.21 vs
+# 6.35 ms). Since the decoded GEMM form (lowbit/codegen/tvm README), 16 rows take it
 # (tm 2): fp32 x, hot, 2 threads, alternating: fp6_e3m2 M = 16 3.64 -> 2.38 ms, fp3_e1m1 3.98 -> 2.20; at M = 4
 # and 8 the table walk stays faster (fp6 0.79 / 1.40 against 1.20 / 1.57 ms).
 TABLE_ONLY_FLOAT_BITS = (3, 5, 6)
