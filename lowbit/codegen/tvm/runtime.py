@@ -169,7 +169,13 @@ def resolve_options(options: Mapping[str, Any], target: Any) -> dict[str, Any]:
         out["vector"] = fp32_lanes() if cpu else 16
     if not cpu:  # the x86 forms (VNNI, vpermps tables, vdpbf16ps, prefetch hints, SIMD lanes) are CPU-only
         out.update(
-            int8_dot="none", lut="none", bf16_dot="none", multishift="none", inner_dot=0, prefetch=0, vector=1,
+            int8_dot="none",
+            lut="none",
+            bf16_dot="none",
+            multishift="none",
+            inner_dot=0,
+            prefetch=0,
+            vector=1,
             fma_chains=1,
         )
     return out
