@@ -2788,7 +2788,10 @@ class _Emitter:
             if direct is None or ragged is not None:
                 self.line(f'{xp} = T.decl_buffer(({BM * KP},), "int32", {self.scope})')
                 self._stage_pairs(inst, xp, direct, ragged)
-            shifted = self._multishift_plan(load, KT) if amx else None
+            # one pass of 16 rows only: with more row tiles every pass repeats the Σa products (4096² bf16 x M = 64,
+            # streamed: int2 1.20 -> 1.47 ms, int3 1.31 -> 1.56 against the table pairs)
+            one_pass = BM == 16 and BN // 16 <= AMX_BF16_SUMS
+            shifted = self._multishift_plan(load, KT) if amx and one_pass else None
             bp, decode_part = self._decoded_pairs(load, KT, BN, tiled=amx, multishift=shifted)
             if amx:
                 # the multishift pairs hold 1 + u/2^bits for the value u + β: a·value = 2^bits·(a·pair) +
