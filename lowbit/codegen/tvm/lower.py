@@ -389,6 +389,13 @@ def _field_tables(
     return out
 
 
+def _amx_one_pass(BM: int, BN: int, sources: int = 1) -> bool:
+    """Whether `_amx_bf16_block` covers a [BM, BN] output in one pass: one 16-row tile and every column tile's
+    sums held at once (AMX_BF16_SUMS accumulator tiles for one a operand, 2 for several)."""
+    held = AMX_BF16_SUMS if sources == 1 else 2
+    return BM == 16 and held * 16 >= BN
+
+
 def _walk_steps(KT: int, span: int, steps: int, aligned: bool, c: int, n: int) -> int:
     """The steps (word rows of `span` k) of a word walk over a tile of KT k that parts 0 .. c of n cover: enough
     that every k before KT·(c + 1)/n is decoded (a step holds tile k span·w − lead .. span·w − lead + span − 1,
@@ -2790,8 +2797,7 @@ class _Emitter:
                 self._stage_pairs(inst, xp, direct, ragged)
             # one pass of 16 rows only: with more row tiles every pass repeats the Σa products (4096² bf16 x M = 64,
             # streamed: int2 1.20 -> 1.47 ms, int3 1.31 -> 1.56 against the table pairs)
-            one_pass = BM == 16 and BN // 16 <= AMX_BF16_SUMS
-            shifted = self._multishift_plan(load, KT) if amx and one_pass else None
+            shifted = self._multishift_plan(load, KT) if amx and _amx_one_pass(BM, BN) else None
             bp, decode_part = self._decoded_pairs(load, KT, BN, tiled=amx, multishift=shifted)
             if amx:
                 # the multishift pairs hold 1 + u/2^bits for the value u + β: a·value = 2^bits·(a·pair) +
@@ -2851,6 +2857,7 @@ class _Emitter:
         and decode(c, n), which emits the decode of part c of n of the tile's k (`_word_walk`'s `part`: the
         AMX form runs each part's tile products while the next part decodes), or all of it at (0, 1)."""
         if KT % 2 or not self._multiple_of(sympy.sympify(load.offsets[0]), 2):
+            assert multishift is None, "`_multishift_plan` takes only tiles that start at an even k"
             return self._pair_tile(self._decode_words(load, KT, BN), KT // 2, BN, tiled), lambda c, n: None
         bp = self.fresh("bp")
         self.line(f'{bp} = T.decl_buffer(({KT // 2 * BN},), "int32", {self.scope})')
@@ -3451,7 +3458,7 @@ class _Emitter:
             self.line(f'{sums} = T.decl_buffer((16, 16), "float32", {self.scope})')
             self.line(f"for {q} in T.serial(16):")
             self.line(f"    {ones}[T.Ramp({q} * 16, 1, 16)] = T.Broadcast(T.int32({0x3F803F80}), 16)")
-        parts = math.gcd(self.opt["amx_parts"], KP // 16) if nb == cols and BM == 16 else 1
+        parts = math.gcd(self.opt["amx_parts"], KP // 16) if _amx_one_pass(BM, BN, len(sources)) else 1
         if decode is not None and parts == 1:
             decode(0, 1)
         self.line(f"for {nj} in T.serial({nb // cols}):")
