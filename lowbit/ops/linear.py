@@ -278,6 +278,11 @@ def quantized_linear(
             "activations): pass kernel=None"
         )
     if kernel == A8_KERNEL:
+        if config is not None or tune:
+            raise ValueError(
+                f"kernel {A8_KERNEL} runs a plan of several kernels, each with its own default config; pass "
+                "config=None and tune=False (or name one kernel: " + ", ".join(A16_KERNELS) + ")"
+            )
         why = a8_ineligible(qweight)
         if why:
             raise ValueError(f"kernel {A8_KERNEL} cannot run this weight: {why}; pass kernel=None")
@@ -314,22 +319,16 @@ def quantized_linear(
         fixed, args = _device_arguments(qweight, x.reshape(m, k), ya, adtype, backend)
         tvm_cuda_kernel(qweight, m, adtype, fixed, args, config, kernel)(args)
         return _torch_result(ya, bias, shape, out)
-    elif (
-        backend == "tvm"
-        and is_torch
-        and x.device.type == "cpu"
-        and not (tune or config or kernel)
-        and qweight.scheme == "w_a16"
-        and m
-    ):
-        # CPU torch activations: the weight's bound launcher (linear_launcher, kept on the weight), not the
-        # per-call argument conversion of a dict call (~0.1 ms a call, a fifth of a 4096x4096 M=1 GEMV)
-        # and the result stays a torch tensor (no NumPy round trip: after a cache flush the ops layer's Python
-        # path cost ~0.26 ms against ~0.03 ms warm)
+    elif backend == "tvm" and is_torch and x.device.type == "cpu" and not tune and qweight.scheme == "w_a16" and m:
+        # CPU torch activations: the weight's bound launcher (linear_launcher, kept on the weight per kernel and
+        # config), not the per-call argument conversion of a dict call (~0.1 ms a call, a fifth of a 4096x4096
+        # M=1 GEMV; with a config, 0.8 ms of 1.4 at int3 M = 16), and the result stays a torch tensor (no NumPy
+        # round trip: after a cache flush the ops layer's Python path cost ~0.26 ms against ~0.03 ms warm)
         ya = _torch_empty((m, n), x)
-        launch = bound_launcher(qweight, m, adtype)
+        launch = bound_launcher(qweight, m, adtype, kernel, config)
         launch(x.reshape(m, k), ya)
-        _remember(qweight, x, backend_arg, kernel, launch, m, n)
+        if config is None and kernel is None:  # the fast table's key holds neither
+            _remember(qweight, x, backend_arg, kernel, launch, m, n)
         return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
@@ -812,15 +811,19 @@ _ROW_SCRATCH = threading.local()  # the prefill plans' (xq, xs, xsum) scratch, o
 
 
 def linear_launcher(
-    qw: QuantizedWeight, m: int, backend: str, adtype: str, kernel: str | None = None
+    qw: QuantizedWeight, m: int, backend: str, adtype: str, kernel: str | None = None, config: Config | None = None
 ) -> Callable[[Any, Any], None]:
     """`launch(x2, y2)`: y2 [m, N] = x2 [m, K] @ Ŵᵀ (no bias) for contiguous torch tensors of `adtype` (on the
     CPU; with triton, where it launches: CUDA, or the CPU under the interpreter),
     with the compiled kernel and the weight's tensors bound once (what `quantized_linear` runs for these
     arguments, minus its per-call checks and conversions: the executor's hot path). w_a16 weights and the
-    int8-activation GEMV (`kernel`); W4A8 schemes go through `quantized_linear_int8`."""
+    int8-activation GEMV (`kernel`); W4A8 schemes go through `quantized_linear_int8`. `kernel` names a kernel as
+    `quantized_linear`'s does, and `config` forces its tiles and options (not the int8-activation GEMV's: its
+    plan chains several kernels, each with its own default)."""
     backend = select_backend(backend)
     if kernel == A8_KERNEL:
+        if config is not None:
+            raise ValueError(f"config is for one kernel; {A8_KERNEL} runs a plan of several: pass config=None")
         return a8_plan(qw, m, backend, adtype).run
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
@@ -831,16 +834,19 @@ def linear_launcher(
     else:
         fixed, args = _arguments(qw, np.zeros((m, qw.shape[1]), np.float32), None, None, adtype, backend)
     bound = {name: v for name, v in args.items() if name not in ("x", "y")}
-    return bind(_compiled(qw, m, backend, adtype, fixed, args), bound, ("x", "y"))
+    return bind(_compiled(qw, m, backend, adtype, fixed, args, False, config, kernel), bound, ("x", "y"))
 
 
-def bound_launcher(qw: QuantizedWeight, m: int, adtype: str) -> Callable[[Any, Any], None]:
-    """`linear_launcher(qw, m, "tvm", adtype)`, made once per (m, adtype) and kept on the weight."""
+def bound_launcher(
+    qw: QuantizedWeight, m: int, adtype: str, kernel: str | None = None, config: Config | None = None
+) -> Callable[[Any, Any], None]:
+    """`linear_launcher(qw, m, "tvm", adtype, kernel, config)`, made once per (m, adtype, kernel, config) and
+    kept on the weight."""
     plans = qw.__dict__.setdefault("_plans", {})
-    key = ("bound", m, adtype, runs_persistent("tvm"))
+    key = ("bound", m, adtype, runs_persistent("tvm"), *((kernel, config) if kernel or config else ()))
     launch = plans.get(key)
     if launch is None:
-        launch = plans[key] = linear_launcher(qw, m, "tvm", adtype)
+        launch = plans[key] = linear_launcher(qw, m, "tvm", adtype, kernel, config)
     return launch
 
 
