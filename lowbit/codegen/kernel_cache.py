@@ -16,7 +16,8 @@ never a hit and concurrent processes do not see half files.
 
 Misses are written to one directory (`kernel_dir()`); read-only directories (an artifact's `kernels/`)
 are searched after it: `with using_kernel_dir(read_only=[artifact / "kernels"]): ...`. Setting
-`LOWBIT_KERNEL_CACHE=0` turns the disk cache off (kernels are built in memory as before).
+`LOWBIT_KERNEL_CACHE=0` turns the disk cache off (kernels are built for the process alone: each runs from a
+library in a temporary directory removed at exit, `runtime._private_library`).
 
 Triton needs nothing here: its JIT keeps compiled cubins in its own cache (`TRITON_CACHE_DIR`, default
 `~/.triton/cache`) keyed by source, options and device; lowbit writes the generated Triton source to

@@ -176,7 +176,9 @@ def test_disabled_cache_writes_nothing(cache, monkeypatch):
     monkeypatch.setenv("LOWBIT_KERNEL_CACHE", "0")
     kernel = compile_fresh(affine.trace(A=3))
     check_runs(kernel)
-    assert kernel.library is None and not kernel_cache.default_kernel_dir().exists()
+    # it runs from a library of its own in a temporary directory of the process (`_private_library`)
+    assert kernel._from_file and kernel.key in kernel.library and not kernel_cache.default_kernel_dir().exists()
+    assert not kernel.library.startswith(str(kernel_cache.default_kernel_dir().parent))
     assert kernel_cache.search_dirs() == [] and kernel.key in kernel_cache.compiled_kernels()
     assert compile_fresh(affine.trace(A=3)) is not kernel and cache == ["build", "build"]
 
@@ -231,4 +233,4 @@ def test_unwritable_directory_warns_and_still_compiles(cache, tmp_path):
     with kernel_cache.using_kernel_dir(blocker / "kernels"), pytest.warns(kernel_cache.KernelCacheWarning):
         kernel = compile_fresh(affine.trace(A=3))
     check_runs(kernel)
-    assert kernel.library is None
+    assert kernel.key in kernel.library and not kernel.library.startswith(str(blocker))  # a private library
