@@ -26,7 +26,7 @@ from typing import Any
 
 from lowbit.codegen.backend import Config
 
-CODEGEN_VERSION = 12  # bump whenever generated code changes for the same IR and options
+CODEGEN_VERSION = 11  # bump whenever generated code changes for the same IR and options
 FILE_FORMAT = 1
 BUCKETED = ("M",)  # sizes rounded up to a power of two in the key (the batch/token dimension)
 _TOOLCHAIN = {"lowbit": "lowbit", "numpy": "numpy", "torch": "torch", "triton": "triton", "tvm": "apache-tvm"}

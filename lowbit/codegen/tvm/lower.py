@@ -3424,8 +3424,7 @@ class _Emitter:
         every 16-row A tile streams past (rows outermost re-read all of bp, 64 KiB at BN 256, from L2 per
         16 rows). Per 16 rows the pass's sums are held over all of k: register 0 a's tile, 1 and 2 b's tiles in
         turn, 3 .. the sums. Without `scale` they start from `out` and are stored back; with `scale` = (acc,
-        s) they start from zero and are stored to a stack buffer (1 KiB each), all of them before the first is
-        read back (4096x1024 int3 bf16 x M = 16, hot: 159 -> 149 us; int4 106 -> 105), then acc[i, j] += sum · s[0, j]
+        s) they start from zero and each is stored to a 1 KiB stack tile, then acc[i, j] += sum · s[0, j]
         (`out` is not touched). A list of a_rows: several a operands against the same b, summed (`_amx_fp32_rows`:
         fp32 rows as three bf16 parts). `affine` = (α, γ) (one a operand): bp holds w' with w = α·w' + γ
         (`_multishift_pairs`), so the sums start from zero, register 7 sums each row's a against a B tile of
@@ -3437,8 +3436,10 @@ class _Emitter:
         self.amx = True
         sources = a_rows if isinstance(a_rows, list) else [a_rows]
         assert affine is None or len(sources) == 1, "the affine form's Σa takes register 7, one a operand"
-        # accumulator tiles per pass (`cols`): AMX_BF16_SUMS, or 2 for several sources (b's tiles then stay in
-        # registers)
+        nb = BN // 16
+        # accumulator tiles per pass: AMX_BF16_SUMS, or 2 for several sources (b's tiles then stay in registers)
+        most = AMX_BF16_SUMS if len(sources) == 1 else 2
+        cols = max(c for c in range(1, most + 1) if nb % c == 0)
         mi, nj, kc, ii = (self.fresh(v) for v in ("mi", "nj", "kc", "ii"))
 
         def call(op: str, *regs: Any) -> None:
@@ -3447,12 +3448,9 @@ class _Emitter:
         def reg(r: int) -> str:
             return f"T.int8({r})"
 
-        nb = BN // 16
-        most = AMX_BF16_SUMS if len(sources) == 1 else 2
-        cols = max(c for c in range(1, most + 1) if nb % c == 0)
         tmp = self.fresh("amxc") if scale is not None or affine is not None else None
-        if tmp is not None:  # every sum tile stored before the first is read back (no wait on each store)
-            self.line(f'{tmp} = T.decl_buffer(({cols * 16}, 16), "float32", {self.scope})')
+        if tmp is not None:
+            self.line(f'{tmp} = T.decl_buffer((16, 16), "float32", {self.scope})')
         ones = sums = None
         if affine is not None:  # a B tile of bf16 pairs (1, 1), and the stored Σa tile
             ones, sums, q = self.fresh("ones"), self.fresh("asum"), self.fresh("q")
@@ -3512,10 +3510,9 @@ class _Emitter:
         for c in range(cols):
             if tmp is None:
                 call("tilestored64", reg(3 + c), f"T.address_of({out}[{mi} * 16, {col(c)}])", f"T.int64({BN * 4})")
-            else:
-                call("tilestored64", reg(3 + c), f"T.address_of({tmp}[{c * 16}, 0])", "T.int64(64)")
-        for c in range(cols if tmp is not None else 0):
-            value = f"{tmp}[{c * 16} + {ii}, T.Ramp(0, 1, 16)]"
+                continue
+            call("tilestored64", reg(3 + c), f"T.address_of({tmp}[0, 0])", "T.int64(64)")
+            value = f"{tmp}[{ii}, T.Ramp(0, 1, 16)]"
             if affine is not None:
                 alpha, gamma = (f"T.Broadcast({f32(v)}, 16)" for v in affine)
                 value = f"({value} * {alpha} + {sums}[{ii}, T.Ramp(0, 1, 16)] * {gamma})"
