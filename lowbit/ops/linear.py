@@ -278,10 +278,10 @@ def quantized_linear(
             "activations): pass kernel=None"
         )
     if kernel == A8_KERNEL:
-        if config is not None or tune:
+        if config is not None:  # (tune=True is allowed: `lowbit bench gemm --tune` times these rows untuned)
             raise ValueError(
                 f"kernel {A8_KERNEL} runs a plan of several kernels, each with its own default config; pass "
-                "config=None and tune=False (or name one kernel: " + ", ".join(A16_KERNELS) + ")"
+                "config=None (or name one kernel: " + ", ".join(A16_KERNELS) + ")"
             )
         why = a8_ineligible(qweight)
         if why:

@@ -273,8 +273,13 @@ def test_tvm_torch_calls_with_a_config_or_a_named_kernel_take_a_bound_launcher(k
     if tiles:  # another config compiled another kernel: the plain call's tiles are the space's default
         kern = linear_problem(qw, x, "tvm")[0]
         assert kern.name == "quantized_gemv" and ("bound", 5, "float32", False) in qw.__dict__["_plans"]
-    with pytest.raises(ValueError, match="config=None and tune=False"):
+    with pytest.raises(ValueError, match="runs a plan of several kernels"):
         quantized_linear(x, qw, backend="tvm", kernel="quantized_gemv_a8", config=Config.make({"BM": 4}))
+    if kernel is None:  # tune=True with the a8 plan runs it untuned (what `lowbit bench gemm --tune` times)
+        q4 = quantize(rng.standard_normal((32, 128)).astype(np.float32), "int4", 64)
+        y8 = quantized_linear(x, q4, backend="tvm", kernel="quantized_gemv_a8", tune=True)
+        ref4 = x.double().numpy() @ q4.dequantize().astype(np.float64).T
+        assert torch.isfinite(y8).all() and relative_error(y8.double().numpy(), ref4) < 2e-2
 
 
 @pytest.mark.skipif("tvm" not in available_backends(), reason="tvm is not installed")
