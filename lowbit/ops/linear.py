@@ -75,6 +75,7 @@ from lowbit.kernels.spaces import default_config, native_triton, space, tvm_cuda
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, retile_columns
+from lowbit.ops.x16 import x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
@@ -827,6 +828,8 @@ def linear_launcher(
         return a8_plan(qw, m, backend, adtype).run
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
+    if backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, _tvm_int8_dot()):
+        return x16_plan(qw, m, adtype).run  # 2-3-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from linear_reference import HOST, bound, reference, relative_error
 
+from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import Config, available_backends
 from lowbit.dtypes import SMALL_FLOAT_TYPES, holds_exactly
 from lowbit.kernels import quantized_gemm, quantized_gemv, w4a8_gemm_per_channel, w4a8_gemm_per_group
@@ -512,3 +513,27 @@ def test_per_channel_zeros_where_most_codes_sit_at_the_zero(backend, name, M):
     assert np.abs(x.astype(np.float64)).sum(1).mean() > 30 * np.abs(ref).mean()  # the cancellation is there
     err = relative_error(quantized_linear(x, qw, backend=backend), ref)
     assert err <= bound(qw, M, "float32"), f"{name} M={M} {backend}: {err}"
+
+
+@pytest.mark.skipif(
+    "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
+)
+@pytest.mark.parametrize("name,G,M,adtype,zero", [("int3", 128, 1, "bfloat16", "default"),
+                                                  ("uint2", 64, 3, "float16", "post"), ("int2", 32, 4, "bfloat16", "pre")])  # fmt: skip
+def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, zero):
+    """CPU torch bf16 / fp16 x of <= 4 rows with 2-3-bit integer codes runs `lowbit.ops.x16` (x in two int8
+    planes): within the GEMV bound of the oracle, activations below 1 included (a scale clamped at 1 once
+    made every such group wrong), and a NaN in a row gives a NaN row and leaves the others bit for bit."""
+    kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
+    qw = quantize(weight(96, 256, M), name, G, **kwargs)
+    for magnitude in (0.02, 3.0):
+        x = torch.from_numpy(activations((M, 256), "float32", M) * magnitude).to(getattr(torch, adtype))
+        y = quantized_linear(x, qw, backend="tvm")
+        assert y.dtype == x.dtype and tuple(y.shape) == (M, 96)
+        err = relative_error(y.float().numpy(), reference(x.float().numpy(), qw))
+        assert err <= bound(qw, M, adtype), f"{name} M={M} {adtype} x{magnitude}: {err}"
+    assert any(key[-1] == "x16" for key in qw.__dict__["_plans"])
+    bad = x.clone()
+    bad[0, 7] = float("nan")
+    yb = quantized_linear(bad, qw, backend="tvm")
+    assert torch.isnan(yb[0].float()).all() and torch.equal(yb[1:], y[1:])

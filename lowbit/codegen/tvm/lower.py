@@ -287,6 +287,9 @@ class _TirPrinter(SourcePrinter):
         return f"not ({self._print(expr.args[0])})"
 
 
+VNNI_CHAIN_ROWS = 8  # a VNNI chain's rows (`_vnni_chain`): rows x chains accumulators in registers
+
+
 def _quad(f: Any, idx: Callable[[int], tuple[str, str]], ctx: Any) -> str:
     """The four bytes f(idx(0)) .. f(idx(3)) (four consecutive k of an 8-bit operand) as one i32 lane."""
     return _fold("T.bitwise_or", [f"T.shift_left(T.bitwise_and({f(idx(r), ctx)}, 255), {8 * r})" for r in range(4)])
@@ -1482,7 +1485,10 @@ class _Emitter:
                 for d in chain:
                     self._dot_generic(d, out)
 
-            self._guarded(chain, out, lambda: self._dot_amx(chain, out), slow_path=slow_chain)
+            if plan is not None and plan[2] == "vnni":
+                self._guarded(chain, out, lambda: self._vnni_chain(chain, out, plan), slow_path=slow_chain)
+            else:
+                self._guarded(chain, out, lambda: self._dot_amx(chain, out), slow_path=slow_chain)
             self._bind_chain(t, out)
             return
         if plan is not None:
@@ -1527,16 +1533,23 @@ class _Emitter:
             raise BackendError(f"tvm backend: dot accumulating in {inst.acc_dtype.name}; use int32")
 
     def _amx_chain(self, inst: I.Dot, t: Tile, plan: tuple[str, int, str] | None) -> list[I.Dot]:
-        """The dots an AMX dot runs at once: `inst` and the rest of its chain (`_find_chains`) when every one
-        of them is an AMX dot whose operands are defined by now (their sums then stay in tile registers from
-        dot to dot, with no store and reload between them), else `inst` alone."""
+        """The dots an int8 dot runs at once: `inst` and the rest of its chain (`_find_chains`) when every one
+        of them is an AMX dot, or a VNNI dot of the same side and shape with one row block of at most
+        VNNI_CHAIN_ROWS rows (`_vnni_chain`), whose operands are defined by now (the sums then stay in
+        registers from dot to dot, with no store and reload between them), else `inst` alone."""
         later = [let.inst for let in self.chains.get(id(t), []) if isinstance(let.inst, I.Dot)]
-        if plan is None or plan[2] != "amx" or not later or len(later) != len(self.chains[id(t)]):
+        if plan is None or not later or len(later) != len(self.chains[id(t)]):
+            return [inst]
+        if plan[2] == "vnni" and not self._vnni_chain_shape(inst):
+            return [inst]
+        if plan[2] not in ("amx", "vnni"):
             return [inst]
         sums = {id(t), *(id(let.tile) for let in self.chains[id(t)]), *(id(d.c) for d in later)}
         for d in later:
             p = self.int8_dot_plan(d)
-            if p is None or p[2] != "amx" or not all(id(o) in self.fn for o in (d.a, d.b)):
+            if p is None or p[::2] != plan[::2] or not all(id(o) in self.fn for o in (d.a, d.b)):
+                return [inst]
+            if p[2] == "vnni" and (d.a.shape[0] != inst.a.shape[0] or d.b.shape[1] != inst.b.shape[1]):
                 return [inst]
             if any(self.mut_reads.get(id(o), frozenset()) & sums for o in (d.a, d.b)):
                 return [inst]  # an operand reads a sum of the chain: it must see the dots before it
@@ -1950,6 +1963,63 @@ class _Emitter:
         self.line(f"for {ii} in T.unroll({BM}):")
         self.line(f"    for {jv} in T.unroll({nv}):")
         self._widen_pairs(out, ii, f"T.Ramp({jv} * 8, 1, 8)", acc16, lanes, "        ")
+
+    def _vnni_chain_shape(self, inst: I.Dot) -> bool:
+        """Whether a VNNI dot can run a chain (`_vnni_chain`): one row block of at most VNNI_CHAIN_ROWS rows, whose
+        accumulators (rows x chains x column vectors) stay in registers over every dot of the chain."""
+        return int(inst.a.shape[0]) <= VNNI_CHAIN_ROWS and int(inst.b.shape[1]) % 16 == 0 and self.cpu
+
+    def _vnni_chain(self, dots: Sequence[I.Dot], out: str, plan: tuple[str, int, str]) -> None:
+        """out[BM, BN] += Σ_d a_d @ b_d on vpdpbusd for a chain of int8 dots (`_amx_chain`) of one row block:
+        per column vector, the rows' i32 accumulators are zeroed once, every dot's quads go through them (each
+        dot's chunk loop as `_dot_vnni`'s: b's quad vector unpacked where it is used, a's quad broadcast) and
+        they are summed into `out` once at the end. Per dot they were zeroed and summed per chunk: the x16
+        GEMV's eight planes are eight dots of four quads a group, and that overhead matched their vpdpbusd."""
+        side, chunk = plan[0], plan[1]
+        BM, BN = int(dots[0].a.shape[0]), int(dots[0].b.shape[1])
+        fast = _Ctx(checked=False)
+        chains = max(1, -(-self.opt["vnni_chains"] // BM))
+        jv, j, tq, ii, c = (self.fresh(v) for v in ("jv", "j", "tq", "ii", "c"))
+        acc, bq = self.fresh("acc32"), self.fresh("bq")
+        self.line(f"for {jv} in T.unroll({BN // 16}):")
+        self.depth += 1
+        self.line(f'{bq} = T.decl_buffer((16,), "int32", {self.scope})')
+        self.line(f'{acc} = T.decl_buffer(({BM * chains * 16},), "int32", {self.scope})')
+        self.line(f"for {ii} in T.unroll({BM * chains}):")
+        self.line(f"    {acc}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)")
+        col = f"{jv} * 16 + {j}"
+        def quads(fa: IndexFn, fb: IndexFn, c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1 of one dot
+            self.line(f"for {tq} in T.unroll({n}):")
+            self.line(f"    for {j} in T.vectorized(16):")
+            self.line(f"        {bq}[{j}] = " + _quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col), fast))
+            self.line(f"    for {ii} in T.unroll({BM}):")
+            av = f'T.reinterpret("int8x64", T.Broadcast({_quad(fa, lambda r: (ii, f"({c0} + {tq}) * 4 + {r}"), fast)}, 16))'
+            bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
+            u, sg = (bv, av) if side == "b" else (av, bv)
+            lanes = f"T.Ramp(({ii} * {chains} + {tq} % {chains}) * 16, 1, 16)"
+            self.line(
+                f'        {acc}[{lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
+                f"{acc}[{lanes}], {u}, {sg})"
+            )
+
+        for d in dots:
+            fa, fb = self.get(d.a), self.get(d.b)
+            step = min(chunk, int(d.a.shape[1]) // 4)
+            whole, tail = divmod(int(d.a.shape[1]) // 4, step)
+            if whole > 1:
+                self.line(f"for {c} in T.serial({whole}):")
+                self.depth += 1
+                quads(fa, fb, f"{c} * {step}", step)
+                self.depth -= 1
+            elif whole:
+                quads(fa, fb, "0", step)
+            if tail:
+                quads(fa, fb, str(whole * step), tail)
+        self.line(f"for {ii} in T.unroll({BM}):")
+        cols = f"T.Ramp({jv} * 16, 1, 16)"
+        parts = [f"{acc}[T.Ramp(({ii} * {chains} + {h}) * 16, 1, 16)]" for h in range(chains)]
+        self.line(f"    {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + {' + '.join(parts)}")
+        self.depth -= 1
 
     def _dot_vnni(
         self, inst: I.Dot, out: str, side: str, tm: int, cv: int, quad: Callable[..., str], c0: str, n: int

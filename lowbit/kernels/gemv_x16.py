@@ -1,0 +1,210 @@
+"""W{1,2,3,4}A16 GEMV whose 16-bit activations run on int8 multiply-adds (the CPU decode path of narrow codes).
+
+With bfloat16 / float16 x the M = 1 GEMV of 2- and 3-bit codes is compute-bound on the table decode (fp32 FMAs:
+one product each); an int8 dot (x86's `vpdpbusd`: 64 u8·i8 products an instruction) needs only the codes as
+bytes, which shifts and masks give. x is carried exactly enough in two int8 planes:
+
+`quantize_groups_x16` — per row and group of G along K (the weight's groups):
+    xs   = 2^(e − 13) where 2^e <= max |x| < 2^(e+1)    (a power of two: x / xs is exact)
+    r    = rint(x / xs)                                  |r| < 2^14
+    hi   = floor((r + 128) / 256),  lo = r − 256·hi      hi in [-64, 64], lo in [-128, 127]: r = 256·hi + lo
+    xq   = hi and lo, group-major [K // G, MP, 2, 8, G // 8] in the weight's plane order (below)
+    xsum = Σ r (int32)
+A bfloat16 x is held exactly when the group's values lie within 2^6 of its largest (float16: 2^3); every
+element is within 2^-15·2^(e+1) of x otherwise, far below the output's rounding (2^-9 of y for bfloat16).
+A group of largest |x| below 2^-60 is scaled by 2^60 first, so xs stays a nonzero float down to bfloat16's
+smallest subnormal. A group holding a NaN or an inf gets a NaN scale: its row's output is NaN.
+
+`quantized_gemv_x16` — codes u in [0, 2^b) (signed ints offset binary, u = q + 2^(b−1)) in the *plane* layout
+(`plane_words`): per BN-column tile and group, `BITS` int32 word rows [G // 32, BN], word row t of the 32 codes
+k = 32t .. 32t + 31 of the group; 8 planes per block, plane p holding codes 32t + 4p + j as the bytes j of a
+column's word, each plane one or two masked shifts of the words (`PLANE_TERMS`):
+    b | 8:  plane p = (word[p // (8/b)] >> b·(p % (8/b))) & mask_b per byte
+    b = 3:  three words per 32 codes; planes 0, 1 / 3, 4 / 6, 7 are bits 0-2 / 3-5 of the bytes of words 0 /
+            1 / 2; planes 2 and 5 take their low two bits from bits 6-7 of words 0 and 1 and their top bit
+            from bit 6 / 7 of word 2
+so every byte of a plane is one code in [0, 2^b) and four consecutive k of a column are one i32 lane, the
+shape of the u8·i8 dot. Per group g and column n:
+
+    p    = Σ_planes dot([hi; lo] rows, plane bytes)         exact int32 sums per plane row
+    P    = 256·p_hi + p_lo = Σ_k r·u                        exact int32 (|P| < 2^31 for G <= 256)
+    Q    = P − OFFSET·xsum = Σ_k r·q                        (OFFSET = 2^(b−1) for signed ints, else 0)
+    zero_mode none:  y += fp32(Q) · xs · s
+    zero_mode post:  y += (fp32(Q) − fp32(xsum)·z) · xs · s
+    zero_mode pre:   y += (fp32(Q)·s − fp32(xsum)·z) · xs
+
+The TVM backend lowers each plane's dot to `vpdpbusd` (both rows share the plane's bytes) where the CPU has
+AVX-512 VNNI (`lowbit/codegen/tvm/README.md`). Numerics: exact integer sums, one fp32 multiply-add per group
+(as the a8 GEMV), against x as carried above; the result is the W4A16 GEMV's to ~2^-15 of a group's
+largest |x| per element.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import lowbit.lang as T
+from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
+
+X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
+X16_ADTYPES = ("bfloat16", "float16")  # activations two int8 planes carry (float32's 24 bits would need three)
+X16_GROUPS = (32, 64, 128, 256)  # whole 32-code blocks, |P| < 2^31
+PLANES = 8  # planes per 32-code block: 4 codes of a column each (one i32 lane of bytes)
+EXPONENT_BITS = 0x7F800000  # float32's exponent field: amax & this = the power of two at or below amax
+TINY = 2.0**-60  # groups of smaller largest |x| are scaled by 2^60 first (xs stays a normal-range product)
+
+
+def plane_terms(bits: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+    """Per plane p of a 32-code block: the (word, shift, per-byte mask) terms whose masked shifts OR into the
+    plane's bytes (byte j = code 32t + 4p + j of a column)."""
+    if bits not in X16_BITS:
+        raise ValueError(f"plane layout: {bits}-bit codes have none; use one of {X16_BITS}")
+    if 8 % bits == 0:
+        per = 8 // bits
+        return tuple(((p // per, bits * (p % per), (1 << bits) - 1),) for p in range(PLANES))
+    return (  # 3 bits: see the module docstring
+        ((0, 0, 7),), ((0, 3, 7),), ((0, 6, 3), (2, 4, 4)),
+        ((1, 0, 7),), ((1, 3, 7),), ((1, 6, 3), (2, 5, 4)),
+        ((2, 0, 7),), ((2, 3, 7),),
+    )  # fmt: skip
+
+
+def plane_words(codes: np.ndarray, bits: int, group: int, bn: int) -> np.ndarray:
+    """Unsigned codes [K, N] (each in [0, 2^bits)) in the plane layout: int32 [⌈N / bn⌉, K // group, bits,
+    group // 32, bn] (padding columns hold code 0)."""
+    codes = np.asarray(codes, np.int64)
+    k, n = codes.shape
+    if group % 32 or k % group:
+        raise ValueError(f"plane layout: group {group} must be a multiple of 32 dividing K = {k}")
+    nb = -(-n // bn)
+    c = np.zeros((k, nb * bn), np.int64)
+    c[:, :n] = codes
+    # [K, N] -> [nb, groups, blocks, planes, 4 (byte j), bn]
+    c = c.reshape(k // group, group // 32, PLANES, 4, nb, bn).transpose(4, 0, 1, 2, 3, 5)
+    words = np.zeros((nb, k // group, bits, group // 32, bn), np.int64)
+    for p, terms in enumerate(plane_terms(bits)):
+        for word, shift, mask in terms:
+            for j in range(4):
+                words[:, :, word] |= (c[:, :, :, p, j] & mask) << (shift + 8 * j)
+    return words.astype(np.uint32).view(np.int32)
+
+
+def _plane(words: list[Any], terms: tuple[tuple[int, int, int], ...]) -> Any:
+    """Traced: one plane's bytes [G // 8, BN] int8 (values 0..2^b − 1) from the block's word rows [G // 32, BN]."""
+    v = None
+    for word, shift, mask in terms:
+        t = (words[word] >> shift if shift else words[word]) & (mask * 0x01010101)
+        v = t if v is None else v | t
+    return T.cast(T.view(T.transpose(v), T.uint8).T, T.int8)
+
+
+@T.kernel
+def quantize_groups_x16(
+    x: T.Tensor("adtype", ("M", "K")),
+    xq: T.Tensor("int8", ("K // G", "MP", 2, 8, "G // 8")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    M: T.int32,
+    MP: T.int32,
+    K: T.int32,
+    G: T.constexpr = 128,
+    adtype: T.constexpr = "bfloat16",
+    BM: T.constexpr = 1,
+):
+    (pm,) = T.grid(T.cdiv(MP, BM))
+    for k0 in T.range(0, K, G, name="k0"):
+        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
+        flags = T.where(T.abs(v) <= 3.4028234663852886e38, 0.0, 1.0)
+        amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
+        bad = T.max(flags, axis=1, keepdims=True)
+        tiny = amax < TINY
+        lift = T.where(tiny, 2.0**60, 1.0)  # exact
+        pow2 = T.view(T.view(amax * lift, T.int32) & EXPONENT_BITS, T.float32)  # 2^e (0 when amax = 0)
+        inv = T.where(pow2 > 0.0, 8192.0 / T.where(pow2 > 0.0, pow2, 1.0), 0.0) * lift  # 1 / xs, a power of two
+        r = T.floor(T.where(bad > 0.0, 0.0, v) * inv + 0.5)  # |r| < 2^14, exact
+        hi = T.floor((r + 128.0) * 0.00390625)
+        lo = r - hi * 256.0
+        scale = T.where(pow2 > 0.0, pow2 * (1.0 / 8192.0) * T.where(tiny, 2.0**-60, 1.0), 1.0)
+        for plane, part in ((0, hi), (1, lo)):
+            codes = T.cast(part, T.int8)  # [BM, G]: reorder k = 32t + 4p + j to (p, t, j)
+            ordered = T.reshape(T.transpose(T.reshape(codes, (BM, G // 32, 8, 4)), (0, 2, 1, 3)), (1, BM, 1, 8, G // 8))
+            T.store(xq, (k0 // G, pm * BM, plane, 0, 0), ordered)
+        T.store(xs, (pm * BM, k0 // G), T.where(bad > 0.0, float("nan"), scale))
+        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(r, T.int32), axis=1, keepdims=True))
+
+
+@T.kernel
+def quantized_gemv_x16(
+    xq: T.Tensor("int8", ("K // G", "MP", 2, 8, "G // 8")),
+    xs: T.Tensor("float32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("MP", "K // G")),
+    w: T.Tensor("int32", ("cdiv(N, BN)", "K // G", "BITS", "G // 32", "BN")),
+    scales: T.Tensor("sdtype", ("cdiv(N, BN)", "K // G", "BN")),
+    zeros: T.Tensor("sdtype", ("cdiv(N, BN)", "K // G", "BN")),
+    y: T.Tensor("ydtype", ("M", "N")),
+    M: T.int32,
+    MP: T.int32,
+    N: T.int32,
+    K: T.int32,
+    BITS: T.constexpr = 3,
+    OFFSET: T.constexpr = 4,
+    zero_mode: T.constexpr = "none",
+    G: T.constexpr = 128,
+    ydtype: T.constexpr = "bfloat16",
+    sdtype: T.constexpr = "float16",
+    BM: T.constexpr = 1,
+    BN: T.constexpr = 16,
+    TILES: T.constexpr = 1,
+):
+    pm, pb = T.grid(T.cdiv(M, BM), T.cdiv(N, BN * TILES))
+    terms = plane_terms(BITS)
+    halves = T.reshape(T.where(T.arange(0, 2) == 0, 256, 1), (1, 2, 1))  # P = 256·p_hi + p_lo
+    accs = [T.zeros((BM, BN), T.float32, name=f"acc{t}") for t in range(TILES)]
+    for k0 in T.range(0, K, G, name="k0"):
+        g = k0 // G
+        for t in range(TILES):  # trace-time loop: TILES column tiles per program, each its own stream
+            pn = pb * TILES + t
+            acc = accs[t]
+            words = [
+                T.reshape(T.load(w, (pn, g, i, 0, 0), (1, 1, 1, G // 32, BN)), (G // 32, BN)) for i in range(BITS)
+            ]
+            # every plane's operands first, then the eight dots back to back: a chain the backend runs with its
+            # sums kept in registers (the TVM backend's `_vnni_chain`)
+            xs_planes = [
+                T.reshape(T.load(xq, (g, pm * BM, 0, plane, 0), (1, BM, 2, 1, G // 8)), (2 * BM, G // 8))
+                for plane in range(PLANES)
+            ]
+            bytes_planes = [_plane(words, terms[plane]) for plane in range(PLANES)]
+            p = T.dot(xs_planes[0], bytes_planes[0], acc_dtype=T.int32)  # [2·BM, BN]
+            for plane in range(1, PLANES):
+                p += T.dot(xs_planes[plane], bytes_planes[plane], acc_dtype=T.int32)
+            sx = T.load(xs, (pm * BM, g), (BM, 1))
+            asum = T.load(xsum, (pm * BM, g), (BM, 1))
+            big = T.sum(T.reshape(p, (BM, 2, BN)) * halves, axis=1)  # [BM, BN]: Σ r·u, exact
+            if OFFSET:
+                big = big - asum * OFFSET  # Σ r·q, exact
+            s = T.reshape(T.cast(T.load(scales, (pn, g, 0), (1, 1, BN)), T.float32), (1, BN))
+            if zero_mode == "none":
+                acc += T.cast(big, T.float32) * sx * s
+            else:
+                z = T.reshape(T.cast(T.load(zeros, (pn, g, 0), (1, 1, BN)), T.float32), (1, BN))
+                zsum = T.cast(asum, T.float32) * z
+                if zero_mode == "post":
+                    acc += (T.cast(big, T.float32) - zsum) * sx * s
+                else:
+                    acc += (T.cast(big, T.float32) * s - zsum) * sx
+    for t in range(TILES):
+        T.store(y, (pm * BM, (pb * TILES + t) * BN), T.cast(accs[t], y.dtype))
+
+
+__all__ = [
+    "X16_ADTYPES",
+    "X16_BITS",
+    "X16_GROUPS",
+    "plane_terms",
+    "plane_words",
+    "quantize_groups_x16",
+    "quantized_gemv_x16",
+]

@@ -1,0 +1,112 @@
+"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights whose 16-bit activations run on int8 dots.
+
+`quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
+activations of up to X16_MAX_M rows on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`): the
+table-decoded GEMV of those codes is compute-bound there (fp32 FMAs, one product each), while
+`lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
+kernels per call: `quantize_groups_x16` (x -> planes, per-group power-of-two scale, code sums) and
+`quantized_gemv_x16`. 4096², bf16 x, 2 threads, on the 2-core AMX Xeon VM (benchmarks/README.md, session 47):
+int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 ms against 0.284 / 0.643 / 1.313 for the table GEMV.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from lowbit.codegen.backend import compile_program
+from lowbit.kernels.gemv_a8 import tile_group_rows
+from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quantize_groups_x16, quantized_gemv_x16
+from lowbit.kernels.launch import bind, serial_options
+from lowbit.ops.weight import QuantizedWeight
+
+X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
+X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
+X16_BN = 32  # column tile; two per program (two weight streams a thread), 2 KiB software prefetch:
+X16_TILES = 2  # int3 M = 1 4096², streamed, alternating: BN 32 x 2 tiles 0.288-0.299 ms, 32 x 1 0.296-0.336,
+X16_PREFETCH = 2048  # 64 x 1 0.341-0.356; prefetch 0 / 2048 / 4096 / 8192 bytes 0.286 / 0.270 / 0.298 / 0.342
+
+
+def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
+    """Whether the x16 plan runs `qw` for m rows of `adtype` activations on the TVM CPU backend whose int8 dot
+    form is `int8_dot` ("vnni" or "amx": the CPU has AVX-512 VNNI)."""
+    return (
+        qw.scheme == "w_a16"
+        and qw.dtype.name in X16_DTYPES
+        and adtype in X16_ADTYPES
+        and 1 <= m <= X16_MAX_M
+        and int8_dot in ("vnni", "amx")
+        and qw.group_size in X16_GROUPS
+        and qw.in_features % qw.group_size == 0
+    )
+
+
+def unsigned_codes(qw: QuantizedWeight) -> tuple[np.ndarray, int]:
+    """(u [K, N], offset): the codes as unsigned values u = q + offset in [0, 2^bits) (signed ints offset binary,
+    offset 2^(bits-1); unsigned ints as they are, offset 0)."""
+    bits = qw.dtype.bits
+    codes = qw.codes().astype(np.int64) & ((1 << bits) - 1)  # the bit patterns
+    if qw.dtype.is_signed:
+        return (codes + (1 << (bits - 1))) & ((1 << bits) - 1), 1 << (bits - 1)
+    return codes, 0
+
+
+class X16Plan:
+    """The two x16 kernels compiled for one weight, m rows and an activation dtype, with the weight's plane
+    words, scales and zeros bound. `run(x2, y2)`: torch tensors, x2 [m, K], y2 [m, N]. Each thread has its
+    own scratch (the nano-batch executor runs row ranges of one linear concurrently)."""
+
+    def __init__(self, qw: QuantizedWeight, m: int, adtype: str):
+        n, k = qw.shape
+        g = qw.group_size
+        self.m, self.k, self.groups = m, k, k // g
+        u, offset = unsigned_codes(qw)
+        import torch
+
+        fixed: dict[str, Any] = {
+            "w": torch.from_numpy(plane_words(u, qw.dtype.bits, g, X16_BN)),
+            "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN)),
+        }
+        if qw.zeros is not None:
+            fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, X16_BN))
+        trace = {
+            "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": qw.zero_mode, "G": g, "ydtype": adtype,
+            "sdtype": str(qw.scales.dtype), "BM": m, "BN": X16_BN, "TILES": X16_TILES,
+        }  # fmt: skip
+        gemv = compile_program(
+            quantized_gemv_x16.trace(**trace), "tvm", {"tm": 2, "index64": True, "prefetch": X16_PREFETCH}
+        )
+        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
+        sizes = {"M": m, "MP": m, "N": n, "K": k}
+        self._gemv = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))
+        self._quant = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
+        self._scratch = threading.local()
+
+    def run(self, x2: Any, y2: Any) -> None:
+        bufs = getattr(self._scratch, "bufs", None)
+        if bufs is None:
+            import torch
+
+            g = self.k // self.groups
+            bufs = self._scratch.bufs = (
+                torch.empty((self.groups, self.m, 2, 8, g // 8), dtype=torch.int8),
+                torch.empty((self.m, self.groups), dtype=torch.float32),
+                torch.empty((self.m, self.groups), dtype=torch.int32),
+            )
+        self._quant(x2, *bufs)
+        self._gemv(*bufs, y2)
+
+
+def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
+    """The cached `X16Plan` of `qw` for m rows of `adtype` (kept on the weight, like its other plans)."""
+    plans = qw.__dict__.setdefault("_plans", {})
+    key = (m, "tvm", adtype, "x16")
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = X16Plan(qw, m, adtype)
+    return plan
+
+
+__all__ = ["X16Plan", "X16_DTYPES", "X16_MAX_M", "unsigned_codes", "x16_plan", "x16_serves"]

@@ -1,0 +1,173 @@
+"""The x16 GEMV (`lowbit.kernels.gemv_x16`: 16-bit activations in two int8 planes) against NumPy oracles.
+
+* `plane_words` vs its definition: decoding every plane with `plane_terms` in NumPy gives back the codes.
+* `quantize_groups_x16` vs its docstring's formula in float64: 256·hi + lo = r, r·xs = x exactly for bf16
+  groups spanning at most 2^6, |r·xs − x| <= xs/2 otherwise, xsum = Σ r; scales below 1 and tiny groups
+  (a scale that was clamped at 1 made every group of max |x| < 1 wrong by its power of two).
+* The two kernels on the reference interpreter and on TVM vs the fp64 oracle x @ Ŵᵀ, within the GEMV's bound
+  for the activation dtype (the error of carrying x in 15 bits is ~2^-15 of a group's max, far below it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.artifact.fingerprint import isa_flags
+from lowbit.codegen.backend import compile_program
+from lowbit.kernels.gemv_a8 import tile_group_rows
+from lowbit.kernels.gemv_x16 import PLANES, X16_BITS, plane_terms, plane_words, quantize_groups_x16, quantized_gemv_x16
+from lowbit.ops import quantize
+from lowbit.ops.x16 import unsigned_codes
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
+from linear_reference import bound, reference, relative_error  # noqa: E402
+
+HOST = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+VNNI = "avx512_vnni" in isa_flags()
+
+
+def decode_planes(words: np.ndarray, bits: int, k: int, n: int, group: int, bn: int) -> np.ndarray:
+    """The codes [K, N] the plane words hold, by `plane_terms` (the kernel's reading) in NumPy."""
+    w = words.astype(np.int64) & 0xFFFFFFFF  # [nb, groups, bits, blocks, bn]
+    out = np.zeros((w.shape[0], w.shape[1], w.shape[3], PLANES, 4, bn), np.int64)
+    for p, terms in enumerate(plane_terms(bits)):
+        for word, shift, mask in terms:
+            for j in range(4):
+                out[:, :, :, p, j] |= ((w[:, :, word] >> (shift + 8 * j)) & mask) << 0
+    # [nb, groups, blocks, planes, 4, bn] -> [K, N]
+    codes = out.transpose(1, 2, 3, 4, 0, 5).reshape(k, -1)
+    return codes[:, :n]
+
+
+@settings(max_examples=20)
+@given(bits=st.sampled_from(X16_BITS), group=st.sampled_from([32, 64, 128]), groups=st.integers(1, 3),
+       n=st.integers(1, 70), bn=st.sampled_from([16, 32]), seed=st.integers(0, 2**16))  # fmt: skip
+def test_plane_words_hold_the_codes(bits, group, groups, n, bn, seed):
+    k = group * groups
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, (k, n))
+    words = plane_words(codes, bits, group, bn)
+    assert words.shape == (-(-n // bn), groups, bits, group // 32, bn) and words.dtype == np.int32
+    np.testing.assert_array_equal(decode_planes(words, bits, k, n, group, bn), codes)
+
+
+def test_plane_layout_refuses_a_group_of_partial_blocks():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        plane_words(np.zeros((48, 4), np.int64), 2, 48, 16)
+    with pytest.raises(ValueError, match="5-bit codes have none"):
+        plane_terms(5)
+
+
+def quantize_x(x: np.ndarray, group: int, adtype: str, backend: str):
+    m, k = x.shape
+    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=m), backend, {})
+    xq = np.zeros((k // group, m, 2, 8, group // 8), np.int8)
+    xs = np.zeros((m, k // group), np.float32)
+    xsum = np.zeros((m, k // group), np.int32)
+    if backend == "reference":
+        q({"x": x, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": m, "K": k})
+        return xq, xs, xsum
+    t = [torch.from_numpy(a) for a in (xq, xs, xsum)]
+    q({"x": torch.from_numpy(x.astype(np.float32)).to(getattr(torch, adtype)), "xq": t[0], "xs": t[1],
+       "xsum": t[2], "M": m, "MP": m, "K": k})  # fmt: skip
+    return tuple(a.numpy() for a in t)
+
+
+BACKENDS = ["reference"] + (["tvm"] if VNNI else [])
+
+
+@settings(max_examples=5)
+@given(
+    m=st.integers(1, 4),
+    group=st.sampled_from([32, 128]),
+    magnitude=st.sampled_from([1e-30, 1e-3, 0.3, 1.0, 7.0, 1e4]),
+    adtype=st.sampled_from(["bfloat16", "float16"]),
+    backend=st.sampled_from(BACKENDS),
+    seed=st.integers(0, 2**16),
+)
+def test_quantizer_carries_x_in_two_planes(m, group, magnitude, adtype, backend, seed):
+    if adtype == "float16" and not 1e-3 <= magnitude <= 1e4:
+        magnitude = 1.0  # float16 holds neither 1e-30 nor its products
+    k = group * 2
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
+    xq, xs, xsum = quantize_x(x, group, adtype, backend)
+    planes = xq.astype(np.int64)  # [groups, m, 2, 8 planes, G // 8] in order (plane, block, j)
+    r = planes[:, :, 0] * 256 + planes[:, :, 1]  # [groups, m, 8, G // 8]
+    blocks = group // 32
+    r = r.reshape(k // group, m, PLANES, blocks, 4).transpose(1, 0, 3, 2, 4).reshape(m, k)  # k = 32t + 4p + j
+    assert np.all(np.abs(planes[:, :, 0]) <= 64) and np.all(np.abs(r) < 2**14)
+    np.testing.assert_array_equal(xsum, r.reshape(m, k // group, group).sum(-1))
+    x64 = x.astype(np.float64).reshape(m, k // group, group)
+    amax = np.abs(x64).max(-1)
+    expect = np.where(amax > 0, 2.0 ** (np.floor(np.log2(np.where(amax > 0, amax, 1))) - 13), 1.0)
+    np.testing.assert_array_equal(xs, expect.astype(np.float32))
+    back = r.reshape(m, k // group, group) * xs.astype(np.float64)[..., None]
+    assert np.all(np.abs(back - x64) <= xs[..., None] / 2)
+    near = np.abs(x64) >= amax[..., None] * 2.0**-6  # within 2^6 of the group's largest: held exactly (bf16)
+    if adtype == "bfloat16":
+        np.testing.assert_array_equal(back[near], x64[near])
+
+
+def run_x16(qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: int = 2) -> np.ndarray:
+    m, k = x.shape
+    n = qw.shape[0]
+    g = qw.group_size if qw.group_size > 0 else k  # per channel: one group of K
+    u, offset = unsigned_codes(qw)
+    xq, xs, xsum = quantize_x(x, g, adtype, backend)
+    trace = dict(BITS=qw.dtype.bits, OFFSET=offset, zero_mode=qw.zero_mode, G=g, ydtype=adtype,
+                 sdtype=str(qw.scales.dtype), BM=m, BN=bn, TILES=tiles)  # fmt: skip
+    kernel = compile_program(quantized_gemv_x16.trace(**trace), backend, {})
+    args = {"xq": xq, "xs": xs, "xsum": xsum, "w": plane_words(u, qw.dtype.bits, g, bn),
+            "scales": tile_group_rows(qw.scales, bn), "M": m, "MP": m, "N": n, "K": k}  # fmt: skip
+    if qw.zeros is not None:
+        args["zeros"] = tile_group_rows(qw.zeros, bn)
+    if backend == "reference":
+        y = np.zeros((m, n), HOST[adtype])
+        kernel({**args, "y": y})
+        return y.astype(np.float32)
+    y = torch.zeros((m, n), dtype=getattr(torch, adtype))
+    kernel({**{a: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for a, v in args.items()}, "y": y})
+    return y.float().numpy()
+
+
+@settings(max_examples=6)
+@given(
+    m=st.integers(1, 4),
+    n=st.integers(1, 80),
+    kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (256, 256)]),
+    name=st.sampled_from([f"{s}int{b}" for s in ("", "u") for b in X16_BITS]),
+    zero=st.sampled_from(["default", "post", "pre"]),
+    adtype=st.sampled_from(["bfloat16", "float16"]),
+    magnitude=st.sampled_from([0.01, 1.0, 30.0]),
+    backend=st.sampled_from(BACKENDS),
+    seed=st.integers(0, 2**16),
+)
+def test_x16_gemv_matches_the_oracle(m, n, kg, name, zero, adtype, magnitude, backend, seed):
+    k, g = kg
+    rng = np.random.default_rng(seed)
+    kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
+    qw = quantize(rng.standard_normal((n, k)).astype(np.float32), name, g, **kwargs)
+    x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
+    y = run_x16(qw, x, adtype, backend)
+    err = relative_error(y, reference(x.astype(np.float32), qw))
+    assert err <= bound(qw, m, adtype), f"{qw} m={m} {adtype} {backend}: {err}"
+
+
+@pytest.mark.skipif(not VNNI, reason="the TVM lowering of the x16 GEMV's dots needs AVX-512 VNNI")
+@pytest.mark.parametrize("name,bn,tiles", [("int3", 32, 2), ("uint2", 16, 1), ("int1", 16, 2), ("int4", 32, 1)])
+def test_tvm_equals_the_reference_interpreter(name, bn, tiles):
+    """Exact integer sums and the same fp32 epilogue: TVM and the interpreter agree to fp32 rounding."""
+    rng = np.random.default_rng(7)
+    qw = quantize(rng.standard_normal((72, 256)).astype(np.float32), name, 64)
+    x = (rng.standard_normal((3, 256)) * 0.1).astype(np.float32).astype(ml_dtypes.bfloat16)
+    ref = run_x16(qw, x, "bfloat16", "reference", bn, tiles)
+    got = run_x16(qw, x, "bfloat16", "tvm", bn, tiles)
+    np.testing.assert_allclose(got, ref, rtol=2**-7, atol=1e-6 * float(np.abs(ref).max()))
