@@ -167,9 +167,7 @@ def quantized_gemv_x16(
         for t in range(TILES):  # trace-time loop: TILES column tiles per program, each its own stream
             pn = pb * TILES + t
             acc = accs[t]
-            words = [
-                T.reshape(T.load(w, (pn, g, i, 0, 0), (1, 1, 1, G // 32, BN)), (G // 32, BN)) for i in range(BITS)
-            ]
+            words = [T.reshape(T.load(w, (pn, g, i, 0, 0), (1, 1, 1, G // 32, BN)), (G // 32, BN)) for i in range(BITS)]
             # every plane's operands first, then the eight dots back to back: a chain the backend runs with its
             # sums kept in registers (the TVM backend's `_vnni_chain`)
             xs_planes = [

@@ -109,4 +109,4 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     return plan
 
 
-__all__ = ["X16Plan", "X16_DTYPES", "X16_MAX_M", "unsigned_codes", "x16_plan", "x16_serves"]
+__all__ = ["X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]

@@ -28,7 +28,7 @@ from lowbit.ops import quantize
 from lowbit.ops.x16 import unsigned_codes
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
-from linear_reference import bound, reference, relative_error  # noqa: E402
+from linear_reference import bound, reference, relative_error
 
 HOST = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 VNNI = "avx512_vnni" in isa_flags()

@@ -518,8 +518,10 @@ def test_per_channel_zeros_where_most_codes_sit_at_the_zero(backend, name, M):
 @pytest.mark.skipif(
     "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
 )
-@pytest.mark.parametrize("name,G,M,adtype,zero", [("int3", 128, 1, "bfloat16", "default"),
-                                                  ("uint2", 64, 3, "float16", "post"), ("int2", 32, 4, "bfloat16", "pre")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,G,M,adtype,zero",
+    [("int3", 128, 1, "bfloat16", "default"), ("uint2", 64, 3, "float16", "post"), ("int2", 32, 4, "bfloat16", "pre")],
+)
 def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, zero):
     """CPU torch bf16 / fp16 x of <= 4 rows with 2-3-bit integer codes runs `lowbit.ops.x16` (x in two int8
     planes): within the GEMV bound of the oracle, activations below 1 included (a scale clamped at 1 once

@@ -1988,12 +1988,14 @@ class _Emitter:
         self.line(f"for {ii} in T.unroll({BM * chains}):")
         self.line(f"    {acc}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)")
         col = f"{jv} * 16 + {j}"
+
         def quads(fa: IndexFn, fb: IndexFn, c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1 of one dot
             self.line(f"for {tq} in T.unroll({n}):")
             self.line(f"    for {j} in T.vectorized(16):")
             self.line(f"        {bq}[{j}] = " + _quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col), fast))
             self.line(f"    for {ii} in T.unroll({BM}):")
-            av = f'T.reinterpret("int8x64", T.Broadcast({_quad(fa, lambda r: (ii, f"({c0} + {tq}) * 4 + {r}"), fast)}, 16))'
+            aq = _quad(fa, lambda r: (ii, f"({c0} + {tq}) * 4 + {r}"), fast)
+            av = f'T.reinterpret("int8x64", T.Broadcast({aq}, 16))'
             bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
             u, sg = (bv, av) if side == "b" else (av, bv)
             lanes = f"T.Ramp(({ii} * {chains} + {tq} % {chains}) * 16, 1, 16)"
