@@ -709,6 +709,16 @@ def _library() -> dict[str, tuple[Kernel, st.SearchStrategy[dict[str, object]]]]
         "gemv_a8:regroup_int8": dict(G=st.sampled_from([32, 128]), BM=st.sampled_from([1, 4])),
         "gemv_a8:quantize_tokens_int8": dict(G=st.sampled_from([32, 128]), BM=st.sampled_from([1, 4]), adtype=floats),
         "gemv_a8:quantize_rows_int8": dict(BK=st.sampled_from([64, 2048]), BM=st.sampled_from([1, 2]), adtype=floats),
+        "gemv_x16:quantized_gemv_x16": dict(
+            BITS=st.sampled_from([1, 2, 3, 4]),
+            OFFSET=st.sampled_from([0, 4]),
+            zero_mode=zero_mode,
+            BM=st.sampled_from([1, 4]),
+            TILES=st.sampled_from([1, 2]),
+        ),
+        "gemv_x16:quantize_groups_x16": dict(
+            G=st.sampled_from([32, 128]), adtype=st.sampled_from(["bfloat16", "float16"])
+        ),
         "w4a8:w4a8_gemm_per_group": dict(G=st.sampled_from([32, 64, 128]), ydtype=floats),
         "w4a8:w4a8_gemm_per_group_persistent": {},
         "w4a8:w4a8_gemm_per_channel": dict(ydtype=floats),

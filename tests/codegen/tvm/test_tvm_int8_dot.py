@@ -10,6 +10,8 @@ as a wrong integer, not as a small float error.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -195,3 +197,49 @@ def test_row_blocks_and_chunks_are_exact(bm, tm, bk, mask, side, extreme, mode):
     want = "vnni" if mode == "vnni" and consts["BN" if side == "b" else "BM"] % 16 == 0 else "avx2"
     assert INTRINSIC[want] in src
     assert np.array_equal(y, exact(a, b, mask))
+
+
+@T.kernel
+def chained_dots(
+    a: T.Tensor("int8", ("M", "K")),
+    b: T.Tensor("uint8", ("K", "N")),
+    y: T.Tensor("int32", ("M", "N")),
+    M: T.int32,
+    N: T.int32,
+    K: T.int32,
+    DOTS: T.constexpr = 3,
+    BM: T.constexpr = 2,
+    BN: T.constexpr = 32,
+    BK: T.constexpr = 16,
+):
+    """DOTS int8 dots over consecutive BK-slices of one K step summed into one tile: a chain (operands first,
+    then the dots back to back), as the x16 GEMV's planes are."""
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BM, BN), T.int32)
+    for k0 in T.range(0, K, BK * DOTS):
+        xs = [T.load(a, (pm * BM, k0 + d * BK), (BM, BK)) for d in range(DOTS)]
+        ws = [T.cast(T.load(b, (k0 + d * BK, pn * BN), (BK, BN)) & 7, T.int8) for d in range(DOTS)]
+        p = T.dot(xs[0], ws[0], acc_dtype=T.int32)
+        for d in range(1, DOTS):
+            p += T.dot(xs[d], ws[d], acc_dtype=T.int32)
+        acc += p
+    T.store(y, (pm * BM, pn * BN), acc)
+
+
+@pytest.mark.skipif("vnni" not in MODES, reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("BM,DOTS,BK", [(2, 3, 16), (4, 8, 16), (1, 2, 128)])
+def test_a_vnni_chain_keeps_its_sums_in_one_accumulator_set(BM, DOTS, BK):
+    """A chain of one-row-block VNNI dots (`_vnni_chain`) zeroes its accumulators once and sums them into the
+    tile once (one `acc32` buffer for the whole chain, not one per dot), exactly, at the operands' extremes and
+    on random values; with M ragged against the row tile the generic loops take the edge."""
+    M, N, K = 2 * BM + 1, 64, BK * DOTS * 2
+    kernel = compile_program(chained_dots.trace(BM=BM, DOTS=DOTS, BK=BK), "tvm", {"int8_dot": "vnni"})
+    assert len(re.findall(r"acc32(_\d+)? = T.decl_buffer", kernel.source)) == 1 and INTRINSIC["vnni"] in kernel.source
+    rng = np.random.default_rng(BM * DOTS)
+    for a, b in (
+        (np.full((M, K), -128, np.int8), np.full((K, N), 255, np.uint8)),
+        (rng.integers(-128, 128, (M, K)).astype(np.int8), rng.integers(0, 256, (K, N)).astype(np.uint8)),
+    ):
+        y = np.zeros((M, N), np.int32)
+        kernel({"a": a, "b": b, "y": y, "M": M, "N": N, "K": K})
+        assert np.array_equal(y, exact(a, b, 7))
