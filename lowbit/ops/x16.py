@@ -5,8 +5,9 @@ activations of up to X16_MAX_M rows on the TVM backend where the CPU has AVX-512
 table-decoded GEMV of those codes is compute-bound there (fp32 FMAs, one product each), while
 `lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
 kernels per call: `quantize_groups_x16` (x -> planes, per-group power-of-two scale, code sums) and
-`quantized_gemv_x16`. 4096², bf16 x, 2 threads, on the 2-core AMX Xeon VM (benchmarks/README.md, session 47):
-int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 ms against 0.284 / 0.643 / 1.313 for the table GEMV.
+`quantized_gemv_x16`. 4096², bf16 x, 2 threads, on the 2-core AMD EPYC VM (AVX-512 VNNI and BF16, no AMX;
+benchmarks/README.md, session 47): int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 ms against 0.284 / 0.643 / 1.313
+for the table GEMV.
 """
 
 from __future__ import annotations
