@@ -92,6 +92,7 @@ def run(path: Path) -> int:
 
     spec = importlib.util.spec_from_file_location("cuda_launch", ROOT / "lowbit/codegen/tvm/cuda_launch.py")
     cuda_launch = importlib.util.module_from_spec(spec)
+    sys.modules["cuda_launch"] = cuda_launch  # dataclasses look their module up there (session 48's H200 run)
     spec.loader.exec_module(cuda_launch)
     failures = 0
     for r in pickle.loads(path.read_bytes()):

@@ -341,6 +341,11 @@ def native_triton() -> bool:
     return not INTERPRET
 
 
+def _pow2_at_least(x: float) -> int:
+    """The smallest power of two >= x (1 for x <= 1)."""
+    return 1 << max(0, math.ceil(math.log2(x))) if x > 1 else 1
+
+
 def _widest(columns: tuple[int, ...], tiles: Callable[[int], int], units: int) -> int:
     """The widest column tile whose grid gives every SM a program, else the narrowest."""
     return next((bn for bn in columns if tiles(bn) >= units), columns[-1])
@@ -379,6 +384,14 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
         step = next(s for s in (256, 128, 64, 32) if fma_accumulators(bm, bn, s, warps[bn]) <= FMA_ACCUMULATORS)
         bk = step if g == -1 or step <= g else max(g, 256 // g * g)
         options = {"num_warps": warps[bn], "num_stages": 3, "codes_last": True}
+        if bm == 1 and (g == -1 or g <= 128):
+            # one row (decode): 64 columns and split-K to ~8 programs per SM. H200, 8192², int4 g128, streamed
+            # (session 48, sweep.py --grid split): 26.6 us at BN 64 split 8 against 34.3 for the 32-column
+            # unsplit rule above (torch bf16 37.0); BN 32 split 4 / 8: 27.7 / 27.6; splits past 8 slower
+            # K steps of whole groups up to 256 (sub-steps of one group: 64 accumulators per thread), 128 per channel
+            bn, tiles, bk = 64, math.ceil(n / 64), 128 if g == -1 else max(g, 256 // g * g)
+            split = min(8, max(1, int(problem.get("K", 4096) or 4096) // bk), _pow2_at_least(8 * units / tiles))
+            options = {"num_warps": 4, "num_stages": 3, "codes_last": True, "split_k": split}
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, options)
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128
@@ -387,6 +400,8 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
         options: dict[str, Any] = {"num_warps": 4, "num_stages": 3}
         if kernel == "quantized_gemm" and bm == 64:
             options["codes_last"] = True  # 57.1 against 70.9 us at 8192² M = 64 (lowbit.codegen.triton.lower)
+            if bn == 32:  # the same program count in twice the columns and half of K each: 47.8 against 57.8
+                bn, options["split_k"] = 64, 2  # us at 8192² M = 64 (H200, session 48, sweep.py --grid split)
         return Config.make({"BM": bm, "BN": bn, "BK": bk}, options)
     return None
 

@@ -79,6 +79,10 @@ from lowbit.ops.x16 import x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
+# rows up to which native Triton (a CUDA GPU) runs w_a16 weights on the dot-free GEMV: H200, 8192², int4 g128,
+# streamed (session 48): M = 1 26.6 us (split-K 8, `spaces.gpu_default`) against the tensor-core GEMV's 41.6;
+# at M = 4 its best tile was no faster (43.6 against 43.0 us), so the GEMV keeps M > 1
+FMA_GPU_MAX_M = 1
 A8_KERNEL = quantized_gemv_a8.name
 FMA_KERNEL = quantized_gemv_fma.name
 GEMM_KERNEL = quantized_gemm.name
@@ -173,6 +177,8 @@ def select_kernel(
     picks `quantized_gemv_a8` (any M) when the weight allows it. Given the activation dtype and backend: a
     weight whose table-decoded dot has a GEMM form (`gemv_serves`) runs `quantized_gemv` at every M."""
     a8 = decode_activations == "int8" and a8_ineligible(qweight) is None
+    if not a8 and m <= FMA_GPU_MAX_M and backend == "triton" and qweight.scheme == "w_a16" and native_triton():
+        return quantized_gemv_fma  # a GPU decode row: the dot-free GEMV (FMA_GPU_MAX_M)
     if not a8 and adtype is not None and backend is not None and gemv_serves(qweight, backend, adtype):
         return quantized_gemv
     return _half_safe(scheme_kernel(qweight.scheme, m, a8), qweight, adtype)

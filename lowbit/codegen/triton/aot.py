@@ -104,6 +104,9 @@ def compile_sm90(
         kernel = TritonKernel(kernel, options or {})
     elif options:
         raise BackendError("compile_sm90: pass options only with a Program; a kernel already has its options")
+    if hasattr(kernel, "splits"):  # a SplitKKernel (option split_k): its partial sum must compile too
+        compile_sm90(kernel.sum, aligned=aligned)
+        kernel = kernel.main
     program = kernel.program
     compile_options = {"num_warps": kernel.options["num_warps"], "num_stages": kernel.options["num_stages"]}
     module, path = load_module(kernel.source)
