@@ -21,6 +21,7 @@ for s in ${STAGES:-env}; do
     env) stage env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; python3 -c "import lowbit.ops, lowbit.codegen.triton as b; print(\"lowbit ok, interpret\", b.INTERPRET)"' ;;
     gputests) stage gputests 240 python3 -m pytest -q -m gpu -p no:cacheprovider $(grep -rl 'mark.gpu' tests) ;;
     bench_int4) stage bench_int4 330 python3 -m lowbit.cli bench gemm --dtypes int4 --out "$OUT" --json "$OUT/bench_int4.json" ;;
+    bench_w4a8) stage bench_w4a8 240 python3 -m lowbit.cli bench gemm --dtypes int4 --M 1,64,1024,4096 --json "$OUT/bench_w4a8.json" ;;
     bench_bits) stage bench_bits 200 python3 -m lowbit.cli bench gemm --layers 8192x8192 --M 1,16 --dtypes int4,int3,int2,int8,fp6_e3m2,fp4_e2m1 --json "$OUT/bench_bits.json" ;;
     sweep) stage sweep $(( ${SWEEP_S:-400} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --budget ${SWEEP_S:-400} ;;
     ab) stage ab 200 python3 benchmarks/gpu/sweep.py --out "$OUT" --grid ab --layers 8192x8192 --budget 150 ;;

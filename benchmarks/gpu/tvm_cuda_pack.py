@@ -92,7 +92,9 @@ def run(path: Path) -> int:
 
     spec = importlib.util.spec_from_file_location("cuda_launch", ROOT / "lowbit/codegen/tvm/cuda_launch.py")
     cuda_launch = importlib.util.module_from_spec(spec)
-    sys.modules["cuda_launch"] = cuda_launch  # dataclasses look their module up there (session 48's H200 run)
+    # dataclasses look their module up in sys.modules, and the pickled records name it by its package path:
+    # registered under both, unpickling never imports lowbit.codegen.tvm (which imports TVM)
+    sys.modules["cuda_launch"] = sys.modules["lowbit.codegen.tvm.cuda_launch"] = cuda_launch
     spec.loader.exec_module(cuda_launch)
     failures = 0
     for r in pickle.loads(path.read_bytes()):

@@ -573,7 +573,6 @@ def lower(program: Program, options: dict[str, Any] | None = None) -> str:
         "import triton.language as tl",
         "",
         'INF = tl.constexpr(float("inf"))',
-        'NAN = tl.constexpr(float("nan"))',
         "",
         "",
     ]

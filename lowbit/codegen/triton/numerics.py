@@ -49,9 +49,11 @@ def _f32_bits(x: float) -> int:
 
 
 def float_literal(x: float) -> str:
-    """A float as Triton source; non-finite values use the module constants INF / NAN."""
+    """A float as Triton source; non-finite values use the module constant INF. NaN is `(INF - INF)`, folded
+    to a constexpr NaN: a module-global NaN breaks every GPU launch, since Triton's JIT checks that the globals a
+    kernel used are unchanged by `!=`, and NaN != NaN ("Global variable NAN has changed", Triton 3.6, H200)."""
     if x != x:
-        return "NAN"
+        return "(INF - INF)"
     if x in (float("inf"), float("-inf")):
         return "INF" if x > 0 else "-INF"
     return repr(float(x))
