@@ -230,7 +230,8 @@ def main() -> int:
     from lowbit.codegen.tune.timing import benchmark_ring, ring_copies
 
     def t(fns):
-        return float(np.median(benchmark_ring(fns, repeats=10, warmup=2, device="cuda", graph=True).samples)) * 1e6
+        # ms -> us (1e6 until session 48: results/s48_run1's "us" read ns and its "GBs" TB/s)
+        return float(np.median(benchmark_ring(fns, repeats=10, warmup=2, device="cuda", graph=True).samples)) * 1e3
 
     t0 = time.time()
     rows = []

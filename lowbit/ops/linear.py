@@ -1,7 +1,8 @@
 """`quantized_linear(x, qweight)`: y[..., N] = x[..., K] @ Ŵ[N, K]ᵀ (+ bias) through the kernel library.
 
 Kernel choice (documented rule):
-  scheme w_a16:         M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
+  scheme w_a16:         native Triton (a CUDA GPU), M = 1 -> `quantized_gemv_fma` (FMA_GPU_MAX_M);
+                        M <= 16 rows -> `quantized_gemv` (regrouped: one dot per group on raw codes);
                         M > 16       -> `quantized_gemm` (dequantize a tile, then dot); but on the CPU (tvm)
                         a weight of 1-8-bit codes read column-tiled (`gemv_serves`: AVX-512) runs
                         `quantized_gemv` at every M: past 16 rows its dot is a GEMM form, the tile's codes
@@ -29,7 +30,7 @@ Kernel choice (documented rule):
   kernel="quantized_gemv_fma" (asked for by name): w_a16 weights, the dot-free GEMV
                         (`lowbit.kernels.gemv_fma`: fp32 FMAs of decoded weights into register tiles, one
                         reduction after the K loop; tiles of up to 4 rows), a GPU form for decode at M <= 4
-                        written for CUDA cores; it runs on every backend.
+                        written for CUDA cores; it runs on every backend (the GPU's default at M = 1).
 Backend "auto": "triton" when torch sees CUDA and the Triton backend is present, else "tvm" when TVM and the
 TVM backend are present, else "reference" (the NumPy interpreter: exact but slow).
 Tiles and options: `config` (a Config) if given; else with tune=True the tuner's choice (cached per kernel,
