@@ -295,17 +295,24 @@ def quantized_gemv_a8(
                 asum = T.load(xsum, (pm * BM, k0 // G), (BM, 1))  # [BM, 1] int32
                 if wdtype == "int4":
                     p = p - asum * 8  # Σ xq·q, exact
-                if zero_mode == "none":
-                    acc += T.cast(p, T.float32) * sx * s
-                else:
-                    z = T.reshape(T.cast(T.load(zeros, (pn, k0 // G, 0), (1, 1, BN)), T.float32), (1, BN))
-                    zsum = T.cast(asum, T.float32) * z
-                    if zero_mode == "post":
-                        acc += (T.cast(p, T.float32) - zsum) * sx * s
-                    else:
-                        acc += (T.cast(p, T.float32) * s - zsum) * sx
+                z = None if zero_mode == "none" else T.load(zeros, (pn, k0 // G, 0), (1, 1, BN))
+                acc += group_term(p, asum, sx, s, z, zero_mode)
     for t in range(TILES):
         T.store(y, (pm * BM, (pb * TILES + t) * BN), T.cast(accs[t], y.dtype))
+
+
+def group_term(total: Any, asum: Any, sx: Any, s: Any, z: Any, zero_mode: str) -> Any:
+    """One weight group's fp32 contribution to a [BM, BN] accumulator from its exact integer sum `total` = Σ xq·q
+    ([BM, BN] int32), for the int8-activation GEMVs (this module's and `gemv_x16`'s): total·sx·s without zeros,
+    (total − Σxq·z)·sx·s with post zeros, (total·s − Σxq·z)·sx with pre zeros. asum = Σ xq per row ([BM, 1]
+    int32), sx the rows' scales [BM, 1], s the columns' [1, BN] fp32, z the group's zeros as loaded ([1, 1, BN];
+    None without)."""
+    if zero_mode == "none":
+        return T.cast(total, T.float32) * sx * s
+    zsum = T.cast(asum, T.float32) * T.reshape(T.cast(z, T.float32), (1, z.shape[-1]))
+    if zero_mode == "post":
+        return (T.cast(total, T.float32) - zsum) * sx * s
+    return (T.cast(total, T.float32) * s - zsum) * sx
 
 
 __all__ = [

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 import lowbit.lang as T
+from lowbit.kernels.gemv_a8 import group_term
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
@@ -184,15 +185,8 @@ def quantized_gemv_x16(
             if OFFSET:
                 big = big - asum * OFFSET  # Σ r·q, exact
             s = T.reshape(T.cast(T.load(scales, (pn, g, 0), (1, 1, BN)), T.float32), (1, BN))
-            if zero_mode == "none":
-                acc += T.cast(big, T.float32) * sx * s
-            else:
-                z = T.reshape(T.cast(T.load(zeros, (pn, g, 0), (1, 1, BN)), T.float32), (1, BN))
-                zsum = T.cast(asum, T.float32) * z
-                if zero_mode == "post":
-                    acc += (T.cast(big, T.float32) - zsum) * sx * s
-                else:
-                    acc += (T.cast(big, T.float32) * s - zsum) * sx
+            z = None if zero_mode == "none" else T.load(zeros, (pn, g, 0), (1, 1, BN))
+            acc += group_term(big, asum, sx, s, z, zero_mode)
     for t in range(TILES):
         T.store(y, (pm * BM, (pb * TILES + t) * BN), T.cast(accs[t], y.dtype))
 
