@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 import lowbit.lang as T
-from lowbit.kernels.gemv_a8 import group_term
+from lowbit.kernels.gemv_a8 import _extremes, group_term
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
@@ -117,9 +117,7 @@ def quantize_groups_x16(
     (pm,) = T.grid(T.cdiv(MP, BM))
     for k0 in T.range(0, K, G, name="k0"):
         v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
-        flags = T.where(T.abs(v) <= 3.4028234663852886e38, 0.0, 1.0)
-        amax = T.max(T.abs(v), axis=1, keepdims=True)  # [BM, 1]
-        bad = T.max(flags, axis=1, keepdims=True)
+        amax, bad = _extremes(v)  # [BM, 1]: max |v|, and 1 where the group holds a NaN or an inf
         tiny = amax < TINY
         lift = T.where(tiny, 2.0**60, 1.0)  # exact
         pow2 = T.view(T.view(amax * lift, T.int32) & EXPONENT_BITS, T.float32)  # 2^e (0 when amax = 0)
