@@ -3853,6 +3853,8 @@ def _assign(e: _Emitter, s: Assign, depth: int) -> None:
 def _store(e: _Emitter, s: Store, depth: int) -> None:
     e.line(f"# {_ir_line(s)}")
     t = s.tensor
+    if _template_float(t.dtype):  # the code's encoding repeats the value's text
+        e.repeatable(s.tile)
     fn = e.get(s.tile)
     mask = e.get(s.mask) if s.mask is not None else None
     g = e.gbuf[t.name]
@@ -3994,8 +3996,18 @@ def _dot(e: _Emitter, inst: I.Dot, t: Tile) -> None:
     return None
 
 
+def _template_float(dt: DataType) -> bool:
+    """Whether rounding to (or encoding) float dtype `dt` is the bit template (`_round_float_expr`,
+    `_encode_float_expr`), which repeats its operand's text about ten times: such an operand longer than
+    REPEAT_CHARS is materialized first (`_Emitter.repeatable`). Without that, kv_append's fp8 store of its
+    rounded value wrote 110 KB expressions (442 KB of TVMScript, 66 s to compile on the AMD VM)."""
+    return dt.is_float and dt.name not in ("float32", "float16", "bfloat16")
+
+
 @rule(I.Cast)
 def _cast(e: _Emitter, inst: I.Cast, t: Tile) -> IndexFn:
+    if _template_float(inst.dtype):
+        e.repeatable(inst.x)
     x, src, dst = e.get(inst.x), inst.x.dtype, inst.dtype
     return lambda idx, ctx: cast_expr(x(idx, ctx), src, dst)
 
@@ -4135,6 +4147,8 @@ _UNARY_FLOAT = {
 
 @rule(I.Unary)
 def _unary(e: _Emitter, inst: I.Unary, t: Tile) -> IndexFn:
+    if _template_float(inst.x.dtype):
+        e.repeatable(inst.x)
     x, dt, op = e.get(inst.x), inst.x.dtype, inst.op
 
     def fn(idx: tuple[str, ...], ctx: _Ctx) -> str:
@@ -4160,7 +4174,7 @@ def _unary(e: _Emitter, inst: I.Unary, t: Tile) -> IndexFn:
 @rule(I.Binary)
 def _binary(e: _Emitter, inst: I.Binary, t: Tile) -> IndexFn:
     dt, op = inst.a.dtype, inst.op
-    if dt.is_float and e.gpu and op in ("max", "min"):  # a select that reads its operands again
+    if (dt.is_float and e.gpu and op in ("max", "min")) or _template_float(dt):  # forms that read operands again
         e.repeatable(inst.a)
         e.repeatable(inst.b)
     fa, fb = e.get(inst.a), e.get(inst.b)
