@@ -94,8 +94,10 @@ def tuning_jobs(graph: Any, params: Mapping[str, Any], backend: str, dtype: str,
             if kernel == "dense" or rng[0] >= max_tokens:
                 continue
             m = min(int(bucket), max_tokens)
-            if kernel not in KERNELS or select_kernel(qw, m).name != kernel:
-                continue  # a kernel with no search space, or one the executor asks for by name: its default
+            if kernel not in KERNELS or select_kernel(qw, m, backend=backend).name != kernel:
+                # a kernel with no search space, one the executor asks for by name, or one the backend replaces
+                # (a GPU's M = 1 runs the dot-free GEMV, `ops.linear.FMA_GPU_MAX_M`): its default
+                continue
             if w4a8_runs_a8(qw, m, backend):
                 continue  # a W4A8 weight on TVM runs the a8 GEMV at its default, not the W4A8 GEMM selected
             fixed, _ = _problem(qw, 1, backend, dtype)

@@ -200,3 +200,28 @@ def test_w4a8_weights_on_tvm_are_not_tuned_as_the_gemm_they_no_longer_run() -> N
     assert tuning_mod.tuning_jobs(Graph(), {"w": w}, "tvm", "float32", 256) == []
     jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "reference", "float32", 256)
     assert [(j.kernel, j.m) for j in jobs] == [("w4a8_gemm_per_group", 16), ("w4a8_gemm_per_group", 256)]
+
+
+def test_a_gpu_does_not_tune_the_gemv_at_the_one_row_it_no_longer_runs(monkeypatch) -> None:
+    """On native Triton one row of a w_a16 weight runs the dot-free GEMV (`ops.linear.FMA_GPU_MAX_M`): no job
+    tunes the GEMV the graph selected for the 1-row bucket; the 16-row bucket's job stays, and the interpreter
+    keeps both."""
+    import numpy as np
+
+    import lowbit.ops.linear as linear
+    from lowbit.ops import quantize
+
+    class Node:
+        op = "linear"
+        attrs = (("weight", "w"), ("kernels", ((1, "quantized_gemv"), (16, "quantized_gemv"))))
+
+    class Graph:
+        def nodes_in_order(self) -> list:
+            return [Node()]
+
+    w = quantize(np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32), "int4", 128)
+    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "triton", "float16", 16)
+    assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 1), ("quantized_gemv", 16)]
+    monkeypatch.setattr(linear, "native_triton", lambda: True)
+    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "triton", "float16", 16)
+    assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 16)]
