@@ -122,7 +122,10 @@ def quantize_groups_x16(
         lift = T.where(tiny, 2.0**60, 1.0)  # exact
         pow2 = T.view(T.view(amax * lift, T.int32) & EXPONENT_BITS, T.float32)  # 2^e (0 when amax = 0)
         inv = T.where(pow2 > 0.0, 8192.0 / T.where(pow2 > 0.0, pow2, 1.0), 0.0) * lift  # 1 / xs, a power of two
-        r = T.floor(T.where(bad > 0.0, 0.0, v) * inv + 0.5)  # |r| < 2^14, exact
+        # |r| < 2^14, exact; assigned to a tile of its own, so it is computed once (hi, lo, the code sum and the
+        # two reordered stores read it; inlined, each of them recomputed it from gathered x)
+        r = T.zeros((BM, G), T.float32)
+        T.assign(r, T.floor(T.where(bad > 0.0, 0.0, v) * inv + 0.5))
         hi = T.floor((r + 128.0) * 0.00390625)
         lo = r - hi * 256.0
         scale = T.where(pow2 > 0.0, pow2 * (1.0 / 8192.0) * T.where(tiny, 2.0**-60, 1.0), 1.0)

@@ -303,7 +303,7 @@ def quantized_linear(
             ya = _torch_empty((m, n), x)
             plan = a8_plan(qweight, m, backend, adtype)
             plan.run(x.reshape(m, k), ya)
-            _remember(qweight, x, backend_arg, kernel, plan.run, m, n)
+            _remember(qweight, x, backend_arg, kernel, plan.launcher, m, n)
             return _torch_result(ya, bias, shape, out)
         y2 = _run_a8(x, qweight, m, backend, adtype, is_torch)  # [M, N] numpy
     elif is_torch and m and _on_launch_device(x, backend):
@@ -784,6 +784,26 @@ class A8Plan:
         """y2 [M, N] from float activations x2 [M, K] (quantized by the first kernel)."""
         self._launch("x", {"x": x2}, y2, int(x2.shape[0]))
 
+    __call__ = run
+
+    @property
+    def launcher(self) -> Callable[[Any, Any], None]:
+        """`run`, as a launch whose `flat` (where this plan has one: decode rows on TVM) the fast path of
+        `quantized_linear` takes."""
+        return self if self.m is not None and self.direct else self.run
+
+    def flat(self, x: Any, y: Any) -> None:
+        """`run` for a decode plan on TVM with x [m·K] and y [m·N] already flat: the bound kernels' `flat` calls
+        on flat scratch, no torch view per tensor (~1 us each here)."""
+        if self.m is None or not self.direct:
+            raise ValueError("A8Plan.flat runs a decode plan (fixed m) on the TVM backend; call run(x2, y2)")
+        _, bound = self._first("x")
+        bufs = getattr(self._scratch, "flat", None)
+        if bufs is None:
+            bufs = self._scratch.flat = tuple(b.view(-1) for b in self._buffers())
+        bound.flat(x, *bufs)
+        self._gemv.flat(*bufs, y)
+
     def run_int8(self, codes: Any, scale: Any, y2: Any) -> None:
         """A W4A8 weight's y2 [M, N] from activations quantized per token: codes [M, K] int8, scale [M] float32."""
         if not self.w4a8:
@@ -832,11 +852,11 @@ def linear_launcher(
     if kernel == A8_KERNEL:
         if config is not None:
             raise ValueError(f"config is for one kernel; {A8_KERNEL} runs a plan of several: pass config=None")
-        return a8_plan(qw, m, backend, adtype).run
+        return a8_plan(qw, m, backend, adtype).launcher
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
     if backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, _tvm_int8_dot()):
-        return x16_plan(qw, m, adtype).run  # 2-3-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
+        return x16_plan(qw, m, adtype)  # 2-3-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 

@@ -27,7 +27,13 @@ X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than t
 X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
 X16_BN = 32  # column tile; two per program (two weight streams a thread), 2 KiB software prefetch:
 X16_TILES = 2  # int3 M = 1 4096², streamed, alternating: BN 32 x 2 tiles 0.288-0.299 ms, 32 x 1 0.296-0.336,
-X16_PREFETCH = 2048  # 64 x 1 0.341-0.356; prefetch 0 / 2048 / 4096 / 8192 bytes 0.286 / 0.270 / 0.298 / 0.342
+# 64 x 1 0.341-0.356 (session 47). The prefetch aims at L2 (prefetcht1): session 49, 4096² / 11008x4096 bf16 x,
+# a ring of 30 / 12 weights, 2 threads, 8 alternating rounds, as a fraction of int4's bf16 GEMV in the same
+# rounds: int3 2 KiB to L1 0.95 / 0.93, 512 B to L1 0.86 / 0.82, 2 KiB to L2 0.81 / 0.79 (1 KiB 0.80 / 0.83,
+# 4 KiB 0.86); int2 4096²: 2 KiB to L1 0.70, to L2 0.56. (A likely cause, not measured: hints to L1 occupy the
+# few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses.)
+X16_PREFETCH = 2048
+X16_LOCALITY = 2  # llvm.prefetch locality: 2 = L2
 
 
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
@@ -77,7 +83,7 @@ class X16Plan:
             "sdtype": str(qw.scales.dtype), "BM": m, "BN": X16_BN, "TILES": X16_TILES,
         }  # fmt: skip
         gemv = compile_program(
-            quantized_gemv_x16.trace(**trace), "tvm", {"tm": 2, "index64": True, "prefetch": X16_PREFETCH}
+            quantized_gemv_x16.trace(**trace), "tvm", {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": X16_LOCALITY}
         )
         quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
         sizes = {"M": m, "MP": m, "N": n, "K": k}
@@ -86,18 +92,25 @@ class X16Plan:
         self._scratch = threading.local()
 
     def run(self, x2: Any, y2: Any) -> None:
+        self.flat(x2.view(-1), y2.view(-1))
+
+    __call__ = run  # `linear_launcher` returns the plan: a launch whose `flat` the fast path of `quantized_linear` takes
+
+    def flat(self, x: Any, y: Any) -> None:
+        """`run` with x and y already flat (1-D views): the two bound kernels' `flat` calls on the thread's flat
+        scratch, no view per tensor (a torch view costs ~1 us here, a kernel call ~1 us; 6 views had been 6 of
+        the ~26 us a call at 256x4096)."""
         bufs = getattr(self._scratch, "bufs", None)
         if bufs is None:
             import torch
 
-            g = self.k // self.groups
             bufs = self._scratch.bufs = (
-                torch.empty((self.groups, self.m, 2, 8, g // 8), dtype=torch.int8),
-                torch.empty((self.m, self.groups), dtype=torch.float32),
-                torch.empty((self.m, self.groups), dtype=torch.int32),
+                torch.empty(2 * self.m * self.k, dtype=torch.int8),  # [K // G, m, 2, 8, G // 8]: hi and lo planes
+                torch.empty(self.m * self.groups, dtype=torch.float32),
+                torch.empty(self.m * self.groups, dtype=torch.int32),
             )
-        self._quant(x2, *bufs)
-        self._gemv(*bufs, y2)
+        self._quant.flat(x, *bufs)
+        self._gemv.flat(*bufs, y)
 
 
 def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:

@@ -299,21 +299,24 @@ def test_tvm_torch_calls_with_a_config_or_a_named_kernel_take_a_bound_launcher(k
 
 
 @pytest.mark.skipif("tvm" not in available_backends(), reason="tvm is not installed")
-@pytest.mark.parametrize("kernel", [None, "quantized_gemv_a8"])
-def test_repeated_torch_calls_take_the_fast_path_and_equal_the_checked_one(kernel, monkeypatch):
+@pytest.mark.parametrize("wdtype,kernel", [("int4", None), ("int4", "quantized_gemv_a8"), ("int3", None)])
+def test_repeated_torch_calls_take_the_fast_path_and_equal_the_checked_one(wdtype, kernel, monkeypatch):
     """A CPU torch call whose (backend, kernel, x dtype / shape / device) this weight has seen runs the
     remembered launch (`_FAST`) and returns a new tensor equal to the checked path's; anything else (bias, out,
     a strided x, another dtype, a subclass, a copied weight) takes the checked path, bad inputs still fail
-    with their message, and the table stays bounded."""
+    with their message, and the table stays bounded. The decode plans of several kernels (the a8 GEMV's,
+    int3's x16 plan where the CPU has VNNI) run there through their `flat` launches."""
     import lowbit.ops.linear as L
 
     rng = np.random.default_rng(7)
-    qw = quantize(rng.standard_normal((48, 128)).astype(np.float32), "int4", 32)
+    qw = quantize(rng.standard_normal((48, 128)).astype(np.float32), wdtype, 32)
     shapes = [(1, 128), (2, 3, 128), (128,), (5, 128)]
     xs = {s: torch.from_numpy(rng.standard_normal(s).astype(np.float32)).to(torch.bfloat16) for s in shapes}
     first = {s: quantized_linear(x, qw, backend="tvm", kernel=kernel) for s, x in xs.items()}
     table = qw.__dict__[L._FAST]
     assert {k[3] for k in table} == set(shapes) and all(k[1] == kernel for k in table)
+    if wdtype == "int3" and "avx512_vnni" in isa_flags():  # one row of int3 codes and bf16 x: the x16 plan
+        assert any(isinstance(k, tuple) and k[-1] == "x16" for k in qw.__dict__["_plans"])
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fast path ran the checked path")

@@ -79,6 +79,9 @@ OPTIONS: dict[str, Any] = {
     # software prefetch, in bytes ahead: a large tile loaded from a read-only tensor inside a loop has its cache
     # lines prefetched that many bytes' worth of iterations ahead (0: off); see `_Emitter.prefetch`
     "prefetch": 4096,
+    # the cache level `_Emitter.prefetch`'s hints aim at, as llvm.prefetch's locality: 3 = L1 (prefetcht0),
+    # 2 = L2 (prefetcht1), 0 = non-temporal (prefetchnta)
+    "prefetch_locality": 3,
     # the cache level that the table GEMM forms' word prefetches aim at (`_Emitter._prefetch_lut` in the decode
     # loop of `_dot_lut_bf16`'s and `_dot_lut_gemm`'s GEMM forms), as llvm.prefetch's locality: 3 = L1
     # (prefetcht0), 2 = L2 (prefetcht1). Such a form decodes its tile in a burst, then runs its dot (AMX, FMA
@@ -226,11 +229,11 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     threads = out["threads"]
     if not (isinstance(threads, int) and 32 <= threads <= 1024 and threads % 32 == 0):
         raise BackendError(f"tvm backend: option threads={threads!r} must be a multiple of 32 in 32..1024")
-    if not (type(out["gemm_prefetch_locality"]) is int and 0 <= out["gemm_prefetch_locality"] <= 3):
-        raise BackendError(
-            f"tvm backend: option gemm_prefetch_locality={out['gemm_prefetch_locality']!r}; use 0..3 "
-            "(llvm.prefetch's locality: 3 = L1, 2 = L2)"
-        )
+    for name in ("prefetch_locality", "gemm_prefetch_locality"):
+        if not (type(out[name]) is int and 0 <= out[name] <= 3):
+            raise BackendError(
+                f"tvm backend: option {name}={out[name]!r}; use 0..3 (llvm.prefetch's locality: 3 = L1, 2 = L2)"
+            )
     if out["multishift"] not in MULTISHIFT:
         raise BackendError(f"tvm backend: multishift={out['multishift']!r}; use one of {list(MULTISHIFT)}")
     if out["lut_field"] not in (0, 4):
@@ -1616,7 +1619,8 @@ class _Emitter:
                     flat = _flat_address(t, [scalar(c) for c in coords])
                     addr = f"T.min({flat}, {scalar(sympy.Mul(*t.shape))} - 1)"
                 self.line(
-                    f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, 3, 1))'
+                    f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, '
+                    f'{self.opt["prefetch_locality"]}, 1))'
                 )
 
     def _scalars_ahead(self, loop: For, names: set[Any], ahead: int) -> dict[Any, sympy.Symbol] | None:
@@ -3215,7 +3219,7 @@ class _Emitter:
                 return 1
         return c
 
-    def _prefetch_lut(self, t: Any, load: I.Load, kk: Any, unroll: int, BN: int, locality: int = 3) -> None:
+    def _prefetch_lut(self, t: Any, load: I.Load, kk: Any, unroll: int, BN: int, locality: int | None = None) -> None:
         """Software prefetch of the word stream `dot_lut` walks: per step of the k loop, one hint per 16-word
         vector (one 64-byte line) of the word row `prefetch` bytes ahead along the layout's k direction. The
         distance in steps comes from the layout: the words one word's worth of k (per_word rows) moves at the
@@ -3225,6 +3229,7 @@ class _Emitter:
         dist = self.opt["prefetch"]
         if not dist or not self.cpu:
             return
+        locality = self.opt["prefetch_locality"] if locality is None else locality
         lay = t.layout
         per = lay.per_word or 1
         k0s, j0s = sympy.sympify(load.offsets[0]), sympy.sympify(load.offsets[1])
