@@ -21,6 +21,7 @@ from lowbit.codegen.backend import compile_program
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.kernels.launch import bind, serial_options
+from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
 from lowbit.ops.weight import QuantizedWeight
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
@@ -33,7 +34,7 @@ X16_TILES = 2  # int3 M = 1 4096², streamed, alternating: BN 32 x 2 tiles 0.288
 # 4 KiB 0.86); int2 4096²: 2 KiB to L1 0.70, to L2 0.56. (A likely cause, not measured: hints to L1 occupy the
 # few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses.)
 X16_PREFETCH = 2048
-X16_LOCALITY = 2  # llvm.prefetch locality: 2 = L2
+X16_LOCALITY = GEMV_PREFETCH_LOCALITY  # llvm.prefetch locality: 2 = L2
 
 
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
@@ -83,18 +84,22 @@ class X16Plan:
             "sdtype": str(qw.scales.dtype), "BM": m, "BN": X16_BN, "TILES": X16_TILES,
         }  # fmt: skip
         gemv = compile_program(
-            quantized_gemv_x16.trace(**trace), "tvm", {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": X16_LOCALITY}
+            quantized_gemv_x16.trace(**trace),
+            "tvm",
+            {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": X16_LOCALITY},
         )
         quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
         sizes = {"M": m, "MP": m, "N": n, "K": k}
-        self._gemv = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))
-        self._quant = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
+        self._gemv: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `flat`
+        self._quant: Any = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
         self._scratch = threading.local()
 
     def run(self, x2: Any, y2: Any) -> None:
         self.flat(x2.view(-1), y2.view(-1))
 
-    __call__ = run  # `linear_launcher` returns the plan: a launch whose `flat` the fast path of `quantized_linear` takes
+    __call__ = (
+        run  # `linear_launcher` returns the plan: a launch whose `flat` the fast path of `quantized_linear` takes
+    )
 
     def flat(self, x: Any, y: Any) -> None:
         """`run` with x and y already flat (1-D views): the two bound kernels' `flat` calls on the thread's flat

@@ -1620,7 +1620,7 @@ class _Emitter:
                     addr = f"T.min({flat}, {scalar(sympy.Mul(*t.shape))} - 1)"
                 self.line(
                     f'T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of({g}[{addr}]), 0, '
-                    f'{self.opt["prefetch_locality"]}, 1))'
+                    f"{self.opt['prefetch_locality']}, 1))"
                 )
 
     def _scalars_ahead(self, loop: For, names: set[Any], ahead: int) -> dict[Any, sympy.Symbol] | None:
