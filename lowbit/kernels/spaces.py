@@ -55,6 +55,7 @@ SPLITS = (1, 2, 4, 8)
 _KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
     (FMA, "triton"): {"codes_last": (True,), "split_k": SPLITS},
     ("quantized_gemv", "triton"): {"split_k": SPLITS},
+    ("quantized_gemv", "tvm"): {"prefetch_locality": (2, 3)},  # L2 first: GEMV_PREFETCH_LOCALITY
 }
 _OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
     "reference": {},
