@@ -77,10 +77,28 @@ A8_DTYPES = ("int4", "uint4")
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _store_group(xq: Any, xs: Any, xsum: Any, q: Any, scale: Any, k0: Any, pm: Any, BM: int, G: int) -> None:
-    """Traced into both first kernels: group k0 // G of the row block's codes q [BM, G] stored group-major as
-    the GEMV reads them (even k, then odd k), its scale [BM, 1] and its code sum."""
-    even_odd = T.reshape(T.transpose(T.reshape(q, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+def _even_odd(t: Any, BM: int, G: int) -> Any:
+    """Traced: a row block's group [BM, G] in the order the GEMV reads it (even k, then odd k)."""
+    return T.reshape(T.transpose(T.reshape(t, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
+
+
+def _ordered_group(x: Any, pm: Any, k0: Any, BM: int, G: int) -> Any:
+    """Traced: the float group x[pm·BM.., k0..k0+G] [BM, G] as float32 in the GEMV's order (`_even_odd`), assigned
+    to a tile of its own, so a quantizer's every later tile and store runs in order and the reorder's gather
+    runs once (reordered at the store, each store's element recomputed its code from gathered x: the x16
+    quantizer took 7.4 against 5.5 us at K = 4096 this way). Rows >= M read 0."""
+    v = T.zeros((BM, G), T.float32)
+    T.assign(v, _even_odd(T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32), BM, G))
+    return v
+
+
+def _store_group(
+    xq: Any, xs: Any, xsum: Any, q: Any, scale: Any, k0: Any, pm: Any, BM: int, G: int, ordered: bool = False
+) -> None:
+    """Traced into the first kernels: group k0 // G of the row block's codes q [BM, G] stored group-major as
+    the GEMV reads them (even k, then odd k; `ordered`: q is in that order already), its scale [BM, 1] and its
+    code sum."""
+    even_odd = q if ordered else _even_odd(q, BM, G)
     T.store(xq, (k0 // G, pm * BM, 0), T.reshape(even_odd, (1, BM, G)))
     T.store(xs, (pm * BM, k0 // G), scale)
     T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(q, T.int32), axis=1, keepdims=True))
@@ -108,13 +126,13 @@ def quantize_groups_int8(
 ):
     (pm,) = T.grid(T.cdiv(MP, BM))
     for k0 in T.range(0, K, G, name="k0"):
-        v = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)  # [BM, G]; rows >= M read 0
+        v = _ordered_group(x, pm, k0, BM, G)  # [BM, G], even k then odd k
         # a group holding a NaN or an inf gets a NaN scale, so the row's output is NaN, as F.linear's would be
         # non-finite, not a finite value from the other codes
         amax, bad = _extremes(v)  # [BM, 1]
         inv = T.where(amax > 0.0, 127.0 / amax, 0.0)
         q = T.cast(T.floor(T.where(bad > 0.0, 0.0, v * inv) + 0.5), T.int8)  # [BM, G] in [-127, 127]
-        _store_group(xq, xs, xsum, q, T.where(bad > 0.0, float("nan"), amax / 127.0), k0, pm, BM, G)
+        _store_group(xq, xs, xsum, q, T.where(bad > 0.0, float("nan"), amax / 127.0), k0, pm, BM, G, ordered=True)
 
 
 @T.kernel
@@ -202,8 +220,8 @@ def quantize_tokens_int8(
     real = T.reshape(pm * BM + T.arange(0, BM), (BM, 1)) < M
     sa, scale = _token_scale(amax, bad, real)
     for k0 in T.range(0, K, G, name="k0"):
-        q = _token_codes(T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32), bad, sa)
-        _store_group(xq, xs, xsum, q, scale, k0, pm, BM, G)
+        q = _token_codes(_ordered_group(x, pm, k0, BM, G), bad, sa)
+        _store_group(xq, xs, xsum, q, scale, k0, pm, BM, G, ordered=True)
 
 
 @T.kernel
