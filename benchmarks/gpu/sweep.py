@@ -109,6 +109,27 @@ def split_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
     return out
 
 
+def fold_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
+    """--grid fold: the dot-free GEMV's default config (`spaces.gpu_default`, M = 1) in both forms, FOLD 0 and
+    the folded FOLD 4 (`lowbit.kernels.gemv_fma`: sm_90 5.07 against 6.29 SASS instructions a code, 80 against
+    168 registers), each at splits 4 / 8 / 16 (the folded form's lower register count admits more programs
+    per SM); 128 columns with 8 warps folded too."""
+    from lowbit.kernels.launch import device_units
+    from lowbit.kernels.spaces import FMA, gpu_default, space
+
+    problem = {"M": m, "N": n, "K": k, "G": GROUP, "wdtype": "int4", "adtype": "float16"}
+    base = gpu_default(FMA, problem, device_units())
+    sp, out = space(FMA, "triton"), []
+    variants = [(0, base.constant_dict["BN"], None), (4, base.constant_dict["BN"], None), (4, 128, 8)]
+    for fold, bn, warps in variants:
+        for split in (4, 8, 16):
+            opts = {**base.option_dict, "split_k": split, **({"num_warps": warps} if warps else {})}
+            cfg = Config.make({**base.constant_dict, "BN": bn, "FOLD": fold}, opts)
+            if sp.check(cfg, problem) is None:
+                out.append(cfg)
+    return out
+
+
 def w4a8_grid(kind: str, m: int) -> list[Config]:
     """--grid w4a8: taller and wider int8 tiles for the W4A8 GEMM at M >= 1024 (session 30: 0.38-0.61x torch
     bf16 at 128 x 128 x 128). Each decoded [BK, BN] weight tile (shift, mask, multiply, subtract per code)
@@ -162,10 +183,11 @@ def main() -> int:
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
     ap.add_argument(
         "--grid",
-        choices=("tiles", "deep", "ab", "fma", "split", "w4a8"),
+        choices=("tiles", "deep", "ab", "fma", "split", "w4a8", "fold"),
         default="tiles",
         help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4; "
-        "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`); w4a8: big int8 tiles (`w4a8_grid`)",
+        "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`); w4a8: big int8 tiles (`w4a8_grid`); "
+        "fold: the dot-free GEMV's folded form against its default at M = 1 (`fold_grid`)",
     )
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -203,6 +225,8 @@ def main() -> int:
             sections = [("gemv", 1), ("fma", 1), ("gemv", 16), ("gemm", 64)]
         if a.grid == "w4a8":
             sections = [("w4a8", 1024), ("w4a8", 4096)]
+        if a.grid == "fold":
+            sections = [("fma", 1)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -237,6 +261,8 @@ def main() -> int:
                 configs = split_grid(kind, m, n, k)
             elif a.grid == "w4a8":
                 configs = w4a8_grid(kind, m)
+            elif a.grid == "fold":
+                configs = fold_grid(kind, m, n, k)
             elif a.grid == "fma" and kind == "gemv":
                 configs = []  # the GEMV's default only: the reference the dot-free form is measured against
             else:

@@ -18,6 +18,22 @@ Numerics: every ŵ = q·s is exact in fp32 (<= 16-bit codes times fp16 / fp32 sc
 scales), products and sums are fp32 (one rounding per FMA), then one rounding to y's dtype: the same model as
 `quantized_gemv` (fp32-accumulated x @ dequant(W)), in a different summation order.
 
+FOLD = R > 0 (integer codes; float codes keep the form above): the decode becomes v = 1 + u / 2^b (u << (23 − b)
+OR-ed into 1.0's bits: exact), so u − offset = 2^b·v − c with c = 2^b + offset, and per group
+    Σ_k x_k·(u_k − offset − z)·s = s·2^b·Σ_k x_k·v_k − (c + z)·s·Σ_k x_k        (post; none: z = 0; pre: c·s + z)
+The accumulator holds [BN, K step / R]: each slot takes R consecutive k of a column summed in the thread that
+holds them (the product, R − 1 FMAs, one FMA by the scale), the group's correction is a [1, BN] row per step
+(x's sum over the step, times c·s, (c + z)·s or c·s + z), and y = 2^b·Σ acc − Σ corrections. Per code that
+leaves a shift, a LOP3 and about 1.5 FMAs (no FADD of the magic, no FMUL by the scale); v near 1.5 makes the
+subtraction cancel a few bits (relative error ~3e-7 in fp32 against ~5e-8). sm_90, int4 g128, K = 8192,
+`gpu_default` tiles (M = 1: BN 64, BK 256, 4 warps): 5.07 SASS instructions a code in the K loop against 6.29,
+80 registers against 168 (static counts: `nvdisasm`, `ptxas -v`; BN 128 with 8 warps 5.62 against 6.56). It is
+the decode of `benchmarks/gpu/gemv_forms.py`'s hand-written FORM 2, which took 21.9 us at 8192² M = 1 on the
+H200 against 26.6 for this kernel's FOLD 0 (session 48); the DSL's folded form itself is not yet timed on a
+GPU, so the default keeps FOLD 0 (`benchmarks/gpu/sweep.py --grid fold` times both). One row
+only (`spaces`): with BM rows the unfolded form decodes and scales a code once for all rows, the folded one
+repeats its sums per row (M = 4: twice the instructions a code).
+
 Tiles: BK a multiple of G or a divisor of it (one scale row per K step); registers per thread are
 BM·BN·BK / threads fp32 accumulators, so BM stays small (1, 2 or 4) and a GPU config keeps BN·BK near 8K.
 On the Triton backend the kernel wants option `codes_last` (the packed codes split in each thread, so the
@@ -78,7 +94,11 @@ def quantized_gemv_fma(
     BM: T.constexpr = 1,
     BN: T.constexpr = 64,
     BK: T.constexpr = 128,
+    FOLD: T.constexpr = 0,
 ):
+    if FOLD and magic_offset(wdtype) is not None:
+        _folded(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, BM, BN, BK, FOLD)
+        return
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     offset = magic_offset(wdtype)  # trace time: None = decode by cast
     base = 0.0 if offset is None else float(2**23 + offset)
@@ -132,4 +152,61 @@ def quantized_gemv_fma(
         T.store(y, (pm * BM + r, pn * BN), T.transpose(T.cast(out, y.dtype)))
 
 
-__all__ = ["MAGIC", "magic_offset", "quantized_gemv_fma"]
+ONE = 0x3F800000  # the bits of 1.0: OR-ing u << (23 - b) into its mantissa makes the float 1 + u / 2^b
+
+
+def _folded(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, BM, BN, BK, R):  # type: ignore[no-untyped-def]
+    """Traced: the FOLD = R form of `quantized_gemv_fma` for integer codes (FOLD in the module docstring)."""
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    bits = as_dtype(wdtype).bits
+    c = float(2**bits + magic_offset(wdtype))  # u − offset = 2^b·v − c for v = 1 + u / 2^b
+    per_channel = G == -1
+    step = BK if per_channel or BK <= G else G
+    if R < 1 or step % R:
+        raise ValueError(f"quantized_gemv_fma: FOLD={R} must divide the K step {step} (BK, or G when BK > G)")
+    accs = [T.zeros((BN, step // R), T.float32, name=f"acc{r}") for r in range(BM)]
+    # Σ_g (c·s, (c + z)·s or c·s + z)·Σx per column: every code's offset, zero and the magic's 1, once a step.
+    # A row [1, BN], not a column: on Triton a [BN, 1] tile is held whole by every thread (64 multiply-adds a
+    # thread a step at BN = 64), a row is spread over the threads
+    corrs = [T.zeros((1, BN), T.float32, name=f"corr{r}") for r in range(BM)]
+    xtots = [T.zeros((1, 1), T.float32, name=f"xtot{r}") for r in range(BM)] if per_channel else []
+    for k0 in T.range(0, K, BK, name="k0"):
+        for j in T.static_range(BK // step):
+            kk = k0 + j * step
+            xs = [T.cast(T.load(x, (pm * BM + r, kk), (1, step)), T.float32) for r in range(BM)]
+            qt = T.transpose(T.load(w, (kk, pn * BN), (step, BN)))  # [BN, step]
+            v = T.view((_unsigned(qt, wdtype) << (23 - bits)) | ONE, T.float32)  # 1 + u / 2^b, exact
+            if not per_channel:
+                g = kk // G
+                s_row = T.cast(T.load(scales, (g, pn * BN), (1, BN)), T.float32)  # [1, BN]
+                s = T.transpose(s_row)  # [BN, 1]
+                if zero_mode == "none":
+                    weight = s_row * c
+                else:
+                    z_row = T.cast(T.load(zeros, (g, pn * BN), (1, BN)), T.float32)  # [1, BN]
+                    weight = (z_row + c) * s_row if zero_mode == "post" else s_row * c + z_row
+            for r in T.static_range(BM):
+                # R consecutive k of a column summed in the thread that holds them (codes_last: a word's codes)
+                part = T.sum(T.reshape(xs[r] * v, (BN, step // R, R)), axis=2)  # [BN, step // R]
+                xsum = T.sum(xs[r], axis=1, keepdims=True)  # [1, 1]
+                if per_channel:
+                    accs[r] += part
+                    xtots[r] += xsum
+                else:
+                    accs[r] += part * s
+                    corrs[r] += weight * xsum
+    for r in T.static_range(BM):
+        a = T.sum(accs[r], axis=1, keepdims=True) * float(2**bits)  # [BN, 1]
+        if per_channel:
+            s = T.transpose(T.cast(T.load(scales, (0, pn * BN), (1, BN)), T.float32))  # [BN, 1]
+            if zero_mode == "none":
+                out = (a - xtots[r] * c) * s
+            else:
+                zc = T.transpose(T.cast(T.load(zeros, (0, pn * BN), (1, BN)), T.float32))  # [BN, 1]
+                out = (a - xtots[r] * (zc + c)) * s if zero_mode == "post" else (a - xtots[r] * c) * s - zc * xtots[r]
+        else:
+            out = a - T.transpose(corrs[r])
+        T.store(y, (pm * BM + r, pn * BN), T.transpose(T.cast(out, y.dtype)))
+
+
+__all__ = ["MAGIC", "ONE", "magic_offset", "quantized_gemv_fma"]

@@ -38,14 +38,15 @@ _TILES: dict[str, dict[str, tuple[int, ...]]] = {
     "quantized_gemv": {"BM": (1, 4, 16, 64), "BN": (16, 32, 64, 128, 256), "BK": (32, 64, 128, 256)},
     "w4a8_gemm_per_group": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
     "w4a8_gemm_per_channel": {"BM": (16, 32, 64, 128), "BN": (32, 64, 128), "BK": (32, 64, 128)},
-    FMA: {"BM": (1, 2, 4), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256)},
+    # FOLD: the dot-free GEMV's folded form (`gemv_fma`: 4 consecutive k a slot, offsets once a group)
+    FMA: {"BM": (1, 2, 4), "BN": (16, 32, 64, 128), "BK": (32, 64, 128, 256), "FOLD": (0, 4)},
 }
 _DEFAULT_TILES: dict[str, dict[str, int]] = {
     "quantized_gemm": {"BM": 16, "BN": 32, "BK": 64},
     "quantized_gemv": {"BM": 16, "BN": 32, "BK": 128},
     "w4a8_gemm_per_group": {"BM": 16, "BN": 32, "BK": 128},
     "w4a8_gemm_per_channel": {"BM": 16, "BN": 32, "BK": 128},
-    FMA: {"BM": 1, "BN": 32, "BK": 128},
+    FMA: {"BM": 1, "BN": 32, "BK": 128, "FOLD": 0},
 }
 # options a kernel adds on a backend: the FMA GEMV transposes its codes tile to its accumulator's [BN, K]
 # orientation, free only when the packed codes are split inside each thread (lowbit.kernels.gemv_fma)
@@ -151,16 +152,24 @@ def split_fits(kernel: str) -> Constraint:
     return check
 
 
-def fma_accumulators(bm: int, bn: int, step: int, warps: int) -> int:
-    """fp32 accumulators per thread of the FMA GEMV: BM rows of a [BN, K sub-step] tile over the block's threads."""
-    return bm * bn * step // (32 * int(warps))
+def fma_accumulators(bm: int, bn: int, step: int, warps: int, fold: int = 0) -> int:
+    """fp32 accumulators per thread of the FMA GEMV: BM rows of a [BN, K sub-step] tile over the block's threads
+    (the folded form, `fold` > 0: a [BN, K sub-step / fold] tile)."""
+    return bm * bn * (step // max(1, fold)) // (32 * int(warps))
 
 
 def fma_registers(kernel: str) -> Constraint:
     def check(config: Config, problem: Mapping[str, Any]) -> str | None:
         c = config.constant_dict
         warps = config.option_dict.get("num_warps", 4)
-        held = fma_accumulators(c["BM"], c["BN"], _dot_k(config, problem, kernel), warps)
+        wdtype = problem.get("wdtype", "int4")
+        fold = int(c.get("FOLD", 0)) if not dtype(wdtype).is_float and dtype(wdtype).bits <= 16 else 0
+        if fold and c["BM"] > 1:
+            return (
+                f"FOLD={fold} with BM={c['BM']}: the folded form repeats its sums per row (sm_90, M = 4: twice the "
+                "instructions a code); use FOLD 0 for more than one row"
+            )
+        held = fma_accumulators(c["BM"], c["BN"], _dot_k(config, problem, kernel), warps, fold)
         if held > FMA_ACCUMULATORS:
             return (
                 f"BM·BN·K step / threads = {held} fp32 accumulators per thread > {FMA_ACCUMULATORS} (they would "
@@ -403,7 +412,8 @@ def gpu_default(kernel: str, problem: Mapping[str, Any], units: int) -> Config |
             bn, tiles, bk = 64, math.ceil(n / 64), 128 if g == -1 else max(g, 256 // g * g)
             split = min(8, max(1, int(problem.get("K", 4096) or 4096) // bk), _pow2_at_least(8 * units / tiles))
             options = {"num_warps": 4, "num_stages": 3, "codes_last": True, "split_k": split}
-        return Config.make({"BM": bm, "BN": bn, "BK": bk}, options)
+        # FOLD 0: the folded form (FOLD 4, fewer instructions and registers a code on sm_90) is not yet timed
+        return Config.make({"BM": bm, "BN": bn, "BK": bk, "FOLD": 0}, options)
     if kernel in KERNELS:
         bm = 64 if m <= 64 else 128
         bk = (128 if bm == 64 else 64) if kernel == "quantized_gemm" else 128

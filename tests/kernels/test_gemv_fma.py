@@ -47,14 +47,38 @@ def test_every_weight_dtype(wdtype):
     zero_mode=st.sampled_from(["none", "post", "pre"]),
     adtype=st.sampled_from(["float16", "bfloat16", "float32"]),
     tiles=st.sampled_from([dict(BM=1, BN=16, BK=32), dict(BM=2, BN=32, BK=64), dict(BM=4, BN=64, BK=128)]),
+    fold=st.sampled_from([0, 4, 8]),
     seed=st.integers(0, 2**16),
 )
-def test_ragged_shapes_groups_zero_modes_activations(M, N, kg, wdtype, zero_mode, adtype, tiles, seed):
-    """Ragged M / N / K (masked loads and stores), BK below, at and above the group (sub-steps), per channel."""
+def test_ragged_shapes_groups_zero_modes_activations(M, N, kg, wdtype, zero_mode, adtype, tiles, fold, seed):
+    """Ragged M / N / K (masked loads and stores), BK below, at and above the group (sub-steps), per channel;
+    the folded form (FOLD > 0: integer codes) within the same bounds."""
     K, G = kg
-    p, ref = run_fma(M, N, K, wdtype, G, zero_mode, adtype, seed, **tiles)
+    p, ref = run_fma(M, N, K, wdtype, G, zero_mode, adtype, seed, **tiles, FOLD=fold)
     err = relative_error(p.args["y"], ref)
-    assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {adtype} {M}x{N}x{K} {tiles}: {err}"
+    assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {adtype} {M}x{N}x{K} {tiles} FOLD={fold}: {err}"
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [True, False])
+def test_folded_decode_is_exact_for_every_code(bits, signed):
+    """The folded form's decode: bits(u << (23 − b) | 1.0's bits) = 1 + u / 2^b, and 2^b·v − (2^b + offset) = q
+    for every code q of the width, exactly."""
+    from lowbit.kernels.gemv_fma import ONE
+
+    name = f"{'' if signed else 'u'}int{bits}"
+    offset = magic_offset(name)
+    lo = -(1 << (bits - 1)) if signed else 0
+    q = np.arange(lo, lo + (1 << bits), dtype=np.int64)
+    u = (q + offset).astype(np.uint32)
+    v = ((u << np.uint32(23 - bits)) | np.uint32(ONE)).view(np.float32)
+    assert np.array_equal(v.astype(np.float64), 1 + u / 2.0**bits)
+    assert np.array_equal(v.astype(np.float32) * np.float32(2**bits) - np.float32(2**bits + offset), q)
+
+
+def test_fold_must_divide_the_k_step():
+    with pytest.raises(ValueError, match="FOLD=3 must divide the K step 32"):
+        quantized_gemv_fma.trace(wdtype="int4", G=32, BK=64, FOLD=3)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -82,13 +106,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("fold", [0, 4])
 @pytest.mark.parametrize("backend", ["triton", "tvm", "tvm-cuda"])
 @pytest.mark.parametrize("wdtype,G,zero_mode,adtype,M", CASES)
-def test_backends_equal_the_oracle(backend, wdtype, G, zero_mode, adtype, M):
-    """Each backend against float64 (Triton's kernel also compiled for sm_90, with the GPU's codes_last)."""
+def test_backends_equal_the_oracle(backend, wdtype, G, zero_mode, adtype, M, fold):
+    """Each backend against float64 (Triton's kernel also compiled for sm_90, with the GPU's codes_last), in
+    both forms (FOLD 4: the folded one for integer codes)."""
     N, K = 40, 256
     p, consts = problem(M, N, K, wdtype, G, zero_mode, adtype, seed=7)
-    tiles = {"BM": min(M, 4), "BN": 16, "BK": 64}
+    tiles = {"BM": min(M, 4), "BN": 16, "BK": 64, "FOLD": fold}
     options = {"codes_last": True} if backend == "triton" else None
     ref_out, out = run_both(quantized_gemv_fma, {**consts, **tiles}, p.args, options, backend)
     exact = exact_reference(p, K, G, zero_mode, wdtype)
@@ -121,6 +147,81 @@ def test_sm90_main_loop_keeps_codes_in_registers(m, n):
     allowed = 2 * cfg.constant_dict["BM"] * (cfg.constant_dict["BK"] // step)
     assert barriers <= allowed, f"{cfg}: {barriers} barriers per K step > {allowed} (shared-memory round trips)"
     assert "cvt.rn.f32.s32" not in stages["ptx"]  # no int -> float conversion: the magic decode
+
+
+@pytest.mark.parametrize("m,n,bn", [(1, 8192, 64), (1, 28672, 64)])
+def test_sm90_folded_loop_takes_fewer_instructions_and_registers(m, n, bn):
+    """The folded form (FOLD 4, BN columns) against the GPU default (FOLD 0) of the kernel (int4 g128, K = 8192)
+    on sm_90: fewer SASS instructions per code in the K loop (no FADD of the magic, no FMUL by the scale), no
+    more registers, no spills, no integer-to-float conversion and no codes-sized layout conversion."""
+    import lowbit.codegen.triton as triton_backend
+    from lowbit.kernels.spaces import FMA, gpu_default
+
+    problem_ = {"M": m, "N": n, "K": 8192, "G": 128, "wdtype": "int4", "adtype": "float16"}
+    cfg = gpu_default(FMA, problem_, 132)
+    threads = 32 * cfg.option_dict["num_warps"]
+    facts = {}
+    for fold, tiles in ((0, cfg.constant_dict), (4, {**cfg.constant_dict, "BN": bn, "FOLD": 4})):
+        program = quantized_gemv_fma.trace(wdtype="int4", G=128, adtype="float16", **tiles)
+        options = {**cfg.option_dict, "inbounds": ("N", "K")}
+        stages = triton_backend.compile_sm90(compile_program(program, "triton", options), aligned=True)
+        loop = stages["ttgir"][stages["ttgir"].index("scf.for") : stages["ttgir"].index("scf.yield")]
+        shapes = re.findall(r"ttg\.convert_layout %\S+ : tensor<([0-9x]+)x\w+", loop)
+        assert all(sum(d != "1" for d in shape.split("x")) <= 1 for shape in shapes), f"FOLD={fold}: {shapes}"
+        assert "cvt.rn.f32.s32" not in stages["ptx"]
+        codes = tiles["BN"] * tiles["BK"] / threads  # per thread and row, one iteration of the K loop
+        facts[fold] = (_sass_loop_instructions(stages["cubin"]) / codes, _registers(stages["ptx"]))
+    (i0, r0), (i4, r4) = facts[0], facts[4]
+    assert i4 < 0.9 * i0, f"FOLD 4: {i4:.2f} SASS instructions a code in the K loop against {i0:.2f} for FOLD 0"
+    assert r4 <= r0, f"FOLD 4: {r4} registers against {r0}"
+
+
+def _sass_loop_instructions(cubin: bytes) -> int:
+    """Instructions of the longest backward-branching block of the cubin's SASS (`nvdisasm`, shipped with Triton)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    lines = text.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*\.?(L_x_\d+):", line))}
+    best = 0
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA\s+.*?`?\(?\.?(L_x_\d+)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = lines[labels[m.group(1)] : i + 1]
+            best = max(best, sum(1 for t in body if re.search(r"/\*[0-9a-f]{4}\*/\s+\S", t)))
+    assert best, "no loop found in the SASS"
+    return best
+
+
+def _registers(ptx: str) -> int:
+    """Registers per thread by ptxas (-v), spills refused."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    ptxas = next(bin_dir / n for n in ("ptxas-blackwell", "ptxas") if (bin_dir / n).exists())
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        info = subprocess.run(
+            [str(ptxas), "-v", "-arch=sm_90a", f.name, "-o", "/dev/null"], capture_output=True, text=True
+        )
+    regs = re.search(r"Used (\d+) registers", info.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", info.stderr)
+    assert regs, info.stderr[-500:]
+    assert spills is None or spills.group(1) == "0", f"spills: {info.stderr[-300:]}"
+    return int(regs.group(1))
 
 
 def _ptx_loop(ptx: str) -> str:
