@@ -97,9 +97,8 @@ class X16Plan:
     def run(self, x2: Any, y2: Any) -> None:
         self.flat(x2.view(-1), y2.view(-1))
 
-    __call__ = (
-        run  # `linear_launcher` returns the plan: a launch whose `flat` the fast path of `quantized_linear` takes
-    )
+    # `linear_launcher` returns the plan itself: a launch whose `flat` the fast path of `quantized_linear` takes
+    __call__ = run
 
     def flat(self, x: Any, y: Any) -> None:
         """`run` with x and y already flat (1-D views): the two bound kernels' `flat` calls on the thread's flat
