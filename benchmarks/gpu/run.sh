@@ -28,6 +28,7 @@ for s in ${STAGES:-env}; do
     deep) stage deep 300 python3 benchmarks/gpu/sweep.py --out "$OUT" --grid deep --budget 240 ;;
     split) stage split $(( ${SPLIT_S:-240} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid split --budget ${SPLIT_S:-240} ;;
     w4a8) stage w4a8 $(( ${W4A8_S:-200} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid w4a8 --budget ${W4A8_S:-200} ;;
+    swap) stage swap $(( ${SWAP_S:-240} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid swap --budget ${SWAP_S:-240} ;;
     fold) stage fold $(( ${FOLD_S:-200} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid fold --budget ${FOLD_S:-200} ;;
     fma) stage fma $(( ${FMA_S:-240} + 60 )) python3 benchmarks/gpu/sweep.py --out "$OUT" --grid fma --budget ${FMA_S:-240} ;;
     forms) stage forms $(( ${FORMS_S:-300} + 60 )) python3 benchmarks/gpu/gemv_forms.py --out "$OUT" --budget ${FORMS_S:-300} ;;

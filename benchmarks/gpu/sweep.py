@@ -130,6 +130,25 @@ def fold_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
     return out
 
 
+def swap_grid(kind: str, m: int, n: int, k: int) -> list[Config]:
+    """--grid swap: the tensor-core GEMV's default config (`spaces.gpu_default`, M = 4 and 16) beside its swapped
+    dot (`lowbit.kernels.gemv` SWAP 1: yᵀ = Wᵀ·xᵀ, sm_90 warpgroup MMAs, 5.02 against 9.20 SASS instructions a
+    code at BN 64 with codes_last) at 64 and 128 columns, split-K 1 / 2 / 4."""
+    from lowbit.kernels.launch import device_units
+    from lowbit.kernels.spaces import gpu_default, space
+
+    problem = {"M": m, "N": n, "K": k, "G": GROUP, "wdtype": "int4", "adtype": "float16"}
+    base = gpu_default("quantized_gemv", problem, device_units())
+    sp, out = space("quantized_gemv", "triton"), [base]
+    for bn in (64, 128):
+        for split in (1, 2, 4):
+            opts = {**base.option_dict, "codes_last": True, "split_k": split}
+            cfg = Config.make({**base.constant_dict, "BN": bn, "SWAP": 1}, opts)
+            if sp.check(cfg, problem) is None:
+                out.append(cfg)
+    return out
+
+
 def w4a8_grid(kind: str, m: int) -> list[Config]:
     """--grid w4a8: taller and wider int8 tiles for the W4A8 GEMM at M >= 1024 (session 30: 0.38-0.61x torch
     bf16 at 128 x 128 x 128). Each decoded [BK, BN] weight tile (shift, mask, multiply, subtract per code)
@@ -183,11 +202,12 @@ def main() -> int:
     ap.add_argument("--layers", default=",".join(f"{n}x{k}" for n, k in LAYERS))
     ap.add_argument(
         "--grid",
-        choices=("tiles", "deep", "ab", "fma", "split", "w4a8", "fold"),
+        choices=("tiles", "deep", "ab", "fma", "split", "w4a8", "fold", "swap"),
         default="tiles",
         help="deep: long K steps (`deep_grid`); fma: the dot-free GEMV's tiles beside the GEMV's default, M = 1, 4; "
         "split: split-K of the GEMVs and the 64-row GEMM (`split_grid`); w4a8: big int8 tiles (`w4a8_grid`); "
-        "fold: the dot-free GEMV's folded form against its default at M = 1 (`fold_grid`)",
+        "fold: the dot-free GEMV's folded form against its default at M = 1 (`fold_grid`); swap: the GEMV's swapped "
+        "dot at M = 4, 16 (`swap_grid`)",
     )
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -227,6 +247,8 @@ def main() -> int:
             sections = [("w4a8", 1024), ("w4a8", 4096)]
         if a.grid == "fold":
             sections = [("fma", 1)]
+        if a.grid == "swap":
+            sections = [("gemv", 4), ("gemv", 16)]
         for kind, m in sections:
             if time.perf_counter() - t_start > a.budget:
                 print(f"budget spent: {kind} M={m} {n}x{k} skipped", flush=True)
@@ -263,6 +285,8 @@ def main() -> int:
                 configs = w4a8_grid(kind, m)
             elif a.grid == "fold":
                 configs = fold_grid(kind, m, n, k)
+            elif a.grid == "swap":
+                configs = swap_grid(kind, m, n, k)
             elif a.grid == "fma" and kind == "gemv":
                 configs = []  # the GEMV's default only: the reference the dot-free form is measured against
             else:

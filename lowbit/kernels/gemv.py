@@ -29,6 +29,16 @@ x @ dequant(W) (in float64 terms, exact products, fp32 partial sums), then one r
 backend's table decode of 1-3-bit integer codes on AVX-512 adds the products of the codes sharing one 4-bit
 field of a word in a table entry first, rounded to fp32 once: `lowbit/codegen/tvm/README.md`, "Table decode".)
 
+SWAP = 1 computes yᵀ = dequant(W)ᵀ·xᵀ: the same sums with the decoded codes [BN, K step] as the dot's left
+operand and xᵀ [K step, BM] as its right, the accumulator [BN, BM] stored transposed. A GPU's tensor-core dot
+takes its wide operand on the left (sm_90 wgmma: 64 rows a warpgroup), so a decode GEMV of 1-16 rows no longer
+pads x to the MMA's rows: on sm_90 (Triton, int4 g128, K = 8192, BM 16, BK 256, 4 warps, with `codes_last`)
+the K loop is warpgroup MMAs and 5.02 SASS instructions a code at BN 64 (4.47 at BN 128) against 9.20 for the
+default GEMV (BN 32, mma.sync; static counts, `nvdisasm`; not yet timed on a GPU: `benchmarks/gpu/sweep.py
+--grid swap`). Numerics as above (exact codes, fp32 sums). Only where the dot is fp16 / bf16: an fp32 dot (fp32
+x, or codes wider than fp16) keeps the plain orientation (the swapped fp32 dot's sm_90 compile hit an
+assertion in Triton 3.9's LLVM SLP vectorizer).
+
 Tiles: BK is a multiple of G (the body handles the BK // G groups of a tile one by one, unrolled at trace
 time) or divides G (several K steps share one group's scale row). Split-K: the compile option `split_k`
 (`lowbit.ir.passes.split_k`) splits the K loop over more programs and sums their fp32 partials afterwards.
@@ -66,7 +76,11 @@ def quantized_gemv(
     BM: T.constexpr = 16,
     BN: T.constexpr = 32,
     BK: T.constexpr = 128,
+    SWAP: T.constexpr = 0,
 ):
+    if SWAP and dot_dtype(wdtype, adtype) != "float32":
+        _swapped(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, adtype, BM, BN, BK)
+        return
     pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
     acc = T.zeros((BM, BN), T.float32, name="acc")
     widen = dot_dtype(wdtype, adtype) != adtype  # trace time: codes past the activation dtype's range
@@ -102,6 +116,37 @@ def quantized_gemv(
                     asum = T.sum(T.cast(a, T.float32), axis=1, keepdims=True)  # [BM, 1]
                     acc += asum * (-(z * s) if zero_mode == "post" else -z)
         T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
+
+
+def _swapped(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, adtype, BM, BN, BK):  # type: ignore[no-untyped-def]
+    """Traced: `quantized_gemv` with SWAP = 1 (the module docstring): every tile transposed, [BN, ·] on the left.
+    Per channel without zeros, the scales once after the loop; otherwise per group (or per K tile with
+    per-channel zeros) `acc += p·s` and the zero's term, as the unswapped form."""
+    pm, pn = T.grid(T.cdiv(M, BM), T.cdiv(N, BN))
+    acc = T.zeros((BN, BM), T.float32, name="acc")
+    widen = dot_dtype(wdtype, adtype) != adtype
+    per_channel = G == -1 and zero_mode == "none"
+    step = BK if per_channel or G == -1 or BK < G else G
+    for k0 in T.range(0, K, BK, name="k0"):
+        for j in T.static_range(BK // step):
+            kk = k0 + j * step
+            row = 0 if G == -1 else kk // G
+            a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
+            a = T.cast(a, T.float32) if widen else a
+            q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
+            p = T.dot(T.cast(T.transpose(q), a.dtype), T.transpose(a))  # [BN, BM] fp32
+            if per_channel:
+                acc += p
+                continue
+            s = T.transpose(T.cast(T.load(scales, (row, pn * BN), (1, BN)), T.float32))  # [BN, 1]
+            acc += p * s
+            if zero_mode != "none":
+                z = T.transpose(T.cast(T.load(zeros, (row, pn * BN), (1, BN)), T.float32))  # [BN, 1]
+                asum = T.sum(T.cast(a, T.float32), axis=1, keepdims=True)  # [BM, 1]
+                acc += T.transpose(asum) * (-(z * s) if zero_mode == "post" else -z)  # [BN, BM]
+    if per_channel:
+        acc = acc * T.transpose(T.cast(T.load(scales, (0, pn * BN), (1, BN)), T.float32))
+    T.store(y, (pm * BM, pn * BN), T.transpose(T.cast(acc, y.dtype)))
 
 
 __all__ = ["dot_dtype", "groups", "quantized_gemv"]

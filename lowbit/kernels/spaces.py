@@ -58,6 +58,11 @@ _KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
     ("quantized_gemv", "triton"): {"split_k": SPLITS},
     ("quantized_gemv", "tvm"): {"prefetch_locality": (2, 3)},  # L2 first: GEMV_PREFETCH_LOCALITY
 }
+# constants a kernel adds on a backend: the GEMV's swapped dot (yᵀ = Wᵀ·xᵀ, `lowbit.kernels.gemv` SWAP) is a
+# tensor-core form (sm_90 warpgroup MMAs take the wide operand on the left); its first value is the default
+_KERNEL_CONSTANTS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
+    ("quantized_gemv", "triton"): {"SWAP": (0, 1)},
+}
 _OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
     "reference": {},
     "triton": {"num_warps": (4, 8), "num_stages": (2, 3, 4)},
@@ -193,12 +198,18 @@ def space(kernel: str, backend: str) -> SearchSpace:
     elif backend == "triton":
         constraints += (triton_dot_k(kernel), triton_shared_memory(kernel))
     extra = _KERNEL_OPTIONS.get((kernel, backend), {})
+    constants = _KERNEL_CONSTANTS.get((kernel, backend), {})
     if "split_k" in extra:
         constraints += (split_fits(kernel),)
     return SearchSpace.make(
-        _TILES[kernel],
+        {**_TILES[kernel], **constants},
         {**_OPTIONS[backend], **extra},
-        default={**_DEFAULT_TILES[kernel], **_DEFAULT_OPTIONS[backend], **{k: v[0] for k, v in extra.items()}},
+        default={
+            **_DEFAULT_TILES[kernel],
+            **{k: v[0] for k, v in constants.items()},
+            **_DEFAULT_OPTIONS[backend],
+            **{k: v[0] for k, v in extra.items()},
+        },
         constraints=constraints,
     )
 

@@ -67,13 +67,42 @@ def test_every_weight_dtype(wdtype):
     zero_mode=st.sampled_from(["none", "post", "pre"]),
     adtype=st.sampled_from(["float16", "bfloat16", "float32"]),
     tiles=st.sampled_from([dict(BM=1, BN=16, BK=32), dict(BM=4, BN=32, BK=64), dict(BM=16, BN=64, BK=128)]),
+    swap=st.sampled_from([0, 1]),
     seed=st.integers(0, 2**16),
 )
-def test_ragged_shapes_groups_zero_modes_activations(M, N, kg, wdtype, zero_mode, adtype, tiles, seed):
+def test_ragged_shapes_groups_zero_modes_activations(M, N, kg, wdtype, zero_mode, adtype, tiles, swap, seed):
+    """Ragged M / N / K, every group form and zero mode, in both orientations of the dot (SWAP: yᵀ = Wᵀ·xᵀ)."""
     K, G = kg
-    p, _, ref = run_gemv(M, N, K, wdtype, G, zero_mode, adtype, seed, **tiles)
+    p, _, ref = run_gemv(M, N, K, wdtype, G, zero_mode, adtype, seed, **tiles, SWAP=swap)
     err = relative_error(p.args["y"], ref)
-    assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {adtype} {M}x{N}x{K} {tiles}: {err}"
+    assert err <= BOUND[adtype], f"{wdtype} G={G} {zero_mode} {adtype} {M}x{N}x{K} {tiles} SWAP={swap}: {err}"
+
+
+SWAP_CASES = [
+    ("int4", 128, "none", "float16", 1),
+    ("uint3", 32, "post", "float16", 5),
+    ("int2", 64, "pre", "bfloat16", 16),
+    ("fp4_e2m1", -1, "none", "float16", 4),
+    ("uint8", -1, "post", "bfloat16", 3),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "tvm"])
+@pytest.mark.parametrize("wdtype,G,zero_mode,adtype,M", SWAP_CASES)
+def test_swapped_gemv_on_the_backends(backend, wdtype, G, zero_mode, adtype, M):
+    """SWAP = 1 on each backend against float64 (Triton through the interpreter with the GPU's codes_last, and
+    compiled for sm_90)."""
+    from tests.codegen.backend_harness import run_both
+
+    N, K = 40, 256
+    p, consts = problem(M, N, K, wdtype, G, zero_mode, adtype, seed=11)
+    tiles = {"BM": 16, "BN": 16, "BK": 64, "SWAP": 1}
+    options = {"codes_last": True} if backend == "triton" else None
+    ref_out, out = run_both(quantized_gemv, {**consts, **tiles}, p.args, options, backend)
+    exact = exact_reference(p, K, G, zero_mode, wdtype)
+    for what, y in (("reference", ref_out["y"]), (backend, out["y"])):
+        err = relative_error(y, exact)
+        assert err <= BOUND[adtype], f"{what} {wdtype} G={G} {zero_mode} {adtype} M={M}: {err}"
 
 
 @pytest.mark.parametrize(
@@ -100,3 +129,39 @@ def test_bk_divides_group():
 def test_nan_never_passes():
     _, _, ref = run_gemv(2, 8, 64, "int4", 32, "none")
     assert not relative_error(np.full_like(ref, np.nan), ref) <= BOUND["float16"]
+
+
+@pytest.mark.parametrize("m", [4, 16])
+def test_sm90_swapped_gemv_runs_warpgroup_mma_with_fewer_instructions(m):
+    """The swapped dot (SWAP 1, 64 columns, codes_last) of the GPU default's GEMV (int4 g128, K = 8192,
+    8192 columns) on sm_90: the K loop's dots are warp-group MMAs (the decoded codes the wide left operand),
+    no codes-sized layout conversion, and fewer SASS instructions a code than the default config (mma.sync
+    with x padded to its rows), without spills."""
+    import re
+
+    import lowbit.codegen.triton as triton_backend
+    from lowbit.codegen.backend import compile_program
+    from lowbit.kernels.spaces import gpu_default
+    from tests.kernels.test_gemv_fma import _registers, _sass_loop_instructions
+
+    problem_ = {"M": m, "N": 8192, "K": 8192, "G": 128, "wdtype": "int4", "adtype": "float16"}
+    cfg = gpu_default("quantized_gemv", problem_, 132)
+    threads = 32 * cfg.option_dict["num_warps"]
+    per_code = {}
+    for swap, tiles, extra in (
+        (0, cfg.constant_dict, {}),
+        (1, {**cfg.constant_dict, "BN": 64, "SWAP": 1}, {"codes_last": True}),
+    ):
+        program = quantized_gemv.trace(wdtype="int4", G=128, adtype="float16", **tiles)
+        options = {**cfg.option_dict, **extra, "inbounds": ("N", "K")}
+        stages = triton_backend.compile_sm90(compile_program(program, "triton", options), aligned=True)
+        loop = stages["ttgir"][stages["ttgir"].index("scf.for") : stages["ttgir"].index("scf.yield")]
+        shapes = re.findall(r"ttg\.convert_layout %\S+ : tensor<([0-9x]+)x\w+", loop)
+        assert all(sum(d != "1" for d in shape.split("x")) <= 1 for shape in shapes), f"SWAP={swap}: {shapes}"
+        if swap:
+            assert "ttng.warp_group_dot" in loop, "the swapped dot is not a warp-group MMA on sm_90"
+        _registers(stages["ptx"])  # no spills
+        per_code[swap] = _sass_loop_instructions(stages["cubin"]) / (tiles["BN"] * tiles["BK"] / threads)
+    assert per_code[1] < 0.7 * per_code[0], (
+        f"SWAP 1: {per_code[1]:.2f} SASS instructions a code against {per_code[0]:.2f}"
+    )
