@@ -101,9 +101,7 @@ def quantized_gemv(
             for j in T.static_range(BK // step):
                 kk = k0 + j * step
                 row = 0 if G == -1 else kk // G
-                a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
-                a = T.cast(a, T.float32) if widen else a
-                q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
+                a, q = _step_tiles(x, w, pm, pn, kk, BM, BN, step, widen)  # [BM, step], [step, BN] codes
                 # the scales before the dot: a backend may fuse `acc += dot · s` (the TVM GEMM forms do)
                 s = T.cast(T.load(scales, (row, pn * BN), (1, BN)), T.float32)  # [1, BN]
                 p = T.dot(a, T.cast(q, a.dtype))  # [BM, BN] fp32
@@ -118,6 +116,12 @@ def quantized_gemv(
         T.store(y, (pm * BM, pn * BN), T.cast(acc, y.dtype))
 
 
+def _step_tiles(x, w, pm, pn, kk, BM, BN, step, widen):  # type: ignore[no-untyped-def]
+    """Traced: one K step's activations [BM, step] (widened to fp32 where the dot runs in it) and codes [step, BN]."""
+    a = T.load(x, (pm * BM, kk), (BM, step))
+    return (T.cast(a, T.float32) if widen else a), T.load(w, (kk, pn * BN), (step, BN))
+
+
 def _swapped(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, adtype, BM, BN, BK):  # type: ignore[no-untyped-def]
     """Traced: `quantized_gemv` with SWAP = 1 (the module docstring): every tile transposed, [BN, ·] on the left.
     Per channel without zeros, the scales once after the loop; otherwise per group (or per K tile with
@@ -126,14 +130,12 @@ def _swapped(x, w, scales, zeros, y, M, N, K, wdtype, G, zero_mode, adtype, BM, 
     acc = T.zeros((BN, BM), T.float32, name="acc")
     widen = dot_dtype(wdtype, adtype) != adtype
     per_channel = G == -1 and zero_mode == "none"
-    step = BK if per_channel or G == -1 or BK < G else G
+    step = BK if G == -1 or BK < G else G
     for k0 in T.range(0, K, BK, name="k0"):
         for j in T.static_range(BK // step):
             kk = k0 + j * step
             row = 0 if G == -1 else kk // G
-            a = T.load(x, (pm * BM, kk), (BM, step))  # [BM, step]
-            a = T.cast(a, T.float32) if widen else a
-            q = T.load(w, (kk, pn * BN), (step, BN))  # [step, BN] codes
+            a, q = _step_tiles(x, w, pm, pn, kk, BM, BN, step, widen)  # [BM, step], [step, BN] codes
             p = T.dot(T.cast(T.transpose(q), a.dtype), T.transpose(a))  # [BN, BM] fp32
             if per_channel:
                 acc += p
