@@ -82,13 +82,14 @@ def _even_odd(t: Any, BM: int, G: int) -> Any:
     return T.reshape(T.transpose(T.reshape(t, (BM, G // 2, 2)), (0, 2, 1)), (BM, G))
 
 
-def _ordered_group(x: Any, pm: Any, k0: Any, BM: int, G: int) -> Any:
-    """Traced: the float group x[pm·BM.., k0..k0+G] [BM, G] as float32 in the GEMV's order (`_even_odd`), assigned
-    to a tile of its own, so a quantizer's every later tile and store runs in order and the reorder's gather
-    runs once (reordered at the store, each store's element recomputed its code from gathered x: the x16
-    quantizer took 7.4 against 5.5 us at K = 4096 this way). Rows >= M read 0."""
+def _ordered_group(x: Any, pm: Any, k0: Any, BM: int, G: int, order: Any = _even_odd) -> Any:
+    """Traced: the float group x[pm·BM.., k0..k0+G] [BM, G] as float32 in its GEMV's order (`order(t, BM, G)`:
+    `_even_odd` here, the x16 planes' in `gemv_x16`), assigned to a tile of its own, so a quantizer's every later
+    tile and store runs in order and the reorder's gather runs once (reordered at the store, each store's element
+    recomputed its code from gathered x: the x16 quantizer took 7.4 against 5.5 us at K = 4096 this way). Rows
+    >= M read 0."""
     v = T.zeros((BM, G), T.float32)
-    T.assign(v, _even_odd(T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32), BM, G))
+    T.assign(v, order(T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32), BM, G))
     return v
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 import lowbit.lang as T
-from lowbit.kernels.gemv_a8 import _extremes, group_term
+from lowbit.kernels.gemv_a8 import _extremes, _ordered_group, group_term
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
@@ -101,6 +101,11 @@ def _plane(words: list[Any], terms: tuple[tuple[int, int, int], ...]) -> Any:
     return T.cast(T.view(T.transpose(v), T.uint8).T, T.int8)
 
 
+def _plane_order(t: Any, BM: int, G: int) -> Any:
+    """Traced: a row block's group [BM, G] in the planes' order, k = 32t + 4p + j at (p, t, j)."""
+    return T.reshape(T.transpose(T.reshape(t, (BM, G // 32, 8, 4)), (0, 2, 1, 3)), (BM, G))
+
+
 @T.kernel
 def quantize_groups_x16(
     x: T.Tensor("adtype", ("M", "K")),
@@ -116,12 +121,7 @@ def quantize_groups_x16(
 ):
     (pm,) = T.grid(T.cdiv(MP, BM))
     for k0 in T.range(0, K, G, name="k0"):
-        # [BM, G] in the planes' order (k = 32t + 4p + j at (p, t, j)), so every later tile and store is in order;
-        # rows >= M read 0. Assigned to a tile of its own: the reorder's gather runs once (reordered at the two
-        # stores instead, each element's hi / lo recomputed its r from gathered x: 7.4 against 5.5 us at K = 4096)
-        v = T.zeros((BM, G), T.float32)
-        xv = T.cast(T.load(x, (pm * BM, k0), (BM, G)), T.float32)
-        T.assign(v, T.reshape(T.transpose(T.reshape(xv, (BM, G // 32, 8, 4)), (0, 2, 1, 3)), (BM, G)))
+        v = _ordered_group(x, pm, k0, BM, G, _plane_order)  # [BM, G] in the planes' order; rows >= M read 0
         amax, bad = _extremes(v)  # [BM, 1]: max |v|, and 1 where the group holds a NaN or an inf
         tiny = amax < TINY
         lift = T.where(tiny, 2.0**60, 1.0)  # exact

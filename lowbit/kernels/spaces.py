@@ -26,6 +26,7 @@ from typing import Any
 from lowbit.codegen.backend import Config
 from lowbit.codegen.tune.space import Constraint, SearchSpace
 from lowbit.dtypes import dtype
+from lowbit.kernels.gemv_fma import magic_offset
 
 SHARED_MEMORY_BYTES = 227 * 1024
 KERNELS = ("quantized_gemm", "quantized_gemv", "w4a8_gemm_per_group", "w4a8_gemm_per_channel")
@@ -53,10 +54,15 @@ _DEFAULT_TILES: dict[str, dict[str, int]] = {
 # The GEMVs on a GPU also take split-K (`lowbit.ir.passes.split_k`, the compile option split_k): at M <= 16 an
 # 8192-column layer in 32-column tiles is 256 programs, two per H200 SM; splitting K multiplies the grid.
 SPLITS = (1, 2, 4, 8)
+# The CPU GEMVs' (M <= 16) software prefetch of their weight stream aims at L2 (prefetcht1), not L1: session 49,
+# 4096² int4 g128, a ring of 30 weights streamed from DRAM, 2 threads, 8 alternating rounds of the default
+# config against it with only this option changed: bf16 x M = 1 0.81-0.92x the time in three runs (the memory
+# rate moved 1.6x between them), M = 4 1.00x, M = 16 0.95x; fp32 x M = 1 0.96x (int4), 0.98x (int3)
+GEMV_PREFETCH_LOCALITY = 2
 _KERNEL_OPTIONS: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = {
     (FMA, "triton"): {"codes_last": (True,), "split_k": SPLITS},
     ("quantized_gemv", "triton"): {"split_k": SPLITS},
-    ("quantized_gemv", "tvm"): {"prefetch_locality": (2, 3)},  # L2 first: GEMV_PREFETCH_LOCALITY
+    ("quantized_gemv", "tvm"): {"prefetch_locality": (GEMV_PREFETCH_LOCALITY, 3)},
 }
 # constants a kernel adds on a backend: the GEMV's swapped dot (yᵀ = Wᵀ·xᵀ, `lowbit.kernels.gemv` SWAP) is a
 # tensor-core form (sm_90 warpgroup MMAs take the wide operand on the left); its first value is the default
@@ -168,7 +174,7 @@ def fma_registers(kernel: str) -> Constraint:
         c = config.constant_dict
         warps = config.option_dict.get("num_warps", 4)
         wdtype = problem.get("wdtype", "int4")
-        fold = int(c.get("FOLD", 0)) if not dtype(wdtype).is_float and dtype(wdtype).bits <= 16 else 0
+        fold = int(c.get("FOLD", 0)) if magic_offset(wdtype) is not None else 0  # float codes run unfolded
         if fold and c["BM"] > 1:
             return (
                 f"FOLD={fold} with BM={c['BM']}: the folded form repeats its sums per row (sm_90, M = 4: twice the "
@@ -227,13 +233,6 @@ def space(kernel: str, backend: str) -> SearchSpace:
 # (tm 2): fp32 x, hot, 2 threads, alternating: fp6_e3m2 M = 16 3.64 -> 2.38 ms, fp3_e1m1 3.98 -> 2.20; at M = 4
 # and 8 the table walk stays faster (fp6 0.79 / 1.40 against 1.20 / 1.57 ms).
 TABLE_ONLY_FLOAT_BITS = (3, 5, 6)
-
-
-# The CPU GEMVs' (M <= 16) software prefetch of their weight stream aims at L2 (prefetcht1), not L1: session 49,
-# 4096² int4 g128, a ring of 30 weights streamed from DRAM, 2 threads, 8 alternating rounds of the default
-# config against it with only this option changed: bf16 x M = 1 0.81-0.92x the time in three runs (the memory
-# rate moved 1.6x between them), M = 4 1.00x, M = 16 0.95x; fp32 x M = 1 0.96x (int4), 0.98x (int3)
-GEMV_PREFETCH_LOCALITY = 2
 
 
 def _cpu_default(kernel: str, problem: Mapping[str, Any]) -> Config | None:

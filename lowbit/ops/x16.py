@@ -34,7 +34,6 @@ X16_TILES = 2  # int3 M = 1 4096², streamed, alternating: BN 32 x 2 tiles 0.288
 # 4 KiB 0.86); int2 4096²: 2 KiB to L1 0.70, to L2 0.56. (A likely cause, not measured: hints to L1 occupy the
 # few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses.)
 X16_PREFETCH = 2048
-X16_LOCALITY = GEMV_PREFETCH_LOCALITY  # llvm.prefetch locality: 2 = L2
 
 
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
@@ -86,7 +85,7 @@ class X16Plan:
         gemv = compile_program(
             quantized_gemv_x16.trace(**trace),
             "tvm",
-            {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": X16_LOCALITY},
+            {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": GEMV_PREFETCH_LOCALITY},
         )
         quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
         sizes = {"M": m, "MP": m, "N": n, "K": k}
