@@ -26,14 +26,15 @@ from lowbit.ops.weight import QuantizedWeight
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
 X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
-X16_BN = 32  # column tile; two per program (two weight streams a thread), 2 KiB software prefetch:
-X16_TILES = 2  # int3 M = 1 4096², streamed, alternating: BN 32 x 2 tiles 0.288-0.299 ms, 32 x 1 0.296-0.336,
-# 64 x 1 0.341-0.356 (session 47). The prefetch aims at L2 (prefetcht1): session 49, 4096² / 11008x4096 bf16 x,
-# a ring of 30 / 12 weights, 2 threads, 8 alternating rounds, as a fraction of int4's bf16 GEMV in the same
-# rounds: int3 2 KiB to L1 0.95 / 0.93, 512 B to L1 0.86 / 0.82, 2 KiB to L2 0.81 / 0.79 (1 KiB 0.80 / 0.83,
-# 4 KiB 0.86); int2 4096²: 2 KiB to L1 0.70, to L2 0.56. (A likely cause, not measured: hints to L1 occupy the
-# few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses.)
-X16_PREFETCH = 2048
+X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
+X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
+# in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
+# int2 4096² 0.170 / 0.164, 11008 0.448 / 0.384; int3 4096² 0.255 / 0.225 and 0.252 / 0.228, 11008 0.645 / 0.584
+# (32 x 1 with 2 / 4 KiB in between; 16 x 1 and 64 x 1 slower). Session 47 had measured int3 at 32 x 2 tiles
+# 0.288-0.299, 32 x 1 0.296-0.336, 64 x 1 0.341-0.356 with L1 hints. The prefetch aims at L2 (prefetcht1;
+# session 49: to L1 int3 0.95, to L2 0.81 of int4's bf16 GEMV time. A likely cause, not measured: hints to L1
+# occupy the few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses).
+X16_PREFETCH = 8192
 
 
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
