@@ -6,7 +6,7 @@
  * generated kernel does not use); "gen" the vpmultishiftqb decode for any width. The int3, int2 and generic 3-bit
  * decodes are checked against a scalar float64 GEMV first. Written by hand, not generated: it bounds what a
  * kernel of each mix can stream here.
- *   gcc -O2 -march=native -fopenmp planes.c -o planes -lm && OMP_PROC_BIND=true ./planes [hot] */
+ *   gcc -O3 -march=native -fopenmp planes.c -o planes -lm && OMP_PROC_BIND=true ./planes [hot] */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -87,6 +87,37 @@ static void run2(const uint8_t *w, float *y) {
   }
 }
 
+/* int2, the same layout, written for the compiler: four tiles' weights loaded per 16 k, every plane's two
+   broadcasts shared by the four tiles, the eight accumulators in registers (session 50). */
+static void run2t(const uint8_t *w, float *y) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+#pragma omp parallel for num_threads(2) schedule(static)
+  for (int t0 = 0; t0 < NT; t0 += 4) {
+    __m512 a0=_mm512_setzero_ps(),a1=a0,a2=a0,a3=a0;
+    const uint8_t *p0 = w + ((size_t)(t0+0)*(K/16))*64, *p1 = w + ((size_t)(t0+1)*(K/16))*64,
+                  *p2 = w + ((size_t)(t0+2)*(K/16))*64, *p3 = w + ((size_t)(t0+3)*(K/16))*64;
+    for (int g = 0; g < NG; g++) {
+      __m512i h0=_mm512_setzero_si512(),h1=h0,h2=h0,h3=h0,l0=h0,l1=h0,l2=h0,l3=h0;
+      for (int b = g*8; b < g*8+8; b++) {
+        __m512i v0=_mm512_loadu_si512(p0+b*64), v1=_mm512_loadu_si512(p1+b*64), v2=_mm512_loadu_si512(p2+b*64), v3=_mm512_loadu_si512(p3+b*64);
+#ifdef PF
+        if (b % 2 == 0) { _mm_prefetch((const char*)p0+b*64 + PF, _MM_HINT_T1); _mm_prefetch((const char*)p1+b*64 + PF, _MM_HINT_T1);
+                          _mm_prefetch((const char*)p2+b*64 + PF, _MM_HINT_T1); _mm_prefetch((const char*)p3+b*64 + PF, _MM_HINT_T1); }
+#endif
+#define PL(pl) { int k = 16*b + 4*pl; __m512i bh=_mm512_set1_epi32(*(const int32_t*)&xhi[k]), bl=_mm512_set1_epi32(*(const int32_t*)&xlo[k]); \
+        __m512i c0=_mm512_and_si512(_mm512_srli_epi16(v0,2*pl),m3), c1=_mm512_and_si512(_mm512_srli_epi16(v1,2*pl),m3), \
+                c2=_mm512_and_si512(_mm512_srli_epi16(v2,2*pl),m3), c3=_mm512_and_si512(_mm512_srli_epi16(v3,2*pl),m3); \
+        h0=_mm512_dpbusd_epi32(h0,c0,bh); l0=_mm512_dpbusd_epi32(l0,c0,bl); h1=_mm512_dpbusd_epi32(h1,c1,bh); l1=_mm512_dpbusd_epi32(l1,c1,bl); \
+        h2=_mm512_dpbusd_epi32(h2,c2,bh); l2=_mm512_dpbusd_epi32(l2,c2,bl); h3=_mm512_dpbusd_epi32(h3,c3,bh); l3=_mm512_dpbusd_epi32(l3,c3,bl); }
+        PL(0) PL(1) PL(2) PL(3)
+      }
+#define EP(i) { __m512i s = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(h##i, 8), l##i), _mm512_set1_epi32(2*xsum[g])); \
+        __m512 sc = _mm512_loadu_ps(scl + ((size_t)(t0+i)*NG + g)*16); a##i = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sc, _mm512_set1_ps(xs[g])), a##i); }
+      EP(0) EP(1) EP(2) EP(3)
+    }
+    _mm512_storeu_ps(y + (t0+0)*16, a0); _mm512_storeu_ps(y + (t0+1)*16, a1); _mm512_storeu_ps(y + (t0+2)*16, a2); _mm512_storeu_ps(y + (t0+3)*16, a3);
+  }
+}
 /* generic b-bit layout: tile t, quad q: 8*b bytes; qword j (columns 2j, 2j+1) = b bytes holding 8 codes of b bits:
    col 2j k0..k3 then col 2j+1 k0..k3. Decode: vpermb (b bytes into each qword), vpmultishiftqb, and. */
 static void runb(const uint8_t *w, float *y, int b, int planes) {
@@ -164,20 +195,22 @@ int main(int argc, char **argv) {
       acc += (double)x[k]*(code-2)*scl[((size_t)t*NG+k/G)*16+c]; }
     maxe=fmax(maxe,fabs(acc-y[n])); maxr=fmax(maxr,fabs(acc)); }
   printf("int2 check: max err %.3g of max %.3g\n", maxe, maxr);
+  { static float y2[N]; run2t(r2[0], y2); double d = 0; for (int n = 0; n < N; n++) d = fmax(d, fabs(y[n] - y2[n]));
+    printf("int2t vs int2: max difference %.3g\n", d); }
   size_t sz4 = (size_t)NT*(K/4)*32 + 4096; uint8_t **r4 = malloc(rings*sizeof(void*));
   for (int i=0;i<rings;i++){ r4[i]=aligned_alloc(4096,sz4); for(size_t j=0;j<sz4;j++) r4[i][j]=(uint8_t)(j*53+i*3);}
   runb(r3[0], y, 3, 2); { int t=0,c=5; double acc=0; for(int k=0;k<K;k++){int q=k/4,r=k%4;const uint8_t*p=r3[0]+((size_t)t*(K/4)+q)*24+3*(c/2);
       uint32_t f=p[0]|p[1]<<8|p[2]<<16; int code=(f>>(12*(c%2)+3*r))&7; acc+=(double)x[k]*(code-4)*scl[((size_t)t*NG+k/G)*16+c];}
     printf("generic b=3 check col 5: %g vs %g\n", y[5], acc); }
-  const char *names[] = {"read4","int4v2","read3","int3v2","gen3v2","read2","int2v2","gen2v2"};
-  enum {NM=8};
+  const char *names[] = {"read4","int4v2","read3","int3v2","gen3v2","read2","int2v2","gen2v2","int2t"};
+  enum {NM=9};
   int reps = hot ? 200 : 8; double *ts = malloc(sizeof(double)*reps*rings*NM); int cnt[NM]={0};
   float sink=0;
   for (int r=0;r<reps;r++) for (int mode=0;mode<NM;mode++) for (int i=0;i<rings;i++) {
     double t0=now();
     switch(mode){case 0: sink+=readall(r4[i],sz4-4096); break; case 1: runb(r4[i],y,4,2); break;
       case 2: sink+=readall(r3[i],W3); break; case 3: run3(r3[i],y,2); break; case 4: runb(r3[i],y,3,2); break;
-      case 5: sink+=readall(r2[i],W2); break; case 6: run2(r2[i],y); break; case 7: runb(r2[i],y,2,2); break;}
+      case 5: sink+=readall(r2[i],W2); break; case 6: run2(r2[i],y); break; case 7: runb(r2[i],y,2,2); break; case 8: run2t(r2[i],y); break;}
     if (r) ts[(size_t)mode*reps*rings + cnt[mode]++] = now()-t0; }
   for (int mode=0;mode<NM;mode++){ double*t=ts+(size_t)mode*reps*rings; qsort(t,cnt[mode],sizeof(double),cmp);
     printf("%s %-7s median %.3f ms  best %.3f\n", hot?"hot ":"dram", names[mode], 1e3*t[cnt[mode]/2], 1e3*t[0]); }
