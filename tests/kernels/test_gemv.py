@@ -92,13 +92,20 @@ SWAP_CASES = [
 def test_swapped_gemv_on_the_backends(backend, wdtype, G, zero_mode, adtype, M):
     """SWAP = 1 on each backend against float64 (Triton through the interpreter with the GPU's codes_last, and
     compiled for sm_90)."""
+    check_backend(
+        quantized_gemv, backend, wdtype, G, zero_mode, adtype, M, {"BM": 16, "BN": 16, "BK": 64, "SWAP": 1}, 11
+    )
+
+
+def check_backend(kernel, backend, wdtype, G, zero_mode, adtype, M, tiles, seed):
+    """A GEMV kernel at N, K = 40, 256 on `backend` (Triton: the interpreter with the GPU's codes_last, and the
+    sm_90 compile of `run_both`) and on the reference: both within BOUND of the float64 product."""
     from tests.codegen.backend_harness import run_both
 
     N, K = 40, 256
-    p, consts = problem(M, N, K, wdtype, G, zero_mode, adtype, seed=11)
-    tiles = {"BM": 16, "BN": 16, "BK": 64, "SWAP": 1}
+    p, consts = problem(M, N, K, wdtype, G, zero_mode, adtype, seed=seed)
     options = {"codes_last": True} if backend == "triton" else None
-    ref_out, out = run_both(quantized_gemv, {**consts, **tiles}, p.args, options, backend)
+    ref_out, out = run_both(kernel, {**consts, **tiles}, p.args, options, backend)
     exact = exact_reference(p, K, G, zero_mode, wdtype)
     for what, y in (("reference", ref_out["y"]), (backend, out["y"])):
         err = relative_error(y, exact)

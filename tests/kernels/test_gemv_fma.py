@@ -20,8 +20,8 @@ from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype
 from lowbit.kernels.gemv_fma import MAGIC, magic_offset, quantized_gemv_fma
 from lowbit.kernels.quantized_gemm import relative_error
-from tests.codegen.backend_harness import FLOAT_DTYPES, INT_DTYPES, run_both
-from tests.kernels.test_gemv import BOUND, exact_reference, problem
+from tests.codegen.backend_harness import FLOAT_DTYPES, INT_DTYPES
+from tests.kernels.test_gemv import BOUND, check_backend, exact_reference, problem
 
 
 def run_fma(M, N, K, wdtype, G, zero_mode, adtype="float16", seed=0, **tiles):
@@ -112,15 +112,8 @@ CASES = [
 def test_backends_equal_the_oracle(backend, wdtype, G, zero_mode, adtype, M, fold):
     """Each backend against float64 (Triton's kernel also compiled for sm_90, with the GPU's codes_last), in
     both forms (FOLD 4: the folded one for integer codes)."""
-    N, K = 40, 256
-    p, consts = problem(M, N, K, wdtype, G, zero_mode, adtype, seed=7)
     tiles = {"BM": min(M, 4), "BN": 16, "BK": 64, "FOLD": fold}
-    options = {"codes_last": True} if backend == "triton" else None
-    ref_out, out = run_both(quantized_gemv_fma, {**consts, **tiles}, p.args, options, backend)
-    exact = exact_reference(p, K, G, zero_mode, wdtype)
-    for what, y in (("reference", ref_out["y"]), (backend, out["y"])):
-        err = relative_error(y, exact)
-        assert err <= BOUND[adtype], f"{what} {wdtype} G={G} {zero_mode} {adtype} M={M}: {err}"
+    check_backend(quantized_gemv_fma, backend, wdtype, G, zero_mode, adtype, M, tiles, 7)
 
 
 @pytest.mark.parametrize("m,n", [(1, 8192), (1, 28672), (4, 8192), (4, 28672)])
