@@ -84,7 +84,7 @@ def _even_odd(t: Any, BM: int, G: int) -> Any:
 
 def _ordered_group(x: Any, pm: Any, k0: Any, BM: int, G: int, order: Any = _even_odd) -> Any:
     """Traced: the float group x[pm·BM.., k0..k0+G] [BM, G] as float32 in its GEMV's order (`order(t, BM, G)`:
-    `_even_odd` here, the x16 planes' in `gemv_x16`), assigned to a tile of its own, so a quantizer's every later
+    `_even_odd` here, x's own (`_as_is`) in `gemv_x16`), assigned to a tile of its own, so a quantizer's every later
     tile and store runs in order and the reorder's gather runs once (reordered at the store, each store's element
     recomputed its code from gathered x: the x16 quantizer took 7.4 against 5.5 us at K = 4096 this way). Rows
     >= M read 0."""

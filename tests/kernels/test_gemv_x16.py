@@ -37,13 +37,13 @@ VNNI = "avx512_vnni" in isa_flags()
 def decode_planes(words: np.ndarray, bits: int, k: int, n: int, group: int, bn: int) -> np.ndarray:
     """The codes [K, N] the plane words hold, by `plane_terms` (the kernel's reading) in NumPy."""
     w = words.astype(np.int64) & 0xFFFFFFFF  # [nb, groups, bits, blocks, bn]
-    out = np.zeros((w.shape[0], w.shape[1], w.shape[3], PLANES, 4, bn), np.int64)
+    out = np.zeros((w.shape[0], w.shape[1], w.shape[3], PLANES, 4, bn), np.int64)  # [nb, groups, t, p, j, bn]
     for p, terms in enumerate(plane_terms(bits)):
         for word, shift, mask in terms:
             for j in range(4):
                 out[:, :, :, p, j] |= ((w[:, :, word] >> (shift + 8 * j)) & mask) << 0
-    # [nb, groups, blocks, planes, 4, bn] -> [K, N]
-    codes = out.transpose(1, 2, 3, 4, 0, 5).reshape(k, -1)
+    # [nb, groups, blocks t, planes p, 4 (j), bn] -> [K, N], k in a group = (group / 8)·p + 4t + j
+    codes = out.transpose(1, 3, 2, 4, 0, 5).reshape(k, -1)
     return codes[:, :n]
 
 
@@ -99,10 +99,9 @@ def test_quantizer_carries_x_in_two_planes(m, group, magnitude, adtype, backend,
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
     xq, xs, xsum = quantize_x(x, group, adtype, backend)
-    planes = xq.astype(np.int64)  # [groups, m, 2, 8 planes, G // 8] in order (plane, block, j)
+    planes = xq.astype(np.int64)  # [groups, m, 2, 8 planes, G // 8]: plane p holds k = (G / 8)·p + 0 .. G / 8 - 1
     r = planes[:, :, 0] * 256 + planes[:, :, 1]  # [groups, m, 8, G // 8]
-    blocks = group // 32
-    r = r.reshape(k // group, m, PLANES, blocks, 4).transpose(1, 0, 3, 2, 4).reshape(m, k)  # k = 32t + 4p + j
+    r = r.transpose(1, 0, 2, 3).reshape(m, k)
     assert np.all(np.abs(planes[:, :, 0]) <= 64) and np.all(np.abs(r) < 2**14)
     np.testing.assert_array_equal(xsum, r.reshape(m, k // group, group).sum(-1))
     x64 = x.astype(np.float64).reshape(m, k // group, group)
