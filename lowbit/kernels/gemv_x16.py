@@ -60,8 +60,8 @@ TINY = 2.0**-60  # groups of smaller largest |x| are scaled by 2^60 first (xs st
 
 
 def plane_terms(bits: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
-    """Per plane p of a 32-code block: the (word, shift, per-byte mask) terms whose masked shifts OR into the
-    plane's bytes (byte j = code 32t + 4p + j of a column)."""
+    """Per plane p (the same in every word row t of a group): the (word, shift, per-byte mask) terms whose masked
+    shifts OR into the plane's bytes (byte j of word row t = code (G/8)·p + 4t + j of a column)."""
     if bits not in X16_BITS:
         raise ValueError(f"plane layout: {bits}-bit codes have none; use one of {X16_BITS}")
     if 8 % bits == 0:
