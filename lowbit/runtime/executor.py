@@ -154,6 +154,7 @@ class Executor:
         if self.recording:
             from lowbit.codegen.tvm.runtime import RECORDING
 
+            assert RECORDING.calls is not None and RECORDING.names is not None  # set by `_record`
             RECORDING.calls.append((fn, args))
             RECORDING.names.append(getattr(fn, "__name__", type(fn).__name__) + " (torch)")
         return fn(*args)
