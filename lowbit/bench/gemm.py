@@ -72,9 +72,12 @@ QUICK_REPEATS = 3
 # each round warmed up anew), their samples pooled, so that a change of the shared VM's speed over seconds
 # moves every row of the comparison, not one: 4096² int4 M = 1 on the 2-core VM timed one row after another
 # read 0.19-0.41 ms in runs minutes apart while torch's fp32 row stayed within 15% (2.82-3.25 ms). A row
-# whose first round took over SLOW_ROUND_MS (torch's dequantize-then-matmul at large M) keeps that round only;
-# the 33-copy ring of a 4096² W4 weight at M = 256 (10-20 ms a call) takes 0.3-0.7 s a round and keeps all three.
-ROUNDS = 3
+# whose samples passed SLOW_ROUND_MS (torch's dequantize-then-matmul at large M after one round) takes no more
+# rounds; the 33-copy ring of a 4096² W4 weight at M = 256 (10-20 ms a call) takes 0.3-0.7 s a round, so 3-7.
+# Seven, not three (session 52): within one round of 4096² M = 1 the int3 x16 row read 0.26 / 0.45 / 0.21 ms
+# against int4's 0.27 / 0.32 / 0.27, so the median of three rounds' ratios still swung 0.78-1.43 with the minute
+# (`report.paired_ratio`); the cheap rows (a ring pass of 10-30 ms) pay ~50 ms a round each.
+ROUNDS = 7
 SLOW_ROUND_MS = 2000.0
 # "reference" only when asked for explicitly; on a GPU only triton: lowbit's TVM kernels are built for the CPU
 FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton",)}
@@ -127,6 +130,9 @@ class Row:
     rel_error: float | None = None  # lowbit and torch_dequant rows: vs x @ dequant(W)^T
     note: str = ""
     peak_dtype: str = "float32"  # the dtype whose matmul peak bounds this row's compute
+    # cache "rotate": the median of each round's samples (`_Bench.measure`), in round order; rows of one
+    # (layer, M) share their rounds, so two of them compare round by round (`report.paired_ratio`)
+    round_ms: tuple[float, ...] = ()
 
 
 @dataclass
@@ -417,12 +423,14 @@ class _Bench:
         pass, later ones for RING_WARMUP_MS only);
         "flush" / "hot": each row once (`benchmark`)."""
         samples: list[list[float]] = [[] for _ in pending]
+        per_round: list[list[float]] = [[] for _ in pending]  # each round's median
         rounds = ROUNDS if self.cache == "rotate" else 1
         n = len(pending)
+        order = _timing_order([p.row for p in pending])
         for r in range(rounds):
             # round r starts r/rounds of the way along the rows: no row always runs right after torch's
             start = r * -(-n // rounds) % max(n, 1)
-            for i in [*range(start, n), *range(start)]:
+            for i in [*order[start:], *order[:start]]:
                 p, got = pending[i], samples[i]
                 if r and sum(got) > SLOW_ROUND_MS:
                     continue
@@ -438,9 +446,12 @@ class _Bench:
                         p.fns[0], repeats=self.repeats, warmup=1, flush=self.cache == "flush", device=self.device
                     )
                 got.extend(t.samples)
+                per_round[i].append(float(np.median(t.samples)))
         rows = []
-        for p, got in zip(pending, samples):
-            row = dataclasses.replace(p.row, median_ms=float(np.median(got)), min_ms=min(got), max_ms=max(got))
+        for p, got, by_round in zip(pending, samples, per_round):
+            row = dataclasses.replace(
+                p.row, median_ms=float(np.median(got)), min_ms=min(got), max_ms=max(got), round_ms=tuple(by_round)
+            )
             self.say(f"  M={row.M:<4} {row.method:<14}{row.dtype:<10}{row.backend:<10}{row.median_ms:10.3f} ms")
             rows.append(row)
         return rows
@@ -652,6 +663,18 @@ def _finish(rows: list[Row]) -> list[Row]:
     base = {r.method: r.median_ms for r in rows if r.backend == TORCH and r.method in ("torch_fp32", "torch_bf16")}
     t32, t16 = base.get("torch_fp32", math.nan), base.get("torch_bf16", math.nan)
     return [dataclasses.replace(r, speedup_fp32=t32 / r.median_ms, speedup_bf16=t16 / r.median_ms) for r in rows]
+
+
+def _timing_order(rows: Sequence[Row]) -> list[int]:
+    """The order in which `_Bench.measure` times the rows of one (layer, M) in a round: torch's rows as listed,
+    then lowbit's grouped by method (its dtypes next to each other: the int4 / int3 / int2 rows that the W3 / W2
+    goals compare run back to back, seconds apart on a VM whose memory rate drifts over seconds, not one
+    dtype's three methods apart)."""
+    methods: dict[str, int] = {}
+    for r in rows:
+        if r.method.startswith("lowbit"):
+            methods.setdefault(r.method, len(methods))
+    return sorted(range(len(rows)), key=lambda i: (methods.get(rows[i].method, -1), i))
 
 
 def _with_roofline(r: Row, machine: Machine) -> Row:

@@ -3,6 +3,7 @@ NaN never passing, W3/W2 judged against the int4 row of the same layer and metho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -168,3 +169,32 @@ def test_gpu_dot_free_gemv_rows_are_a16_paths_beside_the_default_gemv():
     assert got["M=1 4096x4096: roofline >= 80%"]["met"] is True
     slow = by_target([row(1, "lowbit", roof=0.2, x16=0.9), row(1, "lowbit_fma", roof=0.3, x16=1.2)], gpu)
     assert slow["M=1 4096x4096: x torch bf16 >= 3.5"]["met"] is False
+
+
+def test_w2_is_judged_round_by_round_when_both_rows_have_rounds():
+    """Rows of one (layer, M) share their rounds: the W2 proportion is the median of the per-round ratios (the
+    memory rate of round 2 moved both rows), not the ratio of the pooled medians."""
+    base = dataclasses.replace(row(1, "lowbit_bf16", "int4", ms=0.30, nbytes=1000), round_ms=(0.30, 0.20, 0.30))
+    w2 = dataclasses.replace(row(1, "lowbit_bf16", "int2", ms=0.17, nbytes=520), round_ms=(0.16, 0.115, 0.17))
+    report = Report(CPU, [base, w2], [], {"group_size": 128})
+    (goal,) = [g for g in goals(report) if g["goal"].startswith("int2")]
+    ratios = sorted([0.16 / 0.30, 0.115 / 0.20, 0.17 / 0.30])
+    assert goal["value"] == pytest.approx(ratios[1]) and goal["met"] is True  # 0.567 <= 1.1 x 0.52
+    assert "median of 3 rounds' ratios; pooled medians 0.57x" in goal["goal"]
+    # one round (or rows without rounds): the pooled medians' ratio, as before
+    one = [dataclasses.replace(base, round_ms=(0.30,)), dataclasses.replace(w2, round_ms=(0.17,))]
+    (goal,) = [g for g in goals(Report(CPU, one, [], {"group_size": 128})) if g["goal"].startswith("int2")]
+    assert goal["value"] == pytest.approx(0.17 / 0.30) and goal["met"] is True
+    assert "rounds" not in goal["goal"]
+
+
+def test_rounds_time_lowbit_rows_grouped_by_method():
+    """Within a round, torch's rows first as listed, then lowbit's grouped by method, dtypes in listed order."""
+    from lowbit.bench.gemm import _timing_order
+
+    rows = [row(1, "torch_fp32", "float32"), row(1, "torch_bf16", "bfloat16")]
+    for dt in ("int4", "int3", "int2"):
+        rows += [row(1, "lowbit", dt), row(1, "lowbit_bf16", dt), row(1, "lowbit_a8", dt)]
+    got = [(rows[i].method, rows[i].dtype) for i in _timing_order(rows)]
+    assert got[:2] == [("torch_fp32", "float32"), ("torch_bf16", "bfloat16")]
+    assert got[2:] == [(m, d) for m in ("lowbit", "lowbit_bf16", "lowbit_a8") for d in ("int4", "int3", "int2")]

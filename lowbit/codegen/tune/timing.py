@@ -194,11 +194,11 @@ def benchmark_ring(
     warmup_ms: float = RING_WARMUP_MS,
     graph: bool = False,
 ) -> Timing:
-    """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): untimed
-    passes over the whole ring, at least `warmup` of them (each copy's first call compiles, packs or re-tiles)
-    and until they have run `warmup_ms` (the steady state of back-to-back calls, `RING_WARMUP_MS`; a ring
-    slower than that warms up with its `warmup` passes alone), then samples of one call each, in ring order,
-    at least `repeats` and a whole number of passes.
+    """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): `warmup`
+    untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then untimed calls
+    in ring order for `warmup_ms` after them (the steady state of back-to-back calls, `RING_WARMUP_MS`; at
+    least one call), then samples of one call each, in ring order, at least `repeats` and a whole number of
+    passes.
 
     `graph=True` on a CUDA device: the ring is captured in one CUDA graph (`capture_ring`) and each sample is
     one replay's time over the number of calls, so the host's launch cost (Python dispatch, tens of us, more
@@ -211,13 +211,20 @@ def benchmark_ring(
         replay = capture_ring(fns, device)
         if replay is not None:
             return _replays(replay, len(fns), repeats, warmup, warmup_ms, sync)
-    start, passes = time.perf_counter(), 0
-    while passes < warmup or (time.perf_counter() - start) * 1e3 < warmup_ms:
+    for _ in range(warmup):  # the first calls: compile, pack, re-tile
         for fn in fns:
             fn()
+    if sync is not None:
+        sync()
+    # then `warmup_ms` of back-to-back calls, counted from here: counted from the start, a ring whose first pass
+    # built its plans (seconds: the x16 plans pack 30 weights) was timed from its first steady pass on, and
+    # that round's medians ran 1.9-3.2x the next rounds' (int3 / int2 x16, 4096² and 11008x4096, session 52)
+    start, i = time.perf_counter(), 0
+    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+        fns[i % len(fns)]()
         if sync is not None:
             sync()
-        passes += 1
+        i += 1
     n = len(fns) * -(-repeats // len(fns))
     return Timing(tuple(_sample(fns[i % len(fns)], sync) for i in range(n)))
 
