@@ -90,8 +90,13 @@ class X16Plan:
         )
         quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
         sizes = {"M": m, "MP": m, "N": n, "K": k}
-        self._gemv: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `flat`
-        self._quant: Any = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
+        gemv_launch: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `parts`
+        quant_launch: Any = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
+        self._gemv, self._quant = gemv_launch, quant_launch
+        self._names = (quant_launch.parts[3], gemv_launch.parts[3])
+        from lowbit.codegen.tvm.runtime import RECORDING  # here: importing TVM takes ~2.5 s, `lowbit.ops` none
+
+        self._recording = RECORDING
         self._scratch = threading.local()
 
     def run(self, x2: Any, y2: Any) -> None:
@@ -101,20 +106,42 @@ class X16Plan:
     __call__ = run
 
     def flat(self, x: Any, y: Any) -> None:
-        """`run` with x and y already flat (1-D views): the two bound kernels' `flat` calls on the thread's flat
-        scratch, no view per tensor (a torch view costs ~1 us here, a kernel call ~1 us; 6 views had been 6 of
-        the ~26 us a call at 256x4096)."""
-        bufs = getattr(self._scratch, "bufs", None)
-        if bufs is None:
-            import torch
+        """`run` with x and y already flat (1-D views): the two compiled functions called on the thread's own
+        argument lists, its scratch in them, only x and y set per call (a torch view costs ~1 us here, a kernel
+        call ~1 us; 6 views had been 6 of the ~26 us a call at 256x4096; the bound launches' `flat`, which copy
+        their argument template per call, took 4.0-4.5 us each against 2.7-3.3 for the bare calls, M = 1,
+        64x4096 int2). A decode step being recorded (`RECORDING`) gets both calls, as the bound launches give."""
+        calls = self._scratch.__dict__.get("calls")
+        if calls is None:
+            calls = self._scratch.calls = self._thread_calls()
+        (fq, qargs, qx), (fg, gargs, gy) = calls
+        qargs[qx] = x
+        gargs[gy] = y
+        fq(*qargs)
+        fg(*gargs)
+        recorded, names = self._recording.calls, self._recording.names
+        if recorded is not None and names is not None:  # a step being recorded for replay (runtime.executor)
+            recorded += [(fq, tuple(qargs)), (fg, tuple(gargs))]
+            names += self._names
 
-            bufs = self._scratch.bufs = (
-                torch.empty(2 * self.m * self.k, dtype=torch.int8),  # [K // G, m, 2, 8, G // 8]: hi and lo planes
-                torch.empty(self.m * self.groups, dtype=torch.float32),
-                torch.empty(self.m * self.groups, dtype=torch.int32),
-            )
-        self._quant.flat(x, *bufs)
-        self._gemv.flat(*bufs, y)
+    def _thread_calls(self) -> tuple[tuple[Any, list[Any], int], tuple[Any, list[Any], int]]:
+        """This thread's (function, argument list, position of x / y) for the quantizer and the GEMV, with its
+        scratch (x's planes, scales and code sums) in both lists."""
+        import torch
+
+        bufs = (
+            torch.empty(2 * self.m * self.k, dtype=torch.int8),  # [K // G, m, 2, 8, G // 8]: hi and lo planes
+            torch.empty(self.m * self.groups, dtype=torch.float32),
+            torch.empty(self.m * self.groups, dtype=torch.int32),
+        )
+        out = []
+        for launch, values, free in ((self._quant, (None, *bufs), 0), (self._gemv, (*bufs, None), 3)):
+            fn, template, slots, _ = launch.parts
+            args = template.copy()
+            for j, i in slots:
+                args[i] = values[j]
+            out.append((fn, args, dict(slots)[free]))
+        return out[0], out[1]
 
 
 def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:

@@ -557,3 +557,48 @@ def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, ze
     bad[0, 7] = float("nan")
     yb = quantized_linear(bad, qw, backend="tvm")
     assert torch.isnan(yb[0].float()).all() and torch.equal(yb[1:], y[1:])
+
+
+@pytest.mark.skipif(
+    "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
+)
+def test_x16_plan_records_both_calls_for_replay_and_keeps_scratch_per_thread():
+    """`X16Plan.flat` calls its two compiled functions on per-thread argument lists: a decode step being recorded
+    (`RECORDING`) gets both calls, whose replay on new values in the same x buffer gives the new y; threads
+    running the plan at once (the nano-batch executor's row ranges) do not share x's planes."""
+    import threading
+
+    from lowbit.codegen.tvm.runtime import RECORDING
+    from lowbit.ops.x16 import x16_plan
+
+    qw = quantize(weight(96, 256, 1), "int2", 64)
+    plan = x16_plan(qw, 1, "bfloat16")
+    x = torch.from_numpy(activations((1, 256), "float32", 1)).bfloat16()
+    y = torch.empty(1, 96, dtype=torch.bfloat16)
+    RECORDING.calls, RECORDING.names = [], []
+    try:
+        plan.run(x, y)
+        calls, names = RECORDING.calls, RECORDING.names
+    finally:
+        RECORDING.calls = RECORDING.names = None
+    assert len(calls) == 2 and names == ["quantize_groups_x16", "quantized_gemv_x16"]
+    assert torch.equal(y, quantized_linear(x, qw, backend="tvm"))
+    first = y.clone()
+    x.copy_(x * 2 + 0.5)
+    for fn, args in calls:
+        fn(*args)
+    assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and not torch.equal(y, first)
+    xs = [torch.from_numpy(activations((1, 256), "float32", 10 + i)).bfloat16() for i in range(4)]
+    want = [quantized_linear(xi, qw, backend="tvm") for xi in xs]
+    got = [torch.empty(1, 96, dtype=torch.bfloat16) for _ in xs]
+
+    def work(i: int) -> None:
+        for _ in range(50):
+            plan.run(xs[i], got[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(g, w) for g, w in zip(got, want))

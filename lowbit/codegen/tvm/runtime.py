@@ -440,6 +440,9 @@ class TvmKernel:
             flat(*[v.view(-1) if tensor else v for (_, tensor), v in zip(where, values)])
 
         call.flat = flat  # type: ignore[attr-defined]
+        # for a caller that keeps its own argument list (`lowbit.ops.x16.X16Plan`): the compiled function, the
+        # arguments with the dynamic ones None, (value position, argument position) per dynamic name, the name
+        call.parts = (fn, template, slots, name)  # type: ignore[attr-defined]
         return call
 
 
