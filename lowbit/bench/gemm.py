@@ -33,12 +33,14 @@ Timing (`cache`): "rotate" (default): every method calls a ring of copies of its
 >= 256 MiB on a CPU (`RING_MIN_BYTES`: 2x the reported L3 left part of a ring in a VM's caches) and >= 2x the
 L2 on a GPU), so each call streams its weight from DRAM behind the others, as a decode step meets a layer's
 weight after the other layers (torch's dequantize-then-matmul, bound by its dequantization, rotates 2
-copies); one untimed pass over the ring (compiles, packs and re-tiles each copy), then
->= `repeats` samples. "flush": one weight, each sample after a read-modify-write of a buffer twice the L3
-size (`benchmark(flush=True)`; it leaves the cache dirty and the TLBs cold, so a 9 MB layer's read is slower
-than the stream the roofline's bandwidth measures). "hot": no eviction (a 4096^2 W4 layer is 9 MB and is then
-served from the 32 MiB L3). Threads are set once, first. On a GPU each ring is captured in one CUDA graph and a
-sample is a replay's time over its calls (`benchmark_ring(graph=True)`): no host launch cost in any row.
+copies); one untimed pass over the ring (compiles, packs and re-tiles each copy), untimed calls for
+RING_WARMUP_MS after it, then >= `repeats` samples; the rows of one (layer, M) in ROUNDS alternating rounds
+(`_Bench.measure`), each round's median kept (`Row.round_ms`). "flush": one weight, each sample after a
+read-modify-write of a buffer twice the L3 size (`benchmark(flush=True)`; it leaves the cache dirty and the
+TLBs cold, so a 9 MB layer's read is slower than the stream the roofline's bandwidth measures). "hot": no
+eviction (a 4096^2 W4 layer is 9 MB and is then served from the 32 MiB L3). Threads are set once, first. On a
+GPU each ring is captured in one CUDA graph and a sample is a replay's time over its calls
+(`benchmark_ring(graph=True)`): no host launch cost in any row.
 Each lowbit result is checked against x @ dequant(W)^T from the weight's reference dequantization
 (`rel_error`); a non-finite output raises, a relative error above `TOLERANCE` marks the row MISMATCH.
 """
