@@ -76,8 +76,8 @@ QUICK_REPEATS = 3
 # read 0.19-0.41 ms in runs minutes apart while torch's fp32 row stayed within 15% (2.82-3.25 ms). A row
 # whose samples passed SLOW_ROUND_MS (torch's dequantize-then-matmul at large M after one round) takes no more
 # rounds; the 33-copy ring of a 4096² W4 weight at M = 256 (10-20 ms a call) takes 0.3-0.7 s a round, so 3-7.
-# Seven, not three (session 52): within one round of 4096² M = 1 the int3 x16 row read 0.26 / 0.45 / 0.21 ms
-# against int4's 0.27 / 0.32 / 0.27, so the median of three rounds' ratios still swung 0.78-1.43 with the minute
+# Seven, not three (session 52): over three rounds of 4096² M = 1 the int3 x16 row read 0.26 / 0.45 / 0.21 ms
+# against int4's 0.27 / 0.32 / 0.27, ratios 0.97 / 1.43 / 0.78, whose median (0.97) followed the minute
 # (`report.paired_ratio`); the cheap rows (a ring pass of 10-30 ms) pay ~50 ms a round each.
 ROUNDS = 7
 SLOW_ROUND_MS = 2000.0
