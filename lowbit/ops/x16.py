@@ -109,8 +109,9 @@ class X16Plan:
         """`run` with x and y already flat (1-D views): the two compiled functions called on the thread's own
         argument lists, its scratch in them, only x and y set per call (a torch view costs ~1 us here, a kernel
         call ~1 us; 6 views had been 6 of the ~26 us a call at 256x4096; the bound launches' `flat`, which copy
-        their argument template per call, took 4.0-4.5 us each against 2.7-3.3 for the bare calls, M = 1,
-        64x4096 int2). A decode step being recorded (`RECORDING`) gets both calls, as the bound launches give."""
+        their argument template per call, took 3.5-4.5 us each against 2.7-3.9 for the bare calls, M = 1,
+        64x4096 int2; this `flat` 7.61 us against 7.48 for the two bare calls, session 52). A decode step being
+        recorded (`RECORDING`) gets both calls, as the bound launches give."""
         calls = self._scratch.__dict__.get("calls")
         if calls is None:
             calls = self._scratch.calls = self._thread_calls()
