@@ -28,6 +28,10 @@ For every layer (N, K) and batch M it times, in the same process and one after a
   stream         with cache "rotate", M <= STREAM_MAX_M: torch `sum` over the bytes of the int4 weight (a ring of
                  buffers), in the same rounds: the rate a plain read got right then, beside the roofline's
                  bandwidth (the best of two measurements, at the run's start and end)
+  dram           with cache "rotate", M <= STREAM_MAX_M: the roofline's own bandwidth measurement
+                 (`roofline.bandwidth_read`: a 512 MiB `sum` on a CPU) in the same rounds: the M = 1 roofline goal
+                 is judged round by round against it (`report.paired_roofline`), since a shared VM's memory rate
+                 moves by up to 2x between the run's start, its rows and its end
 Timing (`cache`): "rotate" (default): every method calls a ring of copies of its weight in turn
 (`lowbit.codegen.tune.timing.benchmark_ring`, `ring_copies`: between two uses of one copy the others move
 >= 256 MiB on a CPU (`RING_MIN_BYTES`: 2x the reported L3 left part of a ring in a VM's caches) and >= 2x the
@@ -58,7 +62,16 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.bench.roofline import BF16X3, Machine, layer_bytes, linear_flops, measure_machine, roofline_ms
+from lowbit.bench.roofline import (
+    BF16X3,
+    Machine,
+    bandwidth_bytes,
+    bandwidth_read,
+    layer_bytes,
+    linear_flops,
+    measure_machine,
+    roofline_ms,
+)
 from lowbit.codegen.tune.timing import benchmark, benchmark_ring, ring_copies, set_threads
 from lowbit.dtypes import dtype as lookup_dtype
 
@@ -86,7 +99,8 @@ FAST_BACKENDS = {"cpu": ("tvm",), "cuda": ("triton",)}
 TOLERANCE = 1e-2  # relative Frobenius error vs x @ dequant(W)^T; fp16 activations on CUDA round at ~1e-3
 TORCH = "torch"
 STREAM = "stream"  # a plain read of the int4 weight's bytes in the same rounds (`_Bench.stream_row`)
-STREAM_MAX_M = 16  # stream rows up to this M, where a W4 layer's time is its weight's read
+STREAM_MAX_M = 16  # stream and dram rows up to this M, where a W4 layer's time is its weight's read
+DRAM = "dram"  # the roofline's bandwidth measurement in the same rounds (`_Bench.dram_row`)
 A8 = "quantized_gemv_a8"  # the CPU decode GEMV with int8 activations (lowbit.kernels.gemv_a8): lowbit_a8 rows
 FMA = "quantized_gemv_fma"  # the dot-free GEMV (lowbit.kernels.gemv_fma): lowbit_fma rows on a GPU
 FMA_MAX_M = 4  # its tiles hold up to 4 rows; decode's batch sizes where a GEMV's time is its weight's read
@@ -285,7 +299,7 @@ def run_report(
     ops = _load_ops()
     chosen = _choose_backends(backends, device, ops, report.notes)
     report.config["backends"] = list(chosen)
-    bench = _Bench(machine, device, repeats, cache, tune, group_size, ops, chosen, report.notes, say)
+    bench = _Bench(machine, device, repeats, cache, tune, group_size, ops, chosen, report.notes, say, quick)
     gen = torch.Generator().manual_seed(0)
     for N, K in layers:
         say(f"preparing layer {N}x{K}")
@@ -303,13 +317,14 @@ def run_report(
             "roofline ceilings: best of the measurements before and after the timings; at start: "
             + machine.header().split(" | ", 3)[-1]
         )
-        # a ceiling is at least what a plain read of a layer's bytes sustained in the run: a stream row's median
-        # (its fastest single sample of 0.2-0.7 ms is an outlier: 74 GB/s once, against medians of 34-60)
-        streamed = max((r.bytes / r.median_ms / 1e6 for r in report.rows if r.method == STREAM), default=0.0)
+        # a ceiling is at least what a plain read sustained in the run: a stream or dram row's median (a stream
+        # row's fastest single sample of 0.2-0.7 ms is an outlier: 74 GB/s once, against medians of 34-60)
+        reads = [r for r in report.rows if r.method in (STREAM, DRAM)]
+        streamed = max((r.bytes / r.median_ms / 1e6 for r in reads), default=0.0)
         if streamed > report.machine.bandwidth_gbs:
             report.notes.append(
                 f"roofline bandwidth raised from {report.machine.bandwidth_gbs:.1f} to {streamed:.1f} GB/s: the "
-                "fastest stream row (median)"
+                "fastest stream or dram row (median)"
             )
             report.machine = dataclasses.replace(report.machine, bandwidth_gbs=streamed)
     report.rows = [_with_roofline(r, report.machine) for r in report.rows]
@@ -418,6 +433,8 @@ class _Bench:
     backends: tuple[str, ...]
     notes: list[str]
     say: Callable[[str], None]
+    quick: bool = False  # the dram rows' buffer: `bandwidth_bytes(device, quick=quick)`, as `measure_machine`'s
+    _dram: tuple[Callable[[], Any], int] | None = None  # made by the first `dram_row`, kept for the run
 
     def measure(self, pending: list[_Pending]) -> list[Row]:
         """Time the rows of one (layer, M): with cache "rotate", ROUNDS rounds over all of them, each round
@@ -504,7 +521,7 @@ class _Bench:
                      bf16, "bfloat16"),
         ]  # fmt: skip
         if self.cache == "rotate" and M <= STREAM_MAX_M:
-            rows.append(self.stream_row(case, M))
+            rows.extend((self.stream_row(case, M), self.dram_row(case, M)))
         for dt, packed in case.naive.items():
             rel = _relative_error(naive_linear(x32, packed), x32.double() @ naive_dequantize(packed).double().T)
             nbytes = packed.nbytes + M * K * 4 + M * N * 4
@@ -550,6 +567,15 @@ class _Bench:
         fns = [b.sum for b in self.copies(case, "stream", buf, nbytes)]
         note = "torch sum over the int4 weight's bytes, side by side"
         return self.row(case, M, STREAM, "float32", TORCH, fns, nbytes, "float32", note=note)
+
+    def dram_row(self, case: _Case, M: int) -> _Pending:
+        """The `dram` row: the roofline's bandwidth measurement (`bandwidth_read`) timed in the same rounds as the
+        kernels; `report.paired_roofline` judges a row's roofline fraction round by round against it."""
+        if self._dram is None:
+            self._dram = bandwidth_read(self.device, bandwidth_bytes(self.device, quick=self.quick))
+        fn, nbytes = self._dram
+        note = "the roofline's bandwidth measurement, side by side"
+        return self.row(case, M, DRAM, "float32", TORCH, [fn], nbytes, "float32", note=note)
 
     def lowbit_row(
         self, case: _Case, x: Any, dt: str, qw: Any, backend: str, kernel: str | None = None, method: str = "lowbit"
@@ -681,7 +707,7 @@ def _timing_order(rows: Sequence[Row]) -> list[int]:
 
 def _with_roofline(r: Row, machine: Machine) -> Row:
     """Fill roofline_ms = max(bytes / BW, flops / peak(r.peak_dtype)) and roofline_fraction = roofline / median."""
-    flops = 0 if r.method == STREAM else linear_flops(r.M, r.N, r.K)
+    flops = 0 if r.method in (STREAM, DRAM) else linear_flops(r.M, r.N, r.K)
     roof = roofline_ms(r.bytes, flops, machine.bandwidth_gbs, machine.peak(r.peak_dtype))
     return dataclasses.replace(r, roofline_ms=roof, roofline_fraction=roof / r.median_ms)
 

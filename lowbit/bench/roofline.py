@@ -48,21 +48,33 @@ def _best_ms(fn: Any, device: str, repeats: int) -> float:
     return min(samples)
 
 
-def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
-    """Sustained memory bandwidth in GB/s (1e9 B/s), best of `repeats`.
-    CPU: read-only `sum` over an fp32 buffer of `nbytes` (default 512 MiB >> L3).
-    CUDA: device copy of `nbytes`, read + write counted."""
+def bandwidth_read(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES) -> tuple[Any, int]:
+    """(fn, bytes it moves per call): the operation `measure_bandwidth` times. CPU: read-only `sum` over an fp32
+    buffer of `nbytes`; CUDA: a device copy of `nbytes`, read + write counted. `lowbit bench gemm` times it in
+    its rounds too (the `dram` rows), next to the kernels."""
     import torch
 
     n = nbytes // 4
     if device.startswith("cuda"):
         src = torch.ones(n, dtype=torch.float32, device=device)
         dst = torch.empty_like(src)
-        ms = _best_ms(lambda: dst.copy_(src), device, repeats)
-        return 2 * n * 4 / (ms * 1e-3) / 1e9
-    buf = torch.ones(n, dtype=torch.float32)
-    ms = _best_ms(buf.sum, device, repeats)
-    return n * 4 / (ms * 1e-3) / 1e9
+        return (lambda: dst.copy_(src)), 2 * n * 4
+    return torch.ones(n, dtype=torch.float32).sum, n * 4
+
+
+def bandwidth_bytes(device: str = "cpu", *, quick: bool = False) -> int:
+    """The buffer `measure_machine` measures bandwidth over: CPU 512 MiB (16x the L3; `quick` 256), CUDA 2 GiB
+    (`quick` 1 GiB)."""
+    cuda = device.startswith("cuda")
+    return (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
+
+
+def measure_bandwidth(device: str = "cpu", nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Sustained memory bandwidth in GB/s (1e9 B/s), best of `repeats` calls of `bandwidth_read`
+    (CPU: a read of 512 MiB >> L3 by default)."""
+    fn, moved = bandwidth_read(device, nbytes)
+    ms = _best_ms(fn, device, repeats)
+    return moved / (ms * 1e-3) / 1e9
 
 
 def measure_peak_flops(dtype: str = "float32", device: str = "cpu", n: int | None = None, repeats: int = 5) -> float:
@@ -188,7 +200,7 @@ def measure_machine(device: str = "cpu", threads: int = 1, *, quick: bool = Fals
     `quick` uses a 256 MiB buffer and smaller matmuls (~1 s on CPU) for smoke runs; the numbers are then
     rougher."""
     cuda = device.startswith("cuda")
-    nbytes = (1024 if cuda else 256) * MiB if quick else (2048 * MiB if cuda else BANDWIDTH_BYTES)
+    nbytes = bandwidth_bytes(device, quick=quick)
     n = (4096 if cuda else 1024) if quick else None  # quick: squares, ~5x cheaper on CPU
     dtypes = ["float32", "bfloat16", "int8"]  # a missing one would fall back to the largest peak (`Machine.peak`)
     return Machine(

@@ -86,6 +86,36 @@ def test_the_stream_row_stands_beside_the_roofline_verdict():
     assert sum("stream" in g for g in lines) == 1  # only the roofline line; the stream row itself is no goal
 
 
+def test_m1_roofline_is_judged_round_by_round_against_the_reads_of_each_round():
+    """With rounds, the roofline fraction is the median over rounds of the kernel's fraction of that round's
+    roofline, whose bandwidth is the faster of the stream and dram rows' medians in the round (an oracle by
+    hand below); the fraction against the run's ceiling (the row's own) is named beside it."""
+    k = 2**20  # bytes
+    kernel = dataclasses.replace(
+        row(1, "lowbit_bf16", roof=0.55, x32=9.0, x16=4.0, ms=0.04, nbytes=k), round_ms=(0.04, 0.048, 0.03)
+    )
+    stream = dataclasses.replace(row(1, "stream", "float32", ms=0.04, nbytes=k), round_ms=(0.04, 0.04, 0.02))
+    dram = dataclasses.replace(row(1, "dram", "float32", ms=20.0, nbytes=512 * k), round_ms=(20.0, 25.0, 20.0))
+    report = Report(CPU, [stream, dram, kernel], [], {"group_size": 128})
+    (goal,) = [g for g in goals(report) if "of the roofline" in g["goal"]]
+    # GB/s per round: max(stream, dram) = max(26.2, 26.8), max(26.2, 21.5), max(52.4, 26.8)
+    bws = [max(k / s / 1e6, 512 * k / d / 1e6) for s, d in zip(stream.round_ms, dram.round_ms)]
+    # flops / peak (33.6 MFLOP at the row's fp32 peak of 100 GFLOP/s: 0.34 ms) exceeds bytes / bw here
+    flops = 2 * 4096 * 4096
+    fractions = [max(k / (bw * 1e9), flops / 100e9) * 1e3 / ms for bw, ms in zip(bws, kernel.round_ms)]
+    assert goal["value"] == pytest.approx(sorted(fractions)[1])
+    assert "median of 3 rounds' fractions" in goal["goal"] and "ceiling of 25.0 GB/s: 55%" in goal["goal"]
+    # memory-bound: a fast peak leaves bytes / bw, so each round's fraction is the kernel's rate / the round's
+    fast = dataclasses.replace(CPU, peak_gflops={"float32": 1e6, "bfloat16": 1e6})
+    (goal,) = [g for g in goals(Report(fast, [stream, dram, kernel], [], {"group_size": 128})) if "roof" in g["goal"]]
+    rates = [k / ms / 1e6 / bw for bw, ms in zip(bws, kernel.round_ms)]  # 0.98, 0.83, 0.67
+    assert goal["value"] == pytest.approx(sorted(rates)[1]) and goal["met"] is True
+    # a read row without the same rounds: the run's ceiling judges, as without reads
+    odd = dataclasses.replace(dram, round_ms=(20.0,))
+    (goal,) = [g for g in goals(Report(fast, [stream, odd, kernel], [], {"group_size": 128})) if "roof" in g["goal"]]
+    assert goal["value"] == pytest.approx(0.55) and goal["met"] is False and "rounds" not in goal["goal"]
+
+
 def test_gpu_lowbit_rows_are_w4a16():
     """On a GPU the lowbit rows take fp16 activations: W4A16, judged by the GPU targets."""
     gpu = Machine("cuda:0", "test gpu", 1, None, 4000.0, {"bfloat16": 900e3})

@@ -197,8 +197,8 @@ def benchmark_ring(
     """Time calls that cycle through `fns` (one per copy of the operands, `ring_copies` of them): `warmup`
     untimed passes over the whole ring (each copy's first call compiles, packs or re-tiles), then untimed calls
     in ring order for `warmup_ms` after them (the steady state of back-to-back calls, `RING_WARMUP_MS`; at
-    least one call), then samples of one call each, in ring order, at least `repeats` and a whole number of
-    passes.
+    least one call, and after building passes at least one more whole pass), then samples of one call each, in
+    ring order, at least `repeats` and a whole number of passes.
 
     `graph=True` on a CUDA device: the ring is captured in one CUDA graph (`capture_ring`) and each sample is
     one replay's time over the number of calls, so the host's launch cost (Python dispatch, tens of us, more
@@ -219,8 +219,11 @@ def benchmark_ring(
     # then `warmup_ms` of back-to-back calls, counted from here: counted from the start, a ring whose first pass
     # built its plans (seconds: the x16 plans pack 30 weights) was timed from its first steady pass on, and
     # that round's medians ran 1.9-3.2x the next rounds' (int3 / int2 x16, 4096² and 11008x4096, session 52)
-    start, i = time.perf_counter(), 0
-    while (time.perf_counter() - start) * 1e3 < warmup_ms:
+    # and after building passes, one whole pass more: each copy's first call after its ring was built ran 2-15x
+    # its steady time (11008x4096 int2 x16, 23 copies: 0.8-7 ms, then 0.37-0.55; session 53), and 20 ms of
+    # calls reach ~45 of them, so a round that built its rings timed some copies' first calls
+    start, i, least = time.perf_counter(), 0, len(fns) if warmup > 0 else 0
+    while i < least or (time.perf_counter() - start) * 1e3 < warmup_ms:
         fns[i % len(fns)]()
         if sync is not None:
             sync()

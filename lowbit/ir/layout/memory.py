@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import sympy
 
 from .symbolic import cdiv, is_symbolic, mod, simplify_index, to_source
@@ -284,6 +285,34 @@ def grid(layout: Any) -> str:
     cells = [[str(layout((r, c))) for c in range(cols)] for r in range(rows)]
     width = max(len(x) for row in cells for x in row)
     return "\n".join(" ".join(x.rjust(width) for x in row) for row in cells)
+
+
+def offsets(layout: Layout, extents: tuple[int, ...]) -> np.ndarray | None:
+    """The offset of every coordinate of an `extents`-shaped tensor, in row-major order ([numel] int64), or None
+    when the layout has symbolic sizes or strides, a rank other than len(extents), or a mode smaller than its
+    extent (callers then evaluate `layout(...)` over the coordinates). Each mode's offsets are the outer sum of
+    its leaves' `arange(s) * d` (first leaf fastest, as `layout(c)` splits c), cut to the extent, and the
+    modes' vectors are summed as an outer sum: one pass over the result. Evaluating `layout(np.indices(...))`
+    took 3.4 s for the [4096, 11008] codes of an int2 weight (the x16 plan's unpacking, once per weight); this
+    takes a few tens of ms."""
+    modes = [layout] if not isinstance(layout.shape, tuple) else list(layout)
+    if len(modes) != len(extents):
+        return None
+    total = np.zeros(1, np.int64)
+    for mode, extent in zip(modes, extents):
+        vec = np.zeros(1, np.int64)
+        for s, d in reversed(mode.flat_modes()):  # the last leaf is the slowest
+            if not (_is_int(s) and _is_int(d)):
+                return None
+            vec = np.add.outer(vec, np.arange(int(s), dtype=np.int64) * int(d)).reshape(-1)
+        if vec.size < extent:
+            return None
+        total = np.add.outer(total, vec[:extent]).reshape(-1)
+    return total
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (numbers.Integral, sympy.Integer))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from .memory import Layout, LayoutError, make_layout, size
+from .memory import Layout, LayoutError, make_layout, offsets, size
 from .symbolic import cdiv, is_symbolic, mod, simplify_index, to_source
 
 __all__ = ["PackedLayout", "packed_along"]
@@ -209,6 +209,9 @@ class PackedLayout:
     def _slots(self, shape: tuple[int, ...]) -> np.ndarray:
         """The slot of every element, in row-major order of `shape` ([numel] int64)."""
         numel = math.prod(shape)
+        fast = offsets(self.layout, shape)
+        if fast is not None:
+            return fast
         slots = self.layout(tuple(np.indices(shape).reshape(len(shape), -1)))
         return np.broadcast_to(np.asarray(slots, np.int64), (numel,)).reshape(-1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from lowbit.ir.layout import (
     tiled_divide,
     zipped_divide,
 )
-from lowbit.ir.layout.memory import flatten
+from lowbit.ir.layout.memory import flatten, offsets
 
 # ---------------------------------------------------------------------------------------------------
 # construction, printing, evaluation
@@ -259,3 +260,29 @@ def test_right_inverse_of_a_permutation_is_its_inverse() -> None:
     r = right_inverse(a)
     assert r.size == 8 and sorted(r(i) for i in range(8)) == list(range(8))
     assert all(r(a(i)) == i for i in range(8))
+
+
+# ---------------------------------------------------------------------------------------------------
+# offsets: every coordinate's offset at once
+
+
+@given(layouts(), st.data())
+def test_offsets_equal_the_layout_evaluated_at_every_row_major_coordinate(layout, data):
+    """`offsets(layout, extents)` against `layout(c)` at each coordinate of extents (row-major), with each extent
+    up to its mode's size (a mode bigger than the tensor: packed layouts pad a dimension to whole words)."""
+    modes = list(layout) if isinstance(layout.shape, tuple) else [layout]
+    sizes = [int(np.prod(flatten(m.shape))) for m in modes]
+    extents = tuple(data.draw(st.integers(1, n)) for n in sizes)
+    want = [int(layout(c if len(c) > 1 else c[0])) for c in itertools.product(*(range(e) for e in extents))]
+    got = offsets(layout, extents)
+    assert got is not None and got.dtype == np.int64 and got.tolist() == want
+
+
+def test_offsets_decline_what_they_cannot_evaluate_by_broadcasting():
+    """None (the caller evaluates the layout instead) for a rank other than the extents', a mode smaller than its
+    extent, and symbolic sizes."""
+    n = size_symbols("N")
+    assert offsets(Layout((4, 8)), (4,)) is None
+    assert offsets(Layout((4, 8)), (5, 8)) is None
+    assert offsets(Layout((4, n)), (4, 8)) is None
+    assert offsets(Layout((4, 8), (8, 1)), (4, 8)).tolist() == [8 * i + j for i in range(4) for j in range(8)]
