@@ -195,10 +195,13 @@ class PackedLayout:
         code_dtype = np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32
         if not self.dense:  # word-aligned: every word's slots at once, then each element's slot
             per = int(self.per_word or 1)
-            w = words.astype(np.int64) & ((1 << self.word_bits) - 1)
-            shifts = np.arange(per, dtype=np.int64) * self.bits  # [per_word]
-            grid = ((w[:, None] >> shifts) & ((1 << self.bits) - 1)).reshape(-1)  # [num_words * per_word]
-            return grid[self._slots(shape)].astype(code_dtype).reshape(shape)
+            # in the words' own unsigned width, each slot cast to the codes' width before the gather (int64 all
+            # along took 0.92 s for an 11008x4096 int2 weight)
+            wide = np.uint64 if self.word_bits > 32 else np.uint32
+            w = words.astype(wide) & wide((1 << self.word_bits) - 1)
+            shifts = (np.arange(per) * self.bits).astype(wide)  # [per_word]
+            grid = ((w[:, None] >> shifts) & wide((1 << self.bits) - 1)).astype(code_dtype).reshape(-1)
+            return grid[self._slots(shape)].reshape(shape)  # grid: [num_words * per_word]
         acc = np.zeros(num_words + 1, np.uint64)  # [num_words + 1]
         acc[:num_words] = words.astype(np.int64) & ((1 << self.word_bits) - 1)
         word, bit = self._all_locations(shape)
@@ -216,8 +219,15 @@ class PackedLayout:
         return np.broadcast_to(np.asarray(slots, np.int64), (numel,)).reshape(-1)
 
     def _check_injective(self, slots: np.ndarray) -> None:
-        # a counting pass (O(n)) instead of np.unique's sort: 0.05 s vs 13 s for a 4096x4096 weight
-        if slots.size and (slots.min() < 0 or np.bincount(slots).max() > 1):
+        # one O(n) pass instead of np.unique's sort (0.05 s vs 13 s for a 4096x4096 weight): mark each slot; two
+        # elements share one iff fewer slots are marked than there are elements (bool marks, not bincount's
+        # int64 counts: 0.2 s vs 0.8 for an 11008x4096 int2 weight)
+        if not slots.size:
+            return
+        seen = np.zeros(int(slots.max()) + 1, dtype=bool) if slots.min() >= 0 else None
+        if seen is not None:
+            seen[slots] = True
+        if seen is None or int(np.count_nonzero(seen)) != slots.size:
             raise LayoutError(f"PackedLayout.pack: {self} gives two elements the same slot")
 
     def __str__(self) -> str:
