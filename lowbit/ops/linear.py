@@ -75,7 +75,7 @@ from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
 from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY, default_config, native_triton, space, tvm_cuda_default
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
-from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, retile_columns
+from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, pad_columns, retile_columns
 from lowbit.ops.x16 import x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
@@ -110,6 +110,11 @@ def _tvm_int8_dot() -> str:
 
 
 CPU_TILE_N = 64  # the CPU float GEMV's default column tile (lowbit.kernels.spaces): cpu_weight's block
+# the widest column tile of the CPU kernels' defaults (the float GEMVs' 256, `gemm_column_tile` 256 / 128 / 64,
+# x16's 32): a TVM launcher runs a weight whose N is not a multiple of it on a copy padded to one
+# (`PaddedLaunch`): the last, partial tile of a kernel takes its masked scalar form over all of K, so 4096x4096
+# int4 M = 1 (bf16 x) took 155 us and 4160x4096 355, int8 473 against 639 (hot, 2 threads, session 53)
+CPU_PAD_N = 256
 _TUNED: dict[tuple[Any, ...], Config] = {}
 
 
@@ -340,11 +345,14 @@ def quantized_linear(
         return _torch_result(ya, bias, shape, out)
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
-        xa, ya = _kernel_io(x, x2, is_torch, backend, n)  # what the backend reads and writes
+        run = qweight  # a ragged N runs the padded copy, as the launchers do (`PaddedLaunch`): the same kernel
+        if backend == "tvm" and qweight.scheme == "w_a16" and n % CPU_PAD_N and kernel != A8_KERNEL:
+            run = cpu_padded(qweight, adtype)
+        xa, ya = _kernel_io(x, x2, is_torch, backend, run.shape[0])  # what the backend reads and writes
         if m:
-            fixed, args = _arguments(qweight, x2, xa, ya, adtype, backend)
-            _compiled(qweight, m, backend, adtype, fixed, args, tune, config, kernel)(args)
-        y2 = ya if isinstance(ya, np.ndarray) else _host(ya, True)  # [M, N]
+            fixed, args = _arguments(run, x2, xa, ya, adtype, backend)
+            _compiled(run, m, backend, adtype, fixed, args, tune, config, kernel)(args)
+        y2 = (ya if isinstance(ya, np.ndarray) else _host(ya, True))[:, :n]  # [M, N]
     if bias is not None:
         b = _host(bias, _is_torch(bias)).astype(np.float32)
         y2 = (y2.astype(np.float32) + b[None, :]).astype(y2.dtype)
@@ -857,6 +865,10 @@ def linear_launcher(
         return a8_plan(qw, m, backend, adtype).launcher
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
+    n = qw.shape[0]
+    if backend == "tvm" and n % CPU_PAD_N:
+        padded = cpu_padded(qw, adtype)
+        return PaddedLaunch(linear_launcher(padded, m, backend, adtype, kernel, config), m, n, padded.shape[0])
     if backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, _tvm_int8_dot()):
         return x16_plan(qw, m, adtype)  # 2-3-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
@@ -867,6 +879,49 @@ def linear_launcher(
         fixed, args = _arguments(qw, np.zeros((m, qw.shape[1]), np.float32), None, None, adtype, backend)
     bound = {name: v for name, v in args.items() if name not in ("x", "y")}
     return bind(_compiled(qw, m, backend, adtype, fixed, args, False, config, kernel), bound, ("x", "y"))
+
+
+def cpu_padded(qw: QuantizedWeight, adtype: str) -> QuantizedWeight:
+    """`qw` with N padded to a multiple of CPU_PAD_N (`pad_columns`), in the layout `cpu_weight` gives for
+    `adtype`; kept on `qw` (only the kernel-layout copy: the padded row-layout one is dropped)."""
+    slot = f"_cpu_padded_{adtype}"
+    padded = qw.__dict__.get(slot)
+    if padded is None:
+        n = qw.shape[0]
+        padded = qw.__dict__[slot] = cpu_weight(pad_columns(qw, -(-n // CPU_PAD_N) * CPU_PAD_N), adtype)
+    return padded
+
+
+class PaddedLaunch:
+    """`launch(x2, y2)` of a weight whose N is ragged for the CPU kernels' tiles: `inner` (the launcher of the
+    padded copy, `cpu_padded`) writes this thread's [m, n_pad] scratch, then y2 takes its first n columns. A
+    decode step being recorded for replay (`RECORDING`) gets the copy as a call of its own after the kernel's."""
+
+    def __init__(self, inner: Callable[[Any, Any], None], m: int, n: int, n_pad: int):
+        from lowbit.codegen.tvm.runtime import RECORDING
+
+        self.inner, self.m, self.n, self.n_pad = inner, m, n, n_pad
+        self._recording = RECORDING
+        self._scratch = threading.local()
+
+    def __call__(self, x2: Any, y2: Any) -> None:
+        import torch
+
+        scratch = self._scratch.__dict__.setdefault("by_dtype", {})
+        yp = scratch.get(y2.dtype)
+        if yp is None:
+            yp = scratch[y2.dtype] = torch.empty((self.m, self.n_pad), dtype=y2.dtype)
+        self.inner(x2, yp)
+        used = yp[:, : self.n]
+        y2.copy_(used)
+        recorded, names = self._recording.calls, self._recording.names
+        if recorded is not None and names is not None:  # replayed after the inner launch's own record
+            recorded.append((y2.copy_, (used,)))
+            names.append("padded columns' copy (torch)")
+
+    def flat(self, x: Any, y: Any) -> None:
+        """`__call__` on flat (1-D) x and y (`quantized_linear`'s fast path)."""
+        self(x.view(self.m, -1), y.view(self.m, self.n))
 
 
 def bound_launcher(

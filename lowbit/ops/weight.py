@@ -306,6 +306,42 @@ def retile_columns(qw: QuantizedWeight, bn: int = 32, *, pairs: bool = False) ->
     )  # fmt: skip
 
 
+def pad_columns(qw: QuantizedWeight, n_pad: int) -> QuantizedWeight:
+    """The weight with `n_pad` >= N output columns in the row layout: columns N.. have code 0, scale 0 and zero 0,
+    so they compute 0 in every zero mode and dtype (code 0 decodes to a finite value), and columns < N are
+    `qw`'s. Row-layout words are padded as words; any other layout is unpacked and packed again. The CPU
+    launchers run a ragged N on it (`ops.linear.PaddedLaunch`)."""
+    from lowbit.kernels.layouts import row_packed
+
+    n, k = qw.shape
+    if n_pad < n:
+        raise ValueError(f"pad_columns: n_pad={n_pad} is below the weight's N={n}; pass n_pad >= {n}")
+    if n_pad == n:
+        return qw
+    layout = row_packed((k, n_pad), qw.dtype.bits)
+    if qw.layout == row_packed((k, n), qw.dtype.bits):
+        rows = qw.words.reshape(-1, n)  # [⌈K / per_word⌉, N]: a word holds codes of one column
+        words = np.zeros((rows.shape[0], n_pad), rows.dtype)
+        words[:, :n] = rows
+        words = words.reshape(layout.word_shape)
+    else:
+        codes = np.zeros((k, n_pad), np.uint32)
+        codes[:, :n] = qw.codes()
+        words = layout.pack(codes)
+
+    def wide(a: np.ndarray | None) -> np.ndarray | None:
+        if a is None:
+            return None
+        out = np.zeros((*a.shape[:-1], n_pad), a.dtype)
+        out[..., :n] = a
+        return out
+
+    return QuantizedWeight(
+        qw.dtype, qw.group_size, qw.zero_mode, (n_pad, k), layout, words, wide(qw.scales), wide(qw.zeros),
+        qw.scheme, wide(qw.channel_scales),
+    )  # fmt: skip
+
+
 def _pair_order(words: np.ndarray, bits: int) -> np.ndarray:
     """Words of per = ⌊32/bits⌋ codes (slot p = k mod per) with slot p = 2s + h moved to h·per/2 + s.
     Written here instead of `column_tiled(pairs=True).pack(codes)` because it is a shuffle within each word:

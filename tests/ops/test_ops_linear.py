@@ -28,6 +28,12 @@ def weight(n, k, seed=0):
     return np.random.default_rng(seed + 1).standard_normal((n, k)).astype(np.float32)
 
 
+def plans(qw):
+    """The keys of the plans kept on `qw` and on its padded copies (a ragged N runs one: `cpu_padded`)."""
+    held = [qw, *(v for k, v in qw.__dict__.items() if k.startswith("_cpu_padded_"))]
+    return [key for w in held for key in w.__dict__.get("_plans", {})]
+
+
 @settings(max_examples=30)
 @given(
     M=st.integers(1, 20),
@@ -316,7 +322,7 @@ def test_repeated_torch_calls_take_the_fast_path_and_equal_the_checked_one(wdtyp
     table = qw.__dict__[L._FAST]
     assert {k[3] for k in table} == set(shapes) and all(k[1] == kernel for k in table)
     if wdtype == "int3" and "avx512_vnni" in isa_flags():  # one row of int3 codes and bf16 x: the x16 plan
-        assert any(isinstance(k, tuple) and k[-1] == "x16" for k in qw.__dict__["_plans"])
+        assert any(isinstance(k, tuple) and k[-1] == "x16" for k in plans(qw))
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fast path ran the checked path")
@@ -552,7 +558,7 @@ def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, ze
         assert y.dtype == x.dtype and tuple(y.shape) == (M, 96)
         err = relative_error(y.float().numpy(), reference(x.float().numpy(), qw))
         assert err <= bound(qw, M, adtype), f"{name} M={M} {adtype} x{magnitude}: {err}"
-    assert any(key[-1] == "x16" for key in qw.__dict__["_plans"])
+    assert any(key[-1] == "x16" for key in plans(qw))
     bad = x.clone()
     bad[0, 7] = float("nan")
     yb = quantized_linear(bad, qw, backend="tvm")
@@ -602,3 +608,53 @@ def test_x16_plan_records_both_calls_for_replay_and_keeps_scratch_per_thread():
     for t in threads:
         t.join()
     assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.skipif("tvm" not in available_backends(), reason="tvm is not installed")
+@pytest.mark.parametrize("name", ["int4", "int3", "int8", "fp4_e2m1", "uint2"])
+@pytest.mark.parametrize("adtype", ["bfloat16", "float32"])
+def test_ragged_n_runs_on_a_padded_copy_within_the_bound(name, adtype):
+    """N not a multiple of CPU_PAD_N: the TVM launcher runs a copy padded to one (`PaddedLaunch`: the kernels'
+    partial last tile would take their masked scalar form), kept on the weight, and y holds the first N columns:
+    within the oracle's bound at GEMV and GEMM row counts, and equal to the unpadded NumPy-path call."""
+    from lowbit.ops.linear import CPU_PAD_N, PaddedLaunch, bound_launcher
+
+    qw = quantize(weight(300, 256, 3), name, 64)
+    for m in (1, 3, 20):
+        x = torch.from_numpy(activations((m, 256), "float32", m)).to(getattr(torch, adtype))
+        y = quantized_linear(x, qw, backend="tvm")
+        assert tuple(y.shape) == (m, 300) and y.dtype == x.dtype
+        err = relative_error(y.float().numpy(), reference(x.float().numpy(), qw))
+        assert err <= bound(qw, m, adtype), f"{name} M={m} {adtype}: {err}"
+        launch = bound_launcher(qw, m, adtype)
+        assert isinstance(launch, PaddedLaunch) and launch.n_pad % CPU_PAD_N == 0 and launch.n_pad >= 300
+        y2 = torch.empty(m, 300, dtype=x.dtype)
+        launch(x, y2)
+        assert torch.equal(y2, y)
+    assert qw.shape == (300, 256) and qw.__dict__[f"_cpu_padded_{adtype}"].shape == (512, 256)
+
+
+@pytest.mark.skipif("tvm" not in available_backends(), reason="tvm is not installed")
+def test_padded_launch_records_its_copy_for_replay():
+    """A decode step being recorded gets the padded kernel's call and then the copy of its first N columns: the
+    replay on new values in the same x buffer gives the new y in the caller's buffer."""
+    from lowbit.codegen.tvm.runtime import RECORDING
+    from lowbit.ops.linear import bound_launcher
+
+    qw = quantize(weight(100, 128, 5), "int4", 64)
+    launch = bound_launcher(qw, 1, "float32")
+    x = torch.from_numpy(activations((1, 128), "float32", 4))
+    y = torch.empty(1, 100)
+    RECORDING.calls, RECORDING.names = [], []
+    try:
+        launch(x, y)
+        calls, names = RECORDING.calls, RECORDING.names
+    finally:
+        RECORDING.calls = RECORDING.names = None
+    assert len(calls) == 2 and names[-1] == "padded columns' copy (torch)"
+    assert torch.equal(y, quantized_linear(x, qw, backend="tvm"))
+    x.copy_(x * 2 + 0.5)
+    y.zero_()
+    for fn, args in calls:
+        fn(*args)
+    assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and y.abs().sum() > 0

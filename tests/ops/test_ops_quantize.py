@@ -178,6 +178,34 @@ def test_retile_columns_keeps_every_code_at_every_width(name, n, k, bn):
     assert np.array_equal(tiled.dequantize(), qw.dequantize())
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    name=st.sampled_from(["int1", "uint2", "int3", "int4", "uint5", "int8", "fp6_e3m2", "fp4_e2m1"]),
+    n=st.integers(1, 80),
+    extra=st.integers(0, 40),
+    zero=st.sampled_from(["symmetric", "post", "pre"]),
+    tiled=st.booleans(),
+)
+def test_pad_columns_adds_columns_that_dequantize_to_zero(name, n, extra, zero, tiled):
+    """`pad_columns` keeps every column of the weight and adds columns whose dequantized values are exactly 0
+    (code 0, scale 0, zero 0), from the row layout (words padded) or any other (unpacked and packed again)."""
+    from lowbit.ops.weight import pad_columns, retile_columns
+
+    w = np.random.default_rng(n * 100 + extra).standard_normal((n, 64)).astype(np.float32)
+    is_float = name.startswith("fp")
+    kwargs = {} if zero == "symmetric" or is_float else {"symmetric": False, "zero_mode": zero}
+    qw = quantize(w, name, 32, **kwargs)
+    src = retile_columns(qw, 32) if tiled else qw
+    padded = pad_columns(src, n + extra)
+    assert padded.shape == (n + extra, 64) and padded.group_size == 32 and padded.zero_mode == qw.zero_mode
+    got = padded.dequantize()
+    assert np.array_equal(got[:n], qw.dequantize()) and not np.any(got[n:])
+    assert np.array_equal(padded.codes()[:, :n], qw.codes())
+    assert pad_columns(qw, n) is qw
+    with pytest.raises(ValueError, match="n_pad"):
+        pad_columns(qw, n - 1)
+
+
 @pytest.mark.parametrize(
     "kwargs,magnitude,what",
     [
