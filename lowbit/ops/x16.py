@@ -1,4 +1,5 @@
-"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights whose 16-bit activations run on int8 dots.
+"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights (and of int4 without zeros at 2-4 rows,
+`X16_INT4_ROWS`) whose 16-bit activations run on int8 dots.
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
 activations of up to X16_MAX_M rows on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`): the
@@ -25,6 +26,12 @@ from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
 from lowbit.ops.weight import QuantizedWeight
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
+# int4 without zeros, from 2 rows: the bf16 pair dot's decode (a shift and a ternary logic op per 32 codes, beside
+# the dot) costs more than two int8 dots a plane. Session 53, bf16 x, a ring of weights, 2 threads, alternating,
+# ms: 4096² M = 2 / 4 0.335 / 0.499 against 0.494 / 0.653, 11008x4096 0.800 / 1.234 against 1.204 / 1.631. One
+# row stays on the pair dot: 1.02-1.09x its time streamed in this session's (slow) memory states, 0.86-0.93x
+# in session 52's fast ones, 0.72x hot. With post zeros x16 was no faster (M = 2 / 4: 0.99x / 1.16x).
+X16_INT4_ROWS = (2, 4)  # the row counts (inclusive) at which int4 without zeros takes the x16 plan
 X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
@@ -40,9 +47,11 @@ X16_PREFETCH = 8192
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
     """Whether the x16 plan runs `qw` for m rows of `adtype` activations on the TVM CPU backend whose int8 dot
     form is `int8_dot` ("vnni" or "amx": the CPU has AVX-512 VNNI)."""
+    lo, hi = X16_INT4_ROWS
+    int4 = qw.dtype.name == "int4" and qw.zeros is None and lo <= m <= hi
     return (
         qw.scheme == "w_a16"
-        and qw.dtype.name in X16_DTYPES
+        and (qw.dtype.name in X16_DTYPES or int4)
         and adtype in X16_ADTYPES
         and 1 <= m <= X16_MAX_M
         and int8_dot in ("vnni", "amx")
@@ -155,4 +164,4 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     return plan
 
 
-__all__ = ["X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]
+__all__ = ["X16_DTYPES", "X16_INT4_ROWS", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]

@@ -544,12 +544,19 @@ def test_per_channel_zeros_where_most_codes_sit_at_the_zero(backend, name, M):
 )
 @pytest.mark.parametrize(
     "name,G,M,adtype,zero",
-    [("int3", 128, 1, "bfloat16", "default"), ("uint2", 64, 3, "float16", "post"), ("int2", 32, 4, "bfloat16", "pre")],
+    [
+        ("int3", 128, 1, "bfloat16", "default"),
+        ("uint2", 64, 3, "float16", "post"),
+        ("int2", 32, 4, "bfloat16", "pre"),
+        ("int4", 128, 2, "bfloat16", "default"),
+        ("int4", 64, 4, "float16", "default"),
+    ],
 )
 def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, zero):
-    """CPU torch bf16 / fp16 x of <= 4 rows with 2-3-bit integer codes runs `lowbit.ops.x16` (x in two int8
-    planes): within the GEMV bound of the oracle, activations below 1 included (a scale clamped at 1 once
-    made every such group wrong), and a NaN in a row gives a NaN row and leaves the others bit for bit."""
+    """CPU torch bf16 / fp16 x of <= 4 rows with 2-3-bit integer codes (int4 without zeros: 2-4 rows) runs
+    `lowbit.ops.x16` (x in two int8 planes): within the GEMV bound of the oracle, activations below 1 included
+    (a scale clamped at 1 once made every such group wrong), and a NaN in a row gives a NaN row and leaves the
+    others bit for bit."""
     kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
     qw = quantize(weight(96, 256, M), name, G, **kwargs)
     for magnitude in (0.02, 3.0):
@@ -658,3 +665,15 @@ def test_padded_launch_records_its_copy_for_replay():
     for fn, args in calls:
         fn(*args)
     assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and y.abs().sum() > 0
+
+
+def test_int4_takes_the_x16_plan_at_two_to_four_rows_without_zeros_only():
+    """`x16_serves` for int4: 2-4 rows of 16-bit x and no zeros (measured faster there, `X16_INT4_ROWS`); one
+    row, zeros, fp32 x or more rows keep the other kernels."""
+    from lowbit.ops.x16 import x16_serves
+
+    sym = quantize(weight(64, 128, 2), "int4", 64)
+    post = quantize(weight(64, 128, 2), "int4", 64, symmetric=False, zero_mode="post")
+    assert [x16_serves(sym, m, "bfloat16", "vnni") for m in (1, 2, 3, 4, 5)] == [False, True, True, True, False]
+    assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "vnni")
+    assert not x16_serves(post, 2, "bfloat16", "vnni") and not x16_serves(sym, 2, "bfloat16", "none")
