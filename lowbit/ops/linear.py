@@ -12,6 +12,9 @@ Kernel choice (documented rule):
                         With float16 x, a weight whose dequantized values float16 cannot hold
                         (`QuantizedWeight.fits_float16`: |ŵ| past 65504, or channels in its subnormals) runs
                         `quantized_gemv` at every M (the GEMM rounds its dequantized tile to x's dtype).
+                        CPU torch bf16 / fp16 x of <= 4 rows with int2 / int3 / uint2 / uint3 codes, or int4
+                        without zeros at 2-4 rows (AVX-512 VNNI), runs the x16 plan (`lowbit.ops.x16`). On TVM
+                        an N that is not a multiple of CPU_PAD_N runs a copy padded to one (`PaddedLaunch`).
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant); on
                         TVM (the CPU), `quantized_gemv_a8` at every M (`w4a8_runs_a8`; row tiles past 16):
@@ -870,7 +873,7 @@ def linear_launcher(
         padded = cpu_padded(qw, adtype)
         return PaddedLaunch(linear_launcher(padded, m, backend, adtype, kernel, config), m, n, padded.shape[0])
     if backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, _tvm_int8_dot()):
-        return x16_plan(qw, m, adtype)  # 2-3-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
+        return x16_plan(qw, m, adtype)  # 2-4-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 
