@@ -215,7 +215,17 @@ def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
     if backend != "tvm" or qweight.scheme != "w_a16" or qweight.dtype.bits > 8 or "avx512f" not in isa_flags():
         return False
     tiled = cpu_weight(qweight, adtype)
-    return tiled is not qweight and tiled.layout != qweight.layout
+    if tiled is not qweight and tiled.layout != qweight.layout:
+        return True
+    # a copy already in the layout `cpu_weight` gives (a ragged N's padded copy, `cpu_padded`)
+    from lowbit.kernels.layouts import column_tiled
+
+    n, k = qweight.shape
+    bits = qweight.dtype.bits
+    own = [column_tiled((k, n), bits, CPU_TILE_N)] + (
+        [column_tiled((k, n), bits, CPU_TILE_N, pairs=True)] if bits == 4 else []
+    )
+    return qweight.layout in own
 
 
 def quantized_linear(
@@ -893,6 +903,14 @@ def cpu_padded(qw: QuantizedWeight, adtype: str) -> QuantizedWeight:
         n = qw.shape[0]
         padded = qw.__dict__[slot] = cpu_weight(pad_columns(qw, -(-n // CPU_PAD_N) * CPU_PAD_N), adtype)
     return padded
+
+
+def plans_of(qw: QuantizedWeight) -> dict[Any, Any]:
+    """The compiled kernels and plans kept on `qw` (its `_plans`: bound launchers, x16 / a8 plans, compiled
+    kernels) and on its padded copies (`cpu_padded`: a ragged N runs there), by key; for inspecting which kernel
+    ran."""
+    held = [qw, *(v for k, v in qw.__dict__.items() if k.startswith("_cpu_padded_"))]
+    return {key: plan for w in held for key, plan in w.__dict__.get("_plans", {}).items()}
 
 
 class PaddedLaunch:

@@ -8,6 +8,7 @@ import pytest
 
 from lowbit.codegen.backend import Config
 from lowbit.kernels.spaces import KERNELS, default_config, space
+from lowbit.ops.linear import plans_of
 
 PROBLEM = {"M": 1, "N": 4096, "K": 4096, "G": 128, "wdtype": "int4", "adtype": "float16"}
 
@@ -143,7 +144,7 @@ def test_bf16_gemvs_take_one_amx_tile_of_rows_where_amx_runs_them(m, wdtype):
     ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
     err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
     assert np.isfinite(err) and err < 2.0**-7, err
-    sources = [getattr(k, "source", "") for k in qw.__dict__["_plans"].values()]
+    sources = [getattr(k, "source", "") for k in plans_of(qw).values()]
     assert any("llvm.x86.tdpbf16ps" in src for src in sources) == amx
 
 

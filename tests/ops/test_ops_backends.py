@@ -14,6 +14,7 @@ from linear_reference import HOST, bound, reference, relative_error
 from lowbit.codegen.backend import available_backends
 from lowbit.kernels import quantized_gemm, quantized_gemv
 from lowbit.ops import quantize, quantized_linear, select_kernel
+from lowbit.ops.linear import plans_of
 
 CASES = [
     # (scheme, dtype, group size, zero_mode, M, activation dtype)
@@ -145,7 +146,7 @@ def test_triton_under_a_plan_share_runs_persistent_with_the_same_result(scheme, 
     with resource_share(share):
         got = quantized_linear(x, qw, backend="triton")
     assert np.array_equal(got, want)
-    kinds = {type(c).__name__ for c in qw.__dict__["_plans"].values()}
+    kinds = {type(c).__name__ for c in plans_of(qw).values()}
     assert PersistentLauncher.__name__ in kinds and len(kinds) == 2  # the grid plan and the persistent one
     assert relative_error(got, reference(x, qw)) <= bound(qw, M, "float32")
 

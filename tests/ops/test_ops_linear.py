@@ -30,8 +30,9 @@ def weight(n, k, seed=0):
 
 def plans(qw):
     """The keys of the plans kept on `qw` and on its padded copies (a ragged N runs one: `cpu_padded`)."""
-    held = [qw, *(v for k, v in qw.__dict__.items() if k.startswith("_cpu_padded_"))]
-    return [key for w in held for key in w.__dict__.get("_plans", {})]
+    from lowbit.ops.linear import plans_of
+
+    return list(plans_of(qw))
 
 
 @settings(max_examples=30)

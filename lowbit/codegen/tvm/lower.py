@@ -1978,35 +1978,49 @@ class _Emitter:
         per column vector, the rows' i32 accumulators are zeroed once, every dot's quads go through them (each
         dot's chunk loop as `_dot_vnni`'s: b's quad vector unpacked where it is used, a's quad broadcast) and
         they are summed into `out` once at the end. Per dot they were zeroed and summed per chunk: the x16
-        GEMV's eight planes are eight dots of four quads a group, and that overhead matched their vpdpbusd."""
+        GEMV's eight planes are eight dots of four quads a group, and that overhead matched their vpdpbusd.
+        Quads and rows are unrolled here (constant accumulator lanes)."""
         side, chunk = plan[0], plan[1]
         BM, BN = int(dots[0].a.shape[0]), int(dots[0].b.shape[1])
         fast = _Ctx(checked=False)
         chains = max(1, -(-self.opt["vnni_chains"] // BM))
-        jv, j, tq, ii, c = (self.fresh(v) for v in ("jv", "j", "tq", "ii", "c"))
-        acc, bq = self.fresh("acc32"), self.fresh("bq")
+        jv, j, c = (self.fresh(v) for v in ("jv", "j", "c"))
+        bq = self.fresh("bq")
+        # the rows x chains accumulators, 16 lanes each: in one buffer for one or two rows (the M = 1 x16 GEMV);
+        # past two rows a buffer each. One buffer for four rows kept every accumulator in memory in the x16 GEMV
+        # with zero points at M = 2 (LLVM stored each after every vpdpbusd), and a buffer each for two rows
+        # took the broadcasts of x out of the vpdpbusd operands. Session 53, hot, us per 4096 columns (K = 4096,
+        # 2 threads), one buffer against a buffer each: int2 M = 1 124 / 135; M = 2 241 / 202, with post zeros
+        # 1150 / 205; M = 4 401 / 350, with post zeros 825 / 361; int3 with post zeros, M = 2 510 / 194.
+        n_acc = BM * chains
+        split = BM > 2
+        accs = [self.fresh("acc32") for _ in range(n_acc)] if split else [self.fresh("acc32")]
+
+        def lanes(k: int) -> str:  # accumulator k = row·chains + chain
+            return f"{accs[k]}[T.Ramp(0, 1, 16)]" if split else f"{accs[0]}[T.Ramp({k * 16}, 1, 16)]"
+
         self.line(f"for {jv} in T.unroll({BN // 16}):")
         self.depth += 1
         self.line(f'{bq} = T.decl_buffer((16,), "int32", {self.scope})')
-        self.line(f'{acc} = T.decl_buffer(({BM * chains * 16},), "int32", {self.scope})')
-        self.line(f"for {ii} in T.unroll({BM * chains}):")
-        self.line(f"    {acc}[T.Ramp({ii} * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)")
+        for acc in accs:
+            self.line(f'{acc} = T.decl_buffer(({16 if split else 16 * n_acc},), "int32", {self.scope})')
+        for k in range(n_acc):
+            self.line(f"{lanes(k)} = T.Broadcast(T.int32(0), 16)")
         col = f"{jv} * 16 + {j}"
 
         def quads(fa: IndexFn, fb: IndexFn, c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1 of one dot
-            self.line(f"for {tq} in T.unroll({n}):")
-            self.line(f"    for {j} in T.vectorized(16):")
-            self.line(f"        {bq}[{j}] = " + _quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col), fast))
-            self.line(f"    for {ii} in T.unroll({BM}):")
-            aq = _quad(fa, lambda r: (ii, f"({c0} + {tq}) * 4 + {r}"), fast)
-            av = f'T.reinterpret("int8x64", T.Broadcast({aq}, 16))'
-            bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
-            u, sg = (bv, av) if side == "b" else (av, bv)
-            lanes = f"T.Ramp(({ii} * {chains} + {tq} % {chains}) * 16, 1, 16)"
-            self.line(
-                f'        {acc}[{lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
-                f"{acc}[{lanes}], {u}, {sg})"
-            )
+            for tq in range(n):
+                self.line(f"for {j} in T.vectorized(16):")
+                self.line(f"    {bq}[{j}] = " + _quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col), fast))
+                for i in range(BM):
+                    aq = _quad(fa, lambda r: (str(i), f"({c0} + {tq}) * 4 + {r}"), fast)
+                    av = f'T.reinterpret("int8x64", T.Broadcast({aq}, 16))'
+                    bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
+                    u, sg = (bv, av) if side == "b" else (av, bv)
+                    acc = lanes(i * chains + tq % chains)
+                    self.line(
+                        f'{acc} = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", {acc}, {u}, {sg})'
+                    )
 
         for d in dots:
             fa, fb = self.get(d.a), self.get(d.b)
@@ -2021,10 +2035,10 @@ class _Emitter:
                 quads(fa, fb, "0", step)
             if tail:
                 quads(fa, fb, str(whole * step), tail)
-        self.line(f"for {ii} in T.unroll({BM}):")
         cols = f"T.Ramp({jv} * 16, 1, 16)"
-        parts = [f"{acc}[T.Ramp(({ii} * {chains} + {h}) * 16, 1, 16)]" for h in range(chains)]
-        self.line(f"    {out}[{ii}, {cols}] = {out}[{ii}, {cols}] + {' + '.join(parts)}")
+        for i in range(BM):
+            parts = [lanes(i * chains + h) for h in range(chains)]
+            self.line(f"{out}[{i}, {cols}] = {out}[{i}, {cols}] + {' + '.join(parts)}")
         self.depth -= 1
 
     def _dot_vnni(

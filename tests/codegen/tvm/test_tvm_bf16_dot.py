@@ -21,6 +21,7 @@ from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.layouts import column_tiled
 from lowbit.ops import quantize, quantized_linear
+from lowbit.ops.linear import plans_of
 from lowbit.ops.weight import retile_columns
 
 HAS_BF16 = "avx512_bf16" in isa_flags()
@@ -256,7 +257,7 @@ def test_quantized_linear_runs_the_pair_gemm_past_16_rows():
     assert [gemm_row_tile(m, pair=True) for m in (17, 40, 64, 100, 200, 256)] == [32, 64, 64, 128, 256, 256]
     qw, _, err = linear_bf16("int4", 40, 128, 512, seed=3)
     assert err < 2.0**-8
-    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
     assert kernel.program.name == "quantized_gemv" and dict(kernel.program.constants)["BM"] == 64
     assert "# fused:" in kernel.source
 
@@ -268,7 +269,7 @@ def test_pair_gemm_takes_256_row_tiles(m):
     dropped at the store) and equals the fp64 reference."""
     qw, y, err = linear_bf16("int4", m, 256, 256, seed=m)
     assert err < 2.0**-8 and bool(torch.isfinite(y).all())
-    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
     assert dict(kernel.program.constants)["BM"] == 256 and "# fused:" in kernel.source
 
 
@@ -282,7 +283,7 @@ def test_other_cases_keep_the_fp32_table_decode(options, pairs, dtype):
     if dtype == "int8":
         qw, _, err = linear_bf16("int8", 1, 64, 256, seed=0)
         assert err < 2.0**-8
-        src = "\n".join(getattr(k, "source", "") for k in qw.__dict__.get("_plans", {}).values())
+        src = "\n".join(getattr(k, "source", "") for k in plans_of(qw).values())
         assert src and STAND_IN not in src
         return
     err, bound, kernel = run(dtype, 1, 128, 256, 128, options, pairs=pairs)
@@ -302,12 +303,16 @@ def test_patched_kernel_exports_and_reloads(tmp_path):
 
 @needs_bf16
 def test_quantized_linear_takes_the_pair_layout_for_bf16():
-    qw, y, err = linear_bf16("int4", 2, 96, 512, seed=1)
-    assert y.dtype == torch.bfloat16
-    assert err < 2.0**-8
-    assert qw.__dict__["_cpu_pairs"].layout == column_tiled((512, 96), 4, 64, pairs=True)
-    src = "\n".join(getattr(k, "source", "") for k in qw.__dict__["_plans"].values())
-    assert ("llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN) in src  # 2 rows: one AMX tile of rows where AMX runs
+    """bf16 x with int4 codes (5 rows: past the x16 plan's 2-4) reads the pair-ordered copy; a ragged N (96)
+    reads its padded copy (`cpu_padded`) in that layout."""
+    for n, held in ((256, "_cpu_pairs"), (96, "_cpu_padded_bfloat16")):
+        qw, y, err = linear_bf16("int4", 5, n, 512, seed=1)
+        assert y.dtype == torch.bfloat16 and tuple(y.shape) == (5, n)
+        assert err < 2.0**-8
+        copy = qw.__dict__[held]
+        assert copy.layout == column_tiled((512, copy.shape[0]), 4, 64, pairs=True) and copy.shape[0] % 256 == 0
+        src = "\n".join(getattr(k, "source", "") for k in plans_of(qw).values())
+        assert ("llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN) in src  # one AMX tile of rows where AMX runs
 
 
 IR = (
@@ -347,7 +352,7 @@ def test_bf16_gemms_of_every_width_take_a_gemm_form_and_match_the_oracle(dtype, 
     ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
     err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
     assert np.isfinite(err) and err < 2.0**-8, err
-    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
     dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN  # AMX's tiles, else vdpbf16ps blocks (both forms)
     assert kernel.program.name == "quantized_gemv" and dot in kernel.source
 
@@ -367,6 +372,6 @@ def test_bf16_gemm_dot_takes_vdpbf16ps_and_matches_the_oracle(dtype, G):
     ref = x.double().numpy() @ qw.dequantize().astype(np.float64).T
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2.0**-6
     assert np.linalg.norm(y - yr) / np.linalg.norm(yr) < 2.0**-7  # the same rounded weights, other sum order
-    (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+    (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
     dot = "llvm.x86.tdpbf16ps" if AMX_BF16 else STAND_IN  # AMX's tiles where "auto" has them (whole tiles here)
     assert kernel.program.name == "quantized_gemm" and dot in kernel.source

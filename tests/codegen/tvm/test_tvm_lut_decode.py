@@ -22,6 +22,7 @@ from lowbit.codegen.backend import compile_program
 from lowbit.codegen.tvm.runtime import amx_permitted
 from lowbit.kernels.gemv import quantized_gemv
 from lowbit.kernels.layouts import column_tiled
+from lowbit.ops.linear import plans_of
 from lowbit.ops.weight import quantize, retile_columns
 
 pytestmark = pytest.mark.skipif("avx512f" not in isa_flags(), reason="the table decode needs AVX-512")
@@ -294,7 +295,7 @@ def test_quantized_linear_runs_the_gemv_at_every_m_for_weights_up_to_8_bits():
         ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
         err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
         assert np.isfinite(err) and err < 1e-5, (dtype, err)
-        (kernel,) = [k for k in qw.__dict__["_plans"].values() if getattr(k, "backend", "") == "tvm"]
+        (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
         assert kernel.program.name == "quantized_gemv"
         if dtype != "int4":
             assert "wd = T.decl_buffer" in kernel.source or "tdpbf16ps" in kernel.source, dtype
