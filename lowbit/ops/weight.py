@@ -329,16 +329,15 @@ def pad_columns(qw: QuantizedWeight, n_pad: int) -> QuantizedWeight:
         codes[:, :n] = qw.codes()
         words = layout.pack(codes)
 
-    def wide(a: np.ndarray | None) -> np.ndarray | None:
-        if a is None:
-            return None
+    def wide(a: np.ndarray) -> np.ndarray:
         out = np.zeros((*a.shape[:-1], n_pad), a.dtype)
         out[..., :n] = a
         return out
 
+    zeros = None if qw.zeros is None else wide(qw.zeros)
+    channel = None if qw.channel_scales is None else wide(qw.channel_scales)
     return QuantizedWeight(
-        qw.dtype, qw.group_size, qw.zero_mode, (n_pad, k), layout, words, wide(qw.scales), wide(qw.zeros),
-        qw.scheme, wide(qw.channel_scales),
+        qw.dtype, qw.group_size, qw.zero_mode, (n_pad, k), layout, words, wide(qw.scales), zeros, qw.scheme, channel,
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ sign-extended by a shift pair, float codes rebuilt from their bit fields.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -288,6 +289,21 @@ class _TirPrinter(SourcePrinter):
 
     def _print_Not(self, expr: Any) -> str:
         return f"not ({self._print(expr.args[0])})"
+
+
+def _chain_k(c0: str, q: int, r: int) -> str:
+    """`_vnni_chain`: the k of byte r of quad q after c0."""
+    return f"({c0} + {q}) * 4 + {r}"
+
+
+def _chain_b_index(col: str, k_of: Callable[[int], str], r: int) -> tuple[str, str]:
+    """`_vnni_chain`: b's (k, column) index of byte r of a quad."""
+    return k_of(r), col
+
+
+def _chain_a_index(row: str, k_of: Callable[[int], str], r: int) -> tuple[str, str]:
+    """`_vnni_chain`: a's (row, k) index of byte r of a quad."""
+    return row, k_of(r)
 
 
 VNNI_CHAIN_ROWS = 8  # a VNNI chain's rows (`_vnni_chain`): rows x chains accumulators in registers
@@ -2011,9 +2027,10 @@ class _Emitter:
         def quads(fa: IndexFn, fb: IndexFn, c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1 of one dot
             for tq in range(n):
                 self.line(f"for {j} in T.vectorized(16):")
-                self.line(f"    {bq}[{j}] = " + _quad(fb, lambda r: (f"({c0} + {tq}) * 4 + {r}", col), fast))
+                k_of = functools.partial(_chain_k, c0, tq)  # r -> this quad's k expression
+                self.line(f"    {bq}[{j}] = " + _quad(fb, functools.partial(_chain_b_index, col, k_of), fast))
                 for i in range(BM):
-                    aq = _quad(fa, lambda r: (str(i), f"({c0} + {tq}) * 4 + {r}"), fast)
+                    aq = _quad(fa, functools.partial(_chain_a_index, str(i), k_of), fast)
                     av = f'T.reinterpret("int8x64", T.Broadcast({aq}, 16))'
                     bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
                     u, sg = (bv, av) if side == "b" else (av, bv)

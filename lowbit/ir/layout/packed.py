@@ -197,10 +197,11 @@ class PackedLayout:
             per = int(self.per_word or 1)
             # in the words' own unsigned width, each slot cast to the codes' width before the gather (int64 all
             # along took 0.92 s for an 11008x4096 int2 weight)
-            wide = np.uint64 if self.word_bits > 32 else np.uint32
-            w = words.astype(wide) & wide((1 << self.word_bits) - 1)
+            wide: Any = np.uint64 if self.word_bits > 32 else np.uint32
+            w: np.ndarray = words.astype(wide) & np.asarray((1 << self.word_bits) - 1, wide)
             shifts = (np.arange(per) * self.bits).astype(wide)  # [per_word]
-            grid = ((w[:, None] >> shifts) & wide((1 << self.bits) - 1)).astype(code_dtype).reshape(-1)
+            codes = (w[:, None] >> shifts) & np.asarray((1 << self.bits) - 1, wide)
+            grid = codes.astype(code_dtype).reshape(-1)
             return grid[self._slots(shape)].reshape(shape)  # grid: [num_words * per_word]
         acc = np.zeros(num_words + 1, np.uint64)  # [num_words + 1]
         acc[:num_words] = words.astype(np.int64) & ((1 << self.word_bits) - 1)
