@@ -359,7 +359,7 @@ def quantized_linear(
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         run = qweight  # a ragged N runs the padded copy, as the launchers do (`PaddedLaunch`): the same kernel
-        if backend == "tvm" and qweight.scheme == "w_a16" and n % CPU_PAD_N and kernel != A8_KERNEL:
+        if backend == "tvm" and qweight.scheme == "w_a16" and n % CPU_PAD_N:
             run = cpu_padded(qweight, adtype)
         xa, ya = _kernel_io(x, x2, is_torch, backend, run.shape[0])  # what the backend reads and writes
         if m:
@@ -926,11 +926,11 @@ class PaddedLaunch:
         self._scratch = threading.local()
 
     def __call__(self, x2: Any, y2: Any) -> None:
-        import torch
-
         scratch = self._scratch.__dict__.setdefault("by_dtype", {})
         yp = scratch.get(y2.dtype)
-        if yp is None:
+        if yp is None:  # this thread's first call with this dtype
+            import torch
+
             yp = scratch[y2.dtype] = torch.empty((self.m, self.n_pad), dtype=y2.dtype)
         self.inner(x2, yp)
         used = yp[:, : self.n]
