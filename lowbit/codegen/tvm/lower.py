@@ -291,9 +291,14 @@ class _TirPrinter(SourcePrinter):
         return f"not ({self._print(expr.args[0])})"
 
 
+def _chain_q(c0: str, q: int) -> str:
+    """`_vnni_chain`: the index of quad q after c0 (folded where c0 is a number)."""
+    return str(int(c0) + q) if c0.isdigit() else f"{c0} + {q}"
+
+
 def _chain_k(c0: str, q: int, r: int) -> str:
-    """`_vnni_chain`: the k of byte r of quad q after c0."""
-    return f"({c0} + {q}) * 4 + {r}"
+    """`_vnni_chain`: the k of byte r of quad q after c0 (folded where c0 is a number)."""
+    return str((int(c0) + q) * 4 + r) if c0.isdigit() else f"({c0} + {q}) * 4 + {r}"
 
 
 def _chain_b_index(col: str, k_of: Callable[[int], str], r: int) -> tuple[str, str]:
@@ -1989,6 +1994,29 @@ class _Emitter:
         accumulators (rows x chains x column vectors) stay in registers over every dot of the chain."""
         return int(inst.a.shape[0]) <= VNNI_CHAIN_ROWS and int(inst.b.shape[1]) % 16 == 0 and self.cpu
 
+    def _quad_words(self, b: Tile) -> IndexFn | None:
+        """(q, n) -> quad q (k = 4q .. 4q + 3) of column n of the int8 dot operand b [K, N] as one int32, when b is
+        the bytes of int32 words W [K / 4, N] (`cast(view(transpose(W), uint8).T, int8)`: the x16 GEMV's planes):
+        the quad is W[q, n] itself. `_quad` rebuilt it from four byte extractions of the word, which LLVM folds
+        back into the word, but whose TVMScript text parsed for most of a compile (an x16 GEMV of 4 rows: ~29 of
+        37 s). None for any other b, or where a tile on the way is held in a buffer or loop-carried."""
+        inst = self.defs.get(id(b))
+        if isinstance(inst, I.Cast) and inst.x.dtype.is_integer and inst.x.dtype.bits == 8:
+            b, inst = inst.x, self.defs.get(id(inst.x))
+        if not isinstance(inst, I.Transpose) or inst.perm != (1, 0) or id(b) in self.buf:
+            return None
+        view = self.defs.get(id(inst.x))
+        if not isinstance(view, I.View) or id(inst.x) in self.buf:
+            return None
+        if not (view.x.dtype.is_integer and view.x.dtype.bits == 32 and view.dtype.bits == 8):
+            return None
+        words = self.defs.get(id(view.x))
+        if not isinstance(words, I.Transpose) or words.perm != (1, 0) or id(view.x) in self.buf:
+            return None
+        if id(words.x) in self.assigned:
+            return None
+        return self.get(words.x)
+
     def _vnni_chain(self, dots: Sequence[I.Dot], out: str, plan: tuple[str, int, str]) -> None:
         """out[BM, BN] += Σ_d a_d @ b_d on vpdpbusd for a chain of int8 dots (`_amx_chain`) of one row block:
         per column vector, the rows' i32 accumulators are zeroed once, every dot's quads go through them (each
@@ -2024,13 +2052,19 @@ class _Emitter:
             self.line(f"{lanes(k)} = T.Broadcast(T.int32(0), 16)")
         col = f"{jv} * 16 + {j}"
 
-        def quads(fa: IndexFn, fb: IndexFn, c0: str, n: int) -> None:  # quads c0 .. c0 + n - 1 of one dot
+        def quads(fa: IndexFn, fb: IndexFn, words: IndexFn | None, a_words: Any, c0: str, n: int) -> None:
             for tq in range(n):
                 self.line(f"for {j} in T.vectorized(16):")
                 k_of = functools.partial(_chain_k, c0, tq)  # r -> this quad's k expression
-                self.line(f"    {bq}[{j}] = " + _quad(fb, functools.partial(_chain_b_index, col, k_of), fast))
+                if words is not None:  # b's bytes are words' (`_quad_words`)
+                    self.line(f"    {bq}[{j}] = " + words((_chain_q(c0, tq), col), fast))
+                else:
+                    self.line(f"    {bq}[{j}] = " + _quad(fb, functools.partial(_chain_b_index, col, k_of), fast))
                 for i in range(BM):
-                    aq = _quad(fa, functools.partial(_chain_a_index, str(i), k_of), fast)
+                    if a_words is not None:
+                        aq = a_words(i, _chain_q(c0, tq))
+                    else:
+                        aq = _quad(fa, functools.partial(_chain_a_index, str(i), k_of), fast)
                     av = f'T.reinterpret("int8x64", T.Broadcast({aq}, 16))'
                     bv = f'T.reinterpret("int8x64", {bq}[T.Ramp(0, 1, 16)])'
                     u, sg = (bv, av) if side == "b" else (av, bv)
@@ -2040,18 +2074,18 @@ class _Emitter:
                     )
 
         for d in dots:
-            fa, fb = self.get(d.a), self.get(d.b)
+            fa, fb, words, a_words = self.get(d.a), self.get(d.b), self._quad_words(d.b), self._direct_quad(d.a)
             step = min(chunk, int(d.a.shape[1]) // 4)
             whole, tail = divmod(int(d.a.shape[1]) // 4, step)
             if whole > 1:
                 self.line(f"for {c} in T.serial({whole}):")
                 self.depth += 1
-                quads(fa, fb, f"{c} * {step}", step)
+                quads(fa, fb, words, a_words, f"{c} * {step}", step)
                 self.depth -= 1
             elif whole:
-                quads(fa, fb, "0", step)
+                quads(fa, fb, words, a_words, "0", step)
             if tail:
-                quads(fa, fb, str(whole * step), tail)
+                quads(fa, fb, words, a_words, str(whole * step), tail)
         cols = f"T.Ramp({jv} * 16, 1, 16)"
         for i in range(BM):
             parts = [lanes(i * chains + h) for h in range(chains)]
@@ -2215,6 +2249,49 @@ class _Emitter:
         when t is a load of an int8 or bf16 tensor (possibly reshaped: unit axes dropped or added) whose elements along
         k are adjacent in memory and whose rows are a constant stride apart, unmasked: AMX loads its tiles
         from there, with no copy. None otherwise."""
+        direct = self._direct_index(t)
+        if direct is None:
+            return None
+        index, g, stride = direct
+        return (lambda r, k: f"T.address_of({g}[{index(r, k)}])"), stride
+
+    def _direct_quad(self, t: Tile) -> Callable[[int, str], str] | None:
+        """(row, q) -> quad q (k = 4q .. 4q + 3) of row `row` (a number) of the int8 tile t [R, K] as one int32: a
+        4-byte load, where t is an unmasked load of an int8 tensor (possibly reshaped: t's rows any of the load's
+        leading axes merged, its k the load's last axis, adjacent in memory). `_quad` spelled it as four byte
+        loads (LLVM merges them, but their text was most of the VNNI chain's TVMScript). None otherwise."""
+        inst = self.defs.get(id(t))
+        if id(t) in self.buf or id(t) in self.restaged or t.dtype.name != "int8" or len(t.shape) != 2:
+            return None
+        shape = tuple(int(n) for n in t.shape)
+        if isinstance(inst, I.Reshape):
+            if id(inst.x) in self.buf or int(inst.x.shape[-1]) != shape[1]:
+                return None
+            inst = self.defs.get(id(inst.x))
+        if not isinstance(inst, I.Load) or inst.mask is not None:
+            return None
+        tensor = inst.tensor
+        if tensor.dtype != t.dtype or isinstance(tensor.layout, PackedLayout) or tensor.name in self.stored:
+            return None
+        if len(inst.shape) != len(tensor.shape) or int(inst.shape[-1]) != shape[1]:
+            return None
+        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(tensor.shape))]
+        offset = tensor.layout(*syms) if tensor.layout is not None else _row_major(syms, tensor.shape)
+        if sympy.simplify(offset.subs(syms[-1], syms[-1] + 1) - offset) != 1:
+            return None
+        lead = [int(n) for n in inst.shape[:-1]]
+        g = self.gbuf[tensor.name]
+
+        def quad(row: int, q: str) -> str:
+            coords = [*(int(c) for c in np.unravel_index(row, lead)), f"({q}) * 4"] if lead else [f"({q}) * 4"]
+            flat = _flat_address(tensor, [f"{scalar(o)} + {c}" for o, c in zip(inst.offsets, coords)])
+            return f'T.reinterpret("int32", {g}[T.Ramp({flat}, 1, 4)])'
+
+        return quad
+
+    def _direct_index(self, t: Tile) -> tuple[Callable[[str, str], str], str, str] | None:
+        """`_direct_rows`' tile: ((row, k) -> the flat index of element (row, k) in its tensor's buffer, the
+        buffer, the int64 bytes from a row to the next); None for any other tile."""
         inst = self.defs.get(id(t))
         keep: list[int] | None = None  # the load's axes that are t's rows and columns
         if isinstance(inst, I.Reshape):
@@ -2243,13 +2320,13 @@ class _Emitter:
             return None
         g = self.gbuf[tensor.name]
 
-        def address(r: str, k: str) -> str:
+        def index(r: str, k: str) -> str:
             idx = ["0"] * len(tensor.shape)
             idx[r_ax], idx[k_ax] = r, k
             coords = [f"{scalar(o)} + {i}" for o, i in zip(inst.offsets, idx)]
-            return f"T.address_of({g}[{_flat_address(tensor, coords)}])"
+            return _flat_address(tensor, coords)
 
-        return address, f'T.Cast("int64", {scalar(row * size)})'
+        return index, g, f'T.Cast("int64", {scalar(row * size)})'
 
     def _amx_config(self) -> None:
         """Load AMX's tile configuration: palette 1, all AMX_TILES tiles of 16 rows x 64 bytes (the 64-byte
