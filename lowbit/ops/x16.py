@@ -1,4 +1,4 @@
-"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights (and of int4 without zeros at 2-4 rows,
+"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights (and of int4 without zeros at 1-4 rows,
 `X16_INT4_ROWS`) whose 16-bit activations run on int8 dots.
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
@@ -26,12 +26,14 @@ from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
 from lowbit.ops.weight import QuantizedWeight
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
-# int4 without zeros, from 2 rows: the bf16 pair dot's decode (a shift and a ternary logic op per 32 codes, beside
-# the dot) costs more than two int8 dots a plane. Session 53, bf16 x, a ring of weights, 2 threads, alternating,
-# ms: 4096² M = 2 / 4 0.335 / 0.499 against 0.494 / 0.653, 11008x4096 0.800 / 1.234 against 1.204 / 1.631. One
-# row stays on the pair dot: 1.02-1.09x its time streamed in this session's (slow) memory states, 0.86-0.93x
-# in session 52's fast ones, 0.72x hot. With post zeros x16 was no faster (M = 2 / 4: 0.99x / 1.16x).
-X16_INT4_ROWS = (2, 4)  # the row counts (inclusive) at which int4 without zeros takes the x16 plan
+# int4 without zeros: the bf16 pair dot's decode (a shift and a ternary logic op per 32 codes, beside the dot) costs
+# more than two int8 dots a plane. Session 53, bf16 x, a ring of weights, 2 threads, alternating, ms: 4096² M = 2 /
+# 4 0.335 / 0.499 against 0.494 / 0.653, 11008x4096 0.800 / 1.234 against 1.204 / 1.631. One row, session 54,
+# 4096², us: hot 119 against 157 (a C loop of each inner body: 1.17 against 1.80 ns per 128 codes, the x16 one at
+# its vpdpbusd bound); streamed in slow memory states (~32 GB/s) 250-285 against 253-287, and 11008x4096 761-781
+# against 735 (1.03-1.06x): both there wait on DRAM. Session 52's fast states had x16 at 0.86-0.93x. With post
+# zeros x16 was no faster (M = 2 / 4: 0.99x / 1.16x).
+X16_INT4_ROWS = (1, 4)  # the row counts (inclusive) at which int4 without zeros takes the x16 plan
 X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
@@ -41,7 +43,15 @@ X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 1
 # 0.288-0.299, 32 x 1 0.296-0.336, 64 x 1 0.341-0.356 with L1 hints. The prefetch aims at L2 (prefetcht1;
 # session 49: to L1 int3 0.95, to L2 0.81 of int4's bf16 GEMV time. A likely cause, not measured: hints to L1
 # occupy the few L1 miss buffers the kernel's own loads need, while the L2 tracks many more outstanding misses).
-X16_PREFETCH = 8192
+X16_PREFETCH = 8192  # bytes ahead in a tile's stream (8 groups of 2-bit codes at G = 128)
+# 4-bit codes prefetch the same 8 groups ahead. Session 54, int4 4096², M = 1, streamed, us, 8 / 16 KiB: 299.8 /
+# 268.8, 284.7 / 250.5; 11008x4096 780.9 / 761.0; hot (1 thread) 241 / 244.
+X16_PREFETCH_WIDE = 16384
+
+
+def x16_prefetch(bits: int) -> int:
+    """The x16 GEMV's software prefetch distance in bytes for `bits`-wide codes."""
+    return X16_PREFETCH_WIDE if bits >= 4 else X16_PREFETCH
 
 
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
@@ -95,7 +105,12 @@ class X16Plan:
         gemv = compile_program(
             quantized_gemv_x16.trace(**trace),
             "tvm",
-            {"tm": 2, "index64": True, "prefetch": X16_PREFETCH, "prefetch_locality": GEMV_PREFETCH_LOCALITY},
+            {
+                "tm": 2,
+                "index64": True,
+                "prefetch": x16_prefetch(qw.dtype.bits),
+                "prefetch_locality": GEMV_PREFETCH_LOCALITY,
+            },
         )
         quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
         sizes = {"M": m, "MP": m, "N": n, "K": k}
