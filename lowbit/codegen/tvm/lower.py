@@ -2052,7 +2052,9 @@ class _Emitter:
             self.line(f"{lanes(k)} = T.Broadcast(T.int32(0), 16)")
         col = f"{jv} * 16 + {j}"
 
-        def quads(fa: IndexFn, fb: IndexFn, words: IndexFn | None, a_words: Any, c0: str, n: int) -> None:
+        def quads(
+            fa: IndexFn, fb: IndexFn, words: IndexFn | None, a_words: Callable[[int, str], str] | None, c0: str, n: int
+        ) -> None:  # quads c0 .. c0 + n - 1 of one dot
             for tq in range(n):
                 self.line(f"for {j} in T.vectorized(16):")
                 k_of = functools.partial(_chain_k, c0, tq)  # r -> this quad's k expression
