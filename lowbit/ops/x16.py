@@ -1,9 +1,9 @@
-"""The x16 plan: a decode GEMV of 2- and 3-bit integer weights (and of int4 without zeros at 1-4 rows,
-`X16_INT4_ROWS`) whose 16-bit activations run on int8 dots.
+"""The x16 plan: a decode GEMV of 2-, 3- and 4-bit integer weights whose 16-bit activations run on int8 dots.
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
 activations of up to X16_MAX_M rows on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`): the
-table-decoded GEMV of those codes is compute-bound there (fp32 FMAs, one product each), while
+table-decoded GEMV of 2- and 3-bit codes is compute-bound there (fp32 FMAs, one product each), and so is the
+bf16 pair dot of 4-bit codes where memory is fast (a shift and a ternary logic op of decode per 32 codes), while
 `lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
 kernels per call: `quantize_groups_x16` (x -> planes, per-group power-of-two scale, code sums) and
 `quantized_gemv_x16`. 4096², bf16 x, 2 threads, on the 2-core AMD EPYC VM (AVX-512 VNNI and BF16, no AMX;
@@ -25,15 +25,16 @@ from lowbit.kernels.launch import bind, serial_options
 from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
 from lowbit.ops.weight import QuantizedWeight
 
-X16_DTYPES = ("int2", "int3", "uint2", "uint3")  # widths measured faster than the table GEMV (session 47)
-# int4 without zeros: the bf16 pair dot's decode (a shift and a ternary logic op per 32 codes, beside the dot) costs
-# more than two int8 dots a plane. Session 53, bf16 x, a ring of weights, 2 threads, alternating, ms: 4096² M = 2 /
-# 4 0.335 / 0.499 against 0.494 / 0.653, 11008x4096 0.800 / 1.234 against 1.204 / 1.631. One row, session 54,
-# 4096², us: hot 119 against 157 (a C loop of each inner body: 1.17 against 1.80 ns per 128 codes, the x16 one at
-# its vpdpbusd bound); streamed in slow memory states (~32 GB/s) 250-285 against 253-287, and 11008x4096 761-781
-# against 735 (1.03-1.06x): both there wait on DRAM. Session 52's fast states had x16 at 0.86-0.93x. With post
-# zeros x16 was no faster (M = 2 / 4: 0.99x / 1.16x).
-X16_INT4_ROWS = (1, 4)  # the row counts (inclusive) at which int4 without zeros takes the x16 plan
+X16_DTYPES = ("int2", "int3", "uint2", "uint3", "int4", "uint4")  # widths measured faster than the other GEMVs
+# 2 and 3 bits: session 47, against the table GEMV. 4 bits: the bf16 pair dot's decode (a shift and a ternary logic
+# op per 32 codes, beside the dot) costs more than two int8 dots a plane. Session 53, int4, bf16 x, a ring of
+# weights, 2 threads, alternating, ms: 4096² M = 2 / 4 0.335 / 0.499 against 0.494 / 0.653, 11008x4096 0.800 /
+# 1.234 against 1.204 / 1.631. Session 54, 4096², us: int4 M = 1 hot 119 against 157 (a C loop of each inner body:
+# 1.17 against 1.80 ns per 128 codes, the x16 one at its vpdpbusd bound); streamed in slow memory states (~32 GB/s)
+# 250-285 against 253-287, 11008x4096 761-781 against 735 (1.03-1.06x): both there wait on DRAM. Session 52's
+# fast states had x16 at 0.86-0.93x. uint4 with zeros (session 54, after the VNNI chain kept each row's
+# accumulators in registers), streamed: post M = 1 / 2 / 4 310 / 318 / 479 against 287 / 477 / 754; pre 258 /
+# 312 / 549 against 254 / 566 / 848; pre hot M = 1 / 2 159 / 245 against 186 / 560.
 X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
@@ -57,11 +58,9 @@ def x16_prefetch(bits: int) -> int:
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
     """Whether the x16 plan runs `qw` for m rows of `adtype` activations on the TVM CPU backend whose int8 dot
     form is `int8_dot` ("vnni" or "amx": the CPU has AVX-512 VNNI)."""
-    lo, hi = X16_INT4_ROWS
-    int4 = qw.dtype.name == "int4" and qw.zeros is None and lo <= m <= hi
     return (
         qw.scheme == "w_a16"
-        and (qw.dtype.name in X16_DTYPES or int4)
+        and qw.dtype.name in X16_DTYPES
         and adtype in X16_ADTYPES
         and 1 <= m <= X16_MAX_M
         and int8_dot in ("vnni", "amx")
@@ -179,4 +178,4 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     return plan
 
 
-__all__ = ["X16_DTYPES", "X16_INT4_ROWS", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]
+__all__ = ["X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]

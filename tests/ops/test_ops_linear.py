@@ -668,13 +668,14 @@ def test_padded_launch_records_its_copy_for_replay():
     assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and y.abs().sum() > 0
 
 
-def test_int4_takes_the_x16_plan_at_one_to_four_rows_without_zeros_only():
-    """`x16_serves` for int4: 1-4 rows of 16-bit x and no zeros (measured faster there, `X16_INT4_ROWS`); zeros,
-    fp32 x or more rows keep the other kernels."""
+def test_4bit_codes_take_the_x16_plan_at_one_to_four_rows():
+    """`x16_serves` for 4-bit codes: 1-4 rows of 16-bit x, with or without zeros (measured faster there); fp32 x,
+    more rows or a CPU without VNNI keep the other kernels."""
     from lowbit.ops.x16 import x16_serves
 
     sym = quantize(weight(64, 128, 2), "int4", 64)
-    post = quantize(weight(64, 128, 2), "int4", 64, symmetric=False, zero_mode="post")
-    assert [x16_serves(sym, m, "bfloat16", "vnni") for m in (1, 2, 3, 4, 5)] == [True, True, True, True, False]
+    post = quantize(weight(64, 128, 2), "uint4", 64, symmetric=False, zero_mode="post")
+    for qw in (sym, post):
+        assert [x16_serves(qw, m, "bfloat16", "vnni") for m in (1, 2, 3, 4, 5)] == [True, True, True, True, False]
     assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "vnni")
-    assert not x16_serves(post, 2, "bfloat16", "vnni") and not x16_serves(sym, 2, "bfloat16", "none")
+    assert not x16_serves(post, 2, "bfloat16", "none")
