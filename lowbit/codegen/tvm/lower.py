@@ -2259,62 +2259,61 @@ class _Emitter:
 
     def _direct_quad(self, t: Tile) -> Callable[[int, str], str] | None:
         """(row, q) -> quad q (k = 4q .. 4q + 3) of row `row` (a number) of the int8 tile t [R, K] as one int32: a
-        4-byte load, where t is an unmasked load of an int8 tensor (possibly reshaped: t's rows any of the load's
-        leading axes merged, its k the load's last axis, adjacent in memory). `_quad` spelled it as four byte
-        loads (LLVM merges them, but their text was most of the VNNI chain's TVMScript). None otherwise."""
-        inst = self.defs.get(id(t))
-        if id(t) in self.buf or id(t) in self.restaged or t.dtype.name != "int8" or len(t.shape) != 2:
+        4-byte load, where t is read from its tensor directly (`_plain_load`; possibly reshaped: t's rows any of
+        the load's leading axes merged, its k the load's last axis, adjacent in memory). `_quad` spelled it as four
+        byte loads (LLVM merges them, but their text was most of the VNNI chain's TVMScript). None otherwise."""
+        plain = self._plain_load(t) if t.dtype.name == "int8" and len(t.shape) == 2 else None
+        if plain is None:
             return None
-        shape = tuple(int(n) for n in t.shape)
+        inst, syms, offset = plain
+        if int(inst.shape[-1]) != int(t.shape[1]) or sympy.simplify(offset.subs(syms[-1], syms[-1] + 1) - offset) != 1:
+            return None
+        lead = [int(n) for n in inst.shape[:-1]]
+        tensor, g = inst.tensor, self.gbuf[inst.tensor.name]
+
+        def quad(row: int, q: str) -> str:
+            coords = [*(int(c) for c in np.unravel_index(row, lead)), f"({q}) * 4"]
+            flat = _flat_address(tensor, [f"{scalar(o)} + {c}" for o, c in zip(inst.offsets, coords)])
+            return f'T.reinterpret("int32", {g}[T.Ramp({flat}, 1, 4)])'
+
+        return quad
+
+    def _plain_load(self, t: Tile) -> tuple[I.Load, list[sympy.Symbol], Any] | None:
+        """The unmasked load t reads (t itself, or the source of t's reshape) when its tensor is plain: t's dtype,
+        not packed, never stored by this kernel, and t not held in a buffer: (the load, the tensor's index
+        symbols, the element offset in them). None otherwise. `_direct_index` and `_direct_quad` read t there."""
+        if id(t) in self.buf or id(t) in self.restaged:
+            return None
+        inst = self.defs.get(id(t))
         if isinstance(inst, I.Reshape):
-            if id(inst.x) in self.buf or int(inst.x.shape[-1]) != shape[1]:
-                return None
             inst = self.defs.get(id(inst.x))
         if not isinstance(inst, I.Load) or inst.mask is not None:
             return None
         tensor = inst.tensor
         if tensor.dtype != t.dtype or isinstance(tensor.layout, PackedLayout) or tensor.name in self.stored:
             return None
-        if len(inst.shape) != len(tensor.shape) or int(inst.shape[-1]) != shape[1]:
+        if len(inst.shape) != len(tensor.shape):
             return None
         syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(tensor.shape))]
         offset = tensor.layout(*syms) if tensor.layout is not None else _row_major(syms, tensor.shape)
-        if sympy.simplify(offset.subs(syms[-1], syms[-1] + 1) - offset) != 1:
-            return None
-        lead = [int(n) for n in inst.shape[:-1]]
-        g = self.gbuf[tensor.name]
-
-        def quad(row: int, q: str) -> str:
-            coords = [*(int(c) for c in np.unravel_index(row, lead)), f"({q}) * 4"] if lead else [f"({q}) * 4"]
-            flat = _flat_address(tensor, [f"{scalar(o)} + {c}" for o, c in zip(inst.offsets, coords)])
-            return f'T.reinterpret("int32", {g}[T.Ramp({flat}, 1, 4)])'
-
-        return quad
+        return inst, syms, offset
 
     def _direct_index(self, t: Tile) -> tuple[Callable[[str, str], str], str, str] | None:
         """`_direct_rows`' tile: ((row, k) -> the flat index of element (row, k) in its tensor's buffer, the
         buffer, the int64 bytes from a row to the next); None for any other tile."""
-        inst = self.defs.get(id(t))
-        keep: list[int] | None = None  # the load's axes that are t's rows and columns
-        if isinstance(inst, I.Reshape):
-            src = inst.x.shape
+        reshape = self.defs.get(id(t))
+        keep = [0, 1]  # the load's axes that are t's rows and columns
+        if isinstance(reshape, I.Reshape):
+            src = reshape.x.shape
             keep = [ax for ax, n in enumerate(src) if n != 1]
             if [src[ax] for ax in keep] != [n for n in t.shape if n != 1] or len(keep) != 2 or 1 in t.shape:
                 return None
-            inst = self.defs.get(id(inst.x))
-        if not isinstance(inst, I.Load) or inst.mask is not None or id(t) in self.buf or id(t) in self.restaged:
+        plain = self._plain_load(t)
+        size = {"int8": 1, "bfloat16": 2}.get(t.dtype.name)
+        if plain is None or size is None:
             return None
+        inst, syms, offset = plain
         tensor = inst.tensor
-        size = {"int8": 1, "bfloat16": 2}.get(tensor.dtype.name)
-        if size is None or tensor.dtype != t.dtype or isinstance(tensor.layout, PackedLayout):
-            return None
-        if tensor.name in self.stored:
-            return None
-        keep = keep if keep is not None else [0, 1]
-        if len(inst.shape) != len(tensor.shape) or len(keep) != 2:
-            return None
-        syms = [sympy.Symbol(f"__c{d}", integer=True, nonnegative=True) for d in range(len(tensor.shape))]
-        offset = tensor.layout(*syms) if tensor.layout is not None else _row_major(syms, tensor.shape)
         r_ax, k_ax = keep
         row = sympy.simplify(offset.subs(syms[r_ax], syms[r_ax] + 1) - offset)
         col = sympy.simplify(offset.subs(syms[k_ax], syms[k_ax] + 1) - offset)
