@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 import lowbit.lang as T
+from lowbit.kernels.layouts import aligned
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 OFFSET_BINARY = -0x77777778  # 0x88888888 as int32: xor turns each two's complement nibble q into q + 8
@@ -257,7 +258,7 @@ def tile_group_rows(a: np.ndarray, bn: int) -> np.ndarray:
     rows, n = a.shape
     nb = -(-n // bn)
     padded = a if nb * bn == n else np.concatenate([a, np.zeros((rows, nb * bn - n), a.dtype)], axis=1)
-    return np.ascontiguousarray(padded.reshape(rows, nb, bn).transpose(1, 0, 2))
+    return aligned(padded.reshape(rows, nb, bn).transpose(1, 0, 2))
 
 
 @T.kernel

@@ -49,6 +49,7 @@ import numpy as np
 
 import lowbit.lang as T
 from lowbit.kernels.gemv_a8 import _extremes, _ordered_group, group_term
+from lowbit.kernels.layouts import aligned
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
@@ -91,7 +92,7 @@ def plane_words(codes: np.ndarray, bits: int, group: int, bn: int) -> np.ndarray
         for word, shift, mask in terms:
             for j in range(4):
                 words[:, :, word] |= (c[:, :, :, p, j] & mask) << (shift + 8 * j)
-    return words.astype(np.uint32).view(np.int32)
+    return aligned(words.astype(np.uint32).view(np.int32))
 
 
 def _plane(words: list[Any], terms: tuple[tuple[int, int, int], ...]) -> Any:

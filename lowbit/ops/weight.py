@@ -24,7 +24,7 @@ import numpy as np
 from lowbit.dtypes import DataType, decode, encode
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.ir.layout import PackedLayout
-from lowbit.kernels.layouts import weight_layout
+from lowbit.kernels.layouts import aligned, weight_layout
 from lowbit.quant import (
     IntGrid,
     ZeroConvention,
@@ -59,6 +59,13 @@ class QuantizedWeight:
     zeros: np.ndarray | None
     scheme: str = "w_a16"
     channel_scales: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # the kernels' vector loads start on cache lines: NumPy's arrays are only 16-byte aligned (`aligned`)
+        for name in ("words", "scales", "zeros", "channel_scales"):
+            a = getattr(self, name)
+            if isinstance(a, np.ndarray):
+                object.__setattr__(self, name, aligned(a))
 
     @property
     def out_features(self) -> int:

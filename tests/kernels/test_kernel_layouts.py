@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from lowbit.dtypes import dtype
 from lowbit.ir.layout import LayoutError, packed_along
 from lowbit.kernels.gemv import quantized_gemv
-from lowbit.kernels.layouts import column_tiled, fragment_codes, reordered_packed, weight_layout
+from lowbit.kernels.layouts import (
+    VECTOR_ALIGN,
+    aligned,
+    column_tiled,
+    fragment_codes,
+    reordered_packed,
+    weight_layout,
+)
 from lowbit.kernels.quantized_gemm import quantized_gemm, random_problem
 
 BITS = list(range(1, 9))
@@ -128,3 +135,28 @@ def test_column_tiled_pairs_puts_even_k_in_the_low_half(bits):
 def test_pairs_need_an_even_fragment():
     with pytest.raises(LayoutError, match="even fragment length"):
         column_tiled((60, 32), 6, 32, pairs=True)  # 5 six-bit codes a word
+
+
+@settings(max_examples=25)
+@given(
+    dtype_name=st.sampled_from(["uint8", "int8", "int32", "float16", "float32"]),
+    shape=st.lists(st.integers(0, 9), min_size=1, max_size=3),
+    offset=st.integers(0, 15),
+)
+def test_aligned_keeps_values_and_starts_on_a_cache_line(dtype_name, shape, offset):
+    # a view `offset` elements into a buffer: a start 0..15 elements past NumPy's own alignment
+    n = int(np.prod(shape))
+    base = np.arange(n + offset, dtype=np.int64).astype(dtype_name)
+    a = base[offset:].reshape(shape)
+    got = aligned(a)
+    assert got.ctypes.data % VECTOR_ALIGN == 0 or got.nbytes == 0
+    assert got.flags.c_contiguous and got.dtype == a.dtype and got.shape == a.shape
+    np.testing.assert_array_equal(got, a)
+    assert aligned(got) is got  # already aligned: no second copy
+
+
+def test_aligned_copies_a_strided_view_into_order():
+    a = np.arange(64, dtype=np.int32).reshape(8, 8).T  # Fortran order
+    got = aligned(a)
+    assert got.flags.c_contiguous and got.ctypes.data % VECTOR_ALIGN == 0
+    np.testing.assert_array_equal(got, a)

@@ -279,3 +279,30 @@ def test_fits_float16_agrees_with_rounding_the_dequantized_weight(name, zero, ex
         r = wh.astype(np.float16).astype(np.float64)
     want = bool(np.isfinite(r).all() and (np.abs(r - wh).sum(axis=1) <= np.abs(wh).sum(axis=1) * 2.0**-10).all())
     assert qw.fits_float16 == want
+
+
+@pytest.mark.parametrize("scheme", ["w_a16", "w4a8_group"])
+def test_arrays_the_kernels_read_start_on_cache_lines(scheme):
+    """Every array a kernel streams starts on a 64-byte line (`QuantizedWeight.__post_init__`), as do the
+    column-tiled copies and the x16 / a8 tiles made from it: NumPy's own allocations are 16-byte aligned."""
+    from lowbit.kernels.gemv_a8 import tile_group_rows
+    from lowbit.kernels.gemv_x16 import plane_words
+    from lowbit.kernels.layouts import VECTOR_ALIGN
+    from lowbit.ops.weight import retile_columns
+
+    w = np.random.default_rng(3).standard_normal((96, 256)).astype(np.float32)
+    qw = quantize(w, "uint4" if scheme != "w_a16" else "int4", 128, scheme=scheme)
+    arrays = [qw.words, qw.scales, qw.zeros, qw.channel_scales, retile_columns(qw, 32).words]
+    arrays += [tile_group_rows(qw.scales, 32), plane_words(qw.codes().astype(np.int64) & 15, 4, 128, 32)]
+    for a in arrays:
+        if a is not None:
+            assert a.ctypes.data % VECTOR_ALIGN == 0
+    # a weight built from an unaligned buffer gets an aligned copy with the same values
+    raw = np.empty(qw.words.nbytes + 16, np.uint8)[16:]
+    words = raw.view(qw.words.dtype).reshape(qw.words.shape)
+    words[...] = qw.words
+    from dataclasses import replace
+
+    moved = replace(qw, words=words)
+    assert moved.words.ctypes.data % VECTOR_ALIGN == 0
+    np.testing.assert_array_equal(moved.dequantize(), qw.dequantize())
