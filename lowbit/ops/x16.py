@@ -9,6 +9,13 @@ kernels per call: `quantize_groups_x16` (x -> planes, per-group power-of-two sca
 `quantized_gemv_x16`. 4096², bf16 x, 2 threads, on the 2-core AMD EPYC VM (AVX-512 VNNI and BF16, no AMX;
 benchmarks/README.md, session 47): int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 ms against 0.284 / 0.643 / 1.313
 for the table GEMV.
+
+The plan keeps its own plane copy of the codes beside the column-tiled copy the other CPU kernels read. Reading
+that copy's words in place (session 55: a GEMV whose planes are the words' shifted bytes, x's planes permuted
+by the quantizer to match) ran at parity for unsigned codes (uint2, 256x4096, one thread, L2-resident: 1.00-1.08x)
+but 1.17-1.25x slower for signed ones (int2 / int4; int4 at M = 4: 1.34-1.5x): their offset flip (u = b xor
+2^(b-1)) fuses into each plane's mask as a vpternlog with a register copy, where the plane copy stores u already.
+What would close it: the column-tiled copy in offset binary for every CPU kernel.
 """
 
 from __future__ import annotations
