@@ -137,7 +137,7 @@ def _as_torch(a: Any) -> torch.Tensor:
     a = np.asarray(a)
     if a.dtype.name == "bfloat16":  # ml_dtypes: torch has no numpy bf16 interop; float32 holds it exactly
         return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.array(a))  # a writable copy (the reader may hand out read-only maps)
+    return torch.tensor(a)  # a writable copy (the reader may hand out read-only maps) in torch's 64-byte-aligned memory
 
 
 def bits_per_weight(params: Mapping[str, Any]) -> tuple[float, int, int]:
