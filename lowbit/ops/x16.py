@@ -13,7 +13,7 @@ for the table GEMV.
 The plan keeps its own plane copy of the codes beside the column-tiled copy the other CPU kernels read. Reading
 that copy's words in place (session 55: a GEMV whose planes are the words' shifted bytes, x's planes permuted
 by the quantizer to match) ran at parity for unsigned codes (uint2, 256x4096, one thread, L2-resident: 1.00-1.08x)
-but 1.17-1.25x slower for signed ones (int2 / int4; int4 at M = 4: 1.34-1.5x): their offset flip (u = b xor
+but 1.17-1.33x slower for signed ones (int2 / int4; int4 at M = 4: 1.34-1.53x): their offset flip (u = b xor
 2^(b-1)) fuses into each plane's mask as a vpternlog with a register copy, where the plane copy stores u already.
 What would close it: the column-tiled copy in offset binary for every CPU kernel.
 """
