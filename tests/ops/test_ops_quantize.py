@@ -297,10 +297,12 @@ def test_arrays_the_kernels_read_start_on_cache_lines(scheme):
     for a in arrays:
         if a is not None:
             assert a.ctypes.data % VECTOR_ALIGN == 0
-    # a weight built from an unaligned buffer gets an aligned copy with the same values
-    raw = np.empty(qw.words.nbytes + 16, np.uint8)[16:]
-    words = raw.view(qw.words.dtype).reshape(qw.words.shape)
+    # a weight built from words 16 bytes past a line gets an aligned copy with the same values
+    raw = np.empty(qw.words.nbytes + 2 * VECTOR_ALIGN, np.uint8)
+    start = -raw.ctypes.data % VECTOR_ALIGN + 16
+    words = raw[start : start + qw.words.nbytes].view(qw.words.dtype).reshape(qw.words.shape)
     words[...] = qw.words
+    assert words.ctypes.data % VECTOR_ALIGN == 16
     from dataclasses import replace
 
     moved = replace(qw, words=words)
