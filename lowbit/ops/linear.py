@@ -12,8 +12,9 @@ Kernel choice (documented rule):
                         With float16 x, a weight whose dequantized values float16 cannot hold
                         (`QuantizedWeight.fits_float16`: |ŵ| past 65504, or channels in its subnormals) runs
                         `quantized_gemv` at every M (the GEMM rounds its dequantized tile to x's dtype).
-                        CPU torch bf16 / fp16 x of <= 4 rows with 2- to 4-bit integer codes (int2 .. int4,
-                        uint2 .. uint4, any zeros; AVX-512 VNNI) runs the x16 plan (`lowbit.ops.x16`). On TVM
+                        CPU torch fp16 x of any rows and bf16 x of up to 28 (`x16.X16_MAX_M`) with 2- to 4-bit
+                        integer codes (int2 .. int4, uint2 .. uint4, any zeros; AVX-512 VNNI) runs the x16 plan
+                        (`lowbit.ops.x16`; past 4 rows in row tiles of 4). On TVM
                         an N that is not a multiple of CPU_PAD_N runs a copy padded to one (`PaddedLaunch`).
   scheme w4a8_group:    `w4a8_gemm_per_group`;  scheme w4a8_channel: `w4a8_gemm_per_channel`
                         (x is first quantized per token to int8 with an fp16 scale, as in lowbit.quant); on

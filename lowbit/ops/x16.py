@@ -1,7 +1,8 @@
 """The x16 plan: a decode GEMV of 2-, 3- and 4-bit integer weights whose 16-bit activations run on int8 dots.
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
-activations of up to X16_MAX_M rows on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`): the
+activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`; float16 x at any M, bfloat16 x up to
+X16_MAX_M rows, in row tiles of X16_BM): the
 table-decoded GEMV of 2- and 3-bit codes is compute-bound there (fp32 FMAs, one product each), and so is the
 bf16 pair dot of 4-bit codes where memory is fast (a shift and a ternary logic op of decode per 32 codes), while
 `lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
@@ -42,7 +43,17 @@ X16_DTYPES = ("int2", "int3", "uint2", "uint3", "int4", "uint4")  # widths measu
 # fast states had x16 at 0.86-0.93x. uint4 with zeros (session 54, after the VNNI chain kept each row's
 # accumulators in registers), streamed: post M = 1 / 2 / 4 310 / 318 / 479 against 287 / 477 / 754; pre 258 /
 # 312 / 549 against 254 / 566 / 848; pre hot M = 1 / 2 159 / 245 against 186 / 560.
-X16_MAX_M = 4  # rows: 2·M plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
+X16_BM = 4  # rows a program: 2·BM plane rows of one register block (the TVM backend's VNNI chain, `_vnni_chain`)
+# More rows run in row tiles of X16_BM (the GEMV's grid, row tiles innermost): the time grows with ⌈M / 4⌉ where the
+# float kernels' GEMM forms step at 8, 16 and 32 rows. Session 56, 2 threads, a ring of weights (4096²: 11, 11008x4096:
+# 4), in one process against the kernel the rule chose before (`linear_launcher`), time ratios:
+#   bfloat16 x, 4096², M = 5 / 8 / 16 / 24 / 32: int4 0.80 / 0.80 / 0.93 / 0.77 / 1.03, int3 0.73 / 0.71 / 0.91 /
+#     0.79 / 1.04, int2 0.80 / 0.78 / 0.92 / 0.80 / 1.05, uint4 (post zeros) 0.50 / 0.75 / 0.78 / 0.64 / 0.99;
+#     11008x4096, M = 5 / 16 / 28 / 32: int4 0.83 / 0.93 / 0.87 / 1.00, uint4 0.45 / 0.82 / 0.71 / 0.94. Past 32 rows
+#     the bf16 GEMM forms win (4096² int4 M = 64, hot: 5.4 against 5.9 ms).
+#   float16 x (no AVX-512 FP16 here: the float kernels multiply in fp32), 4096², M = 5 / 16 / 64 / 256: int4 0.40 /
+#     0.47 / 0.59 / 0.59, uint4 0.31 / 0.42 / 0.59 / 0.59, int3 0.42 / 0.47 / 0.57 / 0.59.
+X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any number)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
@@ -69,7 +80,8 @@ def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
         qw.scheme == "w_a16"
         and qw.dtype.name in X16_DTYPES
         and adtype in X16_ADTYPES
-        and 1 <= m <= X16_MAX_M
+        and 1 <= m
+        and (adtype == "float16" or m <= X16_MAX_M)
         and int8_dot in ("vnni", "amx")
         and qw.group_size in X16_GROUPS
         and qw.in_features % qw.group_size == 0
@@ -86,6 +98,24 @@ def unsigned_codes(qw: QuantizedWeight) -> tuple[np.ndarray, int]:
     return codes, 0
 
 
+def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
+    """The x16 GEMV's weight operands of `qw` (torch tensors: "w" its plane words, "scales" and "zeros" column-tiled
+    by X16_BN), made once and kept on the weight: the plans of every row count share them (one plane copy a
+    weight, where each plan had made its own)."""
+    fixed = qw.__dict__.get("_x16_operands")
+    if fixed is None:
+        import torch
+
+        fixed = {
+            "w": torch.from_numpy(plane_words(unsigned_codes(qw)[0], qw.dtype.bits, qw.group_size, X16_BN)),
+            "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN)),
+        }
+        if qw.zeros is not None:
+            fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, X16_BN))
+        qw.__dict__["_x16_operands"] = fixed
+    return dict(fixed)
+
+
 class X16Plan:
     """The two x16 kernels compiled for one weight, m rows and an activation dtype, with the weight's plane
     words, scales and zeros bound. `run(x2, y2)`: torch tensors, x2 [m, K], y2 [m, N]. Each thread has its
@@ -94,19 +124,14 @@ class X16Plan:
     def __init__(self, qw: QuantizedWeight, m: int, adtype: str):
         n, k = qw.shape
         g = qw.group_size
-        self.m, self.k, self.groups = m, k, k // g
-        u, offset = unsigned_codes(qw)
-        import torch
-
-        fixed: dict[str, Any] = {
-            "w": torch.from_numpy(plane_words(u, qw.dtype.bits, g, X16_BN)),
-            "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN)),
-        }
-        if qw.zeros is not None:
-            fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, X16_BN))
+        bm = min(m, X16_BM)
+        mp = -(-m // bm) * bm  # rows the quantizer writes (rows >= m read 0)
+        self.m, self.mp, self.k, self.groups = m, mp, k, k // g
+        offset = 1 << (qw.dtype.bits - 1) if qw.dtype.is_signed else 0
+        fixed = x16_operands(qw)
         trace = {
             "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": qw.zero_mode, "G": g, "ydtype": adtype,
-            "sdtype": str(qw.scales.dtype), "BM": m, "BN": X16_BN, "TILES": X16_TILES,
+            "sdtype": str(qw.scales.dtype), "BM": bm, "BN": X16_BN, "TILES": X16_TILES,
         }  # fmt: skip
         gemv = compile_program(
             quantized_gemv_x16.trace(**trace),
@@ -118,10 +143,10 @@ class X16Plan:
                 "prefetch_locality": GEMV_PREFETCH_LOCALITY,
             },
         )
-        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=m), "tvm", serial_options("tvm"))
-        sizes = {"M": m, "MP": m, "N": n, "K": k}
+        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm), "tvm", serial_options("tvm"))
+        sizes = {"M": m, "MP": mp, "N": n, "K": k}
         gemv_launch: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `parts`
-        quant_launch: Any = bind(quant, {"M": m, "MP": m, "K": k}, ("x", "xq", "xs", "xsum"))
+        quant_launch: Any = bind(quant, {"M": m, "MP": mp, "K": k}, ("x", "xq", "xs", "xsum"))
         self._gemv, self._quant = gemv_launch, quant_launch
         self._names = (quant_launch.parts[3], gemv_launch.parts[3])
         from lowbit.codegen.tvm.runtime import RECORDING  # here: importing TVM takes ~2.5 s, `lowbit.ops` none
@@ -161,9 +186,9 @@ class X16Plan:
         import torch
 
         bufs = (
-            torch.empty(2 * self.m * self.k, dtype=torch.int8),  # [K // G, m, 2, 8, G // 8]: hi and lo planes
-            torch.empty(self.m * self.groups, dtype=torch.float32),
-            torch.empty(self.m * self.groups, dtype=torch.int32),
+            torch.empty(2 * self.mp * self.k, dtype=torch.int8),  # [K // G, MP, 2, 8, G // 8]: hi and lo planes
+            torch.empty(self.mp * self.groups, dtype=torch.float32),
+            torch.empty(self.mp * self.groups, dtype=torch.int32),
         )
         out = []
         for launch, values, free in ((self._quant, (None, *bufs), 0), (self._gemv, (*bufs, None), 3)):
@@ -185,4 +210,4 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     return plan
 
 
-__all__ = ["X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_plan", "x16_serves"]
+__all__ = ["X16_BM", "X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_operands", "x16_plan", "x16_serves"]

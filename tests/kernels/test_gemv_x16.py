@@ -25,7 +25,7 @@ from lowbit.codegen.backend import compile_program
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import PLANES, X16_BITS, plane_terms, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.ops import quantize
-from lowbit.ops.x16 import unsigned_codes
+from lowbit.ops.x16 import X16_BM, unsigned_codes
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
 from linear_reference import bound, reference, relative_error
@@ -65,19 +65,23 @@ def test_plane_layout_refuses_a_group_of_partial_blocks():
         plane_terms(5)
 
 
-def quantize_x(x: np.ndarray, group: int, adtype: str, backend: str):
+def quantize_x(x: np.ndarray, group: int, adtype: str, backend: str, bm: int | None = None):
+    """x's planes, scales and code sums in row tiles of bm (None: one tile of all rows), MP = ⌈M / bm⌉·bm rows."""
     m, k = x.shape
-    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=m), backend, {})
-    xq = np.zeros((k // group, m, 2, 8, group // 8), np.int8)
-    xs = np.zeros((m, k // group), np.float32)
-    xsum = np.zeros((m, k // group), np.int32)
+    bm = m if bm is None else min(bm, m)
+    mp = -(-m // bm) * bm
+    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=bm), backend, {})
+    xq = np.full((k // group, mp, 2, 8, group // 8), 99, np.int8)  # 99: rows past M must be written
+    xs = np.zeros((mp, k // group), np.float32)
+    xsum = np.full((mp, k // group), 99, np.int32)
     if backend == "reference":
-        q({"x": x, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": m, "K": k})
-        return xq, xs, xsum
-    t = [torch.from_numpy(a) for a in (xq, xs, xsum)]
-    q({"x": torch.from_numpy(x.astype(np.float32)).to(getattr(torch, adtype)), "xq": t[0], "xs": t[1],
-       "xsum": t[2], "M": m, "MP": m, "K": k})  # fmt: skip
-    return tuple(a.numpy() for a in t)
+        q({"x": x, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": k})
+    else:
+        t = [torch.from_numpy(a) for a in (xq, xs, xsum)]
+        q({"x": torch.from_numpy(x.astype(np.float32)).to(getattr(torch, adtype)), "xq": t[0], "xs": t[1],
+           "xsum": t[2], "M": m, "MP": mp, "K": k})  # fmt: skip
+    assert not xq[:, m:].any() and not xsum[m:].any()  # the last tile's rows past M: zero planes and sums
+    return xq, xs, xsum
 
 
 BACKENDS = ["reference"] + (["tvm"] if VNNI else [])
@@ -115,17 +119,20 @@ def test_quantizer_carries_x_in_two_planes(m, group, magnitude, adtype, backend,
         np.testing.assert_array_equal(back[near], x64[near])
 
 
-def run_x16(qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: int = 2) -> np.ndarray:
+def run_x16(
+    qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: int = 2, bm: int | None = None
+) -> np.ndarray:
+    """y of the two x16 kernels, in row tiles of bm (None: one tile of all rows, as `X16Plan` runs <= 4 rows)."""
     m, k = x.shape
     n = qw.shape[0]
     g = qw.group_size if qw.group_size > 0 else k  # per channel: one group of K
     u, offset = unsigned_codes(qw)
-    xq, xs, xsum = quantize_x(x, g, adtype, backend)
+    xq, xs, xsum = quantize_x(x, g, adtype, backend, bm)
     trace = dict(BITS=qw.dtype.bits, OFFSET=offset, zero_mode=qw.zero_mode, G=g, ydtype=adtype,
-                 sdtype=str(qw.scales.dtype), BM=m, BN=bn, TILES=tiles)  # fmt: skip
+                 sdtype=str(qw.scales.dtype), BM=m if bm is None else min(bm, m), BN=bn, TILES=tiles)  # fmt: skip
     kernel = compile_program(quantized_gemv_x16.trace(**trace), backend, {})
     args = {"xq": xq, "xs": xs, "xsum": xsum, "w": plane_words(u, qw.dtype.bits, g, bn),
-            "scales": tile_group_rows(qw.scales, bn), "M": m, "MP": m, "N": n, "K": k}  # fmt: skip
+            "scales": tile_group_rows(qw.scales, bn), "M": m, "MP": xs.shape[0], "N": n, "K": k}  # fmt: skip
     if qw.zeros is not None:
         args["zeros"] = tile_group_rows(qw.zeros, bn)
     if backend == "reference":
@@ -137,9 +144,9 @@ def run_x16(qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: i
     return y.float().numpy()
 
 
-@settings(max_examples=6)
+@settings(max_examples=8)
 @given(
-    m=st.integers(1, 4),
+    m=st.integers(1, 10),
     n=st.integers(1, 80),
     kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (256, 256)]),
     name=st.sampled_from([f"{s}int{b}" for s in ("", "u") for b in X16_BITS]),
@@ -155,7 +162,7 @@ def test_x16_gemv_matches_the_oracle(m, n, kg, name, zero, adtype, magnitude, ba
     kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
     qw = quantize(rng.standard_normal((n, k)).astype(np.float32), name, g, **kwargs)
     x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
-    y = run_x16(qw, x, adtype, backend)
+    y = run_x16(qw, x, adtype, backend, bm=X16_BM)  # past 4 rows: row tiles of 4, the last one ragged
     err = relative_error(y, reference(x.astype(np.float32), qw))
     assert err <= bound(qw, m, adtype), f"{qw} m={m} {adtype} {backend}: {err}"
 

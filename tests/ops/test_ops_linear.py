@@ -551,13 +551,15 @@ def test_per_channel_zeros_where_most_codes_sit_at_the_zero(backend, name, M):
         ("int2", 32, 4, "bfloat16", "pre"),
         ("int4", 128, 2, "bfloat16", "default"),
         ("int4", 64, 4, "float16", "default"),
+        ("uint4", 128, 6, "bfloat16", "post"),
+        ("int3", 64, 13, "float16", "pre"),
     ],
 )
 def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, zero):
-    """CPU torch bf16 / fp16 x of <= 4 rows with 2-3-bit integer codes (int4 without zeros: 2-4 rows) runs
-    `lowbit.ops.x16` (x in two int8 planes): within the GEMV bound of the oracle, activations below 1 included
-    (a scale clamped at 1 once made every such group wrong), and a NaN in a row gives a NaN row and leaves the
-    others bit for bit."""
+    """CPU torch bf16 / fp16 x with 2-4-bit integer codes runs `lowbit.ops.x16` (x in two int8 planes; past 4
+    rows in row tiles of 4, the last one ragged): within the GEMV bound of the oracle, activations below 1
+    included (a scale clamped at 1 once made every such group wrong), and a NaN in a row gives a NaN row and
+    leaves the others, those of later row tiles too, bit for bit."""
     kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
     qw = quantize(weight(96, 256, M), name, G, **kwargs)
     for magnitude in (0.02, 3.0):
@@ -568,9 +570,11 @@ def test_tvm_narrow_codes_with_16_bit_x_take_the_x16_plan(name, G, M, adtype, ze
         assert err <= bound(qw, M, adtype), f"{name} M={M} {adtype} x{magnitude}: {err}"
     assert any(key[-1] == "x16" for key in plans(qw))
     bad = x.clone()
-    bad[0, 7] = float("nan")
+    nan_rows = [0] + ([M - 1] if M > 4 else [])  # and one in the last (ragged) row tile
+    bad[nan_rows, 7] = float("nan")
     yb = quantized_linear(bad, qw, backend="tvm")
-    assert torch.isnan(yb[0].float()).all() and torch.equal(yb[1:], y[1:])
+    keep = [r for r in range(M) if r not in nan_rows]
+    assert torch.isnan(yb[nan_rows].float()).all() and torch.equal(yb[keep], y[keep])
 
 
 @pytest.mark.skipif(
@@ -668,14 +672,17 @@ def test_padded_launch_records_its_copy_for_replay():
     assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and y.abs().sum() > 0
 
 
-def test_4bit_codes_take_the_x16_plan_at_one_to_four_rows():
-    """`x16_serves` for 4-bit codes: 1-4 rows of 16-bit x, with or without zeros (measured faster there); fp32 x,
-    more rows or a CPU without VNNI keep the other kernels."""
-    from lowbit.ops.x16 import x16_serves
+def test_x16_serves_bf16_x_up_to_its_row_limit_and_fp16_x_at_any_rows():
+    """`x16_serves` for 4-bit codes, with or without zeros (measured faster there): bfloat16 x up to X16_MAX_M
+    rows (past it the bf16 GEMM forms win), float16 x at any rows (the float kernels multiply fp16 in fp32 on a
+    CPU without AVX-512 FP16); fp32 x, no rows or a CPU without VNNI keep the other kernels."""
+    from lowbit.ops.x16 import X16_MAX_M, x16_serves
 
     sym = quantize(weight(64, 128, 2), "int4", 64)
     post = quantize(weight(64, 128, 2), "uint4", 64, symmetric=False, zero_mode="post")
     for qw in (sym, post):
-        assert [x16_serves(qw, m, "bfloat16", "vnni") for m in (1, 2, 3, 4, 5)] == [True, True, True, True, False]
+        rows = (0, 1, 4, 5, X16_MAX_M, X16_MAX_M + 1)
+        assert [x16_serves(qw, m, "bfloat16", "vnni") for m in rows] == [False, True, True, True, True, False]
+        assert [x16_serves(qw, m, "float16", "vnni") for m in (1, 5, X16_MAX_M + 1, 4096)] == [True] * 4
     assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "vnni")
     assert not x16_serves(post, 2, "bfloat16", "none")
