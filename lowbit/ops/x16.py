@@ -80,7 +80,7 @@ def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
         qw.scheme == "w_a16"
         and qw.dtype.name in X16_DTYPES
         and adtype in X16_ADTYPES
-        and 1 <= m
+        and m >= 1
         and (adtype == "float16" or m <= X16_MAX_M)
         and int8_dot in ("vnni", "amx")
         and qw.group_size in X16_GROUPS
