@@ -124,6 +124,31 @@ def column_tiled(shape: tuple[int, int], bits: int, bn: int = 32, *, pairs: bool
     return reordered_packed(shape, bits, (WORD_BITS // bits, bn), vector_bytes=WORD_BITS // 8, pairs=pairs)
 
 
+PLANE_BITS = (1, 2, 4)  # code widths with a plane layout (whole codes in each byte)
+
+
+def plane_layout(shape: tuple[int, int], bits: int, group: int, bn: int = 32) -> PackedLayout:
+    """The x16 GEMV's plane layout (`lowbit.kernels.gemv_x16`) of a [K, N] weight of 1-, 2- or 4-bit codes:
+    per column block of bn and group of `group` k, `bits` word rows of group / 32 words a column. With
+    b = bits, byte j of word row w's t-th word holds at bit b·s the code of k = (group / 8)·p + 4t + j, plane
+    p = (8 / b)·w + s: so plane p is the group / 8 consecutive k from (group / 8)·p, four of a column to a
+    32-bit lane. As an array words[⌈N / bn⌉, K / group, b, group / 32, bn], the words `plane_words` writes.
+    Built with the algebra (per = 32 / b codes a word, rows = group / 32, R = bn·per slots a word row):
+        k = (j:4, t:rows, s:8/b, w:b, g:K/group) : (8/b, R, 1, rows·R, b·rows·R)
+        n = (c:bn, block:⌈N/bn⌉) : (per, K·bn)
+    3-bit codes have none: the plane layout's planes 2 and 5 split each code across two words."""
+    k, n = (int(v) for v in shape)
+    if bits not in PLANE_BITS:
+        raise LayoutError(f"plane layout: {bits}-bit codes do not fill whole bytes; use bits in {PLANE_BITS}")
+    if group <= 0 or group % 32 or k % group:
+        raise LayoutError(f"plane layout: group {group} must be a multiple of 32 dividing K = {k}")
+    per, rows = WORD_BITS // bits, group // 32
+    row = bn * per
+    kmode = Layout((4, rows, 8 // bits, bits, k // group), (8 // bits, row, 1, rows * row, bits * rows * row))
+    nmode = Layout((bn, -(-n // bn)), (per, k * bn))
+    return PackedLayout(make_layout(kmode, nmode), bits, WORD_BITS, per, shape=(k, n))
+
+
 def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int, int] | None = None) -> PackedLayout:
     """Resolve a layout name ("row", "reordered") or a PackedLayout for a [K, N] weight of `bits`-bit codes
     (tile: the reordered layout's, None for `default_tile(bits)`)."""
@@ -143,9 +168,11 @@ def weight_layout(kind: Any, shape: tuple[int, int], bits: int, tile: tuple[int,
 
 __all__ = [
     "DEFAULT_TILE",
+    "PLANE_BITS",
     "column_tiled",
     "default_tile",
     "fragment_codes",
+    "plane_layout",
     "reordered_packed",
     "row_packed",
     "weight_layout",

@@ -80,7 +80,7 @@ from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY, default_config, native
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, pad_columns, retile_columns
-from lowbit.ops.x16 import x16_plan, x16_serves
+from lowbit.ops.x16 import X16_BN, x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
@@ -106,7 +106,7 @@ A8_AMX_WIDE_ROWS = 64
 A8_DECODE_TILES = 2
 
 
-def _tvm_int8_dot() -> str:
+def tvm_int8_dot() -> str:
     """The int8 dot form the TVM backend's "auto" picks for this CPU ("amx", "vnni", "avx2" or "none")."""
     from lowbit.codegen.tvm.runtime import cpu_target, resolve_options
 
@@ -685,7 +685,7 @@ class A8Plan:
             biased = is_offset_binary(qw)  # int4 stored as u = q + 8: the kernel skips its xor and the zero points
             scales = _group_tiles(qw, "scales")
             zeros = _group_tiles(qw, "zeros") if qw.zeros is not None and not biased else None
-        amx = backend == "tvm" and _tvm_int8_dot() == "amx"
+        amx = backend == "tvm" and tvm_int8_dot() == "amx"
         # prefill row tiles: 32 on AMX (two 16-row tiles share each decoded weight tile: M = 64 / 256 took 0.83x
         # / 0.79x the time of 16-row tiles, hot, 2 threads, on the Xeon VM with AMX)
         prefill_rows = A8_AMX_ROWS if amx else GEMV_MAX_M
@@ -880,11 +880,14 @@ def linear_launcher(
     if qw.scheme != "w_a16":
         raise ValueError(f"linear_launcher takes w_a16 weights; {qw.scheme} activations go through int8 kernels")
     n = qw.shape[0]
+    x16 = backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, tvm_int8_dot())
+    if x16 and n % X16_BN == 0:  # whole x16 column tiles: no padded copy (`x16_weight`'s is then the only one)
+        return x16_plan(qw, m, adtype)  # 2-4-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
     if backend == "tvm" and n % CPU_PAD_N:
         padded = cpu_padded(qw, adtype)
         return PaddedLaunch(linear_launcher(padded, m, backend, adtype, kernel, config), m, n, padded.shape[0])
-    if backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, _tvm_int8_dot()):
-        return x16_plan(qw, m, adtype)  # 2-4-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
+    if x16:
+        return x16_plan(qw, m, adtype)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 

@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from lowbit.codegen.backend import compile_program
+from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.kernels.launch import bind, serial_options
+from lowbit.kernels.layouts import PLANE_BITS, aligned, plane_layout
 from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
 from lowbit.ops.weight import QuantizedWeight
 
@@ -98,19 +100,64 @@ def unsigned_codes(qw: QuantizedWeight) -> tuple[np.ndarray, int]:
     return codes, 0
 
 
+def x16_weight(qw: QuantizedWeight) -> QuantizedWeight | None:
+    """`qw` as the x16 GEMV reads it in place: its codes in the plane layout (`plane_layout(X16_BN)`), a signed
+    weight without zero point as the equal offset-binary unsigned one (u = q + 2^(b-1) with zero point 2^(b-1):
+    ŵ = (u − 2^(b-1))·s, the same values; the plan runs it with the signed weight's constant offset, no zeros
+    read). For an executor whose every M runs the x16 plan (float16 x), so the weight is held once: the plan
+    makes no plane copy of it. None where the plan does not serve `qw`, its codes have no plane layout (3 bits) or
+    it is signed with zero points."""
+    n, k = qw.shape
+    bits = qw.dtype.bits
+    if not x16_serves(qw, 1, "float16", "vnni") or bits not in PLANE_BITS:
+        return None
+    layout = plane_layout((k, n), bits, qw.group_size, X16_BN)
+    if qw.layout == layout:
+        return qw
+    if qw.dtype.is_signed and qw.zero_mode != "none":
+        return None
+    words = plane_words(unsigned_codes(qw)[0], bits, qw.group_size, X16_BN).view(np.uint32).reshape(-1)
+    if not qw.dtype.is_signed:
+        dtype, zero_mode, zeros = qw.dtype, qw.zero_mode, qw.zeros
+    else:
+        dtype, zero_mode = as_dtype(f"uint{bits}"), "post"
+        zeros = np.full(qw.scales.shape, 1 << (bits - 1), dtype=qw.scales.dtype)
+    return QuantizedWeight(
+        dtype, qw.group_size, zero_mode, qw.shape, layout, aligned(words), qw.scales, zeros, qw.scheme,
+        qw.channel_scales,
+    )  # fmt: skip
+
+
+def constant_offset(qw: QuantizedWeight) -> int:
+    """2^(b-1) where `qw` is an offset-binary weight (unsigned b-bit codes whose zero points are all 2^(b-1),
+    post: what `x16_weight` makes of a signed one), which the x16 GEMV runs as the signed codes' constant offset
+    with no zeros read; else 0."""
+    if qw.dtype.is_signed or qw.zero_mode != "post" or qw.zeros is None:
+        return 0
+    flag = qw.__dict__.get("_constant_offset")
+    if flag is None:
+        half = 1 << (qw.dtype.bits - 1)
+        flag = qw.__dict__["_constant_offset"] = half if bool(np.all(qw.zeros == half)) else 0
+    return int(flag)
+
+
 def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
     """The x16 GEMV's weight operands of `qw` (torch tensors: "w" its plane words, "scales" and "zeros" column-tiled
-    by X16_BN), made once and kept on the weight: the plans of every row count share them (one plane copy a
-    weight, where each plan had made its own)."""
+    by X16_BN; no zeros for a `constant_offset` weight), made once and kept on the weight: the plans of every row
+    count share them. A weight already in the plane layout (`x16_weight`) lends its own words (no copy)."""
     fixed = qw.__dict__.get("_x16_operands")
     if fixed is None:
         import torch
 
-        fixed = {
-            "w": torch.from_numpy(plane_words(unsigned_codes(qw)[0], qw.dtype.bits, qw.group_size, X16_BN)),
-            "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN)),
-        }
-        if qw.zeros is not None:
+        n, k = qw.shape
+        g, bits = qw.group_size, qw.dtype.bits
+        shape = (-(-n // X16_BN), k // g, bits, g // 32, X16_BN)
+        if bits in PLANE_BITS and qw.layout == plane_layout((k, n), bits, g, X16_BN):
+            words = qw.words.view(np.int32).reshape(shape)
+        else:
+            words = plane_words(unsigned_codes(qw)[0], bits, g, X16_BN)
+        fixed = {"w": torch.from_numpy(words), "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN))}
+        if qw.zeros is not None and not constant_offset(qw):
             fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, X16_BN))
         qw.__dict__["_x16_operands"] = fixed
     return dict(fixed)
@@ -127,10 +174,11 @@ class X16Plan:
         bm = min(m, X16_BM)
         mp = -(-m // bm) * bm  # rows the quantizer writes (rows >= m read 0)
         self.m, self.mp, self.k, self.groups = m, mp, k, k // g
-        offset = 1 << (qw.dtype.bits - 1) if qw.dtype.is_signed else 0
+        offset = 1 << (qw.dtype.bits - 1) if qw.dtype.is_signed else constant_offset(qw)
+        zero_mode = "none" if constant_offset(qw) else qw.zero_mode
         fixed = x16_operands(qw)
         trace = {
-            "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": qw.zero_mode, "G": g, "ydtype": adtype,
+            "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": zero_mode, "G": g, "ydtype": adtype,
             "sdtype": str(qw.scales.dtype), "BM": bm, "BN": X16_BN, "TILES": X16_TILES,
         }  # fmt: skip
         gemv = compile_program(
@@ -210,4 +258,15 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     return plan
 
 
-__all__ = ["X16_BM", "X16_DTYPES", "X16_MAX_M", "X16Plan", "unsigned_codes", "x16_operands", "x16_plan", "x16_serves"]
+__all__ = [
+    "X16_BM",
+    "X16_DTYPES",
+    "X16_MAX_M",
+    "X16Plan",
+    "constant_offset",
+    "unsigned_codes",
+    "x16_operands",
+    "x16_plan",
+    "x16_serves",
+    "x16_weight",
+]

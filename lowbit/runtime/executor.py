@@ -39,8 +39,10 @@ from lowbit.ops.linear import (
     quantized_linear,
     quantized_linear_int8,
     select_backend,
+    tvm_int8_dot,
 )
 from lowbit.ops.weight import QuantizedWeight, offset_binary, retile_columns
+from lowbit.ops.x16 import x16_weight
 from lowbit.quant import quantize_per_token_int8
 from lowbit.runtime.batch import Batch
 from lowbit.runtime.kv_cache import PagedKVCache
@@ -81,7 +83,7 @@ class Executor:
         self.graph = graph
         self.nodes = graph.nodes_in_order()
         self.linear_kernels = {n.name: _bucket_kernels(n) for n in self.nodes if n.op == "linear"}
-        self.params = _load_layouts(self.nodes, params, select_backend(backend))
+        self.params = _load_layouts(self.nodes, params, select_backend(backend), str(dtype).removeprefix("torch."))
         self.cache = cache
         self.backend = backend
         self.dtype = dtype
@@ -305,13 +307,16 @@ def step_info(batch: Batch) -> dict[str, Any]:
     return info
 
 
-def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str) -> Mapping[str, Any]:
+def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str, dtype: str) -> Mapping[str, Any]:
     """`params`, with the weights of linears re-tiled to the layout their CPU kernels stream (the artifact
     stores the row layout): linears that run `quantized_gemv_a8` to its column-tiled layout, int4 ones as the
     equal offset-binary uint4 weight (`lowbit.ops.weight.offset_binary`: the kernel skips a xor per word); on
-    the TVM backend every other w_a16 linear to `lowbit.ops.linear.cpu_weight`'s column tiles (one copy: the
-    row-layout original is not kept). Configs pinned to a weight (tuning.json) move to its copy. A new mapping
-    when something changed; the caller's is never modified."""
+    the TVM backend with float16 activations (`dtype`), those the x16 plan runs at every M to its plane layout
+    (`lowbit.ops.x16.x16_weight`: the plan reads it in place, no plane copy beside it); every other w_a16
+    linear to `lowbit.ops.linear.cpu_weight`'s column tiles. One copy each: the row-layout original is not kept.
+    Configs pinned to a weight (tuning.json) move to its copy. A new mapping when something changed; the
+    caller's is never modified."""
+    x16_all = backend == "tvm" and dtype == "float16" and tvm_int8_dot() in ("vnni", "amx")
     out: dict[str, Any] | None = None
     for n in nodes:
         if n.op != "linear":
@@ -323,7 +328,7 @@ def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str) -> 
         if any(k == A8_KERNEL for _, k in _bucket_kernels(n)):
             tiled = offset_binary(retile_columns(w, A8_BN))
         elif backend == "tvm":
-            tiled = cpu_weight(w)
+            tiled = (x16_weight(w) if x16_all else None) or cpu_weight(w)
             w.__dict__.pop("_cpu_tiled", None)  # the copy replaces the weight; `w` must not keep it alive
         else:
             continue

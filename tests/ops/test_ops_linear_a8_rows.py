@@ -67,7 +67,7 @@ def test_amx_prefill_takes_wide_row_tiles_where_they_pad_no_more_rows(m):
     """On AMX a prefill runs 64-row tiles where the 32-row tiles' padding is a whole number of them (M = 64,
     128; 80 pads to 96, which 64-row tiles would pad to 128): the same sums and epilogue, so the same bits as
     one row at a time either way."""
-    from lowbit.ops.linear import A8_AMX_WIDE_ROWS, _tvm_int8_dot
+    from lowbit.ops.linear import A8_AMX_WIDE_ROWS, tvm_int8_dot
 
     rng = np.random.default_rng(m)
     qw = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int4", 128)  # whole AMX tiles (G / 2 = 64)
@@ -75,5 +75,5 @@ def test_amx_prefill_takes_wide_row_tiles_where_they_pad_no_more_rows(m):
     y = quantized_linear(x, qw, backend="tvm", kernel=A8_KERNEL)
     assert np.array_equal(y, row_by_row(x, qw))
     plan = a8_plan(qw, m, "tvm", "float32")
-    wide = _tvm_int8_dot() == "amx" and -(-m // 32) % (A8_AMX_WIDE_ROWS // 32) == 0
+    wide = tvm_int8_dot() == "amx" and -(-m // 32) % (A8_AMX_WIDE_ROWS // 32) == 0
     assert (plan._wide_gemv is not None) == wide

@@ -9,12 +9,17 @@ import pytest
 import torch
 from runtime_oracle import dequantized_overrides
 
+from lowbit.artifact.fingerprint import isa_flags
+from lowbit.codegen.backend import available_backends
 from lowbit.compiler.quantize import quantize_params
 from lowbit.config.spec import LinearSpec
 from lowbit.graph import PassContext, build_graph, optimize
+from lowbit.kernels.layouts import plane_layout
 from lowbit.models import ArchConfig
 from lowbit.models.reference import reference_logits
 from lowbit.models.synthetic import synthetic_weights
+from lowbit.ops.weight import QuantizedWeight
+from lowbit.ops.x16 import X16_BN, x16_serves
 from lowbit.runtime.batch import SeqChunk
 from lowbit.runtime.runner import ModelRunner
 
@@ -114,3 +119,60 @@ def test_chunked_logits_read_the_cache(weights, kv, bound):
         assert err > 0  # later chunks really read the quantized cache
     with pytest.raises(ValueError, match="chunk"):
         r.logits(ids, chunk=0)
+
+
+@pytest.mark.skipif(
+    "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
+)
+@pytest.mark.parametrize(
+    "spec", [LinearSpec("rtn", "int4", 32, "none"), LinearSpec("rtn", "uint2", 64, "post")], ids=lambda s: s.describe()
+)
+def test_float16_serving_holds_each_x16_weight_once(weights, spec):
+    """With float16 activations every M of a 1-, 2- or 4-bit integer linear runs the x16 plan, so the executor
+    keeps that weight in the plane layout alone (`x16_weight`; a signed one offset binary) and the plan reads its
+    words in place: after a prefill and decode steps no weight holds a second array of its codes, and the logits
+    equal the reference model's with the same dequantized weights to float16's rounding."""
+    ids = np.random.default_rng(6).integers(0, ARCH.vocab_size, 12)
+    r, params = runner(ARCH, weights, spec=spec, dtype="float16")
+    table: list[int] = []
+    r.cache.grow(table, 12)
+    rows = [r.step([SeqChunk(0, tuple(ids[:9].tolist()), 0, tuple(table))], all_logits=True).float().numpy()]
+    for j in range(9, 12):
+        rows.append(r.step([SeqChunk(0, (int(ids[j]),), j, tuple(table))]).float().numpy())
+    overrides = dequantized_overrides(ARCH, weights, r.executor.graph, params)
+    ref = reference_logits(ARCH, weights, ids[None], overrides=overrides)[0]
+    assert rel(np.concatenate(rows), ref) < 1e-2
+    held = [
+        w for w in r.executor.params.values() if isinstance(w, QuantizedWeight) and x16_serves(w, 1, "float16", "vnni")
+    ]
+    assert held, "no linear the x16 plan serves"  # (a group of all of K is per channel: the other kernels')
+    for w in held:
+        n, k = w.shape
+        assert w.layout == plane_layout((k, n), w.dtype.bits, w.group_size, X16_BN) and not w.dtype.is_signed
+        assert w.__dict__["_x16_operands"]["w"].data_ptr() == w.words.ctypes.data  # read in place
+        own = w.words.ctypes.data
+        codes = [a for a in _arrays(w.__dict__) if a.dtype in (np.int32, np.uint32) and a.nbytes >= w.words.nbytes]
+        copies = [a for a in codes if a.ctypes.data != own]  # (x's int8 planes, float y: scratch, not codes)
+        assert not copies, [a.shape for a in copies]
+
+
+def _arrays(o, seen=None):
+    """Every NumPy array and torch tensor reachable from `o` (dicts, lists, tuples, objects' attributes), a torch
+    tensor (of a dtype NumPy has) as a NumPy array sharing its memory, so that dtypes, sizes and addresses compare."""
+    seen = set() if seen is None else seen
+    if id(o) in seen:
+        return
+    seen.add(id(o))
+    if isinstance(o, np.ndarray):
+        yield o
+    elif isinstance(o, torch.Tensor):
+        if o.dtype != torch.bfloat16 and o.numel():
+            yield o.detach().numpy()
+    elif isinstance(o, dict):
+        for v in o.values():
+            yield from _arrays(v, seen)
+    elif isinstance(o, list | tuple):
+        for v in o:
+            yield from _arrays(v, seen)
+    elif hasattr(o, "__dict__") and not isinstance(o, type):
+        yield from _arrays(vars(o), seen)
