@@ -54,7 +54,11 @@ X16_BM = 4  # rows a program: 2·BM plane rows of one register block (the TVM ba
 #     11008x4096, M = 5 / 16 / 28 / 32: int4 0.83 / 0.93 / 0.87 / 1.00, uint4 0.45 / 0.82 / 0.71 / 0.94. Past 32 rows
 #     the bf16 GEMM forms win (4096² int4 M = 64, hot: 5.4 against 5.9 ms).
 #   float16 x (no AVX-512 FP16 here: the float kernels multiply in fp32), 4096², M = 5 / 16 / 64 / 256: int4 0.40 /
-#     0.47 / 0.59 / 0.59, uint4 0.31 / 0.42 / 0.59 / 0.59, int3 0.42 / 0.47 / 0.57 / 0.59.
+#     0.47 / 0.59 / 0.59, uint4 0.31 / 0.42 / 0.59 / 0.59, int3 0.42 / 0.47 / 0.57 / 0.59; int4 hot, M = 1024: 104.8
+#     against 164.9 ms (0.64).
+X16_PARALLEL_QUANT_ROWS = 64  # from this many rows x's quantizer runs its row tiles on the thread pool (else serially,
+# `serial_options`). Session 56, fp16 x, K = 4096, 2 threads, the quantizer alone serial / parallel, us: M = 16 37 / 21,
+# 64 148 / 100, 256 616 / 325, 1024 3119 / 1531; 2-3% of the plan's time, within the noise of its total.
 X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any number)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
@@ -191,7 +195,8 @@ class X16Plan:
                 "prefetch_locality": GEMV_PREFETCH_LOCALITY,
             },
         )
-        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm), "tvm", serial_options("tvm"))
+        quant_options = serial_options("tvm") if m < X16_PARALLEL_QUANT_ROWS else {}
+        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm), "tvm", quant_options)
         sizes = {"M": m, "MP": mp, "N": n, "K": k}
         gemv_launch: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `parts`
         quant_launch: Any = bind(quant, {"M": m, "MP": mp, "K": k}, ("x", "xq", "xs", "xsum"))
