@@ -303,11 +303,14 @@ def test_patched_kernel_exports_and_reloads(tmp_path):
 
 @needs_bf16
 def test_quantized_linear_takes_the_pair_layout_for_bf16():
-    """bf16 x with int4 codes (5 rows: past the x16 plan's 2-4) reads the pair-ordered copy; a ragged N (96)
+    """bf16 x with int4 codes (past the x16 plan's X16_MAX_M rows) reads the pair-ordered copy; a ragged N (96)
     reads its padded copy (`cpu_padded`) in that layout."""
+    from lowbit.ops.x16 import X16_MAX_M
+
+    m = X16_MAX_M + 1
     for n, held in ((256, "_cpu_pairs"), (96, "_cpu_padded_bfloat16")):
-        qw, y, err = linear_bf16("int4", 5, n, 512, seed=1)
-        assert y.dtype == torch.bfloat16 and tuple(y.shape) == (5, n)
+        qw, y, err = linear_bf16("int4", m, n, 512, seed=1)
+        assert y.dtype == torch.bfloat16 and tuple(y.shape) == (m, n)
         assert err < 2.0**-8
         copy = qw.__dict__[held]
         assert copy.layout == column_tiled((512, copy.shape[0]), 4, 64, pairs=True) and copy.shape[0] % 256 == 0
