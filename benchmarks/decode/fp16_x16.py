@@ -1,11 +1,12 @@
 """fp16 activations on the CPU, old rule against new, side by side in one process (session 56): a
 TinyLlama-1.1B-shaped W4 model (`decode_model.py`: int4 g128 linears, KV int8) served with float16 activations.
 
-    python benchmarks/decode/fp16_x16.py
+    python benchmarks/decode/fp16_x16.py [float16 | bfloat16]
 
 new: this rule: the x16 plan runs every M of float16 x (row tiles of 4), and the executor holds each x16 linear
      once, in the plane layout (`lowbit.ops.x16.x16_weight`);
-old: the x16 plan at <= 4 rows only and the column-tiled copy (the rule before session 56), patched in.
+old: the x16 plan at <= 4 rows only and the plain column-tiled copy whatever the dtype (before session 56: with
+     bfloat16 x the executor's 4-bit copy was not in the pair order the bf16 GEMM reads), patched in.
 Prints decode and prefill tok/s (medians of 3, 16 decode steps, 32-token prompts) for 1 and 16 sequences, and
 the bytes of every array the quantized linears hold after the runs (their codes, scales and the kernels' copies).
 """
@@ -29,7 +30,7 @@ import lowbit.runtime.executor as executor
 from lowbit.ops.weight import QuantizedWeight
 from lowbit.runtime.runner import ModelRunner
 
-SERVES, WEIGHT = linear.x16_serves, executor.x16_weight
+SERVES, WEIGHT, CPU_WEIGHT = linear.x16_serves, executor.x16_weight, executor.cpu_weight
 
 
 def held_bytes(params: dict[str, Any]) -> int:
@@ -66,18 +67,20 @@ def use(rule: str) -> None:
     if rule == "old":
         linear.x16_serves = lambda qw, m, adtype, dot: SERVES(qw, m, adtype, dot) and m <= 4
         executor.x16_weight = lambda w: None
+        executor.cpu_weight = lambda w, dtype="float32": CPU_WEIGHT(w)  # the plain tiles whatever the dtype
     else:
-        linear.x16_serves, executor.x16_weight = SERVES, WEIGHT
+        linear.x16_serves, executor.x16_weight, executor.cpu_weight = SERVES, WEIGHT, CPU_WEIGHT
 
 
 def main() -> int:
+    dtype = sys.argv[1] if len(sys.argv) > 1 else "float16"
     g = build_graph_1b(decode_activations="float")
     params = random_params(g)
     runners = {}
     for rule in ("old", "new"):
         use(rule)
         r = ModelRunner(
-            ARCH_1B, g, params, kv_dtype="int8", dtype="float16", backend="tvm", max_model_len=512, max_num_seqs=16
+            ARCH_1B, g, params, kv_dtype="int8", dtype=dtype, backend="tvm", max_model_len=512, max_num_seqs=16
         )
         run_decode(r, 16, 32, 8, 0)  # warm: every plan compiled
         run_decode(r, 1, 32, 8, 0)

@@ -176,3 +176,28 @@ def _arrays(o, seen=None):
             yield from _arrays(v, seen)
     elif hasattr(o, "__dict__") and not isinstance(o, type):
         yield from _arrays(vars(o), seen)
+
+
+@pytest.mark.skipif(
+    "tvm" not in available_backends() or "avx512_bf16" not in isa_flags(),
+    reason="the pair GEMM needs AVX-512 BF16",
+)
+def test_bfloat16_serving_holds_4bit_linears_in_pair_order():
+    """With bfloat16 activations the executor keeps a 4-bit linear's one copy in the pair order the bf16 GEMM
+    forms read (`cpu_weight(w, "bfloat16")`; the plain tiles had taken them twice the time), for prefill rows
+    past the x16 plan's limit, and the logits equal the reference model's with the same dequantized weights."""
+    from lowbit.kernels.layouts import column_tiled
+    from lowbit.ops.linear import CPU_TILE_N
+
+    weights = synthetic_weights(ARCH, 0)
+    spec = LinearSpec("rtn", "int4", 32, "none")
+    ids = np.random.default_rng(7).integers(0, ARCH.vocab_size, (1, 40))  # 40 rows: past X16_MAX_M
+    r, params = runner(ARCH, weights, spec=spec, dtype="bfloat16")
+    overrides = dequantized_overrides(ARCH, weights, r.executor.graph, params)
+    ref = reference_logits(ARCH, weights, ids, overrides=overrides)[0]
+    assert rel(r.logits(ids[0].tolist()).float().numpy(), ref) < 3e-2
+    held = [w for w in r.executor.params.values() if isinstance(w, QuantizedWeight) and w.group_size > 0]
+    assert held
+    for w in held:
+        n, k = w.shape
+        assert w.layout == column_tiled((k, n), 4, CPU_TILE_N, pairs=True)
