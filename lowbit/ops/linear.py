@@ -883,11 +883,9 @@ def linear_launcher(
     x16 = backend == "tvm" and kernel is None and config is None and x16_serves(qw, m, adtype, tvm_int8_dot())
     if x16 and n % X16_BN == 0:  # whole x16 column tiles: no padded copy (`x16_weight`'s is then the only one)
         return x16_plan(qw, m, adtype)  # 2-4-bit codes, 16-bit x on int8 dots (`lowbit.ops.x16`)
-    if backend == "tvm" and n % CPU_PAD_N:
+    if backend == "tvm" and n % CPU_PAD_N:  # (a ragged x16 weight too: its padded copy takes the branch above)
         padded = cpu_padded(qw, adtype)
         return PaddedLaunch(linear_launcher(padded, m, backend, adtype, kernel, config), m, n, padded.shape[0])
-    if x16:
-        return x16_plan(qw, m, adtype)
     if backend == "triton":  # the weight's copy where Triton launches: x2 / y2 live there too, nothing converts
         from lowbit.codegen.triton.runtime import DEVICE
 

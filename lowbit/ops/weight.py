@@ -379,14 +379,22 @@ def offset_binary(qw: QuantizedWeight) -> QuantizedWeight:
     )  # fmt: skip
 
 
+def constant_offset(qw: QuantizedWeight) -> int:
+    """2^(b-1) where `qw` is an offset-binary weight: unsigned b-bit codes whose post zero points are all 2^(b-1)
+    (what `offset_binary` and `lowbit.ops.x16.x16_weight` make of a signed weight; kernels run it as the signed
+    codes' constant offset and read no zeros); else 0. Kept on the weight."""
+    if qw.dtype.is_signed or qw.zero_mode != "post" or qw.zeros is None:
+        return 0
+    flag = qw.__dict__.get("_constant_offset")
+    if flag is None:
+        half = 1 << (qw.dtype.bits - 1)
+        flag = qw.__dict__["_constant_offset"] = half if bool(np.all(qw.zeros == half)) else 0
+    return int(flag)
+
+
 def is_offset_binary(qw: QuantizedWeight) -> bool:
     """Whether `qw` is a uint4 weight whose zero points are all 8 (what `offset_binary` makes)."""
-    if qw.dtype.name != "uint4" or qw.zero_mode != "post" or qw.zeros is None:
-        return False
-    flag = qw.__dict__.get("_offset_binary")
-    if flag is None:
-        flag = qw.__dict__["_offset_binary"] = bool(np.all(qw.zeros == 8))
-    return bool(flag)
+    return qw.dtype.name == "uint4" and constant_offset(qw) == 8
 
 
 def pack_quantized(

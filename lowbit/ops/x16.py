@@ -33,7 +33,7 @@ from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quanti
 from lowbit.kernels.launch import bind, serial_options
 from lowbit.kernels.layouts import PLANE_BITS, aligned, plane_layout
 from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
-from lowbit.ops.weight import QuantizedWeight
+from lowbit.ops.weight import QuantizedWeight, constant_offset
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3", "int4", "uint4")  # widths measured faster than the other GEMVs
 # 2 and 3 bits: session 47, against the table GEMV. 4 bits: the bf16 pair dot's decode (a shift and a ternary logic
@@ -130,19 +130,6 @@ def x16_weight(qw: QuantizedWeight) -> QuantizedWeight | None:
         dtype, qw.group_size, zero_mode, qw.shape, layout, aligned(words), qw.scales, zeros, qw.scheme,
         qw.channel_scales,
     )  # fmt: skip
-
-
-def constant_offset(qw: QuantizedWeight) -> int:
-    """2^(b-1) where `qw` is an offset-binary weight (unsigned b-bit codes whose zero points are all 2^(b-1),
-    post: what `x16_weight` makes of a signed one), which the x16 GEMV runs as the signed codes' constant offset
-    with no zeros read; else 0."""
-    if qw.dtype.is_signed or qw.zero_mode != "post" or qw.zeros is None:
-        return 0
-    flag = qw.__dict__.get("_constant_offset")
-    if flag is None:
-        half = 1 << (qw.dtype.bits - 1)
-        flag = qw.__dict__["_constant_offset"] = half if bool(np.all(qw.zeros == half)) else 0
-    return int(flag)
 
 
 def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
@@ -268,7 +255,6 @@ __all__ = [
     "X16_DTYPES",
     "X16_MAX_M",
     "X16Plan",
-    "constant_offset",
     "unsigned_codes",
     "x16_operands",
     "x16_plan",

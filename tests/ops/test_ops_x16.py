@@ -14,7 +14,8 @@ from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import available_backends
 from lowbit.kernels.layouts import plane_layout
 from lowbit.ops import quantize, quantized_linear
-from lowbit.ops.x16 import X16_BN, constant_offset, x16_operands, x16_weight
+from lowbit.ops.weight import constant_offset
+from lowbit.ops.x16 import X16_BN, x16_operands, x16_weight
 
 X16 = "tvm" in available_backends() and "avx512_vnni" in isa_flags()
 
