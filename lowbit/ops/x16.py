@@ -2,7 +2,7 @@
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
 activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`; float16 x at any M, bfloat16 x up to
-X16_MAX_M rows, in row tiles of X16_BM): the
+X16_MAX_M rows, in row tiles of X16_BM, but for 4-bit codes at M = 1 where the bf16 pair GEMV streams faster): the
 table-decoded GEMV of 2- and 3-bit codes is compute-bound there (fp32 FMAs, one product each), and so is the
 bf16 pair dot of 4-bit codes where memory is fast (a shift and a ternary logic op of decode per 32 codes), while
 `lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels.gemv_a8 import tile_group_rows
@@ -60,6 +61,13 @@ X16_PARALLEL_QUANT_ROWS = 64  # from this many rows x's quantizer runs its row t
 # `serial_options`). Session 56, fp16 x, K = 4096, 2 threads, the quantizer alone serial / parallel, us: M = 16 37 / 21,
 # 64 148 / 100, 256 616 / 325, 1024 3119 / 1531; 2-3% of the plan's time, within the noise of its total.
 X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any number)
+# bfloat16 x, 4-bit codes, M = 1, on a CPU with AVX-512 BF16: the bf16 pair GEMV instead. x16 wins hot (int4 4096²:
+# 119 against 157 us), but a decode step streams its weights from DRAM, where the pair GEMV's lighter mix keeps more of
+# the read (session 57, a ring of ~256 MB of weights, 2 threads, the plain `sum` of the same bytes alternating in one
+# process, medians of 9 rounds, us): int4 11008x4096 751 / 775 against x16's 792 / 787, 4096² 204 / 273 against 217 /
+# 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
+# M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
+X16_PAIR_M1_BITS = 4
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
@@ -88,6 +96,7 @@ def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
         and adtype in X16_ADTYPES
         and m >= 1
         and (adtype == "float16" or m <= X16_MAX_M)
+        and not (m == 1 and adtype == "bfloat16" and qw.dtype.bits == X16_PAIR_M1_BITS and "avx512_bf16" in isa_flags())
         and int8_dot in ("vnni", "amx")
         and qw.group_size in X16_GROUPS
         and qw.in_features % qw.group_size == 0

@@ -674,15 +674,19 @@ def test_padded_launch_records_its_copy_for_replay():
 
 def test_x16_serves_bf16_x_up_to_its_row_limit_and_fp16_x_at_any_rows():
     """`x16_serves` for 4-bit codes, with or without zeros (measured faster there): bfloat16 x up to X16_MAX_M
-    rows (past it the bf16 GEMM forms win), float16 x at any rows (the float kernels multiply fp16 in fp32 on a
-    CPU without AVX-512 FP16); fp32 x, no rows or a CPU without VNNI keep the other kernels."""
+    rows (past it the bf16 GEMM forms win) but one row where the CPU has the bf16 pair GEMV (it streams faster
+    there), float16 x at any rows (the float kernels multiply fp16 in fp32 on a CPU without AVX-512 FP16); fp32
+    x, no rows or a CPU without VNNI keep the other kernels. 2- and 3-bit codes take x16 at one row too."""
+    from lowbit.artifact.fingerprint import isa_flags
     from lowbit.ops.x16 import X16_MAX_M, x16_serves
 
     sym = quantize(weight(64, 128, 2), "int4", 64)
     post = quantize(weight(64, 128, 2), "uint4", 64, symmetric=False, zero_mode="post")
+    one = "avx512_bf16" not in isa_flags()
     for qw in (sym, post):
-        rows = (0, 1, 4, 5, X16_MAX_M, X16_MAX_M + 1)
-        assert [x16_serves(qw, m, "bfloat16", "vnni") for m in rows] == [False, True, True, True, True, False]
+        rows = (0, 1, 2, 4, 5, X16_MAX_M, X16_MAX_M + 1)
+        assert [x16_serves(qw, m, "bfloat16", "vnni") for m in rows] == [False, one, True, True, True, True, False]
         assert [x16_serves(qw, m, "float16", "vnni") for m in (1, 5, X16_MAX_M + 1, 4096)] == [True] * 4
     assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "vnni")
     assert not x16_serves(post, 2, "bfloat16", "none")
+    assert all(x16_serves(quantize(weight(64, 128, 2), dt, 64), 1, "bfloat16", "vnni") for dt in ("int2", "int3"))
