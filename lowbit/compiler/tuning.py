@@ -4,7 +4,8 @@ One job per distinct (kernel, fixed constants, N, K, token-count bucket) the opt
 quantized linear (node attr `kernels`: ((bucket, kernel), ...); bucket b serves previous bucket < M <= b),
 tuned at M = min(b, the most tokens one step carries), buckets wholly above that skipped; only the library
 kernels with a search space (`lowbit.kernels.spaces.KERNELS`) that `quantized_linear` picks by itself (not a
-W4A8 weight's on TVM: it runs the a8 GEMV, `lowbit.ops.linear.w4a8_runs_a8`). Per policy:
+W4A8 weight's on TVM: it runs the a8 GEMV, `lowbit.ops.linear.w4a8_runs_a8`; nor one the x16 plan runs on TVM,
+`lowbit.ops.x16.x16_serves`). Per policy:
 
     tune     `lowbit.codegen.tune.tune` on the real backend, the job's share of what is left of
              `target.tuning.budget_s`; the runtime's default config is the first candidate (so "time vs the
@@ -77,7 +78,8 @@ class JobResult:
 def tuning_jobs(graph: Any, params: Mapping[str, Any], backend: str, dtype: str, max_tokens: int) -> list[TuningJob]:
     """The jobs of the graph's quantized linears (see the module docstring), in graph order."""
     from lowbit.kernels.spaces import KERNELS
-    from lowbit.ops.linear import select_kernel, w4a8_runs_a8
+    from lowbit.ops.linear import select_kernel, tvm_int8_dot, w4a8_runs_a8
+    from lowbit.ops.x16 import x16_serves
 
     jobs: dict[tuple[Any, ...], list[str]] = {}
     for node in graph.nodes_in_order():
@@ -100,6 +102,8 @@ def tuning_jobs(graph: Any, params: Mapping[str, Any], backend: str, dtype: str,
                 continue
             if w4a8_runs_a8(qw, m, backend):
                 continue  # a W4A8 weight on TVM runs the a8 GEMV at its default, not the W4A8 GEMM selected
+            if backend == "tvm" and x16_serves(qw, m, dtype, tvm_int8_dot()):
+                continue  # the x16 plan runs it (`lowbit.ops.x16`): two kernels at their defaults, no search space
             fixed, _ = _problem(qw, 1, backend, dtype)
             key = (kernel, fixed_key(fixed), qw.shape[0], qw.shape[1], m, rng)
             jobs.setdefault(key, []).append(name)

@@ -9,9 +9,13 @@ bytes, which shifts and masks give. x is carried exactly enough in two int8 plan
     r    = rint(x / xs)                                  |r| < 2^14
     hi   = floor((r + 128) / 256),  lo = r − 256·hi      hi in [-64, 64], lo in [-128, 127]: r = 256·hi + lo
     xq   = hi and lo, group-major [K // G, MP, 2, 8, G // 8]: x's own order (plane p holds k = (G/8)·p ..)
-    xsum = Σ r (int32)
+    xsum = Σ r (int32; with three planes, see below)
 A bfloat16 x is held exactly when the group's values lie within 2^6 of its largest (float16: 2^3); every
 element is within 2^-15·2^(e+1) of x otherwise, far below the output's rounding (2^-9 of y for bfloat16).
+float32 x (PARTS = 3) takes three planes: xs = 2^(e − 21), |r| < 2^22, r = 65536·hi + 256·mid + lo (hi in
+[-64, 64]), every element within 2^-23·2^(e+1) of x (fp32's own rounding of the group's largest is 2^-24·2^(e+1)),
+and two sums: xsum[0] = Σ hi, xsum[1] = Σ (256·mid + lo) (65536·Σ hi·q would not fit an int32 beside the rest:
+the GEMV forms both parts exactly in int32 and adds them in fp32).
 A group of largest |x| below 2^-60 is scaled by 2^60 first, so xs stays a nonzero float down to bfloat16's
 smallest subnormal. A group holding a NaN or an inf gets a NaN scale: its row's output is NaN.
 
@@ -53,7 +57,7 @@ from lowbit.kernels.layouts import aligned
 from lowbit.lang import cdiv  # noqa: F401  (used in tensor shape strings)
 
 X16_BITS = (1, 2, 3, 4)  # code widths with a plane layout
-X16_ADTYPES = ("bfloat16", "float16")  # activations two int8 planes carry (float32's 24 bits would need three)
+X16_ADTYPES = ("bfloat16", "float16", "float32")  # 16-bit floats in two int8 planes, float32 in three (PARTS)
 X16_GROUPS = (32, 64, 128, 256)  # whole 32-code blocks, |P| < 2^31
 PLANES = 8  # planes per 32-code block: 4 codes of a column each (one i32 lane of bytes)
 EXPONENT_BITS = 0x7F800000  # float32's exponent field: amax & this = the power of two at or below amax
@@ -113,39 +117,58 @@ def _as_is(t: Any, BM: int, G: int) -> Any:
 @T.kernel
 def quantize_groups_x16(
     x: T.Tensor("adtype", ("M", "K")),
-    xq: T.Tensor("int8", ("K // G", "MP", 2, 8, "G // 8")),
+    xq: T.Tensor("int8", ("K // G", "MP", "PARTS", 8, "G // 8")),
     xs: T.Tensor("float32", ("MP", "K // G")),
-    xsum: T.Tensor("int32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("PARTS - 1", "MP", "K // G")),
     M: T.int32,
     MP: T.int32,
     K: T.int32,
     G: T.constexpr = 128,
     adtype: T.constexpr = "bfloat16",
     BM: T.constexpr = 1,
+    PARTS: T.constexpr = 2,
 ):
     (pm,) = T.grid(T.cdiv(MP, BM))
+    bits = 8 * PARTS - 2  # |r| < 2^bits: 14 in two planes (hi in [-64, 64]), 22 in three
     for k0 in T.range(0, K, G, name="k0"):
         v = _ordered_group(x, pm, k0, BM, G, _as_is)  # [BM, G], the planes' order; rows >= M read 0
         amax, bad = _extremes(v)  # [BM, 1]: max |v|, and 1 where the group holds a NaN or an inf
         tiny = amax < TINY
         lift = T.where(tiny, 2.0**60, 1.0)  # exact
         pow2 = T.view(T.view(amax * lift, T.int32) & EXPONENT_BITS, T.float32)  # 2^e (0 when amax = 0)
-        inv = T.where(pow2 > 0.0, 8192.0 / T.where(pow2 > 0.0, pow2, 1.0), 0.0) * lift  # 1 / xs, a power of two
-        r = T.floor(T.where(bad > 0.0, 0.0, v) * inv + 0.5)  # |r| < 2^14, exact
-        hi = T.floor((r + 128.0) * 0.00390625)
-        lo = r - hi * 256.0
-        scale = T.where(pow2 > 0.0, pow2 * (1.0 / 8192.0) * T.where(tiny, 2.0**-60, 1.0), 1.0)
-        for plane, part in ((0, hi), (1, lo)):
+        top = float(2 ** (bits - 1))
+        inv = T.where(pow2 > 0.0, top / T.where(pow2 > 0.0, pow2, 1.0), 0.0) * lift  # 1 / xs, a power of two
+        r = T.floor(T.where(bad > 0.0, 0.0, v) * inv + 0.5)  # |r| < 2^bits, exact
+        parts = _split_bytes(r, PARTS)  # most significant first: r = Σ 256^(PARTS-1-i)·parts[i]
+        scale = T.where(pow2 > 0.0, pow2 * (1.0 / top) * T.where(tiny, 2.0**-60, 1.0), 1.0)
+        for plane, part in enumerate(parts):
             T.store(xq, (k0 // G, pm * BM, plane, 0, 0), T.reshape(T.cast(part, T.int8), (1, BM, 1, 8, G // 8)))
         T.store(xs, (pm * BM, k0 // G), T.where(bad > 0.0, float("nan"), scale))
-        T.store(xsum, (pm * BM, k0 // G), T.sum(T.cast(r, T.int32), axis=1, keepdims=True))
+        if PARTS == 2:
+            sums = [r]
+        else:  # the top plane's sum apart: 65536·Σ hi does not fit an int32 next to the rest
+            sums = [parts[0], r - parts[0] * 65536.0]
+        for i, part in enumerate(sums):
+            total = T.sum(T.cast(part, T.int32), axis=1, keepdims=True)  # [BM, 1]
+            T.store(xsum, (i, pm * BM, k0 // G), T.reshape(total, (1, BM, 1)))
+
+
+def _split_bytes(r: Any, parts: int) -> list[Any]:
+    """Traced: integers r (fp32, exact) as `parts` signed bytes, most significant first: the low ones in
+    [-128, 127], the top one what is left (|r| < 2^(8·parts − 2): within [-64, 64])."""
+    out = []
+    for _ in range(parts - 1):
+        up = T.floor((r + 128.0) * 0.00390625)
+        out.append(r - up * 256.0)
+        r = up
+    return [r, *reversed(out)]
 
 
 @T.kernel
 def quantized_gemv_x16(
-    xq: T.Tensor("int8", ("K // G", "MP", 2, 8, "G // 8")),
+    xq: T.Tensor("int8", ("K // G", "MP", "PARTS", 8, "G // 8")),
     xs: T.Tensor("float32", ("MP", "K // G")),
-    xsum: T.Tensor("int32", ("MP", "K // G")),
+    xsum: T.Tensor("int32", ("PARTS - 1", "MP", "K // G")),
     w: T.Tensor("int32", ("cdiv(N, BN)", "K // G", "BITS", "G // 32", "BN")),
     scales: T.Tensor("sdtype", ("cdiv(N, BN)", "K // G", "BN")),
     zeros: T.Tensor("sdtype", ("cdiv(N, BN)", "K // G", "BN")),
@@ -163,13 +186,15 @@ def quantized_gemv_x16(
     BM: T.constexpr = 1,
     BN: T.constexpr = 16,
     TILES: T.constexpr = 1,
+    PARTS: T.constexpr = 2,
 ):
     # row tiles innermost: a column tile's row tiles run back to back on one thread, its words still in L1 / L2
     # (session 56, BM = 4, bf16 x, a ring of weights, in one process: 0.97-0.98x the time of row tiles outermost
     # at 4096² M = 8-32, int4; 0.93-0.96x at 11008x4096 M = 8 / 16, int2 fp16 x)
     pb, pm = T.grid(T.cdiv(N, BN * TILES), T.cdiv(M, BM))
     terms = plane_terms(BITS)
-    halves = T.reshape(T.where(T.arange(0, 2) == 0, 256, 1), (1, 2, 1))  # P = 256·p_hi + p_lo
+    lanes = T.arange(0, PARTS)
+    low = T.reshape(T.where(lanes == PARTS - 2, 256, T.where(lanes == PARTS - 1, 1, 0)), (1, PARTS, 1))
     accs = [T.zeros((BM, BN), T.float32, name=f"acc{t}") for t in range(TILES)]
     for k0 in T.range(0, K, G, name="k0"):
         g = k0 // G
@@ -180,18 +205,26 @@ def quantized_gemv_x16(
             # every plane's operands first, then the eight dots back to back: a chain the backend runs with its
             # sums kept in registers (the TVM backend's `_vnni_chain`)
             xs_planes = [
-                T.reshape(T.load(xq, (g, pm * BM, 0, plane, 0), (1, BM, 2, 1, G // 8)), (2 * BM, G // 8))
+                T.reshape(T.load(xq, (g, pm * BM, 0, plane, 0), (1, BM, PARTS, 1, G // 8)), (PARTS * BM, G // 8))
                 for plane in range(PLANES)
             ]
             bytes_planes = [_plane(words, terms[plane]) for plane in range(PLANES)]
-            p = T.dot(xs_planes[0], bytes_planes[0], acc_dtype=T.int32)  # [2·BM, BN]
+            p = T.dot(xs_planes[0], bytes_planes[0], acc_dtype=T.int32)  # [PARTS·BM, BN]
             for plane in range(1, PLANES):
                 p += T.dot(xs_planes[plane], bytes_planes[plane], acc_dtype=T.int32)
             sx = T.load(xs, (pm * BM, g), (BM, 1))
-            asum = T.load(xsum, (pm * BM, g), (BM, 1))
-            big = T.sum(T.reshape(p, (BM, 2, BN)) * halves, axis=1)  # [BM, BN]: Σ r·u, exact
+            asum = T.reshape(T.load(xsum, (PARTS - 2, pm * BM, g), (1, BM, 1)), (BM, 1))  # Σ of the low planes
+            parts = T.reshape(p, (BM, PARTS, BN))
+            big = T.sum(parts * low, axis=1)  # [BM, BN]: Σ (256·mid + lo)·u, exact
             if OFFSET:
-                big = big - asum * OFFSET  # Σ r·q, exact
+                big = big - asum * OFFSET  # Σ (256·mid + lo)·q, exact
+            if PARTS == 3:  # 65536·Σ hi·q does not fit an int32 beside it: the two sums meet in fp32
+                hsum = T.reshape(T.load(xsum, (0, pm * BM, g), (1, BM, 1)), (BM, 1))
+                top = T.sum(parts * T.reshape(T.where(lanes == 0, 1, 0), (1, PARTS, 1)), axis=1)  # Σ hi·u
+                if OFFSET:
+                    top = top - hsum * OFFSET
+                big = T.cast(top, T.float32) * 65536.0 + T.cast(big, T.float32)
+                asum = T.cast(hsum, T.float32) * 65536.0 + T.cast(asum, T.float32)  # Σ r
             s = T.reshape(T.cast(T.load(scales, (pn, g, 0), (1, 1, BN)), T.float32), (1, BN))
             z = None if zero_mode == "none" else T.load(zeros, (pn, g, 0), (1, 1, BN))
             acc += group_term(big, asum, sx, s, z, zero_mode)

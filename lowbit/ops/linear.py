@@ -357,6 +357,14 @@ def quantized_linear(
         if config is None and kernel is None:  # the fast table's key holds neither
             _remember(qweight, x, backend_arg, kernel, launch, m, n)
         return _torch_result(ya, bias, shape, out)
+    elif backend == "tvm" and not is_torch and not tune and qweight.scheme == "w_a16" and m and adtype in _NUMPY_TORCH:
+        # NumPy float32 / float16 x: the launcher that torch x runs, on a zero-copy view, so both kinds of x get
+        # the same kernel and the same bits (the x16 plan serves torch launches only; a dict call would run another)
+        import torch
+
+        ya = torch.empty((m, n), dtype=getattr(torch, adtype))
+        bound_launcher(qweight, m, adtype, kernel, config)(torch.from_numpy(x).reshape(m, k), ya)
+        y2 = ya.numpy()
     else:
         x2 = _host(x, is_torch).reshape(m, k)  # [M, K] numpy, bf16 as ml_dtypes.bfloat16
         run = qweight  # a ragged N runs the padded copy, as the launchers do (`PaddedLaunch`): the same kernel
@@ -385,6 +393,7 @@ def quantized_linear(
 # streaming its weight from DRAM pays with cold caches. 4096² M = 1 bf16 x, a ring of 32 weights, 2 threads,
 # alternating: int4 0.310 vs 0.326 ms, int2 0.170 vs 0.181; 11008x4096 int4 0.812 vs 0.831.
 _FAST = "_fast_launches"
+_NUMPY_TORCH = ("float32", "float16")  # NumPy activation dtypes torch.from_numpy views (bfloat16's ml_dtypes type: no)
 _TORCH_TENSOR: list[Any] = [None]  # torch.Tensor, set by the first `_remember` (torch is imported lazily here)
 _FAST_MOST = 64  # keys kept per weight (a prompt length is a shape: past this many the table starts again)
 _NONE: dict[str, Any] = {}

@@ -1,7 +1,8 @@
 """The x16 plan: a decode GEMV of 2-, 3- and 4-bit integer weights whose 16-bit activations run on int8 dots.
 
-`quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU torch bfloat16 / float16
-activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`; float16 x at any M, bfloat16 x up to
+`quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU bfloat16 / float16 / float32
+activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`; float16 and float32 x at any M,
+float32 x in three planes, "x24", bfloat16 x up to
 X16_MAX_M rows, in row tiles of X16_BM, but for 4-bit codes at M = 1 where the bf16 pair GEMV streams faster): the
 table-decoded GEMV of 2- and 3-bit codes is compute-bound there (fp32 FMAs, one product each), and so is the
 bf16 pair dot of 4-bit codes where memory is fast (a shift and a ternary logic op of decode per 32 codes), while
@@ -82,22 +83,47 @@ X16_PREFETCH = 8192  # bytes ahead in a tile's stream (8 groups of 2-bit codes a
 X16_PREFETCH_WIDE = 16384
 
 
+X24_BM = 2  # float32 x (three planes): 3·BM plane rows, within the VNNI chain's 8 (`VNNI_CHAIN_ROWS`)
+# float32 x: against the fp32 FMA kernels the rule chose before (session 57, a ring of weights streamed from DRAM, 2
+# threads, alternating in one process, time ratios x24 / before): int4 4096² M = 1 / 2 / 4 / 8 / 16 / 28 / 64 / 256
+# 0.88 / 0.63 / 0.46 / 0.56 / 0.65 / 0.69 / 0.81 / 0.85; int3 M = 1 / 4 / 16 / 64 0.72 / 0.40 / 0.65 / 0.81; int2
+# M = 1 / 16 0.99 / 0.65; uint4 (post zeros) M = 1 / 4 0.95 / 0.43; int4 11008x4096 M = 1 / 16 0.93 / 0.64. Error
+# against float64: 3.0e-7 relative (Frobenius) against the FMA kernels' 2.1e-7.
+
+
+def x16_parts(adtype: str) -> int:
+    """The int8 planes that carry x of `adtype`: two for 16-bit floats (14 bits a group), three for float32 (22)."""
+    return 3 if adtype == "float32" else 2
+
+
 def x16_prefetch(bits: int) -> int:
     """The x16 GEMV's software prefetch distance in bytes for `bits`-wide codes."""
     return X16_PREFETCH_WIDE if bits >= 4 else X16_PREFETCH
 
 
+def _dot_serves(adtype: str, int8_dot: str) -> bool:
+    return int8_dot in (("vnni",) if adtype == "float32" else ("vnni", "amx"))
+
+
+def x16_every_m(adtype: str, int8_dot: str) -> bool:
+    """Whether the x16 plan runs every row count of `adtype` x that it serves (`x16_serves`): float16 and float32
+    x, so an executor of that dtype can hold its weights in the plane layout alone (`x16_weight`)."""
+    return adtype in ("float16", "float32") and _dot_serves(adtype, int8_dot)
+
+
 def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
     """Whether the x16 plan runs `qw` for m rows of `adtype` activations on the TVM CPU backend whose int8 dot
-    form is `int8_dot` ("vnni" or "amx": the CPU has AVX-512 VNNI)."""
+    form is `int8_dot` ("vnni" or "amx": the CPU has AVX-512 VNNI). float32 x (three planes) only where the
+    int8 dot is VNNI's: on a CPU with AMX its fp32 rows run as three bf16 parts on the tiles, not measured
+    against x24."""
     return (
         qw.scheme == "w_a16"
         and qw.dtype.name in X16_DTYPES
         and adtype in X16_ADTYPES
         and m >= 1
-        and (adtype == "float16" or m <= X16_MAX_M)
+        and (adtype != "bfloat16" or m <= X16_MAX_M)
         and not (m == 1 and adtype == "bfloat16" and qw.dtype.bits == X16_PAIR_M1_BITS and "avx512_bf16" in isa_flags())
-        and int8_dot in ("vnni", "amx")
+        and _dot_serves(adtype, int8_dot)
         and qw.group_size in X16_GROUPS
         and qw.in_features % qw.group_size == 0
     )
@@ -117,9 +143,9 @@ def x16_weight(qw: QuantizedWeight) -> QuantizedWeight | None:
     """`qw` as the x16 GEMV reads it in place: its codes in the plane layout (`plane_layout(X16_BN)`), a signed
     weight without zero point as the equal offset-binary unsigned one (u = q + 2^(b-1) with zero point 2^(b-1):
     ŵ = (u − 2^(b-1))·s, the same values; the plan runs it with the signed weight's constant offset, no zeros
-    read). For an executor whose every M runs the x16 plan (float16 x), so the weight is held once: the plan
-    makes no plane copy of it. None where the plan does not serve `qw`, its codes have no plane layout (3 bits) or
-    it is signed with zero points."""
+    read). For an executor whose every M runs the x16 plan (float16 or float32 x, `x16_every_m`), so the weight
+    is held once: the plan makes no plane copy of it. None where the plan does not serve `qw`, its codes have no
+    plane layout (3 bits) or it is signed with zero points."""
     n, k = qw.shape
     bits = qw.dtype.bits
     if not x16_serves(qw, 1, "float16", "vnni") or bits not in PLANE_BITS:
@@ -171,15 +197,16 @@ class X16Plan:
     def __init__(self, qw: QuantizedWeight, m: int, adtype: str):
         n, k = qw.shape
         g = qw.group_size
-        bm = min(m, X16_BM)
+        parts = x16_parts(adtype)
+        bm = min(m, X16_BM if parts == 2 else X24_BM)
         mp = -(-m // bm) * bm  # rows the quantizer writes (rows >= m read 0)
-        self.m, self.mp, self.k, self.groups = m, mp, k, k // g
+        self.m, self.mp, self.k, self.groups, self.parts = m, mp, k, k // g, parts
         offset = 1 << (qw.dtype.bits - 1) if qw.dtype.is_signed else constant_offset(qw)
         zero_mode = "none" if constant_offset(qw) else qw.zero_mode
         fixed = x16_operands(qw)
         trace = {
             "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": zero_mode, "G": g, "ydtype": adtype,
-            "sdtype": str(qw.scales.dtype), "BM": bm, "BN": X16_BN, "TILES": X16_TILES,
+            "sdtype": str(qw.scales.dtype), "BM": bm, "BN": X16_BN, "TILES": X16_TILES, "PARTS": parts,
         }  # fmt: skip
         gemv = compile_program(
             quantized_gemv_x16.trace(**trace),
@@ -192,7 +219,7 @@ class X16Plan:
             },
         )
         quant_options = serial_options("tvm") if m < X16_PARALLEL_QUANT_ROWS else {}
-        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm), "tvm", quant_options)
+        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm, PARTS=parts), "tvm", quant_options)
         sizes = {"M": m, "MP": mp, "N": n, "K": k}
         gemv_launch: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `parts`
         quant_launch: Any = bind(quant, {"M": m, "MP": mp, "K": k}, ("x", "xq", "xs", "xsum"))
@@ -235,9 +262,9 @@ class X16Plan:
         import torch
 
         bufs = (
-            torch.empty(2 * self.mp * self.k, dtype=torch.int8),  # [K // G, MP, 2, 8, G // 8]: hi and lo planes
+            torch.empty(self.parts * self.mp * self.k, dtype=torch.int8),  # [K // G, MP, PARTS, 8, G // 8]: x's planes
             torch.empty(self.mp * self.groups, dtype=torch.float32),
-            torch.empty(self.mp * self.groups, dtype=torch.int32),
+            torch.empty((self.parts - 1) * self.mp * self.groups, dtype=torch.int32),
         )
         out = []
         for launch, values, free in ((self._quant, (None, *bufs), 0), (self._gemv, (*bufs, None), 3)):
@@ -263,9 +290,12 @@ __all__ = [
     "X16_BM",
     "X16_DTYPES",
     "X16_MAX_M",
+    "X24_BM",
     "X16Plan",
     "unsigned_codes",
+    "x16_every_m",
     "x16_operands",
+    "x16_parts",
     "x16_plan",
     "x16_serves",
     "x16_weight",

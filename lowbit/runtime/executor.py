@@ -42,7 +42,7 @@ from lowbit.ops.linear import (
     tvm_int8_dot,
 )
 from lowbit.ops.weight import QuantizedWeight, offset_binary, retile_columns
-from lowbit.ops.x16 import x16_weight
+from lowbit.ops.x16 import x16_every_m, x16_weight
 from lowbit.quant import quantize_per_token_int8
 from lowbit.runtime.batch import Batch
 from lowbit.runtime.kv_cache import PagedKVCache
@@ -311,14 +311,14 @@ def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str, dty
     """`params`, with the weights of linears re-tiled to the layout their CPU kernels stream (the artifact
     stores the row layout): linears that run `quantized_gemv_a8` to its column-tiled layout, int4 ones as the
     equal offset-binary uint4 weight (`lowbit.ops.weight.offset_binary`: the kernel skips a xor per word); on
-    the TVM backend with float16 activations (`dtype`), those the x16 plan runs at every M to its plane layout
-    (`lowbit.ops.x16.x16_weight`: the plan reads it in place, no plane copy beside it); every other w_a16
-    linear to `lowbit.ops.linear.cpu_weight`'s column tiles for `dtype` (bfloat16: a 4-bit weight's codes in pair
-    order, what the bf16 pair GEMM reads; the plain tiles took it twice the time: 4096² int4, M = 64 / 256, 10.35
-    / 40.76 against 5.45 / 20.96 ms). One copy each: the row-layout original is not kept.
+    the TVM backend with float16 or float32 activations (`dtype`; `x16_every_m`), those the x16 plan runs at every
+    M to its plane layout (`lowbit.ops.x16.x16_weight`: the plan reads it in place, no plane copy beside it);
+    every other w_a16 linear to `lowbit.ops.linear.cpu_weight`'s column tiles for `dtype` (bfloat16: a 4-bit
+    weight's codes in pair order, what the bf16 pair GEMM reads; the plain tiles took it twice the time: 4096²
+    int4, M = 64 / 256, 10.35 / 40.76 against 5.45 / 20.96 ms). One copy each: the row-layout original is not kept.
     Configs pinned to a weight (tuning.json) move to its copy. A new mapping when something changed; the
     caller's is never modified."""
-    x16_all = backend == "tvm" and dtype == "float16" and tvm_int8_dot() in ("vnni", "amx")
+    x16_all = backend == "tvm" and x16_every_m(dtype, tvm_int8_dot())
     out: dict[str, Any] | None = None
     for n in nodes:
         if n.op != "linear":

@@ -20,8 +20,9 @@ from lowbit.compiler import tuning as tuning_mod
 from lowbit.config import load_config
 from lowbit.kernels.spaces import default_config
 
+# int5 weights: a dtype the x16 plan does not run (`lowbit.ops.x16`: no search space, so no tuning job)
 SETS = ["model.architecture.num_layers=1", "target.max_model_len=64", "target.tuning.policy=tune",
-        "target.tuning.budget_s=60"]  # fmt: skip
+        "target.tuning.budget_s=60", "quantization.weights.dtype=int5"]  # fmt: skip
 JOBS = 12  # 4 weight shapes (qkv, o, gate_up, down) x buckets (0, 1], (1, 16], (16, 64]
 
 
@@ -40,7 +41,7 @@ class FakeTuner:
         if self.stop_at is not None and len(self.calls) + 1 == self.stop_at:
             raise KeyboardInterrupt
         self.calls.append((job.describe(), config))
-        problem = {"M": job.m, "N": job.n, "K": job.k, "G": 32, "wdtype": "int4", "adtype": "float32"}
+        problem = {"M": job.m, "N": job.n, "K": job.k, "G": 32, "wdtype": "int5", "adtype": "float32"}
         if config == default_config(job.kernel, "tvm", problem):  # the runtime's default (tried first)
             return 2.0
         return 1.0 if job.m == 1 else 3.0
@@ -225,3 +226,32 @@ def test_a_gpu_does_not_tune_the_gemv_at_the_one_row_it_no_longer_runs(monkeypat
     monkeypatch.setattr(linear, "native_triton", lambda: True)
     jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "triton", "float16", 16)
     assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 16)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_no_job_tunes_a_linear_the_x16_plan_runs(monkeypatch, dtype) -> None:
+    """Where the x16 plan runs a linear (`lowbit.ops.x16.x16_serves`: its two kernels at their defaults), no job
+    tunes the GEMV the graph selected; an int5 weight (not an x16 dtype) and a CPU without VNNI keep their jobs."""
+    import numpy as np
+
+    import lowbit.ops.linear as linear
+    from lowbit.ops import quantize
+
+    class Node:
+        op = "linear"
+        attrs = (("weight", "w"), ("kernels", ((1, "quantized_gemv"), (16, "quantized_gemv"))))
+
+    class Graph:
+        def nodes_in_order(self) -> list:
+            return [Node()]
+
+    rng = np.random.default_rng(0)
+    int2 = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int2", 128)
+    int5 = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int5", 128)
+    monkeypatch.setattr(linear, "tvm_int8_dot", lambda: "vnni")
+    assert tuning_mod.tuning_jobs(Graph(), {"w": int2}, "tvm", dtype, 16) == []
+    kept = [(j.kernel, j.m) for j in tuning_mod.tuning_jobs(Graph(), {"w": int5}, "tvm", dtype, 16)]
+    assert kept == [("quantized_gemv", 1), ("quantized_gemv", 16)]
+    monkeypatch.setattr(linear, "tvm_int8_dot", lambda: "none")
+    jobs = tuning_mod.tuning_jobs(Graph(), {"w": int2}, "tvm", dtype, 16)
+    assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 1), ("quantized_gemv", 16)]

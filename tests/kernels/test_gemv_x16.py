@@ -1,7 +1,8 @@
 """The x16 GEMV (`lowbit.kernels.gemv_x16`: 16-bit activations in two int8 planes) against NumPy oracles.
 
 * `plane_words` vs its definition: decoding every plane with `plane_terms` in NumPy gives back the codes.
-* `quantize_groups_x16` vs its docstring's formula in float64: 256·hi + lo = r, r·xs = x exactly for bf16
+* `quantize_groups_x16` vs its docstring's formula in float64 (float32 x: three planes, 65536·hi + 256·mid + lo
+  = r): 256·hi + lo = r, r·xs = x exactly for bf16
   groups spanning at most 2^6, |r·xs − x| <= xs/2 otherwise, xsum = Σ r; scales below 1 and tiny groups
   (a scale that was clamped at 1 made every group of max |x| < 1 wrong by its power of two).
 * The two kernels on the reference interpreter and on TVM vs the fp64 oracle x @ Ŵᵀ, within the GEMV's bound
@@ -25,12 +26,12 @@ from lowbit.codegen.backend import compile_program
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import PLANES, X16_BITS, plane_terms, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.ops import quantize
-from lowbit.ops.x16 import X16_BM, unsigned_codes
+from lowbit.ops.x16 import X16_BM, X24_BM, unsigned_codes, x16_parts
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
 from linear_reference import bound, reference, relative_error
 
-HOST = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+HOST = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
 VNNI = "avx512_vnni" in isa_flags()
 
 
@@ -66,21 +67,23 @@ def test_plane_layout_refuses_a_group_of_partial_blocks():
 
 
 def quantize_x(x: np.ndarray, group: int, adtype: str, backend: str, bm: int | None = None):
-    """x's planes, scales and code sums in row tiles of bm (None: one tile of all rows), MP = ⌈M / bm⌉·bm rows."""
+    """x's planes, scales and code sums in row tiles of bm (None: one tile of all rows), MP = ⌈M / bm⌉·bm rows;
+    two planes for 16-bit x, three for float32 (`x16_parts`)."""
     m, k = x.shape
     bm = m if bm is None else min(bm, m)
     mp = -(-m // bm) * bm
-    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=bm), backend, {})
-    xq = np.full((k // group, mp, 2, 8, group // 8), 99, np.int8)  # 99: rows past M must be written
+    parts = x16_parts(adtype)
+    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=bm, PARTS=parts), backend, {})
+    xq = np.full((k // group, mp, parts, 8, group // 8), 99, np.int8)  # 99: rows past M must be written
     xs = np.zeros((mp, k // group), np.float32)
-    xsum = np.full((mp, k // group), 99, np.int32)
+    xsum = np.full((parts - 1, mp, k // group), 99, np.int32)
     if backend == "reference":
         q({"x": x, "xq": xq, "xs": xs, "xsum": xsum, "M": m, "MP": mp, "K": k})
     else:
         t = [torch.from_numpy(a) for a in (xq, xs, xsum)]
         q({"x": torch.from_numpy(x.astype(np.float32)).to(getattr(torch, adtype)), "xq": t[0], "xs": t[1],
            "xsum": t[2], "M": m, "MP": mp, "K": k})  # fmt: skip
-    assert not xq[:, m:].any() and not xsum[m:].any()  # the last tile's rows past M: zero planes and sums
+    assert not xq[:, m:].any() and not xsum[:, m:].any()  # the last tile's rows past M: zero planes and sums
     return xq, xs, xsum
 
 
@@ -92,25 +95,36 @@ BACKENDS = ["reference"] + (["tvm"] if VNNI else [])
     m=st.integers(1, 4),
     group=st.sampled_from([32, 128]),
     magnitude=st.sampled_from([1e-30, 1e-3, 0.3, 1.0, 7.0, 1e4]),
-    adtype=st.sampled_from(["bfloat16", "float16"]),
+    adtype=st.sampled_from(["bfloat16", "float16", "float32"]),
     backend=st.sampled_from(BACKENDS),
     seed=st.integers(0, 2**16),
 )
-def test_quantizer_carries_x_in_two_planes(m, group, magnitude, adtype, backend, seed):
+def test_quantizer_carries_x_in_its_planes(m, group, magnitude, adtype, backend, seed):
+    """16-bit x: r = 256·hi + lo, |r| < 2^14, one sum Σ r. float32 x: r = 65536·hi + 256·mid + lo, |r| < 2^22,
+    two sums (Σ hi, and Σ (256·mid + lo): 65536·Σ hi would not fit an int32 beside it)."""
     if adtype == "float16" and not 1e-3 <= magnitude <= 1e4:
         magnitude = 1.0  # float16 holds neither 1e-30 nor its products
     k = group * 2
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
     xq, xs, xsum = quantize_x(x, group, adtype, backend)
-    planes = xq.astype(np.int64)  # [groups, m, 2, 8 planes, G // 8]: plane p holds k = (G / 8)·p + 0 .. G / 8 - 1
-    r = planes[:, :, 0] * 256 + planes[:, :, 1]  # [groups, m, 8, G // 8]
+    parts = x16_parts(adtype)
+    planes = xq.astype(np.int64)  # [groups, m, parts, 8 planes, G // 8]: plane p holds k = (G / 8)·p + 0 .. G / 8 - 1
+    r = sum(planes[:, :, i] * 256 ** (parts - 1 - i) for i in range(parts))  # [groups, m, 8, G // 8]
     r = r.transpose(1, 0, 2, 3).reshape(m, k)
-    assert np.all(np.abs(planes[:, :, 0]) <= 64) and np.all(np.abs(r) < 2**14)
-    np.testing.assert_array_equal(xsum, r.reshape(m, k // group, group).sum(-1))
+    bits = 8 * parts - 2
+    assert np.all(np.abs(planes[:, :, 0]) <= 64) and np.all(np.abs(planes[:, :, 1:] + 0.5) <= 128)
+    assert np.all(np.abs(r) < 2**bits)
+    sums = r.reshape(m, k // group, group).sum(-1)
+    if parts == 2:
+        np.testing.assert_array_equal(xsum[0], sums)
+    else:
+        top = planes[:, :, 0].transpose(1, 0, 2, 3).reshape(m, k // group, group).sum(-1)
+        np.testing.assert_array_equal(xsum[0], top)
+        np.testing.assert_array_equal(xsum[1], sums - 65536 * top)
     x64 = x.astype(np.float64).reshape(m, k // group, group)
     amax = np.abs(x64).max(-1)
-    expect = np.where(amax > 0, 2.0 ** (np.floor(np.log2(np.where(amax > 0, amax, 1))) - 13), 1.0)
+    expect = np.where(amax > 0, 2.0 ** (np.floor(np.log2(np.where(amax > 0, amax, 1))) - (bits - 1)), 1.0)
     np.testing.assert_array_equal(xs, expect.astype(np.float32))
     back = r.reshape(m, k // group, group) * xs.astype(np.float64)[..., None]
     assert np.all(np.abs(back - x64) <= xs[..., None] / 2)
@@ -129,7 +143,8 @@ def run_x16(
     u, offset = unsigned_codes(qw)
     xq, xs, xsum = quantize_x(x, g, adtype, backend, bm)
     trace = dict(BITS=qw.dtype.bits, OFFSET=offset, zero_mode=qw.zero_mode, G=g, ydtype=adtype,
-                 sdtype=str(qw.scales.dtype), BM=m if bm is None else min(bm, m), BN=bn, TILES=tiles)  # fmt: skip
+                 sdtype=str(qw.scales.dtype), BM=m if bm is None else min(bm, m), BN=bn, TILES=tiles,
+                 PARTS=x16_parts(adtype))  # fmt: skip
     kernel = compile_program(quantized_gemv_x16.trace(**trace), backend, {})
     args = {"xq": xq, "xs": xs, "xsum": xsum, "w": plane_words(u, qw.dtype.bits, g, bn),
             "scales": tile_group_rows(qw.scales, bn), "M": m, "MP": xs.shape[0], "N": n, "K": k}  # fmt: skip
@@ -151,7 +166,7 @@ def run_x16(
     kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (256, 256)]),
     name=st.sampled_from([f"{s}int{b}" for s in ("", "u") for b in X16_BITS]),
     zero=st.sampled_from(["default", "post", "pre"]),
-    adtype=st.sampled_from(["bfloat16", "float16"]),
+    adtype=st.sampled_from(["bfloat16", "float16", "float32"]),
     magnitude=st.sampled_from([0.01, 1.0, 30.0]),
     backend=st.sampled_from(BACKENDS),
     seed=st.integers(0, 2**16),
@@ -162,31 +177,41 @@ def test_x16_gemv_matches_the_oracle(m, n, kg, name, zero, adtype, magnitude, ba
     kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
     qw = quantize(rng.standard_normal((n, k)).astype(np.float32), name, g, **kwargs)
     x = (rng.standard_normal((m, k)) * magnitude).astype(np.float32).astype(HOST[adtype])
-    y = run_x16(qw, x, adtype, backend, bm=X16_BM)  # past 4 rows: row tiles of 4, the last one ragged
+    bm = X24_BM if adtype == "float32" else X16_BM
+    y = run_x16(qw, x, adtype, backend, bm=bm)  # past bm rows: row tiles of bm, the last one ragged
     err = relative_error(y, reference(x.astype(np.float32), qw))
     assert err <= bound(qw, m, adtype), f"{qw} m={m} {adtype} {backend}: {err}"
 
 
 @pytest.mark.skipif(not VNNI, reason="the TVM lowering of the x16 GEMV's dots needs AVX-512 VNNI")
-def test_tvm_reads_each_quad_as_one_word():
+@pytest.mark.parametrize("adtype", ["bfloat16", "float32"])
+def test_tvm_reads_each_quad_as_one_word(adtype):
     """The VNNI chain takes a plane's quad as its word (`_quad_words`) and x's as one 4-byte load (`_direct_quad`):
-    no quad is rebuilt from four bytes (that text had made a compile 3-5x longer: 42 s for this kernel)."""
-    trace = dict(BITS=3, OFFSET=4, zero_mode="post", G=256, ydtype="bfloat16", sdtype="float16", BM=4, BN=32,
-                 TILES=1)  # fmt: skip
+    no quad is rebuilt from four bytes (that text had made a compile 3-5x longer: 42 s for this kernel). float32
+    x's three planes of X24_BM rows run in one chain too."""
+    parts = x16_parts(adtype)
+    bm = X16_BM if parts == 2 else X24_BM
+    trace = dict(BITS=3, OFFSET=4, zero_mode="post", G=256, ydtype=adtype, sdtype="float16", BM=bm, BN=32,
+                 TILES=1, PARTS=parts)  # fmt: skip
     src = compile_program(quantized_gemv_x16.trace(**trace), "tvm", {}).source
     dots = src.count("llvm.x86.avx512.vpdpbusd.512")
-    assert dots >= 8 * 8 * 2  # at least 8 rows (4 x two planes) x 8 planes x 2 column vectors
+    assert dots >= parts * bm * 8 * 2  # at least every plane row (BM x parts) x 8 planes x 2 column vectors
     assert src.count('T.reinterpret("int32", xq_1[T.Ramp(') == dots
     assert ", 255), 8)" not in src  # `_quad`'s second byte
 
 
 @pytest.mark.skipif(not VNNI, reason="the TVM lowering of the x16 GEMV's dots needs AVX-512 VNNI")
-@pytest.mark.parametrize("name,bn,tiles", [("int3", 32, 2), ("uint2", 16, 1), ("int1", 16, 2), ("int4", 32, 1)])
-def test_tvm_equals_the_reference_interpreter(name, bn, tiles):
-    """Exact integer sums and the same fp32 epilogue: TVM and the interpreter agree to fp32 rounding."""
+@pytest.mark.parametrize(
+    "name,bn,tiles,adtype",
+    [("int3", 32, 2, "bfloat16"), ("uint2", 16, 1, "bfloat16"), ("int1", 16, 2, "bfloat16"),
+     ("int4", 32, 1, "bfloat16"), ("int4", 32, 1, "float32"), ("int3", 16, 2, "float32")],
+)  # fmt: skip
+def test_tvm_equals_the_reference_interpreter(name, bn, tiles, adtype):
+    """Exact integer sums and the same fp32 epilogue: TVM and the interpreter agree to the output's rounding."""
     rng = np.random.default_rng(7)
     qw = quantize(rng.standard_normal((72, 256)).astype(np.float32), name, 64)
-    x = (rng.standard_normal((3, 256)) * 0.1).astype(np.float32).astype(ml_dtypes.bfloat16)
-    ref = run_x16(qw, x, "bfloat16", "reference", bn, tiles)
-    got = run_x16(qw, x, "bfloat16", "tvm", bn, tiles)
-    np.testing.assert_allclose(got, ref, rtol=2**-7, atol=1e-6 * float(np.abs(ref).max()))
+    x = (rng.standard_normal((3, 256)) * 0.1).astype(np.float32).astype(HOST[adtype])
+    ref = run_x16(qw, x, adtype, "reference", bn, tiles)
+    got = run_x16(qw, x, adtype, "tvm", bn, tiles)
+    rtol = 2**-7 if adtype == "bfloat16" else 1e-5
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6 * float(np.abs(ref).max()))

@@ -663,7 +663,8 @@ def test_padded_launch_records_its_copy_for_replay():
         calls, names = RECORDING.calls, RECORDING.names
     finally:
         RECORDING.calls = RECORDING.names = None
-    assert len(calls) == 2 and names[-1] == "padded columns' copy (torch)"
+    # the kernel's call(s) (the x16 plan's two where it serves), then the copy
+    assert len(calls) == len(names) >= 2 and names[-1] == "padded columns' copy (torch)"
     assert torch.equal(y, quantized_linear(x, qw, backend="tvm"))
     x.copy_(x * 2 + 0.5)
     y.zero_()
@@ -672,11 +673,12 @@ def test_padded_launch_records_its_copy_for_replay():
     assert torch.equal(y, quantized_linear(x, qw, backend="tvm")) and y.abs().sum() > 0
 
 
-def test_x16_serves_bf16_x_up_to_its_row_limit_and_fp16_x_at_any_rows():
+def test_x16_serves_bf16_x_up_to_its_row_limit_and_fp16_and_fp32_x_at_any_rows():
     """`x16_serves` for 4-bit codes, with or without zeros (measured faster there): bfloat16 x up to X16_MAX_M
     rows (past it the bf16 GEMM forms win) but one row where the CPU has the bf16 pair GEMV (it streams faster
-    there), float16 x at any rows (the float kernels multiply fp16 in fp32 on a CPU without AVX-512 FP16); fp32
-    x, no rows or a CPU without VNNI keep the other kernels. 2- and 3-bit codes take x16 at one row too."""
+    there), float16 and float32 x (three planes) at any rows (the float kernels multiply in fp32 on a CPU
+    without AVX-512 FP16); float32 x not where the int8 dot is AMX's (not measured there); no rows or a CPU
+    without VNNI keep the other kernels. 2- and 3-bit codes take x16 at one row too."""
     from lowbit.artifact.fingerprint import isa_flags
     from lowbit.ops.x16 import X16_MAX_M, x16_serves
 
@@ -687,6 +689,7 @@ def test_x16_serves_bf16_x_up_to_its_row_limit_and_fp16_x_at_any_rows():
         rows = (0, 1, 2, 4, 5, X16_MAX_M, X16_MAX_M + 1)
         assert [x16_serves(qw, m, "bfloat16", "vnni") for m in rows] == [False, one, True, True, True, True, False]
         assert [x16_serves(qw, m, "float16", "vnni") for m in (1, 5, X16_MAX_M + 1, 4096)] == [True] * 4
-    assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "vnni")
+    assert x16_serves(sym, 2, "float16", "amx") and not x16_serves(sym, 2, "float32", "amx")
+    assert all(x16_serves(sym, m, "float32", "vnni") for m in (1, 2, X16_MAX_M + 1, 4096))
     assert not x16_serves(post, 2, "bfloat16", "none")
     assert all(x16_serves(quantize(weight(64, 128, 2), dt, 64), 1, "bfloat16", "vnni") for dt in ("int2", "int3"))
