@@ -1,12 +1,13 @@
-"""fp16 activations on the CPU, old rule against new, side by side in one process (session 56): a
+"""fp16 / fp32 activations on the CPU, old rule against new, side by side in one process (sessions 56, 57): a
 TinyLlama-1.1B-shaped W4 model (`decode_model.py`: int4 g128 linears, KV int8) served with float16 activations.
 
-    python benchmarks/decode/fp16_x16.py [float16 | bfloat16]
+    python benchmarks/decode/fp16_x16.py [float16 | bfloat16 | float32]
 
-new: this rule: the x16 plan runs every M of float16 x (row tiles of 4), and the executor holds each x16 linear
-     once, in the plane layout (`lowbit.ops.x16.x16_weight`);
-old: the x16 plan at <= 4 rows only and the plain column-tiled copy whatever the dtype (before session 56: with
-     bfloat16 x the executor's 4-bit copy was not in the pair order the bf16 GEMM reads), patched in.
+new: this rule: the x16 plan runs every M of float16 x (row tiles of 4) and of float32 x (three planes, "x24"),
+     and the executor holds each x16 linear once, in the plane layout (`lowbit.ops.x16.x16_weight`);
+old: the x16 plan at <= 4 rows of 16-bit x only, never for float32 x, and the plain column-tiled copy whatever
+     the dtype (before session 56: with bfloat16 x the executor's 4-bit copy was not in the pair order the bf16
+     GEMM reads), patched in.
 Prints decode and prefill tok/s (medians of 3, 16 decode steps, 32-token prompts) for 1 and 16 sequences, and
 the bytes of every array the quantized linears hold after the runs (their codes, scales and the kernels' copies).
 """
@@ -30,7 +31,7 @@ import lowbit.runtime.executor as executor
 from lowbit.ops.weight import QuantizedWeight
 from lowbit.runtime.runner import ModelRunner
 
-SERVES, WEIGHT, CPU_WEIGHT = linear.x16_serves, executor.x16_weight, executor.cpu_weight
+SERVES, WEIGHT, CPU_WEIGHT, EVERY = linear.x16_serves, executor.x16_weight, executor.cpu_weight, executor.x16_every_m
 
 
 def held_bytes(params: dict[str, Any]) -> int:
@@ -65,11 +66,13 @@ def held_bytes(params: dict[str, Any]) -> int:
 def use(rule: str) -> None:
     """Patch in a rule: "old" runs x16 at <= 4 rows and keeps the column-tiled copy; "new" is the code as is."""
     if rule == "old":
-        linear.x16_serves = lambda qw, m, adtype, dot: SERVES(qw, m, adtype, dot) and m <= 4
+        linear.x16_serves = lambda qw, m, adtype, dot: SERVES(qw, m, adtype, dot) and m <= 4 and adtype != "float32"
         executor.x16_weight = lambda w: None
+        executor.x16_every_m = lambda adtype, dot: False
         executor.cpu_weight = lambda w, dtype="float32": CPU_WEIGHT(w)  # the plain tiles whatever the dtype
     else:
         linear.x16_serves, executor.x16_weight, executor.cpu_weight = SERVES, WEIGHT, CPU_WEIGHT
+        executor.x16_every_m = EVERY
 
 
 def main() -> int:

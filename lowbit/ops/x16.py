@@ -192,7 +192,8 @@ def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
 class X16Plan:
     """The two x16 kernels compiled for one weight, m rows and an activation dtype, with the weight's plane
     words, scales and zeros bound. `run(x2, y2)`: torch tensors, x2 [m, K], y2 [m, N]. Each thread has its
-    own scratch (the nano-batch executor runs row ranges of one linear concurrently)."""
+    own scratch, shared by its plans (`_Scratch`; the nano-batch executor runs row ranges of one linear
+    concurrently)."""
 
     def __init__(self, qw: QuantizedWeight, m: int, adtype: str):
         n, k = qw.shape
@@ -242,10 +243,12 @@ class X16Plan:
         call ~1 us; 6 views had been 6 of the ~26 us a call at 256x4096; the bound launches' `flat`, which copy
         their argument template per call, took 3.5-4.5 us each against 2.7-3.9 for the bare calls, M = 1,
         64x4096 int2; this `flat` 7.61 us against 7.48 for the two bare calls, session 52). A decode step being
-        recorded (`RECORDING`) gets both calls, as the bound launches give."""
-        calls = self._scratch.__dict__.get("calls")
-        if calls is None:
-            calls = self._scratch.calls = self._thread_calls()
+        recorded (`RECORDING`) gets both calls, as the bound launches give; the lists do not keep x and y."""
+        mine = self._scratch.__dict__
+        calls = mine.get("calls")
+        if calls is None or mine["generation"] != _SCRATCH.generation:  # first call here, or the scratch grew
+            calls = mine["calls"] = self._thread_calls()
+            mine["generation"] = _SCRATCH.generation
         (fq, qargs, qx), (fg, gargs, gy) = calls
         qargs[qx] = x
         gargs[gy] = y
@@ -255,17 +258,14 @@ class X16Plan:
         if recorded is not None and names is not None:  # a step being recorded for replay (runtime.executor)
             recorded += [(fq, tuple(qargs)), (fg, tuple(gargs))]
             names += self._names
+        qargs[qx] = gargs[gy] = None  # the caller's tensors are not held past the call
 
     def _thread_calls(self) -> tuple[tuple[Any, list[Any], int], tuple[Any, list[Any], int]]:
-        """This thread's (function, argument list, position of x / y) for the quantizer and the GEMV, with its
-        scratch (x's planes, scales and code sums) in both lists."""
-        import torch
-
-        bufs = (
-            torch.empty(self.parts * self.mp * self.k, dtype=torch.int8),  # [K // G, MP, PARTS, 8, G // 8]: x's planes
-            torch.empty(self.mp * self.groups, dtype=torch.float32),
-            torch.empty((self.parts - 1) * self.mp * self.groups, dtype=torch.int32),
-        )
+        """This thread's (function, argument list, position of x / y) for the quantizer and the GEMV, with the
+        thread's scratch (`_thread_scratch`: x's planes [K // G, MP, PARTS, 8, G // 8], scales and code sums) in
+        both lists."""
+        sizes = (self.parts * self.mp * self.k, self.mp * self.groups, (self.parts - 1) * self.mp * self.groups)
+        bufs = tuple(b[:n] for b, n in zip(_thread_scratch(sizes), sizes))
         out = []
         for launch, values, free in ((self._quant, (None, *bufs), 0), (self._gemv, (*bufs, None), 3)):
             fn, template, slots, _ = launch.parts
@@ -274,6 +274,36 @@ class X16Plan:
                 args[i] = values[j]
             out.append((fn, args, dict(slots)[free]))
         return out[0], out[1]
+
+
+class _Scratch(threading.local):
+    """Per thread: the x16 plans' scratch (x's planes int8, scales fp32, code sums int32; flat torch tensors),
+    shared by every plan the thread runs (its calls never overlap), grown to the largest call; `generation`
+    counts the growths, so each plan re-takes its views after one. One set a thread, not one a plan and row
+    count: a plan per prompt length had each kept its own (a 512-token float32 prefill: 3·512·K bytes a linear,
+    ~0.4 GB over the 1.1B model's linears, per length seen). A decode step recorded for replay keeps the
+    buffers it was recorded with."""
+
+    bufs: tuple[Any, ...] | None = None
+    generation = 0
+
+
+_SCRATCH = _Scratch()
+
+
+def _thread_scratch(sizes: tuple[int, int, int]) -> tuple[Any, ...]:
+    """This thread's scratch (`_Scratch`), grown to hold `sizes` elements of each buffer."""
+    import torch
+
+    have = _SCRATCH.bufs
+    if have is None or any(b.numel() < n for b, n in zip(have, sizes)):
+        old = (0, 0, 0) if have is None else tuple(b.numel() for b in have)
+        _SCRATCH.bufs = tuple(
+            torch.empty(max(n, o), dtype=d) for n, o, d in zip(sizes, old, (torch.int8, torch.float32, torch.int32))
+        )
+        _SCRATCH.generation += 1
+    assert _SCRATCH.bufs is not None
+    return _SCRATCH.bufs
 
 
 def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:

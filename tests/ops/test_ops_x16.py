@@ -64,20 +64,48 @@ def test_x16_weight_is_none_where_the_plan_does_not_serve():
     "name,zero,m", [("int4", "default", 1), ("int2", "default", 6), ("uint4", "post", 3), ("uint2", "pre", 9)]
 )
 def test_x16_plan_reads_the_copy_in_place_with_the_originals_result(name, zero, m):
-    """float16 / bfloat16 x: the plan on the copy gives the original's output bit for bit and binds the copy's
-    own words (no plane copy of them); float32 x runs the float kernels on the plane layout, within the
-    oracle's bound."""
+    """float16 / bfloat16 / float32 x: the plan on the copy gives the original's output bit for bit and binds the
+    copy's own words (no plane copy of them); a float kernel asked for by name reads the plane layout too, within
+    the oracle's bound."""
     kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
     qw = quantize(_weight(96, 256, 1), name, 64, **kwargs)
     xw = x16_weight(qw)
     assert xw is not None
     rng = np.random.default_rng(2)
-    for adtype in ("float16", "bfloat16"):
+    for adtype in ("float16", "bfloat16", "float32"):
         x = torch.from_numpy(rng.standard_normal((m, 256)).astype(np.float32)).to(getattr(torch, adtype))
         assert torch.equal(quantized_linear(x, xw, backend="tvm"), quantized_linear(x, qw, backend="tvm"))
     assert x16_operands(xw)["w"].data_ptr() == xw.words.ctypes.data
     assert "zeros" not in x16_operands(xw) or not constant_offset(xw)
     x32 = rng.standard_normal((m, 256)).astype(np.float32)
-    y = quantized_linear(torch.from_numpy(x32), xw, backend="tvm").numpy()
-    err = relative_error(y, reference(x32, qw))
-    assert err <= bound(qw, m, "float32"), err
+    for kernel in (None, "quantized_gemm"):
+        y = quantized_linear(torch.from_numpy(x32), xw, backend="tvm", kernel=kernel).numpy()
+        err = relative_error(y, reference(x32, qw))
+        assert err <= bound(qw, m, "float32"), (kernel, err)
+
+
+@pytest.mark.skipif(not X16, reason="the x16 plan needs TVM and AVX-512 VNNI")
+def test_plans_share_the_threads_scratch_and_keep_no_caller_tensor():
+    """Every x16 plan of a thread runs on one scratch, grown to the largest call (`_Scratch`): a plan built
+    before a larger one grew it still gives its result after; no plan holds the x or y of its last call."""
+    import lowbit.ops.x16 as x16
+
+    x16._SCRATCH.bufs = None  # this thread's scratch starts empty (earlier tests here may have grown it)
+    qw = quantize(_weight(64, 256, 3), "int4", 64)
+    xs = {m: torch.from_numpy(np.random.default_rng(m).standard_normal((m, 256)).astype(np.float32)) for m in (2, 40)}
+    small = x16.x16_plan(qw, 2, "float32")
+    want = torch.empty(2, 64)
+    small(xs[2], want)
+    before = x16._SCRATCH.generation
+    big_y = torch.empty(40, 64)
+    x16.x16_plan(qw, 40, "float32")(xs[40], big_y)
+    assert x16._SCRATCH.generation == before + 1  # 40 rows' planes did not fit: the scratch grew
+    again = torch.empty(2, 64)
+    small(xs[2], again)
+    assert torch.equal(again, want)
+    planes = x16._SCRATCH.bufs[0]
+    assert small._scratch.calls[0][1][1].data_ptr() == planes.data_ptr()  # the small plan's views: the new buffer
+    y40 = quantized_linear(xs[40], qw, backend="tvm")
+    assert relative_error(big_y.numpy(), y40.numpy()) == 0.0
+    for _, args, slot in small._scratch.calls:
+        assert args[slot] is None
