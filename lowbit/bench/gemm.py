@@ -64,6 +64,8 @@ import numpy as np
 
 from lowbit.bench.roofline import (
     BF16X3,
+    INT8X2,
+    INT8X3,
     Machine,
     bandwidth_bytes,
     bandwidth_read,
@@ -615,6 +617,8 @@ class _Bench:
             act = "int8"  # the a8 main loop multiplies int8 codes: its compute bound is the int8 peak
         elif act == "float32" and _runs_tdpbf16ps(qw, M):
             act = BF16X3  # fp32 x as three bf16 parts on AMX-BF16: a third of the bf16 peak bounds it
+        elif _runs_x16(qw, M):  # x in two (16-bit) or three (fp32) int8 planes on VNNI: that share of the int8 peak
+            act = INT8X3 if act == "float32" else INT8X2
         fns = [
             functools.partial(self.ops.quantized_linear, x, w, backend=backend, tune=self.tune, **extra)
             for w in self.copies(case, f"{method}_{dt}", qw, stored)
@@ -665,6 +669,12 @@ def _copy(weight: Any) -> Any:
             fields[f.name] = v.clone() if hasattr(v, "clone") else v.copy() if isinstance(v, np.ndarray) else v
         return dataclasses.replace(weight, **fields)
     raise BenchError(f"cannot copy a {type(weight).__name__} for the weight ring; use cache='flush'")
+
+
+def _runs_x16(qw: Any, M: int) -> bool:
+    """Whether `quantized_linear` ran `qw` at M rows on the x16 plan (`lowbit.ops.x16`, kept on the weight)."""
+    plans = getattr(qw, "__dict__", {}).get("_plans", {})
+    return any(isinstance(k, tuple) and k and k[0] == M and k[-1] == "x16" for k in plans)
 
 
 def _runs_tdpbf16ps(qw: Any, M: int) -> bool:

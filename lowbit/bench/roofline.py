@@ -28,6 +28,9 @@ PEAK_SHAPE = {"cpu": (512, 4096, 4096), "cuda": (8192, 8192, 8192)}  # (M, N, K)
 # the compute "dtype" of fp32 rows multiplied as three exact bf16 parts on the bf16 units (AMX-BF16 in the TVM
 # backend, `_Emitter._amx_fp32_rows`): `Machine.peak` gives a third of the bfloat16 peak
 BF16X3 = "bfloat16x3"
+# the compute "dtypes" of 16-bit / fp32 rows carried as two / three int8 planes (`lowbit.ops.x16`: x16 and x24,
+# each product two / three int8 ones on VNNI): `Machine.peak` gives a half / a third of the int8 peak
+INT8X2, INT8X3 = "int8x2", "int8x3"
 
 
 def _best_ms(fn: Any, device: str, repeats: int) -> float:
@@ -169,9 +172,12 @@ class Machine:
 
     def peak(self, dtype: str) -> float:
         """Peak for the dtype a kernel computes in; float16 falls back to bfloat16's, unknown to fp32's;
-        BF16X3 (fp32 operands as three bf16 parts, three bf16 products per fp32 one) a third of bfloat16's."""
+        BF16X3 (fp32 operands as three bf16 parts, three bf16 products per fp32 one) a third of bfloat16's;
+        INT8X2 / INT8X3 (x in two / three int8 planes) a half / a third of int8's."""
         if dtype == BF16X3 and "bfloat16" in self.peak_gflops:
             return self.peak_gflops["bfloat16"] / 3
+        if dtype in (INT8X2, INT8X3) and "int8" in self.peak_gflops:
+            return self.peak_gflops["int8"] / (2 if dtype == INT8X2 else 3)
         if dtype in self.peak_gflops:
             return self.peak_gflops[dtype]
         if dtype == "float16" and "bfloat16" in self.peak_gflops:

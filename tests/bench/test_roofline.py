@@ -8,6 +8,8 @@ import pytest
 
 from lowbit.bench.roofline import (
     BF16X3,
+    INT8X2,
+    INT8X3,
     Machine,
     layer_bytes,
     linear_flops,
@@ -62,6 +64,19 @@ def test_machine_peak_falls_back():
 def test_fp32_rows_as_three_bf16_parts_are_bounded_by_a_third_of_the_bf16_peak():
     m = Machine("cpu", "cpu", 2, None, 30.0, {"float32": 350.0, "bfloat16": 2100.0})
     assert m.peak(BF16X3) == 700.0 and m.peak("float32") == 350.0
+
+
+def test_rows_on_int8_planes_are_bounded_by_that_share_of_the_int8_peak():
+    """x16 (16-bit x in two int8 planes) and x24 (fp32 x in three): each product costs two / three int8 ones."""
+    from types import SimpleNamespace
+
+    from lowbit.bench.gemm import _runs_x16
+
+    m = Machine("cpu", "cpu", 2, None, 30.0, {"float32": 170.0, "int8": 780.0})
+    assert m.peak(INT8X2) == 390.0 and m.peak(INT8X3) == 260.0
+    assert Machine("cpu", "cpu", 2, None, 30.0, {"float32": 170.0}).peak(INT8X3) == 170.0  # no int8 peak: fp32's
+    qw = SimpleNamespace(_plans={(4, "tvm", "float32", "x16"): object(), ("bound", 1, "float32", False): object()})
+    assert _runs_x16(qw, 4) and not _runs_x16(qw, 1)
 
 
 def test_the_bench_finds_the_amx_bf16_kernel_of_its_row():
