@@ -181,6 +181,20 @@ def test_inspect_shows_the_tuning(runs, capsys) -> None:
     assert "quantized_gemv  128x128  (0, 1]" in text and "2.00x  cache" in text
 
 
+def one_linear_graph(kernels: tuple[tuple[int, str], ...]) -> object:
+    """A graph of one linear node (weight "w") whose token buckets select `kernels`, for `tuning_jobs`."""
+
+    class Node:
+        op = "linear"
+        attrs = (("weight", "w"), ("kernels", kernels))
+
+    class Graph:
+        def nodes_in_order(self) -> list:
+            return [Node()]
+
+    return Graph()
+
+
 def test_w4a8_weights_on_tvm_are_not_tuned_as_the_gemm_they_no_longer_run() -> None:
     """A W4A8 weight the a8 GEMV takes runs it on TVM at every M (`w4a8_runs_a8`): no job tunes the W4A8 GEMM
     the graph selected; elsewhere (the reference backend, a weight the GEMV cannot take) the jobs stay."""
@@ -188,18 +202,12 @@ def test_w4a8_weights_on_tvm_are_not_tuned_as_the_gemm_they_no_longer_run() -> N
 
     from lowbit.ops import quantize
 
-    class Node:
-        op = "linear"
-        attrs = (("weight", "w"), ("kernels", ((16, "w4a8_gemm_per_group"), (256, "w4a8_gemm_per_group"))))
-
-    class Graph:
-        def nodes_in_order(self) -> list:
-            return [Node()]
+    graph = one_linear_graph(((16, "w4a8_gemm_per_group"), (256, "w4a8_gemm_per_group")))
 
     rng = np.random.default_rng(0)
     w = quantize(rng.standard_normal((64, 256)).astype(np.float32), "uint4", 128, scheme="w4a8_group")
-    assert tuning_mod.tuning_jobs(Graph(), {"w": w}, "tvm", "float32", 256) == []
-    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "reference", "float32", 256)
+    assert tuning_mod.tuning_jobs(graph, {"w": w}, "tvm", "float32", 256) == []
+    jobs = tuning_mod.tuning_jobs(graph, {"w": w}, "reference", "float32", 256)
     assert [(j.kernel, j.m) for j in jobs] == [("w4a8_gemm_per_group", 16), ("w4a8_gemm_per_group", 256)]
 
 
@@ -212,19 +220,13 @@ def test_a_gpu_does_not_tune_the_gemv_at_the_one_row_it_no_longer_runs(monkeypat
     import lowbit.ops.linear as linear
     from lowbit.ops import quantize
 
-    class Node:
-        op = "linear"
-        attrs = (("weight", "w"), ("kernels", ((1, "quantized_gemv"), (16, "quantized_gemv"))))
-
-    class Graph:
-        def nodes_in_order(self) -> list:
-            return [Node()]
+    graph = one_linear_graph(((1, "quantized_gemv"), (16, "quantized_gemv")))
 
     w = quantize(np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32), "int4", 128)
-    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "triton", "float16", 16)
+    jobs = tuning_mod.tuning_jobs(graph, {"w": w}, "triton", "float16", 16)
     assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 1), ("quantized_gemv", 16)]
     monkeypatch.setattr(linear, "native_triton", lambda: True)
-    jobs = tuning_mod.tuning_jobs(Graph(), {"w": w}, "triton", "float16", 16)
+    jobs = tuning_mod.tuning_jobs(graph, {"w": w}, "triton", "float16", 16)
     assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 16)]
 
 
@@ -237,21 +239,15 @@ def test_no_job_tunes_a_linear_the_x16_plan_runs(monkeypatch, dtype) -> None:
     import lowbit.ops.linear as linear
     from lowbit.ops import quantize
 
-    class Node:
-        op = "linear"
-        attrs = (("weight", "w"), ("kernels", ((1, "quantized_gemv"), (16, "quantized_gemv"))))
-
-    class Graph:
-        def nodes_in_order(self) -> list:
-            return [Node()]
+    graph = one_linear_graph(((1, "quantized_gemv"), (16, "quantized_gemv")))
 
     rng = np.random.default_rng(0)
     int2 = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int2", 128)
     int5 = quantize(rng.standard_normal((64, 256)).astype(np.float32), "int5", 128)
     monkeypatch.setattr(linear, "tvm_int8_dot", lambda: "vnni")
-    assert tuning_mod.tuning_jobs(Graph(), {"w": int2}, "tvm", dtype, 16) == []
-    kept = [(j.kernel, j.m) for j in tuning_mod.tuning_jobs(Graph(), {"w": int5}, "tvm", dtype, 16)]
+    assert tuning_mod.tuning_jobs(graph, {"w": int2}, "tvm", dtype, 16) == []
+    kept = [(j.kernel, j.m) for j in tuning_mod.tuning_jobs(graph, {"w": int5}, "tvm", dtype, 16)]
     assert kept == [("quantized_gemv", 1), ("quantized_gemv", 16)]
     monkeypatch.setattr(linear, "tvm_int8_dot", lambda: "none")
-    jobs = tuning_mod.tuning_jobs(Graph(), {"w": int2}, "tvm", dtype, 16)
+    jobs = tuning_mod.tuning_jobs(graph, {"w": int2}, "tvm", dtype, 16)
     assert [(j.kernel, j.m) for j in jobs] == [("quantized_gemv", 1), ("quantized_gemv", 16)]
