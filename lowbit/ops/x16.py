@@ -1,9 +1,9 @@
-"""The x16 plan: a decode GEMV of 2-, 3- and 4-bit integer weights whose 16-bit activations run on int8 dots.
+"""The x16 plan: a GEMV of 2-, 3- and 4-bit integer weights whose float activations run on int8 dots.
 
 `quantized_linear` (and `linear_launcher`, the executor's path) takes it for CPU bfloat16 / float16 / float32
-activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`; float16 and float32 x at any M,
-float32 x in three planes, "x24", bfloat16 x up to
-X16_MAX_M rows, in row tiles of X16_BM, but for 4-bit codes at M = 1 where the bf16 pair GEMV streams faster): the
+activations on the TVM backend where the CPU has AVX-512 VNNI (`x16_serves`): float16 x at any M in row tiles of
+X16_BM, float32 x at any M in three planes ("x24", row tiles of X24_BM), bfloat16 x up to X16_MAX_M rows but
+4-bit codes at M = 1, where the bf16 pair GEMV streams faster. Why: the
 table-decoded GEMV of 2- and 3-bit codes is compute-bound there (fp32 FMAs, one product each), and so is the
 bf16 pair dot of 4-bit codes where memory is fast (a shift and a ternary logic op of decode per 32 codes), while
 `lowbit.kernels.gemv_x16` carries x in two int8 planes and multiplies the codes as bytes on vpdpbusd. Two
