@@ -280,10 +280,12 @@ def test_gemm_form_waits_for_gemm_rows():
 def test_quantized_linear_runs_the_gemv_at_every_m_for_weights_up_to_8_bits():
     """`gemv_serves`: a weight of 1-8-bit codes in the row layout runs `quantized_gemv` at M = 70 on TVM (fp32
     x): 4-bit codes the table decode's GEMM form, others the decoded GEMM form (its fp32 tile `wd` in the
-    source where the fp32 FMA form runs it; AMX's pairs `bp` on an AMX CPU); the reference backend keeps the
+    source where the fp32 FMA form runs it; AMX's pairs `bp` on an AMX CPU), but where the x16 plan takes the
+    weight (`lowbit.ops.x16`: 2- to 4-bit integer codes on a VNNI CPU) that plan; the reference backend keeps the
     rule's `quantized_gemm`."""
     from lowbit.ops import quantized_linear
-    from lowbit.ops.linear import gemv_serves
+    from lowbit.ops.linear import gemv_serves, tvm_int8_dot
+    from lowbit.ops.x16 import X16Plan, x16_serves
 
     rng = np.random.default_rng(5)
     for dtype in ("int4", "int8", "uint2", "fp6_e3m2", "fp8_e5m2"):
@@ -295,6 +297,9 @@ def test_quantized_linear_runs_the_gemv_at_every_m_for_weights_up_to_8_bits():
         ref = x.astype(np.float64) @ qw.dequantize().astype(np.float64).T
         err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
         assert np.isfinite(err) and err < 1e-5, (dtype, err)
+        if x16_serves(qw, 70, "float32", tvm_int8_dot()):
+            assert {type(p) for p in plans_of(qw).values()} == {X16Plan}, dtype  # the plan, also as the bound launch
+            continue
         (kernel,) = [k for k in plans_of(qw).values() if getattr(k, "backend", "") == "tvm"]
         assert kernel.program.name == "quantized_gemv"
         if dtype != "int4":
