@@ -302,18 +302,22 @@ def _fma_rows(m: int) -> int:
     return _row_tile(m, 4)
 
 
+def pair_dot_runs(adtype: str, bits: int) -> bool:
+    """Whether the TVM GEMV multiplies `bits`-wide codes and `adtype` x on the vdpbf16ps pair dot here
+    (lowbit/codegen/tvm README, "bf16 dot"): bf16 activations, 4-bit codes, a CPU with AVX-512 BF16. The
+    weight's CPU copy then holds its codes in pair order (`ops.linear.cpu_weight`)."""
+    from lowbit.artifact.fingerprint import isa_flags
+
+    return adtype == "bfloat16" and bits == 4 and "avx512_bf16" in isa_flags()
+
+
 def _pair_dot(problem: Mapping[str, Any]) -> bool:
-    """Whether the GEMV's dot is the vdpbf16ps pair dot here (lowbit/codegen/tvm README, "bf16 dot"): bf16
-    activations, 4-bit codes, a CPU with AVX-512 BF16. At M = 1 its 256-column tiles keep 16 accumulators (16
-    independent vdpbf16ps chains, one per column vector) where 128-column tiles keep 8. Weights streamed (a
+    """Whether the GEMV's dot is the vdpbf16ps pair dot here (`pair_dot_runs`). At M = 1 its 256-column tiles
+    keep 16 accumulators (16 independent vdpbf16ps chains, one per column vector) where 128-column tiles keep 8. Weights streamed (a
     ring of copies), 2 threads, alternating in one process: 0.222 against 0.241-0.256 ms at 4096², 0.670-0.676
     against 0.695-0.713 ms at 11008x4096 (the torch `sum` of the same bytes: 0.216 and 0.621 ms). The fp32
     form spills there (0.40 against 0.24 ms), so it keeps 128."""
-    from lowbit.artifact.fingerprint import isa_flags
-
-    return (
-        problem.get("adtype") == "bfloat16" and _bits(problem, "quantized_gemv") == 4 and "avx512_bf16" in isa_flags()
-    )
+    return pair_dot_runs(str(problem.get("adtype")), _bits(problem, "quantized_gemv"))
 
 
 def _amx_bf16_rows(problem: Mapping[str, Any]) -> bool:
@@ -502,6 +506,7 @@ __all__ = [
     "gemm_row_tile",
     "gpu_default",
     "native_triton",
+    "pair_dot_runs",
     "space",
     "tvm_cuda_default",
 ]

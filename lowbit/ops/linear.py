@@ -76,7 +76,14 @@ from lowbit.kernels.gemv_fma import quantized_gemv_fma
 from lowbit.kernels.launch import PersistentLauncher, activation_dtype, bind, runs_persistent, serial_options
 from lowbit.kernels.layouts import row_packed
 from lowbit.kernels.quantized_gemm import ROW_PACKED, quantized_gemm
-from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY, default_config, native_triton, space, tvm_cuda_default
+from lowbit.kernels.spaces import (
+    GEMV_PREFETCH_LOCALITY,
+    default_config,
+    native_triton,
+    pair_dot_runs,
+    space,
+    tvm_cuda_default,
+)
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, pad_columns, retile_columns
@@ -581,7 +588,7 @@ def cpu_weight(qw: QuantizedWeight, adtype: str = "float32") -> QuantizedWeight:
     it as fast (0.94x). Both kernels take any packed layout, so only the words move (scales and zeros stay)."""
     if qw.scheme != "w_a16":
         return qw
-    pairs = adtype == "bfloat16" and qw.dtype.bits == 4 and "avx512_bf16" in isa_flags()
+    pairs = pair_dot_runs(adtype, qw.dtype.bits)
     slot = "_cpu_pairs" if pairs else "_cpu_tiled"
     tiled = qw.__dict__.get(slot)
     if tiled is None:

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
 from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.kernels.launch import bind, serial_options
 from lowbit.kernels.layouts import PLANE_BITS, aligned, plane_layout
-from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY
+from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY, pair_dot_runs
 from lowbit.ops.weight import QuantizedWeight, constant_offset
 
 X16_DTYPES = ("int2", "int3", "uint2", "uint3", "int4", "uint4")  # widths measured faster than the other GEMVs
@@ -68,7 +67,6 @@ X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any nu
 # process, medians of 9 rounds, us): int4 11008x4096 751 / 775 against x16's 792 / 787, 4096² 204 / 273 against 217 /
 # 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
 # M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
-X16_PAIR_M1_BITS = 4
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
@@ -122,7 +120,7 @@ def x16_serves(qw: QuantizedWeight, m: int, adtype: str, int8_dot: str) -> bool:
         and adtype in X16_ADTYPES
         and m >= 1
         and (adtype != "bfloat16" or m <= X16_MAX_M)
-        and not (m == 1 and adtype == "bfloat16" and qw.dtype.bits == X16_PAIR_M1_BITS and "avx512_bf16" in isa_flags())
+        and not (m == 1 and pair_dot_runs(adtype, qw.dtype.bits))
         and _dot_serves(adtype, int8_dot)
         and qw.group_size in X16_GROUPS
         and qw.in_features % qw.group_size == 0
