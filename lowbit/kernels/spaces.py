@@ -312,11 +312,11 @@ def pair_dot_runs(adtype: str, bits: int) -> bool:
 
 
 def _pair_dot(problem: Mapping[str, Any]) -> bool:
-    """Whether the GEMV's dot is the vdpbf16ps pair dot here (`pair_dot_runs`). At M = 1 its 256-column tiles
-    keep 16 accumulators (16 independent vdpbf16ps chains, one per column vector) where 128-column tiles keep 8. Weights streamed (a
-    ring of copies), 2 threads, alternating in one process: 0.222 against 0.241-0.256 ms at 4096², 0.670-0.676
-    against 0.695-0.713 ms at 11008x4096 (the torch `sum` of the same bytes: 0.216 and 0.621 ms). The fp32
-    form spills there (0.40 against 0.24 ms), so it keeps 128."""
+    """Whether the GEMV's dot is the vdpbf16ps pair dot here (`pair_dot_runs`). At M = 1 its 256-column tiles keep
+    16 accumulators (16 independent vdpbf16ps chains, one per column vector) where 128-column tiles keep 8. Weights
+    streamed (a ring of copies), 2 threads, alternating in one process: 0.222 against 0.241-0.256 ms at 4096²,
+    0.670-0.676 against 0.695-0.713 ms at 11008x4096 (the torch `sum` of the same bytes: 0.216 and 0.621 ms). The
+    fp32 form spills there (0.40 against 0.24 ms), so it keeps 128."""
     return pair_dot_runs(str(problem.get("adtype")), _bits(problem, "quantized_gemv"))
 
 
