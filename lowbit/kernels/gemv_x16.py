@@ -114,6 +114,44 @@ def _as_is(t: Any, BM: int, G: int) -> Any:
     return t
 
 
+ORDERS = ("planes", "words", "pairs")  # the weight words the GEMV reads: `plane_words`, `column_tiled`, its pairs
+
+
+def x_order(order: str, bits: int) -> Any:
+    """The quantizer's reorder of a group [BM, G] of x for weights whose words are in `order` (`ORDERS`):
+    xq's element (plane p, 4t + j) must be the x of the code the GEMV finds in byte j of word row t at plane p
+    (bits b·s of the byte of word row w·G/32 + t, p = (8/b)·w + s, `plane_terms`).
+        planes: x's own order (`plane_words`);
+        words:  column-tiled words (`column_tiled`: 32/b consecutive k a word, code i at bit b·i), so
+                k = (G/b)·w + (32/b)·t + (8/b)·j + s: x as [w, t, j, s] read as [w, s, t, j];
+        pairs:  4-bit words in bf16 pair order (k = 8r + 2s' + h at bit 16h + 4s'): with j = 2·j2 + j1,
+                k = (G/4)·w + 8t + 4·j1 + 2s + j2: x as [w, t, j1, s, j2] read as [w, s, t, j2, j1].
+    The GEMV reads the column-tiled copy the bf16 / fp32 kernels read (one copy of the weight serves both);
+    the gather costs the quantizer ~1.5 us at K = 4096 (session 51)."""
+    if order not in ORDERS or (order != "planes" and 8 % bits) or (order == "pairs" and bits != 4):
+        raise ValueError(f"x16 order {order!r} with {bits}-bit codes: use 'planes', or 'words' / 'pairs' (4 bits)"
+                         " for 2- or 4-bit codes")  # fmt: skip
+    if order == "planes":
+        return _as_is
+    per = 8 // bits
+
+    def reorder(t: Any, BM: int, G: int) -> Any:
+        if order == "words":
+            split, axes = (BM, bits, G // 32, 4, per), (0, 1, 4, 2, 3)
+        else:
+            split, axes = (BM, 4, G // 32, 2, 2, 2), (0, 1, 4, 2, 5, 3)
+        return T.reshape(T.transpose(T.reshape(t, split), axes), (BM, G))
+
+    return reorder
+
+
+def flip_mask(bits: int) -> int:
+    """The int32 whose xor turns each b-bit two's complement code of a word into its offset binary u = q + 2^(b-1)
+    (the top bit of every field: 0x88888888 for 4 bits), as a signed int32 value."""
+    word = sum(1 << (bits * i + bits - 1) for i in range(32 // bits))
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
 @T.kernel
 def quantize_groups_x16(
     x: T.Tensor("adtype", ("M", "K")),
@@ -127,11 +165,14 @@ def quantize_groups_x16(
     adtype: T.constexpr = "bfloat16",
     BM: T.constexpr = 1,
     PARTS: T.constexpr = 2,
+    ORDER: T.constexpr = "planes",
+    BITS: T.constexpr = 4,
 ):
     (pm,) = T.grid(T.cdiv(MP, BM))
+    order = x_order(ORDER, BITS)
     bits = 8 * PARTS - 2  # |r| < 2^bits: 14 in two planes (hi in [-64, 64]), 22 in three
     for k0 in T.range(0, K, G, name="k0"):
-        v = _ordered_group(x, pm, k0, BM, G, _as_is)  # [BM, G], the planes' order; rows >= M read 0
+        v = _ordered_group(x, pm, k0, BM, G, order)  # [BM, G] in the GEMV's order; rows >= M read 0
         amax, bad = _extremes(v)  # [BM, 1]: max |v|, and 1 where the group holds a NaN or an inf
         tiny = amax < TINY
         lift = T.where(tiny, 2.0**60, 1.0)  # exact
@@ -187,6 +228,7 @@ def quantized_gemv_x16(
     BN: T.constexpr = 16,
     TILES: T.constexpr = 1,
     PARTS: T.constexpr = 2,
+    FLIP: T.constexpr = 0,
 ):
     # row tiles innermost: a column tile's row tiles run back to back on one thread, its words still in L1 / L2
     # (session 56, BM = 4, bf16 x, a ring of weights, in one process: 0.97-0.98x the time of row tiles outermost
@@ -202,6 +244,8 @@ def quantized_gemv_x16(
             pn = pb * TILES + t
             acc = accs[t]
             words = [T.reshape(T.load(w, (pn, g, i, 0, 0), (1, 1, 1, G // 32, BN)), (G // 32, BN)) for i in range(BITS)]
+            if FLIP:  # two's complement codes read as offset binary u = q + 2^(b-1): one xor a word
+                words = [v ^ flip_mask(BITS) for v in words]
             # every plane's operands first, then the eight dots back to back: a chain the backend runs with its
             # sums kept in registers (the TVM backend's `_vnni_chain`)
             xs_planes = [
@@ -236,8 +280,11 @@ __all__ = [
     "X16_ADTYPES",
     "X16_BITS",
     "X16_GROUPS",
+    "ORDERS",
+    "flip_mask",
     "plane_terms",
     "plane_words",
     "quantize_groups_x16",
     "quantized_gemv_x16",
+    "x_order",
 ]

@@ -32,7 +32,7 @@ from lowbit.dtypes import dtype as as_dtype
 from lowbit.kernels.gemv_a8 import tile_group_rows
 from lowbit.kernels.gemv_x16 import X16_ADTYPES, X16_GROUPS, plane_words, quantize_groups_x16, quantized_gemv_x16
 from lowbit.kernels.launch import bind, serial_options
-from lowbit.kernels.layouts import PLANE_BITS, aligned, plane_layout
+from lowbit.kernels.layouts import PLANE_BITS, aligned, column_tiled, plane_layout
 from lowbit.kernels.spaces import GEMV_PREFETCH_LOCALITY, pair_dot_runs
 from lowbit.ops.weight import QuantizedWeight, constant_offset
 
@@ -67,6 +67,7 @@ X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any nu
 # process, medians of 9 rounds, us): int4 11008x4096 751 / 775 against x16's 792 / 787, 4096² 204 / 273 against 217 /
 # 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
 # M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
+X16_SHARE_TILED = True  # bfloat16 x: the plan reads `cpu_weight`'s column-tiled copy (`x16_source`)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
@@ -165,24 +166,61 @@ def x16_weight(qw: QuantizedWeight) -> QuantizedWeight | None:
     )  # fmt: skip
 
 
+def in_place(qw: QuantizedWeight) -> tuple[str, int] | None:
+    """(order, column tile) where the x16 GEMV reads `qw`'s own words: the plane layout (`x16_weight`, unsigned
+    or offset-binary codes) or, for 2- and 4-bit codes, the column-tiled words the CPU float kernels read
+    (`column_tiled`, 4-bit ones also in bf16 pair order; signed codes xor-ed to offset binary in the GEMV,
+    FLIP), so one copy of the weight serves every row count. None: the plan makes a plane copy."""
+    n, k = qw.shape
+    g, bits = qw.group_size, qw.dtype.bits
+    if bits in PLANE_BITS and qw.layout == plane_layout((k, n), bits, g, X16_BN):
+        return "planes", X16_BN
+    if bits not in (2, 4):
+        return None
+    for order in ("words", "pairs") if bits == 4 else ("words",):
+        if qw.layout == column_tiled((k, n), bits, X16_BN, pairs=order == "pairs"):
+            return order, X16_BN
+    return None
+
+
+def x16_source(qw: QuantizedWeight, adtype: str) -> QuantizedWeight:
+    """The weight the x16 plan of `qw` reads: `qw` itself where its words serve in place (`in_place`); with
+    bfloat16 x, whose M = 1 and wide-M rows run the bf16 float kernels over `cpu_weight`'s column-tiled copy,
+    that copy where it serves (one copy, not a plane copy beside it); else `qw` (the plan makes its planes)."""
+    if in_place(qw) is None and adtype == "bfloat16" and X16_SHARE_TILED:
+        from lowbit.ops.linear import cpu_weight  # linear imports this module
+
+        tiled = cpu_weight(qw, adtype)
+        if in_place(tiled) is not None:
+            return tiled
+    return qw
+
+
 def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
-    """The x16 GEMV's weight operands of `qw` (torch tensors: "w" its plane words, "scales" and "zeros" column-tiled
-    by X16_BN; no zeros for a `constant_offset` weight), made once and kept on the weight: the plans of every row
-    count share them. A weight already in the plane layout (`x16_weight`) lends its own words (no copy)."""
+    """The x16 GEMV's weight operands of `qw` (torch tensors: "w" its words [⌈N / BN⌉, K // G, BITS, G // 32, BN],
+    "scales" and "zeros" column-tiled by BN; no zeros for a `constant_offset` weight) and how to read them
+    ("order", "bn", "flip": `in_place`), made once and kept on the weight: the plans of every row count share
+    them. A weight whose words serve in place lends them (no copy); else the plan's own plane words."""
     fixed = qw.__dict__.get("_x16_operands")
     if fixed is None:
         import torch
 
         n, k = qw.shape
         g, bits = qw.group_size, qw.dtype.bits
-        shape = (-(-n // X16_BN), k // g, bits, g // 32, X16_BN)
-        if bits in PLANE_BITS and qw.layout == plane_layout((k, n), bits, g, X16_BN):
+        order, bn = in_place(qw) or ("planes", X16_BN)
+        shape = (-(-n // bn), k // g, bits, g // 32, bn)
+        flip = 0
+        if in_place(qw) is not None:
             words = qw.words.view(np.int32).reshape(shape)
+            flip = int(qw.dtype.is_signed)
         else:
-            words = plane_words(unsigned_codes(qw)[0], bits, g, X16_BN)
-        fixed = {"w": torch.from_numpy(words), "scales": torch.from_numpy(tile_group_rows(qw.scales, X16_BN))}
+            words = plane_words(unsigned_codes(qw)[0], bits, g, bn)
+        fixed = {
+            "w": torch.from_numpy(words), "scales": torch.from_numpy(tile_group_rows(qw.scales, bn)),
+            "order": order, "bn": bn, "flip": flip,
+        }  # fmt: skip
         if qw.zeros is not None and not constant_offset(qw):
-            fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, X16_BN))
+            fixed["zeros"] = torch.from_numpy(tile_group_rows(qw.zeros, bn))
         qw.__dict__["_x16_operands"] = fixed
     return dict(fixed)
 
@@ -203,9 +241,10 @@ class X16Plan:
         offset = 1 << (qw.dtype.bits - 1) if qw.dtype.is_signed else constant_offset(qw)
         zero_mode = "none" if constant_offset(qw) else qw.zero_mode
         fixed = x16_operands(qw)
+        order, bn, flip = (fixed.pop(key) for key in ("order", "bn", "flip"))
         trace = {
             "BITS": qw.dtype.bits, "OFFSET": offset, "zero_mode": zero_mode, "G": g, "ydtype": adtype,
-            "sdtype": str(qw.scales.dtype), "BM": bm, "BN": X16_BN, "TILES": X16_TILES, "PARTS": parts,
+            "sdtype": str(qw.scales.dtype), "BM": bm, "BN": bn, "TILES": X16_TILES, "PARTS": parts, "FLIP": flip,
         }  # fmt: skip
         gemv = compile_program(
             quantized_gemv_x16.trace(**trace),
@@ -218,7 +257,8 @@ class X16Plan:
             },
         )
         quant_options = serial_options("tvm") if m < X16_PARALLEL_QUANT_ROWS else {}
-        quant = compile_program(quantize_groups_x16.trace(G=g, adtype=adtype, BM=bm, PARTS=parts), "tvm", quant_options)
+        quant_trace = {"G": g, "adtype": adtype, "BM": bm, "PARTS": parts, "ORDER": order, "BITS": qw.dtype.bits}
+        quant = compile_program(quantize_groups_x16.trace(**quant_trace), "tvm", quant_options)
         sizes = {"M": m, "MP": mp, "N": n, "K": k}
         gemv_launch: Any = bind(gemv, {**fixed, **sizes}, ("xq", "xs", "xsum", "y"))  # TVM: has `parts`
         quant_launch: Any = bind(quant, {"M": m, "MP": mp, "K": k}, ("x", "xq", "xs", "xsum"))
@@ -310,7 +350,7 @@ def x16_plan(qw: QuantizedWeight, m: int, adtype: str) -> X16Plan:
     key = (m, "tvm", adtype, "x16")
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = X16Plan(qw, m, adtype)
+        plan = plans[key] = X16Plan(x16_source(qw, adtype), m, adtype)
     return plan
 
 
