@@ -14,7 +14,7 @@ from lowbit.codegen.backend import available_backends
 from lowbit.compiler.quantize import quantize_params
 from lowbit.config.spec import LinearSpec
 from lowbit.graph import PassContext, build_graph, optimize
-from lowbit.kernels.layouts import plane_layout
+from lowbit.kernels.layouts import column_tiled, plane_layout
 from lowbit.models import ArchConfig
 from lowbit.models.reference import reference_logits
 from lowbit.models.synthetic import synthetic_weights
@@ -27,6 +27,10 @@ ARCH = ArchConfig(
     model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
     num_kv_heads=2, head_dim=16, max_position_embeddings=128,
 )  # fmt: skip
+WIDE = ArchConfig(
+    model_type="llama", vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=1, num_heads=4,
+    num_kv_heads=2, head_dim=64, max_position_embeddings=128,
+)  # fmt: skip  (every linear's N a multiple of 256)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,31 +128,42 @@ def test_chunked_logits_read_the_cache(weights, kv, bound):
 @pytest.mark.skipif(
     "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
 )
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
     "spec", [LinearSpec("rtn", "int4", 32, "none"), LinearSpec("rtn", "uint2", 64, "post")], ids=lambda s: s.describe()
 )
-def test_float16_serving_holds_each_x16_weight_once(weights, spec):
-    """With float16 activations every M of a 1-, 2- or 4-bit integer linear runs the x16 plan, so the executor
-    keeps that weight in the plane layout alone (`x16_weight`; a signed one offset binary) and the plan reads its
-    words in place: after a prefill and decode steps no weight holds a second array of its codes, and the logits
-    equal the reference model's with the same dequantized weights to float16's rounding."""
-    ids = np.random.default_rng(6).integers(0, ARCH.vocab_size, 12)
-    r, params = runner(ARCH, weights, spec=spec, dtype="float16")
+def test_serving_holds_each_x16_weight_once(weights, spec, dtype):
+    """float16 activations: every M of a 1-, 2- or 4-bit integer linear runs the x16 plan, so the executor keeps
+    that weight in the plane layout alone (`x16_weight`; a signed one offset binary). bfloat16: the x16 plan runs
+    2-28 rows, the bf16 float kernels the rest, and both read `cpu_weight`'s column-tiled copy (32-column blocks;
+    4-bit codes in pair order where the CPU has AVX-512 BF16; signed ones xor-ed in the x16 GEMV). Either way the
+    plan reads the words in place: after a prefill and decode steps no weight holds a second array of its codes,
+    and the logits equal the reference model's with the same dequantized weights to the dtype's rounding."""
+    from lowbit.kernels.spaces import pair_dot_runs
+
+    # bfloat16: every N a multiple of CPU_PAD_N, so the M = 1 float kernels need no padded copy (`PaddedLaunch`)
+    arch = ARCH if dtype == "float16" else WIDE
+    weights = weights if dtype == "float16" else synthetic_weights(WIDE, 0)
+    ids = np.random.default_rng(6).integers(0, arch.vocab_size, 12)
+    r, params = runner(arch, weights, spec=spec, dtype=dtype)
     table: list[int] = []
     r.cache.grow(table, 12)
     rows = [r.step([SeqChunk(0, tuple(ids[:9].tolist()), 0, tuple(table))], all_logits=True).float().numpy()]
     for j in range(9, 12):
         rows.append(r.step([SeqChunk(0, (int(ids[j]),), j, tuple(table))]).float().numpy())
-    overrides = dequantized_overrides(ARCH, weights, r.executor.graph, params)
-    ref = reference_logits(ARCH, weights, ids[None], overrides=overrides)[0]
-    assert rel(np.concatenate(rows), ref) < 1e-2
-    held = [
-        w for w in r.executor.params.values() if isinstance(w, QuantizedWeight) and x16_serves(w, 1, "float16", "vnni")
-    ]
+    overrides = dequantized_overrides(arch, weights, r.executor.graph, params)
+    ref = reference_logits(arch, weights, ids[None], overrides=overrides)[0]
+    assert rel(np.concatenate(rows), ref) < (1e-2 if dtype == "float16" else 4e-2)
+    held = [w for w in r.executor.params.values() if isinstance(w, QuantizedWeight) and x16_serves(w, 2, dtype, "vnni")]
     assert held, "no linear the x16 plan serves"  # (a group of all of K is per channel: the other kernels')
     for w in held:
         n, k = w.shape
-        assert w.layout == plane_layout((k, n), w.dtype.bits, w.group_size, X16_BN) and not w.dtype.is_signed
+        bits = w.dtype.bits
+        if dtype == "float16":
+            assert w.layout == plane_layout((k, n), bits, w.group_size, X16_BN) and not w.dtype.is_signed
+        else:
+            assert w.layout == column_tiled((k, n), bits, X16_BN, pairs=pair_dot_runs(dtype, bits))
+            assert w.dtype.name == spec.weight_dtype  # codes as quantized: the float kernels read them too
         assert w.__dict__["_x16_operands"]["w"].data_ptr() == w.words.ctypes.data  # read in place
         own = w.words.ctypes.data
         codes = [a for a in _arrays(w.__dict__) if a.dtype in (np.int32, np.uint32) and a.nbytes >= w.words.nbytes]
@@ -186,8 +201,7 @@ def test_bfloat16_serving_holds_4bit_linears_in_pair_order():
     """With bfloat16 activations the executor keeps a 4-bit linear's one copy in the pair order the bf16 GEMM
     forms read (`cpu_weight(w, "bfloat16")`; the plain tiles had taken them twice the time), for prefill rows
     past the x16 plan's limit, and the logits equal the reference model's with the same dequantized weights."""
-    from lowbit.kernels.layouts import column_tiled
-    from lowbit.ops.linear import CPU_TILE_N
+    from lowbit.ops.linear import cpu_block
 
     weights = synthetic_weights(ARCH, 0)
     spec = LinearSpec("rtn", "int4", 32, "none")
@@ -200,4 +214,4 @@ def test_bfloat16_serving_holds_4bit_linears_in_pair_order():
     assert held
     for w in held:
         n, k = w.shape
-        assert w.layout == column_tiled((k, n), 4, CPU_TILE_N, pairs=True)
+        assert w.layout == column_tiled((k, n), 4, cpu_block(w), pairs=True)
