@@ -24,8 +24,19 @@ from hypothesis import strategies as st
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import compile_program
 from lowbit.kernels.gemv_a8 import tile_group_rows
-from lowbit.kernels.gemv_x16 import PLANES, X16_BITS, plane_terms, plane_words, quantize_groups_x16, quantized_gemv_x16
+from lowbit.kernels.gemv_x16 import (
+    PLANES,
+    X16_BITS,
+    flip_mask,
+    plane_terms,
+    plane_words,
+    quantize_groups_x16,
+    quantized_gemv_x16,
+    x_order,
+)
+from lowbit.kernels.layouts import column_tiled, plane_layout
 from lowbit.ops import quantize
+from lowbit.ops.weight import retile_columns
 from lowbit.ops.x16 import X16_BM, X24_BM, unsigned_codes, x16_parts
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
@@ -66,14 +77,17 @@ def test_plane_layout_refuses_a_group_of_partial_blocks():
         plane_terms(5)
 
 
-def quantize_x(x: np.ndarray, group: int, adtype: str, backend: str, bm: int | None = None):
+def quantize_x(
+    x: np.ndarray, group: int, adtype: str, backend: str, bm: int | None = None, order: str = "planes", bits: int = 4
+):
     """x's planes, scales and code sums in row tiles of bm (None: one tile of all rows), MP = ⌈M / bm⌉·bm rows;
-    two planes for 16-bit x, three for float32 (`x16_parts`)."""
+    two planes for 16-bit x, three for float32 (`x16_parts`); in the order of `bits`-bit weight words `order`."""
     m, k = x.shape
     bm = m if bm is None else min(bm, m)
     mp = -(-m // bm) * bm
     parts = x16_parts(adtype)
-    q = compile_program(quantize_groups_x16.trace(G=group, adtype=adtype, BM=bm, PARTS=parts), backend, {})
+    trace = {"G": group, "adtype": adtype, "BM": bm, "PARTS": parts, "ORDER": order, "BITS": bits}
+    q = compile_program(quantize_groups_x16.trace(**trace), backend, {})
     xq = np.full((k // group, mp, parts, 8, group // 8), 99, np.int8)  # 99: rows past M must be written
     xs = np.zeros((mp, k // group), np.float32)
     xsum = np.full((parts - 1, mp, k // group), 99, np.int32)
@@ -134,19 +148,28 @@ def test_quantizer_carries_x_in_its_planes(m, group, magnitude, adtype, backend,
 
 
 def run_x16(
-    qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: int = 2, bm: int | None = None
-) -> np.ndarray:
-    """y of the two x16 kernels, in row tiles of bm (None: one tile of all rows, as `X16Plan` runs <= 4 rows)."""
+    qw, x: np.ndarray, adtype: str, backend: str, bn: int = 32, tiles: int = 2, bm: int | None = None,
+    order: str = "planes",
+) -> np.ndarray:  # fmt: skip
+    """y of the two x16 kernels, in row tiles of bm (None: one tile of all rows, as `X16Plan` runs <= 4 rows),
+    reading the weight's words in `order`: its plane words, or its column-tiled words as they are ("words";
+    "pairs": in bf16 pair order), two's complement codes xor-ed to offset binary by the GEMV (FLIP)."""
     m, k = x.shape
     n = qw.shape[0]
+    bits = qw.dtype.bits
     g = qw.group_size if qw.group_size > 0 else k  # per channel: one group of K
     u, offset = unsigned_codes(qw)
-    xq, xs, xsum = quantize_x(x, g, adtype, backend, bm)
-    trace = dict(BITS=qw.dtype.bits, OFFSET=offset, zero_mode=qw.zero_mode, G=g, ydtype=adtype,
+    xq, xs, xsum = quantize_x(x, g, adtype, backend, bm, order, bits)
+    trace = dict(BITS=bits, OFFSET=offset, zero_mode=qw.zero_mode, G=g, ydtype=adtype,
                  sdtype=str(qw.scales.dtype), BM=m if bm is None else min(bm, m), BN=bn, TILES=tiles,
-                 PARTS=x16_parts(adtype))  # fmt: skip
+                 PARTS=x16_parts(adtype), FLIP=int(order != "planes" and qw.dtype.is_signed))  # fmt: skip
     kernel = compile_program(quantized_gemv_x16.trace(**trace), backend, {})
-    args = {"xq": xq, "xs": xs, "xsum": xsum, "w": plane_words(u, qw.dtype.bits, g, bn),
+    if order == "planes":
+        words = plane_words(u, bits, g, bn)
+    else:
+        tiled = retile_columns(qw, bn, pairs=order == "pairs")
+        words = tiled.words.view(np.int32).reshape(-(-n // bn), k // g, bits, g // 32, bn)
+    args = {"xq": xq, "xs": xs, "xsum": xsum, "w": words,
             "scales": tile_group_rows(qw.scales, bn), "M": m, "MP": xs.shape[0], "N": n, "K": k}  # fmt: skip
     if qw.zeros is not None:
         args["zeros"] = tile_group_rows(qw.zeros, bn)
@@ -183,6 +206,56 @@ def test_x16_gemv_matches_the_oracle(m, n, kg, name, zero, adtype, magnitude, ba
     assert err <= bound(qw, m, adtype), f"{qw} m={m} {adtype} {backend}: {err}"
 
 
+@settings(max_examples=8)
+@given(
+    m=st.integers(1, 6),
+    n=st.integers(1, 80),
+    kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (256, 256)]),
+    name_order=st.sampled_from([(f"{s}int{b}", o) for s in ("", "u") for b, o in ((2, "words"), (4, "words"), (4, "pairs"))]),
+    zero=st.sampled_from(["default", "post", "pre"]),
+    adtype=st.sampled_from(["bfloat16", "float16", "float32"]),
+    backend=st.sampled_from(BACKENDS),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_x16_gemv_reads_column_tiled_words(m, n, kg, name_order, zero, adtype, backend, seed):
+    """The GEMV over the column-tiled words the float kernels read (`lowbit.ops.x16.in_place`: one copy for every
+    M), x gathered to match by the quantizer (`x_order`), signed codes flipped in the GEMV: the oracle's y."""
+    (k, g), (name, order) = kg, name_order
+    rng = np.random.default_rng(seed)
+    kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
+    qw = quantize(rng.standard_normal((n, k)).astype(np.float32), name, g, **kwargs)
+    x = rng.standard_normal((m, k)).astype(np.float32).astype(HOST[adtype])
+    bm = X24_BM if adtype == "float32" else X16_BM
+    y = run_x16(qw, x, adtype, backend, bn=32, tiles=1, bm=bm, order=order)
+    err = relative_error(y, reference(x.astype(np.float32), qw))
+    assert err <= bound(qw, m, adtype), f"{qw} m={m} {adtype} {backend} {order}: {err}"
+
+
+@pytest.mark.parametrize("bits, order", [(2, "words"), (4, "words"), (4, "pairs"), (1, "planes"), (4, "planes")])
+def test_quantizer_order_follows_the_weight_words(bits, order):
+    """`x_order` against the layout algebra: with x[k] = k + 1 (exact in bf16), the plane element (p, 4t + j) of
+    xq is the x of the code the GEMV reads at plane p, byte j of word row t: bits b·s of that byte of word row
+    w·G/32 + t (p = (8/b)·w + s) of a column, located by `column_tiled`'s (or `plane_layout`'s) own index map."""
+    g = 64
+    k = 2 * g
+    x = (np.arange(k, dtype=np.float32) + 1)[None, :]
+    xq, xs, _ = quantize_x(x, g, "bfloat16", "reference", order=order, bits=bits)
+    r = xq.astype(np.int64)[:, 0, 0] * 256 + xq.astype(np.int64)[:, 0, 1]  # [groups, 8 planes, G / 8]
+    got = r * xs[0].astype(np.float64)[:, None, None] - 1  # the k each element carries
+    if order == "planes":
+        lay = plane_layout((k, 32), bits, g, 32)
+    else:
+        lay = column_tiled((k, 32), bits, 32, pairs=order == "pairs")
+    word, bit = (np.asarray(v) for v in lay.locate(np.arange(k), np.zeros(k, np.int64)))
+    rows = g * bits // 32  # word rows of a group; each row's word of column 0 is 32 words on (3 bits: no plane
+    # layout; its split fields are `plane_words`' own test)
+    for kk in range(k):
+        grp, row, byte = kk // g, (int(word[kk]) // 32) % rows, int(bit[kk]) // 8
+        w, t = divmod(row, g // 32)
+        plane = (8 // bits) * w + (int(bit[kk]) % 8) // bits
+        assert got[grp, plane, 4 * t + byte] == kk % g + g * grp, (kk, grp, plane, t, byte)
+
+
 @pytest.mark.skipif(not VNNI, reason="the TVM lowering of the x16 GEMV's dots needs AVX-512 VNNI")
 @pytest.mark.parametrize("adtype", ["bfloat16", "float32"])
 def test_tvm_reads_each_quad_as_one_word(adtype):
@@ -215,3 +288,12 @@ def test_tvm_equals_the_reference_interpreter(name, bn, tiles, adtype):
     got = run_x16(qw, x, adtype, "tvm", bn, tiles)
     rtol = 2**-7 if adtype == "bfloat16" else 1e-5
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6 * float(np.abs(ref).max()))
+
+
+def test_orders_refuse_what_they_cannot_read():
+    """3-bit codes fill no whole byte fields of a column-tiled word, and only 4-bit words have a pair order: the
+    quantizer's order says so and names the choices; the flip masks are every field's top bit."""
+    for bits, order in ((3, "words"), (2, "pairs"), (4, "rows")):
+        with pytest.raises(ValueError, match="'planes'"):
+            x_order(order, bits)
+    assert flip_mask(4) == 0x88888888 - 2**32 and flip_mask(2) == 0xAAAAAAAA - 2**32
