@@ -30,7 +30,11 @@ gather x per group, 5.7 against 3.9-4.5 us at K = 4096, 17.4 against 10.3-12.6 a
             1 / 2; planes 2 and 5 take their low two bits from bits 6-7 of words 0 and 1 and their top bit
             from bit 6 / 7 of word 2
 so every byte of a plane is one code in [0, 2^b) and four consecutive k of a column are one i32 lane, the
-shape of the u8·i8 dot. Per group g and column n:
+shape of the u8·i8 dot. 2- and 4-bit codes may also come as the column-tiled words the CPU float kernels read
+(`column_tiled`, 4-bit ones in bf16 pair order: `ORDERS`): the same word rows [G // 32, BN] per bit, the same
+planes of their bytes, only the k each byte holds differs, so the quantizer writes x's planes in that order
+(`x_order`, its ORDER) and the GEMV is unchanged; FLIP xors two's complement codes to offset binary first.
+Per group g and column n:
 
     p    = Σ_planes dot([hi; lo] rows, plane bytes)         exact int32 sums per plane row
     P    = 256·p_hi + p_lo = Σ_k r·u                        exact int32 (|P| < 2^31 for G <= 256)
@@ -277,10 +281,10 @@ def quantized_gemv_x16(
 
 
 __all__ = [
+    "ORDERS",
     "X16_ADTYPES",
     "X16_BITS",
     "X16_GROUPS",
-    "ORDERS",
     "flip_mask",
     "plane_terms",
     "plane_words",

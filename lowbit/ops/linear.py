@@ -586,7 +586,7 @@ def quantized_linear_int8(
 
 def cpu_weight(qw: QuantizedWeight, adtype: str = "float32") -> QuantizedWeight:
     """`qw` as the TVM (CPU) float-activation kernels read it: a w_a16 weight in the row layout re-tiled to
-    `column_tiled(CPU_TILE_N)` (a copy kept on `qw`, like `a8_weight`'s); any other weight as it is. With
+    `column_tiled(cpu_block(qw))` (a copy kept on `qw`, like `a8_weight`'s); any other weight as it is. With
     bfloat16 activations on a CPU with AVX-512 BF16, a 4-bit weight's copy has its codes in pair order
     (`column_tiled(pairs=True)`), what the bf16 pair-dot GEMV reads (`lowbit/codegen/tvm` README, "bf16 dot");
     the float kernels read it too. Elsewhere bf16 activations share the plain copy (no second copy unused).

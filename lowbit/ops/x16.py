@@ -12,12 +12,20 @@ kernels per call: `quantize_groups_x16` (x -> planes, per-group power-of-two sca
 benchmarks/README.md, session 47): int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 ms against 0.284 / 0.643 / 1.313
 for the table GEMV.
 
-The plan keeps its own plane copy of the codes beside the column-tiled copy the other CPU kernels read. Reading
-that copy's words in place (session 55: a GEMV whose planes are the words' shifted bytes, x's planes permuted
-by the quantizer to match) ran at parity for unsigned codes (uint2, 256x4096, one thread, L2-resident: 1.00-1.08x)
-but 1.17-1.33x slower for signed ones (int2 / int4; int4 at M = 4: 1.34-1.53x): their offset flip (u = b xor
-2^(b-1)) fuses into each plane's mask as a vpternlog with a register copy, where the plane copy stores u already.
-What would close it: the column-tiled copy in offset binary for every CPU kernel.
+Which words the plan reads (`x16_source`, `in_place`): a weight held in the plane layout (`x16_weight`, what
+float16 / float32 executors keep: every M runs here) in place; with bfloat16 x, whose M = 1 (4-bit codes) and
+wide-M rows run the bf16 float kernels, the column-tiled copy those read (`cpu_weight`: 32-column blocks, 4-bit
+codes in pair order), in place too, x gathered by the quantizer to match (`gemv_x16.x_order`) and signed codes
+xor-ed to offset binary in the GEMV (FLIP): one copy of the weight for every M. The 1.1B-shaped int4 model's
+bf16 executor held 1017 MiB of quantized linears with a plane copy beside the pair copy, 524 MiB with one
+(session 58). Time ratios against the two copies (4096², a ring of weights, 2 threads, alternating): M = 1 /
+2 / 4 / 16 / 64 0.98 / 0.96 / 1.03 / 1.05 / 1.02; 11008x4096 M = 1 / 4 / 16 0.95 / 1.07 / 1.03 (the flip's
+xor a word; uint4, no flip, M = 1 / 4 0.97 / 0.98); decode of the 1.1B-shaped model within the noise (1 / 4 /
+16 sequences: medians of 11 alternating rounds' ratios 1.02 / 0.97 / 0.97). Session 55's in-place GEMV had
+taken 1.13-1.42x: its 64-column blocks, not the flip (64 against 32 columns, unsigned codes: 1.13-1.42x; int4
+with the flip over 32: 1.02-1.08x). What would remove the flip: codes as the dot's signed operand (16·q in a
+byte's top nibble) with x's planes offset to unsigned and per-group column code sums. Other weights (3-bit codes,
+the row layout with float16 / float32 x) get a plane copy of their own.
 """
 
 from __future__ import annotations
@@ -186,7 +194,8 @@ def in_place(qw: QuantizedWeight) -> tuple[str, int] | None:
 def x16_source(qw: QuantizedWeight, adtype: str) -> QuantizedWeight:
     """The weight the x16 plan of `qw` reads: `qw` itself where its words serve in place (`in_place`); with
     bfloat16 x, whose M = 1 and wide-M rows run the bf16 float kernels over `cpu_weight`'s column-tiled copy,
-    that copy where it serves (one copy, not a plane copy beside it); else `qw` (the plan makes its planes)."""
+    that copy where it serves (one copy, not a plane copy beside it: the module docstring); else `qw` (the plan
+    makes its planes)."""
     if in_place(qw) is None and adtype == "bfloat16" and X16_SHARE_TILED:
         from lowbit.ops.linear import cpu_weight  # linear imports this module
 

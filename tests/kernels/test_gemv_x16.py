@@ -211,7 +211,9 @@ def test_x16_gemv_matches_the_oracle(m, n, kg, name, zero, adtype, magnitude, ba
     m=st.integers(1, 6),
     n=st.integers(1, 80),
     kg=st.sampled_from([(64, 32), (128, 64), (256, 128), (256, 256)]),
-    name_order=st.sampled_from([(f"{s}int{b}", o) for s in ("", "u") for b, o in ((2, "words"), (4, "words"), (4, "pairs"))]),
+    name_order=st.sampled_from(
+        [(f"{s}int{b}", o) for s in ("", "u") for b, o in ((2, "words"), (4, "words"), (4, "pairs"))]
+    ),
     zero=st.sampled_from(["default", "post", "pre"]),
     adtype=st.sampled_from(["bfloat16", "float16", "float32"]),
     backend=st.sampled_from(BACKENDS),

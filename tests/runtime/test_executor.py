@@ -28,8 +28,15 @@ ARCH = ArchConfig(
     num_kv_heads=2, head_dim=16, max_position_embeddings=128,
 )  # fmt: skip
 WIDE = ArchConfig(
-    model_type="llama", vocab_size=256, hidden_size=256, intermediate_size=512, num_layers=1, num_heads=4,
-    num_kv_heads=2, head_dim=64, max_position_embeddings=128,
+    model_type="llama",
+    vocab_size=256,
+    hidden_size=256,
+    intermediate_size=512,
+    num_layers=1,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    max_position_embeddings=128,
 )  # fmt: skip  (every linear's N a multiple of 256)
 
 
