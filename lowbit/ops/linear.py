@@ -87,7 +87,7 @@ from lowbit.kernels.spaces import (
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, pad_columns, retile_columns
-from lowbit.ops.x16 import X16_BN, X16_DTYPES, x16_plan, x16_serves
+from lowbit.ops.x16 import X16_BN, X16_DTYPES, X16_SHARED_BITS, x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
@@ -121,8 +121,8 @@ def tvm_int8_dot() -> str:
 
 
 CPU_TILE_N = 64  # cpu_weight's column block (the float GEMV's default column tile, lowbit.kernels.spaces), but
-# X16_BN for the 2- and 4-bit integer weights the x16 plan runs (`cpu_block`): with bfloat16 x its GEMV reads
-# that copy in place (`lowbit.ops.x16.x16_source`), one copy for every M. 32-column blocks cost the float
+# X16_BN for the 4-bit integer weights the x16 plan runs (`cpu_block`): with bfloat16 x its GEMV reads that copy
+# in place (`lowbit.ops.x16.x16_source`), one copy for every M. 32-column blocks cost the float
 # kernels nothing measurable (session 58, 4096², a ring of weights, 2 threads, alternating, time ratios 32 / 64:
 # bf16 x int4 M = 1 / 64 / 256 1.00 / 1.00 / 0.99, 11008x4096 M = 1 / 64 1.03 / 1.01; fp32 x int4 M = 1 / 16 /
 # 64 1.04 / 1.01 / 1.00), while the x16 GEMV over 64-column blocks took 1.13-1.42x its time over 32 (M = 2 / 4).
@@ -240,9 +240,9 @@ def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
 
 
 def cpu_block(qw: QuantizedWeight) -> int:
-    """`cpu_weight`'s column block for `qw`: X16_BN where the x16 plan runs its 2- or 4-bit integer codes (the
-    CPU has an int8 dot; `CPU_TILE_N`'s note), else CPU_TILE_N."""
-    shared = qw.dtype.name in X16_DTYPES and qw.dtype.bits in (2, 4) and tvm_int8_dot() in ("vnni", "amx")
+    """`cpu_weight`'s column block for `qw`: X16_BN where the x16 plan runs its 4-bit integer codes (the CPU has
+    an int8 dot; `CPU_TILE_N`'s note), else CPU_TILE_N. 2-bit codes keep their own x16 planes (`X16_SHARED_BITS`)."""
+    shared = qw.dtype.name in X16_DTYPES and qw.dtype.bits in X16_SHARED_BITS and tvm_int8_dot() in ("vnni", "amx")
     return X16_BN if shared else CPU_TILE_N
 
 

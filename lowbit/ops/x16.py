@@ -13,7 +13,7 @@ benchmarks/README.md, session 47): int3 hot M = 1 / 2 / 4 0.141 / 0.273 / 0.507 
 for the table GEMV.
 
 Which words the plan reads (`x16_source`, `in_place`): a weight held in the plane layout (`x16_weight`, what
-float16 / float32 executors keep: every M runs here) in place; with bfloat16 x, whose M = 1 (4-bit codes) and
+float16 / float32 executors keep: every M runs here) in place; with bfloat16 x and 4-bit codes, whose M = 1 and
 wide-M rows run the bf16 float kernels, the column-tiled copy those read (`cpu_weight`: 32-column blocks, 4-bit
 codes in pair order), in place too, x gathered by the quantizer to match (`gemv_x16.x_order`) and signed codes
 xor-ed to offset binary in the GEMV (FLIP): one copy of the weight for every M. The 1.1B-shaped int4 model's
@@ -24,8 +24,8 @@ xor a word; uint4, no flip, M = 1 / 4 0.97 / 0.98); decode of the 1.1B-shaped mo
 16 sequences: medians of 11 alternating rounds' ratios 1.02 / 0.97 / 0.97). Session 55's in-place GEMV had
 taken 1.13-1.42x: its 64-column blocks, not the flip (64 against 32 columns, unsigned codes: 1.13-1.42x; int4
 with the flip over 32: 1.02-1.08x). What would remove the flip: codes as the dot's signed operand (16·q in a
-byte's top nibble) with x's planes offset to unsigned and per-group column code sums. Other weights (3-bit codes,
-the row layout with float16 / float32 x) get a plane copy of their own.
+byte's top nibble) with x's planes offset to unsigned and per-group column code sums. Other weights (2- and 3-bit
+codes with bf16 x: `X16_SHARED_BITS`; the row layout with float16 / float32 x) get a plane copy of their own.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any nu
 # 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
 # M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
 X16_SHARE_TILED = True  # bfloat16 x: the plan reads `cpu_weight`'s column-tiled copy (`x16_source`)
+X16_SHARED_BITS = (4,)  # code widths whose column-tiled copy the plan reads. 2-bit codes keep their own planes:
+# their M = 1 rows run on this plan, where the flip of signed codes and the quantizer's gather cost int2 1.03-1.05x
+# (4096², a ring of weights, 2 threads, alternating; hot, one thread, L2-resident, 256x4096: int2 1.03-1.05x,
+# uint2 1.00x against the planes), and the W2 / W4 time ratio at M = 1 sits near its goal (bytes·1.1 = 0.57)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:
@@ -176,14 +180,14 @@ def x16_weight(qw: QuantizedWeight) -> QuantizedWeight | None:
 
 def in_place(qw: QuantizedWeight) -> tuple[str, int] | None:
     """(order, column tile) where the x16 GEMV reads `qw`'s own words: the plane layout (`x16_weight`, unsigned
-    or offset-binary codes) or, for 2- and 4-bit codes, the column-tiled words the CPU float kernels read
+    or offset-binary codes) or, for 4-bit codes (`X16_SHARED_BITS`), the column-tiled words the CPU float kernels read
     (`column_tiled`, 4-bit ones also in bf16 pair order; signed codes xor-ed to offset binary in the GEMV,
     FLIP), so one copy of the weight serves every row count. None: the plan makes a plane copy."""
     n, k = qw.shape
     g, bits = qw.group_size, qw.dtype.bits
     if bits in PLANE_BITS and qw.layout == plane_layout((k, n), bits, g, X16_BN):
         return "planes", X16_BN
-    if bits not in (2, 4):
+    if bits not in X16_SHARED_BITS:
         return None
     for order in ("words", "pairs") if bits == 4 else ("words",):
         if qw.layout == column_tiled((k, n), bits, X16_BN, pairs=order == "pairs"):
@@ -367,6 +371,7 @@ __all__ = [
     "X16_BM",
     "X16_DTYPES",
     "X16_MAX_M",
+    "X16_SHARED_BITS",
     "X24_BM",
     "X16Plan",
     "unsigned_codes",

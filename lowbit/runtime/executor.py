@@ -315,9 +315,9 @@ def _load_layouts(nodes: list[Any], params: Mapping[str, Any], backend: str, dty
     M to its plane layout (`lowbit.ops.x16.x16_weight`: the plan reads it in place, no plane copy beside it);
     every other w_a16 linear to `lowbit.ops.linear.cpu_weight`'s column tiles for `dtype` (bfloat16: a 4-bit
     weight's codes in pair order, what the bf16 pair GEMM reads; the plain tiles took it twice the time: 4096²
-    int4, M = 64 / 256, 10.35 / 40.76 against 5.45 / 20.96 ms; for 2- and 4-bit integer codes 32-column blocks,
-    which the x16 plan of 2-28 rows reads in place: `lowbit.ops.x16.x16_source`). One copy each: the row-layout
-    original is not kept (3-bit bfloat16 linears: the x16 plan's planes beside it).
+    int4, M = 64 / 256, 10.35 / 40.76 against 5.45 / 20.96 ms; for 4-bit integer codes 32-column blocks, which
+    the x16 plan of 2-28 rows reads in place: `lowbit.ops.x16.x16_source`). One copy each: the row-layout
+    original is not kept (2- and 3-bit bfloat16 linears: the x16 plan's planes beside it).
     Configs pinned to a weight (tuning.json) move to its copy. A new mapping when something changed; the
     caller's is never modified."""
     x16_all = backend == "tvm" and x16_every_m(dtype, tvm_int8_dot())

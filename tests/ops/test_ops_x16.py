@@ -12,7 +12,8 @@ from linear_reference import bound, reference, relative_error
 
 from lowbit.artifact.fingerprint import isa_flags
 from lowbit.codegen.backend import available_backends
-from lowbit.kernels.layouts import plane_layout
+from lowbit.kernels.layouts import column_tiled, plane_layout
+from lowbit.kernels.spaces import pair_dot_runs
 from lowbit.ops import quantize, quantized_linear
 from lowbit.ops.weight import constant_offset
 from lowbit.ops.x16 import X16_BN, x16_operands, x16_weight
@@ -82,6 +83,32 @@ def test_x16_plan_reads_the_copy_in_place_with_the_originals_result(name, zero, 
         y = quantized_linear(torch.from_numpy(x32), xw, backend="tvm", kernel=kernel).numpy()
         err = relative_error(y, reference(x32, qw))
         assert err <= bound(qw, m, "float32"), (kernel, err)
+
+
+@pytest.mark.skipif(not X16, reason="the x16 plan needs TVM and AVX-512 VNNI")
+@pytest.mark.parametrize("name,zero", [("int4", "default"), ("uint4", "post"), ("int4", "pre")])
+def test_bfloat16_rows_of_every_count_read_one_copy(name, zero):
+    """bfloat16 x, 4-bit codes: M = 1 (the bf16 float kernels), 2-28 rows (the x16 plan) and 40 rows (the float
+    kernels' GEMM forms) all read `cpu_weight`'s one column-tiled copy (`x16_source`:
+    the x16 plan binds its words in place, xor-ing signed codes in its GEMV), each within the oracle's bound;
+    the weight holds no other array of its codes."""
+    kwargs = {} if zero == "default" else dict(symmetric=False, zero_mode=zero)
+    qw = quantize(_weight(256, 256, 3), name, 64, **kwargs)
+    rng = np.random.default_rng(4)
+    for m in (1, 4, 40):
+        x = rng.standard_normal((m, 256)).astype(np.float32)
+        xb = torch.from_numpy(x).to(torch.bfloat16)
+        y = quantized_linear(xb, qw, backend="tvm").float().numpy()
+        err = relative_error(y, reference(xb.float().numpy(), qw))
+        assert err <= bound(qw, m, "bfloat16"), (m, err)
+    copies = [v for v in qw.__dict__.values() if isinstance(v, type(qw))]
+    assert len(copies) == 1, [type(v) for v in copies]
+    tiled = copies[0]
+    assert tiled.layout == column_tiled(
+        (256, 256), qw.dtype.bits, X16_BN, pairs=pair_dot_runs("bfloat16", 4) and name.endswith("4")
+    )
+    assert tiled.__dict__["_x16_operands"]["w"].data_ptr() == tiled.words.ctypes.data  # read in place
+    assert "_x16_operands" not in qw.__dict__  # no plane copy of the row-layout original
 
 
 @pytest.mark.skipif(not X16, reason="the x16 plan needs TVM and AVX-512 VNNI")

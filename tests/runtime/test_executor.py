@@ -135,15 +135,21 @@ def test_chunked_logits_read_the_cache(weights, kv, bound):
 @pytest.mark.skipif(
     "tvm" not in available_backends() or "avx512_vnni" not in isa_flags(), reason="the x16 plan needs TVM and VNNI"
 )
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
-    "spec", [LinearSpec("rtn", "int4", 32, "none"), LinearSpec("rtn", "uint2", 64, "post")], ids=lambda s: s.describe()
+    "spec, dtype",
+    [
+        (LinearSpec("rtn", "int4", 32, "none"), "float16"),
+        (LinearSpec("rtn", "uint2", 64, "post"), "float16"),
+        (LinearSpec("rtn", "int4", 32, "none"), "bfloat16"),
+        (LinearSpec("rtn", "uint4", 64, "post"), "bfloat16"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.describe(),
 )
 def test_serving_holds_each_x16_weight_once(weights, spec, dtype):
     """float16 activations: every M of a 1-, 2- or 4-bit integer linear runs the x16 plan, so the executor keeps
-    that weight in the plane layout alone (`x16_weight`; a signed one offset binary). bfloat16: the x16 plan runs
-    2-28 rows, the bf16 float kernels the rest, and both read `cpu_weight`'s column-tiled copy (32-column blocks;
-    4-bit codes in pair order where the CPU has AVX-512 BF16; signed ones xor-ed in the x16 GEMV). Either way the
+    that weight in the plane layout alone (`x16_weight`; a signed one offset binary). bfloat16, 4-bit codes: the x16
+    plan runs 2-28 rows, the bf16 float kernels the rest, and both read `cpu_weight`'s column-tiled copy (32-column
+    blocks; in pair order where the CPU has AVX-512 BF16; signed codes xor-ed in the x16 GEMV). Either way the
     plan reads the words in place: after a prefill and decode steps no weight holds a second array of its codes,
     and the logits equal the reference model's with the same dequantized weights to the dtype's rounding."""
     from lowbit.kernels.spaces import pair_dot_runs
