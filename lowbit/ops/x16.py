@@ -75,7 +75,6 @@ X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any nu
 # process, medians of 9 rounds, us): int4 11008x4096 751 / 775 against x16's 792 / 787, 4096² 204 / 273 against 217 /
 # 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
 # M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
-X16_SHARE_TILED = True  # bfloat16 x: the plan reads `cpu_weight`'s column-tiled copy (`x16_source`)
 X16_SHARED_BITS = (4,)  # code widths whose column-tiled copy the plan reads. 2-bit codes keep their own planes:
 # their M = 1 rows run on this plan, where the flip of signed codes and the quantizer's gather cost int2 1.03-1.05x
 # (4096², a ring of weights, 2 threads, alternating; hot, one thread, L2-resident, 256x4096: int2 1.03-1.05x,
@@ -200,7 +199,7 @@ def x16_source(qw: QuantizedWeight, adtype: str) -> QuantizedWeight:
     bfloat16 x, whose M = 1 and wide-M rows run the bf16 float kernels over `cpu_weight`'s column-tiled copy,
     that copy where it serves (one copy, not a plane copy beside it: the module docstring); else `qw` (the plan
     makes its planes)."""
-    if in_place(qw) is None and adtype == "bfloat16" and X16_SHARE_TILED:
+    if in_place(qw) is None and adtype == "bfloat16":
         from lowbit.ops.linear import cpu_weight  # linear imports this module
 
         tiled = cpu_weight(qw, adtype)
@@ -220,14 +219,13 @@ def x16_operands(qw: QuantizedWeight) -> dict[str, Any]:
 
         n, k = qw.shape
         g, bits = qw.group_size, qw.dtype.bits
-        order, bn = in_place(qw) or ("planes", X16_BN)
-        shape = (-(-n // bn), k // g, bits, g // 32, bn)
-        flip = 0
-        if in_place(qw) is not None:
-            words = qw.words.view(np.int32).reshape(shape)
-            flip = int(qw.dtype.is_signed)
+        own = in_place(qw)
+        order, bn = own or ("planes", X16_BN)
+        if own is not None:
+            words = qw.words.view(np.int32).reshape(-(-n // bn), k // g, bits, g // 32, bn)
         else:
             words = plane_words(unsigned_codes(qw)[0], bits, g, bn)
+        flip = int(own is not None and qw.dtype.is_signed)
         fixed = {
             "w": torch.from_numpy(words), "scales": torch.from_numpy(tile_group_rows(qw.scales, bn)),
             "order": order, "bn": bn, "flip": flip,
