@@ -4,6 +4,8 @@ reference evaluated with the same dequantized weights, and mixed prefill + decod
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -27,17 +29,8 @@ ARCH = ArchConfig(
     model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
     num_kv_heads=2, head_dim=16, max_position_embeddings=128,
 )  # fmt: skip
-WIDE = ArchConfig(
-    model_type="llama",
-    vocab_size=256,
-    hidden_size=256,
-    intermediate_size=512,
-    num_layers=1,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=64,
-    max_position_embeddings=128,
-)  # fmt: skip  (every linear's N a multiple of 256)
+# every linear's N a multiple of 256 (CPU_PAD_N): no padded copies
+WIDE = dataclasses.replace(ARCH, hidden_size=256, intermediate_size=512, num_layers=1, head_dim=64)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
