@@ -87,7 +87,7 @@ from lowbit.kernels.spaces import (
 from lowbit.kernels.w4a8 import w4a8_gemm_per_channel, w4a8_gemm_per_group
 from lowbit.lang import Kernel
 from lowbit.ops.weight import QuantizedWeight, is_offset_binary, offset_binary, pad_columns, retile_columns
-from lowbit.ops.x16 import X16_BN, X16_DTYPES, X16_SHARED_BITS, x16_plan, x16_serves
+from lowbit.ops.x16 import X16_BN, X16_SHARED_BITS, x16_plan, x16_serves
 from lowbit.quant import quantize_per_token_int8
 
 GEMV_MAX_M = 16
@@ -240,9 +240,10 @@ def gemv_serves(qweight: QuantizedWeight, backend: str, adtype: str) -> bool:
 
 
 def cpu_block(qw: QuantizedWeight) -> int:
-    """`cpu_weight`'s column block for `qw`: X16_BN where the x16 plan runs its 4-bit integer codes (the CPU has
-    an int8 dot; `CPU_TILE_N`'s note), else CPU_TILE_N. 2-bit codes keep their own x16 planes (`X16_SHARED_BITS`)."""
-    shared = qw.dtype.name in X16_DTYPES and qw.dtype.bits in X16_SHARED_BITS and tvm_int8_dot() in ("vnni", "amx")
+    """`cpu_weight`'s column block for `qw`: X16_BN where the x16 plan runs its rows of bfloat16 x over that copy
+    (`x16_serves`, codes of `X16_SHARED_BITS`; `CPU_TILE_N`'s note), else CPU_TILE_N. 2-bit codes keep their own
+    x16 planes."""
+    shared = qw.dtype.bits in X16_SHARED_BITS and x16_serves(qw, 2, "bfloat16", tvm_int8_dot())
     return X16_BN if shared else CPU_TILE_N
 
 

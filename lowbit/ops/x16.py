@@ -21,11 +21,13 @@ bf16 executor held 1017 MiB of quantized linears with a plane copy beside the pa
 (session 58). Time ratios against the two copies (4096², a ring of weights, 2 threads, alternating): M = 1 /
 2 / 4 / 16 / 64 0.98 / 0.96 / 1.03 / 1.05 / 1.02; 11008x4096 M = 1 / 4 / 16 0.95 / 1.07 / 1.03 (the flip's
 xor a word; uint4, no flip, M = 1 / 4 0.97 / 0.98); decode of the 1.1B-shaped model within the noise (1 / 4 /
-16 sequences: medians of 11 alternating rounds' ratios 1.02 / 0.97 / 0.97). Session 55's in-place GEMV had
-taken 1.13-1.42x: its 64-column blocks, not the flip (64 against 32 columns, unsigned codes: 1.13-1.42x; int4
-with the flip over 32: 1.02-1.08x). What would remove the flip: codes as the dot's signed operand (16·q in a
-byte's top nibble) with x's planes offset to unsigned and per-group column code sums. Other weights (2- and 3-bit
-codes with bf16 x: `X16_SHARED_BITS`; the row layout with float16 / float32 x) get a plane copy of their own.
+16 sequences: medians of 11 alternating rounds' ratios 1.02 / 0.97 / 0.97). The copy's blocks are 32 columns:
+over 64 the GEMV took 1.13-1.42x (uint4, no flip, M = 2 / 4). Hot, one thread, L2-resident (256x4096, where the
+quantizer's gather is a large share), against the planes: int4 M = 1 / 4 1.08 / 1.17, uint4 1.05 / 1.11 (session
+55's in-place GEMV, hot: int4 1.17-1.33x, unsigned at parity). What would remove the flip: codes as the dot's
+signed operand (16·q in a byte's top nibble) with x's planes offset to unsigned and per-group column code sums.
+Other weights (2- and 3-bit codes with bf16 x: `X16_SHARED_BITS`; the row layout with float16 / float32 x) get a
+plane copy of their own.
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ X16_MAX_M = 28  # bfloat16 x: the most rows the x16 plan runs (float16 x: any nu
 # 302, uint4 (post zeros) 4096² 302 against 312; each 0.90-0.98x. From 2 rows x16 wins streamed too (int4 11008x4096
 # M = 2: 768 against 1017), and 2- and 3-bit codes at M = 1 (int3 11008x4096 547 against 801, int2 4096² 149 / 203).
 X16_SHARED_BITS = (4,)  # code widths whose column-tiled copy the plan reads. 2-bit codes keep their own planes:
-# their M = 1 rows run on this plan, where the flip of signed codes and the quantizer's gather cost int2 1.03-1.05x
-# (4096², a ring of weights, 2 threads, alternating; hot, one thread, L2-resident, 256x4096: int2 1.03-1.05x,
-# uint2 1.00x against the planes), and the W2 / W4 time ratio at M = 1 sits near its goal (bytes·1.1 = 0.57)
+# their M = 1 rows run on this plan, where the flip of signed codes and the quantizer's gather cost int2 1.02-1.04x
+# (4096², a ring of weights, 2 threads, alternating; hot, one thread, L2-resident, 256x4096: int2 1.05x, uint2
+# 1.00x against the planes), and the W2 / W4 time ratio at M = 1 sits near its goal (bytes·1.1 = 0.57)
 X16_BN = 32  # column tile: one per program (one weight stream a thread), 8 KiB software prefetch to L2.
 X16_TILES = 1  # Session 50, 2 threads, bf16 x, M = 1, a ring of 30 (4096²) / 12 (11008x4096) weights, alternating
 # in one process, medians in ms, 32 x 2 tiles with 2 KiB (the session 47-49 default) against 32 x 1 with 8 KiB:

@@ -104,9 +104,7 @@ def test_bfloat16_rows_of_every_count_read_one_copy(name, zero):
     copies = [v for v in qw.__dict__.values() if isinstance(v, type(qw))]
     assert len(copies) == 1, [type(v) for v in copies]
     tiled = copies[0]
-    assert tiled.layout == column_tiled(
-        (256, 256), qw.dtype.bits, X16_BN, pairs=pair_dot_runs("bfloat16", 4) and name.endswith("4")
-    )
+    assert tiled.layout == column_tiled((256, 256), 4, X16_BN, pairs=pair_dot_runs("bfloat16", 4))
     assert tiled.__dict__["_x16_operands"]["w"].data_ptr() == tiled.words.ctypes.data  # read in place
     assert "_x16_operands" not in qw.__dict__  # no plane copy of the row-layout original
 
